@@ -1,0 +1,26 @@
+//! Frame memory for detingest: what a frame is, and where its bytes live.
+//!
+//! A frame is described by [`FrameMeta`] (detector frame number, module, [`PixelType`], shape,
+//! timestamp) and its pixels sit in a [`PoolBuf`], a handle to one buffer of a fixed-size
+//! [`BufferPool`] allocated once at start. Handles move down the pipeline; pixels are never
+//! copied between stages, and dropping the handle returns the buffer to its pool.
+//! Streams are named by a [`StreamId`] whose three parts are validated [`Name`]s, since they
+//! become directory and file names.
+//!
+//! Shared-memory rings that vendor producers write into (issue 4) will live here too, handing
+//! their slots down the pipeline the same way a pool buffer is.
+//!
+//! ```
+//! use detingest_shm::{BufferPool, Name};
+//! let pool = BufferPool::new(2, 4096);
+//! let mut buf = pool.acquire();
+//! buf.fill_from(&[1, 2, 3]);
+//! assert_eq!(buf.as_slice(), &[1, 2, 3]);
+//! assert!(Name::new("../etc").is_err());
+//! ```
+
+mod model;
+mod pool;
+
+pub use model::{FrameMeta, Name, NameError, PixelType, StreamId};
+pub use pool::{BufferPool, PoolBuf};

@@ -1,0 +1,225 @@
+//! The frame model: stream names, pixel types and the per-frame description.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted name part, in bytes.
+pub const NAME_MAX: usize = 64;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("name is empty (expected 1 to {NAME_MAX} characters of [A-Za-z0-9._-])")]
+    Empty,
+    /// The name is longer than [`NAME_MAX`].
+    #[error("name {0:?} is longer than {NAME_MAX} characters")]
+    TooLong(String),
+    /// The name contains a character outside `[A-Za-z0-9._-]`.
+    #[error("name {name:?} contains {bad:?}; only [A-Za-z0-9._-] is allowed")]
+    BadChar {
+        /// The refused name.
+        name: String,
+        /// The first offending character.
+        bad: char,
+    },
+    /// The name is `.` or `..`, which would address a directory other than its own.
+    #[error("name {0:?} would escape the data directory")]
+    DotName(String),
+}
+
+/// One part of a stream's identity: `[A-Za-z0-9._-]{1,64}`, and never `.` or `..`.
+///
+/// Names become directory and file names under the data directory, so anything that could
+/// escape it or confuse a shell is refused at construction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+impl Name {
+    /// Validates `s` as a name part.
+    pub fn new(s: &str) -> Result<Self, NameError> {
+        if s.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if s.len() > NAME_MAX {
+            return Err(NameError::TooLong(s.to_owned()));
+        }
+        if let Some(bad) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(NameError::BadChar {
+                name: s.to_owned(),
+                bad,
+            });
+        }
+        if s == "." || s == ".." {
+            return Err(NameError::DotName(s.to_owned()));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        Self::new(&s)
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A stream: beamtime / data source / stream, as in ASAPO. Each stream numbers its frames
+/// 1, 2, 3 ... without gaps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamId {
+    /// The beamtime (proposal or experiment) the data belongs to.
+    pub beamtime: Name,
+    /// The data source, usually the detector.
+    pub source: Name,
+    /// The stream within the source, usually one scan or run.
+    pub stream: Name,
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.beamtime, self.source, self.stream)
+    }
+}
+
+/// The element type of a frame's pixels, stored little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelType {
+    /// Unsigned 8-bit.
+    U8,
+    /// Unsigned 16-bit (JUNGFRAU, EIGER in 16-bit mode).
+    U16,
+    /// Unsigned 32-bit.
+    U32,
+    /// Signed 32-bit.
+    I32,
+    /// IEEE 754 single precision.
+    F32,
+}
+
+impl PixelType {
+    /// Bytes per pixel.
+    pub const fn size(self) -> usize {
+        match self {
+            Self::U8 => 1,
+            Self::U16 => 2,
+            Self::U32 | Self::I32 | Self::F32 => 4,
+        }
+    }
+
+    /// The lower-case name used in configuration and notifications (`"u16"`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::U8 => "u8",
+            Self::U16 => "u16",
+            Self::U32 => "u32",
+            Self::I32 => "i32",
+            Self::F32 => "f32",
+        }
+    }
+
+    /// The largest value a pixel can hold, as f64: NXmx's `saturation_value`.
+    pub fn max_value(self) -> f64 {
+        match self {
+            Self::U8 => f64::from(u8::MAX),
+            Self::U16 => f64::from(u16::MAX),
+            Self::U32 => f64::from(u32::MAX),
+            Self::I32 => f64::from(i32::MAX),
+            Self::F32 => f64::from(f32::MAX),
+        }
+    }
+}
+
+/// What the detector says about one frame of one module. Plain data, `Copy`: it travels beside
+/// the pixel buffer, never inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// The detector's own frame counter.
+    pub frame_number: u64,
+    /// Module (ASAPO dataset substream) id; 0 for single-module detectors.
+    pub module: u16,
+    /// Element type of the pixels.
+    pub pixel: PixelType,
+    /// Rows and columns: `[ny, nx]`.
+    pub shape: [u32; 2],
+    /// Acquisition time, nanoseconds since the Unix epoch.
+    pub timestamp_ns: u64,
+}
+
+impl FrameMeta {
+    /// Bytes of pixel data this frame holds: `ny * nx * pixel size`.
+    pub fn byte_len(&self) -> usize {
+        self.shape[0] as usize * self.shape[1] as usize * self.pixel.size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_names_of_the_allowed_alphabet() {
+        for ok in ["a", "scan_001", "p11-2026.10", &"x".repeat(64), "..a", "a.."] {
+            assert!(Name::new(ok).is_ok(), "{ok} should be accepted");
+        }
+    }
+
+    #[test]
+    fn refuses_names_that_could_escape_or_confuse() {
+        assert_eq!(Name::new(""), Err(NameError::Empty));
+        assert!(matches!(Name::new(&"x".repeat(65)), Err(NameError::TooLong(_))));
+        assert!(matches!(Name::new("."), Err(NameError::DotName(_))));
+        assert!(matches!(Name::new(".."), Err(NameError::DotName(_))));
+        for (bad, c) in [("a/b", '/'), ("a b", ' '), ("ä", 'ä'), ("a\0", '\0'), ("$x", '$')] {
+            assert_eq!(
+                Name::new(bad),
+                Err(NameError::BadChar {
+                    name: bad.into(),
+                    bad: c
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn error_message_names_the_refused_name() {
+        let msg = Name::new("../etc").unwrap_err().to_string();
+        assert!(msg.contains("\"../etc\""), "{msg}");
+    }
+
+    #[test]
+    fn byte_len_follows_shape_and_type() {
+        let meta = FrameMeta {
+            frame_number: 1,
+            module: 0,
+            pixel: PixelType::U16,
+            shape: [512, 1024],
+            timestamp_ns: 0,
+        };
+        assert_eq!(meta.byte_len(), 1 << 20);
+    }
+}
