@@ -90,6 +90,7 @@ impl fmt::Display for Name {
 /// A stream: beamtime / data source / stream, as in ASAPO. Each stream numbers its frames
 /// 1, 2, 3 ... without gaps.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamId {
     /// The beamtime (proposal or experiment) the data belongs to.
     pub beamtime: Name,
@@ -183,7 +184,14 @@ mod tests {
 
     #[test]
     fn accepts_names_of_the_allowed_alphabet() {
-        for ok in ["a", "scan_001", "p11-2026.10", &"x".repeat(64), "..a", "a.."] {
+        for ok in [
+            "a",
+            "scan_001",
+            "p11-2026.10",
+            &"x".repeat(64),
+            "..a",
+            "a..",
+        ] {
             assert!(Name::new(ok).is_ok(), "{ok} should be accepted");
         }
     }
@@ -191,10 +199,19 @@ mod tests {
     #[test]
     fn refuses_names_that_could_escape_or_confuse() {
         assert_eq!(Name::new(""), Err(NameError::Empty));
-        assert!(matches!(Name::new(&"x".repeat(65)), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            Name::new(&"x".repeat(65)),
+            Err(NameError::TooLong(_))
+        ));
         assert!(matches!(Name::new("."), Err(NameError::DotName(_))));
         assert!(matches!(Name::new(".."), Err(NameError::DotName(_))));
-        for (bad, c) in [("a/b", '/'), ("a b", ' '), ("ä", 'ä'), ("a\0", '\0'), ("$x", '$')] {
+        for (bad, c) in [
+            ("a/b", '/'),
+            ("a b", ' '),
+            ("ä", 'ä'),
+            ("a\0", '\0'),
+            ("$x", '$'),
+        ] {
             assert_eq!(
                 Name::new(bad),
                 Err(NameError::BadChar {

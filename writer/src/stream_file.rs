@@ -89,7 +89,9 @@ impl StreamFile {
         let data_group = nxmx::nx_group(&entry, "data", "NXdata")?;
         nxmx::attr_str(&data_group, "signal", "data")?;
         let data = create_data(&data_group, layout)?;
-        data.new_attr::<i64>().create("image_nr_low")?.write_scalar(&1i64)?;
+        data.new_attr::<i64>()
+            .create("image_nr_low")?
+            .write_scalar(&1i64)?;
         let image_nr_high = data.new_attr::<i64>().create("image_nr_high")?;
         image_nr_high.write_scalar(&0i64)?;
         let bit_depth = 8 * layout.pixel.size() as u32;

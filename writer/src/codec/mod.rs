@@ -63,10 +63,12 @@ impl Codec {
         match self {
             Self::None => {
                 let have = out.len();
-                let dst = out.get_mut(..input.len()).ok_or(CodecError::OutputTooSmall {
-                    have,
-                    need: input.len(),
-                })?;
+                let dst = out
+                    .get_mut(..input.len())
+                    .ok_or(CodecError::OutputTooSmall {
+                        have,
+                        need: input.len(),
+                    })?;
                 dst.copy_from_slice(input);
                 Ok(input.len())
             }

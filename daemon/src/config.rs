@@ -1,0 +1,461 @@
+//! The daemon's configuration file (TOML): parsed into plain data, then validated, with every
+//! error naming the offending key (`source[0].stream.beamtime: ...`).
+//!
+//! Resolving the plain data into live objects (pools, files, threads) is the pipeline's job;
+//! nothing here touches the system beyond counting the machine's cores.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use detingest_shm::{Name, PixelType, StreamId};
+use detingest_writer::{Codec, DetectorInfo};
+use serde::Deserialize;
+
+/// A configuration error: the key it concerns and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `source[0].rate_hz`; `.` for the whole file.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self {
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Root of the data tree: files go to `<data_dir>/<beamtime>/<source>/<stream>.h5`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Codec and flush cadence.
+    #[serde(default)]
+    pub writer: WriterConfig,
+    /// Queue depths, pool sizes and worker count.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// Which core each data-moving thread is pinned to.
+    #[serde(default)]
+    pub threads: ThreadMap,
+    /// Detector description written into every file.
+    #[serde(default)]
+    pub detector: DetectorInfo,
+    /// The frame sources, one stream each.
+    #[serde(rename = "source", default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+/// `[writer]`: how chunks are encoded and how often files are flushed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// `"lz4"` (HDF5 filter 32004, default) or `"none"`.
+    pub codec: Codec,
+    /// Flush a file after this many indices (0: only by time and on close).
+    pub flush_every_frames: u64,
+    /// Flush a file at least this often while frames arrive, in milliseconds (0: only by
+    /// count and on close).
+    pub flush_interval_ms: u64,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            codec: Codec::Lz4,
+            flush_every_frames: 100,
+            flush_interval_ms: 1000,
+        }
+    }
+}
+
+/// `[pipeline]`: sizes of the queues and pools between stages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Compression worker threads.
+    pub compress_workers: usize,
+    /// Capacity of each queue between stages, in frames.
+    pub queue_depth: usize,
+    /// Raw frame buffers per source.
+    pub input_buffers: usize,
+    /// Compressed chunk buffers shared by the workers.
+    pub output_buffers: usize,
+    /// Capacity of the notification queue; a full queue drops (and counts) notifications.
+    pub notify_queue: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            compress_workers: 2,
+            queue_depth: 16,
+            input_buffers: 32,
+            output_buffers: 32,
+            notify_queue: 4096,
+        }
+    }
+}
+
+/// `[threads]`: the core each thread is pinned to. Absent means not pinned.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreadMap {
+    /// The index-assignment thread.
+    pub indexer: Option<usize>,
+    /// The HDF5 writer thread.
+    pub writer: Option<usize>,
+    /// The notification consumer thread.
+    pub notify: Option<usize>,
+    /// Compression workers, in order; worker `i` uses entry `i % len`.
+    pub compress: Vec<usize>,
+}
+
+/// What a source does when the next stage is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Wait: for sources that can (shared-memory producers, files, the synthetic detector).
+    #[default]
+    Block,
+    /// Drop the frame and count it: for sources that cannot wait (UDP).
+    Drop,
+}
+
+/// One `[[source]]`: what every source has, plus exactly one kind table
+/// (`[source.synthetic]` for now; shared-memory and UDP sources come later).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Source name, used for its thread (`src-<name>`).
+    pub name: Name,
+    /// The stream it feeds.
+    pub stream: StreamId,
+    /// Behaviour when the pipeline is full.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Core to pin the source thread to.
+    #[serde(default)]
+    pub core: Option<usize>,
+    /// The built-in synthetic detector.
+    pub synthetic: Option<SyntheticConfig>,
+}
+
+/// The kind of a validated source.
+#[derive(Debug, Clone, Copy)]
+pub enum SourceKind<'a> {
+    /// `[source.synthetic]`.
+    Synthetic(&'a SyntheticConfig),
+}
+
+impl SourceConfig {
+    /// The source's kind. Validation guarantees exactly one kind table is present.
+    pub fn kind(&self) -> Option<SourceKind<'_>> {
+        self.synthetic.as_ref().map(SourceKind::Synthetic)
+    }
+
+    /// Pixel type and `[ny, nx]` of the source's frames.
+    pub fn frame_format(&self) -> (PixelType, [u32; 2]) {
+        match self.kind() {
+            Some(SourceKind::Synthetic(s)) => (s.pixel, s.shape),
+            None => (PixelType::U8, [0, 0]),
+        }
+    }
+
+    /// Frames the source will produce, if it knows (0: open-ended).
+    pub fn expected_frames(&self) -> u64 {
+        match self.kind() {
+            Some(SourceKind::Synthetic(s)) => s.frames,
+            None => 0,
+        }
+    }
+}
+
+/// `[source.synthetic]`: deterministic Poisson background plus Bragg-like peaks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    /// Frames to produce (0: until stopped).
+    #[serde(default = "default_frames")]
+    pub frames: u64,
+    /// Frames per second (0: as fast as the pipeline takes them).
+    #[serde(default)]
+    pub rate_hz: f64,
+    /// `[ny, nx]` of one module frame.
+    #[serde(default = "default_shape")]
+    pub shape: [u32; 2],
+    /// Pixel type.
+    #[serde(default = "default_pixel")]
+    pub pixel: PixelType,
+    /// Seed: frame `n`'s pixels are a pure function of (seed, n).
+    #[serde(default)]
+    pub seed: u64,
+    /// Mean background photons per pixel (Poisson).
+    #[serde(default = "default_background")]
+    pub background: f64,
+    /// Bragg-like peaks per frame.
+    #[serde(default = "default_peaks")]
+    pub peaks: u32,
+    /// Distinct frames generated at start and cycled through.
+    #[serde(default = "default_bank")]
+    pub bank_frames: usize,
+    /// Detector frame number of the first frame.
+    #[serde(default = "default_first")]
+    pub first_frame_number: u64,
+}
+
+fn default_frames() -> u64 {
+    100
+}
+fn default_shape() -> [u32; 2] {
+    [512, 1024]
+}
+fn default_pixel() -> PixelType {
+    PixelType::U16
+}
+fn default_background() -> f64 {
+    0.5
+}
+fn default_peaks() -> u32 {
+    20
+}
+fn default_bank() -> usize {
+    16
+}
+fn default_first() -> u64 {
+    1
+}
+
+/// Largest frame accepted, in bytes: a chunk must stay below 2 GiB for HDF5 and LZ4.
+pub const MAX_FRAME_BYTES: usize = 1 << 30;
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(".", format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new(".", e.to_string().trim_end()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::new(key, e.into_inner().to_string().trim_end())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: ranges, duplicates, cores that exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.pipeline;
+        for (key, v) in [
+            ("pipeline.compress_workers", p.compress_workers),
+            ("pipeline.queue_depth", p.queue_depth),
+            ("pipeline.input_buffers", p.input_buffers),
+            ("pipeline.output_buffers", p.output_buffers),
+            ("pipeline.notify_queue", p.notify_queue),
+        ] {
+            if v == 0 || v > 65_536 {
+                return Err(ConfigError::new(key, format!("{v} is not in 1..=65536")));
+            }
+        }
+        if p.output_buffers < p.compress_workers {
+            return Err(ConfigError::new(
+                "pipeline.output_buffers",
+                format!(
+                    "{} is fewer than compress_workers ({}): each worker holds one",
+                    p.output_buffers, p.compress_workers
+                ),
+            ));
+        }
+        let cores = core_count();
+        let t = &self.threads;
+        for (key, core) in [
+            ("threads.indexer", t.indexer),
+            ("threads.writer", t.writer),
+            ("threads.notify", t.notify),
+        ] {
+            check_core(key, core, cores)?;
+        }
+        for (i, &c) in t.compress.iter().enumerate() {
+            check_core(&format!("threads.compress[{i}]"), Some(c), cores)?;
+        }
+        if self.sources.is_empty() {
+            return Err(ConfigError::new("source", "no [[source]] configured"));
+        }
+        let mut streams = HashSet::new();
+        let mut names = HashSet::new();
+        for (i, src) in self.sources.iter().enumerate() {
+            if !names.insert(src.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("source[{i}].name"),
+                    format!("source name {:?} is used twice", src.name.as_str()),
+                ));
+            }
+            if !streams.insert(src.stream.clone()) {
+                return Err(ConfigError::new(
+                    format!("source[{i}].stream"),
+                    format!("stream {} is fed by two sources", src.stream),
+                ));
+            }
+            check_core(&format!("source[{i}].core"), src.core, cores)?;
+            match src.kind() {
+                Some(SourceKind::Synthetic(s)) => s.validate(i)?,
+                None => {
+                    return Err(ConfigError::new(
+                        format!("source[{i}]"),
+                        "no source kind: add a [source.synthetic] table",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SyntheticConfig {
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("source[{i}].synthetic.{k}");
+        if !(self.rate_hz.is_finite() && self.rate_hz >= 0.0) {
+            return Err(ConfigError::new(key("rate_hz"), "must be a number >= 0"));
+        }
+        if !(self.background.is_finite() && (0.0..=1e6).contains(&self.background)) {
+            return Err(ConfigError::new(key("background"), "must be in 0..=1e6"));
+        }
+        let bytes = self.shape[0] as usize * self.shape[1] as usize * self.pixel.size();
+        if self.shape.contains(&0) || bytes > MAX_FRAME_BYTES {
+            return Err(ConfigError::new(
+                key("shape"),
+                format!(
+                    "{:?} gives {bytes} bytes per frame; need 1..={MAX_FRAME_BYTES}",
+                    self.shape
+                ),
+            ));
+        }
+        if self.bank_frames == 0 || self.bank_frames > 4096 {
+            return Err(ConfigError::new(key("bank_frames"), "must be in 1..=4096"));
+        }
+        if self.first_frame_number.checked_add(self.frames).is_none() {
+            return Err(ConfigError::new(
+                key("first_frame_number"),
+                "first_frame_number + frames overflows u64",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn core_count() -> usize {
+    core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1))
+}
+
+fn check_core(key: &str, core: Option<usize>, cores: usize) -> Result<(), ConfigError> {
+    match core {
+        Some(c) if c >= cores => Err(ConfigError::new(
+            key,
+            format!("core {c} does not exist (this machine has cores 0..{cores})"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[source]]
+        name = "sim"
+        stream = { beamtime = "bt", source = "det", stream = "s1" }
+        [source.synthetic]
+    "#;
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.writer.codec, Codec::Lz4);
+        assert_eq!(c.pipeline.compress_workers, 2);
+        let Some(SourceKind::Synthetic(s)) = c.sources[0].kind() else {
+            panic!("synthetic source expected");
+        };
+        assert_eq!(s.shape, [512, 1024]);
+        assert_eq!(s.pixel, PixelType::U16);
+        assert_eq!(c.sources[0].policy, Policy::Block);
+    }
+
+    #[test]
+    fn bad_stream_name_names_its_key() {
+        let e = err(&MINIMAL.replace("\"bt\"", "\"../etc\""));
+        assert_eq!(e.key, "source[0].stream.beamtime");
+        assert!(e.message.contains("../etc"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&format!("{MINIMAL}\nspeed = 3\n"));
+        assert_eq!(e.key, "source[0].synthetic.speed");
+        assert!(e.message.contains("speed"), "{e}");
+        let e = err(&format!("[writer]\nflush_evry_frames = 3\n{MINIMAL}"));
+        assert_eq!(e.key, "writer.flush_evry_frames");
+        assert!(e.message.contains("flush_evry_frames"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_enum_are_named() {
+        let e = err(&format!("[writer]\ncodec = \"zip\"\n{MINIMAL}"));
+        assert_eq!(e.key, "writer.codec");
+        let e = err(&format!("{MINIMAL}\npixel = \"u12\"\n"));
+        assert_eq!(e.key, "source[0].synthetic.pixel");
+        let e = err(&format!("{MINIMAL}\nframes = \"many\"\n"));
+        assert_eq!(e.key, "source[0].synthetic.frames");
+    }
+
+    #[test]
+    fn range_errors_are_named() {
+        let e = err(&format!("[pipeline]\ncompress_workers = 0\n{MINIMAL}"));
+        assert_eq!(e.key, "pipeline.compress_workers");
+        let e = err(&format!("{MINIMAL}\nrate_hz = -1.0\n"));
+        assert_eq!(e.key, "source[0].synthetic.rate_hz");
+        let e = err(&format!("{MINIMAL}\nshape = [0, 10]\n"));
+        assert_eq!(e.key, "source[0].synthetic.shape");
+        let e = err(&format!("[threads]\ncompress = [0, 4096]\n{MINIMAL}"));
+        assert_eq!(e.key, "threads.compress[1]");
+    }
+
+    #[test]
+    fn duplicate_streams_and_empty_sources_are_refused() {
+        let twice = format!("{MINIMAL}{}", MINIMAL.replace("\"sim\"", "\"sim2\""));
+        assert_eq!(err(&twice).key, "source[1].stream");
+        assert_eq!(err("data_dir = \"x\"\n").key, "source");
+        let kindless = MINIMAL.replace("[source.synthetic]", "");
+        assert_eq!(err(&kindless).key, "source[0]");
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let e = err("[writer\n");
+        assert_eq!(e.key, ".");
+        assert!(e.message.contains("line 1"), "{e}");
+    }
+}

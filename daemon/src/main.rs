@@ -1,0 +1,261 @@
+//! `detingestd`: the detector ingest daemon's command line.
+
+mod report;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use detingest_daemon::config::{Config, SourceKind};
+use detingest_daemon::notify::{NotificationSink, RateLogger};
+use detingest_daemon::pipeline;
+use detingest_daemon::source::synthetic::FrameBank;
+use detingest_writer::Codec;
+
+/// Detector ingest daemon: frames from detectors and DAQ software to NXmx HDF5 files.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing syntax, e.g. `info` or `detingest_daemon=debug`); RUST_LOG wins.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline described by a configuration file until its sources end (or Ctrl-C).
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override the file's `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Write the final summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+    /// Validate a configuration file without running it; errors name the offending key.
+    CheckConfig {
+        /// The configuration file (TOML).
+        config: PathBuf,
+    },
+    /// Run the built-in synthetic JUNGFRAU-like detector through the full pipeline, with a
+    /// progress line and a final summary.
+    Demo {
+        /// Where to write files.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Frames to produce.
+        #[arg(long, default_value_t = 1000)]
+        frames: u64,
+        /// Frames per second (0: as fast as the pipeline goes).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Chunk codec: lz4 or none.
+        #[arg(long, default_value = "lz4", value_parser = parse_codec)]
+        codec: Codec,
+        /// Compression worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Seed of the synthetic detector.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the configuration the demo runs and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Write the frames a synthetic source produces, raw little-endian and back to back, for
+    /// checking files against them.
+    SynthDump {
+        /// The configuration file holding the source.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The source's name (default: the first source).
+        #[arg(long)]
+        source: Option<String>,
+        /// Output file.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+}
+
+fn parse_codec(s: &str) -> Result<Codec, String> {
+    match s {
+        "lz4" => Ok(Codec::Lz4),
+        "none" => Ok(Codec::None),
+        _ => Err(format!("unknown codec {s:?}; expected lz4 or none")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_thread_names(true)
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("detingestd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::CheckConfig { config } => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: ok ({} source(s), codec {}, {} compression worker(s))",
+                config.display(),
+                c.sources.len(),
+                c.writer.codec.name(),
+                c.pipeline.compress_workers
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            config,
+            data_dir,
+            summary_json,
+        } => {
+            let mut c = Config::load(&config)?;
+            if let Some(d) = data_dir {
+                c.data_dir = d;
+            }
+            ingest(&c, summary_json.as_deref(), false)
+        }
+        Command::Demo {
+            data_dir,
+            frames,
+            rate,
+            codec,
+            workers,
+            seed,
+            print_config,
+        } => {
+            let text = demo_config(&data_dir, frames, rate, codec, workers, seed);
+            if print_config {
+                print!("{text}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let c = Config::parse(&text).context("demo configuration")?;
+            ingest(&c, None, true)
+        }
+        Command::SynthDump {
+            config,
+            source,
+            out,
+        } => {
+            let c = Config::load(&config)?;
+            synth_dump(&c, source.as_deref(), &out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The demo's configuration: one synthetic JUNGFRAU module into a new stream named by time.
+fn demo_config(
+    data_dir: &Path,
+    frames: u64,
+    rate: f64,
+    codec: Codec,
+    workers: usize,
+    seed: u64,
+) -> String {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        r#"# detingestd demo: one synthetic JUNGFRAU-like module (512 x 1024 u16)
+data_dir = {data_dir:?}
+
+[writer]
+codec = "{codec}"
+flush_every_frames = 100
+flush_interval_ms = 1000
+
+[pipeline]
+compress_workers = {workers}
+
+[[source]]
+name = "jungfrau"
+stream = {{ beamtime = "demo", source = "jungfrau", stream = "scan_{stamp}" }}
+
+[source.synthetic]
+frames = {frames}
+rate_hz = {rate:?}
+seed = {seed}
+"#,
+        data_dir = data_dir.display().to_string(),
+        codec = codec.name(),
+    )
+}
+
+/// Runs the pipeline to the end with a progress line (when `progress`) and prints a summary.
+fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Result<ExitCode> {
+    let sinks: Vec<Box<dyn NotificationSink>> =
+        vec![Box::new(RateLogger::new(Duration::from_secs(5)))];
+    let running = pipeline::start(config, sinks)?;
+    let stop = running.stop_handle();
+    let _ = ctrlc::set_handler(move || {
+        if stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+    });
+    let expected: u64 = config.sources.iter().map(|s| s.expected_frames()).sum();
+    if progress {
+        report::progress_until_done(&running, expected);
+    }
+    let summary = running.wait();
+    report::print_summary(&summary);
+    if let Some(path) = summary_json {
+        let mut f = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        serde_json::to_writer_pretty(&mut f, &report::summary_json(&summary))?;
+        writeln!(f)?;
+    }
+    Ok(if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Writes what `source` generates, frame after frame, raw.
+fn synth_dump(config: &Config, source: Option<&str>, out: &Path) -> Result<()> {
+    let src = match source {
+        None => config.sources.first(),
+        Some(name) => config.sources.iter().find(|s| s.name.as_str() == name),
+    };
+    let Some(SourceKind::Synthetic(cfg)) = src.and_then(|s| s.kind()) else {
+        bail!(
+            "no synthetic source {:?} in the configuration",
+            source.unwrap_or("(first)")
+        );
+    };
+    if cfg.frames == 0 {
+        bail!("the source is open-ended (frames = 0); nothing to dump");
+    }
+    let bank = FrameBank::generate(cfg);
+    let mut frame = vec![0u8; bank.frame_bytes()];
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?,
+    );
+    for n in cfg.first_frame_number..cfg.first_frame_number + cfg.frames {
+        bank.render(n, &mut frame);
+        w.write_all(&frame)?;
+    }
+    w.flush()?;
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Notifications of written frames: the writer pushes one per index onto a bounded lock-free
+//! queue ([`crossbeam::queue::ArrayQueue`]) and never waits; a consumer thread drains it and
+//! hands each notification to every [`NotificationSink`].
+//!
+//! A publisher for live viewers is one more sink: it plugs in at pipeline start without the
+//! writer knowing. A full queue drops the notification and counts it; ingest never slows down
+//! for a consumer. A notification holds its stream's description by `Arc`, so building one
+//! allocates nothing.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::ArrayQueue;
+use detingest_shm::{PixelType, StreamId};
+use detingest_writer::Codec;
+
+use crate::pipeline::{PipelineStats, StreamSlot};
+
+/// What every notification of a stream shares.
+#[derive(Debug)]
+pub struct StreamInfo {
+    /// Position in the pipeline's stream table.
+    pub slot: StreamSlot,
+    /// beamtime / source / stream.
+    pub id: StreamId,
+    /// The data file.
+    pub file: PathBuf,
+    /// Dataset of the frames inside the file.
+    pub dataset: &'static str,
+    /// Codec of the chunks.
+    pub codec: Codec,
+    /// Pixel type.
+    pub pixel: PixelType,
+    /// `[ny, nx]`.
+    pub shape: [u32; 2],
+}
+
+/// One index of a stream was written (or recorded lost).
+#[derive(Debug, Clone)]
+pub struct FrameNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// 1-based index in the stream (its position in the dataset is `index - 1`).
+    pub index: u64,
+    /// The detector's frame number.
+    pub frame_number: u64,
+    /// True when the frame never arrived: no chunk was written, the fill value shows.
+    pub lost: bool,
+    /// Bytes before compression (0 when lost).
+    pub raw_bytes: u64,
+    /// Bytes written (0 when lost).
+    pub compressed_bytes: u64,
+    /// Acquisition time, ns since the Unix epoch (0 when lost).
+    pub timestamp_ns: u64,
+}
+
+/// A stream's file was closed.
+#[derive(Debug, Clone)]
+pub struct StreamEndNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// Indices in the file.
+    pub frames: u64,
+    /// Of which lost.
+    pub lost: u64,
+}
+
+/// What the writer announces.
+#[derive(Debug, Clone)]
+pub enum Notification {
+    /// A frame was written.
+    Frame(FrameNotice),
+    /// A stream ended.
+    StreamEnd(StreamEndNotice),
+}
+
+/// A consumer of notifications, called on the notification thread in queue order.
+pub trait NotificationSink: Send {
+    /// Called once per notification.
+    fn notify(&mut self, n: &Notification);
+    /// Called when the pipeline has ended and the queue is drained.
+    fn finish(&mut self) {}
+}
+
+/// The queue between the writer and the notification thread.
+pub struct NotifyQueue {
+    queue: ArrayQueue<Notification>,
+    consumer: OnceLock<Thread>,
+    closed: AtomicBool,
+    stats: Arc<PipelineStats>,
+}
+
+impl NotifyQueue {
+    pub(crate) fn new(capacity: usize, stats: Arc<PipelineStats>) -> Self {
+        Self {
+            queue: ArrayQueue::new(capacity),
+            consumer: OnceLock::new(),
+            closed: AtomicBool::new(false),
+            stats,
+        }
+    }
+
+    /// Enqueues without waiting; a full queue drops `n` and counts it.
+    pub(crate) fn push(&self, n: Notification) {
+        if self.queue.push(n).is_err() {
+            self.stats.notify_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(t) = self.consumer.get() {
+            t.unpark();
+        }
+    }
+
+    /// No more notifications will come.
+    pub(crate) fn close(&self) {
+        // Release: the consumer that sees `closed` also sees every notification pushed before.
+        self.closed.store(true, Ordering::Release);
+        if let Some(t) = self.consumer.get() {
+            t.unpark();
+        }
+    }
+
+    /// Notifications waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Capacity of the queue.
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    /// Runs the consumer on the current thread until the queue is closed and drained.
+    pub(crate) fn consume(&self, mut sinks: Vec<Box<dyn NotificationSink>>) {
+        let _ = self.consumer.set(std::thread::current());
+        loop {
+            // Acquire pairs with `close`: read the flag before draining, so a close that
+            // happened before this point has its last notifications drained below.
+            let closed = self.closed.load(Ordering::Acquire);
+            let mut drained = false;
+            while let Some(n) = self.queue.pop() {
+                for s in &mut sinks {
+                    s.notify(&n);
+                }
+                self.stats.notified.fetch_add(1, Ordering::Relaxed);
+                drained = true;
+            }
+            if closed {
+                break;
+            }
+            if !drained {
+                std::thread::park_timeout(Duration::from_millis(100));
+            }
+        }
+        for s in &mut sinks {
+            s.finish();
+        }
+    }
+}
+
+/// Counts notifications and logs a rate line every `every`.
+pub struct RateLogger {
+    every: Duration,
+    window_start: Instant,
+    window_frames: u64,
+    total_frames: u64,
+}
+
+impl RateLogger {
+    /// A logger that reports every `every`.
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            window_start: Instant::now(),
+            window_frames: 0,
+            total_frames: 0,
+        }
+    }
+}
+
+impl NotificationSink for RateLogger {
+    fn notify(&mut self, n: &Notification) {
+        match n {
+            Notification::Frame(_) => {
+                self.window_frames += 1;
+                self.total_frames += 1;
+            }
+            Notification::StreamEnd(e) => tracing::info!(
+                stream = %e.stream.id,
+                frames = e.frames,
+                lost = e.lost,
+                file = %e.stream.file.display(),
+                "stream closed"
+            ),
+        }
+        let dt = self.window_start.elapsed();
+        if dt >= self.every {
+            tracing::info!(
+                frames = self.total_frames,
+                rate_hz = format_args!("{:.1}", self.window_frames as f64 / dt.as_secs_f64()),
+                "notifications"
+            );
+            self.window_start = Instant::now();
+            self.window_frames = 0;
+        }
+    }
+
+    fn finish(&mut self) {
+        tracing::info!(frames = self.total_frames, "notifications: total");
+    }
+}

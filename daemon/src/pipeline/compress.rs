@@ -1,0 +1,67 @@
+//! A compression worker: takes raw frames in index order from the shared queue, encodes each
+//! straight out of its input buffer into a pooled output buffer, releases the input buffer, and
+//! passes the chunk on. Other steps pass through untouched.
+//!
+//! A worker takes its output buffer *before* it takes the next item. Items leave the queue in
+//! `seq` order, so the item the writer waits for is always held by a worker that already has a
+//! buffer: the writer's reorder window can never hold every buffer while the item it needs
+//! waits for one.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam::channel::{Receiver, Sender};
+use detingest_shm::BufferPool;
+use detingest_writer::Codec;
+
+use super::job::{Item, Step};
+use super::stats::PipelineStats;
+
+/// Runs one worker until the indexer's queue closes.
+pub(crate) fn run(
+    codec: Codec,
+    input: Receiver<Item>,
+    output: Sender<Item>,
+    pool: BufferPool,
+    stats: Arc<PipelineStats>,
+) {
+    let mut out = pool.acquire();
+    for item in input {
+        let step = match item.step {
+            Step::Raw {
+                index,
+                meta,
+                pixels,
+            } => {
+                let raw = pixels.len();
+                match codec.compress_into(pixels.as_slice(), out.spare_mut()) {
+                    Ok(len) => {
+                        drop(pixels); // the input buffer goes back to its source's pool now
+                        out.set_len(len);
+                        stats.compressed.fetch_add(1, Ordering::Relaxed);
+                        stats.bytes_raw.fetch_add(raw as u64, Ordering::Relaxed);
+                        stats
+                            .bytes_compressed
+                            .fetch_add(len as u64, Ordering::Relaxed);
+                        let chunk = std::mem::replace(&mut out, pool.acquire());
+                        Step::Chunk { index, meta, chunk }
+                    }
+                    Err(e) => {
+                        tracing::error!(index, error = %e, "codec refused a frame; recorded lost");
+                        stats.codec_errors.fetch_add(1, Ordering::Relaxed);
+                        Step::Lost {
+                            first_index: index,
+                            first_frame_number: meta.frame_number,
+                            count: 1,
+                        }
+                    }
+                }
+            }
+            other => other,
+        };
+        let item = Item { step, ..item };
+        if output.send(item).is_err() {
+            return; // the writer is gone
+        }
+    }
+}

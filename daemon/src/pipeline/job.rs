@@ -1,0 +1,80 @@
+//! The messages that move between pipeline stages. Pixels travel as [`PoolBuf`] handles inside
+//! them; nothing here copies or allocates.
+
+use detingest_shm::{FrameMeta, PoolBuf};
+
+/// Index of a stream in the pipeline's stream table.
+pub type StreamSlot = u16;
+
+/// Source -> indexer.
+pub enum SourceMsg {
+    /// The stream begins; index 1 belongs to `first_frame_number`.
+    Start {
+        /// The stream.
+        stream: StreamSlot,
+        /// Detector frame number of index 1.
+        first_frame_number: u64,
+    },
+    /// One frame, pixels in a pool buffer.
+    Frame {
+        /// The stream.
+        stream: StreamSlot,
+        /// What the detector said about it.
+        meta: FrameMeta,
+        /// The pixels.
+        data: PoolBuf,
+    },
+    /// The stream ends after `last_frame_number` (`None`: it produced nothing).
+    End {
+        /// The stream.
+        stream: StreamSlot,
+        /// Detector frame number of the last frame, delivered or dropped.
+        last_frame_number: Option<u64>,
+    },
+}
+
+/// Indexer -> compression workers -> writer. `seq` numbers every item the indexer emits,
+/// across all streams, so the writer restores the indexer's order exactly.
+pub struct Item {
+    /// Position in the indexer's output, 0, 1, 2 ...
+    pub seq: u64,
+    /// The stream.
+    pub stream: StreamSlot,
+    /// What to do.
+    pub step: Step,
+}
+
+/// What an [`Item`] asks of the writer.
+pub enum Step {
+    /// Open the stream's file.
+    Open,
+    /// A frame still to be compressed (only between indexer and workers).
+    Raw {
+        /// 1-based index in the stream.
+        index: u64,
+        /// Frame description.
+        meta: FrameMeta,
+        /// Raw pixels.
+        pixels: PoolBuf,
+    },
+    /// A compressed frame ready to write.
+    Chunk {
+        /// 1-based index in the stream.
+        index: u64,
+        /// Frame description.
+        meta: FrameMeta,
+        /// Encoded chunk.
+        chunk: PoolBuf,
+    },
+    /// `count` consecutive indices whose frames never arrived (or could not be encoded).
+    Lost {
+        /// First lost index.
+        first_index: u64,
+        /// Detector frame number of `first_index`.
+        first_frame_number: u64,
+        /// Number of lost indices.
+        count: u64,
+    },
+    /// Close the stream's file: nothing follows.
+    Close,
+}

@@ -1,0 +1,346 @@
+//! The ingest pipeline: sources -> indexer -> compression workers -> writer -> notifications,
+//! each stage on its own named (and optionally pinned) thread, joined by bounded crossbeam
+//! queues.
+//!
+//! Frames move as pool-buffer handles. The only copy of the pixels is the source's own
+//! (into its pool buffer); the codec reads that buffer in place and writes into a pooled
+//! output buffer, which the writer hands to `H5Dwrite_chunk`. When a queue is full the
+//! source's [`Policy`](crate::config::Policy) blocks or drops; every drop is counted by the
+//! source and recorded lost by the indexer, so a stream's indices stay 1..N without gaps.
+
+mod compress;
+mod indexer;
+mod job;
+mod reorder;
+mod stats;
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver};
+use detingest_shm::BufferPool;
+use detingest_writer::{DatasetLayout, DATA_PATH};
+
+pub use job::{SourceMsg, StreamSlot};
+pub use stats::{PipelineStats, StatsSnapshot};
+pub use writer::StreamReport;
+
+use crate::config::{Config, SourceConfig, SourceKind};
+use crate::notify::{NotificationSink, NotifyQueue, StreamInfo};
+use crate::source::{self, synthetic::FrameBank, SourceOutput, SourceStats};
+use crate::threads;
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A stream's data file exists already; detingest never overwrites.
+    #[error("{0} exists already; choose another stream name or move the file")]
+    Exists(PathBuf),
+    /// A thread could not be started.
+    #[error("cannot start thread: {0}")]
+    Spawn(#[from] std::io::Error),
+}
+
+/// Where a stream's data file goes: `<data_dir>/<beamtime>/<source>/<stream>.h5`.
+pub fn stream_file_path(config: &Config, src: &SourceConfig) -> PathBuf {
+    let id = &src.stream;
+    config
+        .data_dir
+        .join(id.beamtime.as_str())
+        .join(id.source.as_str())
+        .join(format!("{}.h5", id.stream))
+}
+
+/// Queue fill levels and free buffers at one moment.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Gauges {
+    /// Frames waiting for the indexer.
+    pub source_queue: usize,
+    /// Items waiting for a compression worker.
+    pub compress_queue: usize,
+    /// Items waiting for the writer.
+    pub write_queue: usize,
+    /// Capacity of each of those queues.
+    pub queue_capacity: usize,
+    /// Free raw buffers, summed over sources.
+    pub free_input_buffers: usize,
+    /// Free compressed-chunk buffers.
+    pub free_output_buffers: usize,
+    /// Notifications waiting.
+    pub notify_queue: usize,
+}
+
+/// A started pipeline.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    stats: Arc<PipelineStats>,
+    sources: Vec<Arc<SourceStats>>,
+    streams: Vec<Arc<StreamInfo>>,
+    queues: (
+        Receiver<SourceMsg>,
+        Receiver<job::Item>,
+        Receiver<job::Item>,
+    ),
+    queue_capacity: usize,
+    input_pools: Vec<BufferPool>,
+    output_pool: BufferPool,
+    notify: Arc<NotifyQueue>,
+    threads: Vec<JoinHandle<()>>,
+    writer: JoinHandle<Vec<StreamReport>>,
+    started: Instant,
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Wall time from start to the last file closed.
+    pub elapsed: Duration,
+    /// Pipeline counters at the end.
+    pub stats: StatsSnapshot,
+    /// Per source: name, frames sent, frames dropped.
+    pub sources: Vec<(String, u64, u64)>,
+    /// Per stream: what was written.
+    pub streams: Vec<StreamReport>,
+}
+
+impl RunSummary {
+    /// True when every frame produced was written or recorded lost and no file failed.
+    pub fn ok(&self) -> bool {
+        self.stats.write_errors == 0 && self.streams.iter().all(|s| s.error.is_none())
+    }
+}
+
+/// Starts the pipeline for `config`, with `sinks` receiving every notification.
+///
+/// Refuses to start if a stream's file exists. The synthetic sources generate their frame
+/// banks here, before any thread starts.
+pub fn start(
+    config: &Config,
+    sinks: Vec<Box<dyn NotificationSink>>,
+) -> Result<Running, StartError> {
+    let p = &config.pipeline;
+    let t = &config.threads;
+    let codec = config.writer.codec;
+    let stats = Arc::new(PipelineStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut streams = Vec::new();
+    let mut layouts = Vec::new();
+    let mut max_frame = 0;
+    for (slot, src) in config.sources.iter().enumerate() {
+        let file = stream_file_path(config, src);
+        if file.exists() {
+            return Err(StartError::Exists(file));
+        }
+        let (pixel, shape) = src.frame_format();
+        let info = Arc::new(StreamInfo {
+            slot: slot as StreamSlot,
+            id: src.stream.clone(),
+            file,
+            dataset: DATA_PATH,
+            codec,
+            pixel,
+            shape,
+        });
+        let layout = DatasetLayout {
+            pixel,
+            shape,
+            codec,
+        };
+        max_frame = max_frame.max(layout.frame_bytes());
+        streams.push(Arc::clone(&info));
+        layouts.push((info, layout));
+    }
+
+    let (source_tx, source_rx) = channel::bounded::<SourceMsg>(p.queue_depth);
+    let (compress_tx, compress_rx) = channel::bounded::<job::Item>(p.queue_depth);
+    let (write_tx, write_rx) = channel::bounded::<job::Item>(p.queue_depth);
+    let output_pool = BufferPool::new(p.output_buffers, codec.max_compressed_len(max_frame));
+    let notify = Arc::new(NotifyQueue::new(p.notify_queue, Arc::clone(&stats)));
+
+    // Every item between indexer and writer is a frame (holding a buffer or a queue slot) or
+    // one of at most one Lost per frame plus Open, Lost and Close per stream; see
+    // `compress.rs` for why the writer never waits on a full window.
+    let frames_in_flight = p.output_buffers + 2 * p.queue_depth + p.compress_workers;
+    let window = 2 * frames_in_flight + 3 * streams.len() + 1;
+
+    let mut threads = Vec::new();
+    let consumer = Arc::clone(&notify);
+    threads.push(threads::spawn("notify".into(), t.notify, move || {
+        consumer.consume(sinks)
+    })?);
+    let writer_stage = writer::Writer::new(
+        layouts,
+        config.detector.clone(),
+        writer::FlushCadence {
+            frames: config.writer.flush_every_frames,
+            interval: (config.writer.flush_interval_ms > 0)
+                .then(|| Duration::from_millis(config.writer.flush_interval_ms)),
+        },
+        window,
+        Arc::clone(&notify),
+        Arc::clone(&stats),
+    );
+    let writer_rx = write_rx.clone();
+    let writer = threads::spawn("writer".into(), t.writer, move || {
+        writer_stage.run(writer_rx)
+    })?;
+    for i in 0..p.compress_workers {
+        let core = (!t.compress.is_empty()).then(|| t.compress[i % t.compress.len()]);
+        let (rx, tx, pool, st) = (
+            compress_rx.clone(),
+            write_tx.clone(),
+            output_pool.clone(),
+            Arc::clone(&stats),
+        );
+        threads.push(threads::spawn(format!("compress-{i}"), core, move || {
+            compress::run(codec, rx, tx, pool, st)
+        })?);
+    }
+    drop(write_tx);
+    let indexer = indexer::Indexer::new(streams.len(), compress_tx, Arc::clone(&stats));
+    let indexer_rx = source_rx.clone();
+    threads.push(threads::spawn("indexer".into(), t.indexer, move || {
+        indexer.run(indexer_rx)
+    })?);
+
+    let mut sources = Vec::new();
+    let mut input_pools = Vec::new();
+    for (slot, src) in config.sources.iter().enumerate() {
+        let st = Arc::new(SourceStats::new(src.name.clone()));
+        sources.push(Arc::clone(&st));
+        match src.kind() {
+            None => {} // refused by validation
+            Some(SourceKind::Synthetic(cfg)) => {
+                let bank = FrameBank::generate(cfg);
+                let pool = BufferPool::new(p.input_buffers, bank.frame_bytes());
+                input_pools.push(pool.clone());
+                let mut out = SourceOutput::new(
+                    slot as StreamSlot,
+                    src.policy,
+                    pool,
+                    source_tx.clone(),
+                    Arc::clone(&stop),
+                    st,
+                );
+                let cfg = cfg.clone();
+                threads.push(threads::spawn(
+                    format!("src-{}", src.name),
+                    src.core,
+                    move || source::synthetic::run(&cfg, &bank, &mut out),
+                )?);
+            }
+        }
+    }
+    drop(source_tx);
+
+    Ok(Running {
+        stop,
+        stats,
+        sources,
+        streams,
+        queues: (source_rx, compress_rx, write_rx),
+        queue_capacity: p.queue_depth,
+        input_pools,
+        output_pool,
+        notify,
+        threads,
+        writer,
+        started: Instant::now(),
+    })
+}
+
+impl Running {
+    /// Asks every source to end its stream; the pipeline then drains and closes its files.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A handle that stops the pipeline from elsewhere (a signal handler, a test).
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Pipeline counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Per-source counters.
+    pub fn sources(&self) -> &[Arc<SourceStats>] {
+        &self.sources
+    }
+
+    /// The streams and their files.
+    pub fn streams(&self) -> &[Arc<StreamInfo>] {
+        &self.streams
+    }
+
+    /// Time since start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// True once every source has ended its stream.
+    pub fn sources_finished(&self) -> bool {
+        self.sources
+            .iter()
+            .all(|s| s.finished.load(Ordering::Relaxed))
+    }
+
+    /// Queue fill levels and free buffers now.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            source_queue: self.queues.0.len(),
+            compress_queue: self.queues.1.len(),
+            write_queue: self.queues.2.len(),
+            queue_capacity: self.queue_capacity,
+            free_input_buffers: self.input_pools.iter().map(BufferPool::free).sum(),
+            free_output_buffers: self.output_pool.free(),
+            notify_queue: self.notify.len(),
+        }
+    }
+
+    /// Waits for every source to finish and every file to close.
+    pub fn wait(self) -> RunSummary {
+        let Self {
+            stats,
+            sources,
+            threads,
+            writer,
+            started,
+            queues,
+            ..
+        } = self;
+        drop(queues);
+        let streams = writer.join().unwrap_or_else(|_| {
+            tracing::error!("writer thread panicked");
+            Vec::new()
+        });
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a pipeline thread panicked");
+            }
+        }
+        RunSummary {
+            elapsed: started.elapsed(),
+            stats: stats.snapshot(),
+            sources: sources
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.to_string(),
+                        s.sent.load(Ordering::Relaxed),
+                        s.dropped(),
+                    )
+                })
+                .collect(),
+            streams,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Pipeline counters, updated with relaxed atomics by the stage that owns each one and read by
+//! the progress line, the summary and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of the stages after the sources.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Frames given an index.
+    pub indexed: AtomicU64,
+    /// Indices recorded lost (frames dropped by sources or never delivered).
+    pub lost: AtomicU64,
+    /// Frames refused by the indexer: behind the stream's numbering, or of a stream not open.
+    pub stale: AtomicU64,
+    /// Frames compressed.
+    pub compressed: AtomicU64,
+    /// Frames the codec refused (recorded lost).
+    pub codec_errors: AtomicU64,
+    /// Raw bytes of compressed frames.
+    pub bytes_raw: AtomicU64,
+    /// Encoded bytes of compressed frames.
+    pub bytes_compressed: AtomicU64,
+    /// Frames written to files.
+    pub written: AtomicU64,
+    /// Frames or lost records that could not be written (file errors).
+    pub write_errors: AtomicU64,
+    /// File flushes.
+    pub flushes: AtomicU64,
+    /// Notifications handed to the sinks.
+    pub notified: AtomicU64,
+    /// Notifications dropped because the notification queue was full.
+    pub notify_dropped: AtomicU64,
+}
+
+/// A plain copy of [`PipelineStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[allow(missing_docs)]
+pub struct StatsSnapshot {
+    pub indexed: u64,
+    pub lost: u64,
+    pub stale: u64,
+    pub compressed: u64,
+    pub codec_errors: u64,
+    pub bytes_raw: u64,
+    pub bytes_compressed: u64,
+    pub written: u64,
+    pub write_errors: u64,
+    pub flushes: u64,
+    pub notified: u64,
+    pub notify_dropped: u64,
+}
+
+impl PipelineStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            indexed: r(&self.indexed),
+            lost: r(&self.lost),
+            stale: r(&self.stale),
+            compressed: r(&self.compressed),
+            codec_errors: r(&self.codec_errors),
+            bytes_raw: r(&self.bytes_raw),
+            bytes_compressed: r(&self.bytes_compressed),
+            written: r(&self.written),
+            write_errors: r(&self.write_errors),
+            flushes: r(&self.flushes),
+            notified: r(&self.notified),
+            notify_dropped: r(&self.notify_dropped),
+        }
+    }
+}

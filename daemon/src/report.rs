@@ -1,0 +1,118 @@
+//! What `detingestd` prints: the live progress line and the final summary.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use detingest_daemon::pipeline::{RunSummary, Running};
+
+/// Prints a progress line every half second until the sources have finished and the queues
+/// are empty.
+pub fn progress_until_done(running: &Running, expected: u64) {
+    let tty = std::io::stderr().is_terminal();
+    let mut last = (Instant::now(), running.stats());
+    let mut last_print = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = (Instant::now(), running.stats());
+        let dt = now.0.duration_since(last.0).as_secs_f64().max(1e-9);
+        let gbs = |a: u64, b: u64| (a - b) as f64 / dt / 1e9;
+        let s = &now.1;
+        let g = running.gauges();
+        let drops: u64 = running.sources().iter().map(|s| s.dropped()).sum();
+        let ratio = s.bytes_raw as f64 / s.bytes_compressed.max(1) as f64;
+        let line = format!(
+            "[{:6.1}s] frames {}/{} | in {:.2} GB/s | out {:.2} GB/s | ratio {:.2} | \
+             queues src {}/{} cmp {}/{} wr {}/{} | dropped {} lost {}",
+            running.elapsed().as_secs_f64(),
+            s.written + s.lost,
+            expected,
+            gbs(s.bytes_raw, last.1.bytes_raw),
+            gbs(s.bytes_compressed, last.1.bytes_compressed),
+            ratio,
+            g.source_queue,
+            g.queue_capacity,
+            g.compress_queue,
+            g.queue_capacity,
+            g.write_queue,
+            g.queue_capacity,
+            drops,
+            s.lost,
+        );
+        if tty {
+            eprint!("\r{line}\x1b[K");
+        } else if last_print.elapsed() >= Duration::from_secs(2) {
+            eprintln!("{line}");
+            last_print = Instant::now();
+        }
+        last = now;
+        let idle = g.source_queue == 0 && g.compress_queue == 0 && g.write_queue == 0;
+        if running.sources_finished() && idle {
+            break;
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    let _ = std::io::stderr().flush();
+}
+
+/// Prints the end-of-run summary to stdout.
+pub fn print_summary(s: &RunSummary) {
+    let st = &s.stats;
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    println!("--- detingestd summary ---");
+    println!("elapsed          {:.2} s", secs);
+    println!(
+        "frames written   {} ({:.1} frames/s)",
+        st.written,
+        st.written as f64 / secs
+    );
+    println!(
+        "bytes            {:.3} GB raw -> {:.3} GB written (ratio {:.2}), {:.2} GB/s in",
+        st.bytes_raw as f64 / 1e9,
+        st.bytes_compressed as f64 / 1e9,
+        st.bytes_raw as f64 / st.bytes_compressed.max(1) as f64,
+        st.bytes_raw as f64 / secs / 1e9
+    );
+    for (name, sent, dropped) in &s.sources {
+        println!("source {name:<10} sent {sent}, dropped {dropped}");
+    }
+    println!(
+        "lost indices     {} | stale frames {} | codec errors {} | write errors {}",
+        st.lost, st.stale, st.codec_errors, st.write_errors
+    );
+    println!(
+        "notifications    {} delivered, {} dropped at the queue",
+        st.notified, st.notify_dropped
+    );
+    for r in &s.streams {
+        let status = r.error.as_deref().unwrap_or("ok");
+        println!(
+            "stream {} -> {} : {} frames ({} lost), {}",
+            r.stream.id,
+            r.stream.file.display(),
+            r.frames,
+            r.lost,
+            status
+        );
+    }
+}
+
+/// The summary as JSON.
+pub fn summary_json(s: &RunSummary) -> serde_json::Value {
+    serde_json::json!({
+        "elapsed_s": s.elapsed.as_secs_f64(),
+        "stats": s.stats,
+        "sources": s.sources.iter().map(|(name, sent, dropped)| serde_json::json!({
+            "name": name, "sent": sent, "dropped": dropped,
+        })).collect::<Vec<_>>(),
+        "streams": s.streams.iter().map(|r| serde_json::json!({
+            "stream": r.stream.id.to_string(),
+            "file": r.stream.file,
+            "dataset": r.stream.dataset,
+            "frames": r.frames,
+            "lost": r.lost,
+            "error": r.error,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,154 @@
+//! Frame sources and what they share: a [`SourceOutput`] that hands buffers out of the
+//! source's pool and frames into the pipeline, applying the source's [`Policy`] when the
+//! pipeline is full and counting every frame it drops.
+//!
+//! Each source runs on its own named thread and fills pool buffers in place; the copy it makes
+//! into the buffer (the synthetic bank copy, a socket receive, a DMA) is the only one before
+//! the codec reads the pixels.
+
+pub mod synthetic;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam::channel::{Sender, TrySendError};
+use detingest_shm::{BufferPool, FrameMeta, Name, PoolBuf};
+
+use crate::config::Policy;
+use crate::pipeline::{SourceMsg, StreamSlot};
+
+/// Counters of one source. Relaxed atomics: they are read for reporting only.
+#[derive(Debug)]
+pub struct SourceStats {
+    /// The source's name.
+    pub name: Name,
+    /// Frames handed to the pipeline.
+    pub sent: AtomicU64,
+    /// Frames dropped because no buffer was free (drop policy).
+    pub dropped_no_buffer: AtomicU64,
+    /// Frames dropped because the indexer's queue was full (drop policy).
+    pub dropped_queue_full: AtomicU64,
+    /// Set when the source has sent its end of stream.
+    pub finished: AtomicBool,
+}
+
+impl SourceStats {
+    pub(crate) fn new(name: Name) -> Self {
+        Self {
+            name,
+            sent: AtomicU64::new(0),
+            dropped_no_buffer: AtomicU64::new(0),
+            dropped_queue_full: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// All frames this source dropped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_no_buffer.load(Ordering::Relaxed)
+            + self.dropped_queue_full.load(Ordering::Relaxed)
+    }
+}
+
+/// A source's connection to the pipeline.
+pub struct SourceOutput {
+    stream: StreamSlot,
+    policy: Policy,
+    pool: BufferPool,
+    tx: Sender<SourceMsg>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<SourceStats>,
+}
+
+impl SourceOutput {
+    pub(crate) fn new(
+        stream: StreamSlot,
+        policy: Policy,
+        pool: BufferPool,
+        tx: Sender<SourceMsg>,
+        stop: Arc<AtomicBool>,
+        stats: Arc<SourceStats>,
+    ) -> Self {
+        Self {
+            stream,
+            policy,
+            pool,
+            tx,
+            stop,
+            stats,
+        }
+    }
+
+    /// True once the pipeline has been asked to stop; the source should end its stream.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// This source's counters.
+    pub fn stats(&self) -> &SourceStats {
+        &self.stats
+    }
+
+    /// Announces the stream and the detector frame number its index 1 belongs to.
+    pub fn start(&mut self, first_frame_number: u64) {
+        self.send_control(SourceMsg::Start {
+            stream: self.stream,
+            first_frame_number,
+        });
+    }
+
+    /// A free buffer to fill, or `None` when the drop policy found the pool empty (the frame
+    /// is then counted as dropped and the caller skips it).
+    pub fn buffer(&mut self) -> Option<PoolBuf> {
+        match self.policy {
+            Policy::Block => Some(self.pool.acquire()),
+            Policy::Drop => {
+                let buf = self.pool.try_acquire();
+                if buf.is_none() {
+                    self.stats.dropped_no_buffer.fetch_add(1, Ordering::Relaxed);
+                }
+                buf
+            }
+        }
+    }
+
+    /// Hands a filled frame to the pipeline (blocking or dropping by policy).
+    pub fn send(&mut self, meta: FrameMeta, data: PoolBuf) {
+        let msg = SourceMsg::Frame {
+            stream: self.stream,
+            meta,
+            data,
+        };
+        let sent = match self.policy {
+            Policy::Block => self.tx.send(msg).is_ok(),
+            Policy::Drop => match self.tx.try_send(msg) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    self.stats
+                        .dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            },
+        };
+        if sent {
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends the stream after `last_frame_number` (`None`: no frame was produced). Frames
+    /// dropped at the end are recorded lost up to it.
+    pub fn end(&mut self, last_frame_number: Option<u64>) {
+        self.send_control(SourceMsg::End {
+            stream: self.stream,
+            last_frame_number,
+        });
+    }
+
+    fn send_control(&mut self, msg: SourceMsg) {
+        // Control messages always wait: they are what makes lost frames accountable. A
+        // disconnected indexer means the pipeline is gone; nothing is left to tell.
+        let _ = self.tx.send(msg);
+    }
+}

@@ -1,0 +1,250 @@
+//! The built-in synthetic detector: Poisson background plus a few Bragg-like peaks,
+//! JUNGFRAU-like by default (512 x 1024 u16).
+//!
+//! A bank of `bank_frames` distinct frames is generated once at start (bank frame `j` from a
+//! ChaCha8 generator seeded with `seed` on stream `j`), then frame number `n` is bank frame
+//! `n mod bank_frames` with `n` stamped little-endian into its first 8 bytes, as detectors
+//! embed their frame counter. So frame `n`'s pixels are a pure function of (config, n), every
+//! frame differs, and generating pixels never limits the rate. [`FrameBank::render`] is the
+//! one place frames are made: the source thread and `detingestd synth-dump` both call it.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use detingest_shm::{FrameMeta, PixelType};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp, Poisson};
+
+use super::SourceOutput;
+use crate::config::SyntheticConfig;
+
+/// Bytes of the frame-number stamp at the start of every frame.
+const STAMP: usize = 8;
+
+/// The pre-generated frames of one synthetic source.
+pub struct FrameBank {
+    frames: Vec<Box<[u8]>>,
+    pixel: PixelType,
+    shape: [u32; 2],
+}
+
+impl FrameBank {
+    /// Generates the bank for `cfg`. Takes about a second for 16 JUNGFRAU modules.
+    pub fn generate(cfg: &SyntheticConfig) -> Self {
+        let frames = (0..cfg.bank_frames as u64)
+            .map(|j| bank_frame(cfg, j).into_boxed_slice())
+            .collect();
+        Self {
+            frames,
+            pixel: cfg.pixel,
+            shape: cfg.shape,
+        }
+    }
+
+    /// Bytes of one frame.
+    pub fn frame_bytes(&self) -> usize {
+        self.shape[0] as usize * self.shape[1] as usize * self.pixel.size()
+    }
+
+    /// Writes frame number `n` into `dst` (at least [`FrameBank::frame_bytes`] long) and
+    /// returns its length. This copy is the synthetic source's one copy, standing in for the
+    /// detector's DMA or the kernel's receive.
+    pub fn render(&self, n: u64, dst: &mut [u8]) -> usize {
+        let src = &self.frames[(n % self.frames.len() as u64) as usize];
+        let dst = &mut dst[..src.len()];
+        dst.copy_from_slice(src);
+        let stamp = n.to_le_bytes();
+        let k = STAMP.min(dst.len());
+        dst[..k].copy_from_slice(&stamp[..k]);
+        src.len()
+    }
+
+    /// The metadata of frame number `n`.
+    pub fn meta(&self, n: u64) -> FrameMeta {
+        FrameMeta {
+            frame_number: n,
+            module: 0,
+            pixel: self.pixel,
+            shape: self.shape,
+            timestamp_ns: now_ns(),
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Photon counts of bank frame `j`, converted to the pixel type.
+fn bank_frame(cfg: &SyntheticConfig, j: u64) -> Vec<u8> {
+    let [ny, nx] = cfg.shape.map(|d| d as usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    rng.set_stream(j);
+    let mut counts = vec![0f64; ny * nx];
+    if cfg.background > 0.0 {
+        // The config bounds the mean to 0..=1e6, for which Poisson::new cannot fail.
+        if let Ok(bg) = Poisson::new(cfg.background) {
+            for c in &mut counts {
+                *c = bg.sample(&mut rng);
+            }
+        }
+    }
+    let height = Exp::new(1.0 / 2000.0).ok();
+    for _ in 0..cfg.peaks {
+        let (cy, cx) = (
+            rng.random_range(0.0..ny as f64),
+            rng.random_range(0.0..nx as f64),
+        );
+        let sigma: f64 = rng.random_range(0.8..2.5);
+        let h = height.map_or(2000.0, |d| d.sample(&mut rng));
+        let r = (4.0 * sigma).ceil() as isize;
+        for dy in -r..=r {
+            for dx in -r..=r {
+                let (y, x) = (cy as isize + dy, cx as isize + dx);
+                if y < 0 || x < 0 || y >= ny as isize || x >= nx as isize {
+                    continue;
+                }
+                let d2 = (y as f64 - cy).powi(2) + (x as f64 - cx).powi(2);
+                counts[y as usize * nx + x as usize] +=
+                    (h * (-d2 / (2.0 * sigma * sigma)).exp()).round();
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(counts.len() * cfg.pixel.size());
+    let max = cfg.pixel.max_value();
+    for c in counts {
+        let c = c.min(max);
+        match cfg.pixel {
+            PixelType::U8 => out.push(c as u8),
+            PixelType::U16 => out.extend_from_slice(&(c as u16).to_le_bytes()),
+            PixelType::U32 => out.extend_from_slice(&(c as u32).to_le_bytes()),
+            PixelType::I32 => out.extend_from_slice(&(c as i32).to_le_bytes()),
+            PixelType::F32 => out.extend_from_slice(&(c as f32).to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// Runs a synthetic source until its frame count is reached or the pipeline asks it to stop.
+pub fn run(cfg: &SyntheticConfig, bank: &FrameBank, out: &mut SourceOutput) {
+    out.start(cfg.first_frame_number);
+    let period = (cfg.rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.rate_hz));
+    let t0 = Instant::now();
+    let count = if cfg.frames == 0 {
+        u64::MAX
+    } else {
+        cfg.frames
+    };
+    let mut last = None;
+    for i in 0..count {
+        let Some(n) = cfg.first_frame_number.checked_add(i) else {
+            break;
+        };
+        if out.stop_requested() {
+            break;
+        }
+        if let Some(p) = period {
+            pace(t0 + p.mul_f64(i as f64));
+        }
+        last = Some(n);
+        let Some(mut buf) = out.buffer() else {
+            continue; // dropped and counted by `buffer`
+        };
+        let len = bank.render(n, buf.spare_mut());
+        buf.set_len(len);
+        out.send(bank.meta(n), buf);
+    }
+    out.end(last);
+    out.stats().finished.store(true, Ordering::Relaxed);
+}
+
+/// Sleeps until shortly before `deadline`, then spins the rest.
+fn pace(deadline: Instant) {
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let left = deadline - now;
+        if left > Duration::from_micros(1500) {
+            std::thread::sleep(left - Duration::from_millis(1));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A synthetic source's settings: 64 x 32, a bank of 3, plus `extra` lines.
+    fn cfg(extra: &str) -> SyntheticConfig {
+        let shape = if extra.contains("shape") {
+            ""
+        } else {
+            "shape = [64, 32]"
+        };
+        let text = format!(
+            "[[source]]\nname = \"s\"\n\
+             stream = {{ beamtime = \"b\", source = \"d\", stream = \"x\" }}\n\
+             [source.synthetic]\n{shape}\nbank_frames = 3\n{extra}"
+        );
+        let mut c = Config::parse(&text).unwrap();
+        c.sources.remove(0).synthetic.unwrap()
+    }
+
+    fn frame(bank: &FrameBank, n: u64) -> Vec<u8> {
+        let mut v = vec![0; bank.frame_bytes()];
+        bank.render(n, &mut v);
+        v
+    }
+
+    #[test]
+    fn frames_are_a_pure_function_of_seed_and_number() {
+        let a = FrameBank::generate(&cfg("seed = 7"));
+        let b = FrameBank::generate(&cfg("seed = 7"));
+        let c = FrameBank::generate(&cfg("seed = 8"));
+        assert_eq!(frame(&a, 5), frame(&b, 5));
+        assert_ne!(frame(&a, 5), frame(&c, 5));
+    }
+
+    #[test]
+    fn every_frame_differs_even_when_the_bank_cycles() {
+        let bank = FrameBank::generate(&cfg(""));
+        let (f1, f4) = (frame(&bank, 1), frame(&bank, 4));
+        assert_eq!(&f1[..8], &1u64.to_le_bytes());
+        assert_eq!(&f4[..8], &4u64.to_le_bytes());
+        assert_eq!(f1[8..], f4[8..], "same bank frame after the stamp");
+        assert_ne!(frame(&bank, 1)[8..], frame(&bank, 2)[8..]);
+    }
+
+    #[test]
+    fn background_mean_and_peaks_look_like_a_detector() {
+        let bank = FrameBank::generate(&cfg("background = 0.5\npeaks = 0\nshape = [256, 256]"));
+        let f = frame(&bank, 0);
+        let px: Vec<u16> = f[8..]
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        let mean = px.iter().map(|&p| f64::from(p)).sum::<f64>() / px.len() as f64;
+        assert!((0.45..0.55).contains(&mean), "mean {mean}");
+        let peaky = FrameBank::generate(&cfg("background = 0\npeaks = 5\nshape = [256, 256]"));
+        let f = frame(&peaky, 0);
+        assert!(f[8..]
+            .chunks_exact(2)
+            .any(|b| u16::from_le_bytes([b[0], b[1]]) > 50));
+    }
+
+    #[test]
+    fn every_pixel_type_renders_its_size() {
+        for (p, size) in [("u8", 1), ("u16", 2), ("u32", 4), ("i32", 4), ("f32", 4)] {
+            let bank = FrameBank::generate(&cfg(&format!("pixel = \"{p}\"")));
+            assert_eq!(bank.frame_bytes(), 64 * 32 * size);
+        }
+    }
+}
