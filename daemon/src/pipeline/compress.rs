@@ -2,10 +2,10 @@
 //! straight out of its input buffer into a pooled output buffer, releases the input buffer, and
 //! passes the chunk on. Other steps pass through untouched.
 //!
-//! A worker takes its output buffer *before* it takes the next item. Items leave the queue in
-//! `seq` order, so the item the writer waits for is always held by a worker that already has a
-//! buffer: the writer's reorder window can never hold every buffer while the item it needs
-//! waits for one.
+//! A worker takes its output buffer *before* it takes the next item, and passes a finished
+//! chunk on before it waits for another buffer. Items leave the queue in `seq` order, so the
+//! item the writer waits for is always held by a worker that already has a buffer: the
+//! writer's reorder window can never hold every buffer while the item it needs waits for one.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,8 +25,12 @@ pub(crate) fn run(
     pool: BufferPool,
     stats: Arc<PipelineStats>,
 ) {
-    let mut out = pool.acquire();
-    for item in input {
+    loop {
+        // Hold an output buffer before taking an item (see the module doc).
+        let mut out = pool.acquire();
+        let Ok(item) = input.recv() else {
+            return; // the indexer is done
+        };
         let step = match item.step {
             Step::Raw {
                 index,
@@ -43,8 +47,11 @@ pub(crate) fn run(
                         stats
                             .bytes_compressed
                             .fetch_add(len as u64, Ordering::Relaxed);
-                        let chunk = std::mem::replace(&mut out, pool.acquire());
-                        Step::Chunk { index, meta, chunk }
+                        Step::Chunk {
+                            index,
+                            meta,
+                            chunk: out,
+                        }
                     }
                     Err(e) => {
                         tracing::error!(index, error = %e, "codec refused a frame; recorded lost");

@@ -1,0 +1,46 @@
+# detingest: `make demo` runs the daemon on its synthetic detector, `make test` runs every test.
+# Both install what this Debian machine lacks (HDF5 headers and tools, a Python venv).
+
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config
+PY_PACKAGES  := h5py hdf5plugin numpy pytest
+
+.PHONY: demo test deps venv build-release bench lint clean
+
+demo: deps venv
+	cargo build --release -p detingest-daemon
+	./target/release/detingestd demo --data-dir ./data
+	@f=$$(ls -t data/demo/jungfrau/*.h5 | head -1); \
+	  echo; echo "Reading $$f back with h5py + hdf5plugin:"; \
+	  $(PY) -c "import sys,h5py,hdf5plugin; f=h5py.File(sys.argv[1]); d=f['/entry/data/data']; \
+	  print('  /entry/data/data', d.shape, d.dtype, 'chunks', d.chunks, 'filters', list(d._filters)); \
+	  print('  frame 1: mean %.3f max %d' % (d[0].mean(), d[0].max()))" "$$f"
+
+test: deps venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
+	cargo build -p detingest-daemon
+	DETINGESTD=$(CURDIR)/target/debug/detingestd $(PY) -m pytest -q tests/python
+
+bench: deps venv
+	cargo run --release -p detingest-bench -- pipeline
+
+# System packages: only when something is missing, so a prepared machine needs no root.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && apt-get install -y -qq $$missing; \
+	fi
+
+venv:
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest" 2>/dev/null; then \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PY_PACKAGES); \
+	fi
+
+clean:
+	cargo clean
+	rm -rf $(VENV) data
