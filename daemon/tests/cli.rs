@@ -1,0 +1,114 @@
+//! The `detingestd` binary: bad input is refused with a message naming what is wrong.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn detingestd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_detingestd"))
+        .args(args)
+        .output()
+        .expect("detingestd runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+const GOOD: &str = r#"
+[[source]]
+name = "sim"
+stream = { beamtime = "bt", source = "det", stream = "s1" }
+[source.synthetic]
+frames = 2
+shape = [8, 8]
+bank_frames = 1
+"#;
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "good.toml", GOOD);
+    let o = detingestd(&["check-config", &cfg]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ok"));
+}
+
+#[test]
+fn a_name_that_could_escape_the_data_directory_is_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "bad.toml",
+        &GOOD.replace("\"s1\"", "\"../../etc\""),
+    );
+    let o = detingestd(&["check-config", &cfg]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("source[0].stream.stream"), "{e}");
+    assert!(e.contains("../../etc"), "{e}");
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, key) in [
+        (format!("{GOOD}\nrate = 5\n"), "source[0].synthetic.rate"),
+        (
+            format!("[pipeline]\ncompress_workers = 0\n{GOOD}"),
+            "pipeline.compress_workers",
+        ),
+        (
+            format!("[writer]\ncodec = \"zstd\"\n{GOOD}"),
+            "writer.codec",
+        ),
+        (
+            format!("[threads]\nwriter = 9999\n{GOOD}"),
+            "threads.writer",
+        ),
+    ] {
+        let cfg = write(dir.path(), "bad.toml", &text);
+        let o = detingestd(&["check-config", &cfg]);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        assert!(stderr(&o).contains(key), "{key}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn bad_command_line_options_are_named() {
+    let o = detingestd(&["demo", "--codec", "zip"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("--codec") && e.contains("zip"), "{e}");
+    let o = detingestd(&["demo", "--frames", "many"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--frames"), "{}", stderr(&o));
+}
+
+#[test]
+fn run_writes_once_then_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(dir.path(), "good.toml", GOOD);
+    let data = dir.path().join("data").display().to_string();
+    let o = detingestd(&["--log", "warn", "run", "-c", &cfg, "--data-dir", &data]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = dir.path().join("data/bt/det/s1.h5");
+    assert!(file.exists());
+    let o = detingestd(&["--log", "warn", "run", "-c", &cfg, "--data-dir", &data]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("exists already"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_documents_every_command() {
+    let o = detingestd(&["--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    for cmd in ["run", "check-config", "demo", "synth-dump"] {
+        assert!(out.contains(cmd), "{cmd} missing from --help");
+    }
+}
