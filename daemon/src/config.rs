@@ -215,6 +215,10 @@ pub struct SyntheticConfig {
     /// Detector frame number of the first frame.
     #[serde(default = "default_first")]
     pub first_frame_number: u64,
+    /// Copy each frame into a pool buffer, as a receiving socket would (default: hand the
+    /// bank's frame down by reference, as a shared-memory slot is).
+    #[serde(default)]
+    pub copy: bool,
 }
 
 fn default_frames() -> u64 {

@@ -248,13 +248,11 @@ fn synth_dump(config: &Config, source: Option<&str>, out: &Path) -> Result<()> {
         bail!("the source is open-ended (frames = 0); nothing to dump");
     }
     let bank = FrameBank::generate(cfg);
-    let mut frame = vec![0u8; bank.frame_bytes()];
     let mut w = std::io::BufWriter::new(
         std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?,
     );
     for n in cfg.first_frame_number..cfg.first_frame_number + cfg.frames {
-        bank.render(n, &mut frame);
-        w.write_all(&frame)?;
+        w.write_all(bank.frame(n))?;
     }
     w.flush()?;
     Ok(())

@@ -2,8 +2,9 @@
 //!
 //! A frame is described by [`FrameMeta`] (detector frame number, module, [`PixelType`], shape,
 //! timestamp) and its pixels sit in a [`PoolBuf`], a handle to one buffer of a fixed-size
-//! [`BufferPool`] allocated once at start. Handles move down the pipeline; pixels are never
-//! copied between stages, and dropping the handle returns the buffer to its pool.
+//! [`BufferPool`] allocated once at start, or in shared immutable memory: either way a
+//! [`FrameBuf`] handle moves down the pipeline; pixels are never copied between stages, and
+//! dropping the handle returns the memory to its owner.
 //! Streams are named by a [`StreamId`] whose three parts are validated [`Name`]s, since they
 //! become directory and file names.
 //!
@@ -19,8 +20,10 @@
 //! assert!(Name::new("../etc").is_err());
 //! ```
 
+mod frame_buf;
 mod model;
 mod pool;
 
+pub use frame_buf::FrameBuf;
 pub use model::{FrameMeta, Name, NameError, PixelType, StreamId};
 pub use pool::{BufferPool, PoolBuf};

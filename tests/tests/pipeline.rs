@@ -47,8 +47,19 @@ fn every_index_is_announced_once_in_order() {
     assert_eq!(summary.stats.notified, 301);
 }
 
+/// Drops when no pool buffer is free (copying source).
 #[test]
-fn dropped_frames_keep_their_index_and_are_recorded_lost() {
+fn frames_dropped_for_want_of_a_buffer_keep_their_index() {
+    dropped_frames_keep_their_index_and_are_recorded_lost(true);
+}
+
+/// Drops when the indexer's queue is full (zero-copy source).
+#[test]
+fn frames_dropped_at_a_full_queue_keep_their_index() {
+    dropped_frames_keep_their_index_and_are_recorded_lost(false);
+}
+
+fn dropped_frames_keep_their_index_and_are_recorded_lost(copy: bool) {
     let dir = tempfile::tempdir().unwrap();
     // Two raw buffers, a one-slot queue and a codec-less writer that must still wait for the
     // file system: the drop-policy source outruns the pipeline and drops.
@@ -56,7 +67,7 @@ fn dropped_frames_keep_their_index_and_are_recorded_lost() {
         dir.path(),
         "[writer]\ncodec = \"none\"\nflush_every_frames = 1",
         "compress_workers = 1\nqueue_depth = 1\ninput_buffers = 2\noutput_buffers = 1",
-        "frames = 400\nshape = [256, 256]\nbank_frames = 2",
+        &format!("frames = 400\nshape = [256, 256]\nbank_frames = 2\ncopy = {copy}"),
     );
     let mut c = c;
     c.sources[0].policy = detingest_daemon::config::Policy::Drop;
@@ -95,7 +106,6 @@ fn dropped_frames_keep_their_index_and_are_recorded_lost() {
         unreachable!()
     };
     let bank = FrameBank::generate(syn);
-    let mut want = vec![0u8; bank.frame_bytes()];
     for index in [1u64, 2, 200, 399, 400] {
         let got: Vec<u16> = data
             .read_slice_2d::<u16, _>((index as usize - 1, .., ..))
@@ -108,8 +118,8 @@ fn dropped_frames_keep_their_index_and_are_recorded_lost() {
                 "lost index {index} shows the fill value"
             );
         } else {
-            bank.render(index, &mut want);
-            let want: Vec<u16> = want
+            let want: Vec<u16> = bank
+                .frame(index)
                 .chunks_exact(2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]))
                 .collect();

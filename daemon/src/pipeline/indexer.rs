@@ -165,7 +165,7 @@ mod tests {
                 shape: [1, 1],
                 timestamp_ns: 0,
             },
-            data: pool.acquire(),
+            data: pool.acquire().into(),
         }
     }
 

@@ -1,7 +1,7 @@
-//! The messages that move between pipeline stages. Pixels travel as [`PoolBuf`] handles inside
-//! them; nothing here copies or allocates.
+//! The messages that move between pipeline stages. Pixels travel as [`FrameBuf`] and
+//! [`PoolBuf`] handles inside them; nothing here copies or allocates.
 
-use detingest_shm::{FrameMeta, PoolBuf};
+use detingest_shm::{FrameBuf, FrameMeta, PoolBuf};
 
 /// Index of a stream in the pipeline's stream table.
 pub type StreamSlot = u16;
@@ -22,7 +22,7 @@ pub enum SourceMsg {
         /// What the detector said about it.
         meta: FrameMeta,
         /// The pixels.
-        data: PoolBuf,
+        data: FrameBuf,
     },
     /// The stream ends after `last_frame_number` (`None`: it produced nothing).
     End {
@@ -55,7 +55,7 @@ pub enum Step {
         /// Frame description.
         meta: FrameMeta,
         /// Raw pixels.
-        pixels: PoolBuf,
+        pixels: FrameBuf,
     },
     /// A compressed frame ready to write.
     Chunk {

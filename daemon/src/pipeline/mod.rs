@@ -2,9 +2,10 @@
 //! each stage on its own named (and optionally pinned) thread, joined by bounded crossbeam
 //! queues.
 //!
-//! Frames move as pool-buffer handles. The only copy of the pixels is the source's own
-//! (into its pool buffer); the codec reads that buffer in place and writes into a pooled
-//! output buffer, which the writer hands to `H5Dwrite_chunk`. When a queue is full the
+//! Frames move as [`detingest_shm::FrameBuf`] handles. The only copy of the pixels is the
+//! source's own, if it makes one (a socket receive into a pool buffer; none for a
+//! shared-memory slot or the synthetic bank); the codec reads the frame in place and writes
+//! into a pooled output buffer, which the writer hands to `H5Dwrite_chunk`. When a queue is full the
 //! source's [`Policy`](crate::config::Policy) blocks or drops; every drop is counted by the
 //! source and recorded lost by the indexer, so a stream's indices stay 1..N without gaps.
 
@@ -218,7 +219,9 @@ pub fn start(
             None => {} // refused by validation
             Some(SourceKind::Synthetic(cfg)) => {
                 let bank = FrameBank::generate(cfg);
-                let pool = BufferPool::new(p.input_buffers, bank.frame_bytes());
+                // Only a copying source fills pool buffers; the others need none.
+                let buffers = if cfg.copy { p.input_buffers } else { 0 };
+                let pool = BufferPool::new(buffers, bank.frame_bytes());
                 input_pools.push(pool.clone());
                 let mut out = SourceOutput::new(
                     slot as StreamSlot,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam::channel::{Sender, TrySendError};
-use detingest_shm::{BufferPool, FrameMeta, Name, PoolBuf};
+use detingest_shm::{BufferPool, FrameBuf, FrameMeta, Name, PoolBuf};
 
 use crate::config::Policy;
 use crate::pipeline::{SourceMsg, StreamSlot};
@@ -113,7 +113,7 @@ impl SourceOutput {
     }
 
     /// Hands a filled frame to the pipeline (blocking or dropping by policy).
-    pub fn send(&mut self, meta: FrameMeta, data: PoolBuf) {
+    pub fn send(&mut self, meta: FrameMeta, data: FrameBuf) {
         let msg = SourceMsg::Frame {
             stream: self.stream,
             meta,

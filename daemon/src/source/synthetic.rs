@@ -2,16 +2,21 @@
 //! JUNGFRAU-like by default (512 x 1024 u16).
 //!
 //! A bank of `bank_frames` distinct frames is generated once at start (bank frame `j` from a
-//! ChaCha8 generator seeded with `seed` on stream `j`), then frame number `n` is bank frame
-//! `n mod bank_frames` with `n` stamped little-endian into its first 8 bytes, as detectors
-//! embed their frame counter. So frame `n`'s pixels are a pure function of (config, n), every
-//! frame differs, and generating pixels never limits the rate. [`FrameBank::render`] is the
-//! one place frames are made: the source thread and `detingestd synth-dump` both call it.
+//! ChaCha8 generator seeded with `seed` on stream `j`); frame number `n` is bank frame
+//! `n mod bank_frames`. So frame `n`'s pixels are a pure function of (config, n) and
+//! generating pixels never limits the rate. [`FrameBank::frame`] is the one place frames come
+//! from: the source thread and `detingestd synth-dump` both use it.
+//!
+//! By default a frame goes down the pipeline by reference to its bank entry, with no copy, as
+//! a shared-memory producer's slot does. With `copy = true` the source copies each frame into
+//! a buffer of its pool first, as a receiving socket does; that copy is then its one copy.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use detingest_shm::{FrameMeta, PixelType};
+use std::sync::Arc;
+
+use detingest_shm::{FrameBuf, FrameMeta, PixelType};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, Poisson};
@@ -19,12 +24,9 @@ use rand_distr::{Distribution, Exp, Poisson};
 use super::SourceOutput;
 use crate::config::SyntheticConfig;
 
-/// Bytes of the frame-number stamp at the start of every frame.
-const STAMP: usize = 8;
-
 /// The pre-generated frames of one synthetic source.
 pub struct FrameBank {
-    frames: Vec<Box<[u8]>>,
+    frames: Vec<Arc<[u8]>>,
     pixel: PixelType,
     shape: [u32; 2],
 }
@@ -33,7 +35,7 @@ impl FrameBank {
     /// Generates the bank for `cfg`. Takes about a second for 16 JUNGFRAU modules.
     pub fn generate(cfg: &SyntheticConfig) -> Self {
         let frames = (0..cfg.bank_frames as u64)
-            .map(|j| bank_frame(cfg, j).into_boxed_slice())
+            .map(|j| Arc::from(bank_frame(cfg, j)))
             .collect();
         Self {
             frames,
@@ -42,22 +44,24 @@ impl FrameBank {
         }
     }
 
+    /// Number of distinct frames in the bank.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// True for an empty bank (never: configuration requires at least one frame).
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
     /// Bytes of one frame.
     pub fn frame_bytes(&self) -> usize {
         self.shape[0] as usize * self.shape[1] as usize * self.pixel.size()
     }
 
-    /// Writes frame number `n` into `dst` (at least [`FrameBank::frame_bytes`] long) and
-    /// returns its length. This copy is the synthetic source's one copy, standing in for the
-    /// detector's DMA or the kernel's receive.
-    pub fn render(&self, n: u64, dst: &mut [u8]) -> usize {
-        let src = &self.frames[(n % self.frames.len() as u64) as usize];
-        let dst = &mut dst[..src.len()];
-        dst.copy_from_slice(src);
-        let stamp = n.to_le_bytes();
-        let k = STAMP.min(dst.len());
-        dst[..k].copy_from_slice(&stamp[..k]);
-        src.len()
+    /// The pixels of frame number `n`.
+    pub fn frame(&self, n: u64) -> &Arc<[u8]> {
+        &self.frames[(n % self.frames.len() as u64) as usize]
     }
 
     /// The metadata of frame number `n`.
@@ -150,12 +154,16 @@ pub fn run(cfg: &SyntheticConfig, bank: &FrameBank, out: &mut SourceOutput) {
             pace(t0 + p.mul_f64(i as f64));
         }
         last = Some(n);
-        let Some(mut buf) = out.buffer() else {
-            continue; // dropped and counted by `buffer`
+        let pixels = if cfg.copy {
+            let Some(mut buf) = out.buffer() else {
+                continue; // dropped and counted by `buffer`
+            };
+            buf.fill_from(bank.frame(n));
+            FrameBuf::Pooled(buf)
+        } else {
+            FrameBuf::Shared(Arc::clone(bank.frame(n)))
         };
-        let len = bank.render(n, buf.spare_mut());
-        buf.set_len(len);
-        out.send(bank.meta(n), buf);
+        out.send(bank.meta(n), pixels);
     }
     out.end(last);
     out.stats().finished.store(true, Ordering::Relaxed);
@@ -199,9 +207,7 @@ mod tests {
     }
 
     fn frame(bank: &FrameBank, n: u64) -> Vec<u8> {
-        let mut v = vec![0; bank.frame_bytes()];
-        bank.render(n, &mut v);
-        v
+        bank.frame(n).to_vec()
     }
 
     #[test]
@@ -214,20 +220,18 @@ mod tests {
     }
 
     #[test]
-    fn every_frame_differs_even_when_the_bank_cycles() {
+    fn the_bank_cycles_and_its_frames_differ() {
         let bank = FrameBank::generate(&cfg(""));
-        let (f1, f4) = (frame(&bank, 1), frame(&bank, 4));
-        assert_eq!(&f1[..8], &1u64.to_le_bytes());
-        assert_eq!(&f4[..8], &4u64.to_le_bytes());
-        assert_eq!(f1[8..], f4[8..], "same bank frame after the stamp");
-        assert_ne!(frame(&bank, 1)[8..], frame(&bank, 2)[8..]);
+        assert_eq!(frame(&bank, 1), frame(&bank, 4));
+        assert_ne!(frame(&bank, 1), frame(&bank, 2));
+        assert_eq!(bank.frame(1).len(), bank.frame_bytes());
     }
 
     #[test]
     fn background_mean_and_peaks_look_like_a_detector() {
         let bank = FrameBank::generate(&cfg("background = 0.5\npeaks = 0\nshape = [256, 256]"));
         let f = frame(&bank, 0);
-        let px: Vec<u16> = f[8..]
+        let px: Vec<u16> = f
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
             .collect();
@@ -235,7 +239,7 @@ mod tests {
         assert!((0.45..0.55).contains(&mean), "mean {mean}");
         let peaky = FrameBank::generate(&cfg("background = 0\npeaks = 5\nshape = [256, 256]"));
         let f = frame(&peaky, 0);
-        assert!(f[8..]
+        assert!(f
             .chunks_exact(2)
             .any(|b| u16::from_le_bytes([b[0], b[1]]) > 50));
     }

@@ -1,0 +1,34 @@
+//! `detingest-bench`: whole runs of detingest measured next to the baselines they must be
+//! judged against, in one process on the same frames, so a noisy shared machine affects both
+//! sides alike. Micro-benchmarks are criterion benches in `benches/`.
+
+mod pipeline;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Benchmarks of detingest against same-run baselines.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The full pipeline (synthetic source -> index -> compress -> HDF5 -> notifications) next
+    /// to memcpy, the codec alone on the same thread count, and a plain write of the
+    /// compressed bytes.
+    Pipeline(pipeline::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli
+        .command
+        .unwrap_or_else(|| Command::Pipeline(pipeline::Args::parse_from(["pipeline"])))
+    {
+        Command::Pipeline(args) => pipeline::run(&args),
+    }
+}

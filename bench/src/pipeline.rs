@@ -1,0 +1,260 @@
+//! `detingest-bench pipeline`: pipeline throughput and its baselines in one run.
+//!
+//! Baselines, all on the frames the pipeline's synthetic source produces:
+//! - `memcpy`: copying each frame once into rotating buffers, one thread (the cost a copying
+//!   source such as a socket receive pays);
+//! - `codec`: the codec alone on `--workers` threads, reading the frames in place as the
+//!   pipeline's workers do;
+//! - `write`: the compressed chunks written back to back into a plain file in the same
+//!   directory, one thread, no fsync (the pipeline's flushes don't fsync either).
+//!
+//! The pipeline runs twice per repetition: with the synthetic source handing frames down by
+//! reference (like a shared-memory slot) and copying each into a pool buffer (like a socket).
+//! Every figure is raw (uncompressed) bytes per second, so they compare directly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use detingest_daemon::config::{Config, SourceKind};
+use detingest_daemon::pipeline;
+use detingest_daemon::source::synthetic::FrameBank;
+use detingest_writer::Codec;
+use serde::Serialize;
+
+/// Options of `detingest-bench pipeline`.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// Frames per measurement.
+    #[arg(long, default_value_t = 2000)]
+    frames: u64,
+    /// Compression workers (and codec-baseline threads).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Codec: lz4 or none.
+    #[arg(long, default_value = "lz4")]
+    codec: String,
+    /// Frame shape `NYxNX` (u16 pixels).
+    #[arg(long, default_value = "512x1024")]
+    shape: String,
+    /// Mean background photons per pixel.
+    #[arg(long, default_value_t = 0.5)]
+    background: f64,
+    /// Distinct frames the synthetic source cycles through (the baselines use the same).
+    #[arg(long, default_value_t = 16)]
+    bank_frames: usize,
+    /// Raw frame buffers of the copying source (`pipeline.input_buffers`).
+    #[arg(long, default_value_t = 32)]
+    input_buffers: usize,
+    /// Compressed chunk buffers (`pipeline.output_buffers`).
+    #[arg(long, default_value_t = 32)]
+    output_buffers: usize,
+    /// Directory for the files (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Repeat every measurement this many times and keep the best of each.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The figures of one run; all rates in GB/s of raw frame bytes.
+#[derive(Serialize, Debug)]
+struct Report {
+    frames: u64,
+    frame_bytes: usize,
+    workers: usize,
+    codec: String,
+    compression_ratio: f64,
+    memcpy_gbs: f64,
+    codec_gbs: f64,
+    write_gbs: f64,
+    pipeline_gbs: f64,
+    pipeline_copying_source_gbs: f64,
+    pipeline_over_codec: f64,
+    pipeline_copying_source_over_codec: f64,
+    lost_frames: u64,
+}
+
+/// Runs the benchmark and prints the report.
+pub fn run(args: &Args) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let base = config(args, &dir, "probe", false)?;
+    let codec = base.writer.codec;
+    let Some(SourceKind::Synthetic(syn)) = base.sources[0].kind() else {
+        unreachable!("the benchmark config has a synthetic source")
+    };
+    let bank = FrameBank::generate(syn);
+    let frame_bytes = bank.frame_bytes();
+    let total = frame_bytes as f64 * args.frames as f64;
+    let gbs = |secs: f64| total / secs / 1e9;
+
+    // Best (shortest) seconds of: memcpy, codec, write, pipeline, copying pipeline.
+    let mut best = [f64::MAX; 5];
+    let mut ratio = 0.0;
+    let mut lost = 0;
+    for rep in 0..args.repeat.max(1) {
+        best[0] = best[0].min(time_memcpy(&bank, args.frames, args.input_buffers));
+        let (secs, chunks) = time_codec(&bank, codec, args.frames, args.workers);
+        best[1] = best[1].min(secs);
+        let chunk_bytes: usize = chunks.iter().map(Vec::len).sum();
+        ratio = (frame_bytes * chunks.len()) as f64 / chunk_bytes as f64;
+        best[2] = best[2].min(time_write(&dir, &chunks, args.frames, rep)?);
+        for (slot, copy) in [(3, false), (4, true)] {
+            let c = config(args, &dir, &format!("r{rep}c{}", u8::from(copy)), copy)?;
+            let (secs, run_lost) = time_pipeline(&c)?;
+            best[slot] = best[slot].min(secs);
+            lost += run_lost;
+        }
+    }
+    let report = Report {
+        frames: args.frames,
+        frame_bytes,
+        workers: args.workers,
+        codec: codec.name().into(),
+        compression_ratio: ratio,
+        memcpy_gbs: gbs(best[0]),
+        codec_gbs: gbs(best[1]),
+        write_gbs: gbs(best[2]),
+        pipeline_gbs: gbs(best[3]),
+        pipeline_copying_source_gbs: gbs(best[4]),
+        pipeline_over_codec: best[1] / best[3],
+        pipeline_copying_source_over_codec: best[1] / best[4],
+        lost_frames: lost,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// The benchmark's configuration: one synthetic source into a stream named `tag`.
+fn config(args: &Args, dir: &Path, tag: &str, copy: bool) -> Result<Config> {
+    let (ny, nx) = args
+        .shape
+        .split_once('x')
+        .context("--shape must look like 512x1024")?;
+    let text = format!(
+        "data_dir = {dir:?}\n[writer]\ncodec = {codec:?}\n\
+         [pipeline]\ncompress_workers = {workers}\n\
+         input_buffers = {inb}\noutput_buffers = {outb}\n\
+         [[source]]\nname = \"bench\"\n\
+         stream = {{ beamtime = \"bench\", source = \"synthetic\", stream = \"{tag}_{pid}\" }}\n\
+         [source.synthetic]\nframes = {frames}\nshape = [{ny}, {nx}]\nbackground = {bg:?}\n\
+         bank_frames = {bank}\ncopy = {copy}\n",
+        dir = dir.display().to_string(),
+        codec = args.codec,
+        workers = args.workers,
+        inb = args.input_buffers,
+        outb = args.output_buffers,
+        pid = std::process::id(),
+        frames = args.frames,
+        bg = args.background,
+        bank = args.bank_frames,
+    );
+    Ok(Config::parse(&text)?)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "{} frames of {} bytes, codec {}, {} worker(s), compression ratio {:.2}",
+        r.frames, r.frame_bytes, r.codec, r.workers, r.compression_ratio
+    );
+    let row = |what: &str, gbs: f64| println!("{what:<44} {gbs:>8.2}");
+    println!("{:<44} {:>8}", "measurement (raw bytes)", "GB/s");
+    row("memcpy into rotating buffers, 1 thread", r.memcpy_gbs);
+    row(
+        &format!("codec alone, {} thread(s)", r.workers),
+        r.codec_gbs,
+    );
+    row("plain write of the chunks, 1 thread", r.write_gbs);
+    row("pipeline, zero-copy source", r.pipeline_gbs);
+    row("pipeline, copying source", r.pipeline_copying_source_gbs);
+    println!(
+        "pipeline / codec alone = {:.3} (zero-copy source), {:.3} (copying source); lost {}",
+        r.pipeline_over_codec, r.pipeline_copying_source_over_codec, r.lost_frames
+    );
+}
+
+/// Seconds from start to the last file closed, and the frames lost, of one pipeline run.
+fn time_pipeline(c: &Config) -> Result<(f64, u64)> {
+    let running = pipeline::start(c, Vec::new())?;
+    let t = Instant::now();
+    let summary = running.wait();
+    let secs = t.elapsed().as_secs_f64();
+    for s in &summary.streams {
+        let _ = std::fs::remove_file(&s.stream.file);
+    }
+    Ok((secs, summary.stats.lost))
+}
+
+/// Seconds to copy `frames` frames once each into `buffers` rotating buffers, as a copying
+/// source fills its pool.
+fn time_memcpy(bank: &FrameBank, frames: u64, buffers: usize) -> f64 {
+    let buffers = buffers.max(1);
+    let mut dst: Vec<Vec<u8>> = (0..buffers)
+        .map(|_| vec![1u8; bank.frame_bytes()])
+        .collect();
+    let t = Instant::now();
+    for n in 1..=frames {
+        let d = &mut dst[n as usize % buffers];
+        d.copy_from_slice(bank.frame(n));
+        std::hint::black_box(d);
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// Seconds for `workers` threads to compress `frames` frames read in place from the bank, as
+/// the pipeline's workers read them; also returns the chunks of one bank cycle (for the write
+/// baseline and the ratio).
+fn time_codec(bank: &FrameBank, codec: Codec, frames: u64, workers: usize) -> (f64, Vec<Vec<u8>>) {
+    let n = bank.frame_bytes();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..workers as u64 {
+            s.spawn(move || {
+                let mut out = vec![0u8; codec.max_compressed_len(n)];
+                let mut i = w;
+                while i < frames {
+                    let len = codec.compress_into(bank.frame(i), &mut out).unwrap_or(0);
+                    std::hint::black_box(len);
+                    i += workers as u64;
+                }
+            });
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let chunks = (0..bank.len() as u64)
+        .map(|i| {
+            let mut out = vec![0u8; codec.max_compressed_len(n)];
+            let len = codec.compress_into(bank.frame(i), &mut out).unwrap_or(0);
+            out.truncate(len);
+            out
+        })
+        .collect();
+    (secs, chunks)
+}
+
+/// Seconds to write `frames` chunks (cycling through `chunks`) into one plain file.
+fn time_write(dir: &Path, chunks: &[Vec<u8>], frames: u64, rep: usize) -> Result<f64> {
+    let path = dir.join(format!("plain_write_{}_{rep}.bin", std::process::id()));
+    let t = Instant::now();
+    {
+        let mut f = std::fs::File::create(&path)?;
+        for i in 0..frames {
+            f.write_all(&chunks[(i % chunks.len() as u64) as usize])?;
+        }
+        f.flush()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(secs)
+}
