@@ -112,3 +112,10 @@ fn help_documents_every_command() {
         assert!(out.contains(cmd), "{cmd} missing from --help");
     }
 }
+
+#[test]
+fn the_documented_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/detingest.example.toml");
+    let o = detingestd(&["check-config", example]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
