@@ -343,7 +343,7 @@ impl SyntheticConfig {
         if !(self.background.is_finite() && (0.0..=1e6).contains(&self.background)) {
             return Err(ConfigError::new(key("background"), "must be in 0..=1e6"));
         }
-        let bytes = self.shape[0] as usize * self.shape[1] as usize * self.pixel.size();
+        let bytes = self.pixel.frame_bytes(self.shape);
         if self.shape.contains(&0) || bytes > MAX_FRAME_BYTES {
             return Err(ConfigError::new(
                 key("shape"),

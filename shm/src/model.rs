@@ -143,6 +143,11 @@ impl PixelType {
         }
     }
 
+    /// Bytes of a `[ny, nx]` frame of this type.
+    pub const fn frame_bytes(self, shape: [u32; 2]) -> usize {
+        shape[0] as usize * shape[1] as usize * self.size()
+    }
+
     /// The largest value a pixel can hold, as f64: NXmx's `saturation_value`.
     pub fn max_value(self) -> f64 {
         match self {
@@ -174,7 +179,7 @@ pub struct FrameMeta {
 impl FrameMeta {
     /// Bytes of pixel data this frame holds: `ny * nx * pixel size`.
     pub fn byte_len(&self) -> usize {
-        self.shape[0] as usize * self.shape[1] as usize * self.pixel.size()
+        self.pixel.frame_bytes(self.shape)
     }
 }
 

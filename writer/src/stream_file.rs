@@ -36,7 +36,7 @@ pub struct DatasetLayout {
 impl DatasetLayout {
     /// Bytes of one uncompressed frame.
     pub fn frame_bytes(&self) -> usize {
-        self.shape[0] as usize * self.shape[1] as usize * self.pixel.size()
+        self.pixel.frame_bytes(self.shape)
     }
 }
 

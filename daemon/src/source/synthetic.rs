@@ -56,7 +56,7 @@ impl FrameBank {
 
     /// Bytes of one frame.
     pub fn frame_bytes(&self) -> usize {
-        self.shape[0] as usize * self.shape[1] as usize * self.pixel.size()
+        self.pixel.frame_bytes(self.shape)
     }
 
     /// The pixels of frame number `n`.
