@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config
-PY_PACKAGES  := h5py hdf5plugin numpy pytest
+PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle
 
 .PHONY: demo test deps venv build-release bench lint clean
 
@@ -21,7 +21,7 @@ demo: deps venv
 test: deps venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test --workspace
+	DETINGEST_PYTHON=$(CURDIR)/$(PY) cargo test --workspace
 	cargo build -p detingest-daemon
 	DETINGESTD=$(CURDIR)/target/debug/detingestd $(PY) -m pytest -q tests/python
 
@@ -37,7 +37,7 @@ deps:
 	fi
 
 venv:
-	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest" 2>/dev/null; then \
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle" 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PY_PACKAGES); \
 	fi
 

@@ -2,6 +2,7 @@
 //! judged against, in one process on the same frames, so a noisy shared machine affects both
 //! sides alike. Micro-benchmarks are criterion benches in `benches/`.
 
+mod codec;
 mod pipeline;
 
 use anyhow::Result;
@@ -21,6 +22,8 @@ enum Command {
     /// to memcpy, the codec alone on the same thread count, and a plain write of the
     /// compressed bytes.
     Pipeline(pipeline::Args),
+    /// One codec on many frames, next to the C bitshuffle library on the same frames.
+    Codec(codec::Args),
 }
 
 fn main() -> Result<()> {
@@ -30,5 +33,6 @@ fn main() -> Result<()> {
         .unwrap_or_else(|| Command::Pipeline(pipeline::Args::parse_from(["pipeline"])))
     {
         Command::Pipeline(args) => pipeline::run(&args),
+        Command::Codec(args) => codec::run(&args),
     }
 }

@@ -63,7 +63,8 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
-    /// `"lz4"` (HDF5 filter 32004, default) or `"none"`.
+    /// `"bslz4"` (bitshuffle-LZ4, HDF5 filter 32008, default), `"lz4"` (32004) or `"none"`;
+    /// a source may choose its own.
     pub codec: Codec,
     /// Flush a file after this many indices (0: only by time and on close).
     pub flush_every_frames: u64,
@@ -75,7 +76,7 @@ pub struct WriterConfig {
 impl Default for WriterConfig {
     fn default() -> Self {
         Self {
-            codec: Codec::Lz4,
+            codec: Codec::default(),
             flush_every_frames: 100,
             flush_interval_ms: 1000,
         }
@@ -150,6 +151,9 @@ pub struct SourceConfig {
     /// Core to pin the source thread to.
     #[serde(default)]
     pub core: Option<usize>,
+    /// This stream's codec, overriding `writer.codec`.
+    #[serde(default)]
+    pub codec: Option<Codec>,
     /// The built-in synthetic detector.
     pub synthetic: Option<SyntheticConfig>,
 }
@@ -173,6 +177,11 @@ impl SourceConfig {
             Some(SourceKind::Synthetic(s)) => (s.pixel, s.shape),
             None => (PixelType::U8, [0, 0]),
         }
+    }
+
+    /// The codec of this source's stream: its own, or the writer's.
+    pub fn codec(&self, writer: &WriterConfig) -> Codec {
+        self.codec.unwrap_or(writer.codec)
     }
 
     /// Frames the source will produce, if it knows (0: open-ended).
@@ -398,7 +407,13 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse(MINIMAL).unwrap();
-        assert_eq!(c.writer.codec, Codec::Lz4);
+        assert_eq!(c.writer.codec, Codec::BitshuffleLz4);
+        assert_eq!(c.sources[0].codec(&c.writer), Codec::BitshuffleLz4);
+        let own = Config::parse(
+            &MINIMAL.replace("[source.synthetic]", "codec = \"lz4\"\n[source.synthetic]"),
+        )
+        .unwrap();
+        assert_eq!(own.sources[0].codec(&own.writer), Codec::Lz4);
         assert_eq!(c.pipeline.compress_workers, 2);
         let Some(SourceKind::Synthetic(s)) = c.sources[0].kind() else {
             panic!("synthetic source expected");

@@ -57,8 +57,8 @@ enum Command {
         /// Frames per second (0: as fast as the pipeline goes).
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
-        /// Chunk codec: lz4 or none.
-        #[arg(long, default_value = "lz4", value_parser = parse_codec)]
+        /// Chunk codec: bslz4 (bitshuffle-LZ4), lz4 or none.
+        #[arg(long, default_value = "bslz4", value_parser = parse_codec)]
         codec: Codec,
         /// Compression worker threads.
         #[arg(long, default_value_t = 2)]
@@ -86,11 +86,7 @@ enum Command {
 }
 
 fn parse_codec(s: &str) -> Result<Codec, String> {
-    match s {
-        "lz4" => Ok(Codec::Lz4),
-        "none" => Ok(Codec::None),
-        _ => Err(format!("unknown codec {s:?}; expected lz4 or none")),
-    }
+    Codec::from_name(s).ok_or_else(|| format!("unknown codec {s:?}; expected bslz4, lz4 or none"))
 }
 
 fn main() -> ExitCode {

@@ -115,7 +115,10 @@ fn help_documents_every_command() {
 
 #[test]
 fn the_documented_example_config_is_valid() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/detingest.example.toml");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/detingest.example.toml"
+    );
     let o = detingestd(&["check-config", example]);
     assert!(o.status.success(), "{}", stderr(&o));
 }

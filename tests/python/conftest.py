@@ -19,7 +19,7 @@ def detingestd():
 
 
 def write_config(path, data_dir, *, synthetic="", writer="", pipeline="", policy="block",
-                 stream="s1"):
+                 stream="s1", source=""):
     path.write_text(
         f'data_dir = "{data_dir}"\n'
         f"[writer]\n{writer}\n"
@@ -28,6 +28,7 @@ def write_config(path, data_dir, *, synthetic="", writer="", pipeline="", policy
         'name = "sim"\n'
         f'policy = "{policy}"\n'
         f'stream = {{ beamtime = "bt", source = "det", stream = "{stream}" }}\n'
+        f"{source}\n"
         f"[source.synthetic]\n{synthetic}\n"
     )
     return path

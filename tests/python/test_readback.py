@@ -12,8 +12,17 @@ import pytest
 SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 
 
-def test_lz4_file_equals_the_generated_frames(run_daemon, expected_frames):
-    summary, cfg, path = run_daemon(synthetic="frames = 20\nseed = 3\nbank_frames = 20")
+FILTERS = {"bslz4": 32008, "lz4": 32004}
+
+
+def filters(d):
+    return {int(k): tuple(v) for k, v in d._filters.items()}
+
+
+@pytest.mark.parametrize("codec", ["bslz4", "lz4"])
+def test_file_equals_the_generated_frames(run_daemon, expected_frames, codec):
+    summary, cfg, path = run_daemon(synthetic="frames = 20\nseed = 3\nbank_frames = 20",
+                                    writer=f'codec = "{codec}"')
     assert summary["streams"][0]["frames"] == 20
     want = expected_frames(cfg, "u2", (512, 1024))
     with h5py.File(path, "r") as f:
@@ -21,7 +30,10 @@ def test_lz4_file_equals_the_generated_frames(run_daemon, expected_frames):
         assert d.shape == (20, 512, 1024)
         assert d.dtype == np.uint16
         assert d.chunks == (1, 512, 1024)
-        assert 32004 in [int(k) for k in d._filters], d._filters
+        assert list(filters(d)) == [FILTERS[codec]], d._filters
+        if codec == "bslz4":
+            # bitshuffle 0.5, element size 2, automatic block size, LZ4.
+            assert filters(d)[32008] == (0, 5, 2, 0, 2)
         assert d.attrs["image_nr_low"] == 1
         assert d.attrs["image_nr_high"] == 20
         assert np.array_equal(d[()], want)
@@ -48,8 +60,8 @@ def test_h5dump_reads_header_and_pixels(run_daemon, expected_frames):
     assert 'DATASET "data"' in header and "H5T_STD_U16LE" in header
     props = subprocess.run(["h5dump", "-p", "-H", "-d", "/entry/data/data", str(path)], env=env,
                            check=True, capture_output=True, text=True).stdout
-    assert "32004" in props and "CHUNKED ( 1, 16, 32 )" in props, props
-    # -b writes the decoded dataset as raw binary: h5dump must run the LZ4 plugin.
+    assert "32008" in props and "CHUNKED ( 1, 16, 32 )" in props, props
+    # -b writes the decoded dataset as raw binary: h5dump must run the bitshuffle plugin.
     raw = path.parent / "dump.bin"
     subprocess.run(["h5dump", "-d", "/entry/data/data", "-b", "LE", "-o", str(raw), str(path)],
                    env=env, check=True, capture_output=True)
@@ -59,7 +71,7 @@ def test_h5dump_reads_header_and_pixels(run_daemon, expected_frames):
 
 @pytest.mark.parametrize("pixel,dtype", [("u8", "u1"), ("u32", "u4"), ("i32", "i4"),
                                          ("f32", "f4")])
-@pytest.mark.parametrize("codec", ["lz4", "none"])
+@pytest.mark.parametrize("codec", ["bslz4", "lz4", "none"])
 def test_every_pixel_type_and_codec_round_trips(run_daemon, expected_frames, pixel, dtype, codec):
     _, cfg, path = run_daemon(
         synthetic=f'frames = 5\npixel = "{pixel}"\nshape = [48, 80]\nbank_frames = 2',
@@ -68,8 +80,19 @@ def test_every_pixel_type_and_codec_round_trips(run_daemon, expected_frames, pix
     with h5py.File(path, "r") as f:
         d = f["/entry/data/data"]
         assert d.dtype == np.dtype(dtype)
-        assert (32004 in [int(k) for k in d._filters]) == (codec == "lz4")
+        assert list(filters(d)) == ([FILTERS[codec]] if codec in FILTERS else [])
+        if codec == "bslz4":
+            assert filters(d)[32008][2] == np.dtype(dtype).itemsize
         assert np.array_equal(d[()], want)
+
+
+def test_a_stream_may_choose_its_own_codec(run_daemon, expected_frames):
+    _, cfg, path = run_daemon(synthetic="frames = 4\nshape = [32, 64]\nbank_frames = 4",
+                              writer='codec = "bslz4"', source='codec = "lz4"')
+    with h5py.File(path, "r") as f:
+        d = f["/entry/data/data"]
+        assert list(filters(d)) == [32004]
+        assert np.array_equal(d[()], expected_frames(cfg, "u2", (32, 64)))
 
 
 def test_dropped_frames_keep_their_index_and_show_the_fill_value(run_daemon, expected_frames):

@@ -1,7 +1,7 @@
 //! Compression codecs and NXmx HDF5 data files for detingest.
 //!
-//! A [`Codec`] encodes a frame into the exact chunk bytes of an HDF5 filter (LZ4 = 32004) into
-//! a caller's buffer; a [`StreamFile`] appends such chunks to `/entry/data/data` with
+//! A [`Codec`] encodes a frame into the exact chunk bytes of an HDF5 filter (bitshuffle-LZ4 =
+//! 32008, LZ4 = 32004) into a caller's buffer; a [`StreamFile`] appends such chunks to `/entry/data/data` with
 //! `H5Dwrite_chunk`, so no filter runs at write time and HDF5 never sees the pixels. Readers
 //! (h5py + hdf5plugin, h5dump with `HDF5_PLUGIN_PATH`, DIALS, XDS) decode with the registered
 //! filter plugin.
@@ -12,10 +12,11 @@
 //! ```
 //! use detingest_writer::Codec;
 //! let frame = vec![0u8; 4096];
-//! let mut chunk = vec![0u8; Codec::Lz4.max_compressed_len(frame.len())];
-//! let n = Codec::Lz4.compress_into(&frame, &mut chunk).unwrap();
+//! let codec = Codec::BitshuffleLz4;
+//! let mut chunk = vec![0u8; codec.max_compressed_len(frame.len(), 2)];
+//! let n = codec.compress_into(&frame, 2, &mut chunk).unwrap();
 //! let mut back = vec![0u8; frame.len()];
-//! Codec::Lz4.decompress_into(&chunk[..n], &mut back).unwrap();
+//! codec.decompress_into(&chunk[..n], 2, &mut back).unwrap();
 //! assert_eq!(back, frame);
 //! ```
 
@@ -24,7 +25,7 @@ mod error;
 mod nxmx;
 mod stream_file;
 
-pub use codec::{Codec, CodecError};
+pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
 pub use error::WriteError;
 pub use nxmx::DetectorInfo;
 pub use stream_file::{DatasetLayout, StreamFile, DATA_PATH};

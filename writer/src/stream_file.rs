@@ -260,8 +260,8 @@ fn create_data_of<T: H5Type>(group: &Group, layout: DatasetLayout) -> Result<Dat
     dcpl.chunk(chunk);
     // The filter is recorded, not run: chunks arrive encoded. hdf5-metno adds user filters as
     // optional, so no plugin is needed at write time, and we write the cd_values ourselves.
-    if let Some((id, cd_values)) = layout.codec.hdf5_filter() {
-        dcpl.add_filter(id as _, cd_values);
+    if let Some((id, cd_values)) = layout.codec.hdf5_filter(layout.pixel.size()) {
+        dcpl.add_filter(id as _, &cd_values);
     }
     let dcpl = dcpl.finish()?;
     let ds = group

@@ -19,7 +19,7 @@ use super::stats::PipelineStats;
 
 /// Runs one worker until the indexer's queue closes.
 pub(crate) fn run(
-    codec: Codec,
+    codecs: &[Codec],
     input: Receiver<Item>,
     output: Sender<Item>,
     pool: BufferPool,
@@ -38,7 +38,8 @@ pub(crate) fn run(
                 pixels,
             } => {
                 let raw = pixels.len();
-                match codec.compress_into(pixels.as_slice(), out.spare_mut()) {
+                let codec = codecs[usize::from(item.stream)];
+                match codec.compress_into(pixels.as_slice(), meta.pixel.size(), out.spare_mut()) {
                     Ok(len) => {
                         drop(pixels); // the input buffer goes back to its source's pool now
                         out.set_len(len);

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver};
 use detingest_shm::BufferPool;
-use detingest_writer::{DatasetLayout, DATA_PATH};
+use detingest_writer::{Codec, DatasetLayout, DATA_PATH};
 
 pub use job::{SourceMsg, StreamSlot};
 pub use stats::{PipelineStats, StatsSnapshot};
@@ -126,19 +126,19 @@ pub fn start(
 ) -> Result<Running, StartError> {
     let p = &config.pipeline;
     let t = &config.threads;
-    let codec = config.writer.codec;
     let stats = Arc::new(PipelineStats::default());
     let stop = Arc::new(AtomicBool::new(false));
 
     let mut streams = Vec::new();
     let mut layouts = Vec::new();
-    let mut max_frame = 0;
+    let mut max_chunk = 0;
     for (slot, src) in config.sources.iter().enumerate() {
         let file = stream_file_path(config, src);
         if file.exists() {
             return Err(StartError::Exists(file));
         }
         let (pixel, shape) = src.frame_format();
+        let codec = src.codec(&config.writer);
         let info = Arc::new(StreamInfo {
             slot: slot as StreamSlot,
             id: src.stream.clone(),
@@ -153,7 +153,7 @@ pub fn start(
             shape,
             codec,
         };
-        max_frame = max_frame.max(layout.frame_bytes());
+        max_chunk = max_chunk.max(codec.max_compressed_len(layout.frame_bytes(), pixel.size()));
         streams.push(Arc::clone(&info));
         layouts.push((info, layout));
     }
@@ -161,7 +161,8 @@ pub fn start(
     let (source_tx, source_rx) = channel::bounded::<SourceMsg>(p.queue_depth);
     let (compress_tx, compress_rx) = channel::bounded::<job::Item>(p.queue_depth);
     let (write_tx, write_rx) = channel::bounded::<job::Item>(p.queue_depth);
-    let output_pool = BufferPool::new(p.output_buffers, codec.max_compressed_len(max_frame));
+    let output_pool = BufferPool::new(p.output_buffers, max_chunk);
+    let codecs: Arc<[Codec]> = streams.iter().map(|s| s.codec).collect();
     let notify = Arc::new(NotifyQueue::new(p.notify_queue, Arc::clone(&stats)));
 
     // Every item between indexer and writer is a frame (holding a buffer or a queue slot) or
@@ -193,14 +194,15 @@ pub fn start(
     })?;
     for i in 0..p.compress_workers {
         let core = (!t.compress.is_empty()).then(|| t.compress[i % t.compress.len()]);
-        let (rx, tx, pool, st) = (
+        let (codecs, rx, tx, pool, st) = (
+            Arc::clone(&codecs),
             compress_rx.clone(),
             write_tx.clone(),
             output_pool.clone(),
             Arc::clone(&stats),
         );
         threads.push(threads::spawn(format!("compress-{i}"), core, move || {
-            compress::run(codec, rx, tx, pool, st)
+            compress::run(&codecs, rx, tx, pool, st)
         })?);
     }
     drop(write_tx);

@@ -5,9 +5,13 @@
 //! Codecs encode into a caller-provided buffer of at least [`Codec::max_compressed_len`] bytes
 //! and never allocate.
 
+mod bslz4;
 mod lz4;
+pub mod transpose;
 
 use serde::{Deserialize, Serialize};
+
+pub use transpose::Kernel;
 
 /// Why a chunk could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,63 +28,78 @@ pub enum CodecError {
     /// The input is larger than the chunk format can describe.
     #[error("chunk of {0} bytes is larger than the format allows")]
     TooLarge(usize),
-    /// A compressed chunk is truncated or inconsistent.
+    /// The element size is not one the codec handles (bitshuffle: 1, 2, 4, 8).
+    #[error("element size {0} is not supported (1, 2, 4 or 8)")]
+    ElementSize(usize),
+    /// A compressed chunk is truncated or inconsistent, or the input is ragged.
     #[error("corrupt chunk: {0}")]
     Corrupt(&'static str),
 }
 
 /// The compression applied to each chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// No compression: chunks are the raw pixels and the dataset has no filter.
+    #[serde(rename = "none")]
     None,
     /// LZ4 in the framing of HDF5 filter 32004.
-    #[default]
+    #[serde(rename = "lz4")]
     Lz4,
+    /// Bitshuffle + LZ4 in the framing of HDF5 filter 32008 (the default).
+    #[default]
+    #[serde(rename = "bslz4")]
+    BitshuffleLz4,
 }
 
 impl Codec {
-    /// Largest encoded size of an `n`-byte chunk.
-    pub fn max_compressed_len(self, n: usize) -> usize {
+    /// Every codec, for tests and benchmarks.
+    pub const ALL: [Codec; 3] = [Codec::None, Codec::Lz4, Codec::BitshuffleLz4];
+
+    /// Largest encoded size of an `n`-byte chunk of `es`-byte elements.
+    pub fn max_compressed_len(self, n: usize, es: usize) -> usize {
         match self {
             Self::None => n,
             Self::Lz4 => lz4::max_compressed_len(n),
+            Self::BitshuffleLz4 => bslz4::max_compressed_len(n, es),
         }
     }
 
-    /// The HDF5 filter this codec produces and the cd_values to record with it, or `None` for
-    /// an unfiltered dataset.
-    pub fn hdf5_filter(self) -> Option<(u32, &'static [u32])> {
+    /// The HDF5 filter this codec produces for `es`-byte elements, with the cd_values to
+    /// record, or `None` for an unfiltered dataset.
+    pub fn hdf5_filter(self, es: usize) -> Option<(u32, Vec<u32>)> {
         match self {
             Self::None => None,
-            Self::Lz4 => Some((lz4::FILTER_ID, &[0])),
+            Self::Lz4 => Some((lz4::FILTER_ID, vec![0])),
+            Self::BitshuffleLz4 => Some((bslz4::FILTER_ID, bslz4::cd_values(es).to_vec())),
         }
     }
 
-    /// Encodes `input` into `out`, returning the chunk's length.
-    pub fn compress_into(self, input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
+    /// Encodes `input` (elements of `es` bytes) into `out`, returning the chunk's length.
+    pub fn compress_into(
+        self,
+        input: &[u8],
+        es: usize,
+        out: &mut [u8],
+    ) -> Result<usize, CodecError> {
         match self {
-            Self::None => {
-                let have = out.len();
-                let dst = out
-                    .get_mut(..input.len())
-                    .ok_or(CodecError::OutputTooSmall {
-                        have,
-                        need: input.len(),
-                    })?;
-                dst.copy_from_slice(input);
-                Ok(input.len())
-            }
+            Self::None => copy(input, out),
             Self::Lz4 => lz4::compress_into(input, out),
+            Self::BitshuffleLz4 => bslz4::compress_into(input, es, out, Kernel::detect()),
         }
     }
 
-    /// Decodes a chunk into `out`, returning the decoded length. Never panics on bad input.
-    pub fn decompress_into(self, chunk: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
+    /// Decodes a chunk of `es`-byte elements into `out`, returning the decoded length. Never
+    /// panics on bad input.
+    pub fn decompress_into(
+        self,
+        chunk: &[u8],
+        es: usize,
+        out: &mut [u8],
+    ) -> Result<usize, CodecError> {
         match self {
-            Self::None => Self::None.compress_into(chunk, out),
+            Self::None => copy(chunk, out),
             Self::Lz4 => lz4::decompress_into(chunk, out),
+            Self::BitshuffleLz4 => bslz4::decompress_into(chunk, es, out),
         }
     }
 
@@ -90,14 +109,44 @@ impl Codec {
         match self {
             Self::None => Ok(chunk.len()),
             Self::Lz4 => lz4::decoded_len(chunk),
+            Self::BitshuffleLz4 => bslz4::decoded_len(chunk),
         }
     }
 
-    /// Lower-case name used in configuration and notifications.
+    /// Name used in configuration and notifications: `none`, `lz4`, `bslz4`.
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Lz4 => "lz4",
+            Self::BitshuffleLz4 => "bslz4",
         }
     }
+
+    /// The codec of a [`Codec::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// Bitshuffle-LZ4 encoding with a chosen transpose kernel (for tests and benchmarks that
+/// compare kernels; [`Codec::compress_into`] picks the fastest).
+pub fn bitshuffle_lz4_with(
+    kernel: Kernel,
+    input: &[u8],
+    es: usize,
+    out: &mut [u8],
+) -> Result<usize, CodecError> {
+    bslz4::compress_into(input, es, out, kernel)
+}
+
+fn copy(input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
+    let have = out.len();
+    let dst = out
+        .get_mut(..input.len())
+        .ok_or(CodecError::OutputTooSmall {
+            have,
+            need: input.len(),
+        })?;
+    dst.copy_from_slice(input);
+    Ok(input.len())
 }

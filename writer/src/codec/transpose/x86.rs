@@ -1,0 +1,136 @@
+//! SSE2 and AVX2 kernels of the forward bit transpose.
+//!
+//! Per step, 16 (SSE2) or 32 (AVX2) elements are loaded as `ES` vectors and split into `ES`
+//! byte planes by `log2(ES)` rounds of even/odd byte deinterleaving (`packus` of masked and
+//! shifted 16-bit lanes); keeping the evens of every pair before the odds makes the planes come
+//! out in byte order. Each plane then yields its eight bit rows with eight `movemask`s,
+//! shifting left by one bit in between. Groups of 8 elements left over go through the scalar
+//! code. The element size is a const parameter so every loop unrolls and the vectors stay in
+//! registers.
+
+use std::arch::x86_64::*;
+
+use super::scalar;
+
+/// SSE2 transpose; SSE2 is part of the x86-64 baseline, so it is always available.
+pub fn transpose_sse2(input: &[u8], out: &mut [u8], es: usize) {
+    // SAFETY: SSE2 is always present on x86-64; the caller checked that both slices hold
+    // `n * es` bytes with `n` a multiple of 8.
+    unsafe {
+        match es {
+            1 => sse2::<1>(input, out),
+            2 => sse2::<2>(input, out),
+            4 => sse2::<4>(input, out),
+            _ => sse2::<8>(input, out),
+        }
+    }
+}
+
+/// AVX2 transpose.
+///
+/// # Safety
+/// The CPU must support AVX2; both slices hold `n * es` bytes with `n` a multiple of 8 and
+/// `es` in {1, 2, 4, 8}.
+pub unsafe fn transpose_avx2(input: &[u8], out: &mut [u8], es: usize) {
+    // SAFETY: the caller guarantees AVX2 and the lengths.
+    unsafe {
+        match es {
+            1 => avx2::<1>(input, out),
+            2 => avx2::<2>(input, out),
+            4 => avx2::<4>(input, out),
+            _ => avx2::<8>(input, out),
+        }
+    }
+}
+
+#[target_feature(enable = "sse2")]
+unsafe fn sse2<const ES: usize>(input: &[u8], out: &mut [u8]) {
+    let n = input.len() / ES;
+    let rows = n / 8;
+    let steps = n / 16;
+    let src = input.as_ptr();
+    let dst = out.as_mut_ptr();
+    for m in 0..steps {
+        let mut v = [_mm_setzero_si128(); ES];
+        for (q, lane) in v.iter_mut().enumerate() {
+            // SAFETY: step `m` reads bytes `16*ES*m .. 16*ES*(m+1)` of `input`, in bounds as
+            // `m < n / 16`; loadu has no alignment requirement.
+            *lane = unsafe { _mm_loadu_si128(src.add(16 * (ES * m + q)).cast()) };
+        }
+        let mut width = ES;
+        while width > 1 {
+            let mut next = v;
+            for k in 0..ES / 2 {
+                let low = _mm_set1_epi16(0x00FF);
+                let (a, b) = (v[2 * k], v[2 * k + 1]);
+                next[k] = _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
+                next[ES / 2 + k] = _mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
+            }
+            v = next;
+            width /= 2;
+        }
+        for (b, &plane) in v.iter().enumerate() {
+            let mut x = plane;
+            for i in (0..8).rev() {
+                let mask = _mm_movemask_epi8(x) as u16;
+                // SAFETY: row `8b+i` starts at `(8b+i)*rows`; bytes `2m, 2m+1` of it are below
+                // `rows` because `2m + 2 <= n / 8`; so the write is inside `out`.
+                unsafe {
+                    dst.add((b * 8 + i) * rows + 2 * m)
+                        .cast::<u16>()
+                        .write_unaligned(mask.to_le())
+                };
+                x = _mm_slli_epi16(x, 1);
+            }
+        }
+    }
+    scalar::transpose_groups(input, out, ES, steps * 2, rows);
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn avx2<const ES: usize>(input: &[u8], out: &mut [u8]) {
+    let n = input.len() / ES;
+    let rows = n / 8;
+    let steps = n / 32;
+    let src = input.as_ptr();
+    let dst = out.as_mut_ptr();
+    for m in 0..steps {
+        let mut v = [_mm256_setzero_si256(); ES];
+        for (q, lane) in v.iter_mut().enumerate() {
+            // SAFETY: step `m` reads bytes `32*ES*m .. 32*ES*(m+1)` of `input`, in bounds as
+            // `m < n / 32`; loadu has no alignment requirement.
+            *lane = unsafe { _mm256_loadu_si256(src.add(32 * (ES * m + q)).cast()) };
+        }
+        let mut width = ES;
+        while width > 1 {
+            let mut next = v;
+            for k in 0..ES / 2 {
+                let low = _mm256_set1_epi16(0x00FF);
+                let (a, b) = (v[2 * k], v[2 * k + 1]);
+                let even = _mm256_packus_epi16(_mm256_and_si256(a, low), _mm256_and_si256(b, low));
+                let odd = _mm256_packus_epi16(_mm256_srli_epi16(a, 8), _mm256_srli_epi16(b, 8));
+                // packus works per 128-bit lane: quads (a0, b0, a1, b1) -> (a0, a1, b0, b1).
+                next[k] = _mm256_permute4x64_epi64(even, 0b11_01_10_00);
+                next[ES / 2 + k] = _mm256_permute4x64_epi64(odd, 0b11_01_10_00);
+            }
+            v = next;
+            width /= 2;
+        }
+        for (b, &plane) in v.iter().enumerate() {
+            let mut x = plane;
+            for i in (0..8).rev() {
+                let mask = _mm256_movemask_epi8(x) as u32;
+                // SAFETY: bytes `4m .. 4m+4` of row `8b+i` are below `rows` because
+                // `4m + 4 <= n / 8`; so the write is inside `out`.
+                unsafe {
+                    dst.add((b * 8 + i) * rows + 4 * m)
+                        .cast::<u32>()
+                        .write_unaligned(mask.to_le())
+                };
+                x = _mm256_slli_epi16(x, 1);
+            }
+        }
+    }
+    // Fewer than 32 elements remain: the scalar code does them group by group.
+    scalar::transpose_groups(input, out, ES, steps * 4, rows);
+}
