@@ -7,7 +7,7 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle
 
-.PHONY: demo test deps venv build-release bench lint clean
+.PHONY: demo test deps venv bench fuzz clean
 
 demo: deps venv
 	cargo build --release -p detingest-daemon
@@ -27,6 +27,13 @@ test: deps venv
 
 bench: deps venv
 	cargo run --release -p detingest-bench -- pipeline
+
+# Fuzz the chunk decoders (cargo-fuzz on the stable toolchain via RUSTC_BOOTSTRAP).
+FUZZ_SECONDS ?= 300
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	cd writer && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O bslz4_decode -- -max_total_time=$(FUZZ_SECONDS)
+	cd writer && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O lz4_decode -- -max_total_time=$(FUZZ_SECONDS)
 
 # System packages: only when something is missing, so a prepared machine needs no root.
 deps:

@@ -91,37 +91,56 @@ unsafe fn sse2<const ES: usize>(input: &[u8], out: &mut [u8]) {
 unsafe fn avx2<const ES: usize>(input: &[u8], out: &mut [u8]) {
     let n = input.len() / ES;
     let rows = n / 8;
-    let steps = n / 32;
     let src = input.as_ptr();
     let dst = out.as_mut_ptr();
-    for m in 0..steps {
-        let mut v = [_mm256_setzero_si256(); ES];
-        for (q, lane) in v.iter_mut().enumerate() {
-            // SAFETY: step `m` reads bytes `32*ES*m .. 32*ES*(m+1)` of `input`, in bounds as
-            // `m < n / 32`; loadu has no alignment requirement.
-            *lane = unsafe { _mm256_loadu_si256(src.add(32 * (ES * m + q)).cast()) };
-        }
-        let mut width = ES;
-        while width > 1 {
-            let mut next = v;
-            for k in 0..ES / 2 {
-                let low = _mm256_set1_epi16(0x00FF);
-                let (a, b) = (v[2 * k], v[2 * k + 1]);
-                let even = _mm256_packus_epi16(_mm256_and_si256(a, low), _mm256_and_si256(b, low));
-                let odd = _mm256_packus_epi16(_mm256_srli_epi16(a, 8), _mm256_srli_epi16(b, 8));
-                // packus works per 128-bit lane: quads (a0, b0, a1, b1) -> (a0, a1, b0, b1).
-                next[k] = _mm256_permute4x64_epi64(even, 0b11_01_10_00);
-                next[ES / 2 + k] = _mm256_permute4x64_epi64(odd, 0b11_01_10_00);
+    // Two 32-element steps at a time, so each bit row gets one 8-byte store.
+    let pairs = n / 64;
+    for m in 0..pairs {
+        // SAFETY: elements `64m .. 64m+64` are inside `input` because `m < n / 64`.
+        let (lo, hi) = unsafe {
+            (
+                planes_avx2::<ES>(src, 2 * m),
+                planes_avx2::<ES>(src, 2 * m + 1),
+            )
+        };
+        for b in 0..ES {
+            let (mut x, mut y) = (lo[b], hi[b]);
+            let row0 = dst.wrapping_add(b * 8 * rows + 8 * m);
+            if _mm256_testz_si256(_mm256_or_si256(x, y), _mm256_or_si256(x, y)) == 1 {
+                // A plane of zero bytes (the high bytes of small counts): eight zero rows.
+                for i in 0..8 {
+                    // SAFETY: bytes `8m .. 8m+8` of row `8b+i` lie inside `out` because
+                    // `8m + 8 <= n / 8`.
+                    unsafe { row0.add(i * rows).cast::<u64>().write_unaligned(0) };
+                }
+                continue;
             }
-            v = next;
-            width /= 2;
+            for i in (0..8).rev() {
+                let mask = (_mm256_movemask_epi8(x) as u32 as u64)
+                    | ((_mm256_movemask_epi8(y) as u32 as u64) << 32);
+                // SAFETY: as above.
+                unsafe {
+                    row0.add(i * rows)
+                        .cast::<u64>()
+                        .write_unaligned(mask.to_le())
+                };
+                x = _mm256_slli_epi16(x, 1);
+                y = _mm256_slli_epi16(y, 1);
+            }
         }
-        for (b, &plane) in v.iter().enumerate() {
+    }
+    // One 32-element step may remain.
+    let mut done = pairs * 64;
+    if n - done >= 32 {
+        let m = done / 32;
+        // SAFETY: elements `32m .. 32m+32` are inside `input`, checked just above.
+        let planes = unsafe { planes_avx2::<ES>(src, m) };
+        for (b, &plane) in planes.iter().enumerate() {
             let mut x = plane;
             for i in (0..8).rev() {
                 let mask = _mm256_movemask_epi8(x) as u32;
-                // SAFETY: bytes `4m .. 4m+4` of row `8b+i` are below `rows` because
-                // `4m + 4 <= n / 8`; so the write is inside `out`.
+                // SAFETY: bytes `4m .. 4m+4` of row `8b+i` are inside `out` because
+                // `4m + 4 <= n / 8`.
                 unsafe {
                     dst.add((b * 8 + i) * rows + 4 * m)
                         .cast::<u32>()
@@ -130,7 +149,38 @@ unsafe fn avx2<const ES: usize>(input: &[u8], out: &mut [u8]) {
                 x = _mm256_slli_epi16(x, 1);
             }
         }
+        done += 32;
     }
     // Fewer than 32 elements remain: the scalar code does them group by group.
-    scalar::transpose_groups(input, out, ES, steps * 4, rows);
+    scalar::transpose_groups(input, out, ES, done / 8, rows);
+}
+
+/// Byte planes of elements `32m .. 32m+32`: plane `b` holds byte `b` of each, in order.
+///
+/// # Safety
+/// The CPU must support AVX2, and `src` must be valid for reads of `32 * ES * (m + 1)` bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn planes_avx2<const ES: usize>(src: *const u8, m: usize) -> [__m256i; ES] {
+    let mut v = [_mm256_setzero_si256(); ES];
+    for (q, lane) in v.iter_mut().enumerate() {
+        // SAFETY: the caller guarantees these 32 bytes are readable; loadu needs no alignment.
+        *lane = unsafe { _mm256_loadu_si256(src.add(32 * (ES * m + q)).cast()) };
+    }
+    let mut width = ES;
+    while width > 1 {
+        let mut next = v;
+        for k in 0..ES / 2 {
+            let low = _mm256_set1_epi16(0x00FF);
+            let (a, b) = (v[2 * k], v[2 * k + 1]);
+            let even = _mm256_packus_epi16(_mm256_and_si256(a, low), _mm256_and_si256(b, low));
+            let odd = _mm256_packus_epi16(_mm256_srli_epi16(a, 8), _mm256_srli_epi16(b, 8));
+            // packus works per 128-bit lane: quads (a0, b0, a1, b1) -> (a0, a1, b0, b1).
+            next[k] = _mm256_permute4x64_epi64(even, 0b11_01_10_00);
+            next[ES / 2 + k] = _mm256_permute4x64_epi64(odd, 0b11_01_10_00);
+        }
+        v = next;
+        width /= 2;
+    }
+    v
 }
