@@ -50,6 +50,9 @@ pub struct Config {
     /// Detector description written into every file.
     #[serde(default)]
     pub detector: DetectorInfo,
+    /// The notification socket for live viewers and its query endpoint.
+    #[serde(default)]
+    pub live: LiveConfig,
     /// The frame sources, one stream each.
     #[serde(rename = "source", default)]
     pub sources: Vec<SourceConfig>,
@@ -111,6 +114,47 @@ impl Default for PipelineConfig {
     }
 }
 
+/// `[live]`: the ZeroMQ notification socket live viewers subscribe to, and the query endpoint
+/// late joiners ask.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// PUB endpoint (`""`: no publishing).
+    pub publish: String,
+    /// REP endpoint answering `last` and `range` (`""`: none).
+    pub query: String,
+    /// Messages queued per subscriber before ZeroMQ drops for that subscriber.
+    pub high_water_mark: i32,
+    /// Recent frame notifications kept per stream for `range`.
+    pub history: usize,
+    /// Publish a preview of one frame in this many (0: no previews).
+    pub preview_every: u64,
+    /// And at most this many previews per second per stream (0: no limit).
+    pub preview_max_hz: f64,
+    /// Buffers previews are copied into; when viewers hold them all, previews are skipped.
+    pub preview_buffers: usize,
+    /// Before the sources start, wait for this many subscribers (0: don't wait).
+    pub wait_for_subscribers: usize,
+    /// Give up waiting for subscribers after this many milliseconds, and start anyway.
+    pub wait_timeout_ms: u64,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            publish: "tcp://127.0.0.1:5556".into(),
+            query: "tcp://127.0.0.1:5557".into(),
+            high_water_mark: 1000,
+            history: 10_000,
+            preview_every: 10,
+            preview_max_hz: 5.0,
+            preview_buffers: 4,
+            wait_for_subscribers: 0,
+            wait_timeout_ms: 5000,
+        }
+    }
+}
+
 /// `[threads]`: the core each thread is pinned to. Absent means not pinned.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,8 +163,10 @@ pub struct ThreadMap {
     pub indexer: Option<usize>,
     /// The HDF5 writer thread.
     pub writer: Option<usize>,
-    /// The notification consumer thread.
+    /// The notification consumer (and publisher) thread.
     pub notify: Option<usize>,
+    /// The live query thread.
+    pub query: Option<usize>,
     /// Compression workers, in order; worker `i` uses entry `i % len`.
     pub compress: Vec<usize>,
 }
@@ -304,12 +350,14 @@ impl Config {
             ("threads.indexer", t.indexer),
             ("threads.writer", t.writer),
             ("threads.notify", t.notify),
+            ("threads.query", t.query),
         ] {
             check_core(key, core, cores)?;
         }
         for (i, &c) in t.compress.iter().enumerate() {
             check_core(&format!("threads.compress[{i}]"), Some(c), cores)?;
         }
+        self.live.validate()?;
         if self.sources.is_empty() {
             return Err(ConfigError::new("source", "no [[source]] configured"));
         }
@@ -338,6 +386,51 @@ impl Config {
                     ))
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl LiveConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, endpoint) in [("live.publish", &self.publish), ("live.query", &self.query)] {
+            let ok = endpoint.is_empty()
+                || ["tcp://", "ipc://", "inproc://"]
+                    .iter()
+                    .any(|p| endpoint.starts_with(p) && endpoint.len() > p.len());
+            if !ok {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{endpoint:?} is not a ZeroMQ endpoint (tcp://host:port, ipc://path) or \"\""),
+                ));
+            }
+        }
+        if !self.publish.is_empty() && self.publish == self.query {
+            return Err(ConfigError::new(
+                "live.query",
+                "must differ from live.publish",
+            ));
+        }
+        if self.high_water_mark < 1 {
+            return Err(ConfigError::new(
+                "live.high_water_mark",
+                "must be at least 1",
+            ));
+        }
+        if self.preview_buffers == 0 || self.preview_buffers > 64 {
+            return Err(ConfigError::new(
+                "live.preview_buffers",
+                "must be in 1..=64",
+            ));
+        }
+        if self.history == 0 || self.history > 10_000_000 {
+            return Err(ConfigError::new("live.history", "must be in 1..=10000000"));
+        }
+        if !(self.preview_max_hz.is_finite() && self.preview_max_hz >= 0.0) {
+            return Err(ConfigError::new(
+                "live.preview_max_hz",
+                "must be a number >= 0",
+            ));
         }
         Ok(())
     }
@@ -469,6 +562,18 @@ mod tests {
         assert_eq!(err("data_dir = \"x\"\n").key, "source");
         let kindless = MINIMAL.replace("[source.synthetic]", "");
         assert_eq!(err(&kindless).key, "source[0]");
+    }
+
+    #[test]
+    fn live_endpoints_are_checked() {
+        let e = err(&format!("[live]\npublish = \"5556\"\n{MINIMAL}"));
+        assert_eq!(e.key, "live.publish");
+        let e = err(&format!(
+            "[live]\npublish = \"tcp://a:1\"\nquery = \"tcp://a:1\"\n{MINIMAL}"
+        ));
+        assert_eq!(e.key, "live.query");
+        let c = Config::parse(&format!("[live]\npublish = \"\"\nquery = \"\"\n{MINIMAL}")).unwrap();
+        assert!(c.live.publish.is_empty());
     }
 
     #[test]

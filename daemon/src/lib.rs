@@ -12,6 +12,7 @@
 //! ```
 
 pub mod config;
+pub mod live;
 pub mod notify;
 pub mod pipeline;
 pub mod source;

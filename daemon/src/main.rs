@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use detingest_daemon::config::{Config, SourceKind};
+use detingest_daemon::live::Live;
 use detingest_daemon::notify::{NotificationSink, RateLogger};
 use detingest_daemon::pipeline;
 use detingest_daemon::source::synthetic::FrameBank;
@@ -200,8 +201,12 @@ seed = {seed}
 
 /// Runs the pipeline to the end with a progress line (when `progress`) and prints a summary.
 fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Result<ExitCode> {
-    let sinks: Vec<Box<dyn NotificationSink>> =
+    let mut sinks: Vec<Box<dyn NotificationSink>> =
         vec![Box::new(RateLogger::new(Duration::from_secs(5)))];
+    let (live, publisher) = Live::start(&config.live, config.threads.query)?;
+    if let Some(p) = publisher {
+        sinks.push(Box::new(p));
+    }
     let running = pipeline::start(config, sinks)?;
     let stop = running.stop_handle();
     let _ = ctrlc::set_handler(move || {
@@ -214,11 +219,13 @@ fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Resul
         report::progress_until_done(&running, expected);
     }
     let summary = running.wait();
-    report::print_summary(&summary);
+    let live_stats = report::LiveSummary::from(&live);
+    live.stop();
+    report::print_summary(&summary, &live_stats);
     if let Some(path) = summary_json {
         let mut f = std::fs::File::create(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        serde_json::to_writer_pretty(&mut f, &report::summary_json(&summary))?;
+        serde_json::to_writer_pretty(&mut f, &report::summary_json(&summary, &live_stats))?;
         writeln!(f)?;
     }
     Ok(if summary.ok() {

@@ -14,7 +14,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
-use detingest_shm::{PixelType, StreamId};
+use detingest_shm::{PixelType, PoolBuf, StreamId};
 use detingest_writer::Codec;
 
 use crate::pipeline::{PipelineStats, StreamSlot};
@@ -26,6 +26,8 @@ pub struct StreamInfo {
     pub slot: StreamSlot,
     /// beamtime / source / stream.
     pub id: StreamId,
+    /// `id` as one string, `beamtime/source/stream`: how viewers and queries name the stream.
+    pub key: String,
     /// The data file.
     pub file: PathBuf,
     /// Dataset of the frames inside the file.
@@ -55,6 +57,20 @@ pub struct FrameNotice {
     pub compressed_bytes: u64,
     /// Acquisition time, ns since the Unix epoch (0 when lost).
     pub timestamp_ns: u64,
+    /// When the writer finished writing it, ns since the Unix epoch.
+    pub written_ns: u64,
+    /// The encoded chunk, for a frame the [`PreviewPolicy`] picked: it stays out of its pool
+    /// until every holder drops it.
+    pub preview: Option<Arc<PoolBuf>>,
+}
+
+/// A stream's file was opened.
+#[derive(Debug, Clone)]
+pub struct StreamStartNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// When, ns since the Unix epoch.
+    pub started_ns: u64,
 }
 
 /// A stream's file was closed.
@@ -66,15 +82,66 @@ pub struct StreamEndNotice {
     pub frames: u64,
     /// Of which lost.
     pub lost: u64,
+    /// When, ns since the Unix epoch.
+    pub ended_ns: u64,
 }
 
 /// What the writer announces.
 #[derive(Debug, Clone)]
 pub enum Notification {
+    /// A stream began.
+    StreamStart(StreamStartNotice),
     /// A frame was written.
     Frame(FrameNotice),
     /// A stream ended.
     StreamEnd(StreamEndNotice),
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Which written frames carry a preview: one in `every`, and no more than `max_hz` a second.
+/// One per stream, asked by the writer, which holds the chunk.
+#[derive(Debug, Clone)]
+pub struct PreviewPolicy {
+    every: u64,
+    min_interval: Option<Duration>,
+    seen: u64,
+    last: Option<Instant>,
+}
+
+impl PreviewPolicy {
+    /// One in `every` frames (0: never), at most `max_hz` per second (0: unlimited).
+    pub fn new(every: u64, max_hz: f64) -> Self {
+        Self {
+            every,
+            min_interval: (max_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / max_hz)),
+            seen: 0,
+            last: None,
+        }
+    }
+
+    /// Whether the next written frame gets a preview.
+    pub fn wants(&mut self, now: Instant) -> bool {
+        if self.every == 0 {
+            return false;
+        }
+        self.seen += 1;
+        if (self.seen - 1) % self.every != 0 {
+            return false;
+        }
+        if let (Some(min), Some(last)) = (self.min_interval, self.last) {
+            if now.duration_since(last) < min {
+                return false;
+            }
+        }
+        self.last = Some(now);
+        true
+    }
 }
 
 /// A consumer of notifications, called on the notification thread in queue order.
@@ -192,6 +259,7 @@ impl NotificationSink for RateLogger {
                 self.window_frames += 1;
                 self.total_frames += 1;
             }
+            Notification::StreamStart(_) => {}
             Notification::StreamEnd(e) => tracing::info!(
                 stream = %e.stream.id,
                 frames = e.frames,
@@ -214,5 +282,28 @@ impl NotificationSink for RateLogger {
 
     fn finish(&mut self) {
         tracing::info!(frames = self.total_frames, "notifications: total");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_policy_takes_one_in_n() {
+        let mut p = PreviewPolicy::new(3, 0.0);
+        let t = Instant::now();
+        let picked: Vec<bool> = (0..7).map(|_| p.wants(t)).collect();
+        assert_eq!(picked, [true, false, false, true, false, false, true]);
+        assert!(!(0..5).any(|_| PreviewPolicy::new(0, 0.0).wants(t)));
+    }
+
+    #[test]
+    fn preview_policy_limits_the_rate() {
+        let mut p = PreviewPolicy::new(1, 10.0);
+        let t = Instant::now();
+        assert!(p.wants(t));
+        assert!(!p.wants(t + Duration::from_millis(50)));
+        assert!(p.wants(t + Duration::from_millis(120)));
     }
 }

@@ -3,7 +3,32 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
+use detingest_daemon::live::Live;
 use detingest_daemon::pipeline::{RunSummary, Running};
+
+/// What the live side did, read before it stops.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveSummary {
+    pub publish_endpoint: Option<String>,
+    pub query_endpoint: Option<String>,
+    pub published: u64,
+    pub refused: u64,
+    pub previews: u64,
+}
+
+impl From<&Live> for LiveSummary {
+    fn from(l: &Live) -> Self {
+        Self {
+            publish_endpoint: l.publish_endpoint.clone(),
+            query_endpoint: l.query_endpoint.clone(),
+            published: l.stats.published.load(Ordering::Relaxed),
+            refused: l.stats.refused.load(Ordering::Relaxed),
+            previews: l.stats.previews.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// Prints a progress line every half second until the sources have finished and the queues
 /// are empty.
@@ -57,7 +82,7 @@ pub fn progress_until_done(running: &Running, expected: u64) {
 }
 
 /// Prints the end-of-run summary to stdout.
-pub fn print_summary(s: &RunSummary) {
+pub fn print_summary(s: &RunSummary, live: &LiveSummary) {
     let st = &s.stats;
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     println!("--- detingestd summary ---");
@@ -85,6 +110,12 @@ pub fn print_summary(s: &RunSummary) {
         "notifications    {} delivered, {} dropped at the queue",
         st.notified, st.notify_dropped
     );
+    if let Some(endpoint) = &live.publish_endpoint {
+        println!(
+            "live             {} messages published on {endpoint} ({} previews), {} refused",
+            live.published, live.previews, live.refused
+        );
+    }
     for r in &s.streams {
         let status = r.error.as_deref().unwrap_or("ok");
         println!(
@@ -99,9 +130,10 @@ pub fn print_summary(s: &RunSummary) {
 }
 
 /// The summary as JSON.
-pub fn summary_json(s: &RunSummary) -> serde_json::Value {
+pub fn summary_json(s: &RunSummary, live: &LiveSummary) -> serde_json::Value {
     serde_json::json!({
         "elapsed_s": s.elapsed.as_secs_f64(),
+        "live": live,
         "stats": s.stats,
         "sources": s.sources.iter().map(|(name, sent, dropped)| serde_json::json!({
             "name": name, "sent": sent, "dropped": dropped,

@@ -21,6 +21,10 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 const GOOD: &str = r#"
+[live]
+publish = ""
+query = ""
+
 [[source]]
 name = "sim"
 stream = { beamtime = "bt", source = "det", stream = "s1" }
@@ -121,4 +125,28 @@ fn the_documented_example_config_is_valid() {
     );
     let o = detingestd(&["check-config", example]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_busy_live_endpoint_is_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = GOOD.replace(
+        "publish = \"\"",
+        &format!("publish = \"tcp://127.0.0.1:{port}\""),
+    );
+    let cfg = write(dir.path(), "busy.toml", &text);
+    let data = dir.path().join("data").display().to_string();
+    let o = detingestd(&["--log", "warn", "run", "-c", &cfg, "--data-dir", &data]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("live.publish") && e.contains(&port.to_string()),
+        "{e}"
+    );
+    assert!(
+        !dir.path().join("data/bt/det/s1.h5").exists(),
+        "nothing written"
+    );
 }

@@ -19,11 +19,12 @@ def detingestd():
 
 
 def write_config(path, data_dir, *, synthetic="", writer="", pipeline="", policy="block",
-                 stream="s1", source=""):
+                 stream="s1", source="", live='publish = ""\nquery = ""'):
     path.write_text(
         f'data_dir = "{data_dir}"\n'
         f"[writer]\n{writer}\n"
         f"[pipeline]\n{pipeline}\n"
+        f"[live]\n{live}\n"
         "[[source]]\n"
         'name = "sim"\n'
         f'policy = "{policy}"\n'

@@ -20,7 +20,7 @@ fn frame_notices(ns: &[Notification]) -> Vec<(u64, u64, bool)> {
     ns.iter()
         .filter_map(|n| match n {
             Notification::Frame(f) => Some((f.index, f.frame_number, f.lost)),
-            Notification::StreamEnd(_) => None,
+            Notification::StreamStart(_) | Notification::StreamEnd(_) => None,
         })
         .collect()
 }
@@ -44,7 +44,7 @@ fn every_index_is_announced_once_in_order() {
         other => panic!("last notification should end the stream: {other:?}"),
     }
     assert_eq!(summary.stats.written, 300);
-    assert_eq!(summary.stats.notified, 301);
+    assert_eq!(summary.stats.notified, 302, "start, 300 frames, end");
 }
 
 /// Drops when no pool buffer is free (copying source).
@@ -181,4 +181,32 @@ fn tiny_pools_and_queues_never_deadlock() {
             }
         }
     }
+}
+
+/// Regression: previews once held the writer's output buffers, so a sink that kept its
+/// notifications (as this test's collector does) starved the pool and stalled ingest. Previews
+/// now use their own small pool and are skipped, and counted, when it is empty.
+#[test]
+fn a_sink_that_keeps_every_preview_never_stalls_ingest() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(
+        dir.path(),
+        "[live]\npreview_every = 1\npreview_max_hz = 0\npreview_buffers = 2",
+        "output_buffers = 4",
+        "frames = 200\nshape = [32, 32]\nbank_frames = 2",
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(run(&c));
+    });
+    let (summary, ns) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("ingest finished while the sink held its previews");
+    assert_eq!(summary.stats.written, 200);
+    let with_preview = ns
+        .iter()
+        .filter(|n| matches!(n, Notification::Frame(f) if f.preview.is_some()))
+        .count() as u64;
+    assert_eq!(with_preview, 2, "only as many previews as preview buffers");
+    assert_eq!(summary.stats.previews_skipped, 198);
 }

@@ -31,7 +31,7 @@ pub use stats::{PipelineStats, StatsSnapshot};
 pub use writer::StreamReport;
 
 use crate::config::{Config, SourceConfig, SourceKind};
-use crate::notify::{NotificationSink, NotifyQueue, StreamInfo};
+use crate::notify::{NotificationSink, NotifyQueue, PreviewPolicy, StreamInfo};
 use crate::source::{self, synthetic::FrameBank, SourceOutput, SourceStats};
 use crate::threads;
 
@@ -142,6 +142,7 @@ pub fn start(
         let info = Arc::new(StreamInfo {
             slot: slot as StreamSlot,
             id: src.stream.clone(),
+            key: src.stream.to_string(),
             file,
             dataset: DATA_PATH,
             codec,
@@ -164,6 +165,9 @@ pub fn start(
     let output_pool = BufferPool::new(p.output_buffers, max_chunk);
     let codecs: Arc<[Codec]> = streams.iter().map(|s| s.codec).collect();
     let notify = Arc::new(NotifyQueue::new(p.notify_queue, Arc::clone(&stats)));
+    let live = &config.live;
+    let previews = (live.preview_every > 0 && !live.publish.is_empty())
+        .then(|| BufferPool::new(live.preview_buffers, max_chunk));
 
     // Every item between indexer and writer is a frame (holding a buffer or a queue slot) or
     // one of at most one Lost per frame plus Open, Lost and Close per stream; see
@@ -184,6 +188,8 @@ pub fn start(
             interval: (config.writer.flush_interval_ms > 0)
                 .then(|| Duration::from_millis(config.writer.flush_interval_ms)),
         },
+        PreviewPolicy::new(config.live.preview_every, config.live.preview_max_hz),
+        previews,
         window,
         Arc::clone(&notify),
         Arc::clone(&stats),

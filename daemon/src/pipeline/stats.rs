@@ -30,6 +30,8 @@ pub struct PipelineStats {
     pub notified: AtomicU64,
     /// Notifications dropped because the notification queue was full.
     pub notify_dropped: AtomicU64,
+    /// Previews not made because every preview buffer was still held.
+    pub previews_skipped: AtomicU64,
 }
 
 /// A plain copy of [`PipelineStats`] at one moment.
@@ -48,6 +50,7 @@ pub struct StatsSnapshot {
     pub flushes: u64,
     pub notified: u64,
     pub notify_dropped: u64,
+    pub previews_skipped: u64,
 }
 
 impl PipelineStats {
@@ -67,6 +70,7 @@ impl PipelineStats {
             flushes: r(&self.flushes),
             notified: r(&self.notified),
             notify_dropped: r(&self.notify_dropped),
+            previews_skipped: r(&self.previews_skipped),
         }
     }
 }

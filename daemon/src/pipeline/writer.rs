@@ -7,12 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
+use detingest_shm::{BufferPool, PoolBuf};
 use detingest_writer::{DatasetLayout, DetectorInfo, StreamFile, WriteError};
 
 use super::job::{Item, Step};
 use super::reorder::Reorder;
 use super::stats::PipelineStats;
-use crate::notify::{FrameNotice, Notification, NotifyQueue, StreamEndNotice, StreamInfo};
+use crate::notify::{
+    now_ns, FrameNotice, Notification, NotifyQueue, PreviewPolicy, StreamEndNotice, StreamInfo,
+    StreamStartNotice,
+};
 
 /// How often files are flushed.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +44,7 @@ struct StreamState {
     info: Arc<StreamInfo>,
     layout: DatasetLayout,
     file: Option<StreamFile>,
+    preview: PreviewPolicy,
     since_flush: u64,
     last_flush: Instant,
     report: StreamReport,
@@ -50,6 +55,8 @@ pub struct Writer {
     streams: Vec<StreamState>,
     detector: DetectorInfo,
     cadence: FlushCadence,
+    /// Buffers previews are copied into, so a notification never holds an output buffer.
+    previews: Option<BufferPool>,
     reorder: Reorder,
     notify: Arc<NotifyQueue>,
     stats: Arc<PipelineStats>,
@@ -60,6 +67,8 @@ impl Writer {
         streams: Vec<(Arc<StreamInfo>, DatasetLayout)>,
         detector: DetectorInfo,
         cadence: FlushCadence,
+        preview: PreviewPolicy,
+        previews: Option<BufferPool>,
         window: usize,
         notify: Arc<NotifyQueue>,
         stats: Arc<PipelineStats>,
@@ -76,6 +85,7 @@ impl Writer {
                 info,
                 layout,
                 file: None,
+                preview: preview.clone(),
                 since_flush: 0,
                 last_flush: Instant::now(),
             })
@@ -84,6 +94,7 @@ impl Writer {
             streams,
             detector,
             cadence,
+            previews,
             reorder: Reorder::new(window),
             notify,
             stats,
@@ -134,14 +145,22 @@ impl Writer {
                 s.since_flush += 1;
                 s.report.frames = index;
                 self.stats.written.fetch_add(1, Ordering::Relaxed);
+                let compressed_bytes = chunk.len() as u64;
+                let preview = if s.preview.wants(Instant::now()) {
+                    copy_preview(self.previews.as_ref(), chunk.as_slice(), &self.stats)
+                } else {
+                    None
+                };
                 self.notify.push(Notification::Frame(FrameNotice {
                     stream: Arc::clone(&s.info),
                     index,
                     frame_number: meta.frame_number,
                     lost: false,
                     raw_bytes: meta.byte_len() as u64,
-                    compressed_bytes: chunk.len() as u64,
+                    compressed_bytes,
                     timestamp_ns: meta.timestamp_ns,
+                    written_ns: now_ns(),
+                    preview,
                 }));
             }
             Step::Lost {
@@ -173,6 +192,8 @@ impl Writer {
                         raw_bytes: 0,
                         compressed_bytes: 0,
                         timestamp_ns: 0,
+                        written_ns: now_ns(),
+                        preview: None,
                     }));
                 }
             }
@@ -200,6 +221,11 @@ impl Writer {
                 tracing::info!(stream = %s.info.id, file = %s.info.file.display(), "stream opened");
                 s.file = Some(f);
                 s.last_flush = Instant::now();
+                self.notify
+                    .push(Notification::StreamStart(StreamStartNotice {
+                        stream: Arc::clone(&s.info),
+                        started_ns: now_ns(),
+                    }));
             }
             Err(e) => self.fail(slot, e),
         }
@@ -218,6 +244,7 @@ impl Writer {
                     stream: Arc::clone(&s.info),
                     frames,
                     lost,
+                    ended_ns: now_ns(),
                 }));
             }
             Err(e) => self.fail(slot, e),
@@ -266,4 +293,22 @@ impl Writer {
         s.last_flush = Instant::now();
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Copies a chunk picked for preview into a preview buffer. With none free (viewers' sinks
+/// still hold them all), the frame goes without a preview and the skip is counted: ingest
+/// never waits for a preview.
+fn copy_preview(
+    pool: Option<&BufferPool>,
+    chunk: &[u8],
+    stats: &PipelineStats,
+) -> Option<Arc<PoolBuf>> {
+    let copied = pool?.try_acquire().and_then(|mut b| {
+        let fits = b.fill_from(chunk);
+        fits.then_some(b)
+    });
+    if copied.is_none() {
+        stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+    copied.map(Arc::new)
 }

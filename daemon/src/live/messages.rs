@@ -1,0 +1,178 @@
+//! The JSON bodies of the live messages, one struct per message kind, serialised into a
+//! reused buffer. Every field is documented in `docs/NOTIFICATIONS.md`.
+
+use serde::Serialize;
+
+use super::history::FrameRecord;
+use crate::notify::StreamInfo;
+
+/// NumPy's name for a pixel type (`"uint16"`), as viewers pass it to `np.frombuffer`.
+fn dtype(info: &StreamInfo) -> &'static str {
+    use detingest_shm::PixelType::*;
+    match info.pixel {
+        U8 => "uint8",
+        U16 => "uint16",
+        U32 => "uint32",
+        I32 => "int32",
+        F32 => "float32",
+    }
+}
+
+/// Topic `frame`: one written (or lost) index.
+#[derive(Serialize)]
+pub struct FrameMessage<'a> {
+    pub stream: &'a str,
+    pub index: u64,
+    pub frame_number: u64,
+    pub file: &'a str,
+    pub dataset: &'a str,
+    pub chunk: [u64; 3],
+    pub complete: bool,
+    pub lost: bool,
+    pub missing_modules: &'a [u16],
+    pub packets_lost: u64,
+    pub bytes_raw: u64,
+    pub bytes_compressed: u64,
+    pub timestamp_ns: u64,
+    pub written_ns: u64,
+    pub codec: &'a str,
+    pub dtype: &'a str,
+    pub shape: [u32; 2],
+}
+
+impl<'a> FrameMessage<'a> {
+    /// The message of `r` in stream `info`; `file` is the file path as text.
+    pub fn new(info: &'a StreamInfo, file: &'a str, r: &FrameRecord) -> Self {
+        const MISSING: [u16; 1] = [0];
+        Self {
+            stream: &info.key,
+            index: r.index,
+            frame_number: r.frame_number,
+            file,
+            dataset: info.dataset,
+            chunk: [r.index - 1, 0, 0],
+            complete: !r.lost,
+            lost: r.lost,
+            missing_modules: if r.lost { &MISSING } else { &[] },
+            packets_lost: 0,
+            bytes_raw: r.raw_bytes,
+            bytes_compressed: r.compressed_bytes,
+            timestamp_ns: r.timestamp_ns,
+            written_ns: r.written_ns,
+            codec: info.codec.name(),
+            dtype: dtype(info),
+            shape: info.shape,
+        }
+    }
+}
+
+/// Topic `preview`, first part: the odin-data live-view header, then the pixels.
+#[derive(Serialize)]
+pub struct PreviewHeader<'a> {
+    pub frame_num: u64,
+    pub acquisition_id: &'a str,
+    pub index: u64,
+    pub dtype: &'a str,
+    pub dsize: usize,
+    pub compression: &'a str,
+    pub shape: [u32; 2],
+}
+
+impl<'a> PreviewHeader<'a> {
+    /// The header of a preview of `r` whose payload is `dsize` bytes.
+    pub fn new(info: &'a StreamInfo, r: &FrameRecord, dsize: usize) -> Self {
+        Self {
+            frame_num: r.frame_number,
+            acquisition_id: &info.key,
+            index: r.index,
+            dtype: dtype(info),
+            dsize,
+            compression: info.codec.name(),
+            shape: info.shape,
+        }
+    }
+}
+
+/// ASAPO's end-of-stream marker.
+#[derive(Serialize)]
+pub struct FinishMarker {
+    #[serde(rename = "_id")]
+    pub id: u64,
+    pub name: &'static str,
+    pub meta: NextStream,
+}
+
+/// Where a finished stream continues.
+#[derive(Serialize)]
+pub struct NextStream {
+    pub next_stream: &'static str,
+}
+
+/// Topic `run`: a stream began (`event = "start"`) or ended (`event = "end"`).
+#[derive(Serialize)]
+pub struct RunMessage<'a> {
+    pub event: &'static str,
+    pub stream: &'a str,
+    pub beamtime: &'a str,
+    pub source: &'a str,
+    pub stream_name: &'a str,
+    pub file: &'a str,
+    pub dataset: &'a str,
+    pub codec: &'a str,
+    pub dtype: &'a str,
+    pub shape: [u32; 2],
+    pub time_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_stream: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_marker: Option<FinishMarker>,
+}
+
+impl<'a> RunMessage<'a> {
+    /// A start message.
+    pub fn start(info: &'a StreamInfo, file: &'a str, time_ns: u64) -> Self {
+        Self {
+            event: "start",
+            stream: &info.key,
+            beamtime: info.id.beamtime.as_str(),
+            source: info.id.source.as_str(),
+            stream_name: info.id.stream.as_str(),
+            file,
+            dataset: info.dataset,
+            codec: info.codec.name(),
+            dtype: dtype(info),
+            shape: info.shape,
+            time_ns,
+            frames: None,
+            lost: None,
+            finished: None,
+            next_stream: None,
+            finish_marker: None,
+        }
+    }
+
+    /// An end message: `frames` indices, `lost` of them lost.
+    pub fn end(info: &'a StreamInfo, file: &'a str, time_ns: u64, frames: u64, lost: u64) -> Self {
+        Self {
+            event: "end",
+            frames: Some(frames),
+            lost: Some(lost),
+            finished: Some(true),
+            next_stream: Some("asapo_no_next"),
+            finish_marker: Some(FinishMarker {
+                id: frames + 1,
+                name: "asapo_finish_stream",
+                meta: NextStream {
+                    next_stream: "asapo_no_next",
+                },
+            }),
+            ..Self::start(info, file, time_ns)
+        }
+    }
+}

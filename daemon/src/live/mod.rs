@@ -1,0 +1,151 @@
+//! Live viewers: the ZeroMQ PUB socket every written frame is announced on, the query
+//! endpoint late joiners ask, and the history behind it. Built from `[live]` and added to the
+//! pipeline as one more notification sink, so the writer never knows it is there.
+
+mod history;
+mod messages;
+mod publisher;
+mod query;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub use history::{FrameRecord, History, Span};
+pub use publisher::{LiveStats, Publisher};
+pub use query::{answer, MAX_RANGE};
+
+use crate::config::{ConfigError, LiveConfig};
+use crate::threads;
+
+/// The live side of a running daemon.
+pub struct Live {
+    /// Publisher counters.
+    pub stats: Arc<LiveStats>,
+    /// The bound PUB endpoint, if publishing.
+    pub publish_endpoint: Option<String>,
+    /// The bound query endpoint, if any.
+    pub query_endpoint: Option<String>,
+    stop: Arc<AtomicBool>,
+    query: Option<JoinHandle<()>>,
+    _context: zmq::Context,
+}
+
+impl Live {
+    /// Binds the sockets of `cfg` and starts the query thread (pinned to `query_core`).
+    /// Returns the publisher sink to hand to the pipeline, if publishing. A bind error names
+    /// the configuration key.
+    pub fn start(
+        cfg: &LiveConfig,
+        query_core: Option<usize>,
+    ) -> Result<(Self, Option<Publisher>), ConfigError> {
+        let context = zmq::Context::new();
+        let history = Arc::new(Mutex::new(History::new(cfg.history)));
+        let stats = Arc::new(LiveStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let bind =
+            |kind, key: &str, endpoint: &str| -> Result<(zmq::Socket, String), ConfigError> {
+                let fail = |e: zmq::Error| ConfigError {
+                    key: key.into(),
+                    message: format!("cannot bind {endpoint:?}: {e}"),
+                };
+                let socket = context.socket(kind).map_err(fail)?;
+                if kind == zmq::XPUB {
+                    socket.set_sndhwm(cfg.high_water_mark).map_err(fail)?;
+                    // Let the last messages (the run's end) leave at shutdown, for up to a second.
+                    socket.set_linger(1000).map_err(fail)?;
+                } else {
+                    socket.set_linger(0).map_err(fail)?;
+                }
+                socket.bind(endpoint).map_err(fail)?;
+                let bound = socket
+                    .get_last_endpoint()
+                    .map_err(fail)?
+                    .unwrap_or_else(|_| endpoint.to_owned());
+                Ok((socket, bound))
+            };
+        let mut publisher = None;
+        let mut publish_endpoint = None;
+        if !cfg.publish.is_empty() {
+            // XPUB: a PUB socket that also reports subscriptions, so we can wait for viewers.
+            let (socket, bound) = bind(zmq::XPUB, "live.publish", &cfg.publish)?;
+            tracing::info!(endpoint = %bound, "publishing notifications");
+            wait_for_subscribers(&socket, cfg.wait_for_subscribers, cfg.wait_timeout_ms);
+            publisher = Some(Publisher::new(
+                socket,
+                Arc::clone(&history),
+                Arc::clone(&stats),
+            ));
+            publish_endpoint = Some(bound);
+        }
+        let mut query = None;
+        let mut query_endpoint = None;
+        if !cfg.query.is_empty() {
+            let (socket, bound) = bind(zmq::REP, "live.query", &cfg.query)?;
+            tracing::info!(endpoint = %bound, "answering queries");
+            let (h, s) = (Arc::clone(&history), Arc::clone(&stop));
+            query = Some(
+                threads::spawn("query".into(), query_core, move || {
+                    query::serve(socket, h, s)
+                })
+                .map_err(|e| ConfigError {
+                    key: "live.query".into(),
+                    message: format!("cannot start the query thread: {e}"),
+                })?,
+            );
+            query_endpoint = Some(bound);
+        }
+        Ok((
+            Self {
+                stats,
+                publish_endpoint,
+                query_endpoint,
+                stop,
+                query,
+                _context: context,
+            },
+            publisher,
+        ))
+    }
+
+    /// Stops answering queries (and lets the publisher's last messages leave).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.query.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits until `n` subscriptions have arrived on the XPUB `socket`, or `timeout_ms` passed.
+fn wait_for_subscribers(socket: &zmq::Socket, n: usize, timeout_ms: u64) {
+    if n == 0 {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let mut seen = 0;
+    while seen < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            tracing::warn!(
+                subscribers = seen,
+                wanted = n,
+                "starting without all subscribers"
+            );
+            return;
+        }
+        if socket
+            .poll(zmq::POLLIN, left.as_millis() as i64)
+            .unwrap_or(0)
+            > 0
+        {
+            // A subscription message starts with 1, an unsubscription with 0.
+            if let Ok(msg) = socket.recv_bytes(0) {
+                if msg.first() == Some(&1) {
+                    seen += 1;
+                }
+            }
+        }
+    }
+    tracing::info!(subscribers = seen, "subscribers connected");
+}

@@ -1,0 +1,102 @@
+//! The ZeroMQ PUB sink: turns notifications into multipart messages on the topics `run`,
+//! `frame` and `preview`, records frames in the [`History`], and never waits: sends use
+//! `DONTWAIT`, and ZeroMQ drops a slow subscriber's messages at its high-water mark instead of
+//! queueing without bound.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::history::{FrameRecord, History};
+use super::messages::{FrameMessage, PreviewHeader, RunMessage};
+use crate::notify::{Notification, NotificationSink};
+
+/// Counters of the publisher. Relaxed atomics, read for reporting.
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Messages handed to the socket.
+    pub published: AtomicU64,
+    /// Messages the socket refused (it would have blocked); they are not sent.
+    pub refused: AtomicU64,
+    /// Previews published.
+    pub previews: AtomicU64,
+}
+
+/// Publishes every notification on a PUB socket.
+pub struct Publisher {
+    socket: zmq::Socket,
+    history: Arc<Mutex<History>>,
+    stats: Arc<LiveStats>,
+    /// JSON of the message being sent; its capacity is reused.
+    json: Vec<u8>,
+}
+
+impl Publisher {
+    /// A publisher on a bound PUB `socket`.
+    pub fn new(socket: zmq::Socket, history: Arc<Mutex<History>>, stats: Arc<LiveStats>) -> Self {
+        Self {
+            socket,
+            history,
+            stats,
+            json: Vec::with_capacity(1024),
+        }
+    }
+
+    fn send(&mut self, topic: &[u8], payload: Option<&[u8]>) {
+        let json = self.json.as_slice();
+        let sent = match payload {
+            None => self.socket.send_multipart([topic, json], zmq::DONTWAIT),
+            Some(p) => self.socket.send_multipart([topic, json, p], zmq::DONTWAIT),
+        };
+        let counter = if sent.is_ok() {
+            &self.stats.published
+        } else {
+            &self.stats.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn encode<T: serde::Serialize>(&mut self, message: &T) {
+        self.json.clear();
+        // Writing into a Vec cannot fail, and these messages have no maps with non-string keys.
+        let _ = serde_json::to_writer(&mut self.json, message);
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        // A panic elsewhere while holding the lock leaves plain data behind: keep using it.
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl NotificationSink for Publisher {
+    fn notify(&mut self, n: &Notification) {
+        match n {
+            Notification::StreamStart(s) => {
+                self.history().start(&s.stream);
+                let file = s.stream.file.to_string_lossy();
+                self.encode(&RunMessage::start(&s.stream, &file, s.started_ns));
+                self.send(b"run", None);
+            }
+            Notification::Frame(f) => {
+                let record = FrameRecord::from(f);
+                self.history().push(&f.stream.key, record);
+                let file = f.stream.file.to_string_lossy();
+                self.encode(&FrameMessage::new(&f.stream, &file, &record));
+                self.send(b"frame", None);
+                if let Some(chunk) = &f.preview {
+                    let pixels = chunk.as_slice();
+                    self.encode(&PreviewHeader::new(&f.stream, &record, pixels.len()));
+                    self.send(b"preview", Some(pixels));
+                    self.stats.previews.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Notification::StreamEnd(e) => {
+                self.history().finish(&e.stream.key, e.frames);
+                let file = e.stream.file.to_string_lossy();
+                self.encode(&RunMessage::end(
+                    &e.stream, &file, e.ended_ns, e.frames, e.lost,
+                ));
+                self.send(b"run", None);
+            }
+        }
+    }
+}

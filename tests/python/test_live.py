@@ -1,0 +1,220 @@
+"""The live notification socket (ZeroMQ PUB) and its query endpoint, with pyzmq."""
+
+import json
+import socket
+import subprocess
+import threading
+import time
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+import zmq
+
+from conftest import write_config
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def endpoints():
+    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+
+
+def live_config(tmp_path, endpoints, name="live", extra="", **kw):
+    pub, query = endpoints
+    return write_config(tmp_path / f"{name}.toml", tmp_path / "data",
+                        live=f'publish = "{pub}"\nquery = "{query}"\n{extra}', **kw)
+
+
+def subscriber(ctx, endpoint, topics=(b"",)):
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVTIMEO, 20000)
+    for t in topics:
+        sub.setsockopt(zmq.SUBSCRIBE, t)
+    sub.connect(endpoint)
+    return sub
+
+
+def collect(sub, until_run_end=True):
+    """Messages until the run's end message, as (topic, header, payload)."""
+    out = []
+    while True:
+        parts = sub.recv_multipart()
+        topic, header = parts[0].decode(), json.loads(parts[1])
+        out.append((topic, header, parts[2] if len(parts) > 2 else None))
+        if until_run_end and topic == "run" and header["event"] == "end":
+            return out
+
+
+def start(detingestd, cfg):
+    return subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg)])
+
+
+def test_subscriber_gets_every_frame_in_order_and_throttled_previews(detingestd, tmp_path,
+                                                                    endpoints):
+    cfg = live_config(tmp_path, endpoints,
+                      synthetic="frames = 60\nshape = [32, 64]\nbank_frames = 60\nrate_hz = 200.0",
+                      extra="preview_every = 7\npreview_max_hz = 0\nwait_for_subscribers = 1")
+    ctx = zmq.Context()
+    sub = subscriber(ctx, endpoints[0])
+    proc = start(detingestd, cfg)
+    msgs = collect(sub)
+    assert proc.wait(timeout=60) == 0
+    topics = [m[0] for m in msgs]
+    assert topics[0] == "run" and msgs[0][1]["event"] == "start"
+    assert msgs[-1][1]["event"] == "end"
+    end = msgs[-1][1]
+    assert end["frames"] == 60 and end["finished"] is True and end["next_stream"] == "asapo_no_next"
+    assert end["finish_marker"] == {"_id": 61, "name": "asapo_finish_stream",
+                                    "meta": {"next_stream": "asapo_no_next"}}
+    frames = [m[1] for m in msgs if m[0] == "frame"]
+    assert [f["index"] for f in frames] == list(range(1, 61))
+    f = frames[9]
+    assert f["stream"] == "bt/det/s1" and f["frame_number"] == 10 and f["complete"] is True
+    assert f["dataset"] == "/entry/data/data" and f["chunk"] == [9, 0, 0]
+    assert f["bytes_raw"] == 32 * 64 * 2 and 0 < f["bytes_compressed"]
+    assert f["file"].endswith("bt/det/s1.h5") and f["written_ns"] >= f["timestamp_ns"] > 0
+    # Previews: one in 7 (indices 1, 8, 15, ...), bitshuffle-LZ4 chunks that decode to the frame.
+    previews = [m for m in msgs if m[0] == "preview"]
+    assert [p[1]["index"] for p in previews] == list(range(1, 61, 7))
+    with h5py.File(f["file"], "r") as h:
+        data = h["/entry/data/data"][()]
+    for _, header, payload in previews:
+        assert header["compression"] == "bslz4" and header["dtype"] == "uint16"
+        assert header["shape"] == [32, 64] and header["dsize"] == len(payload)
+        pixels = hdf5plugin_decode_bslz4(payload, np.uint16, (32, 64))
+        assert np.array_equal(pixels, data[header["index"] - 1])
+
+
+def hdf5plugin_decode_bslz4(chunk, dtype, shape):
+    import bitshuffle
+    import struct
+    total, block = struct.unpack(">QI", chunk[:12])
+    n = total // np.dtype(dtype).itemsize
+    out = bitshuffle.decompress_lz4(np.frombuffer(chunk[12:], dtype=np.uint8), (n,),
+                                    np.dtype(dtype), block // np.dtype(dtype).itemsize)
+    return out.reshape(shape)
+
+
+def test_a_stalled_subscriber_does_not_hold_up_ingest(detingestd, tmp_path, endpoints,
+                                                      expected_frames):
+    cfg = live_config(tmp_path, endpoints,
+                      synthetic="frames = 400\nshape = [64, 128]\nbank_frames = 400",
+                      extra="preview_every = 1\npreview_max_hz = 0\nhigh_water_mark = 10\n"
+                            "wait_for_subscribers = 2")
+    ctx = zmq.Context()
+    stalled = subscriber(ctx, endpoints[0])
+    stalled.setsockopt(zmq.RCVHWM, 10)
+    reader = subscriber(ctx, endpoints[0], topics=(b"run", b"frame"))
+    got = []
+    t = threading.Thread(target=lambda: got.extend(collect(reader)))
+    summary_path = tmp_path / "s.json"
+    proc = subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg),
+                             "--summary-json", str(summary_path)])
+    t.start()
+    assert proc.wait(timeout=120) == 0, "ingest finished although one subscriber never read"
+    t.join(timeout=30)
+    summary = json.loads(summary_path.read_text())
+    assert summary["streams"][0]["frames"] == 400 and summary["stats"]["written"] == 400
+    # Every frame asked for a preview: each was published or, with all preview buffers busy,
+    # skipped and counted.
+    assert summary["live"]["previews"] + summary["stats"]["previews_skipped"] == 400
+    assert summary["live"]["previews"] > 0
+    # The daemon's own queue counters account for every notification.
+    stats = summary["stats"]
+    assert stats["notified"] + stats["notify_dropped"] == 402
+    want = expected_frames(cfg, "u2", (64, 128))
+    with h5py.File(summary["streams"][0]["file"], "r") as f:
+        assert np.array_equal(f["/entry/data/data"][()], want)
+    # The reading subscriber still saw frames while the other stalled.
+    assert len([m for m in got if m[0] == "frame"]) > 0
+    stalled.close(0)
+
+
+def query(ctx, endpoint, text):
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.RCVTIMEO, 10000)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(endpoint)
+    req.send_string(text)
+    reply = json.loads(req.recv())
+    req.close()
+    return reply
+
+
+def test_late_joiner_gets_history_and_three_distinct_answers(detingestd, tmp_path, endpoints):
+    pub, q = endpoints
+    cfg = tmp_path / "two.toml"
+    cfg.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        f'[live]\npublish = "{pub}"\nquery = "{q}"\nhistory = 10\n'
+        '[[source]]\nname = "short"\nstream = { beamtime = "bt", source = "det", stream = "short" }\n'
+        '[source.synthetic]\nframes = 5\nshape = [8, 8]\n'
+        '[[source]]\nname = "long"\nstream = { beamtime = "bt", source = "det", stream = "long" }\n'
+        '[source.synthetic]\nframes = 400\nshape = [8, 8]\nrate_hz = 50.0\n')
+    ctx = zmq.Context()
+    proc = start(detingestd, cfg)
+    try:
+        # Wait until the long stream has passed its history size.
+        deadline = time.time() + 60
+        while True:
+            last = query(ctx, q, "last")
+            assert last["ok"]
+            if last["streams"].get("bt/det/long", {}).get("last", 0) >= 30:
+                break
+            assert time.time() < deadline, last
+            time.sleep(0.1)
+        assert last["streams"]["bt/det/short"] == {"last": 5, "finished": True}
+        n = last["streams"]["bt/det/long"]["last"]
+        r = query(ctx, q, f"range bt/det/long 1 {n + 1000}")
+        assert r["ok"], r
+        items = r["items"]
+        assert items[0]["status"] == "expired" and items[0]["from"] == 1
+        assert items[0]["file"].endswith("long.h5") and items[0]["dataset"] == "/entry/data/data"
+        held = [i for i in items if i["status"] == "ok"]
+        assert len(held) == 10 and [h["index"] for h in held] == list(range(n - 9, n + 1))
+        assert items[-1]["status"] == "not_yet" and items[-1]["to"] == n + 1000
+        r = query(ctx, q, "range bt/det/short 3 9")
+        assert [i["status"] for i in r["items"]] == ["ok", "ok", "ok", "never"]
+        assert [i["index"] for i in r["items"][:3]] == [3, 4, 5]
+        never = r["items"][-1]
+        assert (never["from"], never["to"]) == (6, 9)
+        # Malformed requests get an error reply, and the endpoint keeps serving.
+        for bad in ["", "lats", "range bt/det/long", "range bt/det/long 5 2", "range x/y/z 1 2",
+                    "range bt/det/long 1 999999999"]:
+            reply = query(ctx, q, bad)
+            assert reply["ok"] is False and reply["error"], bad
+        assert query(ctx, q, "last")["ok"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_the_live_view_example_prints_frames(detingestd, tmp_path, endpoints):
+    import os
+    import sys
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[2] / "examples" / "live_view.py"
+    assert len(example.read_text().splitlines()) <= 40
+    cfg = live_config(tmp_path, endpoints, synthetic="frames = 20\nshape = [16, 16]\nrate_hz = 50.0",
+                      extra="wait_for_subscribers = 1")
+    env = dict(os.environ, MPLBACKEND="Agg")
+    viewer = subprocess.Popen([sys.executable, str(example), endpoints[0]], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    proc = start(detingestd, cfg)
+    assert proc.wait(timeout=60) == 0
+    lines = []
+    for line in viewer.stdout:
+        lines.append(line)
+        if line.startswith("run end"):
+            break
+    viewer.kill()
+    frame_lines = [l for l in lines if " #" in l and "frame" in l]
+    assert len(frame_lines) == 20, lines
+    assert frame_lines[0].startswith("bt/det/s1 #1 frame 1 ")
