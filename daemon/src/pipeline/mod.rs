@@ -188,8 +188,7 @@ pub fn start(
             interval: (config.writer.flush_interval_ms > 0)
                 .then(|| Duration::from_millis(config.writer.flush_interval_ms)),
         },
-        PreviewPolicy::new(config.live.preview_every, config.live.preview_max_hz),
-        previews,
+        PreviewPolicy::new(live.preview_every, live.preview_max_hz, previews),
         window,
         Arc::clone(&notify),
         Arc::clone(&stats),

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use detingest_shm::{BufferPool, PoolBuf};
 use detingest_writer::{DatasetLayout, DetectorInfo, StreamFile, WriteError};
 
 use super::job::{Item, Step};
@@ -55,8 +54,6 @@ pub struct Writer {
     streams: Vec<StreamState>,
     detector: DetectorInfo,
     cadence: FlushCadence,
-    /// Buffers previews are copied into, so a notification never holds an output buffer.
-    previews: Option<BufferPool>,
     reorder: Reorder,
     notify: Arc<NotifyQueue>,
     stats: Arc<PipelineStats>,
@@ -68,7 +65,6 @@ impl Writer {
         detector: DetectorInfo,
         cadence: FlushCadence,
         preview: PreviewPolicy,
-        previews: Option<BufferPool>,
         window: usize,
         notify: Arc<NotifyQueue>,
         stats: Arc<PipelineStats>,
@@ -94,7 +90,6 @@ impl Writer {
             streams,
             detector,
             cadence,
-            previews,
             reorder: Reorder::new(window),
             notify,
             stats,
@@ -146,11 +141,13 @@ impl Writer {
                 s.report.frames = index;
                 self.stats.written.fetch_add(1, Ordering::Relaxed);
                 let compressed_bytes = chunk.len() as u64;
-                let preview = if s.preview.wants(Instant::now()) {
-                    copy_preview(self.previews.as_ref(), chunk.as_slice(), &self.stats)
-                } else {
-                    None
-                };
+                let mut preview = None;
+                if s.preview.wants(Instant::now()) {
+                    preview = s.preview.copy(chunk.as_slice());
+                    if preview.is_none() {
+                        self.stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 self.notify.push(Notification::Frame(FrameNotice {
                     stream: Arc::clone(&s.info),
                     index,
@@ -293,22 +290,4 @@ impl Writer {
         s.last_flush = Instant::now();
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// Copies a chunk picked for preview into a preview buffer. With none free (viewers' sinks
-/// still hold them all), the frame goes without a preview and the skip is counted: ingest
-/// never waits for a preview.
-fn copy_preview(
-    pool: Option<&BufferPool>,
-    chunk: &[u8],
-    stats: &PipelineStats,
-) -> Option<Arc<PoolBuf>> {
-    let copied = pool?.try_acquire().and_then(|mut b| {
-        let fits = b.fill_from(chunk);
-        fits.then_some(b)
-    });
-    if copied.is_none() {
-        stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
-    }
-    copied.map(Arc::new)
 }
