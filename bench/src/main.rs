@@ -3,6 +3,7 @@
 //! sides alike. Micro-benchmarks are criterion benches in `benches/`.
 
 mod codec;
+mod live;
 mod pipeline;
 
 use anyhow::Result;
@@ -24,6 +25,8 @@ enum Command {
     Pipeline(pipeline::Args),
     /// One codec on many frames, next to the C bitshuffle library on the same frames.
     Codec(codec::Args),
+    /// Ingest with live subscribers (one stalled) against none, and commit-to-receive latency.
+    Live(live::Args),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +37,6 @@ fn main() -> Result<()> {
     {
         Command::Pipeline(args) => pipeline::run(&args),
         Command::Codec(args) => codec::run(&args),
+        Command::Live(args) => live::run(&args),
     }
 }
