@@ -67,7 +67,12 @@ pub fn run(args: &Args) -> Result<()> {
     let cfg = config(args, dir.path(), "latency", port, rate, 1)?;
     let (_, mut latencies) = run_with_subscribers(&cfg, port, 1)?;
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     let report = Report {
         frames: args.frames,
         codec: args.codec.clone(),
@@ -83,8 +88,14 @@ pub fn run(args: &Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{} frames of 512 x 1024 u16, codec {}", report.frames, report.codec);
-        println!("no subscriber                        {:>9.1} frames/s", report.no_subscriber_fps);
+        println!(
+            "{} frames of 512 x 1024 u16, codec {}",
+            report.frames, report.codec
+        );
+        println!(
+            "no subscriber                        {:>9.1} frames/s",
+            report.no_subscriber_fps
+        );
         println!(
             "4 subscribers, one stalled           {:>9.1} frames/s   ({:.3} of none)",
             report.four_subscribers_one_stalled_fps, report.ratio
@@ -102,10 +113,19 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
-fn config(args: &Args, dir: &std::path::Path, tag: &str, port: u16, rate: f64, subs: usize) -> Result<Config> {
+fn config(
+    args: &Args,
+    dir: &std::path::Path,
+    tag: &str,
+    port: u16,
+    rate: f64,
+    subs: usize,
+) -> Result<Config> {
     let text = format!(
         "data_dir = {dir:?}\n[writer]\ncodec = {codec:?}\n\
          [live]\npublish = \"tcp://127.0.0.1:{port}\"\nquery = \"\"\nwait_for_subscribers = {subs}\n\
@@ -148,7 +168,9 @@ fn run_with_subscribers(cfg: &Config, port: u16, subs: usize) -> Result<(f64, Ve
     live.stop();
     let mut latencies = Vec::new();
     for (i, r) in readers.into_iter().enumerate() {
-        let l = r.join().map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
+        let l = r
+            .join()
+            .map_err(|_| anyhow::anyhow!("subscriber panicked"))??;
         if i == 0 {
             latencies = l;
         }

@@ -133,6 +133,8 @@ pub struct LiveConfig {
     pub preview_max_hz: f64,
     /// Buffers previews are copied into; when viewers hold them all, previews are skipped.
     pub preview_buffers: usize,
+    /// Also publish Bluesky event-model documents on the `bluesky` topic.
+    pub bluesky: bool,
     /// Before the sources start, wait for this many subscribers (0: don't wait).
     pub wait_for_subscribers: usize,
     /// Give up waiting for subscribers after this many milliseconds, and start anyway.
@@ -149,6 +151,7 @@ impl Default for LiveConfig {
             preview_every: 10,
             preview_max_hz: 5.0,
             preview_buffers: 4,
+            bluesky: false,
             wait_for_subscribers: 0,
             wait_timeout_ms: 5000,
         }

@@ -218,3 +218,36 @@ def test_the_live_view_example_prints_frames(detingestd, tmp_path, endpoints):
     frame_lines = [l for l in lines if " #" in l and "frame" in l]
     assert len(frame_lines) == 20, lines
     assert frame_lines[0].startswith("bt/det/s1 #1 frame 1 ")
+
+
+def test_bluesky_documents_validate_against_event_model(detingestd, tmp_path, endpoints):
+    from event_model import DocumentNames, schema_validators
+    cfg = live_config(tmp_path, endpoints, synthetic="frames = 12\nshape = [16, 24]",
+                      extra="bluesky = true\nwait_for_subscribers = 1")
+    ctx = zmq.Context()
+    sub = subscriber(ctx, endpoints[0], topics=(b"bluesky",))
+    proc = start(detingestd, cfg)
+    docs = []
+    while not docs or docs[-1][0] != "stop":
+        topic, name, doc = sub.recv_multipart()
+        assert topic == b"bluesky"
+        docs.append((name.decode(), json.loads(doc)))
+    assert proc.wait(timeout=60) == 0
+    for name, doc in docs:
+        schema_validators[DocumentNames[name]].validate(doc)
+    names = [n for n, _ in docs]
+    assert names == ["start", "descriptor", "stream_resource"] + ["stream_datum"] * 12 + ["stop"]
+    start_doc, descriptor, resource = (d for _, d in docs[:3])
+    assert descriptor["run_start"] == start_doc["uid"] == resource["run_start"]
+    assert descriptor["data_keys"]["image"]["shape"] == [16, 24]
+    assert resource["mimetype"] == "application/x-hdf5"
+    assert resource["uri"].startswith("file://localhost/") and resource["uri"].endswith("s1.h5")
+    assert resource["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": [1, 16, 24]}
+    datums = [d for n, d in docs if n == "stream_datum"]
+    assert [d["indices"] for d in datums] == [{"start": i, "stop": i + 1} for i in range(12)]
+    assert all(d["stream_resource"] == resource["uid"] for d in datums)
+    assert all(d["descriptor"] == descriptor["uid"] for d in datums)
+    assert docs[-1][1]["num_events"] == {"primary": 12}
+    # The file the documents point at holds what they say.
+    with h5py.File(resource["uri"][len("file://localhost"):], "r") as f:
+        assert f["/entry/data/data"].shape == (12, 16, 24)

@@ -2,6 +2,7 @@
 //! endpoint late joiners ask, and the history behind it. Built from `[live]` and added to the
 //! pipeline as one more notification sink, so the writer never knows it is there.
 
+mod bluesky;
 mod history;
 mod messages;
 mod publisher;
@@ -75,6 +76,7 @@ impl Live {
                 socket,
                 Arc::clone(&history),
                 Arc::clone(&stats),
+                cfg.bluesky,
             ));
             publish_endpoint = Some(bound);
         }

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::bluesky::Bluesky;
 use super::history::{FrameRecord, History};
 use super::messages::{FrameMessage, PreviewHeader, RunMessage};
 use crate::notify::{Notification, NotificationSink};
@@ -28,17 +29,40 @@ pub struct Publisher {
     stats: Arc<LiveStats>,
     /// JSON of the message being sent; its capacity is reused.
     json: Vec<u8>,
+    /// Bluesky documents, when configured.
+    bluesky: Option<Bluesky>,
 }
 
 impl Publisher {
     /// A publisher on a bound PUB `socket`.
-    pub fn new(socket: zmq::Socket, history: Arc<Mutex<History>>, stats: Arc<LiveStats>) -> Self {
+    pub fn new(
+        socket: zmq::Socket,
+        history: Arc<Mutex<History>>,
+        stats: Arc<LiveStats>,
+        bluesky: bool,
+    ) -> Self {
         Self {
             socket,
             history,
             stats,
             json: Vec::with_capacity(1024),
+            bluesky: bluesky.then(Bluesky::default),
         }
+    }
+
+    /// Sends one Bluesky document as `[b"bluesky", name, document]`.
+    fn send_document(&mut self, name: &str, doc: &serde_json::Value) {
+        self.encode(doc);
+        let sent = self.socket.send_multipart(
+            [&b"bluesky"[..], name.as_bytes(), &self.json],
+            zmq::DONTWAIT,
+        );
+        let counter = if sent.is_ok() {
+            &self.stats.published
+        } else {
+            &self.stats.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn send(&mut self, topic: &[u8], payload: Option<&[u8]>) {
@@ -75,6 +99,11 @@ impl NotificationSink for Publisher {
                 let file = s.stream.file.to_string_lossy();
                 self.encode(&RunMessage::start(&s.stream, &file, s.started_ns));
                 self.send(b"run", None);
+                if let Some(docs) = self.bluesky.as_mut().map(|b| b.start(s)) {
+                    for (name, doc) in &docs {
+                        self.send_document(name, doc);
+                    }
+                }
             }
             Notification::Frame(f) => {
                 let record = FrameRecord::from(f);
@@ -88,6 +117,9 @@ impl NotificationSink for Publisher {
                     self.send(b"preview", Some(pixels));
                     self.stats.previews.fetch_add(1, Ordering::Relaxed);
                 }
+                if let Some(doc) = self.bluesky.as_ref().and_then(|b| b.datum(f)) {
+                    self.send_document("stream_datum", &doc);
+                }
             }
             Notification::StreamEnd(e) => {
                 self.history().finish(&e.stream.key, e.frames);
@@ -96,6 +128,9 @@ impl NotificationSink for Publisher {
                     &e.stream, &file, e.ended_ns, e.frames, e.lost,
                 ));
                 self.send(b"run", None);
+                if let Some(doc) = self.bluesky.as_mut().and_then(|b| b.stop(e)) {
+                    self.send_document("stop", &doc);
+                }
             }
         }
     }
