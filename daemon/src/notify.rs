@@ -40,11 +40,9 @@ pub struct StreamInfo {
     pub shape: [u32; 2],
 }
 
-/// One index of a stream was written (or recorded lost).
-#[derive(Debug, Clone)]
-pub struct FrameNotice {
-    /// The stream.
-    pub stream: Arc<StreamInfo>,
+/// What is known of one written (or lost) index: plain data, `Copy`, kept by the live history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRecord {
     /// 1-based index in the stream (its position in the dataset is `index - 1`).
     pub index: u64,
     /// The detector's frame number.
@@ -59,6 +57,15 @@ pub struct FrameNotice {
     pub timestamp_ns: u64,
     /// When the writer finished writing it, ns since the Unix epoch.
     pub written_ns: u64,
+}
+
+/// One index of a stream was written (or recorded lost).
+#[derive(Debug, Clone)]
+pub struct FrameNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// What was written.
+    pub record: FrameRecord,
     /// The encoded chunk, for a frame the [`PreviewPolicy`] picked: it stays out of its pool
     /// until every holder drops it.
     pub preview: Option<Arc<PoolBuf>>,

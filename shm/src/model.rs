@@ -143,6 +143,28 @@ impl PixelType {
         }
     }
 
+    /// NumPy's name of the type (`"uint16"`), as viewers pass it to `np.dtype`.
+    pub const fn numpy_name(self) -> &'static str {
+        match self {
+            Self::U8 => "uint8",
+            Self::U16 => "uint16",
+            Self::U32 => "uint32",
+            Self::I32 => "int32",
+            Self::F32 => "float32",
+        }
+    }
+
+    /// NumPy's array-interface type string, little-endian (`"<u2"`).
+    pub const fn numpy_typestr(self) -> &'static str {
+        match self {
+            Self::U8 => "|u1",
+            Self::U16 => "<u2",
+            Self::U32 => "<u4",
+            Self::I32 => "<i4",
+            Self::F32 => "<f4",
+        }
+    }
+
     /// Bytes of a `[ny, nx]` frame of this type.
     pub const fn frame_bytes(self, shape: [u32; 2]) -> usize {
         shape[0] as usize * shape[1] as usize * self.size()

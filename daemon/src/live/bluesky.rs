@@ -52,7 +52,7 @@ impl Bluesky {
             "uid": run.descriptor, "time": time, "run_start": run.start, "name": "primary",
             "data_keys": {DATA_KEY: {
                 "source": format!("detingest:{}", info.key), "dtype": "array",
-                "dtype_numpy": numpy_dtype(info), "shape": [ny, nx], "external": "STREAM:",
+                "dtype_numpy": info.pixel.numpy_typestr(), "shape": [ny, nx], "external": "STREAM:",
             }},
         });
         let resource = json!({
@@ -72,12 +72,13 @@ impl Bluesky {
     /// The `stream_datum` of one written index (stop exclusive, 0-based dataset rows).
     pub fn datum(&self, f: &FrameNotice) -> Option<Value> {
         let run = self.runs.get(&f.stream.key)?;
-        let (start, stop) = (f.index - 1, f.index);
+        let index = f.record.index;
+        let (start, stop) = (index - 1, index);
         Some(json!({
-            "uid": format!("{}/{}", run.resource, f.index), "stream_resource": run.resource,
+            "uid": format!("{}/{}", run.resource, index), "stream_resource": run.resource,
             "descriptor": run.descriptor,
             "indices": {"start": start, "stop": stop},
-            "seq_nums": {"start": f.index, "stop": f.index + 1},
+            "seq_nums": {"start": index, "stop": index + 1},
         }))
     }
 
@@ -88,17 +89,5 @@ impl Bluesky {
             "uid": uid(), "time": seconds(e.ended_ns), "run_start": run.start,
             "exit_status": "success", "num_events": {"primary": e.frames},
         }))
-    }
-}
-
-/// NumPy's little-endian type string (`"<u2"`).
-fn numpy_dtype(info: &StreamInfo) -> &'static str {
-    use detingest_shm::PixelType::*;
-    match info.pixel {
-        U8 => "|u1",
-        U16 => "<u2",
-        U32 => "<u4",
-        I32 => "<i4",
-        F32 => "<f4",
     }
 }

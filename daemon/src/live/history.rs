@@ -7,40 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::notify::{FrameNotice, StreamInfo};
-
-/// What the history keeps of one frame notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameRecord {
-    /// 1-based index.
-    pub index: u64,
-    /// Detector frame number.
-    pub frame_number: u64,
-    /// Recorded lost.
-    pub lost: bool,
-    /// Bytes before compression.
-    pub raw_bytes: u64,
-    /// Bytes written.
-    pub compressed_bytes: u64,
-    /// Acquisition time, ns since the Unix epoch.
-    pub timestamp_ns: u64,
-    /// Write time, ns since the Unix epoch.
-    pub written_ns: u64,
-}
-
-impl From<&FrameNotice> for FrameRecord {
-    fn from(f: &FrameNotice) -> Self {
-        Self {
-            index: f.index,
-            frame_number: f.frame_number,
-            lost: f.lost,
-            raw_bytes: f.raw_bytes,
-            compressed_bytes: f.compressed_bytes,
-            timestamp_ns: f.timestamp_ns,
-            written_ns: f.written_ns,
-        }
-    }
-}
+use crate::notify::{FrameRecord, StreamInfo};
 
 /// One stretch of a `range` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

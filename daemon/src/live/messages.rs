@@ -3,20 +3,7 @@
 
 use serde::Serialize;
 
-use super::history::FrameRecord;
-use crate::notify::StreamInfo;
-
-/// NumPy's name for a pixel type (`"uint16"`), as viewers pass it to `np.frombuffer`.
-fn dtype(info: &StreamInfo) -> &'static str {
-    use detingest_shm::PixelType::*;
-    match info.pixel {
-        U8 => "uint8",
-        U16 => "uint16",
-        U32 => "uint32",
-        I32 => "int32",
-        F32 => "float32",
-    }
-}
+use crate::notify::{FrameRecord, StreamInfo};
 
 /// Topic `frame`: one written (or lost) index.
 #[derive(Serialize)]
@@ -60,7 +47,7 @@ impl<'a> FrameMessage<'a> {
             timestamp_ns: r.timestamp_ns,
             written_ns: r.written_ns,
             codec: info.codec.name(),
-            dtype: dtype(info),
+            dtype: info.pixel.numpy_name(),
             shape: info.shape,
         }
     }
@@ -85,7 +72,7 @@ impl<'a> PreviewHeader<'a> {
             frame_num: r.frame_number,
             acquisition_id: &info.key,
             index: r.index,
-            dtype: dtype(info),
+            dtype: info.pixel.numpy_name(),
             dsize,
             compression: info.codec.name(),
             shape: info.shape,
@@ -146,7 +133,7 @@ impl<'a> RunMessage<'a> {
             file,
             dataset: info.dataset,
             codec: info.codec.name(),
-            dtype: dtype(info),
+            dtype: info.pixel.numpy_name(),
             shape: info.shape,
             time_ns,
             frames: None,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-pub use history::{FrameRecord, History, Span};
+pub use history::{History, Span};
 pub use publisher::{LiveStats, Publisher};
 pub use query::{answer, MAX_RANGE};
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::bluesky::Bluesky;
-use super::history::{FrameRecord, History};
+use super::history::History;
 use super::messages::{FrameMessage, PreviewHeader, RunMessage};
 use crate::notify::{Notification, NotificationSink};
 
@@ -106,7 +106,7 @@ impl NotificationSink for Publisher {
                 }
             }
             Notification::Frame(f) => {
-                let record = FrameRecord::from(f);
+                let record = f.record;
                 self.history().push(&f.stream.key, record);
                 let file = f.stream.file.to_string_lossy();
                 self.encode(&FrameMessage::new(&f.stream, &file, &record));

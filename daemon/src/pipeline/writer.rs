@@ -13,8 +13,8 @@ use super::job::{Item, Step};
 use super::reorder::Reorder;
 use super::stats::PipelineStats;
 use crate::notify::{
-    now_ns, FrameNotice, Notification, NotifyQueue, PreviewPolicy, StreamEndNotice, StreamInfo,
-    StreamStartNotice,
+    now_ns, FrameNotice, FrameRecord, Notification, NotifyQueue, PreviewPolicy, StreamEndNotice,
+    StreamInfo, StreamStartNotice,
 };
 
 /// How often files are flushed.
@@ -150,13 +150,15 @@ impl Writer {
                 }
                 self.notify.push(Notification::Frame(FrameNotice {
                     stream: Arc::clone(&s.info),
-                    index,
-                    frame_number: meta.frame_number,
-                    lost: false,
-                    raw_bytes: meta.byte_len() as u64,
-                    compressed_bytes,
-                    timestamp_ns: meta.timestamp_ns,
-                    written_ns: now_ns(),
+                    record: FrameRecord {
+                        index,
+                        frame_number: meta.frame_number,
+                        lost: false,
+                        raw_bytes: meta.byte_len() as u64,
+                        compressed_bytes,
+                        timestamp_ns: meta.timestamp_ns,
+                        written_ns: now_ns(),
+                    },
                     preview,
                 }));
             }
@@ -183,13 +185,15 @@ impl Writer {
                     s.report.lost += 1;
                     self.notify.push(Notification::Frame(FrameNotice {
                         stream: Arc::clone(&s.info),
-                        index,
-                        frame_number,
-                        lost: true,
-                        raw_bytes: 0,
-                        compressed_bytes: 0,
-                        timestamp_ns: 0,
-                        written_ns: now_ns(),
+                        record: FrameRecord {
+                            index,
+                            frame_number,
+                            lost: true,
+                            raw_bytes: 0,
+                            compressed_bytes: 0,
+                            timestamp_ns: 0,
+                            written_ns: now_ns(),
+                        },
                         preview: None,
                     }));
                 }

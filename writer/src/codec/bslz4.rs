@@ -12,7 +12,7 @@
 //! transposed block and allocates nothing.
 
 use super::transpose::{scalar, Kernel};
-use super::CodecError;
+use super::{read_block, CodecError};
 
 /// HDF5 registered filter id of bitshuffle.
 pub const FILTER_ID: u32 = 32008;
@@ -143,13 +143,7 @@ pub fn decompress_into(chunk: &[u8], es: usize, out: &mut [u8]) -> Result<usize,
     let mut start = 0;
     while start < blocked {
         let len = block.min(blocked - start);
-        let csize = chunk
-            .get(pos..pos + 4)
-            .ok_or(CodecError::Corrupt("truncated block size"))?;
-        let csize = u32::from_be_bytes([csize[0], csize[1], csize[2], csize[3]]) as usize;
-        let body = chunk
-            .get(pos + 4..pos + 4 + csize)
-            .ok_or(CodecError::Corrupt("truncated block"))?;
+        let (body, next) = read_block(chunk, pos)?;
         let shuffled = &mut scratch[..len * es];
         let got = lz4_flex::block::decompress_into(body, shuffled)
             .map_err(|_| CodecError::Corrupt("invalid LZ4 block"))?;
@@ -157,7 +151,7 @@ pub fn decompress_into(chunk: &[u8], es: usize, out: &mut [u8]) -> Result<usize,
             return Err(CodecError::Corrupt("LZ4 block decoded to the wrong length"));
         }
         scalar::untranspose(shuffled, &mut out[start * es..(start + len) * es], es);
-        pos += 4 + csize;
+        pos = next;
         start += len;
     }
     let tail = &mut out[blocked * es..];

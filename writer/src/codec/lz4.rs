@@ -6,7 +6,7 @@
 //! A block whose LZ4 output would not be smaller than the block is stored raw, with csize equal
 //! to the block's length; readers tell the two apart by that equality alone.
 
-use super::CodecError;
+use super::{read_block, CodecError};
 
 /// HDF5 registered filter id of LZ4.
 pub const FILTER_ID: u32 = 32004;
@@ -87,14 +87,8 @@ pub fn decompress_into(chunk: &[u8], out: &mut [u8]) -> Result<usize, CodecError
         .ok_or(CodecError::OutputTooSmall { have, need: n })?;
     let mut pos = HEADER;
     for dst in out.chunks_mut(bs.max(1)) {
-        let csize = chunk
-            .get(pos..pos + 4)
-            .ok_or(CodecError::Corrupt("truncated block size"))?;
-        let csize = u32::from_be_bytes([csize[0], csize[1], csize[2], csize[3]]) as usize;
-        let body = chunk
-            .get(pos + 4..pos + 4 + csize)
-            .ok_or(CodecError::Corrupt("truncated block"))?;
-        if csize == dst.len() {
+        let (body, next) = read_block(chunk, pos)?;
+        if body.len() == dst.len() {
             dst.copy_from_slice(body);
         } else {
             let got = lz4_flex::block::decompress_into(body, dst)
@@ -103,7 +97,7 @@ pub fn decompress_into(chunk: &[u8], out: &mut [u8]) -> Result<usize, CodecError
                 return Err(CodecError::Corrupt("LZ4 block decoded to the wrong length"));
             }
         }
-        pos += 4 + csize;
+        pos = next;
     }
     if pos != chunk.len() {
         return Err(CodecError::Corrupt("trailing bytes after the last block"));

@@ -139,6 +139,20 @@ pub fn bitshuffle_lz4_with(
     bslz4::compress_into(input, es, out, kernel)
 }
 
+/// The block at `pos` of a chunk in the filters' framing (u32 BE size, then that many bytes):
+/// its bytes and the position after it.
+fn read_block(chunk: &[u8], pos: usize) -> Result<(&[u8], usize), CodecError> {
+    let size = chunk
+        .get(pos..pos + 4)
+        .ok_or(CodecError::Corrupt("truncated block size"))?;
+    let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]) as usize;
+    let end = pos + 4 + size;
+    let body = chunk
+        .get(pos + 4..end)
+        .ok_or(CodecError::Corrupt("truncated block"))?;
+    Ok((body, end))
+}
+
 fn copy(input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
     let have = out.len();
     let dst = out
