@@ -22,7 +22,13 @@ def free_port():
 
 
 @pytest.fixture
-def endpoints():
+def endpoints(tmp_path):
+    """IPC endpoints in the test's own directory: no port another test could take."""
+    return f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/query"
+
+
+@pytest.fixture
+def tcp_endpoints():
     return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
 
 
@@ -57,7 +63,8 @@ def start(detingestd, cfg):
 
 
 def test_subscriber_gets_every_frame_in_order_and_throttled_previews(detingestd, tmp_path,
-                                                                    endpoints):
+                                                                    tcp_endpoints):
+    endpoints = tcp_endpoints  # this one over TCP on loopback, as viewers connect
     cfg = live_config(tmp_path, endpoints,
                       synthetic="frames = 60\nshape = [32, 64]\nbank_frames = 60\nrate_hz = 200.0",
                       extra="preview_every = 7\npreview_max_hz = 0\nwait_for_subscribers = 1")
