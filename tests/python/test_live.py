@@ -112,9 +112,11 @@ def hdf5plugin_decode_bslz4(chunk, dtype, shape):
 def test_a_stalled_subscriber_does_not_hold_up_ingest(detingestd, tmp_path, endpoints,
                                                       expected_frames):
     cfg = live_config(tmp_path, endpoints,
-                      synthetic="frames = 400\nshape = [64, 128]\nbank_frames = 400",
-                      extra="preview_every = 1\npreview_max_hz = 0\nhigh_water_mark = 10\n"
-                            "wait_for_subscribers = 2")
+                      synthetic="frames = 1000\nshape = [64, 128]\nbank_frames = 1000",
+                      # 2000 messages for the stalled subscriber, far past its 200 + 10 queue
+                      extra="preview_every = 1\npreview_max_hz = 0\nhigh_water_mark = 200\n"
+                            # three subscriptions: the stalled one's, and the reader's two topics
+                            "wait_for_subscribers = 3")
     ctx = zmq.Context()
     stalled = subscriber(ctx, endpoints[0])
     stalled.setsockopt(zmq.RCVHWM, 10)
@@ -128,18 +130,19 @@ def test_a_stalled_subscriber_does_not_hold_up_ingest(detingestd, tmp_path, endp
     assert proc.wait(timeout=120) == 0, "ingest finished although one subscriber never read"
     t.join(timeout=30)
     summary = json.loads(summary_path.read_text())
-    assert summary["streams"][0]["frames"] == 400 and summary["stats"]["written"] == 400
+    assert summary["streams"][0]["frames"] == 1000 and summary["stats"]["written"] == 1000
     # Every frame asked for a preview: each was published or, with all preview buffers busy,
     # skipped and counted.
-    assert summary["live"]["previews"] + summary["stats"]["previews_skipped"] == 400
+    assert summary["live"]["previews"] + summary["stats"]["previews_skipped"] == 1000
     assert summary["live"]["previews"] > 0
     # The daemon's own queue counters account for every notification.
     stats = summary["stats"]
-    assert stats["notified"] + stats["notify_dropped"] == 402
+    assert stats["notified"] + stats["notify_dropped"] == 1002
     want = expected_frames(cfg, "u2", (64, 128))
     with h5py.File(summary["streams"][0]["file"], "r") as f:
         assert np.array_equal(f["/entry/data/data"][()], want)
-    # The reading subscriber still saw frames while the other stalled.
+    # The reading subscriber still saw the run and frames while the other stalled.
+    assert [m[1]["event"] for m in got if m[0] == "run"] == ["start", "end"]
     assert len([m for m in got if m[0] == "frame"]) > 0
     stalled.close(0)
 
