@@ -53,24 +53,20 @@ impl Publisher {
     /// Sends one Bluesky document as `[b"bluesky", name, document]`.
     fn send_document(&mut self, name: &str, doc: &serde_json::Value) {
         self.encode(doc);
-        let sent = self.socket.send_multipart(
-            [&b"bluesky"[..], name.as_bytes(), &self.json],
-            zmq::DONTWAIT,
-        );
-        let counter = if sent.is_ok() {
-            &self.stats.published
-        } else {
-            &self.stats.refused
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.send_parts(&[b"bluesky", name.as_bytes(), &self.json]);
     }
 
-    fn send(&mut self, topic: &[u8], payload: Option<&[u8]>) {
-        let json = self.json.as_slice();
-        let sent = match payload {
-            None => self.socket.send_multipart([topic, json], zmq::DONTWAIT),
-            Some(p) => self.socket.send_multipart([topic, json, p], zmq::DONTWAIT),
-        };
+    /// Sends `[topic, the encoded JSON]`, or `[topic, JSON, payload]`.
+    fn send(&self, topic: &[u8], payload: Option<&[u8]>) {
+        match payload {
+            None => self.send_parts(&[topic, &self.json]),
+            Some(p) => self.send_parts(&[topic, &self.json, p]),
+        }
+    }
+
+    /// Sends a multipart message without waiting, counting it published or refused.
+    fn send_parts(&self, parts: &[&[u8]]) {
+        let sent = self.socket.send_multipart(parts, zmq::DONTWAIT);
         let counter = if sent.is_ok() {
             &self.stats.published
         } else {
