@@ -7,6 +7,11 @@ use std::sync::atomic::Ordering;
 use crossbeam::channel::{Receiver, Sender};
 
 use super::job::{Item, SourceMsg, Step, StreamSlot};
+
+/// Largest jump in frame numbers recorded as lost indices. A bigger jump is not a loss but a
+/// detector restart or a corrupt number: the frame is refused (counted stale) rather than
+/// filling the file with millions of lost records.
+pub const MAX_GAP: u64 = 1 << 20;
 use super::stats::PipelineStats;
 
 /// Where one stream's numbering stands.
@@ -77,6 +82,15 @@ impl Indexer {
                 if n < num.next_frame_number {
                     // Behind the numbering (duplicate or before the first frame): it cannot
                     // take an index another frame already has.
+                    self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if n - num.next_frame_number > MAX_GAP {
+                    tracing::warn!(
+                        frame_number = n,
+                        expected = num.next_frame_number,
+                        "frame number jumped too far; frame refused"
+                    );
                     self.stats.stale.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -231,6 +245,23 @@ mod tests {
         );
         let seqs: Vec<u64> = out.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_jump_beyond_max_gap_is_refused_not_recorded_lost() {
+        let out = run(|p| {
+            vec![
+                SourceMsg::Start {
+                    stream: 0,
+                    first_frame_number: 1,
+                },
+                frame(p, 1),
+                frame(p, 2 + MAX_GAP + 1),
+                frame(p, 2),
+            ]
+        });
+        let what: Vec<&str> = out.iter().map(|(_, w)| w.as_str()).collect();
+        assert_eq!(what, ["open", "1:1", "2:2"]);
     }
 
     #[test]
