@@ -115,8 +115,12 @@ impl Indexer {
                 let Some(mut num) = self.open_stream(stream) else {
                     return;
                 };
-                if let Some(last) = last_frame_number {
-                    self.lose_until(stream, &mut num, last.saturating_add(1));
+                match last_frame_number {
+                    Some(last) if last.saturating_sub(num.next_frame_number) > MAX_GAP => {
+                        tracing::warn!(last, "stream end jumped too far; tail not recorded lost");
+                    }
+                    Some(last) => self.lose_until(stream, &mut num, last.saturating_add(1)),
+                    None => {}
                 }
                 num.closed = true;
                 self.streams[usize::from(stream)] = Some(num);
