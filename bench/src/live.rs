@@ -25,6 +25,9 @@ pub struct Args {
     /// Codec: bslz4, lz4 or none.
     #[arg(long, default_value = "bslz4")]
     codec: String,
+    /// `writer.flush_every_frames` of every run.
+    #[arg(long, default_value_t = 1000)]
+    flush_every: u64,
     /// Rate of the latency run in frames/s (default: half the no-subscriber rate).
     #[arg(long)]
     latency_rate: Option<f64>,
@@ -127,12 +130,13 @@ fn config(
     subs: usize,
 ) -> Result<Config> {
     let text = format!(
-        "data_dir = {dir:?}\n[writer]\ncodec = {codec:?}\n\
+        "data_dir = {dir:?}\n[writer]\ncodec = {codec:?}\nflush_every_frames = {flush}\n\
          [live]\npublish = \"tcp://127.0.0.1:{port}\"\nquery = \"\"\nwait_for_subscribers = {subs}\n\
          [[source]]\nname = \"bench\"\nstream = {{ beamtime = \"bench\", source = \"live\", stream = \"{tag}\" }}\n\
          [source.synthetic]\nframes = {frames}\nrate_hz = {rate:?}\n",
         dir = dir.display().to_string(),
         codec = args.codec,
+        flush = args.flush_every,
         frames = args.frames,
     );
     Ok(Config::parse(&text)?)

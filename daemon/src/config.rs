@@ -80,7 +80,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         Self {
             codec: Codec::default(),
-            flush_every_frames: 100,
+            flush_every_frames: 1000,
             flush_interval_ms: 1000,
         }
     }

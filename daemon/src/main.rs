@@ -179,7 +179,7 @@ data_dir = {data_dir:?}
 
 [writer]
 codec = "{codec}"
-flush_every_frames = 100
+flush_every_frames = 1000
 flush_interval_ms = 1000
 
 [pipeline]
