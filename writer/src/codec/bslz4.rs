@@ -12,7 +12,7 @@
 //! transposed block and allocates nothing.
 
 use super::transpose::{scalar, Kernel};
-use super::{read_block, CodecError};
+use super::{leading_size, read_block, CodecError};
 
 /// HDF5 registered filter id of bitshuffle.
 pub const FILTER_ID: u32 = 32008;
@@ -100,11 +100,7 @@ pub fn compress_into(
 
 /// Reads the decoded size from a 32008 chunk header.
 pub fn decoded_len(chunk: &[u8]) -> Result<usize, CodecError> {
-    let head: [u8; 8] = chunk
-        .get(..8)
-        .and_then(|h| h.try_into().ok())
-        .ok_or(CodecError::Corrupt("shorter than the 12-byte header"))?;
-    usize::try_from(u64::from_be_bytes(head)).map_err(|_| CodecError::Corrupt("size overflows"))
+    usize::try_from(leading_size(chunk)?).map_err(|_| CodecError::Corrupt("size overflows"))
 }
 
 /// Decodes a 32008 chunk of `es`-byte elements into `out`. Accepts any block size the header

@@ -6,7 +6,7 @@
 //! A block whose LZ4 output would not be smaller than the block is stored raw, with csize equal
 //! to the block's length; readers tell the two apart by that equality alone.
 
-use super::{read_block, CodecError};
+use super::{leading_size, read_block, CodecError};
 
 /// HDF5 registered filter id of LZ4.
 pub const FILTER_ID: u32 = 32004;
@@ -63,11 +63,9 @@ pub fn compress_into(input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> 
 
 /// Reads the decoded size from a 32004 chunk header.
 pub fn decoded_len(chunk: &[u8]) -> Result<usize, CodecError> {
-    let head: [u8; 8] = chunk
-        .get(..8)
-        .and_then(|h| h.try_into().ok())
-        .ok_or(CodecError::Corrupt("shorter than the 12-byte header"))?;
-    usize::try_from(i64::from_be_bytes(head)).map_err(|_| CodecError::Corrupt("negative size"))
+    // The filter stores the size as a signed i64.
+    let size = i64::from_be_bytes(leading_size(chunk)?.to_be_bytes());
+    usize::try_from(size).map_err(|_| CodecError::Corrupt("negative size"))
 }
 
 /// Decodes a 32004 chunk into `out`.

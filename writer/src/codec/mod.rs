@@ -139,6 +139,15 @@ pub fn bitshuffle_lz4_with(
     bslz4::compress_into(input, es, out, kernel)
 }
 
+/// The big-endian u64 both filters' chunks start with (the decoded size).
+fn leading_size(chunk: &[u8]) -> Result<u64, CodecError> {
+    let head: [u8; 8] = chunk
+        .get(..8)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(CodecError::Corrupt("shorter than the 12-byte header"))?;
+    Ok(u64::from_be_bytes(head))
+}
+
 /// The block at `pos` of a chunk in the filters' framing (u32 BE size, then that many bytes):
 /// its bytes and the position after it.
 fn read_block(chunk: &[u8], pos: usize) -> Result<(&[u8], usize), CodecError> {
