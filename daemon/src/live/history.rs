@@ -107,8 +107,9 @@ impl History {
         self.streams.get(key)
     }
 
-    /// Indices `from..=to` of stream `key`, as consecutive spans; `None` for an unknown stream.
-    pub fn range(&self, key: &str, from: u64, to: u64) -> Option<Vec<Span>> {
+    /// Indices `from..=to` of stream `key`, as consecutive spans, with the stream they belong
+    /// to; `None` for an unknown stream.
+    pub fn range(&self, key: &str, from: u64, to: u64) -> Option<(Arc<StreamInfo>, Vec<Span>)> {
         let s = self.streams.get(key)?;
         let mut spans: Vec<Span> = Vec::new();
         let mut i = from;
@@ -145,7 +146,7 @@ impl History {
                 }
             }
         }
-        Some(spans)
+        Some((Arc::clone(&s.info), spans))
     }
 }
 
@@ -204,7 +205,7 @@ mod tests {
         for i in 1..=5 {
             h.push("b/d/s", rec(i));
         }
-        let spans = h.range("b/d/s", 1, 8).unwrap();
+        let spans = h.range("b/d/s", 1, 8).unwrap().1;
         assert_eq!(
             indices(&spans),
             ["expired 1..2", "frames 3..5", "not_yet 6..8"]
@@ -212,7 +213,7 @@ mod tests {
         // The stream ends with 6 indices; index 6's notification never reached the history,
         // so it is in the file only.
         h.finish("b/d/s", 6);
-        let spans = h.range("b/d/s", 2, 9).unwrap();
+        let spans = h.range("b/d/s", 2, 9).unwrap().1;
         assert_eq!(
             indices(&spans),
             ["expired 2..2", "frames 3..5", "expired 6..6", "never 7..9"]
@@ -227,7 +228,7 @@ mod tests {
         for i in [1, 2, 4] {
             h.push("b/d/s", rec(i));
         }
-        let spans = h.range("b/d/s", 1, 4).unwrap();
+        let spans = h.range("b/d/s", 1, 4).unwrap().1;
         assert_eq!(
             indices(&spans),
             ["frames 1..2", "expired 3..3", "frames 4..4"]

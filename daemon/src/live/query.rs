@@ -33,63 +33,57 @@ pub fn serve(socket: zmq::Socket, history: Arc<Mutex<History>>, stop: Arc<Atomic
         let Ok(request) = socket.recv_bytes(0) else {
             continue;
         };
-        let reply = {
-            let history = history.lock().unwrap_or_else(|e| e.into_inner());
-            answer(&history, &request)
-        };
+        let reply = answer(&history, &request);
         if let Err(e) = socket.send(reply.to_string().as_bytes(), 0) {
             tracing::warn!(error = %e, "could not send a query reply");
         }
     }
 }
 
-/// The reply to one request.
-pub fn answer(history: &History, request: &[u8]) -> Value {
+/// The reply to one request. The history is locked only to copy out what the reply needs;
+/// the JSON is built after, so a large `range` never holds up the publisher.
+pub fn answer(history: &Mutex<History>, request: &[u8]) -> Value {
+    let lock = || history.lock().unwrap_or_else(|e| e.into_inner());
     match parse(request) {
         Ok(Request::Last) => {
-            let streams: serde_json::Map<String, Value> = history
+            let streams: Vec<(String, u64, bool)> = lock()
                 .streams()
-                .map(|(key, s)| {
-                    (
-                        key.clone(),
-                        json!({"last": s.last, "finished": s.finished.is_some()}),
-                    )
-                })
+                .map(|(key, s)| (key.clone(), s.last, s.finished.is_some()))
+                .collect();
+            let streams: serde_json::Map<String, Value> = streams
+                .into_iter()
+                .map(|(key, last, finished)| (key, json!({"last": last, "finished": finished})))
                 .collect();
             json!({"ok": true, "streams": streams})
         }
-        Ok(Request::Range { stream, from, to }) => match history.range(stream, from, to) {
-            None => error(&format!("unknown stream {stream:?}")),
-            Some(spans) => {
-                let Some(state) = history.stream(stream) else {
-                    return error(&format!("unknown stream {stream:?}"));
-                };
-                let info = &state.info;
-                let file = info.file.to_string_lossy();
-                let mut items = Vec::new();
-                for span in spans {
-                    match span {
-                        Span::Frames(frames) => items.extend(frames.iter().map(|r| {
-                            let mut v = serde_json::to_value(FrameMessage::new(info, &file, r))
-                                .unwrap_or(Value::Null);
-                            v["status"] = json!("ok");
-                            v
-                        })),
-                        Span::Expired { from, to } => items.push(json!({
-                            "status": "expired", "from": from, "to": to,
-                            "file": file, "dataset": info.dataset,
-                        })),
-                        Span::NotYet { from, to } => {
-                            items.push(json!({"status": "not_yet", "from": from, "to": to}))
-                        }
-                        Span::Never { from, to } => {
-                            items.push(json!({"status": "never", "from": from, "to": to}))
-                        }
+        Ok(Request::Range { stream, from, to }) => {
+            let Some((info, spans)) = lock().range(stream, from, to) else {
+                return error(&format!("unknown stream {stream:?}"));
+            };
+            let file = info.file.to_string_lossy();
+            let mut items = Vec::new();
+            for span in spans {
+                match span {
+                    Span::Frames(frames) => items.extend(frames.iter().map(|r| {
+                        let mut v = serde_json::to_value(FrameMessage::new(&info, &file, r))
+                            .unwrap_or(Value::Null);
+                        v["status"] = json!("ok");
+                        v
+                    })),
+                    Span::Expired { from, to } => items.push(json!({
+                        "status": "expired", "from": from, "to": to,
+                        "file": file, "dataset": info.dataset,
+                    })),
+                    Span::NotYet { from, to } => {
+                        items.push(json!({"status": "not_yet", "from": from, "to": to}))
+                    }
+                    Span::Never { from, to } => {
+                        items.push(json!({"status": "never", "from": from, "to": to}))
                     }
                 }
-                json!({"ok": true, "stream": stream, "items": items})
             }
-        },
+            json!({"ok": true, "stream": stream, "items": items})
+        }
         Err(e) => error(&e),
     }
 }
@@ -133,7 +127,7 @@ mod tests {
 
     #[test]
     fn malformed_requests_get_an_error_reply() {
-        let h = History::new(4);
+        let h = Mutex::new(History::new(4));
         for bad in [
             &b"lats"[..],
             b"range",
