@@ -3,17 +3,15 @@
 //! same bytes.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use detingest_daemon::config::Config;
+use detingest_daemon::config::SyntheticConfig;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::{bitshuffle_lz4_with, Codec, Kernel};
 
 fn frame() -> Vec<u8> {
-    let cfg = Config::parse(
-        "[[source]]\nname = \"b\"\nstream = { beamtime = \"b\", source = \"b\", stream = \"b\" }\n\
-         [source.synthetic]\nbank_frames = 1\n",
-    )
-    .expect("valid benchmark config");
-    let syn = cfg.sources[0].synthetic.clone().expect("synthetic source");
+    let syn = SyntheticConfig {
+        bank_frames: 1,
+        ..SyntheticConfig::default()
+    };
     FrameBank::generate(&syn).frame(1).to_vec()
 }
 

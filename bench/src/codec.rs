@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use detingest_daemon::config::Config;
+use detingest_daemon::config::SyntheticConfig;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_shm::PixelType;
 use detingest_writer::{bitshuffle_lz4_with, Codec, Kernel};
@@ -97,13 +97,12 @@ pub fn run(args: &Args) -> Result<()> {
     if !Kernel::available().contains(&kernel) {
         bail!("--kernel {kernel:?} is not supported by this CPU");
     }
-    let pixel: PixelType = serde_json::from_value(serde_json::Value::String(args.dtype.clone()))
-        .with_context(|| {
-            format!(
-                "--dtype {:?}: expected u8, u16, u32, i32 or f32",
-                args.dtype
-            )
-        })?;
+    let pixel = PixelType::from_name(&args.dtype).with_context(|| {
+        format!(
+            "--dtype {:?}: expected u8, u16, u32, i32 or f32",
+            args.dtype
+        )
+    })?;
     let (ny, nx) = args
         .shape
         .split_once('x')
@@ -113,7 +112,7 @@ pub fn run(args: &Args) -> Result<()> {
     let (frames, source) = match &args.input {
         Some(path) => (read_frames(path, frame_bytes)?, path.display().to_string()),
         None => (
-            synthetic(args, pixel, shape)?,
+            synthetic(args, pixel, shape),
             format!("synthetic Poisson({})", args.mean),
         ),
     };
@@ -202,22 +201,19 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn synthetic(args: &Args, pixel: PixelType, shape: [u32; 2]) -> Result<Vec<Vec<u8>>> {
-    let text = format!(
-        "[[source]]\nname = \"b\"\nstream = {{ beamtime = \"b\", source = \"b\", stream = \"b\" }}\n\
-         [source.synthetic]\nshape = [{}, {}]\npixel = \"{}\"\nbackground = {:?}\npeaks = 0\n\
-         seed = {}\nbank_frames = 8\n",
-        shape[0], shape[1], pixel.name(), args.mean, args.seed
-    );
-    let cfg = Config::parse(&text)?;
-    let syn = cfg.sources[0]
-        .synthetic
-        .clone()
-        .context("synthetic source")?;
-    let bank = FrameBank::generate(&syn);
-    Ok((0..bank.len() as u64)
+fn synthetic(args: &Args, pixel: PixelType, shape: [u32; 2]) -> Vec<Vec<u8>> {
+    let bank = FrameBank::generate(&SyntheticConfig {
+        shape,
+        pixel,
+        background: args.mean,
+        peaks: 0,
+        seed: args.seed,
+        bank_frames: 8,
+        ..SyntheticConfig::default()
+    });
+    (0..bank.len() as u64)
         .map(|i| bank.frame(i).to_vec())
-        .collect())
+        .collect()
 }
 
 fn read_frames(path: &PathBuf, frame_bytes: usize) -> Result<Vec<Vec<u8>>> {
@@ -305,7 +301,7 @@ try:
 except ImportError:
     print(json.dumps(None)); sys.exit(0)
 path, dtype, nframes, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-frames = np.fromfile(path, dtype=np.dtype(dtype).newbyteorder("<")).reshape(nframes, -1)
+frames = np.fromfile(path, dtype=np.dtype(dtype)).reshape(nframes, -1)
 bitshuffle.compress_lz4(frames[0])  # warm up
 t = time.perf_counter(); total = 0
 for i in range(count):
@@ -314,13 +310,7 @@ seconds = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "bytes": total, "version": bitshuffle.__version__,
                   "avx2": bool(bitshuffle.using_AVX2())}))
 "#;
-    let dtype = match args.dtype.as_str() {
-        "u8" => "u1",
-        "u16" => "u2",
-        "u32" => "u4",
-        "i32" => "i4",
-        _ => "f4",
-    };
+    let dtype = PixelType::from_name(&args.dtype).map_or("<u2", PixelType::numpy_typestr);
     let out = Command::new(python)
         .env("OMP_NUM_THREADS", "1")
         .args(["-c", script, &frames_file.display().to_string(), dtype])

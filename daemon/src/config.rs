@@ -279,6 +279,24 @@ pub struct SyntheticConfig {
     pub copy: bool,
 }
 
+impl Default for SyntheticConfig {
+    /// The settings a `[source.synthetic]` table with no keys gets.
+    fn default() -> Self {
+        Self {
+            frames: default_frames(),
+            rate_hz: 0.0,
+            shape: default_shape(),
+            pixel: default_pixel(),
+            seed: 0,
+            background: default_background(),
+            peaks: default_peaks(),
+            bank_frames: default_bank(),
+            first_frame_number: default_first(),
+            copy: false,
+        }
+    }
+}
+
 fn default_frames() -> u64 {
     100
 }
@@ -514,6 +532,15 @@ mod tests {
         let Some(SourceKind::Synthetic(s)) = c.sources[0].kind() else {
             panic!("synthetic source expected");
         };
+        let d = SyntheticConfig::default();
+        assert_eq!(
+            (s.frames, s.shape, s.pixel, s.seed),
+            (d.frames, d.shape, d.pixel, d.seed)
+        );
+        assert_eq!(
+            (s.background, s.peaks, s.bank_frames),
+            (d.background, d.peaks, d.bank_frames)
+        );
         assert_eq!(s.shape, [512, 1024]);
         assert_eq!(s.pixel, PixelType::U16);
         assert_eq!(c.sources[0].policy, Policy::Block);

@@ -123,6 +123,14 @@ pub enum PixelType {
 }
 
 impl PixelType {
+    /// Every pixel type.
+    pub const ALL: [PixelType; 5] = [Self::U8, Self::U16, Self::U32, Self::I32, Self::F32];
+
+    /// The type of a [`PixelType::name`] (`"u16"`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// Bytes per pixel.
     pub const fn size(self) -> usize {
         match self {

@@ -12,7 +12,7 @@
 //! a buffer of its pool first, as a receiving socket does; that copy is then its one copy.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ use rand_distr::{Distribution, Exp, Poisson};
 
 use super::SourceOutput;
 use crate::config::SyntheticConfig;
+use crate::notify::now_ns;
 
 /// The pre-generated frames of one synthetic source.
 pub struct FrameBank {
@@ -74,12 +75,6 @@ impl FrameBank {
             timestamp_ns: now_ns(),
         }
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Photon counts of bank frame `j`, converted to the pixel type.
