@@ -95,11 +95,11 @@ def test_subscriber_gets_every_frame_in_order_and_throttled_previews(detingestd,
     for _, header, payload in previews:
         assert header["compression"] == "bslz4" and header["dtype"] == "uint16"
         assert header["shape"] == [32, 64] and header["dsize"] == len(payload)
-        pixels = hdf5plugin_decode_bslz4(payload, np.uint16, (32, 64))
+        pixels = decode_bslz4_chunk(payload, np.uint16, (32, 64))
         assert np.array_equal(pixels, data[header["index"] - 1])
 
 
-def hdf5plugin_decode_bslz4(chunk, dtype, shape):
+def decode_bslz4_chunk(chunk, dtype, shape):
     import bitshuffle
     import struct
     total, block = struct.unpack(">QI", chunk[:12])
