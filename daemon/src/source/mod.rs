@@ -2,9 +2,10 @@
 //! source's pool and frames into the pipeline, applying the source's [`Policy`] when the
 //! pipeline is full and counting every frame it drops.
 //!
-//! Each source runs on its own named thread and fills pool buffers in place; the copy it makes
-//! into the buffer (the synthetic bank copy, a socket receive, a DMA) is the only one before
-//! the codec reads the pixels.
+//! Each source runs on its own named thread. A source that must copy (a socket receive, the
+//! synthetic detector with `copy = true`) fills a pool buffer in place, and that copy is the
+//! only one before the codec reads the pixels; one whose memory is already shared (a
+//! shared-memory slot, the synthetic bank by default) hands it down by reference.
 
 pub mod synthetic;
 
