@@ -1,10 +1,10 @@
 //! [`FrameBuf`]: where a frame's pixels live while it moves down the pipeline. Whatever the
 //! source, stages see one read-only byte slice; dropping the handle releases the memory to
-//! its owner (a pool buffer back to its pool; a shared-memory ring slot, later, back to its
-//! ring).
+//! its owner (a pool buffer back to its pool, a shared-memory ring slot back to its ring).
 
 use std::sync::Arc;
 
+use crate::ring::RingSlot;
 use crate::PoolBuf;
 
 /// The pixels of one frame, held by handle.
@@ -15,6 +15,9 @@ pub enum FrameBuf {
     /// Immutable bytes shared by reference, e.g. a synthetic detector's pre-generated frame:
     /// handed down without any copy.
     Shared(Arc<[u8]>),
+    /// A slot of a shared-memory ring that a producer process wrote the frame into: read
+    /// in place, released to the producer when dropped.
+    Slot(RingSlot),
 }
 
 impl FrameBuf {
@@ -23,6 +26,7 @@ impl FrameBuf {
         match self {
             Self::Pooled(b) => b.as_slice(),
             Self::Shared(b) => b,
+            Self::Slot(s) => s.bytes(),
         }
     }
 
@@ -34,6 +38,12 @@ impl FrameBuf {
     /// True when the frame holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl From<RingSlot> for FrameBuf {
+    fn from(s: RingSlot) -> Self {
+        Self::Slot(s)
     }
 }
 

@@ -8,8 +8,8 @@
 //! Streams are named by a [`StreamId`] whose three parts are validated [`Name`]s, since they
 //! become directory and file names.
 //!
-//! Shared-memory rings that vendor producers write into (issue 4) will live here too, handing
-//! their slots down the pipeline the same way a pool buffer is.
+//! The [`ring`] module holds the shared-memory rings vendor producers write frames into;
+//! the daemon hands their slots down the pipeline as a [`FrameBuf`] like any other buffer.
 //!
 //! ```
 //! use detingest_shm::{BufferPool, Name};
@@ -20,10 +20,17 @@
 //! assert!(Name::new("../etc").is_err());
 //! ```
 
+#[cfg(not(loom))]
 mod frame_buf;
+#[cfg(not(loom))]
 mod model;
+#[cfg(not(loom))]
 mod pool;
+pub mod ring;
 
+#[cfg(not(loom))]
 pub use frame_buf::FrameBuf;
+#[cfg(not(loom))]
 pub use model::{FrameMeta, Name, NameError, PixelType, StreamId};
+#[cfg(not(loom))]
 pub use pool::{BufferPool, PoolBuf};
