@@ -7,7 +7,7 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model
 
-.PHONY: demo test deps venv bench fuzz clean
+.PHONY: demo test loom deps venv bench fuzz clean
 
 demo: deps venv
 	cargo build --release -p detingest-daemon
@@ -24,6 +24,11 @@ test: deps venv
 	DETINGEST_PYTHON=$(CURDIR)/$(PY) cargo test --workspace
 	cargo build -p detingest-daemon
 	DETINGESTD=$(CURDIR)/target/debug/detingestd $(PY) -m pytest -q tests/python
+	$(MAKE) loom
+
+# Model-check the shared-memory ring's atomics (own target dir: --cfg loom rebuilds the crate).
+loom:
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p detingest-shm --release --test loom
 
 bench: deps venv
 	cargo run --release -p detingest-bench -- pipeline
