@@ -186,7 +186,7 @@ pub enum Policy {
 }
 
 /// One `[[source]]`: what every source has, plus exactly one kind table
-/// (`[source.synthetic]` for now; shared-memory and UDP sources come later).
+/// (`[source.synthetic]` or `[source.shm]`; UDP comes later).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -205,6 +205,8 @@ pub struct SourceConfig {
     pub codec: Option<Codec>,
     /// The built-in synthetic detector.
     pub synthetic: Option<SyntheticConfig>,
+    /// A shared-memory ring that a producer process writes frames into.
+    pub shm: Option<ShmConfig>,
 }
 
 /// The kind of a validated source.
@@ -212,18 +214,25 @@ pub struct SourceConfig {
 pub enum SourceKind<'a> {
     /// `[source.synthetic]`.
     Synthetic(&'a SyntheticConfig),
+    /// `[source.shm]`.
+    Shm(&'a ShmConfig),
 }
 
 impl SourceConfig {
     /// The source's kind. Validation guarantees exactly one kind table is present.
     pub fn kind(&self) -> Option<SourceKind<'_>> {
-        self.synthetic.as_ref().map(SourceKind::Synthetic)
+        match (&self.synthetic, &self.shm) {
+            (Some(s), None) => Some(SourceKind::Synthetic(s)),
+            (None, Some(s)) => Some(SourceKind::Shm(s)),
+            _ => None,
+        }
     }
 
     /// Pixel type and `[ny, nx]` of the source's frames.
     pub fn frame_format(&self) -> (PixelType, [u32; 2]) {
         match self.kind() {
             Some(SourceKind::Synthetic(s)) => (s.pixel, s.shape),
+            Some(SourceKind::Shm(s)) => (s.pixel, s.shape),
             None => (PixelType::U8, [0, 0]),
         }
     }
@@ -237,7 +246,7 @@ impl SourceConfig {
     pub fn expected_frames(&self) -> u64 {
         match self.kind() {
             Some(SourceKind::Synthetic(s)) => s.frames,
-            None => 0,
+            Some(SourceKind::Shm(_)) | None => 0,
         }
     }
 }
@@ -317,6 +326,108 @@ fn default_bank() -> usize {
 }
 fn default_first() -> u64 {
     1
+}
+
+/// `[source.shm]`: a shared-memory ring, created by the daemon at start, that one producer
+/// process at a time (vendor software linking libdetingest) writes frames into.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShmConfig {
+    /// Ring name: the file `<dir>/<ring>` (default: the source's name).
+    #[serde(default)]
+    pub ring: Option<Name>,
+    /// Directory of the ring files.
+    #[serde(default = "default_shm_dir")]
+    pub dir: PathBuf,
+    /// Slots in the ring (a power of two): frames the producer can be ahead by.
+    #[serde(default = "default_slots")]
+    pub slots: u32,
+    /// `[ny, nx]` of the frames producers must send.
+    pub shape: [u32; 2],
+    /// Their pixel type.
+    pub pixel: PixelType,
+    /// The module this ring carries (producers must say the same).
+    #[serde(default)]
+    pub module: u16,
+    /// File mode of the ring, e.g. `0o600` (default), `0o660` (default with a group).
+    #[serde(default)]
+    pub mode: Option<u32>,
+    /// Group that may open the ring (a name from /etc/group).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// End the stream, and so the run, when a producer closes cleanly (default: serve
+    /// producer after producer until the daemon is stopped).
+    #[serde(default)]
+    pub end_on_close: bool,
+}
+
+fn default_shm_dir() -> PathBuf {
+    PathBuf::from("/dev/shm/detingest")
+}
+fn default_slots() -> u32 {
+    64
+}
+
+impl ShmConfig {
+    /// The ring file of source `source`.
+    pub fn ring_path(&self, source: &Name) -> PathBuf {
+        self.dir.join(self.ring.as_ref().unwrap_or(source).as_str())
+    }
+
+    /// The file mode: as configured, else 0o660 with a group and 0o600 without.
+    pub fn file_mode(&self) -> u32 {
+        self.mode
+            .unwrap_or(if self.group.is_some() { 0o660 } else { 0o600 })
+    }
+
+    /// The group's id, looked up by name.
+    pub fn gid(&self, i: usize) -> Result<Option<u32>, ConfigError> {
+        let Some(name) = &self.group else {
+            return Ok(None);
+        };
+        let key = format!("source[{i}].shm.group");
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+            Ok(None) => Err(ConfigError::new(key, format!("no group named {name:?}"))),
+            Err(e) => Err(ConfigError::new(
+                key,
+                format!("cannot look up {name:?}: {e}"),
+            )),
+        }
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("source[{i}].shm.{k}");
+        if self.slots < 2 || self.slots > 65_536 || !self.slots.is_power_of_two() {
+            return Err(ConfigError::new(
+                key("slots"),
+                format!("{} is not a power of two in 2..=65536", self.slots),
+            ));
+        }
+        let bytes = self.pixel.frame_bytes(self.shape);
+        if self.shape.contains(&0) || bytes > MAX_FRAME_BYTES {
+            return Err(ConfigError::new(
+                key("shape"),
+                format!(
+                    "{:?} gives {bytes} bytes per frame; need 1..={MAX_FRAME_BYTES}",
+                    self.shape
+                ),
+            ));
+        }
+        if let Some(m) = self.mode {
+            if m > 0o777 || m & 0o600 != 0o600 {
+                return Err(ConfigError::new(
+                    key("mode"),
+                    format!("{m:#o} must be permission bits (<= 0o777) including 0o600"),
+                ));
+            }
+        }
+        if !self.dir.is_absolute() {
+            return Err(ConfigError::new(key("dir"), "must be an absolute path"));
+        }
+        self.gid(i)?;
+        Ok(())
+    }
 }
 
 /// Largest frame accepted, in bytes: a chunk must stay below 2 GiB for HDF5 and LZ4.
@@ -400,12 +511,11 @@ impl Config {
             check_core(&format!("source[{i}].core"), src.core, cores)?;
             match src.kind() {
                 Some(SourceKind::Synthetic(s)) => s.validate(i)?,
-                None => {
-                    return Err(ConfigError::new(
-                        format!("source[{i}]"),
-                        "no source kind: add a [source.synthetic] table",
-                    ))
-                }
+                Some(SourceKind::Shm(s)) => s.validate(i)?,
+                None => return Err(ConfigError::new(
+                    format!("source[{i}]"),
+                    "needs exactly one source kind: a [source.synthetic] or a [source.shm] table",
+                )),
             }
         }
         Ok(())

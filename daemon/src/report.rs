@@ -99,8 +99,11 @@ pub fn print_summary(s: &RunSummary, live: &LiveSummary) {
         st.bytes_raw as f64 / st.bytes_compressed.max(1) as f64,
         st.bytes_raw as f64 / secs / 1e9
     );
-    for (name, sent, dropped) in &s.sources {
-        println!("source {name:<10} sent {sent}, dropped {dropped}");
+    for src in &s.sources {
+        println!(
+            "source {:<10} sent {}, dropped {}, torn {}, malformed {}",
+            src.name, src.sent, src.dropped, src.torn, src.malformed
+        );
     }
     println!(
         "lost indices     {} | stale frames {} | codec errors {} | write errors {}",
@@ -135,9 +138,7 @@ pub fn summary_json(s: &RunSummary, live: &LiveSummary) -> serde_json::Value {
         "elapsed_s": s.elapsed.as_secs_f64(),
         "live": live,
         "stats": s.stats,
-        "sources": s.sources.iter().map(|(name, sent, dropped)| serde_json::json!({
-            "name": name, "sent": sent, "dropped": dropped,
-        })).collect::<Vec<_>>(),
+        "sources": s.sources,
         "streams": s.streams.iter().map(|r| serde_json::json!({
             "stream": r.stream.id.to_string(),
             "file": r.stream.file,

@@ -73,7 +73,7 @@ fn dropped_frames_keep_their_index_and_are_recorded_lost(copy: bool) {
     c.sources[0].policy = detingest_daemon::config::Policy::Drop;
     let (summary, ns) = run(&c);
     assert!(summary.ok(), "{summary:?}");
-    let (_, sent, dropped) = summary.sources[0].clone();
+    let (sent, dropped) = (summary.sources[0].sent, summary.sources[0].dropped);
     assert_eq!(
         sent + dropped,
         400,

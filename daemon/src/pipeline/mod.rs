@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver};
+use detingest_shm::ring::{RingConsumer, RingError, RingSpec};
 use detingest_shm::BufferPool;
 use detingest_writer::{Codec, DatasetLayout, DATA_PATH};
 
@@ -30,9 +31,9 @@ pub use job::{SourceMsg, StreamSlot};
 pub use stats::{PipelineStats, StatsSnapshot};
 pub use writer::StreamReport;
 
-use crate::config::{Config, SourceConfig, SourceKind};
+use crate::config::{Config, ConfigError, ShmConfig, SourceConfig, SourceKind};
 use crate::notify::{NotificationSink, NotifyQueue, PreviewPolicy, StreamInfo};
-use crate::source::{self, synthetic::FrameBank, SourceOutput, SourceStats};
+use crate::source::{self, synthetic::FrameBank, SourceOutput, SourceStats, SourceSummary};
 use crate::threads;
 
 /// Why the pipeline could not start.
@@ -42,6 +43,17 @@ pub enum StartError {
     /// A stream's data file exists already; detingest never overwrites.
     #[error("{0} exists already; choose another stream name or move the file")]
     Exists(PathBuf),
+    /// A shared-memory ring could not be created.
+    #[error("cannot create ring {path}: {error}")]
+    Ring {
+        /// The ring file.
+        path: PathBuf,
+        /// Why.
+        error: RingError,
+    },
+    /// A source's configuration could not be resolved (e.g. an unknown group).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A thread could not be started.
     #[error("cannot start thread: {0}")]
     Spawn(#[from] std::io::Error),
@@ -103,8 +115,8 @@ pub struct RunSummary {
     pub elapsed: Duration,
     /// Pipeline counters at the end.
     pub stats: StatsSnapshot,
-    /// Per source: name, frames sent, frames dropped.
-    pub sources: Vec<(String, u64, u64)>,
+    /// Per source: what it sent, dropped, and saw torn or malformed.
+    pub sources: Vec<SourceSummary>,
     /// Per stream: what was written.
     pub streams: Vec<StreamReport>,
 }
@@ -157,6 +169,14 @@ pub fn start(
         max_chunk = max_chunk.max(codec.max_compressed_len(layout.frame_bytes(), pixel.size()));
         streams.push(Arc::clone(&info));
         layouts.push((info, layout));
+    }
+
+    // Rings before any thread: a ring that cannot be made stops the start cleanly.
+    let mut rings = Vec::new();
+    for (i, src) in config.sources.iter().enumerate() {
+        if let Some(SourceKind::Shm(cfg)) = src.kind() {
+            rings.push(create_ring(cfg, src, i)?);
+        }
     }
 
     let (source_tx, source_rx) = channel::bounded::<SourceMsg>(p.queue_depth);
@@ -245,6 +265,23 @@ pub fn start(
                     move || source::synthetic::run(&cfg, &bank, &mut out),
                 )?);
             }
+            Some(SourceKind::Shm(cfg)) => {
+                let ring = rings.remove(0);
+                let mut out = SourceOutput::new(
+                    slot as StreamSlot,
+                    src.policy,
+                    BufferPool::new(0, 0), // the ring's slots are the buffers
+                    source_tx.clone(),
+                    Arc::clone(&stop),
+                    st,
+                );
+                let cfg = cfg.clone();
+                threads.push(threads::spawn(
+                    format!("src-{}", src.name),
+                    src.core,
+                    move || source::shm::run(&cfg, ring, &mut out),
+                )?);
+            }
         }
     }
     drop(source_tx);
@@ -263,6 +300,28 @@ pub fn start(
         writer,
         started: Instant::now(),
     })
+}
+
+/// Creates the ring of shared-memory source `i`, replacing a stale one a dead daemon left.
+fn create_ring(cfg: &ShmConfig, src: &SourceConfig, i: usize) -> Result<RingConsumer, StartError> {
+    let path = cfg.ring_path(&src.name);
+    let spec = RingSpec {
+        slots: cfg.slots,
+        slot_bytes: cfg.pixel.frame_bytes(cfg.shape) as u64,
+        mode: cfg.file_mode(),
+        gid: cfg.gid(i)?,
+        frame: Some((cfg.pixel, cfg.shape)),
+        module: u32::from(cfg.module),
+    };
+    let ring = RingConsumer::create(&path, &spec).map_err(|error| StartError::Ring {
+        path: path.clone(),
+        error,
+    })?;
+    if ring.replaced_stale() {
+        tracing::warn!(ring = %path.display(), "replaced a stale ring left by a daemon that died");
+    }
+    tracing::info!(ring = %path.display(), slots = cfg.slots, slot_bytes = ring.identity().slot_bytes, "ring ready");
+    Ok(ring)
 }
 
 impl Running {
@@ -340,16 +399,7 @@ impl Running {
         RunSummary {
             elapsed: started.elapsed(),
             stats: stats.snapshot(),
-            sources: sources
-                .iter()
-                .map(|s| {
-                    (
-                        s.name.to_string(),
-                        s.sent.load(Ordering::Relaxed),
-                        s.dropped(),
-                    )
-                })
-                .collect(),
+            sources: sources.iter().map(|s| s.summary()).collect(),
             streams,
         }
     }

@@ -7,6 +7,7 @@
 //! only one before the codec reads the pixels; one whose memory is already shared (a
 //! shared-memory slot, the synthetic bank by default) hands it down by reference.
 
+pub mod shm;
 pub mod synthetic;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,8 +30,27 @@ pub struct SourceStats {
     pub dropped_no_buffer: AtomicU64,
     /// Frames dropped because the indexer's queue was full (drop policy).
     pub dropped_queue_full: AtomicU64,
+    /// Frames a shared-memory producer acquired and died before committing.
+    pub torn: AtomicU64,
+    /// Frames refused because their description did not fit the stream.
+    pub malformed: AtomicU64,
     /// Set when the source has sent its end of stream.
     pub finished: AtomicBool,
+}
+
+/// What a source did, for the run summary.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SourceSummary {
+    /// The source's name.
+    pub name: String,
+    /// Frames handed to the pipeline.
+    pub sent: u64,
+    /// Frames dropped for lack of a buffer or queue space.
+    pub dropped: u64,
+    /// Frames torn by a dying producer.
+    pub torn: u64,
+    /// Frames refused as malformed.
+    pub malformed: u64,
 }
 
 impl SourceStats {
@@ -40,6 +60,8 @@ impl SourceStats {
             sent: AtomicU64::new(0),
             dropped_no_buffer: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
+            torn: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
             finished: AtomicBool::new(false),
         }
     }
@@ -48,6 +70,17 @@ impl SourceStats {
     pub fn dropped(&self) -> u64 {
         self.dropped_no_buffer.load(Ordering::Relaxed)
             + self.dropped_queue_full.load(Ordering::Relaxed)
+    }
+
+    /// The counters now.
+    pub fn summary(&self) -> SourceSummary {
+        SourceSummary {
+            name: self.name.to_string(),
+            sent: self.sent.load(Ordering::Relaxed),
+            dropped: self.dropped(),
+            torn: self.torn.load(Ordering::Relaxed),
+            malformed: self.malformed.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -145,6 +178,7 @@ impl SourceOutput {
             stream: self.stream,
             last_frame_number,
         });
+        self.stats.finished.store(true, Ordering::Relaxed);
     }
 
     fn send_control(&mut self, msg: SourceMsg) {

@@ -11,7 +11,6 @@
 //! a shared-memory producer's slot does. With `copy = true` the source copies each frame into
 //! a buffer of its pool first, as a receiving socket does; that copy is then its one copy.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -161,7 +160,6 @@ pub fn run(cfg: &SyntheticConfig, bank: &FrameBank, out: &mut SourceOutput) {
         out.send(bank.meta(n), pixels);
     }
     out.end(last);
-    out.stats().finished.store(true, Ordering::Relaxed);
 }
 
 /// Sleeps until shortly before `deadline`, then spins the rest.

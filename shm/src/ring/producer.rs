@@ -155,11 +155,13 @@ impl Producer {
         Ok(())
     }
 
-    /// Gives the acquired slot back uncommitted (nothing is sent). No-op without one.
-    pub fn abort(&mut self) {
-        if self.held.take().is_some() {
+    /// Gives the acquired slot back uncommitted (nothing is sent); false if none was held.
+    pub fn abort(&mut self) -> bool {
+        let held = self.held.take().is_some();
+        if held {
             self.map.header().producer.claim.store(0, Ordering::Release);
         }
+        held
     }
 
     /// Detaches cleanly (also what dropping does): an acquired slot is aborted, the daemon

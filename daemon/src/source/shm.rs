@@ -1,0 +1,86 @@
+//! The shared-memory source: one ring that producer processes (vendor software linking
+//! libdetingest) write frames into. Each committed slot goes down the pipeline as the
+//! frame's buffer itself and returns to the producer when the codec is done with it.
+//!
+//! Producers come and go: one at a time may attach; one that dies mid-frame costs that
+//! frame (counted torn; its index is recorded lost once a later frame arrives) and the next
+//! producer continues the stream. A frame whose description the stream cannot take (wrong
+//! shape, pixel type or module; a producer not using our library) is counted malformed and
+//! released unwritten.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use detingest_shm::ring::{pixel_from_code, RingConsumer, RingEvent, RingSlot};
+use detingest_shm::{FrameBuf, FrameMeta};
+
+use super::SourceOutput;
+use crate::config::ShmConfig;
+
+/// Longest the source waits for a frame before it checks for a stop request.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Serves `ring` until stopped (or, with `end_on_close`, until a producer closes cleanly),
+/// then ends the stream.
+pub fn run(cfg: &ShmConfig, mut ring: RingConsumer, out: &mut SourceOutput) {
+    let path = ring.path().display().to_string();
+    let mut last_frame_number = None;
+    while !out.stop_requested() {
+        match ring.poll(POLL) {
+            Ok(RingEvent::Frame(slot)) => {
+                let Some(meta) = frame_meta(cfg, &slot) else {
+                    out.stats().malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(ring = %path, desc = ?slot.descriptor(), "frame refused: its description does not fit the stream");
+                    continue;
+                };
+                if last_frame_number.is_none() {
+                    out.start(meta.frame_number);
+                }
+                last_frame_number = Some(meta.frame_number);
+                out.send(meta, FrameBuf::Slot(slot));
+            }
+            Ok(RingEvent::ProducerAttached { pid }) => {
+                tracing::info!(ring = %path, pid, "producer attached");
+            }
+            Ok(RingEvent::ProducerLeft { clean, torn }) => {
+                if clean {
+                    tracing::info!(ring = %path, "producer closed");
+                } else {
+                    tracing::warn!(ring = %path, torn, "producer died; a new one may attach");
+                }
+                out.stats().torn.store(ring.torn(), Ordering::Relaxed);
+                if clean && cfg.end_on_close {
+                    break;
+                }
+            }
+            Ok(RingEvent::Idle) => {}
+            Err(e) => {
+                tracing::error!(ring = %path, "ring failed: {e}");
+                break;
+            }
+        }
+    }
+    out.stats().torn.store(ring.torn(), Ordering::Relaxed);
+    // A stream that never got a frame never opened a file; its end is a no-op downstream.
+    out.end(last_frame_number);
+    // Dropping the ring tells attached producers the daemon is gone.
+}
+
+/// The frame's description if it is one this stream takes.
+fn frame_meta(cfg: &ShmConfig, slot: &RingSlot) -> Option<FrameMeta> {
+    let d = slot.descriptor();
+    let meta = FrameMeta {
+        frame_number: d.frame_number,
+        module: u16::try_from(d.module).ok()?,
+        pixel: pixel_from_code(d.pixel_type)?,
+        shape: [d.height, d.width],
+        timestamp_ns: d.timestamp_ns,
+    };
+    let fits = slot.sequence_matches()
+        && meta.pixel == cfg.pixel
+        && meta.shape == cfg.shape
+        && meta.module == cfg.module
+        && d.byte_length == meta.byte_len() as u64
+        && slot.bytes().len() == meta.byte_len();
+    fits.then_some(meta)
+}
