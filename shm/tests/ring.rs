@@ -45,11 +45,11 @@ fn push(p: &mut Producer, frame_number: u64) -> Result<(), RingError> {
     p.commit(&desc(frame_number))
 }
 
-fn next_frame(c: &mut RingConsumer) -> RingSlot {
+fn next_frame(c: &mut RingConsumer) -> (RingSlot, Descriptor) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         match c.poll(Duration::from_millis(100)).unwrap() {
-            RingEvent::Frame(s) => return s,
+            RingEvent::Frame(s, d) => return (s, d),
             RingEvent::ProducerAttached { .. } | RingEvent::Idle => {}
             RingEvent::ProducerLeft { .. } => panic!("producer left before the frame came"),
         }
@@ -62,7 +62,7 @@ fn next_left(c: &mut RingConsumer) -> (bool, u64) {
     while Instant::now() < deadline {
         match c.poll(Duration::from_millis(100)).unwrap() {
             RingEvent::ProducerLeft { clean, torn } => return (clean, torn),
-            RingEvent::Frame(s) => panic!("unexpected frame {:?}", s.descriptor()),
+            RingEvent::Frame(_, d) => panic!("unexpected frame {d:?}"),
             _ => {}
         }
     }
@@ -86,10 +86,10 @@ fn frames_arrive_in_order_through_a_small_ring() {
         }
     });
     for n in 1..=50u64 {
-        let s = next_frame(&mut c);
-        assert!(s.sequence_matches());
-        assert_eq!(s.descriptor().frame_number, n);
-        assert_eq!(s.descriptor().timestamp_ns, 1_000 + n);
+        let (s, d) = next_frame(&mut c);
+        assert_eq!(d.sequence, s.sequence());
+        assert_eq!(d.frame_number, n);
+        assert_eq!(d.timestamp_ns, 1_000 + n);
         assert!(s.bytes().iter().all(|&b| b == n as u8), "frame {n} bytes");
         assert_eq!(s.bytes().len(), BYTES as usize);
     }
@@ -105,7 +105,7 @@ fn tail_advances_over_the_longest_released_prefix() {
     let mut p = Producer::attach(&path).unwrap();
     push(&mut p, 1).unwrap();
     push(&mut p, 2).unwrap();
-    let (a, b) = (next_frame(&mut c), next_frame(&mut c));
+    let (a, b) = (next_frame(&mut c).0, next_frame(&mut c).0);
     assert!(matches!(
         p.acquire(BYTES, Duration::ZERO),
         Err(RingError::Timeout)
@@ -120,7 +120,7 @@ fn tail_advances_over_the_longest_released_prefix() {
     assert_eq!(c.in_flight(), 0);
     push(&mut p, 3).unwrap();
     push(&mut p, 4).unwrap();
-    assert_eq!(next_frame(&mut c).descriptor().frame_number, 3);
+    assert_eq!(next_frame(&mut c).1.frame_number, 3);
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn a_blocked_producer_wakes_when_the_daemon_releases() {
     let mut p = Producer::attach(&path).unwrap();
     push(&mut p, 1).unwrap();
     push(&mut p, 2).unwrap();
-    let held = next_frame(&mut c);
+    let held = next_frame(&mut c).0;
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
         drop(held);
@@ -327,12 +327,11 @@ fn a_killed_producer_costs_exactly_its_uncommitted_frame() {
     let mut c = RingConsumer::create(&path, &spec(8)).unwrap();
     let child = spawn_child("producer", &path);
     let frames: Vec<_> = (0..3).map(|_| next_frame(&mut c)).collect();
-    let numbers: Vec<u64> = frames.iter().map(|s| s.descriptor().frame_number).collect();
+    let numbers: Vec<u64> = frames.iter().map(|(_, d)| d.frame_number).collect();
     assert_eq!(numbers, [1, 2, 3]);
-    assert!(frames.iter().all(|s| s
-        .bytes()
+    assert!(frames
         .iter()
-        .all(|&b| b == s.descriptor().frame_number as u8)));
+        .all(|(s, d)| s.bytes().iter().all(|&b| b == d.frame_number as u8)));
     kill9(child);
     assert_eq!(
         next_left(&mut c),
@@ -342,8 +341,8 @@ fn a_killed_producer_costs_exactly_its_uncommitted_frame() {
     assert_eq!(c.torn(), 1);
     let mut p = Producer::attach(&path).expect("a new producer attaches after the crash");
     push(&mut p, 5).unwrap();
-    let s = next_frame(&mut c);
-    assert_eq!(s.descriptor().frame_number, 5);
+    let (s, d) = next_frame(&mut c);
+    assert_eq!(d.frame_number, 5);
     assert!(
         s.bytes().iter().all(|&b| b == 5),
         "the torn slot's half-write is gone"

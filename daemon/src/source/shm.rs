@@ -11,7 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use detingest_shm::ring::{pixel_from_code, RingConsumer, RingEvent, RingSlot};
+use detingest_shm::ring::{pixel_from_code, Descriptor, RingConsumer, RingEvent, RingSlot};
 use detingest_shm::{FrameBuf, FrameMeta};
 
 use super::SourceOutput;
@@ -27,10 +27,10 @@ pub fn run(cfg: &ShmConfig, mut ring: RingConsumer, out: &mut SourceOutput) {
     let mut last_frame_number = None;
     while !out.stop_requested() {
         match ring.poll(POLL) {
-            Ok(RingEvent::Frame(slot)) => {
-                let Some(meta) = frame_meta(cfg, &slot) else {
+            Ok(RingEvent::Frame(slot, desc)) => {
+                let Some(meta) = frame_meta(cfg, &slot, &desc) else {
                     out.stats().malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(ring = %path, desc = ?slot.descriptor(), "frame refused: its description does not fit the stream");
+                    tracing::warn!(ring = %path, ?desc, "frame refused: its description does not fit the stream");
                     continue;
                 };
                 if last_frame_number.is_none() {
@@ -67,8 +67,7 @@ pub fn run(cfg: &ShmConfig, mut ring: RingConsumer, out: &mut SourceOutput) {
 }
 
 /// The frame's description if it is one this stream takes.
-fn frame_meta(cfg: &ShmConfig, slot: &RingSlot) -> Option<FrameMeta> {
-    let d = slot.descriptor();
+fn frame_meta(cfg: &ShmConfig, slot: &RingSlot, d: &Descriptor) -> Option<FrameMeta> {
     let meta = FrameMeta {
         frame_number: d.frame_number,
         module: u16::try_from(d.module).ok()?,
@@ -76,7 +75,7 @@ fn frame_meta(cfg: &ShmConfig, slot: &RingSlot) -> Option<FrameMeta> {
         shape: [d.height, d.width],
         timestamp_ns: d.timestamp_ns,
     };
-    let fits = slot.sequence_matches()
+    let fits = d.sequence == slot.sequence()
         && meta.pixel == cfg.pixel
         && meta.shape == cfg.shape
         && meta.module == cfg.module

@@ -41,8 +41,9 @@ pub struct RingSpec {
 /// What [`RingConsumer::poll`] found.
 #[derive(Debug)]
 pub enum RingEvent {
-    /// A committed frame.
-    Frame(RingSlot),
+    /// A committed frame: its slot, and the producer's description (byte length clamped
+    /// to the slot).
+    Frame(RingSlot, Descriptor),
     /// A producer attached (pid as it wrote it).
     ProducerAttached {
         /// Its process id.
@@ -202,11 +203,12 @@ impl RingConsumer {
             // Never trust a length from shared memory with a slice: clamp to the slot.
             desc.byte_length = desc.byte_length.min(sh.map.identity.slot_bytes);
             self.cursor.advance();
-            return Ok(Some(RingEvent::Frame(RingSlot {
+            let slot = RingSlot {
                 shared: Arc::clone(sh),
                 n,
-                desc,
-            })));
+                len: desc.byte_length as usize,
+            };
+            return Ok(Some(RingEvent::Frame(slot, desc)));
         }
         let g = h.producer.generation.load(Ordering::Acquire);
         if g != self.generation {
@@ -265,36 +267,31 @@ impl Drop for RingConsumer {
     }
 }
 
-/// One committed frame, held by the pipeline: its description and its bytes, read in
-/// place in the ring. Dropping it releases the slot to the producer.
+/// One committed frame's bytes, read in place in the ring and held by the pipeline.
+/// Dropping it releases the slot to the producer.
 pub struct RingSlot {
     shared: Arc<Shared>,
     n: u64,
-    desc: Descriptor,
+    len: usize,
 }
 
 impl RingSlot {
-    /// The producer's description (byte length clamped to the slot).
-    pub fn descriptor(&self) -> &Descriptor {
-        &self.desc
-    }
-
-    /// True when the descriptor's sequence number is this frame's: a producer that does
-    /// not use this library could have written a stale or foreign descriptor.
-    pub fn sequence_matches(&self) -> bool {
-        self.desc.sequence == self.n
+    /// The frame's number in the ring (commits since creation, from 0). A descriptor whose
+    /// `sequence` differs is stale or foreign (a producer not using this library).
+    pub fn sequence(&self) -> u64 {
+        self.n
     }
 
     /// The frame's bytes, in the ring.
     pub fn bytes(&self) -> &[u8] {
         let map = &self.shared.map;
         let i = (self.n % u64::from(map.identity.slot_count)) as usize;
-        // SAFETY: the slot lies in the mapping, which `shared` keeps alive, and
-        // byte_length was clamped to the slot size. The producer does not write the slot
+        // SAFETY: the slot lies in the mapping, which `shared` keeps alive, and `len` was
+        // clamped to the slot size. The producer does not write the slot
         // until we release frame n (in Drop), after the last borrow of this slice ends.
         // A producer that breaks the protocol can change bytes under us, which corrupts
         // only its own frame's content: nothing is derived from it but the compressed copy.
-        unsafe { std::slice::from_raw_parts(map.slot(i), self.desc.byte_length as usize) }
+        unsafe { std::slice::from_raw_parts(map.slot(i), self.len) }
     }
 }
 
@@ -309,7 +306,7 @@ impl std::fmt::Debug for RingSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RingSlot")
             .field("n", &self.n)
-            .field("desc", &self.desc)
+            .field("len", &self.len)
             .finish()
     }
 }
