@@ -7,7 +7,7 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model
 
-.PHONY: demo test loom deps venv bench fuzz clean
+.PHONY: demo test loom install deps venv bench fuzz clean
 
 demo: deps venv
 	cargo build --release -p detingest-daemon
@@ -22,13 +22,29 @@ test: deps venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	DETINGEST_PYTHON=$(CURDIR)/$(PY) cargo test --workspace
-	cargo build -p detingest-daemon
+	cargo build -p detingest-daemon -p detingest-ffi
 	DETINGESTD=$(CURDIR)/target/debug/detingestd $(PY) -m pytest -q tests/python
 	$(MAKE) loom
 
 # Model-check the shared-memory ring's atomics (own target dir: --cfg loom rebuilds the crate).
 loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p detingest-shm --release --test loom
+
+# libdetingest for C producers: header, shared (with soname links) and static library,
+# pkg-config file. `make install PREFIX=/opt/detingest`; PROFILE=debug installs a debug build.
+PREFIX  ?= /usr/local
+PROFILE ?= release
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+LIBDIR  := $(DESTDIR)$(PREFIX)/lib
+install:
+	cargo build $(if $(filter release,$(PROFILE)),--release) -p detingest-ffi
+	install -d $(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 644 include/detingest.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 target/$(PROFILE)/libdetingest.so $(LIBDIR)/libdetingest.so.$(VERSION)
+	ln -sf libdetingest.so.$(VERSION) $(LIBDIR)/libdetingest.so.$(firstword $(subst ., ,$(VERSION)))
+	ln -sf libdetingest.so.$(VERSION) $(LIBDIR)/libdetingest.so
+	install -m 644 target/$(PROFILE)/libdetingest.a $(LIBDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' ffi/detingest.pc.in > $(LIBDIR)/pkgconfig/detingest.pc
 
 bench: deps venv
 	cargo run --release -p detingest-bench -- pipeline
