@@ -187,6 +187,11 @@ fn bad_calls_get_their_own_errors() {
         p.commit(&longer_than_slot),
         Err(RingError::TooLarge { .. })
     ));
+    let other_module = Descriptor {
+        module: 3,
+        ..desc(1)
+    };
+    assert!(matches!(p.commit(&other_module), Err(RingError::BadDescriptor(_))));
     let bad_pixel = Descriptor {
         pixel_type: 9,
         ..desc(1)
