@@ -191,7 +191,10 @@ fn bad_calls_get_their_own_errors() {
         module: 3,
         ..desc(1)
     };
-    assert!(matches!(p.commit(&other_module), Err(RingError::BadDescriptor(_))));
+    assert!(matches!(
+        p.commit(&other_module),
+        Err(RingError::BadDescriptor(_))
+    ));
     let bad_pixel = Descriptor {
         pixel_type: 9,
         ..desc(1)

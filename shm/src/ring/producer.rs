@@ -194,7 +194,10 @@ impl Producer {
             ));
         }
         if d.module != id.module {
-            return bad(format!("this ring carries module {}, not {}", id.module, d.module));
+            return bad(format!(
+                "this ring carries module {}, not {}",
+                id.module, d.module
+            ));
         }
         let fixed = |want: u32, got: u32| want == 0 || want == got;
         if !fixed(id.pixel_type, d.pixel_type)
