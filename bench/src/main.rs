@@ -5,6 +5,7 @@
 mod codec;
 mod live;
 mod pipeline;
+mod shm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,6 +28,12 @@ enum Command {
     Codec(codec::Args),
     /// Ingest with live subscribers (one stalled) against none, and commit-to-receive latency.
     Live(live::Args),
+    /// A producer process writing 1 MiB frames through a shared-memory ring, next to memcpy:
+    /// transport rate, commit-to-consume latency, and the daemon's pipeline behind the ring.
+    Shm(shm::Args),
+    /// The producer side of `shm` (run by it as a separate process).
+    #[command(hide = true)]
+    ShmProducer(shm::ProducerArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +45,7 @@ fn main() -> Result<()> {
         Command::Pipeline(args) => pipeline::run(&args),
         Command::Codec(args) => codec::run(&args),
         Command::Live(args) => live::run(&args),
+        Command::Shm(args) => shm::run(&args),
+        Command::ShmProducer(args) => shm::produce(&args),
     }
 }

@@ -359,6 +359,15 @@ pub struct ShmConfig {
     /// producer after producer until the daemon is stopped).
     #[serde(default)]
     pub end_on_close: bool,
+    /// Microseconds the source spins on an empty ring before sleeping on its futex: longer
+    /// keeps a core busy while idle, and saves the producer a wake-up call and the frame a
+    /// wake-up latency (tens of us) whenever frames come closer together than this.
+    #[serde(default = "default_spin_us")]
+    pub spin_us: u64,
+}
+
+fn default_spin_us() -> u64 {
+    detingest_shm::ring::DEFAULT_SPIN.as_micros() as u64
 }
 
 fn default_shm_dir() -> PathBuf {
@@ -421,6 +430,12 @@ impl ShmConfig {
                     format!("{m:#o} must be permission bits (<= 0o777) including 0o600"),
                 ));
             }
+        }
+        if self.spin_us > 1_000_000 {
+            return Err(ConfigError::new(
+                key("spin_us"),
+                "must be at most 1000000 (1 s)",
+            ));
         }
         if !self.dir.is_absolute() {
             return Err(ConfigError::new(key("dir"), "must be an absolute path"));
@@ -626,6 +641,60 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         Config::parse(text).expect_err("config should be refused")
+    }
+
+    const SHM: &str = r#"
+        [[source]]
+        name = "mod0"
+        stream = { beamtime = "bt", source = "det", stream = "s1" }
+        [source.shm]
+        shape = [512, 1024]
+        pixel = "u16"
+    "#;
+
+    #[test]
+    fn shm_source_gets_its_defaults() {
+        let c = Config::parse(SHM).unwrap();
+        let Some(SourceKind::Shm(s)) = c.sources[0].kind() else {
+            panic!("shm source expected");
+        };
+        assert_eq!(
+            s.ring_path(&c.sources[0].name),
+            Path::new("/dev/shm/detingest/mod0")
+        );
+        assert_eq!((s.slots, s.file_mode(), s.end_on_close), (64, 0o600, false));
+        let grouped = Config::parse(&SHM.replace("pixel", "group = \"root\"\npixel")).unwrap();
+        let Some(SourceKind::Shm(g)) = grouped.sources[0].kind() else {
+            panic!("shm source expected");
+        };
+        assert_eq!((g.file_mode(), g.gid(0).unwrap()), (0o660, Some(0)));
+    }
+
+    #[test]
+    fn bad_shm_settings_are_refused_by_key() {
+        for (find, replace, key) in [
+            ("pixel", "slots = 48\npixel", "source[0].shm.slots"),
+            ("pixel", "slots = 1\npixel", "source[0].shm.slots"),
+            ("[512, 1024]", "[0, 1024]", "source[0].shm.shape"),
+            ("pixel", "mode = 0o400\npixel", "source[0].shm.mode"),
+            ("pixel", "mode = 0o1777\npixel", "source[0].shm.mode"),
+            (
+                "pixel",
+                "group = \"no-such-group-here\"\npixel",
+                "source[0].shm.group",
+            ),
+            ("pixel", "dir = \"rings\"\npixel", "source[0].shm.dir"),
+            ("pixel", "ring = \"../etc\"\npixel", "source[0].shm.ring"),
+            ("pixel", "spin_us = 5000000\npixel", "source[0].shm.spin_us"),
+            ("pixel = \"u16\"", "", "source[0].shm"),
+        ] {
+            let e = err(&SHM.replace(find, replace));
+            assert!(e.key.starts_with(key), "{find} -> {replace}: got {e}");
+        }
+        let both = SHM.replace("[source.shm]", "[source.synthetic]\n[source.shm]");
+        let e = err(&both);
+        assert_eq!(e.key, "source[0]");
+        assert!(e.to_string().contains("exactly one source kind"), "{e}");
     }
 
     #[test]

@@ -118,13 +118,17 @@ fn help_documents_every_command() {
 }
 
 #[test]
-fn the_documented_example_config_is_valid() {
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/detingest.example.toml"
-    );
-    let o = detingestd(&["check-config", example]);
-    assert!(o.status.success(), "{}", stderr(&o));
+fn the_documented_example_configs_are_valid() {
+    for example in [
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/detingest.example.toml"
+        ),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/shm.example.toml"),
+    ] {
+        let o = detingestd(&["check-config", example]);
+        assert!(o.status.success(), "{example}: {}", stderr(&o));
+    }
 }
 
 #[test]

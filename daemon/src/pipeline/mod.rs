@@ -313,10 +313,11 @@ fn create_ring(cfg: &ShmConfig, src: &SourceConfig, i: usize) -> Result<RingCons
         frame: Some((cfg.pixel, cfg.shape)),
         module: u32::from(cfg.module),
     };
-    let ring = RingConsumer::create(&path, &spec).map_err(|error| StartError::Ring {
+    let mut ring = RingConsumer::create(&path, &spec).map_err(|error| StartError::Ring {
         path: path.clone(),
         error,
     })?;
+    ring.set_spin(Duration::from_micros(cfg.spin_us));
     if ring.replaced_stale() {
         tracing::warn!(ring = %path.display(), "replaced a stale ring left by a daemon that died");
     }

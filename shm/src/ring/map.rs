@@ -60,7 +60,8 @@ impl RingMap {
         if len < layout::HEADER_BYTES as u64 {
             return Err(RingError::Corrupt("file shorter than the header"));
         }
-        let m = Self::map(file, len, false)?;
+        // Populated: the producer's page tables are built now, not on its first frames.
+        let m = Self::map(file, len, true)?;
         let id = &m.identity;
         if id.magic != layout::MAGIC {
             return Err(RingError::BadMagic(id.magic));

@@ -24,7 +24,7 @@ pub mod sync;
 mod sys;
 
 #[cfg(not(loom))]
-pub use consumer::{RingConsumer, RingEvent, RingSlot, RingSpec};
+pub use consumer::{RingConsumer, RingEvent, RingSlot, RingSpec, DEFAULT_SPIN};
 #[cfg(not(loom))]
 pub use error::RingError;
 #[cfg(not(loom))]
