@@ -349,7 +349,7 @@ fn init_file(
         std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(RingError::io("chown ring"))?;
     }
     let (slots_offset, total) = layout::geometry(spec.slots, slot_bytes);
-    file.set_len(total).map_err(RingError::io("size ring"))?;
+    sys::reserve(&file, total).map_err(RingError::io("reserve ring memory"))?;
     let (pixel, [height, width]) = spec
         .frame
         .map(|(p, s)| (layout::pixel_code(p), s))

@@ -53,6 +53,18 @@ pub fn is_locked_by_other(file: &File, byte: i64) -> io::Result<bool> {
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
+/// Gives `file` `len` bytes of real storage now: on tmpfs a ring that does not fit fails
+/// here with ENOSPC instead of killing a writer with SIGBUS later.
+pub fn reserve(file: &File, len: u64) -> io::Result<()> {
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a valid descriptor and a byte range; posix_fallocate returns an errno value.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine.
 pub fn monotonic_ns() -> u64 {
     // SAFETY: all-zero is a valid timespec, which clock_gettime overwrites.
