@@ -14,6 +14,8 @@ use super::{sys, RingError};
 
 /// How long a blocked acquire spins before it sleeps on the futex.
 const SPIN: Duration = Duration::from_micros(20);
+/// Attempts, 1 ms apart, to take the producer lock before an attach reports `Busy`.
+const ATTACH_TRIES: u32 = 20;
 /// Longest single futex sleep: the daemon's liveness is re-checked at least this often.
 const WAIT_SLICE: Duration = Duration::from_millis(10);
 
@@ -45,10 +47,17 @@ impl Producer {
         let map = RingMap::open(file)?;
         daemon_alive(&map)?;
         let h = map.header();
-        if !sys::try_lock(&map.file, layout::PRODUCER_LOCK_BYTE)
+        // The daemon takes the producer lock for a few microseconds when it reclaims after
+        // a dead producer: try for a while before calling the ring busy.
+        let mut tries = 0;
+        while !sys::try_lock(&map.file, layout::PRODUCER_LOCK_BYTE)
             .map_err(RingError::io("lock ring"))?
         {
-            return Err(RingError::Busy(h.producer.pid.load(Ordering::Relaxed)));
+            tries += 1;
+            if tries == ATTACH_TRIES {
+                return Err(RingError::Busy(h.producer.pid.load(Ordering::Relaxed)));
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
         // We hold the producer lock: no other producer, and the daemon reclaims only
         // under the same lock, so the swap below is ours alone.
