@@ -98,6 +98,32 @@ fn frames_arrive_in_order_through_a_small_ring() {
 }
 
 #[test]
+fn the_ring_gets_its_mode_and_group_and_replaces_nothing_live() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = ring_path(&dir);
+    let gid = std::fs::metadata(dir.path()).unwrap().gid(); // a group we belong to
+    let c = RingConsumer::create(
+        &path,
+        &RingSpec {
+            mode: 0o660,
+            gid: Some(gid),
+            ..spec(2)
+        },
+    )
+    .unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, gid));
+    assert!(!c.replaced_stale());
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no temporary file is left beside the ring"
+    );
+}
+
+#[test]
 fn tail_advances_over_the_longest_released_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let path = ring_path(&dir);
