@@ -57,6 +57,8 @@ pub struct FrameRecord {
     pub timestamp_ns: u64,
     /// When the writer finished writing it, ns since the Unix epoch.
     pub written_ns: u64,
+    /// Packets of the frame that never arrived (UDP; their bytes hold the fill value).
+    pub packets_lost: u32,
 }
 
 /// One index of a stream was written (or recorded lost).

@@ -204,6 +204,9 @@ pub struct FrameMeta {
     pub shape: [u32; 2],
     /// Acquisition time, nanoseconds since the Unix epoch.
     pub timestamp_ns: u64,
+    /// Packets of this frame that never arrived (UDP sources; their bytes hold the fill
+    /// value). 0 for a complete frame.
+    pub packets_lost: u32,
 }
 
 impl FrameMeta {
@@ -271,6 +274,7 @@ mod tests {
             pixel: PixelType::U16,
             shape: [512, 1024],
             timestamp_ns: 0,
+            packets_lost: 0,
         };
         assert_eq!(meta.byte_len(), 1 << 20);
     }

@@ -1,7 +1,7 @@
 //! One stream's NXmx data file: frames go in by direct chunk write, one chunk `(1, ny, nx)`
 //! per index, already compressed by a [`crate::Codec`].
 //!
-//! Per-index bookkeeping (`frame_number`, `frame_lost`, `timestamp`) is buffered and appended
+//! Per-index bookkeeping (`frame_number`, `frame_lost`, `timestamp`, `packets_lost`) is buffered and appended
 //! on [`StreamFile::flush`], together with `nimages` and `image_nr_high`, then the file is
 //! flushed so a crash loses at most what came after the last flush. Lost frames keep their
 //! index: no chunk is written, the dataset's fill value (0) shows, and `frame_lost` says so.
@@ -46,6 +46,7 @@ struct Pending {
     frame_number: Vec<u64>,
     lost: Vec<u8>,
     timestamp: Vec<u64>,
+    packets_lost: Vec<u32>,
 }
 
 /// An open data file of one stream.
@@ -56,6 +57,7 @@ pub struct StreamFile {
     frame_number: Dataset,
     frame_lost: Dataset,
     timestamp: Dataset,
+    packets_lost: Dataset,
     nimages: Dataset,
     image_nr_high: Attribute,
     layout: DatasetLayout,
@@ -107,6 +109,7 @@ impl StreamFile {
         let frame_lost = records::<u8>(&specific, "frame_lost")?;
         let timestamp = records::<u64>(&specific, "timestamp")?;
         nxmx::attr_str(&timestamp, "units", "ns")?;
+        let packets_lost = records::<u32>(&specific, "packets_lost")?;
         file.flush()?;
         Ok(Self {
             path: path.to_owned(),
@@ -115,6 +118,7 @@ impl StreamFile {
             frame_number,
             frame_lost,
             timestamp,
+            packets_lost,
             nimages,
             image_nr_high,
             layout,
@@ -154,7 +158,7 @@ impl StreamFile {
         if rc < 0 {
             return Err(WriteError::Chunk { index });
         }
-        self.push_record(meta.frame_number, 0, meta.timestamp_ns);
+        self.push_record(meta.frame_number, 0, meta.timestamp_ns, meta.packets_lost);
         Ok(())
     }
 
@@ -163,7 +167,7 @@ impl StreamFile {
         self.expect_next(index)?;
         self.grow_to(index)?;
         self.lost += 1;
-        self.push_record(frame_number, 1, 0);
+        self.push_record(frame_number, 1, 0, 0);
         Ok(())
     }
 
@@ -176,9 +180,11 @@ impl StreamFile {
             append(&self.frame_number, &self.pending.frame_number, end)?;
             append(&self.frame_lost, &self.pending.lost, end)?;
             append(&self.timestamp, &self.pending.timestamp, end)?;
+            append(&self.packets_lost, &self.pending.packets_lost, end)?;
             self.pending.frame_number.clear();
             self.pending.lost.clear();
             self.pending.timestamp.clear();
+            self.pending.packets_lost.clear();
             self.flushed = end as u64;
         }
         self.nimages.write_scalar(&self.frames)?;
@@ -235,10 +241,11 @@ impl StreamFile {
         Ok(())
     }
 
-    fn push_record(&mut self, frame_number: u64, lost: u8, timestamp: u64) {
+    fn push_record(&mut self, frame_number: u64, lost: u8, timestamp: u64, packets_lost: u32) {
         self.pending.frame_number.push(frame_number);
         self.pending.lost.push(lost);
         self.pending.timestamp.push(timestamp);
+        self.pending.packets_lost.push(packets_lost);
     }
 }
 

@@ -182,7 +182,8 @@ mod tests {
                 pixel: PixelType::U8,
                 shape: [1, 1],
                 timestamp_ns: 0,
-            },
+                packets_lost: 0,
+                },
             data: pool.acquire().into(),
         }
     }

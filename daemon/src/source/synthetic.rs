@@ -72,6 +72,7 @@ impl FrameBank {
             pixel: self.pixel,
             shape: self.shape,
             timestamp_ns: now_ns(),
+            packets_lost: 0,
         }
     }
 }
