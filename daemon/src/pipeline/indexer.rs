@@ -183,7 +183,7 @@ mod tests {
                 shape: [1, 1],
                 timestamp_ns: 0,
                 packets_lost: 0,
-                },
+            },
             data: pool.acquire().into(),
         }
     }

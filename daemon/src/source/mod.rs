@@ -9,6 +9,7 @@
 
 pub mod shm;
 pub mod synthetic;
+pub mod udp;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
