@@ -207,6 +207,8 @@ pub struct SourceConfig {
     pub synthetic: Option<SyntheticConfig>,
     /// A shared-memory ring that a producer process writes frames into.
     pub shm: Option<ShmConfig>,
+    /// A UDP port a detector module streams packets to.
+    pub udp: Option<UdpConfig>,
 }
 
 /// The kind of a validated source.
@@ -216,14 +218,17 @@ pub enum SourceKind<'a> {
     Synthetic(&'a SyntheticConfig),
     /// `[source.shm]`.
     Shm(&'a ShmConfig),
+    /// `[source.udp]`.
+    Udp(&'a UdpConfig),
 }
 
 impl SourceConfig {
     /// The source's kind. Validation guarantees exactly one kind table is present.
     pub fn kind(&self) -> Option<SourceKind<'_>> {
-        match (&self.synthetic, &self.shm) {
-            (Some(s), None) => Some(SourceKind::Synthetic(s)),
-            (None, Some(s)) => Some(SourceKind::Shm(s)),
+        match (&self.synthetic, &self.shm, &self.udp) {
+            (Some(s), None, None) => Some(SourceKind::Synthetic(s)),
+            (None, Some(s), None) => Some(SourceKind::Shm(s)),
+            (None, None, Some(s)) => Some(SourceKind::Udp(s)),
             _ => None,
         }
     }
@@ -233,6 +238,7 @@ impl SourceConfig {
         match self.kind() {
             Some(SourceKind::Synthetic(s)) => (s.pixel, s.shape),
             Some(SourceKind::Shm(s)) => (s.pixel, s.shape),
+            Some(SourceKind::Udp(s)) => (s.pixel, s.shape),
             None => (PixelType::U8, [0, 0]),
         }
     }
@@ -246,7 +252,7 @@ impl SourceConfig {
     pub fn expected_frames(&self) -> u64 {
         match self.kind() {
             Some(SourceKind::Synthetic(s)) => s.frames,
-            Some(SourceKind::Shm(_)) | None => 0,
+            Some(SourceKind::Shm(_) | SourceKind::Udp(_)) | None => 0,
         }
     }
 }
@@ -445,6 +451,174 @@ impl ShmConfig {
     }
 }
 
+/// `[source.udp]`: one UDP port of a detector module, received by a pinned thread
+/// (`core` of the `[[source]]`) and assembled into frames.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpConfig {
+    /// Address to bind.
+    #[serde(default = "default_bind")]
+    pub bind: std::net::IpAddr,
+    /// Port to bind (0: any free port, for tests).
+    pub port: u16,
+    /// Module id the packets carry.
+    #[serde(default)]
+    pub module: u16,
+    /// Packets per frame on this port (at most 512).
+    #[serde(default = "default_packets")]
+    pub packets_per_frame: u32,
+    /// Payload bytes per packet.
+    #[serde(default = "default_payload")]
+    pub payload_bytes: usize,
+    /// Packet header format.
+    #[serde(default)]
+    pub header: HeaderFormat,
+    /// `[ny, nx]` of the frame (its bytes: packets_per_frame x payload_bytes).
+    #[serde(default = "default_shape")]
+    pub shape: [u32; 2],
+    /// Pixel type.
+    #[serde(default = "default_pixel")]
+    pub pixel: PixelType,
+    /// Socket receive buffer (SO_RCVBUF) in bytes.
+    #[serde(default = "default_rcvbuf")]
+    pub rcvbuf_bytes: usize,
+    /// Receive path: `auto` (io_uring if the kernel allows, else recvmmsg), `io_uring`, `recvmmsg`.
+    #[serde(default)]
+    pub receive: ReceivePath,
+    /// Frames open at once: a frame still missing packets leaves when one `window` frames
+    /// newer arrives.
+    #[serde(default = "default_window")]
+    pub window: u64,
+    /// Longest a frame stays open, in milliseconds.
+    #[serde(default = "default_udp_timeout")]
+    pub timeout_ms: u64,
+    /// Pixel value written where packets are missing.
+    #[serde(default)]
+    pub fill: u64,
+    /// Frame-number jump (ahead or back) treated as a detector restart rather than loss.
+    #[serde(default = "default_restart_gap")]
+    pub restart_gap: u64,
+    /// Consecutive packets of a new numbering needed to accept a restart.
+    #[serde(default = "default_restart_confirm")]
+    pub restart_confirm: u32,
+}
+
+/// Packet header formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderFormat {
+    /// slsDetectorPackage v2 (48 bytes).
+    #[default]
+    Sls2,
+}
+
+/// UDP receive paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceivePath {
+    /// io_uring when available, else recvmmsg.
+    #[default]
+    Auto,
+    /// io_uring multishot receive with provided buffers; refuse to start without it.
+    IoUring,
+    /// recvmmsg batches.
+    Recvmmsg,
+}
+
+fn default_bind() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+}
+fn default_packets() -> u32 {
+    128
+}
+fn default_payload() -> usize {
+    8192
+}
+fn default_rcvbuf() -> usize {
+    64 << 20
+}
+fn default_window() -> u64 {
+    4
+}
+fn default_udp_timeout() -> u64 {
+    100
+}
+fn default_restart_gap() -> u64 {
+    65_536
+}
+fn default_restart_confirm() -> u32 {
+    8
+}
+
+impl UdpConfig {
+    /// The socket address to bind.
+    pub fn address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.bind, self.port)
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("source[{i}].udp.{k}");
+        let max = crate::source::udp::assembler::MAX_PACKETS;
+        if self.packets_per_frame == 0 || self.packets_per_frame > max {
+            return Err(ConfigError::new(
+                key("packets_per_frame"),
+                format!("must be in 1..={max}"),
+            ));
+        }
+        if self.payload_bytes == 0
+            || self.payload_bytes > 65_000
+            || self.payload_bytes % self.pixel.size() != 0
+        {
+            return Err(ConfigError::new(
+                key("payload_bytes"),
+                format!(
+                    "must be in 1..=65000 and a multiple of the pixel size ({})",
+                    self.pixel.size()
+                ),
+            ));
+        }
+        let frame = self.pixel.frame_bytes(self.shape);
+        let packets = self.packets_per_frame as usize * self.payload_bytes;
+        if frame != packets || frame > MAX_FRAME_BYTES {
+            return Err(ConfigError::new(
+                key("shape"),
+                format!(
+                    "{:?} {} pixels make {frame} bytes, but {} packets of {} bytes carry {packets}",
+                    self.shape,
+                    self.pixel.name(),
+                    self.packets_per_frame,
+                    self.payload_bytes
+                ),
+            ));
+        }
+        if self.window == 0 || self.window > 1024 {
+            return Err(ConfigError::new(key("window"), "must be in 1..=1024"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError::new(key("timeout_ms"), "must be at least 1"));
+        }
+        if self.fill > self.pixel.max_value() as u64 {
+            return Err(ConfigError::new(
+                key("fill"),
+                format!("does not fit a {} pixel", self.pixel.name()),
+            ));
+        }
+        if self.restart_gap <= self.window {
+            return Err(ConfigError::new(
+                key("restart_gap"),
+                "must be larger than window",
+            ));
+        }
+        if self.restart_confirm == 0 {
+            return Err(ConfigError::new(
+                key("restart_confirm"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Largest frame accepted, in bytes: a chunk must stay below 2 GiB for HDF5 and LZ4.
 pub const MAX_FRAME_BYTES: usize = 1 << 30;
 
@@ -527,9 +701,10 @@ impl Config {
             match src.kind() {
                 Some(SourceKind::Synthetic(s)) => s.validate(i)?,
                 Some(SourceKind::Shm(s)) => s.validate(i)?,
+                Some(SourceKind::Udp(s)) => s.validate(i)?,
                 None => return Err(ConfigError::new(
                     format!("source[{i}]"),
-                    "needs exactly one source kind: a [source.synthetic] or a [source.shm] table",
+                    "needs exactly one source kind: a [source.synthetic], [source.shm] or [source.udp] table",
                 )),
             }
         }

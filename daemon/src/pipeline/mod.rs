@@ -31,7 +31,7 @@ pub use job::{SourceMsg, StreamSlot};
 pub use stats::{PipelineStats, StatsSnapshot};
 pub use writer::StreamReport;
 
-use crate::config::{Config, ConfigError, ShmConfig, SourceConfig, SourceKind};
+use crate::config::{Config, ConfigError, ShmConfig, SourceConfig, SourceKind, UdpConfig};
 use crate::notify::{NotificationSink, NotifyQueue, PreviewPolicy, StreamInfo};
 use crate::source::{self, synthetic::FrameBank, SourceOutput, SourceStats, SourceSummary};
 use crate::threads;
@@ -50,6 +50,14 @@ pub enum StartError {
         path: PathBuf,
         /// Why.
         error: RingError,
+    },
+    /// A UDP port could not be bound (or io_uring was required and is unavailable).
+    #[error("cannot receive on {addr}: {error}")]
+    Udp {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
     },
     /// A source's configuration could not be resolved (e.g. an unknown group).
     #[error(transparent)]
@@ -171,13 +179,17 @@ pub fn start(
         layouts.push((info, layout));
     }
 
-    // Rings before any thread: a ring that cannot be made stops the start cleanly.
-    let mut rings = Vec::new();
-    for (i, src) in config.sources.iter().enumerate() {
-        if let Some(SourceKind::Shm(cfg)) = src.kind() {
-            rings.push(create_ring(cfg, src, i)?);
-        }
-    }
+    // Rings and sockets before any thread: one that cannot be made stops the start cleanly.
+    let prepared = config
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, src)| match src.kind() {
+            Some(SourceKind::Shm(cfg)) => Ok(Prepared::Ring(create_ring(cfg, src, i)?)),
+            Some(SourceKind::Udp(cfg)) => Ok(Prepared::Udp(open_port(cfg, src)?)),
+            Some(SourceKind::Synthetic(_)) | None => Ok(Prepared::Nothing),
+        })
+        .collect::<Result<Vec<_>, StartError>>()?;
 
     let (source_tx, source_rx) = channel::bounded::<SourceMsg>(p.queue_depth);
     let (compress_tx, compress_rx) = channel::bounded::<job::Item>(p.queue_depth);
@@ -239,49 +251,50 @@ pub fn start(
 
     let mut sources = Vec::new();
     let mut input_pools = Vec::new();
-    for (slot, src) in config.sources.iter().enumerate() {
+    for ((slot, src), prep) in config.sources.iter().enumerate().zip(prepared) {
         let st = Arc::new(SourceStats::new(src.name.clone()));
         sources.push(Arc::clone(&st));
-        match src.kind() {
-            None => {} // refused by validation
-            Some(SourceKind::Synthetic(cfg)) => {
+        let output = |pool: BufferPool| {
+            SourceOutput::new(
+                slot as StreamSlot,
+                src.policy,
+                pool,
+                source_tx.clone(),
+                Arc::clone(&stop),
+                st,
+            )
+        };
+        let name = format!("src-{}", src.name);
+        match (src.kind(), prep) {
+            (Some(SourceKind::Synthetic(cfg)), _) => {
                 let bank = FrameBank::generate(cfg);
                 // Only a copying source fills pool buffers; the others need none.
                 let buffers = if cfg.copy { p.input_buffers } else { 0 };
                 let pool = BufferPool::new(buffers, bank.frame_bytes());
                 input_pools.push(pool.clone());
-                let mut out = SourceOutput::new(
-                    slot as StreamSlot,
-                    src.policy,
-                    pool,
-                    source_tx.clone(),
-                    Arc::clone(&stop),
-                    st,
-                );
+                let mut out = output(pool);
                 let cfg = cfg.clone();
-                threads.push(threads::spawn(
-                    format!("src-{}", src.name),
-                    src.core,
-                    move || source::synthetic::run(&cfg, &bank, &mut out),
-                )?);
+                threads.push(threads::spawn(name, src.core, move || {
+                    source::synthetic::run(&cfg, &bank, &mut out)
+                })?);
             }
-            Some(SourceKind::Shm(cfg)) => {
-                let ring = rings.remove(0);
-                let mut out = SourceOutput::new(
-                    slot as StreamSlot,
-                    src.policy,
-                    BufferPool::new(0, 0), // the ring's slots are the buffers
-                    source_tx.clone(),
-                    Arc::clone(&stop),
-                    st,
-                );
+            (Some(SourceKind::Shm(cfg)), Prepared::Ring(ring)) => {
+                let mut out = output(BufferPool::new(0, 0)); // the ring's slots are the buffers
                 let cfg = cfg.clone();
-                threads.push(threads::spawn(
-                    format!("src-{}", src.name),
-                    src.core,
-                    move || source::shm::run(&cfg, ring, &mut out),
-                )?);
+                threads.push(threads::spawn(name, src.core, move || {
+                    source::shm::run(&cfg, ring, &mut out)
+                })?);
             }
+            (Some(SourceKind::Udp(cfg)), Prepared::Udp(receiver)) => {
+                let pool = BufferPool::new(p.input_buffers, cfg.pixel.frame_bytes(cfg.shape));
+                input_pools.push(pool.clone());
+                let mut out = output(pool);
+                let cfg = cfg.clone();
+                threads.push(threads::spawn(name, src.core, move || {
+                    source::udp::run(&cfg, receiver, &mut out)
+                })?);
+            }
+            _ => {} // refused by validation
         }
     }
     drop(source_tx);
@@ -300,6 +313,23 @@ pub fn start(
         writer,
         started: Instant::now(),
     })
+}
+
+/// What a source needs made before the pipeline's threads start.
+enum Prepared {
+    Nothing,
+    Ring(RingConsumer),
+    Udp(source::udp::Receiver),
+}
+
+/// Binds the UDP port of `src` and picks its receive path.
+fn open_port(cfg: &UdpConfig, src: &SourceConfig) -> Result<source::udp::Receiver, StartError> {
+    let receiver = source::udp::open(cfg).map_err(|error| StartError::Udp {
+        addr: cfg.address(),
+        error,
+    })?;
+    tracing::info!(source = %src.name, addr = %cfg.address(), path = receiver.name(), "port ready");
+    Ok(receiver)
 }
 
 /// Creates the ring of shared-memory source `i`, replacing a stale one a dead daemon left.

@@ -12,13 +12,14 @@ pub mod synthetic;
 pub mod udp;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crossbeam::channel::{Sender, TrySendError};
 use detingest_shm::{BufferPool, FrameBuf, FrameMeta, Name, PoolBuf};
 
 use crate::config::Policy;
 use crate::pipeline::{SourceMsg, StreamSlot};
+use crate::source::udp::assembler::PacketCounts;
 
 /// Counters of one source. Relaxed atomics: they are read for reporting only.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct SourceStats {
     pub malformed: AtomicU64,
     /// Set when the source has sent its end of stream.
     pub finished: AtomicBool,
+    /// A UDP source's packet counters, refreshed every 100 ms by its receiver.
+    pub packets: Mutex<Option<PacketCounts>>,
 }
 
 /// What a source did, for the run summary.
@@ -52,6 +55,9 @@ pub struct SourceSummary {
     pub torn: u64,
     /// Frames refused as malformed.
     pub malformed: u64,
+    /// A UDP source's packets, by kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<PacketCounts>,
 }
 
 impl SourceStats {
@@ -64,6 +70,7 @@ impl SourceStats {
             torn: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             finished: AtomicBool::new(false),
+            packets: Mutex::new(None),
         }
     }
 
@@ -81,6 +88,7 @@ impl SourceStats {
             dropped: self.dropped(),
             torn: self.torn.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
+            packets: self.packets.lock().ok().and_then(|p| *p),
         }
     }
 }

@@ -3,6 +3,142 @@
 //!
 //! - [`header`]: packet formats (sls v2) behind a trait;
 //! - [`assembler`]: packets into frame buffers, every odd packet counted by kind;
+//! - [`uring`]: io_uring multishot receive with provided buffers (the default);
+//! - [`recvmmsg`]: the fallback when io_uring is unavailable, or chosen by configuration;
+//! - [`socket`]: binding and the receive buffer;
+//! - [`simulator`]: the detector side, for tests and the benchmark.
 
 pub mod assembler;
 pub mod header;
+pub mod recvmmsg;
+pub mod simulator;
+pub mod socket;
+pub mod uring;
+
+use std::net::UdpSocket;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use detingest_shm::{FrameBuf, FrameMeta, PoolBuf};
+
+use self::assembler::{Assembler, AssemblerConfig, FrameOut, PacketCounts};
+use self::header::{Sls2, SLS2_HEADER_BYTES};
+use self::recvmmsg::MmsgReceiver;
+use self::uring::UringReceiver;
+use super::SourceOutput;
+use crate::config::{ReceivePath, UdpConfig};
+
+/// How often the shared counters are refreshed from the receiver's own.
+const PUBLISH: Duration = Duration::from_millis(100);
+
+impl FrameOut for SourceOutput {
+    fn buffer(&mut self) -> Option<PoolBuf> {
+        SourceOutput::buffer(self)
+    }
+    fn start(&mut self, first_frame_number: u64) {
+        SourceOutput::start(self, first_frame_number);
+    }
+    fn send(&mut self, meta: FrameMeta, data: FrameBuf) {
+        SourceOutput::send(self, meta, data);
+    }
+}
+
+/// A port's receive path.
+pub enum Receiver {
+    /// io_uring multishot receive with provided buffers (boxed: the ring's state is large).
+    Uring(Box<UringReceiver>),
+    /// recvmmsg batches.
+    Mmsg(MmsgReceiver),
+}
+
+impl Receiver {
+    /// The configured path; `auto` takes io_uring when the kernel offers it.
+    pub fn new(socket: UdpSocket, cfg: &UdpConfig) -> std::io::Result<Self> {
+        // One byte more than a packet: a longer datagram shows up as a wrong length.
+        let buf_bytes = (SLS2_HEADER_BYTES + cfg.payload_bytes + 1).next_multiple_of(64);
+        match cfg.receive {
+            ReceivePath::Recvmmsg => Ok(Self::Mmsg(MmsgReceiver::new(socket, buf_bytes))),
+            ReceivePath::IoUring => Ok(Self::Uring(Box::new(UringReceiver::new(
+                socket, buf_bytes,
+            )?))),
+            ReceivePath::Auto => {
+                let fallback = socket.try_clone()?;
+                match UringReceiver::new(socket, buf_bytes) {
+                    Ok(r) => Ok(Self::Uring(Box::new(r))),
+                    Err(e) => {
+                        tracing::warn!("io_uring unavailable ({e}); receiving with recvmmsg");
+                        Ok(Self::Mmsg(MmsgReceiver::new(fallback, buf_bytes)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// "io_uring" or "recvmmsg".
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Uring(_) => "io_uring",
+            Self::Mmsg(_) => "recvmmsg",
+        }
+    }
+
+    fn receive(
+        &mut self,
+        asm: &mut Assembler<Sls2>,
+        out: &mut impl FrameOut,
+    ) -> std::io::Result<()> {
+        match self {
+            Self::Uring(r) => r.receive(asm, out),
+            Self::Mmsg(r) => r.receive(asm, out),
+        }
+    }
+}
+
+/// What the assembler of `cfg`'s port needs.
+pub fn assembler_config(cfg: &UdpConfig) -> AssemblerConfig {
+    AssemblerConfig {
+        module: cfg.module,
+        packets_per_frame: cfg.packets_per_frame,
+        payload_bytes: cfg.payload_bytes,
+        pixel: cfg.pixel,
+        shape: cfg.shape,
+        window: cfg.window,
+        timeout: Duration::from_millis(cfg.timeout_ms),
+        fill: cfg.fill,
+        restart_gap: cfg.restart_gap,
+        restart_confirm: cfg.restart_confirm,
+    }
+}
+
+/// Receives until stopped, then lets open frames leave and ends the stream.
+pub fn run(cfg: &UdpConfig, mut receiver: Receiver, out: &mut SourceOutput) {
+    let mut asm = Assembler::new(assembler_config(cfg), Sls2);
+    let mut published = Instant::now();
+    while !out.stop_requested() {
+        if let Err(e) = receiver.receive(&mut asm, out) {
+            tracing::error!(path = receiver.name(), "receive failed: {e}");
+            break;
+        }
+        let now = Instant::now();
+        asm.tick(now, out);
+        if now.duration_since(published) >= PUBLISH {
+            publish(&out.stats().packets, &asm);
+            published = now;
+        }
+    }
+    let last = asm.finish(out);
+    publish(&out.stats().packets, &asm);
+    out.end(last);
+}
+
+fn publish(shared: &Mutex<Option<PacketCounts>>, asm: &Assembler<Sls2>) {
+    if let Ok(mut c) = shared.lock() {
+        *c = Some(*asm.counts());
+    }
+}
+
+/// Binds the port of `cfg` and picks its receive path.
+pub fn open(cfg: &UdpConfig) -> std::io::Result<Receiver> {
+    let socket = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
+    Receiver::new(socket, cfg)
+}

@@ -1,0 +1,204 @@
+//! The detector side of the UDP source, for tests and `detingest-bench udp`: sends frames as
+//! sls v2 packets with `sendmmsg`, at a rate, with loss, duplication, reordering and garbage
+//! injected from a seed, and reports exactly what it injected.
+//!
+//! Payload byte `j` of packet `k` of frame `f` is [`payload_byte`]`(f, k, j)`, so a receiver
+//! can check every byte it got.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::header::{write_sls2, SLS2_HEADER_BYTES};
+
+/// Datagrams per `sendmmsg` call.
+const BATCH: usize = 64;
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    /// Receiver address.
+    pub target: SocketAddr,
+    /// Module id in the headers.
+    pub module: u16,
+    /// Packets per frame.
+    pub packets_per_frame: u32,
+    /// Payload bytes per packet.
+    pub payload_bytes: usize,
+    /// First frame number.
+    pub first_frame: u64,
+    /// Frames to send.
+    pub frames: u64,
+    /// Frames per second (0: as fast as the socket takes them).
+    pub rate_hz: f64,
+    /// Probability that a packet is not sent.
+    pub loss: f64,
+    /// Probability that a packet is sent twice.
+    pub duplicate: f64,
+    /// Send each frame's packets in a shuffled order.
+    pub reorder: bool,
+    /// Send a garbage datagram (random bytes, empty, or 64 KiB) after every this many frames (0: never).
+    pub garbage_every: u64,
+    /// Seed of the injections.
+    pub seed: u64,
+}
+
+/// What was sent and injected.
+#[derive(Debug, Default, Clone)]
+pub struct Sent {
+    /// Datagrams sent, garbage included.
+    pub datagrams: u64,
+    /// Packets withheld, as (frame, packet).
+    pub lost: BTreeSet<(u64, u32)>,
+    /// Packets sent a second time.
+    pub duplicated: u64,
+    /// Garbage datagrams sent.
+    pub garbage: u64,
+    /// Seconds from the first send to the last.
+    pub seconds: f64,
+}
+
+/// The payload byte `j` of packet `k` of frame `f`.
+pub fn payload_byte(f: u64, k: u32, j: usize) -> u8 {
+    (f.wrapping_mul(131) ^ u64::from(k).wrapping_mul(17)).wrapping_add(j as u64) as u8
+}
+
+/// Sends `sim` from an unbound UDP socket.
+pub fn send(sim: &Simulation) -> io::Result<Sent> {
+    let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+    socket.connect(sim.target)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(sim.seed);
+    let dgram = SLS2_HEADER_BYTES + sim.payload_bytes;
+    let mut batch = Batch::new(dgram.max(65_536));
+    let mut sent = Sent::default();
+    let mut order: Vec<u32> = (0..sim.packets_per_frame).collect();
+    let start = Instant::now();
+    for i in 0..sim.frames {
+        let f = sim.first_frame + i;
+        if sim.rate_hz > 0.0 {
+            let due = start + Duration::from_secs_f64(i as f64 / sim.rate_hz);
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        }
+        if sim.reorder {
+            order.shuffle(&mut rng);
+        }
+        for &k in &order {
+            if sim.loss > 0.0 && rng.random_bool(sim.loss) {
+                sent.lost.insert((f, k));
+                continue;
+            }
+            let copies = if sim.duplicate > 0.0 && rng.random_bool(sim.duplicate) {
+                sent.duplicated += 1;
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let d = batch.next(&socket, dgram)?;
+                write_sls2(d, f, k, sim.module);
+                for (j, b) in d[SLS2_HEADER_BYTES..].iter_mut().enumerate() {
+                    *b = payload_byte(f, k, j);
+                }
+                sent.datagrams += 1;
+            }
+        }
+        if sim.garbage_every > 0 && (i + 1) % sim.garbage_every == 0 {
+            let len = [0, 37, 65_000][(sent.garbage % 3) as usize];
+            let d = batch.next(&socket, len)?;
+            rng.fill(d);
+            sent.garbage += 1;
+            sent.datagrams += 1;
+        }
+        batch.flush(&socket)?;
+    }
+    batch.flush(&socket)?;
+    sent.seconds = start.elapsed().as_secs_f64();
+    Ok(sent)
+}
+
+/// Up to BATCH datagrams waiting for one `sendmmsg`.
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+}
+
+impl Batch {
+    fn new(max: usize) -> Self {
+        Self {
+            bufs: (0..BATCH).map(|_| vec![0; max]).collect(),
+            lens: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// The next datagram's buffer, `len` bytes (flushing a full batch first).
+    fn next(&mut self, socket: &UdpSocket, len: usize) -> io::Result<&mut [u8]> {
+        if self.lens.len() == BATCH {
+            self.flush(socket)?;
+        }
+        let i = self.lens.len();
+        self.lens.push(len);
+        Ok(&mut self.bufs[i][..len])
+    }
+
+    fn flush(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        let mut iov: Vec<libc::iovec> = self
+            .lens
+            .iter()
+            .zip(&mut self.bufs)
+            .map(|(&len, b)| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: len,
+            })
+            .collect();
+        let mut hdrs: Vec<libc::mmsghdr> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: mmsghdr is plain data; all-zero is valid and filled in below.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = v;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        let mut done = 0;
+        while done < hdrs.len() {
+            // SAFETY: a connected socket and `hdrs[done..]` initialised, pointing at iovecs
+            // and buffers that live until the call returns.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    hdrs[done..].as_mut_ptr(),
+                    (hdrs.len() - done) as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                // Loopback has no drop on send; a full socket buffer (ENOBUFS/EAGAIN) waits.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
+                ) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                // A refused datagram (ICMP from an earlier one) is not the sender's problem.
+                if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+                    continue;
+                }
+                return Err(e);
+            }
+            done += n as usize;
+        }
+        self.lens.clear();
+        Ok(())
+    }
+}
