@@ -59,11 +59,13 @@ impl Receiver {
         match cfg.receive {
             ReceivePath::Recvmmsg => Ok(Self::Mmsg(MmsgReceiver::new(socket, buf_bytes))),
             ReceivePath::IoUring => Ok(Self::Uring(Box::new(UringReceiver::new(
-                socket, buf_bytes,
+                socket,
+                buf_bytes,
+                uring::BUFFERS,
             )?))),
             ReceivePath::Auto => {
                 let fallback = socket.try_clone()?;
-                match UringReceiver::new(socket, buf_bytes) {
+                match UringReceiver::new(socket, buf_bytes, uring::BUFFERS) {
                     Ok(r) => Ok(Self::Uring(Box::new(r))),
                     Err(e) => {
                         tracing::warn!("io_uring unavailable ({e}); receiving with recvmmsg");

@@ -16,8 +16,8 @@ use super::assembler::{Assembler, FrameOut};
 use super::header::PacketFormat;
 use super::socket::POLL;
 
-/// Provided buffers (a power of two, at most 32768).
-const BUFFERS: u16 = 1024;
+/// Provided buffers by default (a power of two, at most 32768).
+pub const BUFFERS: u16 = 1024;
 /// Buffer group id of our ring.
 const GROUP: u16 = 0;
 /// `user_data` of the multishot receive.
@@ -30,14 +30,22 @@ pub struct UringReceiver {
     entries: memmap2::MmapMut,
     bufs: Box<[u8]>,
     buf_bytes: usize,
+    buffers: u16,
     tail: u16,
     armed: bool,
     timeout: Timespec,
 }
 
 impl UringReceiver {
-    /// Sets up io_uring for `socket`, or says why it cannot (the caller falls back).
-    pub fn new(socket: UdpSocket, buf_bytes: usize) -> io::Result<Self> {
+    /// Sets up io_uring for `socket` with `buffers` provided buffers (a power of two) of
+    /// `buf_bytes`, or says why it cannot (the caller falls back).
+    pub fn new(socket: UdpSocket, buf_bytes: usize, buffers: u16) -> io::Result<Self> {
+        if !buffers.is_power_of_two() || buffers > 32_768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffers: a power of two <= 32768",
+            ));
+        }
         let ring = IoUring::new(256)?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
@@ -49,14 +57,14 @@ impl UringReceiver {
         }
         // The entries must be page aligned: an anonymous mapping is.
         let entries =
-            memmap2::MmapMut::map_anon(usize::from(BUFFERS) * std::mem::size_of::<BufRingEntry>())?;
-        let bufs = vec![0u8; usize::from(BUFFERS) * buf_bytes].into_boxed_slice();
-        // SAFETY: `entries` is a page-aligned mapping of BUFFERS entries that lives as long
+            memmap2::MmapMut::map_anon(usize::from(buffers) * std::mem::size_of::<BufRingEntry>())?;
+        let bufs = vec![0u8; usize::from(buffers) * buf_bytes].into_boxed_slice();
+        // SAFETY: `entries` is a page-aligned mapping of `buffers` entries that lives as long
         // as `self` (and the ring: the ring is dropped, unregistering, before the mapping).
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 entries.as_ptr() as u64,
-                BUFFERS,
+                buffers,
                 GROUP,
                 0,
             )?;
@@ -67,11 +75,12 @@ impl UringReceiver {
             entries,
             bufs,
             buf_bytes,
+            buffers,
             tail: 0,
             armed: false,
             timeout: Timespec::new().nsec(POLL.as_nanos() as u32),
         };
-        for bid in 0..BUFFERS {
+        for bid in 0..buffers {
             r.provide(bid);
         }
         r.publish_tail();
@@ -80,12 +89,12 @@ impl UringReceiver {
 
     /// Puts buffer `bid` back in the ring (visible to the kernel after `publish_tail`).
     fn provide(&mut self, bid: u16) {
-        let mask = BUFFERS - 1;
+        let mask = self.buffers - 1;
         let base = self.entries.as_mut_ptr().cast::<BufRingEntry>();
-        // SAFETY: `tail & mask` < BUFFERS: an entry inside the mapping. The kernel reads
+        // SAFETY: `tail & mask` < buffers: an entry inside the mapping. The kernel reads
         // only entries below the published tail, and this one is past it.
         let entry = unsafe { &mut *base.add(usize::from(self.tail & mask)) };
-        // SAFETY: bid < BUFFERS, so the address lies inside `bufs`.
+        // SAFETY: bid < buffers, so the address lies inside `bufs`.
         let addr = unsafe { self.bufs.as_ptr().add(usize::from(bid) * self.buf_bytes) };
         entry.set_addr(addr as u64);
         entry.set_len(self.buf_bytes as u32);
@@ -175,5 +184,65 @@ impl UringReceiver {
             self.publish_tail();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use detingest_shm::{BufferPool, FrameBuf, FrameMeta, PixelType, PoolBuf};
+
+    use super::super::assembler::AssemblerConfig;
+    use super::super::header::Sls2;
+    use super::*;
+
+    struct Nowhere;
+    impl FrameOut for Nowhere {
+        fn buffer(&mut self) -> Option<PoolBuf> {
+            BufferPool::new(0, 0).try_acquire()
+        }
+        fn start(&mut self, _: u64) {}
+        fn send(&mut self, _: FrameMeta, _: FrameBuf) {}
+    }
+
+    #[test]
+    fn a_dry_buffer_ring_ends_the_multishot_which_is_rearmed_and_counted() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(POLL)).unwrap();
+        let addr = rx.local_addr().unwrap();
+        let Ok(mut r) = UringReceiver::new(rx, 128, 2) else {
+            eprintln!("io_uring unavailable here: skipped");
+            return;
+        };
+        let cfg = AssemblerConfig {
+            module: 0,
+            packets_per_frame: 1,
+            payload_bytes: 2,
+            pixel: PixelType::U16,
+            shape: [1, 1],
+            window: 1,
+            timeout: Duration::from_millis(10),
+            fill: 0,
+            restart_gap: 10,
+            restart_confirm: 1,
+        };
+        let mut asm = Assembler::new(cfg, Sls2);
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..20u8 {
+            tx.send_to(&[i; 10], addr).unwrap(); // 20 datagrams wait in the socket
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while asm.counts().datagrams < 20 {
+            assert!(Instant::now() < deadline, "{:?}", asm.counts());
+            r.receive(&mut asm, &mut Nowhere).unwrap();
+        }
+        let c = asm.counts();
+        assert_eq!(
+            (c.datagrams, c.too_short),
+            (20, 20),
+            "nothing lost to the re-arms"
+        );
+        assert!(c.enobufs >= 1 && c.rearms >= c.enobufs, "{c:?}");
     }
 }
