@@ -49,12 +49,15 @@ install:
 bench: deps venv
 	cargo run --release -p detingest-bench -- pipeline
 
-# Fuzz the chunk decoders (cargo-fuzz on the stable toolchain via RUSTC_BOOTSTRAP).
+# Fuzz the chunk decoders and the UDP packet parser and frame assembler (cargo-fuzz on the
+# stable toolchain via RUSTC_BOOTSTRAP).
 FUZZ_SECONDS ?= 300
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 	cd writer && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O bslz4_decode -- -max_total_time=$(FUZZ_SECONDS)
 	cd writer && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O lz4_decode -- -max_total_time=$(FUZZ_SECONDS)
+	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O udp_packet -- -max_total_time=$(FUZZ_SECONDS)
+	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O udp_assembler -- -max_total_time=$(FUZZ_SECONDS)
 
 # System packages: only when something is missing, so a prepared machine needs no root.
 deps:
