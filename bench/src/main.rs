@@ -6,6 +6,7 @@ mod codec;
 mod live;
 mod pipeline;
 mod shm;
+mod udp;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     /// A producer process writing 1 MiB frames through a shared-memory ring, next to memcpy:
     /// transport rate, commit-to-consume latency, and the daemon's pipeline behind the ring.
     Shm(shm::Args),
+    /// The UDP receive path's lossless packet rate next to a bare recvmmsg drain loop.
+    Udp(udp::Args),
     /// The producer side of `shm` (run by it as a separate process).
     #[command(hide = true)]
     ShmProducer(shm::ProducerArgs),
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
         Command::Codec(args) => codec::run(&args),
         Command::Live(args) => live::run(&args),
         Command::Shm(args) => shm::run(&args),
+        Command::Udp(args) => udp::run(&args),
         Command::ShmProducer(args) => shm::produce(&args),
     }
 }

@@ -84,7 +84,8 @@ impl Receiver {
         }
     }
 
-    fn receive(
+    /// Receives what is there (waiting up to [`socket::POLL`]) into `asm`.
+    pub fn receive(
         &mut self,
         asm: &mut Assembler<Sls2>,
         out: &mut impl FrameOut,

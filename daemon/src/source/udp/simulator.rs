@@ -43,7 +43,8 @@ pub struct Simulation {
     pub duplicate: f64,
     /// Send each frame's packets in a shuffled order.
     pub reorder: bool,
-    /// Send a garbage datagram (random bytes, empty, or 64 KiB) after every this many frames (0: never).
+    /// Send a garbage datagram (empty, 37 random bytes, or 65507: the largest) after every this
+    /// many frames (0: never).
     pub garbage_every: u64,
     /// Seed of the injections.
     pub seed: u64,
@@ -111,7 +112,7 @@ pub fn send(sim: &Simulation) -> io::Result<Sent> {
             }
         }
         if sim.garbage_every > 0 && (i + 1) % sim.garbage_every == 0 {
-            let len = [0, 37, 65_000][(sent.garbage % 3) as usize];
+            let len = [0, 37, 65_507][(sent.garbage % 3) as usize]; // 65507: the largest UDP payload
             let d = batch.next(&socket, len)?;
             rng.fill(d);
             sent.garbage += 1;

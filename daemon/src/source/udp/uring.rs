@@ -34,6 +34,8 @@ pub struct UringReceiver {
     tail: u16,
     armed: bool,
     timeout: Timespec,
+    /// Completions copied out of the queue in one go (capacity: the queue's size).
+    cqes: Vec<cqueue::Entry>,
 }
 
 impl UringReceiver {
@@ -79,7 +81,9 @@ impl UringReceiver {
             tail: 0,
             armed: false,
             timeout: Timespec::new().nsec(POLL.as_nanos() as u32),
+            cqes: Vec::new(),
         };
+        r.cqes.reserve_exact(r.ring.params().cq_entries() as usize);
         for bid in 0..buffers {
             r.provide(bid);
         }
@@ -148,12 +152,11 @@ impl UringReceiver {
             Err(e) => return Err(e),
         }
         let mut returned = false;
-        loop {
-            // One completion at a time, copied out: the queue borrows the ring.
-            let Some(cqe) = self.ring.completion().next() else {
-                break;
-            };
-            let (result, flags) = (cqe.result(), cqe.flags());
+        // Copy the completions out in one go (one head update), then process them.
+        self.cqes.clear();
+        self.cqes.extend(self.ring.completion());
+        for i in 0..self.cqes.len() {
+            let (result, flags) = (self.cqes[i].result(), self.cqes[i].flags());
             let bid = cqueue::buffer_select(flags);
             if result >= 0 {
                 // An empty datagram is a datagram too (counted too short).

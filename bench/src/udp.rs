@@ -1,0 +1,414 @@
+//! `detingest-bench udp`: the UDP receive path's lossless packet rate next to a bare
+//! recvmmsg drain loop on the same port, measured in the same run.
+//!
+//! A detector simulator (this process, pinned to one core) sends JUNGFRAU-sized sls v2
+//! packets (48 + 8192 bytes, 128 per frame) on loopback at a given frame rate; the receiver
+//! (pinned to the other core) is either the bare drain loop (recvmmsg, count, nothing else)
+//! or the daemon's full receive path (io_uring or recvmmsg, parse, assemble into pooled
+//! frame buffers, frames then dropped: a null sink). For each, a bisection over the send
+//! rate finds the highest rate with zero loss; then the full path runs at 0.8x of the
+//! drain loop's lossless rate, where it must lose nothing.
+//!
+//! On loopback the sender's core also does the kernel's delivery work, so a sender can be
+//! slower than either receiver and both lossless rates are then the sender's ceiling. The
+//! receivers' own capacity is measured too: bursts that fill the socket buffer while the
+//! receiver waits, then timed as the receiver drains them.
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use detingest_daemon::config::{Config, UdpConfig};
+use detingest_daemon::source::udp::assembler::{Assembler, FrameOut};
+use detingest_daemon::source::udp::header::Sls2;
+use detingest_daemon::source::udp::simulator::{self, Simulation};
+use detingest_daemon::source::udp::{self as udp, socket};
+use detingest_shm::{BufferPool, FrameBuf, FrameMeta, PoolBuf};
+use serde::Serialize;
+
+const PPF: u32 = 128;
+const PAYLOAD: usize = 8192;
+const DGRAM: f64 = (48 + PAYLOAD) as f64;
+
+/// Options of `detingest-bench udp`.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// Frames per trial (128 packets each).
+    #[arg(long, default_value_t = 2000)]
+    frames: u64,
+    /// Bisection steps per receiver.
+    #[arg(long, default_value_t = 7)]
+    steps: u32,
+    /// Receive path of the full receiver: auto, io_uring or recvmmsg.
+    #[arg(long, default_value = "auto")]
+    receive: String,
+    /// Socket receive buffer in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    rcvbuf: usize,
+    /// Core of the sender.
+    #[arg(long, default_value_t = 1)]
+    sender_core: usize,
+    /// Core of the receiver.
+    #[arg(long, default_value_t = 0)]
+    receiver_core: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Debug)]
+struct Report {
+    frames_per_trial: u64,
+    receive_path: String,
+    sender_max_pps: f64,
+    drain_lossless_pps: f64,
+    full_lossless_pps: f64,
+    ratio: f64,
+    full_at_08_pps: f64,
+    full_at_08_lost: u64,
+    drain_burst_pps: f64,
+    full_burst_pps: f64,
+    burst_ratio: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Drain,
+    Full,
+}
+
+/// Runs the benchmark and prints the report.
+pub fn run(args: &Args) -> Result<()> {
+    let cfg = udp_config(args)?;
+    // The sender's own ceiling: unpaced, into the drain loop.
+    let (max_fps, _) = trial(args, &cfg, Kind::Drain, 0.0)?;
+    let drain = bisect(args, &cfg, Kind::Drain, max_fps)?;
+    let full = bisect(args, &cfg, Kind::Full, max_fps)?;
+    let (fps08, lost08) = trial(args, &cfg, Kind::Full, 0.8 * drain)?;
+    let pps = |fps: f64| fps * f64::from(PPF);
+    let path = udp::open(&cfg)?.name().to_string();
+    // Capacity: best of 3 interleaved burst runs each.
+    let (mut drain_burst, mut full_burst) = (0.0f64, 0.0f64);
+    for _ in 0..3 {
+        drain_burst = drain_burst.max(bursts(args, &cfg, Kind::Drain)?);
+        full_burst = full_burst.max(bursts(args, &cfg, Kind::Full)?);
+    }
+    let report = Report {
+        frames_per_trial: args.frames,
+        receive_path: path,
+        sender_max_pps: pps(max_fps),
+        drain_lossless_pps: pps(drain),
+        full_lossless_pps: pps(full),
+        ratio: full / drain,
+        full_at_08_pps: pps(fps08),
+        full_at_08_lost: lost08,
+        drain_burst_pps: drain_burst,
+        full_burst_pps: full_burst,
+        burst_ratio: full_burst / drain_burst,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let gbps = |p: f64| p * DGRAM * 8.0 / 1e9;
+    let r = &report;
+    println!(
+        "{} frames x {PPF} packets of 48 + {PAYLOAD} bytes per trial; full path: {}",
+        r.frames_per_trial, r.receive_path
+    );
+    println!(
+        "sender ceiling (unpaced)           {:>9.0} packets/s  {:>5.2} Gb/s",
+        r.sender_max_pps,
+        gbps(r.sender_max_pps)
+    );
+    println!(
+        "bare recvmmsg drain, lossless      {:>9.0} packets/s  {:>5.2} Gb/s",
+        r.drain_lossless_pps,
+        gbps(r.drain_lossless_pps)
+    );
+    println!(
+        "full receive path, lossless        {:>9.0} packets/s  {:>5.2} Gb/s  ({:.3} of drain)",
+        r.full_lossless_pps,
+        gbps(r.full_lossless_pps),
+        r.ratio
+    );
+    println!(
+        "full path at 0.8 x drain rate      {:>9.0} packets/s  lost {}",
+        r.full_at_08_pps, r.full_at_08_lost
+    );
+    println!(
+        "capacity from a full socket buffer: drain {:.0} packets/s ({:.2} Gb/s), full path {:.0} packets/s ({:.2} Gb/s): {:.3} of drain",
+        r.drain_burst_pps,
+        gbps(r.drain_burst_pps),
+        r.full_burst_pps,
+        gbps(r.full_burst_pps),
+        r.burst_ratio
+    );
+    Ok(())
+}
+
+fn udp_config(args: &Args) -> Result<UdpConfig> {
+    let text = format!(
+        "[[source]]\nname = \"bench\"\nstream = {{ beamtime = \"b\", source = \"u\", stream = \"s\" }}\n\
+         [source.udp]\nbind = \"127.0.0.1\"\nport = 0\npackets_per_frame = {PPF}\n\
+         payload_bytes = {PAYLOAD}\nshape = [512, 1024]\npixel = \"u16\"\nreceive = {:?}\n\
+         rcvbuf_bytes = {}\n",
+        args.receive, args.rcvbuf
+    );
+    let config = Config::parse(&text)?;
+    match config.sources[0].udp.clone() {
+        Some(u) => Ok(u),
+        None => anyhow::bail!("benchmark config has no udp source"),
+    }
+}
+
+/// Highest lossless frame rate in `(0, hi]` after `steps` halvings.
+fn bisect(args: &Args, cfg: &UdpConfig, kind: Kind, hi: f64) -> Result<f64> {
+    if trial(args, cfg, kind, hi)?.1 == 0 {
+        return Ok(hi);
+    }
+    let (mut lo, mut hi) = (0.0, hi);
+    for _ in 0..args.steps {
+        let mid = (lo + hi) / 2.0;
+        if trial(args, cfg, kind, mid)?.1 == 0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// One trial at `rate_hz` frames/s (0: unpaced): (achieved frames/s, packets lost).
+fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64, u64)> {
+    let sock = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
+    let target = sock.local_addr()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let (received, stop, cfg) = (Arc::clone(&received), Arc::clone(&stop), cfg.clone());
+        let core = args.receiver_core;
+        std::thread::spawn(move || -> Result<()> {
+            core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            match kind {
+                Kind::Drain => drain(&sock, &received, &stop),
+                Kind::Full => full(sock, &cfg, &received, &stop),
+            }
+        })
+    };
+    core_affinity::set_for_current(core_affinity::CoreId {
+        id: args.sender_core,
+    });
+    let sent = simulator::send(&Simulation {
+        target,
+        module: 0,
+        packets_per_frame: PPF,
+        payload_bytes: PAYLOAD,
+        first_frame: 1,
+        frames: args.frames,
+        rate_hz,
+        loss: 0.0,
+        duplicate: 0.0,
+        reorder: false,
+        garbage_every: 0,
+        seed: 1,
+    })?;
+    // Let the receiver drain what is queued: stop once nothing new arrived for 100 ms.
+    let mut last = u64::MAX;
+    while received.load(Ordering::Relaxed) != last
+        && received.load(Ordering::Relaxed) < sent.datagrams
+    {
+        last = received.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let got = received.load(Ordering::Relaxed);
+    Ok((
+        args.frames as f64 / sent.seconds,
+        sent.datagrams.saturating_sub(got),
+    ))
+}
+
+/// Bursts of frames sent while the receiver is paused, each timed from the receiver's
+/// release to its last packet: the receiver's packets/s with nothing else running.
+fn bursts(args: &Args, cfg: &UdpConfig, kind: Kind) -> Result<f64> {
+    const BURSTS: u64 = 20;
+    const BURST_FRAMES: u64 = 16; // 2048 packets, 17 MB: within the socket buffer
+    let sock = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
+    let target = sock.local_addr()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let paused = Arc::new(AtomicBool::new(true));
+    let receiver = {
+        let (received, stop, paused, cfg) = (
+            Arc::clone(&received),
+            Arc::clone(&stop),
+            Arc::clone(&paused),
+            cfg.clone(),
+        );
+        let core = args.receiver_core;
+        std::thread::spawn(move || -> Result<()> {
+            core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            match kind {
+                Kind::Drain => drain_paused(&sock, &received, &stop, &paused),
+                Kind::Full => full_paused(sock, &cfg, &received, &stop, &paused),
+            }
+        })
+    };
+    core_affinity::set_for_current(core_affinity::CoreId {
+        id: args.sender_core,
+    });
+    let mut busy = Duration::ZERO;
+    let mut expected = 0;
+    for b in 0..BURSTS {
+        paused.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(20)); // the receiver leaves its receive call
+        let sent = simulator::send(&Simulation {
+            target,
+            module: 0,
+            packets_per_frame: PPF,
+            payload_bytes: PAYLOAD,
+            first_frame: 1 + b * BURST_FRAMES,
+            frames: BURST_FRAMES,
+            rate_hz: 0.0,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: false,
+            garbage_every: 0,
+            seed: 1,
+        })?;
+        expected += sent.datagrams;
+        let t = Instant::now();
+        paused.store(false, Ordering::SeqCst);
+        let deadline = t + Duration::from_secs(10);
+        while received.load(Ordering::Relaxed) < expected {
+            if Instant::now() > deadline {
+                anyhow::bail!("burst {b}: packets lost from the socket buffer (raise --rcvbuf)");
+            }
+            std::hint::spin_loop();
+        }
+        busy += t.elapsed();
+    }
+    stop.store(true, Ordering::Relaxed);
+    paused.store(false, Ordering::SeqCst);
+    receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    Ok(expected as f64 / busy.as_secs_f64())
+}
+
+fn drain_paused(
+    sock: &UdpSocket,
+    received: &AtomicU64,
+    stop: &AtomicBool,
+    paused: &AtomicBool,
+) -> Result<()> {
+    drain_loop(sock, received, stop, Some(paused))
+}
+
+fn full_paused(
+    sock: UdpSocket,
+    cfg: &UdpConfig,
+    received: &AtomicU64,
+    stop: &AtomicBool,
+    paused: &AtomicBool,
+) -> Result<()> {
+    full_loop(sock, cfg, received, stop, Some(paused))
+}
+
+/// The baseline: recvmmsg into a batch, count, nothing else.
+fn drain(sock: &UdpSocket, received: &AtomicU64, stop: &AtomicBool) -> Result<()> {
+    drain_loop(sock, received, stop, None)
+}
+
+fn drain_loop(
+    sock: &UdpSocket,
+    received: &AtomicU64,
+    stop: &AtomicBool,
+    paused: Option<&AtomicBool>,
+) -> Result<()> {
+    const BATCH: usize = 64;
+    let mut bufs = vec![0u8; BATCH * 9000];
+    let mut iov: Vec<libc::iovec> = bufs
+        .chunks_mut(9000)
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .map(|v| {
+            // SAFETY: mmsghdr is plain data; all-zero is valid and filled in below.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        if paused.is_some_and(|p| p.load(Ordering::SeqCst)) {
+            std::hint::spin_loop();
+            continue;
+        }
+        // SAFETY: `hdrs` point at live iovecs and buffers for the duration of the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n > 0 {
+            received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Frames to nowhere: the buffer goes straight back to its pool.
+struct NullSink(BufferPool);
+
+impl FrameOut for NullSink {
+    fn buffer(&mut self) -> Option<PoolBuf> {
+        self.0.try_acquire()
+    }
+    fn start(&mut self, _: u64) {}
+    fn send(&mut self, _: FrameMeta, _: FrameBuf) {}
+}
+
+/// The daemon's receive path with assembly on.
+fn full(sock: UdpSocket, cfg: &UdpConfig, received: &AtomicU64, stop: &AtomicBool) -> Result<()> {
+    full_loop(sock, cfg, received, stop, None)
+}
+
+fn full_loop(
+    sock: UdpSocket,
+    cfg: &UdpConfig,
+    received: &AtomicU64,
+    stop: &AtomicBool,
+    paused: Option<&AtomicBool>,
+) -> Result<()> {
+    let mut receiver = udp::Receiver::new(sock, cfg)?;
+    let mut asm = Assembler::new(udp::assembler_config(cfg), Sls2);
+    let mut out = NullSink(BufferPool::new(16, PPF as usize * PAYLOAD));
+    while !stop.load(Ordering::Relaxed) {
+        if paused.is_some_and(|p| p.load(Ordering::SeqCst)) {
+            std::hint::spin_loop();
+            continue;
+        }
+        receiver.receive(&mut asm, &mut out)?;
+        asm.tick(Instant::now(), &mut out);
+        received.store(asm.counts().accepted, Ordering::Relaxed);
+    }
+    Ok(())
+}
