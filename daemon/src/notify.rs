@@ -58,7 +58,7 @@ pub struct FrameRecord {
     /// When the writer finished writing it, ns since the Unix epoch.
     pub written_ns: u64,
     /// Packets of the frame that never arrived (UDP; their bytes hold the fill value).
-    pub packets_lost: u32,
+    pub missing: detingest_shm::PacketMask,
 }
 
 /// One index of a stream was written (or recorded lost).

@@ -31,6 +31,6 @@ pub mod ring;
 #[cfg(not(loom))]
 pub use frame_buf::FrameBuf;
 #[cfg(not(loom))]
-pub use model::{FrameMeta, Name, NameError, PixelType, StreamId};
+pub use model::{FrameMeta, Name, NameError, PacketMask, PixelType, StreamId};
 #[cfg(not(loom))]
 pub use pool::{BufferPool, PoolBuf};

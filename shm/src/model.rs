@@ -205,14 +205,61 @@ pub struct FrameMeta {
     /// Acquisition time, nanoseconds since the Unix epoch.
     pub timestamp_ns: u64,
     /// Packets of this frame that never arrived (UDP sources; their bytes hold the fill
-    /// value). 0 for a complete frame.
-    pub packets_lost: u32,
+    /// value). Empty for a complete frame.
+    pub missing: PacketMask,
+}
+
+/// Which packets of a frame never arrived: bit `k` (byte `k / 8`, bit `k % 8`) for packet
+/// `k`, up to [`PacketMask::MAX`] packets (the sls receivers' 512-bit mask).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMask(pub [u8; 64]);
+
+impl Default for PacketMask {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl PacketMask {
+    /// Most packets a mask describes.
+    pub const MAX: u32 = 512;
+    /// No packet missing.
+    pub const NONE: Self = Self([0; 64]);
+
+    /// Marks packet `k` missing (`k < MAX`; larger `k` are ignored).
+    pub fn set(&mut self, k: u32) {
+        if let Some(b) = self.0.get_mut((k / 8) as usize) {
+            *b |= 1 << (k % 8);
+        }
+    }
+
+    /// True when packet `k` is marked missing.
+    pub fn contains(&self, k: u32) -> bool {
+        self.0
+            .get((k / 8) as usize)
+            .is_some_and(|b| b & (1 << (k % 8)) != 0)
+    }
+
+    /// Number of packets marked missing.
+    pub fn count(&self) -> u32 {
+        self.0.iter().map(|b| b.count_ones()).sum()
+    }
+
+    /// The missing packet numbers, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..Self::MAX).filter(|&k| self.contains(k))
+    }
 }
 
 impl FrameMeta {
     /// Bytes of pixel data this frame holds: `ny * nx * pixel size`.
     pub fn byte_len(&self) -> usize {
         self.pixel.frame_bytes(self.shape)
+    }
+
+    /// Packets of the frame that never arrived.
+    pub fn packets_lost(&self) -> u32 {
+        self.missing.count()
     }
 }
 
@@ -267,6 +314,17 @@ mod tests {
     }
 
     #[test]
+    fn packet_masks_count_and_list_their_packets() {
+        let mut m = PacketMask::NONE;
+        for k in [0, 9, 127, 511, 512] {
+            m.set(k);
+        }
+        assert_eq!(m.count(), 4, "512 is beyond the mask");
+        assert_eq!(m.iter().collect::<Vec<_>>(), [0, 9, 127, 511]);
+        assert_eq!(m.0[1], 0b10, "packet 9: byte 1, bit 1");
+    }
+
+    #[test]
     fn byte_len_follows_shape_and_type() {
         let meta = FrameMeta {
             frame_number: 1,
@@ -274,7 +332,7 @@ mod tests {
             pixel: PixelType::U16,
             shape: [512, 1024],
             timestamp_ns: 0,
-            packets_lost: 0,
+            missing: PacketMask::NONE,
         };
         assert_eq!(meta.byte_len(), 1 << 20);
     }

@@ -100,6 +100,11 @@ fn run(receive: &str) {
         .unwrap()
         .read_raw()
         .unwrap();
+    let masks: Vec<[u8; 64]> = file
+        .dataset("/entry/instrument/detector/detectorSpecific/missing_packets")
+        .unwrap()
+        .read_raw()
+        .unwrap();
     let frame_numbers: Vec<u64> = file
         .dataset("/entry/instrument/detector/detectorSpecific/frame_number")
         .unwrap()
@@ -113,6 +118,12 @@ fn run(receive: &str) {
         let mut lost_here = 0;
         for k in 0..PPF {
             let p = &frame[k as usize * PAYLOAD..(k as usize + 1) * PAYLOAD];
+            let marked = masks[i][k as usize / 8] & (1 << (k % 8)) != 0;
+            assert_eq!(
+                marked,
+                sent.lost.contains(&(f, k)),
+                "frame {f} packet {k}: mask"
+            );
             if sent.lost.contains(&(f, k)) {
                 lost_here += 1;
                 assert!(

@@ -1,14 +1,15 @@
 //! One stream's NXmx data file: frames go in by direct chunk write, one chunk `(1, ny, nx)`
 //! per index, already compressed by a [`crate::Codec`].
 //!
-//! Per-index bookkeeping (`frame_number`, `frame_lost`, `timestamp`, `packets_lost`) is buffered and appended
+//! Per-index bookkeeping (`frame_number`, `frame_lost`, `timestamp`, `packets_lost`,
+//! `missing_packets`: a 512-bit mask per index, bit k = packet k never arrived) is buffered and appended
 //! on [`StreamFile::flush`], together with `nimages` and `image_nr_high`, then the file is
 //! flushed so a crash loses at most what came after the last flush. Lost frames keep their
 //! index: no chunk is written, the dataset's fill value (0) shows, and `frame_lost` says so.
 
 use std::path::{Path, PathBuf};
 
-use detingest_shm::{FrameMeta, PixelType};
+use detingest_shm::{FrameMeta, PacketMask, PixelType};
 use hdf5::file::LibraryVersion;
 use hdf5::{Attribute, Dataset, File, Group, H5Type};
 use hdf5_sys::h5::hsize_t;
@@ -47,6 +48,7 @@ struct Pending {
     lost: Vec<u8>,
     timestamp: Vec<u64>,
     packets_lost: Vec<u32>,
+    missing: Vec<[u8; 64]>,
 }
 
 /// An open data file of one stream.
@@ -58,6 +60,7 @@ pub struct StreamFile {
     frame_lost: Dataset,
     timestamp: Dataset,
     packets_lost: Dataset,
+    missing_packets: Dataset,
     nimages: Dataset,
     image_nr_high: Attribute,
     layout: DatasetLayout,
@@ -110,6 +113,7 @@ impl StreamFile {
         let timestamp = records::<u64>(&specific, "timestamp")?;
         nxmx::attr_str(&timestamp, "units", "ns")?;
         let packets_lost = records::<u32>(&specific, "packets_lost")?;
+        let missing_packets = records::<[u8; 64]>(&specific, "missing_packets")?;
         file.flush()?;
         Ok(Self {
             path: path.to_owned(),
@@ -119,6 +123,7 @@ impl StreamFile {
             frame_lost,
             timestamp,
             packets_lost,
+            missing_packets,
             nimages,
             image_nr_high,
             layout,
@@ -158,7 +163,7 @@ impl StreamFile {
         if rc < 0 {
             return Err(WriteError::Chunk { index });
         }
-        self.push_record(meta.frame_number, 0, meta.timestamp_ns, meta.packets_lost);
+        self.push_record(meta.frame_number, 0, meta.timestamp_ns, meta.missing);
         Ok(())
     }
 
@@ -167,7 +172,7 @@ impl StreamFile {
         self.expect_next(index)?;
         self.grow_to(index)?;
         self.lost += 1;
-        self.push_record(frame_number, 1, 0, 0);
+        self.push_record(frame_number, 1, 0, PacketMask::NONE);
         Ok(())
     }
 
@@ -181,10 +186,12 @@ impl StreamFile {
             append(&self.frame_lost, &self.pending.lost, end)?;
             append(&self.timestamp, &self.pending.timestamp, end)?;
             append(&self.packets_lost, &self.pending.packets_lost, end)?;
+            append(&self.missing_packets, &self.pending.missing, end)?;
             self.pending.frame_number.clear();
             self.pending.lost.clear();
             self.pending.timestamp.clear();
             self.pending.packets_lost.clear();
+            self.pending.missing.clear();
             self.flushed = end as u64;
         }
         self.nimages.write_scalar(&self.frames)?;
@@ -241,11 +248,12 @@ impl StreamFile {
         Ok(())
     }
 
-    fn push_record(&mut self, frame_number: u64, lost: u8, timestamp: u64, packets_lost: u32) {
+    fn push_record(&mut self, frame_number: u64, lost: u8, timestamp: u64, missing: PacketMask) {
         self.pending.frame_number.push(frame_number);
         self.pending.lost.push(lost);
         self.pending.timestamp.push(timestamp);
-        self.pending.packets_lost.push(packets_lost);
+        self.pending.packets_lost.push(missing.count());
+        self.pending.missing.push(missing.0);
     }
 }
 

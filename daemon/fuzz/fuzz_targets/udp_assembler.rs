@@ -30,7 +30,8 @@ impl FrameOut for Check {
     fn send(&mut self, meta: FrameMeta, data: FrameBuf) {
         assert!(self.last.is_none_or(|l| meta.frame_number > l), "order");
         assert_eq!(data.len(), PPF as usize * PAYLOAD);
-        assert!(meta.packets_lost < PPF);
+        assert!(meta.packets_lost() < PPF);
+        assert!(meta.missing.iter().all(|k| k < PPF));
         self.last = Some(meta.frame_number);
         self.frames += 1;
     }

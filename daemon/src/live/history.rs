@@ -183,7 +183,7 @@ mod tests {
             compressed_bytes: 8,
             timestamp_ns: 0,
             written_ns: 0,
-            packets_lost: 0,
+            missing: detingest_shm::PacketMask::NONE,
         }
     }
 

@@ -18,6 +18,7 @@ pub struct FrameMessage<'a> {
     pub lost: bool,
     pub missing_modules: &'a [u16],
     pub packets_lost: u64,
+    pub missing_packets: MissingPackets,
     pub bytes_raw: u64,
     pub bytes_compressed: u64,
     pub timestamp_ns: u64,
@@ -38,10 +39,11 @@ impl<'a> FrameMessage<'a> {
             file,
             dataset: info.dataset,
             chunk: [r.index - 1, 0, 0],
-            complete: !r.lost && r.packets_lost == 0,
+            complete: !r.lost && r.missing.count() == 0,
             lost: r.lost,
             missing_modules: if r.lost { &MISSING } else { &[] },
-            packets_lost: u64::from(r.packets_lost),
+            packets_lost: u64::from(r.missing.count()),
+            missing_packets: MissingPackets(r.missing),
             bytes_raw: r.raw_bytes,
             bytes_compressed: r.compressed_bytes,
             timestamp_ns: r.timestamp_ns,
@@ -50,6 +52,15 @@ impl<'a> FrameMessage<'a> {
             dtype: info.pixel.numpy_name(),
             shape: info.shape,
         }
+    }
+}
+
+/// The missing packet numbers, serialised as a JSON array without allocating.
+pub struct MissingPackets(pub detingest_shm::PacketMask);
+
+impl Serialize for MissingPackets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
     }
 }
 
@@ -161,5 +172,56 @@ impl<'a> RunMessage<'a> {
             }),
             ..Self::start(info, file, time_ns)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use detingest_shm::{Name, PacketMask, PixelType, StreamId};
+    use detingest_writer::Codec;
+
+    use super::*;
+
+    #[test]
+    fn a_frame_with_missing_packets_lists_them_and_is_not_complete() {
+        let name = |s| Name::new(s).unwrap();
+        let info = StreamInfo {
+            slot: 0,
+            id: StreamId {
+                beamtime: name("bt"),
+                source: name("det"),
+                stream: name("s1"),
+            },
+            key: "bt/det/s1".into(),
+            file: "/data/bt/det/s1.h5".into(),
+            dataset: "/entry/data/data",
+            codec: Codec::None,
+            pixel: PixelType::U16,
+            shape: [512, 1024],
+        };
+        let mut missing = PacketMask::NONE;
+        missing.set(3);
+        missing.set(100);
+        let r = FrameRecord {
+            index: 7,
+            frame_number: 107,
+            lost: false,
+            raw_bytes: 1 << 20,
+            compressed_bytes: 1 << 20,
+            timestamp_ns: 1,
+            written_ns: 2,
+            missing,
+        };
+        let json = serde_json::to_value(FrameMessage::new(&info, "f.h5", &r)).unwrap();
+        assert_eq!(json["packets_lost"], 2);
+        assert_eq!(json["missing_packets"], serde_json::json!([3, 100]));
+        assert_eq!(json["complete"], false);
+        let whole = FrameRecord {
+            missing: PacketMask::NONE,
+            ..r
+        };
+        let json = serde_json::to_value(FrameMessage::new(&info, "f.h5", &whole)).unwrap();
+        assert_eq!(json["missing_packets"], serde_json::json!([]));
+        assert_eq!(json["complete"], true);
     }
 }

@@ -182,7 +182,7 @@ mod tests {
                 pixel: PixelType::U8,
                 shape: [1, 1],
                 timestamp_ns: 0,
-                packets_lost: 0,
+                missing: detingest_shm::PacketMask::NONE,
             },
             data: pool.acquire().into(),
         }

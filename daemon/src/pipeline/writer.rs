@@ -158,7 +158,7 @@ impl Writer {
                         compressed_bytes,
                         timestamp_ns: meta.timestamp_ns,
                         written_ns: now_ns(),
-                        packets_lost: meta.packets_lost,
+                        missing: meta.missing,
                     },
                     preview,
                 }));
@@ -194,7 +194,7 @@ impl Writer {
                             compressed_bytes: 0,
                             timestamp_ns: 0,
                             written_ns: now_ns(),
-                            packets_lost: 0,
+                            missing: detingest_shm::PacketMask::NONE,
                         },
                         preview: None,
                     }));

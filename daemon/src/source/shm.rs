@@ -74,7 +74,7 @@ fn frame_meta(cfg: &ShmConfig, slot: &RingSlot, d: &Descriptor) -> Option<FrameM
         pixel: pixel_from_code(d.pixel_type)?,
         shape: [d.height, d.width],
         timestamp_ns: d.timestamp_ns,
-        packets_lost: 0,
+        missing: detingest_shm::PacketMask::NONE,
     };
     let fits = d.sequence == slot.sequence()
         && meta.pixel == cfg.pixel

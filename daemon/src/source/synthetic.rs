@@ -72,7 +72,7 @@ impl FrameBank {
             pixel: self.pixel,
             shape: self.shape,
             timestamp_ns: now_ns(),
-            packets_lost: 0,
+            missing: detingest_shm::PacketMask::NONE,
         }
     }
 }

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use detingest_shm::{FrameBuf, FrameMeta, PixelType, PoolBuf};
+use detingest_shm::{FrameBuf, FrameMeta, PacketMask, PixelType, PoolBuf};
 use serde::Serialize;
 
 use super::header::{PacketError, PacketFormat};
@@ -46,7 +46,7 @@ pub struct AssemblerConfig {
 }
 
 /// Most packets per frame (the sls receivers' 512-bit mask).
-pub const MAX_PACKETS: u32 = 512;
+pub const MAX_PACKETS: u32 = PacketMask::MAX;
 
 /// Counters of one port, by kind. Every datagram lands in exactly one of `accepted`,
 /// `too_short`, `bad_version`, `wrong_module`, `out_of_range`, `bad_length`, `duplicate`,
@@ -343,11 +343,13 @@ impl<F: PacketFormat> Assembler<F> {
         };
         let cfg = &self.cfg;
         let missing = cfg.packets_per_frame - caught;
+        let mut mask = PacketMask::NONE;
         if missing > 0 {
             let size = cfg.pixel.size();
             let bytes = buf.spare_mut();
             for k in 0..cfg.packets_per_frame as usize {
                 if slot.bitmap[k / 64] & (1 << (k % 64)) == 0 {
+                    mask.set(k as u32);
                     let range = &mut bytes[k * cfg.payload_bytes..(k + 1) * cfg.payload_bytes];
                     for px in range.chunks_exact_mut(size) {
                         px.copy_from_slice(&self.fill[..size]);
@@ -366,7 +368,7 @@ impl<F: PacketFormat> Assembler<F> {
             pixel: cfg.pixel,
             shape: cfg.shape,
             timestamp_ns: first_ns,
-            packets_lost: missing,
+            missing: mask,
         };
         out.send(meta, FrameBuf::Pooled(buf));
     }
@@ -471,7 +473,7 @@ mod tests {
     fn numbers(out: &Collect) -> Vec<(u64, u32)> {
         out.frames
             .iter()
-            .map(|(m, _)| (m.frame_number, m.packets_lost))
+            .map(|(m, _)| (m.frame_number, m.packets_lost()))
             .collect()
     }
 
@@ -515,6 +517,7 @@ mod tests {
             .all(|px| px == 0xBEEFu16.to_le_bytes()));
         let c = a.counts();
         assert_eq!((c.frames_incomplete, c.packets_lost), (1, 2));
+        assert_eq!(out.frames[0].0.missing.iter().collect::<Vec<_>>(), [1, 3]);
     }
 
     #[test]
