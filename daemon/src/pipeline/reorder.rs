@@ -33,6 +33,9 @@ impl Reorder {
 
     /// Stores an item; fails (handing it back) if it lies outside the window or its slot is
     /// taken.
+    // The item comes back by value so an error loses nothing (rtrb's `PushError::Full`); a
+    // frame's item is a few cache lines, and boxing it would allocate on this path.
+    #[allow(clippy::result_large_err)]
     pub fn insert(&mut self, item: Item) -> Result<(), (Item, WindowExceeded)> {
         let cap = self.slots.len();
         let ahead = item.seq.wrapping_sub(self.next);
