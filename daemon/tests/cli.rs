@@ -125,6 +125,7 @@ fn the_documented_example_configs_are_valid() {
             "/../docs/detingest.example.toml"
         ),
         concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/shm.example.toml"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/udp.example.toml"),
     ] {
         let o = detingestd(&["check-config", example]);
         assert!(o.status.success(), "{example}: {}", stderr(&o));
