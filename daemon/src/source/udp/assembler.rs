@@ -19,6 +19,7 @@ use detingest_shm::{FrameBuf, FrameMeta, PacketMask, PixelType, PoolBuf};
 use serde::Serialize;
 
 use super::header::{PacketError, PacketFormat};
+use super::stream_copy;
 
 /// What the assembler needs to know about the port's stream.
 #[derive(Debug, Clone)]
@@ -237,7 +238,7 @@ impl<F: PacketFormat> Assembler<F> {
                 }
                 slot.bitmap[word] |= bit;
                 let at = k * self.cfg.payload_bytes;
-                buf.spare_mut()[at..at + p.payload.len()].copy_from_slice(p.payload);
+                stream_copy::copy(&mut buf.spare_mut()[at..at + p.payload.len()], p.payload);
                 *caught += 1;
                 self.counts.accepted += 1;
                 *caught == self.cfg.packets_per_frame
@@ -362,6 +363,7 @@ impl<F: PacketFormat> Assembler<F> {
             self.counts.frames_complete += 1;
         }
         buf.set_len(cfg.packets_per_frame as usize * cfg.payload_bytes);
+        stream_copy::fence(); // the payloads' streaming stores land before the hand-off
         let meta = FrameMeta {
             frame_number: frame.wrapping_add(self.shift),
             module: cfg.module,

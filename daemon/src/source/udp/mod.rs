@@ -13,6 +13,7 @@ pub mod header;
 pub mod recvmmsg;
 pub mod simulator;
 pub mod socket;
+mod stream_copy;
 pub mod uring;
 
 use std::net::UdpSocket;
