@@ -40,6 +40,9 @@ pub struct Args {
     /// Frames per trial (128 packets each).
     #[arg(long, default_value_t = 2000)]
     frames: u64,
+    /// Detector modules: one port, receiver thread and sender thread each.
+    #[arg(long, default_value_t = 1)]
+    modules: u16,
     /// Bisection steps per receiver.
     #[arg(long, default_value_t = 7)]
     steps: u32,
@@ -62,6 +65,7 @@ pub struct Args {
 
 #[derive(Serialize, Debug)]
 struct Report {
+    modules: u16,
     frames_per_trial: u64,
     receive_path: String,
     sender_max_pps: f64,
@@ -98,6 +102,7 @@ pub fn run(args: &Args) -> Result<()> {
         full_burst = full_burst.max(bursts(args, &cfg, Kind::Full)?);
     }
     let report = Report {
+        modules: args.modules,
         frames_per_trial: args.frames,
         receive_path: path,
         sender_max_pps: pps(max_fps),
@@ -117,8 +122,8 @@ pub fn run(args: &Args) -> Result<()> {
     let gbps = |p: f64| p * DGRAM * 8.0 / 1e9;
     let r = &report;
     println!(
-        "{} frames x {PPF} packets of 48 + {PAYLOAD} bytes per trial; full path: {}",
-        r.frames_per_trial, r.receive_path
+        "{} module(s), {} frames x {PPF} packets of 48 + {PAYLOAD} bytes per module and trial; full path: {}",
+        r.modules, r.frames_per_trial, r.receive_path
     );
     println!(
         "sender ceiling (unpaced)           {:>9.0} packets/s  {:>5.2} Gb/s",
@@ -183,57 +188,84 @@ fn bisect(args: &Args, cfg: &UdpConfig, kind: Kind, hi: f64) -> Result<f64> {
     Ok(lo)
 }
 
-/// One trial at `rate_hz` frames/s (0: unpaced): (achieved frames/s, packets lost).
+/// One trial at `rate_hz` frames/s in total, shared evenly by the modules (0: unpaced):
+/// (achieved frames/s summed over modules, packets lost). Each module has its own port, receiver thread and sender thread;
+/// all receivers share the receiver core and all senders the sender core.
 fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64, u64)> {
-    let sock = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
-    let target = sock.local_addr()?;
-    let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let (received, stop, cfg) = (Arc::clone(&received), Arc::clone(&stop), cfg.clone());
+    let mut receivers = Vec::new();
+    let mut targets = Vec::new();
+    let mut counters = Vec::new();
+    for m in 0..args.modules {
+        let sock = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
+        targets.push(sock.local_addr()?);
+        let received = Arc::new(AtomicU64::new(0));
+        counters.push(Arc::clone(&received));
+        let stop = Arc::clone(&stop);
+        let cfg = UdpConfig {
+            module: m,
+            ..cfg.clone()
+        };
         let core = args.receiver_core;
-        std::thread::spawn(move || -> Result<()> {
+        receivers.push(std::thread::spawn(move || -> Result<()> {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
             match kind {
                 Kind::Drain => drain(&sock, &received, &stop),
                 Kind::Full => full(sock, &cfg, &received, &stop),
             }
+        }));
+    }
+    let senders: Vec<_> = targets
+        .into_iter()
+        .zip(0..)
+        .map(|(target, module)| {
+            let (frames, core) = (args.frames, args.sender_core);
+            let rate_hz = rate_hz / f64::from(args.modules.max(1));
+            std::thread::spawn(move || {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                simulator::send(&Simulation {
+                    target,
+                    module,
+                    packets_per_frame: PPF,
+                    payload_bytes: PAYLOAD,
+                    first_frame: 1,
+                    frames,
+                    rate_hz,
+                    loss: 0.0,
+                    duplicate: 0.0,
+                    reorder: false,
+                    garbage_every: 0,
+                    seed: 1,
+                })
+            })
         })
+        .collect();
+    let mut sent_total = 0;
+    let mut slowest: f64 = 0.0;
+    for s in senders {
+        let sent = s.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        sent_total += sent.datagrams;
+        slowest = slowest.max(sent.seconds);
+    }
+    // Let the receivers drain what is queued: stop once nothing new arrived for 100 ms.
+    let total = || {
+        counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
     };
-    core_affinity::set_for_current(core_affinity::CoreId {
-        id: args.sender_core,
-    });
-    let sent = simulator::send(&Simulation {
-        target,
-        module: 0,
-        packets_per_frame: PPF,
-        payload_bytes: PAYLOAD,
-        first_frame: 1,
-        frames: args.frames,
-        rate_hz,
-        loss: 0.0,
-        duplicate: 0.0,
-        reorder: false,
-        garbage_every: 0,
-        seed: 1,
-    })?;
-    // Let the receiver drain what is queued: stop once nothing new arrived for 100 ms.
     let mut last = u64::MAX;
-    while received.load(Ordering::Relaxed) != last
-        && received.load(Ordering::Relaxed) < sent.datagrams
-    {
-        last = received.load(Ordering::Relaxed);
+    while total() != last && total() < sent_total {
+        last = total();
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
-    receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-    let got = received.load(Ordering::Relaxed);
-    Ok((
-        args.frames as f64 / sent.seconds,
-        sent.datagrams.saturating_sub(got),
-    ))
+    for r in receivers {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    }
+    let fps = (args.frames * u64::from(args.modules)) as f64 / slowest;
+    Ok((fps, sent_total.saturating_sub(total())))
 }
 
 /// Bursts of frames sent while the receiver is paused, each timed from the receiver's
