@@ -189,8 +189,9 @@ fn bisect(args: &Args, cfg: &UdpConfig, kind: Kind, hi: f64) -> Result<f64> {
 }
 
 /// One trial at `rate_hz` frames/s in total, shared evenly by the modules (0: unpaced):
-/// (achieved frames/s summed over modules, packets lost). Each module has its own port, receiver thread and sender thread;
-/// all receivers share the receiver core and all senders the sender core.
+/// (achieved frames/s summed over modules, packets lost). Each module has its own port,
+/// receiver thread and sender thread; receivers share the receiver core, senders the
+/// sender core.
 fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64, u64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
@@ -210,8 +211,8 @@ fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64,
         receivers.push(std::thread::spawn(move || -> Result<()> {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
             match kind {
-                Kind::Drain => drain(&sock, &received, &stop),
-                Kind::Full => full(sock, &cfg, &received, &stop),
+                Kind::Drain => drain_loop(&sock, &received, &stop, None),
+                Kind::Full => full_loop(sock, &cfg, &received, &stop, None),
             }
         }));
     }
@@ -289,8 +290,8 @@ fn bursts(args: &Args, cfg: &UdpConfig, kind: Kind) -> Result<f64> {
         std::thread::spawn(move || -> Result<()> {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
             match kind {
-                Kind::Drain => drain_paused(&sock, &received, &stop, &paused),
-                Kind::Full => full_paused(sock, &cfg, &received, &stop, &paused),
+                Kind::Drain => drain_loop(&sock, &received, &stop, Some(&paused)),
+                Kind::Full => full_loop(sock, &cfg, &received, &stop, Some(&paused)),
             }
         })
     };
@@ -336,30 +337,7 @@ fn bursts(args: &Args, cfg: &UdpConfig, kind: Kind) -> Result<f64> {
     Ok(expected as f64 / busy.as_secs_f64())
 }
 
-fn drain_paused(
-    sock: &UdpSocket,
-    received: &AtomicU64,
-    stop: &AtomicBool,
-    paused: &AtomicBool,
-) -> Result<()> {
-    drain_loop(sock, received, stop, Some(paused))
-}
-
-fn full_paused(
-    sock: UdpSocket,
-    cfg: &UdpConfig,
-    received: &AtomicU64,
-    stop: &AtomicBool,
-    paused: &AtomicBool,
-) -> Result<()> {
-    full_loop(sock, cfg, received, stop, Some(paused))
-}
-
-/// The baseline: recvmmsg into a batch, count, nothing else.
-fn drain(sock: &UdpSocket, received: &AtomicU64, stop: &AtomicBool) -> Result<()> {
-    drain_loop(sock, received, stop, None)
-}
-
+/// The baseline: recvmmsg into a batch, count, nothing else; idles while `paused`.
 fn drain_loop(
     sock: &UdpSocket,
     received: &AtomicU64,
@@ -418,11 +396,7 @@ impl FrameOut for NullSink {
     fn send(&mut self, _: FrameMeta, _: FrameBuf) {}
 }
 
-/// The daemon's receive path with assembly on.
-fn full(sock: UdpSocket, cfg: &UdpConfig, received: &AtomicU64, stop: &AtomicBool) -> Result<()> {
-    full_loop(sock, cfg, received, stop, None)
-}
-
+/// The daemon's receive path with assembly on; idles while `paused`.
 fn full_loop(
     sock: UdpSocket,
     cfg: &UdpConfig,
