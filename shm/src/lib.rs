@@ -1,8 +1,9 @@
 //! Frame memory for detingest: what a frame is, and where its bytes live.
 //!
 //! A frame is described by [`FrameMeta`] (detector frame number, module, [`PixelType`], shape,
-//! timestamp) and its pixels sit in a [`PoolBuf`], a handle to one buffer of a fixed-size
-//! [`BufferPool`] allocated once at start, or in shared immutable memory: either way a
+//! timestamp, the [`PacketMask`] of packets that never arrived) and its pixels sit in a
+//! [`PoolBuf`], a handle to one buffer of a fixed-size [`BufferPool`] allocated once at
+//! start, in a shared-memory ring slot, or in shared immutable memory: either way a
 //! [`FrameBuf`] handle moves down the pipeline; pixels are never copied between stages, and
 //! dropping the handle returns the memory to its owner.
 //! Streams are named by a [`StreamId`] whose three parts are validated [`Name`]s, since they
