@@ -32,6 +32,6 @@ pub mod ring;
 #[cfg(not(loom))]
 pub use frame_buf::FrameBuf;
 #[cfg(not(loom))]
-pub use model::{FrameMeta, Name, NameError, PacketMask, PixelType, StreamId};
+pub use model::{FrameMeta, Name, NameError, PacketMask, PixelType, StreamId, NAME_MAX};
 #[cfg(not(loom))]
 pub use pool::{BufferPool, PoolBuf};
