@@ -36,7 +36,9 @@ pub fn run(cfg: &ShmConfig, mut ring: RingConsumer, out: &mut SourceOutput) {
                 if last_frame_number.is_none() {
                     out.start(meta.frame_number);
                 }
-                last_frame_number = Some(meta.frame_number);
+                // A producer that restarts its numbering sends stale frames (counted by the
+                // indexer); the stream's end stays the highest number seen.
+                last_frame_number = last_frame_number.max(Some(meta.frame_number));
                 out.send(meta, FrameBuf::Slot(slot));
             }
             Ok(RingEvent::ProducerAttached { pid }) => {
