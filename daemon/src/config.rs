@@ -419,16 +419,7 @@ impl ShmConfig {
                 format!("{} is not a power of two in 2..=65536", self.slots),
             ));
         }
-        let bytes = self.pixel.frame_bytes(self.shape);
-        if self.shape.contains(&0) || bytes > MAX_FRAME_BYTES {
-            return Err(ConfigError::new(
-                key("shape"),
-                format!(
-                    "{:?} gives {bytes} bytes per frame; need 1..={MAX_FRAME_BYTES}",
-                    self.shape
-                ),
-            ));
-        }
+        check_frame(&key("shape"), self.pixel, self.shape)?;
         if let Some(m) = self.mode {
             if m > 0o777 || m & 0o600 != 0o600 {
                 return Err(ConfigError::new(
@@ -577,9 +568,9 @@ impl UdpConfig {
                 ),
             ));
         }
-        let frame = self.pixel.frame_bytes(self.shape);
+        let frame = check_frame(&key("shape"), self.pixel, self.shape)?;
         let packets = self.packets_per_frame as usize * self.payload_bytes;
-        if frame != packets || frame > MAX_FRAME_BYTES {
+        if frame != packets {
             return Err(ConfigError::new(
                 key("shape"),
                 format!(
@@ -766,16 +757,7 @@ impl SyntheticConfig {
         if !(self.background.is_finite() && (0.0..=1e6).contains(&self.background)) {
             return Err(ConfigError::new(key("background"), "must be in 0..=1e6"));
         }
-        let bytes = self.pixel.frame_bytes(self.shape);
-        if self.shape.contains(&0) || bytes > MAX_FRAME_BYTES {
-            return Err(ConfigError::new(
-                key("shape"),
-                format!(
-                    "{:?} gives {bytes} bytes per frame; need 1..={MAX_FRAME_BYTES}",
-                    self.shape
-                ),
-            ));
-        }
+        check_frame(&key("shape"), self.pixel, self.shape)?;
         if self.bank_frames == 0 || self.bank_frames > 4096 {
             return Err(ConfigError::new(key("bank_frames"), "must be in 1..=4096"));
         }
@@ -787,6 +769,18 @@ impl SyntheticConfig {
         }
         Ok(())
     }
+}
+
+/// The bytes of a `shape` frame of `pixel`, refused (under `key`) when empty or too large.
+fn check_frame(key: &str, pixel: PixelType, shape: [u32; 2]) -> Result<usize, ConfigError> {
+    let bytes = pixel.frame_bytes(shape);
+    if shape.contains(&0) || bytes > MAX_FRAME_BYTES {
+        return Err(ConfigError::new(
+            key,
+            format!("{shape:?} gives {bytes} bytes per frame; need 1..={MAX_FRAME_BYTES}"),
+        ));
+    }
+    Ok(bytes)
 }
 
 fn core_count() -> usize {
@@ -870,6 +864,35 @@ mod tests {
         let e = err(&both);
         assert_eq!(e.key, "source[0]");
         assert!(e.to_string().contains("exactly one source kind"), "{e}");
+    }
+
+    const UDP: &str = r#"
+        [[source]]
+        name = "mod0"
+        stream = { beamtime = "bt", source = "det", stream = "s1" }
+        [source.udp]
+        port = 50001
+    "#;
+
+    #[test]
+    fn bad_udp_settings_are_refused_by_key() {
+        assert!(Config::parse(UDP).is_ok(), "JUNGFRAU defaults fit together");
+        for (extra, key) in [
+            ("shape = [256, 1024]", "source[0].udp.shape"),
+            ("shape = [0, 1024]", "source[0].udp.shape"),
+            ("packets_per_frame = 513", "source[0].udp.packets_per_frame"),
+            ("payload_bytes = 8191", "source[0].udp.payload_bytes"),
+            ("window = 0", "source[0].udp.window"),
+            ("timeout_ms = 0", "source[0].udp.timeout_ms"),
+            ("fill = 65536", "source[0].udp.fill"),
+            ("restart_gap = 4", "source[0].udp.restart_gap"),
+            ("restart_confirm = 0", "source[0].udp.restart_confirm"),
+            ("receive = \"dpdk\"", "source[0].udp.receive"),
+            ("bind = \"not-an-address\"", "source[0].udp.bind"),
+        ] {
+            let e = err(&format!("{UDP}{extra}\n"));
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
     }
 
     #[test]
