@@ -3,6 +3,7 @@
 //! sides alike. Micro-benchmarks are criterion benches in `benches/`.
 
 mod codec;
+mod common;
 mod live;
 mod pipeline;
 mod shm;

@@ -25,6 +25,8 @@ use detingest_shm::ring::{
 use detingest_shm::PixelType;
 use serde::Serialize;
 
+use crate::common;
+
 const SHAPE: [u32; 2] = [512, 1024]; // u16: 1 MiB frames
 
 /// Options of `detingest-bench shm`.
@@ -112,18 +114,19 @@ pub fn run(args: &Args) -> Result<()> {
     let total = (args.frames * bytes as u64) as f64;
     let (mut memcpy, mut ring, mut full) = (f64::MAX, f64::MAX, f64::MAX);
     for rep in 0..args.repeat.max(1) {
-        let copy = on_core(args.producer_core, || {
+        let copy = common::on_core(args.producer_core, || {
             memcpy_run(&bank, args.frames, args.slots as usize)
         });
         memcpy = memcpy.min(copy);
         let ring_dir = dir.path().join(format!("t{rep}"));
-        let (secs, _) = on_core(args.consumer_core, || transport_run(args, &ring_dir, 0.0))?;
+        let (secs, _) =
+            common::on_core(args.consumer_core, || transport_run(args, &ring_dir, 0.0))?;
         ring = ring.min(secs);
         full = full.min(pipeline_run(args, dir.path(), data.path(), rep)?);
     }
     let rate = args.latency_rate.unwrap_or(args.frames as f64 / ring / 2.0);
     let lat_dir = dir.path().join("latency");
-    let (_, mut lat) = on_core(args.consumer_core, || transport_run(args, &lat_dir, rate))?;
+    let (_, mut lat) = common::on_core(args.consumer_core, || transport_run(args, &lat_dir, rate))?;
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
     let report = Report {
@@ -143,8 +146,7 @@ pub fn run(args: &Args) -> Result<()> {
         pipeline_fps: args.frames as f64 / full,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+        return common::print_json(&report);
     }
     let r = &report;
     println!(
@@ -246,23 +248,6 @@ fn pipeline_run(args: &Args, dir: &Path, data: &Path, rep: usize) -> Result<f64>
     Ok(secs)
 }
 
-/// Pins the calling thread (best effort: a core that does not exist leaves it unpinned).
-fn pin(core: usize) {
-    core_affinity::set_for_current(core_affinity::CoreId { id: core });
-}
-
-/// Runs `f` on a thread pinned to `core`, leaving the caller's own placement alone.
-fn on_core<T: Send>(core: usize, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            pin(core);
-            f()
-        })
-        .join()
-        .expect("benchmark thread panicked")
-    })
-}
-
 fn spawn_producer(ring: &Path, frames: u64, rate: f64, core: usize) -> Result<std::process::Child> {
     Ok(Command::new(std::env::current_exe()?)
         .arg("shm-producer")
@@ -278,7 +263,7 @@ fn spawn_producer(ring: &Path, frames: u64, rate: f64, core: usize) -> Result<st
 /// monotonic clock, paced at `rate` if given.
 pub fn produce(args: &ProducerArgs) -> Result<()> {
     if let Some(core) = args.core {
-        pin(core);
+        common::pin(core);
     }
     let bank = bank();
     let mut p = Producer::attach(&args.ring)?;

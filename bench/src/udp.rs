@@ -14,8 +14,7 @@
 //! receivers' own capacity is measured too: bursts that fill the socket buffer while the
 //! receiver waits, then timed as the receiver drains them.
 
-use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,10 +24,14 @@ use clap::Parser;
 use detingest_daemon::config::{Config, UdpConfig};
 use detingest_daemon::source::udp::assembler::{Assembler, FrameOut};
 use detingest_daemon::source::udp::header::Sls2;
+use detingest_daemon::source::udp::recvmmsg::MmsgReceiver;
 use detingest_daemon::source::udp::simulator::{self, Simulation};
 use detingest_daemon::source::udp::{self as udp, socket};
+use detingest_daemon::threads;
 use detingest_shm::{BufferPool, FrameBuf, FrameMeta, PoolBuf};
 use serde::Serialize;
+
+use crate::common;
 
 const PPF: u32 = 128;
 const PAYLOAD: usize = 8192;
@@ -116,8 +119,7 @@ pub fn run(args: &Args) -> Result<()> {
         burst_ratio: full_burst / drain_burst,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+        return common::print_json(&report);
     }
     let gbps = |p: f64| p * DGRAM * 8.0 / 1e9;
     let r = &report;
@@ -207,14 +209,7 @@ fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64,
             module: m,
             ..cfg.clone()
         };
-        let core = args.receiver_core;
-        receivers.push(std::thread::spawn(move || -> Result<()> {
-            core_affinity::set_for_current(core_affinity::CoreId { id: core });
-            match kind {
-                Kind::Drain => drain_loop(&sock, &received, &stop, None),
-                Kind::Full => full_loop(sock, &cfg, &received, &stop, None),
-            }
-        }));
+        receivers.push(spawn_receiver(args, kind, sock, cfg, received, stop, None)?);
     }
     let senders: Vec<_> = targets
         .into_iter()
@@ -222,25 +217,11 @@ fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64,
         .map(|(target, module)| {
             let (frames, core) = (args.frames, args.sender_core);
             let rate_hz = rate_hz / f64::from(args.modules.max(1));
-            std::thread::spawn(move || {
-                core_affinity::set_for_current(core_affinity::CoreId { id: core });
-                simulator::send(&Simulation {
-                    target,
-                    module,
-                    packets_per_frame: PPF,
-                    payload_bytes: PAYLOAD,
-                    first_frame: 1,
-                    frames,
-                    rate_hz,
-                    loss: 0.0,
-                    duplicate: 0.0,
-                    reorder: false,
-                    garbage_every: 0,
-                    seed: 1,
-                })
+            threads::spawn("bench-tx".into(), Some(core), move || {
+                simulator::send(&clean(target, module, 1, frames, rate_hz))
             })
         })
-        .collect();
+        .collect::<std::io::Result<_>>()?;
     let mut sent_total = 0;
     let mut slowest: f64 = 0.0;
     for s in senders {
@@ -279,108 +260,106 @@ fn bursts(args: &Args, cfg: &UdpConfig, kind: Kind) -> Result<f64> {
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let paused = Arc::new(AtomicBool::new(true));
-    let receiver = {
-        let (received, stop, paused, cfg) = (
-            Arc::clone(&received),
-            Arc::clone(&stop),
-            Arc::clone(&paused),
-            cfg.clone(),
-        );
-        let core = args.receiver_core;
-        std::thread::spawn(move || -> Result<()> {
-            core_affinity::set_for_current(core_affinity::CoreId { id: core });
-            match kind {
-                Kind::Drain => drain_loop(&sock, &received, &stop, Some(&paused)),
-                Kind::Full => full_loop(sock, &cfg, &received, &stop, Some(&paused)),
+    let receiver = spawn_receiver(
+        args,
+        kind,
+        sock,
+        cfg.clone(),
+        Arc::clone(&received),
+        Arc::clone(&stop),
+        Some(Arc::clone(&paused)),
+    )?;
+    let busy = common::on_core(args.sender_core, || -> Result<(Duration, u64)> {
+        let mut busy = Duration::ZERO;
+        let mut expected = 0;
+        for b in 0..BURSTS {
+            paused.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20)); // the receiver leaves its receive call
+            let first = 1 + b * BURST_FRAMES;
+            let sent = simulator::send(&clean(target, 0, first, BURST_FRAMES, 0.0))?;
+            expected += sent.datagrams;
+            let t = Instant::now();
+            paused.store(false, Ordering::SeqCst);
+            let deadline = t + Duration::from_secs(10);
+            while received.load(Ordering::Relaxed) < expected {
+                if Instant::now() > deadline {
+                    anyhow::bail!(
+                        "burst {b}: packets lost from the socket buffer (raise --rcvbuf)"
+                    );
+                }
+                std::hint::spin_loop();
             }
-        })
-    };
-    core_affinity::set_for_current(core_affinity::CoreId {
-        id: args.sender_core,
-    });
-    let mut busy = Duration::ZERO;
-    let mut expected = 0;
-    for b in 0..BURSTS {
-        paused.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(20)); // the receiver leaves its receive call
-        let sent = simulator::send(&Simulation {
-            target,
-            module: 0,
-            packets_per_frame: PPF,
-            payload_bytes: PAYLOAD,
-            first_frame: 1 + b * BURST_FRAMES,
-            frames: BURST_FRAMES,
-            rate_hz: 0.0,
-            loss: 0.0,
-            duplicate: 0.0,
-            reorder: false,
-            garbage_every: 0,
-            seed: 1,
-        })?;
-        expected += sent.datagrams;
-        let t = Instant::now();
-        paused.store(false, Ordering::SeqCst);
-        let deadline = t + Duration::from_secs(10);
-        while received.load(Ordering::Relaxed) < expected {
-            if Instant::now() > deadline {
-                anyhow::bail!("burst {b}: packets lost from the socket buffer (raise --rcvbuf)");
-            }
-            std::hint::spin_loop();
+            busy += t.elapsed();
         }
-        busy += t.elapsed();
-    }
+        Ok((busy, expected))
+    });
     stop.store(true, Ordering::Relaxed);
     paused.store(false, Ordering::SeqCst);
     receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let (busy, expected) = busy?;
     Ok(expected as f64 / busy.as_secs_f64())
 }
 
+/// A receiver of `kind` on `sock`, on its own thread pinned to the receiver core.
+fn spawn_receiver(
+    args: &Args,
+    kind: Kind,
+    sock: UdpSocket,
+    cfg: UdpConfig,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    paused: Option<Arc<AtomicBool>>,
+) -> std::io::Result<std::thread::JoinHandle<Result<()>>> {
+    threads::spawn("bench-rx".into(), Some(args.receiver_core), move || {
+        let paused = paused.as_deref();
+        match kind {
+            Kind::Drain => drain_loop(sock, &received, &stop, paused),
+            Kind::Full => full_loop(sock, &cfg, &received, &stop, paused),
+        }
+    })
+}
+
+/// `frames` clean frames (no loss, duplicates, reordering or garbage) of `module`.
+fn clean(
+    target: SocketAddr,
+    module: u16,
+    first_frame: u64,
+    frames: u64,
+    rate_hz: f64,
+) -> Simulation {
+    Simulation {
+        target,
+        module,
+        packets_per_frame: PPF,
+        payload_bytes: PAYLOAD,
+        first_frame,
+        frames,
+        rate_hz,
+        loss: 0.0,
+        duplicate: 0.0,
+        reorder: false,
+        garbage_every: 0,
+        seed: 1,
+    }
+}
 /// The baseline: recvmmsg into a batch, count, nothing else; idles while `paused`.
 fn drain_loop(
-    sock: &UdpSocket,
+    sock: UdpSocket,
     received: &AtomicU64,
     stop: &AtomicBool,
     paused: Option<&AtomicBool>,
 ) -> Result<()> {
-    const BATCH: usize = 64;
-    let mut bufs = vec![0u8; BATCH * 9000];
-    let mut iov: Vec<libc::iovec> = bufs
-        .chunks_mut(9000)
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut hdrs: Vec<libc::mmsghdr> = iov
-        .iter_mut()
-        .map(|v| {
-            // SAFETY: mmsghdr is plain data; all-zero is valid and filled in below.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_iov = v;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
+    let mut receiver = MmsgReceiver::new(sock, 9000);
     while !stop.load(Ordering::Relaxed) {
         if paused.is_some_and(|p| p.load(Ordering::SeqCst)) {
             std::hint::spin_loop();
             continue;
         }
-        // SAFETY: `hdrs` point at live iovecs and buffers for the duration of the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                sock.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
-        if n > 0 {
-            received.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        let mut n = 0;
+        receiver.receive(|_| n += 1)?;
+        received.fetch_add(n, Ordering::Relaxed);
     }
     Ok(())
 }

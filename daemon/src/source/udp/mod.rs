@@ -10,6 +10,7 @@
 
 pub mod assembler;
 pub mod header;
+mod mmsg;
 pub mod recvmmsg;
 pub mod simulator;
 pub mod socket;
@@ -93,7 +94,7 @@ impl Receiver {
     ) -> std::io::Result<()> {
         match self {
             Self::Uring(r) => r.receive(asm, out),
-            Self::Mmsg(r) => r.receive(asm, out),
+            Self::Mmsg(r) => r.receive(|datagram| asm.on_datagram(datagram, out)),
         }
     }
 }

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::header::{write_sls2, SLS2_HEADER_BYTES};
+use super::mmsg::MmsgBuffers;
 
 /// Datagrams per `sendmmsg` call.
 const BATCH: usize = 64;
@@ -127,79 +128,47 @@ pub fn send(sim: &Simulation) -> io::Result<Sent> {
 
 /// Up to BATCH datagrams waiting for one `sendmmsg`.
 struct Batch {
-    bufs: Vec<Vec<u8>>,
-    lens: Vec<usize>,
+    bufs: MmsgBuffers,
+    queued: usize,
 }
 
 impl Batch {
     fn new(max: usize) -> Self {
         Self {
-            bufs: (0..BATCH).map(|_| vec![0; max]).collect(),
-            lens: Vec::with_capacity(BATCH),
+            bufs: MmsgBuffers::new(BATCH, max),
+            queued: 0,
         }
     }
 
     /// The next datagram's buffer, `len` bytes (flushing a full batch first).
     fn next(&mut self, socket: &UdpSocket, len: usize) -> io::Result<&mut [u8]> {
-        if self.lens.len() == BATCH {
+        if self.queued == self.bufs.count() {
             self.flush(socket)?;
         }
-        let i = self.lens.len();
-        self.lens.push(len);
-        Ok(&mut self.bufs[i][..len])
+        self.queued += 1;
+        Ok(self.bufs.prepare(self.queued - 1, len))
     }
 
     fn flush(&mut self, socket: &UdpSocket) -> io::Result<()> {
-        let mut iov: Vec<libc::iovec> = self
-            .lens
-            .iter()
-            .zip(&mut self.bufs)
-            .map(|(&len, b)| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: len,
-            })
-            .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                // SAFETY: mmsghdr is plain data; all-zero is valid and filled in below.
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = v;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
         let mut done = 0;
-        while done < hdrs.len() {
-            // SAFETY: a connected socket and `hdrs[done..]` initialised, pointing at iovecs
-            // and buffers that live until the call returns.
-            let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    hdrs[done..].as_mut_ptr(),
-                    (hdrs.len() - done) as libc::c_uint,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
+        while done < self.queued {
+            match self.bufs.send(socket.as_raw_fd(), done, self.queued) {
+                Ok(n) => done += n,
                 // Loopback has no drop on send; a full socket buffer (ENOBUFS/EAGAIN) waits.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
-                ) {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)
+                    ) =>
+                {
                     std::thread::yield_now();
-                    continue;
                 }
                 // A refused datagram (ICMP from an earlier one) is not the sender's problem.
-                if e.raw_os_error() == Some(libc::ECONNREFUSED) {
-                    continue;
-                }
-                return Err(e);
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                Err(e) => return Err(e),
             }
-            done += n as usize;
         }
-        self.lens.clear();
+        self.queued = 0;
         Ok(())
     }
 }

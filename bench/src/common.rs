@@ -1,0 +1,27 @@
+//! What every benchmark needs: threads on a given core, and the report as JSON.
+
+use anyhow::Result;
+use serde::Serialize;
+
+/// Pins the calling thread (best effort: a core that does not exist leaves it unpinned).
+pub fn pin(core: usize) {
+    core_affinity::set_for_current(core_affinity::CoreId { id: core });
+}
+
+/// Runs `f` on a thread pinned to `core`, leaving the caller's own placement alone.
+pub fn on_core<T: Send>(core: usize, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin(core);
+            f()
+        })
+        .join()
+        .expect("benchmark thread panicked")
+    })
+}
+
+/// Prints `report` as pretty JSON (the `--json` output of every benchmark).
+pub fn print_json(report: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    Ok(())
+}
