@@ -188,47 +188,59 @@ fn bad_calls_get_their_own_errors() {
         p.acquire(BYTES, Duration::ZERO),
         Err(RingError::State(_))
     ));
-    let wrong_shape = Descriptor {
-        width: 16,
-        byte_length: 512,
-        ..desc(1)
-    };
-    assert!(matches!(
-        p.commit(&wrong_shape),
-        Err(RingError::BadDescriptor(_))
-    ));
-    let inconsistent = Descriptor {
-        byte_length: 1000,
-        ..desc(1)
-    };
-    assert!(matches!(
-        p.commit(&inconsistent),
-        Err(RingError::BadDescriptor(_))
-    ));
-    let longer_than_slot = Descriptor {
-        byte_length: 8192,
-        ..desc(1)
-    };
-    assert!(matches!(
-        p.commit(&longer_than_slot),
-        Err(RingError::TooLarge { .. })
-    ));
-    let other_module = Descriptor {
-        module: 3,
-        ..desc(1)
-    };
-    assert!(matches!(
-        p.commit(&other_module),
-        Err(RingError::BadDescriptor(_))
-    ));
-    let bad_pixel = Descriptor {
-        pixel_type: 9,
-        ..desc(1)
-    };
-    assert!(matches!(
-        p.commit(&bad_pixel),
-        Err(RingError::BadDescriptor(_))
-    ));
+    // (description, what is wrong, refused as too large rather than as a bad description)
+    let bad_descriptors = [
+        (
+            Descriptor {
+                width: 16,
+                byte_length: 512,
+                ..desc(1)
+            },
+            "wrong shape",
+            false,
+        ),
+        (
+            Descriptor {
+                byte_length: 1000,
+                ..desc(1)
+            },
+            "inconsistent length",
+            false,
+        ),
+        (
+            Descriptor {
+                byte_length: 8192,
+                ..desc(1)
+            },
+            "longer than the slot",
+            true,
+        ),
+        (
+            Descriptor {
+                module: 3,
+                ..desc(1)
+            },
+            "other module",
+            false,
+        ),
+        (
+            Descriptor {
+                pixel_type: 9,
+                ..desc(1)
+            },
+            "unknown pixel type",
+            false,
+        ),
+    ];
+    for (d, what, too_large) in bad_descriptors {
+        let e = p.commit(&d).expect_err(what);
+        let kind_ok = match e {
+            RingError::TooLarge { .. } => too_large,
+            RingError::BadDescriptor(_) => !too_large,
+            _ => false,
+        };
+        assert!(kind_ok, "{what}: {e}");
+    }
     p.abort();
     assert!(matches!(
         Producer::attach(&path),

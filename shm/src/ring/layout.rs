@@ -164,22 +164,15 @@ mod tests {
     fn offsets_are_the_documented_ones() {
         assert_eq!(size_of::<Identity>(), 72);
         assert_eq!(offset_of!(Header, identity), 0);
-        assert_eq!(
-            offset_of!(Header, counters) + offset_of!(Counters, head),
-            128
-        );
-        assert_eq!(
-            offset_of!(Header, counters) + offset_of!(Counters, tail),
-            256
-        );
-        assert_eq!(
-            offset_of!(Header, counters) + offset_of!(Counters, data_bell),
-            384
-        );
-        assert_eq!(
-            offset_of!(Header, counters) + offset_of!(Counters, space_bell),
-            512
-        );
+        let counters = offset_of!(Header, counters);
+        for (field, offset) in [
+            (offset_of!(Counters, head), 128),
+            (offset_of!(Counters, tail), 256),
+            (offset_of!(Counters, data_bell), 384),
+            (offset_of!(Counters, space_bell), 512),
+        ] {
+            assert_eq!(counters + field, offset);
+        }
         assert_eq!(offset_of!(Header, producer), 640);
         assert_eq!(offset_of!(ProducerLine, claim), 16);
         assert_eq!(offset_of!(ProducerLine, torn), 24);
