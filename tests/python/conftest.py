@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,14 @@ def expected_frames(detingestd, tmp_path):
         return np.fromfile(out, dtype=np.dtype(dtype).newbyteorder("<")).reshape(-1, *shape)
 
     return dump
+
+
+def wait_for_log(proc, log_path, text, timeout=30):
+    """Waits until `text` appears in the log file of the running `proc`; fails with the
+    log if the process ends or the timeout passes first. Returns the log."""
+    deadline = time.time() + timeout
+    while text not in (log := Path(log_path).read_text()):
+        assert proc.poll() is None, log
+        assert time.time() < deadline, f"{text!r} never appeared in the log:\n{log}"
+        time.sleep(0.02)
+    return log

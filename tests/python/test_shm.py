@@ -5,7 +5,6 @@ crash cases (producer killed mid-frame, daemon killed) and every error code."""
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -16,6 +15,8 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters)
 import numpy as np
 import pytest
+
+from conftest import wait_for_log
 
 ROOT = Path(__file__).resolve().parents[2]
 W, H = 128, 64  # u16 frames of 16 KiB
@@ -79,11 +80,8 @@ class Daemon:
         self.proc = subprocess.Popen(
             [detingestd, "--log", "info", "run", "--config", str(cfg),
              "--summary-json", str(self.summary_path)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while "ring ready" not in self.log_text():
-            assert self.proc.poll() is None, self.log_text()
-            assert time.time() < deadline, "ring never became ready"
-            time.sleep(0.02)
+        self.log.flush()
+        wait_for_log(self.proc, self.log_path, "ring ready")
 
     def log_text(self):
         self.log.flush()

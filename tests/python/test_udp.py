@@ -15,6 +15,8 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
+from conftest import wait_for_log
+
 PPF, PAYLOAD, FRAMES, FILL = 8, 1024, 40, 0xABCD
 WITHHELD = {(1005, 0), (1005, 7), (1020, 3), (1039, 6)}
 
@@ -52,12 +54,8 @@ def test_udp_frames_read_back_with_h5py(detingestd, tmp_path, receive):
         daemon = subprocess.Popen([detingestd, "--log", "info", "run", "--config", str(cfg),
                                    "--summary-json", str(summary)],
                                   stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while "port ready" not in log.read_text():
-        assert daemon.poll() is None, log.read_text()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    assert f"path={receive}" in log.read_text().replace('"', "")
+    text = wait_for_log(daemon, log, "port ready")
+    assert f"path={receive}" in text.replace('"', "")
 
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for f in range(1000, 1000 + FRAMES):
