@@ -367,7 +367,8 @@ pub struct ShmConfig {
     pub end_on_close: bool,
     /// Microseconds the source spins on an empty ring before sleeping on its futex: longer
     /// keeps a core busy while idle, and saves the producer a wake-up call and the frame a
-    /// wake-up latency (tens of us) whenever frames come closer together than this.
+    /// wake-up latency (tens of us here, docs/BENCHMARKS.md) whenever frames come closer
+    /// together than this.
     #[serde(default = "default_spin_us")]
     pub spin_us: u64,
 }

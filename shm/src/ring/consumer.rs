@@ -129,7 +129,8 @@ impl RingConsumer {
 
     /// Sets how long an empty poll spins before sleeping: longer spins cost a core's time
     /// while idle and save the producer's wake-up call and the consumer's wake-up latency
-    /// (tens of microseconds) on every frame that arrives within the spin.
+    /// (tens of microseconds here: docs/BENCHMARKS.md, shared-memory ring) on every frame
+    /// that arrives within the spin.
     pub fn set_spin(&mut self, spin: Duration) {
         self.spin = spin;
     }

@@ -47,7 +47,7 @@ impl Producer {
         let map = RingMap::open(file)?;
         daemon_alive(&map)?;
         let h = map.header();
-        // The daemon takes the producer lock for a few microseconds when it reclaims after
+        // The daemon holds the producer lock briefly (a swap and two stores) when it reclaims after
         // a dead producer: try for a while before calling the ring busy.
         let mut tries = 0;
         while !sys::try_lock(&map.file, layout::PRODUCER_LOCK_BYTE)
@@ -94,8 +94,9 @@ impl Producer {
         if len > slot {
             return Err(RingError::TooLarge { len, slot });
         }
-        // Every acquire probes the daemon's lock (one fcntl, well under a microsecond), so
-        // the first call after the daemon died says so.
+        // Every acquire probes the daemon's lock (one fcntl; its cost is inside the ring's
+        // measured transport rate, docs/BENCHMARKS.md), so the first call after the daemon
+        // died says so.
         daemon_alive(&self.map)?;
         if !self.cursor.has_space(&self.map.header().counters) {
             self.wait_for_space(timeout)?;
