@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use detingest_shm::ring::{Descriptor, Producer, RingError};
+use detingest_shm::Name;
 
 pub use codes::*;
 
@@ -142,10 +143,12 @@ pub unsafe extern "C" fn detingest_producer_open(
         };
         let path = if name.contains('/') {
             PathBuf::from(name)
-        } else if name.is_empty() || name == "." || name == ".." {
-            return bad_argument("empty or dot ring name");
         } else {
-            PathBuf::from(DETINGEST_RING_DIR).join(name)
+            // A bare name is a ring name as the daemon's configuration spells it.
+            match Name::new(name) {
+                Ok(n) => PathBuf::from(DETINGEST_RING_DIR).join(n.as_str()),
+                Err(e) => return bad_argument(&e.to_string()),
+            }
         };
         match Producer::attach(&path) {
             Ok(inner) => {
