@@ -123,14 +123,20 @@ fn the_ring_gets_its_mode_and_group_and_replaces_nothing_live() {
     );
 }
 
-#[test]
-fn tail_advances_over_the_longest_released_prefix() {
+/// A two-slot ring with frames 1 and 2 committed: full until the daemon releases one.
+fn full_two_slot_ring() -> (tempfile::TempDir, RingConsumer, Producer) {
     let dir = tempfile::tempdir().unwrap();
     let path = ring_path(&dir);
-    let mut c = RingConsumer::create(&path, &spec(2)).unwrap();
+    let c = RingConsumer::create(&path, &spec(2)).unwrap();
     let mut p = Producer::attach(&path).unwrap();
     push(&mut p, 1).unwrap();
     push(&mut p, 2).unwrap();
+    (dir, c, p)
+}
+
+#[test]
+fn tail_advances_over_the_longest_released_prefix() {
+    let (_dir, mut c, mut p) = full_two_slot_ring();
     let (a, b) = (next_frame(&mut c).0, next_frame(&mut c).0);
     assert!(matches!(
         p.acquire(BYTES, Duration::ZERO),
@@ -151,12 +157,7 @@ fn tail_advances_over_the_longest_released_prefix() {
 
 #[test]
 fn a_blocked_producer_wakes_when_the_daemon_releases() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = ring_path(&dir);
-    let mut c = RingConsumer::create(&path, &spec(2)).unwrap();
-    let mut p = Producer::attach(&path).unwrap();
-    push(&mut p, 1).unwrap();
-    push(&mut p, 2).unwrap();
+    let (_dir, mut c, mut p) = full_two_slot_ring();
     let held = next_frame(&mut c).0;
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
