@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use detingest_shm::{Name, PixelType, StreamId};
-use detingest_writer::{Codec, DetectorInfo};
+use detingest_writer::{Chunking, Codec, DetectorInfo, FileOptions, MAX_MODULES};
 use serde::Deserialize;
 
 /// A configuration error: the key it concerns and what is wrong with it.
@@ -23,7 +23,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl fmt::Display) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl fmt::Display) -> Self {
         Self {
             key: key.into(),
             message: message.to_string(),
@@ -53,6 +53,12 @@ pub struct Config {
     /// The notification socket for live viewers and its query endpoint.
     #[serde(default)]
     pub live: LiveConfig,
+    /// Defaults of every run (a run started over the control API may change them).
+    #[serde(default)]
+    pub run: RunSettings,
+    /// The HTTP control API (`detingestd serve`).
+    #[serde(default)]
+    pub control: ControlConfig,
     /// The frame sources, one stream each.
     #[serde(rename = "source", default)]
     pub sources: Vec<SourceConfig>,
@@ -82,6 +88,117 @@ impl Default for WriterConfig {
             codec: Codec::default(),
             flush_every_frames: 1000,
             flush_interval_ms: 1000,
+        }
+    }
+}
+
+/// `[run]`: what a run writes and when it ends. The defaults of every run; a run started over
+/// the control API overrides them field by field.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSettings {
+    /// Indices the run records before it stops by itself (0: open-ended).
+    pub frames: u64,
+    /// End the run when no frame has arrived for this long, in milliseconds (0: never).
+    pub idle_timeout_ms: u64,
+    /// `"module"` (one chunk per module tile, zero copy) or `"frame"` (one chunk per image).
+    pub chunking: Chunking,
+    /// Indices per data file.
+    pub frames_per_file: u64,
+    /// Write `/entry/data/data` in the master as a virtual dataset when the run ends.
+    pub vds: bool,
+    /// Detector frame number of index 1 (default: the first frame the source delivers). Set
+    /// it to make several daemons, each receiving some modules, agree on indices.
+    pub first_frame_number: Option<u64>,
+    /// Close a dataset missing modules after this many milliseconds.
+    pub dataset_timeout_ms: u64,
+    /// Close a dataset missing modules once a frame this many frame numbers later arrives.
+    pub dataset_ahead: u64,
+    /// Free user metadata, stored as JSON in the master (`/entry/detingest/user_metadata`).
+    pub user: serde_json::Value,
+    /// Stream that follows this one, for the finish marker (`asapo_no_next` when unset).
+    pub next_stream: Option<String>,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        let files = FileOptions::default();
+        Self {
+            frames: 0,
+            idle_timeout_ms: 0,
+            chunking: Chunking::Module,
+            frames_per_file: files.frames_per_file,
+            vds: files.vds,
+            first_frame_number: None,
+            dataset_timeout_ms: 1000,
+            dataset_ahead: 8,
+            user: serde_json::Value::Object(Default::default()),
+            next_stream: None,
+        }
+    }
+}
+
+impl RunSettings {
+    /// The file options of the run.
+    pub fn file_options(&self) -> FileOptions {
+        FileOptions {
+            frames_per_file: self.frames_per_file,
+            vds: self.vds,
+        }
+    }
+
+    /// Checks ranges; `prefix` names the table (`run`, or `""` for a request's fields).
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        };
+        if self.frames_per_file == 0 || self.frames_per_file > 1_000_000 {
+            return Err(ConfigError::new(
+                key("frames_per_file"),
+                "must be in 1..=1000000",
+            ));
+        }
+        if self.dataset_ahead == 0 || self.dataset_ahead > 1024 {
+            return Err(ConfigError::new(
+                key("dataset_ahead"),
+                "must be in 1..=1024",
+            ));
+        }
+        if self.dataset_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                key("dataset_timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        if !self.user.is_object() {
+            return Err(ConfigError::new(
+                key("user"),
+                "must be a table (JSON object)",
+            ));
+        }
+        if let Some(next) = &self.next_stream {
+            Name::new(next).map_err(|e| ConfigError::new(key("next_stream"), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `[control]`: the HTTP JSON control API of `detingestd serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Address to listen on; loopback by default, as the API has no authentication.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8450)),
         }
     }
 }
@@ -200,6 +317,10 @@ pub struct SourceConfig {
     /// Core to pin the source thread to.
     #[serde(default)]
     pub core: Option<usize>,
+    /// `[rows, columns]` of detector modules; a frame's modules form one dataset, module `m`
+    /// at row `m / columns`, column `m % columns`. The source's `shape` is one module's.
+    #[serde(default = "default_grid")]
+    pub grid: [u32; 2],
     /// This stream's codec, overriding `writer.codec`.
     #[serde(default)]
     pub codec: Option<Codec>,
@@ -209,6 +330,10 @@ pub struct SourceConfig {
     pub shm: Option<ShmConfig>,
     /// A UDP port a detector module streams packets to.
     pub udp: Option<UdpConfig>,
+}
+
+fn default_grid() -> [u32; 2] {
+    [1, 1]
 }
 
 /// The kind of a validated source.
@@ -246,6 +371,11 @@ impl SourceConfig {
     /// The codec of this source's stream: its own, or the writer's.
     pub fn codec(&self, writer: &WriterConfig) -> Codec {
         self.codec.unwrap_or(writer.codec)
+    }
+
+    /// Number of detector modules.
+    pub fn modules(&self) -> u32 {
+        self.grid[0] * self.grid[1]
     }
 
     /// Frames the source will produce, if it knows (0: open-ended).
@@ -292,6 +422,12 @@ pub struct SyntheticConfig {
     /// bank's frame down by reference, as a shared-memory slot is).
     #[serde(default)]
     pub copy: bool,
+    /// Probability that a module frame is withheld (never sent), drawn per (frame, module).
+    #[serde(default)]
+    pub module_loss: f64,
+    /// Module frames always withheld, as `[frame_number, module]` pairs.
+    #[serde(default)]
+    pub withhold: Vec<[u64; 2]>,
 }
 
 impl Default for SyntheticConfig {
@@ -308,6 +444,8 @@ impl Default for SyntheticConfig {
             bank_frames: default_bank(),
             first_frame_number: default_first(),
             copy: false,
+            module_loss: 0.0,
+            withhold: Vec::new(),
         }
     }
 }
@@ -671,6 +809,7 @@ impl Config {
             check_core(&format!("threads.compress[{i}]"), Some(c), cores)?;
         }
         self.live.validate()?;
+        self.run.validate("run")?;
         if self.sources.is_empty() {
             return Err(ConfigError::new("source", "no [[source]] configured"));
         }
@@ -690,6 +829,22 @@ impl Config {
                 ));
             }
             check_core(&format!("source[{i}].core"), src.core, cores)?;
+            let modules = src.grid[0].saturating_mul(src.grid[1]);
+            if modules == 0 || modules > MAX_MODULES {
+                return Err(ConfigError::new(
+                    format!("source[{i}].grid"),
+                    format!(
+                        "{:?} makes {modules} modules; need 1..={MAX_MODULES}",
+                        src.grid
+                    ),
+                ));
+            }
+            if modules > 1 && src.udp.is_some() {
+                return Err(ConfigError::new(
+                    format!("source[{i}].grid"),
+                    "a UDP source receives one module (one port); give it grid = [1, 1]",
+                ));
+            }
             match src.kind() {
                 Some(SourceKind::Synthetic(s)) => s.validate(i)?,
                 Some(SourceKind::Shm(s)) => s.validate(i)?,
@@ -699,6 +854,12 @@ impl Config {
                     "needs exactly one source kind: a [source.synthetic], [source.shm] or [source.udp] table",
                 )),
             }
+            let (pixel, shape) = src.frame_format();
+            let image = [
+                shape[0].saturating_mul(src.grid[0]),
+                shape[1].saturating_mul(src.grid[1]),
+            ];
+            check_frame(&format!("source[{i}].grid"), pixel, image)?;
         }
         Ok(())
     }
@@ -761,6 +922,9 @@ impl SyntheticConfig {
         check_frame(&key("shape"), self.pixel, self.shape)?;
         if self.bank_frames == 0 || self.bank_frames > 4096 {
             return Err(ConfigError::new(key("bank_frames"), "must be in 1..=4096"));
+        }
+        if !(0.0..=1.0).contains(&self.module_loss) {
+            return Err(ConfigError::new(key("module_loss"), "must be in 0..=1"));
         }
         if self.first_frame_number.checked_add(self.frames).is_none() {
             return Err(ConfigError::new(

@@ -12,8 +12,10 @@
 //! ```
 
 pub mod config;
+pub mod control;
 pub mod live;
 pub mod notify;
 pub mod pipeline;
+pub mod runs;
 pub mod source;
 pub mod threads;

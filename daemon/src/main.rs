@@ -9,10 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use detingest_daemon::config::{Config, SourceKind};
+use detingest_daemon::control;
 use detingest_daemon::live::Live;
 use detingest_daemon::notify::{NotificationSink, RateLogger};
 use detingest_daemon::pipeline;
+use detingest_daemon::runs::{self, RunManager};
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::Codec;
 
@@ -40,6 +45,19 @@ enum Command {
         /// Write the final summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+    },
+    /// Serve the HTTP control API: runs are started and stopped over it (`POST /run/start`,
+    /// `POST /run/stop`, `GET /run`), one at a time, until Ctrl-C.
+    Serve {
+        /// The configuration file (TOML): sources, `[run]` defaults, `[control] listen`.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override the file's `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Override `[control] listen` (e.g. 127.0.0.1:8450).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Validate a configuration file without running it; errors name the offending key.
     CheckConfig {
@@ -71,8 +89,9 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
-    /// Write the frames a synthetic source produces, raw little-endian and back to back, for
-    /// checking files against them.
+    /// Write the module frames a synthetic source generates (withheld ones included), raw
+    /// little-endian and back to back, frame by frame and module by module within a frame,
+    /// for checking files against them.
     SynthDump {
         /// The configuration file holding the source.
         #[arg(long, short)]
@@ -133,6 +152,20 @@ fn run(command: Command) -> Result<ExitCode> {
                 c.data_dir = d;
             }
             ingest(&c, summary_json.as_deref(), false)
+        }
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+        } => {
+            let mut c = Config::load(&config)?;
+            if let Some(d) = data_dir {
+                c.data_dir = d;
+            }
+            if let Some(l) = listen {
+                c.control.listen = l;
+            }
+            serve(c)
         }
         Command::Demo {
             data_dir,
@@ -217,10 +250,15 @@ fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Resul
         }
     });
     let expected: u64 = config.sources.iter().map(|s| s.expected_frames()).sum();
-    if progress {
+    let summary = if progress {
         report::progress_until_done(&running, expected);
-    }
-    let summary = running.wait();
+        running.wait()
+    } else {
+        let idle = (config.run.idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.run.idle_timeout_ms));
+        let asked = running.stop_handle();
+        runs::supervise(running, config.run.frames, idle, &asked, |_| {}).0
+    };
     let live_stats = report::LiveSummary::from(&live);
     live.stop();
     report::print_summary(&summary, &live_stats);
@@ -235,6 +273,28 @@ fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Resul
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Serves the control API until Ctrl-C, then stops the run in progress and closes its files.
+fn serve(config: Config) -> Result<ExitCode> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&shutdown);
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+    });
+    let listen = config.control.listen;
+    let manager = Arc::new(RunManager::new(config));
+    let api = control::spawn(listen, Arc::clone(&manager), Arc::clone(&shutdown))?;
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if manager.stop().is_ok() {
+        tracing::info!("run in progress stopped at shutdown");
+    }
+    let _ = api.join();
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes what `source` generates, frame after frame, raw.
@@ -256,8 +316,11 @@ fn synth_dump(config: &Config, source: Option<&str>, out: &Path) -> Result<()> {
     let mut w = std::io::BufWriter::new(
         std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?,
     );
+    let modules = src.map_or(1, |s| s.modules());
     for n in cfg.first_frame_number..cfg.first_frame_number + cfg.frames {
-        w.write_all(bank.frame(n))?;
+        for m in 0..modules {
+            w.write_all(bank.module_frame(n, m, modules))?;
+        }
     }
     w.flush()?;
     Ok(())

@@ -36,8 +36,20 @@ pub struct StreamInfo {
     pub codec: Codec,
     /// Pixel type.
     pub pixel: PixelType,
-    /// `[ny, nx]`.
+    /// `[ny, nx]` of the full image.
     pub shape: [u32; 2],
+    /// Detector modules forming each image.
+    pub modules: u32,
+}
+
+impl StreamInfo {
+    /// The mask with every module's bit set.
+    pub fn all_modules(&self) -> u64 {
+        match self.modules {
+            64.. => u64::MAX,
+            n => (1u64 << n) - 1,
+        }
+    }
 }
 
 /// What is known of one written (or lost) index: plain data, `Copy`, kept by the live history.
@@ -57,7 +69,11 @@ pub struct FrameRecord {
     pub timestamp_ns: u64,
     /// When the writer finished writing it, ns since the Unix epoch.
     pub written_ns: u64,
-    /// Packets of the frame that never arrived (UDP; their bytes hold the fill value).
+    /// Bit `m` set: module `m` was written (0 when lost).
+    pub modules: u64,
+    /// Packets that never arrived, summed over modules (UDP; their bytes hold the fill value).
+    pub packets_lost: u32,
+    /// Packet numbers that never arrived on some module (the union of the modules' masks).
     pub missing: detingest_shm::PacketMask,
 }
 

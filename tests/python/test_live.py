@@ -86,7 +86,7 @@ def test_subscriber_gets_every_frame_in_order_and_throttled_previews(detingestd,
     assert f["stream"] == "bt/det/s1" and f["frame_number"] == 10 and f["complete"] is True
     assert f["dataset"] == "/entry/data/data" and f["chunk"] == [9, 0, 0]
     assert f["bytes_raw"] == 32 * 64 * 2 and 0 < f["bytes_compressed"]
-    assert f["file"].endswith("bt/det/s1.h5") and f["written_ns"] >= f["timestamp_ns"] > 0
+    assert f["file"].endswith("bt/det/s1_master.h5") and f["written_ns"] >= f["timestamp_ns"] > 0
     # Previews: one in 7 (indices 1, 8, 15, ...), bitshuffle-LZ4 chunks that decode to the frame.
     previews = [m for m in msgs if m[0] == "preview"]
     assert [p[1]["index"] for p in previews] == list(range(1, 61, 7))
@@ -186,7 +186,7 @@ def test_late_joiner_gets_history_and_three_distinct_answers(detingestd, tmp_pat
         assert r["ok"], r
         items = r["items"]
         assert items[0]["status"] == "expired" and items[0]["from"] == 1
-        assert items[0]["file"].endswith("long.h5") and items[0]["dataset"] == "/entry/data/data"
+        assert items[0]["file"].endswith("long_master.h5") and items[0]["dataset"] == "/entry/data/data"
         held = [i for i in items if i["status"] == "ok"]
         assert len(held) == 10 and [h["index"] for h in held] == list(range(n - 9, n + 1))
         assert items[-1]["status"] == "not_yet" and items[-1]["to"] == n + 1000
@@ -251,7 +251,7 @@ def test_bluesky_documents_validate_against_event_model(detingestd, tmp_path, en
     assert descriptor["run_start"] == start_doc["uid"] == resource["run_start"]
     assert descriptor["data_keys"]["image"]["shape"] == [16, 24]
     assert resource["mimetype"] == "application/x-hdf5"
-    assert resource["uri"].startswith("file://localhost/") and resource["uri"].endswith("s1.h5")
+    assert resource["uri"].startswith("file://localhost/") and resource["uri"].endswith("s1_master.h5")
     assert resource["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": [1, 16, 24]}
     datums = [d for n, d in docs if n == "stream_datum"]
     assert [d["indices"] for d in datums] == [{"start": i, "stop": i + 1} for i in range(12)]

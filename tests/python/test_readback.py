@@ -26,7 +26,9 @@ def test_file_equals_the_generated_frames(run_daemon, expected_frames, codec):
     assert summary["streams"][0]["frames"] == 20
     want = expected_frames(cfg, "u2", (512, 1024))
     with h5py.File(path, "r") as f:
-        d = f["/entry/data/data"]
+        assert f["/entry/data/data"].is_virtual, "the master's VDS spans the data files"
+        assert np.array_equal(f["/entry/data/data"][()], want)
+        d = f["/entry/data/data_000001"]  # the external link to the data file
         assert d.shape == (20, 512, 1024)
         assert d.dtype == np.uint16
         assert d.chunks == (1, 512, 1024)
@@ -58,13 +60,15 @@ def test_h5dump_reads_header_and_pixels(run_daemon, expected_frames):
     header = subprocess.run(["h5dump", "-H", str(path)], env=env, check=True,
                             capture_output=True, text=True).stdout
     assert 'DATASET "data"' in header and "H5T_STD_U16LE" in header
-    props = subprocess.run(["h5dump", "-p", "-H", "-d", "/entry/data/data", str(path)], env=env,
-                           check=True, capture_output=True, text=True).stdout
+    assert 'EXTERNAL_LINK "data_000001"' in header and "s1_data_000001.h5" in header, header
+    data_file = path.parent / "s1_data_000001.h5"
+    props = subprocess.run(["h5dump", "-p", "-H", "-d", "/entry/data/data", str(data_file)],
+                           env=env, check=True, capture_output=True, text=True).stdout
     assert "32008" in props and "CHUNKED ( 1, 16, 32 )" in props, props
     # -b writes the decoded dataset as raw binary: h5dump must run the bitshuffle plugin.
     raw = path.parent / "dump.bin"
-    subprocess.run(["h5dump", "-d", "/entry/data/data", "-b", "LE", "-o", str(raw), str(path)],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(["h5dump", "-d", "/entry/data/data", "-b", "LE", "-o", str(raw),
+                    str(data_file)], env=env, check=True, capture_output=True)
     got = np.fromfile(raw, dtype="<u2").reshape(3, 16, 32)
     assert np.array_equal(got, want)
 
@@ -78,7 +82,7 @@ def test_every_pixel_type_and_codec_round_trips(run_daemon, expected_frames, pix
         writer=f'codec = "{codec}"')
     want = expected_frames(cfg, dtype, (48, 80))
     with h5py.File(path, "r") as f:
-        d = f["/entry/data/data"]
+        d = f["/entry/data/data_000001"]
         assert d.dtype == np.dtype(dtype)
         assert list(filters(d)) == ([FILTERS[codec]] if codec in FILTERS else [])
         if codec == "bslz4":
@@ -90,7 +94,7 @@ def test_a_stream_may_choose_its_own_codec(run_daemon, expected_frames):
     _, cfg, path = run_daemon(synthetic="frames = 4\nshape = [32, 64]\nbank_frames = 4",
                               writer='codec = "bslz4"', source='codec = "lz4"')
     with h5py.File(path, "r") as f:
-        d = f["/entry/data/data"]
+        d = f["/entry/data/data_000001"]
         assert list(filters(d)) == [32004]
         assert np.array_equal(d[()], expected_frames(cfg, "u2", (32, 64)))
 
@@ -130,10 +134,11 @@ def test_killed_daemon_leaves_flushed_frames_readable(detingestd, tmp_path, expe
     time.sleep(3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    path = tmp_path / "data" / "bt" / "det" / "s1.h5"
+    path = tmp_path / "data" / "bt" / "det" / "s1_master.h5"
     with h5py.File(path, "r") as f:
         n = int(f[SPECIFIC + "/nimages"][()])
-        d = f["/entry/data/data"]
+        assert "data" not in f["/entry/data"], "the VDS is written when a run ends"
+        d = f["/entry/data/data_000001"]
         assert n >= 5, "frames flushed before the kill are in the file"
         assert d.attrs["image_nr_high"] == n
         got = d[:n]

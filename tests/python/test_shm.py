@@ -97,7 +97,7 @@ class Daemon:
         self.proc.wait()
 
     def file(self):
-        return h5py.File(self.data / "bt" / "det" / "s1.h5", "r")
+        return h5py.File(self.data / "bt" / "det" / "s1_master.h5", "r")
 
 
 def expected(frame_numbers):

@@ -86,7 +86,8 @@ def test_udp_frames_read_back_with_h5py(detingestd, tmp_path, receive):
         assert data.shape == (FRAMES, 8, 512)
         assert list(spec["frame_number"][:]) == list(range(1000, 1000 + FRAMES))
         masks = spec["missing_packets"][:]
-        assert masks.shape == (FRAMES, 64) and masks.dtype == np.uint8
+        assert masks.shape == (FRAMES, 1, 64) and masks.dtype == np.uint8  # (index, module, bits)
+        masks = masks[:, 0]
         lost = spec["packets_lost"][:]
         for i, f in enumerate(range(1000, 1000 + FRAMES)):
             frame = data[i].reshape(-1)

@@ -1,8 +1,10 @@
 //! Compression codecs and NXmx HDF5 data files for detingest.
 //!
 //! A [`Codec`] encodes a frame into the exact chunk bytes of an HDF5 filter (bitshuffle-LZ4 =
-//! 32008, LZ4 = 32004) into a caller's buffer; a [`StreamFile`] appends such chunks to `/entry/data/data` with
-//! `H5Dwrite_chunk`, so no filter runs at write time and HDF5 never sees the pixels. Readers
+//! 32008, LZ4 = 32004) into a caller's buffer; a [`RunFiles`] writes such chunks (one per
+//! module tile or per full image, see [`Chunking`]) into a run's NXmx file set, a master file
+//! and data files that roll over every `frames_per_file` indices, with `H5Dwrite_chunk`, so
+//! no filter runs at write time and HDF5 never sees the pixels. Readers
 //! (h5py + hdf5plugin, h5dump with `HDF5_PLUGIN_PATH`, DIALS, XDS) decode with the registered
 //! filter plugin.
 //!
@@ -21,11 +23,17 @@
 //! ```
 
 mod codec;
+mod data_file;
 mod error;
+mod layout;
+mod master;
 mod nxmx;
-mod stream_file;
+mod run_files;
 
 pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
+pub use data_file::DATA_PATH;
 pub use error::WriteError;
+pub use layout::{Chunking, RunLayout, MAX_MODULES};
+pub use master::{IndexRecord, RunEnd};
 pub use nxmx::DetectorInfo;
-pub use stream_file::{DatasetLayout, StreamFile, DATA_PATH};
+pub use run_files::{data_file_name, master_path, FileOptions, RunFiles};

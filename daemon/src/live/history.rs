@@ -171,6 +171,7 @@ mod tests {
             codec: Codec::BitshuffleLz4,
             pixel: PixelType::U16,
             shape: [4, 4],
+            modules: 1,
         })
     }
 
@@ -183,6 +184,8 @@ mod tests {
             compressed_bytes: 8,
             timestamp_ns: 0,
             written_ns: 0,
+            modules: 1,
+            packets_lost: 0,
             missing: detingest_shm::PacketMask::NONE,
         }
     }

@@ -16,7 +16,7 @@ pub struct FrameMessage<'a> {
     pub chunk: [u64; 3],
     pub complete: bool,
     pub lost: bool,
-    pub missing_modules: &'a [u16],
+    pub missing_modules: MissingModules,
     pub packets_lost: u64,
     pub missing_packets: MissingPackets,
     pub bytes_raw: u64,
@@ -31,7 +31,7 @@ pub struct FrameMessage<'a> {
 impl<'a> FrameMessage<'a> {
     /// The message of `r` in stream `info`; `file` is the file path as text.
     pub fn new(info: &'a StreamInfo, file: &'a str, r: &FrameRecord) -> Self {
-        const MISSING: [u16; 1] = [0];
+        let missing_modules = info.all_modules() & !r.modules;
         Self {
             stream: &info.key,
             index: r.index,
@@ -39,10 +39,10 @@ impl<'a> FrameMessage<'a> {
             file,
             dataset: info.dataset,
             chunk: [r.index - 1, 0, 0],
-            complete: !r.lost && r.missing.count() == 0,
+            complete: !r.lost && missing_modules == 0 && r.packets_lost == 0,
             lost: r.lost,
-            missing_modules: if r.lost { &MISSING } else { &[] },
-            packets_lost: u64::from(r.missing.count()),
+            missing_modules: MissingModules(missing_modules),
+            packets_lost: u64::from(r.packets_lost),
             missing_packets: MissingPackets(r.missing),
             bytes_raw: r.raw_bytes,
             bytes_compressed: r.compressed_bytes,
@@ -52,6 +52,20 @@ impl<'a> FrameMessage<'a> {
             dtype: info.pixel.numpy_name(),
             shape: info.shape,
         }
+    }
+}
+
+/// The missing module numbers (bits of a mask), serialised as a JSON array without allocating.
+pub struct MissingModules(pub u64);
+
+impl Serialize for MissingModules {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.count_ones() as usize))?;
+        for m in (0..64).filter(|m| self.0 & (1 << m) != 0) {
+            seq.serialize_element(&m)?;
+        }
+        seq.end()
     }
 }
 
@@ -197,7 +211,8 @@ mod tests {
             dataset: "/entry/data/data",
             codec: Codec::None,
             pixel: PixelType::U16,
-            shape: [512, 1024],
+            shape: [1024, 1024],
+            modules: 2,
         };
         let mut missing = PacketMask::NONE;
         missing.set(3);
@@ -210,18 +225,29 @@ mod tests {
             compressed_bytes: 1 << 20,
             timestamp_ns: 1,
             written_ns: 2,
+            modules: 0b11,
+            packets_lost: 2,
             missing,
         };
         let json = serde_json::to_value(FrameMessage::new(&info, "f.h5", &r)).unwrap();
         assert_eq!(json["packets_lost"], 2);
+        assert_eq!(json["missing_modules"], serde_json::json!([]));
         assert_eq!(json["missing_packets"], serde_json::json!([3, 100]));
         assert_eq!(json["complete"], false);
         let whole = FrameRecord {
             missing: PacketMask::NONE,
+            packets_lost: 0,
             ..r
         };
         let json = serde_json::to_value(FrameMessage::new(&info, "f.h5", &whole)).unwrap();
         assert_eq!(json["missing_packets"], serde_json::json!([]));
         assert_eq!(json["complete"], true);
+        let half = FrameRecord {
+            modules: 0b10,
+            ..whole
+        };
+        let json = serde_json::to_value(FrameMessage::new(&info, "f.h5", &half)).unwrap();
+        assert_eq!(json["missing_modules"], serde_json::json!([0]));
+        assert_eq!(json["complete"], false);
     }
 }

@@ -55,13 +55,9 @@ pub(crate) fn run(
                         }
                     }
                     Err(e) => {
-                        tracing::error!(index, error = %e, "codec refused a frame; recorded lost");
+                        tracing::error!(index, error = %e, "codec refused a chunk; recorded missing");
                         stats.codec_errors.fetch_add(1, Ordering::Relaxed);
-                        Step::Lost {
-                            first_index: index,
-                            first_frame_number: meta.frame_number,
-                            count: 1,
-                        }
+                        Step::Failed { index }
                     }
                 }
             }

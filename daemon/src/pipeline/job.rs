@@ -48,7 +48,9 @@ pub struct Item {
 pub enum Step {
     /// Open the stream's file.
     Open,
-    /// A frame still to be compressed (only between indexer and workers).
+    /// A chunk still to be compressed (only between indexer and workers): one module frame
+    /// with module chunking (`meta.module` is its position in the grid), the assembled image
+    /// with frame chunking.
     Raw {
         /// 1-based index in the stream.
         index: u64,
@@ -57,7 +59,7 @@ pub enum Step {
         /// Raw pixels.
         pixels: FrameBuf,
     },
-    /// A compressed frame ready to write.
+    /// A compressed chunk ready to write.
     Chunk {
         /// 1-based index in the stream.
         index: u64,
@@ -65,6 +67,27 @@ pub enum Step {
         meta: FrameMeta,
         /// Encoded chunk.
         chunk: PoolBuf,
+    },
+    /// With frame chunking: module `meta.module` of `index` was copied into its image (what
+    /// the writer records of it; the pixels travel in the image's `Raw`).
+    Seen {
+        /// 1-based index in the stream.
+        index: u64,
+        /// The module frame's description.
+        meta: FrameMeta,
+    },
+    /// A chunk of `index` the codec refused: its module is recorded missing.
+    Failed {
+        /// 1-based index in the stream.
+        index: u64,
+    },
+    /// Every chunk of `index` has been emitted: its dataset is complete, or closed incomplete
+    /// by timeout or because the stream moved ahead. The writer records it.
+    Closed {
+        /// 1-based index in the stream.
+        index: u64,
+        /// Its detector frame number.
+        frame_number: u64,
     },
     /// `count` consecutive indices whose frames never arrived (or could not be encoded).
     Lost {

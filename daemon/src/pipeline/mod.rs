@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver};
 use detingest_shm::ring::{RingConsumer, RingError, RingSpec};
 use detingest_shm::BufferPool;
-use detingest_writer::{Codec, DatasetLayout, DATA_PATH};
+use detingest_writer::{Chunking, Codec, RunLayout, DATA_PATH};
 
 pub use job::{SourceMsg, StreamSlot};
 pub use stats::{PipelineStats, StatsSnapshot};
-pub use writer::StreamReport;
+pub use writer::{StreamReport, StreamSetup};
 
 use crate::config::{Config, ConfigError, ShmConfig, SourceConfig, SourceKind, UdpConfig};
 use crate::notify::{NotificationSink, NotifyQueue, PreviewPolicy, StreamInfo};
@@ -40,7 +40,7 @@ use crate::threads;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// A stream's data file exists already; detingest never overwrites.
+    /// A stream's master or first data file exists already; detingest never overwrites.
     #[error("{0} exists already; choose another stream name or move the file")]
     Exists(PathBuf),
     /// A shared-memory ring could not be created.
@@ -67,14 +67,30 @@ pub enum StartError {
     Spawn(#[from] std::io::Error),
 }
 
-/// Where a stream's data file goes: `<data_dir>/<beamtime>/<source>/<stream>.h5`.
-pub fn stream_file_path(config: &Config, src: &SourceConfig) -> PathBuf {
+/// The directory of a stream's files: `<data_dir>/<beamtime>/<source>`.
+pub fn stream_dir(config: &Config, src: &SourceConfig) -> PathBuf {
     let id = &src.stream;
     config
         .data_dir
         .join(id.beamtime.as_str())
         .join(id.source.as_str())
-        .join(format!("{}.h5", id.stream))
+}
+
+/// A stream's master file: `<data_dir>/<beamtime>/<source>/<stream>_master.h5`.
+pub fn stream_file_path(config: &Config, src: &SourceConfig) -> PathBuf {
+    detingest_writer::master_path(&stream_dir(config, src), src.stream.stream.as_str())
+}
+
+/// The image layout of a source's stream under the run settings of `config`.
+pub fn run_layout(config: &Config, src: &SourceConfig) -> RunLayout {
+    let (pixel, module_shape) = src.frame_format();
+    RunLayout {
+        pixel,
+        module_shape,
+        grid: src.grid,
+        chunking: config.run.chunking,
+        codec: src.codec(&config.writer),
+    }
 }
 
 /// Queue fill levels and free buffers at one moment.
@@ -150,33 +166,65 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
 
     let mut streams = Vec::new();
-    let mut layouts = Vec::new();
+    let mut setups = Vec::new();
+    let mut plans = Vec::new();
     let mut max_chunk = 0;
+    let run = &config.run;
     for (slot, src) in config.sources.iter().enumerate() {
         let file = stream_file_path(config, src);
-        if file.exists() {
-            return Err(StartError::Exists(file));
+        let first_data = stream_dir(config, src).join(detingest_writer::data_file_name(
+            src.stream.stream.as_str(),
+            1,
+        ));
+        if let Some(existing) = [&file, &first_data].into_iter().find(|f| f.exists()) {
+            return Err(StartError::Exists(existing.clone()));
         }
-        let (pixel, shape) = src.frame_format();
-        let codec = src.codec(&config.writer);
+        let layout = run_layout(config, src);
         let info = Arc::new(StreamInfo {
             slot: slot as StreamSlot,
             id: src.stream.clone(),
             key: src.stream.to_string(),
             file,
             dataset: DATA_PATH,
-            codec,
-            pixel,
-            shape,
+            codec: layout.codec,
+            pixel: layout.pixel,
+            shape: layout.image_shape(),
+            modules: layout.modules(),
         });
-        let layout = DatasetLayout {
-            pixel,
-            shape,
-            codec,
-        };
-        max_chunk = max_chunk.max(codec.max_compressed_len(layout.frame_bytes(), pixel.size()));
+        let chunk_bytes = layout.chunk_bytes();
+        max_chunk = max_chunk.max(
+            layout
+                .codec
+                .max_compressed_len(chunk_bytes, layout.pixel.size()),
+        );
+        let assemble = layout.effective_chunking() == Chunking::Frame;
+        let ahead = run.dataset_ahead;
+        plans.push(indexer::StreamPlan {
+            layout,
+            ahead,
+            timeout: Duration::from_millis(run.dataset_timeout_ms),
+            limit: run.frames,
+            first_frame_number: run.first_frame_number,
+            // Open datasets, plus images queued for and held by the workers.
+            images: assemble.then(|| {
+                BufferPool::new(
+                    ahead as usize + 2 + p.queue_depth + p.compress_workers,
+                    chunk_bytes,
+                )
+            }),
+        });
         streams.push(Arc::clone(&info));
-        layouts.push((info, layout));
+        setups.push((
+            info,
+            StreamSetup {
+                layout,
+                files: run.file_options(),
+                detector: config.detector.clone(),
+                user_json: run.user.to_string(),
+                next_stream: run.next_stream.clone(),
+                open_datasets: ahead as usize,
+            },
+        ));
     }
 
     // Rings and sockets before any thread: one that cannot be made stops the start cleanly.
@@ -201,11 +249,20 @@ pub fn start(
     let previews = (live.preview_every > 0 && !live.publish.is_empty())
         .then(|| BufferPool::new(live.preview_buffers, max_chunk));
 
-    // Every item between indexer and writer is a frame (holding a buffer or a queue slot) or
-    // one of at most one Lost per frame plus Open, Lost and Close per stream; see
-    // `compress.rs` for why the writer never waits on a full window.
-    let frames_in_flight = p.output_buffers + 2 * p.queue_depth + p.compress_workers;
-    let window = 2 * frames_in_flight + 3 * streams.len() + 1;
+    // The reorder window holds items that overtook the one the writer awaits, which a worker
+    // holds (`compress.rs`). Chunks hold an output buffer or a queue slot; per chunk at most
+    // one item per module (Seen), one Closed or Lost per index, and one Lost range per jump
+    // come without one; and up to `dataset_ahead` datasets' items may precede their Closed.
+    let modules = config
+        .sources
+        .iter()
+        .map(|s| s.modules() as usize)
+        .max()
+        .unwrap_or(1);
+    let chunks_in_flight = p.output_buffers + 2 * p.queue_depth + p.compress_workers;
+    let per_chunk = modules + 3;
+    let window =
+        (chunks_in_flight + run.dataset_ahead as usize) * per_chunk * 2 + 3 * streams.len() + 1;
 
     let mut threads = Vec::new();
     let consumer = Arc::clone(&notify);
@@ -213,8 +270,7 @@ pub fn start(
         consumer.consume(sinks)
     })?);
     let writer_stage = writer::Writer::new(
-        layouts,
-        config.detector.clone(),
+        setups,
         writer::FlushCadence {
             frames: config.writer.flush_every_frames,
             interval: (config.writer.flush_interval_ms > 0)
@@ -224,6 +280,7 @@ pub fn start(
         window,
         Arc::clone(&notify),
         Arc::clone(&stats),
+        Arc::clone(&stop),
     );
     let writer_rx = write_rx.clone();
     let writer = threads::spawn("writer".into(), t.writer, move || {
@@ -243,7 +300,7 @@ pub fn start(
         })?);
     }
     drop(write_tx);
-    let indexer = indexer::Indexer::new(streams.len(), compress_tx, Arc::clone(&stats));
+    let indexer = indexer::Indexer::new(plans, compress_tx, Arc::clone(&stats), Arc::clone(&stop));
     let indexer_rx = source_rx.clone();
     threads.push(threads::spawn("indexer".into(), t.indexer, move || {
         indexer.run(indexer_rx)
@@ -268,6 +325,7 @@ pub fn start(
         match (src.kind(), prep) {
             (Some(SourceKind::Synthetic(cfg)), _) => {
                 let bank = FrameBank::generate(cfg);
+                let modules = src.modules();
                 // Only a copying source fills pool buffers; the others need none.
                 let buffers = if cfg.copy { p.input_buffers } else { 0 };
                 let pool = BufferPool::new(buffers, bank.frame_bytes());
@@ -275,14 +333,15 @@ pub fn start(
                 let mut out = output(pool);
                 let cfg = cfg.clone();
                 threads.push(threads::spawn(name, src.core, move || {
-                    source::synthetic::run(&cfg, &bank, &mut out)
+                    source::synthetic::run(&cfg, modules, &bank, &mut out)
                 })?);
             }
             (Some(SourceKind::Shm(cfg)), Prepared::Ring(ring)) => {
                 let mut out = output(BufferPool::new(0, 0)); // the ring's slots are the buffers
                 let cfg = cfg.clone();
+                let modules = src.modules();
                 threads.push(threads::spawn(name, src.core, move || {
-                    source::shm::run(&cfg, ring, &mut out)
+                    source::shm::run(&cfg, modules, ring, &mut out)
                 })?);
             }
             (Some(SourceKind::Udp(cfg)), Prepared::Udp(receiver)) => {

@@ -6,21 +6,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters of the stages after the sources.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
-    /// Frames given an index.
+    /// Module frames given an index.
     pub indexed: AtomicU64,
     /// Indices recorded lost (frames dropped by sources or never delivered).
     pub lost: AtomicU64,
+    /// Datasets closed with some (not all) modules missing.
+    pub incomplete: AtomicU64,
     /// Frames refused by the indexer: behind the stream's numbering, or of a stream not open.
     pub stale: AtomicU64,
-    /// Frames compressed.
+    /// Chunks compressed.
     pub compressed: AtomicU64,
-    /// Frames the codec refused (recorded lost).
+    /// Chunks the codec refused (their modules recorded missing).
     pub codec_errors: AtomicU64,
     /// Raw bytes of compressed frames.
     pub bytes_raw: AtomicU64,
     /// Encoded bytes of compressed frames.
     pub bytes_compressed: AtomicU64,
-    /// Frames written to files.
+    /// Chunks written to files (module tiles with module chunking).
     pub written: AtomicU64,
     /// Frames or lost records that could not be written (file errors).
     pub write_errors: AtomicU64,
@@ -40,6 +42,7 @@ pub struct PipelineStats {
 pub struct StatsSnapshot {
     pub indexed: u64,
     pub lost: u64,
+    pub incomplete: u64,
     pub stale: u64,
     pub compressed: u64,
     pub codec_errors: u64,
@@ -60,6 +63,7 @@ impl PipelineStats {
         StatsSnapshot {
             indexed: r(&self.indexed),
             lost: r(&self.lost),
+            incomplete: r(&self.incomplete),
             stale: r(&self.stale),
             compressed: r(&self.compressed),
             codec_errors: r(&self.codec_errors),

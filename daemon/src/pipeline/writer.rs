@@ -1,13 +1,20 @@
-//! The writer stage: puts items back in the indexer's order, writes chunks with direct chunk
-//! writes, records lost indices, flushes on the configured cadence, and announces every index
-//! on the notification queue. It is the only thread that calls HDF5.
+//! The writer stage: puts items back in the indexer's order, writes chunks into the run's file
+//! set with direct chunk writes, records each index when its dataset closes (or is lost),
+//! flushes on the configured cadence, and announces every index on the notification queue.
+//! It is the only thread that calls HDF5.
+//!
+//! What an index's record says (which modules were written, lost packets, sizes) is gathered
+//! from its chunks in a small ring of accumulators, one per open dataset, allocated at start.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use detingest_writer::{DatasetLayout, DetectorInfo, StreamFile, WriteError};
+use detingest_shm::{FrameMeta, PacketMask, PoolBuf};
+use detingest_writer::{
+    Chunking, DetectorInfo, FileOptions, IndexRecord, RunEnd, RunFiles, RunLayout, WriteError,
+};
 
 use super::job::{Item, Step};
 use super::reorder::Reorder;
@@ -26,61 +33,151 @@ pub struct FlushCadence {
     pub interval: Option<Duration>,
 }
 
+/// What one stream's files look like and say.
+#[derive(Debug, Clone)]
+pub struct StreamSetup {
+    /// Geometry, chunking and codec.
+    pub layout: RunLayout,
+    /// Rollover and VDS.
+    pub files: FileOptions,
+    /// NXmx detector description.
+    pub detector: DetectorInfo,
+    /// Free user metadata (JSON text).
+    pub user_json: String,
+    /// The stream after this one, for the finish marker.
+    pub next_stream: Option<String>,
+    /// Datasets open at once at most (`dataset_ahead`).
+    pub open_datasets: usize,
+}
+
 /// What became of one stream.
 #[derive(Debug, Clone)]
 pub struct StreamReport {
     /// The stream.
     pub stream: Arc<StreamInfo>,
-    /// Indices in its file.
+    /// Indices in its files.
     pub frames: u64,
     /// Of which lost.
     pub lost: u64,
-    /// The first error that stopped its file, if any.
+    /// The first error that stopped its files, if any.
     pub error: Option<String>,
+}
+
+/// What the writer has gathered of one open index.
+struct Accum {
+    /// The index (0: free).
+    index: u64,
+    modules: u64,
+    timestamp_ns: u64,
+    raw_bytes: u64,
+    compressed_bytes: u64,
+    /// Frame chunking: the image chunk was written.
+    image: bool,
+    /// Per module.
+    missing: Vec<[u8; 64]>,
+    preview: Option<Arc<PoolBuf>>,
+}
+
+impl Accum {
+    fn new(modules: usize) -> Self {
+        Self {
+            index: 0,
+            modules: 0,
+            timestamp_ns: 0,
+            raw_bytes: 0,
+            compressed_bytes: 0,
+            image: false,
+            missing: vec![[0; 64]; modules],
+            preview: None,
+        }
+    }
+
+    fn reset(&mut self, index: u64) {
+        self.index = index;
+        self.modules = 0;
+        self.timestamp_ns = 0;
+        self.raw_bytes = 0;
+        self.compressed_bytes = 0;
+        self.image = false;
+        self.missing.fill([0; 64]);
+        self.preview = None;
+    }
+
+    /// Notes module `meta.module` as present.
+    fn module(&mut self, meta: &FrameMeta) {
+        let m = usize::from(meta.module);
+        self.modules |= 1 << m;
+        if let Some(slot) = self.missing.get_mut(m) {
+            *slot = meta.missing.0;
+        }
+        if self.timestamp_ns == 0 {
+            self.timestamp_ns = meta.timestamp_ns;
+        }
+        self.raw_bytes += meta.byte_len() as u64;
+    }
 }
 
 struct StreamState {
     info: Arc<StreamInfo>,
-    layout: DatasetLayout,
-    file: Option<StreamFile>,
+    setup: StreamSetup,
+    files: Option<RunFiles>,
+    accums: Vec<Accum>,
     preview: PreviewPolicy,
     since_flush: u64,
     last_flush: Instant,
     report: StreamReport,
 }
 
+/// The accumulator of `index`, reset if it held an older one.
+fn accum<'a>(accums: &'a mut [Accum], index: u64, stats: &PipelineStats) -> &'a mut Accum {
+    let n = accums.len() as u64;
+    let a = &mut accums[(index % n) as usize];
+    if a.index != index {
+        if a.index != 0 {
+            // More datasets open than the indexer allows: a wiring bug, never silent.
+            tracing::error!(index, held = a.index, "dataset accumulator overrun");
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        a.reset(index);
+    }
+    a
+}
+
 /// The writer stage's state.
 pub struct Writer {
     streams: Vec<StreamState>,
-    detector: DetectorInfo,
     cadence: FlushCadence,
     reorder: Reorder,
     notify: Arc<NotifyQueue>,
     stats: Arc<PipelineStats>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Writer {
     pub(crate) fn new(
-        streams: Vec<(Arc<StreamInfo>, DatasetLayout)>,
-        detector: DetectorInfo,
+        streams: Vec<(Arc<StreamInfo>, StreamSetup)>,
         cadence: FlushCadence,
         preview: PreviewPolicy,
         window: usize,
         notify: Arc<NotifyQueue>,
         stats: Arc<PipelineStats>,
+        stop: Arc<AtomicBool>,
     ) -> Self {
         let streams = streams
             .into_iter()
-            .map(|(info, layout)| StreamState {
+            .map(|(info, setup)| StreamState {
                 report: StreamReport {
                     stream: Arc::clone(&info),
                     frames: 0,
                     lost: 0,
                     error: None,
                 },
+                accums: (0..setup.open_datasets + 2)
+                    .map(|_| Accum::new(setup.layout.modules() as usize))
+                    .collect(),
                 info,
-                layout,
-                file: None,
+                setup,
+                files: None,
                 preview: preview.clone(),
                 since_flush: 0,
                 last_flush: Instant::now(),
@@ -88,11 +185,11 @@ impl Writer {
             .collect();
         Self {
             streams,
-            detector,
             cadence,
             reorder: Reorder::new(window),
             notify,
             stats,
+            stop,
         }
     }
 
@@ -127,102 +224,161 @@ impl Writer {
         let slot = usize::from(item.stream);
         match item.step {
             Step::Open => self.open(slot),
-            Step::Chunk { index, meta, chunk } => {
+            Step::Chunk { index, meta, chunk } => self.chunk(slot, index, &meta, chunk),
+            Step::Seen { index, meta } => {
                 let s = &mut self.streams[slot];
-                let Some(file) = s.file.as_mut() else {
-                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    return;
-                };
-                if let Err(e) = file.write_frame(index, chunk.as_slice(), &meta) {
-                    self.fail(slot, e);
-                    return;
-                }
-                s.since_flush += 1;
-                s.report.frames = index;
-                self.stats.written.fetch_add(1, Ordering::Relaxed);
-                let compressed_bytes = chunk.len() as u64;
-                let mut preview = None;
-                if s.preview.wants(Instant::now()) {
-                    preview = s.preview.copy(chunk.as_slice());
-                    if preview.is_none() {
-                        self.stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                self.notify.push(Notification::Frame(FrameNotice {
-                    stream: Arc::clone(&s.info),
-                    record: FrameRecord {
-                        index,
-                        frame_number: meta.frame_number,
-                        lost: false,
-                        raw_bytes: meta.byte_len() as u64,
-                        compressed_bytes,
-                        timestamp_ns: meta.timestamp_ns,
-                        written_ns: now_ns(),
-                        missing: meta.missing,
-                    },
-                    preview,
-                }));
+                accum(&mut s.accums, index, &self.stats).module(&meta);
             }
+            Step::Failed { index } => {
+                // Counted by the worker; the module stays missing from the index's record.
+                let s = &mut self.streams[slot];
+                accum(&mut s.accums, index, &self.stats);
+            }
+            Step::Closed {
+                index,
+                frame_number,
+            } => self.record(slot, index, frame_number, false),
             Step::Lost {
                 first_index,
                 first_frame_number,
                 count,
             } => {
                 for k in 0..count {
-                    let s = &mut self.streams[slot];
-                    let Some(file) = s.file.as_mut() else {
-                        self.stats
-                            .write_errors
-                            .fetch_add(count - k, Ordering::Relaxed);
-                        return;
-                    };
-                    let (index, frame_number) = (first_index + k, first_frame_number + k);
-                    if let Err(e) = file.record_lost(index, frame_number) {
-                        self.fail(slot, e);
-                        continue;
-                    }
-                    s.since_flush += 1;
-                    s.report.frames = index;
-                    s.report.lost += 1;
-                    self.notify.push(Notification::Frame(FrameNotice {
-                        stream: Arc::clone(&s.info),
-                        record: FrameRecord {
-                            index,
-                            frame_number,
-                            lost: true,
-                            raw_bytes: 0,
-                            compressed_bytes: 0,
-                            timestamp_ns: 0,
-                            written_ns: now_ns(),
-                            missing: detingest_shm::PacketMask::NONE,
-                        },
-                        preview: None,
-                    }));
+                    self.record(slot, first_index + k, first_frame_number + k, true);
                 }
             }
             Step::Close => self.close(slot),
             Step::Raw { .. } => {
-                // Workers turn every Raw into Chunk or Lost; reaching here is a wiring bug.
-                tracing::error!("uncompressed frame reached the writer; dropped");
+                // Workers turn every Raw into Chunk or Failed; reaching here is a wiring bug.
+                tracing::error!("uncompressed chunk reached the writer; dropped");
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    fn open(&mut self, slot: usize) {
+    fn chunk(&mut self, slot: usize, index: u64, meta: &FrameMeta, chunk: PoolBuf) {
         let s = &mut self.streams[slot];
-        if let Some(dir) = s.info.file.parent() {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                let msg = format!("cannot create {}: {e}", dir.display());
-                tracing::error!(stream = %s.info.id, "{msg}");
-                s.report.error.get_or_insert(msg);
-                return;
+        let Some(files) = s.files.as_mut() else {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if let Err(e) = files.write_chunk(index, u32::from(meta.module), chunk.as_slice()) {
+            self.fail(slot, e);
+            return;
+        }
+        self.stats.written.fetch_add(1, Ordering::Relaxed);
+        // A preview is a whole image: with module chunking of several modules there is none.
+        let whole = meta.shape == s.info.shape;
+        let wants = whole && s.preview.wants(Instant::now());
+        let preview = if wants {
+            let p = s.preview.copy(chunk.as_slice());
+            if p.is_none() {
+                self.stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            p
+        } else {
+            None
+        };
+        let frame_chunking = s.setup.layout.effective_chunking() == Chunking::Frame;
+        let a = accum(&mut s.accums, index, &self.stats);
+        if frame_chunking {
+            a.image = true;
+        } else {
+            a.module(meta);
+        }
+        a.compressed_bytes += chunk.len() as u64;
+        if preview.is_some() {
+            a.preview = preview;
+        }
+    }
+
+    /// Records `index` in the master and announces it.
+    fn record(&mut self, slot: usize, index: u64, frame_number: u64, lost: bool) {
+        let s = &mut self.streams[slot];
+        let frame_chunking = s.setup.layout.effective_chunking() == Chunking::Frame;
+        let a = accum(&mut s.accums, index, &self.stats);
+        let mut modules = if lost { 0 } else { a.modules };
+        if frame_chunking && !a.image {
+            modules = 0; // its image never reached the file
+        }
+        let mut union = PacketMask::NONE;
+        let mut packets_lost = 0;
+        for mask in &a.missing {
+            packets_lost += mask.iter().map(|b| b.count_ones()).sum::<u32>();
+            for (u, b) in union.0.iter_mut().zip(mask) {
+                *u |= b;
             }
         }
-        match StreamFile::create(&s.info.file, s.layout, &self.detector) {
+        let record = FrameRecord {
+            index,
+            frame_number,
+            lost: modules == 0,
+            raw_bytes: if modules == 0 { 0 } else { a.raw_bytes },
+            compressed_bytes: a.compressed_bytes,
+            timestamp_ns: a.timestamp_ns,
+            written_ns: 0,
+            modules,
+            packets_lost,
+            missing: union,
+        };
+        let preview = a.preview.take();
+        let Some(files) = s.files.as_mut() else {
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let result = files.record(
+            index,
+            &IndexRecord {
+                frame_number,
+                timestamp_ns: record.timestamp_ns,
+                modules,
+                missing_packets: &a.missing,
+            },
+        );
+        a.index = 0;
+        if let Err(e) = result {
+            self.fail(slot, e);
+            return;
+        }
+        s.since_flush += 1;
+        s.report.frames = index;
+        if modules == 0 {
+            s.report.lost += 1;
+        }
+        self.notify.push(Notification::Frame(FrameNotice {
+            stream: Arc::clone(&s.info),
+            record: FrameRecord {
+                written_ns: now_ns(),
+                ..record
+            },
+            preview,
+        }));
+    }
+
+    fn open(&mut self, slot: usize) {
+        let s = &mut self.streams[slot];
+        let Some(dir) = s.info.file.parent() else {
+            return;
+        };
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            let msg = format!("cannot create {}: {e}", dir.display());
+            tracing::error!(stream = %s.info.id, "{msg}");
+            s.report.error.get_or_insert(msg);
+            self.stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        let setup = &s.setup;
+        match RunFiles::create(
+            dir,
+            s.info.id.stream.as_str(),
+            setup.layout,
+            &setup.detector,
+            &setup.user_json,
+            setup.files,
+        ) {
             Ok(f) => {
-                tracing::info!(stream = %s.info.id, file = %s.info.file.display(), "stream opened");
-                s.file = Some(f);
+                tracing::info!(stream = %s.info.id, master = %s.info.file.display(), "stream opened");
+                s.files = Some(f);
                 s.last_flush = Instant::now();
                 self.notify
                     .push(Notification::StreamStart(StreamStartNotice {
@@ -236,12 +392,17 @@ impl Writer {
 
     fn close(&mut self, slot: usize) {
         let s = &mut self.streams[slot];
-        let Some(file) = s.file.take() else {
+        let Some(files) = s.files.take() else {
             return;
         };
-        let lost = file.lost();
-        match file.finish() {
+        let lost = files.lost();
+        let end = RunEnd {
+            next_stream: s.setup.next_stream.clone(),
+            error: None,
+        };
+        match files.finish(&end) {
             Ok(frames) => {
+                tracing::info!(stream = %s.info.id, frames, lost, "stream closed");
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
                 self.notify.push(Notification::StreamEnd(StreamEndNotice {
                     stream: Arc::clone(&s.info),
@@ -254,15 +415,24 @@ impl Writer {
         }
     }
 
-    /// Records a stream's first error and closes its file, keeping what was flushed readable.
+    /// Records a stream's first error, closes its files (keeping what was flushed readable,
+    /// with the error in the master) and stops the pipeline: the run ends.
     fn fail(&mut self, slot: usize, e: WriteError) {
         let s = &mut self.streams[slot];
-        tracing::error!(stream = %s.info.id, error = %e, "stream stopped writing");
+        let msg = e.to_string();
+        tracing::error!(stream = %s.info.id, error = %msg, "stream stopped writing; the run ends");
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-        s.report.error.get_or_insert_with(|| e.to_string());
-        if let Some(file) = s.file.take() {
-            let _ = file.finish();
+        s.report.error.get_or_insert_with(|| msg.clone());
+        if let Some(files) = s.files.take() {
+            let end = RunEnd {
+                next_stream: s.setup.next_stream.clone(),
+                error: Some(msg),
+            };
+            if let Err(e) = files.finish(&end) {
+                tracing::error!(stream = %s.info.id, error = %e, "closing the files after the error failed too");
+            }
         }
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Flushes every file whose count or time is up.
@@ -285,10 +455,10 @@ impl Writer {
         if !(by_count || late) {
             return;
         }
-        let Some(file) = s.file.as_mut() else {
+        let Some(files) = s.files.as_mut() else {
             return;
         };
-        if let Err(e) = file.flush() {
+        if let Err(e) = files.flush() {
             self.fail(slot, e);
             return;
         }

@@ -22,13 +22,13 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// Serves `ring` until stopped (or, with `end_on_close`, until a producer closes cleanly),
 /// then ends the stream.
-pub fn run(cfg: &ShmConfig, mut ring: RingConsumer, out: &mut SourceOutput) {
+pub fn run(cfg: &ShmConfig, modules: u32, mut ring: RingConsumer, out: &mut SourceOutput) {
     let path = ring.path().display().to_string();
     let mut last_frame_number = None;
     while !out.stop_requested() {
         match ring.poll(POLL) {
             Ok(RingEvent::Frame(slot, desc)) => {
-                let Some(meta) = frame_meta(cfg, &slot, &desc) else {
+                let Some(meta) = frame_meta(cfg, modules, &slot, &desc) else {
                     out.stats().malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(ring = %path, ?desc, "frame refused: its description does not fit the stream");
                     continue;
@@ -68,8 +68,9 @@ pub fn run(cfg: &ShmConfig, mut ring: RingConsumer, out: &mut SourceOutput) {
     // Dropping the ring tells attached producers the daemon is gone.
 }
 
-/// The frame's description if it is one this stream takes.
-fn frame_meta(cfg: &ShmConfig, slot: &RingSlot, d: &Descriptor) -> Option<FrameMeta> {
+/// The frame's description if it is one this stream takes: of the ring's module, or with a
+/// grid of several modules, of any module in it.
+fn frame_meta(cfg: &ShmConfig, modules: u32, slot: &RingSlot, d: &Descriptor) -> Option<FrameMeta> {
     let meta = FrameMeta {
         frame_number: d.frame_number,
         module: u16::try_from(d.module).ok()?,
@@ -81,7 +82,11 @@ fn frame_meta(cfg: &ShmConfig, slot: &RingSlot, d: &Descriptor) -> Option<FrameM
     let fits = d.sequence == slot.sequence()
         && meta.pixel == cfg.pixel
         && meta.shape == cfg.shape
-        && meta.module == cfg.module
+        && (if modules > 1 {
+            u32::from(meta.module) < modules
+        } else {
+            meta.module == cfg.module
+        })
         && d.byte_length == meta.byte_len() as u64
         && slot.bytes().len() == meta.byte_len();
     fits.then_some(meta)

@@ -7,6 +7,11 @@
 //! generating pixels never limits the rate. [`FrameBank::frame`] is the one place frames come
 //! from: the source thread and `detingestd synth-dump` both use it.
 //!
+//! A detector of `M` modules sends `M` module frames per frame number; module `m` of frame
+//! `n` is bank frame `n * M + m`. Module frames listed in `withhold`, or drawn with
+//! probability `module_loss` (from its own generator seeded with `seed`), are never sent, as
+//! a module whose packets all went missing.
+//!
 //! By default a frame goes down the pipeline by reference to its bank entry, with no copy, as
 //! a shared-memory producer's slot does. With `copy = true` the source copies each frame into
 //! a buffer of its pool first, as a receiving socket does; that copy is then its one copy.
@@ -59,16 +64,24 @@ impl FrameBank {
         self.pixel.frame_bytes(self.shape)
     }
 
-    /// The pixels of frame number `n`.
+    /// The pixels of frame number `n` of a single-module detector.
     pub fn frame(&self, n: u64) -> &Arc<[u8]> {
-        &self.frames[(n % self.frames.len() as u64) as usize]
+        self.module_frame(n, 0, 1)
     }
 
-    /// The metadata of frame number `n`.
-    pub fn meta(&self, n: u64) -> FrameMeta {
+    /// The pixels of module `m` of frame number `n` on a detector of `modules` modules.
+    pub fn module_frame(&self, n: u64, m: u32, modules: u32) -> &Arc<[u8]> {
+        let j = n
+            .wrapping_mul(u64::from(modules))
+            .wrapping_add(u64::from(m));
+        &self.frames[(j % self.frames.len() as u64) as usize]
+    }
+
+    /// The metadata of module `m` of frame number `n`.
+    pub fn meta(&self, n: u64, m: u32) -> FrameMeta {
         FrameMeta {
             frame_number: n,
-            module: 0,
+            module: m as u16,
             pixel: self.pixel,
             shape: self.shape,
             timestamp_ns: now_ns(),
@@ -127,9 +140,37 @@ fn bank_frame(cfg: &SyntheticConfig, j: u64) -> Vec<u8> {
     out
 }
 
-/// Runs a synthetic source until its frame count is reached or the pipeline asks it to stop.
-pub fn run(cfg: &SyntheticConfig, bank: &FrameBank, out: &mut SourceOutput) {
+/// Decides which module frames a synthetic detector withholds.
+pub struct Withholding {
+    listed: std::collections::HashSet<(u64, u32)>,
+    loss: f64,
+    rng: ChaCha8Rng,
+}
+
+impl Withholding {
+    /// The withholding `cfg` describes.
+    pub fn new(cfg: &SyntheticConfig) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(u64::MAX); // apart from the bank's streams
+        Self {
+            listed: cfg.withhold.iter().map(|&[n, m]| (n, m as u32)).collect(),
+            loss: cfg.module_loss,
+            rng,
+        }
+    }
+
+    /// True when module `m` of frame `n` is not sent. Call once per module frame, in order.
+    pub fn withheld(&mut self, n: u64, m: u32) -> bool {
+        let drawn = self.loss > 0.0 && self.rng.random_bool(self.loss);
+        drawn || self.listed.contains(&(n, m))
+    }
+}
+
+/// Runs a synthetic detector of `modules` modules until its frame count is reached or the
+/// pipeline asks it to stop.
+pub fn run(cfg: &SyntheticConfig, modules: u32, bank: &FrameBank, out: &mut SourceOutput) {
     out.start(cfg.first_frame_number);
+    let mut withholding = Withholding::new(cfg);
     let period = (cfg.rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.rate_hz));
     let t0 = Instant::now();
     let count = if cfg.frames == 0 {
@@ -149,16 +190,21 @@ pub fn run(cfg: &SyntheticConfig, bank: &FrameBank, out: &mut SourceOutput) {
             pace(t0 + p.mul_f64(i as f64));
         }
         last = Some(n);
-        let pixels = if cfg.copy {
-            let Some(mut buf) = out.buffer() else {
-                continue; // dropped and counted by `buffer`
+        for m in 0..modules {
+            if withholding.withheld(n, m) {
+                continue;
+            }
+            let pixels = if cfg.copy {
+                let Some(mut buf) = out.buffer() else {
+                    continue; // dropped and counted by `buffer`
+                };
+                buf.fill_from(bank.module_frame(n, m, modules));
+                FrameBuf::Pooled(buf)
+            } else {
+                FrameBuf::Shared(Arc::clone(bank.module_frame(n, m, modules)))
             };
-            buf.fill_from(bank.frame(n));
-            FrameBuf::Pooled(buf)
-        } else {
-            FrameBuf::Shared(Arc::clone(bank.frame(n)))
-        };
-        out.send(bank.meta(n), pixels);
+            out.send(bank.meta(n, m), pixels);
+        }
     }
     out.end(last);
 }
@@ -219,6 +265,11 @@ mod tests {
         assert_eq!(frame(&bank, 1), frame(&bank, 4));
         assert_ne!(frame(&bank, 1), frame(&bank, 2));
         assert_eq!(bank.frame(1).len(), bank.frame_bytes());
+        assert_eq!(
+            bank.module_frame(1, 1, 2),
+            bank.module_frame(0, 3, 2),
+            "module m of n is n * M + m"
+        );
     }
 
     #[test]
@@ -236,6 +287,16 @@ mod tests {
         assert!(f
             .chunks_exact(2)
             .any(|b| u16::from_le_bytes([b[0], b[1]]) > 50));
+    }
+
+    #[test]
+    fn withholding_takes_the_listed_module_frames_and_the_drawn_share() {
+        let mut w = Withholding::new(&cfg("withhold = [[3, 1]]"));
+        assert!(w.withheld(3, 1));
+        assert!(!w.withheld(3, 0));
+        let mut w = Withholding::new(&cfg("module_loss = 0.25\nseed = 3"));
+        let n = (0..4000).filter(|&k| w.withheld(k, 0)).count();
+        assert!((800..1200).contains(&n), "{n} of 4000 withheld");
     }
 
     #[test]

@@ -1,0 +1,457 @@
+//! Runs: one acquisition into one stream's file set, started with its metadata and ended by
+//! stop, by reaching its frame count, by an idle timeout, by its source ending, or by an error.
+//!
+//! A run is one pipeline: [`RunManager::start`] builds the run's configuration from the
+//! daemon's (the source named in the request, the request's stream, `[run]` and `[detector]`
+//! overlaid field by field with the request's), starts it, and a supervisor thread watches it
+//! until its files are closed. One run at a time.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use detingest_shm::{Name, StreamId};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::config::{Config, ConfigError, RunSettings};
+use crate::live::Live;
+use crate::notify::{NotificationSink, RateLogger};
+use crate::pipeline::{self, RunSummary, Running, StartError, StatsSnapshot};
+use crate::source::SourceSummary;
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReason {
+    /// Stopped by the operator (API or signal).
+    Stop,
+    /// Reached its frame count.
+    Count,
+    /// No frame arrived for `idle_timeout_ms`.
+    Idle,
+    /// Its source ended the stream (a synthetic source's count, a producer's clean close).
+    Source,
+    /// Writing failed (disk full, I/O error); the error says what.
+    Error,
+}
+
+/// Watches a running pipeline until every file is closed: ends it after `idle` without a
+/// new frame, calls `tick` every 50 ms. Returns the summary and why it ended.
+pub fn supervise(
+    running: Running,
+    limit: u64,
+    idle: Option<Duration>,
+    stop_requested: &AtomicBool,
+    mut tick: impl FnMut(&Running),
+) -> (RunSummary, EndReason) {
+    let mut last = (running.stats().indexed, Instant::now());
+    let mut idle_hit = false;
+    while !running.sources_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = running.stats().indexed;
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if idle.is_some_and(|t| last.1.elapsed() >= t) && !idle_hit {
+            tracing::info!("no frame for the idle timeout; ending the run");
+            idle_hit = true;
+            running.stop();
+        }
+        tick(&running);
+    }
+    let summary = running.wait();
+    let recorded = summary.streams.first().map_or(0, |s| s.frames);
+    let reason = if !summary.ok() {
+        EndReason::Error
+    } else if idle_hit {
+        EndReason::Idle
+    } else if limit > 0 && recorded >= limit {
+        EndReason::Count
+    } else if stop_requested.load(Ordering::Relaxed) {
+        EndReason::Stop
+    } else {
+        EndReason::Source
+    };
+    (summary, reason)
+}
+
+/// An API error: HTTP status and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong (names the offending key for bad requests).
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, message: impl ToString) -> Self {
+        Self {
+            status,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        Self::new(400, e)
+    }
+}
+
+/// Builds the configuration of the run `request` asks for, from the daemon's `base`.
+///
+/// The request: `beamtime`, `source` (a configured `[[source]]` name), `stream` (required);
+/// `detector` (NXmx fields over `[detector]`); any `[run]` field (`frames`, `chunking`,
+/// `frames_per_file`, `vds`, `idle_timeout_ms`, `first_frame_number`, `dataset_timeout_ms`,
+/// `dataset_ahead`, `user`, `next_stream`).
+pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError> {
+    let Value::Object(fields) = request else {
+        return Err(ConfigError::new(".", "the request must be a JSON object"));
+    };
+    let name = |key: &str| -> Result<Name, ConfigError> {
+        let text = fields
+            .get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| ConfigError::new(key, "required (a string)"))?;
+        Name::new(text).map_err(|e| ConfigError::new(key, e))
+    };
+    let id = StreamId {
+        beamtime: name("beamtime")?,
+        source: name("source")?,
+        stream: name("stream")?,
+    };
+    let Some(src) = base.sources.iter().find(|s| s.name == id.source) else {
+        let known: Vec<&str> = base.sources.iter().map(|s| s.name.as_str()).collect();
+        return Err(ConfigError::new(
+            "source",
+            format!(
+                "no source named {:?}; configured: {known:?}",
+                id.source.as_str()
+            ),
+        ));
+    };
+    let mut config = base.clone();
+    let mut run = serde_json::to_value(&base.run).map_err(|e| ConfigError::new("run", e))?;
+    let mut detector =
+        serde_json::to_value(&base.detector).map_err(|e| ConfigError::new("detector", e))?;
+    for (key, value) in fields {
+        match key.as_str() {
+            "beamtime" | "source" | "stream" => {}
+            "detector" => overlay(&mut detector, value, "detector")?,
+            _ => overlay(&mut run, &json!({ key: value }), "")?,
+        }
+    }
+    config.run = from_json::<RunSettings>(run, "")?;
+    config.detector = from_json(detector, "detector.")?;
+    config.run.validate("")?;
+    let mut src = src.clone();
+    src.stream = id;
+    if let Some(syn) = src.synthetic.as_mut() {
+        syn.frames = config.run.frames;
+    }
+    config.sources = vec![src];
+    config.validate()?;
+    Ok(config)
+}
+
+/// Sets the fields of `over` (an object) in `base`, refusing fields `base` does not have.
+fn overlay(base: &mut Value, over: &Value, prefix: &str) -> Result<(), ConfigError> {
+    let key = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    let (Value::Object(b), Value::Object(o)) = (base, over) else {
+        return Err(ConfigError::new(prefix, "must be a JSON object"));
+    };
+    for (k, v) in o {
+        let Some(slot) = b.get_mut(k) else {
+            return Err(ConfigError::new(key(k), "unknown field"));
+        };
+        *slot = v.clone();
+    }
+    Ok(())
+}
+
+/// Deserialises `value`, naming the offending key (`prefix` + its path) on error.
+fn from_json<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." {
+            prefix.trim_end_matches('.').to_string()
+        } else {
+            format!("{prefix}{path}")
+        };
+        ConfigError::new(key, e.into_inner())
+    })
+}
+
+/// What `GET /run` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStatus {
+    /// `idle` (no run yet), `running`, `finished` or `failed`.
+    pub state: &'static str,
+    /// `beamtime/source/stream` of the current or last run.
+    pub stream: Option<String>,
+    /// Its master file.
+    pub master: Option<PathBuf>,
+    /// Frames the run expects (0: open-ended).
+    pub frames_expected: u64,
+    /// Start, ns since the Unix epoch.
+    pub started_ns: u64,
+    /// Seconds since start (or the run's duration once ended).
+    pub elapsed_s: f64,
+    /// Why it ended.
+    pub end_reason: Option<EndReason>,
+    /// The first error, if any.
+    pub error: Option<String>,
+    /// Indices recorded in the files (at the end).
+    pub frames_recorded: u64,
+    /// Of which lost.
+    pub frames_lost: u64,
+    /// Pipeline counters.
+    pub counters: StatsSnapshot,
+    /// Per source.
+    pub sources: Vec<SourceSummary>,
+}
+
+impl RunStatus {
+    fn idle() -> Self {
+        Self {
+            state: "idle",
+            stream: None,
+            master: None,
+            frames_expected: 0,
+            started_ns: 0,
+            elapsed_s: 0.0,
+            end_reason: None,
+            error: None,
+            frames_recorded: 0,
+            frames_lost: 0,
+            counters: StatsSnapshot::default(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// The current run, as the supervisor sees it.
+struct Current {
+    status: Arc<Mutex<RunStatus>>,
+    stop: Arc<AtomicBool>,
+    stop_requested: Arc<AtomicBool>,
+    supervisor: std::thread::JoinHandle<()>,
+}
+
+/// Starts, stops and reports runs, one at a time.
+pub struct RunManager {
+    base: Config,
+    current: Mutex<Option<Current>>,
+    last: Arc<Mutex<RunStatus>>,
+}
+
+impl RunManager {
+    /// A manager for runs of `base`'s sources.
+    pub fn new(base: Config) -> Self {
+        Self {
+            base,
+            current: Mutex::new(None),
+            last: Arc::new(Mutex::new(RunStatus::idle())),
+        }
+    }
+
+    /// Starts the run `request` describes; refused while another runs or if its files exist.
+    pub fn start(&self, request: &Value) -> Result<RunStatus, ApiError> {
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| ApiError::new(500, "poisoned"))?;
+        if let Some(c) = current.as_ref() {
+            if !c.supervisor.is_finished() {
+                return Err(ApiError::new(409, "a run is in progress; stop it first"));
+            }
+        }
+        if let Some(c) = current.take() {
+            let _ = c.supervisor.join();
+        }
+        let config = run_config(&self.base, request)?;
+        let mut sinks: Vec<Box<dyn NotificationSink>> =
+            vec![Box::new(RateLogger::new(Duration::from_secs(5)))];
+        let (live, publisher) = Live::start(&config.live, config.threads.query)
+            .map_err(|e| ApiError::new(500, format!("live publisher: {e:#}")))?;
+        if let Some(p) = publisher {
+            sinks.push(Box::new(p));
+        }
+        let running = pipeline::start(&config, sinks).map_err(|e| match e {
+            StartError::Exists(_) => ApiError::new(409, e),
+            StartError::Config(c) => ApiError::from(c),
+            e => ApiError::new(500, e),
+        })?;
+        let src = &config.sources[0];
+        let status = RunStatus {
+            state: "running",
+            stream: Some(src.stream.to_string()),
+            master: Some(pipeline::stream_file_path(&config, src)),
+            frames_expected: config.run.frames,
+            started_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            ..RunStatus::idle()
+        };
+        tracing::info!(stream = %src.stream, frames = config.run.frames, chunking = config.run.chunking.name(), "run started");
+        let shared = Arc::new(Mutex::new(status.clone()));
+        let stop = running.stop_handle();
+        let stop_requested = Arc::new(AtomicBool::new(false));
+        let (limit, idle) = (
+            config.run.frames,
+            (config.run.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.run.idle_timeout_ms)),
+        );
+        let (st, req, last) = (
+            Arc::clone(&shared),
+            Arc::clone(&stop_requested),
+            Arc::clone(&self.last),
+        );
+        let supervisor = std::thread::Builder::new()
+            .name("run".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let (summary, reason) = supervise(running, limit, idle, &req, |r| {
+                    if let Ok(mut s) = st.lock() {
+                        s.elapsed_s = started.elapsed().as_secs_f64();
+                        s.counters = r.stats();
+                        s.sources = r.sources().iter().map(|s| s.summary()).collect();
+                    }
+                });
+                live.stop();
+                let Ok(mut s) = st.lock() else {
+                    return;
+                };
+                s.elapsed_s = summary.elapsed.as_secs_f64();
+                s.counters = summary.stats;
+                s.sources = summary.sources.clone();
+                s.end_reason = Some(reason);
+                if let Some(report) = summary.streams.first() {
+                    s.frames_recorded = report.frames;
+                    s.frames_lost = report.lost;
+                    s.error.clone_from(&report.error);
+                }
+                s.state = if reason == EndReason::Error {
+                    "failed"
+                } else {
+                    "finished"
+                };
+                tracing::info!(stream = ?s.stream, reason = ?reason, frames = s.frames_recorded, lost = s.frames_lost, error = ?s.error, "run ended");
+                if let Ok(mut l) = last.lock() {
+                    *l = s.clone();
+                }
+            })
+            .map_err(|e| ApiError::new(500, e))?;
+        *current = Some(Current {
+            status: shared,
+            stop,
+            stop_requested,
+            supervisor,
+        });
+        Ok(status)
+    }
+
+    /// Asks the current run to stop and waits until its files are closed.
+    pub fn stop(&self) -> Result<RunStatus, ApiError> {
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| ApiError::new(500, "poisoned"))?;
+        let Some(c) = current.take() else {
+            return Err(ApiError::new(409, "no run in progress"));
+        };
+        c.stop_requested.store(true, Ordering::Relaxed);
+        c.stop.store(true, Ordering::Relaxed);
+        let _ = c.supervisor.join();
+        let status = c.status.lock().map(|s| s.clone());
+        status.map_err(|_| ApiError::new(500, "poisoned"))
+    }
+
+    /// The current run's status, or the last run's.
+    pub fn status(&self) -> RunStatus {
+        let current = self.current.lock().ok();
+        if let Some(Some(c)) = current.as_deref() {
+            if let Ok(s) = c.status.lock() {
+                return s.clone();
+            }
+        }
+        self.last
+            .lock()
+            .map_or_else(|_| RunStatus::idle(), |s| s.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        Config::parse(
+            "[[source]]\nname = \"det\"\nstream = { beamtime = \"b\", source = \"det\", stream = \"x\" }\n\
+             grid = [2, 2]\n[source.synthetic]\nshape = [8, 16]\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_overlays_the_run_and_detector_settings() {
+        let c = run_config(
+            &base(),
+            &json!({"beamtime": "bt1", "source": "det", "stream": "run_7", "frames": 12,
+                    "chunking": "frame", "frames_per_file": 5, "user": {"sample": "lysozyme"},
+                    "detector": {"detector_distance": 0.12, "beam_center_x": 40.5}}),
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].stream.to_string(), "bt1/det/run_7");
+        assert_eq!(c.sources[0].synthetic.as_ref().unwrap().frames, 12);
+        assert_eq!(c.run.chunking, detingest_writer::Chunking::Frame);
+        assert_eq!(c.run.frames_per_file, 5);
+        assert_eq!(c.run.user["sample"], "lysozyme");
+        assert_eq!(c.detector.detector_distance, Some(0.12));
+        assert_eq!(c.detector.x_pixel_size, base().detector.x_pixel_size);
+    }
+
+    #[test]
+    fn bad_requests_name_the_offending_key() {
+        let cases = [
+            (json!({"source": "det", "stream": "s"}), "beamtime"),
+            (
+                json!({"beamtime": "b", "source": "det", "stream": "../up"}),
+                "stream",
+            ),
+            (
+                json!({"beamtime": "b", "source": "nope", "stream": "s"}),
+                "source",
+            ),
+            (
+                json!({"beamtime": "b", "source": "det", "stream": "s", "chunking": "tile"}),
+                "chunking",
+            ),
+            (
+                json!({"beamtime": "b", "source": "det", "stream": "s", "frame": 3}),
+                "frame",
+            ),
+            (
+                json!({"beamtime": "b", "source": "det", "stream": "s", "frames_per_file": 0}),
+                "frames_per_file",
+            ),
+            (
+                json!({"beamtime": "b", "source": "det", "stream": "s", "detector": {"distance": 1}}),
+                "detector.distance",
+            ),
+            (json!([1, 2]), "."),
+        ];
+        for (request, key) in cases {
+            let e = run_config(&base(), &request).unwrap_err();
+            assert_eq!(e.key, key, "{request}: {e}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! One data file of a run, `<stream>_data_NNNNNN.h5`: `/entry/data/data` holding indices
+//! `first ..= first + capacity - 1`, filled by direct chunk writes, with `image_nr_low` and
+//! `image_nr_high` (1-based, inclusive) for Albula and XDS.
+
+use std::path::{Path, PathBuf};
+
+use detingest_shm::PixelType;
+use hdf5::file::LibraryVersion;
+use hdf5::{Attribute, Dataset, File, Group, H5Type};
+use hdf5_sys::h5::hsize_t;
+use hdf5_sys::h5p::H5P_DEFAULT;
+
+use crate::layout::RunLayout;
+use crate::nxmx;
+use crate::WriteError;
+
+/// Path of the image dataset inside every data file (and of the VDS in the master).
+pub const DATA_PATH: &str = "/entry/data/data";
+
+/// An open data file.
+pub(crate) struct DataFile {
+    path: PathBuf,
+    file: File,
+    data: Dataset,
+    image_nr_high: Attribute,
+    layout: RunLayout,
+    /// Index held at position 0.
+    first: u64,
+    /// Positions in the dataset's extent.
+    extent: u64,
+}
+
+/// Creates an HDF5 file readable by HDF5 1.10, refusing to replace one.
+///
+/// Bounds (earliest, v110): no superblock status flags, so a file whose writer died still opens
+/// without h5clear.
+pub(crate) fn create_file(path: &Path) -> Result<File, WriteError> {
+    if path.exists() {
+        return Err(WriteError::Exists(path.to_owned()));
+    }
+    Ok(File::with_options()
+        .with_fapl(|p| p.libver_bounds(LibraryVersion::Earliest, LibraryVersion::V110))
+        .create_excl(path)?)
+}
+
+impl DataFile {
+    /// Creates `path` for the indices from `first` on.
+    pub(crate) fn create(path: &Path, layout: RunLayout, first: u64) -> Result<Self, WriteError> {
+        let file = create_file(path)?;
+        let entry = nxmx::nx_group(&file, "entry", "NXentry")?;
+        nxmx::ds_str(&entry, "definition", "NXmx")?;
+        let group = nxmx::nx_group(&entry, "data", "NXdata")?;
+        nxmx::attr_str(&group, "signal", "data")?;
+        let data = create_image_dataset(&group, layout)?;
+        data.new_attr::<i64>()
+            .create("image_nr_low")?
+            .write_scalar(&(first as i64))?;
+        let image_nr_high = data.new_attr::<i64>().create("image_nr_high")?;
+        image_nr_high.write_scalar(&(first as i64 - 1))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            data,
+            image_nr_high,
+            layout,
+            first,
+            extent: 0,
+        })
+    }
+
+    /// Writes an encoded chunk of `index` whose first pixel is at `[y, x]` of the image.
+    pub(crate) fn write_chunk(
+        &mut self,
+        index: u64,
+        origin: [u32; 2],
+        chunk: &[u8],
+    ) -> Result<(), WriteError> {
+        self.grow_to(index)?;
+        let offset: [hsize_t; 3] = [
+            index - self.first,
+            hsize_t::from(origin[0]),
+            hsize_t::from(origin[1]),
+        ];
+        let _hdf5 = hdf5_sys::LOCK.lock();
+        // SAFETY: `data` is an open dataset of rank 3; `offset` has three entries, is
+        // chunk-aligned (a tile origin or 0) and lies inside the extent just set; `chunk` is
+        // valid for `chunk.len()` bytes for the call.
+        let rc = unsafe {
+            hdf5_sys::h5d::H5Dwrite_chunk(
+                self.data.id(),
+                H5P_DEFAULT,
+                0,
+                offset.as_ptr(),
+                chunk.len(),
+                chunk.as_ptr().cast(),
+            )
+        };
+        if rc < 0 {
+            return Err(WriteError::Chunk { index });
+        }
+        Ok(())
+    }
+
+    /// Makes the extent cover `index` (a lost index gets its place and the fill value).
+    pub(crate) fn grow_to(&mut self, index: u64) -> Result<(), WriteError> {
+        let need = index - self.first + 1;
+        if need <= self.extent {
+            return Ok(());
+        }
+        let [ny, nx] = self.layout.image_shape().map(hsize_t::from);
+        let dims: [hsize_t; 3] = [need, ny, nx];
+        let _hdf5 = hdf5_sys::LOCK.lock();
+        // SAFETY: `data` is an open chunked dataset of rank 3 and `dims` holds three entries.
+        let rc = unsafe { hdf5_sys::h5d::H5Dset_extent(self.data.id(), dims.as_ptr()) };
+        if rc < 0 {
+            return Err(WriteError::Chunk { index });
+        }
+        self.extent = need;
+        Ok(())
+    }
+
+    /// Records `image_nr_high` and flushes the file to disk.
+    pub(crate) fn flush(&mut self) -> Result<(), WriteError> {
+        self.image_nr_high
+            .write_scalar(&((self.first + self.extent) as i64 - 1))?;
+        self.file.flush()?;
+        Ok(())
+    }
+
+    /// Index at position 0.
+    pub(crate) fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// Indices the file holds.
+    pub(crate) fn len(&self) -> u64 {
+        self.extent
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Creates `data`: `[0.., ny, nx]` of the image, chunked as the layout says, with the codec's
+/// filter recorded (not run: chunks arrive encoded).
+fn create_image_dataset(group: &Group, layout: RunLayout) -> Result<Dataset, WriteError> {
+    match layout.pixel {
+        PixelType::U8 => create_of::<u8>(group, layout),
+        PixelType::U16 => create_of::<u16>(group, layout),
+        PixelType::U32 => create_of::<u32>(group, layout),
+        PixelType::I32 => create_of::<i32>(group, layout),
+        PixelType::F32 => create_of::<f32>(group, layout),
+    }
+}
+
+fn create_of<T: H5Type>(group: &Group, layout: RunLayout) -> Result<Dataset, WriteError> {
+    let [ny, nx] = layout.image_shape().map(|d| d as usize);
+    let [cy, cx] = layout.chunk_shape().map(|d| d as usize);
+    let chunk = (1, cy, cx);
+    let mut dcpl = hdf5::plist::DatasetCreate::build();
+    dcpl.chunk(chunk);
+    // hdf5-metno adds user filters as optional, so no plugin is needed at write time, and we
+    // write the cd_values ourselves (FORMATS.md section 3).
+    if let Some((id, cd_values)) = layout.codec.hdf5_filter(layout.pixel.size()) {
+        dcpl.add_filter(id as _, &cd_values);
+    }
+    let dcpl = dcpl.finish()?;
+    Ok(group
+        .new_dataset::<T>()
+        .set_dcpl(&dcpl)
+        .chunk(chunk)
+        .shape((0.., ny, nx))
+        .create("data")?)
+}

@@ -1,0 +1,230 @@
+//! The file set of one run: `<dir>/<stream>_master.h5` and `<stream>_data_000001.h5`, ...
+//! each holding `frames_per_file` indices. Chunks go to the data file their index falls in;
+//! records go to the master in index order; a data file is closed once the record of its last
+//! index is in. A data file stays open while an earlier index is still open, so datasets that
+//! straddle a rollover lose nothing.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use crate::data_file::DataFile;
+use crate::layout::{Chunking, RunLayout};
+use crate::master::{IndexRecord, MasterFile, RunEnd};
+use crate::nxmx::DetectorInfo;
+use crate::WriteError;
+
+/// Per-run file options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    /// Indices per data file.
+    pub frames_per_file: u64,
+    /// Write `/entry/data/data` in the master as a virtual dataset over every data file when
+    /// the run ends.
+    pub vds: bool,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        Self {
+            frames_per_file: 1000,
+            vds: true,
+        }
+    }
+}
+
+/// Path of a run's master file.
+pub fn master_path(dir: &Path, stream: &str) -> PathBuf {
+    dir.join(format!("{stream}_master.h5"))
+}
+
+/// File name (relative to the master) of a run's data file `number` (1-based).
+pub fn data_file_name(stream: &str, number: u64) -> String {
+    format!("{stream}_data_{number:06}.h5")
+}
+
+/// The open files of one run.
+pub struct RunFiles {
+    dir: PathBuf,
+    stream: String,
+    layout: RunLayout,
+    options: FileOptions,
+    master: MasterFile,
+    /// Open data files, oldest first.
+    open: VecDeque<DataFile>,
+    /// Data files created so far.
+    created: u64,
+    /// (name, first index, indices) of every closed data file, for the VDS.
+    closed: Vec<(String, u64, u64)>,
+    /// Indices recorded (written or lost).
+    frames: u64,
+    /// Indices recorded lost.
+    lost: u64,
+}
+
+impl RunFiles {
+    /// Creates the master in `dir` (which must exist). Refuses if the master or the first data
+    /// file exists: detingest never overwrites.
+    pub fn create(
+        dir: &Path,
+        stream: &str,
+        layout: RunLayout,
+        info: &DetectorInfo,
+        user_json: &str,
+        options: FileOptions,
+    ) -> Result<Self, WriteError> {
+        let first = dir.join(data_file_name(stream, 1));
+        if first.exists() {
+            return Err(WriteError::Exists(first));
+        }
+        let master = MasterFile::create(&master_path(dir, stream), &layout, info, user_json)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            stream: stream.to_owned(),
+            layout,
+            options: FileOptions {
+                frames_per_file: options.frames_per_file.max(1),
+                ..options
+            },
+            master,
+            open: VecDeque::new(),
+            created: 0,
+            closed: Vec::new(),
+            frames: 0,
+            lost: 0,
+        })
+    }
+
+    /// Writes the encoded chunk of `module` (ignored with frame chunking) of `index`.
+    pub fn write_chunk(&mut self, index: u64, module: u32, chunk: &[u8]) -> Result<(), WriteError> {
+        if index <= self.frames {
+            return Err(WriteError::OutOfOrder {
+                index,
+                expected: self.frames + 1,
+            });
+        }
+        if module >= self.layout.modules() {
+            return Err(WriteError::Shape { index });
+        }
+        let origin = match self.layout.effective_chunking() {
+            Chunking::Module => self.layout.tile_origin(module),
+            Chunking::Frame => [0, 0],
+        };
+        self.file_for(index)?.write_chunk(index, origin, chunk)
+    }
+
+    /// Records the next index: its frame number, which modules were written, lost packets.
+    /// `record.modules == 0` records the index as lost.
+    pub fn record(&mut self, index: u64, record: &IndexRecord<'_>) -> Result<(), WriteError> {
+        if index != self.frames + 1 {
+            return Err(WriteError::OutOfOrder {
+                index,
+                expected: self.frames + 1,
+            });
+        }
+        self.file_for(index)?.grow_to(index)?;
+        self.master.push(record);
+        self.frames = index;
+        if record.modules == 0 {
+            self.lost += 1;
+        }
+        // Close data files whose every index is recorded.
+        while let Some(f) = self.open.front() {
+            if f.first() + self.options.frames_per_file - 1 > self.frames {
+                break;
+            }
+            if let Some(f) = self.open.pop_front() {
+                self.close_data(f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the master's records and every open data file.
+    pub fn flush(&mut self) -> Result<(), WriteError> {
+        for f in &mut self.open {
+            f.flush()?;
+        }
+        self.master.flush()
+    }
+
+    /// Closes every data file, writes the VDS (if configured) and the finish marker, and
+    /// closes the master. Returns the number of indices recorded.
+    pub fn finish(mut self, end: &RunEnd) -> Result<u64, WriteError> {
+        let mut first_error = None;
+        while let Some(f) = self.open.pop_front() {
+            if let Err(e) = self.close_data(f) {
+                first_error.get_or_insert(e);
+            }
+        }
+        // Chunks may lie beyond the last recorded index (an aborted run); the VDS covers the
+        // recorded indices only.
+        let frames = self.frames;
+        let recorded: Vec<_> = self
+            .closed
+            .iter()
+            .filter(|(_, first, _)| *first <= frames)
+            .map(|(n, first, count)| (n.clone(), *first, (*count).min(frames + 1 - first)))
+            .collect();
+        self.master.flush()?;
+        if self.options.vds {
+            self.master.write_vds(&self.layout, &recorded, frames)?;
+        }
+        let mut end = end.clone();
+        if let Some(e) = &first_error {
+            end.error.get_or_insert_with(|| e.to_string());
+        }
+        self.master.finish(frames, &end)?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(frames),
+        }
+    }
+
+    /// Indices recorded (written and lost).
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Indices recorded lost.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// The master file's path.
+    pub fn master_path(&self) -> PathBuf {
+        master_path(&self.dir, &self.stream)
+    }
+
+    /// The open data file `index` belongs in, creating (and linking) files up to it.
+    fn file_for(&mut self, index: u64) -> Result<&mut DataFile, WriteError> {
+        let k = self.options.frames_per_file;
+        let number = (index - 1) / k + 1;
+        while self.created < number {
+            let n = self.created + 1;
+            let name = data_file_name(&self.stream, n);
+            let file = DataFile::create(&self.dir.join(&name), self.layout, (n - 1) * k + 1)?;
+            self.master.link_data_file(n, &name)?;
+            self.open.push_back(file);
+            self.created = n;
+        }
+        let first = (number - 1) * k + 1;
+        self.open
+            .iter_mut()
+            .find(|f| f.first() == first)
+            .ok_or(WriteError::OutOfOrder {
+                index,
+                expected: self.frames + 1,
+            })
+    }
+
+    fn close_data(&mut self, mut f: DataFile) -> Result<(), WriteError> {
+        f.flush()?;
+        let name = f
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.closed.push((name, f.first(), f.len()));
+        Ok(())
+    }
+}
