@@ -101,7 +101,7 @@ fn run_writes_once_then_refuses_to_overwrite() {
     let data = dir.path().join("data").display().to_string();
     let o = detingestd(&["--log", "warn", "run", "-c", &cfg, "--data-dir", &data]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let file = dir.path().join("data/bt/det/s1.h5");
+    let file = dir.path().join("data/bt/det/s1_master.h5");
     assert!(file.exists());
     let o = detingestd(&["--log", "warn", "run", "-c", &cfg, "--data-dir", &data]);
     assert_eq!(o.status.code(), Some(2));
@@ -112,7 +112,7 @@ fn run_writes_once_then_refuses_to_overwrite() {
 fn help_documents_every_command() {
     let o = detingestd(&["--help"]);
     let out = String::from_utf8_lossy(&o.stdout);
-    for cmd in ["run", "check-config", "demo", "synth-dump"] {
+    for cmd in ["run", "serve", "check-config", "demo", "synth-dump"] {
         assert!(out.contains(cmd), "{cmd} missing from --help");
     }
 }
