@@ -49,7 +49,7 @@ pub fn progress_until_done(running: &Running, expected: u64) {
             "[{:6.1}s] frames {}/{} | in {:.2} GB/s | out {:.2} GB/s | ratio {:.2} | \
              queues src {}/{} cmp {}/{} wr {}/{} | dropped {} lost {}",
             running.elapsed().as_secs_f64(),
-            s.written + s.lost,
+            s.recorded,
             expected,
             gbs(s.bytes_raw, last.1.bytes_raw),
             gbs(s.bytes_compressed, last.1.bytes_compressed),
@@ -88,9 +88,10 @@ pub fn print_summary(s: &RunSummary, live: &LiveSummary) {
     println!("--- detingestd summary ---");
     println!("elapsed          {:.2} s", secs);
     println!(
-        "frames written   {} ({:.1} frames/s)",
-        st.written,
-        st.written as f64 / secs
+        "frames recorded  {} ({:.1} frames/s, {} chunks written)",
+        st.recorded,
+        st.recorded as f64 / secs,
+        st.written
     );
     println!(
         "bytes            {:.3} GB raw -> {:.3} GB written (ratio {:.2}), {:.2} GB/s in",

@@ -82,6 +82,7 @@ impl DataFile {
             hsize_t::from(origin[1]),
         ];
         let _hdf5 = hdf5_sys::LOCK.lock();
+        clear_errno();
         // SAFETY: `data` is an open dataset of rank 3; `offset` has three entries, is
         // chunk-aligned (a tile origin or 0) and lies inside the extent just set; `chunk` is
         // valid for `chunk.len()` bytes for the call.
@@ -96,7 +97,7 @@ impl DataFile {
             )
         };
         if rc < 0 {
-            return Err(WriteError::Chunk { index });
+            return Err(chunk_error(index));
         }
         Ok(())
     }
@@ -110,10 +111,11 @@ impl DataFile {
         let [ny, nx] = self.layout.image_shape().map(hsize_t::from);
         let dims: [hsize_t; 3] = [need, ny, nx];
         let _hdf5 = hdf5_sys::LOCK.lock();
+        clear_errno();
         // SAFETY: `data` is an open chunked dataset of rank 3 and `dims` holds three entries.
         let rc = unsafe { hdf5_sys::h5d::H5Dset_extent(self.data.id(), dims.as_ptr()) };
         if rc < 0 {
-            return Err(WriteError::Chunk { index });
+            return Err(chunk_error(index));
         }
         self.extent = need;
         Ok(())
@@ -140,6 +142,21 @@ impl DataFile {
     /// The file's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+fn clear_errno() {
+    // SAFETY: `__errno_location` returns this thread's errno, valid for the thread's life.
+    unsafe { *libc::__errno_location() = 0 };
+}
+
+/// The error of a failed chunk write, with the file system's reason if it left one in errno
+/// (cleared before the call, so a value here came from it).
+fn chunk_error(index: u64) -> WriteError {
+    let os = std::io::Error::last_os_error();
+    WriteError::Chunk {
+        index,
+        os: (os.raw_os_error() != Some(0)).then_some(os),
     }
 }
 

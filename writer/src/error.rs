@@ -24,10 +24,12 @@ pub enum WriteError {
         index: u64,
     },
     /// HDF5 refused a direct chunk write or extent change.
-    #[error("HDF5 could not write the chunk of index {index}")]
+    #[error("HDF5 could not write the chunk of index {index}{}", os.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Chunk {
         /// The index of the frame.
         index: u64,
+        /// The system's reason, when the failure came from the file system (e.g. ENOSPC).
+        os: Option<std::io::Error>,
     },
     /// A metadata value could not be stored.
     #[error("metadata: {0}")]

@@ -22,6 +22,8 @@ pub struct PipelineStats {
     pub bytes_raw: AtomicU64,
     /// Encoded bytes of compressed frames.
     pub bytes_compressed: AtomicU64,
+    /// Indices recorded in the files (written or lost): the frames of the run so far.
+    pub recorded: AtomicU64,
     /// Chunks written to files (module tiles with module chunking).
     pub written: AtomicU64,
     /// Frames or lost records that could not be written (file errors).
@@ -48,6 +50,7 @@ pub struct StatsSnapshot {
     pub codec_errors: u64,
     pub bytes_raw: u64,
     pub bytes_compressed: u64,
+    pub recorded: u64,
     pub written: u64,
     pub write_errors: u64,
     pub flushes: u64,
@@ -69,6 +72,7 @@ impl PipelineStats {
             codec_errors: r(&self.codec_errors),
             bytes_raw: r(&self.bytes_raw),
             bytes_compressed: r(&self.bytes_compressed),
+            recorded: r(&self.recorded),
             written: r(&self.written),
             write_errors: r(&self.write_errors),
             flushes: r(&self.flushes),

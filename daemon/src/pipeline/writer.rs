@@ -227,12 +227,16 @@ impl Writer {
             Step::Chunk { index, meta, chunk } => self.chunk(slot, index, &meta, chunk),
             Step::Seen { index, meta } => {
                 let s = &mut self.streams[slot];
-                accum(&mut s.accums, index, &self.stats).module(&meta);
+                if s.files.is_some() {
+                    accum(&mut s.accums, index, &self.stats).module(&meta);
+                }
             }
             Step::Failed { index } => {
                 // Counted by the worker; the module stays missing from the index's record.
                 let s = &mut self.streams[slot];
-                accum(&mut s.accums, index, &self.stats);
+                if s.files.is_some() {
+                    accum(&mut s.accums, index, &self.stats);
+                }
             }
             Step::Closed {
                 index,
@@ -295,6 +299,11 @@ impl Writer {
     /// Records `index` in the master and announces it.
     fn record(&mut self, slot: usize, index: u64, frame_number: u64, lost: bool) {
         let s = &mut self.streams[slot];
+        if s.files.is_none() {
+            // The stream failed (or never opened): counted, and the run has been stopped.
+            self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let frame_chunking = s.setup.layout.effective_chunking() == Chunking::Frame;
         let a = accum(&mut s.accums, index, &self.stats);
         let mut modules = if lost { 0 } else { a.modules };
@@ -342,6 +351,7 @@ impl Writer {
         }
         s.since_flush += 1;
         s.report.frames = index;
+        self.stats.recorded.fetch_add(1, Ordering::Relaxed);
         if modules == 0 {
             s.report.lost += 1;
         }
