@@ -20,6 +20,26 @@ pub fn on_core<T: Send>(core: usize, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Removes the files a finished run wrote: its master and every data file.
+pub fn remove_run_files(summary: &detingest_daemon::pipeline::RunSummary) {
+    for s in &summary.streams {
+        let stream = s.stream.id.stream.as_str();
+        let Some(dir) = s.stream.file.parent() else {
+            continue;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name == format!("{stream}_master.h5") || name.starts_with(&format!("{stream}_data_")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Prints `report` as pretty JSON (the `--json` output of every benchmark).
 pub fn print_json(report: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(report)?);

@@ -180,9 +180,7 @@ fn run_with_subscribers(cfg: &Config, port: u16, subs: usize) -> Result<(f64, Ve
         }
     }
     drop(stalled);
-    for s in &summary.streams {
-        let _ = std::fs::remove_file(&s.stream.file);
-    }
+    crate::common::remove_run_files(&summary);
     Ok((secs, latencies))
 }
 

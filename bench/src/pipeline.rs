@@ -10,7 +10,10 @@
 //!
 //! The pipeline runs twice per repetition: with the synthetic source handing frames down by
 //! reference (like a shared-memory slot) and copying each into a pool buffer (like a socket).
-//! Every figure is raw (uncompressed) bytes per second, so they compare directly.
+//! With `--grid RxC` the detector has R x C modules of `--shape` each, written with module
+//! chunking, and a third run per repetition writes them with frame chunking (the images
+//! assembled by one copy in the indexer). Every figure is raw (uncompressed) bytes per second,
+//! so they compare directly; the codec baseline compresses as many module frames.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,9 +39,12 @@ pub struct Args {
     /// Codec: bslz4, lz4 or none.
     #[arg(long, default_value = "bslz4")]
     codec: String,
-    /// Frame shape `NYxNX` (u16 pixels: the time of the codec alone is measured on u16).
+    /// Module shape `NYxNX` (u16 pixels: the time of the codec alone is measured on u16).
     #[arg(long, default_value = "512x1024")]
     shape: String,
+    /// Module grid `RxC`: frames of R x C modules form one image.
+    #[arg(long, default_value = "1x1")]
+    grid: String,
     /// Mean background photons per pixel.
     #[arg(long, default_value_t = 0.5)]
     background: f64,
@@ -66,7 +72,8 @@ pub struct Args {
 #[derive(Serialize, Debug)]
 struct Report {
     frames: u64,
-    frame_bytes: usize,
+    modules: u64,
+    module_bytes: usize,
     workers: usize,
     codec: String,
     compression_ratio: f64,
@@ -77,6 +84,9 @@ struct Report {
     pipeline_copying_source_gbs: f64,
     pipeline_over_codec: f64,
     pipeline_copying_source_over_codec: f64,
+    /// With several modules: the pipeline with frame chunking, zero-copy source.
+    pipeline_frame_chunking_gbs: Option<f64>,
+    pipeline_frame_chunking_over_codec: Option<f64>,
     lost_frames: u64,
 }
 
@@ -85,37 +95,49 @@ pub fn run(args: &Args) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
-    let base = config(args, &dir, "probe", false)?;
+    let base = config(args, &dir, "probe", false, "module")?;
     let codec = base.writer.codec;
+    let modules = u64::from(base.sources[0].modules());
     let Some(SourceKind::Synthetic(syn)) = base.sources[0].kind() else {
         unreachable!("the benchmark config has a synthetic source")
     };
     let bank = FrameBank::generate(syn);
-    let frame_bytes = bank.frame_bytes();
-    let total = frame_bytes as f64 * args.frames as f64;
+    let module_bytes = bank.frame_bytes();
+    // Module frames moved per measurement.
+    let items = args.frames * modules;
+    let total = module_bytes as f64 * items as f64;
     let gbs = |secs: f64| total / secs / 1e9;
 
-    // Best (shortest) seconds of: memcpy, codec, write, pipeline, copying pipeline.
-    let mut best = [f64::MAX; 5];
+    // Best (shortest) seconds of: memcpy, codec, write, pipeline, copying pipeline, frame
+    // chunking.
+    let mut best = [f64::MAX; 6];
     let mut ratio = 0.0;
     let mut lost = 0;
+    let runs: &[(usize, bool, &str)] = if modules > 1 {
+        &[(3, false, "module"), (4, true, "module"), (5, false, "frame")]
+    } else {
+        &[(3, false, "module"), (4, true, "module")]
+    };
     for rep in 0..args.repeat.max(1) {
-        best[0] = best[0].min(time_memcpy(&bank, args.frames, args.input_buffers));
-        let (secs, chunks) = time_codec(&bank, codec, args.frames, args.workers);
+        best[0] = best[0].min(time_memcpy(&bank, items, args.input_buffers));
+        let (secs, chunks) = time_codec(&bank, codec, items, args.workers);
         best[1] = best[1].min(secs);
         let chunk_bytes: usize = chunks.iter().map(Vec::len).sum();
-        ratio = (frame_bytes * chunks.len()) as f64 / chunk_bytes as f64;
-        best[2] = best[2].min(time_write(&dir, &chunks, args.frames, rep)?);
-        for (slot, copy) in [(3, false), (4, true)] {
-            let c = config(args, &dir, &format!("r{rep}c{}", u8::from(copy)), copy)?;
+        ratio = (module_bytes * chunks.len()) as f64 / chunk_bytes as f64;
+        best[2] = best[2].min(time_write(&dir, &chunks, items, rep)?);
+        for &(slot, copy, chunking) in runs {
+            let tag = format!("r{rep}c{}{chunking}", u8::from(copy));
+            let c = config(args, &dir, &tag, copy, chunking)?;
             let (secs, run_lost) = time_pipeline(&c)?;
             best[slot] = best[slot].min(secs);
             lost += run_lost;
         }
     }
+    let framed = (modules > 1).then_some(best[5]);
     let report = Report {
         frames: args.frames,
-        frame_bytes,
+        modules,
+        module_bytes,
         workers: args.workers,
         codec: codec.name().into(),
         compression_ratio: ratio,
@@ -126,6 +148,8 @@ pub fn run(args: &Args) -> Result<()> {
         pipeline_copying_source_gbs: gbs(best[4]),
         pipeline_over_codec: best[1] / best[3],
         pipeline_copying_source_over_codec: best[1] / best[4],
+        pipeline_frame_chunking_gbs: framed.map(gbs),
+        pipeline_frame_chunking_over_codec: framed.map(|t| best[1] / t),
         lost_frames: lost,
     };
     if args.json {
@@ -137,16 +161,21 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// The benchmark's configuration: one synthetic source into a stream named `tag`.
-fn config(args: &Args, dir: &Path, tag: &str, copy: bool) -> Result<Config> {
+fn config(args: &Args, dir: &Path, tag: &str, copy: bool, chunking: &str) -> Result<Config> {
     let (ny, nx) = args
         .shape
         .split_once('x')
         .context("--shape must look like 512x1024")?;
+    let (rows, cols) = args
+        .grid
+        .split_once('x')
+        .context("--grid must look like 2x2")?;
     let text = format!(
         "data_dir = {dir:?}\n[writer]\ncodec = {codec:?}\n\
          [pipeline]\ncompress_workers = {workers}\n\
          input_buffers = {inb}\noutput_buffers = {outb}\n\
-         [[source]]\nname = \"bench\"\n\
+         [run]\nchunking = {chunking:?}\n\
+         [[source]]\nname = \"bench\"\ngrid = [{rows}, {cols}]\n\
          stream = {{ beamtime = \"bench\", source = \"synthetic\", stream = \"{tag}_{pid}\" }}\n\
          [source.synthetic]\nframes = {frames}\nshape = [{ny}, {nx}]\nbackground = {bg:?}\n\
          bank_frames = {bank}\ncopy = {copy}\n",
@@ -165,8 +194,8 @@ fn config(args: &Args, dir: &Path, tag: &str, copy: bool) -> Result<Config> {
 
 fn print_table(r: &Report) {
     println!(
-        "{} frames of {} bytes, codec {}, {} worker(s), compression ratio {:.2}",
-        r.frames, r.frame_bytes, r.codec, r.workers, r.compression_ratio
+        "{} frames of {} module(s) of {} bytes, codec {}, {} worker(s), compression ratio {:.2}",
+        r.frames, r.modules, r.module_bytes, r.codec, r.workers, r.compression_ratio
     );
     let row = |what: &str, gbs: f64| println!("{what:<44} {gbs:>8.2}");
     println!("{:<44} {:>8}", "measurement (raw bytes)", "GB/s");
@@ -178,6 +207,13 @@ fn print_table(r: &Report) {
     row("plain write of the chunks, 1 thread", r.write_gbs);
     row("pipeline, zero-copy source", r.pipeline_gbs);
     row("pipeline, copying source", r.pipeline_copying_source_gbs);
+    if let (Some(g), Some(x)) = (
+        r.pipeline_frame_chunking_gbs,
+        r.pipeline_frame_chunking_over_codec,
+    ) {
+        row("pipeline, frame chunking, zero-copy source", g);
+        println!("frame chunking / codec alone = {x:.3}");
+    }
     println!(
         "pipeline / codec alone = {:.3} (zero-copy source), {:.3} (copying source); lost {}",
         r.pipeline_over_codec, r.pipeline_copying_source_over_codec, r.lost_frames
@@ -190,9 +226,8 @@ fn time_pipeline(c: &Config) -> Result<(f64, u64)> {
     let t = Instant::now();
     let summary = running.wait();
     let secs = t.elapsed().as_secs_f64();
-    for s in &summary.streams {
-        let _ = std::fs::remove_file(&s.stream.file);
-    }
+    crate::common::remove_run_files(&summary);
+    anyhow::ensure!(summary.ok(), "the pipeline run failed: {:?}", summary.streams);
     Ok((secs, summary.stats.lost))
 }
 
