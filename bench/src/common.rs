@@ -33,7 +33,8 @@ pub fn remove_run_files(summary: &detingest_daemon::pipeline::RunSummary) {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name == format!("{stream}_master.h5") || name.starts_with(&format!("{stream}_data_")) {
+            if name == format!("{stream}_master.h5") || name.starts_with(&format!("{stream}_data_"))
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }

@@ -114,7 +114,11 @@ pub fn run(args: &Args) -> Result<()> {
     let mut ratio = 0.0;
     let mut lost = 0;
     let runs: &[(usize, bool, &str)] = if modules > 1 {
-        &[(3, false, "module"), (4, true, "module"), (5, false, "frame")]
+        &[
+            (3, false, "module"),
+            (4, true, "module"),
+            (5, false, "frame"),
+        ]
     } else {
         &[(3, false, "module"), (4, true, "module")]
     };
@@ -227,7 +231,11 @@ fn time_pipeline(c: &Config) -> Result<(f64, u64)> {
     let summary = running.wait();
     let secs = t.elapsed().as_secs_f64();
     crate::common::remove_run_files(&summary);
-    anyhow::ensure!(summary.ok(), "the pipeline run failed: {:?}", summary.streams);
+    anyhow::ensure!(
+        summary.ok(),
+        "the pipeline run failed: {:?}",
+        summary.streams
+    );
     Ok((secs, summary.stats.lost))
 }
 

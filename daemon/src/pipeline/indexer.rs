@@ -705,6 +705,24 @@ mod tests {
     }
 
     #[test]
+    fn a_fixed_first_frame_number_gives_every_daemon_the_same_indices() {
+        let fixed = StreamPlan {
+            first_frame_number: Some(10),
+            ..plan([1, 1], Chunking::Module, 0)
+        };
+        // This daemon's source starts at 12 (it missed 10 and 11) and also sees 9.
+        let (out, _) = run(fixed, vec![start(12), module(9, 0), module(12, 0)], false);
+        let want = [
+            "open",
+            "raw 3:12/0 [12, 0]",
+            "lost 1:10+1",
+            "lost 2:11+1",
+            "closed 3:12",
+        ];
+        assert_eq!(out, want);
+    }
+
+    #[test]
     fn a_jump_beyond_max_gap_is_refused_not_recorded_lost() {
         let (out, _) = run(
             plan([1, 1], Chunking::Module, 0),
