@@ -285,14 +285,12 @@ fn serve(config: Config) -> Result<ExitCode> {
         }
     });
     let listen = config.control.listen;
-    let manager = Arc::new(RunManager::new(config));
+    let manager = Arc::new(RunManager::new(config)?);
     let api = control::spawn(listen, Arc::clone(&manager), Arc::clone(&shutdown))?;
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    if manager.stop().is_ok() {
-        tracing::info!("run in progress stopped at shutdown");
-    }
+    manager.shutdown();
     let _ = api.join();
     Ok(ExitCode::SUCCESS)
 }

@@ -188,6 +188,22 @@ pub trait NotificationSink: Send {
     fn finish(&mut self) {}
 }
 
+/// A sink shared across pipelines (the live publisher of `detingestd serve`, which outlives
+/// every run so viewers stay connected): each run's notification thread locks it in turn.
+impl<S: NotificationSink> NotificationSink for Arc<std::sync::Mutex<S>> {
+    fn notify(&mut self, n: &Notification) {
+        if let Ok(mut s) = self.lock() {
+            s.notify(n);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Ok(mut s) = self.lock() {
+            s.finish();
+        }
+    }
+}
+
 /// The queue between the writer and the notification thread.
 pub struct NotifyQueue {
     queue: ArrayQueue<Notification>,

@@ -4,7 +4,8 @@
 //! A run is one pipeline: [`RunManager::start`] builds the run's configuration from the
 //! daemon's (the source named in the request, the request's stream, `[run]` and `[detector]`
 //! overlaid field by field with the request's), starts it, and a supervisor thread watches it
-//! until its files are closed. One run at a time.
+//! until its files are closed. One run at a time. The live publisher and query endpoint are
+//! made once, when the manager is, so viewers stay connected from run to run.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::{Config, ConfigError, RunSettings};
-use crate::live::Live;
+use crate::live::{Live, Publisher};
 use crate::notify::{NotificationSink, RateLogger};
 use crate::pipeline::{self, RunSummary, Running, StartError, StatsSnapshot};
 use crate::source::SourceSummary;
@@ -251,15 +252,30 @@ pub struct RunManager {
     base: Config,
     current: Mutex<Option<Current>>,
     last: Arc<Mutex<RunStatus>>,
+    live: Mutex<Option<Live>>,
+    publisher: Option<Arc<Mutex<Publisher>>>,
 }
 
 impl RunManager {
-    /// A manager for runs of `base`'s sources.
-    pub fn new(base: Config) -> Self {
-        Self {
+    /// A manager for runs of `base`'s sources; binds the live sockets of `[live]`.
+    pub fn new(base: Config) -> Result<Self, ConfigError> {
+        let (live, publisher) = Live::start(&base.live, base.threads.query)?;
+        Ok(Self {
             base,
             current: Mutex::new(None),
             last: Arc::new(Mutex::new(RunStatus::idle())),
+            live: Mutex::new(Some(live)),
+            publisher: publisher.map(|p| Arc::new(Mutex::new(p))),
+        })
+    }
+
+    /// Stops the run in progress (if any) and closes the live sockets.
+    pub fn shutdown(&self) {
+        if self.stop().is_ok() {
+            tracing::info!("run in progress stopped at shutdown");
+        }
+        if let Some(live) = self.live.lock().ok().and_then(|mut l| l.take()) {
+            live.stop();
         }
     }
 
@@ -280,10 +296,8 @@ impl RunManager {
         let config = run_config(&self.base, request)?;
         let mut sinks: Vec<Box<dyn NotificationSink>> =
             vec![Box::new(RateLogger::new(Duration::from_secs(5)))];
-        let (live, publisher) = Live::start(&config.live, config.threads.query)
-            .map_err(|e| ApiError::new(500, format!("live publisher: {e:#}")))?;
-        if let Some(p) = publisher {
-            sinks.push(Box::new(p));
+        if let Some(p) = &self.publisher {
+            sinks.push(Box::new(Arc::clone(p)));
         }
         let running = pipeline::start(&config, sinks).map_err(|e| match e {
             StartError::Exists(_) => ApiError::new(409, e),
@@ -326,7 +340,6 @@ impl RunManager {
                         s.sources = r.sources().iter().map(|s| s.summary()).collect();
                     }
                 });
-                live.stop();
                 let Ok(mut s) = st.lock() else {
                     return;
                 };

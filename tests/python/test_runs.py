@@ -35,10 +35,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def config(path, data_dir, port, *, source="", writer="", run=""):
+def config(path, data_dir, port, *, source="", writer="", run="", live='publish = ""\nquery = ""'):
     withhold = ", ".join(f"[{n}, {m}]" for n, m in WITHHELD)
     path.write_text(
-        f'data_dir = "{data_dir}"\n[writer]\n{writer}\n[live]\npublish = ""\nquery = ""\n'
+        f'data_dir = "{data_dir}"\n[writer]\n{writer}\n[live]\n{live}\n'
         f'[control]\nlisten = "127.0.0.1:{port}"\n[run]\n{run}\n'
         '[[source]]\nname = "det"\nstream = { beamtime = "bt", source = "det", stream = "x" }\n'
         f"grid = [{GRID[0]}, {GRID[1]}]\n"
@@ -262,6 +262,38 @@ def test_disk_full_ends_the_run_with_a_clear_error_and_readable_files(serve, tmp
             assert first.shape == (4, 256, 512) and first.any()
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def test_a_viewer_stays_subscribed_from_run_to_run(serve):
+    import zmq
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    s = serve(live=f'publish = "{pub}"\nquery = ""')
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.connect(pub)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVTIMEO, 20000)
+    time.sleep(0.5)  # let the subscription reach the publisher
+    for stream in ["first", "second"]:
+        assert s.start(stream=stream, frames=N)[0] == 201
+        assert s.wait_ended()["end_reason"] == "count"
+    runs, frames = [], {}
+    while len(runs) < 4:
+        topic, body = sub.recv_multipart()[:2]
+        msg = json.loads(body)
+        if topic == b"run":
+            runs.append((msg["event"], msg["stream"]))
+        elif topic == b"frame":
+            frames.setdefault(msg["stream"], []).append(msg)
+    sub.close()
+    assert runs == [("start", "bt/det/first"), ("end", "bt/det/first"),
+                    ("start", "bt/det/second"), ("end", "bt/det/second")]
+    for stream in ["bt/det/first", "bt/det/second"]:
+        got = frames[stream]
+        assert [f["index"] for f in got] == list(range(1, N + 1)), "every frame, in order"
+        for f in got:
+            missing = sorted(m for (n, m) in WITHHELD if n == f["index"])
+            assert f["missing_modules"] == missing
+            assert f["complete"] == (not missing) and f["lost"] == (len(missing) == 4)
 
 
 def test_readers_no_one_here_wrote_open_the_master(serve):

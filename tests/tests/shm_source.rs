@@ -128,3 +128,54 @@ fn a_producer_written_from_layout_md_delivers_and_bad_frames_are_counted_malform
     assert!(pixels[..frame].iter().all(|&v| v == 100));
     assert!(pixels[3 * frame..].iter().all(|&v| v == 400));
 }
+
+#[test]
+fn one_ring_carries_every_module_of_a_grid_and_frames_become_datasets() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = {:?}\n[live]\npublish = \"\"\nquery = \"\"\n\
+         [run]\nchunking = \"frame\"\n\
+         [[source]]\nname = \"det\"\ncodec = \"none\"\ngrid = [2, 1]\n\
+         stream = {{ beamtime = \"bt\", source = \"det\", stream = \"s1\" }}\n\
+         [source.shm]\ndir = {:?}\nshape = [8, 16]\npixel = \"u16\"\nslots = 8\n",
+        dir.path().join("data").display().to_string(),
+        dir.path().join("rings").display().to_string(),
+    );
+    let config = Config::parse(&text).unwrap();
+    let running = pipeline::start(&config, Vec::new()).unwrap();
+    let mut p = ForeignProducer::attach(&dir.path().join("rings/det"));
+    p.commit(1, 0, [8, 16], 10);
+    p.commit(1, 1, [8, 16], 11);
+    p.commit(2, 0, [8, 16], 20); // module 1 of frame 2 never comes
+    p.commit(2, 2, [8, 16], 22); // outside the 2 x 1 grid: malformed
+    p.commit(3, 1, [8, 16], 31);
+    p.commit(3, 0, [8, 16], 30);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let src = &running.sources()[0];
+    while src.sent.load(Ordering::Relaxed) < 5 {
+        assert!(Instant::now() < deadline, "frames never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    running.stop();
+    let summary = running.wait();
+    assert_eq!(summary.sources[0].malformed, 1);
+    assert_eq!(summary.stats.incomplete, 1);
+    let file = hdf5::File::open(&summary.streams[0].stream.file).unwrap();
+    let data = file.dataset("/entry/data/data").unwrap();
+    assert_eq!(data.shape(), [3, 16, 16]);
+    let pixels: Vec<u16> = data.read_raw().unwrap();
+    let tile = 8 * 16;
+    let tiles: Vec<u16> = pixels.chunks(tile).map(|t| t[0]).collect();
+    assert_eq!(
+        tiles,
+        [10, 11, 20, 0, 30, 31],
+        "module 0 on top, the missing tile is fill"
+    );
+    assert!(pixels.chunks(tile).all(|t| t.iter().all(|&v| v == t[0])));
+    let mask: Vec<u64> = file
+        .dataset("/entry/instrument/detector/detectorSpecific/module_mask")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(mask, [0b11, 0b01, 0b11]);
+}
