@@ -149,13 +149,7 @@ impl RunSettings {
 
     /// Checks ranges; `prefix` names the table (`run`, or `""` for a request's fields).
     pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
-        let key = |k: &str| {
-            if prefix.is_empty() {
-                k.to_string()
-            } else {
-                format!("{prefix}.{k}")
-            }
-        };
+        let key = |k: &str| key_in(prefix, k);
         if self.frames_per_file == 0 || self.frames_per_file > 1_000_000 {
             return Err(ConfigError::new(
                 key("frames_per_file"),
@@ -746,6 +740,15 @@ impl UdpConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The dotted name of key `k` in table `prefix` (`k` alone at the top level).
+pub(crate) fn key_in(prefix: &str, k: &str) -> String {
+    if prefix.is_empty() {
+        k.to_string()
+    } else {
+        format!("{prefix}.{k}")
     }
 }
 

@@ -45,10 +45,7 @@ pub struct StreamInfo {
 impl StreamInfo {
     /// The mask with every module's bit set.
     pub fn all_modules(&self) -> u64 {
-        match self.modules {
-            64.. => u64::MAX,
-            n => (1u64 << n) - 1,
-        }
+        detingest_writer::all_modules(self.modules)
     }
 }
 

@@ -16,7 +16,7 @@ use detingest_shm::{Name, StreamId};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::{Config, ConfigError, RunSettings};
+use crate::config::{key_in, Config, ConfigError, RunSettings};
 use crate::live::{Live, Publisher};
 use crate::notify::{NotificationSink, RateLogger};
 use crate::pipeline::{self, RunSummary, Running, StartError, StatsSnapshot};
@@ -159,19 +159,12 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
 
 /// Sets the fields of `over` (an object) in `base`, refusing fields `base` does not have.
 fn overlay(base: &mut Value, over: &Value, prefix: &str) -> Result<(), ConfigError> {
-    let key = |k: &str| {
-        if prefix.is_empty() {
-            k.to_string()
-        } else {
-            format!("{prefix}.{k}")
-        }
-    };
     let (Value::Object(b), Value::Object(o)) = (base, over) else {
         return Err(ConfigError::new(prefix, "must be a JSON object"));
     };
     for (k, v) in o {
         let Some(slot) = b.get_mut(k) else {
-            return Err(ConfigError::new(key(k), "unknown field"));
+            return Err(ConfigError::new(key_in(prefix, k), "unknown field"));
         };
         *slot = v.clone();
     }

@@ -9,6 +9,14 @@ use crate::Codec;
 /// Most modules one detector may have: a dataset's modules are a 64-bit mask.
 pub const MAX_MODULES: u32 = 64;
 
+/// The mask with the bits of `n` modules set (`n` <= [`MAX_MODULES`]).
+pub fn all_modules(n: u32) -> u64 {
+    match n {
+        64.. => u64::MAX,
+        n => (1u64 << n) - 1,
+    }
+}
+
 /// How the image dataset is chunked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,10 +105,7 @@ impl RunLayout {
 
     /// The mask with every module's bit set.
     pub fn all_modules(&self) -> u64 {
-        match self.modules() {
-            64 => u64::MAX,
-            n => (1u64 << n) - 1,
-        }
+        all_modules(self.modules())
     }
 }
 

@@ -33,7 +33,7 @@ mod run_files;
 pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
 pub use data_file::DATA_PATH;
 pub use error::WriteError;
-pub use layout::{Chunking, RunLayout, MAX_MODULES};
+pub use layout::{all_modules, Chunking, RunLayout, MAX_MODULES};
 pub use master::{IndexRecord, RunEnd};
 pub use nxmx::DetectorInfo;
 pub use run_files::{data_file_name, master_path, FileOptions, RunFiles};

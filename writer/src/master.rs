@@ -147,7 +147,7 @@ impl MasterFile {
         let mut lost = 0;
         for k in 0..self.modules {
             let mask = r.missing_packets.get(k).copied().unwrap_or([0; 64]);
-            lost += mask.iter().map(|b| b.count_ones()).sum::<u32>();
+            lost += detingest_shm::PacketMask(mask).count();
             p.missing.push(mask);
         }
         p.packets_lost.push(lost);

@@ -313,7 +313,7 @@ impl Writer {
         let mut union = PacketMask::NONE;
         let mut packets_lost = 0;
         for mask in &a.missing {
-            packets_lost += mask.iter().map(|b| b.count_ones()).sum::<u32>();
+            packets_lost += PacketMask(*mask).count();
             for (u, b) in union.0.iter_mut().zip(mask) {
                 *u |= b;
             }
