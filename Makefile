@@ -12,10 +12,11 @@ PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusf
 demo: deps venv
 	cargo build --release -p detingest-daemon
 	./target/release/detingestd demo --data-dir ./data
-	@f=$$(ls -t data/demo/jungfrau/*.h5 | head -1); \
+	@f=$$(ls -t data/demo/jungfrau/*_master.h5 | head -1); \
 	  echo; echo "Reading $$f back with h5py + hdf5plugin:"; \
 	  $(PY) -c "import sys,h5py,hdf5plugin; f=h5py.File(sys.argv[1]); d=f['/entry/data/data']; \
-	  print('  /entry/data/data', d.shape, d.dtype, 'chunks', d.chunks, 'filters', list(d._filters)); \
+	  c=f['/entry/data/data_000001']; \
+	  print('  /entry/data/data (VDS)', d.shape, d.dtype, '| data_000001', c.shape, 'chunks', c.chunks, 'filters', list(c._filters)); \
 	  print('  frame 1: mean %.3f max %d' % (d[0].mean(), d[0].max()))" "$$f"
 
 test: deps venv
