@@ -40,12 +40,50 @@ pub struct StreamInfo {
     pub shape: [u32; 2],
     /// Detector modules forming each image.
     pub modules: u32,
+    /// Indices per data file: index `i` is in data file `(i - 1) / frames_per_file + 1`.
+    pub frames_per_file: u64,
 }
 
 impl StreamInfo {
     /// The mask with every module's bit set.
     pub fn all_modules(&self) -> u64 {
         detingest_writer::all_modules(self.modules)
+    }
+
+    /// The data file holding `index` (1-based) and the index's position in it.
+    pub fn data_file(&self, index: u64) -> (DataFilePath<'_>, u64) {
+        let k = self.frames_per_file.max(1);
+        let number = (index.max(1) - 1) / k + 1;
+        (
+            DataFilePath { info: self, number },
+            index.max(1) - 1 - (number - 1) * k,
+        )
+    }
+}
+
+/// The path of one data file of a stream, formatted on demand (no allocation).
+#[derive(Debug, Clone, Copy)]
+pub struct DataFilePath<'a> {
+    info: &'a StreamInfo,
+    number: u64,
+}
+
+impl std::fmt::Display for DataFilePath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(dir) = self.info.file.parent() {
+            write!(f, "{}/", dir.display())?;
+        }
+        let name = detingest_writer::DataFileName {
+            stream: self.info.id.stream.as_str(),
+            number: self.number,
+        };
+        write!(f, "{name}")
+    }
+}
+
+impl serde::Serialize for DataFilePath<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

@@ -274,7 +274,7 @@ def test_a_viewer_stays_subscribed_from_run_to_run(serve):
     sub.setsockopt(zmq.RCVTIMEO, 20000)
     time.sleep(0.5)  # let the subscription reach the publisher
     for stream in ["first", "second"]:
-        assert s.start(stream=stream, frames=N)[0] == 201
+        assert s.start(stream=stream, frames=N, frames_per_file=K)[0] == 201
         assert s.wait_ended()["end_reason"] == "count"
     runs, frames = [], {}
     while len(runs) < 4:
@@ -291,6 +291,11 @@ def test_a_viewer_stays_subscribed_from_run_to_run(serve):
         got = frames[stream]
         assert [f["index"] for f in got] == list(range(1, N + 1)), "every frame, in order"
         for f in got:
+            i = f["index"]
+            number, position = (i - 1) // K + 1, (i - 1) % K
+            assert f["data_file"] == str(s.master(stream.split("/")[-1]).parent /
+                                         f"{stream.split('/')[-1]}_data_{number:06d}.h5")
+            assert f["data_chunk"] == [position, 0, 0]
             missing = sorted(m for (n, m) in WITHHELD if n == f["index"])
             assert f["missing_modules"] == missing
             assert f["complete"] == (not missing) and f["lost"] == (len(missing) == 4)

@@ -36,4 +36,4 @@ pub use error::WriteError;
 pub use layout::{all_modules, Chunking, RunLayout, MAX_MODULES};
 pub use master::{IndexRecord, RunEnd};
 pub use nxmx::DetectorInfo;
-pub use run_files::{data_file_name, master_path, FileOptions, RunFiles};
+pub use run_files::{data_file_name, master_path, DataFileName, FileOptions, RunFiles};

@@ -39,7 +39,22 @@ pub fn master_path(dir: &Path, stream: &str) -> PathBuf {
 
 /// File name (relative to the master) of a run's data file `number` (1-based).
 pub fn data_file_name(stream: &str, number: u64) -> String {
-    format!("{stream}_data_{number:06}.h5")
+    DataFileName { stream, number }.to_string()
+}
+
+/// The name of data file `number` of `stream`, formatted without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct DataFileName<'a> {
+    /// The stream's name.
+    pub stream: &'a str,
+    /// 1-based file number.
+    pub number: u64,
+}
+
+impl std::fmt::Display for DataFileName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_data_{:06}.h5", self.stream, self.number)
+    }
 }
 
 /// The open files of one run.

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::notify::{FrameRecord, StreamInfo};
+use crate::notify::{DataFilePath, FrameRecord, StreamInfo};
 
 /// Topic `frame`: one written (or lost) index.
 #[derive(Serialize)]
@@ -14,6 +14,8 @@ pub struct FrameMessage<'a> {
     pub file: &'a str,
     pub dataset: &'a str,
     pub chunk: [u64; 3],
+    pub data_file: DataFilePath<'a>,
+    pub data_chunk: [u64; 3],
     pub complete: bool,
     pub lost: bool,
     pub missing_modules: MissingModules,
@@ -32,6 +34,7 @@ impl<'a> FrameMessage<'a> {
     /// The message of `r` in stream `info`; `file` is the file path as text.
     pub fn new(info: &'a StreamInfo, file: &'a str, r: &FrameRecord) -> Self {
         let missing_modules = info.all_modules() & !r.modules;
+        let (data_file, position) = info.data_file(r.index);
         Self {
             stream: &info.key,
             index: r.index,
@@ -39,6 +42,8 @@ impl<'a> FrameMessage<'a> {
             file,
             dataset: info.dataset,
             chunk: [r.index - 1, 0, 0],
+            data_file,
+            data_chunk: [position, 0, 0],
             complete: !r.lost && missing_modules == 0 && r.packets_lost == 0,
             lost: r.lost,
             missing_modules: MissingModules(missing_modules),
@@ -207,12 +212,13 @@ mod tests {
                 stream: name("s1"),
             },
             key: "bt/det/s1".into(),
-            file: "/data/bt/det/s1.h5".into(),
+            file: "/data/bt/det/s1_master.h5".into(),
             dataset: "/entry/data/data",
             codec: Codec::None,
             pixel: PixelType::U16,
             shape: [1024, 1024],
             modules: 2,
+            frames_per_file: 5,
         };
         let mut missing = PacketMask::NONE;
         missing.set(3);
@@ -232,6 +238,12 @@ mod tests {
         let json = serde_json::to_value(FrameMessage::new(&info, "f.h5", &r)).unwrap();
         assert_eq!(json["packets_lost"], 2);
         assert_eq!(json["missing_modules"], serde_json::json!([]));
+        assert_eq!(json["data_file"], "/data/bt/det/s1_data_000002.h5");
+        assert_eq!(
+            json["data_chunk"],
+            serde_json::json!([1, 0, 0]),
+            "index 7 is 2nd of file 2"
+        );
         assert_eq!(json["missing_packets"], serde_json::json!([3, 100]));
         assert_eq!(json["complete"], false);
         let whole = FrameRecord {

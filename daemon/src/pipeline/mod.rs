@@ -190,6 +190,7 @@ pub fn start(
             pixel: layout.pixel,
             shape: layout.image_shape(),
             modules: layout.modules(),
+            frames_per_file: run.frames_per_file,
         });
         let chunk_bytes = layout.chunk_bytes();
         max_chunk = max_chunk.max(
