@@ -4,7 +4,9 @@
 //! 1. the pipeline with the ZeroMQ publisher and no subscriber, as fast as it goes;
 //! 2. the same with four subscribers on loopback, one of which never reads;
 //! 3. at half the rate of (1), one subscriber measuring commit-to-receive latency: the time
-//!    from the writer finishing a frame (`written_ns`) to the `frame` message arriving.
+//!    from the writer finishing a frame (`written_ns`) to the `frame` message arriving, and
+//!    its first hop, writer to publisher (`published_ns`: the notification thread woke, took
+//!    it off the queue and encoded it); the rest is ZeroMQ and the subscriber.
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use detingest_daemon::config::Config;
 use detingest_daemon::live::Live;
 use detingest_daemon::notify::{now_ns, NotificationSink};
 use detingest_daemon::pipeline;
+use detingest_daemon::threads;
 use serde::Serialize;
 
 /// Options of `detingest-bench live`.
@@ -34,6 +37,13 @@ pub struct Args {
     /// Repeat the throughput runs and keep the fastest of each.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// `live.realtime_priority` of every run (0: normal scheduling).
+    #[arg(long, default_value_t = 0)]
+    realtime_priority: i32,
+    /// SCHED_FIFO priority of the latency subscriber's thread and its ZeroMQ threads, as a
+    /// latency-sensitive viewer on the same machine would run (0: normal scheduling).
+    #[arg(long, default_value_t = 0)]
+    viewer_realtime_priority: i32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -50,7 +60,24 @@ struct Report {
     latency_p50_us: f64,
     latency_p99_us: f64,
     latency_max_us: f64,
+    /// Writer to publisher, p50 / p99.
+    to_publisher_p50_us: f64,
+    to_publisher_p99_us: f64,
     latency_frames: usize,
+}
+
+/// One frame message's latency and its first hop, in microseconds.
+struct Hops {
+    total_us: f64,
+    to_publisher_us: f64,
+}
+
+/// The `p` quantile (0..=1) of `v`, sorting it.
+fn quantile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// Runs the benchmark and prints the report.
@@ -61,21 +88,16 @@ pub fn run(args: &Args) -> Result<()> {
         for (slot, subs) in [(0, 0), (1, 4)] {
             let port = free_port()?;
             let cfg = config(args, dir.path(), &format!("r{rep}s{subs}"), port, 0.0, subs)?;
-            best[slot] = best[slot].min(run_with_subscribers(&cfg, port, subs)?.0);
+            best[slot] = best[slot].min(run_with_subscribers(&cfg, port, subs, 0)?.0);
         }
     }
     let fps = |secs: f64| args.frames as f64 / secs;
     let rate = args.latency_rate.unwrap_or(fps(best[0]) / 2.0);
     let port = free_port()?;
     let cfg = config(args, dir.path(), "latency", port, rate, 1)?;
-    let (_, mut latencies) = run_with_subscribers(&cfg, port, 1)?;
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let (_, hops) = run_with_subscribers(&cfg, port, 1, args.viewer_realtime_priority)?;
+    let mut total: Vec<f64> = hops.iter().map(|h| h.total_us).collect();
+    let mut first: Vec<f64> = hops.iter().map(|h| h.to_publisher_us).collect();
     let report = Report {
         frames: args.frames,
         codec: args.codec.clone(),
@@ -83,10 +105,12 @@ pub fn run(args: &Args) -> Result<()> {
         four_subscribers_one_stalled_fps: fps(best[1]),
         ratio: best[0] / best[1],
         latency_rate_hz: rate,
-        latency_p50_us: pct(0.5),
-        latency_p99_us: pct(0.99),
-        latency_max_us: pct(1.0),
-        latency_frames: latencies.len(),
+        latency_p50_us: quantile(&mut total, 0.5),
+        latency_p99_us: quantile(&mut total, 0.99),
+        latency_max_us: quantile(&mut total, 1.0),
+        to_publisher_p50_us: quantile(&mut first, 0.5),
+        to_publisher_p99_us: quantile(&mut first, 0.99),
+        latency_frames: hops.len(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -111,6 +135,10 @@ pub fn run(args: &Args) -> Result<()> {
             report.latency_max_us,
             report.latency_frames
         );
+        println!(
+            "  of which writer -> publisher: p50 {:.0} us, p99 {:.0} us",
+            report.to_publisher_p50_us, report.to_publisher_p99_us
+        );
     }
     Ok(())
 }
@@ -132,12 +160,14 @@ fn config(
     let text = format!(
         "data_dir = {dir:?}\n[writer]\ncodec = {codec:?}\nflush_every_frames = {flush}\n\
          [live]\npublish = \"tcp://127.0.0.1:{port}\"\nquery = \"\"\nwait_for_subscribers = {subs}\n\
+         realtime_priority = {rt}\n\
          [[source]]\nname = \"bench\"\nstream = {{ beamtime = \"bench\", source = \"live\", stream = \"{tag}\" }}\n\
          [source.synthetic]\nframes = {frames}\nrate_hz = {rate:?}\n",
         dir = dir.display().to_string(),
         codec = args.codec,
         flush = args.flush_every,
         frames = args.frames,
+        rt = args.realtime_priority,
     );
     Ok(Config::parse(&text)?)
 }
@@ -145,7 +175,13 @@ fn config(
 /// Runs one pipeline with `subs` subscribers (the last one stalled when there are several);
 /// returns the seconds from start to the last file closed, and the first subscriber's
 /// commit-to-receive latencies in microseconds.
-fn run_with_subscribers(cfg: &Config, port: u16, subs: usize) -> Result<(f64, Vec<f64>)> {
+fn run_with_subscribers(
+    cfg: &Config,
+    port: u16,
+    subs: usize,
+    viewer_priority: i32,
+) -> Result<(f64, Vec<Hops>)> {
+    let threads_before = threads::thread_ids();
     let ctx = zmq::Context::new();
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let mut readers = Vec::new();
@@ -159,7 +195,20 @@ fn run_with_subscribers(cfg: &Config, port: u16, subs: usize) -> Result<(f64, Ve
             stalled = Some(sub); // connected and subscribed, never read
         } else {
             let measure = i == 0 && subs == 1;
-            readers.push(std::thread::spawn(move || read_until_end(&sub, measure)));
+            readers.push(std::thread::spawn(move || {
+                if measure && viewer_priority > 0 {
+                    threads::set_realtime(0, viewer_priority)?;
+                }
+                read_until_end(&sub, measure)
+            }));
+        }
+    }
+    if viewer_priority > 0 {
+        // The subscribers' ZeroMQ threads: those started with their sockets.
+        for tid in threads::thread_ids() {
+            if !threads_before.contains(&tid) {
+                threads::set_realtime(tid, viewer_priority)?;
+            }
         }
     }
     let (live, publisher) = Live::start(&cfg.live, None).map_err(anyhow::Error::msg)?;
@@ -186,7 +235,7 @@ fn run_with_subscribers(cfg: &Config, port: u16, subs: usize) -> Result<(f64, Ve
 
 /// Reads until the run's end; with `measure`, the latency of every `frame` message in
 /// microseconds (otherwise only the `run` messages are parsed, as a cheap viewer would).
-fn read_until_end(sub: &zmq::Socket, measure: bool) -> Result<Vec<f64>> {
+fn read_until_end(sub: &zmq::Socket, measure: bool) -> Result<Vec<Hops>> {
     sub.set_rcvtimeo(30_000)?;
     let mut latencies = Vec::new();
     loop {
@@ -196,7 +245,11 @@ fn read_until_end(sub: &zmq::Socket, measure: bool) -> Result<Vec<f64>> {
             Some(b"frame") if measure => {
                 let v: serde_json::Value = serde_json::from_slice(&parts[1])?;
                 let written = v["written_ns"].as_u64().context("written_ns")?;
-                latencies.push(received.saturating_sub(written) as f64 / 1e3);
+                let published = v["published_ns"].as_u64().context("published_ns")?;
+                latencies.push(Hops {
+                    total_us: received.saturating_sub(written) as f64 / 1e3,
+                    to_publisher_us: published.saturating_sub(written) as f64 / 1e3,
+                });
             }
             Some(b"run") => {
                 let v: serde_json::Value = serde_json::from_slice(&parts[1])?;

@@ -250,6 +250,11 @@ pub struct LiveConfig {
     pub wait_for_subscribers: usize,
     /// Give up waiting for subscribers after this many milliseconds, and start anyway.
     pub wait_timeout_ms: u64,
+    /// Run the notification thread and the publisher's ZeroMQ I/O thread under SCHED_FIFO at
+    /// this priority (1..=99), so a notification leaves as soon as its frame is written even
+    /// when the compression workers keep every core busy (0: normal scheduling). Needs root
+    /// or CAP_SYS_NICE; refused, it is logged and the threads run normally.
+    pub realtime_priority: i32,
 }
 
 impl Default for LiveConfig {
@@ -265,6 +270,7 @@ impl Default for LiveConfig {
             bluesky: false,
             wait_for_subscribers: 0,
             wait_timeout_ms: 5000,
+            realtime_priority: 0,
         }
     }
 }
@@ -900,6 +906,12 @@ impl LiveConfig {
                 "must be in 1..=64",
             ));
         }
+        if !(0..=99).contains(&self.realtime_priority) {
+            return Err(ConfigError::new(
+                "live.realtime_priority",
+                "must be in 0..=99 (0: normal scheduling)",
+            ));
+        }
         if self.history == 0 || self.history > 10_000_000 {
             return Err(ConfigError::new("live.history", "must be in 1..=10000000"));
         }
@@ -1149,6 +1161,24 @@ mod tests {
         assert_eq!(e.key, "live.query");
         let c = Config::parse(&format!("[live]\npublish = \"\"\nquery = \"\"\n{MINIMAL}")).unwrap();
         assert!(c.live.publish.is_empty());
+        let e = err(&format!("[live]\nrealtime_priority = 100\n{MINIMAL}"));
+        assert_eq!(e.key, "live.realtime_priority");
+    }
+
+    #[test]
+    fn run_and_grid_settings_are_checked_by_key() {
+        for (text, key) in [
+            ("[run]\nframes_per_file = 0\n", "run.frames_per_file"),
+            ("[run]\ndataset_ahead = 0\n", "run.dataset_ahead"),
+            ("[run]\nchunking = \"tiles\"\n", "run.chunking"),
+            ("[run]\nnext_stream = \"../x\"\n", "run.next_stream"),
+        ] {
+            assert_eq!(err(&format!("{text}{MINIMAL}")).key, key, "{text}");
+        }
+        let grid = MINIMAL.replace("[source.synthetic]", "grid = [9, 8]\n[source.synthetic]");
+        assert_eq!(err(&grid).key, "source[0].grid");
+        let loss = format!("{MINIMAL}module_loss = 2.0\n");
+        assert_eq!(err(&loss).key, "source[0].synthetic.module_loss");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Named, optionally pinned threads for the stages that move data.
+//! Named, optionally pinned threads for the stages that move data, and real-time priority for
+//! the few that must wake at once.
 
 use std::io;
 use std::thread::{Builder, JoinHandle};
@@ -18,4 +19,32 @@ where
         }
         f()
     })
+}
+
+/// Gives thread `tid` (0: the calling thread) the real-time policy SCHED_FIFO at `priority`
+/// (1..=99): it then runs as soon as it wakes instead of waiting for a busy core's time slice.
+/// For threads that block between short bursts (the notification thread, ZeroMQ's I/O
+/// thread); never for one that spins. Needs CAP_SYS_NICE (root); a refusal is returned.
+pub fn set_realtime(tid: libc::pid_t, priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the call; the kernel only reads it.
+    let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Ids of this process's threads (from /proc/self/task).
+pub fn thread_ids() -> Vec<libc::pid_t> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse().ok())
+        .collect()
 }

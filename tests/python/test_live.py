@@ -87,6 +87,8 @@ def test_subscriber_gets_every_frame_in_order_and_throttled_previews(detingestd,
     assert f["dataset"] == "/entry/data/data" and f["chunk"] == [9, 0, 0]
     assert f["bytes_raw"] == 32 * 64 * 2 and 0 < f["bytes_compressed"]
     assert f["file"].endswith("bt/det/s1_master.h5") and f["written_ns"] >= f["timestamp_ns"] > 0
+    assert f["published_ns"] >= f["written_ns"]
+    assert f["data_file"].endswith("bt/det/s1_data_000001.h5") and f["data_chunk"] == [9, 0, 0]
     # Previews: one in 7 (indices 1, 8, 15, ...), bitshuffle-LZ4 chunks that decode to the frame.
     previews = [m for m in msgs if m[0] == "preview"]
     assert [p[1]["index"] for p in previews] == list(range(1, 61, 7))
@@ -261,3 +263,32 @@ def test_bluesky_documents_validate_against_event_model(detingestd, tmp_path, en
     # The file the documents point at holds what they say.
     with h5py.File(resource["uri"][len("file://localhost"):], "r") as f:
         assert f["/entry/data/data"].shape == (12, 16, 24)
+
+
+def test_realtime_priority_puts_the_notification_path_under_sched_fifo(detingestd, tmp_path,
+                                                                       endpoints):
+    import os
+    cfg = live_config(tmp_path, endpoints, synthetic="frames = 0\nshape = [16, 16]\nrate_hz = 50.0",
+                      extra="realtime_priority = 7")
+    proc = subprocess.Popen([detingestd, "run", "--config", str(cfg)], stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 20
+        while True:
+            tasks = {int(t): open(f"/proc/{proc.pid}/task/{t}/comm").read().strip()
+                     for t in os.listdir(f"/proc/{proc.pid}/task")}
+            if "notify" in tasks.values() or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # the thread sets its policy as it starts
+        policy = {name: os.sched_getscheduler(tid) for tid, name in tasks.items()}
+        fifo = [name for tid, name in tasks.items() if os.sched_getscheduler(tid) == os.SCHED_FIFO]
+        assert policy["notify"] == os.SCHED_FIFO
+        assert os.sched_getparam(next(t for t, n in tasks.items() if n == "notify")).sched_priority == 7
+        # Besides notify, only libzmq's threads (named like the process): never a worker.
+        assert set(fifo) - {"notify"} <= {"detingestd"} and len(fifo) >= 2, fifo
+        assert policy["compress-0"] == os.SCHED_OTHER and policy["writer"] == os.SCHED_OTHER
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "keeps normal scheduling" not in err, err

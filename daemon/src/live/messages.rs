@@ -25,6 +25,9 @@ pub struct FrameMessage<'a> {
     pub bytes_compressed: u64,
     pub timestamp_ns: u64,
     pub written_ns: u64,
+    /// When the publisher sent it (live messages only; absent in query answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_ns: Option<u64>,
     pub codec: &'a str,
     pub dtype: &'a str,
     pub shape: [u32; 2],
@@ -53,6 +56,7 @@ impl<'a> FrameMessage<'a> {
             bytes_compressed: r.compressed_bytes,
             timestamp_ns: r.timestamp_ns,
             written_ns: r.written_ns,
+            published_ns: None,
             codec: info.codec.name(),
             dtype: info.pixel.numpy_name(),
             shape: info.shape,

@@ -40,6 +40,9 @@ impl Live {
         cfg: &LiveConfig,
         query_core: Option<usize>,
     ) -> Result<(Self, Option<Publisher>), ConfigError> {
+        // libzmq starts a context's I/O and reaper threads with its first socket: the threads
+        // that appear while ours are made are this context's.
+        let threads_before = threads::thread_ids();
         let context = zmq::Context::new();
         let history = Arc::new(Mutex::new(History::new(cfg.history)));
         let stats = Arc::new(LiveStats::default());
@@ -79,6 +82,16 @@ impl Live {
                 cfg.bluesky,
             ));
             publish_endpoint = Some(bound);
+        }
+        if cfg.realtime_priority > 0 && publisher.is_some() {
+            for tid in threads::thread_ids() {
+                if threads_before.contains(&tid) {
+                    continue;
+                }
+                if let Err(e) = threads::set_realtime(tid, cfg.realtime_priority) {
+                    tracing::warn!(error = %e, "ZeroMQ I/O thread keeps normal scheduling");
+                }
+            }
         }
         let mut query = None;
         let mut query_endpoint = None;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::bluesky::Bluesky;
 use super::history::History;
 use super::messages::{FrameMessage, PreviewHeader, RunMessage};
-use crate::notify::{Notification, NotificationSink};
+use crate::notify::{now_ns, Notification, NotificationSink};
 
 /// Counters of the publisher. Relaxed atomics, read for reporting.
 #[derive(Debug, Default)]
@@ -105,7 +105,10 @@ impl NotificationSink for Publisher {
                 let record = f.record;
                 self.history().push(&f.stream.key, record);
                 let file = f.stream.file.to_string_lossy();
-                self.encode(&FrameMessage::new(&f.stream, &file, &record));
+                self.encode(&FrameMessage {
+                    published_ns: Some(now_ns()),
+                    ..FrameMessage::new(&f.stream, &file, &record)
+                });
                 self.send(b"frame", None);
                 if let Some(chunk) = &f.preview {
                     let pixels = chunk.as_slice();

@@ -267,7 +267,13 @@ pub fn start(
 
     let mut threads = Vec::new();
     let consumer = Arc::clone(&notify);
+    let priority = config.live.realtime_priority;
     threads.push(threads::spawn("notify".into(), t.notify, move || {
+        if priority > 0 {
+            if let Err(e) = threads::set_realtime(0, priority) {
+                tracing::warn!(error = %e, "notify thread keeps normal scheduling");
+            }
+        }
         consumer.consume(sinks)
     })?);
     let writer_stage = writer::Writer::new(
