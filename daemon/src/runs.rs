@@ -145,7 +145,7 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
         }
     }
     config.run = from_json::<RunSettings>(run, "")?;
-    config.detector = from_json(detector, "detector.")?;
+    config.detector = from_json(detector, "detector")?;
     config.run.validate("")?;
     let mut src = src.clone();
     src.stream = id;
@@ -171,14 +171,13 @@ fn overlay(base: &mut Value, over: &Value, prefix: &str) -> Result<(), ConfigErr
     Ok(())
 }
 
-/// Deserialises `value`, naming the offending key (`prefix` + its path) on error.
+/// Deserialises `value`, naming the offending key (its path in table `prefix`) on error.
 fn from_json<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let key = if path == "." {
-            prefix.trim_end_matches('.').to_string()
-        } else {
-            format!("{prefix}{path}")
+        let key = match e.path().to_string().as_str() {
+            "." if prefix.is_empty() => ".".to_string(),
+            "." => prefix.to_string(),
+            path => key_in(prefix, path),
         };
         ConfigError::new(key, e.into_inner())
     })
@@ -452,6 +451,14 @@ mod tests {
             (
                 json!({"beamtime": "b", "source": "det", "stream": "s", "detector": {"distance": 1}}),
                 "detector.distance",
+            ),
+            (
+                json!({"beamtime": "b", "source": "det", "stream": "s", "detector": {"count_time": "long"}}),
+                "detector.count_time",
+            ),
+            (
+                json!({"beamtime": "b", "source": "det", "stream": "s", "vds": 1}),
+                "vds",
             ),
             (json!([1, 2]), "."),
         ];
