@@ -822,7 +822,7 @@ impl Config {
         if self.sources.is_empty() {
             return Err(ConfigError::new("source", "no [[source]] configured"));
         }
-        let mut streams = HashSet::new();
+        let mut streams: std::collections::HashMap<&StreamId, usize> = Default::default();
         let mut names = HashSet::new();
         for (i, src) in self.sources.iter().enumerate() {
             if !names.insert(src.name.clone()) {
@@ -831,11 +831,10 @@ impl Config {
                     format!("source name {:?} is used twice", src.name.as_str()),
                 ));
             }
-            if !streams.insert(src.stream.clone()) {
-                return Err(ConfigError::new(
-                    format!("source[{i}].stream"),
-                    format!("stream {} is fed by two sources", src.stream),
-                ));
+            if let Some(&j) = streams.get(&src.stream) {
+                self.check_shared_stream(i, j)?;
+            } else {
+                streams.insert(&src.stream, i);
             }
             check_core(&format!("source[{i}].core"), src.core, cores)?;
             let modules = src.grid[0].saturating_mul(src.grid[1]);
@@ -848,11 +847,17 @@ impl Config {
                     ),
                 ));
             }
-            if modules > 1 && src.udp.is_some() {
-                return Err(ConfigError::new(
-                    format!("source[{i}].grid"),
-                    "a UDP source receives one module (one port); give it grid = [1, 1]",
-                ));
+            if let Some(udp) = src.udp.as_ref().filter(|_| modules > 1) {
+                if u32::from(udp.module) >= modules {
+                    return Err(ConfigError::new(
+                        format!("source[{i}].udp.module"),
+                        format!(
+                            "module {} is outside the grid of {modules} modules: with a grid, \
+                             a UDP source's module is its place in the grid",
+                            udp.module
+                        ),
+                    ));
+                }
             }
             match src.kind() {
                 Some(SourceKind::Synthetic(s)) => s.validate(i)?,
@@ -869,6 +874,46 @@ impl Config {
                 shape[1].saturating_mul(src.grid[1]),
             ];
             check_frame(&format!("source[{i}].grid"), pixel, image)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Source `i` feeds the stream source `j` feeds: allowed for the modules of one detector,
+    /// each received by its own source (one UDP port or ring per module), when they agree on
+    /// the grid, the module format and the codec.
+    fn check_shared_stream(&self, i: usize, j: usize) -> Result<(), ConfigError> {
+        let (a, b) = (&self.sources[i], &self.sources[j]);
+        let key = format!("source[{i}].stream");
+        let refuse = |why: String| Err(ConfigError::new(key.clone(), why));
+        if a.modules() < 2 {
+            return refuse(format!(
+                "stream {} is fed by two sources; several sources may feed one stream only as \
+                 the modules of a grid (set grid on both)",
+                a.stream
+            ));
+        }
+        if a.synthetic.is_some() || b.synthetic.is_some() {
+            return refuse(
+                "a synthetic source makes every module itself; it feeds its stream alone".into(),
+            );
+        }
+        if a.grid != b.grid || a.frame_format() != b.frame_format() || a.codec != b.codec {
+            return refuse(format!(
+                "source[{j}] feeds the same stream with another grid, module shape, pixel type or codec"
+            ));
+        }
+        if let (Some(x), Some(y)) = (&a.udp, &b.udp) {
+            if x.module == y.module {
+                return Err(ConfigError::new(
+                    format!("source[{i}].udp.module"),
+                    format!(
+                        "module {} of this stream is received by source[{j}] already",
+                        x.module
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -1146,6 +1191,38 @@ mod tests {
     fn duplicate_streams_and_empty_sources_are_refused() {
         let twice = format!("{MINIMAL}{}", MINIMAL.replace("\"sim\"", "\"sim2\""));
         assert_eq!(err(&twice).key, "source[1].stream");
+        let gridded = |name: &str, module: u16, grid: &str| {
+            format!(
+                "[[source]]\nname = \"{name}\"\ngrid = {grid}\n\
+                 stream = {{ beamtime = \"bt\", source = \"det\", stream = \"s1\" }}\n\
+                 [source.udp]\nport = {}\nmodule = {module}\npackets_per_frame = 2\n\
+                 payload_bytes = 1024\nshape = [1, 1024]\npixel = \"u16\"\n",
+                9000 + module
+            )
+        };
+        let two = format!(
+            "{}{}",
+            gridded("m0", 0, "[1, 2]"),
+            gridded("m1", 1, "[1, 2]")
+        );
+        assert_eq!(
+            Config::parse(&two).unwrap().sources.len(),
+            2,
+            "modules of one detector"
+        );
+        let same = format!(
+            "{}{}",
+            gridded("m0", 1, "[1, 2]"),
+            gridded("m1", 1, "[1, 2]")
+        );
+        assert_eq!(err(&same).key, "source[1].udp.module");
+        let other = format!(
+            "{}{}",
+            gridded("m0", 0, "[1, 2]"),
+            gridded("m1", 1, "[2, 1]")
+        );
+        assert_eq!(err(&other).key, "source[1].stream");
+        assert_eq!(err(&gridded("m2", 2, "[1, 2]")).key, "source[0].udp.module");
         assert_eq!(err("data_dir = \"x\"\n").key, "source");
         let kindless = MINIMAL.replace("[source.synthetic]", "");
         assert_eq!(err(&kindless).key, "source[0]");

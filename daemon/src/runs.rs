@@ -123,7 +123,11 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
         source: name("source")?,
         stream: name("stream")?,
     };
-    let Some(src) = base.sources.iter().find(|s| s.name == id.source) else {
+    // The source named so (or else whose configured stream has that data source), with every
+    // source feeding the same configured stream: the modules of one detector run together.
+    let named = (base.sources.iter().find(|s| s.name == id.source))
+        .or_else(|| base.sources.iter().find(|s| s.stream.source == id.source));
+    let Some(named) = named else {
         let known: Vec<&str> = base.sources.iter().map(|s| s.name.as_str()).collect();
         return Err(ConfigError::new(
             "source",
@@ -147,12 +151,18 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
     config.run = from_json::<RunSettings>(run, "")?;
     config.detector = from_json(detector, "detector")?;
     config.run.validate("")?;
-    let mut src = src.clone();
-    src.stream = id;
-    if let Some(syn) = src.synthetic.as_mut() {
-        syn.frames = config.run.frames;
+    config.sources = base
+        .sources
+        .iter()
+        .filter(|s| s.stream == named.stream)
+        .cloned()
+        .collect();
+    for src in &mut config.sources {
+        src.stream = id.clone();
+        if let Some(syn) = src.synthetic.as_mut() {
+            syn.frames = config.run.frames;
+        }
     }
-    config.sources = vec![src];
     config.validate()?;
     Ok(config)
 }

@@ -152,3 +152,102 @@ fn recvmmsg_path_accounts_for_every_packet() {
 fn io_uring_path_accounts_for_every_packet() {
     run("io_uring");
 }
+
+/// Two ports, one per module of a 2 x 1 detector, feed one stream: the same frame number is
+/// one image, and frames one module never sent show as its tile missing.
+#[test]
+fn two_ports_are_the_two_modules_of_one_stream() {
+    const N: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let source = |m: usize| {
+        format!(
+            "[[source]]\nname = \"mod{m}\"\ncodec = \"none\"\ngrid = [2, 1]\n\
+             stream = {{ beamtime = \"bt\", source = \"det\", stream = \"two\" }}\n\
+             [source.udp]\nbind = \"127.0.0.1\"\nport = {}\nmodule = {m}\n\
+             packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\nshape = [8, 1024]\n\
+             pixel = \"u16\"\nrcvbuf_bytes = 4194304\n",
+            ports[m]
+        )
+    };
+    let text = format!(
+        "data_dir = {:?}\n[live]\npublish = \"\"\nquery = \"\"\n[pipeline]\ninput_buffers = 64\n\
+         [run]\nfirst_frame_number = 1000\ndataset_ahead = 64\ndataset_timeout_ms = 5000\n{}{}",
+        dir.path().display().to_string(),
+        source(0),
+        source(1)
+    );
+    let config = Config::parse(&text).unwrap();
+    let running = pipeline::start(&config, Vec::new()).unwrap();
+    // Module 1 misses the first two frames.
+    let sims: Vec<Simulation> = (0..2)
+        .map(|m| Simulation {
+            target: format!("127.0.0.1:{}", ports[m]).parse().unwrap(),
+            module: m as u16,
+            packets_per_frame: PPF,
+            payload_bytes: PAYLOAD,
+            first_frame: 1000 + 2 * m as u64,
+            frames: N - 2 * m as u64,
+            rate_hz: 1000.0,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: false,
+            garbage_every: 0,
+            seed: m as u64,
+        })
+        .collect();
+    let sent: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = sims
+            .iter()
+            .map(|sim| s.spawn(move || simulator::send(sim).unwrap().datagrams))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (src, &n) in running.sources().iter().zip(&sent) {
+        while src.packets.lock().unwrap().map_or(0, |c| c.datagrams) < n {
+            assert!(Instant::now() < deadline, "datagrams never arrived");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    running.stop();
+    let summary = running.wait();
+    assert_eq!(summary.streams.len(), 1, "one stream for both ports");
+    assert_eq!((summary.streams[0].frames, summary.streams[0].lost), (N, 0));
+    let file = hdf5::File::open(&summary.streams[0].stream.file).unwrap();
+    let data: Vec<u16> = file
+        .dataset("/entry/data/data")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    let mask: Vec<u64> = file
+        .dataset("/entry/instrument/detector/detectorSpecific/module_mask")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    let want_mask: Vec<u64> = (0..N).map(|i| if i < 2 { 0b01 } else { 0b11 }).collect();
+    assert_eq!(mask, want_mask);
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tile = PPF as usize * PAYLOAD;
+    for (i, f) in (1000..1000 + N).enumerate() {
+        for m in 0..2 {
+            let t = &bytes[(2 * i + m) * tile..(2 * i + m + 1) * tile];
+            if mask[i] & (1 << m) == 0 {
+                assert!(
+                    t.iter().all(|&b| b == 0),
+                    "frame {f}: missing module {m} is fill"
+                );
+                continue;
+            }
+            for k in 0..PPF {
+                let p = &t[k as usize * PAYLOAD..(k as usize + 1) * PAYLOAD];
+                assert!(
+                    p.iter()
+                        .enumerate()
+                        .all(|(j, &b)| b == payload_byte(f, k, j)),
+                    "frame {f} module {m} packet {k}"
+                );
+            }
+        }
+    }
+}

@@ -41,8 +41,10 @@ pub(crate) struct StreamPlan {
     pub timeout: Duration,
     /// Indices after which the stream ends (0: open-ended).
     pub limit: u64,
-    /// Frame number of index 1, if fixed by the run (else the source's first).
+    /// Frame number of index 1, if fixed by the run (else the first source's first).
     pub first_frame_number: Option<u64>,
+    /// Sources feeding the stream (one per module, or one for all): it closes when all ended.
+    pub sources: u32,
     /// Image buffers for frame chunking of several modules (`None`: no assembly).
     pub images: Option<BufferPool>,
 }
@@ -69,6 +71,11 @@ struct StreamState {
     reported: u64,
     /// Between `Start` and the stream's `Close`.
     live: bool,
+    /// Set by the first `Start`: later ones (other modules' sources) change nothing.
+    opened: bool,
+    /// Sources that have ended, and the last frame number any of them named.
+    ended: u32,
+    last_frame_number: Option<u64>,
 }
 
 impl StreamState {
@@ -137,6 +144,9 @@ impl Indexer {
                 newest: [0; 64],
                 reported: 0,
                 live: false,
+                opened: false,
+                ended: 0,
+                last_frame_number: None,
             })
             .collect();
         Self {
@@ -176,6 +186,10 @@ impl Indexer {
                 first_frame_number,
             } => {
                 let st = &mut self.streams[usize::from(stream)];
+                if st.opened {
+                    return; // another module's source opened it already
+                }
+                st.opened = true;
                 st.first = st.plan.first_frame_number.unwrap_or(first_frame_number);
                 st.next = st.first;
                 st.open.clear();
@@ -198,6 +212,12 @@ impl Indexer {
                 last_frame_number,
             } => {
                 let st = &mut self.streams[usize::from(stream)];
+                st.ended += 1;
+                st.last_frame_number = st.last_frame_number.max(last_frame_number);
+                if st.ended < st.plan.sources {
+                    return; // other modules' sources still deliver
+                }
+                let last_frame_number = st.last_frame_number;
                 while st.live && !st.open.is_empty() {
                     close_front(st, &mut self.em, stream);
                 }
@@ -481,6 +501,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             limit,
             first_frame_number: None,
+            sources: 1,
             images: (chunking == Chunking::Frame)
                 .then(|| BufferPool::new(8, layout.pixel.frame_bytes(layout.image_shape()))),
         }
@@ -720,6 +741,44 @@ mod tests {
             "closed 3:12",
         ];
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_stream_fed_by_one_source_per_module_closes_when_the_last_ends() {
+        let two = StreamPlan {
+            sources: 2,
+            ..plan([1, 2], Chunking::Module, 0)
+        };
+        let end = |last| SourceMsg::End {
+            stream: 0,
+            last_frame_number: last,
+        };
+        let (out, _) = run(
+            two,
+            vec![
+                start(1),
+                module(1, 0),
+                start(2), // module 1's source starts later: the stream is open already
+                end(Some(3)),
+                module(1, 1),
+                module(2, 1),
+                end(Some(2)),
+            ],
+            false,
+        );
+        assert_eq!(
+            out,
+            [
+                "open",
+                "raw 1:1/0 [1, 0]",
+                "raw 1:1/1 [1, 1]",
+                "closed 1:1",
+                "raw 2:2/1 [2, 1]",
+                "closed 2:2",
+                "lost 3:3+1",
+                "close"
+            ]
+        );
     }
 
     #[test]

@@ -170,7 +170,20 @@ pub fn start(
     let mut plans = Vec::new();
     let mut max_chunk = 0;
     let run = &config.run;
-    for (slot, src) in config.sources.iter().enumerate() {
+    // Sources feeding one stream (the modules of one detector) share its slot.
+    let mut slot_of = Vec::with_capacity(config.sources.len());
+    for src in &config.sources {
+        if let Some(slot) = streams
+            .iter()
+            .position(|s: &Arc<StreamInfo>| s.id == src.stream)
+        {
+            slot_of.push(slot as StreamSlot);
+            let plan: &mut indexer::StreamPlan = &mut plans[slot];
+            plan.sources += 1;
+            continue;
+        }
+        let slot = streams.len();
+        slot_of.push(slot as StreamSlot);
         let file = stream_file_path(config, src);
         let first_data = stream_dir(config, src).join(detingest_writer::data_file_name(
             src.stream.stream.as_str(),
@@ -206,6 +219,7 @@ pub fn start(
             timeout: Duration::from_millis(run.dataset_timeout_ms),
             limit: run.frames,
             first_frame_number: run.first_frame_number,
+            sources: 1,
             // Open datasets, plus images queued for and held by the workers.
             images: assemble.then(|| {
                 BufferPool::new(
@@ -315,12 +329,12 @@ pub fn start(
 
     let mut sources = Vec::new();
     let mut input_pools = Vec::new();
-    for ((slot, src), prep) in config.sources.iter().enumerate().zip(prepared) {
+    for ((src, &slot), prep) in config.sources.iter().zip(&slot_of).zip(prepared) {
         let st = Arc::new(SourceStats::new(src.name.clone()));
         sources.push(Arc::clone(&st));
         let output = |pool: BufferPool| {
             SourceOutput::new(
-                slot as StreamSlot,
+                slot,
                 src.policy,
                 pool,
                 source_tx.clone(),
