@@ -9,6 +9,18 @@ use std::sync::mpsc;
 use detingest_daemon::config::Config;
 use detingest_daemon::notify::{Notification, NotificationSink};
 
+/// Where the master file keeps the per-index records.
+pub const SPECIFIC: &str = "/entry/instrument/detector/detectorSpecific";
+
+/// The whole of dataset `path` in `file`, flat in C order, read with libhdf5 (no filter
+/// plugin: use codec none where pixels are read).
+pub fn read<T: hdf5::H5Type>(file: &hdf5::File, path: &str) -> Vec<T> {
+    match file.dataset(path).and_then(|d| d.read_raw()) {
+        Ok(v) => v,
+        Err(e) => panic!("cannot read {path}: {e}"),
+    }
+}
+
 /// A sink that forwards every notification to a channel.
 pub struct Collector(pub mpsc::Sender<Notification>);
 

@@ -7,7 +7,7 @@ use detingest_daemon::config::SourceKind;
 use detingest_daemon::notify::{Notification, NotificationSink};
 use detingest_daemon::pipeline;
 use detingest_daemon::source::synthetic::FrameBank;
-use detingest_tests::{config, Collector};
+use detingest_tests::{config, read, Collector, SPECIFIC};
 
 fn run(c: &detingest_daemon::config::Config) -> (pipeline::RunSummary, Vec<Notification>) {
     let (tx, rx) = mpsc::channel();
@@ -92,11 +92,7 @@ fn dropped_frames_keep_their_index_and_are_recorded_lost(copy: bool) {
     // The file agrees: lost indices are flagged and hold the fill value, the others hold
     // exactly the generated pixels of their frame number.
     let file = hdf5::File::open(&summary.streams[0].stream.file).unwrap();
-    let flags: Vec<u8> = file
-        .dataset("/entry/instrument/detector/detectorSpecific/frame_lost")
-        .unwrap()
-        .read_raw()
-        .unwrap();
+    let flags: Vec<u8> = read(&file, &format!("{SPECIFIC}/frame_lost"));
     assert_eq!(flags.len(), 400);
     let flagged: Vec<u64> = (1..=400).filter(|&i| flags[i as usize - 1] == 1).collect();
     assert_eq!(flagged, lost);

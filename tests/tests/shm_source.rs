@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use detingest_daemon::config::Config;
 use detingest_daemon::notify::{Notification, NotificationSink};
 use detingest_daemon::pipeline;
-use detingest_tests::Collector;
+use detingest_tests::{read, Collector, SPECIFIC};
 
 /// The producer side of LAYOUT.md, written from the document.
 struct ForeignProducer {
@@ -172,10 +172,6 @@ fn one_ring_carries_every_module_of_a_grid_and_frames_become_datasets() {
         "module 0 on top, the missing tile is fill"
     );
     assert!(pixels.chunks(tile).all(|t| t.iter().all(|&v| v == t[0])));
-    let mask: Vec<u64> = file
-        .dataset("/entry/instrument/detector/detectorSpecific/module_mask")
-        .unwrap()
-        .read_raw()
-        .unwrap();
+    let mask: Vec<u64> = read(&file, &format!("{SPECIFIC}/module_mask"));
     assert_eq!(mask, [0b11, 0b01, 0b11]);
 }

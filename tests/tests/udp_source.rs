@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use detingest_daemon::config::Config;
 use detingest_daemon::pipeline;
 use detingest_daemon::source::udp::simulator::{self, payload_byte, Simulation};
+use detingest_tests::{read, SPECIFIC};
 
 const PPF: u32 = 16;
 const PAYLOAD: usize = 1024;
@@ -90,26 +91,10 @@ fn run(receive: &str) {
 
     // The file: every delivered byte exact, the fill value where packets were lost.
     let file = hdf5::File::open(&summary.streams[0].stream.file).unwrap();
-    let data: Vec<u16> = file
-        .dataset("/entry/data/data")
-        .unwrap()
-        .read_raw()
-        .unwrap();
-    let lost_counts: Vec<u32> = file
-        .dataset("/entry/instrument/detector/detectorSpecific/packets_lost")
-        .unwrap()
-        .read_raw()
-        .unwrap();
-    let masks: Vec<[u8; 64]> = file
-        .dataset("/entry/instrument/detector/detectorSpecific/missing_packets")
-        .unwrap()
-        .read_raw()
-        .unwrap();
-    let frame_numbers: Vec<u64> = file
-        .dataset("/entry/instrument/detector/detectorSpecific/frame_number")
-        .unwrap()
-        .read_raw()
-        .unwrap();
+    let data: Vec<u16> = read(&file, "/entry/data/data");
+    let lost_counts: Vec<u32> = read(&file, &format!("{SPECIFIC}/packets_lost"));
+    let masks: Vec<[u8; 64]> = read(&file, &format!("{SPECIFIC}/missing_packets"));
+    let frame_numbers: Vec<u64> = read(&file, &format!("{SPECIFIC}/frame_number"));
     assert_eq!(frame_numbers, (1000..1000 + FRAMES).collect::<Vec<_>>());
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     let frame_bytes = PPF as usize * PAYLOAD;
@@ -215,16 +200,8 @@ fn two_ports_are_the_two_modules_of_one_stream() {
     assert_eq!(summary.streams.len(), 1, "one stream for both ports");
     assert_eq!((summary.streams[0].frames, summary.streams[0].lost), (N, 0));
     let file = hdf5::File::open(&summary.streams[0].stream.file).unwrap();
-    let data: Vec<u16> = file
-        .dataset("/entry/data/data")
-        .unwrap()
-        .read_raw()
-        .unwrap();
-    let mask: Vec<u64> = file
-        .dataset("/entry/instrument/detector/detectorSpecific/module_mask")
-        .unwrap()
-        .read_raw()
-        .unwrap();
+    let data: Vec<u16> = read(&file, "/entry/data/data");
+    let mask: Vec<u64> = read(&file, &format!("{SPECIFIC}/module_mask"));
     let want_mask: Vec<u64> = (0..N).map(|i| if i < 2 { 0b01 } else { 0b11 }).collect();
     assert_eq!(mask, want_mask);
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
