@@ -20,25 +20,31 @@ pub fn on_core<T: Send>(core: usize, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Removes the files a finished run wrote: its master and every data file.
+/// Removes the files a finished run wrote: its master and every data file, named as the
+/// writer names them.
 pub fn remove_run_files(summary: &detingest_daemon::pipeline::RunSummary) {
     for s in &summary.streams {
-        let stream = s.stream.id.stream.as_str();
+        let _ = std::fs::remove_file(&s.stream.file);
         let Some(dir) = s.stream.file.parent() else {
             continue;
         };
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name == format!("{stream}_master.h5") || name.starts_with(&format!("{stream}_data_"))
-            {
-                let _ = std::fs::remove_file(e.path());
+        let stream = s.stream.id.stream.as_str();
+        for number in 1.. {
+            let data = dir.join(detingest_writer::data_file_name(stream, number));
+            if std::fs::remove_file(data).is_err() {
+                break;
             }
         }
     }
+}
+
+/// The `p` quantile (0..=1) of `sorted` (ascending); NaN when empty.
+pub fn quantile(sorted: &[f64], p: f64) -> f64 {
+    let last = sorted.len().saturating_sub(1);
+    sorted
+        .get((last as f64 * p) as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// Prints `report` as pretty JSON (the `--json` output of every benchmark).

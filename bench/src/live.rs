@@ -17,6 +17,8 @@ use detingest_daemon::live::Live;
 use detingest_daemon::notify::{now_ns, NotificationSink};
 use detingest_daemon::pipeline;
 use detingest_daemon::threads;
+
+use crate::common;
 use serde::Serialize;
 
 /// Options of `detingest-bench live`.
@@ -72,14 +74,6 @@ struct Hops {
     to_publisher_us: f64,
 }
 
-/// The `p` quantile (0..=1) of `v`, sorting it.
-fn quantile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(((v.len() as f64 - 1.0) * p) as usize)
-        .copied()
-        .unwrap_or(f64::NAN)
-}
-
 /// Runs the benchmark and prints the report.
 pub fn run(args: &Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -98,6 +92,8 @@ pub fn run(args: &Args) -> Result<()> {
     let (_, hops) = run_with_subscribers(&cfg, port, 1, args.viewer_realtime_priority)?;
     let mut total: Vec<f64> = hops.iter().map(|h| h.total_us).collect();
     let mut first: Vec<f64> = hops.iter().map(|h| h.to_publisher_us).collect();
+    total.sort_by(f64::total_cmp);
+    first.sort_by(f64::total_cmp);
     let report = Report {
         frames: args.frames,
         codec: args.codec.clone(),
@@ -105,11 +101,11 @@ pub fn run(args: &Args) -> Result<()> {
         four_subscribers_one_stalled_fps: fps(best[1]),
         ratio: best[0] / best[1],
         latency_rate_hz: rate,
-        latency_p50_us: quantile(&mut total, 0.5),
-        latency_p99_us: quantile(&mut total, 0.99),
-        latency_max_us: quantile(&mut total, 1.0),
-        to_publisher_p50_us: quantile(&mut first, 0.5),
-        to_publisher_p99_us: quantile(&mut first, 0.99),
+        latency_p50_us: common::quantile(&total, 0.5),
+        latency_p99_us: common::quantile(&total, 0.99),
+        latency_max_us: common::quantile(&total, 1.0),
+        to_publisher_p50_us: common::quantile(&first, 0.5),
+        to_publisher_p99_us: common::quantile(&first, 0.99),
         latency_frames: hops.len(),
     };
     if args.json {
@@ -229,7 +225,7 @@ fn run_with_subscribers(
         }
     }
     drop(stalled);
-    crate::common::remove_run_files(&summary);
+    common::remove_run_files(&summary);
     Ok((secs, latencies))
 }
 

@@ -128,7 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
     let lat_dir = dir.path().join("latency");
     let (_, mut lat) = common::on_core(args.consumer_core, || transport_run(args, &lat_dir, rate))?;
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    let pct = |p: f64| common::quantile(&lat, p);
     let report = Report {
         frames: args.frames,
         frame_bytes: bytes,
