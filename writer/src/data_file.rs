@@ -2,7 +2,7 @@
 //! `first ..= first + capacity - 1`, filled by direct chunk writes, with `image_nr_low` and
 //! `image_nr_high` (1-based, inclusive) for Albula and XDS.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use detingest_shm::PixelType;
 use hdf5::file::LibraryVersion;
@@ -19,7 +19,6 @@ pub const DATA_PATH: &str = "/entry/data/data";
 
 /// An open data file.
 pub(crate) struct DataFile {
-    path: PathBuf,
     file: File,
     data: Dataset,
     image_nr_high: Attribute,
@@ -58,7 +57,6 @@ impl DataFile {
         let image_nr_high = data.new_attr::<i64>().create("image_nr_high")?;
         image_nr_high.write_scalar(&(first as i64 - 1))?;
         Ok(Self {
-            path: path.to_owned(),
             file,
             data,
             image_nr_high,
@@ -132,16 +130,6 @@ impl DataFile {
     /// Index at position 0.
     pub(crate) fn first(&self) -> u64 {
         self.first
-    }
-
-    /// Indices the file holds.
-    pub(crate) fn len(&self) -> u64 {
-        self.extent
-    }
-
-    /// The file's path.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -68,8 +68,6 @@ pub struct RunFiles {
     open: VecDeque<DataFile>,
     /// Data files created so far.
     created: u64,
-    /// (name, first index, indices) of every closed data file, for the VDS.
-    closed: Vec<(String, u64, u64)>,
     /// Indices recorded (written or lost).
     frames: u64,
     /// Indices recorded lost.
@@ -103,7 +101,6 @@ impl RunFiles {
             master,
             open: VecDeque::new(),
             created: 0,
-            closed: Vec::new(),
             frames: 0,
             lost: 0,
         })
@@ -147,8 +144,8 @@ impl RunFiles {
             if f.first() + self.options.frames_per_file - 1 > self.frames {
                 break;
             }
-            if let Some(f) = self.open.pop_front() {
-                self.close_data(f)?;
+            if let Some(mut f) = self.open.pop_front() {
+                f.flush()?;
             }
         }
         Ok(())
@@ -166,23 +163,28 @@ impl RunFiles {
     /// closes the master. Returns the number of indices recorded.
     pub fn finish(mut self, end: &RunEnd) -> Result<u64, WriteError> {
         let mut first_error = None;
-        while let Some(f) = self.open.pop_front() {
-            if let Err(e) = self.close_data(f) {
+        while let Some(mut f) = self.open.pop_front() {
+            if let Err(e) = f.flush() {
                 first_error.get_or_insert(e);
             }
         }
         // Chunks may lie beyond the last recorded index (an aborted run); the VDS covers the
-        // recorded indices only.
+        // recorded indices 1..=frames, which fill data file n from (n - 1) * k + 1 on.
         let frames = self.frames;
-        let recorded: Vec<_> = self
-            .closed
-            .iter()
-            .filter(|(_, first, _)| *first <= frames)
-            .map(|(n, first, count)| (n.clone(), *first, (*count).min(frames + 1 - first)))
-            .collect();
         self.master.flush()?;
         if self.options.vds {
-            self.master.write_vds(&self.layout, &recorded, frames)?;
+            let k = self.options.frames_per_file;
+            let files: Vec<_> = (1..=frames.div_ceil(k))
+                .map(|n| {
+                    let first = (n - 1) * k + 1;
+                    (
+                        data_file_name(&self.stream, n),
+                        first,
+                        k.min(frames + 1 - first),
+                    )
+                })
+                .collect();
+            self.master.write_vds(&self.layout, &files, frames)?;
         }
         let mut end = end.clone();
         if let Some(e) = &first_error {
@@ -230,16 +232,5 @@ impl RunFiles {
                 index,
                 expected: self.frames + 1,
             })
-    }
-
-    fn close_data(&mut self, mut f: DataFile) -> Result<(), WriteError> {
-        f.flush()?;
-        let name = f
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.closed.push((name, f.first(), f.len()));
-        Ok(())
     }
 }
