@@ -94,8 +94,6 @@ pub struct FrameRecord {
     pub index: u64,
     /// The detector's frame number.
     pub frame_number: u64,
-    /// True when the frame never arrived: no chunk was written, the fill value shows.
-    pub lost: bool,
     /// Bytes before compression (0 when lost).
     pub raw_bytes: u64,
     /// Bytes written (0 when lost).
@@ -110,6 +108,13 @@ pub struct FrameRecord {
     pub packets_lost: u32,
     /// Packet numbers that never arrived on some module (the union of the modules' masks).
     pub missing: detingest_shm::PacketMask,
+}
+
+impl FrameRecord {
+    /// True when no module of the frame arrived: no chunk was written, the fill value shows.
+    pub fn lost(&self) -> bool {
+        self.modules == 0
+    }
 }
 
 /// One index of a stream was written (or recorded lost).

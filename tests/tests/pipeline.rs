@@ -19,7 +19,9 @@ fn run(c: &detingest_daemon::config::Config) -> (pipeline::RunSummary, Vec<Notif
 fn frame_notices(ns: &[Notification]) -> Vec<(u64, u64, bool)> {
     ns.iter()
         .filter_map(|n| match n {
-            Notification::Frame(f) => Some((f.record.index, f.record.frame_number, f.record.lost)),
+            Notification::Frame(f) => {
+                Some((f.record.index, f.record.frame_number, f.record.lost()))
+            }
             Notification::StreamStart(_) | Notification::StreamEnd(_) => None,
         })
         .collect()

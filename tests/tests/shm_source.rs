@@ -115,7 +115,7 @@ fn a_producer_written_from_layout_md_delivers_and_bad_frames_are_counted_malform
     let frames: Vec<(u64, bool)> = rx
         .try_iter()
         .filter_map(|n| match n {
-            Notification::Frame(f) => Some((f.record.frame_number, f.record.lost)),
+            Notification::Frame(f) => Some((f.record.frame_number, f.record.lost())),
             _ => None,
         })
         .collect();

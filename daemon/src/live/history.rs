@@ -180,7 +180,6 @@ mod tests {
         FrameRecord {
             index,
             frame_number: index,
-            lost: false,
             raw_bytes: 32,
             compressed_bytes: 8,
             timestamp_ns: 0,

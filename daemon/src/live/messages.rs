@@ -47,8 +47,8 @@ impl<'a> FrameMessage<'a> {
             chunk: [r.index - 1, 0, 0],
             data_file,
             data_chunk: [position, 0, 0],
-            complete: !r.lost && missing_modules == 0 && r.packets_lost == 0,
-            lost: r.lost,
+            complete: missing_modules == 0 && r.packets_lost == 0,
+            lost: r.lost(),
             missing_modules: MissingModules(missing_modules),
             packets_lost: u64::from(r.packets_lost),
             missing_packets: MissingPackets(r.missing),
@@ -230,7 +230,6 @@ mod tests {
         let r = FrameRecord {
             index: 7,
             frame_number: 107,
-            lost: false,
             raw_bytes: 1 << 20,
             compressed_bytes: 1 << 20,
             timestamp_ns: 1,

@@ -321,7 +321,6 @@ impl Writer {
         let record = FrameRecord {
             index,
             frame_number,
-            lost: modules == 0,
             raw_bytes: if modules == 0 { 0 } else { a.raw_bytes },
             compressed_bytes: a.compressed_bytes,
             timestamp_ns: a.timestamp_ns,
