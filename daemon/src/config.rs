@@ -749,6 +749,22 @@ impl UdpConfig {
     }
 }
 
+/// Deserialises from `de`, naming the offending key (its path in table `prefix`) on error.
+pub(crate) fn deserialize_keyed<'de, D, T>(de: D, prefix: &str) -> Result<T, ConfigError>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = match e.path().to_string().as_str() {
+            "." if prefix.is_empty() => ".".to_string(),
+            "." => prefix.to_string(),
+            path => key_in(prefix, path),
+        };
+        ConfigError::new(key, e.into_inner().to_string().trim_end())
+    })
+}
+
 /// The dotted name of key `k` in table `prefix` (`k` alone at the top level).
 pub(crate) fn key_in(prefix: &str, k: &str) -> String {
     if prefix.is_empty() {
@@ -773,10 +789,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let de = toml::de::Deserializer::parse(text)
             .map_err(|e| ConfigError::new(".", e.to_string().trim_end()))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::new(key, e.into_inner().to_string().trim_end())
-        })?;
+        let config: Config = deserialize_keyed(de, "")?;
         config.validate()?;
         Ok(config)
     }

@@ -16,7 +16,7 @@ use detingest_shm::{Name, StreamId};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::{key_in, Config, ConfigError, RunSettings};
+use crate::config::{deserialize_keyed, key_in, Config, ConfigError, RunSettings};
 use crate::live::{Live, Publisher};
 use crate::notify::{NotificationSink, RateLogger};
 use crate::pipeline::{self, RunSummary, Running, StartError, StatsSnapshot};
@@ -148,8 +148,8 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
             _ => overlay(&mut run, &json!({ key: value }), "")?,
         }
     }
-    config.run = from_json::<RunSettings>(run, "")?;
-    config.detector = from_json(detector, "detector")?;
+    config.run = deserialize_keyed::<_, RunSettings>(run, "")?;
+    config.detector = deserialize_keyed(detector, "detector")?;
     config.run.validate("")?;
     config.sources = base
         .sources
@@ -179,18 +179,6 @@ fn overlay(base: &mut Value, over: &Value, prefix: &str) -> Result<(), ConfigErr
         *slot = v.clone();
     }
     Ok(())
-}
-
-/// Deserialises `value`, naming the offending key (its path in table `prefix`) on error.
-fn from_json<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let key = match e.path().to_string().as_str() {
-            "." if prefix.is_empty() => ".".to_string(),
-            "." => prefix.to_string(),
-            path => key_in(prefix, path),
-        };
-        ConfigError::new(key, e.into_inner())
-    })
 }
 
 /// What `GET /run` reports.
