@@ -150,24 +150,9 @@ impl RunSettings {
     /// Checks ranges; `prefix` names the table (`run`, or `""` for a request's fields).
     pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
         let key = |k: &str| key_in(prefix, k);
-        if self.frames_per_file == 0 || self.frames_per_file > 1_000_000 {
-            return Err(ConfigError::new(
-                key("frames_per_file"),
-                "must be in 1..=1000000",
-            ));
-        }
-        if self.dataset_ahead == 0 || self.dataset_ahead > 1024 {
-            return Err(ConfigError::new(
-                key("dataset_ahead"),
-                "must be in 1..=1024",
-            ));
-        }
-        if self.dataset_timeout_ms == 0 {
-            return Err(ConfigError::new(
-                key("dataset_timeout_ms"),
-                "must be at least 1",
-            ));
-        }
+        check_range(key("frames_per_file"), self.frames_per_file, 1..=1_000_000)?;
+        check_range(key("dataset_ahead"), self.dataset_ahead, 1..=1024)?;
+        check_at_least_one(key("dataset_timeout_ms"), self.dataset_timeout_ms)?;
         if !self.user.is_object() {
             return Err(ConfigError::new(
                 key("user"),
@@ -689,12 +674,7 @@ impl UdpConfig {
     fn validate(&self, i: usize) -> Result<(), ConfigError> {
         let key = |k: &str| format!("source[{i}].udp.{k}");
         let max = crate::source::udp::assembler::MAX_PACKETS;
-        if self.packets_per_frame == 0 || self.packets_per_frame > max {
-            return Err(ConfigError::new(
-                key("packets_per_frame"),
-                format!("must be in 1..={max}"),
-            ));
-        }
+        check_range(key("packets_per_frame"), self.packets_per_frame, 1..=max)?;
         if self.payload_bytes == 0
             || self.payload_bytes > 65_000
             || self.payload_bytes % self.pixel.size() != 0
@@ -721,12 +701,8 @@ impl UdpConfig {
                 ),
             ));
         }
-        if self.window == 0 || self.window > 1024 {
-            return Err(ConfigError::new(key("window"), "must be in 1..=1024"));
-        }
-        if self.timeout_ms == 0 {
-            return Err(ConfigError::new(key("timeout_ms"), "must be at least 1"));
-        }
+        check_range(key("window"), self.window, 1..=1024)?;
+        check_at_least_one(key("timeout_ms"), self.timeout_ms)?;
         if self.fill > self.pixel.max_value() as u64 {
             return Err(ConfigError::new(
                 key("fill"),
@@ -739,13 +715,32 @@ impl UdpConfig {
                 "must be larger than window",
             ));
         }
-        if self.restart_confirm == 0 {
-            return Err(ConfigError::new(
-                key("restart_confirm"),
-                "must be at least 1",
-            ));
-        }
+        check_at_least_one(key("restart_confirm"), self.restart_confirm)?;
         Ok(())
+    }
+}
+
+/// Refuses `value` (under `key`) outside `range` (a NaN is outside every range).
+fn check_range<T: PartialOrd + fmt::Display>(
+    key: impl Into<String>,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let (lo, hi) = range.into_inner();
+    Err(ConfigError::new(
+        key,
+        format!("{value} is not in {lo}..={hi}"),
+    ))
+}
+
+/// Refuses a zero (under `key`).
+fn check_at_least_one(key: impl Into<String>, value: impl Into<u64>) -> Result<(), ConfigError> {
+    match value.into() {
+        0 => Err(ConfigError::new(key, "must be at least 1")),
+        _ => Ok(()),
     }
 }
 
@@ -804,9 +799,7 @@ impl Config {
             ("pipeline.output_buffers", p.output_buffers),
             ("pipeline.notify_queue", p.notify_queue),
         ] {
-            if v == 0 || v > 65_536 {
-                return Err(ConfigError::new(key, format!("{v} is not in 1..=65536")));
-            }
+            check_range(key, v, 1..=65_536)?;
         }
         if p.output_buffers < p.compress_workers {
             return Err(ConfigError::new(
@@ -952,27 +945,10 @@ impl LiveConfig {
                 "must differ from live.publish",
             ));
         }
-        if self.high_water_mark < 1 {
-            return Err(ConfigError::new(
-                "live.high_water_mark",
-                "must be at least 1",
-            ));
-        }
-        if self.preview_buffers == 0 || self.preview_buffers > 64 {
-            return Err(ConfigError::new(
-                "live.preview_buffers",
-                "must be in 1..=64",
-            ));
-        }
-        if !(0..=99).contains(&self.realtime_priority) {
-            return Err(ConfigError::new(
-                "live.realtime_priority",
-                "must be in 0..=99 (0: normal scheduling)",
-            ));
-        }
-        if self.history == 0 || self.history > 10_000_000 {
-            return Err(ConfigError::new("live.history", "must be in 1..=10000000"));
-        }
+        check_range("live.high_water_mark", self.high_water_mark, 1..=i32::MAX)?;
+        check_range("live.preview_buffers", self.preview_buffers, 1..=64)?;
+        check_range("live.realtime_priority", self.realtime_priority, 0..=99)?;
+        check_range("live.history", self.history, 1..=10_000_000)?;
         if !(self.preview_max_hz.is_finite() && self.preview_max_hz >= 0.0) {
             return Err(ConfigError::new(
                 "live.preview_max_hz",
@@ -989,16 +965,10 @@ impl SyntheticConfig {
         if !(self.rate_hz.is_finite() && self.rate_hz >= 0.0) {
             return Err(ConfigError::new(key("rate_hz"), "must be a number >= 0"));
         }
-        if !(self.background.is_finite() && (0.0..=1e6).contains(&self.background)) {
-            return Err(ConfigError::new(key("background"), "must be in 0..=1e6"));
-        }
+        check_range(key("background"), self.background, 0.0..=1e6)?;
         check_frame(&key("shape"), self.pixel, self.shape)?;
-        if self.bank_frames == 0 || self.bank_frames > 4096 {
-            return Err(ConfigError::new(key("bank_frames"), "must be in 1..=4096"));
-        }
-        if !(0.0..=1.0).contains(&self.module_loss) {
-            return Err(ConfigError::new(key("module_loss"), "must be in 0..=1"));
-        }
+        check_range(key("bank_frames"), self.bank_frames, 1..=4096)?;
+        check_range(key("module_loss"), self.module_loss, 0.0..=1.0)?;
         if self.first_frame_number.checked_add(self.frames).is_none() {
             return Err(ConfigError::new(
                 key("first_frame_number"),
