@@ -240,6 +240,12 @@ pub struct LiveConfig {
     /// when the compression workers keep every core busy (0: normal scheduling). Needs root
     /// or CAP_SYS_NICE; refused, it is logged and the threads run normally.
     pub realtime_priority: i32,
+    /// The notification thread hands what has queued to the sinks at most once per this many
+    /// microseconds: a frame written sooner than that after the previous batch waits (at most
+    /// this long) and leaves with the frames behind it, so ZeroMQ's threads and every viewer
+    /// wake once per batch instead of once per frame. Frames further apart than this leave at
+    /// once (0, the default: every frame at once).
+    pub batch_interval_us: u64,
 }
 
 impl Default for LiveConfig {
@@ -256,6 +262,7 @@ impl Default for LiveConfig {
             wait_for_subscribers: 0,
             wait_timeout_ms: 5000,
             realtime_priority: 0,
+            batch_interval_us: 0,
         }
     }
 }
@@ -948,6 +955,11 @@ impl LiveConfig {
         check_range("live.high_water_mark", self.high_water_mark, 1..=i32::MAX)?;
         check_range("live.preview_buffers", self.preview_buffers, 1..=64)?;
         check_range("live.realtime_priority", self.realtime_priority, 0..=99)?;
+        check_range(
+            "live.batch_interval_us",
+            self.batch_interval_us,
+            0..=1_000_000,
+        )?;
         check_range("live.history", self.history, 1..=10_000_000)?;
         if !(self.preview_max_hz.is_finite() && self.preview_max_hz >= 0.0) {
             return Err(ConfigError::new(
@@ -1223,6 +1235,8 @@ mod tests {
         assert!(c.live.publish.is_empty());
         let e = err(&format!("[live]\nrealtime_priority = 100\n{MINIMAL}"));
         assert_eq!(e.key, "live.realtime_priority");
+        let e = err(&format!("[live]\nbatch_interval_us = 2000000\n{MINIMAL}"));
+        assert_eq!(e.key, "live.batch_interval_us");
     }
 
     #[test]

@@ -226,6 +226,8 @@ pub trait NotificationSink: Send {
     fn notify(&mut self, n: &Notification);
     /// Called when the pipeline has ended and the queue is drained.
     fn finish(&mut self) {}
+    /// Called after each batch.
+    fn batch_done(&mut self) {}
 }
 
 /// A sink shared across pipelines (the live publisher of `detingestd serve`, which outlives
@@ -240,6 +242,11 @@ impl<S: NotificationSink> NotificationSink for Arc<std::sync::Mutex<S>> {
     fn finish(&mut self) {
         if let Ok(mut s) = self.lock() {
             s.finish();
+        }
+    }
+    fn batch_done(&mut self) {
+        if let Ok(mut s) = self.lock() {
+            s.batch_done();
         }
     }
 }
@@ -296,20 +303,41 @@ impl NotifyQueue {
         self.queue.capacity()
     }
 
-    /// Runs the consumer on the current thread until the queue is closed and drained.
-    pub(crate) fn consume(&self, mut sinks: Vec<Box<dyn NotificationSink>>) {
+    /// Runs the consumer on the current thread until the queue is closed and drained, handing
+    /// notifications to the sinks in batches that start at least `batch_interval` apart.
+    pub(crate) fn consume(
+        &self,
+        mut sinks: Vec<Box<dyn NotificationSink>>,
+        batch_interval: Duration,
+    ) {
         let _ = self.consumer.set(std::thread::current());
+        let mut last_batch: Option<Instant> = None;
         loop {
             // Acquire pairs with `close`: read the flag before draining, so a close that
             // happened before this point has its last notifications drained below.
             let closed = self.closed.load(Ordering::Acquire);
+            if !closed && !self.queue.is_empty() {
+                // Too soon after the last batch: let more gather. A sleep, not a park, so the
+                // writer's unparks don't wake us once per frame meanwhile.
+                let due = last_batch.map(|t| t + batch_interval);
+                if let Some(wait) = due.and_then(|d| d.checked_duration_since(Instant::now())) {
+                    std::thread::sleep(wait);
+                }
+            }
             let mut drained = false;
+            let started = Instant::now();
             while let Some(n) = self.queue.pop() {
                 for s in &mut sinks {
                     s.notify(&n);
                 }
                 self.stats.notified.fetch_add(1, Ordering::Relaxed);
                 drained = true;
+            }
+            if drained {
+                last_batch = Some(started);
+                for s in &mut sinks {
+                    s.batch_done();
+                }
             }
             if closed {
                 break;
@@ -377,9 +405,117 @@ impl NotificationSink for RateLogger {
     }
 }
 
+/// A stream of `modules` u16 modules of 1024 x 1024 and its frame notices, for tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::sync::Arc;
+
+    use detingest_shm::{Name, PacketMask, PixelType, StreamId};
+    use detingest_writer::Codec;
+
+    use super::{FrameNotice, FrameRecord, Notification, StreamInfo};
+
+    /// The stream `bt/det/s1`, 5 indices per data file.
+    pub fn stream(modules: u32) -> Arc<StreamInfo> {
+        let name = |s| Name::new(s).expect("a valid name");
+        Arc::new(StreamInfo {
+            slot: 0,
+            id: StreamId {
+                beamtime: name("bt"),
+                source: name("det"),
+                stream: name("s1"),
+            },
+            key: "bt/det/s1".into(),
+            file: "/data/bt/det/s1_master.h5".into(),
+            dataset: "/entry/data/data",
+            codec: Codec::None,
+            pixel: PixelType::U16,
+            shape: [1024, 1024],
+            modules,
+            frames_per_file: 5,
+        })
+    }
+
+    /// Index `index` of `stream`, every module written, nothing missing.
+    pub fn record(stream: &StreamInfo, index: u64) -> FrameRecord {
+        FrameRecord {
+            index,
+            frame_number: 100 + index,
+            raw_bytes: 1 << 20,
+            compressed_bytes: 1 << 20,
+            timestamp_ns: 1,
+            written_ns: 2,
+            modules: stream.all_modules(),
+            packets_lost: 0,
+            missing: PacketMask::NONE,
+        }
+    }
+
+    /// The notice of `record(stream, index)`, without a preview.
+    pub fn frame(stream: &Arc<StreamInfo>, index: u64) -> Notification {
+        Notification::Frame(FrameNotice {
+            stream: Arc::clone(stream),
+            record: record(stream, index),
+            preview: None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records what the notification thread hands it: each notice's index (0 for other
+    /// notifications) and when, and where the batches end.
+    #[derive(Default)]
+    struct Calls(Vec<(Option<u64>, Instant)>);
+
+    impl NotificationSink for Calls {
+        fn notify(&mut self, n: &Notification) {
+            let index = match n {
+                Notification::Frame(f) => f.record.index,
+                _ => 0,
+            };
+            self.0.push((Some(index), Instant::now()));
+        }
+        fn batch_done(&mut self) {
+            self.0.push((None, Instant::now()));
+        }
+    }
+
+    #[test]
+    fn what_queued_meanwhile_is_one_batch_and_batches_keep_the_interval() {
+        let stream = fixture::stream(1);
+        let queue = Arc::new(NotifyQueue::new(16, Arc::default()));
+        let calls = Arc::new(std::sync::Mutex::new(Calls::default()));
+        let interval = Duration::from_millis(50);
+        let consumer = {
+            let (queue, calls) = (Arc::clone(&queue), Arc::clone(&calls));
+            std::thread::spawn(move || queue.consume(vec![Box::new(calls)], interval))
+        };
+        queue.push(fixture::frame(&stream, 1));
+        while calls.lock().unwrap().0.len() < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for i in 2..=4 {
+            queue.push(fixture::frame(&stream, i));
+        }
+        // (Not closed yet: a close delivers at once what is left.)
+        while calls.lock().unwrap().0.len() < 6 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        queue.close();
+        consumer.join().unwrap();
+        let calls = &calls.lock().unwrap().0;
+        let order: Vec<Option<u64>> = calls.iter().map(|c| c.0).collect();
+        assert_eq!(
+            order,
+            [Some(1), None, Some(2), Some(3), Some(4), None],
+            "frames 2-4, queued while the first batch's interval ran, form the second batch"
+        );
+        let gap = calls[2].1 - calls[0].1;
+        assert!(gap >= interval - Duration::from_millis(2), "{gap:?}");
+    }
 
     #[test]
     fn preview_policy_takes_one_in_n() {

@@ -200,43 +200,23 @@ impl<'a> RunMessage<'a> {
 
 #[cfg(test)]
 mod tests {
-    use detingest_shm::{Name, PacketMask, PixelType, StreamId};
-    use detingest_writer::Codec;
+    use detingest_shm::PacketMask;
 
     use super::*;
+    use crate::notify::fixture;
 
     #[test]
     fn a_frame_with_missing_packets_lists_them_and_is_not_complete() {
-        let name = |s| Name::new(s).unwrap();
-        let info = StreamInfo {
-            slot: 0,
-            id: StreamId {
-                beamtime: name("bt"),
-                source: name("det"),
-                stream: name("s1"),
-            },
-            key: "bt/det/s1".into(),
-            file: "/data/bt/det/s1_master.h5".into(),
-            dataset: "/entry/data/data",
-            codec: Codec::None,
-            pixel: PixelType::U16,
-            shape: [1024, 1024],
-            modules: 2,
-            frames_per_file: 5,
-        };
+        let info = fixture::stream(2);
         let mut missing = PacketMask::NONE;
         missing.set(3);
         missing.set(100);
         let r = FrameRecord {
             index: 7,
             frame_number: 107,
-            raw_bytes: 1 << 20,
-            compressed_bytes: 1 << 20,
-            timestamp_ns: 1,
-            written_ns: 2,
-            modules: 0b11,
             packets_lost: 2,
             missing,
+            ..fixture::record(&info, 7)
         };
         let json = serde_json::to_value(FrameMessage::new(&info, "f.h5", &r)).unwrap();
         assert_eq!(json["packets_lost"], 2);

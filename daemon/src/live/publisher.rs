@@ -2,6 +2,11 @@
 //! `frame` and `preview`, records frames in the [`History`], and never waits: sends use
 //! `DONTWAIT`, and ZeroMQ drops a slow subscriber's messages at its high-water mark instead of
 //! queueing without bound.
+//!
+//! Frame messages are encoded as they come and sent together when the notification thread's
+//! batch ends, so that ZeroMQ's I/O thread, woken by the first, finds the rest already queued
+//! and writes them to each subscriber in one go. Any other message sends the frames before it
+//! first: the order on the socket is the order of the notifications.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +36,9 @@ pub struct Publisher {
     json: Vec<u8>,
     /// Bluesky documents, when configured.
     bluesky: Option<Bluesky>,
+    /// Frame messages' JSON waiting for the end of the batch, and emptied buffers for more.
+    frames: Vec<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
 }
 
 impl Publisher {
@@ -47,6 +55,8 @@ impl Publisher {
             stats,
             json: Vec::with_capacity(1024),
             bluesky: bluesky.then(Bluesky::default),
+            frames: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -61,6 +71,28 @@ impl Publisher {
         match payload {
             None => self.send_parts(&[topic, &self.json]),
             Some(p) => self.send_parts(&[topic, &self.json, p]),
+        }
+    }
+
+    /// Reads away the (un)subscription messages the XPUB socket keeps for us, one per viewer
+    /// arriving or leaving: unread, they would pile up for as long as the daemon runs.
+    fn discard_subscriptions(&self) {
+        while self.socket.recv_bytes(zmq::DONTWAIT).is_ok() {}
+    }
+
+    /// Keeps the encoded frame message for the end of the batch.
+    fn hold_frame(&mut self) {
+        let mut json = self.spare.pop().unwrap_or_default();
+        json.clear();
+        json.extend_from_slice(&self.json);
+        self.frames.push(json);
+    }
+
+    /// Sends the frame messages held, in order.
+    fn send_frames(&mut self) {
+        for json in std::mem::take(&mut self.frames).drain(..) {
+            self.send_parts(&[b"frame", &json]);
+            self.spare.push(json);
         }
     }
 
@@ -91,6 +123,8 @@ impl NotificationSink for Publisher {
     fn notify(&mut self, n: &Notification) {
         match n {
             Notification::StreamStart(s) => {
+                self.send_frames();
+                self.discard_subscriptions();
                 self.history().start(&s.stream);
                 let file = s.stream.file.to_string_lossy();
                 self.encode(&RunMessage::start(&s.stream, &file, s.started_ns));
@@ -109,18 +143,21 @@ impl NotificationSink for Publisher {
                     published_ns: Some(now_ns()),
                     ..FrameMessage::new(&f.stream, &file, &record)
                 });
-                self.send(b"frame", None);
+                self.hold_frame();
                 if let Some(chunk) = &f.preview {
+                    self.send_frames();
                     let pixels = chunk.as_slice();
                     self.encode(&PreviewHeader::new(&f.stream, &record, pixels.len()));
                     self.send(b"preview", Some(pixels));
                     self.stats.previews.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(doc) = self.bluesky.as_ref().and_then(|b| b.datum(f)) {
+                    self.send_frames();
                     self.send_document("stream_datum", &doc);
                 }
             }
             Notification::StreamEnd(e) => {
+                self.send_frames();
                 self.history().finish(&e.stream.key, e.frames);
                 let file = e.stream.file.to_string_lossy();
                 self.encode(&RunMessage::end(
@@ -132,5 +169,79 @@ impl NotificationSink for Publisher {
                 }
             }
         }
+    }
+
+    fn batch_done(&mut self) {
+        self.send_frames();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::{fixture, StreamEndNotice, StreamStartNotice};
+
+    /// Topic and JSON of every message waiting on `sub` within `wait_ms`.
+    fn received(sub: &zmq::Socket, wait_ms: i64) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        while sub.poll(zmq::POLLIN, wait_ms).unwrap() > 0 {
+            let parts = sub.recv_multipart(0).unwrap();
+            let json = serde_json::from_slice(&parts[1]).unwrap();
+            out.push((String::from_utf8_lossy(&parts[0]).into_owned(), json));
+        }
+        out
+    }
+
+    #[test]
+    fn frames_leave_at_the_end_of_their_batch_and_in_order() {
+        let ctx = zmq::Context::new();
+        let xpub = ctx.socket(zmq::XPUB).unwrap();
+        xpub.bind("inproc://publisher-order").unwrap();
+        let sub = ctx.socket(zmq::SUB).unwrap();
+        sub.set_subscribe(b"").unwrap();
+        sub.connect("inproc://publisher-order").unwrap();
+        assert_eq!(xpub.recv_bytes(0).unwrap(), [1], "the subscription arrived");
+        let history = Arc::new(Mutex::new(History::new(100)));
+        let mut p = Publisher::new(xpub, history, Arc::default(), false);
+        let stream = fixture::stream(1);
+
+        p.notify(&Notification::StreamStart(StreamStartNotice {
+            stream: Arc::clone(&stream),
+            started_ns: 1,
+        }));
+        p.notify(&fixture::frame(&stream, 1));
+        p.notify(&fixture::frame(&stream, 2));
+        let got = received(&sub, 100);
+        assert_eq!(
+            got.len(),
+            1,
+            "only the run start before the batch ends: {got:?}"
+        );
+        assert_eq!(
+            (got[0].0.as_str(), &got[0].1["event"]),
+            ("run", &"start".into())
+        );
+
+        p.batch_done();
+        let got = received(&sub, 100);
+        let indices: Vec<&serde_json::Value> = got.iter().map(|m| &m.1["index"]).collect();
+        assert_eq!(indices, [1, 2]);
+
+        p.notify(&fixture::frame(&stream, 3));
+        p.notify(&Notification::StreamEnd(StreamEndNotice {
+            stream: Arc::clone(&stream),
+            frames: 3,
+            lost: 0,
+            ended_ns: 2,
+        }));
+        let got = received(&sub, 100);
+        let topics: Vec<&str> = got.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(
+            topics,
+            ["frame", "run"],
+            "the held frame goes before the end"
+        );
+        assert_eq!(got[0].1["index"], 3);
+        assert_eq!(got[1].1["event"], "end");
     }
 }

@@ -282,13 +282,14 @@ pub fn start(
     let mut threads = Vec::new();
     let consumer = Arc::clone(&notify);
     let priority = config.live.realtime_priority;
+    let batch_interval = Duration::from_micros(config.live.batch_interval_us);
     threads.push(threads::spawn("notify".into(), t.notify, move || {
         if priority > 0 {
             if let Err(e) = threads::set_realtime(0, priority) {
                 tracing::warn!(error = %e, "notify thread keeps normal scheduling");
             }
         }
-        consumer.consume(sinks)
+        consumer.consume(sinks, batch_interval)
     })?);
     let writer_stage = writer::Writer::new(
         setups,
