@@ -47,6 +47,24 @@ pub fn quantile(sorted: &[f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// CPU seconds of `clock` (`CLOCK_PROCESS_CPUTIME_ID`: every thread of this process, those
+/// that have ended included; `CLOCK_THREAD_CPUTIME_ID`: the calling thread).
+pub fn cpu_seconds(clock: nix::time::ClockId) -> f64 {
+    nix::time::clock_gettime(clock)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+        .unwrap_or(f64::NAN)
+}
+
+/// CPU seconds the threads `tids` of this process have run so far (from
+/// `/proc/self/task/<tid>/schedstat`, nanosecond resolution); threads gone count nothing.
+pub fn threads_cpu_seconds(tids: &[libc::pid_t]) -> f64 {
+    tids.iter()
+        .filter_map(|tid| std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|ns| ns as f64 / 1e9)
+        .sum()
+}
+
 /// Prints `report` as pretty JSON (the `--json` output of every benchmark).
 pub fn print_json(report: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(report)?);
