@@ -79,9 +79,40 @@ pub struct Args {
     /// socket in the run directory).
     #[arg(long, default_value = "tcp")]
     transport: String,
+    /// Run the viewers (the subscribers' ZeroMQ threads and readers) on this core and
+    /// everything of the daemon on the others, one compression worker per core, as on a
+    /// beamline where viewers do not share the ingest cores (default: no pinning at all).
+    #[arg(long)]
+    viewer_core: Option<usize>,
+    /// `threads.notify` of every run: the core of the notification thread and the
+    /// publisher's ZeroMQ threads (default: with --viewer-core, the first ingest core; else
+    /// not pinned).
+    #[arg(long)]
+    notify_core: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Where `--viewer-core` puts things: the viewers' core and the daemon's cores.
+struct Placement {
+    viewer: usize,
+    ingest: Vec<usize>,
+}
+
+impl Placement {
+    fn of(args: &Args) -> Result<Option<Self>> {
+        let Some(viewer) = args.viewer_core else {
+            return Ok(None);
+        };
+        let cores = core_affinity::get_core_ids().unwrap_or_default().len();
+        let ingest: Vec<usize> = (0..cores).filter(|&c| c != viewer).collect();
+        anyhow::ensure!(
+            viewer < cores && !ingest.is_empty(),
+            "--viewer-core {viewer}: this machine has cores 0..{cores}, and ingest needs one more"
+        );
+        Ok(Some(Self { viewer, ingest }))
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -237,29 +268,50 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
     let tag = format!("throughput{run}");
     let endpoint = endpoint(args, dir, &tag)?;
     let cfg = config(args, dir, &tag, &endpoint, args.frames, 0.0, 4)?;
+    // Threads inherit their creator's cores: the viewers' threads are made on a thread pinned
+    // to the viewer core, the daemon's ZeroMQ threads on one pinned to an ingest core (the
+    // pipeline's threads are pinned by the config).
+    let placement = Placement::of(args)?;
+    let (viewer_core, ingest_core) = (
+        placement.as_ref().map(|p| p.viewer),
+        placement.as_ref().map(|p| p.ingest[0]),
+    );
     let threads_before = threads::thread_ids();
     let ctx = zmq::Context::new();
-    // The readers hear "on", "off" and "done" on an inproc PAIR each, so an "off" phase costs
-    // them no wake-ups.
-    let mut controls = Vec::new();
-    let mut readers = Vec::new();
-    for i in 0..3 {
-        let control = ctx.socket(zmq::PAIR)?;
-        control.bind(&format!("inproc://phases-{i}"))?;
-        controls.push(control);
-        let reader_control = ctx.socket(zmq::PAIR)?;
-        reader_control.connect(&format!("inproc://phases-{i}"))?;
-        let sub = subscriber(&ctx, &endpoint)?;
-        let reader = std::thread::Builder::new().name(format!("subscriber-{i}"));
-        readers.push(reader.spawn(move || -> Result<f64> {
-            read_switched(&sub, &reader_control)?;
-            Ok(common::cpu_seconds(ClockId::CLOCK_THREAD_CPUTIME_ID))
-        })?);
-    }
-    let stalled = subscriber(&ctx, &endpoint)?; // never read
+    let done = Arc::new(AtomicBool::new(false));
+    let (go, started) = std::sync::mpsc::channel::<()>();
+    let (readers, switcher) = made_on(viewer_core, || -> Result<_> {
+        // The readers hear "on", "off" and "done" on an inproc PAIR each, so an "off" phase
+        // costs them no wake-ups.
+        let mut controls = Vec::new();
+        let mut readers = Vec::new();
+        for i in 0..3 {
+            let control = ctx.socket(zmq::PAIR)?;
+            control.bind(&format!("inproc://phases-{i}"))?;
+            controls.push(control);
+            let reader_control = ctx.socket(zmq::PAIR)?;
+            reader_control.connect(&format!("inproc://phases-{i}"))?;
+            let sub = subscriber(&ctx, &endpoint)?;
+            let reader = std::thread::Builder::new().name(format!("subscriber-{i}"));
+            readers.push(reader.spawn(move || -> Result<f64> {
+                read_switched(&sub, &reader_control)?;
+                Ok(common::cpu_seconds(ClockId::CLOCK_THREAD_CPUTIME_ID))
+            })?);
+        }
+        let stalled = subscriber(&ctx, &endpoint)?; // never read
+                                                    // The switcher starts when the pipeline has.
+        let done = Arc::clone(&done);
+        let (phase, control) = (Duration::from_millis(args.phase_ms), args.control);
+        let switcher = std::thread::spawn(move || {
+            started.recv()?;
+            switch_phases(&stalled, &controls, &done, phase, control)
+        });
+        Ok((readers, switcher))
+    })?;
     let subscribers_zmq = new_threads(&threads_before, |comm| !comm.starts_with("subscriber"));
     let before_live = threads::thread_ids();
-    let (live, publisher) = Live::start(&cfg.live, None).map_err(anyhow::Error::msg)?;
+    let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, &cfg.threads))
+        .map_err(anyhow::Error::msg)?;
     let publisher_zmq = new_threads(&before_live, |_| true);
     let written = Arc::new(Mutex::new(WrittenTimes(Vec::with_capacity(
         args.frames as usize,
@@ -269,12 +321,7 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
         Box::new(Arc::clone(&written)),
     ];
     let running = pipeline::start(&cfg, sinks)?;
-    let done = Arc::new(AtomicBool::new(false));
-    let switcher = {
-        let done = Arc::clone(&done);
-        let (phase, control) = (Duration::from_millis(args.phase_ms), args.control);
-        std::thread::spawn(move || switch_phases(&stalled, &controls, &done, phase, control))
-    };
+    go.send(())?;
     let summary = running.wait();
     done.store(true, Ordering::Relaxed);
     let phases = switcher
@@ -456,9 +503,14 @@ fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<Latency> {
         rate,
         1,
     )?;
+    let placement = Placement::of(args)?;
+    let (viewer_core, ingest_core) = (
+        placement.as_ref().map(|p| p.viewer),
+        placement.as_ref().map(|p| p.ingest[0]),
+    );
     let threads_before = threads::thread_ids();
     let ctx = zmq::Context::new();
-    let sub = subscriber(&ctx, &endpoint)?;
+    let sub = made_on(viewer_core, || subscriber(&ctx, &endpoint))?;
     let priority = args.viewer_realtime_priority;
     if priority > 0 {
         // The subscriber's ZeroMQ threads: those started with its socket.
@@ -469,12 +521,16 @@ fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<Latency> {
     let reader = std::thread::Builder::new()
         .name("subscriber".into())
         .spawn(move || {
+            if let Some(core) = viewer_core {
+                common::pin(core);
+            }
             if priority > 0 {
                 threads::set_realtime(0, priority)?;
             }
             read_until_end(&sub)
         })?;
-    let (live, publisher) = Live::start(&cfg.live, None).map_err(anyhow::Error::msg)?;
+    let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, &cfg.threads))
+        .map_err(anyhow::Error::msg)?;
     let sinks: Vec<Box<dyn NotificationSink>> =
         vec![Box::new(publisher.context("publisher configured")?)];
     let summary = pipeline::start(&cfg, sinks)?.wait();
@@ -496,6 +552,15 @@ fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<Latency> {
         to_publisher_p50_us: common::quantile(&first, 0.5),
         to_publisher_p99_us: common::quantile(&first, 0.99),
     })
+}
+
+/// Runs `f` on a thread pinned to `core` if there is one (threads `f` starts inherit that
+/// core), else on this thread.
+fn made_on<T: Send>(core: Option<usize>, f: impl FnOnce() -> T + Send) -> T {
+    match core {
+        Some(c) => common::on_core(c, f),
+        None => f(),
+    }
 }
 
 /// A SUB socket subscribed to everything, connected to `endpoint`.
@@ -534,12 +599,32 @@ fn config(
         .batch_interval_us
         .map(|us| format!("batch_interval_us = {us}\n"))
         .unwrap_or_default();
+    let placement = Placement::of(args)?;
+    let notify = args.notify_core.or(placement.as_ref().map(|p| p.ingest[0]));
+    let mut pinning = String::new();
+    let mut source_core = String::new();
+    if let Some(p) = &placement {
+        pinning = format!(
+            "[pipeline]\ncompress_workers = {}\n[threads]\nindexer = {first}\nwriter = {first}\n\
+             compress = {:?}\n",
+            p.ingest.len(),
+            p.ingest,
+            first = p.ingest[0],
+        );
+        source_core = format!("core = {}\n", p.ingest[0]);
+    }
+    if let Some(core) = notify {
+        if placement.is_none() {
+            pinning.push_str("[threads]\n");
+        }
+        pinning.push_str(&format!("notify = {core}\n"));
+    }
     let text = format!(
         "data_dir = {dir:?}\n[writer]\ncodec = {codec:?}\nflush_every_frames = {flush}\n\
          [live]\npublish = {endpoint:?}\nquery = \"\"\nwait_for_subscribers = {subs}\n\
-         realtime_priority = {rt}\n{batch}\
+         realtime_priority = {rt}\n{batch}{pinning}\
          [[source]]\nname = \"bench\"\nstream = {{ beamtime = \"bench\", source = \"live\", stream = \"{tag}\" }}\n\
-         [source.synthetic]\nframes = {frames}\nrate_hz = {rate:?}\n",
+         {source_core}[source.synthetic]\nframes = {frames}\nrate_hz = {rate:?}\n",
         dir = dir.display().to_string(),
         codec = args.codec,
         flush = args.flush_every,

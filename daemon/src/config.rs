@@ -275,7 +275,7 @@ pub struct ThreadMap {
     pub indexer: Option<usize>,
     /// The HDF5 writer thread.
     pub writer: Option<usize>,
-    /// The notification consumer (and publisher) thread.
+    /// The notification consumer (and publisher) thread, and the publisher's ZeroMQ threads.
     pub notify: Option<usize>,
     /// The live query thread.
     pub query: Option<usize>,

@@ -238,7 +238,7 @@ seed = {seed}
 fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Result<ExitCode> {
     let mut sinks: Vec<Box<dyn NotificationSink>> =
         vec![Box::new(RateLogger::new(Duration::from_secs(5)))];
-    let (live, publisher) = Live::start(&config.live, config.threads.query)?;
+    let (live, publisher) = Live::start(&config.live, &config.threads)?;
     if let Some(p) = publisher {
         sinks.push(Box::new(p));
     }

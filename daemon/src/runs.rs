@@ -249,7 +249,7 @@ pub struct RunManager {
 impl RunManager {
     /// A manager for runs of `base`'s sources; binds the live sockets of `[live]`.
     pub fn new(base: Config) -> Result<Self, ConfigError> {
-        let (live, publisher) = Live::start(&base.live, base.threads.query)?;
+        let (live, publisher) = Live::start(&base.live, &base.threads)?;
         Ok(Self {
             base,
             current: Mutex::new(None),

@@ -273,6 +273,7 @@ def test_realtime_priority_puts_the_notification_path_under_sched_fifo(detingest
     import os
     cfg = live_config(tmp_path, endpoints, synthetic="frames = 0\nshape = [16, 16]\nrate_hz = 50.0",
                       extra="realtime_priority = 7")
+    cfg.write_text(cfg.read_text() + "\n[threads]\nnotify = 1\n")
     proc = subprocess.Popen([detingestd, "run", "--config", str(cfg)], stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -288,9 +289,14 @@ def test_realtime_priority_puts_the_notification_path_under_sched_fifo(detingest
         fifo = [name for tid, name in tasks.items() if os.sched_getscheduler(tid) == os.SCHED_FIFO]
         assert policy["notify"] == os.SCHED_FIFO
         assert os.sched_getparam(next(t for t, n in tasks.items() if n == "notify")).sched_priority == 7
-        # Besides notify, only libzmq's threads (named like the process): never a worker.
-        assert set(fifo) - {"notify"} <= {"detingestd"} and len(fifo) >= 2, fifo
+        # Besides notify, only libzmq's threads (which the daemon names): never a worker.
+        assert set(fifo) - {"notify"} == {"live-zmq"} and len(fifo) >= 2, fifo
         assert policy["compress-0"] == os.SCHED_OTHER and policy["writer"] == os.SCHED_OTHER
+        # `threads.notify` pins the notification thread and, beside it, ZeroMQ's.
+        zmq_threads = [t for t, n in tasks.items() if n == "live-zmq"]
+        assert zmq_threads and all(os.sched_getaffinity(t) == {1} for t in zmq_threads)
+        assert os.sched_getaffinity(next(t for t, n in tasks.items() if n == "notify")) == {1}
+        assert os.sched_getaffinity(next(t for t, n in tasks.items() if n == "writer")) == {0, 1}
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)

@@ -16,7 +16,7 @@ pub use history::{History, Span};
 pub use publisher::{LiveStats, Publisher};
 pub use query::{answer, MAX_RANGE};
 
-use crate::config::{ConfigError, LiveConfig};
+use crate::config::{ConfigError, LiveConfig, ThreadMap};
 use crate::threads;
 
 /// The live side of a running daemon.
@@ -33,12 +33,13 @@ pub struct Live {
 }
 
 impl Live {
-    /// Binds the sockets of `cfg` and starts the query thread (pinned to `query_core`).
-    /// Returns the publisher sink to hand to the pipeline, if publishing. A bind error names
-    /// the configuration key.
+    /// Binds the sockets of `cfg` and starts the query thread (pinned to `cores.query`);
+    /// ZeroMQ's own threads are named `live-zmq` and pinned to `cores.notify`, beside the
+    /// notification thread that feeds them. Returns the publisher sink to hand to the
+    /// pipeline, if publishing. A bind error names the configuration key.
     pub fn start(
         cfg: &LiveConfig,
-        query_core: Option<usize>,
+        cores: &ThreadMap,
     ) -> Result<(Self, Option<Publisher>), ConfigError> {
         // libzmq starts a context's I/O and reaper threads with its first socket: the threads
         // that appear while ours are made are this context's.
@@ -83,11 +84,16 @@ impl Live {
             ));
             publish_endpoint = Some(bound);
         }
-        if cfg.realtime_priority > 0 && publisher.is_some() {
-            for tid in threads::thread_ids() {
-                if threads_before.contains(&tid) {
-                    continue;
+        for tid in threads::started_here_since(&threads_before) {
+            if let Err(e) = threads::rename(tid, "live-zmq") {
+                tracing::debug!(error = %e, tid, "ZeroMQ thread keeps its inherited name");
+            }
+            if let Some(core) = cores.notify {
+                if let Err(e) = threads::pin(tid, core) {
+                    tracing::warn!(error = %e, core, "could not pin a ZeroMQ thread");
                 }
+            }
+            if cfg.realtime_priority > 0 && publisher.is_some() {
                 if let Err(e) = threads::set_realtime(tid, cfg.realtime_priority) {
                     tracing::warn!(error = %e, "ZeroMQ I/O thread keeps normal scheduling");
                 }
@@ -100,7 +106,7 @@ impl Live {
             tracing::info!(endpoint = %bound, "answering queries");
             let (h, s) = (Arc::clone(&history), Arc::clone(&stop));
             query = Some(
-                threads::spawn("query".into(), query_core, move || {
+                threads::spawn("query".into(), cores.query, move || {
                     query::serve(socket, h, s)
                 })
                 .map_err(|e| ConfigError {
