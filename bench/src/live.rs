@@ -302,17 +302,24 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
                                                     // The switcher starts when the pipeline has.
         let done = Arc::clone(&done);
         let (phase, control) = (Duration::from_millis(args.phase_ms), args.control);
-        let switcher = std::thread::spawn(move || {
-            started.recv()?;
-            switch_phases(&stalled, &controls, &done, phase, control)
-        });
+        let switcher = std::thread::Builder::new()
+            .name("phases".into())
+            .spawn(move || {
+                started.recv()?;
+                switch_phases(&stalled, &controls, &done, phase, control)
+            })?;
         Ok((readers, switcher))
     })?;
-    let subscribers_zmq = new_threads(&threads_before, |comm| !comm.starts_with("subscriber"));
+    // The subscribers' ZeroMQ threads carry the name of the thread that made their sockets
+    // (ours); the readers and the switcher have their own.
+    let subscribers_zmq = threads::started_here_since(&threads_before);
     let before_live = threads::thread_ids();
     let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, &cfg.threads))
         .map_err(anyhow::Error::msg)?;
-    let publisher_zmq = new_threads(&before_live, |_| true);
+    let publisher_zmq: Vec<libc::pid_t> = threads::thread_ids()
+        .into_iter()
+        .filter(|t| !before_live.contains(t))
+        .collect();
     let written = Arc::new(Mutex::new(WrittenTimes(Vec::with_capacity(
         args.frames as usize,
     ))));
@@ -514,7 +521,7 @@ fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<Latency> {
     let priority = args.viewer_realtime_priority;
     if priority > 0 {
         // The subscriber's ZeroMQ threads: those started with its socket.
-        for tid in new_threads(&threads_before, |_| true) {
+        for tid in threads::started_here_since(&threads_before) {
             threads::set_realtime(tid, priority)?;
         }
     }
@@ -642,17 +649,6 @@ impl NotificationSink for WrittenTimes {
             self.0.push(f.record.written_ns);
         }
     }
-}
-
-/// Threads started since `before` whose name passes `keep`.
-fn new_threads(before: &[libc::pid_t], keep: impl Fn(&str) -> bool) -> Vec<libc::pid_t> {
-    threads::thread_ids()
-        .into_iter()
-        .filter(|t| !before.contains(t))
-        .filter(|t| {
-            std::fs::read_to_string(format!("/proc/self/task/{t}/comm")).is_ok_and(|c| keep(&c))
-        })
-        .collect()
 }
 
 /// Reads until the run's end; the latency of every `frame` message in microseconds.
