@@ -226,7 +226,8 @@ pub trait NotificationSink: Send {
     fn notify(&mut self, n: &Notification);
     /// Called when the pipeline has ended and the queue is drained.
     fn finish(&mut self) {}
-    /// Called after each batch.
+    /// Called after each batch: the notifications that were queued when the notification
+    /// thread looked. A sink that holds messages back sends them now.
     fn batch_done(&mut self) {}
 }
 

@@ -88,12 +88,14 @@ impl Publisher {
         self.frames.push(json);
     }
 
-    /// Sends the frame messages held, in order.
+    /// Sends the frame messages held, in order (their buffers, and the list's, are kept).
     fn send_frames(&mut self) {
-        for json in std::mem::take(&mut self.frames).drain(..) {
+        let mut frames = std::mem::take(&mut self.frames);
+        for json in frames.drain(..) {
             self.send_parts(&[b"frame", &json]);
             self.spare.push(json);
         }
+        self.frames = frames;
     }
 
     /// Sends a multipart message without waiting, counting it published or refused.
