@@ -113,6 +113,13 @@ impl Placement {
         );
         Ok(Some(Self { viewer, ingest }))
     }
+
+    /// The core to make the viewers' threads on and the one to make the daemon's on (none
+    /// without `--viewer-core`).
+    fn cores(args: &Args) -> Result<(Option<usize>, Option<usize>)> {
+        let p = Self::of(args)?;
+        Ok((p.as_ref().map(|p| p.viewer), p.map(|p| p.ingest[0])))
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -271,11 +278,7 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
     // Threads inherit their creator's cores: the viewers' threads are made on a thread pinned
     // to the viewer core, the daemon's ZeroMQ threads on one pinned to an ingest core (the
     // pipeline's threads are pinned by the config).
-    let placement = Placement::of(args)?;
-    let (viewer_core, ingest_core) = (
-        placement.as_ref().map(|p| p.viewer),
-        placement.as_ref().map(|p| p.ingest[0]),
-    );
+    let (viewer_core, ingest_core) = Placement::cores(args)?;
     let threads_before = threads::thread_ids();
     let ctx = zmq::Context::new();
     let done = Arc::new(AtomicBool::new(false));
@@ -510,11 +513,7 @@ fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<Latency> {
         rate,
         1,
     )?;
-    let placement = Placement::of(args)?;
-    let (viewer_core, ingest_core) = (
-        placement.as_ref().map(|p| p.viewer),
-        placement.as_ref().map(|p| p.ingest[0]),
-    );
+    let (viewer_core, ingest_core) = Placement::cores(args)?;
     let threads_before = threads::thread_ids();
     let ctx = zmq::Context::new();
     let sub = made_on(viewer_core, || subscriber(&ctx, &endpoint))?;
