@@ -51,18 +51,19 @@ pub fn rename(tid: libc::pid_t, name: &str) -> io::Result<()> {
     std::fs::write(format!("/proc/self/task/{tid}/comm"), name)
 }
 
-/// The threads started since `before` with the calling thread's name: those a library started
-/// from this thread without naming them (ZeroMQ's). Threads other code started meanwhile
-/// under other names are left out.
+/// The threads started since `before` that a library started from this thread without
+/// naming them (they carry the calling thread's name), or named `ZMQbg/...` as some libzmq
+/// builds name theirs. Threads other code started meanwhile under other names are left out.
 pub fn started_here_since(before: &[libc::pid_t]) -> Vec<libc::pid_t> {
     let comm = |path: &str| std::fs::read_to_string(path).ok();
-    let Some(mine) = comm("/proc/thread-self/comm") else {
-        return Vec::new();
-    };
+    let mine = comm("/proc/thread-self/comm");
     thread_ids()
         .into_iter()
         .filter(|t| !before.contains(t))
-        .filter(|t| comm(&format!("/proc/self/task/{t}/comm")).as_ref() == Some(&mine))
+        .filter(|t| {
+            comm(&format!("/proc/self/task/{t}/comm"))
+                .is_some_and(|c| Some(&c) == mine.as_ref() || c.starts_with("ZMQbg"))
+        })
         .collect()
 }
 
