@@ -15,7 +15,7 @@ use std::sync::Arc;
 use detingest_daemon::config::{Config, SourceKind};
 use detingest_daemon::control;
 use detingest_daemon::live::Live;
-use detingest_daemon::notify::{NotificationSink, RateLogger};
+use detingest_daemon::notify::{self, NotificationSink};
 use detingest_daemon::pipeline;
 use detingest_daemon::runs::{self, RunManager};
 use detingest_daemon::source::synthetic::FrameBank;
@@ -236,12 +236,8 @@ seed = {seed}
 
 /// Runs the pipeline to the end with a progress line (when `progress`) and prints a summary.
 fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Result<ExitCode> {
-    let mut sinks: Vec<Box<dyn NotificationSink>> =
-        vec![Box::new(RateLogger::new(Duration::from_secs(5)))];
     let (live, publisher) = Live::start(&config.live, &config.threads)?;
-    if let Some(p) = publisher {
-        sinks.push(Box::new(p));
-    }
+    let sinks = notify::daemon_sinks(publisher.map(|p| Box::new(p) as Box<dyn NotificationSink>));
     let running = pipeline::start(config, sinks)?;
     let stop = running.stop_handle();
     let _ = ctrlc::set_handler(move || {

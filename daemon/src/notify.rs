@@ -353,6 +353,15 @@ impl NotifyQueue {
     }
 }
 
+/// The daemon's sinks for one pipeline: a rate line in the log every 5 s, and the live
+/// publisher when there is one.
+pub fn daemon_sinks(
+    publisher: Option<Box<dyn NotificationSink>>,
+) -> Vec<Box<dyn NotificationSink>> {
+    let rate: Box<dyn NotificationSink> = Box::new(RateLogger::new(Duration::from_secs(5)));
+    std::iter::once(rate).chain(publisher).collect()
+}
+
 /// Counts notifications and logs a rate line every `every`.
 pub struct RateLogger {
     every: Duration,

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::config::{deserialize_keyed, key_in, Config, ConfigError, RunSettings};
 use crate::live::{Live, Publisher};
-use crate::notify::{NotificationSink, RateLogger};
+use crate::notify;
 use crate::pipeline::{self, RunSummary, Running, StartError, StatsSnapshot};
 use crate::source::SourceSummary;
 
@@ -284,11 +284,11 @@ impl RunManager {
             let _ = c.supervisor.join();
         }
         let config = run_config(&self.base, request)?;
-        let mut sinks: Vec<Box<dyn NotificationSink>> =
-            vec![Box::new(RateLogger::new(Duration::from_secs(5)))];
-        if let Some(p) = &self.publisher {
-            sinks.push(Box::new(Arc::clone(p)));
-        }
+        let publisher = self
+            .publisher
+            .as_ref()
+            .map(|p| Box::new(Arc::clone(p)) as _);
+        let sinks = notify::daemon_sinks(publisher);
         let running = pipeline::start(&config, sinks).map_err(|e| match e {
             StartError::Exists(_) => ApiError::new(409, e),
             StartError::Config(c) => ApiError::from(c),
