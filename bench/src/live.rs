@@ -126,6 +126,10 @@ impl Placement {
 struct Report {
     codec: String,
     batch_interval_us: u64,
+    transport: String,
+    realtime_priority: i32,
+    viewer_core: Option<usize>,
+    notify_core: Option<usize>,
     throughput: Throughput,
     latency: Latency,
 }
@@ -201,6 +205,10 @@ pub fn run(args: &Args) -> Result<()> {
     let report = Report {
         codec: args.codec.clone(),
         batch_interval_us,
+        transport: args.transport.clone(),
+        realtime_priority: args.realtime_priority,
+        viewer_core: args.viewer_core,
+        notify_core: args.notify_core,
         throughput,
         latency,
     };
