@@ -309,8 +309,9 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
                 Ok(common::cpu_seconds(ClockId::CLOCK_THREAD_CPUTIME_ID))
             })?);
         }
-        let stalled = subscriber(&ctx, &endpoint)?; // never read
-                                                    // The switcher starts when the pipeline has.
+        // The stalled subscriber, which never reads, and the switcher, which starts when the
+        // pipeline has.
+        let stalled = subscriber(&ctx, &endpoint)?;
         let done = Arc::clone(&done);
         let (phase, control) = (Duration::from_millis(args.phase_ms), args.control);
         let switcher = std::thread::Builder::new()
