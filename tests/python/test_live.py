@@ -62,12 +62,16 @@ def start(detingestd, cfg):
     return subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg)])
 
 
+# Also with batches of about four frames (20 ms at 200 frames/s), which the publisher holds
+# back and sends together: the order on the socket must not change.
+@pytest.mark.parametrize("batch_us", [0, 20000])
 def test_subscriber_gets_every_frame_in_order_and_throttled_previews(detingestd, tmp_path,
-                                                                    tcp_endpoints):
+                                                                    tcp_endpoints, batch_us):
     endpoints = tcp_endpoints  # this one over TCP on loopback, as viewers connect
     cfg = live_config(tmp_path, endpoints,
                       synthetic="frames = 60\nshape = [32, 64]\nbank_frames = 60\nrate_hz = 200.0",
-                      extra="preview_every = 7\npreview_max_hz = 0\nwait_for_subscribers = 1")
+                      extra="preview_every = 7\npreview_max_hz = 0\nwait_for_subscribers = 1\n"
+                            f"batch_interval_us = {batch_us}")
     ctx = zmq.Context()
     sub = subscriber(ctx, endpoints[0])
     proc = start(detingestd, cfg)
@@ -88,10 +92,18 @@ def test_subscriber_gets_every_frame_in_order_and_throttled_previews(detingestd,
     assert f["bytes_raw"] == 32 * 64 * 2 and 0 < f["bytes_compressed"]
     assert f["file"].endswith("bt/det/s1_master.h5") and f["written_ns"] >= f["timestamp_ns"] > 0
     assert f["published_ns"] >= f["written_ns"]
+    if batch_us:  # frames 5 ms apart wait for batches 20 ms apart
+        assert max(f["published_ns"] - f["written_ns"] for f in frames) > 5_000_000
     assert f["data_file"].endswith("bt/det/s1_data_000001.h5") and f["data_chunk"] == [9, 0, 0]
     # Previews: one in 7 (indices 1, 8, 15, ...), bitshuffle-LZ4 chunks that decode to the frame.
     previews = [m for m in msgs if m[0] == "preview"]
     assert [p[1]["index"] for p in previews] == list(range(1, 61, 7))
+    last_frame = 0  # each preview right after its own frame's message
+    for m in msgs:
+        if m[0] == "frame":
+            last_frame = m[1]["index"]
+        elif m[0] == "preview":
+            assert m[1]["index"] == last_frame
     with h5py.File(f["file"], "r") as h:
         data = h["/entry/data/data"][()]
     for _, header, payload in previews:
