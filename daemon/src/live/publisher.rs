@@ -80,11 +80,10 @@ impl Publisher {
         while self.socket.recv_bytes(zmq::DONTWAIT).is_ok() {}
     }
 
-    /// Keeps the encoded frame message for the end of the batch.
-    fn hold_frame(&mut self) {
+    /// Encodes the frame message into a buffer kept for the end of the batch.
+    fn hold_frame(&mut self, message: &FrameMessage) {
         let mut json = self.spare.pop().unwrap_or_default();
-        json.clear();
-        json.extend_from_slice(&self.json);
+        encode_into(&mut json, message);
         self.frames.push(json);
     }
 
@@ -110,15 +109,20 @@ impl Publisher {
     }
 
     fn encode<T: serde::Serialize>(&mut self, message: &T) {
-        self.json.clear();
-        // Writing into a Vec cannot fail, and these messages have no maps with non-string keys.
-        let _ = serde_json::to_writer(&mut self.json, message);
+        encode_into(&mut self.json, message);
     }
 
     fn history(&self) -> std::sync::MutexGuard<'_, History> {
         // A panic elsewhere while holding the lock leaves plain data behind: keep using it.
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Replaces `buf` with the JSON of `message`, keeping its capacity.
+fn encode_into<T: serde::Serialize>(buf: &mut Vec<u8>, message: &T) {
+    buf.clear();
+    // Writing into a Vec cannot fail, and these messages have no maps with non-string keys.
+    let _ = serde_json::to_writer(buf, message);
 }
 
 impl NotificationSink for Publisher {
@@ -141,11 +145,10 @@ impl NotificationSink for Publisher {
                 let record = f.record;
                 self.history().push(&f.stream.key, record);
                 let file = f.stream.file.to_string_lossy();
-                self.encode(&FrameMessage {
+                self.hold_frame(&FrameMessage {
                     published_ns: Some(now_ns()),
                     ..FrameMessage::new(&f.stream, &file, &record)
                 });
-                self.hold_frame();
                 if let Some(chunk) = &f.preview {
                     self.send_frames();
                     let pixels = chunk.as_slice();
