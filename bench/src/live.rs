@@ -325,13 +325,8 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
     // The subscribers' ZeroMQ threads carry the name of the thread that made their sockets
     // (ours); the readers and the switcher have their own.
     let subscribers_zmq = threads::started_here_since(&threads_before);
-    let before_live = threads::thread_ids();
     let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, &cfg.threads))
         .map_err(anyhow::Error::msg)?;
-    let publisher_zmq: Vec<libc::pid_t> = threads::thread_ids()
-        .into_iter()
-        .filter(|t| !before_live.contains(t))
-        .collect();
     let written = Arc::new(Mutex::new(WrittenTimes(Vec::with_capacity(
         args.frames as usize,
     ))));
@@ -346,7 +341,7 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
     let phases = switcher
         .join()
         .map_err(|_| anyhow::anyhow!("phase switcher panicked"))??;
-    let publisher_zmq_cpu = common::threads_cpu_seconds(&publisher_zmq);
+    let publisher_zmq_cpu = common::threads_cpu_seconds(&live.zmq_threads);
     let subscribers_zmq_cpu = common::threads_cpu_seconds(&subscribers_zmq);
     live.stop();
     let mut readers_cpu = 0.0;

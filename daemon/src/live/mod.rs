@@ -27,6 +27,8 @@ pub struct Live {
     pub publish_endpoint: Option<String>,
     /// The bound query endpoint, if any.
     pub query_endpoint: Option<String>,
+    /// ZeroMQ's own threads (`live-zmq`), by thread id.
+    pub zmq_threads: Vec<libc::pid_t>,
     stop: Arc<AtomicBool>,
     query: Option<JoinHandle<()>>,
     _context: zmq::Context,
@@ -84,7 +86,8 @@ impl Live {
             ));
             publish_endpoint = Some(bound);
         }
-        for tid in threads::started_here_since(&threads_before) {
+        let zmq_threads = threads::started_here_since(&threads_before);
+        for &tid in &zmq_threads {
             if let Err(e) = threads::rename(tid, "live-zmq") {
                 tracing::debug!(error = %e, tid, "ZeroMQ thread keeps its inherited name");
             }
@@ -121,6 +124,7 @@ impl Live {
                 stats,
                 publish_endpoint,
                 query_endpoint,
+                zmq_threads,
                 stop,
                 query,
                 _context: context,
