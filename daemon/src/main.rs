@@ -147,10 +147,7 @@ fn run(command: Command) -> Result<ExitCode> {
             data_dir,
             summary_json,
         } => {
-            let mut c = Config::load(&config)?;
-            if let Some(d) = data_dir {
-                c.data_dir = d;
-            }
+            let c = load(&config, data_dir)?;
             ingest(&c, summary_json.as_deref(), false)
         }
         Command::Serve {
@@ -158,10 +155,7 @@ fn run(command: Command) -> Result<ExitCode> {
             data_dir,
             listen,
         } => {
-            let mut c = Config::load(&config)?;
-            if let Some(d) = data_dir {
-                c.data_dir = d;
-            }
+            let mut c = load(&config, data_dir)?;
             if let Some(l) = listen {
                 c.control.listen = l;
             }
@@ -197,6 +191,15 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 /// The demo's configuration: one synthetic JUNGFRAU module into a new stream named by time.
+/// The configuration file at `path`, with `--data-dir` in place of its `data_dir` if given.
+fn load(path: &Path, data_dir: Option<PathBuf>) -> Result<Config> {
+    let mut c = Config::load(path)?;
+    if let Some(d) = data_dir {
+        c.data_dir = d;
+    }
+    Ok(c)
+}
+
 fn demo_config(
     data_dir: &Path,
     frames: u64,
