@@ -1225,18 +1225,19 @@ mod tests {
 
     #[test]
     fn live_endpoints_are_checked() {
-        let e = err(&format!("[live]\npublish = \"5556\"\n{MINIMAL}"));
-        assert_eq!(e.key, "live.publish");
-        let e = err(&format!(
-            "[live]\npublish = \"tcp://a:1\"\nquery = \"tcp://a:1\"\n{MINIMAL}"
-        ));
-        assert_eq!(e.key, "live.query");
+        for (text, key) in [
+            ("publish = \"5556\"\n", "live.publish"),
+            (
+                "publish = \"tcp://a:1\"\nquery = \"tcp://a:1\"\n",
+                "live.query",
+            ),
+            ("realtime_priority = 100\n", "live.realtime_priority"),
+            ("batch_interval_us = 2000000\n", "live.batch_interval_us"),
+        ] {
+            assert_eq!(err(&format!("[live]\n{text}{MINIMAL}")).key, key, "{text}");
+        }
         let c = Config::parse(&format!("[live]\npublish = \"\"\nquery = \"\"\n{MINIMAL}")).unwrap();
         assert!(c.live.publish.is_empty());
-        let e = err(&format!("[live]\nrealtime_priority = 100\n{MINIMAL}"));
-        assert_eq!(e.key, "live.realtime_priority");
-        let e = err(&format!("[live]\nbatch_interval_us = 2000000\n{MINIMAL}"));
-        assert_eq!(e.key, "live.batch_interval_us");
     }
 
     #[test]
