@@ -10,6 +10,7 @@ use hdf5::{Attribute, Dataset, File, Group, H5Type};
 use hdf5_sys::h5::hsize_t;
 use hdf5_sys::h5p::H5P_DEFAULT;
 
+use crate::filter::Hdf5Filter;
 use crate::layout::RunLayout;
 use crate::nxmx;
 use crate::WriteError;
@@ -51,6 +52,9 @@ impl DataFile {
         let group = nxmx::nx_group(&entry, "data", "NXdata")?;
         nxmx::attr_str(&group, "signal", "data")?;
         let data = create_image_dataset(&group, layout)?;
+        if let Some(filter) = Hdf5Filter::of(layout.codec, layout.pixel.size()) {
+            filter.verify(&data, &format!("{}:{DATA_PATH}", path.display()))?;
+        }
         data.new_attr::<i64>()
             .create("image_nr_low")?
             .write_scalar(&(first as i64))?;
@@ -148,6 +152,23 @@ fn chunk_error(index: u64) -> WriteError {
     }
 }
 
+/// Creates the image dataset of `layout` in a file in memory and checks the filter values
+/// it records, so that a run that would write wrong ones is refused before it starts.
+pub(crate) fn probe_filter_values(layout: RunLayout) -> Result<(), WriteError> {
+    let Some(filter) = Hdf5Filter::of(layout.codec, layout.pixel.size()) else {
+        return Ok(());
+    };
+    let name = format!("detingest-filter-probe-{}", std::process::id());
+    let file = File::with_options()
+        .with_fapl(|p| p.core_filebacked(false))
+        .create(&name)?;
+    let data = create_image_dataset(&file, layout)?;
+    filter.verify(
+        &data,
+        &format!("the data files' {DATA_PATH} (checked at run start)"),
+    )
+}
+
 /// Creates `data`: `[0.., ny, nx]` of the image, chunked as the layout says, with the codec's
 /// filter recorded (not run: chunks arrive encoded).
 fn create_image_dataset(group: &Group, layout: RunLayout) -> Result<Dataset, WriteError> {
@@ -166,10 +187,10 @@ fn create_of<T: H5Type>(group: &Group, layout: RunLayout) -> Result<Dataset, Wri
     let chunk = (1, cy, cx);
     let mut dcpl = hdf5::plist::DatasetCreate::build();
     dcpl.chunk(chunk);
-    // hdf5-metno adds user filters as optional, so no plugin is needed at write time, and we
-    // write the cd_values ourselves (FORMATS.md section 3).
-    if let Some((id, cd_values)) = layout.codec.hdf5_filter(layout.pixel.size()) {
-        dcpl.add_filter(id as _, &cd_values);
+    // hdf5-metno adds user filters as optional, so no plugin is needed at write time; the
+    // values passed depend on whether one is loadable (filter.rs, FORMATS.md section 3).
+    if let Some(filter) = Hdf5Filter::of(layout.codec, layout.pixel.size()) {
+        dcpl.add_filter(filter.id as _, &filter.values_to_pass());
     }
     let dcpl = dcpl.finish()?;
     Ok(group

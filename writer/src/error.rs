@@ -31,6 +31,17 @@ pub enum WriteError {
         /// The system's reason, when the failure came from the file system (e.g. ENOSPC).
         os: Option<std::io::Error>,
     },
+    /// A dataset recorded other filter values than its chunks need (a filter plugin's
+    /// `set_local` changed them); the run must not write such a file.
+    #[error("{dataset} records filter values {found}, not {expected}; readers would misdecode its chunks")]
+    FilterValues {
+        /// `file:dataset`.
+        dataset: String,
+        /// The values read back.
+        found: String,
+        /// The values the chunks need.
+        expected: String,
+    },
     /// A metadata value could not be stored.
     #[error("metadata: {0}")]
     Metadata(String),

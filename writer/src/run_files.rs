@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
-use crate::data_file::DataFile;
+use crate::data_file::{probe_filter_values, DataFile};
 use crate::layout::{Chunking, RunLayout};
 use crate::master::{IndexRecord, MasterFile, RunEnd};
 use crate::nxmx::DetectorInfo;
@@ -89,6 +89,9 @@ impl RunFiles {
         if first.exists() {
             return Err(WriteError::Exists(first));
         }
+        // The filter values an HDF5 plugin visible to this process would store (filter.rs):
+        // wrong ones refuse the run here, before any file exists.
+        probe_filter_values(layout)?;
         let master = MasterFile::create(&master_path(dir, stream), &layout, info, user_json)?;
         Ok(Self {
             dir: dir.to_owned(),

@@ -5,8 +5,8 @@
 //! Codecs encode into a caller-provided buffer of at least [`Codec::max_compressed_len`] bytes
 //! and never allocate.
 
-mod bslz4;
-mod lz4;
+pub(crate) mod bslz4;
+pub(crate) mod lz4;
 pub mod transpose;
 
 use serde::{Deserialize, Serialize};
