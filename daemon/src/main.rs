@@ -1,5 +1,6 @@
 //! `detingestd`: the detector ingest daemon's command line.
 
+mod filter_files;
 mod report;
 
 use std::io::Write;
@@ -58,6 +59,22 @@ enum Command {
         /// Override `[control] listen` (e.g. 127.0.0.1:8450).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+    },
+    /// Report whether HDF5 files record bitshuffle/LZ4 filter values their readers decode
+    /// with (exit 0), or values a filter plugin changed when the file was written (exit 1:
+    /// run `repair`). Files of detingest up to 0.1.0 can be affected (README).
+    Check {
+        /// HDF5 files (data files; a master holds no filtered datasets).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Rewrite, in place, the affected datasets of files that `check` reports: each chunk is
+    /// copied unchanged into a dataset that records the right filter values; the copy is
+    /// verified before it replaces the file.
+    Repair {
+        /// HDF5 files to repair; files that need nothing are left untouched.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Validate a configuration file without running it; errors name the offending key.
     CheckConfig {
@@ -131,6 +148,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Check { files } => filter_files::check(&files),
+        Command::Repair { files } => filter_files::repair(&files),
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
             println!(
