@@ -7,7 +7,7 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat
 
-.PHONY: demo test loom install deps venv bench fuzz clean
+.PHONY: demo test loom install deps venv debian-plugins bench fuzz clean
 
 demo: deps venv
 	cargo build --release -p detingest-daemon
@@ -19,12 +19,13 @@ demo: deps venv
 	  print('  /entry/data/data (VDS)', d.shape, d.dtype, '| data_000001', c.shape, 'chunks', c.chunks, 'filters', list(c._filters)); \
 	  print('  frame 1: mean %.3f max %d' % (d[0].mean(), d[0].max()))" "$$f"
 
-test: deps venv
+test: deps venv debian-plugins
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	DETINGEST_PYTHON=$(CURDIR)/$(PY) cargo test --workspace
 	cargo build -p detingest-daemon -p detingest-ffi
-	DETINGESTD=$(CURDIR)/target/debug/detingestd $(PY) -m pytest -q tests/python
+	DETINGESTD=$(CURDIR)/target/debug/detingestd DETINGEST_DEBIAN_PLUGINS=$(CURDIR)/$(DEBIAN_PLUGINS) \
+	  $(PY) -m pytest -q tests/python
 	$(MAKE) loom
 
 # Model-check the shared-memory ring's atomics (own target dir: --cfg loom rebuilds the crate).
@@ -66,6 +67,21 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq $$missing; \
+	fi
+
+# Debian's bitshuffle and LZ4 HDF5 plugins, unpacked (not installed) for the tests that write
+# files with them visible to the daemon (tests/python/test_filter_plugins.py).
+DEBIAN_PLUGINS := target/debian-hdf5-plugins
+debian-plugins:
+	@if [ ! -f $(DEBIAN_PLUGINS)/libh5bshuf.so ]; then \
+	  set -e; tmp=$$(mktemp -d); cd $$tmp; \
+	  apt-get download bitshuffle hdf5-filter-plugin >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get download bitshuffle hdf5-filter-plugin; }; \
+	  for d in *.deb; do dpkg-deb -x $$d x; done; cd - >/dev/null; \
+	  mkdir -p $(DEBIAN_PLUGINS); \
+	  cp $$tmp/x/usr/lib/*/hdf5/serial/plugins/libh5bshuf.so \
+	     $$tmp/x/usr/lib/*/hdf5/serial/plugins/libh5lz4.so $(DEBIAN_PLUGINS)/; \
+	  rm -rf $$tmp; \
 	fi
 
 venv:

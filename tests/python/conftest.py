@@ -40,13 +40,13 @@ def write_config(path, data_dir, *, synthetic="", writer="", pipeline="", policy
 def run_daemon(detingestd, tmp_path):
     """Writes a config, runs `detingestd run`, returns (summary, config path, file path)."""
 
-    def run(name="cfg", **kw):
+    def run(name="cfg", env=None, **kw):
         cfg = write_config(tmp_path / f"{name}.toml", tmp_path / "data", **kw)
         summary_path = tmp_path / f"{name}.summary.json"
         subprocess.run(
             [detingestd, "--log", "warn", "run", "--config", str(cfg),
              "--summary-json", str(summary_path)],
-            check=True, timeout=300,
+            check=True, timeout=300, env=env,
         )
         summary = json.loads(summary_path.read_text())
         return summary, cfg, Path(summary["streams"][0]["file"])
