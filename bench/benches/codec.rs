@@ -3,7 +3,7 @@
 //! same bytes.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use detingest_daemon::config::SyntheticConfig;
+use detingest_daemon::source::synthetic::config::SyntheticConfig;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::{bitshuffle_lz4_with, Codec, Kernel};
 

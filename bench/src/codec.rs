@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use detingest_daemon::config::SyntheticConfig;
+use detingest_daemon::source::synthetic::config::SyntheticConfig;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_shm::PixelType;
 use detingest_writer::{bitshuffle_lz4_with, Codec, Kernel};

@@ -20,9 +20,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use detingest_daemon::config::Config;
-use detingest_daemon::live::Live;
-use detingest_daemon::notify::{now_ns, Notification, NotificationSink};
 use detingest_daemon::pipeline;
+use detingest_daemon::sink::zmq::Live;
+use detingest_daemon::sink::{Notification, NotificationSink, RunSinks};
+use detingest_daemon::stream::now_ns;
 use detingest_daemon::threads;
 
 use crate::common;
@@ -325,7 +326,7 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
     // The subscribers' ZeroMQ threads carry the name of the thread that made their sockets
     // (ours); the readers and the switcher have their own.
     let subscribers_zmq = threads::started_here_since(&threads_before);
-    let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, &cfg.threads))
+    let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, cfg.sink_cores()))
         .map_err(anyhow::Error::msg)?;
     let written = Arc::new(Mutex::new(WrittenTimes(Vec::with_capacity(
         args.frames as usize,
@@ -334,7 +335,13 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
         Box::new(publisher.context("publisher configured")?),
         Box::new(Arc::clone(&written)),
     ];
-    let running = pipeline::start(&cfg, sinks)?;
+    let running = pipeline::start(
+        &cfg,
+        RunSinks {
+            sinks,
+            needs: cfg.live.needs(),
+        },
+    )?;
     go.send(())?;
     let summary = running.wait();
     done.store(true, Ordering::Relaxed);
@@ -539,11 +546,18 @@ fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<Latency> {
             }
             read_until_end(&sub)
         })?;
-    let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, &cfg.threads))
+    let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, cfg.sink_cores()))
         .map_err(anyhow::Error::msg)?;
     let sinks: Vec<Box<dyn NotificationSink>> =
         vec![Box::new(publisher.context("publisher configured")?)];
-    let summary = pipeline::start(&cfg, sinks)?.wait();
+    let summary = pipeline::start(
+        &cfg,
+        RunSinks {
+            sinks,
+            needs: cfg.live.needs(),
+        },
+    )?
+    .wait();
     live.stop();
     let hops = reader
         .join()

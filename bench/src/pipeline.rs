@@ -21,8 +21,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use detingest_daemon::config::{Config, SourceKind};
+use detingest_daemon::config::Config;
 use detingest_daemon::pipeline;
+use detingest_daemon::sink::RunSinks;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::Codec;
 use serde::Serialize;
@@ -98,7 +99,7 @@ pub fn run(args: &Args) -> Result<()> {
     let base = config(args, &dir, "probe", false, "module")?;
     let codec = base.writer.codec;
     let modules = u64::from(base.sources[0].modules());
-    let Some(SourceKind::Synthetic(syn)) = base.sources[0].kind() else {
+    let Some(syn) = base.sources[0].synthetic.as_ref() else {
         unreachable!("the benchmark config has a synthetic source")
     };
     let bank = FrameBank::generate(syn);
@@ -226,7 +227,7 @@ fn print_table(r: &Report) {
 
 /// Seconds from start to the last file closed, and the frames lost, of one pipeline run.
 fn time_pipeline(c: &Config) -> Result<(f64, u64)> {
-    let running = pipeline::start(c, Vec::new())?;
+    let running = pipeline::start(c, RunSinks::none())?;
     let t = Instant::now();
     let summary = running.wait();
     let secs = t.elapsed().as_secs_f64();

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use detingest_daemon::config::{Config, SyntheticConfig};
+use detingest_daemon::config::Config;
 use detingest_daemon::pipeline;
+use detingest_daemon::sink::RunSinks;
+use detingest_daemon::source::synthetic::config::SyntheticConfig;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_shm::ring::{
     monotonic_ns, pixel_code, Descriptor, Producer, RingConsumer, RingEvent, RingSpec, DEFAULT_SPIN,
@@ -237,7 +239,7 @@ fn pipeline_run(args: &Args, dir: &Path, data: &Path, rep: usize) -> Result<f64>
         args.spin_us,
     );
     let config = Config::parse(&text).context("benchmark config")?;
-    let running = pipeline::start(&config, Vec::new())?;
+    let running = pipeline::start(&config, RunSinks::none())?;
     let t = Instant::now();
     let mut child = spawn_producer(&rings.join("mod0"), args.frames, 0.0, args.producer_core)?;
     let summary = running.wait();

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use detingest_daemon::config::{Config, UdpConfig};
+use detingest_daemon::config::Config;
 use detingest_daemon::source::udp::assembler::{Assembler, FrameOut};
+use detingest_daemon::source::udp::config::UdpConfig;
 use detingest_daemon::source::udp::header::Sls2;
 use detingest_daemon::source::udp::recvmmsg::MmsgReceiver;
 use detingest_daemon::source::udp::simulator::{self, Simulation};

@@ -1,21 +1,23 @@
 //! detingestd, the detector ingest daemon, as a library: configuration, sources, the
-//! pipeline and its notifications. The `detingestd` binary and `detingest-bench` drive it.
+//! pipeline and the sinks that hear of every written frame. The `detingestd` binary and
+//! `detingest-bench` drive it; `docs/ARCHITECTURE.md` follows a frame through the modules.
 //!
 //! ```no_run
-//! use detingest_daemon::{config::Config, notify::RateLogger, pipeline};
+//! use detingest_daemon::{config::Config, pipeline, sink::{SinkCores, SinkSet}};
 //! let config = Config::load("detingest.toml".as_ref())?;
-//! let sinks: Vec<Box<dyn detingest_daemon::notify::NotificationSink>> =
-//!     vec![Box::new(RateLogger::new(std::time::Duration::from_secs(5)))];
-//! let summary = pipeline::start(&config, sinks)?.wait();
+//! let sinks = SinkSet::start(config.sink_tables(), SinkCores::default())?;
+//! let summary = pipeline::start(&config, sinks.for_run())?.wait();
 //! assert!(summary.ok());
+//! sinks.stop();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod check;
 pub mod config;
 pub mod control;
-pub mod live;
-pub mod notify;
 pub mod pipeline;
 pub mod runs;
+pub mod sink;
 pub mod source;
+pub mod stream;
 pub mod threads;

@@ -13,12 +13,11 @@ use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use detingest_daemon::config::{Config, SourceKind};
+use detingest_daemon::config::Config;
 use detingest_daemon::control;
-use detingest_daemon::live::Live;
-use detingest_daemon::notify::{self, NotificationSink};
 use detingest_daemon::pipeline;
 use detingest_daemon::runs::{self, RunManager};
+use detingest_daemon::sink::SinkSet;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::Codec;
 
@@ -258,9 +257,8 @@ seed = {seed}
 
 /// Runs the pipeline to the end with a progress line (when `progress`) and prints a summary.
 fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Result<ExitCode> {
-    let (live, publisher) = Live::start(&config.live, &config.threads)?;
-    let sinks = notify::daemon_sinks(publisher.map(|p| Box::new(p) as Box<dyn NotificationSink>));
-    let running = pipeline::start(config, sinks)?;
+    let sinks = SinkSet::start(config.sink_tables(), config.sink_cores())?;
+    let running = pipeline::start(config, sinks.for_run())?;
     let stop = running.stop_handle();
     let _ = ctrlc::set_handler(move || {
         if stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -277,13 +275,13 @@ fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Resul
         let asked = running.stop_handle();
         runs::supervise(running, config.run.frames, idle, &asked, |_| {}).0
     };
-    let live_stats = report::LiveSummary::from(&live);
-    live.stop();
-    report::print_summary(&summary, &live_stats);
+    let (counters, lines) = (sinks.counters(), sinks.summary_lines());
+    sinks.stop();
+    report::print_summary(&summary, &lines);
     if let Some(path) = summary_json {
         let mut f = std::fs::File::create(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        serde_json::to_writer_pretty(&mut f, &report::summary_json(&summary, &live_stats))?;
+        serde_json::to_writer_pretty(&mut f, &report::summary_json(&summary, counters))?;
         writeln!(f)?;
     }
     Ok(if summary.ok() {
@@ -319,7 +317,7 @@ fn synth_dump(config: &Config, source: Option<&str>, out: &Path) -> Result<()> {
         None => config.sources.first(),
         Some(name) => config.sources.iter().find(|s| s.name.as_str() == name),
     };
-    let Some(SourceKind::Synthetic(cfg)) = src.and_then(|s| s.kind()) else {
+    let Some(cfg) = src.and_then(|s| s.synthetic.as_ref()) else {
         bail!(
             "no synthetic source {:?} in the configuration",
             source.unwrap_or("(first)")

@@ -3,32 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::Ordering;
-
-use detingest_daemon::live::Live;
 use detingest_daemon::pipeline::{RunSummary, Running};
-
-/// What the live side did, read before it stops.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LiveSummary {
-    pub publish_endpoint: Option<String>,
-    pub query_endpoint: Option<String>,
-    pub published: u64,
-    pub refused: u64,
-    pub previews: u64,
-}
-
-impl From<&Live> for LiveSummary {
-    fn from(l: &Live) -> Self {
-        Self {
-            publish_endpoint: l.publish_endpoint.clone(),
-            query_endpoint: l.query_endpoint.clone(),
-            published: l.stats.published.load(Ordering::Relaxed),
-            refused: l.stats.refused.load(Ordering::Relaxed),
-            previews: l.stats.previews.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// Prints a progress line every half second until the sources have finished and the queues
 /// are empty.
@@ -82,7 +57,7 @@ pub fn progress_until_done(running: &Running, expected: u64) {
 }
 
 /// Prints the end-of-run summary to stdout.
-pub fn print_summary(s: &RunSummary, live: &LiveSummary) {
+pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
     let st = &s.stats;
     let secs = s.elapsed.as_secs_f64().max(1e-9);
     println!("--- detingestd summary ---");
@@ -114,11 +89,8 @@ pub fn print_summary(s: &RunSummary, live: &LiveSummary) {
         "notifications    {} delivered, {} dropped at the queue",
         st.notified, st.notify_dropped
     );
-    if let Some(endpoint) = &live.publish_endpoint {
-        println!(
-            "live             {} messages published on {endpoint} ({} previews), {} refused",
-            live.published, live.previews, live.refused
-        );
+    for line in sink_lines {
+        println!("{line}");
     }
     for r in &s.streams {
         let status = r.error.as_deref().unwrap_or("ok");
@@ -133,11 +105,16 @@ pub fn print_summary(s: &RunSummary, live: &LiveSummary) {
     }
 }
 
-/// The summary as JSON.
-pub fn summary_json(s: &RunSummary, live: &LiveSummary) -> serde_json::Value {
+/// The summary as JSON, with each sink's counters under `sinks` (and the ZeroMQ sink's also
+/// under `live`, where earlier versions put them).
+pub fn summary_json(
+    s: &RunSummary,
+    sinks: serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
     serde_json::json!({
         "elapsed_s": s.elapsed.as_secs_f64(),
-        "live": live,
+        "live": sinks.get("zmq"),
+        "sinks": sinks,
         "stats": s.stats,
         "sources": s.sources,
         "streams": s.streams.iter().map(|r| serde_json::json!({

@@ -4,8 +4,9 @@
 //! A run is one pipeline: [`RunManager::start`] builds the run's configuration from the
 //! daemon's (the source named in the request, the request's stream, `[run]` and `[detector]`
 //! overlaid field by field with the request's), starts it, and a supervisor thread watches it
-//! until its files are closed. One run at a time. The live publisher and query endpoint are
-//! made once, when the manager is, so viewers stay connected from run to run.
+//! until its files are closed. One run at a time. The sinks (the live publisher and query
+//! endpoint among them) are started once, when the manager is, so viewers stay connected from
+//! run to run.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +17,11 @@ use detingest_shm::{Name, StreamId};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::{deserialize_keyed, key_in, Config, ConfigError, RunSettings};
-use crate::live::{Live, Publisher};
-use crate::notify;
+use crate::check::{deserialize_keyed, key_in};
+use crate::config::{Config, ConfigError, RunSettings};
 use crate::pipeline::{self, RunSummary, Running, StartError, StatsSnapshot};
-use crate::source::SourceSummary;
+use crate::sink::SinkSet;
+use crate::source::{SourceError, SourceSummary};
 
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -208,6 +209,8 @@ pub struct RunStatus {
     pub counters: StatsSnapshot,
     /// Per source.
     pub sources: Vec<SourceSummary>,
+    /// Per sink, its own counters (filled in when asked).
+    pub sinks: serde_json::Map<String, Value>,
 }
 
 impl RunStatus {
@@ -224,6 +227,7 @@ impl RunStatus {
             frames_recorded: 0,
             frames_lost: 0,
             counters: StatsSnapshot::default(),
+            sinks: serde_json::Map::new(),
             sources: Vec::new(),
         }
     }
@@ -242,30 +246,28 @@ pub struct RunManager {
     base: Config,
     current: Mutex<Option<Current>>,
     last: Arc<Mutex<RunStatus>>,
-    live: Mutex<Option<Live>>,
-    publisher: Option<Arc<Mutex<Publisher>>>,
+    sinks: Mutex<Option<SinkSet>>,
 }
 
 impl RunManager {
-    /// A manager for runs of `base`'s sources; binds the live sockets of `[live]`.
-    pub fn new(base: Config) -> Result<Self, ConfigError> {
-        let (live, publisher) = Live::start(&base.live, &base.threads)?;
+    /// A manager for runs of `base`'s sources; starts the configured sinks.
+    pub fn new(base: Config) -> Result<Self, StartError> {
+        let sinks = SinkSet::start(base.sink_tables(), base.sink_cores())?;
         Ok(Self {
             base,
             current: Mutex::new(None),
             last: Arc::new(Mutex::new(RunStatus::idle())),
-            live: Mutex::new(Some(live)),
-            publisher: publisher.map(|p| Arc::new(Mutex::new(p))),
+            sinks: Mutex::new(Some(sinks)),
         })
     }
 
-    /// Stops the run in progress (if any) and closes the live sockets.
+    /// Stops the run in progress (if any) and the sinks.
     pub fn shutdown(&self) {
         if self.stop().is_ok() {
             tracing::info!("run in progress stopped at shutdown");
         }
-        if let Some(live) = self.live.lock().ok().and_then(|mut l| l.take()) {
-            live.stop();
+        if let Some(sinks) = self.sinks.lock().ok().and_then(|mut l| l.take()) {
+            sinks.stop();
         }
     }
 
@@ -284,14 +286,17 @@ impl RunManager {
             let _ = c.supervisor.join();
         }
         let config = run_config(&self.base, request)?;
-        let publisher = self
-            .publisher
-            .as_ref()
-            .map(|p| Box::new(Arc::clone(p)) as _);
-        let sinks = notify::daemon_sinks(publisher);
+        let sinks = match self.sinks.lock().ok().as_deref() {
+            Some(Some(set)) => set.for_run(),
+            _ => return Err(ApiError::new(503, "the daemon is shutting down")),
+        };
         let running = pipeline::start(&config, sinks).map_err(|e| match e {
             StartError::Exists(_) => ApiError::new(409, e),
-            StartError::Config(c) => ApiError::from(c),
+            StartError::Config(c)
+            | StartError::Source {
+                error: SourceError::Config(c),
+                ..
+            } => ApiError::from(c),
             e => ApiError::new(500, e),
         })?;
         let src = &config.sources[0];
@@ -380,6 +385,14 @@ impl RunManager {
 
     /// The current run's status, or the last run's.
     pub fn status(&self) -> RunStatus {
+        let mut status = self.run_status();
+        if let Some(Some(sinks)) = self.sinks.lock().ok().as_deref() {
+            status.sinks = sinks.counters();
+        }
+        status
+    }
+
+    fn run_status(&self) -> RunStatus {
         let current = self.current.lock().ok();
         if let Some(Some(c)) = current.as_deref() {
             if let Ok(s) = c.status.lock() {

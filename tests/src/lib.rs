@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use detingest_daemon::config::Config;
-use detingest_daemon::notify::{Notification, NotificationSink};
+use detingest_daemon::sink::{Notification, NotificationSink};
 
 /// Where the master file keeps the per-index records.
 pub const SPECIFIC: &str = "/entry/instrument/detector/detectorSpecific";

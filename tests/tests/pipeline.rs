@@ -3,16 +3,23 @@
 
 use std::sync::mpsc;
 
-use detingest_daemon::config::SourceKind;
-use detingest_daemon::notify::{Notification, NotificationSink};
 use detingest_daemon::pipeline;
+use detingest_daemon::sink::{Notification, NotificationSink, RunSinks};
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_tests::{config, read, Collector, SPECIFIC};
 
 fn run(c: &detingest_daemon::config::Config) -> (pipeline::RunSummary, Vec<Notification>) {
     let (tx, rx) = mpsc::channel();
     let sinks: Vec<Box<dyn NotificationSink>> = vec![Box::new(Collector(tx))];
-    let summary = pipeline::start(c, sinks).expect("pipeline starts").wait();
+    let summary = pipeline::start(
+        c,
+        RunSinks {
+            sinks,
+            needs: c.live.needs(),
+        },
+    )
+    .expect("pipeline starts")
+    .wait();
     (summary, rx.try_iter().collect())
 }
 
@@ -100,7 +107,7 @@ fn dropped_frames_keep_their_index_and_are_recorded_lost(copy: bool) {
     assert_eq!(flagged, lost);
     let data = file.dataset("/entry/data/data").unwrap();
     assert_eq!(data.shape(), [400, 256, 256]);
-    let Some(SourceKind::Synthetic(syn)) = c.sources[0].kind() else {
+    let Some(syn) = c.sources[0].synthetic.as_ref() else {
         unreachable!()
     };
     let bank = FrameBank::generate(syn);
@@ -135,7 +142,7 @@ fn an_existing_file_is_never_overwritten() {
     let before = std::fs::metadata(&summary.streams[0].stream.file)
         .unwrap()
         .len();
-    let Err(e) = pipeline::start(&c, Vec::new()) else {
+    let Err(e) = pipeline::start(&c, RunSinks::none()) else {
         panic!("a second run on the same stream must be refused");
     };
     assert!(e.to_string().contains("exists already"), "{e}");

@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use detingest_daemon::config::Config;
-use detingest_daemon::notify::{Notification, NotificationSink};
 use detingest_daemon::pipeline;
+use detingest_daemon::sink::{Notification, NotificationSink, RunSinks};
 use detingest_tests::{read, Collector, SPECIFIC};
 
 /// The producer side of LAYOUT.md, written from the document.
@@ -93,7 +93,14 @@ fn a_producer_written_from_layout_md_delivers_and_bad_frames_are_counted_malform
     let config = Config::parse(&text).unwrap();
     let (tx, rx) = mpsc::channel();
     let sinks: Vec<Box<dyn NotificationSink>> = vec![Box::new(Collector(tx))];
-    let running = pipeline::start(&config, sinks).unwrap();
+    let running = pipeline::start(
+        &config,
+        RunSinks {
+            sinks,
+            needs: config.live.needs(),
+        },
+    )
+    .unwrap();
 
     let mut p = ForeignProducer::attach(&dir.path().join("rings/mod0"));
     p.commit(1, 0, [32, 64], 100);
@@ -142,7 +149,7 @@ fn one_ring_carries_every_module_of_a_grid_and_frames_become_datasets() {
         dir.path().join("rings").display().to_string(),
     );
     let config = Config::parse(&text).unwrap();
-    let running = pipeline::start(&config, Vec::new()).unwrap();
+    let running = pipeline::start(&config, RunSinks::none()).unwrap();
     let mut p = ForeignProducer::attach(&dir.path().join("rings/det"));
     p.commit(1, 0, [8, 16], 10);
     p.commit(1, 1, [8, 16], 11);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use detingest_daemon::config::Config;
 use detingest_daemon::pipeline;
+use detingest_daemon::sink::RunSinks;
 use detingest_daemon::source::udp::simulator::{self, payload_byte, Simulation};
 use detingest_tests::{read, SPECIFIC};
 
@@ -37,7 +38,7 @@ fn run(receive: &str) {
         dir.path().display().to_string()
     );
     let config = Config::parse(&text).unwrap();
-    let running = pipeline::start(&config, Vec::new()).unwrap();
+    let running = pipeline::start(&config, RunSinks::none()).unwrap();
     let sim = Simulation {
         target: format!("127.0.0.1:{port}").parse().unwrap(),
         module: 3,
@@ -163,7 +164,7 @@ fn two_ports_are_the_two_modules_of_one_stream() {
         source(1)
     );
     let config = Config::parse(&text).unwrap();
-    let running = pipeline::start(&config, Vec::new()).unwrap();
+    let running = pipeline::start(&config, RunSinks::none()).unwrap();
     // Module 1 misses the first two frames.
     let sims: Vec<Simulation> = (0..2)
         .map(|m| Simulation {

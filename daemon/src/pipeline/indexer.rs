@@ -23,8 +23,9 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use detingest_shm::{BufferPool, FrameBuf, FrameMeta, PacketMask, PoolBuf};
 use detingest_writer::{Chunking, RunLayout};
 
-use super::job::{Item, SourceMsg, Step, StreamSlot};
+use super::job::{Item, Step};
 use super::stats::PipelineStats;
+use crate::stream::{SourceMsg, StreamSlot};
 
 /// Largest jump in frame numbers recorded as lost indices. A bigger jump is not a loss but a
 /// detector restart or a corrupt number: the frame is refused (counted stale) rather than

@@ -3,35 +3,7 @@
 
 use detingest_shm::{FrameBuf, FrameMeta, PoolBuf};
 
-/// Index of a stream in the pipeline's stream table.
-pub type StreamSlot = u16;
-
-/// Source -> indexer.
-pub enum SourceMsg {
-    /// The stream begins; index 1 belongs to `first_frame_number`.
-    Start {
-        /// The stream.
-        stream: StreamSlot,
-        /// Detector frame number of index 1.
-        first_frame_number: u64,
-    },
-    /// One frame, pixels in a pool buffer.
-    Frame {
-        /// The stream.
-        stream: StreamSlot,
-        /// What the detector said about it.
-        meta: FrameMeta,
-        /// The pixels.
-        data: FrameBuf,
-    },
-    /// The stream ends after `last_frame_number` (`None`: it produced nothing).
-    End {
-        /// The stream.
-        stream: StreamSlot,
-        /// Detector frame number of the last frame, delivered or dropped.
-        last_frame_number: Option<u64>,
-    },
-}
+use crate::stream::StreamSlot;
 
 /// Indexer -> compression workers -> writer. `seq` numbers every item the indexer emits,
 /// across all streams, so the writer restores the indexer's order exactly.

@@ -6,7 +6,7 @@
 //! source's own, if it makes one (a socket receive into a pool buffer; none for a
 //! shared-memory slot or the synthetic bank); the codec reads the frame in place and writes
 //! into a pooled output buffer, which the writer hands to `H5Dwrite_chunk`. When a queue is full the
-//! source's [`Policy`](crate::config::Policy) blocks or drops; every drop is counted by the
+//! source's [`Policy`](crate::source::Policy) blocks or drops; every drop is counted by the
 //! source and recorded lost by the indexer, so a stream's indices stay 1..N without gaps.
 
 mod compress;
@@ -23,17 +23,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver};
-use detingest_shm::ring::{RingConsumer, RingError, RingSpec};
-use detingest_shm::BufferPool;
+use detingest_shm::{BufferPool, Name};
 use detingest_writer::{Chunking, Codec, RunLayout, DATA_PATH};
 
-pub use job::{SourceMsg, StreamSlot};
 pub use stats::{PipelineStats, StatsSnapshot};
 pub use writer::{StreamReport, StreamSetup};
 
-use crate::config::{Config, ConfigError, ShmConfig, SourceConfig, SourceKind, UdpConfig};
-use crate::notify::{NotificationSink, NotifyQueue, PreviewPolicy, StreamInfo};
-use crate::source::{self, synthetic::FrameBank, SourceOutput, SourceStats, SourceSummary};
+use crate::config::{Config, ConfigError, SourceConfig};
+use crate::sink::{NotifyQueue, PreviewPolicy, RunSinks, SinkError};
+use crate::source::{SourceError, SourceOutput, SourceStats, SourceSummary};
+use crate::stream::{SourceMsg, StreamInfo, StreamSlot};
 use crate::threads;
 
 /// Why the pipeline could not start.
@@ -43,23 +42,18 @@ pub enum StartError {
     /// A stream's master or first data file exists already; detingest never overwrites.
     #[error("{0} exists already; choose another stream name or move the file")]
     Exists(PathBuf),
-    /// A shared-memory ring could not be created.
-    #[error("cannot create ring {path}: {error}")]
-    Ring {
-        /// The ring file.
-        path: PathBuf,
+    /// A source could not be made ready (its ring, its port, its configuration).
+    #[error("source {name}: {error}")]
+    Source {
+        /// The source's name.
+        name: Name,
         /// Why.
-        error: RingError,
+        error: SourceError,
     },
-    /// A UDP port could not be bound (or io_uring was required and is unavailable).
-    #[error("cannot receive on {addr}: {error}")]
-    Udp {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        error: std::io::Error,
-    },
-    /// A source's configuration could not be resolved (e.g. an unknown group).
+    /// A sink could not start.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The configuration could not be resolved.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A thread could not be started.
@@ -89,7 +83,7 @@ pub fn run_layout(config: &Config, src: &SourceConfig) -> RunLayout {
         module_shape,
         grid: src.grid,
         chunking: config.run.chunking,
-        codec: src.codec(&config.writer),
+        codec: src.codec(config.writer.codec),
     }
 }
 
@@ -154,12 +148,10 @@ impl RunSummary {
 
 /// Starts the pipeline for `config`, with `sinks` receiving every notification.
 ///
-/// Refuses to start if a stream's file exists. The synthetic sources generate their frame
-/// banks here, before any thread starts.
-pub fn start(
-    config: &Config,
-    sinks: Vec<Box<dyn NotificationSink>>,
-) -> Result<Running, StartError> {
+/// Refuses to start if a stream's file exists. Every source is prepared (rings created,
+/// ports bound, synthetic banks generated) before any thread starts.
+pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
+    let RunSinks { sinks, needs } = sinks;
     let p = &config.pipeline;
     let t = &config.threads;
     let stats = Arc::new(PipelineStats::default());
@@ -242,15 +234,21 @@ pub fn start(
         ));
     }
 
-    // Rings and sockets before any thread: one that cannot be made stops the start cleanly.
+    // Rings, sockets and banks before any thread: one that cannot be made stops the start
+    // cleanly.
     let prepared = config
         .sources
         .iter()
         .enumerate()
-        .map(|(i, src)| match src.kind() {
-            Some(SourceKind::Shm(cfg)) => Ok(Prepared::Ring(create_ring(cfg, src, i)?)),
-            Some(SourceKind::Udp(cfg)) => Ok(Prepared::Udp(open_port(cfg, src)?)),
-            Some(SourceKind::Synthetic(_)) | None => Ok(Prepared::Nothing),
+        .map(|(i, src)| {
+            let kind = src.kind().ok_or_else(|| {
+                ConfigError::new(format!("source[{i}]"), "needs exactly one source kind")
+            })?;
+            kind.prepare(src, i, src.modules())
+                .map_err(|error| StartError::Source {
+                    name: src.name.clone(),
+                    error,
+                })
         })
         .collect::<Result<Vec<_>, StartError>>()?;
 
@@ -259,30 +257,22 @@ pub fn start(
     let (write_tx, write_rx) = channel::bounded::<job::Item>(p.queue_depth);
     let output_pool = BufferPool::new(p.output_buffers, max_chunk);
     let codecs: Arc<[Codec]> = streams.iter().map(|s| s.codec).collect();
-    let notify = Arc::new(NotifyQueue::new(p.notify_queue, Arc::clone(&stats)));
-    let live = &config.live;
-    let previews = (live.preview_every > 0 && !live.publish.is_empty())
-        .then(|| BufferPool::new(live.preview_buffers, max_chunk));
-
-    // The reorder window holds items that overtook the one the writer awaits, which a worker
-    // holds (`compress.rs`). Chunks hold an output buffer or a queue slot; per chunk at most
-    // one item per module (Seen), one Closed or Lost per index, and one Lost range per jump
-    // come without one; and up to `dataset_ahead` datasets' items may precede their Closed.
+    let notify = Arc::new(NotifyQueue::new(p.notify_queue));
+    let previews = needs.previews.map(|r| {
+        let pool = BufferPool::new(r.buffers, max_chunk);
+        PreviewPolicy::new(r.every, r.max_hz, Some(pool))
+    });
     let modules = config
         .sources
         .iter()
         .map(|s| s.modules() as usize)
         .max()
         .unwrap_or(1);
-    let chunks_in_flight = p.output_buffers + 2 * p.queue_depth + p.compress_workers;
-    let per_chunk = modules + 3;
-    let window =
-        (chunks_in_flight + run.dataset_ahead as usize) * per_chunk * 2 + 3 * streams.len() + 1;
+    let window = reorder_window(p, run.dataset_ahead, modules, streams.len());
 
     let mut threads = Vec::new();
     let consumer = Arc::clone(&notify);
-    let priority = config.live.realtime_priority;
-    let batch_interval = Duration::from_micros(config.live.batch_interval_us);
+    let (priority, batch_interval) = (needs.realtime_priority, needs.batch_interval);
     threads.push(threads::spawn("notify".into(), t.notify, move || {
         if priority > 0 {
             if let Err(e) = threads::set_realtime(0, priority) {
@@ -298,7 +288,7 @@ pub fn start(
             interval: (config.writer.flush_interval_ms > 0)
                 .then(|| Duration::from_millis(config.writer.flush_interval_ms)),
         },
-        PreviewPolicy::new(live.preview_every, live.preview_max_hz, previews),
+        previews.unwrap_or_else(|| PreviewPolicy::new(0, 0.0, None)),
         window,
         Arc::clone(&notify),
         Arc::clone(&stats),
@@ -330,53 +320,27 @@ pub fn start(
 
     let mut sources = Vec::new();
     let mut input_pools = Vec::new();
-    for ((src, &slot), prep) in config.sources.iter().zip(&slot_of).zip(prepared) {
+    for ((src, &slot), prepared) in config.sources.iter().zip(&slot_of).zip(prepared) {
         let st = Arc::new(SourceStats::new(src.name.clone()));
         sources.push(Arc::clone(&st));
-        let output = |pool: BufferPool| {
-            SourceOutput::new(
-                slot,
-                src.policy,
-                pool,
-                source_tx.clone(),
-                Arc::clone(&stop),
-                st,
-            )
-        };
-        let name = format!("src-{}", src.name);
-        match (src.kind(), prep) {
-            (Some(SourceKind::Synthetic(cfg)), _) => {
-                let bank = FrameBank::generate(cfg);
-                let modules = src.modules();
-                // Only a copying source fills pool buffers; the others need none.
-                let buffers = if cfg.copy { p.input_buffers } else { 0 };
-                let pool = BufferPool::new(buffers, bank.frame_bytes());
-                input_pools.push(pool.clone());
-                let mut out = output(pool);
-                let cfg = cfg.clone();
-                threads.push(threads::spawn(name, src.core, move || {
-                    source::synthetic::run(&cfg, modules, &bank, &mut out)
-                })?);
-            }
-            (Some(SourceKind::Shm(cfg)), Prepared::Ring(ring)) => {
-                let mut out = output(BufferPool::new(0, 0)); // the ring's slots are the buffers
-                let cfg = cfg.clone();
-                let modules = src.modules();
-                threads.push(threads::spawn(name, src.core, move || {
-                    source::shm::run(&cfg, modules, ring, &mut out)
-                })?);
-            }
-            (Some(SourceKind::Udp(cfg)), Prepared::Udp(receiver)) => {
-                let pool = BufferPool::new(p.input_buffers, cfg.pixel.frame_bytes(cfg.shape));
-                input_pools.push(pool.clone());
-                let mut out = output(pool);
-                let cfg = cfg.clone();
-                threads.push(threads::spawn(name, src.core, move || {
-                    source::udp::run(&cfg, receiver, &mut out)
-                })?);
-            }
-            _ => {} // refused by validation
+        let (buffers, bytes) = prepared.buffers(p.input_buffers);
+        let pool = BufferPool::new(buffers, bytes);
+        if buffers > 0 {
+            input_pools.push(pool.clone());
         }
+        let mut out = SourceOutput::new(
+            slot,
+            src.policy,
+            pool,
+            source_tx.clone(),
+            Arc::clone(&stop),
+            st,
+        );
+        threads.push(threads::spawn(
+            format!("src-{}", src.name),
+            src.core,
+            move || prepared.run(&mut out),
+        )?);
     }
     drop(source_tx);
 
@@ -396,44 +360,20 @@ pub fn start(
     })
 }
 
-/// What a source needs made before the pipeline's threads start.
-enum Prepared {
-    Nothing,
-    Ring(RingConsumer),
-    Udp(source::udp::Receiver),
-}
-
-/// Binds the UDP port of `src` and picks its receive path.
-fn open_port(cfg: &UdpConfig, src: &SourceConfig) -> Result<source::udp::Receiver, StartError> {
-    let receiver = source::udp::open(cfg).map_err(|error| StartError::Udp {
-        addr: cfg.address(),
-        error,
-    })?;
-    tracing::info!(source = %src.name, addr = %cfg.address(), path = receiver.name(), "port ready");
-    Ok(receiver)
-}
-
-/// Creates the ring of shared-memory source `i`, replacing a stale one a dead daemon left.
-fn create_ring(cfg: &ShmConfig, src: &SourceConfig, i: usize) -> Result<RingConsumer, StartError> {
-    let path = cfg.ring_path(&src.name);
-    let spec = RingSpec {
-        slots: cfg.slots,
-        slot_bytes: cfg.pixel.frame_bytes(cfg.shape) as u64,
-        mode: cfg.file_mode(),
-        gid: cfg.gid(i)?,
-        frame: Some((cfg.pixel, cfg.shape)),
-        module: u32::from(cfg.module),
-    };
-    let mut ring = RingConsumer::create(&path, &spec).map_err(|error| StartError::Ring {
-        path: path.clone(),
-        error,
-    })?;
-    ring.set_spin(Duration::from_micros(cfg.spin_us));
-    if ring.replaced_stale() {
-        tracing::warn!(ring = %path.display(), "replaced a stale ring left by a daemon that died");
-    }
-    tracing::info!(ring = %path.display(), slots = cfg.slots, slot_bytes = ring.identity().slot_bytes, "ring ready");
-    Ok(ring)
+/// Slots of the writer's reorder window. It holds items that overtook the one the writer
+/// awaits, which a worker holds (`compress.rs`). Chunks hold an output buffer or a queue slot;
+/// per chunk at most one item per module (Seen), one Closed or Lost per index, and one Lost
+/// range per jump come without one; and up to `dataset_ahead` datasets' items may precede
+/// their Closed. Twice that, plus three per stream (Open, Lost, Close) and one.
+fn reorder_window(
+    p: &crate::config::PipelineConfig,
+    dataset_ahead: u64,
+    modules: usize,
+    streams: usize,
+) -> usize {
+    let chunks_in_flight = p.output_buffers + 2 * p.queue_depth + p.compress_workers;
+    let per_chunk = modules + 3;
+    (chunks_in_flight + dataset_ahead as usize) * per_chunk * 2 + 3 * streams + 1
 }
 
 impl Running {
@@ -449,7 +389,7 @@ impl Running {
 
     /// Pipeline counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
+        self.stats.snapshot(self.notify.stats())
     }
 
     /// Per-source counters.
@@ -496,6 +436,7 @@ impl Running {
             writer,
             started,
             queues,
+            notify,
             ..
         } = self;
         drop(queues);
@@ -510,7 +451,7 @@ impl Running {
         }
         RunSummary {
             elapsed: started.elapsed(),
-            stats: stats.snapshot(),
+            stats: stats.snapshot(notify.stats()),
             sources: sources.iter().map(|s| s.summary()).collect(),
             streams,
         }

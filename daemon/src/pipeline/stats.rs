@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::sink::QueueStats;
+
 /// Counters of the stages after the sources.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
@@ -30,15 +32,11 @@ pub struct PipelineStats {
     pub write_errors: AtomicU64,
     /// File flushes.
     pub flushes: AtomicU64,
-    /// Notifications handed to the sinks.
-    pub notified: AtomicU64,
-    /// Notifications dropped because the notification queue was full.
-    pub notify_dropped: AtomicU64,
     /// Previews not made because every preview buffer was still held.
     pub previews_skipped: AtomicU64,
 }
 
-/// A plain copy of [`PipelineStats`] at one moment.
+/// A plain copy of [`PipelineStats`] at one moment, with the notification queue's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[allow(missing_docs)]
 pub struct StatsSnapshot {
@@ -60,8 +58,8 @@ pub struct StatsSnapshot {
 }
 
 impl PipelineStats {
-    /// Reads every counter.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    /// Reads every counter, and the notification queue's.
+    pub fn snapshot(&self, queue: &QueueStats) -> StatsSnapshot {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatsSnapshot {
             indexed: r(&self.indexed),
@@ -76,8 +74,8 @@ impl PipelineStats {
             written: r(&self.written),
             write_errors: r(&self.write_errors),
             flushes: r(&self.flushes),
-            notified: r(&self.notified),
-            notify_dropped: r(&self.notify_dropped),
+            notified: r(&queue.delivered),
+            notify_dropped: r(&queue.dropped),
             previews_skipped: r(&self.previews_skipped),
         }
     }

@@ -19,10 +19,10 @@ use detingest_writer::{
 use super::job::{Item, Step};
 use super::reorder::Reorder;
 use super::stats::PipelineStats;
-use crate::notify::{
-    now_ns, FrameNotice, FrameRecord, Notification, NotifyQueue, PreviewPolicy, StreamEndNotice,
-    StreamInfo, StreamStartNotice,
+use crate::sink::{
+    FrameNotice, Notification, NotifyQueue, PreviewPolicy, StreamEndNotice, StreamStartNotice,
 };
+use crate::stream::{now_ns, FrameRecord, StreamInfo};
 
 /// How often files are flushed.
 #[derive(Debug, Clone, Copy)]

@@ -7,6 +7,7 @@
 //! only one before the codec reads the pixels; one whose memory is already shared (a
 //! shared-memory slot, the synthetic bank by default) hands it down by reference.
 
+mod config;
 pub mod shm;
 pub mod synthetic;
 pub mod udp;
@@ -17,9 +18,37 @@ use std::sync::{Arc, Mutex};
 use crossbeam::channel::{Sender, TrySendError};
 use detingest_shm::{BufferPool, FrameBuf, FrameMeta, Name, PoolBuf};
 
-use crate::config::Policy;
-use crate::pipeline::{SourceMsg, StreamSlot};
+pub use config::{validate_sources, Policy, SourceConfig, SourceKind};
+
+use crate::check::ConfigError;
 use crate::source::udp::assembler::PacketCounts;
+use crate::stream::{SourceMsg, StreamSlot};
+
+/// Why a source could not be made ready to start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// Its configuration could not be resolved (e.g. an unknown group); names the key.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A resource it needs could not be made: `what` names it (a ring file, a UDP address).
+    #[error("cannot {what}: {error}")]
+    Resource {
+        /// What was attempted, e.g. `create ring /dev/shm/detingest/det`.
+        what: String,
+        /// Why it failed.
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A source made ready by [`SourceKind::prepare`], to be run on its own thread.
+pub trait PreparedSource: Send {
+    /// Pool buffers the source fills, given the pipeline's `input_buffers`, and their size
+    /// in bytes: `(0, 0)` for a source whose memory is already shared.
+    fn buffers(&self, input_buffers: usize) -> (usize, usize);
+    /// Runs the source on the current thread until its stream ends.
+    fn run(self: Box<Self>, out: &mut SourceOutput);
+}
 
 /// Counters of one source. Relaxed atomics: they are read for reporting only.
 #[derive(Debug)]

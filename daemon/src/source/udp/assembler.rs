@@ -288,7 +288,7 @@ impl<F: PacketFormat> Assembler<F> {
                 buf,
                 caught: 0,
                 opened: Instant::now(),
-                first_ns: crate::notify::now_ns(),
+                first_ns: crate::stream::now_ns(),
             },
             None => {
                 self.counts.frames_dropped += 1;

@@ -9,6 +9,7 @@
 //! - [`simulator`]: the detector side, for tests and the benchmark.
 
 pub mod assembler;
+pub mod config;
 pub mod header;
 mod mmsg;
 pub mod recvmmsg;
@@ -27,8 +28,59 @@ use self::assembler::{Assembler, AssemblerConfig, FrameOut, PacketCounts};
 use self::header::{Sls2, SLS2_HEADER_BYTES};
 use self::recvmmsg::MmsgReceiver;
 use self::uring::UringReceiver;
-use super::SourceOutput;
-use crate::config::{ReceivePath, UdpConfig};
+use detingest_shm::PixelType;
+
+use self::config::{ReceivePath, UdpConfig};
+use super::{PreparedSource, SourceConfig, SourceError, SourceKind, SourceOutput};
+use crate::check::ConfigError;
+
+impl SourceKind for UdpConfig {
+    fn table(&self) -> &'static str {
+        "udp"
+    }
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        self.check(i)
+    }
+    fn frame_format(&self) -> (PixelType, [u32; 2]) {
+        (self.pixel, self.shape)
+    }
+    fn grid_module(&self) -> Option<u16> {
+        Some(self.module)
+    }
+    /// Binds the port and picks the receive path.
+    fn prepare(
+        &self,
+        src: &SourceConfig,
+        _i: usize,
+        _modules: u32,
+    ) -> Result<Box<dyn PreparedSource>, SourceError> {
+        let receiver = open(self).map_err(|error| SourceError::Resource {
+            what: format!("receive on {}", self.address()),
+            error: Box::new(error),
+        })?;
+        tracing::info!(source = %src.name, addr = %self.address(), path = receiver.name(), "port ready");
+        Ok(Box::new(Prepared {
+            cfg: self.clone(),
+            receiver,
+        }))
+    }
+}
+
+/// A UDP source with its port bound.
+struct Prepared {
+    cfg: UdpConfig,
+    receiver: Receiver,
+}
+
+impl PreparedSource for Prepared {
+    fn buffers(&self, input_buffers: usize) -> (usize, usize) {
+        (input_buffers, self.cfg.pixel.frame_bytes(self.cfg.shape))
+    }
+    fn run(self: Box<Self>, out: &mut SourceOutput) {
+        let Prepared { cfg, receiver } = *self;
+        run(&cfg, receiver, out);
+    }
+}
 
 /// How often the shared counters are refreshed from the receiver's own.
 const PUBLISH: Duration = Duration::from_millis(100);

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use super::bluesky::Bluesky;
 use super::history::History;
-use super::messages::{FrameMessage, PreviewHeader, RunMessage};
-use crate::notify::{now_ns, Notification, NotificationSink};
+use crate::sink::messages::{FrameMessage, PreviewHeader, RunMessage};
+use crate::sink::{Notification, NotificationSink};
+use crate::stream::now_ns;
 
 /// Counters of the publisher. Relaxed atomics, read for reporting.
 #[derive(Debug, Default)]
@@ -184,7 +185,7 @@ impl NotificationSink for Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::{fixture, StreamEndNotice, StreamStartNotice};
+    use crate::sink::{fixture, StreamEndNotice, StreamStartNotice};
 
     /// Topic and JSON of every message waiting on `sub` within `wait_ms`.
     fn received(sub: &zmq::Socket, wait_ms: i64) -> Vec<(String, serde_json::Value)> {

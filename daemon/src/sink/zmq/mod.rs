@@ -1,10 +1,10 @@
-//! Live viewers: the ZeroMQ PUB socket every written frame is announced on, the query
-//! endpoint late joiners ask, and the history behind it. Built from `[live]` and added to the
-//! pipeline as one more notification sink, so the writer never knows it is there.
+//! The `zmq` sink, for live viewers: the ZeroMQ PUB socket every written frame is announced
+//! on, the query endpoint late joiners ask, and the history behind it. Built from `[live]`;
+//! it outlives runs, so viewers stay subscribed from one run to the next.
 
 mod bluesky;
+pub mod config;
 mod history;
-mod messages;
 mod publisher;
 mod query;
 
@@ -12,12 +12,83 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+pub use config::LiveConfig;
 pub use history::{History, Span};
 pub use publisher::{LiveStats, Publisher};
 pub use query::{answer, MAX_RANGE};
 
-use crate::config::{ConfigError, LiveConfig, ThreadMap};
+use crate::check::ConfigError;
+use crate::sink::{NotificationSink, Sink, SinkCores, SinkError, SinkNeeds};
 use crate::threads;
+
+/// The ZeroMQ sink: the sockets and query thread of [`Live`], and its publisher, shared by
+/// every run's notification thread in turn.
+pub struct ZmqSink {
+    live: Option<Live>,
+    publisher: Option<Arc<Mutex<Publisher>>>,
+    cfg: LiveConfig,
+}
+
+impl ZmqSink {
+    /// Binds the sockets of `cfg` (errors name the `live.*` key).
+    pub fn start(cfg: &LiveConfig, cores: SinkCores) -> Result<Self, SinkError> {
+        let (live, publisher) =
+            Live::start(cfg, cores).map_err(|error| SinkError { sink: "zmq", error })?;
+        Ok(Self {
+            live: Some(live),
+            publisher: publisher.map(|p| Arc::new(Mutex::new(p))),
+            cfg: cfg.clone(),
+        })
+    }
+}
+
+impl Sink for ZmqSink {
+    fn name(&self) -> &'static str {
+        "zmq"
+    }
+
+    fn needs(&self) -> SinkNeeds {
+        self.cfg.needs()
+    }
+
+    fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
+        self.publisher
+            .as_ref()
+            .map(|p| Box::new(Arc::clone(p)) as Box<dyn NotificationSink>)
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        let live = self.live.as_ref();
+        let count = |f: fn(&LiveStats) -> &std::sync::atomic::AtomicU64| {
+            live.map_or(0, |l| f(&l.stats).load(Ordering::Relaxed))
+        };
+        serde_json::json!({
+            "publish_endpoint": live.and_then(|l| l.publish_endpoint.clone()),
+            "query_endpoint": live.and_then(|l| l.query_endpoint.clone()),
+            "published": count(|s| &s.published),
+            "refused": count(|s| &s.refused),
+            "previews": count(|s| &s.previews),
+        })
+    }
+
+    fn summary_line(&self) -> Option<String> {
+        let live = self.live.as_ref()?;
+        let endpoint = live.publish_endpoint.as_ref()?;
+        let s = &live.stats;
+        Some(format!(
+            "live             {} messages published on {endpoint} ({} previews), {} refused",
+            s.published.load(Ordering::Relaxed),
+            s.previews.load(Ordering::Relaxed),
+            s.refused.load(Ordering::Relaxed)
+        ))
+    }
+
+    fn stop(&mut self) {
+        if let Some(live) = self.live.take() {
+            live.stop();
+        }
+    }
+}
 
 /// The live side of a running daemon.
 pub struct Live {
@@ -41,7 +112,7 @@ impl Live {
     /// pipeline, if publishing. A bind error names the configuration key.
     pub fn start(
         cfg: &LiveConfig,
-        cores: &ThreadMap,
+        cores: SinkCores,
     ) -> Result<(Self, Option<Publisher>), ConfigError> {
         // libzmq starts a context's I/O and reaper threads with its first socket: the threads
         // that appear while ours are made are this context's.

@@ -14,8 +14,75 @@ use std::time::Duration;
 use detingest_shm::ring::{pixel_from_code, Descriptor, RingConsumer, RingEvent, RingSlot};
 use detingest_shm::{FrameBuf, FrameMeta};
 
-use super::SourceOutput;
-use crate::config::ShmConfig;
+use detingest_shm::ring::RingSpec;
+use detingest_shm::PixelType;
+
+use self::config::ShmConfig;
+use super::{PreparedSource, SourceConfig, SourceError, SourceKind, SourceOutput};
+use crate::check::ConfigError;
+
+pub mod config;
+
+impl SourceKind for ShmConfig {
+    fn table(&self) -> &'static str {
+        "shm"
+    }
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        self.check(i)
+    }
+    fn frame_format(&self) -> (PixelType, [u32; 2]) {
+        (self.pixel, self.shape)
+    }
+    /// Creates the ring, replacing a stale one a dead daemon left.
+    fn prepare(
+        &self,
+        src: &SourceConfig,
+        i: usize,
+        modules: u32,
+    ) -> Result<Box<dyn PreparedSource>, SourceError> {
+        let path = self.ring_path(&src.name);
+        let spec = RingSpec {
+            slots: self.slots,
+            slot_bytes: self.pixel.frame_bytes(self.shape) as u64,
+            mode: self.file_mode(),
+            gid: self.gid(i)?,
+            frame: Some((self.pixel, self.shape)),
+            module: u32::from(self.module),
+        };
+        let mut ring =
+            RingConsumer::create(&path, &spec).map_err(|error| SourceError::Resource {
+                what: format!("create ring {}", path.display()),
+                error: Box::new(error),
+            })?;
+        ring.set_spin(Duration::from_micros(self.spin_us));
+        if ring.replaced_stale() {
+            tracing::warn!(ring = %path.display(), "replaced a stale ring left by a daemon that died");
+        }
+        tracing::info!(ring = %path.display(), slots = self.slots, slot_bytes = ring.identity().slot_bytes, "ring ready");
+        Ok(Box::new(Prepared {
+            cfg: self.clone(),
+            modules,
+            ring,
+        }))
+    }
+}
+
+/// A shared-memory source with its ring created.
+struct Prepared {
+    cfg: ShmConfig,
+    modules: u32,
+    ring: RingConsumer,
+}
+
+impl PreparedSource for Prepared {
+    /// None: the ring's slots are the buffers.
+    fn buffers(&self, _input_buffers: usize) -> (usize, usize) {
+        (0, 0)
+    }
+    fn run(self: Box<Self>, out: &mut SourceOutput) {
+        run(&self.cfg, self.modules, self.ring, out);
+    }
+}
 
 /// Longest the source waits for a frame before it checks for a stop request.
 const POLL: Duration = Duration::from_millis(100);

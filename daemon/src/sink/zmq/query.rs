@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use super::history::{History, Span};
-use super::messages::FrameMessage;
+use crate::sink::messages::FrameMessage;
 
 /// Most indices one `range` request may ask for.
 pub const MAX_RANGE: u64 = 100_000;

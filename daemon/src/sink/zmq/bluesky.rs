@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::notify::{FrameNotice, StreamEndNotice, StreamInfo, StreamStartNotice};
+use crate::sink::{FrameNotice, StreamEndNotice, StreamStartNotice};
+use crate::stream::StreamInfo;
 
 /// The data key the images are registered under.
 const DATA_KEY: &str = "image";

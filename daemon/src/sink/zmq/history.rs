@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::notify::{FrameRecord, StreamInfo};
+use crate::stream::{FrameRecord, StreamInfo};
 
 /// One stretch of a `range` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,9 +1,11 @@
 //! The JSON bodies of the live messages, one struct per message kind, serialised into a
 //! reused buffer. Every field is documented in `docs/NOTIFICATIONS.md`.
 
+#![allow(missing_docs)] // every message field is documented in docs/NOTIFICATIONS.md
+
 use serde::Serialize;
 
-use crate::notify::{DataFilePath, FrameRecord, StreamInfo};
+use crate::stream::{DataFilePath, FrameRecord, StreamInfo};
 
 /// Topic `frame`: one written (or lost) index.
 #[derive(Serialize)]
@@ -203,7 +205,7 @@ mod tests {
     use detingest_shm::PacketMask;
 
     use super::*;
-    use crate::notify::fixture;
+    use crate::sink::fixture;
 
     #[test]
     fn a_frame_with_missing_packets_lists_them_and_is_not_complete() {

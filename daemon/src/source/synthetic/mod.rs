@@ -25,9 +25,61 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, Poisson};
 
-use super::SourceOutput;
-use crate::config::SyntheticConfig;
-use crate::notify::now_ns;
+use self::config::SyntheticConfig;
+use super::{PreparedSource, SourceConfig, SourceError, SourceKind, SourceOutput};
+use crate::check::ConfigError;
+use crate::stream::now_ns;
+
+pub mod config;
+
+impl SourceKind for SyntheticConfig {
+    fn table(&self) -> &'static str {
+        "synthetic"
+    }
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        self.check(i)
+    }
+    fn frame_format(&self) -> (PixelType, [u32; 2]) {
+        (self.pixel, self.shape)
+    }
+    fn expected_frames(&self) -> u64 {
+        self.frames
+    }
+    fn feeds_stream_alone(&self) -> bool {
+        true
+    }
+    /// Generates the frame bank, before any thread starts.
+    fn prepare(
+        &self,
+        _src: &SourceConfig,
+        _i: usize,
+        modules: u32,
+    ) -> Result<Box<dyn PreparedSource>, SourceError> {
+        Ok(Box::new(Prepared {
+            bank: FrameBank::generate(self),
+            cfg: self.clone(),
+            modules,
+        }))
+    }
+}
+
+/// A synthetic source with its bank generated.
+struct Prepared {
+    cfg: SyntheticConfig,
+    modules: u32,
+    bank: FrameBank,
+}
+
+impl PreparedSource for Prepared {
+    /// Only a copying source fills pool buffers; the bank's frames are shared otherwise.
+    fn buffers(&self, input_buffers: usize) -> (usize, usize) {
+        let n = if self.cfg.copy { input_buffers } else { 0 };
+        (n, self.bank.frame_bytes())
+    }
+    fn run(self: Box<Self>, out: &mut SourceOutput) {
+        run(&self.cfg, self.modules, &self.bank, out);
+    }
+}
 
 /// The pre-generated frames of one synthetic source.
 pub struct FrameBank {
@@ -228,7 +280,6 @@ fn pace(deadline: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     /// A synthetic source's settings: 64 x 32, a bank of 3, plus `extra` lines.
     fn cfg(extra: &str) -> SyntheticConfig {
@@ -237,13 +288,10 @@ mod tests {
         } else {
             "shape = [64, 32]"
         };
-        let text = format!(
-            "[[source]]\nname = \"s\"\n\
-             stream = {{ beamtime = \"b\", source = \"d\", stream = \"x\" }}\n\
-             [source.synthetic]\n{shape}\nbank_frames = 3\n{extra}"
-        );
-        let mut c = Config::parse(&text).unwrap();
-        c.sources.remove(0).synthetic.unwrap()
+        let text = format!("{shape}\nbank_frames = 3\n{extra}");
+        let c: SyntheticConfig = toml::from_str(&text).unwrap();
+        c.check(0).unwrap();
+        c
     }
 
     fn frame(bank: &FrameBank, n: u64) -> Vec<u8> {

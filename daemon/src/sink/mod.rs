@@ -1,0 +1,163 @@
+//! Sinks: everything that hears of written frames. The writer pushes one [`Notification`]
+//! per index onto a bounded lock-free queue ([`NotifyQueue`]) and never waits; the
+//! notification thread hands each one to every [`NotificationSink`] in queue order. A full
+//! queue drops the notification and counts it; ingest never slows down for a sink.
+//!
+//! One folder per sink: [`log`] (a rate line) and [`zmq`] (live viewers over ZeroMQ), each
+//! owning its configuration table and constructor; [`SinkSet`] builds the configured ones in
+//! one place. [`messages`] is the JSON schema docs/NOTIFICATIONS.md documents, for every
+//! transport. A notification holds its stream's description by `Arc`, so building one
+//! allocates nothing.
+
+pub mod log;
+pub mod messages;
+mod preview;
+mod queue;
+mod set;
+pub mod zmq;
+
+use std::sync::Arc;
+
+use detingest_shm::PoolBuf;
+
+pub use preview::PreviewPolicy;
+pub use queue::{NotifyQueue, QueueStats};
+pub use set::{
+    PreviewRequest, RunSinks, Sink, SinkCores, SinkError, SinkNeeds, SinkSet, SinkTables,
+};
+
+use crate::stream::{FrameRecord, StreamInfo};
+
+/// One index of a stream was written (or recorded lost).
+#[derive(Debug, Clone)]
+pub struct FrameNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// What was written.
+    pub record: FrameRecord,
+    /// The encoded chunk, for a frame the [`PreviewPolicy`] picked: it stays out of its pool
+    /// until every holder drops it.
+    pub preview: Option<Arc<PoolBuf>>,
+}
+
+/// A stream's file was opened.
+#[derive(Debug, Clone)]
+pub struct StreamStartNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// When, ns since the Unix epoch.
+    pub started_ns: u64,
+}
+
+/// A stream's file was closed.
+#[derive(Debug, Clone)]
+pub struct StreamEndNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// Indices in the file.
+    pub frames: u64,
+    /// Of which lost.
+    pub lost: u64,
+    /// When, ns since the Unix epoch.
+    pub ended_ns: u64,
+}
+
+/// What the writer announces.
+#[derive(Debug, Clone)]
+pub enum Notification {
+    /// A stream began.
+    StreamStart(StreamStartNotice),
+    /// A frame was written.
+    Frame(FrameNotice),
+    /// A stream ended.
+    StreamEnd(StreamEndNotice),
+}
+
+/// A consumer of notifications, called on the notification thread in queue order.
+pub trait NotificationSink: Send {
+    /// Called once per notification.
+    fn notify(&mut self, n: &Notification);
+    /// Called when the pipeline has ended and the queue is drained.
+    fn finish(&mut self) {}
+    /// Called after each batch: the notifications that were queued when the notification
+    /// thread looked. A sink that holds messages back sends them now.
+    fn batch_done(&mut self) {}
+}
+
+/// A sink shared across pipelines (the live publisher of `detingestd serve`, which outlives
+/// every run so viewers stay connected): each run's notification thread locks it in turn.
+impl<S: NotificationSink> NotificationSink for Arc<std::sync::Mutex<S>> {
+    fn notify(&mut self, n: &Notification) {
+        if let Ok(mut s) = self.lock() {
+            s.notify(n);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Ok(mut s) = self.lock() {
+            s.finish();
+        }
+    }
+    fn batch_done(&mut self) {
+        if let Ok(mut s) = self.lock() {
+            s.batch_done();
+        }
+    }
+}
+
+/// A stream of `modules` u16 modules of 1024 x 1024 and its frame notices, for tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::sync::Arc;
+
+    use detingest_shm::{Name, PacketMask, PixelType, StreamId};
+    use detingest_writer::Codec;
+
+    use super::{FrameNotice, Notification};
+    use crate::stream::{FrameRecord, StreamInfo};
+
+    /// The stream `bt/det/s1`, 5 indices per data file.
+    pub fn stream(modules: u32) -> Arc<StreamInfo> {
+        let name = |s| Name::new(s).expect("a valid name");
+        Arc::new(StreamInfo {
+            slot: 0,
+            id: StreamId {
+                beamtime: name("bt"),
+                source: name("det"),
+                stream: name("s1"),
+            },
+            key: "bt/det/s1".into(),
+            file: "/data/bt/det/s1_master.h5".into(),
+            dataset: "/entry/data/data",
+            codec: Codec::None,
+            pixel: PixelType::U16,
+            shape: [1024, 1024],
+            modules,
+            frames_per_file: 5,
+        })
+    }
+
+    /// Index `index` of `stream`, every module written, nothing missing.
+    pub fn record(stream: &StreamInfo, index: u64) -> FrameRecord {
+        FrameRecord {
+            index,
+            frame_number: 100 + index,
+            raw_bytes: 1 << 20,
+            compressed_bytes: 1 << 20,
+            timestamp_ns: 1,
+            written_ns: 2,
+            modules: stream.all_modules(),
+            packets_lost: 0,
+            missing: PacketMask::NONE,
+        }
+    }
+
+    /// The notice of `record(stream, index)`, without a preview.
+    pub fn frame(stream: &Arc<StreamInfo>, index: u64) -> Notification {
+        Notification::Frame(FrameNotice {
+            stream: Arc::clone(stream),
+            record: record(stream, index),
+            preview: None,
+        })
+    }
+}

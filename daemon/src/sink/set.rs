@@ -1,0 +1,161 @@
+//! The set of configured sinks: built once from the components' tables in one place
+//! ([`SinkSet::start`]), asked for each run's notification sinks and what they need of the
+//! pipeline, and for their counters, without the caller knowing which sinks there are.
+
+use std::time::Duration;
+
+use super::{log, zmq, NotificationSink};
+use crate::check::ConfigError;
+
+/// A configured sink: built once from its table (sockets bound, threads started), it gives
+/// each run its notification sink and reports its own counters.
+pub trait Sink: Send + Sync {
+    /// Its name in the summary and `GET /run` (`log`, `zmq`).
+    fn name(&self) -> &'static str;
+    /// What it asks of the pipeline.
+    fn needs(&self) -> SinkNeeds {
+        SinkNeeds::default()
+    }
+    /// The notification sink of one run, if it wants notifications.
+    fn for_run(&self) -> Option<Box<dyn NotificationSink>>;
+    /// Its counters now.
+    fn counters(&self) -> serde_json::Value;
+    /// One line for the printed summary, if it has something to say.
+    fn summary_line(&self) -> Option<String> {
+        None
+    }
+    /// Stops what it started (sockets, threads).
+    fn stop(&mut self) {}
+}
+
+/// Previews a sink wants: the encoded chunk of one written frame in `every`, at most `max_hz`
+/// a second per stream, copied into a pool of `buffers`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreviewRequest {
+    /// One frame in this many.
+    pub every: u64,
+    /// At most this many per second per stream (0: no limit).
+    pub max_hz: f64,
+    /// Buffers previews are copied into.
+    pub buffers: usize,
+}
+
+/// What the sinks ask of the pipeline's notification path.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SinkNeeds {
+    /// Previews of written frames (none unless a sink asks).
+    pub previews: Option<PreviewRequest>,
+    /// Hand notifications over in batches starting at least this far apart.
+    pub batch_interval: Duration,
+    /// Run the notification thread under SCHED_FIFO at this priority (0: normal).
+    pub realtime_priority: i32,
+}
+
+impl SinkNeeds {
+    /// What both ask: the larger of each setting, and the first preview request.
+    fn merge(self, other: Self) -> Self {
+        Self {
+            previews: self.previews.or(other.previews),
+            batch_interval: self.batch_interval.max(other.batch_interval),
+            realtime_priority: self.realtime_priority.max(other.realtime_priority),
+        }
+    }
+}
+
+/// The sinks of one run, and what they need.
+pub struct RunSinks {
+    /// Handed every notification on the notification thread, in this order.
+    pub sinks: Vec<Box<dyn NotificationSink>>,
+    /// What they ask of the pipeline.
+    pub needs: SinkNeeds,
+}
+
+impl RunSinks {
+    /// `sinks` with no needs (tests, benchmarks).
+    pub fn new(sinks: Vec<Box<dyn NotificationSink>>) -> Self {
+        Self {
+            sinks,
+            needs: SinkNeeds::default(),
+        }
+    }
+
+    /// No sinks at all.
+    pub fn none() -> Self {
+        Self::new(Vec::new())
+    }
+}
+
+/// Every sink's configuration table, as the configuration file assembles them.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkTables<'a> {
+    /// `[live]`: the ZeroMQ sink.
+    pub zmq: &'a zmq::LiveConfig,
+}
+
+/// The cores the sinks' threads are pinned to (`[threads]`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkCores {
+    /// The notification thread's core, also for threads that send what it hands them.
+    pub notify: Option<usize>,
+    /// The core of a thread answering queries.
+    pub query: Option<usize>,
+}
+
+/// A sink that could not start, named.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {sink}: {error}")]
+pub struct SinkError {
+    /// The sink's name.
+    pub sink: &'static str,
+    /// Why, naming the configuration key.
+    #[source]
+    pub error: ConfigError,
+}
+
+/// The daemon's sinks.
+pub struct SinkSet {
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+impl SinkSet {
+    /// Starts every configured sink: the one place the sinks are listed.
+    pub fn start(tables: SinkTables<'_>, cores: SinkCores) -> Result<Self, SinkError> {
+        let sinks: Vec<Box<dyn Sink>> = vec![
+            Box::new(log::LogSink::new(Duration::from_secs(5))),
+            Box::new(zmq::ZmqSink::start(tables.zmq, cores)?),
+        ];
+        Ok(Self { sinks })
+    }
+
+    /// The notification sinks of one run and what they need.
+    pub fn for_run(&self) -> RunSinks {
+        RunSinks {
+            sinks: self.sinks.iter().filter_map(|s| s.for_run()).collect(),
+            needs: self
+                .sinks
+                .iter()
+                .map(|s| s.needs())
+                .fold(SinkNeeds::default(), SinkNeeds::merge),
+        }
+    }
+
+    /// Every sink's counters, by name.
+    pub fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.sinks
+            .iter()
+            .map(|s| (s.name().to_owned(), s.counters()))
+            .collect()
+    }
+
+    /// The sinks' lines for the printed summary.
+    pub fn summary_lines(&self) -> Vec<String> {
+        self.sinks.iter().filter_map(|s| s.summary_line()).collect()
+    }
+
+    /// Stops every sink.
+    pub fn stop(mut self) {
+        for s in &mut self.sinks {
+            s.stop();
+        }
+    }
+}

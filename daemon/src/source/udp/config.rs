@@ -1,0 +1,166 @@
+//! `[source.udp]`: one UDP port's table, defaults and validation.
+
+use detingest_shm::PixelType;
+use serde::Deserialize;
+
+use super::assembler::MAX_PACKETS;
+use crate::check::{check_at_least_one, check_frame, check_range, ConfigError};
+use crate::source::synthetic::config::{default_pixel, default_shape};
+
+/// `[source.udp]`: one UDP port of a detector module, received by a pinned thread
+/// (`core` of the `[[source]]`) and assembled into frames.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpConfig {
+    /// Address to bind.
+    #[serde(default = "default_bind")]
+    pub bind: std::net::IpAddr,
+    /// Port to bind (0: any free port, for tests).
+    pub port: u16,
+    /// Module id the packets carry.
+    #[serde(default)]
+    pub module: u16,
+    /// Packets per frame on this port (at most 512).
+    #[serde(default = "default_packets")]
+    pub packets_per_frame: u32,
+    /// Payload bytes per packet.
+    #[serde(default = "default_payload")]
+    pub payload_bytes: usize,
+    /// Packet header format.
+    #[serde(default)]
+    pub header: HeaderFormat,
+    /// `[ny, nx]` of the frame (its bytes: packets_per_frame x payload_bytes).
+    #[serde(default = "default_shape")]
+    pub shape: [u32; 2],
+    /// Pixel type.
+    #[serde(default = "default_pixel")]
+    pub pixel: PixelType,
+    /// Socket receive buffer (SO_RCVBUF) in bytes.
+    #[serde(default = "default_rcvbuf")]
+    pub rcvbuf_bytes: usize,
+    /// Receive path: `auto` (io_uring if the kernel allows, else recvmmsg), `io_uring`, `recvmmsg`.
+    #[serde(default)]
+    pub receive: ReceivePath,
+    /// Frames open at once: a frame still missing packets leaves when one `window` frames
+    /// newer arrives.
+    #[serde(default = "default_window")]
+    pub window: u64,
+    /// Longest a frame stays open, in milliseconds.
+    #[serde(default = "default_udp_timeout")]
+    pub timeout_ms: u64,
+    /// Pixel value written where packets are missing.
+    #[serde(default)]
+    pub fill: u64,
+    /// Frame-number jump (ahead or back) treated as a detector restart rather than loss.
+    #[serde(default = "default_restart_gap")]
+    pub restart_gap: u64,
+    /// Consecutive packets of a new numbering needed to accept a restart.
+    #[serde(default = "default_restart_confirm")]
+    pub restart_confirm: u32,
+}
+
+/// Packet header formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderFormat {
+    /// slsDetectorPackage v2 (48 bytes).
+    #[default]
+    Sls2,
+}
+
+/// UDP receive paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceivePath {
+    /// io_uring when available, else recvmmsg.
+    #[default]
+    Auto,
+    /// io_uring multishot receive with provided buffers; refuse to start without it.
+    IoUring,
+    /// recvmmsg batches.
+    Recvmmsg,
+}
+
+fn default_bind() -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+}
+fn default_packets() -> u32 {
+    128
+}
+fn default_payload() -> usize {
+    8192
+}
+fn default_rcvbuf() -> usize {
+    64 << 20
+}
+fn default_window() -> u64 {
+    4
+}
+fn default_udp_timeout() -> u64 {
+    100
+}
+fn default_restart_gap() -> u64 {
+    65_536
+}
+fn default_restart_confirm() -> u32 {
+    8
+}
+
+impl UdpConfig {
+    /// The socket address to bind.
+    pub fn address(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.bind, self.port)
+    }
+
+    /// Checks what the types alone cannot, naming `source[i].udp.*` keys.
+    pub(crate) fn check(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("source[{i}].udp.{k}");
+        check_range(
+            key("packets_per_frame"),
+            self.packets_per_frame,
+            1..=MAX_PACKETS,
+        )?;
+        if self.payload_bytes == 0
+            || self.payload_bytes > 65_000
+            || self.payload_bytes % self.pixel.size() != 0
+        {
+            return Err(ConfigError::new(
+                key("payload_bytes"),
+                format!(
+                    "must be in 1..=65000 and a multiple of the pixel size ({})",
+                    self.pixel.size()
+                ),
+            ));
+        }
+        let frame = check_frame(&key("shape"), self.pixel, self.shape)?;
+        let packets = self.packets_per_frame as usize * self.payload_bytes;
+        if frame != packets {
+            return Err(ConfigError::new(
+                key("shape"),
+                format!(
+                    "{:?} {} pixels make {frame} bytes, but {} packets of {} bytes carry {packets}",
+                    self.shape,
+                    self.pixel.name(),
+                    self.packets_per_frame,
+                    self.payload_bytes
+                ),
+            ));
+        }
+        check_range(key("window"), self.window, 1..=1024)?;
+        check_at_least_one(key("timeout_ms"), self.timeout_ms)?;
+        if self.fill > self.pixel.max_value() as u64 {
+            return Err(ConfigError::new(
+                key("fill"),
+                format!("does not fit a {} pixel", self.pixel.name()),
+            ));
+        }
+        if self.restart_gap <= self.window {
+            return Err(ConfigError::new(
+                key("restart_gap"),
+                "must be larger than window",
+            ));
+        }
+        check_at_least_one(key("restart_confirm"), self.restart_confirm)?;
+        Ok(())
+    }
+}

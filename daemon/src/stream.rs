@@ -1,0 +1,143 @@
+//! What every part of the daemon shares about a stream, and nothing else: its slot in the
+//! pipeline's stream table, the message a source sends, the stream's description, the record
+//! of one index, and the clock. Every daemon module may use this one; it uses none of them.
+
+use std::path::PathBuf;
+
+use detingest_shm::{FrameBuf, FrameMeta, PixelType, StreamId};
+use detingest_writer::Codec;
+
+/// Index of a stream in the pipeline's stream table.
+pub type StreamSlot = u16;
+
+/// Source -> indexer.
+pub enum SourceMsg {
+    /// The stream begins; index 1 belongs to `first_frame_number`.
+    Start {
+        /// The stream.
+        stream: StreamSlot,
+        /// Detector frame number of index 1.
+        first_frame_number: u64,
+    },
+    /// One frame, pixels in a pool buffer.
+    Frame {
+        /// The stream.
+        stream: StreamSlot,
+        /// What the detector said about it.
+        meta: FrameMeta,
+        /// The pixels.
+        data: FrameBuf,
+    },
+    /// The stream ends after `last_frame_number` (`None`: it produced nothing).
+    End {
+        /// The stream.
+        stream: StreamSlot,
+        /// Detector frame number of the last frame, delivered or dropped.
+        last_frame_number: Option<u64>,
+    },
+}
+
+/// What every notification of a stream shares.
+#[derive(Debug)]
+pub struct StreamInfo {
+    /// Position in the pipeline's stream table.
+    pub slot: StreamSlot,
+    /// beamtime / source / stream.
+    pub id: StreamId,
+    /// `id` as one string, `beamtime/source/stream`: how viewers and queries name the stream.
+    pub key: String,
+    /// The data file.
+    pub file: PathBuf,
+    /// Dataset of the frames inside the file.
+    pub dataset: &'static str,
+    /// Codec of the chunks.
+    pub codec: Codec,
+    /// Pixel type.
+    pub pixel: PixelType,
+    /// `[ny, nx]` of the full image.
+    pub shape: [u32; 2],
+    /// Detector modules forming each image.
+    pub modules: u32,
+    /// Indices per data file: index `i` is in data file `(i - 1) / frames_per_file + 1`.
+    pub frames_per_file: u64,
+}
+
+impl StreamInfo {
+    /// The mask with every module's bit set.
+    pub fn all_modules(&self) -> u64 {
+        detingest_writer::all_modules(self.modules)
+    }
+
+    /// The data file holding `index` (1-based) and the index's position in it.
+    pub fn data_file(&self, index: u64) -> (DataFilePath<'_>, u64) {
+        let k = self.frames_per_file.max(1);
+        let number = (index.max(1) - 1) / k + 1;
+        (
+            DataFilePath { info: self, number },
+            index.max(1) - 1 - (number - 1) * k,
+        )
+    }
+}
+
+/// The path of one data file of a stream, formatted on demand (no allocation).
+#[derive(Debug, Clone, Copy)]
+pub struct DataFilePath<'a> {
+    info: &'a StreamInfo,
+    number: u64,
+}
+
+impl std::fmt::Display for DataFilePath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(dir) = self.info.file.parent() {
+            write!(f, "{}/", dir.display())?;
+        }
+        let name = detingest_writer::DataFileName {
+            stream: self.info.id.stream.as_str(),
+            number: self.number,
+        };
+        write!(f, "{name}")
+    }
+}
+
+impl serde::Serialize for DataFilePath<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What is known of one written (or lost) index: plain data, `Copy`, kept by the live history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRecord {
+    /// 1-based index in the stream (its position in the dataset is `index - 1`).
+    pub index: u64,
+    /// The detector's frame number.
+    pub frame_number: u64,
+    /// Bytes before compression (0 when lost).
+    pub raw_bytes: u64,
+    /// Bytes written (0 when lost).
+    pub compressed_bytes: u64,
+    /// Acquisition time, ns since the Unix epoch (0 when lost).
+    pub timestamp_ns: u64,
+    /// When the writer finished writing it, ns since the Unix epoch.
+    pub written_ns: u64,
+    /// Bit `m` set: module `m` was written (0 when lost).
+    pub modules: u64,
+    /// Packets that never arrived, summed over modules (UDP; their bytes hold the fill value).
+    pub packets_lost: u32,
+    /// Packet numbers that never arrived on some module (the union of the modules' masks).
+    pub missing: detingest_shm::PacketMask,
+}
+
+impl FrameRecord {
+    /// True when no module of the frame arrived: no chunk was written, the fill value shows.
+    pub fn lost(&self) -> bool {
+        self.modules == 0
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
