@@ -478,4 +478,64 @@ mod tests {
             assert_eq!(e.key, key, "{request}: {e}");
         }
     }
+
+    /// A manager over a 2x2 synthetic detector writing into `dir`, with no sockets.
+    fn manager(dir: &std::path::Path) -> RunManager {
+        let mut c = base();
+        c.data_dir = dir.to_owned();
+        c.live.publish.clear();
+        c.live.query.clear();
+        RunManager::new(c).unwrap()
+    }
+
+    fn wait_until_ended(m: &RunManager) -> RunStatus {
+        for _ in 0..1000 {
+            let s = m.status();
+            if s.end_reason.is_some() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the run never ended: {:?}", m.status().state);
+    }
+
+    #[test]
+    fn a_run_goes_from_start_to_its_count_and_refuses_what_it_must() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        assert_eq!(m.status().state, "idle");
+        assert_eq!(m.stop().unwrap_err().status, 409, "nothing to stop");
+        let request = json!({"beamtime": "b", "source": "det", "stream": "r1", "frames": 6});
+        let started = m.start(&request).unwrap();
+        assert_eq!(started.state, "running");
+        let ended = wait_until_ended(&m);
+        assert_eq!(ended.end_reason, Some(EndReason::Count));
+        assert_eq!(
+            (ended.state, ended.frames_recorded, ended.frames_lost),
+            ("finished", 6, 0)
+        );
+        assert!(ended.master.as_ref().unwrap().exists());
+        assert!(ended.sinks.contains_key("log") && ended.sinks.contains_key("zmq"));
+        assert_eq!(ended.counters.notified, 8, "start, 6 frames, end");
+        let again = m.start(&request).unwrap_err();
+        assert_eq!(again.status, 409, "its files exist: {}", again.message);
+        m.shutdown();
+    }
+
+    #[test]
+    fn an_open_ended_run_ends_when_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        let request = json!({"beamtime": "b", "source": "det", "stream": "r2", "frames": 0});
+        m.start(&request).unwrap();
+        assert_eq!(
+            m.start(&request).unwrap_err().status,
+            409,
+            "one run at a time"
+        );
+        let stopped = m.stop().unwrap();
+        assert_eq!(stopped.end_reason, Some(EndReason::Stop));
+        assert_eq!(stopped.state, "finished");
+        m.shutdown();
+    }
 }

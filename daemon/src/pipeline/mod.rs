@@ -457,3 +457,24 @@ impl Running {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reorder_window_grows_with_what_can_be_in_flight() {
+        let p = crate::config::PipelineConfig {
+            compress_workers: 2,
+            queue_depth: 16,
+            input_buffers: 32,
+            output_buffers: 32,
+            notify_queue: 64,
+        };
+        // (32 + 2*16 + 2 chunks + 4 ahead) * (1 module + 3) * 2 + 3 * 1 stream + 1
+        assert_eq!(reorder_window(&p, 4, 1, 1), 70 * 4 * 2 + 4);
+        assert!(reorder_window(&p, 4, 4, 1) > reorder_window(&p, 4, 1, 1));
+        assert!(reorder_window(&p, 8, 1, 1) > reorder_window(&p, 4, 1, 1));
+        assert_eq!(reorder_window(&p, 4, 1, 2), reorder_window(&p, 4, 1, 1) + 3);
+    }
+}

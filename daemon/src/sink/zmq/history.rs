@@ -39,7 +39,7 @@ pub enum Span {
 
 /// A stream's place in the history.
 #[derive(Debug)]
-pub struct StreamState {
+pub struct StreamHistory {
     /// The stream.
     pub info: Arc<StreamInfo>,
     records: VecDeque<FrameRecord>,
@@ -53,7 +53,7 @@ pub struct StreamState {
 #[derive(Debug)]
 pub struct History {
     capacity: usize,
-    streams: HashMap<String, StreamState>,
+    streams: HashMap<String, StreamHistory>,
 }
 
 impl History {
@@ -69,7 +69,7 @@ impl History {
     pub fn start(&mut self, info: &Arc<StreamInfo>) {
         self.streams.insert(
             info.key.clone(),
-            StreamState {
+            StreamHistory {
                 info: Arc::clone(info),
                 records: VecDeque::with_capacity(self.capacity),
                 last: 0,
@@ -98,12 +98,12 @@ impl History {
     }
 
     /// Every stream, by key.
-    pub fn streams(&self) -> impl Iterator<Item = (&String, &StreamState)> {
+    pub fn streams(&self) -> impl Iterator<Item = (&String, &StreamHistory)> {
         self.streams.iter()
     }
 
     /// The stream called `key`.
-    pub fn stream(&self, key: &str) -> Option<&StreamState> {
+    pub fn stream(&self, key: &str) -> Option<&StreamHistory> {
         self.streams.get(key)
     }
 

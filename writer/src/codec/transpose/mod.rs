@@ -64,7 +64,8 @@ impl Kernel {
         match self {
             Self::Scalar => scalar::transpose(input, out, es),
             #[cfg(target_arch = "x86_64")]
-            Self::Sse2 => x86::transpose_sse2(input, out, es),
+            // SAFETY: the lengths and element size were asserted above.
+            Self::Sse2 => unsafe { x86::transpose_sse2(input, out, es) },
             #[cfg(target_arch = "x86_64")]
             Self::Avx2 => {
                 assert!(std::arch::is_x86_feature_detected!("avx2"));

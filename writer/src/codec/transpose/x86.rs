@@ -13,9 +13,12 @@ use std::arch::x86_64::*;
 use super::scalar;
 
 /// SSE2 transpose; SSE2 is part of the x86-64 baseline, so it is always available.
-pub fn transpose_sse2(input: &[u8], out: &mut [u8], es: usize) {
-    // SAFETY: SSE2 is always present on x86-64; the caller checked that both slices hold
-    // `n * es` bytes with `n` a multiple of 8.
+///
+/// # Safety
+/// Both slices hold `n * es` bytes with `n` a multiple of 8 and `es` in {1, 2, 4, 8}: the
+/// kernel reads and writes through raw pointers sized by `input.len()`.
+pub unsafe fn transpose_sse2(input: &[u8], out: &mut [u8], es: usize) {
+    // SAFETY: SSE2 is always present on x86-64; the caller guarantees the lengths.
     unsafe {
         match es {
             1 => sse2::<1>(input, out),
@@ -43,6 +46,10 @@ pub unsafe fn transpose_avx2(input: &[u8], out: &mut [u8], es: usize) {
     }
 }
 
+/// The SSE2 kernel for `ES`-byte elements.
+///
+/// # Safety
+/// `input` and `out` hold the same `n * ES` bytes with `n` a multiple of 8.
 #[target_feature(enable = "sse2")]
 unsafe fn sse2<const ES: usize>(input: &[u8], out: &mut [u8]) {
     let n = input.len() / ES;
@@ -87,6 +94,11 @@ unsafe fn sse2<const ES: usize>(input: &[u8], out: &mut [u8]) {
     scalar::transpose_groups(input, out, ES, steps * 2, rows);
 }
 
+/// The AVX2 kernel for `ES`-byte elements.
+///
+/// # Safety
+/// The CPU supports AVX2; `input` and `out` hold the same `n * ES` bytes with `n` a
+/// multiple of 8.
 #[target_feature(enable = "avx2")]
 unsafe fn avx2<const ES: usize>(input: &[u8], out: &mut [u8]) {
     let n = input.len() / ES;

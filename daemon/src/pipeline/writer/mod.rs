@@ -117,7 +117,9 @@ impl Accum {
     }
 }
 
-struct StreamState {
+/// One stream as the writer holds it: its description, its file set once opened, and the
+/// per-index accumulators of the datasets still open.
+struct StreamFiles {
     info: Arc<StreamInfo>,
     setup: StreamSetup,
     files: Option<RunFiles>,
@@ -143,9 +145,42 @@ fn accum<'a>(accums: &'a mut [Accum], index: u64, stats: &PipelineStats) -> &'a 
     a
 }
 
+/// The packets missing on some module (the union of the modules' masks), and how many
+/// packets are missing summed over the modules.
+fn merge_missing(missing: &[[u8; 64]]) -> (PacketMask, u32) {
+    let mut union = PacketMask::NONE;
+    let mut lost = 0;
+    for mask in missing {
+        lost += PacketMask(*mask).count();
+        for (u, b) in union.0.iter_mut().zip(mask) {
+            *u |= b;
+        }
+    }
+    (union, lost)
+}
+
+/// The preview of a written chunk, if the policy picks it: only a whole image is one (with
+/// module chunking of several modules there is none). A pick that finds every preview
+/// buffer held is counted skipped.
+fn preview_of(
+    policy: &mut PreviewPolicy,
+    whole: bool,
+    chunk: &[u8],
+    stats: &PipelineStats,
+) -> Option<Arc<PoolBuf>> {
+    if !(whole && policy.wants(Instant::now())) {
+        return None;
+    }
+    let copy = policy.copy(chunk);
+    if copy.is_none() {
+        stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+    copy
+}
+
 /// The writer stage's state.
 pub struct Writer {
-    streams: Vec<StreamState>,
+    streams: Vec<StreamFiles>,
     cadence: FlushCadence,
     reorder: Reorder,
     notify: Arc<NotifyQueue>,
@@ -165,7 +200,7 @@ impl Writer {
     ) -> Self {
         let streams = streams
             .into_iter()
-            .map(|(info, setup)| StreamState {
+            .map(|(info, setup)| StreamFiles {
                 report: StreamReport {
                     stream: Arc::clone(&info),
                     frames: 0,
@@ -271,18 +306,8 @@ impl Writer {
             return;
         }
         self.stats.written.fetch_add(1, Ordering::Relaxed);
-        // A preview is a whole image: with module chunking of several modules there is none.
         let whole = meta.shape == s.info.shape;
-        let wants = whole && s.preview.wants(Instant::now());
-        let preview = if wants {
-            let p = s.preview.copy(chunk.as_slice());
-            if p.is_none() {
-                self.stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
-            }
-            p
-        } else {
-            None
-        };
+        let preview = preview_of(&mut s.preview, whole, chunk.as_slice(), &self.stats);
         let frame_chunking = s.setup.layout.effective_chunking() == Chunking::Frame;
         let a = accum(&mut s.accums, index, &self.stats);
         if frame_chunking {
@@ -310,14 +335,7 @@ impl Writer {
         if frame_chunking && !a.image {
             modules = 0; // its image never reached the file
         }
-        let mut union = PacketMask::NONE;
-        let mut packets_lost = 0;
-        for mask in &a.missing {
-            packets_lost += PacketMask(*mask).count();
-            for (u, b) in union.0.iter_mut().zip(mask) {
-                *u |= b;
-            }
-        }
+        let (union, packets_lost) = merge_missing(&a.missing);
         let record = FrameRecord {
             index,
             frame_number,
@@ -476,3 +494,6 @@ impl Writer {
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;
