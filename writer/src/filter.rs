@@ -139,33 +139,27 @@ mod tests {
 
     #[test]
     fn the_values_a_plugin_prepended_in_issue_13_are_found_and_fixed() {
-        let bad = [0, 4, 2, 0, 5, 2, 0, 2];
-        assert_eq!(
-            judge_filter_values(32008, &bad, 2),
-            FilterVerdict::Prepended {
-                fixed: vec![0, 5, 2, 0, 2]
-            }
-        );
-        assert_eq!(
-            judge_filter_values(32008, &[0, 5, 2, 0, 2], 2),
-            FilterVerdict::Right
-        );
-        assert_eq!(
-            judge_filter_values(32008, &[0, 4, 4, 0, 2], 4),
-            FilterVerdict::Right
-        );
-        // Element size of another type, unknown compression, too short.
-        assert_eq!(
-            judge_filter_values(32008, &[0, 5, 2, 0, 2], 4),
-            FilterVerdict::Wrong
-        );
-        assert_eq!(
-            judge_filter_values(32008, &[0, 5, 2, 0, 5], 2),
-            FilterVerdict::Wrong
-        );
-        assert_eq!(judge_filter_values(32008, &[0, 2], 2), FilterVerdict::Wrong);
-        assert_eq!(judge_filter_values(32004, &[0], 2), FilterVerdict::Right);
-        assert_eq!(judge_filter_values(1, &[6], 2), FilterVerdict::Right);
+        use FilterVerdict::{Right, Wrong};
+        let prepended = FilterVerdict::Prepended {
+            fixed: vec![0, 5, 2, 0, 2],
+        };
+        let cases: [(u32, &[u32], usize, FilterVerdict); 8] = [
+            (32008, &[0, 4, 2, 0, 5, 2, 0, 2], 2, prepended),
+            (32008, &[0, 5, 2, 0, 2], 2, Right),
+            (32008, &[0, 4, 4, 0, 2], 4, Right),
+            (32008, &[0, 5, 2, 0, 2], 4, Wrong), // another element size
+            (32008, &[0, 5, 2, 0, 5], 2, Wrong), // unknown compression
+            (32008, &[0, 2], 2, Wrong),          // set_local's input, never run
+            (32004, &[0], 2, Right),
+            (1, &[6], 2, Right), // deflate: not ours to judge
+        ];
+        for (id, values, es, verdict) in cases {
+            assert_eq!(
+                judge_filter_values(id, values, es),
+                verdict,
+                "{id} {values:?}"
+            );
+        }
     }
 
     #[test]
