@@ -16,6 +16,7 @@
 use anyhow::Result;
 use clap::Parser;
 use detingest_daemon::config::Config;
+use serde::Serialize;
 
 use crate::common;
 
@@ -23,7 +24,6 @@ mod latency;
 mod throughput;
 
 use latency::{latency, Latency};
-use serde::Serialize;
 use throughput::{throughput, Throughput};
 
 /// Options of `detingest-bench live`.
