@@ -158,7 +158,11 @@ pub(crate) fn probe_filter_values(layout: RunLayout) -> Result<(), WriteError> {
     let Some(filter) = Hdf5Filter::of(layout.codec, layout.pixel.size()) else {
         return Ok(());
     };
-    let name = format!("detingest-filter-probe-{}", std::process::id());
+    // A name of its own per probe: runs of one process (tests, several streams) probe at once,
+    // and HDF5 refuses to create a file of a name it has open.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("detingest-filter-probe-{}-{n}", std::process::id());
     let file = File::with_options()
         .with_fapl(|p| p.core_filebacked(false))
         .create(&name)?;
@@ -199,4 +203,33 @@ fn create_of<T: H5Type>(group: &Group, layout: RunLayout) -> Result<Dataset, Wri
         .chunk(chunk)
         .shape((0.., ny, nx))
         .create("data")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Chunking, Codec};
+
+    /// Regression: the probe's in-memory file was named by the process id alone, so two runs
+    /// starting at once in one process (parallel tests) failed to create it.
+    #[test]
+    fn probes_at_the_same_time_in_one_process_all_succeed() {
+        let layout = RunLayout {
+            pixel: PixelType::U16,
+            module_shape: [8, 8],
+            grid: [1, 1],
+            chunking: Chunking::Module,
+            codec: Codec::BitshuffleLz4,
+        };
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    (0..50).try_for_each(|_| probe_filter_values(layout).map_err(|e| e.to_string()))
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), Ok(()));
+        }
+    }
 }
