@@ -51,10 +51,8 @@ impl DataFile {
         nxmx::ds_str(&entry, "definition", "NXmx")?;
         let group = nxmx::nx_group(&entry, "data", "NXdata")?;
         nxmx::attr_str(&group, "signal", "data")?;
-        let data = create_image_dataset(&group, layout)?;
-        if let Some(filter) = Hdf5Filter::of(layout.codec, layout.pixel.size()) {
-            filter.verify(&data, &format!("{}:{DATA_PATH}", path.display()))?;
-        }
+        let data =
+            create_image_dataset(&group, layout, &format!("{}:{DATA_PATH}", path.display()))?;
         data.new_attr::<i64>()
             .create("image_nr_low")?
             .write_scalar(&(first as i64))?;
@@ -83,22 +81,8 @@ impl DataFile {
             hsize_t::from(origin[0]),
             hsize_t::from(origin[1]),
         ];
-        let _hdf5 = hdf5_sys::LOCK.lock();
-        clear_errno();
-        // SAFETY: `data` is an open dataset of rank 3; `offset` has three entries, is
-        // chunk-aligned (a tile origin or 0) and lies inside the extent just set; `chunk` is
-        // valid for `chunk.len()` bytes for the call.
-        let rc = unsafe {
-            hdf5_sys::h5d::H5Dwrite_chunk(
-                self.data.id(),
-                H5P_DEFAULT,
-                0,
-                offset.as_ptr(),
-                chunk.len(),
-                chunk.as_ptr().cast(),
-            )
-        };
-        if rc < 0 {
+        // `offset` is chunk-aligned (a tile origin or 0) and inside the extent just set.
+        if !write_stored_chunk(&self.data, &offset, 0, chunk) {
             return Err(chunk_error(index));
         }
         Ok(())
@@ -137,6 +121,36 @@ impl DataFile {
     }
 }
 
+/// Writes `chunk` as stored bytes (`H5Dwrite_chunk`, filters skipped per `filter_mask`) at
+/// `offset`, which must have one chunk-aligned entry per dimension of `data` and lie inside
+/// its extent. False when HDF5 refused; errno is cleared first, so a value left in it came
+/// from the file system.
+pub(crate) fn write_stored_chunk(
+    data: &Dataset,
+    offset: &[hsize_t],
+    filter_mask: u32,
+    chunk: &[u8],
+) -> bool {
+    if offset.len() != data.ndim() {
+        return false;
+    }
+    let _hdf5 = hdf5_sys::LOCK.lock();
+    clear_errno();
+    // SAFETY: `data` is an open dataset whose rank is `offset.len()` (checked above), so HDF5
+    // reads exactly that many offsets; `chunk` is valid for `chunk.len()` bytes for the call.
+    let rc = unsafe {
+        hdf5_sys::h5d::H5Dwrite_chunk(
+            data.id(),
+            H5P_DEFAULT,
+            filter_mask,
+            offset.as_ptr(),
+            chunk.len(),
+            chunk.as_ptr().cast(),
+        )
+    };
+    rc >= 0
+}
+
 fn clear_errno() {
     // SAFETY: `__errno_location` returns this thread's errno, valid for the thread's life.
     unsafe { *libc::__errno_location() = 0 };
@@ -155,9 +169,9 @@ fn chunk_error(index: u64) -> WriteError {
 /// Creates the image dataset of `layout` in a file in memory and checks the filter values
 /// it records, so that a run that would write wrong ones is refused before it starts.
 pub(crate) fn probe_filter_values(layout: RunLayout) -> Result<(), WriteError> {
-    let Some(filter) = Hdf5Filter::of(layout.codec, layout.pixel.size()) else {
+    if Hdf5Filter::of(layout.codec, layout.pixel.size()).is_none() {
         return Ok(());
-    };
+    }
     // A name of its own per probe: runs of one process (tests, several streams) probe at once,
     // and HDF5 refuses to create a file of a name it has open.
     static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -166,26 +180,37 @@ pub(crate) fn probe_filter_values(layout: RunLayout) -> Result<(), WriteError> {
     let file = File::with_options()
         .with_fapl(|p| p.core_filebacked(false))
         .create(&name)?;
-    let data = create_image_dataset(&file, layout)?;
-    filter.verify(
-        &data,
-        &format!("the data files' {DATA_PATH} (checked at run start)"),
-    )
+    let name = format!("the data files' {DATA_PATH} (checked at run start)");
+    create_image_dataset(&file, layout, &name).map(drop)
 }
 
 /// Creates `data`: `[0.., ny, nx]` of the image, chunked as the layout says, with the codec's
-/// filter recorded (not run: chunks arrive encoded).
-fn create_image_dataset(group: &Group, layout: RunLayout) -> Result<Dataset, WriteError> {
-    match layout.pixel {
-        PixelType::U8 => create_of::<u8>(group, layout),
-        PixelType::U16 => create_of::<u16>(group, layout),
-        PixelType::U32 => create_of::<u32>(group, layout),
-        PixelType::I32 => create_of::<i32>(group, layout),
-        PixelType::F32 => create_of::<f32>(group, layout),
+/// filter recorded (not run: chunks arrive encoded) and the recorded values read back and
+/// checked; `name` names the dataset in the error.
+fn create_image_dataset(
+    group: &Group,
+    layout: RunLayout,
+    name: &str,
+) -> Result<Dataset, WriteError> {
+    let filter = Hdf5Filter::of(layout.codec, layout.pixel.size());
+    let data = match layout.pixel {
+        PixelType::U8 => create_of::<u8>(group, layout, filter.as_ref()),
+        PixelType::U16 => create_of::<u16>(group, layout, filter.as_ref()),
+        PixelType::U32 => create_of::<u32>(group, layout, filter.as_ref()),
+        PixelType::I32 => create_of::<i32>(group, layout, filter.as_ref()),
+        PixelType::F32 => create_of::<f32>(group, layout, filter.as_ref()),
+    }?;
+    if let Some(filter) = filter {
+        filter.verify(&data, name)?;
     }
+    Ok(data)
 }
 
-fn create_of<T: H5Type>(group: &Group, layout: RunLayout) -> Result<Dataset, WriteError> {
+fn create_of<T: H5Type>(
+    group: &Group,
+    layout: RunLayout,
+    filter: Option<&Hdf5Filter>,
+) -> Result<Dataset, WriteError> {
     let [ny, nx] = layout.image_shape().map(|d| d as usize);
     let [cy, cx] = layout.chunk_shape().map(|d| d as usize);
     let chunk = (1, cy, cx);
@@ -193,7 +218,7 @@ fn create_of<T: H5Type>(group: &Group, layout: RunLayout) -> Result<Dataset, Wri
     dcpl.chunk(chunk);
     // hdf5-metno adds user filters as optional, so no plugin is needed at write time; the
     // values passed depend on whether one is loadable (filter.rs, FORMATS.md section 3).
-    if let Some(filter) = Hdf5Filter::of(layout.codec, layout.pixel.size()) {
+    if let Some(filter) = filter {
         dcpl.add_filter(filter.id as _, &filter.values_to_pass());
     }
     let dcpl = dcpl.finish()?;

@@ -47,15 +47,7 @@ impl Hdf5Filter {
     /// Reads the values `dataset` (named `name` in errors) recorded and checks them: an
     /// error naming the dataset and both sets of values if they are not right.
     pub fn verify(&self, dataset: &Dataset, name: &str) -> Result<(), WriteError> {
-        let found = dataset
-            .dcpl()?
-            .get_filters()?
-            .into_iter()
-            .map(|f| match f {
-                Filter::User(id, values) => (id as u32, values),
-                other => (other.id() as u32, Vec::new()),
-            })
-            .collect::<Vec<_>>();
+        let found = recorded_filters(dataset)?;
         let stored = match found.as_slice() {
             [(id, values)] if *id == self.id => values.clone(),
             _ => {
@@ -87,6 +79,20 @@ impl Hdf5Filter {
             stored == self.stored
         }
     }
+}
+
+/// The filters `dataset` records, in pipeline order, with their values (empty for HDF5's
+/// built-in filters, whose values are not ours to judge).
+pub(crate) fn recorded_filters(dataset: &Dataset) -> Result<Vec<(u32, Vec<u32>)>, WriteError> {
+    Ok(dataset
+        .dcpl()?
+        .get_filters()?
+        .into_iter()
+        .map(|f| match f {
+            Filter::User(id, values) => (id as u32, values),
+            other => (other.id() as u32, Vec::new()),
+        })
+        .collect())
 }
 
 /// What a file's recorded filter values mean to a reader.

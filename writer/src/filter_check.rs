@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use hdf5::filters::Filter;
 use hdf5::{Dataset, File, Group, LinkType};
 
-use crate::filter::{judge_filter_values, FilterVerdict};
+use crate::filter::{judge_filter_values, recorded_filters, FilterVerdict};
 use crate::WriteError;
 
 /// One filter of one dataset, as recorded, and what it means to readers.
@@ -34,9 +33,12 @@ pub fn check_filters(path: &Path) -> Result<Vec<DatasetFilterCheck>, WriteError>
 }
 
 fn visit(group: &Group, at: &str, found: &mut Vec<DatasetFilterCheck>) -> Result<(), WriteError> {
-    for (name, kind) in hard_members(group)? {
+    for (name, _) in links(group)?
+        .into_iter()
+        .filter(|(_, l)| *l == LinkType::Hard)
+    {
         let path = format!("{at}/{name}");
-        match kind {
+        match group.loc_type_by_name(&name)? {
             hdf5::LocationType::Group => visit(&group.group(&name)?, &path, found)?,
             hdf5::LocationType::Dataset => judge(&group.dataset(&name)?, &path, found)?,
             _ => {}
@@ -45,19 +47,14 @@ fn visit(group: &Group, at: &str, found: &mut Vec<DatasetFilterCheck>) -> Result
     Ok(())
 }
 
-/// The group's members reached by hard links, with their kind.
-pub(crate) fn hard_members(group: &Group) -> Result<Vec<(String, hdf5::LocationType)>, WriteError> {
-    let mut names = Vec::new();
+/// The group's links, with their kind (hard, soft, external).
+pub(crate) fn links(group: &Group) -> Result<Vec<(String, LinkType)>, WriteError> {
+    let mut links = Vec::new();
     group.iter_visit_default(|name, info| {
-        if info.link_type == LinkType::Hard {
-            names.push(name.to_owned());
-        }
+        links.push((name.to_owned(), info.link_type));
         Ok(())
     })?;
-    names
-        .into_iter()
-        .map(|name| Ok((name.clone(), group.loc_type_by_name(&name)?)))
-        .collect()
+    Ok(links)
 }
 
 fn judge(
@@ -69,11 +66,7 @@ fn judge(
         return Ok(());
     }
     let es = data.dtype()?.size();
-    for filter in data.dcpl()?.get_filters()? {
-        let (filter, values) = match filter {
-            Filter::User(id, values) => (id as u32, values),
-            other => (other.id() as u32, Vec::new()),
-        };
+    for (filter, values) in recorded_filters(data)? {
         found.push(DatasetFilterCheck {
             dataset: path.to_owned(),
             verdict: judge_filter_values(filter, &values, es),

@@ -13,13 +13,13 @@
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
-use hdf5::{Dataset, File, Group, Location};
+use hdf5::{Dataset, File, Group, LinkType, Location};
 use hdf5_sys::h5::hsize_t;
 use hdf5_sys::h5p::H5P_DEFAULT;
 
-use crate::data_file::create_file;
+use crate::data_file::{create_file, write_stored_chunk};
 use crate::filter::{FilterVerdict, Hdf5Filter};
-use crate::filter_check::{check_filters, hard_members};
+use crate::filter_check::{check_filters, links};
 use crate::WriteError;
 
 /// What [`repair_filters`] did to one file.
@@ -120,19 +120,14 @@ fn copy_group(
     fixes: &[(String, Vec<u32>)],
 ) -> Result<u64, WriteError> {
     copy_attributes(src, dst)?;
-    let mut links = 0;
-    src.iter_visit_default(|_, _| {
-        links += 1;
-        Ok(())
-    })?;
-    let members = hard_members(src)?;
-    if members.len() != links {
+    let links = links(src)?;
+    if links.iter().any(|(_, kind)| *kind != LinkType::Hard) {
         return Err(WriteError::Metadata(format!(
             "{at}/ holds soft or external links, which repair does not copy; not repaired"
         )));
     }
     let mut chunks = 0;
-    for (name, _) in members {
+    for (name, _) in links {
         let path = format!("{at}/{name}");
         if let Some((_, fixed)) = fixes.iter().find(|(d, _)| *d == path) {
             chunks += rebuild_dataset(&src.dataset(&name)?, dst, &name, fixed)?;
@@ -202,20 +197,8 @@ fn rebuild_dataset(
         let Some(mask) = read_chunk(src, &offset, &mut buf)? else {
             continue;
         };
-        let _hdf5 = hdf5_sys::LOCK.lock();
-        // SAFETY: `data` has the rank and chunk shape of `src`, so `offset` has one
-        // chunk-aligned entry per dimension; `buf` is valid for `buf.len()` bytes.
-        let rc = unsafe {
-            hdf5_sys::h5d::H5Dwrite_chunk(
-                data.id(),
-                H5P_DEFAULT,
-                mask,
-                offset.as_ptr(),
-                buf.len(),
-                buf.as_ptr().cast(),
-            )
-        };
-        if rc < 0 {
+        // `data` has the shape and chunks of `src`, so `offset` is aligned and inside it.
+        if !write_stored_chunk(&data, &offset, mask, &buf) {
             return Err(WriteError::Metadata(format!(
                 "could not write the chunk at {offset:?} of {name}"
             )));

@@ -26,7 +26,7 @@ use crate::threads;
 pub struct ZmqSink {
     live: Option<Live>,
     publisher: Option<Arc<Mutex<Publisher>>>,
-    cfg: LiveConfig,
+    needs: SinkNeeds,
 }
 
 impl ZmqSink {
@@ -37,7 +37,7 @@ impl ZmqSink {
         Ok(Self {
             live: Some(live),
             publisher: publisher.map(|p| Arc::new(Mutex::new(p))),
-            cfg: cfg.clone(),
+            needs: cfg.needs(),
         })
     }
 }
@@ -48,7 +48,7 @@ impl Sink for ZmqSink {
     }
 
     fn needs(&self) -> SinkNeeds {
-        self.cfg.needs()
+        self.needs
     }
 
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
