@@ -9,6 +9,10 @@
 //! rate finds the highest rate with zero loss; then the full path runs at 0.8x of the
 //! drain loop's lossless rate, where it must lose nothing.
 //!
+//! `--modules 4 --interfaces 2` is a 4-module JUNGFRAU with two 10 GbE interfaces per module:
+//! eight ports of 64 packets per frame each, every receiver on the one receiver core, the
+//! modules carrying real-looking ids and their halves told apart by the header's row.
+//!
 //! On loopback the sender's core also does the kernel's delivery work, so a sender can be
 //! slower than either receiver and both lossless rates are then the sender's ceiling. The
 //! receivers' own capacity is measured too: bursts that fill the socket buffer while the
@@ -34,6 +38,7 @@ use serde::Serialize;
 
 use crate::common;
 
+/// Packets of a whole JUNGFRAU module's frame (split evenly over its interfaces).
 const PPF: u32 = 128;
 const PAYLOAD: usize = 8192;
 const DGRAM: f64 = (48 + PAYLOAD) as f64;
@@ -44,9 +49,13 @@ pub struct Args {
     /// Frames per trial (128 packets each).
     #[arg(long, default_value_t = 2000)]
     frames: u64,
-    /// Detector modules: one port, receiver thread and sender thread each.
+    /// Detector modules.
     #[arg(long, default_value_t = 1)]
     modules: u16,
+    /// Interfaces (ports) per module, 1 or 2: one port, receiver thread and sender thread
+    /// each, 128 / interfaces packets per frame.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=2))]
+    interfaces: u16,
     /// Bisection steps per receiver.
     #[arg(long, default_value_t = 7)]
     steps: u32,
@@ -70,11 +79,15 @@ pub struct Args {
 #[derive(Serialize, Debug)]
 struct Report {
     modules: u16,
+    ports: u16,
+    packets_per_port_frame: u32,
     frames_per_trial: u64,
     receive_path: String,
     sender_max_pps: f64,
     drain_lossless_pps: f64,
     full_lossless_pps: f64,
+    /// Every receiver shares one core: the full path's lossless packets/s on that core.
+    full_lossless_pps_per_receiver_core: f64,
     ratio: f64,
     full_at_08_pps: f64,
     full_at_08_lost: u64,
@@ -97,7 +110,7 @@ pub fn run(args: &Args) -> Result<()> {
     let drain = bisect(args, &cfg, Kind::Drain, max_fps)?;
     let full = bisect(args, &cfg, Kind::Full, max_fps)?;
     let (fps08, lost08) = trial(args, &cfg, Kind::Full, 0.8 * drain)?;
-    let pps = |fps: f64| fps * f64::from(PPF);
+    let pps = |fps: f64| fps * f64::from(port_ppf(args));
     let path = udp::open(&cfg)?.name().to_string();
     // Capacity: best of 3 interleaved burst runs each.
     let (mut drain_burst, mut full_burst) = (0.0f64, 0.0f64);
@@ -107,11 +120,14 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let report = Report {
         modules: args.modules,
+        ports: ports(args),
+        packets_per_port_frame: port_ppf(args),
         frames_per_trial: args.frames,
         receive_path: path,
         sender_max_pps: pps(max_fps),
         drain_lossless_pps: pps(drain),
         full_lossless_pps: pps(full),
+        full_lossless_pps_per_receiver_core: pps(full),
         ratio: full / drain,
         full_at_08_pps: pps(fps08),
         full_at_08_lost: lost08,
@@ -125,8 +141,8 @@ pub fn run(args: &Args) -> Result<()> {
     let gbps = |p: f64| p * DGRAM * 8.0 / 1e9;
     let r = &report;
     println!(
-        "{} module(s), {} frames x {PPF} packets of 48 + {PAYLOAD} bytes per module and trial; full path: {}",
-        r.modules, r.frames_per_trial, r.receive_path
+        "{} module(s), {} port(s) on one receiver core, {} frames x {} packets of 48 + {PAYLOAD} bytes per port and trial; full path: {}",
+        r.modules, r.ports, r.frames_per_trial, r.packets_per_port_frame, r.receive_path
     );
     println!(
         "sender ceiling (unpaced)           {:>9.0} packets/s  {:>5.2} Gb/s",
@@ -159,13 +175,31 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Ports: modules x interfaces.
+fn ports(args: &Args) -> u16 {
+    args.modules * args.interfaces
+}
+
+/// Packets per frame on one port.
+fn port_ppf(args: &Args) -> u32 {
+    PPF / u32::from(args.interfaces)
+}
+
+/// The module id port `p` carries (a real module's id, not its place).
+fn mod_id(args: &Args, p: u16) -> u16 {
+    1200 + p / args.interfaces
+}
+
 fn udp_config(args: &Args) -> Result<UdpConfig> {
     let text = format!(
         "[[source]]\nname = \"bench\"\nstream = {{ beamtime = \"b\", source = \"u\", stream = \"s\" }}\n\
-         [source.udp]\nbind = \"127.0.0.1\"\nport = 0\npackets_per_frame = {PPF}\n\
-         payload_bytes = {PAYLOAD}\nshape = [512, 1024]\npixel = \"u16\"\nreceive = {:?}\n\
+         [source.udp]\nbind = \"127.0.0.1\"\nport = 0\npackets_per_frame = {}\n\
+         payload_bytes = {PAYLOAD}\nshape = [{}, 1024]\npixel = \"u16\"\nreceive = {:?}\n\
          rcvbuf_bytes = {}\n",
-        args.receive, args.rcvbuf
+        port_ppf(args),
+        512 / args.interfaces,
+        args.receive,
+        args.rcvbuf
     );
     let config = Config::parse(&text)?;
     match config.sources[0].udp.clone() {
@@ -191,23 +225,23 @@ fn bisect(args: &Args, cfg: &UdpConfig, kind: Kind, hi: f64) -> Result<f64> {
     Ok(lo)
 }
 
-/// One trial at `rate_hz` frames/s in total, shared evenly by the modules (0: unpaced):
-/// (achieved frames/s summed over modules, packets lost). Each module has its own port,
-/// receiver thread and sender thread; receivers share the receiver core, senders the
-/// sender core.
+/// One trial at `rate_hz` port frames/s in total, shared evenly by the ports (0: unpaced):
+/// (achieved port frames/s summed over ports, packets lost). Each port has its own receiver
+/// thread and sender thread; receivers share the receiver core, senders the sender core.
 fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64, u64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     let mut targets = Vec::new();
     let mut counters = Vec::new();
-    for m in 0..args.modules {
+    for p in 0..ports(args) {
         let sock = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
         targets.push(sock.local_addr()?);
         let received = Arc::new(AtomicU64::new(0));
         counters.push(Arc::clone(&received));
         let stop = Arc::clone(&stop);
         let cfg = UdpConfig {
-            module: m,
+            mod_id: Some(mod_id(args, p)),
+            place: Some([u32::from(p), 0]),
             ..cfg.clone()
         };
         receivers.push(spawn_receiver(args, kind, sock, cfg, received, stop, None)?);
@@ -215,12 +249,15 @@ fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64,
     let senders: Vec<_> = targets
         .into_iter()
         .zip(0..)
-        .map(|(target, module)| {
+        .map(|(target, p)| {
             let (frames, core) = (args.frames, args.sender_core);
-            let rate_hz = rate_hz / f64::from(args.modules.max(1));
-            threads::spawn("bench-tx".into(), Some(core), move || {
-                simulator::send(&clean(target, module, 1, frames, rate_hz))
-            })
+            let rate_hz = rate_hz / f64::from(ports(args));
+            let sim = Simulation {
+                mod_id: mod_id(args, p),
+                place: [p, 0],
+                ..clean(target, port_ppf(args), 1, frames, rate_hz)
+            };
+            threads::spawn("bench-tx".into(), Some(core), move || simulator::send(&sim))
         })
         .collect::<std::io::Result<_>>()?;
     let mut sent_total = 0;
@@ -247,7 +284,7 @@ fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64,
         r.join()
             .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     }
-    let fps = (args.frames * u64::from(args.modules)) as f64 / slowest;
+    let fps = (args.frames * u64::from(ports(args))) as f64 / slowest;
     Ok((fps, sent_total.saturating_sub(total())))
 }
 
@@ -277,7 +314,8 @@ fn bursts(args: &Args, cfg: &UdpConfig, kind: Kind) -> Result<f64> {
             paused.store(true, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(20)); // the receiver leaves its receive call
             let first = 1 + b * BURST_FRAMES;
-            let sent = simulator::send(&clean(target, 0, first, BURST_FRAMES, 0.0))?;
+            let sim = clean(target, port_ppf(args), first, BURST_FRAMES, 0.0);
+            let sent = simulator::send(&sim)?;
             expected += sent.datagrams;
             let t = Instant::now();
             paused.store(false, Ordering::SeqCst);
@@ -322,18 +360,15 @@ fn spawn_receiver(
     })
 }
 
-/// `frames` clean frames (no loss, duplicates, reordering or garbage) of `module`.
-fn clean(
-    target: SocketAddr,
-    module: u16,
-    first_frame: u64,
-    frames: u64,
-    rate_hz: f64,
-) -> Simulation {
+/// `frames` clean frames (no loss, duplicates, reordering or garbage) of `ppf` packets, of
+/// module id 0 at row and column 0.
+fn clean(target: SocketAddr, ppf: u32, first_frame: u64, frames: u64, rate_hz: f64) -> Simulation {
     Simulation {
         target,
-        module,
-        packets_per_frame: PPF,
+        mod_id: 0,
+        place: [0, 0],
+        packets_per_frame: ppf,
+        readout: None,
         payload_bytes: PAYLOAD,
         first_frame,
         frames,
@@ -369,11 +404,14 @@ fn drain_loop(
 struct NullSink(BufferPool);
 
 impl FrameOut for NullSink {
-    fn buffer(&mut self) -> Option<PoolBuf> {
+    fn buffer(&mut self, _: u64, _: u16) -> Option<PoolBuf> {
         self.0.try_acquire()
     }
     fn start(&mut self, _: u64) {}
-    fn send(&mut self, _: FrameMeta, _: FrameBuf) {}
+    fn send(&mut self, _: FrameMeta, _: FrameBuf) -> bool {
+        true
+    }
+    fn restart(&mut self, _: u16, _: u64, _: Option<u64>) {}
 }
 
 /// The daemon's receive path with assembly on; idles while `paused`.
@@ -385,8 +423,11 @@ fn full_loop(
     paused: Option<&AtomicBool>,
 ) -> Result<()> {
     let mut receiver = udp::Receiver::new(sock, cfg)?;
-    let mut asm = Assembler::new(udp::assembler_config(cfg), Sls2);
-    let mut out = NullSink(BufferPool::new(16, PPF as usize * PAYLOAD));
+    let mut asm = Assembler::new(udp::assembler_config(cfg, [1, 1]), Sls2);
+    let mut out = NullSink(BufferPool::new(
+        16,
+        cfg.packets_per_frame as usize * PAYLOAD,
+    ));
     while !stop.load(Ordering::Relaxed) {
         if paused.is_some_and(|p| p.load(Ordering::SeqCst)) {
             std::hint::spin_loop();

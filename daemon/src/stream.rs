@@ -1,6 +1,6 @@
 //! What every part of the daemon shares about a stream, and nothing else: its slot in the
-//! pipeline's stream table, the message a source sends, the stream's description, the record
-//! of one index, and the clock. Every daemon module may use this one; it uses none of them.
+//! pipeline's stream table, the message a source sends, the log of frames a source dropped,
+//! the stream's description, the record of one index, and the clock. Every daemon module may use this one; it uses none of them.
 
 use std::path::PathBuf;
 
@@ -28,6 +28,18 @@ pub enum SourceMsg {
         /// The pixels.
         data: FrameBuf,
     },
+    /// The detector restarted: module `module`'s frames number from `first_frame_number` on,
+    /// a new sequence of the stream; the old numbering ended at `last_frame_number`.
+    Restart {
+        /// The stream.
+        stream: StreamSlot,
+        /// The tile whose source saw it.
+        module: u16,
+        /// The detector's frame number of the new sequence's first frame.
+        first_frame_number: u64,
+        /// The old numbering's last frame, delivered or dropped (`None`: none).
+        last_frame_number: Option<u64>,
+    },
     /// The stream ends after `last_frame_number` (`None`: it produced nothing).
     End {
         /// The stream.
@@ -35,6 +47,41 @@ pub enum SourceMsg {
         /// Detector frame number of the last frame, delivered or dropped.
         last_frame_number: Option<u64>,
     },
+}
+
+/// Frames the sources of one stream dropped here (no free buffer, the pipeline's queue full),
+/// as `(frame number, tile)`: the indexer reads it before it records an index, so a dropped
+/// frame is recorded dropped, not lost. Fixed capacity, never blocks a source: when it is
+/// full the drop is still counted by the source, and `unattributed` says how many indices
+/// were recorded lost for want of room here.
+#[derive(Debug)]
+pub struct DropLog {
+    queue: crossbeam::queue::ArrayQueue<(u64, u16)>,
+    /// Drops that found the log full.
+    pub unattributed: std::sync::atomic::AtomicU64,
+}
+
+impl DropLog {
+    /// A log of `capacity` drops.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queue: crossbeam::queue::ArrayQueue::new(capacity.max(1)),
+            unattributed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that `frame_number` of tile `module` was dropped.
+    pub fn push(&self, frame_number: u64, module: u16) {
+        if self.queue.push((frame_number, module)).is_err() {
+            self.unattributed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The oldest drop not read yet.
+    pub fn pop(&self) -> Option<(u64, u16)> {
+        self.queue.pop()
+    }
 }
 
 /// What every notification of a stream shares.
@@ -110,18 +157,28 @@ impl serde::Serialize for DataFilePath<'_> {
 pub struct FrameRecord {
     /// 1-based index in the stream (its position in the dataset is `index - 1`).
     pub index: u64,
-    /// The detector's frame number.
+    /// The detector's frame number, as it sent it.
     pub frame_number: u64,
+    /// The detector numbering it belongs to: 0 from the start, one more at each restart.
+    pub sequence: u32,
     /// Bytes before compression (0 when lost).
     pub raw_bytes: u64,
     /// Bytes written (0 when lost).
     pub compressed_bytes: u64,
-    /// Acquisition time, ns since the Unix epoch (0 when lost).
+    /// When it was taken as its source knows it (UDP: arrival of its first packet on the
+    /// host), ns since the Unix epoch (0 when lost).
     pub timestamp_ns: u64,
+    /// The detector's own timestamp, as sent (0: none, or lost).
+    pub detector_timestamp: u64,
+    /// The bunch id the detector sent (0: none, or lost).
+    pub bunch_id: u64,
     /// When the writer finished writing it, ns since the Unix epoch.
     pub written_ns: u64,
     /// Bit `m` set: module `m` was written (0 when lost).
     pub modules: u64,
+    /// Bit `m` set: module `m` reached the daemon but was dropped here (a full queue, no
+    /// free buffer); a module in neither mask never arrived.
+    pub dropped: u64,
     /// Packets that never arrived, summed over modules (UDP; their bytes hold the fill value).
     pub packets_lost: u32,
     /// Packet numbers that never arrived on some module (the union of the modules' masks).

@@ -202,8 +202,14 @@ pub struct FrameMeta {
     pub pixel: PixelType,
     /// Rows and columns: `[ny, nx]`.
     pub shape: [u32; 2],
-    /// Acquisition time, nanoseconds since the Unix epoch.
+    /// When the frame was taken as the source knows it, nanoseconds since the Unix epoch: a
+    /// shared-memory producer's own timestamp; for UDP, the host's arrival time of its first
+    /// packet.
     pub timestamp_ns: u64,
+    /// The detector's own timestamp, in its clock's ticks, as sent (0: the source has none).
+    pub detector_timestamp: u64,
+    /// The bunch id the detector sent (0: none).
+    pub bunch_id: u64,
     /// Packets of this frame that never arrived (UDP sources; their bytes hold the fill
     /// value). Empty for a complete frame.
     pub missing: PacketMask,
@@ -332,6 +338,8 @@ mod tests {
             pixel: PixelType::U16,
             shape: [512, 1024],
             timestamp_ns: 0,
+            detector_timestamp: 0,
+            bunch_id: 0,
             missing: PacketMask::NONE,
         };
         assert_eq!(meta.byte_len(), 1 << 20);

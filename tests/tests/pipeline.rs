@@ -59,16 +59,16 @@ fn every_index_is_announced_once_in_order() {
 /// Drops when no pool buffer is free (copying source).
 #[test]
 fn frames_dropped_for_want_of_a_buffer_keep_their_index() {
-    dropped_frames_keep_their_index_and_are_recorded_lost(true);
+    dropped_frames_keep_their_index_and_are_recorded_dropped(true);
 }
 
 /// Drops when the indexer's queue is full (zero-copy source).
 #[test]
 fn frames_dropped_at_a_full_queue_keep_their_index() {
-    dropped_frames_keep_their_index_and_are_recorded_lost(false);
+    dropped_frames_keep_their_index_and_are_recorded_dropped(false);
 }
 
-fn dropped_frames_keep_their_index_and_are_recorded_lost(copy: bool) {
+fn dropped_frames_keep_their_index_and_are_recorded_dropped(copy: bool) {
     let dir = tempfile::tempdir().unwrap();
     // Two raw buffers, a one-slot queue and a codec-less writer that must still wait for the
     // file system: the drop-policy source outruns the pipeline and drops.
@@ -96,7 +96,11 @@ fn dropped_frames_keep_their_index_and_are_recorded_lost(copy: bool) {
     }
     let lost: Vec<u64> = frames.iter().filter(|f| f.2).map(|f| f.0).collect();
     assert_eq!(lost.len() as u64, dropped);
-    assert_eq!(summary.stats.lost, dropped);
+    assert_eq!(
+        (summary.stats.dropped, summary.stats.lost),
+        (dropped, 0),
+        "dropped here, not lost: every frame reached the daemon"
+    );
 
     // The file agrees: lost indices are flagged and hold the fill value, the others hold
     // exactly the generated pixels of their frame number.
@@ -105,6 +109,8 @@ fn dropped_frames_keep_their_index_and_are_recorded_lost(copy: bool) {
     assert_eq!(flags.len(), 400);
     let flagged: Vec<u64> = (1..=400).filter(|&i| flags[i as usize - 1] == 1).collect();
     assert_eq!(flagged, lost);
+    let dropped_flags: Vec<u8> = read(&file, &format!("{SPECIFIC}/frame_dropped"));
+    assert_eq!(dropped_flags, flags, "each of them flagged dropped here");
     let data = file.dataset("/entry/data/data").unwrap();
     assert_eq!(data.shape(), [400, 256, 256]);
     let Some(syn) = c.sources[0].synthetic.as_ref() else {

@@ -1,7 +1,8 @@
 //! The UDP source on real loopback sockets, through both receive paths: a simulated module
 //! sends frames with known loss, duplicates, reordering and garbage; the file's complete
 //! frames are byte-exact, incomplete ones carry exactly the injected losses (fill value in
-//! their place), and every counter matches what was injected, kind by kind.
+//! their place), every counter matches what was injected, kind by kind, and the detector's
+//! timestamp and bunch id are recorded per index.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ fn run(receive: &str) {
          [pipeline]\ninput_buffers = 64\n\
          [[source]]\nname = \"mod3\"\ncodec = \"none\"\npolicy = \"block\"\n\
          stream = {{ beamtime = \"bt\", source = \"det\", stream = \"{receive}\" }}\n\
-         [source.udp]\nbind = \"127.0.0.1\"\nport = {port}\nmodule = 3\n\
+         [source.udp]\nbind = \"127.0.0.1\"\nport = {port}\nmod_id = 1234\n\
          packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\nshape = [8, 1024]\npixel = \"u16\"\n\
          receive = \"{receive}\"\nfill = {FILL}\nrcvbuf_bytes = 4194304\n",
         dir.path().display().to_string()
@@ -41,8 +42,10 @@ fn run(receive: &str) {
     let running = pipeline::start(&config, RunSinks::none()).unwrap();
     let sim = Simulation {
         target: format!("127.0.0.1:{port}").parse().unwrap(),
-        module: 3,
+        mod_id: 1234,
+        place: [0, 0],
         packets_per_frame: PPF,
+        readout: None,
         payload_bytes: PAYLOAD,
         first_frame: 1000,
         frames: FRAMES,
@@ -85,7 +88,7 @@ fn run(receive: &str) {
     );
     assert!(sent.garbage >= 29 && !sent.lost.is_empty() && sent.duplicated > 0);
     assert_eq!(c.packets_lost, sent.lost.len() as u64, "lost packets");
-    assert_eq!((c.far_ahead, c.backwards, c.restarts), (0, 0, 0));
+    assert_eq!((c.far_ahead, c.restarts, c.wrong_place), (0, 0, 0));
     assert_eq!(c.frames_complete + c.frames_incomplete, FRAMES);
     assert_eq!(summary.streams[0].frames, FRAMES);
     assert_eq!(summary.streams[0].lost, 0);
@@ -97,6 +100,18 @@ fn run(receive: &str) {
     let masks: Vec<[u8; 64]> = read(&file, &format!("{SPECIFIC}/missing_packets"));
     let frame_numbers: Vec<u64> = read(&file, &format!("{SPECIFIC}/frame_number"));
     assert_eq!(frame_numbers, (1000..1000 + FRAMES).collect::<Vec<_>>());
+    let stamps: Vec<u64> = read(&file, &format!("{SPECIFIC}/detector_timestamp"));
+    let bunches: Vec<u64> = read(&file, &format!("{SPECIFIC}/bunch_id"));
+    let want: Vec<u64> = frame_numbers
+        .iter()
+        .map(|&f| simulator::detector_timestamp(f))
+        .collect();
+    assert_eq!(stamps, want, "the detector's timestamps as sent");
+    let want: Vec<u64> = frame_numbers
+        .iter()
+        .map(|&f| simulator::bunch_id(f))
+        .collect();
+    assert_eq!(bunches, want, "the bunch ids as sent");
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     let frame_bytes = PPF as usize * PAYLOAD;
     for (i, f) in (1000..1000 + FRAMES).enumerate() {
@@ -139,21 +154,23 @@ fn io_uring_path_accounts_for_every_packet() {
     run("io_uring");
 }
 
-/// Two ports, one per module of a 2 x 1 detector, feed one stream: the same frame number is
-/// one image, and frames one module never sent show as its tile missing.
+/// Two ports, one per module of a 2 x 1 detector, feed one stream: the modules carry their
+/// own ids (not their places) and are placed by the header's row, as slsReceiver does; the
+/// same frame number is one image, and frames one module never sent show as its tile missing.
 #[test]
 fn two_ports_are_the_two_modules_of_one_stream() {
     const N: u64 = 100;
+    const MOD_IDS: [u16; 2] = [1234, 1307];
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_port(), free_port()];
     let source = |m: usize| {
         format!(
             "[[source]]\nname = \"mod{m}\"\ncodec = \"none\"\ngrid = [2, 1]\n\
              stream = {{ beamtime = \"bt\", source = \"det\", stream = \"two\" }}\n\
-             [source.udp]\nbind = \"127.0.0.1\"\nport = {}\nmodule = {m}\n\
+             [source.udp]\nbind = \"127.0.0.1\"\nport = {}\nmod_id = {}\n\
              packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\nshape = [8, 1024]\n\
              pixel = \"u16\"\nrcvbuf_bytes = 4194304\n",
-            ports[m]
+            ports[m], MOD_IDS[m]
         )
     };
     let text = format!(
@@ -169,8 +186,10 @@ fn two_ports_are_the_two_modules_of_one_stream() {
     let sims: Vec<Simulation> = (0..2)
         .map(|m| Simulation {
             target: format!("127.0.0.1:{}", ports[m]).parse().unwrap(),
-            module: m as u16,
+            mod_id: MOD_IDS[m],
+            place: [m as u16, 0],
             packets_per_frame: PPF,
+            readout: None,
             payload_bytes: PAYLOAD,
             first_frame: 1000 + 2 * m as u64,
             frames: N - 2 * m as u64,

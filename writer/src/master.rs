@@ -2,7 +2,8 @@
 //! file (`/entry/data/data_NNNNNN`), the per-index records under `detectorSpecific`, and at the
 //! end the virtual dataset over every data file and the finish marker.
 //!
-//! Per-index records (`frame_number`, `frame_lost`, `timestamp`, `module_mask`, `packets_lost`,
+//! Per-index records (`frame_number`, `sequence`, `frame_lost`, `frame_dropped`, `timestamp`,
+//! `detector_timestamp`, `bunch_id`, `module_mask`, `dropped_mask`, `packets_lost`,
 //! `missing_packets`) are buffered and appended on [`MasterFile::flush`] together with
 //! `nimages`, so a crash loses at most what came after the last flush.
 
@@ -22,12 +23,21 @@ const RECORD_CHUNK: usize = 1024;
 /// What is known of one index when its dataset closes.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexRecord<'a> {
-    /// The detector's frame number.
+    /// The detector's frame number, as sent.
     pub frame_number: u64,
-    /// Acquisition time of its first module frame, ns since the Unix epoch (0 when lost).
+    /// The detector numbering it belongs to: 0, one more at each detector restart.
+    pub sequence: u32,
+    /// When its first module frame was taken as the source knows it (UDP: arrival on the
+    /// host), ns since the Unix epoch (0 when lost).
     pub timestamp_ns: u64,
+    /// The detector's own timestamp, as sent (0: none).
+    pub detector_timestamp: u64,
+    /// The bunch id the detector sent (0: none).
+    pub bunch_id: u64,
     /// Bit `m` set: module `m`'s tile was written. 0: the frame is lost.
     pub modules: u64,
+    /// Bit `m` set: module `m` reached the daemon and was dropped there.
+    pub dropped: u64,
     /// Per module, bit `k` of the 512-bit mask set: packet `k` never arrived. One entry per
     /// module, or empty when nothing is known (a lost frame).
     pub missing_packets: &'a [[u8; 64]],
@@ -37,9 +47,14 @@ pub struct IndexRecord<'a> {
 #[derive(Default)]
 struct Pending {
     frame_number: Vec<u64>,
+    sequence: Vec<u32>,
     lost: Vec<u8>,
+    dropped: Vec<u8>,
     timestamp: Vec<u64>,
+    detector_timestamp: Vec<u64>,
+    bunch_id: Vec<u64>,
     modules: Vec<u64>,
+    dropped_mask: Vec<u64>,
     packets_lost: Vec<u32>,
     missing: Vec<[u8; 64]>,
 }
@@ -51,9 +66,14 @@ impl Pending {
 
     fn clear(&mut self) {
         self.frame_number.clear();
+        self.sequence.clear();
         self.lost.clear();
+        self.dropped.clear();
         self.timestamp.clear();
+        self.detector_timestamp.clear();
+        self.bunch_id.clear();
         self.modules.clear();
+        self.dropped_mask.clear();
         self.packets_lost.clear();
         self.missing.clear();
     }
@@ -68,11 +88,64 @@ pub struct RunEnd {
     pub error: Option<String>,
 }
 
+/// The per-index datasets under `detectorSpecific`.
+struct Records {
+    frame_number: Dataset,
+    sequence: Dataset,
+    lost: Dataset,
+    dropped: Dataset,
+    timestamp: Dataset,
+    detector_timestamp: Dataset,
+    bunch_id: Dataset,
+    modules: Dataset,
+    dropped_mask: Dataset,
+    packets_lost: Dataset,
+    missing: Dataset,
+}
+
+impl Records {
+    fn create(specific: &Group, modules: usize) -> Result<Self, WriteError> {
+        let timestamp = records::<u64>(specific, "timestamp", None)?;
+        nxmx::attr_str(&timestamp, "units", "ns")?;
+        nxmx::attr_str(
+            &timestamp,
+            "description",
+            "when the frame was taken as its source knows it (UDP: arrival of its first packet \
+             on the host), ns since the Unix epoch",
+        )?;
+        let detector_timestamp = records::<u64>(specific, "detector_timestamp", None)?;
+        nxmx::attr_str(
+            &detector_timestamp,
+            "description",
+            "the detector's own timestamp as sent, in its clock's ticks",
+        )?;
+        let sequence = records::<u32>(specific, "sequence", None)?;
+        nxmx::attr_str(
+            &sequence,
+            "description",
+            "the detector numbering frame_number belongs to: 0, one more at each detector restart",
+        )?;
+        Ok(Self {
+            frame_number: records::<u64>(specific, "frame_number", None)?,
+            sequence,
+            lost: records::<u8>(specific, "frame_lost", None)?,
+            dropped: records::<u8>(specific, "frame_dropped", None)?,
+            timestamp,
+            detector_timestamp,
+            bunch_id: records::<u64>(specific, "bunch_id", None)?,
+            modules: records::<u64>(specific, "module_mask", None)?,
+            dropped_mask: records::<u64>(specific, "dropped_mask", None)?,
+            packets_lost: records::<u32>(specific, "packets_lost", None)?,
+            missing: records::<[u8; 64]>(specific, "missing_packets", Some(modules))?,
+        })
+    }
+}
+
 /// The open master file.
 pub(crate) struct MasterFile {
     file: File,
     data_group: Group,
-    records: [Dataset; 6],
+    records: Records,
     nimages: Dataset,
     finished: Dataset,
     modules: usize,
@@ -102,16 +175,7 @@ impl MasterFile {
         )?;
         let nimages = nxmx::ds_num(&specific, "nimages", 0u64, None)?;
         let m = layout.modules() as usize;
-        let timestamp = records::<u64>(&specific, "timestamp", None)?;
-        nxmx::attr_str(&timestamp, "units", "ns")?;
-        let records = [
-            records::<u64>(&specific, "frame_number", None)?,
-            records::<u8>(&specific, "frame_lost", None)?,
-            timestamp,
-            records::<u64>(&specific, "module_mask", None)?,
-            records::<u32>(&specific, "packets_lost", None)?,
-            records::<[u8; 64]>(&specific, "missing_packets", Some(m))?,
-        ];
+        let records = Records::create(&specific, m)?;
         let ours = nxmx::nx_group(&entry, "detingest", "NXcollection")?;
         nxmx::ds_str(&ours, "user_metadata", user_json)?;
         nxmx::ds_num(&ours, "modules", layout.modules(), None)?;
@@ -141,9 +205,14 @@ impl MasterFile {
     pub(crate) fn push(&mut self, r: &IndexRecord<'_>) {
         let p = &mut self.pending;
         p.frame_number.push(r.frame_number);
+        p.sequence.push(r.sequence);
         p.lost.push(u8::from(r.modules == 0));
+        p.dropped.push(u8::from(r.dropped != 0));
         p.timestamp.push(r.timestamp_ns);
+        p.detector_timestamp.push(r.detector_timestamp);
+        p.bunch_id.push(r.bunch_id);
         p.modules.push(r.modules);
+        p.dropped_mask.push(r.dropped);
         let mut lost = 0;
         for k in 0..self.modules {
             let mask = r.missing_packets.get(k).copied().unwrap_or([0; 64]);
@@ -158,12 +227,18 @@ impl MasterFile {
         let new = self.pending.len();
         if new > 0 {
             let end = self.flushed + new;
-            let [fnum, lost, ts, modules, plost, missing] = &self.records;
-            append(fnum, &self.pending.frame_number, end)?;
-            append(lost, &self.pending.lost, end)?;
-            append(ts, &self.pending.timestamp, end)?;
-            append(modules, &self.pending.modules, end)?;
-            append(plost, &self.pending.packets_lost, end)?;
+            let (r, p) = (&self.records, &self.pending);
+            append(&r.frame_number, &p.frame_number, end)?;
+            append(&r.sequence, &p.sequence, end)?;
+            append(&r.lost, &p.lost, end)?;
+            append(&r.dropped, &p.dropped, end)?;
+            append(&r.timestamp, &p.timestamp, end)?;
+            append(&r.detector_timestamp, &p.detector_timestamp, end)?;
+            append(&r.bunch_id, &p.bunch_id, end)?;
+            append(&r.modules, &p.modules, end)?;
+            append(&r.dropped_mask, &p.dropped_mask, end)?;
+            append(&r.packets_lost, &p.packets_lost, end)?;
+            let missing = &r.missing;
             missing.resize((end, self.modules))?;
             let view = ArrayView2::from_shape((new, self.modules), &self.pending.missing)
                 .map_err(|e| WriteError::Metadata(e.to_string()))?;

@@ -80,8 +80,12 @@ fn write_run(dir: &std::path::Path, chunking: Chunking, n: u64) -> u64 {
             i,
             &IndexRecord {
                 frame_number: 100 + i,
+                sequence: 0,
                 timestamp_ns: i,
+                detector_timestamp: 0,
+                bunch_id: 0,
                 modules: mask,
+                dropped: 0,
                 missing_packets: &missing,
             },
         )

@@ -174,9 +174,10 @@ fn duplicate_streams_and_empty_sources_are_refused() {
         format!(
             "[[source]]\nname = \"{name}\"\ngrid = {grid}\n\
              stream = {{ beamtime = \"bt\", source = \"det\", stream = \"s1\" }}\n\
-             [source.udp]\nport = {}\nmodule = {module}\npackets_per_frame = 2\n\
+             [source.udp]\nport = {}\nmod_id = {}\nplace = [0, {module}]\npackets_per_frame = 2\n\
              payload_bytes = 1024\nshape = [1, 1024]\npixel = \"u16\"\n",
-            9000 + module
+            9000 + module,
+            1200 + module
         )
     };
     let two = format!(
@@ -194,14 +195,14 @@ fn duplicate_streams_and_empty_sources_are_refused() {
         gridded("m0", 1, "[1, 2]"),
         gridded("m1", 1, "[1, 2]")
     );
-    assert_eq!(err(&same).key, "source[1].udp.module");
+    assert_eq!(err(&same).key, "source[1].udp.place");
     let other = format!(
         "{}{}",
         gridded("m0", 0, "[1, 2]"),
         gridded("m1", 1, "[2, 1]")
     );
     assert_eq!(err(&other).key, "source[1].stream");
-    assert_eq!(err(&gridded("m2", 2, "[1, 2]")).key, "source[0].udp.module");
+    assert_eq!(err(&gridded("m2", 2, "[1, 2]")).key, "source[0].udp.place");
     assert_eq!(err("data_dir = \"x\"\n").key, "source");
     let kindless = MINIMAL.replace("[source.synthetic]", "");
     assert_eq!(err(&kindless).key, "source[0]");

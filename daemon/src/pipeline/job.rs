@@ -60,8 +60,13 @@ pub enum Step {
         index: u64,
         /// Its detector frame number.
         frame_number: u64,
+        /// The detector numbering it belongs to (0, one more at each restart).
+        sequence: u32,
+        /// Modules dropped here (the rest of the missing ones never arrived).
+        dropped: u64,
     },
-    /// `count` consecutive indices whose frames never arrived (or could not be encoded).
+    /// `count` consecutive indices of which nothing was written: their frames never arrived,
+    /// were dropped here (`dropped`), or could not be encoded.
     Lost {
         /// First lost index.
         first_index: u64,
@@ -69,6 +74,10 @@ pub enum Step {
         first_frame_number: u64,
         /// Number of lost indices.
         count: u64,
+        /// The detector numbering they belong to.
+        sequence: u32,
+        /// Modules of theirs dropped here (0: they never arrived).
+        dropped: u64,
     },
     /// Close the stream's file: nothing follows.
     Close,

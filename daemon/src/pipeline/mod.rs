@@ -32,7 +32,7 @@ pub use writer::{StreamReport, StreamSetup};
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::sink::{NotifyQueue, PreviewPolicy, RunSinks, SinkError};
 use crate::source::{SourceError, SourceOutput, SourceStats, SourceSummary};
-use crate::stream::{SourceMsg, StreamInfo, StreamSlot};
+use crate::stream::{DropLog, SourceMsg, StreamInfo, StreamSlot};
 use crate::threads;
 
 /// Why the pipeline could not start.
@@ -146,6 +146,10 @@ impl RunSummary {
     }
 }
 
+/// Drops a stream's sources may log before the indexer reads them (it reads them every time it
+/// takes a message, and every tick).
+const DROP_LOG: usize = 4096;
+
 /// Starts the pipeline for `config`, with `sinks` receiving every notification.
 ///
 /// Refuses to start if a stream's file exists. Every source is prepared (rings created,
@@ -206,6 +210,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         let assemble = layout.effective_chunking() == Chunking::Frame;
         let ahead = run.dataset_ahead;
         plans.push(indexer::StreamPlan {
+            drops: Arc::new(DropLog::new(DROP_LOG)),
             layout,
             ahead,
             timeout: Duration::from_millis(run.dataset_timeout_ms),
@@ -312,6 +317,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         })?);
     }
     drop(write_tx);
+    let drop_logs: Vec<Arc<DropLog>> = plans.iter().map(|p| Arc::clone(&p.drops)).collect();
     let indexer = indexer::Indexer::new(plans, compress_tx, Arc::clone(&stats), Arc::clone(&stop));
     let indexer_rx = source_rx.clone();
     threads.push(threads::spawn("indexer".into(), t.indexer, move || {
@@ -330,6 +336,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         }
         let mut out = SourceOutput::new(
             slot,
+            Arc::clone(&drop_logs[usize::from(slot)]),
             src.policy,
             pool,
             source_tx.clone(),

@@ -10,8 +10,10 @@ use crate::sink::QueueStats;
 pub struct PipelineStats {
     /// Module frames given an index.
     pub indexed: AtomicU64,
-    /// Indices recorded lost (frames dropped by sources or never delivered).
+    /// Indices recorded lost: nothing of them reached the daemon.
     pub lost: AtomicU64,
+    /// Indices with a module the daemon received but dropped (a full queue, no free buffer).
+    pub dropped: AtomicU64,
     /// Datasets closed with some (not all) modules missing.
     pub incomplete: AtomicU64,
     /// Frames refused by the indexer: behind the stream's numbering, or of a stream not open.
@@ -42,6 +44,7 @@ pub struct PipelineStats {
 pub struct StatsSnapshot {
     pub indexed: u64,
     pub lost: u64,
+    pub dropped: u64,
     pub incomplete: u64,
     pub stale: u64,
     pub compressed: u64,
@@ -64,6 +67,7 @@ impl PipelineStats {
         StatsSnapshot {
             indexed: r(&self.indexed),
             lost: r(&self.lost),
+            dropped: r(&self.dropped),
             incomplete: r(&self.incomplete),
             stale: r(&self.stale),
             compressed: r(&self.compressed),

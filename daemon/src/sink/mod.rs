@@ -142,11 +142,15 @@ pub(crate) mod fixture {
         FrameRecord {
             index,
             frame_number: 100 + index,
+            sequence: 0,
             raw_bytes: 1 << 20,
             compressed_bytes: 1 << 20,
             timestamp_ns: 1,
+            detector_timestamp: 0,
+            bunch_id: 0,
             written_ns: 2,
             modules: stream.all_modules(),
+            dropped: 0,
             packets_lost: 0,
             missing: PacketMask::NONE,
         }

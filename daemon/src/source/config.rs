@@ -42,8 +42,9 @@ pub struct SourceConfig {
     /// Core to pin the source thread to.
     #[serde(default)]
     pub core: Option<usize>,
-    /// `[rows, columns]` of detector modules; a frame's modules form one dataset, module `m`
-    /// at row `m / columns`, column `m % columns`. The source's `shape` is one module's.
+    /// `[rows, columns]` of tiles: what one source receives (a module, or a UDP port's part of
+    /// a module). A frame's tiles form one dataset, tile `m` at row `m / columns`, column
+    /// `m % columns`. The source's `shape` is one tile's.
     #[serde(default = "default_grid")]
     pub grid: [u32; 2],
     /// This stream's codec, overriding `writer.codec`.
@@ -77,8 +78,9 @@ pub trait SourceKind: Sync {
     fn feeds_stream_alone(&self) -> bool {
         false
     }
-    /// The module this source receives, when its place in the grid is configured.
-    fn grid_module(&self) -> Option<u16> {
+    /// `[row, column]` of the tile this source receives, when configured (else the source
+    /// makes every tile, or learns its place from the data).
+    fn grid_place(&self) -> Option<[u32; 2]> {
         None
     }
     /// Makes what must exist before the pipeline's threads start (a ring, a bound socket, a
@@ -166,13 +168,13 @@ pub fn validate_sources(sources: &[SourceConfig], cores: usize) -> Result<(), Co
                 "needs exactly one source kind: a [source.synthetic], [source.shm] or [source.udp] table",
             ));
         };
-        if let Some(module) = kind.grid_module().filter(|_| modules > 1) {
-            if u32::from(module) >= modules {
+        if let Some(place) = kind.grid_place() {
+            if place[0] >= src.grid[0] || place[1] >= src.grid[1] {
                 return Err(ConfigError::new(
-                    format!("source[{i}].{}.module", kind.table()),
+                    format!("source[{i}].{}.place", kind.table()),
                     format!(
-                        "module {module} is outside the grid of {modules} modules: with a grid, \
-                         a UDP source's module is its place in the grid",
+                        "{place:?} is outside the grid {:?} [rows, columns]",
+                        src.grid
                     ),
                 ));
             }
@@ -214,14 +216,14 @@ fn check_shared_stream(sources: &[SourceConfig], i: usize, j: usize) -> Result<(
         ));
     }
     let (x, y) = (
-        a.kind().and_then(|k| k.grid_module()),
-        b.kind().and_then(|k| k.grid_module()),
+        a.kind().and_then(|k| k.grid_place()),
+        b.kind().and_then(|k| k.grid_place()),
     );
     if let (Some(x), Some(y), Some(kind)) = (x, y, a.kind()) {
         if x == y {
             return Err(ConfigError::new(
-                format!("source[{i}].{}.module", kind.table()),
-                format!("module {x} of this stream is received by source[{j}] already"),
+                format!("source[{i}].{}.place", kind.table()),
+                format!("tile {x:?} of this stream is received by source[{j}] already"),
             ));
         }
     }

@@ -26,7 +26,7 @@ pub use config::{validate_sources, Policy, SourceConfig, SourceKind};
 
 use crate::check::ConfigError;
 use crate::source::udp::assembler::PacketCounts;
-use crate::stream::{SourceMsg, StreamSlot};
+use crate::stream::{DropLog, SourceMsg, StreamSlot};
 
 /// Why a source could not be made ready to start.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +129,7 @@ impl SourceStats {
 /// A source's connection to the pipeline.
 pub struct SourceOutput {
     stream: StreamSlot,
+    drops: Arc<DropLog>,
     policy: Policy,
     pool: BufferPool,
     tx: Sender<SourceMsg>,
@@ -139,6 +140,7 @@ pub struct SourceOutput {
 impl SourceOutput {
     pub(crate) fn new(
         stream: StreamSlot,
+        drops: Arc<DropLog>,
         policy: Policy,
         pool: BufferPool,
         tx: Sender<SourceMsg>,
@@ -147,6 +149,7 @@ impl SourceOutput {
     ) -> Self {
         Self {
             stream,
+            drops,
             policy,
             pool,
             tx,
@@ -173,23 +176,27 @@ impl SourceOutput {
         });
     }
 
-    /// A free buffer to fill, or `None` when the drop policy found the pool empty (the frame
-    /// is then counted as dropped and the caller skips it).
-    pub fn buffer(&mut self) -> Option<PoolBuf> {
+    /// A free buffer to fill with `frame_number` of tile `module`, or `None` when the drop
+    /// policy found the pool empty: the frame is then counted and logged as dropped here, and
+    /// the caller skips it.
+    pub fn buffer(&mut self, frame_number: u64, module: u16) -> Option<PoolBuf> {
         match self.policy {
             Policy::Block => Some(self.pool.acquire()),
             Policy::Drop => {
                 let buf = self.pool.try_acquire();
                 if buf.is_none() {
                     self.stats.dropped_no_buffer.fetch_add(1, Ordering::Relaxed);
+                    self.drops.push(frame_number, module);
                 }
                 buf
             }
         }
     }
 
-    /// Hands a filled frame to the pipeline (blocking or dropping by policy).
-    pub fn send(&mut self, meta: FrameMeta, data: FrameBuf) {
+    /// Hands a filled frame to the pipeline (blocking or dropping by policy); false when it
+    /// was dropped (counted and logged as dropped here) or the pipeline is gone.
+    pub fn send(&mut self, meta: FrameMeta, data: FrameBuf) -> bool {
+        let (frame_number, module) = (meta.frame_number, meta.module);
         let msg = SourceMsg::Frame {
             stream: self.stream,
             meta,
@@ -203,6 +210,7 @@ impl SourceOutput {
                     self.stats
                         .dropped_queue_full
                         .fetch_add(1, Ordering::Relaxed);
+                    self.drops.push(frame_number, module);
                     false
                 }
                 Err(TrySendError::Disconnected(_)) => false,
@@ -211,6 +219,22 @@ impl SourceOutput {
         if sent {
             self.stats.sent.fetch_add(1, Ordering::Relaxed);
         }
+        sent
+    }
+
+    /// The detector restarted (see [`SourceMsg::Restart`]).
+    pub fn restart(
+        &mut self,
+        module: u16,
+        first_frame_number: u64,
+        last_frame_number: Option<u64>,
+    ) {
+        self.send_control(SourceMsg::Restart {
+            stream: self.stream,
+            module,
+            first_frame_number,
+            last_frame_number,
+        });
     }
 
     /// Ends the stream after `last_frame_number` (`None`: no frame was produced). Frames

@@ -1,6 +1,9 @@
 //! Index assignment and dataset grouping, per stream.
 //!
-//! index = detector frame number - first frame number + 1. The module frames with the same
+//! index = detector frame number - first frame number + 1 (+ the indices of earlier
+//! sequences: when the detector restarts, a source says so and a new sequence begins, its
+//! first frame the index after the old sequence's last; frame numbers stay the detector's
+//! own). The module frames with the same
 //! frame number form one dataset. Each module delivers its frames in order, so a dataset is
 //! settled once every module has either arrived or delivered a later frame. Datasets are
 //! closed strictly in index order: when settled, when the oldest open one is
@@ -9,6 +12,8 @@
 //! index ([`Step::Lost`]); otherwise [`Step::Closed`] follows its chunks. So every index 1..N
 //! reaches the writer exactly once, and the same frame number gets the same index on every
 //! module (and on every daemon given the same `first_frame_number`).
+//!
+//! Frames a source dropped here (its [`DropLog`]) are recorded dropped, not lost.
 //!
 //! With frame chunking the indexer assembles each dataset's image: module frames are copied
 //! into a pool buffer as they arrive (their own buffers go back at once), missing tiles are
@@ -20,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
-use detingest_shm::{BufferPool, FrameBuf, FrameMeta, PacketMask, PoolBuf};
+use detingest_shm::{BufferPool, FrameBuf, FrameMeta, PacketMask};
 use detingest_writer::{Chunking, RunLayout};
 
 use super::job::{Item, Step};
 use super::stats::PipelineStats;
-use crate::stream::{SourceMsg, StreamSlot};
+use crate::stream::{DropLog, SourceMsg, StreamSlot};
 
 /// Largest jump in frame numbers recorded as lost indices. A bigger jump is not a loss but a
 /// detector restart or a corrupt number: the frame is refused (counted stale) rather than
@@ -48,53 +53,8 @@ pub(crate) struct StreamPlan {
     pub sources: u32,
     /// Image buffers for frame chunking of several modules (`None`: no assembly).
     pub images: Option<BufferPool>,
-}
-
-/// A dataset whose modules are still arriving.
-struct Open {
-    frame_number: u64,
-    seen: u64,
-    opened: Instant,
-    timestamp_ns: u64,
-    image: Option<PoolBuf>,
-}
-
-/// Where one stream's numbering stands.
-struct StreamNumbering {
-    plan: StreamPlan,
-    /// Frame number that index 1 belongs to.
-    first: u64,
-    /// Next frame number to open a dataset for.
-    next: u64,
-    open: VecDeque<Open>,
-    /// Newest frame number each module delivered (valid where `reported` has its bit).
-    newest: [u64; 64],
-    reported: u64,
-    /// Between `Start` and the stream's `Close`.
-    live: bool,
-    /// Set by the first `Start`: later ones (other modules' sources) change nothing.
-    opened: bool,
-    /// Sources that have ended, and the last frame number any of them named.
-    ended: u32,
-    last_frame_number: Option<u64>,
-}
-
-impl StreamNumbering {
-    fn index(&self, frame_number: u64) -> u64 {
-        frame_number - self.first + 1
-    }
-
-    /// True when the oldest open dataset can gain no more modules.
-    fn front_settled(&self) -> bool {
-        let Some(d) = self.open.front() else {
-            return false;
-        };
-        let modules = self.plan.layout.modules() as usize;
-        let passed = (0..modules)
-            .filter(|&m| self.reported & (1 << m) != 0 && self.newest[m] > d.frame_number)
-            .fold(0u64, |acc, m| acc | (1 << m));
-        (d.seen | passed) == self.plan.layout.all_modules()
-    }
+    /// What the stream's sources dropped here.
+    pub drops: Arc<DropLog>,
 }
 
 /// Numbers and sends items in order.
@@ -120,6 +80,16 @@ impl Emitter {
     fn stale(&self) {
         self.stats.stale.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts `count` indices recorded with nothing written: dropped here or never arrived.
+    fn count_unwritten(&self, count: u64, dropped: u64) {
+        let counter = if dropped != 0 {
+            &self.stats.dropped
+        } else {
+            &self.stats.lost
+        };
+        counter.fetch_add(count, Ordering::Relaxed);
+    }
 }
 
 /// The indexer stage: owns the numbering and open datasets of every stream.
@@ -141,6 +111,11 @@ impl Indexer {
                 open: VecDeque::with_capacity(plan.ahead as usize + 1),
                 plan,
                 first: 0,
+                base: 0,
+                sequence: 0,
+                module_sequence: [0; 64],
+                warned_old: false,
+                drop_ring: vec![(u64::MAX, 0); DROP_RING],
                 next: 0,
                 newest: [0; 64],
                 reported: 0,
@@ -181,6 +156,15 @@ impl Indexer {
     }
 
     fn handle(&mut self, msg: SourceMsg, now: Instant) {
+        let slot = match &msg {
+            SourceMsg::Start { stream, .. }
+            | SourceMsg::Frame { stream, .. }
+            | SourceMsg::Restart { stream, .. }
+            | SourceMsg::End { stream, .. } => usize::from(*stream),
+        };
+        if let Some(st) = self.streams.get_mut(slot) {
+            st.absorb_drops();
+        }
         match msg {
             SourceMsg::Start {
                 stream,
@@ -208,6 +192,19 @@ impl Indexer {
                     now,
                 );
             }
+            SourceMsg::Restart {
+                stream,
+                module,
+                first_frame_number,
+                last_frame_number,
+            } => restart(
+                &mut self.streams[usize::from(stream)],
+                &mut self.em,
+                stream,
+                module,
+                first_frame_number,
+                last_frame_number,
+            ),
             SourceMsg::End {
                 stream,
                 last_frame_number,
@@ -219,21 +216,9 @@ impl Indexer {
                     return; // other modules' sources still deliver
                 }
                 let last_frame_number = st.last_frame_number;
-                while st.live && !st.open.is_empty() {
-                    close_front(st, &mut self.em, stream);
-                }
+                end_sequence(st, &mut self.em, stream, last_frame_number);
                 if !st.live {
                     return;
-                }
-                if let Some(mut last) = last_frame_number {
-                    if st.plan.limit > 0 {
-                        last = last.min(st.first + st.plan.limit - 1);
-                    }
-                    if last >= st.next && last - st.next > MAX_GAP {
-                        tracing::warn!(last, "stream end jumped too far; tail not recorded lost");
-                    } else if last >= st.next {
-                        lose(st, &mut self.em, stream, last + 1);
-                    }
                 }
                 st.live = false;
                 self.em.emit(stream, Step::Close);
@@ -244,6 +229,7 @@ impl Indexer {
     /// Closes datasets that have waited their timeout.
     fn expire(&mut self, now: Instant) {
         for (slot, st) in self.streams.iter_mut().enumerate() {
+            st.absorb_drops();
             while st.live
                 && st
                     .open
@@ -277,6 +263,20 @@ fn frame(
     // grid, or beyond the run's count: it cannot take an index.
     let beyond = st.plan.limit > 0 && n >= st.first && st.index(n) > st.plan.limit;
     if !st.live || m >= modules || n < oldest || beyond {
+        em.stale();
+        return;
+    }
+    if st.module_sequence[m as usize] < st.sequence {
+        // Its source has not seen the restart yet: a frame of the old numbering, too late.
+        if !st.warned_old {
+            st.warned_old = true;
+            tracing::warn!(
+                module = m,
+                frame_number = n,
+                sequence = st.sequence,
+                "frame of the numbering before the detector restart arrived after it; refused (counted stale)"
+            );
+        }
         em.stale();
         return;
     }
@@ -359,6 +359,7 @@ fn advance(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot, n: u6
         st.open.push_back(Open {
             frame_number: st.next,
             seen: 0,
+            dropped: st.dropped_before_open(st.next),
             opened: now,
             timestamp_ns: 0,
             image: None,
@@ -367,20 +368,95 @@ fn advance(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot, n: u6
     }
 }
 
-/// Records frame numbers `st.next .. until` (never opened) as lost.
+/// Records frame numbers `st.next .. until` (never opened) as lost, or dropped where a source
+/// said so: one step per run of equal drop masks.
 fn lose(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot, until: u64) {
-    let count = until - st.next;
-    em.stats.lost.fetch_add(count, Ordering::Relaxed);
-    em.emit(
-        stream,
-        Step::Lost {
-            first_index: st.index(st.next),
-            first_frame_number: st.next,
-            count,
-        },
-    );
-    st.next = until;
+    while st.next < until {
+        let first = st.next;
+        let dropped = st.dropped_before_open(first);
+        let mut end = first + 1;
+        while end < until && st.dropped_before_open(end) == dropped {
+            end += 1;
+        }
+        let count = end - first;
+        em.count_unwritten(count, dropped);
+        em.emit(
+            stream,
+            Step::Lost {
+                first_index: st.index(first),
+                first_frame_number: first,
+                count,
+                sequence: st.sequence,
+                dropped,
+            },
+        );
+        st.next = end;
+    }
     end_if_counted(st, em, stream, st.index(until - 1));
+}
+
+/// Closes every open dataset of the current sequence and records the frames up to
+/// `last_frame_number` that never opened.
+fn end_sequence(
+    st: &mut StreamNumbering,
+    em: &mut Emitter,
+    stream: StreamSlot,
+    last_frame_number: Option<u64>,
+) {
+    while st.live && !st.open.is_empty() {
+        close_front(st, em, stream);
+    }
+    let Some(mut last) = last_frame_number.filter(|_| st.live) else {
+        return;
+    };
+    if st.plan.limit > 0 {
+        last = last.min(st.first + (st.plan.limit - st.base) - 1);
+    }
+    if last >= st.next && last - st.next > MAX_GAP {
+        tracing::warn!(last, "stream end jumped too far; tail not recorded lost");
+    } else if last >= st.next {
+        lose(st, em, stream, last + 1);
+    }
+}
+
+/// Module `module`'s source saw the detector restart. The first to say so for a sequence ends
+/// the current one (like a stream's end) and begins the next at `first_frame_number`; the
+/// others' word only moves them into it.
+fn restart(
+    st: &mut StreamNumbering,
+    em: &mut Emitter,
+    stream: StreamSlot,
+    module: u16,
+    first_frame_number: u64,
+    last_frame_number: Option<u64>,
+) {
+    let m = if st.plan.layout.modules() == 1 {
+        0
+    } else {
+        usize::from(module).min(63)
+    };
+    st.module_sequence[m] += 1;
+    if st.module_sequence[m] <= st.sequence || !st.live {
+        return;
+    }
+    end_sequence(st, em, stream, last_frame_number);
+    if !st.live {
+        return;
+    }
+    st.base += st.next - st.first;
+    st.sequence = st.module_sequence[m];
+    st.first = first_frame_number;
+    st.next = first_frame_number;
+    st.reported = 0;
+    st.warned_old = false;
+    st.drop_ring.fill((u64::MAX, 0));
+    tracing::warn!(
+        stream = stream,
+        sequence = st.sequence,
+        first_index = st.base + 1,
+        first_frame_number,
+        "detector restart: a new sequence begins"
+    );
 }
 
 /// Closes the oldest open dataset.
@@ -391,18 +467,23 @@ fn close_front(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot) {
     let index = st.index(d.frame_number);
     let layout = st.plan.layout;
     if d.seen == 0 {
-        em.stats.lost.fetch_add(1, Ordering::Relaxed);
+        em.count_unwritten(1, d.dropped);
         em.emit(
             stream,
             Step::Lost {
                 first_index: index,
                 first_frame_number: d.frame_number,
                 count: 1,
+                sequence: st.sequence,
+                dropped: d.dropped,
             },
         );
     } else {
         if d.seen != layout.all_modules() {
             em.stats.incomplete.fetch_add(1, Ordering::Relaxed);
+        }
+        if d.dropped != 0 {
+            em.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(mut image) = d.image.take() {
             for m in (0..layout.modules()).filter(|m| d.seen & (1 << m) == 0) {
@@ -415,6 +496,8 @@ fn close_front(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot) {
                 pixel: layout.pixel,
                 shape: layout.image_shape(),
                 timestamp_ns: d.timestamp_ns,
+                detector_timestamp: 0,
+                bunch_id: 0,
                 missing: PacketMask::NONE,
             };
             em.emit(
@@ -431,6 +514,8 @@ fn close_front(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot) {
             Step::Closed {
                 index,
                 frame_number: d.frame_number,
+                sequence: st.sequence,
+                dropped: d.dropped & !d.seen,
             },
         );
     }
@@ -447,35 +532,11 @@ fn end_if_counted(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot
     }
 }
 
-/// Row byte ranges of module `m`'s tile in the image: (offset in image, row length), per row.
-fn tile_rows(layout: &RunLayout, m: u32) -> impl Iterator<Item = (usize, usize)> {
-    let ps = layout.pixel.size();
-    let [ny, nx] = layout.module_shape.map(|d| d as usize);
-    let image_nx = layout.image_shape()[1] as usize;
-    let [oy, ox] = layout.tile_origin(m).map(|d| d as usize);
-    (0..ny).map(move |y| (((oy + y) * image_nx + ox) * ps, nx * ps))
-}
+mod numbering;
+mod tiles;
 
-/// Copies a module frame into its tile of the image.
-fn copy_tile(layout: &RunLayout, m: u32, module: &[u8], image: &mut [u8]) {
-    for (y, (at, len)) in tile_rows(layout, m).enumerate() {
-        if let (Some(dst), Some(src)) = (
-            image.get_mut(at..at + len),
-            module.get(y * len..(y + 1) * len),
-        ) {
-            dst.copy_from_slice(src);
-        }
-    }
-}
-
-/// Sets module `m`'s tile of the image to the fill value (0).
-fn zero_tile(layout: &RunLayout, m: u32, image: &mut [u8]) {
-    for (at, len) in tile_rows(layout, m) {
-        if let Some(dst) = image.get_mut(at..at + len) {
-            dst.fill(0);
-        }
-    }
-}
+use self::numbering::{Open, StreamNumbering, DROP_RING};
+use self::tiles::{copy_tile, zero_tile};
 
 #[cfg(test)]
 mod tests;

@@ -26,7 +26,29 @@ fn plan(grid: [u32; 2], chunking: Chunking, limit: u64) -> StreamPlan {
         sources: 1,
         images: (chunking == Chunking::Frame)
             .then(|| BufferPool::new(8, layout.pixel.frame_bytes(layout.image_shape()))),
+        drops: Arc::new(DropLog::new(16)),
     }
+}
+
+fn restart(module: u16, first: u64, last: u64) -> SourceMsg {
+    SourceMsg::Restart {
+        stream: 0,
+        module,
+        first_frame_number: first,
+        last_frame_number: Some(last),
+    }
+}
+
+/// ` @s<sequence>` and ` dropped <mask>` where not 0.
+fn marks(sequence: u32, dropped: u64) -> String {
+    let mut s = String::new();
+    if sequence > 0 {
+        s += &format!(" @s{sequence}");
+    }
+    if dropped > 0 {
+        s += &format!(" dropped {dropped:b}");
+    }
+    s
 }
 
 fn start(first: u64) -> SourceMsg {
@@ -53,6 +75,8 @@ fn module(n: u64, m: u16) -> SourceMsg {
             pixel: PixelType::U8,
             shape: [1, 2],
             timestamp_ns: 0,
+            detector_timestamp: 0,
+            bunch_id: 0,
             missing: PacketMask::NONE,
         },
         data: FrameBuf::Shared(Arc::from(vec![n as u8, m as u8])),
@@ -96,11 +120,18 @@ fn run(plan: StreamPlan, msgs: Vec<SourceMsg>, expire_at_end: bool) -> (Vec<Stri
                     first_index,
                     first_frame_number,
                     count,
-                } => format!("lost {first_index}:{first_frame_number}+{count}"),
+                    sequence,
+                    dropped,
+                } => format!(
+                    "lost {first_index}:{first_frame_number}+{count}{}",
+                    marks(sequence, dropped)
+                ),
                 Step::Closed {
                     index,
                     frame_number,
-                } => format!("closed {index}:{frame_number}"),
+                    sequence,
+                    dropped,
+                } => format!("closed {index}:{frame_number}{}", marks(sequence, dropped)),
                 Step::Chunk { .. } | Step::Failed { .. } => "chunk".into(),
                 Step::Close => "close".into(),
             }
@@ -343,4 +374,112 @@ fn frames_of_an_unopened_or_closed_stream_are_refused() {
         false,
     );
     assert_eq!(out, ["open", "close"]);
+}
+
+#[test]
+fn a_restart_begins_a_new_sequence_with_the_detectors_own_numbers() {
+    let (out, _) = run(
+        plan([1, 1], Chunking::Module, 0),
+        vec![
+            start(500),
+            module(500, 0),
+            module(501, 0),
+            // 502 left the source dropped, 503 never came; then the detector starts at 1.
+            restart(0, 1, 503),
+            module(1, 0),
+            module(3, 0),
+            end(4),
+        ],
+        false,
+    );
+    assert_eq!(
+        out,
+        [
+            "open",
+            "raw 1:500/0 [244, 0]",
+            "closed 1:500",
+            "raw 2:501/0 [245, 0]",
+            "closed 2:501",
+            "lost 3:502+2",
+            "raw 5:1/0 [1, 0]",
+            "closed 5:1 @s1",
+            "raw 7:3/0 [3, 0]",
+            "lost 6:2+1 @s1",
+            "closed 7:3 @s1",
+            "lost 8:4+1 @s1",
+            "close"
+        ]
+    );
+}
+
+#[test]
+fn every_module_must_restart_before_its_frames_count_again() {
+    let (out, _) = run(
+        plan([1, 2], Chunking::Module, 0),
+        vec![
+            start(10),
+            module(10, 0),
+            module(10, 1),
+            restart(1, 1, 10),
+            module(1, 1),
+            module(11, 0), // module 0 has not restarted yet: an old frame, stale
+            restart(0, 1, 11),
+            module(1, 0),
+            end(1),
+        ],
+        false,
+    );
+    assert_eq!(
+        out,
+        [
+            "open",
+            "raw 1:10/0 [10, 0]",
+            "raw 1:10/1 [10, 1]",
+            "closed 1:10",
+            "raw 2:1/1 [1, 1]",
+            "raw 2:1/0 [1, 0]",
+            "closed 2:1 @s1",
+            "close"
+        ]
+    );
+}
+
+#[test]
+fn frames_a_source_dropped_are_recorded_dropped_not_lost() {
+    let p = plan([1, 2], Chunking::Module, 0);
+    p.drops.push(3, 1); // module 1 of 3 dropped, module 0 of 3 never came
+    p.drops.push(4, 0);
+    p.drops.push(4, 1); // all of 4 dropped
+    p.drops.push(5, 0); // 5: module 0 dropped; module 1 arrives
+    let (out, _) = run(
+        p,
+        vec![
+            start(1),
+            module(1, 0),
+            module(1, 1),
+            module(5, 1),
+            module(6, 0),
+            module(6, 1),
+            end(6),
+        ],
+        false,
+    );
+    assert_eq!(
+        out,
+        [
+            "open",
+            "raw 1:1/0 [1, 0]",
+            "raw 1:1/1 [1, 1]",
+            "closed 1:1",
+            "lost 2:2+1",
+            "raw 5:5/1 [5, 1]",
+            "lost 3:3+1 dropped 10",
+            "raw 6:6/0 [6, 0]",
+            "lost 4:4+1 dropped 11",
+            "closed 5:5 dropped 1",
+            "raw 6:6/1 [6, 1]",
+            "closed 6:6",
+            "close"
+        ]
+    );
 }

@@ -69,6 +69,8 @@ struct Accum {
     index: u64,
     modules: u64,
     timestamp_ns: u64,
+    detector_timestamp: u64,
+    bunch_id: u64,
     raw_bytes: u64,
     compressed_bytes: u64,
     /// Frame chunking: the image chunk was written.
@@ -84,6 +86,8 @@ impl Accum {
             index: 0,
             modules: 0,
             timestamp_ns: 0,
+            detector_timestamp: 0,
+            bunch_id: 0,
             raw_bytes: 0,
             compressed_bytes: 0,
             image: false,
@@ -96,6 +100,8 @@ impl Accum {
         self.index = index;
         self.modules = 0;
         self.timestamp_ns = 0;
+        self.detector_timestamp = 0;
+        self.bunch_id = 0;
         self.raw_bytes = 0;
         self.compressed_bytes = 0;
         self.image = false;
@@ -112,6 +118,9 @@ impl Accum {
         }
         if self.timestamp_ns == 0 {
             self.timestamp_ns = meta.timestamp_ns;
+        }
+        if self.detector_timestamp == 0 && self.bunch_id == 0 {
+            (self.detector_timestamp, self.bunch_id) = (meta.detector_timestamp, meta.bunch_id);
         }
         self.raw_bytes += meta.byte_len() as u64;
     }
@@ -276,14 +285,19 @@ impl Writer {
             Step::Closed {
                 index,
                 frame_number,
-            } => self.record(slot, index, frame_number, false),
+                sequence,
+                dropped,
+            } => self.record(slot, index, (frame_number, sequence), dropped, false),
             Step::Lost {
                 first_index,
                 first_frame_number,
                 count,
+                sequence,
+                dropped,
             } => {
                 for k in 0..count {
-                    self.record(slot, first_index + k, first_frame_number + k, true);
+                    let numbering = (first_frame_number + k, sequence);
+                    self.record(slot, first_index + k, numbering, dropped, true);
                 }
             }
             Step::Close => self.close(slot),
@@ -321,8 +335,16 @@ impl Writer {
         }
     }
 
-    /// Records `index` in the master and announces it.
-    fn record(&mut self, slot: usize, index: u64, frame_number: u64, lost: bool) {
+    /// Records `index` (the detector's `(frame number, sequence)`, the modules `dropped` here)
+    /// in the master and announces it.
+    fn record(
+        &mut self,
+        slot: usize,
+        index: u64,
+        (frame_number, sequence): (u64, u32),
+        dropped: u64,
+        lost: bool,
+    ) {
         let s = &mut self.streams[slot];
         if s.files.is_none() {
             // The stream failed (or never opened): counted, and the run has been stopped.
@@ -339,11 +361,15 @@ impl Writer {
         let record = FrameRecord {
             index,
             frame_number,
+            sequence,
             raw_bytes: if modules == 0 { 0 } else { a.raw_bytes },
             compressed_bytes: a.compressed_bytes,
             timestamp_ns: a.timestamp_ns,
+            detector_timestamp: a.detector_timestamp,
+            bunch_id: a.bunch_id,
             written_ns: 0,
             modules,
+            dropped,
             packets_lost,
             missing: union,
         };
@@ -356,8 +382,12 @@ impl Writer {
             index,
             &IndexRecord {
                 frame_number,
+                sequence,
                 timestamp_ns: record.timestamp_ns,
+                detector_timestamp: record.detector_timestamp,
+                bunch_id: record.bunch_id,
                 modules,
+                dropped,
                 missing_packets: &a.missing,
             },
         );

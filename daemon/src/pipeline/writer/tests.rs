@@ -15,6 +15,8 @@ fn meta(module: u16, timestamp_ns: u64, missing: &[u32]) -> FrameMeta {
         pixel: PixelType::U16,
         shape: [4, 8],
         timestamp_ns,
+        detector_timestamp: 0,
+        bunch_id: 0,
         missing: mask,
     }
 }

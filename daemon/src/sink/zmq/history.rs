@@ -180,11 +180,15 @@ mod tests {
         FrameRecord {
             index,
             frame_number: index,
+            sequence: 0,
             raw_bytes: 32,
             compressed_bytes: 8,
             timestamp_ns: 0,
+            detector_timestamp: 0,
+            bunch_id: 0,
             written_ns: 0,
             modules: 1,
+            dropped: 0,
             packets_lost: 0,
             missing: detingest_shm::PacketMask::NONE,
         }

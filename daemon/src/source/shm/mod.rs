@@ -106,7 +106,7 @@ pub fn run(cfg: &ShmConfig, modules: u32, mut ring: RingConsumer, out: &mut Sour
                 // A producer that restarts its numbering sends stale frames (counted by the
                 // indexer); the stream's end stays the highest number seen.
                 last_frame_number = last_frame_number.max(Some(meta.frame_number));
-                out.send(meta, FrameBuf::Slot(slot));
+                let _ = out.send(meta, FrameBuf::Slot(slot)); // a drop is counted by `send`
             }
             Ok(RingEvent::ProducerAttached { pid }) => {
                 tracing::info!(ring = %path, pid, "producer attached");
@@ -144,6 +144,8 @@ fn frame_meta(cfg: &ShmConfig, modules: u32, slot: &RingSlot, d: &Descriptor) ->
         pixel: pixel_from_code(d.pixel_type)?,
         shape: [d.height, d.width],
         timestamp_ns: d.timestamp_ns,
+        detector_timestamp: 0,
+        bunch_id: 0,
         missing: detingest_shm::PacketMask::NONE,
     };
     let fits = d.sequence == slot.sequence()

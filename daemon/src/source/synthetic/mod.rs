@@ -137,6 +137,8 @@ impl FrameBank {
             pixel: self.pixel,
             shape: self.shape,
             timestamp_ns: now_ns(),
+            detector_timestamp: 0,
+            bunch_id: 0,
             missing: detingest_shm::PacketMask::NONE,
         }
     }
@@ -247,15 +249,15 @@ pub fn run(cfg: &SyntheticConfig, modules: u32, bank: &FrameBank, out: &mut Sour
                 continue;
             }
             let pixels = if cfg.copy {
-                let Some(mut buf) = out.buffer() else {
-                    continue; // dropped and counted by `buffer`
+                let Some(mut buf) = out.buffer(n, m as u16) else {
+                    continue; // dropped, counted and logged by `buffer`
                 };
                 buf.fill_from(bank.module_frame(n, m, modules));
                 FrameBuf::Pooled(buf)
             } else {
                 FrameBuf::Shared(Arc::clone(bank.module_frame(n, m, modules)))
             };
-            out.send(bank.meta(n, m), pixels);
+            let _ = out.send(bank.meta(n, m), pixels); // a drop is counted by `send`
         }
     }
     out.end(last);

@@ -17,12 +17,22 @@ pub struct UdpConfig {
     pub bind: std::net::IpAddr,
     /// Port to bind (0: any free port, for tests).
     pub port: u16,
-    /// Module id the packets carry.
+    /// The module id (`modId`) packets must carry: the module's own id, e.g. 1234 (omitted:
+    /// any). `module` is accepted as its old name.
+    #[serde(default, alias = "module")]
+    pub mod_id: Option<u16>,
+    /// `[row, column]` of this port's tile in the source's grid (the grid counts what one port
+    /// sends: a module, or half a module with two interfaces). Omitted with a grid of more than
+    /// one tile: taken from the packets' `row` and `column`, as slsReceiver does.
     #[serde(default)]
-    pub module: u16,
-    /// Packets per frame on this port (at most 512).
+    pub place: Option<[u32; 2]>,
+    /// Packets per frame of the port's full tile (at most 512).
     #[serde(default = "default_packets")]
     pub packets_per_frame: u32,
+    /// `[first, end)`: the packet numbers the detector sends per frame, when it reads out
+    /// only some rows (`readnrows`); the rest of the tile holds `fill`. Default: all.
+    #[serde(default)]
+    pub readout_packets: Option<[u32; 2]>,
     /// Payload bytes per packet.
     #[serde(default = "default_payload")]
     pub payload_bytes: usize,
@@ -51,10 +61,12 @@ pub struct UdpConfig {
     /// Pixel value written where packets are missing.
     #[serde(default)]
     pub fill: u64,
-    /// Frame-number jump (ahead or back) treated as a detector restart rather than loss.
+    /// Frame-number jump ahead from which a new numbering is a detector restart rather than
+    /// lost frames (a jump back is one at any distance).
     #[serde(default = "default_restart_gap")]
     pub restart_gap: u64,
-    /// Consecutive packets of a new numbering needed to accept a restart.
+    /// Consecutive distinct packets of a new numbering, none of the current one in between,
+    /// that confirm a restart.
     #[serde(default = "default_restart_confirm")]
     pub restart_confirm: u32,
 }
@@ -112,6 +124,11 @@ impl UdpConfig {
         std::net::SocketAddr::new(self.bind, self.port)
     }
 
+    /// The packet numbers sent per frame, `[first, end)`.
+    pub fn readout(&self) -> [u32; 2] {
+        self.readout_packets.unwrap_or([0, self.packets_per_frame])
+    }
+
     /// Checks what the types alone cannot, naming `source[i].udp.*` keys.
     pub(crate) fn check(&self, i: usize) -> Result<(), ConfigError> {
         let key = |k: &str| format!("source[{i}].udp.{k}");
@@ -143,6 +160,16 @@ impl UdpConfig {
                     self.pixel.name(),
                     self.packets_per_frame,
                     self.payload_bytes
+                ),
+            ));
+        }
+        let [first, end] = self.readout();
+        if first >= end || end > self.packets_per_frame {
+            return Err(ConfigError::new(
+                key("readout_packets"),
+                format!(
+                    "[{first}, {end}] is not a range [first, end) inside 0..{}",
+                    self.packets_per_frame
                 ),
             ));
         }

@@ -6,7 +6,8 @@
 //! - [`uring`]: io_uring multishot receive with provided buffers (the default);
 //! - [`recvmmsg`]: the fallback when io_uring is unavailable, or chosen by configuration;
 //! - [`socket`]: binding and the receive buffer;
-//! - [`simulator`]: the detector side, for tests and the benchmark.
+//! - [`simulator`]: the detector side, for tests and the benchmark;
+//! - [`warnings`]: rate-limited warnings for packets that do not belong and frames dropped.
 
 pub mod assembler;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod simulator;
 pub mod socket;
 mod stream_copy;
 pub mod uring;
+mod warnings;
 
 use std::net::UdpSocket;
 use std::sync::Mutex;
@@ -24,10 +26,11 @@ use std::time::{Duration, Instant};
 
 use detingest_shm::{FrameBuf, FrameMeta, PoolBuf};
 
-use self::assembler::{Assembler, AssemblerConfig, FrameOut, PacketCounts};
+use self::assembler::{Assembler, AssemblerConfig, FrameOut, PacketCounts, Place};
 use self::header::{Sls2, SLS2_HEADER_BYTES};
 use self::recvmmsg::MmsgReceiver;
 use self::uring::UringReceiver;
+use self::warnings::OddPacketWarnings;
 use detingest_shm::PixelType;
 
 use self::config::{ReceivePath, UdpConfig};
@@ -44,8 +47,8 @@ impl SourceKind for UdpConfig {
     fn frame_format(&self) -> (PixelType, [u32; 2]) {
         (self.pixel, self.shape)
     }
-    fn grid_module(&self) -> Option<u16> {
-        Some(self.module)
+    fn grid_place(&self) -> Option<[u32; 2]> {
+        self.place
     }
     /// Binds the port and picks the receive path.
     fn prepare(
@@ -61,6 +64,8 @@ impl SourceKind for UdpConfig {
         tracing::info!(source = %src.name, addr = %self.address(), path = receiver.name(), "port ready");
         Ok(Box::new(Prepared {
             cfg: self.clone(),
+            grid: src.grid,
+            name: src.name.to_string(),
             receiver,
         }))
     }
@@ -69,6 +74,8 @@ impl SourceKind for UdpConfig {
 /// A UDP source with its port bound.
 struct Prepared {
     cfg: UdpConfig,
+    grid: [u32; 2],
+    name: String,
     receiver: Receiver,
 }
 
@@ -77,8 +84,13 @@ impl PreparedSource for Prepared {
         (input_buffers, self.cfg.pixel.frame_bytes(self.cfg.shape))
     }
     fn run(self: Box<Self>, out: &mut SourceOutput) {
-        let Prepared { cfg, receiver } = *self;
-        run(&cfg, receiver, out);
+        let Prepared {
+            cfg,
+            grid,
+            name,
+            receiver,
+        } = *self;
+        run(&assembler_config(&cfg, grid), &name, receiver, out);
     }
 }
 
@@ -86,14 +98,17 @@ impl PreparedSource for Prepared {
 const PUBLISH: Duration = Duration::from_millis(100);
 
 impl FrameOut for SourceOutput {
-    fn buffer(&mut self) -> Option<PoolBuf> {
-        SourceOutput::buffer(self)
+    fn buffer(&mut self, frame_number: u64, module: u16) -> Option<PoolBuf> {
+        SourceOutput::buffer(self, frame_number, module)
     }
     fn start(&mut self, first_frame_number: u64) {
         SourceOutput::start(self, first_frame_number);
     }
-    fn send(&mut self, meta: FrameMeta, data: FrameBuf) {
-        SourceOutput::send(self, meta, data);
+    fn send(&mut self, meta: FrameMeta, data: FrameBuf) -> bool {
+        SourceOutput::send(self, meta, data)
+    }
+    fn restart(&mut self, module: u16, first_frame_number: u64, last_frame_number: Option<u64>) {
+        SourceOutput::restart(self, module, first_frame_number, last_frame_number);
     }
 }
 
@@ -151,11 +166,18 @@ impl Receiver {
     }
 }
 
-/// What the assembler of `cfg`'s port needs.
-pub fn assembler_config(cfg: &UdpConfig) -> AssemblerConfig {
+/// What the assembler of `cfg`'s port needs, in a source grid of `grid` tiles.
+pub fn assembler_config(cfg: &UdpConfig, grid: [u32; 2]) -> AssemblerConfig {
+    let place = match cfg.place {
+        Some([row, column]) => Place::Tile((row * grid[1] + column) as u16),
+        None if grid == [1, 1] => Place::Tile(0),
+        None => Place::Header { grid },
+    };
     AssemblerConfig {
-        module: cfg.module,
+        mod_id: cfg.mod_id,
+        place,
         packets_per_frame: cfg.packets_per_frame,
+        readout: cfg.readout(),
         payload_bytes: cfg.payload_bytes,
         pixel: cfg.pixel,
         shape: cfg.shape,
@@ -168,8 +190,9 @@ pub fn assembler_config(cfg: &UdpConfig) -> AssemblerConfig {
 }
 
 /// Receives until stopped, then lets open frames leave and ends the stream.
-pub fn run(cfg: &UdpConfig, mut receiver: Receiver, out: &mut SourceOutput) {
-    let mut asm = Assembler::new(assembler_config(cfg), Sls2);
+pub fn run(cfg: &AssemblerConfig, name: &str, mut receiver: Receiver, out: &mut SourceOutput) {
+    let mut asm = Assembler::new(cfg.clone(), Sls2);
+    let mut warnings = OddPacketWarnings::default();
     let mut published = Instant::now();
     while !out.stop_requested() {
         if let Err(e) = receiver.receive(&mut asm, out) {
@@ -180,11 +203,13 @@ pub fn run(cfg: &UdpConfig, mut receiver: Receiver, out: &mut SourceOutput) {
         asm.tick(now, out);
         if now.duration_since(published) >= PUBLISH {
             publish(&out.stats().packets, &asm);
+            warnings.check(name, asm.counts(), now, false);
             published = now;
         }
     }
     let last = asm.finish(out);
     publish(&out.stats().packets, &asm);
+    warnings.check(name, asm.counts(), Instant::now(), true);
     out.end(last);
 }
 

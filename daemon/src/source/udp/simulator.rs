@@ -3,7 +3,10 @@
 //! injected from a seed, and reports exactly what it injected.
 //!
 //! Payload byte `j` of packet `k` of frame `f` is [`payload_byte`]`(f, k, j)`, so a receiver
-//! can check every byte it got.
+//! can check every byte it got. The header carries the module id, row and column given, the
+//! detector timestamp [`detector_timestamp`]`(f)` and the bunch id [`bunch_id`]`(f)`; only
+//! the packets of the readout range are sent. A restart is a second `send` whose first frame
+//! is behind the first's.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -15,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::header::{write_sls2, SLS2_HEADER_BYTES};
+use super::header::{write_sls2, Sls2Fields, SLS2_HEADER_BYTES};
 use super::mmsg::MmsgBuffers;
 
 /// Datagrams per `sendmmsg` call.
@@ -27,9 +30,13 @@ pub struct Simulation {
     /// Receiver address.
     pub target: SocketAddr,
     /// Module id in the headers.
-    pub module: u16,
-    /// Packets per frame.
+    pub mod_id: u16,
+    /// `[row, column]` in the headers.
+    pub place: [u16; 2],
+    /// Packets per frame of the full tile.
     pub packets_per_frame: u32,
+    /// `[first, end)`: the packet numbers sent (partial readout), `None`: all.
+    pub readout: Option<[u32; 2]>,
     /// Payload bytes per packet.
     pub payload_bytes: usize,
     /// First frame number.
@@ -71,6 +78,16 @@ pub fn payload_byte(f: u64, k: u32, j: usize) -> u8 {
     (f.wrapping_mul(131) ^ u64::from(k).wrapping_mul(17)).wrapping_add(j as u64) as u8
 }
 
+/// The detector timestamp of frame `f` (a 10 MHz clock running since frame 0).
+pub fn detector_timestamp(f: u64) -> u64 {
+    f.wrapping_mul(10_000) + 7
+}
+
+/// The bunch id of frame `f`.
+pub fn bunch_id(f: u64) -> u64 {
+    f.wrapping_add(1 << 40)
+}
+
 /// Sends `sim` from an unbound UDP socket.
 pub fn send(sim: &Simulation) -> io::Result<Sent> {
     let socket = UdpSocket::bind(("0.0.0.0", 0))?;
@@ -79,7 +96,8 @@ pub fn send(sim: &Simulation) -> io::Result<Sent> {
     let dgram = SLS2_HEADER_BYTES + sim.payload_bytes;
     let mut batch = Batch::new(dgram.max(65_536));
     let mut sent = Sent::default();
-    let mut order: Vec<u32> = (0..sim.packets_per_frame).collect();
+    let [first_packet, end_packet] = sim.readout.unwrap_or([0, sim.packets_per_frame]);
+    let mut order: Vec<u32> = (first_packet..end_packet).collect();
     // Payload bytes count up from a per-packet start (see `payload_byte`): each payload is a
     // window of this ramp, copied rather than computed byte by byte.
     let ramp: Vec<u8> = (0..256 + sim.payload_bytes).map(|i| i as u8).collect();
@@ -108,7 +126,17 @@ pub fn send(sim: &Simulation) -> io::Result<Sent> {
             };
             for _ in 0..copies {
                 let d = batch.next(&socket, dgram)?;
-                write_sls2(d, f, k, sim.module);
+                let h = Sls2Fields {
+                    frame_number: f,
+                    packet_number: k,
+                    bunch_id: bunch_id(f),
+                    timestamp: detector_timestamp(f),
+                    mod_id: sim.mod_id,
+                    row: sim.place[0],
+                    column: sim.place[1],
+                    det_type: 3,
+                };
+                write_sls2(d, &h);
                 let start = usize::from(payload_byte(f, k, 0));
                 d[SLS2_HEADER_BYTES..].copy_from_slice(&ramp[start..start + sim.payload_bytes]);
                 sent.datagrams += 1;

@@ -202,11 +202,14 @@ mod tests {
 
     struct Nowhere;
     impl FrameOut for Nowhere {
-        fn buffer(&mut self) -> Option<PoolBuf> {
+        fn buffer(&mut self, _: u64, _: u16) -> Option<PoolBuf> {
             BufferPool::new(0, 0).try_acquire()
         }
         fn start(&mut self, _: u64) {}
-        fn send(&mut self, _: FrameMeta, _: FrameBuf) {}
+        fn send(&mut self, _: FrameMeta, _: FrameBuf) -> bool {
+            true
+        }
+        fn restart(&mut self, _: u16, _: u64, _: Option<u64>) {}
     }
 
     #[test]
@@ -219,8 +222,10 @@ mod tests {
             return;
         };
         let cfg = AssemblerConfig {
-            module: 0,
+            mod_id: None,
+            place: super::super::assembler::Place::Tile(0),
             packets_per_frame: 1,
+            readout: [0, 1],
             payload_bytes: 2,
             pixel: PixelType::U16,
             shape: [1, 1],
