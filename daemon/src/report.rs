@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use detingest_daemon::pipeline::{RunSummary, Running};
+use detingest_daemon::source::udp::assembler::PacketCounts;
 
 /// Prints a progress line every half second until the sources have finished and the queues
 /// are empty.
@@ -80,10 +81,13 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
             "source {:<10} sent {}, dropped {}, torn {}, malformed {}",
             src.name, src.sent, src.dropped, src.torn, src.malformed
         );
+        if let Some(p) = &src.packets {
+            println!("{}", packet_line(p));
+        }
     }
     println!(
-        "lost indices     {} | stale frames {} | codec errors {} | write errors {}",
-        st.lost, st.stale, st.codec_errors, st.write_errors
+        "lost indices     {} never arrived, {} dropped here | stale frames {} | codec errors {} | write errors {}",
+        st.lost, st.dropped, st.stale, st.codec_errors, st.write_errors
     );
     println!(
         "notifications    {} delivered, {} dropped at the queue",
@@ -93,7 +97,26 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
         println!("{line}");
     }
     for r in &s.streams {
-        let status = r.error.as_deref().unwrap_or("ok");
+        if !r.opened {
+            println!(
+                "stream {} : nothing received, no file written{}",
+                r.stream.id,
+                r.error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!(" ({e})"))
+            );
+            continue;
+        }
+        let refused: u64 = s
+            .sources
+            .iter()
+            .filter_map(|src| src.packets.map(|p| p.foreign()))
+            .sum();
+        let status = match (&r.error, refused) {
+            (Some(e), _) => e.clone(),
+            (None, 0) => "ok".into(),
+            (None, n) => format!("ok, but {n} packets refused (see the source lines)"),
+        };
         println!(
             "stream {} -> {} : {} frames ({} lost), {}",
             r.stream.id,
@@ -103,6 +126,31 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
             status
         );
     }
+}
+
+/// A UDP source's packets in one line: what was taken, what was refused and why.
+fn packet_line(p: &PacketCounts) -> String {
+    format!(
+        "  packets        {} accepted, {} refused (wrong module {}, wrong place {}, out of range {}, \
+         bad length {}, too short {}, bad version {}, late {}, far ahead {}), {} duplicate; \
+         frames {} complete, {} incomplete ({} packets lost), {} dropped here; restarts {}",
+        p.accepted,
+        p.foreign(),
+        p.wrong_module,
+        p.wrong_place,
+        p.out_of_range,
+        p.bad_length,
+        p.too_short,
+        p.bad_version,
+        p.late,
+        p.far_ahead,
+        p.duplicate,
+        p.frames_complete,
+        p.frames_incomplete,
+        p.packets_lost,
+        p.frames_dropped,
+        p.restarts
+    )
 }
 
 /// The summary as JSON, with each sink's counters under `sinks` (and the ZeroMQ sink's also
@@ -119,7 +167,8 @@ pub fn summary_json(
         "sources": s.sources,
         "streams": s.streams.iter().map(|r| serde_json::json!({
             "stream": r.stream.id.to_string(),
-            "file": r.stream.file,
+            "file": r.opened.then_some(&r.stream.file),
+            "written": r.opened,
             "dataset": r.stream.dataset,
             "frames": r.frames,
             "lost": r.lost,

@@ -189,7 +189,7 @@ pub struct RunStatus {
     pub state: &'static str,
     /// `beamtime/source/stream` of the current or last run.
     pub stream: Option<String>,
-    /// Its master file.
+    /// Its master file (`null` once a run that received nothing has ended: none was written).
     pub master: Option<PathBuf>,
     /// Frames the run expects (0: open-ended).
     pub frames_expected: u64,
@@ -346,6 +346,9 @@ impl RunManager {
                     s.frames_recorded = report.frames;
                     s.frames_lost = report.lost;
                     s.error.clone_from(&report.error);
+                    if !report.opened {
+                        s.master = None; // nothing was received: no file was written
+                    }
                 }
                 s.state = if reason == EndReason::Error {
                     "failed"

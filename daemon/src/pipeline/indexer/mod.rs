@@ -448,6 +448,7 @@ fn restart(
     st.first = first_frame_number;
     st.next = first_frame_number;
     st.reported = 0;
+    st.newest = [0; 64];
     st.warned_old = false;
     st.drop_ring.fill((u64::MAX, 0));
     tracing::warn!(

@@ -425,7 +425,9 @@ fn every_module_must_restart_before_its_frames_count_again() {
             module(11, 0), // module 0 has not restarted yet: an old frame, stale
             restart(0, 1, 11),
             module(1, 0),
-            end(1),
+            module(2, 1), // module 0's old frame 11 says nothing of the new frame 2
+            module(2, 0),
+            end(2),
         ],
         false,
     );
@@ -439,6 +441,9 @@ fn every_module_must_restart_before_its_frames_count_again() {
             "raw 2:1/1 [1, 1]",
             "raw 2:1/0 [1, 0]",
             "closed 2:1 @s1",
+            "raw 3:2/1 [2, 1]",
+            "raw 3:2/0 [2, 0]",
+            "closed 3:2 @s1",
             "close"
         ]
     );

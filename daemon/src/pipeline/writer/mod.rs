@@ -55,6 +55,8 @@ pub struct StreamSetup {
 pub struct StreamReport {
     /// The stream.
     pub stream: Arc<StreamInfo>,
+    /// True once its files were created (a stream that received nothing has none).
+    pub opened: bool,
     /// Indices in its files.
     pub frames: u64,
     /// Of which lost.
@@ -212,6 +214,7 @@ impl Writer {
             .map(|(info, setup)| StreamFiles {
                 report: StreamReport {
                     stream: Arc::clone(&info),
+                    opened: false,
                     frames: 0,
                     lost: 0,
                     error: None,
@@ -436,6 +439,7 @@ impl Writer {
             Ok(f) => {
                 tracing::info!(stream = %s.info.id, master = %s.info.file.display(), "stream opened");
                 s.files = Some(f);
+                s.report.opened = true;
                 s.last_flush = Instant::now();
                 self.notify
                     .push(Notification::StreamStart(StreamStartNotice {
