@@ -86,7 +86,8 @@ struct Report {
     sender_max_pps: f64,
     drain_lossless_pps: f64,
     full_lossless_pps: f64,
-    /// Every receiver shares one core: the full path's lossless packets/s on that core.
+    /// Every receiver shares one core: the full path's lossless packets/s on that core
+    /// (bounded by the sender on loopback).
     full_lossless_pps_per_receiver_core: f64,
     ratio: f64,
     full_at_08_pps: f64,
@@ -288,39 +289,55 @@ fn trial(args: &Args, cfg: &UdpConfig, kind: Kind, rate_hz: f64) -> Result<(f64,
     Ok((fps, sent_total.saturating_sub(total())))
 }
 
-/// Bursts of frames sent while the receiver is paused, each timed from the receiver's
-/// release to its last packet: the receiver's packets/s with nothing else running.
+/// Bursts of frames sent to every port while the receivers are paused, each timed from the
+/// receivers' release to their last packet: the receiver core's packets/s with nothing else
+/// running (every port's receiver thread shares that core).
 fn bursts(args: &Args, cfg: &UdpConfig, kind: Kind) -> Result<f64> {
     const BURSTS: u64 = 20;
-    const BURST_FRAMES: u64 = 16; // 2048 packets, 17 MB: within the socket buffer
-    let sock = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
-    let target = sock.local_addr()?;
-    let received = Arc::new(AtomicU64::new(0));
+    const BURST_FRAMES: u64 = 16; // 2048 packets of one module, 17 MB: within the socket buffer
     let stop = Arc::new(AtomicBool::new(false));
     let paused = Arc::new(AtomicBool::new(true));
-    let receiver = spawn_receiver(
-        args,
-        kind,
-        sock,
-        cfg.clone(),
-        Arc::clone(&received),
-        Arc::clone(&stop),
-        Some(Arc::clone(&paused)),
-    )?;
+    let (mut targets, mut counters, mut receivers) = (Vec::new(), Vec::new(), Vec::new());
+    for p in 0..ports(args) {
+        let sock = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
+        targets.push((p, sock.local_addr()?));
+        let received = Arc::new(AtomicU64::new(0));
+        counters.push(Arc::clone(&received));
+        let cfg = UdpConfig {
+            mod_id: Some(mod_id(args, p)),
+            place: Some([u32::from(p), 0]),
+            ..cfg.clone()
+        };
+        receivers.push(spawn_receiver(
+            args,
+            kind,
+            sock,
+            cfg,
+            received,
+            Arc::clone(&stop),
+            Some(Arc::clone(&paused)),
+        )?);
+    }
+    let total = || counters.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
     let busy = common::on_core(args.sender_core, || -> Result<(Duration, u64)> {
         let mut busy = Duration::ZERO;
         let mut expected = 0;
         for b in 0..BURSTS {
             paused.store(true, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(20)); // the receiver leaves its receive call
+            std::thread::sleep(Duration::from_millis(20)); // the receivers leave their receive call
             let first = 1 + b * BURST_FRAMES;
-            let sim = clean(target, port_ppf(args), first, BURST_FRAMES, 0.0);
-            let sent = simulator::send(&sim)?;
-            expected += sent.datagrams;
+            for &(p, target) in &targets {
+                let sim = Simulation {
+                    mod_id: mod_id(args, p),
+                    place: [p, 0],
+                    ..clean(target, port_ppf(args), first, BURST_FRAMES, 0.0)
+                };
+                expected += simulator::send(&sim)?.datagrams;
+            }
             let t = Instant::now();
             paused.store(false, Ordering::SeqCst);
             let deadline = t + Duration::from_secs(10);
-            while received.load(Ordering::Relaxed) < expected {
+            while total() < expected {
                 if Instant::now() > deadline {
                     anyhow::bail!(
                         "burst {b}: packets lost from the socket buffer (raise --rcvbuf)"
@@ -334,9 +351,10 @@ fn bursts(args: &Args, cfg: &UdpConfig, kind: Kind) -> Result<f64> {
     });
     stop.store(true, Ordering::Relaxed);
     paused.store(false, Ordering::SeqCst);
-    receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    for r in receivers {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    }
     let (busy, expected) = busy?;
     Ok(expected as f64 / busy.as_secs_f64())
 }

@@ -118,11 +118,12 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
             (None, n) => format!("ok, but {n} packets refused (see the source lines)"),
         };
         println!(
-            "stream {} -> {} : {} frames ({} lost), {}",
+            "stream {} -> {} : {} frames ({} lost, {} dropped here), {}",
             r.stream.id,
             r.stream.file.display(),
             r.frames,
             r.lost,
+            r.dropped,
             status
         );
     }
@@ -172,6 +173,7 @@ pub fn summary_json(
             "dataset": r.stream.dataset,
             "frames": r.frames,
             "lost": r.lost,
+            "dropped": r.dropped,
             "error": r.error,
         })).collect::<Vec<_>>(),
     })

@@ -203,8 +203,10 @@ pub struct RunStatus {
     pub error: Option<String>,
     /// Indices recorded in the files (at the end).
     pub frames_recorded: u64,
-    /// Of which lost.
+    /// Of which never arrived (nothing written).
     pub frames_lost: u64,
+    /// Of which dropped here (nothing written).
+    pub frames_dropped: u64,
     /// Pipeline counters.
     pub counters: StatsSnapshot,
     /// Per source.
@@ -226,6 +228,7 @@ impl RunStatus {
             error: None,
             frames_recorded: 0,
             frames_lost: 0,
+            frames_dropped: 0,
             counters: StatsSnapshot::default(),
             sinks: serde_json::Map::new(),
             sources: Vec::new(),
@@ -345,6 +348,7 @@ impl RunManager {
                 if let Some(report) = summary.streams.first() {
                     s.frames_recorded = report.frames;
                     s.frames_lost = report.lost;
+                    s.frames_dropped = report.dropped;
                     s.error.clone_from(&report.error);
                     if !report.opened {
                         s.master = None; // nothing was received: no file was written

@@ -1,46 +1,59 @@
 //! The frame assembler on arbitrary datagram sequences. The input is a list of records:
-//! one control byte (bit 7: tick the clock past the timeout first; bits 0-6: which of a
-//! few templates to start from) then a frame-number delta, packet number and length that
-//! shape a datagram, so that the fuzzer reaches real packets, not only garbage.
+//! one control byte (bit 7: tick the clock past the timeout first; bit 0: another module id;
+//! bit 1: a foreign header version; bit 2: the other row of the grid) then a frame-number
+//! delta, packet number and length that shape a datagram, so that the fuzzer reaches real
+//! packets, restarts and partial readout, not only garbage.
 //! Checks: no panic; every datagram counted in exactly one kind; frames leave in strictly
-//! increasing frame-number order with the full frame length and a consistent lost count.
+//! increasing frame-number order between restarts, with the full frame length and a
+//! consistent lost count.
 #![no_main]
 
 use std::time::{Duration, Instant};
 
-use detingest_daemon::source::udp::assembler::{Assembler, AssemblerConfig, FrameOut};
-use detingest_daemon::source::udp::header::{write_sls2, Sls2};
+use detingest_daemon::source::udp::assembler::{Assembler, AssemblerConfig, FrameOut, Place};
+use detingest_daemon::source::udp::header::{write_sls2, Sls2, Sls2Fields};
 use detingest_shm::{BufferPool, FrameBuf, FrameMeta, PixelType, PoolBuf};
 use libfuzzer_sys::fuzz_target;
 
 const PPF: u32 = 8;
 const PAYLOAD: usize = 16;
+/// Packets the detector sends: 1..7 of 0..8.
+const READOUT: [u32; 2] = [1, 7];
 
 struct Check {
     pool: BufferPool,
     last: Option<u64>,
+    tile: Option<u16>,
     frames: u64,
 }
 
 impl FrameOut for Check {
-    fn buffer(&mut self) -> Option<PoolBuf> {
+    fn buffer(&mut self, _: u64, _: u16) -> Option<PoolBuf> {
         self.pool.try_acquire()
     }
     fn start(&mut self, _: u64) {}
-    fn send(&mut self, meta: FrameMeta, data: FrameBuf) {
+    fn send(&mut self, meta: FrameMeta, data: FrameBuf) -> bool {
         assert!(self.last.is_none_or(|l| meta.frame_number > l), "order");
         assert_eq!(data.len(), PPF as usize * PAYLOAD);
-        assert!(meta.packets_lost() < PPF);
-        assert!(meta.missing.iter().all(|k| k < PPF));
+        assert!(meta.packets_lost() < READOUT[1] - READOUT[0]);
+        assert!(meta.missing.iter().all(|k| (READOUT[0]..READOUT[1]).contains(&k)));
+        assert!(self.tile.is_none_or(|t| t == meta.module), "the first packet fixes the tile");
+        self.tile = Some(meta.module);
         self.last = Some(meta.frame_number);
         self.frames += 1;
+        true
+    }
+    fn restart(&mut self, _: u16, _: u64, _: Option<u64>) {
+        self.last = None;
     }
 }
 
 fuzz_target!(|data: &[u8]| {
     let cfg = AssemblerConfig {
-        module: 1,
+        mod_id: Some(1234),
+        place: Place::Header { grid: [2, 1] },
         packets_per_frame: PPF,
+        readout: READOUT,
         payload_bytes: PAYLOAD,
         pixel: PixelType::U16,
         shape: [1, 64],
@@ -54,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Check {
         pool: BufferPool::new(4, PPF as usize * PAYLOAD),
         last: None,
+        tile: None,
         frames: 0,
     };
     let mut now = Instant::now();
@@ -68,8 +82,14 @@ fuzz_target!(|data: &[u8]| {
             asm.tick(now, &mut out);
         }
         frame = frame.wrapping_add(i8::from_ne_bytes([delta]) as i64 as u64);
-        let module = if ctl & 1 == 0 { 1 } else { 2 };
-        write_sls2(&mut dgram, frame, u32::from(k % 10), module);
+        let h = Sls2Fields {
+            frame_number: frame,
+            packet_number: u32::from(k % 10),
+            mod_id: if ctl & 1 == 0 { 1234 } else { 2 },
+            row: if ctl & 4 == 0 { 1 } else { 0 },
+            ..Sls2Fields::default()
+        };
+        write_sls2(&mut dgram, &h);
         if ctl & 2 != 0 {
             dgram[47] = ctl;
         }
@@ -78,8 +98,9 @@ fuzz_target!(|data: &[u8]| {
     }
     asm.finish(&mut out);
     let c = asm.counts();
-    let kinds = c.accepted + c.too_short + c.bad_version + c.wrong_module + c.out_of_range
-        + c.bad_length + c.duplicate + c.late + c.far_ahead + c.backwards + c.dropped_with_frame;
+    let kinds = c.accepted + c.too_short + c.bad_version + c.wrong_module + c.wrong_place
+        + c.out_of_range + c.bad_length + c.duplicate + c.late + c.far_ahead
+        + c.dropped_with_frame;
     assert_eq!(kinds, c.datagrams, "{c:?}");
     assert_eq!(c.frames_complete + c.frames_incomplete, out.frames);
 });

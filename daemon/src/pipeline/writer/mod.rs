@@ -59,8 +59,10 @@ pub struct StreamReport {
     pub opened: bool,
     /// Indices in its files.
     pub frames: u64,
-    /// Of which lost.
+    /// Of which nothing was written and nothing reached the daemon (never arrived).
     pub lost: u64,
+    /// Of which nothing was written because the daemon dropped what arrived.
+    pub dropped: u64,
     /// The first error that stopped its files, if any.
     pub error: Option<String>,
 }
@@ -217,6 +219,7 @@ impl Writer {
                     opened: false,
                     frames: 0,
                     lost: 0,
+                    dropped: 0,
                     error: None,
                 },
                 accums: (0..setup.open_datasets + 2)
@@ -402,8 +405,10 @@ impl Writer {
         s.since_flush += 1;
         s.report.frames = index;
         self.stats.recorded.fetch_add(1, Ordering::Relaxed);
-        if modules == 0 {
-            s.report.lost += 1;
+        match (modules, dropped) {
+            (0, 0) => s.report.lost += 1,
+            (0, _) => s.report.dropped += 1,
+            _ => {}
         }
         self.notify.push(Notification::Frame(FrameNotice {
             stream: Arc::clone(&s.info),
