@@ -318,7 +318,12 @@ fn bursts(args: &Args, cfg: &UdpConfig, kind: Kind) -> Result<f64> {
             Some(Arc::clone(&paused)),
         )?);
     }
-    let total = || counters.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+    let total = || {
+        counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     let busy = common::on_core(args.sender_core, || -> Result<(Duration, u64)> {
         let mut busy = Duration::ZERO;
         let mut expected = 0;
