@@ -109,11 +109,13 @@ def test_dropped_frames_keep_their_index_and_show_the_fill_value(run_daemon, exp
     dropped = summary["sources"][0]["dropped"]
     assert dropped > 0, "the run must provoke drops"
     assert summary["sources"][0]["sent"] + dropped == 300
-    assert summary["stats"]["lost"] == dropped
+    # Dropped here, not lost: every frame reached the daemon.
+    assert (summary["stats"]["dropped"], summary["stats"]["lost"]) == (dropped, 0)
     want = expected_frames(cfg, "u2", (256, 512))
     with h5py.File(path, "r") as f:
         d = f["/entry/data/data"][()]
         lost = f[SPECIFIC + "/frame_lost"][()].astype(bool)
+        assert (f[SPECIFIC + "/frame_dropped"][()].astype(bool) == lost).all()
         numbers = f[SPECIFIC + "/frame_number"][()]
     assert d.shape[0] == 300, "indices 1..N without gaps"
     assert list(numbers) == list(range(1, 301))
