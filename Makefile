@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config
-PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat
+PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat \
+                "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3
 
 .PHONY: demo test loom install deps venv debian-plugins bench fuzz clean
 
@@ -85,7 +86,7 @@ debian-plugins:
 	fi
 
 venv:
-	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat" 2>/dev/null; then \
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx" 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PY_PACKAGES); \
 	fi
 

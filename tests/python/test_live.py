@@ -268,8 +268,10 @@ def test_bluesky_documents_validate_against_event_model(detingestd, tmp_path, en
     assert descriptor["run_start"] == start_doc["uid"] == resource["run_start"]
     assert descriptor["data_keys"]["image"]["shape"] == [16, 24]
     assert resource["mimetype"] == "application/x-hdf5"
-    assert resource["uri"].startswith("file://localhost/") and resource["uri"].endswith("s1_master.h5")
-    assert resource["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": [1, 16, 24]}
+    assert resource["uri"].startswith("file://localhost/")
+    assert resource["uri"].endswith("s1_data_000001.h5"), "the data file: it exists during the run"
+    assert resource["parameters"] == {"dataset": "/entry/data/data", "chunk_shape": [1, 16, 24],
+                                      "join_method": "stack", "swmr": True}
     datums = [d for n, d in docs if n == "stream_datum"]
     assert [d["indices"] for d in datums] == [{"start": i, "stop": i + 1} for i in range(12)]
     assert all(d["stream_resource"] == resource["uid"] for d in datums)

@@ -157,9 +157,14 @@ impl NotificationSink for Publisher {
                     self.send(b"preview", Some(pixels));
                     self.stats.previews.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Some(doc) = self.bluesky.as_ref().and_then(|b| b.datum(f)) {
+                if let Some((resource, datum)) = self.bluesky.as_mut().map(|b| b.datum(f)) {
                     self.send_frames();
-                    self.send_document("stream_datum", &doc);
+                    if let Some(doc) = resource {
+                        self.send_document("stream_resource", &doc);
+                    }
+                    if let Some(doc) = datum {
+                        self.send_document("stream_datum", &doc);
+                    }
                 }
             }
             Notification::StreamEnd(e) => {

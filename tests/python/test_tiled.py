@@ -1,0 +1,120 @@
+"""The daemon's Bluesky documents through bluesky's own TiledWriter into a real Tiled server
+(`tiled serve catalog --temp`, started here on a free loopback port and stopped afterwards),
+and the images read back through Tiled's HTTP client: while the run goes on (every index up to
+the readable watermark equals what h5py reads) and after it ends (all indices, lost ones as
+the fill value)."""
+
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+import pytest
+import zmq
+
+from conftest import write_config
+
+SPECIFIC = "/entry/instrument/detector/detectorSpecific"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tiled_server(tmp_path):
+    """A Tiled server with a temporary catalog that may read files under tmp_path/data."""
+    from tiled.client import from_uri
+    data = tmp_path / "data"
+    data.mkdir()
+    port, key = free_port(), secrets.token_hex(16)
+    log = open(tmp_path / "tiled.log", "w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tiled"), "serve", "catalog", "--temp",
+         "--api-key", key, "-r", str(data), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                client = from_uri(f"http://127.0.0.1:{port}", api_key=key)
+                break
+            except Exception:
+                assert server.poll() is None, (tmp_path / "tiled.log").read_text()
+                assert time.time() < deadline, "tiled did not come up"
+                time.sleep(0.3)
+        yield client
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+class DocumentFeed(threading.Thread):
+    """Subscribes to the daemon's `bluesky` topic and hands every document to TiledWriter."""
+
+    def __init__(self, endpoint, client):
+        super().__init__(daemon=True)
+        from bluesky.callbacks.tiled_writer import TiledWriter
+        self.writer = TiledWriter(client, batch_size=1)
+        self.sub = zmq.Context.instance().socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVTIMEO, 30000)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"bluesky")
+        self.sub.connect(endpoint)
+        self.names, self.error, self.run_uid = [], None, None
+        self.datums = 0
+
+    def run(self):
+        try:
+            while not self.names or self.names[-1] != "stop":
+                _, name, doc = self.sub.recv_multipart()
+                name, doc = name.decode(), json.loads(doc)
+                if name == "start":
+                    self.run_uid = doc["uid"]
+                self.writer(name, doc)
+                self.names.append(name)
+                self.datums += name == "stream_datum"
+        except Exception as e:  # reported by the test
+            self.error = e
+
+
+def test_tiled_serves_every_frame_through_tiledwriter(detingestd, tmp_path, tiled_server):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    frames, lost = 30, {7, 18}
+    cfg = write_config(
+        tmp_path / "tiled.toml", tmp_path / "data",
+        synthetic=f"frames = {frames}\nshape = [24, 40]\nbank_frames = {frames}\nrate_hz = 30.0\n"
+                  f"withhold = {[[f, 0] for f in sorted(lost)]}",
+        writer="flush_every_frames = 1",
+        live=f'publish = "{endpoint}"\nquery = ""\nbluesky = true\nwait_for_subscribers = 1')
+    cfg.write_text(cfg.read_text() + "[run]\nframes_per_file = 8\n")
+    feed = DocumentFeed(endpoint, tiled_server)
+    feed.start()
+    daemon = subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg)])
+    assert daemon.wait(timeout=120) == 0
+    feed.join(timeout=60)
+    assert feed.error is None, repr(feed.error)
+    assert feed.names.count("stream_resource") == 4, "one per data file (8 frames each)"
+    assert feed.datums == frames
+
+    master = tmp_path / "data" / "bt" / "det" / "s1_master.h5"
+    with h5py.File(master, "r") as f:
+        want = f["/entry/data/data"][()]
+        lost_flags = f[SPECIFIC + "/frame_lost"][()]
+    assert [i + 1 for i in np.flatnonzero(lost_flags)] == [f for f in sorted(lost)]
+    image = tiled_server[feed.run_uid]["primary"]["image"]
+    assert image.shape == (frames, 24, 40) and image.dtype == np.uint16
+    got = image.read()
+    assert np.array_equal(got, want), "Tiled serves what h5py reads, lost frames as fill"
+    assert not got[6].any() and got[5].any()
