@@ -16,8 +16,8 @@ demo: deps venv
 	@f=$$(ls -t data/demo/jungfrau/*_master.h5 | head -1); \
 	  echo; echo "Reading $$f back with h5py + hdf5plugin:"; \
 	  $(PY) -c "import sys,h5py,hdf5plugin; f=h5py.File(sys.argv[1]); d=f['/entry/data/data']; \
-	  c=f['/entry/data/data_000001']; \
-	  print('  /entry/data/data (VDS)', d.shape, d.dtype, '| data_000001', c.shape, 'chunks', c.chunks, 'filters', list(c._filters)); \
+	  c=h5py.File(sys.argv[1].replace('_master.h5','_data_000001.h5'))['/entry/data/data']; \
+	  print('  /entry/data/data (VDS)', d.shape, d.dtype, '| data file 1', c.shape, 'chunks', c.chunks, 'filters', list(c._filters)); \
 	  print('  frame 1: mean %.3f max %d' % (d[0].mean(), d[0].max()))" "$$f"
 
 test: deps venv debian-plugins

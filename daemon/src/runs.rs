@@ -106,7 +106,7 @@ impl From<ConfigError> for ApiError {
 ///
 /// The request: `beamtime`, `source` (a configured `[[source]]` name), `stream` (required);
 /// `detector` (NXmx fields over `[detector]`); any `[run]` field (`frames`, `chunking`,
-/// `frames_per_file`, `vds`, `idle_timeout_ms`, `first_frame_number`, `dataset_timeout_ms`,
+/// `frames_per_file`, `master_data`, `vds`, `idle_timeout_ms`, `first_frame_number`, `dataset_timeout_ms`,
 /// `dataset_ahead`, `user`, `next_stream`).
 pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError> {
     let Value::Object(fields) = request else {

@@ -68,6 +68,12 @@ def expected_frames(detingestd, tmp_path):
     return dump
 
 
+def data_file(master, n=1):
+    """The path of data file `n` of the run whose master is `master`."""
+    master = Path(master)
+    return master.with_name(master.name.replace("_master.h5", f"_data_{n:06d}.h5"))
+
+
 def wait_for_log(proc, log_path, text, timeout=30):
     """Waits until `text` appears in the log file of the running `proc`; fails with the
     log if the process ends or the timeout passes first. Returns the log."""

@@ -8,6 +8,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pytest
+from conftest import data_file
 
 SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 
@@ -28,7 +29,8 @@ def test_file_equals_the_generated_frames(run_daemon, expected_frames, codec):
     with h5py.File(path, "r") as f:
         assert f["/entry/data/data"].is_virtual, "the master's VDS spans the data files"
         assert np.array_equal(f["/entry/data/data"][()], want)
-        d = f["/entry/data/data_000001"]  # the external link to the data file
+    with h5py.File(path, "r") as f, h5py.File(data_file(path), "r") as df:
+        d = df["/entry/data/data"]
         assert d.shape == (20, 512, 1024)
         assert d.dtype == np.uint16
         assert d.chunks == (1, 512, 1024)
@@ -61,7 +63,7 @@ def test_h5dump_reads_header_and_pixels(run_daemon, expected_frames):
     header = subprocess.run(["h5dump", "-H", str(path)], env=env, check=True,
                             capture_output=True, text=True).stdout
     assert 'DATASET "data"' in header and "H5T_STD_U16LE" in header
-    assert 'EXTERNAL_LINK "data_000001"' in header and "s1_data_000001.h5" in header, header
+    assert 'VIRTUAL' in header or "EXTERNAL_LINK" not in header, header
     data_file = path.parent / "s1_data_000001.h5"
     props = subprocess.run(["h5dump", "-p", "-H", "-d", "/entry/data/data", str(data_file)],
                            env=env, check=True, capture_output=True, text=True).stdout
@@ -82,8 +84,8 @@ def test_every_pixel_type_and_codec_round_trips(run_daemon, expected_frames, pix
         synthetic=f'frames = 5\npixel = "{pixel}"\nshape = [48, 80]\nbank_frames = 2',
         writer=f'codec = "{codec}"')
     want = expected_frames(cfg, dtype, (48, 80))
-    with h5py.File(path, "r") as f:
-        d = f["/entry/data/data_000001"]
+    with h5py.File(data_file(path), "r") as f:
+        d = f["/entry/data/data"]
         assert d.dtype == np.dtype(dtype)
         assert list(filters(d)) == ([FILTERS[codec]] if codec in FILTERS else [])
         if codec == "bslz4":
@@ -94,8 +96,8 @@ def test_every_pixel_type_and_codec_round_trips(run_daemon, expected_frames, pix
 def test_a_stream_may_choose_its_own_codec(run_daemon, expected_frames):
     _, cfg, path = run_daemon(synthetic="frames = 4\nshape = [32, 64]\nbank_frames = 4",
                               writer='codec = "bslz4"', source='codec = "lz4"')
-    with h5py.File(path, "r") as f:
-        d = f["/entry/data/data_000001"]
+    with h5py.File(data_file(path), "r") as f:
+        d = f["/entry/data/data"]
         assert list(filters(d)) == [32004]
         assert np.array_equal(d[()], expected_frames(cfg, "u2", (32, 64)))
 
@@ -125,7 +127,7 @@ def test_dropped_frames_keep_their_index_and_show_the_fill_value(run_daemon, exp
 
 
 def test_killed_daemon_leaves_flushed_frames_readable(detingestd, tmp_path, expected_frames):
-    from conftest import write_config
+    from conftest import data_file, write_config
     import signal
     import time
 
@@ -138,10 +140,10 @@ def test_killed_daemon_leaves_flushed_frames_readable(detingestd, tmp_path, expe
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     path = tmp_path / "data" / "bt" / "det" / "s1_master.h5"
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r") as f, h5py.File(data_file(path), "r") as df:
         n = int(f[SPECIFIC + "/nimages"][()])
-        assert "data" not in f["/entry/data"], "the VDS is written when a run ends"
-        d = f["/entry/data/data_000001"]
+        assert "data" not in f["/entry/data"], "open-ended run: the VDS is written when it ends"
+        d = df["/entry/data/data"]
         assert n >= 5, "frames flushed before the kill are in the file"
         assert d.attrs["image_nr_high"] == n
         got = d[:n]

@@ -42,4 +42,4 @@ pub use filter_repair::{repair_filters, Repaired};
 pub use layout::{all_modules, Chunking, RunLayout, MAX_MODULES};
 pub use master::{IndexRecord, RunEnd};
 pub use nxmx::DetectorInfo;
-pub use run_files::{data_file_name, master_path, DataFileName, FileOptions, RunFiles};
+pub use run_files::{data_file_name, master_path, DataFileName, FileOptions, MasterData, RunFiles};

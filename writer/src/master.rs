@@ -15,6 +15,7 @@ use ndarray::ArrayView2;
 use crate::data_file::{create_file, DATA_PATH};
 use crate::layout::RunLayout;
 use crate::nxmx::{self, DetectorInfo};
+use crate::run_files::MasterData;
 use crate::WriteError;
 
 /// Chunk length of the per-index datasets.
@@ -160,11 +161,18 @@ impl MasterFile {
         layout: &RunLayout,
         info: &DetectorInfo,
         user_json: &str,
+        master_data: MasterData,
     ) -> Result<Self, WriteError> {
         let file = create_file(path)?;
         let entry = nxmx::nx_group(&file, "entry", "NXentry")?;
         nxmx::ds_str(&entry, "definition", "NXmx")?;
         let data_group = nxmx::nx_group(&entry, "data", "NXdata")?;
+        if master_data.vds() {
+            // NeXus defaults down to the VDS, for silx and nexusformat.
+            nxmx::attr_str(&file, "default", "entry")?;
+            nxmx::attr_str(&entry, "default", "data")?;
+            nxmx::attr_str(&data_group, "signal", "data")?;
+        }
         let bit_depth = 8 * layout.pixel.size() as u32;
         let specific = nxmx::write_detector(
             &entry,
@@ -180,6 +188,7 @@ impl MasterFile {
         nxmx::ds_str(&ours, "user_metadata", user_json)?;
         nxmx::ds_num(&ours, "modules", layout.modules(), None)?;
         nxmx::ds_str(&ours, "chunking", layout.effective_chunking().name())?;
+        nxmx::ds_str(&ours, "master_data", master_data.name())?;
         let finished = nxmx::ds_num(&ours, "finished", 0u8, None)?;
         file.flush()?;
         Ok(Self {
@@ -251,13 +260,18 @@ impl MasterFile {
         Ok(())
     }
 
-    /// Creates `/entry/data/data` as a virtual dataset over `files` (name, first index, count).
+    /// Creates `/entry/data/data` as a virtual dataset over `files` (name, first index, count),
+    /// replacing the one there (`replace`).
     pub(crate) fn write_vds(
         &self,
         layout: &RunLayout,
         files: &[(String, u64, u64)],
         total: u64,
+        replace: bool,
     ) -> Result<(), WriteError> {
+        if replace {
+            self.data_group.unlink("data")?;
+        }
         if total == 0 {
             return Ok(());
         }
@@ -292,7 +306,6 @@ impl MasterFile {
             );
         }
         builder.create("data")?;
-        nxmx::attr_str(&self.data_group, "signal", "data")?;
         Ok(())
     }
 

@@ -18,17 +18,58 @@ use crate::WriteError;
 pub struct FileOptions {
     /// Indices per data file.
     pub frames_per_file: u64,
-    /// Write `/entry/data/data` in the master as a virtual dataset over every data file when
-    /// the run ends.
-    pub vds: bool,
+    /// What the master's `/entry/data` holds.
+    pub master_data: MasterData,
+    /// Indices the run will have, when known (0: open-ended): the VDS is then written when
+    /// the run starts, so it is there while the run goes on and after a crash.
+    pub frames: u64,
 }
 
 impl Default for FileOptions {
     fn default() -> Self {
         Self {
             frames_per_file: 1000,
-            vds: true,
+            master_data: MasterData::Vds,
+            frames: 0,
         }
+    }
+}
+
+/// What the master's `/entry/data` (NXdata) holds, so each reader sees the run's frames once:
+/// fabio and Albula count every `data*` entry of the group, XDS's neggia follows
+/// `data_000001`, ... links, silx and nexusformat follow `default` to a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterData {
+    /// `data`: a virtual dataset over every data file, the NXdata's signal and the file's
+    /// default (h5py, silx, nexusformat, fabio, DIALS).
+    #[default]
+    Vds,
+    /// `data_000001`, ...: external links to the data files, DECTRIS-style (XDS with neggia,
+    /// Albula, fabio); no signal, so silx finds no default plot.
+    Links,
+    /// Both (fabio then counts every frame twice).
+    Both,
+}
+
+impl MasterData {
+    /// `"vds"`, `"links"` or `"both"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vds => "vds",
+            Self::Links => "links",
+            Self::Both => "both",
+        }
+    }
+
+    /// True when the master has the VDS.
+    pub fn vds(self) -> bool {
+        self != Self::Links
+    }
+
+    /// True when the master links every data file.
+    pub fn links(self) -> bool {
+        self != Self::Vds
     }
 }
 
@@ -72,6 +113,8 @@ pub struct RunFiles {
     frames: u64,
     /// Indices recorded lost.
     lost: u64,
+    /// Indices the master's VDS covers (0: none yet).
+    vds_frames: u64,
 }
 
 impl RunFiles {
@@ -92,8 +135,14 @@ impl RunFiles {
         // The filter values an HDF5 plugin visible to this process would store (filter.rs):
         // wrong ones refuse the run here, before any file exists.
         probe_filter_values(layout)?;
-        let master = MasterFile::create(&master_path(dir, stream), &layout, info, user_json)?;
-        Ok(Self {
+        let master = MasterFile::create(
+            &master_path(dir, stream),
+            &layout,
+            info,
+            user_json,
+            options.master_data,
+        )?;
+        let mut run = Self {
             dir: dir.to_owned(),
             stream: stream.to_owned(),
             layout,
@@ -106,7 +155,32 @@ impl RunFiles {
             created: 0,
             frames: 0,
             lost: 0,
-        })
+            vds_frames: 0,
+        };
+        if options.master_data.vds() && options.frames > 0 {
+            run.write_vds(options.frames)?;
+        }
+        Ok(run)
+    }
+
+    /// Writes the master's VDS over the data files of indices `1..=frames` (those not written
+    /// yet read as the fill value).
+    fn write_vds(&mut self, frames: u64) -> Result<(), WriteError> {
+        let k = self.options.frames_per_file;
+        let files: Vec<_> = (1..=frames.div_ceil(k))
+            .map(|n| {
+                let first = (n - 1) * k + 1;
+                (
+                    data_file_name(&self.stream, n),
+                    first,
+                    k.min(frames + 1 - first),
+                )
+            })
+            .collect();
+        self.master
+            .write_vds(&self.layout, &files, frames, self.vds_frames > 0)?;
+        self.vds_frames = frames;
+        Ok(())
     }
 
     /// Writes the encoded chunk of `module` (ignored with frame chunking) of `index`.
@@ -175,19 +249,8 @@ impl RunFiles {
         // recorded indices 1..=frames, which fill data file n from (n - 1) * k + 1 on.
         let frames = self.frames;
         self.master.flush()?;
-        if self.options.vds {
-            let k = self.options.frames_per_file;
-            let files: Vec<_> = (1..=frames.div_ceil(k))
-                .map(|n| {
-                    let first = (n - 1) * k + 1;
-                    (
-                        data_file_name(&self.stream, n),
-                        first,
-                        k.min(frames + 1 - first),
-                    )
-                })
-                .collect();
-            self.master.write_vds(&self.layout, &files, frames)?;
+        if self.options.master_data.vds() && frames != self.vds_frames {
+            self.write_vds(frames)?; // the run ended short of (or without) a planned count
         }
         let mut end = end.clone();
         if let Some(e) = &first_error {
@@ -223,7 +286,9 @@ impl RunFiles {
             let n = self.created + 1;
             let name = data_file_name(&self.stream, n);
             let file = DataFile::create(&self.dir.join(&name), self.layout, (n - 1) * k + 1)?;
-            self.master.link_data_file(n, &name)?;
+            if self.options.master_data.links() {
+                self.master.link_data_file(n, &name)?;
+            }
             self.open.push_back(file);
             self.created = n;
         }

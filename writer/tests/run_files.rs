@@ -48,7 +48,8 @@ fn write_run(dir: &std::path::Path, chunking: Chunking, n: u64) -> u64 {
     let l = layout(chunking);
     let opts = FileOptions {
         frames_per_file: 3,
-        vds: true,
+        master_data: detingest_writer::MasterData::Both,
+        frames: 0,
     };
     let mut run = RunFiles::create(dir, "scan", l, &DetectorInfo::default(), "{}", opts).unwrap();
     for i in 1..=n {

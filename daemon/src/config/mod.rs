@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use detingest_writer::{Chunking, Codec, DetectorInfo, FileOptions};
+use detingest_writer::{Chunking, Codec, DetectorInfo, FileOptions, MasterData};
 use serde::Deserialize;
 
 pub use crate::check::ConfigError;
@@ -99,7 +99,10 @@ pub struct RunSettings {
     pub chunking: Chunking,
     /// Indices per data file.
     pub frames_per_file: u64,
-    /// Write `/entry/data/data` in the master as a virtual dataset when the run ends.
+    /// What the master's `/entry/data` holds: `"vds"` (the VDS `data`), `"links"` (the
+    /// data files' `data_000001`, ... links, DECTRIS-style, for XDS) or `"both"`.
+    pub master_data: MasterData,
+    /// The older switch: `false` is `master_data = "links"`.
     pub vds: bool,
     /// Detector frame number of index 1 (default: the first frame the source delivers). Set
     /// it to make several daemons, each receiving some modules, agree on indices.
@@ -122,7 +125,8 @@ impl Default for RunSettings {
             idle_timeout_ms: 0,
             chunking: Chunking::Module,
             frames_per_file: files.frames_per_file,
-            vds: files.vds,
+            master_data: files.master_data,
+            vds: true,
             first_frame_number: None,
             dataset_timeout_ms: 1000,
             dataset_ahead: 8,
@@ -137,7 +141,12 @@ impl RunSettings {
     pub fn file_options(&self) -> FileOptions {
         FileOptions {
             frames_per_file: self.frames_per_file,
-            vds: self.vds,
+            master_data: if self.vds {
+                self.master_data
+            } else {
+                MasterData::Links
+            },
+            frames: self.frames,
         }
     }
 
