@@ -516,7 +516,12 @@ mod tests {
         let started = m.start(&request).unwrap();
         assert_eq!(started.state, "running");
         let ended = wait_until_ended(&m);
-        assert_eq!(ended.end_reason, Some(EndReason::Count));
+        assert_eq!(
+            ended.end_reason,
+            Some(EndReason::Count),
+            "{:?}",
+            ended.error
+        );
         assert_eq!(
             (ended.state, ended.frames_recorded, ended.frames_lost),
             ("finished", 6, 0)

@@ -22,10 +22,13 @@ pub const DATA_PATH: &str = "/entry/data/data";
 pub(crate) struct DataFile {
     file: File,
     data: Dataset,
-    image_nr_high: Attribute,
+    /// `None` under SWMR (written at creation).
+    image_nr_high: Option<Attribute>,
     layout: RunLayout,
     /// Index held at position 0.
     first: u64,
+    /// The planned last index (`image_nr_high` under SWMR).
+    last: u64,
     /// Positions in the dataset's extent.
     extent: u64,
 }
@@ -33,20 +36,49 @@ pub(crate) struct DataFile {
 /// Creates an HDF5 file readable by HDF5 1.10, refusing to replace one.
 ///
 /// Bounds (earliest, v110): no superblock status flags, so a file whose writer died still opens
-/// without h5clear.
-pub(crate) fn create_file(path: &Path) -> Result<File, WriteError> {
+/// without h5clear. With `swmr`, (v110, v110): the format SWMR needs; see [`start_swmr`].
+pub(crate) fn create_file(path: &Path, swmr: bool) -> Result<File, WriteError> {
     if path.exists() {
         return Err(WriteError::Exists(path.to_owned()));
     }
+    let low = if swmr {
+        LibraryVersion::V110
+    } else {
+        LibraryVersion::Earliest
+    };
     Ok(File::with_options()
-        .with_fapl(|p| p.libver_bounds(LibraryVersion::Earliest, LibraryVersion::V110))
+        .with_fapl(|p| p.libver_bounds(low, LibraryVersion::V110))
         .create_excl(path)?)
 }
 
+/// Switches `file` to SWMR writing: from now on readers may open it with SWMR read access
+/// (`h5py.File(path, "r", swmr=True)`) and see what each flush made consistent. No object or
+/// attribute may be created after this; datasets may grow and be written.
+pub(crate) fn start_swmr(file: &File) -> Result<(), WriteError> {
+    file.flush()?;
+    let _hdf5 = hdf5_sys::LOCK.lock();
+    // SAFETY: `file` is an open file id, created read-write with v110 format bounds.
+    let rc = unsafe { hdf5_sys::h5f::H5Fstart_swmr_write(file.id()) };
+    if rc < 0 {
+        return Err(WriteError::Metadata(format!(
+            "cannot start SWMR writing on {}",
+            file.filename()
+        )));
+    }
+    Ok(())
+}
+
 impl DataFile {
-    /// Creates `path` for the indices from `first` on.
-    pub(crate) fn create(path: &Path, layout: RunLayout, first: u64) -> Result<Self, WriteError> {
-        let file = create_file(path)?;
+    /// Creates `path` for the indices `first ..= last` (the planned last); with `swmr`, every
+    /// object is made, `image_nr_high` set to `last`, and the file switched to SWMR writing.
+    pub(crate) fn create(
+        path: &Path,
+        layout: RunLayout,
+        first: u64,
+        last: u64,
+        swmr: bool,
+    ) -> Result<Self, WriteError> {
+        let file = create_file(path, swmr)?;
         let entry = nxmx::nx_group(&file, "entry", "NXentry")?;
         nxmx::ds_str(&entry, "definition", "NXmx")?;
         let group = nxmx::nx_group(&entry, "data", "NXdata")?;
@@ -57,13 +89,23 @@ impl DataFile {
             .create("image_nr_low")?
             .write_scalar(&(first as i64))?;
         let image_nr_high = data.new_attr::<i64>().create("image_nr_high")?;
-        image_nr_high.write_scalar(&(first as i64 - 1))?;
+        // Under SWMR no attribute may change after the switch: the planned last index.
+        let high = if swmr { last } else { first - 1 };
+        image_nr_high.write_scalar(&(high as i64))?;
+        let image_nr_high = if swmr {
+            drop(image_nr_high); // SWMR cannot start while an attribute is open
+            start_swmr(&file)?;
+            None
+        } else {
+            Some(image_nr_high)
+        };
         Ok(Self {
             file,
             data,
             image_nr_high,
             layout,
             first,
+            last,
             extent: 0,
         })
     }
@@ -107,11 +149,31 @@ impl DataFile {
         Ok(())
     }
 
-    /// Records `image_nr_high` and flushes the file to disk.
+    /// Records `image_nr_high` (without SWMR) and flushes the file to disk: what was written
+    /// so far is then consistent for SWMR readers.
     pub(crate) fn flush(&mut self) -> Result<(), WriteError> {
-        self.image_nr_high
-            .write_scalar(&((self.first + self.extent) as i64 - 1))?;
+        if let Some(high) = &self.image_nr_high {
+            high.write_scalar(&((self.first + self.extent) as i64 - 1))?;
+        }
         self.file.flush()?;
+        Ok(())
+    }
+
+    /// Flushes and closes the file. Under SWMR a file that ends before its planned last index
+    /// (the last of a run) is opened again without SWMR to set `image_nr_high` to what it holds.
+    pub(crate) fn close(mut self) -> Result<(), WriteError> {
+        self.flush()?;
+        let high = self.first + self.extent - 1;
+        if self.image_nr_high.is_some() || high == self.last {
+            return Ok(());
+        }
+        let path = std::path::PathBuf::from(self.file.filename());
+        drop(self); // every handle, so the file closes
+        let file = File::open_rw(&path)?;
+        file.dataset(DATA_PATH)?
+            .attr("image_nr_high")?
+            .write_scalar(&(high as i64))?;
+        file.flush()?;
         Ok(())
     }
 

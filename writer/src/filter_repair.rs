@@ -89,7 +89,7 @@ fn io_error(path: &Path, e: std::io::Error) -> WriteError {
 fn write_copy(path: &Path, tmp: &Path, fixes: &[(String, Vec<u32>)]) -> Result<u64, WriteError> {
     let chunks = {
         let src = File::open(path)?;
-        let dst = create_file(tmp)?;
+        let dst = create_file(tmp, false)?;
         let chunks = copy_group(&src, &dst, "", fixes)?;
         dst.flush()?;
         chunks

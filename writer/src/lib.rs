@@ -30,6 +30,7 @@ mod filter_check;
 mod filter_repair;
 mod layout;
 mod master;
+mod master_end;
 mod nxmx;
 mod run_files;
 

@@ -12,8 +12,9 @@ use std::path::Path;
 use hdf5::{Dataset, File, Group, H5Type};
 use ndarray::ArrayView2;
 
-use crate::data_file::{create_file, DATA_PATH};
+use crate::data_file::{create_file, start_swmr};
 use crate::layout::RunLayout;
+use crate::master_end::MasterEnd;
 use crate::nxmx::{self, DetectorInfo};
 use crate::run_files::MasterData;
 use crate::WriteError;
@@ -144,11 +145,9 @@ impl Records {
 
 /// The open master file.
 pub(crate) struct MasterFile {
-    file: File,
-    data_group: Group,
+    end: MasterEnd,
     records: Records,
     nimages: Dataset,
-    finished: Dataset,
     modules: usize,
     flushed: usize,
     pending: Pending,
@@ -162,8 +161,9 @@ impl MasterFile {
         info: &DetectorInfo,
         user_json: &str,
         master_data: MasterData,
+        swmr: bool,
     ) -> Result<Self, WriteError> {
-        let file = create_file(path)?;
+        let file = create_file(path, swmr)?;
         let entry = nxmx::nx_group(&file, "entry", "NXentry")?;
         nxmx::ds_str(&entry, "definition", "NXmx")?;
         let data_group = nxmx::nx_group(&entry, "data", "NXdata")?;
@@ -192,22 +192,17 @@ impl MasterFile {
         let finished = nxmx::ds_num(&ours, "finished", 0u8, None)?;
         file.flush()?;
         Ok(Self {
-            file,
-            data_group,
+            end: MasterEnd {
+                file,
+                data_group,
+                finished,
+            },
             records,
             nimages,
-            finished,
             modules: m,
             flushed: 0,
             pending: Pending::default(),
         })
-    }
-
-    /// Links `/entry/data/data_NNNNNN` to the data file `name` (relative to the master).
-    pub(crate) fn link_data_file(&self, number: u64, name: &str) -> Result<(), WriteError> {
-        self.data_group
-            .link_external(name, DATA_PATH, &format!("data_{number:06}"))?;
-        Ok(())
     }
 
     /// Buffers the next index's record.
@@ -256,76 +251,35 @@ impl MasterFile {
             self.flushed = end;
         }
         self.nimages.write_scalar(&(self.flushed as u64))?;
-        self.file.flush()?;
+        self.end.file.flush()?;
         Ok(())
     }
 
-    /// Creates `/entry/data/data` as a virtual dataset over `files` (name, first index, count),
-    /// replacing the one there (`replace`).
-    pub(crate) fn write_vds(
-        &self,
-        layout: &RunLayout,
-        files: &[(String, u64, u64)],
-        total: u64,
-        replace: bool,
-    ) -> Result<(), WriteError> {
-        if replace {
-            self.data_group.unlink("data")?;
-        }
-        if total == 0 {
-            return Ok(());
-        }
-        let [ny, nx] = layout.image_shape().map(|d| d as usize);
-        let total = total as usize;
-        match layout.pixel {
-            detingest_shm::PixelType::U8 => self.vds_of::<u8>(files, total, ny, nx),
-            detingest_shm::PixelType::U16 => self.vds_of::<u16>(files, total, ny, nx),
-            detingest_shm::PixelType::U32 => self.vds_of::<u32>(files, total, ny, nx),
-            detingest_shm::PixelType::I32 => self.vds_of::<i32>(files, total, ny, nx),
-            detingest_shm::PixelType::F32 => self.vds_of::<f32>(files, total, ny, nx),
-        }
+    /// What the end of the run writes to (also the links and VDS written at its start).
+    pub(crate) fn end(&self) -> &MasterEnd {
+        &self.end
     }
 
-    fn vds_of<T: H5Type>(
-        &self,
-        files: &[(String, u64, u64)],
-        total: usize,
-        ny: usize,
-        nx: usize,
-    ) -> Result<(), WriteError> {
-        let mut builder = self.data_group.new_dataset::<T>().shape((total, ny, nx));
-        for (name, first, count) in files {
-            let (start, n) = ((*first - 1) as usize, *count as usize);
-            builder = builder.virtual_map(
-                name,
-                DATA_PATH,
-                (n, ny, nx),
-                (.., .., ..),
-                (total, ny, nx),
-                (start..start + n, .., ..),
-            );
-        }
-        builder.create("data")?;
-        Ok(())
+    /// Switches the master to SWMR writing (every object it has during the run exists).
+    pub(crate) fn start_swmr(&self) -> Result<(), WriteError> {
+        start_swmr(&self.end.file)
     }
 
-    /// Records how the run ended: `finished`, the ASAPO finish marker, and any error.
-    pub(crate) fn finish(&self, frames: u64, end: &RunEnd) -> Result<(), WriteError> {
-        let ours = self.file.group("/entry/detingest")?;
-        if let Some(e) = &end.error {
-            nxmx::ds_str(&ours, "error", e)?;
+    /// The master for the end of the run, the records flushed (call [`Self::flush`] first).
+    /// Under SWMR no object may be added, so the file is closed and opened again for
+    /// writing without it.
+    pub(crate) fn into_end(self, swmr: bool) -> Result<MasterEnd, WriteError> {
+        if !swmr {
+            return Ok(self.end);
         }
-        let next = end.next_stream.as_deref().unwrap_or("asapo_no_next");
-        nxmx::ds_str(&ours, "next_stream", next)?;
-        let marker = serde_json::json!({
-            "_id": frames + 1,
-            "name": "asapo_finish_stream",
-            "meta": {"next_stream": next},
-        });
-        nxmx::ds_str(&ours, "finish_marker", &marker.to_string())?;
-        self.finished.write_scalar(&1u8)?;
-        self.file.flush()?;
-        Ok(())
+        let path = std::path::PathBuf::from(self.end.file.filename());
+        drop(self); // every handle: HDF5 closes the file only when the last one goes
+        let file = File::open_rw(&path)?;
+        Ok(MasterEnd {
+            data_group: file.group("/entry/data")?,
+            finished: file.dataset("/entry/detingest/finished")?,
+            file,
+        })
     }
 }
 

@@ -20,9 +20,13 @@ pub struct FileOptions {
     pub frames_per_file: u64,
     /// What the master's `/entry/data` holds.
     pub master_data: MasterData,
-    /// Indices the run will have, when known (0: open-ended): the VDS is then written when
-    /// the run starts, so it is there while the run goes on and after a crash.
+    /// Indices the run will have, when known (0: open-ended): the VDS (and the links) are
+    /// then written when the run starts, so they are there while it goes on and after a crash.
     pub frames: u64,
+    /// Write with SWMR: readers may open the files with SWMR read access while the run goes
+    /// on and see every flushed index (data files at once; the master once it has every
+    /// object it needs during the run).
+    pub swmr: bool,
 }
 
 impl Default for FileOptions {
@@ -31,6 +35,7 @@ impl Default for FileOptions {
             frames_per_file: 1000,
             master_data: MasterData::Vds,
             frames: 0,
+            swmr: true,
         }
     }
 }
@@ -115,6 +120,19 @@ pub struct RunFiles {
     lost: u64,
     /// Indices the master's VDS covers (0: none yet).
     vds_frames: u64,
+    /// Data files the master links so far.
+    linked: u64,
+}
+
+/// The VDS's sources for indices `1..=frames` of `stream`, `k` per data file: (file name,
+/// first index, count).
+fn vds_files(stream: &str, k: u64, frames: u64) -> Vec<(String, u64, u64)> {
+    (1..=frames.div_ceil(k))
+        .map(|n| {
+            let first = (n - 1) * k + 1;
+            (data_file_name(stream, n), first, k.min(frames + 1 - first))
+        })
+        .collect()
 }
 
 impl RunFiles {
@@ -141,6 +159,7 @@ impl RunFiles {
             info,
             user_json,
             options.master_data,
+            options.swmr,
         )?;
         let mut run = Self {
             dir: dir.to_owned(),
@@ -156,31 +175,30 @@ impl RunFiles {
             frames: 0,
             lost: 0,
             vds_frames: 0,
+            linked: 0,
         };
-        if options.master_data.vds() && options.frames > 0 {
-            run.write_vds(options.frames)?;
+        let (planned, k) = (options.frames, run.options.frames_per_file);
+        if planned > 0 {
+            if options.master_data.vds() {
+                let files = vds_files(stream, k, planned);
+                run.master
+                    .end()
+                    .write_vds(&layout, &files, planned, false)?;
+                run.vds_frames = planned;
+            }
+            if options.master_data.links() {
+                for n in 1..=planned.div_ceil(k) {
+                    run.master
+                        .end()
+                        .link_data_file(n, &data_file_name(stream, n))?;
+                }
+                run.linked = planned.div_ceil(k);
+            }
+        }
+        if options.swmr {
+            run.master.start_swmr()?;
         }
         Ok(run)
-    }
-
-    /// Writes the master's VDS over the data files of indices `1..=frames` (those not written
-    /// yet read as the fill value).
-    fn write_vds(&mut self, frames: u64) -> Result<(), WriteError> {
-        let k = self.options.frames_per_file;
-        let files: Vec<_> = (1..=frames.div_ceil(k))
-            .map(|n| {
-                let first = (n - 1) * k + 1;
-                (
-                    data_file_name(&self.stream, n),
-                    first,
-                    k.min(frames + 1 - first),
-                )
-            })
-            .collect();
-        self.master
-            .write_vds(&self.layout, &files, frames, self.vds_frames > 0)?;
-        self.vds_frames = frames;
-        Ok(())
     }
 
     /// Writes the encoded chunk of `module` (ignored with frame chunking) of `index`.
@@ -221,8 +239,8 @@ impl RunFiles {
             if f.first() + self.options.frames_per_file - 1 > self.frames {
                 break;
             }
-            if let Some(mut f) = self.open.pop_front() {
-                f.flush()?;
+            if let Some(f) = self.open.pop_front() {
+                f.close()?;
             }
         }
         Ok(())
@@ -240,8 +258,8 @@ impl RunFiles {
     /// closes the master. Returns the number of indices recorded.
     pub fn finish(mut self, end: &RunEnd) -> Result<u64, WriteError> {
         let mut first_error = None;
-        while let Some(mut f) = self.open.pop_front() {
-            if let Err(e) = f.flush() {
+        while let Some(f) = self.open.pop_front() {
+            if let Err(e) = f.close() {
                 first_error.get_or_insert(e);
             }
         }
@@ -249,14 +267,23 @@ impl RunFiles {
         // recorded indices 1..=frames, which fill data file n from (n - 1) * k + 1 on.
         let frames = self.frames;
         self.master.flush()?;
-        if self.options.master_data.vds() && frames != self.vds_frames {
-            self.write_vds(frames)?; // the run ended short of (or without) a planned count
+        let options = self.options;
+        let master = self.master.into_end(options.swmr)?;
+        if options.master_data.vds() && frames != self.vds_frames {
+            // The run ended short of (or had no) planned count.
+            let files = vds_files(&self.stream, options.frames_per_file, frames);
+            master.write_vds(&self.layout, &files, frames, self.vds_frames > 0)?;
+        }
+        if options.master_data.links() {
+            for n in self.linked + 1..=self.created {
+                master.link_data_file(n, &data_file_name(&self.stream, n))?;
+            }
         }
         let mut end = end.clone();
         if let Some(e) = &first_error {
             end.error.get_or_insert_with(|| e.to_string());
         }
-        self.master.finish(frames, &end)?;
+        master.finish(frames, &end)?;
         match first_error {
             Some(e) => Err(e),
             None => Ok(frames),
@@ -285,9 +312,16 @@ impl RunFiles {
         while self.created < number {
             let n = self.created + 1;
             let name = data_file_name(&self.stream, n);
-            let file = DataFile::create(&self.dir.join(&name), self.layout, (n - 1) * k + 1)?;
-            if self.options.master_data.links() {
-                self.master.link_data_file(n, &name)?;
+            let first = (n - 1) * k + 1;
+            let mut last = first + k - 1;
+            if self.options.frames > 0 {
+                last = last.min(self.options.frames);
+            }
+            let swmr = self.options.swmr;
+            let file = DataFile::create(&self.dir.join(&name), self.layout, first, last, swmr)?;
+            if self.options.master_data.links() && !swmr && self.linked < n {
+                self.master.end().link_data_file(n, &name)?;
+                self.linked = n;
             }
             self.open.push_back(file);
             self.created = n;

@@ -50,6 +50,7 @@ fn write_run(dir: &std::path::Path, chunking: Chunking, n: u64) -> u64 {
         frames_per_file: 3,
         master_data: detingest_writer::MasterData::Both,
         frames: 0,
+        swmr: true,
     };
     let mut run = RunFiles::create(dir, "scan", l, &DetectorInfo::default(), "{}", opts).unwrap();
     for i in 1..=n {

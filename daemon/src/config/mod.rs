@@ -74,6 +74,9 @@ pub struct WriterConfig {
     /// Flush a file at least this often while frames arrive, in milliseconds (0: only by
     /// count and on close).
     pub flush_interval_ms: u64,
+    /// Write the files with SWMR, so readers may open them (`swmr=True`) during the run and
+    /// read every index up to the readable watermark.
+    pub swmr: bool,
 }
 
 impl Default for WriterConfig {
@@ -82,6 +85,7 @@ impl Default for WriterConfig {
             codec: Codec::default(),
             flush_every_frames: 1000,
             flush_interval_ms: 1000,
+            swmr: true,
         }
     }
 }
@@ -147,6 +151,7 @@ impl RunSettings {
                 MasterData::Links
             },
             frames: self.frames,
+            swmr: true,
         }
     }
 
