@@ -528,7 +528,10 @@ mod tests {
         );
         assert!(ended.master.as_ref().unwrap().exists());
         assert!(ended.sinks.contains_key("log") && ended.sinks.contains_key("zmq"));
-        assert_eq!(ended.counters.notified, 8, "start, 6 frames, end");
+        assert_eq!(
+            ended.counters.notified, 9,
+            "start, 6 frames, the watermark at the close, end"
+        );
         let again = m.start(&request).unwrap_err();
         assert_eq!(again.status, 409, "its files exist: {}", again.message);
         m.shutdown();

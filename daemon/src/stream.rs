@@ -174,6 +174,10 @@ pub struct FrameRecord {
     pub bunch_id: u64,
     /// When the writer finished writing it, ns since the Unix epoch.
     pub written_ns: u64,
+    /// When it was announced, the stream's readable watermark: every index up to this one
+    /// is flushed, in the data files and the master's records, and an SWMR reader (or any
+    /// reader, once the run ended) sees it whole. 0: none yet.
+    pub readable_up_to: u64,
     /// Bit `m` set: module `m` was written (0 when lost).
     pub modules: u64,
     /// Bit `m` set: module `m` reached the daemon but was dropped here (a full queue, no

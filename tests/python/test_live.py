@@ -249,8 +249,10 @@ def test_the_live_view_example_prints_frames(detingestd, tmp_path, endpoints):
 
 def test_bluesky_documents_validate_against_event_model(detingestd, tmp_path, endpoints):
     from event_model import DocumentNames, schema_validators
+    # Flushed after every index: each index becomes readable, and announced, on its own.
     cfg = live_config(tmp_path, endpoints, synthetic="frames = 12\nshape = [16, 24]",
-                      extra="bluesky = true\nwait_for_subscribers = 1")
+                      extra="bluesky = true\nwait_for_subscribers = 1",
+                      writer="flush_every_frames = 1")
     ctx = zmq.Context()
     sub = subscriber(ctx, endpoints[0], topics=(b"bluesky",))
     proc = start(detingestd, cfg)

@@ -29,7 +29,9 @@ fn frame_notices(ns: &[Notification]) -> Vec<(u64, u64, bool)> {
             Notification::Frame(f) => {
                 Some((f.record.index, f.record.frame_number, f.record.lost()))
             }
-            Notification::StreamStart(_) | Notification::StreamEnd(_) => None,
+            Notification::StreamStart(_)
+            | Notification::StreamEnd(_)
+            | Notification::Readable(_) => None,
         })
         .collect()
 }
@@ -53,7 +55,32 @@ fn every_index_is_announced_once_in_order() {
         other => panic!("last notification should end the stream: {other:?}"),
     }
     assert_eq!(summary.stats.written, 300);
-    assert_eq!(summary.stats.notified, 302, "start, 300 frames, end");
+    assert_eq!(
+        summary.stats.notified, 303,
+        "start, 300 frames, the watermark at the close, end"
+    );
+    // The watermark never runs ahead of the index announced, never goes back, and reaches
+    // the last index when the files close.
+    let mut last = 0;
+    for n in &ns {
+        match n {
+            Notification::Frame(f) => {
+                let w = f.record.readable_up_to;
+                assert!(
+                    w >= last && w <= f.record.index,
+                    "{w} at {}",
+                    f.record.index
+                );
+                last = w;
+            }
+            Notification::Readable(r) => {
+                assert!(r.up_to >= last);
+                last = r.up_to;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(last, 300);
 }
 
 /// Drops when no pool buffer is free (copying source).

@@ -51,6 +51,16 @@ pub(crate) fn create_file(path: &Path, swmr: bool) -> Result<File, WriteError> {
         .create_excl(path)?)
 }
 
+/// Opens a file this process wrote with SWMR again for writing, to add what SWMR forbids at
+/// the end of a run (the last data file's `image_nr_high`, an open-ended run's VDS and links).
+/// HDF5's file lock is not taken: SWMR readers may still hold the file, and what they read is
+/// not touched (they see the additions once they open it again).
+pub(crate) fn reopen_after_swmr(path: &Path) -> Result<File, WriteError> {
+    Ok(File::with_options()
+        .with_fapl(|p| p.file_locking(false))
+        .open_rw(path)?)
+}
+
 /// Switches `file` to SWMR writing: from now on readers may open it with SWMR read access
 /// (`h5py.File(path, "r", swmr=True)`) and see what each flush made consistent. No object or
 /// attribute may be created after this; datasets may grow and be written.
@@ -169,7 +179,7 @@ impl DataFile {
         }
         let path = std::path::PathBuf::from(self.file.filename());
         drop(self); // every handle, so the file closes
-        let file = File::open_rw(&path)?;
+        let file = reopen_after_swmr(&path)?;
         file.dataset(DATA_PATH)?
             .attr("image_nr_high")?
             .write_scalar(&(high as i64))?;

@@ -9,10 +9,10 @@
 
 use std::path::Path;
 
-use hdf5::{Dataset, File, Group, H5Type};
+use hdf5::{Dataset, Group, H5Type};
 use ndarray::ArrayView2;
 
-use crate::data_file::{create_file, start_swmr};
+use crate::data_file::{create_file, reopen_after_swmr, start_swmr};
 use crate::layout::RunLayout;
 use crate::master_end::MasterEnd;
 use crate::nxmx::{self, DetectorInfo};
@@ -274,7 +274,7 @@ impl MasterFile {
         }
         let path = std::path::PathBuf::from(self.end.file.filename());
         drop(self); // every handle: HDF5 closes the file only when the last one goes
-        let file = File::open_rw(&path)?;
+        let file = reopen_after_swmr(&path)?;
         Ok(MasterEnd {
             data_group: file.group("/entry/data")?,
             finished: file.dataset("/entry/detingest/finished")?,

@@ -32,6 +32,7 @@ pub struct FrameMessage<'a> {
     pub detector_timestamp: u64,
     pub bunch_id: u64,
     pub written_ns: u64,
+    pub readable_up_to: u64,
     /// When the publisher sent it (live messages only; absent in query answers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub published_ns: Option<u64>,
@@ -68,6 +69,7 @@ impl<'a> FrameMessage<'a> {
             detector_timestamp: r.detector_timestamp,
             bunch_id: r.bunch_id,
             written_ns: r.written_ns,
+            readable_up_to: r.readable_up_to,
             published_ns: None,
             codec: info.codec.name(),
             dtype: info.pixel.numpy_name(),
@@ -96,6 +98,24 @@ pub struct MissingPackets(pub detingest_shm::PacketMask);
 impl Serialize for MissingPackets {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.iter())
+    }
+}
+
+/// Topic `readable`: the readable watermark moved without a frame message (a timed flush,
+/// the stream's close).
+#[derive(Serialize)]
+pub struct ReadableMessage<'a> {
+    pub stream: &'a str,
+    pub readable_up_to: u64,
+}
+
+impl<'a> ReadableMessage<'a> {
+    /// The message of `stream`'s watermark `up_to`.
+    pub fn new(info: &'a StreamInfo, up_to: u64) -> Self {
+        Self {
+            stream: &info.key,
+            readable_up_to: up_to,
+        }
     }
 }
 

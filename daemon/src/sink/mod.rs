@@ -62,6 +62,16 @@ pub struct StreamEndNotice {
     pub ended_ns: u64,
 }
 
+/// A stream's files were flushed without a frame to announce it (a timed flush, the close):
+/// every index up to `up_to` is readable.
+#[derive(Debug, Clone)]
+pub struct ReadableNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// The readable watermark (see `FrameRecord::readable_up_to`).
+    pub up_to: u64,
+}
+
 /// What the writer announces.
 #[derive(Debug, Clone)]
 pub enum Notification {
@@ -69,6 +79,8 @@ pub enum Notification {
     StreamStart(StreamStartNotice),
     /// A frame was written.
     Frame(FrameNotice),
+    /// The readable watermark moved without a frame (a timed flush, the close).
+    Readable(ReadableNotice),
     /// A stream ended.
     StreamEnd(StreamEndNotice),
 }
@@ -149,6 +161,7 @@ pub(crate) mod fixture {
             detector_timestamp: 0,
             bunch_id: 0,
             written_ns: 2,
+            readable_up_to: index,
             modules: stream.all_modules(),
             dropped: 0,
             packets_lost: 0,

@@ -20,7 +20,8 @@ use super::job::{Item, Step};
 use super::reorder::Reorder;
 use super::stats::PipelineStats;
 use crate::sink::{
-    FrameNotice, Notification, NotifyQueue, PreviewPolicy, StreamEndNotice, StreamStartNotice,
+    FrameNotice, Notification, NotifyQueue, PreviewPolicy, ReadableNotice, StreamEndNotice,
+    StreamStartNotice,
 };
 use crate::stream::{now_ns, FrameRecord, StreamInfo};
 
@@ -140,6 +141,8 @@ struct StreamFiles {
     preview: PreviewPolicy,
     since_flush: u64,
     last_flush: Instant,
+    /// Every index up to this one is flushed (the readable watermark).
+    readable: u64,
     report: StreamReport,
 }
 
@@ -231,6 +234,7 @@ impl Writer {
                 preview: preview.clone(),
                 since_flush: 0,
                 last_flush: Instant::now(),
+                readable: 0,
             })
             .collect();
         Self {
@@ -374,6 +378,7 @@ impl Writer {
             detector_timestamp: a.detector_timestamp,
             bunch_id: a.bunch_id,
             written_ns: 0,
+            readable_up_to: 0,
             modules,
             dropped,
             packets_lost,
@@ -410,10 +415,14 @@ impl Writer {
             (0, _) => s.report.dropped += 1,
             _ => {}
         }
+        let stream = Arc::clone(&s.info);
+        // A flush due now goes first, so the notice carries the watermark it made.
+        self.flush_if_due(slot);
         self.notify.push(Notification::Frame(FrameNotice {
-            stream: Arc::clone(&s.info),
+            stream,
             record: FrameRecord {
                 written_ns: now_ns(),
+                readable_up_to: self.streams[slot].readable,
                 ..record
             },
             preview,
@@ -470,6 +479,13 @@ impl Writer {
             Ok(frames) => {
                 tracing::info!(stream = %s.info.id, frames, lost, "stream closed");
                 self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                if frames > s.readable {
+                    s.readable = frames;
+                    self.notify.push(Notification::Readable(ReadableNotice {
+                        stream: Arc::clone(&s.info),
+                        up_to: frames,
+                    }));
+                }
                 self.notify.push(Notification::StreamEnd(StreamEndNotice {
                     stream: Arc::clone(&s.info),
                     frames,
@@ -501,17 +517,25 @@ impl Writer {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    /// Flushes every file whose count or time is up.
+    /// Flushes every file whose count or time is up, and announces the watermark it moved
+    /// (no frame notice carries it).
     fn flush_due(&mut self) {
         for slot in 0..self.streams.len() {
-            self.flush_if_due(slot);
+            if self.flush_if_due(slot) {
+                let s = &self.streams[slot];
+                self.notify.push(Notification::Readable(ReadableNotice {
+                    stream: Arc::clone(&s.info),
+                    up_to: s.readable,
+                }));
+            }
         }
     }
 
-    fn flush_if_due(&mut self, slot: usize) {
+    /// Flushes the stream's files if their count or time is up; true when it did.
+    fn flush_if_due(&mut self, slot: usize) -> bool {
         let s = &mut self.streams[slot];
         if s.since_flush == 0 {
-            return;
+            return false;
         }
         let by_count = self.cadence.frames > 0 && s.since_flush >= self.cadence.frames;
         let late = self
@@ -519,18 +543,20 @@ impl Writer {
             .interval
             .is_some_and(|i| s.last_flush.elapsed() >= i);
         if !(by_count || late) {
-            return;
+            return false;
         }
         let Some(files) = s.files.as_mut() else {
-            return;
+            return false;
         };
         if let Err(e) = files.flush() {
             self.fail(slot, e);
-            return;
+            return false;
         }
         s.since_flush = 0;
         s.last_flush = Instant::now();
+        s.readable = s.report.frames;
         self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 

@@ -1,15 +1,15 @@
 //! Bluesky event-model documents for a stream, in the shape bluesky's `TiledWriter` takes and
 //! Tiled serves: `start` and `descriptor` when a stream opens, a `stream_resource` for each
-//! data file when its first index is written (the data file's `/entry/data/data`, stacked
-//! `[1, ny, nx]` rows), one `stream_datum` per written index (its row in that file), `stop`
-//! when the stream closes. Each is sent on the `bluesky` topic as
+//! data file when the readable watermark first reaches it (the data file's
+//! `/entry/data/data`, stacked `[1, ny, nx]` rows), a `stream_datum` each time the watermark
+//! moves (the rows it made readable in that file), `stop` when the stream closes. Each is sent on the `bluesky` topic as
 //! `[b"bluesky", name, document JSON]`.
 
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::sink::{FrameNotice, StreamEndNotice, StreamStartNotice};
+use crate::sink::{StreamEndNotice, StreamStartNotice};
 use crate::stream::StreamInfo;
 
 /// The data key the images are registered under.
@@ -22,6 +22,8 @@ struct Run {
     descriptor: String,
     /// The data file the current `stream_resource` names, and its uid.
     resource: Option<(u64, String)>,
+    /// Indices announced in `stream_datum`s so far.
+    announced: u64,
 }
 
 /// The document ids of every open stream.
@@ -46,6 +48,7 @@ impl Bluesky {
             start: uid(),
             descriptor: uid(),
             resource: None,
+            announced: 0,
         };
         let [ny, nx] = info.shape;
         let time = seconds(s.started_ns);
@@ -69,41 +72,53 @@ impl Bluesky {
         [("start", start), ("descriptor", descriptor)]
     }
 
-    /// The documents of one written index: the `stream_resource` of its data file when it is
-    /// the file's first, then its `stream_datum` (stop exclusive, 0-based rows of the file).
-    pub fn datum(&mut self, f: &FrameNotice) -> (Option<Value>, Option<Value>) {
-        let Some(run) = self.runs.get_mut(&f.stream.key) else {
-            return (None, None);
+    /// The documents that make the indices up to the stream's readable watermark `up_to`
+    /// known: for each data file they reach, its `stream_resource` when first reached, then
+    /// one `stream_datum` for the rows (stop exclusive, 0-based rows of the file). Nothing
+    /// beyond the watermark is announced, so a reader never asks for a row not yet there.
+    pub fn readable(&mut self, info: &StreamInfo, up_to: u64) -> Vec<(&'static str, Value)> {
+        let mut docs = Vec::new();
+        let Some(run) = self.runs.get_mut(&info.key) else {
+            return docs;
         };
-        let info = &f.stream;
-        let index = f.record.index;
-        let (file, row) = info.data_file(index);
-        let number = (index - 1) / info.frames_per_file.max(1) + 1;
-        let mut resource = None;
-        if run.resource.as_ref().is_none_or(|(n, _)| *n != number) {
-            let [ny, nx] = info.shape;
-            let id = uid();
-            resource = Some(json!({
-                "uid": id, "run_start": run.start, "data_key": DATA_KEY,
-                "mimetype": "application/x-hdf5",
-                "uri": format!("file://localhost{file}"),
-                "parameters": {
-                    "dataset": info.dataset, "chunk_shape": [1, ny, nx], "join_method": "stack",
-                    "swmr": true,
-                },
-            }));
-            run.resource = Some((number, id));
+        let k = info.frames_per_file.max(1);
+        while run.announced < up_to {
+            let first = run.announced + 1;
+            let number = (first - 1) / k + 1;
+            let last = up_to.min(number * k);
+            if run.resource.as_ref().is_none_or(|(n, _)| *n != number) {
+                let [ny, nx] = info.shape;
+                let (file, _) = info.data_file(first);
+                let id = uid();
+                docs.push((
+                    "stream_resource",
+                    json!({
+                        "uid": id, "run_start": run.start, "data_key": DATA_KEY,
+                        "mimetype": "application/x-hdf5",
+                        "uri": format!("file://localhost{file}"),
+                        "parameters": {
+                            "dataset": info.dataset, "chunk_shape": [1, ny, nx],
+                            "join_method": "stack", "swmr": true,
+                        },
+                    }),
+                ));
+                run.resource = Some((number, id));
+            }
+            if let Some((_, id)) = &run.resource {
+                let row = first - 1 - (number - 1) * k;
+                docs.push((
+                    "stream_datum",
+                    json!({
+                        "uid": format!("{id}/{first}"), "stream_resource": id,
+                        "descriptor": run.descriptor,
+                        "indices": {"start": row, "stop": row + last - first + 1},
+                        "seq_nums": {"start": first, "stop": last + 1},
+                    }),
+                ));
+            }
+            run.announced = last;
         }
-        let Some((_, id)) = &run.resource else {
-            return (resource, None);
-        };
-        let datum = json!({
-            "uid": format!("{id}/{index}"), "stream_resource": id,
-            "descriptor": run.descriptor,
-            "indices": {"start": row, "stop": row + 1},
-            "seq_nums": {"start": index, "stop": index + 1},
-        });
-        (resource, Some(datum))
+        docs
     }
 
     /// The `stop` of a stream that closed.

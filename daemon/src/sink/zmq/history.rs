@@ -187,6 +187,7 @@ mod tests {
             detector_timestamp: 0,
             bunch_id: 0,
             written_ns: 0,
+            readable_up_to: 0,
             modules: 1,
             dropped: 0,
             packets_lost: 0,

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use super::bluesky::Bluesky;
 use super::history::History;
-use crate::sink::messages::{FrameMessage, PreviewHeader, RunMessage};
+use crate::sink::messages::{FrameMessage, PreviewHeader, ReadableMessage, RunMessage};
 use crate::sink::{Notification, NotificationSink};
-use crate::stream::now_ns;
+use crate::stream::{now_ns, StreamInfo};
 
 /// Counters of the publisher. Relaxed atomics, read for reporting.
 #[derive(Debug, Default)]
@@ -157,15 +157,13 @@ impl NotificationSink for Publisher {
                     self.send(b"preview", Some(pixels));
                     self.stats.previews.fetch_add(1, Ordering::Relaxed);
                 }
-                if let Some((resource, datum)) = self.bluesky.as_mut().map(|b| b.datum(f)) {
-                    self.send_frames();
-                    if let Some(doc) = resource {
-                        self.send_document("stream_resource", &doc);
-                    }
-                    if let Some(doc) = datum {
-                        self.send_document("stream_datum", &doc);
-                    }
-                }
+                self.announce_readable(&f.stream, record.readable_up_to);
+            }
+            Notification::Readable(r) => {
+                self.send_frames();
+                self.encode(&ReadableMessage::new(&r.stream, r.up_to));
+                self.send(b"readable", None);
+                self.announce_readable(&r.stream, r.up_to);
             }
             Notification::StreamEnd(e) => {
                 self.send_frames();
@@ -175,6 +173,9 @@ impl NotificationSink for Publisher {
                     &e.stream, &file, e.ended_ns, e.frames, e.lost,
                 ));
                 self.send(b"run", None);
+                // Every index is readable once the files are closed (should a `readable`
+                // notice have been dropped at a full queue).
+                self.announce_readable(&e.stream, e.frames);
                 if let Some(doc) = self.bluesky.as_mut().and_then(|b| b.stop(e)) {
                     self.send_document("stop", &doc);
                 }
@@ -184,6 +185,22 @@ impl NotificationSink for Publisher {
 
     fn batch_done(&mut self) {
         self.send_frames();
+    }
+}
+
+impl Publisher {
+    /// The Bluesky documents of the indices the watermark `up_to` made readable.
+    fn announce_readable(&mut self, stream: &StreamInfo, up_to: u64) {
+        let Some(docs) = self.bluesky.as_mut().map(|b| b.readable(stream, up_to)) else {
+            return;
+        };
+        if docs.is_empty() {
+            return;
+        }
+        self.send_frames();
+        for (name, doc) in &docs {
+            self.send_document(name, doc);
+        }
     }
 }
 
