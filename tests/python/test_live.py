@@ -194,7 +194,8 @@ def test_late_joiner_gets_history_and_three_distinct_answers(detingestd, tmp_pat
                 break
             assert time.time() < deadline, last
             time.sleep(0.1)
-        assert last["streams"]["bt/det/short"] == {"last": 5, "finished": True}
+        assert last["streams"]["bt/det/short"] == {"last": 5, "finished": True,
+                                                   "readable_up_to": 5}
         n = last["streams"]["bt/det/long"]["last"]
         r = query(ctx, q, f"range bt/det/long 1 {n + 1000}")
         assert r["ok"], r

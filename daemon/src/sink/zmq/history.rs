@@ -47,6 +47,8 @@ pub struct StreamHistory {
     pub last: u64,
     /// Final index count, once the stream has ended.
     pub finished: Option<u64>,
+    /// The readable watermark now (every index up to it is flushed).
+    pub readable: u64,
 }
 
 /// Recent frames of every stream that started since the daemon did.
@@ -74,6 +76,7 @@ impl History {
                 records: VecDeque::with_capacity(self.capacity),
                 last: 0,
                 finished: None,
+                readable: 0,
             },
         );
     }
@@ -86,6 +89,14 @@ impl History {
             }
             s.records.push_back(record);
             s.last = s.last.max(record.index);
+            s.readable = s.readable.max(record.readable_up_to);
+        }
+    }
+
+    /// The stream's readable watermark moved to `up_to`.
+    pub fn readable(&mut self, key: &str, up_to: u64) {
+        if let Some(s) = self.streams.get_mut(key) {
+            s.readable = s.readable.max(up_to);
         }
     }
 
@@ -94,6 +105,7 @@ impl History {
         if let Some(s) = self.streams.get_mut(key) {
             s.finished = Some(frames);
             s.last = s.last.max(frames);
+            s.readable = s.readable.max(frames);
         }
     }
 

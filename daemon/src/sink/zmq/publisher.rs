@@ -160,6 +160,7 @@ impl NotificationSink for Publisher {
                 self.announce_readable(&f.stream, record.readable_up_to);
             }
             Notification::Readable(r) => {
+                self.history().readable(&r.stream.key, r.up_to);
                 self.send_frames();
                 self.encode(&ReadableMessage::new(&r.stream, r.up_to));
                 self.send(b"readable", None);

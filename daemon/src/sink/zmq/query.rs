@@ -46,18 +46,26 @@ pub fn answer(history: &Mutex<History>, request: &[u8]) -> Value {
     let lock = || history.lock().unwrap_or_else(|e| e.into_inner());
     match parse(request) {
         Ok(Request::Last) => {
-            let streams: Vec<(String, u64, bool)> = lock()
+            let streams: Vec<(String, u64, bool, u64)> = lock()
                 .streams()
-                .map(|(key, s)| (key.clone(), s.last, s.finished.is_some()))
+                .map(|(key, s)| (key.clone(), s.last, s.finished.is_some(), s.readable))
                 .collect();
             let streams: serde_json::Map<String, Value> = streams
                 .into_iter()
-                .map(|(key, last, finished)| (key, json!({"last": last, "finished": finished})))
+                .map(|(key, last, finished, readable)| {
+                    let v = json!({"last": last, "finished": finished, "readable_up_to": readable});
+                    (key, v)
+                })
                 .collect();
             json!({"ok": true, "streams": streams})
         }
         Ok(Request::Range { stream, from, to }) => {
-            let Some((info, spans)) = lock().range(stream, from, to) else {
+            let (found, readable) = {
+                let history = lock();
+                let readable = history.stream(stream).map_or(0, |s| s.readable);
+                (history.range(stream, from, to), readable)
+            };
+            let Some((info, spans)) = found else {
                 return error(&format!("unknown stream {stream:?}"));
             };
             let file = info.file.to_string_lossy();
@@ -68,6 +76,7 @@ pub fn answer(history: &Mutex<History>, request: &[u8]) -> Value {
                         let mut v = serde_json::to_value(FrameMessage::new(&info, &file, r))
                             .unwrap_or(Value::Null);
                         v["status"] = json!("ok");
+                        v["readable_up_to"] = json!(readable); // the watermark now
                         v
                     })),
                     Span::Expired { from, to } => items.push(json!({
