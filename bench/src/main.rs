@@ -8,6 +8,7 @@ mod live;
 mod pipeline;
 mod shm;
 mod udp;
+mod visibility;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Shm(shm::Args),
     /// The UDP receive path's lossless packet rate next to a bare recvmmsg drain loop.
     Udp(udp::Args),
+    /// What SWMR and each flush cadence cost the pipeline, against the pipeline without SWMR.
+    Visibility(visibility::Args),
     /// The producer side of `shm` (run by it as a separate process).
     #[command(hide = true)]
     ShmProducer(shm::ProducerArgs),
@@ -51,6 +54,7 @@ fn main() -> Result<()> {
         Command::Live(args) => live::run(&args),
         Command::Shm(args) => shm::run(&args),
         Command::Udp(args) => udp::run(&args),
+        Command::Visibility(args) => visibility::run(&args),
         Command::ShmProducer(args) => shm::produce(&args),
     }
 }

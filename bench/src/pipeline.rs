@@ -33,40 +33,40 @@ use serde::Serialize;
 pub struct Args {
     /// Frames per measurement.
     #[arg(long, default_value_t = 2000)]
-    frames: u64,
+    pub(crate) frames: u64,
     /// Compression workers (and codec-baseline threads).
     #[arg(long, default_value_t = 2)]
-    workers: usize,
+    pub(crate) workers: usize,
     /// Codec: bslz4, lz4 or none.
     #[arg(long, default_value = "bslz4")]
-    codec: String,
+    pub(crate) codec: String,
     /// Module shape `NYxNX` (u16 pixels: the time of the codec alone is measured on u16).
     #[arg(long, default_value = "512x1024")]
-    shape: String,
+    pub(crate) shape: String,
     /// Module grid `RxC`: frames of R x C modules form one image.
     #[arg(long, default_value = "1x1")]
-    grid: String,
+    pub(crate) grid: String,
     /// Mean background photons per pixel.
     #[arg(long, default_value_t = 0.5)]
-    background: f64,
+    pub(crate) background: f64,
     /// Distinct frames the synthetic source cycles through (the baselines use the same).
     #[arg(long, default_value_t = 16)]
-    bank_frames: usize,
+    pub(crate) bank_frames: usize,
     /// Raw frame buffers of the copying source (`pipeline.input_buffers`).
     #[arg(long, default_value_t = 32)]
-    input_buffers: usize,
+    pub(crate) input_buffers: usize,
     /// Compressed chunk buffers (`pipeline.output_buffers`).
     #[arg(long, default_value_t = 32)]
-    output_buffers: usize,
+    pub(crate) output_buffers: usize,
     /// Directory for the files (default: a temporary directory, removed afterwards).
     #[arg(long)]
-    dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
     /// Repeat every measurement this many times and keep the best of each.
     #[arg(long, default_value_t = 3)]
-    repeat: usize,
+    pub(crate) repeat: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The figures of one run; all rates in GB/s of raw frame bytes.
@@ -166,7 +166,13 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// The benchmark's configuration: one synthetic source into a stream named `tag`.
-fn config(args: &Args, dir: &Path, tag: &str, copy: bool, chunking: &str) -> Result<Config> {
+pub(crate) fn config(
+    args: &Args,
+    dir: &Path,
+    tag: &str,
+    copy: bool,
+    chunking: &str,
+) -> Result<Config> {
     let (ny, nx) = args
         .shape
         .split_once('x')
@@ -226,7 +232,7 @@ fn print_table(r: &Report) {
 }
 
 /// Seconds from start to the last file closed, and the frames lost, of one pipeline run.
-fn time_pipeline(c: &Config) -> Result<(f64, u64)> {
+pub(crate) fn time_pipeline(c: &Config) -> Result<(f64, u64)> {
     let running = pipeline::start(c, RunSinks::none())?;
     let t = Instant::now();
     let summary = running.wait();

@@ -4,6 +4,7 @@ and the images read back through Tiled's HTTP client: while the run goes on (eve
 the readable watermark equals what h5py reads) and after it ends (all indices, lost ones as
 the fill value)."""
 
+import importlib.util
 import json
 import secrets
 import socket
@@ -61,28 +62,33 @@ def tiled_server(tmp_path):
             server.kill()
 
 
+def to_tiled():
+    """examples/to_tiled.py, the recipe docs/NOTIFICATIONS.md gives, as a module."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "to_tiled.py"
+    spec = importlib.util.spec_from_file_location("to_tiled", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class DocumentFeed(threading.Thread):
-    """Subscribes to the daemon's `bluesky` topic and hands every document to TiledWriter."""
+    """Runs examples/to_tiled.py's feed: the daemon's `bluesky` topic into TiledWriter."""
 
     def __init__(self, endpoint, client):
         super().__init__(daemon=True)
         from bluesky.callbacks.tiled_writer import TiledWriter
+        self.example = to_tiled()
         self.writer = TiledWriter(client, batch_size=1)
-        self.sub = zmq.Context.instance().socket(zmq.SUB)
+        self.sub = self.example.subscribe(endpoint)
         self.sub.setsockopt(zmq.RCVTIMEO, 30000)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"bluesky")
-        self.sub.connect(endpoint)
         self.names, self.error, self.run_uid = [], None, None
         self.datums = 0
 
     def run(self):
         try:
-            while not self.names or self.names[-1] != "stop":
-                _, name, doc = self.sub.recv_multipart()
-                name, doc = name.decode(), json.loads(doc)
+            for name, doc in self.example.feed(self.sub, self.writer, one_run=True):
                 if name == "start":
                     self.run_uid = doc["uid"]
-                self.writer(name, doc)
                 self.names.append(name)
                 self.datums += name == "stream_datum"
         except Exception as e:  # reported by the test
