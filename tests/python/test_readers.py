@@ -16,11 +16,11 @@ from nexusformat.nexus import nxload
 N, K = 12, 5
 
 
-def run(run_daemon, master_data):
+def run(run_daemon, master_data, chunking="module"):
     summary, cfg, path = run_daemon(
         synthetic=f"frames = {N}\nshape = [24, 40]\nbank_frames = {N}",
         writer=f'codec = "bslz4"\n[run]\nframes = {N}\nframes_per_file = {K}\n'
-               f'master_data = "{master_data}"')
+               f'master_data = "{master_data}"\nchunking = "{chunking}"')
     assert summary["streams"][0]["frames"] == N
     return cfg, path
 
@@ -44,13 +44,16 @@ def test_vds_master_every_reader_sees_each_frame_once(run_daemon, expected_frame
 
 
 def test_links_master_is_the_dectris_layout(run_daemon, expected_frames):
-    cfg, master = run(run_daemon, "links")
+    cfg, master = run(run_daemon, "links", chunking="frame")
     want = expected_frames(cfg, "u2", (24, 40))
     with h5py.File(master, "r") as f:
         names = sorted(f["/entry/data"])
         assert names == ["data_000001", "data_000002", "data_000003"]
         linked = np.concatenate([f["/entry/data/" + n][()] for n in names])
         assert np.array_equal(linked, want)
+        for n in names:  # what XDS's neggia needs: plain chunked datasets, one image a chunk
+            d = f["/entry/data/" + n]
+            assert not d.is_virtual and d.chunks == (1, 24, 40)
     img = fabio.open(str(master))
     assert img.nframes == N
     assert np.array_equal(img.getframe(K).data, want[K])
