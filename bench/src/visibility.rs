@@ -51,7 +51,8 @@ pub fn run(args: &Args) -> Result<()> {
             c.writer.flush_every_frames = every;
             c.writer.flush_interval_ms = interval;
             let frame = c.sources[0].frame_format();
-            bytes = (frame.0.frame_bytes(frame.1) as u64 * u64::from(c.sources[0].modules())) as f64
+            bytes = (frame.0.frame_bytes(frame.1) as u64 * u64::from(c.sources[0].modules()))
+                as f64
                 * a.frames as f64;
             let (secs, lost) = time_pipeline(&c)?;
             anyhow::ensure!(lost == 0, "{lost} frames lost");
@@ -78,7 +79,10 @@ pub fn run(args: &Args) -> Result<()> {
         a.frames, a.shape, a.codec, a.workers, a.repeat
     );
     for l in &lines {
-        println!("{:<38} {:>6.2} GB/s  {:.3} of no SWMR", l.name, l.gbs, l.over_no_swmr);
+        println!(
+            "{:<38} {:>6.2} GB/s  {:.3} of no SWMR",
+            l.name, l.gbs, l.over_no_swmr
+        );
     }
     Ok(())
 }
