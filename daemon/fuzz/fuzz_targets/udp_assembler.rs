@@ -60,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
         window: 3,
         timeout: Duration::from_millis(5),
         fill: 7,
+        flip_rows: false,
         restart_gap: 50,
         restart_confirm: 2,
     };

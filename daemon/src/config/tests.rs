@@ -247,3 +247,25 @@ fn syntax_error_is_reported() {
     assert_eq!(e.key, ".");
     assert!(e.message.contains("line 1"), "{e}");
 }
+
+#[test]
+fn flipped_rows_need_whole_rows_per_packet() {
+    let udp = |flip: &str| {
+        format!(
+            "[[source]]\nname = \"eiger\"\n\
+             stream = {{ beamtime = \"bt\", source = \"det\", stream = \"s1\" }}\n\
+             [source.udp]\nport = 9000\npackets_per_frame = 4\npayload_bytes = 1024\n\
+             shape = [8, {}]\npixel = \"u16\"\nflip_rows = true\n",
+            flip
+        )
+    };
+    assert!(
+        Config::parse(&udp("256")).is_ok(),
+        "two rows of 256 pixels a packet"
+    );
+    assert_eq!(err(&udp("384")).key, "source[0].udp.shape");
+    let odd = udp("256")
+        .replace("payload_bytes = 1024", "payload_bytes = 768")
+        .replace("shape = [8, 256]", "shape = [6, 256]");
+    assert_eq!(err(&odd).key, "source[0].udp.flip_rows");
+}

@@ -61,6 +61,11 @@ pub struct UdpConfig {
     /// Pixel value written where packets are missing.
     #[serde(default)]
     pub fill: u64,
+    /// Store the rows bottom to top: an EIGER bottom half module sends its rows mirrored
+    /// (slsDetectorPackage's `flipRows`), so its tile reads the right way up in the image.
+    /// Needs whole rows per packet.
+    #[serde(default)]
+    pub flip_rows: bool,
     /// Frame-number jump ahead from which a new numbering is a detector restart rather than
     /// lost frames (a jump back is one at any distance).
     #[serde(default = "default_restart_gap")]
@@ -170,6 +175,16 @@ impl UdpConfig {
                 format!(
                     "[{first}, {end}] is not a range [first, end) inside 0..{}",
                     self.packets_per_frame
+                ),
+            ));
+        }
+        let row = self.shape[1] as usize * self.pixel.size();
+        if self.flip_rows && (row == 0 || self.payload_bytes % row != 0) {
+            return Err(ConfigError::new(
+                key("flip_rows"),
+                format!(
+                    "needs whole rows per packet: {} payload bytes are not a multiple of a row's {row}",
+                    self.payload_bytes
                 ),
             ));
         }

@@ -184,6 +184,7 @@ pub fn assembler_config(cfg: &UdpConfig, grid: [u32; 2]) -> AssemblerConfig {
         window: cfg.window,
         timeout: Duration::from_millis(cfg.timeout_ms),
         fill: cfg.fill,
+        flip_rows: cfg.flip_rows,
         restart_gap: cfg.restart_gap,
         restart_confirm: cfg.restart_confirm,
     }

@@ -232,6 +232,7 @@ mod tests {
             window: 1,
             timeout: Duration::from_millis(10),
             fill: 0,
+            flip_rows: false,
             restart_gap: 10,
             restart_confirm: 1,
         };

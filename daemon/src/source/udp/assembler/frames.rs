@@ -23,12 +23,46 @@ pub(super) struct PacketLayout {
     pub pixel: PixelType,
     pub shape: [u32; 2],
     pub fill: [u8; 8],
+    /// Rows are stored bottom to top (EIGER's bottom half modules, `flip_rows`).
+    pub flip_rows: bool,
 }
 
 impl PacketLayout {
     /// Packets that make a frame complete.
     pub fn expected(&self) -> u32 {
         self.readout[1] - self.readout[0]
+    }
+
+    /// Bytes of one row.
+    fn row_bytes(&self) -> usize {
+        self.shape[1] as usize * self.pixel.size()
+    }
+
+    /// Where packet `k`'s bytes lie in the frame: its rows, mirrored with `flip_rows` (still
+    /// one contiguous range, its rows in reverse order).
+    fn packet_range(&self, k: usize) -> std::ops::Range<usize> {
+        let at = k * self.payload_bytes;
+        if !self.flip_rows {
+            return at..at + self.payload_bytes;
+        }
+        let frame = self.shape[0] as usize * self.row_bytes();
+        frame - at - self.payload_bytes..frame - at
+    }
+
+    /// Copies packet `k`'s payload into `frame`, row by row in reverse with `flip_rows`.
+    fn copy_packet(&self, k: usize, payload: &[u8], frame: &mut [u8]) {
+        let dst = &mut frame[self.packet_range(k)];
+        if !self.flip_rows {
+            return stream_copy::copy(dst, payload);
+        }
+        let row = self.row_bytes();
+        for (d, s) in dst
+            .chunks_exact_mut(row)
+            .rev()
+            .zip(payload.chunks_exact(row))
+        {
+            stream_copy::copy(d, s);
+        }
     }
 }
 
@@ -155,8 +189,7 @@ impl Frames {
                 if *caught == 0 {
                     (*detector_timestamp, *bunch_id) = (p.timestamp, p.bunch_id);
                 }
-                let at = k * lay.payload_bytes;
-                stream_copy::copy(&mut buf.spare_mut()[at..at + p.payload.len()], p.payload);
+                lay.copy_packet(k, p.payload, buf.spare_mut());
                 *caught += 1;
                 Put::Caught {
                     complete: *caught == lay.expected(),
@@ -218,7 +251,7 @@ impl Frames {
                 if read {
                     mask.set(k as u32);
                 }
-                let range = &mut bytes[k * lay.payload_bytes..(k + 1) * lay.payload_bytes];
+                let range = &mut bytes[lay.packet_range(k)];
                 for px in range.chunks_exact_mut(size) {
                     px.copy_from_slice(&lay.fill[..size]);
                 }

@@ -65,6 +65,8 @@ pub struct AssemblerConfig {
     pub timeout: Duration,
     /// Pixel value written where packets are missing.
     pub fill: u64,
+    /// Store the rows bottom to top (EIGER's bottom half modules).
+    pub flip_rows: bool,
     /// Frame-number distance ahead from which a new numbering may be a restart.
     pub restart_gap: u64,
     /// Distinct packets in a row that confirm a restart.
@@ -131,6 +133,7 @@ impl<F: PacketFormat> Assembler<F> {
             pixel: cfg.pixel,
             shape: cfg.shape,
             fill: cfg.fill.to_le_bytes(),
+            flip_rows: cfg.flip_rows,
         };
         let tile = match cfg.place {
             Place::Tile(t) => Some((0, 0, t)),

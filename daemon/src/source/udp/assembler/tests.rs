@@ -44,6 +44,7 @@ fn config() -> AssemblerConfig {
         window: 3,
         timeout: Duration::from_millis(50),
         fill: 0xBEEF,
+        flip_rows: false,
         restart_gap: 100,
         restart_confirm: 3,
     }
@@ -301,4 +302,40 @@ fn without_a_buffer_the_frame_is_dropped_and_counted() {
     assert_eq!(a.counts().dropped_with_frame, 4);
     assert_eq!(a.finish(&mut out), Some(2));
     assert_eq!(a.counts().frames_dropped, 1);
+}
+
+#[test]
+fn flipped_rows_land_bottom_to_top_and_missing_ones_are_filled_there() {
+    // 8 rows of 2 u16 pixels (4 bytes a row), 2 rows a packet.
+    let cfg = AssemblerConfig {
+        shape: [8, 2],
+        flip_rows: true,
+        ..config()
+    };
+    let (mut a, mut out) = setup_with(cfg, 8);
+    for k in [0u32, 1, 3] {
+        let mut d = packet(1, k, MOD_ID);
+        for (r, row) in d[48..].chunks_mut(4).enumerate() {
+            row.fill((k * 2 + r as u32) as u8); // the row's number in the detector's order
+        }
+        a.on_datagram(&d, &mut out);
+    }
+    assert_eq!(a.finish(&mut out), Some(1));
+    let (meta, bytes) = &out.frames[0];
+    assert_eq!(meta.missing.iter().collect::<Vec<_>>(), [2]);
+    let rows: Vec<&[u8]> = bytes.chunks(4).collect();
+    for sent_row in [0usize, 1, 2, 3, 6, 7] {
+        assert!(
+            rows[7 - sent_row].iter().all(|&b| b == sent_row as u8),
+            "row {sent_row}"
+        );
+    }
+    for sent_row in [4, 5] {
+        assert!(
+            rows[7 - sent_row]
+                .chunks(2)
+                .all(|px| px == 0xBEEFu16.to_le_bytes()),
+            "packet 2's rows are filled where they would have landed"
+        );
+    }
 }
