@@ -133,6 +133,13 @@ pub struct DataFilePath<'a> {
     number: u64,
 }
 
+impl DataFilePath<'_> {
+    /// The data file's number, 1-based.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+}
+
 impl std::fmt::Display for DataFilePath<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(dir) = self.info.file.parent() {

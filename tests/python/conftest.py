@@ -1,8 +1,13 @@
-"""Shared fixtures: the detingestd binary and a helper that writes a config and runs it."""
+"""Shared fixtures: the detingestd binary, a helper that writes a config and runs it, one
+that runs the daemon until stopped, free loopback ports, and a Tiled server."""
 
 import json
 import os
+import secrets
+import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -66,6 +71,68 @@ def expected_frames(detingestd, tmp_path):
         return np.fromfile(out, dtype=np.dtype(dtype).newbyteorder("<")).reshape(-1, *shape)
 
     return dump
+
+
+def free_port(udp=False):
+    """A loopback port free now (TCP, or UDP with `udp`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_daemon(detingestd, cfg, tmp_path, ports=0):
+    """Runs `detingestd run` on `cfg` until `stop_daemon`, its output in tmp_path/log; with
+    `ports`, waits until that many UDP ports are bound. Returns (process, log, summary path)."""
+    log, summary = tmp_path / "log", tmp_path / "summary.json"
+    with open(log, "w") as out:
+        daemon = subprocess.Popen([detingestd, "--log", "info", "run", "--config", str(cfg),
+                                   "--summary-json", str(summary)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while ports and wait_for_log(daemon, log, "port ready").count("port ready") < ports:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return daemon, log, summary
+
+
+def stop_daemon(daemon, log, summary, settle=0.5):
+    """After `settle` seconds (packets in flight arrive), SIGTERM; returns the summary."""
+    time.sleep(settle)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0, log.read_text()
+    return json.loads(summary.read_text())
+
+
+@pytest.fixture
+def tiled_server(tmp_path):
+    """A Tiled server with a temporary catalog that may read files under tmp_path/data, on a
+    free loopback port; stopped afterwards."""
+    from tiled.client import from_uri
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    port, key = free_port(), secrets.token_hex(16)
+    log = open(tmp_path / "tiled.log", "w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tiled"), "serve", "catalog", "--temp",
+         "--api-key", key, "-r", str(data), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                client = from_uri(f"http://127.0.0.1:{port}", api_key=key)
+                break
+            except Exception:
+                assert server.poll() is None, (tmp_path / "tiled.log").read_text()
+                assert time.time() < deadline, "tiled did not come up"
+                time.sleep(0.3)
+        yield client
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def data_file(master, n=1):

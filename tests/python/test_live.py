@@ -1,7 +1,6 @@
 """The live notification socket (ZeroMQ PUB) and its query endpoint, with pyzmq."""
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -12,13 +11,8 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import write_config
+from conftest import free_port, write_config
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

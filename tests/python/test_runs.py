@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,7 +18,7 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters)
 import numpy as np
 import pytest
 
-from conftest import wait_for_log
+from conftest import free_port, wait_for_log
 
 GRID = (2, 2)
 MODULE = (32, 48)
@@ -28,11 +27,6 @@ N, K = 23, 10
 WITHHELD = [(3, 1), (5, 0), (5, 1), (5, 2), (5, 3), (17, 2)]
 SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(path, data_dir, port, *, source="", writer="", run="", live='publish = ""\nquery = ""'):

@@ -5,7 +5,6 @@ Tiled, fed through bluesky's TiledWriter, serves the rows announced so far while
 on."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +14,8 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import zmq
 
-from conftest import data_file, write_config
-from test_tiled import DocumentFeed, tiled_server  # noqa: F401  (the fixture)
+from conftest import data_file, free_port, write_config
+from test_tiled import DocumentFeed
 
 FRAMES, K, SHAPE = 90, 20, (32, 48)
 
@@ -42,11 +41,6 @@ for line in sys.stdin:                      # one watermark per line, from the t
     print(checked, flush=True)
 """
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(tmp_path, endpoint, flush, rate_hz=40.0):
@@ -107,7 +101,7 @@ def test_an_swmr_reader_never_sees_a_frame_below_the_watermark_missing(
 
 
 def test_tiled_serves_the_rows_announced_while_the_run_goes_on(
-        detingestd, tmp_path, expected_frames, tiled_server):  # noqa: F811
+        detingestd, tmp_path, expected_frames, tiled_server):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     # 6 s of run: each read through Tiled takes a while on a busy machine.
     cfg = config(tmp_path, endpoint, "flush_every_frames = 1", rate_hz=15.0)

@@ -5,61 +5,19 @@ the readable watermark equals what h5py reads) and after it ends (all indices, l
 the fill value)."""
 
 import importlib.util
-import json
-import secrets
-import socket
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
-import pytest
 import zmq
 
-from conftest import write_config
+from conftest import free_port, write_config
 
 SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def tiled_server(tmp_path):
-    """A Tiled server with a temporary catalog that may read files under tmp_path/data."""
-    from tiled.client import from_uri
-    data = tmp_path / "data"
-    data.mkdir()
-    port, key = free_port(), secrets.token_hex(16)
-    log = open(tmp_path / "tiled.log", "w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "tiled"), "serve", "catalog", "--temp",
-         "--api-key", key, "-r", str(data), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                client = from_uri(f"http://127.0.0.1:{port}", api_key=key)
-                break
-            except Exception:
-                assert server.poll() is None, (tmp_path / "tiled.log").read_text()
-                assert time.time() < deadline, "tiled did not come up"
-                time.sleep(0.3)
-        yield client
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def to_tiled():

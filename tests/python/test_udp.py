@@ -3,11 +3,8 @@ packets written here from FORMATS.md, with packets withheld and garbage in betwe
 daemon runs until SIGTERM, and h5py reads the file: delivered bytes exact, the fill value
 where packets were withheld, `packets_lost` and `missing_packets` equal to what was withheld."""
 
-import json
-import signal
 import socket
 import struct
-import subprocess
 import time
 
 import h5py
@@ -15,16 +12,11 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from conftest import wait_for_log
+from conftest import free_port, start_daemon, stop_daemon, wait_for_log
 
 PPF, PAYLOAD, FRAMES, FILL = 8, 1024, 40, 0xABCD
 WITHHELD = {(1005, 0), (1005, 7), (1020, 3), (1039, 6)}
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def packet(frame, k, module=2):
@@ -38,7 +30,7 @@ def packet(frame, k, module=2):
 
 @pytest.mark.parametrize("receive", ["io_uring", "recvmmsg"])
 def test_udp_frames_read_back_with_h5py(detingestd, tmp_path, receive):
-    port = free_port()
+    port = free_port(udp=True)
     cfg = tmp_path / "udp.toml"
     cfg.write_text(
         f'data_dir = "{tmp_path / "data"}"\n'
@@ -48,12 +40,7 @@ def test_udp_frames_read_back_with_h5py(detingestd, tmp_path, receive):
         f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmodule = 2\n'
         f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\nshape = [8, 512]\n"
         f'pixel = "u16"\nfill = {FILL}\nreceive = "{receive}"\nrcvbuf_bytes = 4194304\n')
-    log = tmp_path / "log"
-    summary = tmp_path / "summary.json"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen([detingestd, "--log", "info", "run", "--config", str(cfg),
-                                   "--summary-json", str(summary)],
-                                  stdout=out, stderr=subprocess.STDOUT)
+    daemon, log, summary = start_daemon(detingestd, cfg, tmp_path)
     text = wait_for_log(daemon, log, "port ready")
     assert f"path={receive}" in text.replace('"', "")
 
@@ -67,11 +54,7 @@ def test_udp_frames_read_back_with_h5py(detingestd, tmp_path, receive):
             tx.sendto(b"\x02" * 100, ("127.0.0.1", port))  # version 2, module 0x0202: nonsense
             tx.sendto(packet(f, 1, module=9), ("127.0.0.1", port))  # another module
         time.sleep(0.001)
-    time.sleep(0.5)
-    daemon.send_signal(signal.SIGTERM)
-    assert daemon.wait(timeout=30) == 0, log.read_text()
-
-    s = json.loads(summary.read_text())
+    s = stop_daemon(daemon, log, summary)
     c = s["sources"][0]["packets"]
     assert c["accepted"] == FRAMES * PPF - len(WITHHELD)
     assert c["packets_lost"] == len(WITHHELD)

@@ -8,11 +8,8 @@ detector's timestamp and bunch id in every header. h5py reads every pixel back; 
 counters and the master's per-index records must say exactly what was sent.
 """
 
-import json
-import signal
 import socket
 import struct
-import subprocess
 import time
 
 import h5py
@@ -20,7 +17,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from conftest import wait_for_log
+from conftest import free_port, start_daemon, stop_daemon
 
 PAYLOAD = 1024             # bytes per packet
 PPF = 4                    # packets per half-module frame (per port)
@@ -28,11 +25,6 @@ HALF = (8, 256)            # rows, columns of a half module: PPF * PAYLOAD bytes
 MOD_IDS = [[1234, 1301], [1417, 1520]]   # 2 x 2 modules, ids as in their id files
 FILL = 0xFFFF
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def header(frame, k, mod_id, row, column):
@@ -67,7 +59,7 @@ class Detector:
 
     def __init__(self):
         self.halves = [(r, c) for r in range(4) for c in range(2)]
-        self.ports = {h: free_port() for h in self.halves}
+        self.ports = {h: free_port(udp=True) for h in self.halves}
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.withheld = set()    # (frame, row, column, k)
 
@@ -119,24 +111,7 @@ def start(detingestd, tmp_path, config_text, ports):
     cfg = tmp_path / "det.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[live]\npublish = ""\nquery = ""\n'
                    "[run]\ndataset_timeout_ms = 2000\n" + config_text)
-    log = tmp_path / "log"
-    summary = tmp_path / "summary.json"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen([detingestd, "--log", "info", "run", "--config", str(cfg),
-                                   "--summary-json", str(summary)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while wait_for_log(daemon, log, "port ready").count("port ready") < ports:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    return daemon, log, summary
-
-
-def stop(daemon, log, summary):
-    time.sleep(0.5)
-    daemon.send_signal(signal.SIGTERM)
-    assert daemon.wait(timeout=60) == 0, log.read_text()
-    return json.loads(summary.read_text())
+    return start_daemon(detingestd, cfg, tmp_path, ports)
 
 
 @pytest.mark.parametrize("last_before_restart", [25, 4_000, 1_000_000])
@@ -155,7 +130,7 @@ def test_two_interface_modules_with_real_ids_and_a_restart(detingestd, tmp_path,
     # A packet of another module and one naming another half arrive on the first port.
     det.tx.sendto(packet(20, 0, 999, 0, 0), ("127.0.0.1", det.ports[(0, 0)]))
     det.tx.sendto(packet(20, 0, MOD_IDS[0][0], 1, 0), ("127.0.0.1", det.ports[(0, 0)]))
-    s = stop(daemon, log, summary)
+    s = stop_daemon(daemon, log, summary)
     text = log.read_text()
 
     frames = first_run + second_run
@@ -192,7 +167,7 @@ def test_two_interface_modules_with_real_ids_and_a_restart(detingestd, tmp_path,
 def test_partial_readout_frames_are_complete_with_the_rows_read(detingestd, tmp_path):
     """`readnrows` of half the rows: the detector sends packets 1-2 of 0-3 (their usual
     numbers); the frames are complete, the rows not read hold the fill value."""
-    port = free_port()
+    port = free_port(udp=True)
     config = (
         '[[source]]\nname = "m1234"\npolicy = "block"\n'
         'stream = { beamtime = "bt", source = "jf", stream = "s1" }\n'
@@ -207,7 +182,7 @@ def test_partial_readout_frames_are_complete_with_the_rows_read(detingestd, tmp_
             if (f, k) != (710, 2):
                 tx.sendto(packet(f, k, 1234, 0, 0), ("127.0.0.1", port))
         time.sleep(0.002)
-    s = stop(daemon, log, summary)
+    s = stop_daemon(daemon, log, summary)
     c = s["sources"][0]["packets"]
     assert (c["frames_complete"], c["frames_incomplete"], c["packets_lost"]) == (19, 1, 1)
     rows = PAYLOAD // 2 // HALF[1]
@@ -225,7 +200,7 @@ def test_partial_readout_frames_are_complete_with_the_rows_read(detingestd, tmp_
 
 
 def test_a_run_that_receives_nothing_says_so(detingestd, tmp_path):
-    port = free_port()
+    port = free_port(udp=True)
     config = (
         '[[source]]\nname = "m1234"\npolicy = "block"\n'
         'stream = { beamtime = "bt", source = "jf", stream = "s1" }\n'
@@ -233,7 +208,7 @@ def test_a_run_that_receives_nothing_says_so(detingestd, tmp_path):
         f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\n"
         f'shape = [{HALF[0]}, {HALF[1]}]\npixel = "u16"\nrcvbuf_bytes = 4194304\n')
     daemon, log, summary = start(detingestd, tmp_path, config, 1)
-    s = stop(daemon, log, summary)
+    s = stop_daemon(daemon, log, summary)
     assert s["streams"][0]["written"] is False and s["streams"][0]["file"] is None
     assert "nothing received, no file written" in log.read_text()
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.h5"))

@@ -141,8 +141,8 @@ impl Default for RunSettings {
 }
 
 impl RunSettings {
-    /// The file options of the run.
-    pub fn file_options(&self) -> FileOptions {
+    /// The file options of the run, written with SWMR when `swmr` (`[writer] swmr`).
+    pub fn file_options(&self, swmr: bool) -> FileOptions {
         FileOptions {
             frames_per_file: self.frames_per_file,
             master_data: if self.vds {
@@ -151,7 +151,7 @@ impl RunSettings {
                 MasterData::Links
             },
             frames: self.frames,
-            swmr: true,
+            swmr,
         }
     }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver};
 use detingest_shm::{BufferPool, Name};
-use detingest_writer::{Chunking, Codec, FileOptions, RunLayout, DATA_PATH};
+use detingest_writer::{Chunking, Codec, RunLayout, DATA_PATH};
 
 pub use stats::{PipelineStats, StatsSnapshot};
 pub use writer::{StreamReport, StreamSetup};
@@ -230,10 +230,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             info,
             StreamSetup {
                 layout,
-                files: FileOptions {
-                    swmr: config.writer.swmr,
-                    ..run.file_options()
-                },
+                files: run.file_options(config.writer.swmr),
                 detector: config.detector.clone(),
                 user_json: run.user.to_string(),
                 next_stream: run.next_stream.clone(),

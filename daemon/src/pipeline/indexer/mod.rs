@@ -251,21 +251,18 @@ fn frame(
     data: FrameBuf,
     now: Instant,
 ) {
-    let modules = st.plan.layout.modules();
-    let m = if modules == 1 {
-        0
-    } else {
-        u32::from(meta.module)
-    };
     let n = meta.frame_number;
     let oldest = st.open.front().map_or(st.next, |d| d.frame_number);
     // Behind the open datasets (a duplicate, late, or before index 1), a module outside the
     // grid, or beyond the run's count: it cannot take an index.
     let beyond = st.plan.limit > 0 && n >= st.first && st.index(n) > st.plan.limit;
-    if !st.live || m >= modules || n < oldest || beyond {
+    let Some(m) = st
+        .grid_position(meta.module)
+        .filter(|_| st.live && n >= oldest && !beyond)
+    else {
         em.stale();
         return;
-    }
+    };
     if st.module_sequence[m as usize] < st.sequence {
         // Its source has not seen the restart yet: a frame of the old numbering, too late.
         if !st.warned_old {
@@ -430,10 +427,8 @@ fn restart(
     first_frame_number: u64,
     last_frame_number: Option<u64>,
 ) {
-    let m = if st.plan.layout.modules() == 1 {
-        0
-    } else {
-        usize::from(module).min(63)
+    let Some(m) = st.grid_position(module).map(|m| m as usize) else {
+        return;
     };
     st.module_sequence[m] += 1;
     if st.module_sequence[m] <= st.sequence || !st.live {

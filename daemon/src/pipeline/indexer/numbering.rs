@@ -58,17 +58,25 @@ impl StreamNumbering {
         self.base + frame_number - self.first + 1
     }
 
+    /// The grid position of a source's `module` (a single-module stream's sources may name
+    /// any); `None` outside the grid.
+    pub(super) fn grid_position(&self, module: u16) -> Option<u32> {
+        let modules = self.plan.layout.modules();
+        match u32::from(module) {
+            _ if modules == 1 => Some(0),
+            m if m < modules => Some(m),
+            _ => None,
+        }
+    }
+
     /// Reads the sources' drop log: open datasets learn which modules were dropped, the rest
     /// wait in the ring until their dataset opens or is recorded lost.
     pub(super) fn absorb_drops(&mut self) {
-        let modules = self.plan.layout.modules();
         while let Some((n, m)) = self.plan.drops.pop() {
-            let bit = 1u64
-                << if modules == 1 {
-                    0
-                } else {
-                    u32::from(m).min(63)
-                };
+            let Some(m) = self.grid_position(m) else {
+                continue;
+            };
+            let bit = 1u64 << m;
             let front = self.open.front().map_or(self.next, |d| d.frame_number);
             if n >= front && n < self.next {
                 if let Some(d) = self.open.get_mut((n - front) as usize) {

@@ -117,15 +117,16 @@ impl Accum {
     /// Notes module `meta.module` as present.
     fn module(&mut self, meta: &FrameMeta) {
         let m = usize::from(meta.module);
+        if self.modules == 0 {
+            // The detector's stamps of the index: its first module's.
+            (self.detector_timestamp, self.bunch_id) = (meta.detector_timestamp, meta.bunch_id);
+        }
         self.modules |= 1 << m;
         if let Some(slot) = self.missing.get_mut(m) {
             *slot = meta.missing.0;
         }
         if self.timestamp_ns == 0 {
             self.timestamp_ns = meta.timestamp_ns;
-        }
-        if self.detector_timestamp == 0 && self.bunch_id == 0 {
-            (self.detector_timestamp, self.bunch_id) = (meta.detector_timestamp, meta.bunch_id);
         }
         self.raw_bytes += meta.byte_len() as u64;
     }

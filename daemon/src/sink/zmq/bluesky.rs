@@ -81,14 +81,13 @@ impl Bluesky {
         let Some(run) = self.runs.get_mut(&info.key) else {
             return docs;
         };
-        let k = info.frames_per_file.max(1);
         while run.announced < up_to {
             let first = run.announced + 1;
-            let number = (first - 1) / k + 1;
-            let last = up_to.min(number * k);
+            let (file, row) = info.data_file(first);
+            let number = file.number();
+            let last = up_to.min(first - row + info.frames_per_file.max(1) - 1);
             if run.resource.as_ref().is_none_or(|(n, _)| *n != number) {
                 let [ny, nx] = info.shape;
-                let (file, _) = info.data_file(first);
                 let id = uid();
                 docs.push((
                     "stream_resource",
@@ -105,7 +104,6 @@ impl Bluesky {
                 run.resource = Some((number, id));
             }
             if let Some((_, id)) = &run.resource {
-                let row = first - 1 - (number - 1) * k;
                 docs.push((
                     "stream_datum",
                     json!({

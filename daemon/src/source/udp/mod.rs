@@ -65,7 +65,6 @@ impl SourceKind for UdpConfig {
         Ok(Box::new(Prepared {
             cfg: self.clone(),
             grid: src.grid,
-            name: src.name.to_string(),
             receiver,
         }))
     }
@@ -75,7 +74,6 @@ impl SourceKind for UdpConfig {
 struct Prepared {
     cfg: UdpConfig,
     grid: [u32; 2],
-    name: String,
     receiver: Receiver,
 }
 
@@ -87,10 +85,9 @@ impl PreparedSource for Prepared {
         let Prepared {
             cfg,
             grid,
-            name,
             receiver,
         } = *self;
-        run(&assembler_config(&cfg, grid), &name, receiver, out);
+        run(&assembler_config(&cfg, grid), receiver, out);
     }
 }
 
@@ -168,14 +165,9 @@ impl Receiver {
 
 /// What the assembler of `cfg`'s port needs, in a source grid of `grid` tiles.
 pub fn assembler_config(cfg: &UdpConfig, grid: [u32; 2]) -> AssemblerConfig {
-    let place = match cfg.place {
-        Some([row, column]) => Place::Tile((row * grid[1] + column) as u16),
-        None if grid == [1, 1] => Place::Tile(0),
-        None => Place::Header { grid },
-    };
     AssemblerConfig {
         mod_id: cfg.mod_id,
-        place,
+        place: Place::new(cfg.place, grid),
         packets_per_frame: cfg.packets_per_frame,
         readout: cfg.readout(),
         payload_bytes: cfg.payload_bytes,
@@ -191,8 +183,9 @@ pub fn assembler_config(cfg: &UdpConfig, grid: [u32; 2]) -> AssemblerConfig {
 }
 
 /// Receives until stopped, then lets open frames leave and ends the stream.
-pub fn run(cfg: &AssemblerConfig, name: &str, mut receiver: Receiver, out: &mut SourceOutput) {
+pub fn run(cfg: &AssemblerConfig, mut receiver: Receiver, out: &mut SourceOutput) {
     let mut asm = Assembler::new(cfg.clone(), Sls2);
+    let name = out.stats().name.clone();
     let mut warnings = OddPacketWarnings::default();
     let mut published = Instant::now();
     while !out.stop_requested() {
@@ -204,13 +197,13 @@ pub fn run(cfg: &AssemblerConfig, name: &str, mut receiver: Receiver, out: &mut 
         asm.tick(now, out);
         if now.duration_since(published) >= PUBLISH {
             publish(&out.stats().packets, &asm);
-            warnings.check(name, asm.counts(), now, false);
+            warnings.check(name.as_str(), asm.counts(), now, false);
             published = now;
         }
     }
     let last = asm.finish(out);
     publish(&out.stats().packets, &asm);
-    warnings.check(name, asm.counts(), Instant::now(), true);
+    warnings.check(name.as_str(), asm.counts(), Instant::now(), true);
     out.end(last);
 }
 

@@ -42,6 +42,26 @@ pub enum Place {
     },
 }
 
+impl Place {
+    /// A port's place: the configured `[row, column]` of `grid`, tile 0 of a single-tile
+    /// grid, or else the packets' `row` and `column`.
+    pub fn new(place: Option<[u32; 2]>, grid: [u32; 2]) -> Self {
+        match place {
+            Some([row, column]) => Self::Tile(tile_at(grid, row, column).unwrap_or(0)),
+            None if grid == [1, 1] => Self::Tile(0),
+            None => Self::Header { grid },
+        }
+    }
+}
+
+/// The tile at `row`, `column` of `grid` (row-major), if inside it.
+fn tile_at(grid: [u32; 2], row: u32, column: u32) -> Option<u16> {
+    if row >= grid[0] || column >= grid[1] {
+        return None;
+    }
+    u16::try_from(row * grid[1] + column).ok()
+}
+
 /// What the assembler needs to know about the port's stream.
 #[derive(Debug, Clone)]
 pub struct AssemblerConfig {
@@ -272,10 +292,7 @@ impl<F: PacketFormat> Assembler<F> {
             }
             (None, Place::Header { grid }) => {
                 let (row, column) = (u32::from(p.row), u32::from(p.column));
-                if row >= grid[0] || column >= grid[1] {
-                    return None;
-                }
-                let t = u16::try_from(row * grid[1] + column).ok()?;
+                let t = tile_at(grid, row, column)?;
                 tracing::info!(
                     mod_id = p.mod_id,
                     row,
