@@ -32,6 +32,7 @@ mod layout;
 mod master;
 mod master_end;
 mod nxmx;
+mod read_back;
 mod run_files;
 
 pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
@@ -43,4 +44,5 @@ pub use filter_repair::{repair_filters, Repaired};
 pub use layout::{all_modules, Chunking, RunLayout, MAX_MODULES};
 pub use master::{IndexRecord, RunEnd};
 pub use nxmx::DetectorInfo;
+pub use read_back::read_frame;
 pub use run_files::{data_file_name, master_path, DataFileName, FileOptions, MasterData, RunFiles};

@@ -17,6 +17,7 @@ pub use crate::check::ConfigError;
 use crate::check::{
     check_at_least_one, check_core, check_range, core_count, deserialize_keyed, key_in,
 };
+pub use crate::sink::redis::RedisConfig;
 pub use crate::sink::zmq::LiveConfig;
 use crate::source::validate_sources;
 pub use crate::source::{Policy, SourceConfig};
@@ -47,6 +48,9 @@ pub struct Config {
     /// The notification socket for live viewers and its query endpoint.
     #[serde(default)]
     pub live: LiveConfig,
+    /// The other sinks' tables (`[sink.redis]`).
+    #[serde(default)]
+    pub sink: SinkConfig,
     /// Defaults of every run (a run started over the control API may change them).
     #[serde(default)]
     pub run: RunSettings,
@@ -60,6 +64,15 @@ pub struct Config {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
+}
+
+/// `[sink.*]`: the tables of the sinks beside `[live]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `[sink.redis]`: Blissdata scans on a Redis server.
+    #[serde(default)]
+    pub redis: RedisConfig,
 }
 
 /// `[writer]`: how chunks are encoded and how often files are flushed.
@@ -237,7 +250,10 @@ pub struct ThreadMap {
 impl Config {
     /// The sinks' tables, for [`crate::sink::SinkSet::start`].
     pub fn sink_tables(&self) -> crate::sink::SinkTables<'_> {
-        crate::sink::SinkTables { zmq: &self.live }
+        crate::sink::SinkTables {
+            zmq: &self.live,
+            redis: &self.sink.redis,
+        }
     }
 
     /// The cores of the sinks' threads.
@@ -299,6 +315,7 @@ impl Config {
             check_core(&format!("threads.compress[{i}]"), Some(c), cores)?;
         }
         self.live.check()?;
+        self.sink.redis.check()?;
         self.run.validate("run")?;
         validate_sources(&self.sources, cores)
     }

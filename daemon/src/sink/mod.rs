@@ -3,7 +3,8 @@
 //! notification thread hands each one to every [`NotificationSink`] in queue order. A full
 //! queue drops the notification and counts it; ingest never slows down for a sink.
 //!
-//! One folder per sink: [`log`] (a rate line) and [`zmq`] (live viewers over ZeroMQ), each
+//! One folder per sink: [`log`] (a rate line), [`zmq`] (live viewers over ZeroMQ) and
+//! [`redis`] (Blissdata scans on a Redis server), each
 //! owning its configuration table and constructor; [`SinkSet`] builds the configured ones in
 //! one place. [`messages`] is the JSON schema docs/NOTIFICATIONS.md documents, for every
 //! transport. A notification holds its stream's description by `Arc`, so building one
@@ -13,12 +14,14 @@ pub mod log;
 pub mod messages;
 mod preview;
 mod queue;
+pub mod redis;
 mod set;
 pub mod zmq;
 
 use std::sync::Arc;
 
 use detingest_shm::PoolBuf;
+use detingest_writer::{DetectorInfo, FileOptions};
 
 pub use preview::PreviewPolicy;
 pub use queue::{NotifyQueue, QueueStats};
@@ -47,6 +50,12 @@ pub struct StreamStartNotice {
     pub stream: Arc<StreamInfo>,
     /// When, ns since the Unix epoch.
     pub started_ns: u64,
+    /// The detector description in its files.
+    pub detector: DetectorInfo,
+    /// The run's user metadata (JSON text).
+    pub user_json: String,
+    /// Its files' options (frames expected, master layout, SWMR).
+    pub files: FileOptions,
 }
 
 /// A stream's file was closed.
@@ -167,6 +176,17 @@ pub(crate) mod fixture {
             packets_lost: 0,
             missing: PacketMask::NONE,
         }
+    }
+
+    /// The start of `stream`, with default detector and file options.
+    pub fn start(stream: &Arc<StreamInfo>) -> Notification {
+        Notification::StreamStart(super::StreamStartNotice {
+            stream: Arc::clone(stream),
+            started_ns: 1,
+            detector: Default::default(),
+            user_json: "{}".into(),
+            files: Default::default(),
+        })
     }
 
     /// The notice of `record(stream, index)`, without a preview.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{log, zmq, NotificationSink};
+use super::{log, redis, zmq, NotificationSink};
 use crate::check::ConfigError;
 
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
@@ -90,6 +90,8 @@ impl RunSinks {
 pub struct SinkTables<'a> {
     /// `[live]`: the ZeroMQ sink.
     pub zmq: &'a zmq::LiveConfig,
+    /// `[sink.redis]`: the Redis sink.
+    pub redis: &'a redis::RedisConfig,
 }
 
 /// The cores the sinks' threads are pinned to (`[threads]`).
@@ -120,10 +122,13 @@ pub struct SinkSet {
 impl SinkSet {
     /// Starts every configured sink: the one place the sinks are listed.
     pub fn start(tables: SinkTables<'_>, cores: SinkCores) -> Result<Self, SinkError> {
-        let sinks: Vec<Box<dyn Sink>> = vec![
+        let mut sinks: Vec<Box<dyn Sink>> = vec![
             Box::new(log::LogSink::new(Duration::from_secs(5))),
             Box::new(zmq::ZmqSink::start(tables.zmq, cores)?),
         ];
+        if let Some(r) = redis::RedisSink::start(tables.redis, cores)? {
+            sinks.push(Box::new(r));
+        }
         Ok(Self { sinks })
     }
 

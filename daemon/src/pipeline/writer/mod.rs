@@ -460,6 +460,9 @@ impl Writer {
                     .push(Notification::StreamStart(StreamStartNotice {
                         stream: Arc::clone(&s.info),
                         started_ns: now_ns(),
+                        detector: setup.detector.clone(),
+                        user_json: setup.user_json.clone(),
+                        files: setup.files,
                     }));
             }
             Err(e) => self.fail(slot, e),

@@ -208,7 +208,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::{fixture, StreamEndNotice, StreamStartNotice};
+    use crate::sink::{fixture, StreamEndNotice};
 
     /// Topic and JSON of every message waiting on `sub` within `wait_ms`.
     fn received(sub: &zmq::Socket, wait_ms: i64) -> Vec<(String, serde_json::Value)> {
@@ -234,10 +234,7 @@ mod tests {
         let mut p = Publisher::new(xpub, history, Arc::default(), false);
         let stream = fixture::stream(1);
 
-        p.notify(&Notification::StreamStart(StreamStartNotice {
-            stream: Arc::clone(&stream),
-            started_ns: 1,
-        }));
+        p.notify(&fixture::start(&stream));
         p.notify(&fixture::frame(&stream, 1));
         p.notify(&fixture::frame(&stream, 2));
         let got = received(&sub, 100);

@@ -1,0 +1,192 @@
+//! The Redis thread's connection: connecting with a timeout, preparing a server for Blissdata
+//! readers (protocol key, the `seal_stream` function other Blissdata writers call, RedisJSON
+//! present), and outages: one warning when the server goes away, one line when it is back,
+//! reconnection attempts backing off in between.
+
+use std::time::{Duration, Instant};
+
+use super::config::redact;
+use super::scan::{PROTOCOL_KEY, PROTOCOL_VERSION};
+
+/// Blissdata's server-side sealing function, for other writers sharing the server (this
+/// sink seals its own streams with a plain XADD). Our own Lua, same behaviour: append the seal
+/// entry whose `id` field is the stream's length.
+const SEAL_LIBRARY: &str = r#"#!lua name=mylib
+local function seal_stream(keys, args)
+  local seal = '18446744073709551615-18446744073709551615'
+  local last = redis.call('XREVRANGE', keys[1], '+', '-', 'COUNT', 1)[1]
+  local first = -1
+  local n = 1
+  if last ~= nil then
+    if last[1] == seal then
+      error(keys[1] .. " is already sealed.")
+    end
+    first = tonumber(string.match(last[1], "^(%d+)"))
+    for i = 1, #last[2], 2 do
+      if last[2][i] == 'len' then n = tonumber(last[2][i + 1]) end
+    end
+  end
+  redis.call('XADD', keys[1], seal, 'id', first + n)
+  return first + n
+end
+redis.register_function('seal_stream', seal_stream)
+"#;
+
+/// A server to connect to, and the state of the link.
+pub struct Link {
+    client: redis::Client,
+    url: String,
+    timeout: Duration,
+    max_backoff: Duration,
+    con: Option<redis::Connection>,
+    backoff: Duration,
+    next_attempt: Instant,
+    outage: Option<Outage>,
+}
+
+/// The server is away: since when, and why (logged once).
+struct Outage {
+    since: Instant,
+    dropped_before: u64,
+}
+
+impl Link {
+    /// A link to `url` (not yet connected).
+    pub fn new(url: &str, timeout: Duration, max_backoff: Duration) -> redis::RedisResult<Self> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            url: redact(url),
+            timeout,
+            max_backoff,
+            con: None,
+            backoff: Duration::from_millis(100),
+            next_attempt: Instant::now(),
+            outage: None,
+        })
+    }
+
+    /// Connects and prepares the server now; the error says why not.
+    pub fn connect(&mut self) -> Result<(), String> {
+        let mut con = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .map_err(|e| describe(&e))?;
+        con.set_read_timeout(Some(self.timeout))
+            .and_then(|()| con.set_write_timeout(Some(self.timeout)))
+            .map_err(|e| describe(&e))?;
+        prepare(&mut con)?;
+        self.con = Some(con);
+        self.backoff = Duration::from_millis(100);
+        Ok(())
+    }
+
+    /// The connection, if there is one; reconnects when an attempt is due. `dropped` is the
+    /// count of indices not published so far, for the line that ends an outage. True when
+    /// this call reconnected.
+    pub fn get(&mut self, dropped: u64) -> (Option<&mut redis::Connection>, bool) {
+        let mut reconnected = false;
+        if self.con.is_none() && Instant::now() >= self.next_attempt {
+            match self.connect() {
+                Ok(()) => {
+                    reconnected = true;
+                    if let Some(o) = self.outage.take() {
+                        tracing::info!(
+                            url = %self.url,
+                            after_s = format_args!("{:.1}", o.since.elapsed().as_secs_f64()),
+                            indices_not_published = dropped - o.dropped_before,
+                            "redis: connected again"
+                        );
+                    }
+                }
+                Err(e) => self.failed(&e, dropped),
+            }
+        }
+        (self.con.as_mut(), reconnected)
+    }
+
+    /// A command failed with `e`: drop the connection, and start an outage if none is on.
+    pub fn failed(&mut self, e: &str, dropped: u64) {
+        self.con = None;
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(self.max_backoff);
+        if self.outage.is_none() {
+            tracing::warn!(url = %self.url, error = %e,
+                "redis: server unusable; dropping (and counting) what the sink would publish until it is back");
+            self.outage = Some(Outage {
+                since: Instant::now(),
+                dropped_before: dropped,
+            });
+        }
+    }
+
+    /// True while connected.
+    pub fn is_up(&self) -> bool {
+        self.con.is_some()
+    }
+
+    /// Connection attempts wait until then.
+    pub fn next_attempt(&self) -> Instant {
+        self.next_attempt
+    }
+}
+
+/// Checks that the server can hold scans (RedisJSON) and sets what Blissdata readers check:
+/// the protocol key, and the sealing function other Blissdata writers call. Both vanish with
+/// a server restarted without persistence: this runs on every (re)connection.
+fn prepare(con: &mut redis::Connection) -> Result<(), String> {
+    let json: redis::RedisResult<redis::Value> = redis::cmd("JSON.GET")
+        .arg("_detingest_probe_")
+        .query(con);
+    if let Err(e) = json {
+        if describe(&e).contains("unknown command") {
+            return Err(format!(
+                "the server has no RedisJSON ({}): Blissdata needs Redis Stack or Redis >= 8",
+                describe(&e)
+            ));
+        }
+        return Err(describe(&e));
+    }
+    let version: Option<u32> = redis::cmd("GET")
+        .arg(PROTOCOL_KEY)
+        .query(con)
+        .map_err(|e| describe(&e))?;
+    match version {
+        None => redis::cmd("SET")
+            .arg(PROTOCOL_KEY)
+            .arg(PROTOCOL_VERSION)
+            .arg("NX")
+            .query::<()>(con)
+            .map_err(|e| describe(&e))?,
+        Some(v) if v != PROTOCOL_VERSION => {
+            return Err(format!(
+                "the server holds Blissdata protocol {v}; this sink writes {PROTOCOL_VERSION}"
+            ))
+        }
+        Some(_) => {}
+    }
+    let libraries: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg("mylib")
+        .query(con)
+        .map_err(|e| describe(&e))?;
+    let loaded = matches!(&libraries, redis::Value::Array(a) if !a.is_empty());
+    if !loaded {
+        let r: redis::RedisResult<String> = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg(SEAL_LIBRARY)
+            .query(con);
+        // Another writer may have loaded it meanwhile.
+        if let Err(e) = r {
+            if !describe(&e).contains("already exists") {
+                return Err(describe(&e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line for an error, with the server's own words.
+pub fn describe(e: &redis::RedisError) -> String {
+    e.to_string()
+}

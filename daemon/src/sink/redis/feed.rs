@@ -1,0 +1,318 @@
+//! The Redis sink's side of the notification thread: gathers each stream's per-index values
+//! into columns, holds a picked frame's chunk until the files' readable watermark covers it,
+//! and hands one [`Msg::Batch`] per stream and notification batch to the Redis thread over a
+//! bounded channel without waiting. A full channel drops the batch and counts its indices.
+//! Column buffers come back from the Redis thread for reuse: no allocation per frame.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam::channel::{Receiver, Sender, TrySendError};
+use detingest_shm::PoolBuf;
+use detingest_writer::{DetectorInfo, FileOptions};
+
+use super::RedisStats;
+use crate::sink::{Notification, NotificationSink};
+use crate::stream::{FrameRecord, StreamInfo};
+
+/// A stream's file set was opened: create its scan.
+pub struct Open {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// The detector description of its files.
+    pub detector: DetectorInfo,
+    /// The run's user metadata (JSON text).
+    pub user_json: String,
+    /// Its files' options (frames expected, master layout, SWMR).
+    pub files: FileOptions,
+}
+
+/// A stream's files were closed: seal its scan.
+pub struct Close {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// Indices in its files (the Blissdata streams' length).
+    pub frames: u64,
+    /// Of which lost.
+    pub lost: u64,
+}
+
+/// Consecutive indices of one stream, as columns, and at most one readable frame's chunk.
+pub struct Batch {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// The (1-based) index of the first value.
+    pub first: u64,
+    /// Per index: the detector's frame number.
+    pub frame_number: Vec<u64>,
+    /// Per index: 1 when lost.
+    pub lost: Vec<u8>,
+    /// Per index: packets lost.
+    pub packets_lost: Vec<u32>,
+    /// Per index: arrival time, seconds since the Unix epoch.
+    pub timestamp: Vec<f64>,
+    /// A frame whose pixels go to Redis: its index and encoded chunk, readable in the files.
+    pub image: Option<(u64, Arc<PoolBuf>)>,
+}
+
+impl Batch {
+    /// Indices in the columns.
+    pub fn len(&self) -> usize {
+        self.frame_number.len()
+    }
+
+    /// True when it holds no index.
+    pub fn is_empty(&self) -> bool {
+        self.frame_number.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.frame_number.clear();
+        self.lost.clear();
+        self.packets_lost.clear();
+        self.timestamp.clear();
+        self.image = None;
+    }
+
+    fn push(&mut self, r: &FrameRecord) {
+        self.frame_number.push(r.frame_number);
+        self.lost.push(u8::from(r.lost()));
+        self.packets_lost.push(r.packets_lost);
+        self.timestamp.push(r.timestamp_ns as f64 * 1e-9);
+    }
+}
+
+/// What the notification thread hands the Redis thread.
+pub enum Msg {
+    /// Create a stream's scan.
+    Open(Box<Open>),
+    /// Publish indices (and perhaps an image).
+    Batch(Batch),
+    /// Seal a stream's scan.
+    Close(Box<Close>),
+}
+
+/// One stream as the feed sees it.
+struct StreamFeed {
+    stream: Arc<StreamInfo>,
+    batch: Option<Batch>,
+    /// A picked frame waiting for the readable watermark.
+    pending: Option<(u64, Arc<PoolBuf>)>,
+    readable: u64,
+}
+
+/// The Redis sink's notification sink for one run.
+pub struct Feed {
+    tx: Sender<Msg>,
+    returned: Receiver<Batch>,
+    stats: Arc<RedisStats>,
+    streams: Vec<StreamFeed>,
+    /// Opens and closes that found the channel full, sent before anything else.
+    backlog: VecDeque<Msg>,
+}
+
+impl Feed {
+    pub(super) fn new(tx: Sender<Msg>, returned: Receiver<Batch>, stats: Arc<RedisStats>) -> Self {
+        Self {
+            tx,
+            returned,
+            stats,
+            streams: Vec::new(),
+            backlog: VecDeque::new(),
+        }
+    }
+
+    fn stream(&mut self, info: &Arc<StreamInfo>) -> &mut StreamFeed {
+        let i = match self.streams.iter().position(|s| s.stream.slot == info.slot) {
+            Some(i) => i,
+            None => {
+                self.streams.push(StreamFeed {
+                    stream: Arc::clone(info),
+                    batch: None,
+                    pending: None,
+                    readable: 0,
+                });
+                self.streams.len() - 1
+            }
+        };
+        &mut self.streams[i]
+    }
+
+    /// Sends without waiting; a full channel drops a batch (counted) and keeps opens and
+    /// closes for the next try.
+    fn send(&mut self, msg: Msg) {
+        if !self.backlog.is_empty() {
+            self.retry_backlog();
+        }
+        if !self.backlog.is_empty() {
+            self.queue_or_drop(msg);
+            return;
+        }
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => self.queue_or_drop(msg),
+            Err(TrySendError::Disconnected(msg)) => self.drop_msg(msg),
+        }
+    }
+
+    fn queue_or_drop(&mut self, msg: Msg) {
+        match msg {
+            Msg::Batch(_) => self.drop_msg(msg),
+            lifecycle => self.backlog.push_back(lifecycle),
+        }
+    }
+
+    fn drop_msg(&mut self, msg: Msg) {
+        if let Msg::Batch(b) = msg {
+            self.stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .indices_dropped
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+            self.stats.mark_incomplete(&b.stream.key, b.len() as u64);
+        }
+    }
+
+    fn retry_backlog(&mut self) {
+        while let Some(msg) = self.backlog.pop_front() {
+            match self.tx.try_send(msg) {
+                Ok(()) => {}
+                Err(TrySendError::Full(msg)) => {
+                    self.backlog.push_front(msg);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// A fresh or recycled batch for `stream`, starting at `first`.
+    fn new_batch(&self, stream: &Arc<StreamInfo>, first: u64) -> Batch {
+        let mut b = self.returned.try_recv().unwrap_or_else(|_| Batch {
+            stream: Arc::clone(stream),
+            first,
+            frame_number: Vec::with_capacity(1024),
+            lost: Vec::with_capacity(1024),
+            packets_lost: Vec::with_capacity(1024),
+            timestamp: Vec::with_capacity(1024),
+            image: None,
+        });
+        b.clear();
+        b.stream = Arc::clone(stream);
+        b.first = first;
+        b
+    }
+
+    fn frame(&mut self, info: &Arc<StreamInfo>, r: &FrameRecord, preview: Option<&Arc<PoolBuf>>) {
+        // A gap (notifications dropped before us) ends the batch: entries hold consecutive
+        // indices.
+        let gap = {
+            let s = self.stream(info);
+            s.batch
+                .as_ref()
+                .is_some_and(|b| b.first + b.len() as u64 != r.index)
+        };
+        if gap {
+            self.ship(info);
+        }
+        if self.stream(info).batch.is_none() {
+            let b = self.new_batch(info, r.index);
+            self.stream(info).batch = Some(b);
+        }
+        let s = self.stream(info);
+        if let Some(b) = s.batch.as_mut() {
+            b.push(r);
+        }
+        if s.pending.is_none() {
+            if let Some(p) = preview {
+                s.pending = Some((r.index, Arc::clone(p)));
+            }
+        }
+        s.readable = s.readable.max(r.readable_up_to);
+        s.take_readable_image();
+    }
+
+    /// Sends what `info` has gathered.
+    fn ship(&mut self, info: &Arc<StreamInfo>) {
+        let s = self.stream(info);
+        let Some(b) = s.batch.take() else { return };
+        if b.is_empty() && b.image.is_none() {
+            return;
+        }
+        self.send(Msg::Batch(b));
+    }
+}
+
+impl StreamFeed {
+    /// Moves the pending frame into the batch once the files can give it to a reader.
+    fn take_readable_image(&mut self) {
+        let due = self.pending.as_ref().is_some_and(|(i, _)| *i <= self.readable);
+        if due {
+            if let Some(b) = self.batch.as_mut() {
+                b.image = self.pending.take();
+            }
+        }
+    }
+}
+
+impl NotificationSink for Feed {
+    fn notify(&mut self, n: &Notification) {
+        match n {
+            Notification::StreamStart(s) => self.send(Msg::Open(Box::new(Open {
+                stream: Arc::clone(&s.stream),
+                detector: s.detector.clone(),
+                user_json: s.user_json.clone(),
+                files: s.files,
+            }))),
+            Notification::Frame(f) => self.frame(&f.stream, &f.record, f.preview.as_ref()),
+            Notification::Readable(r) => {
+                let first = r.up_to + 1;
+                let s = self.stream(&r.stream);
+                s.readable = s.readable.max(r.up_to);
+                if s.batch.is_none() && s.pending.is_some() {
+                    let b = self.new_batch(&r.stream, first);
+                    self.stream(&r.stream).batch = Some(b);
+                }
+                self.stream(&r.stream).take_readable_image();
+            }
+            Notification::StreamEnd(e) => {
+                // Everything is readable once the files are closed.
+                let s = self.stream(&e.stream);
+                s.readable = u64::MAX;
+                if s.batch.is_none() && s.pending.is_some() {
+                    let b = self.new_batch(&e.stream, e.frames + 1);
+                    self.stream(&e.stream).batch = Some(b);
+                }
+                self.stream(&e.stream).take_readable_image();
+                self.ship(&e.stream);
+                self.send(Msg::Close(Box::new(Close {
+                    stream: Arc::clone(&e.stream),
+                    frames: e.frames,
+                    lost: e.lost,
+                })));
+                self.streams.retain(|s| s.stream.slot != e.stream.slot);
+            }
+        }
+    }
+
+    fn batch_done(&mut self) {
+        for i in 0..self.streams.len() {
+            let info = Arc::clone(&self.streams[i].stream);
+            self.ship(&info);
+        }
+        if !self.backlog.is_empty() {
+            self.retry_backlog();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.batch_done();
+        // The run is over: opens and closes still waiting may wait (briefly) for room.
+        while let Some(msg) = self.backlog.pop_front() {
+            let timeout = std::time::Duration::from_secs(2);
+            if self.tx.send_timeout(msg, timeout).is_err() {
+                tracing::warn!("redis: the Redis thread took no message for 2 s; a scan stays open");
+            }
+        }
+    }
+}

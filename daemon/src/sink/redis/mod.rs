@@ -1,0 +1,206 @@
+//! The `redis` sink: every stream a Blissdata scan on a Redis server, so that PyPI
+//! `blissdata` readers (and any Redis client) follow the detector's runs live or late.
+//! Built from `[sink.redis]`; docs/REDIS.md has the keys and what readers get.
+//!
+//! The notification thread's [`feed::Feed`] gathers values into batches and hands them to
+//! the `redis` thread ([`publisher::Publisher`]) over a bounded channel without waiting; that
+//! thread alone talks to the server, one pipelined round trip per batch. A slow, absent or
+//! refusing server costs dropped (and counted) entries, never a frame in the files.
+
+pub mod config;
+mod connection;
+mod feed;
+mod publisher;
+mod scan;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, Sender};
+
+pub use config::{OnStartError, RedisConfig};
+use connection::Link;
+use feed::{Batch, Feed, Msg};
+use publisher::Publisher;
+
+use crate::check::ConfigError;
+use crate::sink::{NotificationSink, Sink, SinkCores, SinkError, SinkNeeds};
+use crate::threads;
+
+/// The sink's counters, shared by the feed and the Redis thread.
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Scans written.
+    pub scans: AtomicU64,
+    /// Streams whose scan could not be written (server away at their start).
+    pub scans_unpublished: AtomicU64,
+    /// Scans closed with indices missing.
+    pub scans_incomplete: AtomicU64,
+    /// Indices published.
+    pub indices: AtomicU64,
+    /// Batches published.
+    pub batches: AtomicU64,
+    /// Images whose pixels went to Redis.
+    pub images: AtomicU64,
+    /// Picked images whose chunk did not decode (not published).
+    pub images_undecodable: AtomicU64,
+    /// Indices not published (queue full, server away or refusing).
+    pub indices_dropped: AtomicU64,
+    /// Batches not published.
+    pub batches_dropped: AtomicU64,
+    /// Commands the server refused or that timed out.
+    pub errors: AtomicU64,
+    /// Reconnections after an outage.
+    pub reconnects: AtomicU64,
+    /// Connected now.
+    pub connected: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    /// Indices the feed dropped, per stream key, until the stream's close reads them.
+    feed_dropped: Mutex<HashMap<String, u64>>,
+}
+
+impl RedisStats {
+    /// The feed dropped a batch of `stream`.
+    fn mark_incomplete(&self, stream: &str, indices: u64) {
+        if let Ok(mut m) = self.feed_dropped.lock() {
+            *m.entry(stream.to_owned()).or_default() += indices;
+        }
+    }
+
+    /// Indices of `stream` the feed dropped, forgotten once read.
+    fn take_feed_dropped(&self, stream: &str) -> u64 {
+        self.feed_dropped
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(stream))
+            .unwrap_or(0)
+    }
+
+    fn set_last_error(&self, e: &str) {
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(e.to_owned());
+        }
+    }
+}
+
+/// The Redis sink: the channel to its thread and the thread.
+pub struct RedisSink {
+    tx: Option<Sender<Msg>>,
+    returned: Receiver<Batch>,
+    stats: Arc<RedisStats>,
+    thread: Option<JoinHandle<()>>,
+    needs: SinkNeeds,
+    url: String,
+}
+
+impl RedisSink {
+    /// Connects to `cfg.url` and starts the `redis` thread (pinned beside the notification
+    /// thread). A server that cannot be used names `sink.redis.url` (or, with
+    /// `on_start_error = "continue"`, is logged and retried). `None` when no URL is set.
+    pub fn start(cfg: &RedisConfig, cores: SinkCores) -> Result<Option<Self>, SinkError> {
+        if !cfg.enabled() {
+            return Ok(None);
+        }
+        let fail = |message: String| SinkError {
+            sink: "redis",
+            error: ConfigError::new("sink.redis.url", message),
+        };
+        let url = config::redact(&cfg.url);
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let mut link = Link::new(&cfg.url, timeout, Duration::from_millis(cfg.max_backoff_ms))
+            .map_err(|e| fail(format!("{url}: {e}")))?;
+        let stats = Arc::new(RedisStats::default());
+        match link.connect() {
+            Ok(()) => {
+                tracing::info!(url = %url, "redis: publishing scans");
+                stats.connected.store(true, Ordering::Relaxed);
+            }
+            Err(e) if cfg.on_start_error == OnStartError::Fail => {
+                return Err(fail(format!("cannot use {url}: {e}")))
+            }
+            Err(e) => {
+                stats.set_last_error(&e);
+                link.failed(&e, 0);
+            }
+        }
+        let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
+        let (returns, returned) = crossbeam::channel::bounded(8);
+        let publisher = Publisher::new(cfg.clone(), link, Arc::clone(&stats));
+        let thread = threads::spawn("redis".into(), cores.notify, move || {
+            publisher.run(rx, returns)
+        })
+        .map_err(|e| fail(format!("cannot start the redis thread: {e}")))?;
+        Ok(Some(Self {
+            tx: Some(tx),
+            returned,
+            stats,
+            thread: Some(thread),
+            needs: cfg.needs(),
+            url,
+        }))
+    }
+}
+
+impl Sink for RedisSink {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn needs(&self) -> SinkNeeds {
+        self.needs
+    }
+
+    fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
+        let tx = self.tx.clone()?;
+        Some(Box::new(Feed::new(
+            tx,
+            self.returned.clone(),
+            Arc::clone(&self.stats),
+        )))
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "url": self.url,
+            "connected": s.connected.load(Ordering::Relaxed),
+            "scans": n(&s.scans),
+            "scans_unpublished": n(&s.scans_unpublished),
+            "scans_incomplete": n(&s.scans_incomplete),
+            "indices": n(&s.indices),
+            "batches": n(&s.batches),
+            "images": n(&s.images),
+            "images_undecodable": n(&s.images_undecodable),
+            "indices_dropped": n(&s.indices_dropped),
+            "batches_dropped": n(&s.batches_dropped),
+            "errors": n(&s.errors),
+            "reconnects": n(&s.reconnects),
+            "last_error": s.last_error.lock().ok().and_then(|l| l.clone()),
+        })
+    }
+
+    fn summary_line(&self) -> Option<String> {
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Some(format!(
+            "redis            {} scans, {} indices and {} images published on {}; {} indices not published, {} errors",
+            n(&s.scans),
+            n(&s.indices),
+            n(&s.images),
+            self.url,
+            n(&s.indices_dropped),
+            n(&s.errors)
+        ))
+    }
+
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The Redis thread: turns the feed's messages into Blissdata scans. A stream's open writes
+//! its scan (document, history entry, states CREATED, PREPARED, STARTED) in one transaction;
+//! each batch is one pipelined round trip (one `XADD` per data stream, `MAXLEN` trimming);
+//! the close seals every data stream at the stream's length and writes STOPPED and CLOSED
+//! with the final metadata. Indices are 0-based in Blissdata: detingest index `i` is entry
+//! `i - 1`. A server that is away drops (and counts) what comes meanwhile; the files never
+//! wait for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::json;
+
+use super::config::RedisConfig;
+use super::connection::{describe, Link};
+use super::feed::{Batch, Close, Msg, Open};
+use super::scan::{ScanDoc, ScanState, SCAN_HISTORY, SEAL_ID};
+use super::RedisStats;
+
+/// One stream's scan as the thread keeps it.
+struct Scan {
+    doc: ScanDoc,
+    /// Written to the server (false: created while the server was away; never published).
+    published: bool,
+    /// Indices this thread could not publish.
+    dropped: u64,
+    /// Images published.
+    images: u64,
+    /// The index of the newest image published (0: none).
+    last_image: u64,
+}
+
+/// The Redis thread's state.
+pub struct Publisher {
+    cfg: RedisConfig,
+    link: Link,
+    stats: Arc<RedisStats>,
+    scans: HashMap<String, Scan>,
+    /// Closes that found the server away, retried when it is back.
+    unclosed: Vec<(Scan, Box<Close>)>,
+    /// Decoded pixels of the image being published.
+    pixels: Vec<u8>,
+}
+
+impl Publisher {
+    /// A publisher over `link`.
+    pub fn new(cfg: RedisConfig, link: Link, stats: Arc<RedisStats>) -> Self {
+        Self {
+            cfg,
+            link,
+            stats,
+            scans: HashMap::new(),
+            unclosed: Vec::new(),
+            pixels: Vec::new(),
+        }
+    }
+
+    /// Runs until the feed side of `rx` is gone, handing emptied batches back on `returns`.
+    pub fn run(mut self, rx: Receiver<Msg>, returns: Sender<Batch>) {
+        loop {
+            let wait = self
+                .link
+                .next_attempt()
+                .saturating_duration_since(std::time::Instant::now())
+                .clamp(Duration::from_millis(10), Duration::from_millis(500));
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Open(o)) => self.open(*o),
+                Ok(Msg::Batch(b)) => {
+                    self.batch(&b);
+                    let _ = returns.try_send(b);
+                }
+                Ok(Msg::Close(c)) => self.close(c),
+                Err(RecvTimeoutError::Timeout) => {
+                    if !self.unclosed.is_empty() {
+                        self.connection();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.stats
+                .connected
+                .store(self.link.is_up(), Ordering::Relaxed);
+        }
+    }
+
+    /// The connection, reconnecting when due; after a reconnection, scans whose keys the
+    /// server lost (restarted without persistence) stop being published, and closes that
+    /// waited are done.
+    fn connection(&mut self) -> Option<&mut redis::Connection> {
+        let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
+        let (_, reconnected) = self.link.get(dropped);
+        if reconnected {
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.after_reconnect();
+        }
+        self.link.get(dropped).0
+    }
+
+    fn after_reconnect(&mut self) {
+        let keys: Vec<String> = self
+            .scans
+            .values()
+            .filter(|s| s.published)
+            .map(|s| s.doc.key.clone())
+            .collect();
+        for key in keys {
+            let exists: Option<bool> = self
+                .link
+                .get(0)
+                .0
+                .and_then(|c| redis::cmd("EXISTS").arg(&key).query(c).ok());
+            if exists == Some(false) {
+                tracing::warn!(scan = %key, "redis: the server lost this scan (restarted?); the rest of its stream is not published");
+                if let Some(s) = self.scans.values_mut().find(|s| s.doc.key == key) {
+                    s.published = false;
+                }
+            }
+        }
+        for (scan, close) in std::mem::take(&mut self.unclosed) {
+            self.finish(scan, close);
+        }
+    }
+
+    fn open(&mut self, o: Open) {
+        let prefix = self.cfg.prefix.clone();
+        let mut scan = Scan {
+            doc: ScanDoc::new(&prefix, Arc::clone(&o.stream), 0, &o.detector, &o.user_json, &o.files),
+            published: false,
+            dropped: 0,
+            images: 0,
+            last_image: 0,
+        };
+        if let Some(con) = self.connection() {
+            let result = create(con, &prefix, &mut scan.doc);
+            match result {
+                Ok(()) => {
+                    scan.published = true;
+                    self.stats.scans.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(stream = %o.stream.key, scan = %scan.doc.key, "redis: scan published");
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+        if !scan.published {
+            self.stats.scans_unpublished.fetch_add(1, Ordering::Relaxed);
+        }
+        self.scans.insert(o.stream.key.clone(), scan);
+    }
+
+    fn batch(&mut self, b: &Batch) {
+        let Some(published) = self.scans.get(&b.stream.key).map(|s| s.published) else {
+            return self.dropped(b);
+        };
+        if !published || self.connection().is_none() {
+            return self.dropped(b);
+        }
+        let image = b.image.as_ref().and_then(|(index, chunk)| {
+            let s = &b.stream;
+            let [rows, cols] = s.shape;
+            let es = s.pixel.size();
+            self.pixels.resize(rows as usize * cols as usize * es, 0);
+            match s.codec.decompress_into(chunk.as_slice(), es, &mut self.pixels) {
+                Ok(n) if n == self.pixels.len() => Some(*index),
+                _ => {
+                    self.stats.images_undecodable.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        });
+        let Some(scan) = self.scans.get(&b.stream.key) else {
+            return;
+        };
+        let mut pipe = redis::pipe();
+        if !b.is_empty() {
+            let id = format!("{}-1", b.first - 1);
+            let columns: [&[u8]; 4] = [
+                as_bytes_u64(&b.frame_number),
+                &b.lost,
+                as_bytes_u32(&b.packets_lost),
+                as_bytes_f64(&b.timestamp),
+            ];
+            for (key, payload) in scan.doc.stream_keys[1..].iter().zip(columns) {
+                let cmd = pipe
+                    .cmd("XADD")
+                    .arg(key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.cfg.max_entries)
+                    .arg(&id)
+                    .arg("payload")
+                    .arg(payload);
+                if b.len() > 1 {
+                    cmd.arg("len").arg(b.len());
+                }
+                cmd.ignore();
+            }
+        }
+        if let Some(index) = image {
+            pipe.cmd("XADD")
+                .arg(&scan.doc.stream_keys[0])
+                .arg("MAXLEN")
+                .arg(self.cfg.image_entries)
+                .arg(format!("{}-1", index - 1))
+                .arg("payload")
+                .arg(&self.pixels[..])
+                .ignore();
+        }
+        let Some(con) = self.link.get(0).0 else {
+            return self.dropped(b);
+        };
+        match pipe.query::<()>(con) {
+            Ok(()) => {
+                self.stats
+                    .indices
+                    .fetch_add(b.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                if image.is_some() {
+                    self.stats.images.fetch_add(1, Ordering::Relaxed);
+                    if let Some(s) = self.scans.get_mut(&b.stream.key) {
+                        s.images += 1;
+                        s.last_image = image.unwrap_or(0);
+                    }
+                }
+            }
+            Err(e) => {
+                self.failed(&describe(&e));
+                self.dropped(b);
+            }
+        }
+    }
+
+    fn dropped(&mut self, b: &Batch) {
+        let n = b.len() as u64;
+        self.stats.indices_dropped.fetch_add(n, Ordering::Relaxed);
+        self.stats.batches_dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.scans.get_mut(&b.stream.key) {
+            s.dropped += n;
+        }
+    }
+
+    fn close(&mut self, c: Box<Close>) {
+        let Some(scan) = self.scans.remove(&c.stream.key) else {
+            return;
+        };
+        self.finish(scan, c);
+    }
+
+    /// Seals and closes `scan`, or keeps it for when the server is back.
+    fn finish(&mut self, mut scan: Scan, c: Box<Close>) {
+        if !scan.published {
+            return;
+        }
+        let dropped = scan.dropped + self.stats.take_feed_dropped(&c.stream.key);
+        scan.dropped = dropped;
+        let prefix = self.cfg.prefix.clone();
+        if self.connection().is_none() {
+            self.unclosed.push((scan, c));
+            return;
+        }
+        scan.doc.set_info("end_reason", json!("SUCCESS"));
+        scan.doc.set_info(
+            "publishing",
+            json!({
+                "complete": dropped == 0,
+                "indices_not_published": dropped,
+                "images_in_redis": scan.images,
+                "frames": c.frames,
+                "lost": c.lost,
+            }),
+        );
+        let mut pixels = std::mem::take(&mut self.pixels);
+        let last = last_image(&scan, &c, &mut pixels);
+        let sealed = match self.link.get(0).0 {
+            Some(con) => seal(con, &prefix, &scan.doc, c.frames, last),
+            None => Err("not connected".into()),
+        };
+        self.pixels = pixels;
+        match sealed {
+            Ok(()) => {
+                if dropped > 0 {
+                    self.stats.scans_incomplete.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(scan = %scan.doc.key, indices_not_published = dropped,
+                        "redis: scan closed incomplete (marked in its info.publishing)");
+                }
+            }
+            Err(e) => {
+                self.failed(&e);
+                self.unclosed.push((scan, c));
+            }
+        }
+    }
+
+    fn failed(&mut self, e: &str) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.set_last_error(e);
+        let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
+        self.link.failed(e, dropped);
+    }
+}
+
+/// Writes `doc`'s scan: CREATED, PREPARED and STARTED in one transaction, the document
+/// before the history entry that announces it.
+fn create(con: &mut redis::Connection, prefix: &str, doc: &mut ScanDoc) -> Result<(), String> {
+    let number: u64 = redis::cmd("INCR")
+        .arg(format!("{prefix}:detingest:scan_number"))
+        .query(con)
+        .map_err(|e| describe(&e))?;
+    doc.set_number(number);
+    let state = doc.state_key(prefix);
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("JSON.SET")
+        .arg(&doc.key)
+        .arg("$")
+        .arg(doc.document(true))
+        .ignore()
+        .cmd("XADD")
+        .arg(SCAN_HISTORY)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(2048)
+        .arg("*")
+        .arg("key")
+        .arg(&doc.key)
+        .ignore();
+    for s in [ScanState::Created, ScanState::Prepared, ScanState::Started] {
+        pipe.cmd("XADD")
+            .arg(&state)
+            .arg("*")
+            .arg("state")
+            .arg(s as u8)
+            .ignore();
+    }
+    pipe.cmd("SET")
+        .arg(format!("{prefix}:detingest:scan:{}", doc.stream.key))
+        .arg(&doc.key)
+        .ignore();
+    pipe.query::<()>(con).map_err(|e| describe(&e))
+}
+
+/// The pixels of the stream's last index, read back from its data file, when the image
+/// stream does not end with it: Blissdata readers take an index past a stream's last entry
+/// for one that will never come, even below the seal.
+fn last_image<'p>(scan: &Scan, c: &Close, pixels: &'p mut Vec<u8>) -> Option<&'p [u8]> {
+    if c.frames == 0 || scan.last_image == c.frames {
+        return None;
+    }
+    let s = &c.stream;
+    let (file, position) = s.data_file(c.frames);
+    let path = std::path::PathBuf::from(file.to_string());
+    match detingest_writer::read_frame(&path, position, s.codec, s.pixel.size(), pixels) {
+        Ok(()) => Some(&pixels[..]),
+        Err(e) => {
+            tracing::warn!(stream = %s.key, error = %e, "redis: the last image could not be read back; readers of the last indices by number get 'won't be there'");
+            None
+        }
+    }
+}
+
+/// Seals every data stream at `frames` entries (after the last image, if given), then writes
+/// STOPPED and the final document with CLOSED, in one transaction.
+fn seal(
+    con: &mut redis::Connection,
+    prefix: &str,
+    doc: &ScanDoc,
+    frames: u64,
+    last_image: Option<&[u8]>,
+) -> Result<(), String> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if let Some(pixels) = last_image {
+        pipe.cmd("XADD")
+            .arg(&doc.stream_keys[0])
+            .arg(format!("{}-1", frames - 1))
+            .arg("payload")
+            .arg(pixels)
+            .ignore();
+    }
+    for key in &doc.stream_keys {
+        pipe.cmd("XADD")
+            .arg(key)
+            .arg(SEAL_ID)
+            .arg("id")
+            .arg(frames)
+            .ignore();
+    }
+    let state = doc.state_key(prefix);
+    pipe.cmd("XADD")
+        .arg(&state)
+        .arg("*")
+        .arg("state")
+        .arg(ScanState::Stopped as u8)
+        .ignore()
+        .cmd("JSON.SET")
+        .arg(&doc.key)
+        .arg("$")
+        .arg(doc.document(true))
+        .ignore()
+        .cmd("XADD")
+        .arg(&state)
+        .arg("*")
+        .arg("state")
+        .arg(ScanState::Closed as u8)
+        .ignore();
+    pipe.query::<()>(con).map_err(|e| describe(&e))
+}
+
+/// The bytes of `v`, little-endian (the machine's order; checked at compile time).
+fn as_bytes_u64(v: &[u64]) -> &[u8] {
+    zerocopy::IntoBytes::as_bytes(v)
+}
+
+fn as_bytes_u32(v: &[u32]) -> &[u8] {
+    zerocopy::IntoBytes::as_bytes(v)
+}
+
+fn as_bytes_f64(v: &[f64]) -> &[u8] {
+    zerocopy::IntoBytes::as_bytes(v)
+}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("the Redis sink writes numeric payloads in the machine's byte order, declared little-endian");
