@@ -63,7 +63,10 @@ pub fn read_frame(
             .decompress_into(&stored, es, &mut decoded)
             .map_err(|e| fail("decode", &e))?;
         if got != decoded.len() {
-            return Err(fail("decode", &format!("{got} bytes, not {}", decoded.len())));
+            return Err(fail(
+                "decode",
+                &format!("{got} bytes, not {}", decoded.len()),
+            ));
         }
         let width = ccols.min(cols - c0) * es;
         for (r, row) in decoded.chunks_exact(ccols * es).take(rows - r0).enumerate() {

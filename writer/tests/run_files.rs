@@ -1,6 +1,7 @@
 //! A run's file set read back with libhdf5: tiles land where the geometry says, missing tiles
 //! read as the fill value, data files roll over with the right `image_nr_low/high`, and the
-//! master's links and VDS resolve from another working directory.
+//! master's links and VDS resolve from another working directory; `read_frame` gives an index
+//! back as the VDS reads it.
 
 use detingest_shm::PixelType;
 use detingest_writer::{
@@ -187,4 +188,33 @@ fn existing_files_are_never_replaced() {
         FileOptions::default(),
     );
     assert!(matches!(again, Err(WriteError::Exists(_))));
+}
+
+#[test]
+fn read_frame_gives_an_index_back_as_the_vds_reads_it() {
+    for chunking in [Chunking::Module, Chunking::Frame] {
+        let tmp = tempfile::tempdir().unwrap();
+        write_run(tmp.path(), chunking, 7);
+        let master = hdf5::File::open(master_path(tmp.path(), "scan")).unwrap();
+        let vds: Vec<u16> = master
+            .dataset("/entry/data/data")
+            .unwrap()
+            .read_raw::<u16>()
+            .unwrap();
+        let image = 8 * 12;
+        let mut out = Vec::new();
+        // Index 5 (data file 2, position 1) lacks module 2; index 7 is file 3's only one.
+        for (index, file, position) in [(5u64, 2u64, 1u64), (7, 3, 0), (1, 1, 0)] {
+            let path = tmp.path().join(data_file_name("scan", file));
+            detingest_writer::read_frame(&path, position, Codec::None, 2, &mut out).unwrap();
+            let want: Vec<u8> = vds[(index as usize - 1) * image..index as usize * image]
+                .iter()
+                .flat_map(|p| p.to_le_bytes())
+                .collect();
+            assert_eq!(out, want, "{chunking:?} index {index}");
+        }
+        let path = tmp.path().join(data_file_name("scan", 3));
+        let beyond = detingest_writer::read_frame(&path, 1, Codec::None, 2, &mut out);
+        assert!(beyond.is_err(), "file 3 holds one index");
+    }
 }

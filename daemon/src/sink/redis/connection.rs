@@ -134,9 +134,8 @@ impl Link {
 /// the protocol key, and the sealing function other Blissdata writers call. Both vanish with
 /// a server restarted without persistence: this runs on every (re)connection.
 fn prepare(con: &mut redis::Connection) -> Result<(), String> {
-    let json: redis::RedisResult<redis::Value> = redis::cmd("JSON.GET")
-        .arg("_detingest_probe_")
-        .query(con);
+    let json: redis::RedisResult<redis::Value> =
+        redis::cmd("JSON.GET").arg("_detingest_probe_").query(con);
     if let Err(e) = json {
         if describe(&e).contains("unknown command") {
             return Err(format!(

@@ -246,7 +246,10 @@ impl Feed {
 impl StreamFeed {
     /// Moves the pending frame into the batch once the files can give it to a reader.
     fn take_readable_image(&mut self) {
-        let due = self.pending.as_ref().is_some_and(|(i, _)| *i <= self.readable);
+        let due = self
+            .pending
+            .as_ref()
+            .is_some_and(|(i, _)| *i <= self.readable);
         if due {
             if let Some(b) = self.batch.as_mut() {
                 b.image = self.pending.take();
@@ -311,8 +314,122 @@ impl NotificationSink for Feed {
         while let Some(msg) = self.backlog.pop_front() {
             let timeout = std::time::Duration::from_secs(2);
             if self.tx.send_timeout(msg, timeout).is_err() {
-                tracing::warn!("redis: the Redis thread took no message for 2 s; a scan stays open");
+                tracing::warn!(
+                    "redis: the Redis thread took no message for 2 s; a scan stays open"
+                );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use detingest_shm::BufferPool;
+
+    use super::*;
+    use crate::sink::{fixture, FrameNotice, ReadableNotice, StreamEndNotice};
+
+    fn feed(capacity: usize) -> (Feed, Receiver<Msg>, Arc<RedisStats>) {
+        let (tx, rx) = crossbeam::channel::bounded(capacity);
+        let (_returns, returned) = crossbeam::channel::bounded(1);
+        let stats = Arc::new(RedisStats::default());
+        (Feed::new(tx, returned, Arc::clone(&stats)), rx, stats)
+    }
+
+    /// Frame `index`, readable up to `readable`, with a preview chunk if given.
+    fn frame(
+        s: &Arc<StreamInfo>,
+        index: u64,
+        readable: u64,
+        preview: Option<PoolBuf>,
+    ) -> Notification {
+        let mut record = fixture::record(s, index);
+        record.readable_up_to = readable;
+        Notification::Frame(FrameNotice {
+            stream: Arc::clone(s),
+            record,
+            preview: preview.map(Arc::new),
+        })
+    }
+
+    fn batches(rx: &Receiver<Msg>) -> Vec<(u64, Vec<u64>, Option<u64>)> {
+        rx.try_iter()
+            .filter_map(|m| match m {
+                Msg::Batch(b) => Some((b.first, b.frame_number.clone(), b.image.map(|i| i.0))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_notification_batch_is_one_message_of_consecutive_indices() {
+        let s = fixture::stream(1);
+        let (mut f, rx, _) = feed(8);
+        f.notify(&fixture::start(&s));
+        assert!(matches!(rx.try_recv(), Ok(Msg::Open(_))));
+        for i in 1..=3 {
+            f.notify(&frame(&s, i, i, None));
+        }
+        f.batch_done();
+        f.notify(&frame(&s, 4, 4, None));
+        // Index 5 never notified (dropped at the notification queue): a new entry at 6.
+        f.notify(&frame(&s, 6, 6, None));
+        f.batch_done();
+        assert_eq!(
+            batches(&rx),
+            [
+                (1, vec![101, 102, 103], None),
+                (4, vec![104], None),
+                (6, vec![106], None)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_picked_frame_waits_for_the_readable_watermark() {
+        let s = fixture::stream(1);
+        let pool = BufferPool::new(2, 16);
+        let (mut f, rx, _) = feed(8);
+        f.notify(&frame(&s, 1, 0, Some(pool.acquire())));
+        f.notify(&frame(&s, 2, 0, Some(pool.acquire())));
+        f.batch_done();
+        assert_eq!(
+            batches(&rx),
+            [(1, vec![101, 102], None)],
+            "not readable yet"
+        );
+        f.notify(&Notification::Readable(ReadableNotice {
+            stream: Arc::clone(&s),
+            up_to: 2,
+        }));
+        f.batch_done();
+        assert_eq!(
+            batches(&rx),
+            [(3, vec![], Some(1))],
+            "the first pick, once readable, alone"
+        );
+        // Both previews went back to the pool (the second was never held).
+        assert!(pool.acquire_timeout(std::time::Duration::ZERO).is_some());
+    }
+
+    #[test]
+    fn a_full_channel_drops_batches_counted_but_keeps_opens_and_closes_in_order() {
+        let s = fixture::stream(1);
+        let (mut f, rx, stats) = feed(1);
+        f.notify(&fixture::start(&s));
+        f.notify(&frame(&s, 1, 1, None));
+        f.notify(&frame(&s, 2, 2, None));
+        f.batch_done();
+        assert_eq!(stats.indices_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.take_feed_dropped(&s.key), 2);
+        f.notify(&Notification::StreamEnd(StreamEndNotice {
+            stream: Arc::clone(&s),
+            frames: 2,
+            lost: 0,
+            ended_ns: 3,
+        }));
+        assert!(matches!(rx.try_recv(), Ok(Msg::Open(_))));
+        f.batch_done();
+        assert!(matches!(rx.try_recv(), Ok(Msg::Close(c)) if c.frames == 2));
     }
 }

@@ -127,7 +127,14 @@ impl Publisher {
     fn open(&mut self, o: Open) {
         let prefix = self.cfg.prefix.clone();
         let mut scan = Scan {
-            doc: ScanDoc::new(&prefix, Arc::clone(&o.stream), 0, &o.detector, &o.user_json, &o.files),
+            doc: ScanDoc::new(
+                &prefix,
+                Arc::clone(&o.stream),
+                0,
+                &o.detector,
+                &o.user_json,
+                &o.files,
+            ),
             published: false,
             dropped: 0,
             images: 0,
@@ -162,10 +169,15 @@ impl Publisher {
             let [rows, cols] = s.shape;
             let es = s.pixel.size();
             self.pixels.resize(rows as usize * cols as usize * es, 0);
-            match s.codec.decompress_into(chunk.as_slice(), es, &mut self.pixels) {
+            match s
+                .codec
+                .decompress_into(chunk.as_slice(), es, &mut self.pixels)
+            {
                 Ok(n) if n == self.pixels.len() => Some(*index),
                 _ => {
-                    self.stats.images_undecodable.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .images_undecodable
+                        .fetch_add(1, Ordering::Relaxed);
                     None
                 }
             }
@@ -422,4 +434,6 @@ fn as_bytes_f64(v: &[f64]) -> &[u8] {
 }
 
 #[cfg(not(target_endian = "little"))]
-compile_error!("the Redis sink writes numeric payloads in the machine's byte order, declared little-endian");
+compile_error!(
+    "the Redis sink writes numeric payloads in the machine's byte order, declared little-endian"
+);

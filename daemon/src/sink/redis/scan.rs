@@ -104,9 +104,7 @@ impl ScanDoc {
         let pk = ulid();
         let state_pk = ulid();
         let stream_pks: [String; 5] = std::array::from_fn(|_| ulid());
-        let stream_keys = stream_pks
-            .clone()
-            .map(|p| format!("{prefix}:stream:{p}"));
+        let stream_keys = stream_pks.clone().map(|p| format!("{prefix}:stream:{p}"));
         let fallback = Fallback::of(&stream, files);
         let user: Value = serde_json::from_str(user_json).unwrap_or(Value::Null);
         let info = json!({
@@ -280,7 +278,9 @@ mod tests {
         let b = ulid();
         assert_eq!(a.len(), 26);
         assert!(a[..10] < b[..10], "{a} {b}");
-        assert!(a.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
         assert!(!a.contains(['I', 'L', 'O', 'U']));
     }
 
@@ -307,8 +307,7 @@ mod tests {
         let image = &prepared["data_streams"]["det:image"];
         assert_eq!(image["info"]["plugin"], "hdf5_fallback");
         assert_eq!(
-            image["info"]["file_path"],
-            "/data/bt/det/s1_master.h5",
+            image["info"]["file_path"], "/data/bt/det/s1_master.h5",
             "10 frames in files of 5: the master's VDS"
         );
         assert_eq!(image["encoding"]["shape"], json!([1024, 1024]));
@@ -318,7 +317,14 @@ mod tests {
             "|b1"
         );
         let one = FileOptions { frames: 5, ..files };
-        let doc = ScanDoc::new("esrf", fixture::stream(1), 7, &DetectorInfo::default(), "", &one);
+        let doc = ScanDoc::new(
+            "esrf",
+            fixture::stream(1),
+            7,
+            &DetectorInfo::default(),
+            "",
+            &one,
+        );
         let prepared: Value = serde_json::from_str(&doc.document(true)).unwrap();
         assert_eq!(
             prepared["data_streams"]["det:image"]["info"]["file_path"],
