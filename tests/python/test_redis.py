@@ -222,3 +222,45 @@ def test_a_wrong_password_names_the_key_or_runs_without_redis(
     redis = __import__("json").loads(summary.read_text())["sinks"]["redis"]
     assert redis["scans_unpublished"] == 1 and redis["indices_dropped"] == 10, redis
     assert file_frames(tmp_path / "data" / "bt" / "det" / "cont_master.h5").shape[0] == 10
+
+
+def test_late_joiners_query_a_run_from_before_a_restart(detingestd, tmp_path, redis_server):
+    import json
+    import zmq
+    from conftest import free_port, start_daemon, stop_daemon
+    server = redis_server("--stream-node-max-entries", "4")
+    query = f"tcp://127.0.0.1:{free_port()}"
+    live = f'publish = ""\nquery = "{query}"'
+
+    def cfg(name, frames, rate, redis=""):
+        path = config(tmp_path, server.url, frames, rate, name=name, redis=redis)
+        path.write_text(path.read_text().replace('publish = ""\nquery = ""', live, 1))
+        return path
+
+    run(detingestd, cfg("before", 30, 300.0, "max_entries = 10"), tmp_path)
+    # A new daemon (the first one is gone with its history) on another stream.
+    daemon, log, summary = start_daemon(detingestd, cfg("after", 400, 20.0), tmp_path)
+    try:
+        req = zmq.Context.instance().socket(zmq.REQ)
+        req.setsockopt(zmq.RCVTIMEO, 10000)
+        req.connect(query)
+        deadline = time.time() + 20
+        while True:
+            req.send(b"range bt/det/before 1 35")
+            reply = json.loads(req.recv())
+            if reply.get("ok") or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert reply["ok"], reply
+        assert reply["from_redis"].startswith("esrf:scan:")
+        items = reply["items"]
+        ok = [i for i in items if i["status"] == "ok"]
+        assert ok and [i["frame_number"] for i in ok] == [i["index"] for i in ok]
+        assert ok[-1]["index"] == 30 and not any(i["lost"] for i in ok)
+        assert items[0]["status"] == "expired" and items[0]["from"] == 1, "trimmed: read the file"
+        assert items[0]["file"].endswith("before_master.h5")
+        assert items[-1] == {"status": "never", "from": 31, "to": 35}
+        req.send(b"range bt/det/nothing 1 2")
+        assert json.loads(req.recv())["ok"] is False
+    finally:
+        stop_daemon(daemon, log, summary, settle=0)

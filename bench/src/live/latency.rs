@@ -66,8 +66,10 @@ pub(super) fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<L
             }
             read_until_end(&sub)
         })?;
-    let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, cfg.sink_cores()))
-        .map_err(anyhow::Error::msg)?;
+    let (live, publisher) = made_on(ingest_core, || {
+        Live::start(&cfg.live, cfg.sink_cores(), None)
+    })
+    .map_err(anyhow::Error::msg)?;
     let sinks: Vec<Box<dyn NotificationSink>> =
         vec![Box::new(publisher.context("publisher configured")?)];
     let summary = pipeline::start(

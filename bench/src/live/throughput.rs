@@ -118,8 +118,10 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
     // The subscribers' ZeroMQ threads carry the name of the thread that made their sockets
     // (ours); the readers and the switcher have their own.
     let subscribers_zmq = threads::started_here_since(&threads_before);
-    let (live, publisher) = made_on(ingest_core, || Live::start(&cfg.live, cfg.sink_cores()))
-        .map_err(anyhow::Error::msg)?;
+    let (live, publisher) = made_on(ingest_core, || {
+        Live::start(&cfg.live, cfg.sink_cores(), None)
+    })
+    .map_err(anyhow::Error::msg)?;
     let written = Arc::new(Mutex::new(WrittenTimes(Vec::with_capacity(
         args.frames as usize,
     ))));

@@ -105,6 +105,13 @@ pub trait NotificationSink: Send {
     fn batch_done(&mut self) {}
 }
 
+/// Where the query endpoint looks for a stream its in-memory history does not hold (the
+/// Redis sink's scans, which outlive the daemon).
+pub trait LateHistory: Send + Sync {
+    /// The `range` reply for `stream`'s indices `from..=to`, or `None` if it is unknown there.
+    fn range(&self, stream: &str, from: u64, to: u64) -> Option<serde_json::Value>;
+}
+
 /// A sink shared across pipelines (the live publisher of `detingestd serve`, which outlives
 /// every run so viewers stay connected): each run's notification thread locks it in turn.
 impl<S: NotificationSink> NotificationSink for Arc<std::sync::Mutex<S>> {

@@ -122,11 +122,14 @@ pub struct SinkSet {
 impl SinkSet {
     /// Starts every configured sink: the one place the sinks are listed.
     pub fn start(tables: SinkTables<'_>, cores: SinkCores) -> Result<Self, SinkError> {
+        let redis = redis::RedisSink::start(tables.redis, cores)?;
+        // The query endpoint answers from Redis what its history no longer holds.
+        let late = redis.as_ref().and_then(|r| r.history());
         let mut sinks: Vec<Box<dyn Sink>> = vec![
             Box::new(log::LogSink::new(Duration::from_secs(5))),
-            Box::new(zmq::ZmqSink::start(tables.zmq, cores)?),
+            Box::new(zmq::ZmqSink::start(tables.zmq, cores, late)?),
         ];
-        if let Some(r) = redis::RedisSink::start(tables.redis, cores)? {
+        if let Some(r) = redis {
             sinks.push(Box::new(r));
         }
         Ok(Self { sinks })

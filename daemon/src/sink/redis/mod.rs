@@ -10,6 +10,7 @@
 pub mod config;
 mod connection;
 mod feed;
+mod late;
 mod publisher;
 mod scan;
 
@@ -24,10 +25,11 @@ use crossbeam::channel::{Receiver, Sender};
 pub use config::{OnStartError, RedisConfig};
 use connection::Link;
 use feed::{Batch, Feed, Msg};
+pub use late::RedisHistory;
 use publisher::Publisher;
 
 use crate::check::ConfigError;
-use crate::sink::{NotificationSink, Sink, SinkCores, SinkError, SinkNeeds};
+use crate::sink::{LateHistory, NotificationSink, Sink, SinkCores, SinkError, SinkNeeds};
 use crate::threads;
 
 /// The sink's counters, shared by the feed and the Redis thread.
@@ -94,6 +96,7 @@ pub struct RedisSink {
     thread: Option<JoinHandle<()>>,
     needs: SinkNeeds,
     url: String,
+    history: Option<Arc<dyn LateHistory>>,
 }
 
 impl RedisSink {
@@ -133,7 +136,12 @@ impl RedisSink {
             publisher.run(rx, returns)
         })
         .map_err(|e| fail(format!("cannot start the redis thread: {e}")))?;
+        let history = match RedisHistory::new(cfg) {
+            Ok(h) => Some(Arc::new(h) as Arc<dyn LateHistory>),
+            Err(e) => return Err(fail(format!("{url}: {e}"))),
+        };
         Ok(Some(Self {
+            history,
             tx: Some(tx),
             returned,
             stats,
@@ -141,6 +149,13 @@ impl RedisSink {
             needs: cfg.needs(),
             url,
         }))
+    }
+}
+
+impl RedisSink {
+    /// Late-join answers from this server, for the query endpoint.
+    pub fn history(&self) -> Option<Arc<dyn LateHistory>> {
+        self.history.clone()
     }
 }
 

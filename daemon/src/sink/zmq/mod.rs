@@ -18,7 +18,7 @@ pub use publisher::{LiveStats, Publisher};
 pub use query::{answer, MAX_RANGE};
 
 use crate::check::ConfigError;
-use crate::sink::{NotificationSink, Sink, SinkCores, SinkError, SinkNeeds};
+use crate::sink::{LateHistory, NotificationSink, Sink, SinkCores, SinkError, SinkNeeds};
 use crate::threads;
 
 /// The ZeroMQ sink: the sockets and query thread of [`Live`], and its publisher, shared by
@@ -31,9 +31,14 @@ pub struct ZmqSink {
 
 impl ZmqSink {
     /// Binds the sockets of `cfg` (errors name the `live.*` key).
-    pub fn start(cfg: &LiveConfig, cores: SinkCores) -> Result<Self, SinkError> {
+    /// `late` answers queries for streams the history does not hold.
+    pub fn start(
+        cfg: &LiveConfig,
+        cores: SinkCores,
+        late: Option<Arc<dyn LateHistory>>,
+    ) -> Result<Self, SinkError> {
         let (live, publisher) =
-            Live::start(cfg, cores).map_err(|error| SinkError { sink: "zmq", error })?;
+            Live::start(cfg, cores, late).map_err(|error| SinkError { sink: "zmq", error })?;
         Ok(Self {
             live: Some(live),
             publisher: publisher.map(|p| Arc::new(Mutex::new(p))),
@@ -113,6 +118,7 @@ impl Live {
     pub fn start(
         cfg: &LiveConfig,
         cores: SinkCores,
+        late: Option<Arc<dyn LateHistory>>,
     ) -> Result<(Self, Option<Publisher>), ConfigError> {
         // libzmq starts a context's I/O and reaper threads with its first socket: the threads
         // that appear while ours are made are this context's.
@@ -181,7 +187,7 @@ impl Live {
             let (h, s) = (Arc::clone(&history), Arc::clone(&stop));
             query = Some(
                 threads::spawn("query".into(), cores.query, move || {
-                    query::serve(socket, h, s)
+                    query::serve(socket, h, late, s)
                 })
                 .map_err(|e| ConfigError {
                     key: "live.query".into(),

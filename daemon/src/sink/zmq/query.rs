@@ -2,7 +2,9 @@
 //!
 //! - `last` -> the latest index of every stream and whether it has finished;
 //! - `range <beamtime/source/stream> <from> <to>` -> the frames held in the history, and for
-//!   the rest `expired` (with where to read them), `not_yet` or `never`.
+//!   the rest `expired` (with where to read them), `not_yet` or `never`. A stream the history
+//!   does not hold is looked up in Redis when the Redis sink is on (its scans outlive the
+//!   daemon): see `sink::redis::late`.
 //!
 //! Replies are JSON with `"ok": true`, or `"ok": false` and an `"error"` for a malformed or
 //! unanswerable request; the endpoint keeps serving either way. Polls with a timeout so it
@@ -15,12 +17,18 @@ use serde_json::{json, Value};
 
 use super::history::{History, Span};
 use crate::sink::messages::FrameMessage;
+use crate::sink::LateHistory;
 
 /// Most indices one `range` request may ask for.
 pub const MAX_RANGE: u64 = 100_000;
 
 /// Serves requests on the bound REP `socket` until `stop` is set.
-pub fn serve(socket: zmq::Socket, history: Arc<Mutex<History>>, stop: Arc<AtomicBool>) {
+pub fn serve(
+    socket: zmq::Socket,
+    history: Arc<Mutex<History>>,
+    late: Option<Arc<dyn LateHistory>>,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
         match socket.poll(zmq::POLLIN, 100) {
             Ok(0) => continue,
@@ -33,7 +41,7 @@ pub fn serve(socket: zmq::Socket, history: Arc<Mutex<History>>, stop: Arc<Atomic
         let Ok(request) = socket.recv_bytes(0) else {
             continue;
         };
-        let reply = answer(&history, &request);
+        let reply = answer(&history, late.as_deref(), &request);
         if let Err(e) = socket.send(reply.to_string().as_bytes(), 0) {
             tracing::warn!(error = %e, "could not send a query reply");
         }
@@ -42,7 +50,8 @@ pub fn serve(socket: zmq::Socket, history: Arc<Mutex<History>>, stop: Arc<Atomic
 
 /// The reply to one request. The history is locked only to copy out what the reply needs;
 /// the JSON is built after, so a large `range` never holds up the publisher.
-pub fn answer(history: &Mutex<History>, request: &[u8]) -> Value {
+/// A stream the history does not know is looked up in `late` (Redis), if given.
+pub fn answer(history: &Mutex<History>, late: Option<&dyn LateHistory>, request: &[u8]) -> Value {
     let lock = || history.lock().unwrap_or_else(|e| e.into_inner());
     match parse(request) {
         Ok(Request::Last) => {
@@ -66,7 +75,9 @@ pub fn answer(history: &Mutex<History>, request: &[u8]) -> Value {
                 (history.range(stream, from, to), readable)
             };
             let Some((info, spans)) = found else {
-                return error(&format!("unknown stream {stream:?}"));
+                return late
+                    .and_then(|l| l.range(stream, from, to))
+                    .unwrap_or_else(|| error(&format!("unknown stream {stream:?}")));
             };
             let file = info.file.to_string_lossy();
             let mut items = Vec::new();
@@ -148,15 +159,15 @@ mod tests {
             b"\xff\xfe",
             b"",
         ] {
-            let v = answer(&h, bad);
+            let v = answer(&h, None, bad);
             assert_eq!(v["ok"], false, "{:?}", String::from_utf8_lossy(bad));
             assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
         }
         assert_eq!(
-            answer(&h, b"range a/b/c 1 2")["ok"],
+            answer(&h, None, b"range a/b/c 1 2")["ok"],
             false,
             "unknown stream"
         );
-        assert_eq!(answer(&h, b"last")["ok"], true);
+        assert_eq!(answer(&h, None, b"last")["ok"], true);
     }
 }
