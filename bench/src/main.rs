@@ -6,6 +6,7 @@ mod codec;
 mod common;
 mod live;
 mod pipeline;
+mod redis;
 mod shm;
 mod udp;
 mod visibility;
@@ -36,6 +37,9 @@ enum Command {
     Shm(shm::Args),
     /// The UDP receive path's lossless packet rate next to a bare recvmmsg drain loop.
     Udp(udp::Args),
+    /// The Redis sink on against off, written-to-visible latency for a reader, and Redis
+    /// memory per index.
+    Redis(redis::Args),
     /// What SWMR and each flush cadence cost the pipeline, against the pipeline without SWMR.
     Visibility(visibility::Args),
     /// The producer side of `shm` (run by it as a separate process).
@@ -54,6 +58,7 @@ fn main() -> Result<()> {
         Command::Live(args) => live::run(&args),
         Command::Shm(args) => shm::run(&args),
         Command::Udp(args) => udp::run(&args),
+        Command::Redis(args) => redis::run(&args),
         Command::Visibility(args) => visibility::run(&args),
         Command::ShmProducer(args) => shm::produce(&args),
     }

@@ -36,6 +36,16 @@ pub struct RedisConfig {
     pub timeout_ms: u64,
     /// Reconnection attempts back off up to this long apart.
     pub max_backoff_ms: u64,
+    /// Run the `redis` thread and the notification thread under SCHED_FIFO at this priority
+    /// (1..=99), so an index reaches Redis as soon as it is written even while compression
+    /// keeps every core busy (0: normal scheduling). Needs root or CAP_SYS_NICE; refused, it
+    /// is logged and the threads run normally.
+    pub realtime_priority: i32,
+    /// Hand the Redis thread what was written at most once per this many microseconds (the
+    /// notification thread's batching; the larger of this and `live.batch_interval_us`
+    /// applies): fewer, larger entries and round trips, at most this much later (0: every
+    /// batch at once).
+    pub batch_interval_us: u64,
 }
 
 /// What a Redis server that cannot be used at start does to the daemon.
@@ -60,6 +70,8 @@ impl Default for RedisConfig {
             on_start_error: OnStartError::Fail,
             timeout_ms: 1000,
             max_backoff_ms: 5000,
+            realtime_priority: 0,
+            batch_interval_us: 1000,
         }
     }
 }
@@ -78,7 +90,8 @@ impl RedisConfig {
                 max_hz: self.image_max_hz,
                 buffers: 2,
             }),
-            ..SinkNeeds::default()
+            realtime_priority: self.realtime_priority,
+            batch_interval: std::time::Duration::from_micros(self.batch_interval_us),
         }
     }
 
@@ -119,6 +132,12 @@ impl RedisConfig {
         check_range("sink.redis.max_entries", self.max_entries, 1..=u64::MAX)?;
         check_range("sink.redis.image_entries", self.image_entries, 1..=10_000)?;
         check_range("sink.redis.queue", self.queue, 1..=1_000_000)?;
+        check_range("sink.redis.realtime_priority", self.realtime_priority, 0..=99)?;
+        check_range(
+            "sink.redis.batch_interval_us",
+            self.batch_interval_us,
+            0..=1_000_000,
+        )?;
         check_range("sink.redis.timeout_ms", self.timeout_ms, 1..=60_000)?;
         check_range(
             "sink.redis.max_backoff_ms",

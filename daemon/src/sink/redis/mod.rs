@@ -132,7 +132,13 @@ impl RedisSink {
         let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
         let (returns, returned) = crossbeam::channel::bounded(8);
         let publisher = Publisher::new(cfg.clone(), link, Arc::clone(&stats));
+        let priority = cfg.realtime_priority;
         let thread = threads::spawn("redis".into(), cores.notify, move || {
+            if priority > 0 {
+                if let Err(e) = threads::set_realtime(0, priority) {
+                    tracing::warn!(error = %e, "redis thread keeps normal scheduling");
+                }
+            }
             publisher.run(rx, returns)
         })
         .map_err(|e| fail(format!("cannot start the redis thread: {e}")))?;

@@ -59,16 +59,40 @@ impl Publisher {
     }
 
     /// Runs until the feed side of `rx` is gone, handing emptied batches back on `returns`.
+    /// Batches of one stream that queued while a round trip was on are merged into one
+    /// (one entry per data stream), so a busy or slow server costs fewer, larger entries.
     pub fn run(mut self, rx: Receiver<Msg>, returns: Sender<Batch>) {
+        let mut next: Option<Msg> = None;
         loop {
             let wait = self
                 .link
                 .next_attempt()
                 .saturating_duration_since(std::time::Instant::now())
                 .clamp(Duration::from_millis(10), Duration::from_millis(500));
-            match rx.recv_timeout(wait) {
+            let msg = match next.take() {
+                Some(m) => Ok(m),
+                None => rx.recv_timeout(wait),
+            };
+            match msg {
                 Ok(Msg::Open(o)) => self.open(*o),
-                Ok(Msg::Batch(b)) => {
+                Ok(Msg::Batch(mut b)) => {
+                    while b.len() < MERGE_MAX {
+                        match rx.try_recv() {
+                            Ok(Msg::Batch(mut more)) => {
+                                if merge(&mut b, &mut more) {
+                                    let _ = returns.try_send(more);
+                                } else {
+                                    next = Some(Msg::Batch(more));
+                                    break;
+                                }
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     self.batch(&b);
                     let _ = returns.try_send(b);
                 }
@@ -311,6 +335,30 @@ impl Publisher {
         let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
         self.link.failed(e, dropped);
     }
+}
+
+/// Most indices merged into one entry.
+const MERGE_MAX: usize = 8192;
+
+/// Appends `more` to `b` when it continues `b`'s indices in the same stream (its image, if
+/// any, replaces `b`'s). False, and both untouched, otherwise.
+fn merge(b: &mut Batch, more: &mut Batch) -> bool {
+    let continues = Arc::ptr_eq(&b.stream, &more.stream)
+        && (b.is_empty() || more.is_empty() || more.first == b.first + b.len() as u64);
+    if !continues {
+        return false;
+    }
+    if b.is_empty() {
+        b.first = more.first;
+    }
+    b.frame_number.append(&mut more.frame_number);
+    b.lost.append(&mut more.lost);
+    b.packets_lost.append(&mut more.packets_lost);
+    b.timestamp.append(&mut more.timestamp);
+    if more.image.is_some() {
+        b.image = more.image.take();
+    }
+    true
 }
 
 /// Writes `doc`'s scan: CREATED, PREPARED and STARTED in one transaction, the document
