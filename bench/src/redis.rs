@@ -23,7 +23,8 @@ use detingest_daemon::sink::{Notification, NotificationSink, RunSinks, Sink, Sin
 use detingest_daemon::stream::now_ns;
 use serde::Serialize;
 
-use crate::common::{quantile, remove_run_files};
+use crate::common::{cpu_seconds, quantile, remove_run_files, threads_cpu_seconds};
+use nix::time::ClockId;
 use crate::pipeline::{config, Args as PipelineArgs};
 
 /// Options of `detingest-bench redis`.
@@ -43,6 +44,9 @@ pub struct Args {
     /// SCHED_FIFO at this priority (0: normal scheduling).
     #[arg(long, default_value_t = 0)]
     pub(crate) peer_realtime: i32,
+    /// `[sink.redis] image_max_hz`.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) image_max_hz: f64,
     /// `[sink.redis] batch_interval_us`.
     #[arg(long, default_value_t = 1000)]
     pub(crate) batch_interval_us: u64,
@@ -63,7 +67,18 @@ struct Report {
     /// Each "on" run's rate over the "off" run just before it.
     ratios: Vec<f64>,
     ratio_median: f64,
+    /// CPU time of this process per frame written, "off" and "on" runs, and of the Redis
+    /// server per frame in "on" runs (µs; NaN for a server not started here).
+    cpu_us_per_frame_off: f64,
+    cpu_us_per_frame_on: f64,
+    server_cpu_us_per_frame_on: f64,
+    /// Of the "on" CPU, the sink's own `redis` thread per frame (µs).
+    redis_thread_cpu_us_per_frame: f64,
+    /// (on + server - off) / off: the CPU the sink adds, as a fraction of the pipeline's.
+    extra_cpu_fraction: f64,
     indices_dropped: u64,
+    /// Indices per round trip over every "on" run and the latency run.
+    indices_per_batch: f64,
     latency_rate_hz: f64,
     latency_ms_p50: f64,
     latency_ms_p99: f64,
@@ -82,7 +97,7 @@ pub fn run(args: &Args) -> Result<()> {
         Some(url) => Server::External(url.clone()),
         None => Server::start(&args.rejson, args.peer_realtime)?,
     };
-    let result = measure(args, server.url());
+    let result = measure(args, &server);
     drop(server);
     let report = result?;
     if args.pipeline.json {
@@ -93,7 +108,8 @@ pub fn run(args: &Args) -> Result<()> {
     }
 }
 
-fn measure(args: &Args, url: &str) -> Result<Report> {
+fn measure(args: &Args, server: &Server) -> Result<Report> {
+    let url = server.url();
     let tmp = tempfile::tempdir()?;
     let dir = args.pipeline.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
@@ -101,6 +117,7 @@ fn measure(args: &Args, url: &str) -> Result<Report> {
         url: url.into(),
         realtime_priority: args.realtime_priority,
         batch_interval_us: args.batch_interval_us,
+        image_max_hz: args.image_max_hz,
         ..RedisConfig::default()
     };
     let sink = RedisSink::start(&redis_cfg, SinkCores::default())?
@@ -108,17 +125,31 @@ fn measure(args: &Args, url: &str) -> Result<Report> {
     let mut client = redis::Client::open(url)?.get_connection()?;
     let (mut off_fps, mut on_fps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut full_rate_bytes, mut module_bytes) = (0.0, 0);
+    let cpu = || cpu_seconds(ClockId::CLOCK_PROCESS_CPUTIME_ID);
+    let mut cpu_s = [0.0f64; 3]; // off, on, server during on
+    // A new thread names itself once it runs: give it a moment.
+    std::thread::sleep(Duration::from_millis(50));
+    let redis_thread = threads_named("redis");
+    let thread0 = threads_cpu_seconds(&redis_thread);
     for rep in 0..args.pipeline.repeat.max(1) {
         let off = config(&args.pipeline, &dir, &format!("off{rep}"), false, "module")?;
         let (pixel, [ny, nx]) = off.sources[0].frame_format();
         module_bytes = pixel.size() * ny as usize * nx as usize;
+        let t0 = cpu();
         off_fps.push(run_pipeline(&off, RunSinks::none())?);
         let on = config(&args.pipeline, &dir, &format!("on{rep}"), false, "module")?;
+        let (t1, s1) = (cpu(), server.cpu_seconds());
         let fps = run_pipeline(&on, sinks_of(&sink, Vec::new()))?;
+        let (t2, s2) = (cpu(), server.cpu_seconds());
+        cpu_s[0] += t1 - t0;
+        cpu_s[1] += t2 - t1;
+        cpu_s[2] += s2 - s1;
         on_fps.push(fps);
         ratios.push(fps / off_fps[rep]);
         full_rate_bytes = numeric_bytes(&mut client, &on)? / args.pipeline.frames as f64;
     }
+    let thread_s = threads_cpu_seconds(&redis_thread) - thread0;
+    let per_frame = |s: f64| s * 1e6 / (args.pipeline.frames * args.pipeline.repeat.max(1) as u64) as f64;
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
     let off_best = off_fps.iter().copied().fold(0.0, f64::max);
@@ -165,8 +196,15 @@ fn measure(args: &Args, url: &str) -> Result<Report> {
         off_fps,
         on_fps,
         ratio_median: quantile(&sorted, 0.5),
+        cpu_us_per_frame_off: per_frame(cpu_s[0]),
+        cpu_us_per_frame_on: per_frame(cpu_s[1]),
+        server_cpu_us_per_frame_on: per_frame(cpu_s[2]),
+        redis_thread_cpu_us_per_frame: per_frame(thread_s),
+        extra_cpu_fraction: (cpu_s[1] + cpu_s[2] - cpu_s[0]) / cpu_s[0],
         ratios,
         indices_dropped: counters["indices_dropped"].as_u64().unwrap_or(0),
+        indices_per_batch: counters["indices"].as_f64().unwrap_or(0.0)
+            / counters["batches"].as_f64().unwrap_or(1.0).max(1.0),
         latency_rate_hz: rate,
         latency_ms_p50: quantile(&latencies, 0.5),
         latency_ms_p99: quantile(&latencies, 0.99),
@@ -176,6 +214,19 @@ fn measure(args: &Args, url: &str) -> Result<Report> {
         numeric_bytes_per_index_half_rate: half_rate_bytes,
         image_stream_bytes,
     })
+}
+
+/// This process's threads named `name`.
+fn threads_named(name: &str) -> Vec<libc::pid_t> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            (comm.trim() == name).then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
 }
 
 /// The Redis sink's notification sink for one run, beside `others`.
@@ -305,7 +356,18 @@ fn print_table(r: &Report) {
             r.off_fps[i], r.on_fps[i]
         );
     }
-    println!("on/off median {:.3}; indices not published {}", r.ratio_median, r.indices_dropped);
+    println!(
+        "on/off median {:.3}; indices not published {}; {:.1} indices per round trip",
+        r.ratio_median, r.indices_dropped, r.indices_per_batch
+    );
+    println!(
+        "CPU per frame: {:.1} us off, {:.1} us on (of which {:.1} us the redis thread) + {:.1} us in redis-server: the sink adds {:.2} %",
+        r.cpu_us_per_frame_off,
+        r.cpu_us_per_frame_on,
+        r.redis_thread_cpu_us_per_frame,
+        r.server_cpu_us_per_frame_on,
+        r.extra_cpu_fraction * 100.0
+    );
     println!(
         "written -> visible to an XREAD reader at {:.0} Hz: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} indices)",
         r.latency_rate_hz, r.latency_ms_p50, r.latency_ms_p99, r.latency_ms_max, r.latency_indices_seen
@@ -349,6 +411,25 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self::Own(child, url))
+    }
+
+    /// CPU seconds the server this benchmark started has used (NaN for another).
+    fn cpu_seconds(&self) -> f64 {
+        let Self::Own(child, _) = self else {
+            return f64::NAN;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        // After the command's closing parenthesis come fields 3, 4, ...: utime and stime
+        // (fields 14 and 15, in clock ticks) are the 12th and 13th.
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: Vec<f64> = fields.iter().map(|f| f.parse().unwrap_or(f64::NAN)).collect();
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        match (ticks.get(11), ticks.get(12)) {
+            (Some(u), Some(s)) => (u + s) / hz,
+            _ => f64::NAN,
+        }
     }
 
     fn url(&self) -> &str {

@@ -65,7 +65,7 @@ impl Default for RedisConfig {
             prefix: "esrf".into(),
             max_entries: 100_000,
             image_entries: 1,
-            image_max_hz: 5.0,
+            image_max_hz: 2.0,
             queue: 1024,
             on_start_error: OnStartError::Fail,
             timeout_ms: 1000,
@@ -213,7 +213,7 @@ mod tests {
     fn pixels_need_previews_only_when_enabled() {
         assert_eq!(RedisConfig::default().needs().previews, None);
         let p = with_url("redis://h:1").needs().previews.unwrap();
-        assert_eq!((p.every, p.max_hz), (1, 5.0));
+        assert_eq!((p.every, p.max_hz), (1, 2.0));
         let mut c = with_url("redis://h:1");
         c.image_max_hz = 0.0;
         assert_eq!(c.needs().previews, None);

@@ -105,6 +105,8 @@ struct StreamFeed {
 /// The Redis sink's notification sink for one run.
 pub struct Feed {
     tx: Sender<Msg>,
+    /// The Redis thread, unparked after each send.
+    wake: Option<std::thread::Thread>,
     returned: Receiver<Batch>,
     stats: Arc<RedisStats>,
     streams: Vec<StreamFeed>,
@@ -113,9 +115,15 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub(super) fn new(tx: Sender<Msg>, returned: Receiver<Batch>, stats: Arc<RedisStats>) -> Self {
+    pub(super) fn new(
+        tx: Sender<Msg>,
+        wake: Option<std::thread::Thread>,
+        returned: Receiver<Batch>,
+        stats: Arc<RedisStats>,
+    ) -> Self {
         Self {
             tx,
+            wake,
             returned,
             stats,
             streams: Vec::new(),
@@ -150,9 +158,15 @@ impl Feed {
             return;
         }
         match self.tx.try_send(msg) {
-            Ok(()) => {}
+            Ok(()) => self.wake(),
             Err(TrySendError::Full(msg)) => self.queue_or_drop(msg),
             Err(TrySendError::Disconnected(msg)) => self.drop_msg(msg),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(t) = &self.wake {
+            t.unpark();
         }
     }
 
@@ -176,7 +190,7 @@ impl Feed {
     fn retry_backlog(&mut self) {
         while let Some(msg) = self.backlog.pop_front() {
             match self.tx.try_send(msg) {
-                Ok(()) => {}
+                Ok(()) => self.wake(),
                 Err(TrySendError::Full(msg)) => {
                     self.backlog.push_front(msg);
                     return;
@@ -313,7 +327,9 @@ impl NotificationSink for Feed {
         // The run is over: opens and closes still waiting may wait (briefly) for room.
         while let Some(msg) = self.backlog.pop_front() {
             let timeout = std::time::Duration::from_secs(2);
-            if self.tx.send_timeout(msg, timeout).is_err() {
+            let sent = self.tx.send_timeout(msg, timeout);
+            self.wake();
+            if sent.is_err() {
                 tracing::warn!(
                     "redis: the Redis thread took no message for 2 s; a scan stays open"
                 );
@@ -333,7 +349,7 @@ mod tests {
         let (tx, rx) = crossbeam::channel::bounded(capacity);
         let (_returns, returned) = crossbeam::channel::bounded(1);
         let stats = Arc::new(RedisStats::default());
-        (Feed::new(tx, returned, Arc::clone(&stats)), rx, stats)
+        (Feed::new(tx, None, returned, Arc::clone(&stats)), rx, stats)
     }
 
     /// Frame `index`, readable up to `readable`, with a preview chunk if given.

@@ -178,6 +178,7 @@ impl Sink for RedisSink {
         let tx = self.tx.clone()?;
         Some(Box::new(Feed::new(
             tx,
+            self.thread.as_ref().map(|t| t.thread().clone()),
             self.returned.clone(),
             Arc::clone(&self.stats),
         )))
@@ -221,6 +222,7 @@ impl Sink for RedisSink {
     fn stop(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use serde_json::json;
 
 use super::config::RedisConfig;
@@ -69,9 +69,17 @@ impl Publisher {
                 .next_attempt()
                 .saturating_duration_since(std::time::Instant::now())
                 .clamp(Duration::from_millis(10), Duration::from_millis(500));
+            // Parked, not blocked in the channel: the feed unparks this thread after each send
+            // (a channel's blocking receive spins and yields first, costing CPU per batch).
             let msg = match next.take() {
                 Some(m) => Ok(m),
-                None => rx.recv_timeout(wait),
+                None => match rx.try_recv() {
+                    Err(TryRecvError::Empty) => {
+                        std::thread::park_timeout(wait);
+                        Err(TryRecvError::Empty)
+                    }
+                    other => other,
+                },
             };
             match msg {
                 Ok(Msg::Open(o)) => self.open(*o),
@@ -97,12 +105,12 @@ impl Publisher {
                     let _ = returns.try_send(b);
                 }
                 Ok(Msg::Close(c)) => self.close(c),
-                Err(RecvTimeoutError::Timeout) => {
+                Err(TryRecvError::Empty) => {
                     if !self.unclosed.is_empty() {
                         self.connection();
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(TryRecvError::Disconnected) => break,
             }
             self.stats
                 .connected
