@@ -24,8 +24,8 @@ use detingest_daemon::stream::now_ns;
 use serde::Serialize;
 
 use crate::common::{cpu_seconds, quantile, remove_run_files, threads_cpu_seconds};
-use nix::time::ClockId;
 use crate::pipeline::{config, Args as PipelineArgs};
+use nix::time::ClockId;
 
 /// Options of `detingest-bench redis`.
 #[derive(Parser, Debug)]
@@ -111,7 +111,11 @@ pub fn run(args: &Args) -> Result<()> {
 fn measure(args: &Args, server: &Server) -> Result<Report> {
     let url = server.url();
     let tmp = tempfile::tempdir()?;
-    let dir = args.pipeline.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let dir = args
+        .pipeline
+        .dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
     let redis_cfg = RedisConfig {
         url: url.into(),
@@ -127,7 +131,7 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
     let (mut full_rate_bytes, mut module_bytes) = (0.0, 0);
     let cpu = || cpu_seconds(ClockId::CLOCK_PROCESS_CPUTIME_ID);
     let mut cpu_s = [0.0f64; 3]; // off, on, server during on
-    // A new thread names itself once it runs: give it a moment.
+                                 // A new thread names itself once it runs: give it a moment.
     std::thread::sleep(Duration::from_millis(50));
     let redis_thread = threads_named("redis");
     let thread0 = threads_cpu_seconds(&redis_thread);
@@ -149,7 +153,8 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
         full_rate_bytes = numeric_bytes(&mut client, &on)? / args.pipeline.frames as f64;
     }
     let thread_s = threads_cpu_seconds(&redis_thread) - thread0;
-    let per_frame = |s: f64| s * 1e6 / (args.pipeline.frames * args.pipeline.repeat.max(1) as u64) as f64;
+    let per_frame =
+        |s: f64| s * 1e6 / (args.pipeline.frames * args.pipeline.repeat.max(1) as u64) as f64;
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
     let off_best = off_fps.iter().copied().fold(0.0, f64::max);
@@ -177,7 +182,9 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
         })
     };
     run_pipeline(&half, sinks_of(&sink, vec![recorder]))?;
-    let visible = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let visible = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     let written = written.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let mut latencies: Vec<f64> = visible
         .iter()
@@ -316,7 +323,11 @@ fn visible_times(url: &str, stream: &str, frames: u64) -> Result<Vec<u64>> {
 }
 
 /// The key of `stream`'s data stream `<source>:<name>`, once its scan exists.
-fn data_stream_key(con: &mut redis::Connection, stream: &str, name: &str) -> Result<Option<String>> {
+fn data_stream_key(
+    con: &mut redis::Connection,
+    stream: &str,
+    name: &str,
+) -> Result<Option<String>> {
     let scan: Option<String> = redis::cmd("GET")
         .arg(format!("esrf:detingest:scan:{stream}"))
         .query(con)?;
@@ -333,7 +344,11 @@ fn data_stream_key(con: &mut redis::Connection, stream: &str, name: &str) -> Res
 /// `MEMORY USAGE` of a run's data stream `name`.
 fn stream_memory(con: &mut redis::Connection, c: &Config, name: &str) -> Result<u64> {
     let key = data_stream_key(con, &c.sources[0].stream.to_string(), name)?.context("no scan")?;
-    Ok(redis::cmd("MEMORY").arg("USAGE").arg(key).query::<Option<u64>>(con)?.unwrap_or(0))
+    Ok(redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(key)
+        .query::<Option<u64>>(con)?
+        .unwrap_or(0))
 }
 
 /// `MEMORY USAGE` of a run's four numeric streams.
@@ -386,7 +401,9 @@ enum Server {
 
 impl Server {
     fn start(rejson: &std::path::Path, realtime: i32) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut cmd = if realtime > 0 {
             let mut c = std::process::Command::new("chrt");
             c.args(["-f", &realtime.to_string(), "redis-server"]);
@@ -395,7 +412,14 @@ impl Server {
             std::process::Command::new("redis-server")
         };
         let child = cmd
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "no", "--loadmodule"])
             .arg(rejson)
             .stdout(std::process::Stdio::null())
@@ -418,12 +442,16 @@ impl Server {
         let Self::Own(child, _) = self else {
             return f64::NAN;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
         // After the command's closing parenthesis come fields 3, 4, ...: utime and stime
         // (fields 14 and 15, in clock ticks) are the 12th and 13th.
         let rest = stat.rsplit(')').next().unwrap_or("");
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: Vec<f64> = fields.iter().map(|f| f.parse().unwrap_or(f64::NAN)).collect();
+        let ticks: Vec<f64> = fields
+            .iter()
+            .map(|f| f.parse().unwrap_or(f64::NAN))
+            .collect();
         // SAFETY: sysconf has no memory effects.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         match (ticks.get(11), ticks.get(12)) {

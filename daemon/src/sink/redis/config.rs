@@ -132,7 +132,11 @@ impl RedisConfig {
         check_range("sink.redis.max_entries", self.max_entries, 1..=u64::MAX)?;
         check_range("sink.redis.image_entries", self.image_entries, 1..=10_000)?;
         check_range("sink.redis.queue", self.queue, 1..=1_000_000)?;
-        check_range("sink.redis.realtime_priority", self.realtime_priority, 0..=99)?;
+        check_range(
+            "sink.redis.realtime_priority",
+            self.realtime_priority,
+            0..=99,
+        )?;
         check_range(
             "sink.redis.batch_interval_us",
             self.batch_interval_us,
