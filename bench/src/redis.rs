@@ -87,7 +87,7 @@ struct Report {
     /// `MEMORY USAGE` of the four numeric streams per index, at full rate and at half rate.
     numeric_bytes_per_index_full_rate: f64,
     numeric_bytes_per_index_half_rate: f64,
-    /// `MEMORY USAGE` of the image stream (the images Redis holds: `image_entries`).
+    /// `MEMORY USAGE` of the image stream (the one image Redis holds).
     image_stream_bytes: u64,
 }
 

@@ -122,8 +122,8 @@ def test_a_reader_follows_the_run_live_and_a_late_reader_reads_it_all(
     image = scan.streams["det:image"]
     assert len(image) == n and image.plugin == "hdf5_fallback"
     assert np.array_equal(image[:], want)
-    for i in (0, 39, n - 1):
-        assert np.array_equal(image[i], want[i])
+    for i in range(n):
+        assert np.array_equal(image[i], want[i]), f"image {i}"
     assert list(scan.streams["det:lost"][:].nonzero()[0]) == [39]
     ts = np.delete(scan.streams["det:timestamp"][:], 39)  # a lost index has no arrival time
     assert np.all(np.diff(ts) >= 0) and abs(ts[0] - time.time()) < 600
@@ -154,8 +154,8 @@ def test_trimmed_indices_say_so_and_images_fall_back_to_the_file(
         numbers[n]
     image = scan.streams["det:image"]
     assert image.info["file_path"].endswith("cfg_master.h5"), "several data files: the VDS"
-    for i in (0, 1, n // 2, n - 1):
-        assert np.array_equal(image[i], want[i]), f"image {i} from the file"
+    for i in range(n):  # Redis holds the newest; every other index is read from the file
+        assert np.array_equal(image[i], want[i]), f"image {i}"
 
     # Without Blissdata: redis-cli reads the stream; the payloads are little-endian u64.
     out = subprocess.run(["redis-cli", "-p", str(server.port), "--no-raw", "XRANGE",

@@ -21,8 +21,6 @@ pub struct RedisConfig {
     /// one batch, so at least this many indices stay). Older ones are trimmed: readers get
     /// Blissdata's "no more there" answer.
     pub max_entries: u64,
-    /// Images kept in Redis per stream (exact `MAXLEN`); the others are read from the file.
-    pub image_entries: u64,
     /// Put a frame's pixels in Redis at most this often per stream (decoded from the preview
     /// chunk; 0: never, every image is read from the file).
     pub image_max_hz: f64,
@@ -64,7 +62,6 @@ impl Default for RedisConfig {
             url: String::new(),
             prefix: "esrf".into(),
             max_entries: 100_000,
-            image_entries: 1,
             image_max_hz: 2.0,
             queue: 1024,
             on_start_error: OnStartError::Fail,
@@ -130,7 +127,6 @@ impl RedisConfig {
             ));
         }
         check_range("sink.redis.max_entries", self.max_entries, 1..=u64::MAX)?;
-        check_range("sink.redis.image_entries", self.image_entries, 1..=10_000)?;
         check_range("sink.redis.queue", self.queue, 1..=1_000_000)?;
         check_range(
             "sink.redis.realtime_priority",

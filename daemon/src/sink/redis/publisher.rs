@@ -3,8 +3,10 @@
 //! each batch is one pipelined round trip (one `XADD` per data stream, `MAXLEN` trimming);
 //! the close seals every data stream at the stream's length and writes STOPPED and CLOSED
 //! with the final metadata. Indices are 0-based in Blissdata: detingest index `i` is entry
-//! `i - 1`. A server that is away drops (and counts) what comes meanwhile; the files never
-//! wait for it.
+//! `i - 1`. The image stream holds one entry, the newest image: Blissdata takes the indices
+//! before a stream's first entry for trimmed ones (and reads them from the file), but an index
+//! between two entries for one not there yet, or never. A server that is away drops (and
+//! counts) what comes meanwhile; the files never wait for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -246,7 +248,7 @@ impl Publisher {
             pipe.cmd("XADD")
                 .arg(&scan.doc.stream_keys[0])
                 .arg("MAXLEN")
-                .arg(self.cfg.image_entries)
+                .arg(1)
                 .arg(format!("{}-1", index - 1))
                 .arg("payload")
                 .arg(&self.pixels[..])
@@ -442,6 +444,8 @@ fn seal(
     if let Some(pixels) = last_image {
         pipe.cmd("XADD")
             .arg(&doc.stream_keys[0])
+            .arg("MAXLEN")
+            .arg(1)
             .arg(format!("{}-1", frames - 1))
             .arg("payload")
             .arg(pixels)
