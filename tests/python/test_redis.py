@@ -2,8 +2,9 @@
 a reader started before the run follows the image and numeric streams live through a cursor
 and gets every frame's pixels (equal to h5py's read of the files) and every lost flag; a late
 reader reads everything; trimmed indices give Blissdata's "no more there" and the image
-stream's file fallback; redis-cli reads the streams without Blissdata. Faults: Redis killed
-and restarted mid-run, a wrong password."""
+stream's file fallback; redis-cli reads the streams without Blissdata; the query endpoint
+answers from Redis after a daemon restart. Faults: Redis killed and restarted mid-run, out of
+memory mid-run (one logged episode, the scan marked incomplete), a wrong password."""
 
 import ast
 import re
@@ -264,3 +265,33 @@ def test_late_joiners_query_a_run_from_before_a_restart(detingestd, tmp_path, re
         assert json.loads(req.recv())["ok"] is False
     finally:
         stop_daemon(daemon, log, summary, settle=0)
+
+
+def test_a_server_out_of_memory_is_one_logged_episode_and_the_scan_says_incomplete(
+        detingestd, tmp_path, redis_server):
+    import json
+    from blissdata.redis_engine.store import DataStore
+    from conftest import start_daemon
+    server = redis_server()
+    n = 150
+    cfg = config(tmp_path, server.url, n, 50.0, redis="timeout_ms = 200\nmax_backoff_ms = 200")
+    daemon, log, summary = start_daemon(detingestd, cfg, tmp_path)
+    time.sleep(1.0)
+    server.client().config_set("maxmemory", 1)  # every write refused: OOM
+    time.sleep(1.0)
+    server.client().config_set("maxmemory", 0)
+    assert daemon.wait(timeout=60) == 0, log.read_text()
+    text = log.read_text()
+    assert text.count("server unusable") == 1, text
+    assert "OOM" in text and "publishing again" in text, text
+    redis = json.loads(summary.read_text())["sinks"]["redis"]
+    assert redis["indices_dropped"] > 0 and redis["scans_incomplete"] == 1, redis
+    assert file_frames(tmp_path / "data" / "bt" / "det" / "cfg_master.h5").shape[0] == n
+    store = DataStore(server.url)
+    _, key = store.get_last_scan()
+    scan = store.load_scan(key)
+    assert scan.state == 4
+    publishing = scan.info["publishing"]
+    assert not publishing["complete"]
+    assert publishing["indices_not_published"] == redis["indices_dropped"], publishing
+    assert len(scan.streams["det:frame_number"]) == n, "sealed at the stream's length"

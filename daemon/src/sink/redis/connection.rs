@@ -1,7 +1,7 @@
 //! The Redis thread's connection: connecting with a timeout, preparing a server for Blissdata
 //! readers (protocol key, the `seal_stream` function other Blissdata writers call, RedisJSON
-//! present), and outages: one warning when the server goes away, one line when it is back,
-//! reconnection attempts backing off in between.
+//! present), and outages: one warning when the server goes away or refuses, one line once
+//! commands go through again, reconnection attempts backing off in between.
 
 use std::time::{Duration, Instant};
 
@@ -87,21 +87,24 @@ impl Link {
         let mut reconnected = false;
         if self.con.is_none() && Instant::now() >= self.next_attempt {
             match self.connect() {
-                Ok(()) => {
-                    reconnected = true;
-                    if let Some(o) = self.outage.take() {
-                        tracing::info!(
-                            url = %self.url,
-                            after_s = format_args!("{:.1}", o.since.elapsed().as_secs_f64()),
-                            indices_not_published = dropped - o.dropped_before,
-                            "redis: connected again"
-                        );
-                    }
-                }
+                Ok(()) => reconnected = true,
                 Err(e) => self.failed(&e, dropped),
             }
         }
         (self.con.as_mut(), reconnected)
+    }
+
+    /// Commands went through: an outage, if one was on, is over (not at reconnection: a
+    /// server that accepts connections but refuses writes, out of memory, is still out).
+    pub fn succeeded(&mut self, dropped: u64) {
+        if let Some(o) = self.outage.take() {
+            tracing::info!(
+                url = %self.url,
+                after_s = format_args!("{:.1}", o.since.elapsed().as_secs_f64()),
+                indices_not_published = dropped - o.dropped_before,
+                "redis: publishing again"
+            );
+        }
     }
 
     /// A command failed with `e`: drop the connection, and start an outage if none is on.

@@ -53,6 +53,7 @@ impl RedisHistory {
                 .get_connection_with_timeout(self.timeout)
                 .and_then(|c| {
                     c.set_read_timeout(Some(self.timeout))?;
+                    c.set_write_timeout(Some(self.timeout))?;
                     Ok(c)
                 })
                 .map_err(|e| describe(&e))?;

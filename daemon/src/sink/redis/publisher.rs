@@ -178,6 +178,8 @@ impl Publisher {
             let result = create(con, &prefix, &mut scan.doc);
             match result {
                 Ok(()) => {
+                    let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
+                    self.link.succeeded(dropped);
                     scan.published = true;
                     self.stats.scans.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(stream = %o.stream.key, scan = %scan.doc.key, "redis: scan published");
@@ -254,11 +256,16 @@ impl Publisher {
                 .arg(&self.pixels[..])
                 .ignore();
         }
+        if b.is_empty() && image.is_none() {
+            return;
+        }
         let Some(con) = self.link.get(0).0 else {
             return self.dropped(b);
         };
         match pipe.query::<()>(con) {
             Ok(()) => {
+                let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
+                self.link.succeeded(dropped);
                 self.stats
                     .indices
                     .fetch_add(b.len() as u64, Ordering::Relaxed);
@@ -326,6 +333,8 @@ impl Publisher {
         self.pixels = pixels;
         match sealed {
             Ok(()) => {
+                let all_dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
+                self.link.succeeded(all_dropped);
                 if dropped > 0 {
                     self.stats.scans_incomplete.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(scan = %scan.doc.key, indices_not_published = dropped,
