@@ -25,7 +25,6 @@ test: deps venv debian-plugins
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	DETINGEST_PYTHON=$(CURDIR)/$(PY) cargo test --workspace
-	cargo build -p detingest-daemon -p detingest-ffi
 	DETINGESTD=$(CURDIR)/target/debug/detingestd DETINGEST_DEBIAN_PLUGINS=$(CURDIR)/$(DEBIAN_PLUGINS) \
 	  $(PY) -m pytest -q tests/python
 	$(MAKE) loom

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use detingest_shm::PoolBuf;
@@ -100,6 +101,8 @@ struct StreamFeed {
     /// A picked frame waiting for the readable watermark.
     pending: Option<(u64, Arc<PoolBuf>)>,
     readable: u64,
+    /// When the last preview was taken.
+    last_pick: Option<Instant>,
 }
 
 /// The Redis sink's notification sink for one run.
@@ -107,6 +110,8 @@ pub struct Feed {
     tx: Sender<Msg>,
     /// The Redis thread, unparked after each send.
     wake: Option<std::thread::Thread>,
+    /// Images go to Redis at most once per this (`None`: never).
+    image_gap: Option<Duration>,
     returned: Receiver<Batch>,
     stats: Arc<RedisStats>,
     streams: Vec<StreamFeed>,
@@ -118,12 +123,14 @@ impl Feed {
     pub(super) fn new(
         tx: Sender<Msg>,
         wake: Option<std::thread::Thread>,
+        image_max_hz: f64,
         returned: Receiver<Batch>,
         stats: Arc<RedisStats>,
     ) -> Self {
         Self {
             tx,
             wake,
+            image_gap: (image_max_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / image_max_hz)),
             returned,
             stats,
             streams: Vec::new(),
@@ -140,6 +147,7 @@ impl Feed {
                     batch: None,
                     pending: None,
                     readable: 0,
+                    last_pick: None,
                 });
                 self.streams.len() - 1
             }
@@ -218,6 +226,7 @@ impl Feed {
     }
 
     fn frame(&mut self, info: &Arc<StreamInfo>, r: &FrameRecord, preview: Option<&Arc<PoolBuf>>) {
+        let image_gap = self.image_gap;
         // A gap (notifications dropped before us) ends the batch: entries hold consecutive
         // indices.
         let gap = {
@@ -237,9 +246,12 @@ impl Feed {
         if let Some(b) = s.batch.as_mut() {
             b.push(r);
         }
-        if s.pending.is_none() {
-            if let Some(p) = preview {
+        // Previews are picked for every sink (the live ones may come more often): take one
+        // at most every `image_gap`.
+        if let (None, Some(p), Some(gap)) = (&s.pending, preview, image_gap) {
+            if s.last_pick.is_none_or(|t| t.elapsed() >= gap) {
                 s.pending = Some((r.index, Arc::clone(p)));
+                s.last_pick = Some(Instant::now());
             }
         }
         s.readable = s.readable.max(r.readable_up_to);
@@ -349,7 +361,11 @@ mod tests {
         let (tx, rx) = crossbeam::channel::bounded(capacity);
         let (_returns, returned) = crossbeam::channel::bounded(1);
         let stats = Arc::new(RedisStats::default());
-        (Feed::new(tx, None, returned, Arc::clone(&stats)), rx, stats)
+        (
+            Feed::new(tx, None, 1e6, returned, Arc::clone(&stats)),
+            rx,
+            stats,
+        )
     }
 
     /// Frame `index`, readable up to `readable`, with a preview chunk if given.

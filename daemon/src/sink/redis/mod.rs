@@ -97,6 +97,7 @@ pub struct RedisSink {
     needs: SinkNeeds,
     url: String,
     history: Option<Arc<dyn LateHistory>>,
+    image_max_hz: f64,
 }
 
 impl RedisSink {
@@ -148,6 +149,7 @@ impl RedisSink {
         };
         Ok(Some(Self {
             history,
+            image_max_hz: cfg.image_max_hz,
             tx: Some(tx),
             returned,
             stats,
@@ -179,6 +181,7 @@ impl Sink for RedisSink {
         Some(Box::new(Feed::new(
             tx,
             self.thread.as_ref().map(|t| t.thread().clone()),
+            self.image_max_hz,
             self.returned.clone(),
             Arc::clone(&self.stats),
         )))
