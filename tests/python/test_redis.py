@@ -171,7 +171,7 @@ def test_trimmed_indices_say_so_and_images_fall_back_to_the_file(
     assert values and values[-1] == n and values == list(range(n - len(values) + 1, n + 1))
 
 
-def test_redis_killed_mid_run_costs_entries_not_frames_and_the_next_run_is_published(
+def test_redis_killed_mid_run_or_down_at_a_start_costs_entries_not_frames(
         detingestd, tmp_path, redis_server):
     from test_runs import Serve
     from blissdata.redis_engine.store import DataStore
@@ -194,6 +194,16 @@ def test_redis_killed_mid_run_costs_entries_not_frames_and_the_next_run_is_publi
         with h5py.File(serve.master("one"), "r") as f:
             assert f["/entry/data/data"].shape[0] == 150, "the files have every frame"
         assert server.client().get("_PROTOCOL_VERSION_") == b"1", "prepared again"
+
+        # A run started while the server is down writes its files; its scan is not published.
+        server.kill()
+        assert serve.start(stream="down", frames=50)[0] == 201
+        serve.wait_ended()
+        with h5py.File(serve.master("down"), "r") as f:
+            assert f["/entry/data/data"].shape[0] == 50
+        counters = serve.call("GET", "/run")[1]["sinks"]["redis"]
+        assert counters["scans_unpublished"] == 1 and not counters["connected"], counters
+        server.start()
 
         assert serve.start(stream="two", frames=150)[0] == 201
         serve.wait_ended()

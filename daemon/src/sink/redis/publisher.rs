@@ -66,11 +66,15 @@ impl Publisher {
     pub fn run(mut self, rx: Receiver<Msg>, returns: Sender<Batch>) {
         let mut next: Option<Msg> = None;
         loop {
-            let wait = self
-                .link
-                .next_attempt()
-                .saturating_duration_since(std::time::Instant::now())
-                .clamp(Duration::from_millis(10), Duration::from_millis(500));
+            // Idle and connected, nothing to time: wake for messages only (and now and then).
+            let wait = if self.link.is_up() {
+                Duration::from_millis(500)
+            } else {
+                self.link
+                    .next_attempt()
+                    .saturating_duration_since(std::time::Instant::now())
+                    .clamp(Duration::from_millis(10), Duration::from_millis(500))
+            };
             // Parked, not blocked in the channel: the feed unparks this thread after each send
             // (a channel's blocking receive spins and yields first, costing CPU per batch).
             let msg = match next.take() {
