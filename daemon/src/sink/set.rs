@@ -10,7 +10,7 @@ use crate::check::ConfigError;
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
 /// each run its notification sink and reports its own counters.
 pub trait Sink: Send + Sync {
-    /// Its name in the summary and `GET /run` (`log`, `zmq`).
+    /// Its name in the summary and `GET /run` (`log`, `zmq`, `redis`).
     fn name(&self) -> &'static str;
     /// What it asks of the pipeline.
     fn needs(&self) -> SinkNeeds {
