@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use detingest_daemon::config::Config;
-use detingest_daemon::pipeline;
+use detingest_daemon::pipeline::{self, StatsSnapshot};
 use detingest_daemon::sink::RunSinks;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::Codec;
@@ -133,9 +133,9 @@ pub fn run(args: &Args) -> Result<()> {
         for &(slot, copy, chunking) in runs {
             let tag = format!("r{rep}c{}{chunking}", u8::from(copy));
             let c = config(args, &dir, &tag, copy, chunking)?;
-            let (secs, run_lost) = time_pipeline(&c)?;
+            let (secs, stats) = time_pipeline(&c, RunSinks::none())?;
             best[slot] = best[slot].min(secs);
-            lost += run_lost;
+            lost += stats.lost;
         }
     }
     let framed = (modules > 1).then_some(best[5]);
@@ -231,9 +231,10 @@ fn print_table(r: &Report) {
     );
 }
 
-/// Seconds from start to the last file closed, and the frames lost, of one pipeline run.
-pub(crate) fn time_pipeline(c: &Config) -> Result<(f64, u64)> {
-    let running = pipeline::start(c, RunSinks::none())?;
+/// Seconds from start to the last file closed, and the counters at the end, of one pipeline
+/// run handing its notifications to `sinks` (its files removed after).
+pub(crate) fn time_pipeline(c: &Config, sinks: RunSinks) -> Result<(f64, StatsSnapshot)> {
+    let running = pipeline::start(c, sinks)?;
     let t = Instant::now();
     let summary = running.wait();
     let secs = t.elapsed().as_secs_f64();
@@ -243,7 +244,7 @@ pub(crate) fn time_pipeline(c: &Config) -> Result<(f64, u64)> {
         "the pipeline run failed: {:?}",
         summary.streams
     );
-    Ok((secs, summary.stats.lost))
+    Ok((secs, summary.stats))
 }
 
 /// Seconds to copy `frames` frames once each into `buffers` rotating buffers, as a copying

@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use detingest_daemon::config::{Config, RedisConfig};
-use detingest_daemon::pipeline;
-use detingest_daemon::sink::redis::RedisSink;
+use detingest_daemon::sink::redis::{entry_span, RedisSink};
 use detingest_daemon::sink::{Notification, NotificationSink, RunSinks, Sink, SinkCores};
 use detingest_daemon::stream::now_ns;
 use serde::Serialize;
 
-use crate::common::{cpu_seconds, quantile, remove_run_files, threads_cpu_seconds};
-use crate::pipeline::{config, Args as PipelineArgs};
+use crate::common::{cpu_seconds, quantile, threads_cpu_seconds};
+use crate::pipeline::{config, time_pipeline, Args as PipelineArgs};
 use nix::time::ClockId;
 
 /// Options of `detingest-bench redis`.
@@ -225,13 +224,11 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
 
 /// This process's threads named `name`.
 fn threads_named(name: &str) -> Vec<libc::pid_t> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-            (comm.trim() == name).then(|| e.file_name().to_str()?.parse().ok())?
+    detingest_daemon::threads::thread_ids()
+        .into_iter()
+        .filter(|t| {
+            std::fs::read_to_string(format!("/proc/self/task/{t}/comm"))
+                .is_ok_and(|c| c.trim() == name)
         })
         .collect()
 }
@@ -247,13 +244,8 @@ fn sinks_of(sink: &RedisSink, mut others: Vec<Box<dyn NotificationSink>>) -> Run
 
 /// Frames per second of one pipeline run (its files removed after).
 fn run_pipeline(c: &Config, sinks: RunSinks) -> Result<f64> {
-    let running = pipeline::start(c, sinks)?;
-    let t = Instant::now();
-    let summary = running.wait();
-    let secs = t.elapsed().as_secs_f64();
-    remove_run_files(&summary);
-    anyhow::ensure!(summary.ok(), "the pipeline run failed");
-    Ok(summary.stats.written as f64 / secs)
+    let (secs, stats) = time_pipeline(c, sinks)?;
+    Ok(stats.written as f64 / secs)
 }
 
 /// Records each index's `written_ns`.
@@ -300,15 +292,10 @@ fn visible_times(url: &str, stream: &str, frames: u64) -> Result<Vec<u64>> {
         let now = now_ns();
         for (_, entries) in reply.unwrap_or_default() {
             for (id, fields) in entries {
-                let first: u64 = id.split('-').next().unwrap_or("0").parse().unwrap_or(0);
+                let (first, len) = entry_span(&id, &fields);
                 if first == u64::MAX {
                     return Ok(seen);
                 }
-                let len = fields
-                    .iter()
-                    .find(|(k, _)| k == "len")
-                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-                    .unwrap_or(1u64);
                 for i in first + 1..=first + len {
                     if let Some(s) = seen.get_mut(i as usize) {
                         *s = now;

@@ -6,6 +6,7 @@
 
 use anyhow::Result;
 use clap::Parser;
+use detingest_daemon::sink::RunSinks;
 use serde::Serialize;
 
 use crate::pipeline::{self, config, time_pipeline};
@@ -54,7 +55,8 @@ pub fn run(args: &Args) -> Result<()> {
             bytes = (frame.0.frame_bytes(frame.1) as u64 * u64::from(c.sources[0].modules()))
                 as f64
                 * a.frames as f64;
-            let (secs, lost) = time_pipeline(&c)?;
+            let (secs, stats) = time_pipeline(&c, RunSinks::none())?;
+            let lost = stats.lost;
             anyhow::ensure!(lost == 0, "{lost} frames lost");
             best[i] = best[i].min(secs);
         }

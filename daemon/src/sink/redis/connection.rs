@@ -70,10 +70,10 @@ impl Link {
         let mut con = self
             .client
             .get_connection_with_timeout(self.timeout)
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| e.to_string())?;
         con.set_read_timeout(Some(self.timeout))
             .and_then(|()| con.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| e.to_string())?;
         prepare(&mut con)?;
         self.con = Some(con);
         self.backoff = Duration::from_millis(100);
@@ -140,25 +140,24 @@ fn prepare(con: &mut redis::Connection) -> Result<(), String> {
     let json: redis::RedisResult<redis::Value> =
         redis::cmd("JSON.GET").arg("_detingest_probe_").query(con);
     if let Err(e) = json {
-        if describe(&e).contains("unknown command") {
+        if e.to_string().contains("unknown command") {
             return Err(format!(
-                "the server has no RedisJSON ({}): Blissdata needs Redis Stack or Redis >= 8",
-                describe(&e)
+                "the server has no RedisJSON ({e}): Blissdata needs Redis Stack or Redis >= 8"
             ));
         }
-        return Err(describe(&e));
+        return Err(e.to_string());
     }
     let version: Option<u32> = redis::cmd("GET")
         .arg(PROTOCOL_KEY)
         .query(con)
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| e.to_string())?;
     match version {
         None => redis::cmd("SET")
             .arg(PROTOCOL_KEY)
             .arg(PROTOCOL_VERSION)
             .arg("NX")
             .query::<()>(con)
-            .map_err(|e| describe(&e))?,
+            .map_err(|e| e.to_string())?,
         Some(v) if v != PROTOCOL_VERSION => {
             return Err(format!(
                 "the server holds Blissdata protocol {v}; this sink writes {PROTOCOL_VERSION}"
@@ -171,7 +170,7 @@ fn prepare(con: &mut redis::Connection) -> Result<(), String> {
         .arg("LIBRARYNAME")
         .arg("mylib")
         .query(con)
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| e.to_string())?;
     let loaded = matches!(&libraries, redis::Value::Array(a) if !a.is_empty());
     if !loaded {
         let r: redis::RedisResult<String> = redis::cmd("FUNCTION")
@@ -180,15 +179,10 @@ fn prepare(con: &mut redis::Connection) -> Result<(), String> {
             .query(con);
         // Another writer may have loaded it meanwhile.
         if let Err(e) = r {
-            if !describe(&e).contains("already exists") {
-                return Err(describe(&e));
+            if !e.to_string().contains("already exists") {
+                return Err(e.to_string());
             }
         }
     }
     Ok(())
-}
-
-/// One line for an error, with the server's own words.
-pub fn describe(e: &redis::RedisError) -> String {
-    e.to_string()
 }

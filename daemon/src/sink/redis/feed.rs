@@ -37,6 +37,8 @@ pub struct Close {
     pub frames: u64,
     /// Of which lost.
     pub lost: u64,
+    /// Indices the feed dropped (channel full): the Redis thread never saw them.
+    pub dropped_here: u64,
 }
 
 /// Consecutive indices of one stream, as columns, and at most one readable frame's chunk.
@@ -103,6 +105,8 @@ struct StreamFeed {
     readable: u64,
     /// When the last preview was taken.
     last_pick: Option<Instant>,
+    /// Indices whose batch the full channel dropped.
+    dropped: u64,
 }
 
 /// The Redis sink's notification sink for one run.
@@ -138,21 +142,20 @@ impl Feed {
         }
     }
 
-    fn stream(&mut self, info: &Arc<StreamInfo>) -> &mut StreamFeed {
-        let i = match self.streams.iter().position(|s| s.stream.slot == info.slot) {
-            Some(i) => i,
-            None => {
-                self.streams.push(StreamFeed {
-                    stream: Arc::clone(info),
-                    batch: None,
-                    pending: None,
-                    readable: 0,
-                    last_pick: None,
-                });
-                self.streams.len() - 1
-            }
-        };
-        &mut self.streams[i]
+    /// The position of `info` in `streams`, added if new.
+    fn index(&mut self, info: &Arc<StreamInfo>) -> usize {
+        if let Some(i) = self.streams.iter().position(|s| s.stream.slot == info.slot) {
+            return i;
+        }
+        self.streams.push(StreamFeed {
+            stream: Arc::clone(info),
+            batch: None,
+            pending: None,
+            readable: 0,
+            last_pick: None,
+            dropped: 0,
+        });
+        self.streams.len() - 1
     }
 
     /// Sends without waiting; a full channel drops a batch (counted) and keeps opens and
@@ -191,7 +194,13 @@ impl Feed {
             self.stats
                 .indices_dropped
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
-            self.stats.mark_incomplete(&b.stream.key, b.len() as u64);
+            let stream = self
+                .streams
+                .iter_mut()
+                .find(|s| s.stream.slot == b.stream.slot);
+            if let Some(s) = stream {
+                s.dropped += b.len() as u64;
+            }
         }
     }
 
@@ -226,23 +235,22 @@ impl Feed {
     }
 
     fn frame(&mut self, info: &Arc<StreamInfo>, r: &FrameRecord, preview: Option<&Arc<PoolBuf>>) {
-        let image_gap = self.image_gap;
+        let i = self.index(info);
         // A gap (notifications dropped before us) ends the batch: entries hold consecutive
         // indices.
-        let gap = {
-            let s = self.stream(info);
-            s.batch
-                .as_ref()
-                .is_some_and(|b| b.first + b.len() as u64 != r.index)
-        };
+        let gap = self.streams[i]
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.first + b.len() as u64 != r.index);
         if gap {
-            self.ship(info);
+            self.ship(i);
         }
-        if self.stream(info).batch.is_none() {
+        if self.streams[i].batch.is_none() {
             let b = self.new_batch(info, r.index);
-            self.stream(info).batch = Some(b);
+            self.streams[i].batch = Some(b);
         }
-        let s = self.stream(info);
+        let image_gap = self.image_gap;
+        let s = &mut self.streams[i];
         if let Some(b) = s.batch.as_mut() {
             b.push(r);
         }
@@ -258,10 +266,22 @@ impl Feed {
         s.take_readable_image();
     }
 
-    /// Sends what `info` has gathered.
-    fn ship(&mut self, info: &Arc<StreamInfo>) {
-        let s = self.stream(info);
-        let Some(b) = s.batch.take() else { return };
+    /// Stream `i`'s files can give every index up to `up_to`: a waiting image joins the
+    /// gathering batch (or an empty one, starting at `first`).
+    fn readable(&mut self, i: usize, up_to: u64, first: u64) {
+        self.streams[i].readable = self.streams[i].readable.max(up_to);
+        if self.streams[i].batch.is_none() && self.streams[i].pending.is_some() {
+            let b = self.new_batch(&Arc::clone(&self.streams[i].stream), first);
+            self.streams[i].batch = Some(b);
+        }
+        self.streams[i].take_readable_image();
+    }
+
+    /// Sends what stream `i` has gathered.
+    fn ship(&mut self, i: usize) {
+        let Some(b) = self.streams[i].batch.take() else {
+            return;
+        };
         if b.is_empty() && b.image.is_none() {
             return;
         }
@@ -295,39 +315,28 @@ impl NotificationSink for Feed {
             }))),
             Notification::Frame(f) => self.frame(&f.stream, &f.record, f.preview.as_ref()),
             Notification::Readable(r) => {
-                let first = r.up_to + 1;
-                let s = self.stream(&r.stream);
-                s.readable = s.readable.max(r.up_to);
-                if s.batch.is_none() && s.pending.is_some() {
-                    let b = self.new_batch(&r.stream, first);
-                    self.stream(&r.stream).batch = Some(b);
-                }
-                self.stream(&r.stream).take_readable_image();
+                let i = self.index(&r.stream);
+                self.readable(i, r.up_to, r.up_to + 1);
             }
             Notification::StreamEnd(e) => {
                 // Everything is readable once the files are closed.
-                let s = self.stream(&e.stream);
-                s.readable = u64::MAX;
-                if s.batch.is_none() && s.pending.is_some() {
-                    let b = self.new_batch(&e.stream, e.frames + 1);
-                    self.stream(&e.stream).batch = Some(b);
-                }
-                self.stream(&e.stream).take_readable_image();
-                self.ship(&e.stream);
+                let i = self.index(&e.stream);
+                self.readable(i, u64::MAX, e.frames + 1);
+                self.ship(i);
+                let dropped_here = self.streams.remove(i).dropped;
                 self.send(Msg::Close(Box::new(Close {
                     stream: Arc::clone(&e.stream),
                     frames: e.frames,
                     lost: e.lost,
+                    dropped_here,
                 })));
-                self.streams.retain(|s| s.stream.slot != e.stream.slot);
             }
         }
     }
 
     fn batch_done(&mut self) {
         for i in 0..self.streams.len() {
-            let info = Arc::clone(&self.streams[i].stream);
-            self.ship(&info);
+            self.ship(i);
         }
         if !self.backlog.is_empty() {
             self.retry_backlog();
@@ -453,7 +462,6 @@ mod tests {
         f.notify(&frame(&s, 2, 2, None));
         f.batch_done();
         assert_eq!(stats.indices_dropped.load(Ordering::Relaxed), 2);
-        assert_eq!(stats.take_feed_dropped(&s.key), 2);
         f.notify(&Notification::StreamEnd(StreamEndNotice {
             stream: Arc::clone(&s),
             frames: 2,
@@ -462,6 +470,9 @@ mod tests {
         }));
         assert!(matches!(rx.try_recv(), Ok(Msg::Open(_))));
         f.batch_done();
-        assert!(matches!(rx.try_recv(), Ok(Msg::Close(c)) if c.frames == 2));
+        assert!(
+            matches!(rx.try_recv(), Ok(Msg::Close(c)) if c.frames == 2 && c.dropped_here == 2),
+            "the close carries the indices dropped here"
+        );
     }
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::config::RedisConfig;
-use super::connection::describe;
 use super::scan::{NUMERIC, SEAL_ID};
 use crate::sink::LateHistory;
 
@@ -56,13 +55,13 @@ impl RedisHistory {
                     c.set_write_timeout(Some(self.timeout))?;
                     Ok(c)
                 })
-                .map_err(|e| describe(&e))?;
+                .map_err(|e| e.to_string())?;
             *guard = Some(con);
         }
         let Some(con) = guard.as_mut() else {
             return Err("no connection".into());
         };
-        let r = f(con).map_err(|e| describe(&e));
+        let r = f(con).map_err(|e| e.to_string());
         if r.is_err() {
             *guard = None;
         }
@@ -162,13 +161,8 @@ impl RedisHistory {
         })?;
         let mut values = vec![None; (hi - lo + 1) as usize];
         for (id, fields) in before.iter().chain(&within) {
-            let first: u64 = id
-                .split('-')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let field = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v);
-            let Some(payload) = field("payload") else {
+            let (first, _) = entry_span(id, fields);
+            let Some(payload) = field(fields, "payload") else {
                 continue;
             };
             for (j, v) in decode(dtype, payload).into_iter().enumerate() {
@@ -179,25 +173,9 @@ impl RedisHistory {
             }
         }
         let (length, sealed) = match last.first() {
-            Some((id, fields)) if id == SEAL_ID => {
-                let n = fields
-                    .iter()
-                    .find(|(k, _)| k == "id")
-                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-                    .unwrap_or(0);
-                (n, true)
-            }
+            Some((id, fields)) if id == SEAL_ID => (number(fields, "id").unwrap_or(0), true),
             Some((id, fields)) => {
-                let first: u64 = id
-                    .split('-')
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                let len = fields
-                    .iter()
-                    .find(|(k, _)| k == "len")
-                    .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-                    .unwrap_or(1u64);
+                let (first, len) = entry_span(id, fields);
                 (first + len, false)
             }
             None => (0, false),
@@ -208,6 +186,27 @@ impl RedisHistory {
             sealed,
         })
     }
+}
+
+/// An entry's field of that name.
+fn field<'f>(fields: &'f [(String, Vec<u8>)], name: &str) -> Option<&'f [u8]> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| &v[..])
+}
+
+/// An entry's field of that name as a number.
+fn number(fields: &[(String, Vec<u8>)], name: &str) -> Option<u64> {
+    std::str::from_utf8(field(fields, name)?).ok()?.parse().ok()
+}
+
+/// The Blissdata indices a data entry holds: its first (the id's first part) and how many
+/// (`len`, 1 when absent). The seal entry's first is `u64::MAX`.
+pub fn entry_span(id: &str, fields: &[(String, Vec<u8>)]) -> (u64, u64) {
+    let first = id
+        .split('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (first, number(fields, "len").unwrap_or(1))
 }
 
 /// The values of a payload of [`NUMERIC`]'s `dtype`, as f64 (exact for the values we write).

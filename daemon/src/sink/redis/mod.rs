@@ -14,7 +14,6 @@ mod late;
 mod publisher;
 mod scan;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,7 +24,7 @@ use crossbeam::channel::{Receiver, Sender};
 pub use config::{OnStartError, RedisConfig};
 use connection::Link;
 use feed::{Batch, Feed, Msg};
-pub use late::RedisHistory;
+pub use late::{entry_span, RedisHistory};
 use publisher::Publisher;
 
 use crate::check::ConfigError;
@@ -60,27 +59,9 @@ pub struct RedisStats {
     /// Connected now.
     pub connected: AtomicBool,
     last_error: Mutex<Option<String>>,
-    /// Indices the feed dropped, per stream key, until the stream's close reads them.
-    feed_dropped: Mutex<HashMap<String, u64>>,
 }
 
 impl RedisStats {
-    /// The feed dropped a batch of `stream`.
-    fn mark_incomplete(&self, stream: &str, indices: u64) {
-        if let Ok(mut m) = self.feed_dropped.lock() {
-            *m.entry(stream.to_owned()).or_default() += indices;
-        }
-    }
-
-    /// Indices of `stream` the feed dropped, forgotten once read.
-    fn take_feed_dropped(&self, stream: &str) -> u64 {
-        self.feed_dropped
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(stream))
-            .unwrap_or(0)
-    }
-
     fn set_last_error(&self, e: &str) {
         if let Ok(mut l) = self.last_error.lock() {
             *l = Some(e.to_owned());

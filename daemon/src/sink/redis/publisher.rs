@@ -17,7 +17,7 @@ use crossbeam::channel::{Receiver, Sender, TryRecvError};
 use serde_json::json;
 
 use super::config::RedisConfig;
-use super::connection::{describe, Link};
+use super::connection::Link;
 use super::feed::{Batch, Close, Msg, Open};
 use super::scan::{ScanDoc, ScanState, SCAN_HISTORY, SEAL_ID};
 use super::RedisStats;
@@ -251,14 +251,7 @@ impl Publisher {
             }
         }
         if let Some(index) = image {
-            pipe.cmd("XADD")
-                .arg(&scan.doc.stream_keys[0])
-                .arg("MAXLEN")
-                .arg(1)
-                .arg(format!("{}-1", index - 1))
-                .arg("payload")
-                .arg(&self.pixels[..])
-                .ignore();
+            add_image(&mut pipe, &scan.doc.stream_keys[0], index, &self.pixels);
         }
         if b.is_empty() && image.is_none() {
             return;
@@ -283,7 +276,7 @@ impl Publisher {
                 }
             }
             Err(e) => {
-                self.failed(&describe(&e));
+                self.failed(&e.to_string());
                 self.dropped(b);
             }
         }
@@ -310,7 +303,7 @@ impl Publisher {
         if !scan.published {
             return;
         }
-        let dropped = scan.dropped + self.stats.take_feed_dropped(&c.stream.key);
+        let dropped = scan.dropped + c.dropped_here;
         scan.dropped = dropped;
         let prefix = self.cfg.prefix.clone();
         if self.connection().is_none() {
@@ -390,17 +383,13 @@ fn create(con: &mut redis::Connection, prefix: &str, doc: &mut ScanDoc) -> Resul
     let number: u64 = redis::cmd("INCR")
         .arg(format!("{prefix}:detingest:scan_number"))
         .query(con)
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| e.to_string())?;
     doc.set_number(number);
     let state = doc.state_key(prefix);
     let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("JSON.SET")
-        .arg(&doc.key)
-        .arg("$")
-        .arg(doc.document(true))
-        .ignore()
-        .cmd("XADD")
+    pipe.atomic();
+    set_document(&mut pipe, doc);
+    pipe.cmd("XADD")
         .arg(SCAN_HISTORY)
         .arg("MAXLEN")
         .arg("~")
@@ -410,18 +399,13 @@ fn create(con: &mut redis::Connection, prefix: &str, doc: &mut ScanDoc) -> Resul
         .arg(&doc.key)
         .ignore();
     for s in [ScanState::Created, ScanState::Prepared, ScanState::Started] {
-        pipe.cmd("XADD")
-            .arg(&state)
-            .arg("*")
-            .arg("state")
-            .arg(s as u8)
-            .ignore();
+        add_state(&mut pipe, &state, s);
     }
     pipe.cmd("SET")
         .arg(format!("{prefix}:detingest:scan:{}", doc.stream.key))
         .arg(&doc.key)
         .ignore();
-    pipe.query::<()>(con).map_err(|e| describe(&e))
+    pipe.query::<()>(con).map_err(|e| e.to_string())
 }
 
 /// The pixels of the stream's last index, read back from its data file, when the image
@@ -455,14 +439,7 @@ fn seal(
     let mut pipe = redis::pipe();
     pipe.atomic();
     if let Some(pixels) = last_image {
-        pipe.cmd("XADD")
-            .arg(&doc.stream_keys[0])
-            .arg("MAXLEN")
-            .arg(1)
-            .arg(format!("{}-1", frames - 1))
-            .arg("payload")
-            .arg(pixels)
-            .ignore();
+        add_image(&mut pipe, &doc.stream_keys[0], frames, pixels);
     }
     for key in &doc.stream_keys {
         pipe.cmd("XADD")
@@ -473,24 +450,42 @@ fn seal(
             .ignore();
     }
     let state = doc.state_key(prefix);
-    pipe.cmd("XADD")
-        .arg(&state)
-        .arg("*")
-        .arg("state")
-        .arg(ScanState::Stopped as u8)
-        .ignore()
-        .cmd("JSON.SET")
+    add_state(&mut pipe, &state, ScanState::Stopped);
+    set_document(&mut pipe, doc);
+    add_state(&mut pipe, &state, ScanState::Closed);
+    pipe.query::<()>(con).map_err(|e| e.to_string())
+}
+
+/// Appends `doc`'s whole JSON document (Blissdata rewrites it at each state it changes).
+fn set_document(pipe: &mut redis::Pipeline, doc: &ScanDoc) {
+    pipe.cmd("JSON.SET")
         .arg(&doc.key)
         .arg("$")
         .arg(doc.document(true))
-        .ignore()
-        .cmd("XADD")
-        .arg(&state)
+        .ignore();
+}
+
+/// Appends state `s` to the state stream `state`.
+fn add_state(pipe: &mut redis::Pipeline, state: &str, s: ScanState) {
+    pipe.cmd("XADD")
+        .arg(state)
         .arg("*")
         .arg("state")
-        .arg(ScanState::Closed as u8)
+        .arg(s as u8)
         .ignore();
-    pipe.query::<()>(con).map_err(|e| describe(&e))
+}
+
+/// Appends index `index`'s image (1-based; entry `index - 1`) to the image stream `key`,
+/// trimming it to that one entry.
+fn add_image(pipe: &mut redis::Pipeline, key: &str, index: u64, pixels: &[u8]) {
+    pipe.cmd("XADD")
+        .arg(key)
+        .arg("MAXLEN")
+        .arg(1)
+        .arg(format!("{}-1", index - 1))
+        .arg("payload")
+        .arg(pixels)
+        .ignore();
 }
 
 /// The bytes of `v`, little-endian (the machine's order; checked at compile time).
