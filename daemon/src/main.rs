@@ -302,6 +302,7 @@ fn serve(config: Config) -> Result<ExitCode> {
     });
     let listen = config.control.listen;
     let manager = Arc::new(RunManager::new(config)?);
+    manager.attach_sinks();
     let api = control::spawn(listen, Arc::clone(&manager), Arc::clone(&shutdown))?;
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));

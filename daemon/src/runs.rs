@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::check::{deserialize_keyed, key_in};
 use crate::config::{Config, ConfigError, RunSettings};
 use crate::pipeline::{self, RunSummary, Running, StartError, StatsSnapshot};
-use crate::sink::SinkSet;
+use crate::sink::{RunControl, SinkSet};
 use crate::source::{SourceError, SourceSummary};
 
 /// Why a run ended.
@@ -264,6 +264,16 @@ impl RunManager {
         })
     }
 
+    /// Hands the sinks that take commands (Kafka) this manager: from now on they start and
+    /// stop runs as the HTTP API does.
+    pub fn attach_sinks(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let runs: std::sync::Weak<dyn RunControl> = weak;
+        if let Some(Some(sinks)) = self.sinks.lock().ok().as_deref() {
+            sinks.attach(&runs);
+        }
+    }
+
     /// Stops the run in progress (if any) and the sinks.
     pub fn shutdown(&self) {
         if self.stop().is_ok() {
@@ -409,6 +419,24 @@ impl RunManager {
         self.last
             .lock()
             .map_or_else(|_| RunStatus::idle(), |s| s.clone())
+    }
+}
+
+impl RunControl for RunManager {
+    fn start_run(&self, request: &Value) -> Result<Value, (u16, String)> {
+        self.start(request)
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .map_err(|e| (e.status, e.message))
+    }
+
+    fn stop_run(&self) -> Result<Value, (u16, String)> {
+        self.stop()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .map_err(|e| (e.status, e.message))
+    }
+
+    fn run_status(&self) -> Value {
+        serde_json::to_value(self.status()).unwrap_or_default()
     }
 }
 

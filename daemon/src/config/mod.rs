@@ -51,6 +51,9 @@ pub struct Config {
     /// The other sinks' tables (`[sink.redis]`).
     #[serde(default)]
     pub sink: SinkConfig,
+    /// `[kafka]`: run control from Kafka and notifications to it.
+    #[serde(default)]
+    pub kafka: crate::sink::kafka::KafkaConfig,
     /// Defaults of every run (a run started over the control API may change them).
     #[serde(default)]
     pub run: RunSettings,
@@ -253,6 +256,14 @@ impl Config {
         crate::sink::SinkTables {
             zmq: &self.live,
             redis: &self.sink.redis,
+            kafka: (
+                &self.kafka,
+                if self.kafka.source.is_empty() {
+                    self.sources.first().map_or("", |s| s.name.as_str())
+                } else {
+                    &self.kafka.source
+                },
+            ),
         }
     }
 
@@ -316,6 +327,18 @@ impl Config {
         }
         self.live.check()?;
         self.sink.redis.check()?;
+        self.kafka.check()?;
+        if !self.kafka.source.is_empty()
+            && !self
+                .sources
+                .iter()
+                .any(|s| s.name.as_str() == self.kafka.source)
+        {
+            return Err(ConfigError::new(
+                "kafka.source",
+                format!("no [[source]] named {:?}", self.kafka.source),
+            ));
+        }
         self.run.validate("run")?;
         validate_sources(&self.sources, cores)
     }

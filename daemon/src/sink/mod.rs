@@ -3,13 +3,15 @@
 //! notification thread hands each one to every [`NotificationSink`] in queue order. A full
 //! queue drops the notification and counts it; ingest never slows down for a sink.
 //!
-//! One folder per sink: [`log`] (a rate line), [`zmq`] (live viewers over ZeroMQ) and
-//! [`redis`] (Blissdata scans on a Redis server), each
+//! One folder per sink: [`log`] (a rate line), [`zmq`] (live viewers over ZeroMQ),
+//! [`redis`] (Blissdata scans on a Redis server) and [`kafka`] (ESS streaming: records,
+//! previews, file hand-offs, and run control through [`RunControl`]), each
 //! owning its configuration table and constructor; [`SinkSet`] builds the configured ones in
 //! one place. [`messages`] is the JSON schema docs/NOTIFICATIONS.md documents, for every
 //! transport. A notification holds its stream's description by `Arc`, so building one
 //! allocates nothing.
 
+pub mod kafka;
 pub mod log;
 pub mod messages;
 mod preview;
@@ -26,7 +28,8 @@ use detingest_writer::{DetectorInfo, FileOptions};
 pub use preview::PreviewPolicy;
 pub use queue::{NotifyQueue, QueueStats};
 pub use set::{
-    PreviewRequest, RunSinks, Sink, SinkCores, SinkError, SinkNeeds, SinkSet, SinkTables,
+    PreviewRequest, RunControl, RunSinks, Sink, SinkCores, SinkError, SinkNeeds, SinkSet,
+    SinkTables,
 };
 
 use crate::stream::{FrameRecord, StreamInfo};
@@ -69,6 +72,9 @@ pub struct StreamEndNotice {
     pub lost: u64,
     /// When, ns since the Unix epoch.
     pub ended_ns: u64,
+    /// Why writing stopped, when the stream ended on an error (its files were closed with
+    /// what was flushed).
+    pub error: Option<String>,
 }
 
 /// A stream's files were flushed without a frame to announce it (a timed flush, the close):

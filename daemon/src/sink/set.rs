@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::{log, redis, zmq, NotificationSink};
+use std::sync::Weak;
+
+use super::{kafka, log, redis, zmq, NotificationSink};
 use crate::check::ConfigError;
 
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
@@ -24,8 +26,21 @@ pub trait Sink: Send + Sync {
     fn summary_line(&self) -> Option<String> {
         None
     }
+    /// Given the run manager once it exists, for a sink that also takes commands (Kafka).
+    fn attach(&self, _runs: Weak<dyn RunControl>) {}
     /// Stops what it started (sockets, threads).
     fn stop(&mut self) {}
+}
+
+/// Starting, stopping and watching runs, as a sink that takes commands sees the run manager
+/// (the HTTP API's JSON: requests, statuses and refusals with an HTTP status code).
+pub trait RunControl: Send + Sync {
+    /// Starts the run `request` describes (the body of `POST /run/start`).
+    fn start_run(&self, request: &serde_json::Value) -> Result<serde_json::Value, (u16, String)>;
+    /// Stops the current run and waits until its files are closed.
+    fn stop_run(&self) -> Result<serde_json::Value, (u16, String)>;
+    /// The status `GET /run` gives.
+    fn run_status(&self) -> serde_json::Value;
 }
 
 /// Previews a sink wants: the encoded chunk of one written frame in `every`, at most `max_hz`
@@ -52,10 +67,23 @@ pub struct SinkNeeds {
 }
 
 impl SinkNeeds {
-    /// What both ask: the larger of each setting, and the first preview request.
+    /// What both ask: the larger of each setting; previews as often as either wants them
+    /// (each sink thins them out to its own rate).
     fn merge(self, other: Self) -> Self {
+        let previews = match (self.previews, other.previews) {
+            (Some(a), Some(b)) => Some(PreviewRequest {
+                every: a.every.min(b.every),
+                max_hz: if a.max_hz == 0.0 || b.max_hz == 0.0 {
+                    0.0
+                } else {
+                    a.max_hz.max(b.max_hz)
+                },
+                buffers: a.buffers.max(b.buffers),
+            }),
+            (a, b) => a.or(b),
+        };
         Self {
-            previews: self.previews.or(other.previews),
+            previews,
             batch_interval: self.batch_interval.max(other.batch_interval),
             realtime_priority: self.realtime_priority.max(other.realtime_priority),
         }
@@ -92,6 +120,8 @@ pub struct SinkTables<'a> {
     pub zmq: &'a zmq::LiveConfig,
     /// `[sink.redis]`: the Redis sink.
     pub redis: &'a redis::RedisConfig,
+    /// `[kafka]`: the Kafka sink (and run control), with the source its commands start.
+    pub kafka: (&'a kafka::KafkaConfig, &'a str),
 }
 
 /// The cores the sinks' threads are pinned to (`[threads]`).
@@ -132,7 +162,17 @@ impl SinkSet {
         if let Some(r) = redis {
             sinks.push(Box::new(r));
         }
+        if let Some(k) = kafka::KafkaSink::start(tables.kafka.0, tables.kafka.1, cores)? {
+            sinks.push(Box::new(k));
+        }
         Ok(Self { sinks })
+    }
+
+    /// Gives every sink the run manager (a sink taking commands starts listening now).
+    pub fn attach(&self, runs: &Weak<dyn RunControl>) {
+        for s in &self.sinks {
+            s.attach(runs.clone());
+        }
     }
 
     /// The notification sinks of one run and what they need.

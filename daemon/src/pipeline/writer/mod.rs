@@ -495,6 +495,7 @@ impl Writer {
                     frames,
                     lost,
                     ended_ns: now_ns(),
+                    error: None,
                 }));
             }
             Err(e) => self.fail(slot, e),
@@ -510,13 +511,23 @@ impl Writer {
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
         s.report.error.get_or_insert_with(|| msg.clone());
         if let Some(files) = s.files.take() {
+            let lost = files.lost();
             let end = RunEnd {
                 next_stream: s.setup.next_stream.clone(),
-                error: Some(msg),
+                error: Some(msg.clone()),
             };
-            if let Err(e) = files.finish(&end) {
+            let frames = files.finish(&end).unwrap_or_else(|e| {
                 tracing::error!(stream = %s.info.id, error = %e, "closing the files after the error failed too");
-            }
+                s.readable
+            });
+            // The sinks hear of the end too: a scan is closed, a hand-off says it failed.
+            self.notify.push(Notification::StreamEnd(StreamEndNotice {
+                stream: Arc::clone(&s.info),
+                frames,
+                lost,
+                ended_ns: now_ns(),
+                error: Some(msg),
+            }));
         }
         self.stop.store(true, Ordering::Relaxed);
     }

@@ -467,6 +467,7 @@ mod tests {
             frames: 2,
             lost: 0,
             ended_ns: 3,
+            error: None,
         }));
         assert!(matches!(rx.try_recv(), Ok(Msg::Open(_))));
         f.batch_done();

@@ -259,6 +259,7 @@ mod tests {
             frames: 3,
             lost: 0,
             ended_ns: 2,
+            error: None,
         }));
         let got = received(&sub, 100);
         let topics: Vec<&str> = got.iter().map(|m| m.0.as_str()).collect();

@@ -1,0 +1,385 @@
+//! The `kafka-control` thread of `detingestd serve`: obeys `pl72`/`6s4t` from the command
+//! topic through the same run manager as the HTTP API, answers every command with an `answ`,
+//! stops a job at its stop time, and sends an `x5f2` heartbeat every `status_interval_ms`.
+//!
+//! Commands naming another service are ignored (not answered: they are another daemon's);
+//! anything else that cannot be obeyed is refused with the reason. Commands are rare: this
+//! thread allocates freely.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flatbuffers::FlatBufferBuilder;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
+use serde_json::{json, Value};
+
+use super::client::{Context, KafkaStats, Producer};
+use super::config::{host_name, KafkaConfig};
+use super::publisher::send;
+use super::request::{run_request, Refusal};
+use super::schema::commands::{self, Command, RunStart, RunStop};
+use super::schema::reports::{self, Action, Answer};
+use crate::sink::RunControl;
+
+/// The job this thread started and is watching.
+struct Job {
+    id: String,
+    stream: String,
+    topic: String,
+    start_ms: u64,
+    stop_ms: u64,
+}
+
+/// The thread's state.
+pub struct Control {
+    cfg: KafkaConfig,
+    service_id: String,
+    source: String,
+    host: String,
+    producer: Arc<Producer>,
+    stats: Arc<KafkaStats>,
+    runs: Weak<dyn RunControl>,
+    builder: FlatBufferBuilder<'static>,
+    job: Option<Job>,
+    last_beat: Option<(Instant, u64, u64)>,
+    last_malformed_log: Option<Instant>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Control {
+    /// A control for `runs`, sending through `producer`; `source` is what a `pl72` starts.
+    pub fn new(
+        cfg: KafkaConfig,
+        source: String,
+        producer: Arc<Producer>,
+        stats: Arc<KafkaStats>,
+        runs: Weak<dyn RunControl>,
+    ) -> Self {
+        Self {
+            service_id: cfg.service_id(),
+            cfg,
+            source,
+            host: host_name(),
+            producer,
+            stats,
+            runs,
+            builder: FlatBufferBuilder::with_capacity(1024),
+            job: None,
+            last_beat: None,
+            last_malformed_log: None,
+        }
+    }
+
+    /// Runs until `stop` is set: commands (if a command topic is set), stop times, heartbeats.
+    pub fn run(mut self, stop: &AtomicBool) {
+        let consumer = self.subscribe();
+        let interval = Duration::from_millis(self.cfg.status_interval_ms);
+        let mut payload = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let wait = Duration::from_millis(100);
+            let received = match &consumer {
+                Some(c) => match c.poll(wait) {
+                    Some(Ok(m)) => {
+                        payload.clear();
+                        payload.extend_from_slice(m.payload().unwrap_or_default());
+                        Some(m.timestamp().to_millis().map_or(0, |t| t as u64))
+                    }
+                    Some(Err(e)) => {
+                        self.stats.error(&e.to_string());
+                        None
+                    }
+                    None => None,
+                },
+                None => {
+                    std::thread::sleep(wait);
+                    None
+                }
+            };
+            if let Some(sent_ms) = received {
+                self.command(&payload, sent_ms);
+            }
+            self.stop_when_due();
+            if self
+                .last_beat
+                .is_none_or(|(at, _, _)| at.elapsed() >= interval)
+            {
+                self.heartbeat();
+            }
+        }
+    }
+
+    fn subscribe(&self) -> Option<BaseConsumer<Context>> {
+        if self.cfg.command_topic.is_empty() {
+            return None;
+        }
+        let consumer = match super::client::consumer(&self.cfg, &self.service_id, &self.stats) {
+            Ok(c) => c,
+            Err((key, e)) => {
+                tracing::error!(key = %key, error = %e, "kafka: no command consumer; run control from Kafka is off");
+                return None;
+            }
+        };
+        if let Err(e) = consumer.subscribe(&[&self.cfg.command_topic]) {
+            tracing::error!(topic = %self.cfg.command_topic, error = %e, "kafka: cannot subscribe; run control from Kafka is off");
+            return None;
+        }
+        tracing::info!(topic = %self.cfg.command_topic, service_id = %self.service_id, "kafka: subscribing to commands");
+        Some(consumer)
+    }
+
+    /// Handles one message of the command topic, sent at `sent_ms`.
+    fn command(&mut self, payload: &[u8], sent_ms: u64) {
+        let cmd = match commands::decode(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                self.stats
+                    .commands_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                if self
+                    .last_malformed_log
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    self.last_malformed_log = Some(Instant::now());
+                    tracing::warn!(error = %e, "kafka: malformed command refused (logged at most every 10 s; counted in commands_malformed)");
+                }
+                let action = if payload.get(4..8) == Some(b"6s4t") {
+                    Action::SetStopTime
+                } else {
+                    Action::StartJob
+                };
+                let topic = self.cfg.status_topic().to_owned();
+                self.answer(&topic, action, "", "", Err((400, e.to_string())));
+                return;
+            }
+        };
+        if !cmd.service_id().is_empty() && cmd.service_id() != self.service_id {
+            self.stats.commands_ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let age = now_ms().saturating_sub(sent_ms);
+        let stale = (sent_ms > 0 && age > self.cfg.max_command_age_ms).then(|| {
+            (
+                408,
+                format!(
+                    "stale command: sent {age} ms ago (kafka.max_command_age_ms = {})",
+                    self.cfg.max_command_age_ms
+                ),
+            )
+        });
+        match cmd {
+            Command::Start(s) => {
+                let topic = self.topic_of(s.control_topic);
+                let result = match stale {
+                    Some(r) => Err(r),
+                    None => self.start(&s),
+                };
+                self.answer(&topic, Action::StartJob, s.job_id, s.job_id, result);
+            }
+            Command::Stop(s) => {
+                let topic = self
+                    .job
+                    .as_ref()
+                    .filter(|j| j.id == s.job_id)
+                    .map_or_else(|| self.cfg.status_topic().to_owned(), |j| j.topic.clone());
+                let result = match stale {
+                    Some(r) => Err(r),
+                    None => self.stop(&s),
+                };
+                self.answer(&topic, Action::SetStopTime, s.job_id, s.command_id, result);
+                self.stop_when_due();
+            }
+        }
+    }
+
+    fn topic_of(&self, control_topic: &str) -> String {
+        if control_topic.is_empty() {
+            self.cfg.status_topic().to_owned()
+        } else {
+            control_topic.to_owned()
+        }
+    }
+
+    /// Starts the job's run; the stop time in force, or why not.
+    fn start(&mut self, s: &RunStart<'_>) -> Result<(u64, String), Refusal> {
+        let runs = self
+            .runs
+            .upgrade()
+            .ok_or((503, "the daemon is shutting down".to_owned()))?;
+        let request = run_request(s, &self.source, &self.cfg.beamtime, now_ms())?;
+        let status = runs.start_run(&request)?;
+        let stream = status["stream"].as_str().unwrap_or_default().to_owned();
+        tracing::info!(job = %s.job_id, stream = %stream, "kafka: job started");
+        self.job = Some(Job {
+            id: s.job_id.to_owned(),
+            stream: stream.clone(),
+            topic: self.topic_of(s.control_topic),
+            start_ms: now_ms(),
+            stop_ms: s.stop_time,
+        });
+        Ok((s.stop_time, format!("started {stream}")))
+    }
+
+    /// Sets the stop time of the job `s` names (now: stopped once this answer is sent).
+    fn stop(&mut self, s: &RunStop<'_>) -> Result<(u64, String), Refusal> {
+        let running = self.running_job();
+        let Some(job) = self.job.as_mut().filter(|j| running && j.id == s.job_id) else {
+            return Err((404, format!("no job {:?} is running here", s.job_id)));
+        };
+        let at = if s.stop_time == 0 {
+            now_ms()
+        } else {
+            s.stop_time
+        };
+        job.stop_ms = at;
+        Ok((at, format!("{} stops at {at}", job.stream)))
+    }
+
+    /// Whether the run of our job is still the one running.
+    fn running_job(&self) -> bool {
+        let (Some(job), Some(runs)) = (&self.job, self.runs.upgrade()) else {
+            return false;
+        };
+        let status = runs.run_status();
+        status["state"] == "running" && status["stream"] == job.stream.as_str()
+    }
+
+    /// Stops the job's run once its stop time has come.
+    fn stop_when_due(&mut self) {
+        let due = self
+            .job
+            .as_ref()
+            .is_some_and(|j| j.stop_ms != 0 && j.stop_ms <= now_ms());
+        if !due {
+            return;
+        }
+        if self.running_job() {
+            if let Some(runs) = self.runs.upgrade() {
+                let _ = runs.stop_run();
+            }
+        }
+        if let Some(j) = self.job.as_mut() {
+            tracing::info!(job = %j.id, stream = %j.stream, "kafka: job stopped at its stop time");
+            j.stop_ms = 0;
+        }
+    }
+
+    fn answer(
+        &mut self,
+        topic: &str,
+        action: Action,
+        job_id: &str,
+        command_id: &str,
+        result: Result<(u64, String), Refusal>,
+    ) {
+        let (accepted, status_code, stop_time, message) = match result {
+            Ok((stop, m)) => {
+                self.stats.commands_accepted.fetch_add(1, Ordering::Relaxed);
+                (
+                    true,
+                    if action == Action::StartJob { 201 } else { 200 },
+                    stop,
+                    m,
+                )
+            }
+            Err((code, m)) => {
+                self.stats.commands_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(job = %job_id, code, reason = %m, "kafka: command refused");
+                (false, i32::from(code), 0, m)
+            }
+        };
+        let payload = reports::answer(
+            &mut self.builder,
+            action,
+            &Answer {
+                service_id: &self.service_id,
+                job_id,
+                command_id,
+                accepted,
+                status_code: status_code.into(),
+                stop_time,
+                message: &message,
+            },
+        );
+        send(
+            &self.producer,
+            &self.stats,
+            topic,
+            &self.service_id,
+            payload,
+        );
+    }
+
+    /// Sends the `x5f2`: state, job, file being written, rates since the last one.
+    fn heartbeat(&mut self) {
+        let Some(runs) = self.runs.upgrade() else {
+            return;
+        };
+        let status = runs.run_status();
+        let counters = &status["counters"];
+        let (written, bytes) = (
+            counters["written"].as_u64().unwrap_or(0),
+            counters["bytes_compressed"].as_u64().unwrap_or(0),
+        );
+        let now = Instant::now();
+        let (rate, byte_rate) = match self.last_beat {
+            Some((at, w, b)) if written >= w => {
+                let dt = now.duration_since(at).as_secs_f64().max(1e-3);
+                (
+                    (written - w) as f64 / dt,
+                    bytes.saturating_sub(b) as f64 / dt,
+                )
+            }
+            _ => (0.0, 0.0),
+        };
+        self.last_beat = Some((now, written, bytes));
+        let writing = status["state"] == "running";
+        let job = self
+            .job
+            .as_ref()
+            .filter(|j| writing && status["stream"] == j.stream.as_str());
+        let doc = json!({
+            "state": if writing { "writing" } else { "idle" },
+            "job_id": job.map_or("", |j| j.id.as_str()),
+            "file_being_written": if writing { status["master"].clone() } else { Value::from("") },
+            "start_time": job.map_or(0, |j| j.start_ms),
+            "stop_time": job.map_or(0, |j| j.stop_ms),
+            "stream": status["stream"],
+            "run_state": status["state"],
+            "frames_written": written,
+            "frames_lost": counters["lost"],
+            "frames_dropped": counters["dropped"],
+            "frame_rate_hz": rate,
+            "write_bytes_per_s": byte_rate,
+            "commands_ready": self.stats.commands_ready.load(Ordering::Relaxed),
+        });
+        let payload = reports::status(
+            &mut self.builder,
+            &reports::Status {
+                software_name: "detingestd",
+                software_version: env!("CARGO_PKG_VERSION"),
+                service_id: &self.service_id,
+                host_name: &self.host,
+                process_id: std::process::id(),
+                update_interval: self.cfg.status_interval_ms as u32,
+                status_json: &doc.to_string(),
+            },
+        );
+        let topic = self.cfg.status_topic().to_owned();
+        if send(
+            &self.producer,
+            &self.stats,
+            &topic,
+            &self.service_id,
+            payload,
+        ) {
+            self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The Kafka component: a detingest daemon as a citizen of an ESS/ISIS-style Kafka
+//! facility. Built from `[kafka]`; docs/KAFKA.md has the topics and every message.
+//!
+//! - As a sink, the notification thread's [`feed::Feed`] hands records to the `kafka` thread
+//!   ([`publisher::Publisher`]) without waiting: a `json` record per written index, `ad00`
+//!   previews, and at each stream's end a `wrdn` file hand-off ([`handoff`]).
+//! - In `detingestd serve`, the `kafka-control` thread ([`control::Control`]) obeys
+//!   `pl72`/`6s4t` commands through the run manager the HTTP API uses, answers with `answ`
+//!   and sends `x5f2` heartbeats.
+//!
+//! librdkafka queues and sends from its own threads; a full queue or a broker that is away
+//! costs dropped (and counted) messages, never a frame in the files.
+
+pub mod client;
+pub mod config;
+mod control;
+mod feed;
+pub mod handoff;
+mod publisher;
+pub mod request;
+pub mod schema;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam::channel::Sender;
+use rdkafka::producer::Producer as _;
+
+pub use client::KafkaStats;
+use client::Producer;
+pub use config::{KafkaConfig, OnStartError};
+use feed::{Feed, Msg};
+use publisher::{Publisher, Topics};
+
+use crate::check::ConfigError;
+use crate::sink::{NotificationSink, RunControl, Sink, SinkCores, SinkError, SinkNeeds};
+use crate::threads;
+
+/// The Kafka sink: the producer, the `kafka` thread, and (once attached) `kafka-control`.
+pub struct KafkaSink {
+    cfg: KafkaConfig,
+    source: String,
+    producer: Arc<Producer>,
+    stats: Arc<KafkaStats>,
+    tx: Option<Sender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    control: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    cores: SinkCores,
+}
+
+impl KafkaSink {
+    /// Makes the producer, checks the brokers answer (unreachable: an error naming
+    /// `kafka.brokers`, or with `on_start_error = "continue"` a warning), starts the
+    /// `kafka` thread. `None` when no brokers are set. `source` is what commands start.
+    pub fn start(
+        cfg: &KafkaConfig,
+        source: &str,
+        cores: SinkCores,
+    ) -> Result<Option<Self>, SinkError> {
+        if !cfg.enabled() {
+            return Ok(None);
+        }
+        let fail = |key: &str, message: String| SinkError {
+            sink: "kafka",
+            error: ConfigError::new(key, message),
+        };
+        let stats = Arc::new(KafkaStats::default());
+        let producer = Arc::new(client::producer(cfg, &stats).map_err(|(k, e)| fail(&k, e))?);
+        let timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        match producer.client().fetch_metadata(None, timeout) {
+            Ok(m) => {
+                tracing::info!(brokers = %cfg.brokers, count = m.brokers().len(), "kafka: connected")
+            }
+            Err(e) if cfg.on_start_error == OnStartError::Fail => {
+                return Err(fail(
+                    "kafka.brokers",
+                    format!("cannot reach {} within {timeout:?}: {e}", cfg.brokers),
+                ))
+            }
+            Err(e) => stats.error(&format!("cannot reach {} at start: {e}", cfg.brokers)),
+        }
+        let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
+        let publisher = Publisher::new(
+            Arc::clone(&producer),
+            Arc::clone(&stats),
+            Topics {
+                frames: cfg.frame_topic.clone(),
+                previews: cfg.preview_topic.clone(),
+                status: cfg.status_topic().to_owned(),
+            },
+            cfg.service_id(),
+        );
+        let thread = threads::spawn("kafka".into(), cores.notify, move || publisher.run(rx))
+            .map_err(|e| fail("kafka", format!("cannot start the kafka thread: {e}")))?;
+        Ok(Some(Self {
+            cfg: cfg.clone(),
+            source: source.to_owned(),
+            producer,
+            stats,
+            tx: Some(tx),
+            thread: Some(thread),
+            control: Mutex::new(None),
+            cores,
+        }))
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn needs(&self) -> SinkNeeds {
+        self.cfg.needs()
+    }
+
+    fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
+        let previews = (!self.cfg.preview_topic.is_empty()).then(|| {
+            let gap = (self.cfg.preview_max_hz > 0.0)
+                .then(|| Duration::from_secs_f64(1.0 / self.cfg.preview_max_hz));
+            (self.cfg.preview_every, gap)
+        });
+        Some(Box::new(Feed::new(
+            self.tx.clone()?,
+            Arc::clone(&self.stats),
+            !self.cfg.frame_topic.is_empty(),
+            previews,
+        )))
+    }
+
+    fn attach(&self, runs: Weak<dyn RunControl>) {
+        let Ok(mut slot) = self.control.lock() else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let control = control::Control::new(
+            self.cfg.clone(),
+            self.source.clone(),
+            Arc::clone(&self.producer),
+            Arc::clone(&self.stats),
+            runs,
+        );
+        let flag = Arc::clone(&stop);
+        match threads::spawn("kafka-control".into(), self.cores.query, move || {
+            control.run(&flag)
+        }) {
+            Ok(t) => *slot = Some((stop, t)),
+            Err(e) => tracing::error!(error = %e, "kafka: cannot start the kafka-control thread"),
+        }
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "brokers": self.cfg.brokers,
+            "service_id": self.cfg.service_id(),
+            "connected": !s.down.load(Ordering::Relaxed),
+            "commands_ready": s.commands_ready.load(Ordering::Relaxed),
+            "delivered": n(&s.delivered),
+            "undelivered": n(&s.undelivered),
+            "dropped": n(&s.dropped),
+            "frames": n(&s.frames),
+            "previews": n(&s.previews),
+            "previews_undecodable": n(&s.previews_undecodable),
+            "handoffs": n(&s.handoffs),
+            "heartbeats": n(&s.heartbeats),
+            "commands_accepted": n(&s.commands_accepted),
+            "commands_refused": n(&s.commands_refused),
+            "commands_ignored": n(&s.commands_ignored),
+            "commands_malformed": n(&s.commands_malformed),
+            "errors": n(&s.errors),
+            "outages": n(&s.outages),
+            "in_flight": self.producer.in_flight_count(),
+            "last_error": s.last_error(),
+        })
+    }
+
+    fn summary_line(&self) -> Option<String> {
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Some(format!(
+            "kafka            {} frame records, {} previews, {} hand-offs on {}; {} delivered, {} dropped, {} undelivered",
+            n(&s.frames),
+            n(&s.previews),
+            n(&s.handoffs),
+            self.cfg.brokers,
+            n(&s.delivered),
+            n(&s.dropped),
+            n(&s.undelivered)
+        ))
+    }
+
+    fn stop(&mut self) {
+        if let Some((stop, t)) = self.control.lock().ok().and_then(|mut c| c.take()) {
+            stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
+        }
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // What is queued (a last hand-off among it) gets a bounded chance to leave.
+        if let Err(e) = self.producer.flush(Duration::from_millis(
+            u64::from(self.cfg.message_timeout_ms).min(10_000),
+        )) {
+            tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(), "kafka: messages still queued at shutdown are lost");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The `kafka` thread: turns what the feed hands it into messages and gives them to
+//! librdkafka (which batches and sends them from its own threads): a `json` record per
+//! written index, an `ad00` preview now and then, and at a stream's end the file hand-off
+//! (checksummed on a thread of its own, [`super::handoff`]). Buffers are reused: a frame's
+//! record costs no allocation here either.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use flatbuffers::FlatBufferBuilder;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::BaseRecord;
+
+use super::client::{KafkaStats, Producer};
+use super::feed::Msg;
+use super::handoff::{self, HandOff, Job};
+use super::schema::{area_detector, reports};
+use crate::sink::messages::FrameMessage;
+use crate::stream::{FrameRecord, StreamInfo};
+
+/// Where the thread sends what.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Per-frame records (`""`: none).
+    pub frames: String,
+    /// Previews (`""`: none).
+    pub previews: String,
+    /// Hand-offs, unless a job names its own topic.
+    pub status: String,
+}
+
+/// A stream being written, as the thread knows it.
+struct Open {
+    file: String,
+    job: Job,
+    started_ns: u64,
+    user: serde_json::Value,
+}
+
+/// The thread's state.
+pub struct Publisher {
+    producer: Arc<Producer>,
+    stats: Arc<KafkaStats>,
+    topics: Topics,
+    service_id: String,
+    builder: FlatBufferBuilder<'static>,
+    json: Vec<u8>,
+    pixels: Vec<u8>,
+    streams: Vec<Option<Open>>,
+    handoffs: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Hands `payload` to librdkafka under `key`; a full queue or a refusal drops it, counted.
+pub fn send(
+    producer: &Producer,
+    stats: &KafkaStats,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> bool {
+    match producer.send(BaseRecord::to(topic).key(key).payload(payload)) {
+        Ok(()) => true,
+        Err((e, _)) => {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if !matches!(
+                e,
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+            ) {
+                stats.error(&e.to_string());
+            }
+            false
+        }
+    }
+}
+
+impl Publisher {
+    /// A publisher sending through `producer`.
+    pub fn new(
+        producer: Arc<Producer>,
+        stats: Arc<KafkaStats>,
+        topics: Topics,
+        service_id: String,
+    ) -> Self {
+        Self {
+            producer,
+            stats,
+            topics,
+            service_id,
+            builder: FlatBufferBuilder::with_capacity(1 << 12),
+            json: Vec::with_capacity(1 << 10),
+            pixels: Vec::new(),
+            streams: Vec::new(),
+            handoffs: Vec::new(),
+        }
+    }
+
+    /// Runs until every sender is gone, then waits for the hand-offs it started.
+    pub fn run(mut self, rx: crossbeam::channel::Receiver<Msg>) {
+        while let Ok(m) = rx.recv() {
+            match m {
+                Msg::Start(s) => self.start(s),
+                Msg::Frame(info, r) => self.frame(&info, &r),
+                Msg::Preview(info, r, chunk) => self.preview(&info, &r, chunk.as_slice()),
+                Msg::End(e) => self.end(e),
+            }
+            self.handoffs.retain(|h| !h.is_finished());
+        }
+        for h in self.handoffs.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    fn start(&mut self, s: crate::sink::StreamStartNotice) {
+        let slot = usize::from(s.stream.slot);
+        if self.streams.len() <= slot {
+            self.streams.resize_with(slot + 1, || None);
+        }
+        let user: serde_json::Value = serde_json::from_str(&s.user_json).unwrap_or_default();
+        self.streams[slot] = Some(Open {
+            file: s.stream.file.display().to_string(),
+            job: Job::of_run(&user, &s.stream, &self.topics.status),
+            started_ns: s.started_ns,
+            user,
+        });
+    }
+
+    fn frame(&mut self, info: &StreamInfo, r: &FrameRecord) {
+        let Some(open) = self
+            .streams
+            .get(usize::from(info.slot))
+            .and_then(Option::as_ref)
+        else {
+            return;
+        };
+        self.json.clear();
+        if serde_json::to_writer(&mut self.json, &FrameMessage::new(info, &open.file, r)).is_err() {
+            return;
+        }
+        let text = std::str::from_utf8(&self.json).unwrap_or("{}");
+        let payload = reports::json(&mut self.builder, text);
+        if send(
+            &self.producer,
+            &self.stats,
+            &self.topics.frames,
+            &info.key,
+            payload,
+        ) {
+            self.stats.frames.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn preview(&mut self, info: &StreamInfo, r: &FrameRecord, chunk: &[u8]) {
+        let es = info.pixel.size();
+        self.pixels
+            .resize(info.shape[0] as usize * info.shape[1] as usize * es, 0);
+        match info.codec.decompress_into(chunk, es, &mut self.pixels) {
+            Ok(n) if n == self.pixels.len() => {}
+            _ => {
+                self.stats
+                    .previews_undecodable
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let frame = area_detector::Frame {
+            stream: &info.key,
+            index: r.index,
+            frame_number: r.frame_number,
+            timestamp_ns: r.timestamp_ns,
+            shape: info.shape,
+            pixel: info.pixel,
+            pixels: &self.pixels,
+        };
+        let payload = area_detector::encode(&mut self.builder, &frame);
+        if send(
+            &self.producer,
+            &self.stats,
+            &self.topics.previews,
+            &info.key,
+            payload,
+        ) {
+            self.stats.previews.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn end(&mut self, e: crate::sink::StreamEndNotice) {
+        let Some(open) = self
+            .streams
+            .get_mut(usize::from(e.stream.slot))
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        let h = HandOff {
+            producer: Arc::clone(&self.producer),
+            stats: Arc::clone(&self.stats),
+            service_id: self.service_id.clone(),
+            job: open.job,
+            user: open.user,
+            started_ns: open.started_ns,
+            end: e,
+        };
+        match handoff::spawn(h) {
+            Ok(t) => self.handoffs.push(t),
+            Err(e) => {
+                tracing::error!(error = %e, "kafka: cannot start the hand-off thread; no wrdn for this run")
+            }
+        }
+    }
+}

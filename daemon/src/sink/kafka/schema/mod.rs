@@ -1,0 +1,115 @@
+//! The ESS/ISIS streaming flatbuffers detingest reads and writes (ess-dmsc
+//! `streaming-data-types`; field slots as in PyPI `ess-streaming-data-types` 0.27), written
+//! against the `flatbuffers` runtime: [`commands`] decodes the run control we obey (`pl72`,
+//! `6s4t`), [`reports`] encodes what we say (`answ`, `x5f2`, `wrdn`, `json`), and
+//! [`area_detector`] encodes previews (`ad00`).
+//!
+//! Every incoming buffer is checked by the flatbuffers verifier (offsets, lengths, UTF-8)
+//! before a field is read, so garbage is refused with a reason and never read out of bounds.
+//! Every outgoing string field is written even when empty: the Python decoders call
+//! `.decode()` on them unconditionally.
+
+pub mod area_detector;
+pub mod commands;
+pub mod reports;
+
+use flatbuffers::{ForwardsUOffset, InvalidFlatbuffer, Table, VOffsetT, Verifier, VerifierOptions};
+
+/// The byte offset of field `n` (0-based) in a table's vtable.
+pub const fn slot(n: u16) -> VOffsetT {
+    4 + 2 * n
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Shorter than a flatbuffer's root offset and identifier.
+    #[error("{0} bytes is too short for a flatbuffer")]
+    TooShort(usize),
+    /// The schema identifier (bytes 4..8) is not one we obey.
+    #[error("schema id {0:?} is not a command this daemon obeys (pl72, 6s4t)")]
+    UnknownSchema(String),
+    /// The verifier refused the buffer.
+    #[error("malformed {schema}: {reason}")]
+    Malformed {
+        /// The schema id it claimed.
+        schema: &'static str,
+        /// What the verifier found.
+        reason: String,
+    },
+}
+
+/// The 4-byte schema identifier of `buf`, if it is long enough to have one.
+pub fn schema_id(buf: &[u8]) -> Result<&[u8], DecodeError> {
+    buf.get(4..8).ok_or(DecodeError::TooShort(buf.len()))
+}
+
+/// A field type the verifier checks.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// A string.
+    Str,
+    /// An unsigned 64-bit integer.
+    U64,
+    /// An unsigned 32-bit integer.
+    U32,
+    /// A table (checked as a table of unknown fields: its vtable and bounds).
+    Table,
+}
+
+/// The root table of `buf`, after the verifier checked every field `fields` lists
+/// (`(name, slot, kind)`). Fields not listed are never read.
+pub fn verified_root<'a>(
+    buf: &'a [u8],
+    schema: &'static str,
+    fields: &[(&'static str, VOffsetT, Kind)],
+) -> Result<Table<'a>, DecodeError> {
+    let malformed = |e: InvalidFlatbuffer| DecodeError::Malformed {
+        schema,
+        reason: e.to_string(),
+    };
+    let opts = VerifierOptions::default();
+    let mut v = Verifier::new(&opts, buf);
+    let pos = v.get_uoffset(0).map_err(malformed)? as usize;
+    let mut t = v.visit_table(pos).map_err(malformed)?;
+    for &(name, slot, kind) in fields {
+        t = match kind {
+            Kind::Str => t.visit_field::<ForwardsUOffset<&str>>(name, slot, false),
+            Kind::U64 => t.visit_field::<u64>(name, slot, false),
+            Kind::U32 => t.visit_field::<u32>(name, slot, false),
+            Kind::Table => t.visit_field::<ForwardsUOffset<AnyTable>>(name, slot, false),
+        }
+        .map_err(malformed)?;
+    }
+    t.finish();
+    // SAFETY: the verifier found a table at `pos` whose vtable lies inside `buf`.
+    Ok(unsafe { Table::new(buf, pos) })
+}
+
+/// A table whose fields are not read: checked for its vtable and bounds only.
+struct AnyTable;
+
+impl flatbuffers::Verifiable for AnyTable {
+    fn run_verifier(v: &mut Verifier, pos: usize) -> Result<(), InvalidFlatbuffer> {
+        v.visit_table(pos)?.finish();
+        Ok(())
+    }
+}
+
+/// Reads the verified string field at `slot` (`""` when absent).
+pub fn string<'a>(t: &Table<'a>, slot: VOffsetT) -> &'a str {
+    // SAFETY: `t` came from `verified_root`, which checked that this slot holds a string.
+    unsafe { t.get::<ForwardsUOffset<&str>>(slot, Some("")) }.unwrap_or("")
+}
+
+/// Reads the verified u64 field at `slot` (`default` when absent).
+pub fn u64_field(t: &Table<'_>, slot: VOffsetT, default: u64) -> u64 {
+    // SAFETY: `t` came from `verified_root`, which checked that this slot holds a u64.
+    unsafe { t.get::<u64>(slot, Some(default)) }.unwrap_or(default)
+}
+
+/// Reads the verified u32 field at `slot` (`default` when absent).
+pub fn u32_field(t: &Table<'_>, slot: VOffsetT, default: u32) -> u32 {
+    // SAFETY: `t` came from `verified_root`, which checked that this slot holds a u32.
+    unsafe { t.get::<u32>(slot, Some(default)) }.unwrap_or(default)
+}
