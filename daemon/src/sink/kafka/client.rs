@@ -38,6 +38,8 @@ pub struct KafkaStats {
     pub commands_refused: AtomicU64,
     /// Commands for another service, ignored.
     pub commands_ignored: AtomicU64,
+    /// Commands older than `max_command_age_ms` (history), skipped unanswered.
+    pub commands_stale: AtomicU64,
     /// Messages on the command topic that are not a well-formed command.
     pub commands_malformed: AtomicU64,
     /// Errors librdkafka reported (a broker away counts once per retry).
@@ -126,6 +128,7 @@ fn common(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", &cfg.client_id)
+        .set("reconnect.backoff.max.ms", "2000")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &cfg.properties {
         c.set(k, v);
@@ -158,8 +161,26 @@ fn refused(e: KafkaError, cfg: &KafkaConfig) -> (String, String) {
     (key, text)
 }
 
-/// The producer: bounded queue, batching, messages given up after `message_timeout_ms`.
-pub fn producer(cfg: &KafkaConfig, stats: &Arc<KafkaStats>) -> Result<Producer, (String, String)> {
+/// What a producer carries, which decides how long its messages wait for the brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    /// Per-frame records and previews: given up after `message_timeout_ms`.
+    Records,
+    /// Answers, heartbeats and file hand-offs: given up after `report_timeout_ms`.
+    Reports,
+}
+
+/// A producer: bounded queue, batching, messages given up after the timeout of what it
+/// carries.
+pub fn producer(
+    cfg: &KafkaConfig,
+    stats: &Arc<KafkaStats>,
+    carries: Carries,
+) -> Result<Producer, (String, String)> {
+    let timeout = match carries {
+        Carries::Records => cfg.message_timeout_ms,
+        Carries::Reports => cfg.report_timeout_ms,
+    };
     let mut c = common(cfg);
     c.set(
         "queue.buffering.max.messages",
@@ -170,13 +191,16 @@ pub fn producer(cfg: &KafkaConfig, stats: &Arc<KafkaStats>) -> Result<Producer, 
         cfg.producer_queue_kbytes.to_string(),
     )
     .set("linger.ms", cfg.linger_ms.to_string())
-    .set("message.timeout.ms", cfg.message_timeout_ms.to_string());
+    .set("message.timeout.ms", timeout.to_string());
     c.create_with_context(Context(Arc::clone(stats)))
         .map_err(|e| refused(e, cfg))
 }
 
-/// The command consumer of group `detingestd.<service id>`: new commands only (a first
-/// start reads from the end), offsets committed as they are read.
+/// The command consumer of group `detingestd.<service id>`: offsets committed as commands
+/// are read, so a restarted daemon goes on after the last one it read; a first start reads
+/// the topic from its beginning, where commands older than `max_command_age_ms` are skipped
+/// as history. (Starting at the end instead would lose a command sent while the group's
+/// first offsets are being resolved.)
 pub fn consumer(
     cfg: &KafkaConfig,
     service_id: &str,
@@ -185,7 +209,7 @@ pub fn consumer(
     let mut c = common(cfg);
     c.set("group.id", format!("detingestd.{service_id}"))
         .set("enable.auto.commit", "true")
-        .set("auto.offset.reset", "latest")
+        .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("enable.partition.eof", "false");
     c.create_with_context(Context(Arc::clone(stats)))

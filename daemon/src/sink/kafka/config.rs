@@ -46,12 +46,16 @@ pub struct KafkaConfig {
     /// A message not delivered within this long is dropped and counted
     /// (`message.timeout.ms`): a broker that is down costs messages, never memory.
     pub message_timeout_ms: u32,
+    /// An answer, heartbeat or file hand-off not delivered within this long is dropped and
+    /// counted (they have their own producer: a hand-off outlives a broker restart that
+    /// costs frame records).
+    pub report_timeout_ms: u32,
     /// The configured source a `pl72` starts (`""`: the first `[[source]]`).
     pub source: String,
     /// The beamtime of a run whose `pl72` metadata names none.
     pub beamtime: String,
-    /// A command older than this (by its Kafka timestamp) is refused as stale: a daemon
-    /// restarted after a while does not replay old starts.
+    /// A command older than this (by its Kafka timestamp) is history: skipped, counted, not
+    /// answered (a first start reads the command topic from its beginning).
     pub max_command_age_ms: u64,
     /// When the brokers cannot be reached at start: `"fail"` refuses to start, naming
     /// `kafka.brokers`; `"continue"` starts, logs a warning and keeps trying.
@@ -91,6 +95,7 @@ impl Default for KafkaConfig {
             producer_queue_kbytes: 262_144,
             linger_ms: 5,
             message_timeout_ms: 30_000,
+            report_timeout_ms: 300_000,
             source: String::new(),
             beamtime: "kafka".into(),
             max_command_age_ms: 60_000,
@@ -212,6 +217,11 @@ impl KafkaConfig {
             1..=2_097_151,
         )?;
         check_range("kafka.linger_ms", self.linger_ms, 0..=900_000)?;
+        check_range(
+            "kafka.report_timeout_ms",
+            self.report_timeout_ms,
+            1..=3_600_000,
+        )?;
         check_range(
             "kafka.message_timeout_ms",
             self.message_timeout_ms,

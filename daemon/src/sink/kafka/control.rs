@@ -164,22 +164,17 @@ impl Control {
             return;
         }
         let age = now_ms().saturating_sub(sent_ms);
-        let stale = (sent_ms > 0 && age > self.cfg.max_command_age_ms).then(|| {
-            (
-                408,
-                format!(
-                    "stale command: sent {age} ms ago (kafka.max_command_age_ms = {})",
-                    self.cfg.max_command_age_ms
-                ),
-            )
-        });
+        if sent_ms > 0 && age > self.cfg.max_command_age_ms {
+            // History (a first start reads the topic from its beginning): not answered.
+            if self.stats.commands_stale.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::info!(age_ms = age, "kafka: skipping commands older than kafka.max_command_age_ms (counted in commands_stale)");
+            }
+            return;
+        }
         match cmd {
             Command::Start(s) => {
                 let topic = self.topic_of(s.control_topic);
-                let result = match stale {
-                    Some(r) => Err(r),
-                    None => self.start(&s),
-                };
+                let result = self.start(&s);
                 self.answer(&topic, Action::StartJob, s.job_id, s.job_id, result);
             }
             Command::Stop(s) => {
@@ -188,10 +183,7 @@ impl Control {
                     .as_ref()
                     .filter(|j| j.id == s.job_id)
                     .map_or_else(|| self.cfg.status_topic().to_owned(), |j| j.topic.clone());
-                let result = match stale {
-                    Some(r) => Err(r),
-                    None => self.stop(&s),
-                };
+                let result = self.stop(&s);
                 self.answer(&topic, Action::SetStopTime, s.job_id, s.command_id, result);
                 self.stop_when_due();
             }
@@ -302,7 +294,7 @@ impl Control {
                 job_id,
                 command_id,
                 accepted,
-                status_code: status_code.into(),
+                status_code,
                 stop_time,
                 message: &message,
             },

@@ -29,7 +29,7 @@ use crossbeam::channel::Sender;
 use rdkafka::producer::Producer as _;
 
 pub use client::KafkaStats;
-use client::Producer;
+use client::{Carries, Producer};
 pub use config::{KafkaConfig, OnStartError};
 use feed::{Feed, Msg};
 use publisher::{Publisher, Topics};
@@ -43,6 +43,7 @@ pub struct KafkaSink {
     cfg: KafkaConfig,
     source: String,
     producer: Arc<Producer>,
+    reports: Arc<Producer>,
     stats: Arc<KafkaStats>,
     tx: Option<Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
@@ -67,7 +68,9 @@ impl KafkaSink {
             error: ConfigError::new(key, message),
         };
         let stats = Arc::new(KafkaStats::default());
-        let producer = Arc::new(client::producer(cfg, &stats).map_err(|(k, e)| fail(&k, e))?);
+        let make = |carries| client::producer(cfg, &stats, carries).map_err(|(k, e)| fail(&k, e));
+        let producer = Arc::new(make(Carries::Records)?);
+        let reports = Arc::new(make(Carries::Reports)?);
         let timeout = Duration::from_millis(cfg.connect_timeout_ms);
         match producer.client().fetch_metadata(None, timeout) {
             Ok(m) => {
@@ -84,6 +87,7 @@ impl KafkaSink {
         let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
         let publisher = Publisher::new(
             Arc::clone(&producer),
+            Arc::clone(&reports),
             Arc::clone(&stats),
             Topics {
                 frames: cfg.frame_topic.clone(),
@@ -98,6 +102,7 @@ impl KafkaSink {
             cfg: cfg.clone(),
             source: source.to_owned(),
             producer,
+            reports,
             stats,
             tx: Some(tx),
             thread: Some(thread),
@@ -141,7 +146,7 @@ impl Sink for KafkaSink {
         let control = control::Control::new(
             self.cfg.clone(),
             self.source.clone(),
-            Arc::clone(&self.producer),
+            Arc::clone(&self.reports),
             Arc::clone(&self.stats),
             runs,
         );
@@ -174,9 +179,10 @@ impl Sink for KafkaSink {
             "commands_refused": n(&s.commands_refused),
             "commands_ignored": n(&s.commands_ignored),
             "commands_malformed": n(&s.commands_malformed),
+            "commands_stale": n(&s.commands_stale),
             "errors": n(&s.errors),
             "outages": n(&s.outages),
-            "in_flight": self.producer.in_flight_count(),
+            "in_flight": self.producer.in_flight_count() + self.reports.in_flight_count(),
             "last_error": s.last_error(),
         })
     }
@@ -206,10 +212,11 @@ impl Sink for KafkaSink {
             let _ = t.join();
         }
         // What is queued (a last hand-off among it) gets a bounded chance to leave.
-        if let Err(e) = self.producer.flush(Duration::from_millis(
-            u64::from(self.cfg.message_timeout_ms).min(10_000),
-        )) {
-            tracing::warn!(error = %e, in_flight = self.producer.in_flight_count(), "kafka: messages still queued at shutdown are lost");
+        let wait = Duration::from_millis(u64::from(self.cfg.message_timeout_ms).min(10_000));
+        for p in [&self.reports, &self.producer] {
+            if let Err(e) = p.flush(wait) {
+                tracing::warn!(error = %e, in_flight = p.in_flight_count(), "kafka: messages still queued at shutdown are lost");
+            }
         }
     }
 }

