@@ -4,6 +4,7 @@
 
 mod codec;
 mod common;
+mod kafka;
 mod live;
 mod pipeline;
 mod redis;
@@ -40,6 +41,8 @@ enum Command {
     /// The Redis sink on against off, written-to-visible latency for a reader, and Redis
     /// memory per index.
     Redis(redis::Args),
+    /// The Kafka sink on against off, and how soon a pl72 command starts a run.
+    Kafka(kafka::Args),
     /// What SWMR and each flush cadence cost the pipeline, against the pipeline without SWMR.
     Visibility(visibility::Args),
     /// The producer side of `shm` (run by it as a separate process).
@@ -59,6 +62,7 @@ fn main() -> Result<()> {
         Command::Shm(args) => shm::run(&args),
         Command::Udp(args) => udp::run(&args),
         Command::Redis(args) => redis::run(&args),
+        Command::Kafka(args) => kafka::run(&args),
         Command::Visibility(args) => visibility::run(&args),
         Command::ShmProducer(args) => shm::produce(&args),
     }

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import h5py
@@ -281,3 +282,31 @@ def test_the_example_configuration_is_valid(detingestd):
     p = subprocess.run([detingestd, "check-config",
                         str(ROOT / "docs" / "kafka.example.toml")], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_a_job_stops_at_its_stop_time(detingestd, tmp_path, kafka_broker):
+    """A `pl72` with a stop time ends by itself then; a `6s4t` with a later stop time moves
+    it; both answers carry the stop time in force."""
+    kafka_broker.create_topics(*TOPICS)
+    s = serve(detingestd, tmp_path, kafka_broker)
+    reader = Reader(kafka_broker)
+    try:
+        wait_ready(s)
+        first_stop = now_ms() + 60_000
+        send(kafka_broker, serialise_pl72("timed", "timed.nxs", service_id=SERVICE,
+                                          stop_time=first_stop))
+        started = reader.wait(lambda sc, d: sc == "answ" and d.job_id == "timed", what="answ")[0]
+        assert started.outcome == 0 and int(started.stop_time.timestamp() * 1000) == first_stop
+        stop_at = now_ms() + 1500
+        send(kafka_broker, serialise_6s4t("timed", service_id=SERVICE, command_id="later",
+                                          stop_time=stop_at))
+        moved = reader.wait(lambda sc, d: sc == "answ" and d.command_id == "later", what="answ")[0]
+        assert moved.outcome == 0 and int(moved.stop_time.timestamp() * 1000) == stop_at
+        wrdn = reader.wait(lambda sc, d: sc == "wrdn", timeout=30, what="wrdn")[0]
+        ended = json.loads(wrdn.metadata)["endTime"]
+        status = s.call("GET", "/run")[1]
+        assert status["state"] == "finished" and status["end_reason"] == "stop", status
+        ended_ms = datetime.fromisoformat(ended.replace("Z", "+00:00")).timestamp() * 1000
+        assert stop_at <= ended_ms <= stop_at + 2000, (ended, stop_at)
+    finally:
+        s.close()

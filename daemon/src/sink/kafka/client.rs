@@ -191,6 +191,7 @@ pub fn producer(
         cfg.producer_queue_kbytes.to_string(),
     )
     .set("linger.ms", cfg.linger_ms.to_string())
+    .set("message.max.bytes", cfg.message_max_bytes.to_string())
     .set("message.timeout.ms", timeout.to_string());
     c.create_with_context(Context(Arc::clone(stats)))
         .map_err(|e| refused(e, cfg))
@@ -211,6 +212,9 @@ pub fn consumer(
         .set("enable.auto.commit", "true")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
+        // A command is acted on within this long of its arrival at the broker (the broker
+        // answers an empty fetch after it): a start is not kept waiting by the long poll.
+        .set("fetch.wait.max.ms", "20")
         .set("enable.partition.eof", "false");
     c.create_with_context(Context(Arc::clone(stats)))
         .map_err(|e| refused(e, cfg))

@@ -41,6 +41,9 @@ pub struct KafkaConfig {
     pub producer_queue_messages: u32,
     /// librdkafka's own queue, in KiB (`queue.buffering.max.kbytes`).
     pub producer_queue_kbytes: u32,
+    /// The largest message (`message.max.bytes`; match the brokers' setting): previews
+    /// that would not fit are binned down until they do.
+    pub message_max_bytes: u32,
     /// Records wait this long to be sent in batches (`linger.ms`).
     pub linger_ms: u32,
     /// A message not delivered within this long is dropped and counted
@@ -94,6 +97,7 @@ impl Default for KafkaConfig {
             producer_queue_messages: 100_000,
             producer_queue_kbytes: 262_144,
             linger_ms: 5,
+            message_max_bytes: 1_000_000,
             message_timeout_ms: 30_000,
             report_timeout_ms: 300_000,
             source: String::new(),
@@ -107,7 +111,8 @@ impl Default for KafkaConfig {
 }
 
 /// Settings we make ourselves; `properties` may not set them.
-const OWN_PROPERTIES: [&str; 9] = [
+const OWN_PROPERTIES: [&str; 10] = [
+    "message.max.bytes",
     "bootstrap.servers",
     "metadata.broker.list",
     "client.id",
@@ -217,6 +222,11 @@ impl KafkaConfig {
             1..=2_097_151,
         )?;
         check_range("kafka.linger_ms", self.linger_ms, 0..=900_000)?;
+        check_range(
+            "kafka.message_max_bytes",
+            self.message_max_bytes,
+            65_536..=1_000_000_000,
+        )?;
         check_range(
             "kafka.report_timeout_ms",
             self.report_timeout_ms,

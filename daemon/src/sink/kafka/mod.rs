@@ -11,6 +11,7 @@
 //! librdkafka queues and sends from its own threads; a full queue or a broker that is away
 //! costs dropped (and counted) messages, never a frame in the files.
 
+mod binning;
 pub mod client;
 pub mod config;
 mod control;
@@ -95,6 +96,7 @@ impl KafkaSink {
                 status: cfg.status_topic().to_owned(),
             },
             cfg.service_id(),
+            cfg.message_max_bytes as usize,
         );
         let thread = threads::spawn("kafka".into(), cores.notify, move || publisher.run(rx))
             .map_err(|e| fail("kafka", format!("cannot start the kafka thread: {e}")))?;

@@ -11,6 +11,7 @@ use flatbuffers::FlatBufferBuilder;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseRecord;
 
+use super::binning;
 use super::client::{KafkaStats, Producer};
 use super::feed::Msg;
 use super::handoff::{self, HandOff, Job};
@@ -47,6 +48,8 @@ pub struct Publisher {
     builder: FlatBufferBuilder<'static>,
     json: Vec<u8>,
     pixels: Vec<u8>,
+    binned: Vec<u8>,
+    max_message_bytes: usize,
     streams: Vec<Option<Open>>,
     handoffs: Vec<std::thread::JoinHandle<()>>,
 }
@@ -82,6 +85,7 @@ impl Publisher {
         stats: Arc<KafkaStats>,
         topics: Topics,
         service_id: String,
+        max_message_bytes: usize,
     ) -> Self {
         Self {
             producer,
@@ -92,6 +96,8 @@ impl Publisher {
             builder: FlatBufferBuilder::with_capacity(1 << 12),
             json: Vec::with_capacity(1 << 10),
             pixels: Vec::new(),
+            binned: Vec::new(),
+            max_message_bytes,
             streams: Vec::new(),
             handoffs: Vec::new(),
         }
@@ -165,14 +171,22 @@ impl Publisher {
                 return;
             }
         }
+        let f = binning::factor(info.shape, es, self.max_message_bytes);
+        let (shape, pixels) = if f == 1 {
+            (info.shape, &self.pixels)
+        } else {
+            let shape = binning::bin_max(&self.pixels, info.shape, info.pixel, f, &mut self.binned);
+            (shape, &self.binned)
+        };
         let frame = area_detector::Frame {
             stream: &info.key,
             index: r.index,
             frame_number: r.frame_number,
             timestamp_ns: r.timestamp_ns,
-            shape: info.shape,
+            shape,
+            binning: f,
             pixel: info.pixel,
-            pixels: &self.pixels,
+            pixels,
         };
         let payload = area_detector::encode(&mut self.builder, &frame);
         if send(

@@ -1,6 +1,6 @@
 //! `ad00` (ADArray): one frame's pixels for live viewers that read Kafka, as EPICS
 //! areaDetector's Kafka plugin sends them: shape `[ny, nx]`, the pixel type, the raw
-//! little-endian pixels, and attributes naming the stream and the index.
+//! little-endian pixels, and attributes naming the stream, the index and the binning.
 
 use detingest_shm::PixelType;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
@@ -29,8 +29,10 @@ pub struct Frame<'a> {
     pub frame_number: u64,
     /// When it was acquired, ns since the Unix epoch.
     pub timestamp_ns: u64,
-    /// `[ny, nx]`.
+    /// `[ny, nx]` of the pixels sent.
     pub shape: [u32; 2],
+    /// The image was binned by this factor (largest of each block) to fit a message.
+    pub binning: u32,
     /// The pixel type.
     pub pixel: PixelType,
     /// The decoded pixels, little-endian.
@@ -44,6 +46,7 @@ pub fn encode<'b>(b: &'b mut FlatBufferBuilder<'static>, f: &Frame<'_>) -> &'b [
         attribute(b, "stream", 10, f.stream.as_bytes()),
         attribute(b, "index", 6, &f.index.to_le_bytes()),
         attribute(b, "frame_number", 6, &f.frame_number.to_le_bytes()),
+        attribute(b, "binning", 6, &i64::from(f.binning).to_le_bytes()),
     ];
     let attributes = b.create_vector(&attributes);
     let data = b.create_vector(f.pixels);
