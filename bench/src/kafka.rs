@@ -30,8 +30,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
 use serde::Serialize;
 
-use crate::common::{cpu_seconds, quantile};
-use crate::pipeline::{config, time_pipeline, Args as PipelineArgs};
+use crate::common::{cpu_seconds, quantile, threads_cpu_seconds};
+use crate::pipeline::{config, time_pipeline, time_pipeline_keeping, Args as PipelineArgs};
 
 /// Options of `detingest-bench kafka`.
 #[derive(Parser, Debug)]
@@ -72,6 +72,11 @@ struct Report {
     cpu_us_per_frame_off: f64,
     cpu_us_per_frame_on: f64,
     broker_cpu_us_per_frame_on: f64,
+    /// The sink's long-lived threads per frame in "on" runs: `kafka` and librdkafka's
+    /// `rdk:*` (µs). The hand-off's checksums (thread `kafka-handoff`, waited for after each
+    /// "on" run) are in the process CPU of "on" runs.
+    sink_threads_cpu_us_per_frame: f64,
+    sink_threads: usize,
     /// (on + broker - off) / off.
     extra_cpu_fraction: f64,
     records: u64,
@@ -202,19 +207,34 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
     let (mut off_fps, mut on_fps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let cpu = || cpu_seconds(ClockId::CLOCK_PROCESS_CPUTIME_ID);
     let mut cpu_s = [0.0f64; 3];
+    // A new thread names itself once it runs: give the sink's a moment.
+    std::thread::sleep(Duration::from_millis(50));
+    let threads = sink_threads();
+    let mut thread_s = 0.0;
     for rep in 0..args.pipeline.repeat.max(1) {
         let off = config(&args.pipeline, &dir, &format!("off{rep}"), false, "module")?;
         let t0 = cpu();
         let (secs, stats) = time_pipeline(&off, RunSinks::none())?;
         off_fps.push(stats.written as f64 / secs);
         let on = config(&args.pipeline, &dir, &format!("on{rep}"), false, "module")?;
-        let (t1, b1) = (cpu(), broker.cpu_seconds());
+        let (t1, b1, k1) = (cpu(), broker.cpu_seconds(), threads_cpu_seconds(&threads));
         let sinks = RunSinks {
             sinks: sink.for_run().into_iter().collect(),
             needs: sink.needs(),
         };
-        let (secs, stats) = time_pipeline(&on, sinks)?;
-        let (t2, b2) = (cpu(), broker.cpu_seconds());
+        let (secs, summary) = time_pipeline_keeping(&on, sinks)?;
+        // The hand-off reads the files: it finishes before they go and the next run starts.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while sink.counters()["handoffs"].as_u64() < Some(rep as u64 + 1) {
+            if Instant::now() > deadline {
+                bail!("no hand-off for run {rep}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (t2, b2, k2) = (cpu(), broker.cpu_seconds(), threads_cpu_seconds(&threads));
+        crate::common::remove_run_files(&summary);
+        let stats = summary.stats;
+        thread_s += k2 - k1;
         cpu_s[0] += t1 - t0;
         cpu_s[1] += t2 - t1;
         cpu_s[2] += b2 - b1;
@@ -240,6 +260,8 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
         cpu_us_per_frame_off: per_frame(cpu_s[0]),
         cpu_us_per_frame_on: per_frame(cpu_s[1]),
         broker_cpu_us_per_frame_on: per_frame(cpu_s[2]),
+        sink_threads_cpu_us_per_frame: per_frame(thread_s),
+        sink_threads: threads.len(),
         extra_cpu_fraction: (cpu_s[1] + cpu_s[2] - cpu_s[0]) / cpu_s[0],
         records: counters["frames"].as_u64().unwrap_or(0),
         previews: counters["previews"].as_u64().unwrap_or(0),
@@ -249,6 +271,17 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
         command_ms: timed,
         direct_start_ms_p50: quantile(&direct_ms, 0.5),
     })
+}
+
+/// The Kafka sink's long-lived threads: `kafka` and librdkafka's `rdk:*`.
+fn sink_threads() -> Vec<libc::pid_t> {
+    detingest_daemon::threads::thread_ids()
+        .into_iter()
+        .filter(|t| {
+            std::fs::read_to_string(format!("/proc/self/task/{t}/comm"))
+                .is_ok_and(|c| c.trim() == "kafka" || c.starts_with("rdk:"))
+        })
+        .collect()
 }
 
 /// `pl72` produced -> its accepting `answ` received, `args.commands` times, and the same
@@ -366,11 +399,13 @@ fn print_table(r: &Report) {
         r.frames, r.codec, r.ratio_median, r.ratios
     );
     println!(
-        "CPU per frame: off {:.1} us, on {:.1} us + broker {:.1} us; the sink adds {:.1} %",
+        "CPU per frame: off {:.1} us, on {:.1} us + broker {:.1} us ({:+.1} %); the sink's {} threads {:.1} us",
         r.cpu_us_per_frame_off,
         r.cpu_us_per_frame_on,
         r.broker_cpu_us_per_frame_on,
-        r.extra_cpu_fraction * 100.0
+        r.extra_cpu_fraction * 100.0,
+        r.sink_threads,
+        r.sink_threads_cpu_us_per_frame
     );
     println!(
         "{} records, {} previews, {} dropped; pl72 -> accepting answ: p50 {:.1} ms, max {:.1} ms; the start itself (direct): p50 {:.1} ms",

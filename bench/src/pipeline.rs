@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use detingest_daemon::config::Config;
-use detingest_daemon::pipeline::{self, StatsSnapshot};
+use detingest_daemon::pipeline::{self, RunSummary, StatsSnapshot};
 use detingest_daemon::sink::RunSinks;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::Codec;
@@ -234,17 +234,23 @@ fn print_table(r: &Report) {
 /// Seconds from start to the last file closed, and the counters at the end, of one pipeline
 /// run handing its notifications to `sinks` (its files removed after).
 pub(crate) fn time_pipeline(c: &Config, sinks: RunSinks) -> Result<(f64, StatsSnapshot)> {
+    let (secs, summary) = time_pipeline_keeping(c, sinks)?;
+    crate::common::remove_run_files(&summary);
+    Ok((secs, summary.stats))
+}
+
+/// [`time_pipeline`], its files kept (the caller removes them with
+/// `common::remove_run_files`), with the whole summary.
+pub(crate) fn time_pipeline_keeping(c: &Config, sinks: RunSinks) -> Result<(f64, RunSummary)> {
     let running = pipeline::start(c, sinks)?;
     let t = Instant::now();
     let summary = running.wait();
     let secs = t.elapsed().as_secs_f64();
-    crate::common::remove_run_files(&summary);
-    anyhow::ensure!(
-        summary.ok(),
-        "the pipeline run failed: {:?}",
-        summary.streams
-    );
-    Ok((secs, summary.stats))
+    if !summary.ok() {
+        crate::common::remove_run_files(&summary);
+        anyhow::bail!("the pipeline run failed: {:?}", summary.streams);
+    }
+    Ok((secs, summary))
 }
 
 /// Seconds to copy `frames` frames once each into `buffers` rotating buffers, as a copying

@@ -1,4 +1,4 @@
-//! Our librdkafka clients: the producer (shared by the `kafka` and `kafka-control` threads)
+//! Our librdkafka clients: the two producers (records; reports, shared with `kafka-control`)
 //! and the command consumer, configured from `[kafka]`, with a context that counts what
 //! librdkafka reports and logs a broker outage once per episode instead of once per retry.
 
@@ -9,7 +9,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
 
 use super::config::{is_secret, KafkaConfig};
 
@@ -120,8 +120,10 @@ impl ConsumerContext for Context {
     }
 }
 
-/// The producer.
-pub type Producer = ThreadedProducer<Context>;
+/// A producer. Its delivery reports and errors are served by the `kafka` thread's polls
+/// (rdkafka's `ThreadedProducer` would add a thread per producer that wakes every 100 ms
+/// and spins its last millisecond).
+pub type Producer = BaseProducer<Context>;
 
 /// The settings both clients share: brokers, client id, passed-through properties.
 fn common(cfg: &KafkaConfig) -> ClientConfig {

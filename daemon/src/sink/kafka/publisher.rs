@@ -6,7 +6,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crossbeam::channel::RecvTimeoutError;
 use flatbuffers::FlatBufferBuilder;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseRecord;
@@ -103,15 +105,21 @@ impl Publisher {
         }
     }
 
-    /// Runs until every sender is gone, then waits for the hand-offs it started.
+    /// Runs until every sender is gone, then waits for the hand-offs it started. Between
+    /// messages, and at least every 100 ms, it serves both producers' delivery reports and
+    /// errors (without waiting).
     pub fn run(mut self, rx: crossbeam::channel::Receiver<Msg>) {
-        while let Ok(m) = rx.recv() {
-            match m {
-                Msg::Start(s) => self.start(s),
-                Msg::Frame(info, r) => self.frame(&info, &r),
-                Msg::Preview(info, r, chunk) => self.preview(&info, &r, chunk.as_slice()),
-                Msg::End(e) => self.end(e),
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Msg::Start(s)) => self.start(s),
+                Ok(Msg::Frame(info, r)) => self.frame(&info, &r),
+                Ok(Msg::Preview(info, r, chunk)) => self.preview(&info, &r, chunk.as_slice()),
+                Ok(Msg::End(e)) => self.end(e),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.producer.poll(Duration::ZERO);
+            self.reports.poll(Duration::ZERO);
             self.handoffs.retain(|h| !h.is_finished());
         }
         for h in self.handoffs.drain(..) {
