@@ -54,6 +54,10 @@ pub struct Args {
     /// `[kafka] preview_max_hz`.
     #[arg(long, default_value_t = 2.0)]
     pub(crate) preview_max_hz: f64,
+    /// No per-frame records (`[kafka] frame_topic = ""`, the default): previews and
+    /// hand-offs only.
+    #[arg(long)]
+    pub(crate) no_records: bool,
     /// Commands timed for the command latency.
     #[arg(long, default_value_t = 10)]
     pub(crate) commands: usize,
@@ -181,7 +185,11 @@ fn kafka_config(args: &Args, brokers: &str, tag: &str) -> KafkaConfig {
         brokers: brokers.into(),
         service_id: format!("bench-{tag}"),
         status_topic: format!("bench_status_{tag}"),
-        frame_topic: format!("bench_frames_{tag}"),
+        frame_topic: if args.no_records {
+            String::new()
+        } else {
+            format!("bench_frames_{tag}")
+        },
         preview_topic: if args.preview_every > 0 {
             format!("bench_previews_{tag}")
         } else {

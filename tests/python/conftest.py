@@ -254,12 +254,20 @@ class KafkaBroker:
         for f in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
             f.result(timeout=20)
 
-    def consumer(self, *topics):
-        """A consumer reading `topics` from their beginning, assigned (no group wait)."""
+    def consumer(self, *topics, all_partitions=False):
+        """A consumer reading `topics` from their beginning, assigned (no group wait): their
+        partition 0, or with `all_partitions` every partition of those that exist now (a
+        topic the broker made on demand has several)."""
         from confluent_kafka import Consumer, TopicPartition
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": secrets.token_hex(4),
                       "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-        c.assign([TopicPartition(t, 0, 0) for t in topics])
+        if all_partitions:
+            meta = c.list_topics(timeout=10).topics
+            parts = [TopicPartition(t, p, 0) for t in topics if t in meta
+                     for p in meta[t].partitions]
+        else:
+            parts = [TopicPartition(t, 0, 0) for t in topics]
+        c.assign(parts)
         return c
 
     def producer(self):

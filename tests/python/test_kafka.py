@@ -51,8 +51,8 @@ def serve(detingestd, tmp_path, broker, frames=0, rate=150.0, extra=""):
 class Reader:
     """Reads every topic of TOPICS from the start and decodes each message by its schema."""
 
-    def __init__(self, broker):
-        self.c = broker.consumer(*TOPICS[1:])
+    def __init__(self, broker, all_partitions=False):
+        self.c = broker.consumer(*TOPICS[1:], all_partitions=all_partitions)
         self.got = []
 
     def poll(self, seconds=0.2):
@@ -308,5 +308,27 @@ def test_a_job_stops_at_its_stop_time(detingestd, tmp_path, kafka_broker):
         assert status["state"] == "finished" and status["end_reason"] == "stop", status
         ended_ms = datetime.fromisoformat(ended.replace("Z", "+00:00")).timestamp() * 1000
         assert stop_at <= ended_ms <= stop_at + 2000, (ended, stop_at)
+    finally:
+        s.close()
+
+
+def test_a_command_topic_missing_at_start_is_created_and_obeyed(detingestd, tmp_path,
+                                                                kafka_broker):
+    """No topic exists when the daemon starts: asking the brokers for the command topic by
+    name creates it where brokers create topics on demand (Tansu, Kafka's default), and the
+    first command is obeyed. (Brokers that refuse refuse the start, naming
+    `kafka.command_topic`, unless `on_start_error = "continue"`.)"""
+    s = serve(detingestd, tmp_path, kafka_broker)
+    try:
+        wait_ready(s)
+        deadline = time.time() + 20
+        while s.call("GET", "/run")[1]["sinks"]["kafka"]["heartbeats"] == 0:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        reader = Reader(kafka_broker, all_partitions=True)
+        send(kafka_broker, serialise_pl72("late-topic", "late.nxs", service_id=SERVICE))
+        ok = reader.wait(lambda sc, d: sc == "answ" and d.job_id == "late-topic", what="answ")[0]
+        assert ok.outcome == 0, ok.message
+        assert "brokers unreachable" not in s.log.read_text()
     finally:
         s.close()

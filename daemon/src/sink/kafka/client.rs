@@ -217,6 +217,8 @@ pub fn consumer(
         // A command is acted on within this long of its arrival at the broker (the broker
         // answers an empty fetch after it): a start is not kept waiting by the long poll.
         .set("fetch.wait.max.ms", "20")
+        // A command topic created after we subscribed is noticed within this long.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         .set("enable.partition.eof", "false");
     c.create_with_context(Context(Arc::clone(stats)))
         .map_err(|e| refused(e, cfg))

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flatbuffers::FlatBufferBuilder;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::Message;
 use serde_json::{json, Value};
 
@@ -45,6 +46,7 @@ pub struct Control {
     job: Option<Job>,
     last_beat: Option<(Instant, u64, u64)>,
     last_malformed_log: Option<Instant>,
+    topic_missing_logged: bool,
 }
 
 fn now_ms() -> u64 {
@@ -74,6 +76,7 @@ impl Control {
             job: None,
             last_beat: None,
             last_malformed_log: None,
+            topic_missing_logged: false,
         }
     }
 
@@ -92,7 +95,7 @@ impl Control {
                         Some(m.timestamp().to_millis().map_or(0, |t| t as u64))
                     }
                     Some(Err(e)) => {
-                        self.stats.error(&e.to_string());
+                        self.consumer_error(&e);
                         None
                     }
                     None => None,
@@ -112,6 +115,20 @@ impl Control {
             {
                 self.heartbeat();
             }
+        }
+    }
+
+    /// A missing command topic is waited for (logged once); anything else is an outage.
+    fn consumer_error(&mut self, e: &KafkaError) {
+        let missing = matches!(
+            e.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        );
+        if !missing {
+            self.stats.error(&e.to_string());
+        } else if !self.topic_missing_logged {
+            self.topic_missing_logged = true;
+            tracing::warn!(topic = %self.cfg.command_topic, "kafka: the command topic does not exist (yet); commands are read once it does");
         }
     }
 

@@ -85,6 +85,20 @@ impl KafkaSink {
             }
             Err(e) => stats.error(&format!("cannot reach {} at start: {e}", cfg.brokers)),
         }
+        if !cfg.command_topic.is_empty() && !stats.down.load(Ordering::Relaxed) {
+            // The topic is asked for by name: brokers that create topics on demand do so now.
+            let missing = match producer.client().fetch_metadata(Some(&cfg.command_topic), timeout) {
+                Ok(m) => m.topics().iter().find_map(|t| t.error().map(|e| format!("{e:?}"))),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = missing {
+                let message = format!("the brokers have no topic {:?}: {why}", cfg.command_topic);
+                if cfg.on_start_error == OnStartError::Fail {
+                    return Err(fail("kafka.command_topic", message));
+                }
+                tracing::warn!(%message, "kafka: commands are read once the topic exists");
+            }
+        }
         let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
         let publisher = Publisher::new(
             Arc::clone(&producer),
