@@ -2,9 +2,8 @@
 //! ([`SinkSet::start`]), asked for each run's notification sinks and what they need of the
 //! pipeline, and for their counters, without the caller knowing which sinks there are.
 
-use std::time::Duration;
-
 use std::sync::Weak;
+use std::time::Duration;
 
 use super::{kafka, log, redis, zmq, NotificationSink};
 use crate::check::ConfigError;
@@ -67,23 +66,12 @@ pub struct SinkNeeds {
 }
 
 impl SinkNeeds {
-    /// What both ask: the larger of each setting; previews as often as either wants them
-    /// (each sink thins them out to its own rate).
+    /// What both ask: the larger of each setting, and the first preview request (every
+    /// sink gets the frames it picks and thins them out to its own rate: a union of the
+    /// requests could copy a preview of every frame).
     fn merge(self, other: Self) -> Self {
-        let previews = match (self.previews, other.previews) {
-            (Some(a), Some(b)) => Some(PreviewRequest {
-                every: a.every.min(b.every),
-                max_hz: if a.max_hz == 0.0 || b.max_hz == 0.0 {
-                    0.0
-                } else {
-                    a.max_hz.max(b.max_hz)
-                },
-                buffers: a.buffers.max(b.buffers),
-            }),
-            (a, b) => a.or(b),
-        };
         Self {
-            previews,
+            previews: self.previews.or(other.previews),
             batch_interval: self.batch_interval.max(other.batch_interval),
             realtime_priority: self.realtime_priority.max(other.realtime_priority),
         }

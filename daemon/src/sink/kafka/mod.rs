@@ -87,8 +87,14 @@ impl KafkaSink {
         }
         if !cfg.command_topic.is_empty() && !stats.down.load(Ordering::Relaxed) {
             // The topic is asked for by name: brokers that create topics on demand do so now.
-            let missing = match producer.client().fetch_metadata(Some(&cfg.command_topic), timeout) {
-                Ok(m) => m.topics().iter().find_map(|t| t.error().map(|e| format!("{e:?}"))),
+            let missing = match producer
+                .client()
+                .fetch_metadata(Some(&cfg.command_topic), timeout)
+            {
+                Ok(m) => m
+                    .topics()
+                    .iter()
+                    .find_map(|t| t.error().map(|e| format!("{e:?}"))),
                 Err(e) => Some(e.to_string()),
             };
             if let Some(why) = missing {
