@@ -58,6 +58,9 @@ pub struct Args {
     /// hand-offs only.
     #[arg(long)]
     pub(crate) no_records: bool,
+    /// `[kafka] linger_ms`: records wait this long to leave in batches.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) linger_ms: u32,
     /// Commands timed for the command latency.
     #[arg(long, default_value_t = 10)]
     pub(crate) commands: usize,
@@ -197,6 +200,7 @@ fn kafka_config(args: &Args, brokers: &str, tag: &str) -> KafkaConfig {
         },
         preview_every: args.preview_every.max(1),
         preview_max_hz: args.preview_max_hz,
+        linger_ms: args.linger_ms,
         ..KafkaConfig::default()
     }
 }

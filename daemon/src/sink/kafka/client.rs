@@ -179,9 +179,10 @@ pub fn producer(
     stats: &Arc<KafkaStats>,
     carries: Carries,
 ) -> Result<Producer, (String, String)> {
-    let timeout = match carries {
-        Carries::Records => cfg.message_timeout_ms,
-        Carries::Reports => cfg.report_timeout_ms,
+    // Records leave in batches; a report (an answer, a heartbeat, a hand-off) at once.
+    let (timeout, linger) = match carries {
+        Carries::Records => (cfg.message_timeout_ms, cfg.linger_ms),
+        Carries::Reports => (cfg.report_timeout_ms, 0),
     };
     let mut c = common(cfg);
     c.set(
@@ -192,7 +193,7 @@ pub fn producer(
         "queue.buffering.max.kbytes",
         cfg.producer_queue_kbytes.to_string(),
     )
-    .set("linger.ms", cfg.linger_ms.to_string())
+    .set("linger.ms", linger.to_string())
     .set("message.max.bytes", cfg.message_max_bytes.to_string())
     .set("message.timeout.ms", timeout.to_string());
     c.create_with_context(Context(Arc::clone(stats)))
@@ -222,4 +223,49 @@ pub fn consumer(
         .set("enable.partition.eof", "false");
     c.create_with_context(Context(Arc::clone(stats)))
         .map_err(|e| refused(e, cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(props: &[(&str, &str)]) -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:9".into(),
+            command_topic: "c".into(),
+            properties: props
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_bad_passed_through_setting_names_its_key_and_hides_secrets() {
+        let stats = Arc::new(KafkaStats::default());
+        let cfg = with(&[("no.such.setting", "1")]);
+        let (key, _) = producer(&cfg, &stats, Carries::Records).err().unwrap();
+        assert_eq!(key, "kafka.properties.no.such.setting");
+        let cfg = with(&[
+            ("security.protocol", "sasl_plaintext"),
+            ("sasl.mechanism", "hunter2-mechanism"),
+            ("sasl.password", "hunter2-mechanism"),
+        ]);
+        let (key, text) = consumer(&cfg, "svc", &stats).err().unwrap();
+        assert!(key.starts_with("kafka.properties"), "{key}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let fine = with(&[
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-256"),
+            ("sasl.username", "det"),
+            ("sasl.password", "pw"),
+        ]);
+        let made = producer(&fine, &stats, Carries::Reports);
+        assert!(
+            made.is_ok(),
+            "SASL/SCRAM over TLS is built in: {:?}",
+            made.err()
+        );
+    }
 }

@@ -44,7 +44,9 @@ pub struct KafkaConfig {
     /// The largest message (`message.max.bytes`; match the brokers' setting): previews
     /// that would not fit are binned down until they do.
     pub message_max_bytes: u32,
-    /// Records wait this long to be sent in batches (`linger.ms`).
+    /// Per-frame records and previews wait this long to be sent in batches (`linger.ms`;
+    /// answers, heartbeats and hand-offs leave at once). Larger batches cost the sink and
+    /// the brokers less per record (docs/BENCHMARKS.md).
     pub linger_ms: u32,
     /// A message not delivered within this long is dropped and counted
     /// (`message.timeout.ms`): a broker that is down costs messages, never memory.
@@ -96,7 +98,7 @@ impl Default for KafkaConfig {
             queue: 4096,
             producer_queue_messages: 100_000,
             producer_queue_kbytes: 262_144,
-            linger_ms: 5,
+            linger_ms: 50,
             message_max_bytes: 1_000_000,
             message_timeout_ms: 30_000,
             report_timeout_ms: 300_000,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam::channel::RecvTimeoutError;
+use crossbeam::channel::{RecvTimeoutError, TryRecvError};
 use flatbuffers::FlatBufferBuilder;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseRecord;
@@ -20,6 +20,10 @@ use super::handoff::{self, HandOff, Job};
 use super::schema::{area_detector, reports};
 use crate::sink::messages::FrameMessage;
 use crate::stream::{FrameRecord, StreamInfo};
+
+/// While records flow, the channel is drained this often (a record waits at most this long
+/// here, then `linger_ms` in librdkafka).
+const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
 /// Where the thread sends what.
 #[derive(Debug, Clone)]
@@ -105,25 +109,50 @@ impl Publisher {
         }
     }
 
-    /// Runs until every sender is gone, then waits for the hand-offs it started. Between
-    /// messages, and at least every 100 ms, it serves both producers' delivery reports and
-    /// errors (without waiting).
+    /// Runs until every sender is gone, then waits for the hand-offs it started. While
+    /// records flow it drains the channel every `DRAIN_EVERY` instead of waking for each
+    /// (the notification thread then never pays a wake-up per frame); idle, it blocks until
+    /// the next message. Each round serves both producers' delivery reports and errors.
     pub fn run(mut self, rx: crossbeam::channel::Receiver<Msg>) {
+        let mut flowing = false;
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Msg::Start(s)) => self.start(s),
-                Ok(Msg::Frame(info, r)) => self.frame(&info, &r),
-                Ok(Msg::Preview(info, r, chunk)) => self.preview(&info, &r, chunk.as_slice()),
-                Ok(Msg::End(e)) => self.end(e),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            if flowing {
+                std::thread::sleep(DRAIN_EVERY);
+            } else {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(m) => self.handle(m),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
+            let mut drained = 0;
+            let gone = loop {
+                match rx.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
+                }
+                drained += 1;
+            };
+            flowing = drained > 0;
             self.producer.poll(Duration::ZERO);
             self.reports.poll(Duration::ZERO);
             self.handoffs.retain(|h| !h.is_finished());
+            if gone {
+                break;
+            }
         }
         for h in self.handoffs.drain(..) {
             let _ = h.join();
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Start(s) => self.start(s),
+            Msg::Frame(info, r) => self.frame(&info, &r),
+            Msg::Preview(info, r, chunk) => self.preview(&info, &r, chunk.as_slice()),
+            Msg::End(e) => self.end(e),
         }
     }
 
