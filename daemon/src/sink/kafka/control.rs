@@ -45,7 +45,7 @@ pub struct Control {
     builder: FlatBufferBuilder<'static>,
     job: Option<Job>,
     last_beat: Option<(Instant, u64, u64)>,
-    last_malformed_log: Option<Instant>,
+    last_refusal_log: Option<Instant>,
     topic_missing_logged: bool,
 }
 
@@ -75,7 +75,7 @@ impl Control {
             builder: FlatBufferBuilder::with_capacity(1024),
             job: None,
             last_beat: None,
-            last_malformed_log: None,
+            last_refusal_log: None,
             topic_missing_logged: false,
         }
     }
@@ -159,13 +159,6 @@ impl Control {
                 self.stats
                     .commands_malformed
                     .fetch_add(1, Ordering::Relaxed);
-                if self
-                    .last_malformed_log
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-                {
-                    self.last_malformed_log = Some(Instant::now());
-                    tracing::warn!(error = %e, "kafka: malformed command refused (logged at most every 10 s; counted in commands_malformed)");
-                }
                 let action = if payload.get(4..8) == Some(b"6s4t") {
                     Action::SetStopTime
                 } else {
@@ -299,7 +292,14 @@ impl Control {
             }
             Err((code, m)) => {
                 self.stats.commands_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(job = %job_id, code, reason = %m, "kafka: command refused");
+                // A producer sending garbage or repeating a refused command cannot flood the log.
+                if self
+                    .last_refusal_log
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    self.last_refusal_log = Some(Instant::now());
+                    tracing::warn!(job = %job_id, code, reason = %m, "kafka: command refused (logged at most every 10 s; every refusal is answered and counted)");
+                }
                 (false, i32::from(code), 0, m)
             }
         };
