@@ -1,7 +1,11 @@
 //! The notification thread's side of the Kafka sink: what it hears becomes messages for the
-//! `kafka` thread on a bounded channel, handed over without waiting (full: dropped and
-//! counted). A frame costs a reference count and a copy of its record, no allocation.
+//! `kafka` thread on a bounded channel, handed over without waiting. A full channel drops a
+//! record or preview (counted); a stream's start or end is never dropped: it waits in a
+//! backlog, retried at every notification, and records behind it are dropped (counted) so
+//! none arrives before its stream's start. A frame costs a reference count and a copy of its
+//! record, no allocation.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +37,8 @@ pub struct Feed {
     previews: Option<(u64, Option<Duration>)>,
     /// Per stream slot: the last previewed index and when.
     last_preview: Vec<Option<(u64, Instant)>>,
+    /// Starts and ends the channel had no room for, oldest first.
+    backlog: VecDeque<Msg>,
 }
 
 impl Feed {
@@ -50,13 +56,37 @@ impl Feed {
             frames,
             previews,
             last_preview: Vec::new(),
+            backlog: VecDeque::new(),
         }
     }
 
-    fn send(&self, m: Msg) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(m) {
+    /// Sends a record or preview, or drops it (counted) when the channel is full or a start
+    /// or end is still waiting.
+    fn send(&mut self, m: Msg) {
+        if !self.flush_backlog() || self.tx.try_send(m).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Sends a start or end, or keeps it for later.
+    fn send_control(&mut self, m: Msg) {
+        self.backlog.push_back(m);
+        self.flush_backlog();
+    }
+
+    /// Sends what waits in the backlog while there is room; true once it is empty.
+    fn flush_backlog(&mut self) -> bool {
+        while let Some(m) = self.backlog.pop_front() {
+            match self.tx.try_send(m) {
+                Ok(()) => {}
+                Err(TrySendError::Full(m)) => {
+                    self.backlog.push_front(m);
+                    return false;
+                }
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+        true
     }
 
     /// Whether this preview of stream `slot`'s `index` is one we send.
@@ -89,7 +119,7 @@ impl NotificationSink for Feed {
                 if let Some(l) = self.last_preview.get_mut(slot) {
                     *l = None;
                 }
-                self.send(Msg::Start(s.clone()));
+                self.send_control(Msg::Start(s.clone()));
             }
             Notification::Frame(f) => {
                 if self.frames {
@@ -104,7 +134,20 @@ impl NotificationSink for Feed {
                 }
             }
             Notification::Readable(_) => {}
-            Notification::StreamEnd(e) => self.send(Msg::End(e.clone())),
+            Notification::StreamEnd(e) => self.send_control(Msg::End(e.clone())),
+        }
+    }
+
+    fn batch_done(&mut self) {
+        self.flush_backlog();
+    }
+
+    fn finish(&mut self) {
+        // The run is over: a last end still waiting gets a bounded wait for room.
+        while let Some(m) = self.backlog.pop_front() {
+            if self.tx.send_timeout(m, Duration::from_secs(2)).is_err() {
+                tracing::warn!("kafka: the kafka thread took no message for 2 s; a stream's start or end is lost (no hand-off for it)");
+            }
         }
     }
 }
@@ -131,6 +174,38 @@ mod tests {
             2,
             "the 2nd and 3rd frame"
         );
+    }
+
+    #[test]
+    fn a_start_and_an_end_wait_for_room_and_records_behind_them_are_dropped() {
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        let stats = Arc::new(KafkaStats::default());
+        let mut f = Feed::new(tx, Arc::clone(&stats), true, None);
+        let s = fixture::stream(1);
+        f.notify(&fixture::frame(&s, 1)); // fills the channel
+        f.notify(&fixture::start(&s)); // waits
+        f.notify(&fixture::frame(&s, 2)); // dropped: it would overtake its start
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        assert!(matches!(rx.try_recv(), Ok(Msg::Frame(_, r)) if r.index == 1));
+        f.batch_done();
+        assert!(matches!(rx.try_recv(), Ok(Msg::Start(_))));
+        f.notify(&fixture::frame(&s, 3));
+        assert!(matches!(rx.try_recv(), Ok(Msg::Frame(_, r)) if r.index == 3));
+        f.notify(&fixture::frame(&s, 4)); // fills the channel again
+        f.notify(&Notification::StreamEnd(crate::sink::StreamEndNotice {
+            stream: Arc::clone(&s),
+            frames: 4,
+            lost: 0,
+            ended_ns: 5,
+            error: None,
+        }));
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            rx.iter().count()
+        });
+        f.finish();
+        drop(f);
+        assert_eq!(reader.join().unwrap(), 2, "frame 4 and the end");
     }
 
     #[test]
