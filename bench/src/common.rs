@@ -65,6 +65,36 @@ pub fn threads_cpu_seconds(tids: &[libc::pid_t]) -> f64 {
         .sum()
 }
 
+/// This process's threads whose name (`comm`) `wanted` accepts.
+pub fn threads_named(wanted: impl Fn(&str) -> bool) -> Vec<libc::pid_t> {
+    detingest_daemon::threads::thread_ids()
+        .into_iter()
+        .filter(|t| {
+            std::fs::read_to_string(format!("/proc/self/task/{t}/comm"))
+                .is_ok_and(|c| wanted(c.trim()))
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from `/proc/<pid>/stat`; NaN
+/// when it cannot be read.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis come fields 3, 4, ...: utime and stime
+    // (fields 14 and 15, in clock ticks) are the 12th and 13th.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let ticks: Vec<f64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(f64::NAN))
+        .collect();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match (ticks.get(11), ticks.get(12)) {
+        (Some(u), Some(s)) => (u + s) / hz,
+        _ => f64::NAN,
+    }
+}
+
 /// Prints `report` as pretty JSON (the `--json` output of every benchmark).
 pub fn print_json(report: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(report)?);

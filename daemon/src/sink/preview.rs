@@ -57,6 +57,51 @@ impl PreviewPolicy {
     }
 }
 
+/// Thins the previews one sink receives (they are picked for every sink, and another may
+/// want them more often) to its own pace: at least `every` indices and `gap` apart. One per
+/// stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Thinning {
+    every: u64,
+    gap: Option<Duration>,
+    last: Option<(u64, Instant)>,
+}
+
+impl Thinning {
+    /// At least `every` indices and `gap` (if any) apart.
+    pub fn new(every: u64, gap: Option<Duration>) -> Self {
+        Self {
+            every,
+            gap,
+            last: None,
+        }
+    }
+
+    /// At most `max_hz` a second (0: no limit), at least `every` indices apart.
+    pub fn at_most(every: u64, max_hz: f64) -> Self {
+        Self::new(
+            every,
+            (max_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / max_hz)),
+        )
+    }
+
+    /// Forgets the last one taken (a new stream in the slot).
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+
+    /// Whether the preview of `index`, offered at `now`, is one to take (and takes it).
+    pub fn take(&mut self, index: u64, now: Instant) -> bool {
+        let due = self.last.is_none_or(|(last, at)| {
+            index >= last + self.every && self.gap.is_none_or(|g| now.duration_since(at) >= g)
+        });
+        if due {
+            self.last = Some((index, now));
+        }
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +127,23 @@ mod tests {
         assert!(p.wants(t));
         assert!(!p.wants(t + Duration::from_millis(50)));
         assert!(p.wants(t + Duration::from_millis(120)));
+    }
+
+    #[test]
+    fn thinning_spaces_previews_by_index_and_time() {
+        let t = Instant::now();
+        let mut by_index = Thinning::new(3, None);
+        let taken: Vec<u64> = (1..=7).filter(|&i| by_index.take(i, t)).collect();
+        assert_eq!(taken, [1, 4, 7]);
+        let mut by_time = Thinning::at_most(1, 10.0);
+        assert!(by_time.take(1, t));
+        assert!(!by_time.take(2, t + Duration::from_millis(50)));
+        assert!(by_time.take(3, t + Duration::from_millis(120)));
+        by_time.reset();
+        assert!(
+            by_time.take(1, t + Duration::from_millis(130)),
+            "a new stream starts afresh"
+        );
     }
 
     #[test]

@@ -5,16 +5,17 @@
 //! none arrives before its stream's start. A frame costs a reference count and a copy of its
 //! record, no allocation.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{Sender, TrySendError};
+use crossbeam::channel::Sender;
 use detingest_shm::PoolBuf;
 
 use super::client::KafkaStats;
-use crate::sink::{Notification, NotificationSink, StreamEndNotice, StreamStartNotice};
+use crate::sink::{
+    Backlog, Notification, NotificationSink, StreamEndNotice, StreamStartNotice, Thinning,
+};
 use crate::stream::{FrameRecord, StreamInfo};
 
 /// What the feed hands the `kafka` thread.
@@ -34,80 +35,57 @@ pub struct Feed {
     tx: Sender<Msg>,
     stats: Arc<KafkaStats>,
     frames: bool,
-    previews: Option<(u64, Option<Duration>)>,
-    /// Per stream slot: the last previewed index and when.
-    last_preview: Vec<Option<(u64, Instant)>>,
+    /// The pace of previews, when they are sent.
+    previews: Option<Thinning>,
+    /// Per stream slot, that pace's state.
+    thinning: Vec<Thinning>,
     /// Starts and ends the channel had no room for, oldest first.
-    backlog: VecDeque<Msg>,
+    backlog: Backlog<Msg>,
 }
 
 impl Feed {
-    /// A feed sending on `tx`: per-frame records if `frames`; previews at least `every`
-    /// indices and `gap` apart if `previews` is set.
+    /// A feed sending on `tx`: per-frame records if `frames`; previews at the pace
+    /// `previews` sets, if set.
     pub fn new(
         tx: Sender<Msg>,
         stats: Arc<KafkaStats>,
         frames: bool,
-        previews: Option<(u64, Option<Duration>)>,
+        previews: Option<Thinning>,
     ) -> Self {
         Self {
             tx,
             stats,
             frames,
             previews,
-            last_preview: Vec::new(),
-            backlog: VecDeque::new(),
+            thinning: Vec::new(),
+            backlog: Backlog::default(),
         }
     }
 
     /// Sends a record or preview, or drops it (counted) when the channel is full or a start
     /// or end is still waiting.
     fn send(&mut self, m: Msg) {
-        if !self.flush_backlog() || self.tx.try_send(m).is_err() {
+        self.backlog.retry(&self.tx);
+        if !self.backlog.is_empty() || self.tx.try_send(m).is_err() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Sends a start or end, or keeps it for later.
     fn send_control(&mut self, m: Msg) {
-        self.backlog.push_back(m);
-        self.flush_backlog();
-    }
-
-    /// Sends what waits in the backlog while there is room; true once it is empty.
-    fn flush_backlog(&mut self) -> bool {
-        while let Some(m) = self.backlog.pop_front() {
-            match self.tx.try_send(m) {
-                Ok(()) => {}
-                Err(TrySendError::Full(m)) => {
-                    self.backlog.push_front(m);
-                    return false;
-                }
-                Err(TrySendError::Disconnected(_)) => {}
-            }
-        }
-        true
+        self.backlog.hold(m);
+        self.backlog.retry(&self.tx);
     }
 
     /// Whether this preview of stream `slot`'s `index` is one we send.
     fn wants_preview(&mut self, slot: usize, index: u64) -> bool {
-        let Some((every, gap)) = self.previews else {
+        let Some(pace) = self.previews else {
             return false;
         };
-        if self.last_preview.len() <= slot {
-            self.last_preview.resize(slot + 1, None);
+        if self.thinning.len() <= slot {
+            self.thinning.resize(slot + 1, pace);
         }
-        let now = Instant::now();
-        let due = match self.last_preview[slot] {
-            None => true,
-            Some((last, at)) => {
-                index >= last + every && gap.is_none_or(|g| now.duration_since(at) >= g)
-            }
-        };
-        if due {
-            self.last_preview[slot] = Some((index, now));
-        }
-        due
+        self.thinning[slot].take(index, Instant::now())
     }
 }
 
@@ -116,8 +94,8 @@ impl NotificationSink for Feed {
         match n {
             Notification::StreamStart(s) => {
                 let slot = usize::from(s.stream.slot);
-                if let Some(l) = self.last_preview.get_mut(slot) {
-                    *l = None;
+                if let Some(t) = self.thinning.get_mut(slot) {
+                    t.reset();
                 }
                 self.send_control(Msg::Start(s.clone()));
             }
@@ -139,15 +117,13 @@ impl NotificationSink for Feed {
     }
 
     fn batch_done(&mut self) {
-        self.flush_backlog();
+        self.backlog.retry(&self.tx);
     }
 
     fn finish(&mut self) {
         // The run is over: a last end still waiting gets a bounded wait for room.
-        while let Some(m) = self.backlog.pop_front() {
-            if self.tx.send_timeout(m, Duration::from_secs(2)).is_err() {
-                tracing::warn!("kafka: the kafka thread took no message for 2 s; a stream's start or end is lost (no hand-off for it)");
-            }
+        if self.backlog.drain(&self.tx, Duration::from_secs(2), || {}) > 0 {
+            tracing::warn!("kafka: the kafka thread took no message for 2 s; a stream's start or end is lost (no hand-off for it)");
         }
     }
 }
@@ -212,7 +188,7 @@ mod tests {
     fn previews_are_spaced_by_index() {
         let (tx, rx) = crossbeam::channel::bounded(100);
         let stats = Arc::new(KafkaStats::default());
-        let mut f = Feed::new(tx, stats, false, Some((3, None)));
+        let mut f = Feed::new(tx, stats, false, Some(Thinning::new(3, None)));
         let s = fixture::stream(1);
         let pool = detingest_shm::BufferPool::new(1, 8);
         let chunk = Arc::new(pool.try_acquire().unwrap());

@@ -36,7 +36,7 @@ use feed::{Feed, Msg};
 use publisher::{Publisher, Topics};
 
 use crate::check::ConfigError;
-use crate::sink::{NotificationSink, RunControl, Sink, SinkCores, SinkError, SinkNeeds};
+use crate::sink::{NotificationSink, RunControl, Sink, SinkCores, SinkError, SinkNeeds, Thinning};
 use crate::threads;
 
 /// The Kafka sink: the producer, the `kafka` thread, and (once attached) `kafka-control`.
@@ -144,11 +144,8 @@ impl Sink for KafkaSink {
     }
 
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
-        let previews = (!self.cfg.preview_topic.is_empty()).then(|| {
-            let gap = (self.cfg.preview_max_hz > 0.0)
-                .then(|| Duration::from_secs_f64(1.0 / self.cfg.preview_max_hz));
-            (self.cfg.preview_every, gap)
-        });
+        let previews = (!self.cfg.preview_topic.is_empty())
+            .then(|| Thinning::at_most(self.cfg.preview_every, self.cfg.preview_max_hz));
         Some(Box::new(Feed::new(
             self.tx.clone()?,
             Arc::clone(&self.stats),

@@ -4,7 +4,6 @@
 //! bounded channel without waiting. A full channel drops the batch and counts its indices.
 //! Column buffers come back from the Redis thread for reuse: no allocation per frame.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use detingest_shm::PoolBuf;
 use detingest_writer::{DetectorInfo, FileOptions};
 
 use super::RedisStats;
-use crate::sink::{Notification, NotificationSink};
+use crate::sink::{Backlog, Notification, NotificationSink, Thinning};
 use crate::stream::{FrameRecord, StreamInfo};
 
 /// A stream's file set was opened: create its scan.
@@ -103,8 +102,8 @@ struct StreamFeed {
     /// A picked frame waiting for the readable watermark.
     pending: Option<(u64, Arc<PoolBuf>)>,
     readable: u64,
-    /// When the last preview was taken.
-    last_pick: Option<Instant>,
+    /// The pace of images taken from previews.
+    thinning: Thinning,
     /// Indices whose batch the full channel dropped.
     dropped: u64,
 }
@@ -120,7 +119,7 @@ pub struct Feed {
     stats: Arc<RedisStats>,
     streams: Vec<StreamFeed>,
     /// Opens and closes that found the channel full, sent before anything else.
-    backlog: VecDeque<Msg>,
+    backlog: Backlog<Msg>,
 }
 
 impl Feed {
@@ -138,7 +137,7 @@ impl Feed {
             returned,
             stats,
             streams: Vec::new(),
-            backlog: VecDeque::new(),
+            backlog: Backlog::default(),
         }
     }
 
@@ -152,7 +151,7 @@ impl Feed {
             batch: None,
             pending: None,
             readable: 0,
-            last_pick: None,
+            thinning: Thinning::new(1, self.image_gap),
             dropped: 0,
         });
         self.streams.len() - 1
@@ -161,9 +160,7 @@ impl Feed {
     /// Sends without waiting; a full channel drops a batch (counted) and keeps opens and
     /// closes for the next try.
     fn send(&mut self, msg: Msg) {
-        if !self.backlog.is_empty() {
-            self.retry_backlog();
-        }
+        self.retry_backlog();
         if !self.backlog.is_empty() {
             self.queue_or_drop(msg);
             return;
@@ -184,7 +181,7 @@ impl Feed {
     fn queue_or_drop(&mut self, msg: Msg) {
         match msg {
             Msg::Batch(_) => self.drop_msg(msg),
-            lifecycle => self.backlog.push_back(lifecycle),
+            lifecycle => self.backlog.hold(lifecycle),
         }
     }
 
@@ -205,15 +202,8 @@ impl Feed {
     }
 
     fn retry_backlog(&mut self) {
-        while let Some(msg) = self.backlog.pop_front() {
-            match self.tx.try_send(msg) {
-                Ok(()) => self.wake(),
-                Err(TrySendError::Full(msg)) => {
-                    self.backlog.push_front(msg);
-                    return;
-                }
-                Err(TrySendError::Disconnected(_)) => {}
-            }
+        if self.backlog.retry(&self.tx) > 0 {
+            self.wake();
         }
     }
 
@@ -256,10 +246,9 @@ impl Feed {
         }
         // Previews are picked for every sink (the live ones may come more often): take one
         // at most every `image_gap`.
-        if let (None, Some(p), Some(gap)) = (&s.pending, preview, image_gap) {
-            if s.last_pick.is_none_or(|t| t.elapsed() >= gap) {
+        if let (None, Some(p), Some(_)) = (&s.pending, preview, image_gap) {
+            if s.thinning.take(r.index, Instant::now()) {
                 s.pending = Some((r.index, Arc::clone(p)));
-                s.last_pick = Some(Instant::now());
             }
         }
         s.readable = s.readable.max(r.readable_up_to);
@@ -338,23 +327,24 @@ impl NotificationSink for Feed {
         for i in 0..self.streams.len() {
             self.ship(i);
         }
-        if !self.backlog.is_empty() {
-            self.retry_backlog();
-        }
+        self.retry_backlog();
     }
 
     fn finish(&mut self) {
         self.batch_done();
         // The run is over: opens and closes still waiting may wait (briefly) for room.
-        while let Some(msg) = self.backlog.pop_front() {
-            let timeout = std::time::Duration::from_secs(2);
-            let sent = self.tx.send_timeout(msg, timeout);
-            self.wake();
-            if sent.is_err() {
-                tracing::warn!(
-                    "redis: the Redis thread took no message for 2 s; a scan stays open"
-                );
+        let wake = self.wake.clone();
+        let lost = self.backlog.drain(&self.tx, Duration::from_secs(2), || {
+            if let Some(t) = &wake {
+                t.unpark();
             }
+        });
+        self.wake();
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "redis: the Redis thread took no message for 2 s; a scan stays open"
+            );
         }
     }
 }

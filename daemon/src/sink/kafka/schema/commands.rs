@@ -4,7 +4,9 @@
 
 use flatbuffers::FlatBufferBuilder;
 
-use super::{schema_id, slot, string, u32_field, u64_field, verified_root, DecodeError, Kind};
+use super::{
+    encode_table, schema_id, slot, string, u32_field, u64_field, verified_root, DecodeError, Kind,
+};
 
 /// `pl72`: start a job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,7 +132,6 @@ pub fn decode(buf: &[u8]) -> Result<Command<'_>, DecodeError> {
 
 /// Encodes `s` as a `pl72` into `b` (reset first); returns the message.
 pub fn encode_start<'b>(b: &'b mut FlatBufferBuilder<'static>, s: &RunStart<'_>) -> &'b [u8] {
-    b.reset();
     let strings = [
         (2, s.run_name),
         (3, s.instrument_name),
@@ -141,38 +142,25 @@ pub fn encode_start<'b>(b: &'b mut FlatBufferBuilder<'static>, s: &RunStart<'_>)
         (8, s.filename),
         (11, s.metadata),
         (12, s.control_topic),
-    ]
-    .map(|(n, text)| (slot(n), b.create_string(text)));
-    let t = b.start_table();
-    b.push_slot(slot(0), s.start_time, 0);
-    b.push_slot(slot(1), s.stop_time, 0);
-    for (at, off) in strings {
-        b.push_slot_always(at, off);
-    }
-    b.push_slot(slot(9), 1u32, 1);
-    let root = b.end_table(t);
-    b.finish(root, Some("pl72"));
-    b.finished_data()
+    ];
+    encode_table(b, "pl72", &strings, |b| {
+        b.push_slot(slot(0), s.start_time, 0);
+        b.push_slot(slot(1), s.stop_time, 0);
+        b.push_slot(slot(9), 1u32, 1);
+    })
 }
 
 /// Encodes `s` as a `6s4t` into `b` (reset first); returns the message.
 pub fn encode_stop<'b>(b: &'b mut FlatBufferBuilder<'static>, s: &RunStop<'_>) -> &'b [u8] {
-    b.reset();
     let strings = [
         (1, s.run_name),
         (2, s.job_id),
         (3, s.service_id),
         (4, s.command_id),
-    ]
-    .map(|(n, text)| (slot(n), b.create_string(text)));
-    let t = b.start_table();
-    b.push_slot(slot(0), s.stop_time, 0);
-    for (at, off) in strings {
-        b.push_slot_always(at, off);
-    }
-    let root = b.end_table(t);
-    b.finish(root, Some("6s4t"));
-    b.finished_data()
+    ];
+    encode_table(b, "6s4t", &strings, |b| {
+        b.push_slot(slot(0), s.stop_time, 0)
+    })
 }
 
 #[cfg(test)]

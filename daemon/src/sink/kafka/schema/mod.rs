@@ -13,11 +13,42 @@ pub mod area_detector;
 pub mod commands;
 pub mod reports;
 
-use flatbuffers::{ForwardsUOffset, InvalidFlatbuffer, Table, VOffsetT, Verifier, VerifierOptions};
+use flatbuffers::{
+    FlatBufferBuilder, ForwardsUOffset, InvalidFlatbuffer, Table, VOffsetT, Verifier,
+    VerifierOptions,
+};
 
 /// The byte offset of field `n` (0-based) in a table's vtable.
 pub const fn slot(n: u16) -> VOffsetT {
     4 + 2 * n
+}
+
+/// Most string fields a table built by [`encode_table`] may have.
+const MAX_STRINGS: usize = 12;
+
+/// Builds a root table into `b` (reset first, so its buffer is reused): the strings
+/// `(field, text)` at their slots, then the scalars `scalars` pushes, finished under the
+/// schema id `ident`. Returns the message.
+pub fn encode_table<'b>(
+    b: &'b mut FlatBufferBuilder<'static>,
+    ident: &str,
+    strings: &[(u16, &str)],
+    scalars: impl FnOnce(&mut FlatBufferBuilder<'static>),
+) -> &'b [u8] {
+    debug_assert!(strings.len() <= MAX_STRINGS);
+    b.reset();
+    let mut made = [None; MAX_STRINGS];
+    for (m, &(field, text)) in made.iter_mut().zip(strings) {
+        *m = Some((slot(field), b.create_string(text)));
+    }
+    let t = b.start_table();
+    for &(at, off) in made.iter().flatten() {
+        b.push_slot_always(at, off);
+    }
+    scalars(b);
+    let root = b.end_table(t);
+    b.finish(root, Some(ident));
+    b.finished_data()
 }
 
 /// Why a message was refused.

@@ -4,7 +4,7 @@
 
 use flatbuffers::FlatBufferBuilder;
 
-use super::slot;
+use super::{encode_table, slot};
 
 /// What an `answ` answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,25 +41,18 @@ pub fn answer<'b>(
     action: Action,
     a: &Answer<'_>,
 ) -> &'b [u8] {
-    b.reset();
     let strings = [
         (0, a.service_id),
         (1, a.job_id),
         (6, a.message),
         (7, a.command_id),
-    ]
-    .map(|(n, text)| (slot(n), b.create_string(text)));
-    let t = b.start_table();
-    b.push_slot_always(slot(5), a.stop_time);
-    b.push_slot_always(slot(4), a.status_code);
-    for (at, off) in strings {
-        b.push_slot_always(at, off);
-    }
-    b.push_slot_always(slot(2), action as i8);
-    b.push_slot_always(slot(3), if a.accepted { 0i8 } else { 1i8 });
-    let root = b.end_table(t);
-    b.finish(root, Some("answ"));
-    b.finished_data()
+    ];
+    encode_table(b, "answ", &strings, |b| {
+        b.push_slot_always(slot(5), a.stop_time);
+        b.push_slot_always(slot(4), a.status_code);
+        b.push_slot_always(slot(2), action as i8);
+        b.push_slot_always(slot(3), if a.accepted { 0i8 } else { 1i8 });
+    })
 }
 
 /// `x5f2`: who we are and what we do, every `update_interval` ms.
@@ -83,24 +76,17 @@ pub struct Status<'a> {
 
 /// Encodes an `x5f2`.
 pub fn status<'b>(b: &'b mut FlatBufferBuilder<'static>, s: &Status<'_>) -> &'b [u8] {
-    b.reset();
     let strings = [
         (0, s.software_name),
         (1, s.software_version),
         (2, s.service_id),
         (3, s.host_name),
         (6, s.status_json),
-    ]
-    .map(|(n, text)| (slot(n), b.create_string(text)));
-    let t = b.start_table();
-    for (at, off) in strings {
-        b.push_slot_always(at, off);
-    }
-    b.push_slot_always(slot(4), s.process_id);
-    b.push_slot_always(slot(5), s.update_interval);
-    let root = b.end_table(t);
-    b.finish(root, Some("x5f2"));
-    b.finished_data()
+    ];
+    encode_table(b, "x5f2", &strings, |b| {
+        b.push_slot_always(slot(4), s.process_id);
+        b.push_slot_always(slot(5), s.update_interval);
+    })
 }
 
 /// `wrdn`: a job's file set is closed.
@@ -122,34 +108,21 @@ pub struct Finished<'a> {
 
 /// Encodes a `wrdn`.
 pub fn finished<'b>(b: &'b mut FlatBufferBuilder<'static>, f: &Finished<'_>) -> &'b [u8] {
-    b.reset();
     let strings = [
         (0, f.service_id),
         (1, f.job_id),
         (3, f.file_name),
         (4, f.metadata),
         (5, f.message),
-    ]
-    .map(|(n, text)| (slot(n), b.create_string(text)));
-    let t = b.start_table();
-    for (at, off) in strings {
-        b.push_slot_always(at, off);
-    }
-    b.push_slot_always(slot(2), f.error_encountered);
-    let root = b.end_table(t);
-    b.finish(root, Some("wrdn"));
-    b.finished_data()
+    ];
+    encode_table(b, "wrdn", &strings, |b| {
+        b.push_slot_always(slot(2), f.error_encountered)
+    })
 }
 
 /// Encodes a `json` message holding `text`.
 pub fn json<'b>(b: &'b mut FlatBufferBuilder<'static>, text: &str) -> &'b [u8] {
-    b.reset();
-    let s = b.create_string(text);
-    let t = b.start_table();
-    b.push_slot_always(slot(0), s);
-    let root = b.end_table(t);
-    b.finish(root, Some("json"));
-    b.finished_data()
+    encode_table(b, "json", &[(0, text)], |_| {})
 }
 
 #[cfg(test)]
