@@ -115,6 +115,7 @@ impl Indexer {
                 sequence: 0,
                 module_sequence: [0; 64],
                 warned_old: false,
+                jump_warnings: Default::default(),
                 drop_ring: vec![(u64::MAX, 0); DROP_RING],
                 next: 0,
                 newest: [0; 64],
@@ -279,11 +280,14 @@ fn frame(
     }
     if n >= st.next {
         if n - st.next > MAX_GAP {
-            tracing::warn!(
-                frame_number = n,
-                expected = st.next,
-                "frame number jumped too far; frame refused"
-            );
+            if let Some(held) = st.jump_warnings.allow(now) {
+                tracing::warn!(
+                    frame_number = n,
+                    expected = st.next,
+                    not_logged = held,
+                    "frame number jumped too far; frame refused (counted stale)"
+                );
+            }
             em.stale();
             return;
         }

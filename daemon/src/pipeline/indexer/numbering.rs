@@ -36,6 +36,8 @@ pub(super) struct StreamNumbering {
     pub(super) module_sequence: [u32; 64],
     /// Set once a frame of an old sequence was refused in this one (warned once).
     pub(super) warned_old: bool,
+    /// Frames refused for a jump too far are logged at most every few seconds.
+    pub(super) jump_warnings: crate::rate_limit::RateLimit,
     /// Drops read from the log whose dataset is not open yet: (frame number, modules).
     pub(super) drop_ring: Vec<(u64, u64)>,
     /// Next frame number to open a dataset for.

@@ -92,12 +92,15 @@ const POLL: Duration = Duration::from_millis(100);
 pub fn run(cfg: &ShmConfig, modules: u32, mut ring: RingConsumer, out: &mut SourceOutput) {
     let path = ring.path().display().to_string();
     let mut last_frame_number = None;
+    let mut refused = crate::rate_limit::RateLimit::default();
     while !out.stop_requested() {
         match ring.poll(POLL) {
             Ok(RingEvent::Frame(slot, desc)) => {
                 let Some(meta) = frame_meta(cfg, modules, &slot, &desc) else {
-                    out.stats().malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(ring = %path, ?desc, "frame refused: its description does not fit the stream");
+                    let n = out.stats().malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(held) = refused.allow(std::time::Instant::now()) {
+                        tracing::warn!(ring = %path, ?desc, malformed = n, not_logged = held, "frame refused: its description does not fit the stream");
+                    }
                     continue;
                 };
                 if last_frame_number.is_none() {

@@ -33,6 +33,8 @@ pub struct UringReceiver {
     buffers: u16,
     tail: u16,
     armed: bool,
+    /// Failed completions are logged at most every few seconds.
+    failed: crate::rate_limit::RateLimit,
     timeout: Timespec,
     /// Completions copied out of the queue in one go (capacity: the queue's size).
     cqes: Vec<cqueue::Entry>,
@@ -80,6 +82,7 @@ impl UringReceiver {
             buffers,
             tail: 0,
             armed: false,
+            failed: Default::default(),
             timeout: Timespec::new().nsec(POLL.as_nanos() as u32),
             cqes: Vec::new(),
         };
@@ -176,7 +179,9 @@ impl UringReceiver {
             if result == -libc::ENOBUFS {
                 asm.counts_mut().enobufs += 1;
             } else if result < 0 && result != -libc::EINTR {
-                tracing::warn!(error = %io::Error::from_raw_os_error(-result), "multishot receive ended");
+                if let Some(held) = self.failed.allow(std::time::Instant::now()) {
+                    tracing::warn!(error = %io::Error::from_raw_os_error(-result), not_logged = held, "multishot receive ended");
+                }
             }
             if !cqueue::more(flags) {
                 self.armed = false;
