@@ -15,7 +15,9 @@
 pub mod check;
 pub mod config;
 pub mod control;
+pub mod metrics;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod runs;
 pub mod sink;
 pub mod source;

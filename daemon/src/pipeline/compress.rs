@@ -9,6 +9,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam::channel::{Receiver, Sender};
 use detingest_shm::BufferPool;
@@ -16,6 +17,8 @@ use detingest_writer::Codec;
 
 use super::job::{Item, Step};
 use super::stats::PipelineStats;
+use crate::metrics;
+use crate::rate_limit::RateLimit;
 
 /// Runs one worker until the indexer's queue closes.
 pub(crate) fn run(
@@ -25,6 +28,7 @@ pub(crate) fn run(
     pool: BufferPool,
     stats: Arc<PipelineStats>,
 ) {
+    let mut warned = RateLimit::default();
     loop {
         // Hold an output buffer before taking an item (see the module doc).
         let mut out = pool.acquire();
@@ -39,8 +43,10 @@ pub(crate) fn run(
             } => {
                 let raw = pixels.len();
                 let codec = codecs[usize::from(item.stream)];
+                let started = Instant::now();
                 match codec.compress_into(pixels.as_slice(), meta.pixel.size(), out.spare_mut()) {
                     Ok(len) => {
+                        metrics::COMPRESS_SECONDS.observe(started.elapsed());
                         drop(pixels); // the input buffer goes back to its source's pool now
                         out.set_len(len);
                         stats.compressed.fetch_add(1, Ordering::Relaxed);
@@ -55,8 +61,10 @@ pub(crate) fn run(
                         }
                     }
                     Err(e) => {
-                        tracing::error!(index, error = %e, "codec refused a chunk; recorded missing");
-                        stats.codec_errors.fetch_add(1, Ordering::Relaxed);
+                        let n = stats.codec_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                        if let Some(since) = warned.allow(Instant::now()) {
+                            tracing::error!(index, error = %e, codec_errors = n, suppressed = since, "codec refused a chunk; recorded missing");
+                        }
                         Step::Failed { index }
                     }
                 }

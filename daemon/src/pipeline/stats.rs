@@ -36,6 +36,8 @@ pub struct PipelineStats {
     pub flushes: AtomicU64,
     /// Previews not made because every preview buffer was still held.
     pub previews_skipped: AtomicU64,
+    /// Streams whose files are open now (a gauge).
+    pub files_open: AtomicU64,
 }
 
 /// A plain copy of [`PipelineStats`] at one moment, with the notification queue's counters.
@@ -58,6 +60,7 @@ pub struct StatsSnapshot {
     pub notified: u64,
     pub notify_dropped: u64,
     pub previews_skipped: u64,
+    pub files_open: u64,
 }
 
 impl PipelineStats {
@@ -81,6 +84,7 @@ impl PipelineStats {
             notified: r(&queue.delivered),
             notify_dropped: r(&queue.dropped),
             previews_skipped: r(&self.previews_skipped),
+            files_open: r(&self.files_open),
         }
     }
 }

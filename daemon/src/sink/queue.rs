@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::ArrayQueue;
 
 use super::{Notification, NotificationSink};
+use crate::metrics;
+use crate::stream::now_ns;
 
 /// The queue's own counters.
 #[derive(Debug, Default)]
@@ -102,6 +104,9 @@ impl NotifyQueue {
             let mut drained = false;
             let started = Instant::now();
             while let Some(n) = self.queue.pop() {
+                if let Notification::Frame(f) = &n {
+                    observe_latency(f.record.written_ns);
+                }
                 for s in &mut sinks {
                     s.notify(&n);
                 }
@@ -124,6 +129,14 @@ impl NotifyQueue {
         for s in &mut sinks {
             s.finish();
         }
+    }
+}
+
+/// Records how long after its write a frame reached the sinks (nothing for a lost index,
+/// which has no write time).
+fn observe_latency(written_ns: u64) {
+    if written_ns > 0 {
+        metrics::NOTIFY_LATENCY_SECONDS.observe_ns(now_ns().saturating_sub(written_ns));
     }
 }
 

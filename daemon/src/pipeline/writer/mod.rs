@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics;
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use detingest_shm::{FrameMeta, PacketMask, PoolBuf};
 use detingest_writer::{
@@ -326,10 +327,12 @@ impl Writer {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        let started = Instant::now();
         if let Err(e) = files.write_chunk(index, u32::from(meta.module), chunk.as_slice()) {
             self.fail(slot, e);
             return;
         }
+        metrics::WRITE_SECONDS.observe(started.elapsed());
         self.stats.written.fetch_add(1, Ordering::Relaxed);
         let whole = meta.shape == s.info.shape;
         let preview = preview_of(&mut s.preview, whole, chunk.as_slice(), &self.stats);
@@ -454,6 +457,7 @@ impl Writer {
             Ok(f) => {
                 tracing::info!(stream = %s.info.id, master = %s.info.file.display(), "stream opened");
                 s.files = Some(f);
+                self.stats.files_open.fetch_add(1, Ordering::Relaxed);
                 s.report.opened = true;
                 s.last_flush = Instant::now();
                 self.notify
@@ -474,6 +478,7 @@ impl Writer {
         let Some(files) = s.files.take() else {
             return;
         };
+        self.stats.files_open.fetch_sub(1, Ordering::Relaxed);
         let lost = files.lost();
         let end = RunEnd {
             next_stream: s.setup.next_stream.clone(),
@@ -511,6 +516,7 @@ impl Writer {
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
         s.report.error.get_or_insert_with(|| msg.clone());
         if let Some(files) = s.files.take() {
+            self.stats.files_open.fetch_sub(1, Ordering::Relaxed);
             let lost = files.lost();
             let end = RunEnd {
                 next_stream: s.setup.next_stream.clone(),

@@ -1,0 +1,474 @@
+//! Runs: one acquisition into one stream's file set, started with its metadata and ended by
+//! stop, by reaching its frame count, by an idle timeout, by its source ending, or by an error.
+//!
+//! A run is one pipeline: [`RunManager::start`] builds the run's configuration from the
+//! daemon's (the source named in the request, the request's stream, `[run]` and `[detector]`
+//! overlaid field by field with the request's), starts it, and a supervisor thread watches it
+//! until its files are closed. One run at a time. The sinks (the live publisher and query
+//! endpoint among them) are started once, when the manager is, so viewers stay connected from
+//! run to run.
+
+mod status;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use detingest_shm::{Name, StreamId};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use status::Ended;
+pub use status::RunStatus;
+
+use crate::check::{deserialize_keyed, key_in};
+use crate::config::{Config, ConfigError, RunSettings};
+use crate::control::Daemon;
+use crate::metrics::Reading;
+use crate::pipeline::{self, RunSummary, Running, StartError};
+use crate::sink::web::LiveView;
+use crate::sink::{RunControl, SinkSet, SinkTables};
+use crate::source::SourceError;
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReason {
+    /// Stopped by the operator (API or signal).
+    Stop,
+    /// Reached its frame count.
+    Count,
+    /// No frame arrived for `idle_timeout_ms`.
+    Idle,
+    /// Its source ended the stream (a synthetic source's count, a producer's clean close).
+    Source,
+    /// Writing failed (disk full, I/O error); the error says what.
+    Error,
+}
+
+/// Watches a running pipeline until every file is closed: ends it after `idle` without a
+/// new frame, calls `tick` every 50 ms. Returns the summary and why it ended.
+pub fn supervise(
+    running: Running,
+    limit: u64,
+    idle: Option<Duration>,
+    stop_requested: &AtomicBool,
+    mut tick: impl FnMut(&Running),
+) -> (RunSummary, EndReason) {
+    let mut last = (running.stats().indexed, Instant::now());
+    let mut idle_hit = false;
+    while !running.sources_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = running.stats().indexed;
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if idle.is_some_and(|t| last.1.elapsed() >= t) && !idle_hit {
+            tracing::info!("no frame for the idle timeout; ending the run");
+            idle_hit = true;
+            running.stop();
+        }
+        tick(&running);
+    }
+    let summary = running.wait();
+    let recorded = summary.streams.first().map_or(0, |s| s.frames);
+    let reason = if !summary.ok() {
+        EndReason::Error
+    } else if idle_hit {
+        EndReason::Idle
+    } else if limit > 0 && recorded >= limit {
+        EndReason::Count
+    } else if stop_requested.load(Ordering::Relaxed) {
+        EndReason::Stop
+    } else {
+        EndReason::Source
+    };
+    (summary, reason)
+}
+
+/// An API error: HTTP status and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong (names the offending key for bad requests).
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, message: impl ToString) -> Self {
+        Self {
+            status,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(e: ConfigError) -> Self {
+        Self::new(400, e)
+    }
+}
+
+/// Builds the configuration of the run `request` asks for, from the daemon's `base`.
+///
+/// The request: `beamtime`, `source` (a configured `[[source]]` name), `stream` (required);
+/// `detector` (NXmx fields over `[detector]`); any `[run]` field (`frames`, `chunking`,
+/// `frames_per_file`, `master_data`, `vds`, `idle_timeout_ms`, `first_frame_number`, `dataset_timeout_ms`,
+/// `dataset_ahead`, `user`, `next_stream`).
+pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError> {
+    let Value::Object(fields) = request else {
+        return Err(ConfigError::new(".", "the request must be a JSON object"));
+    };
+    let name = |key: &str| -> Result<Name, ConfigError> {
+        let text = fields
+            .get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| ConfigError::new(key, "required (a string)"))?;
+        Name::new(text).map_err(|e| ConfigError::new(key, e))
+    };
+    let id = StreamId {
+        beamtime: name("beamtime")?,
+        source: name("source")?,
+        stream: name("stream")?,
+    };
+    // The source named so (or else whose configured stream has that data source), with every
+    // source feeding the same configured stream: the modules of one detector run together.
+    let named = (base.sources.iter().find(|s| s.name == id.source))
+        .or_else(|| base.sources.iter().find(|s| s.stream.source == id.source));
+    let Some(named) = named else {
+        let known: Vec<&str> = base.sources.iter().map(|s| s.name.as_str()).collect();
+        return Err(ConfigError::new(
+            "source",
+            format!(
+                "no source named {:?}; configured: {known:?}",
+                id.source.as_str()
+            ),
+        ));
+    };
+    let mut config = base.clone();
+    let mut run = serde_json::to_value(&base.run).map_err(|e| ConfigError::new("run", e))?;
+    let mut detector =
+        serde_json::to_value(&base.detector).map_err(|e| ConfigError::new("detector", e))?;
+    for (key, value) in fields {
+        match key.as_str() {
+            "beamtime" | "source" | "stream" => {}
+            "detector" => overlay(&mut detector, value, "detector")?,
+            _ => overlay(&mut run, &json!({ key: value }), "")?,
+        }
+    }
+    config.run = deserialize_keyed::<_, RunSettings>(run, "")?;
+    config.detector = deserialize_keyed(detector, "detector")?;
+    config.run.validate("")?;
+    config.sources = base
+        .sources
+        .iter()
+        .filter(|s| s.stream == named.stream)
+        .cloned()
+        .collect();
+    for src in &mut config.sources {
+        src.stream = id.clone();
+        if let Some(syn) = src.synthetic.as_mut() {
+            syn.frames = config.run.frames;
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Sets the fields of `over` (an object) in `base`, refusing fields `base` does not have.
+fn overlay(base: &mut Value, over: &Value, prefix: &str) -> Result<(), ConfigError> {
+    let (Value::Object(b), Value::Object(o)) = (base, over) else {
+        return Err(ConfigError::new(prefix, "must be a JSON object"));
+    };
+    for (k, v) in o {
+        let Some(slot) = b.get_mut(k) else {
+            return Err(ConfigError::new(key_in(prefix, k), "unknown field"));
+        };
+        *slot = v.clone();
+    }
+    Ok(())
+}
+
+/// The current run, as the supervisor sees it.
+struct Current {
+    status: Arc<Mutex<RunStatus>>,
+    stop: Arc<AtomicBool>,
+    stop_requested: Arc<AtomicBool>,
+    supervisor: std::thread::JoinHandle<()>,
+}
+
+/// Starts, stops and reports runs, one at a time.
+pub struct RunManager {
+    base: Config,
+    current: Mutex<Option<Current>>,
+    /// Locked before a run's status, never while holding `current` (the supervisor takes
+    /// both at a run's end while `stop` holds `current` waiting for it).
+    ended: Arc<Mutex<Ended>>,
+    sinks: Mutex<Option<SinkSet>>,
+    started_s: f64,
+}
+
+impl RunManager {
+    /// A manager for runs of `base`'s sources; starts the configured sinks.
+    pub fn new(base: Config) -> Result<Self, StartError> {
+        let tables = SinkTables {
+            page: true,
+            ..base.sink_tables()
+        };
+        let sinks = SinkSet::start(tables, base.sink_cores())?;
+        Ok(Self {
+            base,
+            current: Mutex::new(None),
+            ended: Arc::new(Mutex::new(Ended {
+                status: RunStatus::idle(),
+                summary: None,
+                totals: Default::default(),
+            })),
+            sinks: Mutex::new(Some(sinks)),
+            started_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        })
+    }
+
+    /// Hands the sinks that take commands (Kafka) this manager: from now on they start and
+    /// stop runs as the HTTP API does.
+    pub fn attach_sinks(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let runs: std::sync::Weak<dyn RunControl> = weak;
+        if let Some(Some(sinks)) = self.sinks.lock().ok().as_deref() {
+            sinks.attach(&runs);
+        }
+    }
+
+    /// Stops the run in progress (if any) and the sinks.
+    pub fn shutdown(&self) {
+        let running = (self.current.lock().ok())
+            .is_some_and(|c| c.as_ref().is_some_and(|c| !c.supervisor.is_finished()));
+        if self.stop().is_ok() && running {
+            tracing::info!("run in progress stopped at shutdown");
+        }
+        if let Some(sinks) = self.sinks.lock().ok().and_then(|mut l| l.take()) {
+            sinks.stop();
+        }
+    }
+
+    /// Starts the run `request` describes; refused while another runs or if its files exist.
+    pub fn start(&self, request: &Value) -> Result<RunStatus, ApiError> {
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| ApiError::new(500, "poisoned"))?;
+        if let Some(c) = current.as_ref() {
+            if !c.supervisor.is_finished() {
+                return Err(ApiError::new(409, "a run is in progress; stop it first"));
+            }
+        }
+        if let Some(c) = current.take() {
+            let _ = c.supervisor.join();
+        }
+        let config = run_config(&self.base, request)?;
+        let sinks = match self.sinks.lock().ok().as_deref() {
+            Some(Some(set)) => set.for_run(),
+            _ => return Err(ApiError::new(503, "the daemon is shutting down")),
+        };
+        let running = pipeline::start(&config, sinks).map_err(|e| match e {
+            StartError::Exists(_) => ApiError::new(409, e),
+            StartError::Config(c)
+            | StartError::Source {
+                error: SourceError::Config(c),
+                ..
+            } => ApiError::from(c),
+            e => ApiError::new(500, e),
+        })?;
+        let src = &config.sources[0];
+        let status = RunStatus {
+            state: "running",
+            stream: Some(src.stream.to_string()),
+            master: Some(pipeline::stream_file_path(&config, src)),
+            frames_expected: config.run.frames,
+            started_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            ..RunStatus::idle()
+        };
+        tracing::info!(stream = %src.stream, frames = config.run.frames, chunking = config.run.chunking.name(), "run started");
+        let shared = Arc::new(Mutex::new(status.clone()));
+        let stop = running.stop_handle();
+        let stop_requested = Arc::new(AtomicBool::new(false));
+        let (limit, idle) = (
+            config.run.frames,
+            (config.run.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.run.idle_timeout_ms)),
+        );
+        let (st, req, last) = (
+            Arc::clone(&shared),
+            Arc::clone(&stop_requested),
+            Arc::clone(&self.ended),
+        );
+        let supervisor = std::thread::Builder::new()
+            .name("run".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let (summary, reason) = supervise(running, limit, idle, &req, |r| {
+                    if let Ok(mut s) = st.lock() {
+                        s.elapsed_s = started.elapsed().as_secs_f64();
+                        s.gauges = Some(r.gauges());
+                        s.counters = r.stats();
+                        s.sources = r.sources().iter().map(|s| s.summary()).collect();
+                    }
+                });
+                let Ok(mut ended) = last.lock() else {
+                    return;
+                };
+                let Ok(mut s) = st.lock() else {
+                    return;
+                };
+                s.elapsed_s = summary.elapsed.as_secs_f64();
+                s.counters = summary.stats;
+                s.sources = summary.sources.clone();
+                s.end_reason = Some(reason);
+                if let Some(report) = summary.streams.first() {
+                    s.frames_recorded = report.frames;
+                    s.frames_lost = report.lost;
+                    s.frames_dropped = report.dropped;
+                    s.error.clone_from(&report.error);
+                    if !report.opened {
+                        s.master = None; // nothing was received: no file was written
+                    }
+                }
+                s.state = if reason == EndReason::Error {
+                    "failed"
+                } else {
+                    "finished"
+                };
+                tracing::info!(stream = ?s.stream, reason = ?reason, frames = s.frames_recorded, lost = s.frames_lost, error = ?s.error, "run ended");
+                ended.record(&mut s, summary);
+            })
+            .map_err(|e| ApiError::new(500, e))?;
+        *current = Some(Current {
+            status: shared,
+            stop,
+            stop_requested,
+            supervisor,
+        });
+        Ok(status)
+    }
+
+    /// Asks the current run to stop and waits until its files are closed.
+    pub fn stop(&self) -> Result<RunStatus, ApiError> {
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| ApiError::new(500, "poisoned"))?;
+        let Some(c) = current.take() else {
+            return Err(ApiError::new(409, "no run in progress"));
+        };
+        c.stop_requested.store(true, Ordering::Relaxed);
+        c.stop.store(true, Ordering::Relaxed);
+        let _ = c.supervisor.join();
+        let status = c.status.lock().map(|s| s.clone());
+        status.map_err(|_| ApiError::new(500, "poisoned"))
+    }
+
+    /// The current run's status, or the last run's.
+    pub fn status(&self) -> RunStatus {
+        let mut status = self.run_status();
+        if let Some(Some(sinks)) = self.sinks.lock().ok().as_deref() {
+            status.sinks = sinks.counters();
+        }
+        status
+    }
+
+    fn run_status(&self) -> RunStatus {
+        let current = self.current.lock().ok();
+        if let Some(Some(c)) = current.as_deref() {
+            if let Ok(s) = c.status.lock() {
+                return s.clone();
+            }
+        }
+        self.ended
+            .lock()
+            .map_or_else(|_| RunStatus::idle(), |e| e.status.clone())
+    }
+
+    /// The sinks' lines for the printed summary.
+    pub fn summary_lines(&self) -> Vec<String> {
+        match self.sinks.lock().ok().as_deref() {
+            Some(Some(sinks)) => sinks.summary_lines(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The summary of the run that ended last, once (`detingestd demo` prints it).
+    pub fn take_summary(&self) -> Option<RunSummary> {
+        self.ended.lock().ok().and_then(|mut e| e.summary.take())
+    }
+
+    /// What `GET /metrics` reports: the counters over the daemon's life, the current run's
+    /// state and gauges, the sinks' counters.
+    pub fn reading(&self) -> Reading {
+        let current =
+            (self.current.lock().ok()).and_then(|c| c.as_ref().map(|c| Arc::clone(&c.status)));
+        let Ok(ended) = self.ended.lock() else {
+            return Reading::default();
+        };
+        let (status, totals) = match current.as_ref().and_then(|c| c.lock().ok()) {
+            Some(s) if !s.counted => {
+                let totals = ended.totals.with(&s.counters, &s.sources);
+                (s.clone(), totals)
+            }
+            _ => (ended.status.clone(), ended.totals.clone()),
+        };
+        drop(ended);
+        Reading {
+            totals,
+            state: status.state,
+            stream: status.stream,
+            gauges: match serde_json::to_value(status.gauges) {
+                Ok(Value::Object(g)) => g,
+                _ => Default::default(),
+            },
+            files_open: status.counters.files_open,
+            sinks: match self.sinks.lock().ok().as_deref() {
+                Some(Some(sinks)) => sinks.counters(),
+                _ => Default::default(),
+            },
+            started_s: self.started_s,
+        }
+    }
+}
+
+impl RunControl for RunManager {
+    fn start_run(&self, request: &Value) -> Result<Value, (u16, String)> {
+        self.start(request)
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .map_err(|e| (e.status, e.message))
+    }
+
+    fn stop_run(&self) -> Result<Value, (u16, String)> {
+        self.stop()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .map_err(|e| (e.status, e.message))
+    }
+
+    fn run_status(&self) -> Value {
+        serde_json::to_value(self.status()).unwrap_or_default()
+    }
+}
+
+impl Daemon for RunManager {
+    fn reading(&self) -> Reading {
+        RunManager::reading(self)
+    }
+
+    fn live_view(&self) -> Option<Arc<LiveView>> {
+        match self.sinks.lock().ok().as_deref() {
+            Some(Some(sinks)) => sinks.live_view(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
