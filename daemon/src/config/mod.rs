@@ -17,6 +17,7 @@ pub use crate::check::ConfigError;
 use crate::check::{
     check_at_least_one, check_core, check_range, core_count, deserialize_keyed, key_in,
 };
+use crate::control::ControlConfig;
 pub use crate::sink::redis::RedisConfig;
 pub use crate::sink::zmq::LiveConfig;
 use crate::source::validate_sources;
@@ -190,22 +191,6 @@ impl RunSettings {
     }
 }
 
-/// `[control]`: the HTTP JSON control API of `detingestd serve`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControlConfig {
-    /// Address to listen on; loopback by default, as the API has no authentication.
-    pub listen: std::net::SocketAddr,
-}
-
-impl Default for ControlConfig {
-    fn default() -> Self {
-        Self {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8450)),
-        }
-    }
-}
-
 /// `[pipeline]`: sizes of the queues and pools between stages.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -264,6 +249,7 @@ impl Config {
                     &self.kafka.source
                 },
             ),
+            page: false,
         }
     }
 
@@ -340,6 +326,7 @@ impl Config {
             ));
         }
         self.run.validate("run")?;
+        self.control.validate()?;
         validate_sources(&self.sources, cores)
     }
 }

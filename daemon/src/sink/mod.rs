@@ -12,6 +12,7 @@
 //! allocates nothing.
 
 mod backlog;
+pub mod binning;
 pub mod kafka;
 pub mod log;
 pub mod messages;
@@ -19,6 +20,7 @@ mod preview;
 mod queue;
 pub mod redis;
 mod set;
+pub mod web;
 pub mod zmq;
 
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use super::{kafka, log, redis, zmq, NotificationSink};
+use super::{kafka, log, redis, web, zmq, NotificationSink};
 use crate::check::ConfigError;
 
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
@@ -110,6 +110,8 @@ pub struct SinkTables<'a> {
     pub redis: &'a redis::RedisConfig,
     /// `[kafka]`: the Kafka sink (and run control), with the source its commands start.
     pub kafka: (&'a kafka::KafkaConfig, &'a str),
+    /// Feed the live page (`detingestd serve` and `demo`, which serve it).
+    pub page: bool,
 }
 
 /// The cores the sinks' threads are pinned to (`[threads]`).
@@ -135,6 +137,7 @@ pub struct SinkError {
 /// The daemon's sinks.
 pub struct SinkSet {
     sinks: Vec<Box<dyn Sink>>,
+    view: Option<std::sync::Arc<web::LiveView>>,
 }
 
 impl SinkSet {
@@ -147,13 +150,25 @@ impl SinkSet {
             Box::new(log::LogSink::new(Duration::from_secs(5))),
             Box::new(zmq::ZmqSink::start(tables.zmq, cores, late)?),
         ];
+        // After the ZeroMQ sink: its preview request, when it publishes, is the one taken.
+        let mut view = None;
+        if tables.page {
+            let page = web::WebSink::new();
+            view = Some(page.view());
+            sinks.push(Box::new(page));
+        }
         if let Some(r) = redis {
             sinks.push(Box::new(r));
         }
         if let Some(k) = kafka::KafkaSink::start(tables.kafka.0, tables.kafka.1, cores)? {
             sinks.push(Box::new(k));
         }
-        Ok(Self { sinks })
+        Ok(Self { sinks, view })
+    }
+
+    /// What the live page reads, when the page is served.
+    pub fn live_view(&self) -> Option<std::sync::Arc<web::LiveView>> {
+        self.view.clone()
     }
 
     /// Gives every sink the run manager (a sink taking commands starts listening now).

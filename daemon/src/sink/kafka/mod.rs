@@ -11,7 +11,6 @@
 //! librdkafka queues and sends from its own threads; a full queue or a broker that is away
 //! costs dropped (and counted) messages, never a frame in the files.
 
-mod binning;
 pub mod client;
 pub mod config;
 mod control;

@@ -13,11 +13,11 @@ use flatbuffers::FlatBufferBuilder;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseRecord;
 
-use super::binning;
 use super::client::{KafkaStats, Producer};
 use super::feed::Msg;
 use super::handoff::{self, HandOff, Job};
 use super::schema::{area_detector, reports};
+use crate::sink::binning;
 use crate::sink::messages::FrameMessage;
 use crate::stream::{FrameRecord, StreamInfo};
 

@@ -1,4 +1,4 @@
-//! Shrinks a preview to fit a Kafka message: the smallest integer factor `f` whose binned
+//! Shrinks a preview to fit a message (a Kafka `ad00`, the live page's image): the smallest integer factor `f` whose binned
 //! image fits, each output pixel the largest of its `f x f` block (a Bragg spot or a hot
 //! pixel survives binning; a mean would wash it out). Edges that do not fill a block are
 //! dropped.

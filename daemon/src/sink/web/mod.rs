@@ -1,0 +1,270 @@
+//! The live page's sink: keeps the latest preview (the encoded chunk, copied at most a few
+//! times a second) and each module's missing count of the current stream, for the control
+//! API's `GET /preview` and `GET /events` ([`LiveView`]). The notification thread only ever
+//! `try_lock`s the preview: a page decoding it never holds up the other sinks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use detingest_shm::PixelType;
+
+use super::{binning, Notification, NotificationSink, PreviewRequest, Sink, SinkNeeds, Thinning};
+use crate::stream::StreamInfo;
+
+/// Previews the page takes per second, at most.
+const MAX_HZ: f64 = 4.0;
+
+/// The latest preview's encoded chunk and whose it is.
+#[derive(Default)]
+struct Latest {
+    info: Option<Arc<StreamInfo>>,
+    index: u64,
+    frame_number: u64,
+    chunk: Vec<u8>,
+}
+
+/// A decoded preview, binned to fit.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// `beamtime/source/stream`.
+    pub stream: String,
+    /// Its index in the stream.
+    pub index: u64,
+    /// The detector's frame number.
+    pub frame_number: u64,
+    /// `[ny, nx]` after binning.
+    pub shape: [u32; 2],
+    /// The binning factor (each pixel the largest of its `f x f` block).
+    pub binning: u32,
+    /// `u8`, `u16`, `u32`, `i32` or `f32`.
+    pub dtype: &'static str,
+    /// Little-endian pixels, row after row.
+    pub pixels: Vec<u8>,
+}
+
+/// What the page reads: the latest preview and the current stream's missing modules.
+pub struct LiveView {
+    latest: Mutex<Latest>,
+    /// Index of the latest preview (0: none yet).
+    latest_index: AtomicU64,
+    modules: AtomicU64,
+    missing: [AtomicU64; 64],
+    taken: AtomicU64,
+    busy: AtomicU64,
+}
+
+impl Default for LiveView {
+    fn default() -> Self {
+        Self {
+            latest: Mutex::default(),
+            latest_index: AtomicU64::new(0),
+            modules: AtomicU64::new(0),
+            missing: [const { AtomicU64::new(0) }; 64],
+            taken: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LiveView {
+    /// The index of the latest preview (0: none yet): the page fetches a new image when it
+    /// changes.
+    pub fn latest_index(&self) -> u64 {
+        self.latest_index.load(Ordering::Relaxed)
+    }
+
+    /// The latest preview decoded and binned to at most `max_bytes` of pixels.
+    pub fn image(&self, max_bytes: usize) -> Option<Image> {
+        let latest = self.latest.lock().ok()?;
+        let info = latest.info.as_ref()?;
+        let es = info.pixel.size();
+        let mut pixels = vec![0; info.shape[0] as usize * info.shape[1] as usize * es];
+        match info.codec.decompress_into(&latest.chunk, es, &mut pixels) {
+            Ok(n) if n == pixels.len() => {}
+            _ => return None,
+        }
+        let f = binning::factor(info.shape, es, max_bytes);
+        let (shape, pixels) = if f == 1 {
+            (info.shape, pixels)
+        } else {
+            let mut out = Vec::new();
+            let shape = binning::bin_max(&pixels, info.shape, info.pixel, f, &mut out);
+            (shape, out)
+        };
+        Some(Image {
+            stream: info.key.clone(),
+            index: latest.index,
+            frame_number: latest.frame_number,
+            shape,
+            binning: f,
+            dtype: dtype(info.pixel),
+            pixels,
+        })
+    }
+
+    /// Indices each module of the current stream was missing from, module by module.
+    pub fn modules_missing(&self) -> Vec<u64> {
+        let n = self.modules.load(Ordering::Relaxed).min(64) as usize;
+        self.missing[..n]
+            .iter()
+            .map(|m| m.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+fn dtype(p: PixelType) -> &'static str {
+    match p {
+        PixelType::U8 => "u8",
+        PixelType::U16 => "u16",
+        PixelType::U32 => "u32",
+        PixelType::I32 => "i32",
+        PixelType::F32 => "f32",
+    }
+}
+
+/// The sink (in `detingestd serve` and `demo`, which serve the page).
+pub struct WebSink {
+    view: Arc<LiveView>,
+}
+
+impl WebSink {
+    /// A sink feeding a new [`LiveView`].
+    pub fn new() -> Self {
+        Self {
+            view: Arc::new(LiveView::default()),
+        }
+    }
+
+    /// What the page reads.
+    pub fn view(&self) -> Arc<LiveView> {
+        Arc::clone(&self.view)
+    }
+}
+
+impl Default for WebSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sink for WebSink {
+    fn name(&self) -> &'static str {
+        "web"
+    }
+
+    fn needs(&self) -> SinkNeeds {
+        SinkNeeds {
+            previews: Some(PreviewRequest {
+                every: 1,
+                max_hz: MAX_HZ,
+                buffers: 2,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
+        Some(Box::new(Feed {
+            view: Arc::clone(&self.view),
+            thinning: Thinning::at_most(1, MAX_HZ),
+        }))
+    }
+
+    fn counters(&self) -> serde_json::Value {
+        serde_json::json!({
+            "previews": self.view.taken.load(Ordering::Relaxed),
+            "previews_busy": self.view.busy.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// One run's feed of the view.
+struct Feed {
+    view: Arc<LiveView>,
+    thinning: Thinning,
+}
+
+impl NotificationSink for Feed {
+    fn notify(&mut self, n: &Notification) {
+        match n {
+            Notification::StreamStart(s) => {
+                self.thinning.reset();
+                for m in &self.view.missing {
+                    m.store(0, Ordering::Relaxed);
+                }
+                let modules = u64::from(s.stream.modules);
+                self.view.modules.store(modules, Ordering::Relaxed);
+            }
+            Notification::Frame(f) => {
+                let mut missing = f.stream.all_modules() & !f.record.modules;
+                while missing != 0 {
+                    let m = missing.trailing_zeros() as usize;
+                    self.view.missing[m].fetch_add(1, Ordering::Relaxed);
+                    missing &= missing - 1;
+                }
+                let Some(chunk) = &f.preview else {
+                    return;
+                };
+                if !self.thinning.take(f.record.index, Instant::now()) {
+                    return;
+                }
+                // A page decoding the last one holds the lock: skip this one, never wait.
+                let Ok(mut latest) = self.view.latest.try_lock() else {
+                    self.view.busy.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                latest.chunk.clear();
+                latest.chunk.extend_from_slice(chunk.as_slice());
+                latest.info = Some(Arc::clone(&f.stream));
+                latest.index = f.record.index;
+                latest.frame_number = f.record.frame_number;
+                self.view
+                    .latest_index
+                    .store(f.record.index, Ordering::Relaxed);
+                self.view.taken.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::fixture;
+    use crate::sink::FrameNotice;
+    use detingest_shm::BufferPool;
+
+    #[test]
+    fn keeps_the_latest_preview_and_counts_missing_modules() {
+        let stream = fixture::stream(2);
+        let sink = WebSink::new();
+        let mut feed = sink.for_run().unwrap();
+        feed.notify(&fixture::start(&stream));
+        let pool = BufferPool::new(1, 2 << 20);
+        let pixels: Vec<u8> = (0..1024u32 * 1024)
+            .flat_map(|i| ((i % 977) as u16).to_le_bytes())
+            .collect();
+        let mut buf = pool.try_acquire().unwrap();
+        assert!(buf.fill_from(&pixels));
+        let mut record = fixture::record(&stream, 1);
+        record.modules = 0b10; // module 0 missing
+        feed.notify(&Notification::Frame(FrameNotice {
+            stream: Arc::clone(&stream),
+            record,
+            preview: Some(Arc::new(buf)),
+        }));
+        feed.notify(&fixture::frame(&stream, 2));
+        let view = sink.view();
+        assert_eq!(view.modules_missing(), [1, 0]);
+        assert_eq!(view.latest_index(), 1);
+        let image = view.image(1 << 20).expect("a preview");
+        assert_eq!(
+            (image.shape, image.binning, image.dtype),
+            ([512, 512], 2, "u16")
+        );
+        let full = view.image(4 << 20).unwrap();
+        assert_eq!(full.pixels, pixels, "unbinned, the pixels as written");
+    }
+}
