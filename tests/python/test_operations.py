@@ -236,15 +236,20 @@ def test_bad_control_settings_name_their_key(detingestd, tmp_path):
     assert r.returncode != 0 and "control.token_file" in r.stderr and "chmod 600" in r.stderr
 
 
-def test_systemd_unit_verifies_and_readiness_is_notified(detingestd, daemons, tmp_path):
+def test_make_install_puts_a_unit_that_verifies_and_readiness_is_notified(daemons, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.fail("systemd-analyze is missing (Debian's systemd package)")
     unit = (ROOT / "packaging" / "detingestd.service").read_text()
     assert "/usr/local/bin/detingestd serve" in unit
-    local = tmp_path / "detingestd.service"
-    local.write_text(unit.replace("/usr/local/bin/detingestd", str(Path(detingestd).resolve())))
-    r = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
+    # `make install` into a prefix of our own: the unit's ExecStart names the installed binary.
+    prefix = tmp_path / "prefix"
+    subprocess.run(["make", "-s", "-C", str(ROOT), "install", f"PREFIX={prefix}", "PROFILE=debug"],
+                   check=True, capture_output=True, timeout=900)
+    installed = prefix / "lib" / "systemd" / "system" / "detingestd.service"
+    assert f"ExecStart={prefix}/bin/detingestd serve" in installed.read_text()
+    assert os.access(prefix / "bin" / "detingestd", os.X_OK)
+    r = subprocess.run([analyze, "verify", str(installed)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "detingestd.service" not in r.stderr, r.stderr
     for needed in ["Type=notify", "ProtectSystem=strict", "ReadWritePaths=", "Restart=on-failure",
