@@ -265,15 +265,10 @@ impl Reading {
                 "UDP source: {} (see the summary's packet line)",
                 kind.replace('_', " ")
             );
-            let unit = (kind == "bytes").then_some(&Unit::Bytes);
-            let name = format!(
-                "detingest_udp_{}",
-                kind.trim_end_matches("bytes").trim_end_matches('_')
-            );
-            let name = if kind == "bytes" {
-                "detingest_udp_received".to_owned()
-            } else {
-                name
+            // `bytes` is the one count with a unit: `detingest_udp_received_bytes_total`.
+            let (name, unit) = match kind.as_str() {
+                "bytes" => ("detingest_udp_received".to_owned(), Some(&Unit::Bytes)),
+                k => (format!("detingest_udp_{k}"), None),
             };
             family(enc, &name, &help, unit, samples)?;
         }
@@ -387,5 +382,39 @@ impl Reading {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_packet_counts_become_one_counter_per_kind_and_source() {
+        let mut totals = Totals::default();
+        let sources = [
+            serde_json::json!({"name": "m0", "sent": 3, "packets": {"bytes": 5, "late": 1}}),
+            serde_json::json!({"name": "m1", "sent": 4, "packets": {"bytes": 7, "late": 0}}),
+        ];
+        totals.add(&serde_json::json!({"recorded": 2}), &sources);
+        let text = render(Reading {
+            totals,
+            state: "running",
+            ..Default::default()
+        });
+        for line in [
+            "# TYPE detingest_udp_received_bytes_total counter",
+            "detingest_udp_received_bytes_total{source=\"m0\"} 5",
+            "detingest_udp_late_total{source=\"m1\"} 0",
+            "detingest_source_frames_total{source=\"m1\"} 4",
+            "detingest_indices_recorded_total 2",
+            "detingest_run_state{state=\"running\"} 1",
+            "detingest_runs_total{reason=\"error\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }
