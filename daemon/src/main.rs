@@ -315,7 +315,13 @@ fn serve(config: Config, first_run: Option<serde_json::Value>) -> Result<ExitCod
     let manager = Arc::new(RunManager::new(config)?);
     manager.attach_sinks();
     let daemon: Arc<dyn Daemon> = Arc::clone(&manager) as Arc<dyn Daemon>;
-    let api = control::spawn(&control, daemon, Arc::clone(&shutdown))?;
+    let api = control::spawn(&control, daemon, Arc::clone(&shutdown)).with_context(|| {
+        if first_run.is_some() {
+            "the demo's live page (another daemon there? try --listen 127.0.0.1:8451)"
+        } else {
+            "the control API"
+        }
+    })?;
     // systemd (Type=notify) hears that the API answers; elsewhere this does nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let mut code = ExitCode::SUCCESS;
