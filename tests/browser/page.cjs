@@ -93,6 +93,7 @@ async function main() {
       await page.fill("input[name=stream]", "from_page");
       await page.fill("input[name=frames]", "40");
       await page.fill("textarea[name=user]", '{"sample": "lysozyme"}');
+      await page.fill("textarea[name=extra]", '{"frames_per_file": 25}');
       await page.click("#start");
       await waitText(page, "#message", "started bt/det/from_page");
       await waitText(page, "#stream", "from_page");

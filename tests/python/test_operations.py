@@ -299,9 +299,14 @@ def test_live_page_in_chromium(daemons, tmp_path):
     assert "bt/det/page1" in seen["caption"]
     assert "401" in seen["refused"]
     assert shot.stat().st_size > 10_000
-    status, run = d.json("GET", "/run", token=TOKEN)
-    assert run["stream"] == "bt/det/from_page", run
-    assert d.json("POST", "/run/stop", token=TOKEN)[0] in (200, 409)
+    # The run the form started: its fields (frames 40, frames_per_file 25) were obeyed.
+    deadline = time.time() + 60
+    while (run := d.json("GET", "/run", token=TOKEN)[1])["state"] == "running":
+        assert time.time() < deadline, run
+        time.sleep(0.1)
+    assert (run["stream"], run["frames_recorded"]) == ("bt/det/from_page", 40), run
+    files = sorted(p.name for p in (tmp_path / "data" / "bt" / "det").glob("from_page_data_*.h5"))
+    assert files == ["from_page_data_000001.h5", "from_page_data_000002.h5"], files
 
 
 def test_live_page_reconnects_through_a_daemon_restart(detingestd, daemons, tmp_path):

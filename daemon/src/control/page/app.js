@@ -271,9 +271,11 @@ $("start-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const f = e.target;
   const request = { beamtime: f.beamtime.value, source: f.source.value, stream: f.stream.value, frames: Number(f.frames.value || 0) };
-  if (f.user.value.trim()) {
-    try { request.user = JSON.parse(f.user.value); } catch (err) { say("user metadata is not JSON: " + err.message, false); return; }
-  }
+  try {
+    // Any field of POST /run/start (README): frames_per_file, chunking, detector, next_stream, ...
+    if (f.extra.value.trim()) Object.assign(request, JSON.parse(f.extra.value));
+    if (f.user.value.trim()) request.user = JSON.parse(f.user.value);
+  } catch (err) { say("not JSON: " + err.message, false); return; }
   try { const s = await post("/run/start", request); say("started " + s.stream, true); }
   catch (err) { say("start refused: " + err.message, false); }
 });
