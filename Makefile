@@ -60,8 +60,8 @@ install:
 bench: deps venv
 	cargo run --release -p detingest-bench -- pipeline
 
-# Fuzz the chunk decoders and the UDP packet parser and frame assembler (cargo-fuzz on the
-# stable toolchain via RUSTC_BOOTSTRAP).
+# Fuzz the chunk decoders, the UDP packet parser and frame assembler, and the Stream V2
+# message decoder (cargo-fuzz on the stable toolchain via RUSTC_BOOTSTRAP).
 FUZZ_SECONDS ?= 300
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
@@ -69,6 +69,7 @@ fuzz:
 	cd writer && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O lz4_decode -- -max_total_time=$(FUZZ_SECONDS)
 	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O udp_packet -- -max_total_time=$(FUZZ_SECONDS)
 	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O udp_assembler -- -max_total_time=$(FUZZ_SECONDS)
+	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O stream2_message -- -max_total_time=$(FUZZ_SECONDS)
 
 # playwright-core for the live page's browser test: it drives Debian's chromium (installed
 # above) and downloads no browser of its own.

@@ -13,6 +13,7 @@
 
 mod config;
 pub mod shm;
+pub mod stream2;
 pub mod synthetic;
 pub mod udp;
 
