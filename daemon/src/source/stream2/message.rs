@@ -5,7 +5,8 @@
 //! Every message is one CBOR map (optionally under the self-describe tag 55799) with a
 //! `type` of `start`, `image` or `end`. Arrays are tag 40 `[dims, typed array]` (1040:
 //! column-major) over an RFC 8746 typed array (64 u8, 69 u16 LE, 70 u32 LE, 78 i32 LE,
-//! 85 f32 LE) or a DECTRIS compressed byte string, tag 56500 `[algorithm, modifier, bytes]`:
+//! 85 f32 LE) whose content is the bytes or a DECTRIS compressed byte string, tag 56500
+//! `[algorithm, modifier, bytes]` (`69(56500(["bslz4", 2, bytes]))`, as an EIGER2 sends it):
 //! `"bslz4"` (modifier: element size; the bytes an HDF5 filter 32008 chunk, checked here so
 //! it can go to `H5Dwrite_chunk` unchanged) or `"lz4"`. Anything else is a [`DecodeError`]
 //! whose [`kind`](DecodeError::kind) a source counts; decoding never panics (fuzzed:
@@ -113,8 +114,9 @@ pub struct Start<'a> {
     pub number_of_images: u64,
     /// `[image_size_y, image_size_x]`.
     pub image_size: [u32; 2],
-    /// `image_dtype`.
-    pub pixel: PixelType,
+    /// `image_dtype`, if given (DECTRIS's own recordings may omit it: the images' typed
+    /// arrays say it too).
+    pub pixel: Option<PixelType>,
     /// The channels images will carry (`channels`), in order.
     pub channels: Vec<String>,
     /// `pixel_mask` per channel.
@@ -281,12 +283,12 @@ fn start_message<'b>(d: &mut Decoder<'b>) -> Result<Start<'b>, DecodeError> {
         series_unique_id: String::new(),
         number_of_images: 0,
         image_size: [0, 0],
-        pixel: PixelType::U16,
+        pixel: None,
         channels: Vec::new(),
         pixel_masks: Vec::new(),
         fields: Map::new(),
     };
-    let (mut dtype, mut triggers) = (None, 1);
+    let mut triggers = 1;
     for_each_field(d, |key, d| {
         match key {
             "type" => d.skip()?,
@@ -296,7 +298,7 @@ fn start_message<'b>(d: &mut Decoder<'b>) -> Result<Start<'b>, DecodeError> {
             "number_of_triggers" => triggers = d.u64()?.max(1),
             "image_size_x" => s.image_size[1] = d.u32()?,
             "image_size_y" => s.image_size[0] = d.u32()?,
-            "image_dtype" => dtype = Some(pixel_type(d.str()?, "image_dtype")?),
+            "image_dtype" => s.pixel = Some(pixel_type(d.str()?, "image_dtype")?),
             "channels" => {
                 let n = d.array()?.ok_or_else(|| bad("channels", "indefinite"))?;
                 for _ in 0..n.min(MAX_CHANNELS as u64 + 1) {
@@ -307,12 +309,22 @@ fn start_message<'b>(d: &mut Decoder<'b>) -> Result<Start<'b>, DecodeError> {
                 }
             }
             "pixel_mask" => {
+                // Arrays per channel; anything else (a recording may hold a stub) is kept as
+                // metadata.
                 let mut masks = Vec::new();
+                let mut other = Map::new();
                 for_each_field(d, |channel, d| {
-                    masks.push((channel.to_owned(), array(d, "pixel_mask")?));
+                    if d.datatype()? == Type::Tag {
+                        masks.push((channel.to_owned(), array(d, "pixel_mask")?));
+                    } else {
+                        other.insert(channel.to_owned(), json(d, 1)?);
+                    }
                     Ok(())
                 })?;
                 s.pixel_masks = masks;
+                if !other.is_empty() {
+                    s.fields.insert("pixel_mask".into(), Value::Object(other));
+                }
             }
             _ => {
                 let v = json(d, 0)?;
@@ -324,7 +336,6 @@ fn start_message<'b>(d: &mut Decoder<'b>) -> Result<Start<'b>, DecodeError> {
     if s.series_id == u64::MAX {
         return Err(DecodeError::Missing("series_id"));
     }
-    s.pixel = dtype.ok_or(DecodeError::Missing("image_dtype"))?;
     if s.image_size[0] == 0 || s.image_size[1] == 0 {
         return Err(DecodeError::Missing("image_size_x/image_size_y"));
     }
@@ -378,11 +389,9 @@ fn array<'b>(d: &mut Decoder<'b>, field: &'static str) -> Result<Array<'b>, Deco
     }
     let shape = [d.u32()?, d.u32()?];
     let elements = u64::from(shape[0]) * u64::from(shape[1]);
-    let tag = d.tag()?.as_u64();
-    if tag == DECTRIS_COMPRESSION {
-        return compressed(d, field, shape, elements);
-    }
-    let pixel = match tag {
+    // The typed array's tag names the pixel type; its content is the bytes, or the bytes
+    // compressed under tag 56500: `69(56500(["bslz4", 2, bytes]))`, as EIGER2s send it.
+    let pixel = match d.tag()?.as_u64() {
         64 => PixelType::U8,
         69 => PixelType::U16,
         70 => PixelType::U32,
@@ -390,6 +399,18 @@ fn array<'b>(d: &mut Decoder<'b>, field: &'static str) -> Result<Array<'b>, Deco
         85 => PixelType::F32,
         t => return Err(bad(field, format!("typed array tag {t} not supported"))),
     };
+    if d.datatype()? == Type::Tag {
+        let tag = d.tag()?.as_u64();
+        if tag != DECTRIS_COMPRESSION {
+            return Err(bad(field, format!("tag {tag} inside a typed array")));
+        }
+        let payload = compressed(d, field, pixel, shape, elements)?;
+        return Ok(Array {
+            shape,
+            pixel,
+            payload,
+        });
+    }
     let bytes = d.bytes()?;
     if bytes.len() as u64 != elements * pixel.size() as u64 {
         return Err(bad(
@@ -404,13 +425,14 @@ fn array<'b>(d: &mut Decoder<'b>, field: &'static str) -> Result<Array<'b>, Deco
     })
 }
 
-/// Tag 56500 `[algorithm, modifier, typed array tag + bytes]`.
+/// The content of tag 56500: `[algorithm, modifier, bytes]`.
 fn compressed<'b>(
     d: &mut Decoder<'b>,
     field: &'static str,
+    pixel: PixelType,
     shape: [u32; 2],
     elements: u64,
-) -> Result<Array<'b>, DecodeError> {
+) -> Result<Payload<'b>, DecodeError> {
     if d.array()? != Some(3) {
         return Err(bad(
             field,
@@ -419,17 +441,8 @@ fn compressed<'b>(
     }
     let algorithm = d.str()?;
     let modifier = d.u64()?;
-    // The data: a typed array tag naming the pixel type, over the compressed bytes.
-    let pixel = match d.tag()?.as_u64() {
-        64 => PixelType::U8,
-        69 => PixelType::U16,
-        70 => PixelType::U32,
-        78 => PixelType::I32,
-        85 => PixelType::F32,
-        t => return Err(bad(field, format!("typed array tag {t} not supported"))),
-    };
     let bytes = d.bytes()?;
-    let payload = match algorithm {
+    match algorithm {
         "bslz4" => {
             if modifier != pixel.size() as u64 {
                 return Err(bad(
@@ -439,28 +452,21 @@ fn compressed<'b>(
             }
             let (total, block) = bslz4_header(bytes)
                 .ok_or_else(|| bad(field, "bslz4 chunk shorter than its header"))?;
-            if total != elements * pixel.size() as u64 {
+            let expected = elements * pixel.size() as u64;
+            if total != expected {
                 return Err(bad(
                     field,
-                    format!(
-                        "bslz4 header says {total} bytes, {shape:?} {pixel:?} has {}",
-                        elements * pixel.size() as u64
-                    ),
+                    format!("bslz4 header says {total} bytes, {shape:?} {pixel:?} has {expected}"),
                 ));
             }
             if block == 0 || block % 8 != 0 {
                 return Err(bad(field, format!("bslz4 block size {block}")));
             }
-            Payload::Bslz4(bytes)
+            Ok(Payload::Bslz4(bytes))
         }
-        "lz4" => Payload::Lz4(bytes),
-        other => return Err(bad(field, format!("compression {other:?} not supported"))),
-    };
-    Ok(Array {
-        shape,
-        pixel,
-        payload,
-    })
+        "lz4" => Ok(Payload::Lz4(bytes)),
+        other => Err(bad(field, format!("compression {other:?} not supported"))),
+    }
 }
 
 /// The uncompressed size and block size of an HDF5 32008 chunk.
