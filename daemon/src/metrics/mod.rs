@@ -190,6 +190,16 @@ fn one<M>(metric: M) -> [(Vec<(&'static str, String)>, M); 1] {
     [(Vec::new(), metric)]
 }
 
+/// Samples of one label: `(its value, the metric)` each.
+fn by<M, V: ToString>(
+    label: &'static str,
+    samples: impl IntoIterator<Item = (V, M)>,
+) -> impl Iterator<Item = (Vec<(&'static str, String)>, M)> {
+    samples
+        .into_iter()
+        .map(move |(v, m)| (vec![(label, v.to_string())], m))
+}
+
 impl Collector for Reading {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = &self.totals;
@@ -200,17 +210,22 @@ impl Collector for Reading {
             family(&mut enc, &name, help, unit, one(value))?;
         }
         for (field, name, help) in SOURCE {
-            let samples = t.sources.iter().map(|(src, c)| {
-                let labels = vec![("source", src.clone())];
-                (labels, ConstCounter::new(number(c, field)))
-            });
-            family(&mut enc, &format!("detingest_{name}"), help, None, samples)?;
+            let samples =
+                (t.sources.iter()).map(|(src, c)| (src, ConstCounter::new(number(c, field))));
+            family(
+                &mut enc,
+                &format!("detingest_{name}"),
+                help,
+                None,
+                by("source", samples),
+            )?;
         }
         self.encode_packets(&mut enc)?;
         let runs = ["stop", "count", "idle", "source", "error"].map(|reason| {
             let n = t.runs.get(reason).copied().unwrap_or(0);
-            (vec![("reason", reason.to_owned())], ConstCounter::new(n))
+            (reason, ConstCounter::new(n))
         });
+        let runs = by("reason", runs);
         family(
             &mut enc,
             "detingest_runs",
@@ -258,9 +273,9 @@ impl Reading {
                 let Some(Value::Object(p)) = c.get("packets") else {
                     return None;
                 };
-                let labels = vec![("source", src.clone())];
-                Some((labels, ConstCounter::new(number(p, kind))))
+                Some((src, ConstCounter::new(number(p, kind))))
             });
+            let samples = by("source", samples);
             let help = format!(
                 "UDP source: {} (see the summary's packet line)",
                 kind.replace('_', " ")
@@ -276,10 +291,9 @@ impl Reading {
     }
 
     fn encode_gauges(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let states = ["idle", "running", "finished", "failed"].map(|s| {
-            let labels = vec![("state", s.to_owned())];
-            (labels, ConstGauge::new(i64::from(self.state == s)))
-        });
+        let states = ["idle", "running", "finished", "failed"]
+            .map(|s| (s, ConstGauge::new(i64::from(self.state == s))));
+        let states = by("state", states);
         family(
             enc,
             "detingest_run_state",
@@ -320,7 +334,7 @@ impl Reading {
             ("write", g("write_queue")),
             ("notify", g("notify_queue")),
         ];
-        let fill = queues.map(|(q, n)| (vec![("queue", q.to_owned())], ConstGauge::new(n as i64)));
+        let fill = by("queue", queues.map(|(q, n)| (q, ConstGauge::new(n as i64))));
         family(
             enc,
             "detingest_queue_items",
@@ -340,7 +354,7 @@ impl Reading {
             ("input", g("free_input_buffers")),
             ("output", g("free_output_buffers")),
         ];
-        let free = pools.map(|(p, n)| (vec![("pool", p.to_owned())], ConstGauge::new(n as i64)));
+        let free = by("pool", pools.map(|(p, n)| (p, ConstGauge::new(n as i64))));
         family(
             enc,
             "detingest_free_buffers",
@@ -369,15 +383,15 @@ impl Reading {
             let values = self.sinks.iter().filter_map(|(sink, c)| {
                 let v = c.get(field)?;
                 let v = v.as_u64().or_else(|| v.as_bool().map(u64::from))?;
-                Some((vec![("sink", sink.clone())], v))
+                Some((sink, v))
             });
             let help = format!("Sink counter {field:?} (GET /run sinks)");
             let gauge = matches!(field, "connected" | "in_flight" | "commands_ready");
             if gauge {
-                let g = values.map(|(l, v)| (l, ConstGauge::new(v as i64)));
+                let g = by("sink", values.map(|(l, v)| (l, ConstGauge::new(v as i64))));
                 family(enc, &format!("detingest_sink_{field}"), &help, None, g)?;
             } else {
-                let c = values.map(|(l, v)| (l, ConstCounter::new(v)));
+                let c = by("sink", values.map(|(l, v)| (l, ConstCounter::new(v))));
                 family(enc, &format!("detingest_sink_{field}"), &help, None, c)?;
             }
         }

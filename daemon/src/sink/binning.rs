@@ -1,9 +1,66 @@
-//! Shrinks a preview to fit a message (a Kafka `ad00`, the live page's image): the smallest integer factor `f` whose binned
-//! image fits, each output pixel the largest of its `f x f` block (a Bragg spot or a hot
-//! pixel survives binning; a mean would wash it out). Edges that do not fill a block are
-//! dropped.
+//! Decodes a preview chunk and shrinks it to fit a message (a Kafka `ad00`, the live page's
+//! image): the smallest integer factor `f` whose binned image fits, each output pixel the
+//! largest of its `f x f` block (a Bragg spot or a hot pixel survives binning; a mean would
+//! wash it out). Edges that do not fill a block are dropped.
 
 use detingest_shm::PixelType;
+
+use crate::stream::StreamInfo;
+
+/// The buffers previews are decoded and binned into, kept from one preview to the next.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pixels: Vec<u8>,
+    binned: Vec<u8>,
+}
+
+/// A preview fitted to a size: its shape, the binning factor and the pixels.
+#[derive(Debug)]
+pub struct Fitted<'a> {
+    /// `[ny, nx]` after binning.
+    pub shape: [u32; 2],
+    /// The binning factor (1: none).
+    pub factor: u32,
+    /// Little-endian pixels, row after row.
+    pub pixels: &'a [u8],
+}
+
+impl Scratch {
+    /// `chunk`, a whole frame of `info`, decoded and binned to fit `max_bytes`; `None` when
+    /// it does not decode to a whole frame.
+    pub fn fit(&mut self, info: &StreamInfo, chunk: &[u8], max_bytes: usize) -> Option<Fitted<'_>> {
+        let es = info.pixel.size();
+        self.pixels
+            .resize(info.shape[0] as usize * info.shape[1] as usize * es, 0);
+        match info.codec.decompress_into(chunk, es, &mut self.pixels) {
+            Ok(n) if n == self.pixels.len() => {}
+            _ => return None,
+        }
+        let f = factor(info.shape, es, max_bytes);
+        if f == 1 {
+            return Some(Fitted {
+                shape: info.shape,
+                factor: 1,
+                pixels: &self.pixels,
+            });
+        }
+        let shape = bin_max(&self.pixels, info.shape, info.pixel, f, &mut self.binned);
+        Some(Fitted {
+            shape,
+            factor: f,
+            pixels: &self.binned,
+        })
+    }
+
+    /// The pixels of the last [`Scratch::fit`] that binned by `factor`, kept.
+    pub fn into_pixels(self, factor: u32) -> Vec<u8> {
+        if factor == 1 {
+            self.pixels
+        } else {
+            self.binned
+        }
+    }
+}
 
 /// Room in a message for everything but the pixels (the `ad00` fields and attributes).
 const OVERHEAD: usize = 4096;

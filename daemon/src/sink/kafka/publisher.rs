@@ -53,8 +53,7 @@ pub struct Publisher {
     service_id: String,
     builder: FlatBufferBuilder<'static>,
     json: Vec<u8>,
-    pixels: Vec<u8>,
-    binned: Vec<u8>,
+    scratch: binning::Scratch,
     max_message_bytes: usize,
     streams: Vec<Option<Open>>,
     handoffs: Vec<std::thread::JoinHandle<()>>,
@@ -101,8 +100,7 @@ impl Publisher {
             service_id,
             builder: FlatBufferBuilder::with_capacity(1 << 12),
             json: Vec::with_capacity(1 << 10),
-            pixels: Vec::new(),
-            binned: Vec::new(),
+            scratch: binning::Scratch::default(),
             max_message_bytes,
             streams: Vec::new(),
             handoffs: Vec::new(),
@@ -196,34 +194,21 @@ impl Publisher {
     }
 
     fn preview(&mut self, info: &StreamInfo, r: &FrameRecord, chunk: &[u8]) {
-        let es = info.pixel.size();
-        self.pixels
-            .resize(info.shape[0] as usize * info.shape[1] as usize * es, 0);
-        match info.codec.decompress_into(chunk, es, &mut self.pixels) {
-            Ok(n) if n == self.pixels.len() => {}
-            _ => {
-                self.stats
-                    .previews_undecodable
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        let f = binning::factor(info.shape, es, self.max_message_bytes);
-        let (shape, pixels) = if f == 1 {
-            (info.shape, &self.pixels)
-        } else {
-            let shape = binning::bin_max(&self.pixels, info.shape, info.pixel, f, &mut self.binned);
-            (shape, &self.binned)
+        let Some(fitted) = self.scratch.fit(info, chunk, self.max_message_bytes) else {
+            self.stats
+                .previews_undecodable
+                .fetch_add(1, Ordering::Relaxed);
+            return;
         };
         let frame = area_detector::Frame {
             stream: &info.key,
             index: r.index,
             frame_number: r.frame_number,
             timestamp_ns: r.timestamp_ns,
-            shape,
-            binning: f,
+            shape: fitted.shape,
+            binning: fitted.factor,
             pixel: info.pixel,
-            pixels,
+            pixels: fitted.pixels,
         };
         let payload = area_detector::encode(&mut self.builder, &frame);
         if send(

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use detingest_shm::PixelType;
-
 use super::{binning, Notification, NotificationSink, PreviewRequest, Sink, SinkNeeds, Thinning};
 use crate::stream::StreamInfo;
 
@@ -78,28 +76,18 @@ impl LiveView {
     pub fn image(&self, max_bytes: usize) -> Option<Image> {
         let latest = self.latest.lock().ok()?;
         let info = latest.info.as_ref()?;
-        let es = info.pixel.size();
-        let mut pixels = vec![0; info.shape[0] as usize * info.shape[1] as usize * es];
-        match info.codec.decompress_into(&latest.chunk, es, &mut pixels) {
-            Ok(n) if n == pixels.len() => {}
-            _ => return None,
-        }
-        let f = binning::factor(info.shape, es, max_bytes);
-        let (shape, pixels) = if f == 1 {
-            (info.shape, pixels)
-        } else {
-            let mut out = Vec::new();
-            let shape = binning::bin_max(&pixels, info.shape, info.pixel, f, &mut out);
-            (shape, out)
-        };
+        let mut scratch = binning::Scratch::default();
+        let (shape, factor) = scratch
+            .fit(info, &latest.chunk, max_bytes)
+            .map(|f| (f.shape, f.factor))?;
         Some(Image {
             stream: info.key.clone(),
             index: latest.index,
             frame_number: latest.frame_number,
             shape,
-            binning: f,
-            dtype: dtype(info.pixel),
-            pixels,
+            binning: factor,
+            dtype: info.pixel.name(),
+            pixels: scratch.into_pixels(factor),
         })
     }
 
@@ -110,16 +98,6 @@ impl LiveView {
             .iter()
             .map(|m| m.load(Ordering::Relaxed))
             .collect()
-    }
-}
-
-fn dtype(p: PixelType) -> &'static str {
-    match p {
-        PixelType::U8 => "u8",
-        PixelType::U16 => "u16",
-        PixelType::U32 => "u32",
-        PixelType::I32 => "i32",
-        PixelType::F32 => "f32",
     }
 }
 

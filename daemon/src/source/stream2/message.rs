@@ -343,15 +343,12 @@ fn start_message<'b>(d: &mut Decoder<'b>) -> Result<Start<'b>, DecodeError> {
     Ok(s)
 }
 
+/// A pixel type by its NumPy name (`image_dtype`: `"uint16"`, ...).
 fn pixel_type(name: &str, field: &'static str) -> Result<PixelType, DecodeError> {
-    Ok(match name {
-        "uint8" => PixelType::U8,
-        "uint16" => PixelType::U16,
-        "uint32" => PixelType::U32,
-        "int32" => PixelType::I32,
-        "float32" => PixelType::F32,
-        other => return Err(bad(field, format!("unsupported type {other:?}"))),
-    })
+    PixelType::ALL
+        .into_iter()
+        .find(|p| p.numpy_name() == name)
+        .ok_or_else(|| bad(field, format!("unsupported type {name:?}")))
 }
 
 /// `[numerator, denominator]`.
@@ -521,7 +518,7 @@ fn json(d: &mut Decoder<'_>, depth: usize) -> Result<Value, DecodeError> {
             if tag == MULTI_DIM {
                 d.set_position(position);
                 let a = array(d, "metadata")?;
-                serde_json::json!({"shape": a.shape, "dtype": format!("{:?}", a.pixel)})
+                serde_json::json!({"shape": a.shape, "dtype": a.pixel.name()})
             } else {
                 json(d, depth + 1)?
             }
