@@ -319,7 +319,7 @@ fn command_latency(
     .create()?;
     consumer.subscribe(&[&status])?;
     let runs = Arc::new(RunManager::new(base)?);
-    runs.attach_sinks();
+    runs.attach()?;
     let ready = Instant::now() + Duration::from_secs(30);
     while consumer.assignment()?.count() == 0
         || runs.status().sinks["kafka"]["commands_ready"] != true

@@ -313,7 +313,7 @@ fn serve(config: Config, first_run: Option<serde_json::Value>) -> Result<ExitCod
     });
     let control = config.control.clone();
     let manager = Arc::new(RunManager::new(config)?);
-    manager.attach_sinks();
+    manager.attach()?;
     let daemon: Arc<dyn Daemon> = Arc::clone(&manager) as Arc<dyn Daemon>;
     let api = control::spawn(&control, daemon, Arc::clone(&shutdown)).with_context(|| {
         if first_run.is_some() {

@@ -90,6 +90,16 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
         if let Some(p) = &src.packets {
             println!("{}", packet_line(p));
         }
+        if let Some(m) = &src.messages {
+            println!(
+                "  messages       {} received: {} starts, {} images ({} as they arrived, {} decoded), {} ends; \
+                 refused {} (malformed {}, unknown type {}, missing field {}, bad field {}, no run {}, other series {}, wrong format {}); \
+                 images with channels not written {}",
+                m.received, m.starts, m.images, m.passed_through, m.decoded, m.ends, m.refused(),
+                m.malformed, m.unknown_type, m.missing_field, m.bad_field, m.before_start,
+                m.other_series, m.wrong_format, m.extra_channels
+            );
+        }
     }
     println!(
         "lost indices     {} never arrived, {} dropped here | stale frames {} | codec errors {} | write errors {}",

@@ -18,6 +18,9 @@ pub enum FrameBuf {
     /// A slot of a shared-memory ring that a producer process wrote the frame into: read
     /// in place, released to the producer when dropped.
     Slot(RingSlot),
+    /// A chunk that arrived already encoded in the stream's codec (a DECTRIS Stream V2
+    /// image): the compression workers pass it to the writer as it is.
+    Encoded(PoolBuf),
 }
 
 impl FrameBuf {
@@ -27,6 +30,7 @@ impl FrameBuf {
             Self::Pooled(b) => b.as_slice(),
             Self::Shared(b) => b,
             Self::Slot(s) => s.bytes(),
+            Self::Encoded(b) => b.as_slice(),
         }
     }
 

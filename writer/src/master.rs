@@ -184,6 +184,7 @@ impl MasterFile {
         let nimages = nxmx::ds_num(&specific, "nimages", 0u64, None)?;
         let m = layout.modules() as usize;
         let records = Records::create(&specific, m)?;
+        nxmx::write_specific(&specific, info)?;
         let ours = nxmx::nx_group(&entry, "detingest", "NXcollection")?;
         nxmx::ds_str(&ours, "user_metadata", user_json)?;
         nxmx::ds_num(&ours, "modules", layout.modules(), None)?;

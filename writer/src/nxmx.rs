@@ -2,6 +2,8 @@
 //! `/entry/data` (NXdata), `/entry/instrument/detector` (NXdetector) with its
 //! `detectorSpecific` group. Only creation of groups and metadata lives here.
 
+use std::sync::Arc;
+
 use hdf5::types::VarLenUnicode;
 use hdf5::{Group, Location};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,16 @@ pub struct DetectorInfo {
     pub saturation_value: Option<f64>,
     /// Triggers in the run (`detectorSpecific/ntrigger`, default 1).
     pub ntrigger: u64,
+    /// Wavelength of the incident beam in ångström (`/entry/instrument/beam`).
+    pub incident_wavelength: Option<f64>,
+    /// The detector's own metadata, one `detectorSpecific` dataset per key: numbers and text
+    /// as they are, booleans as 0/1, anything else as JSON text. Keys we write ourselves, or
+    /// that are not HDF5 names, are skipped.
+    pub specific: serde_json::Map<String, serde_json::Value>,
+    /// The pixel mask (`detectorSpecific/pixel_mask`, u32 per pixel of the image, row-major);
+    /// `None`: all zero. Set by a source that receives one (not configurable).
+    #[serde(skip)]
+    pub pixel_mask: Option<Arc<[u32]>>,
 }
 
 impl Default for DetectorInfo {
@@ -54,6 +66,9 @@ impl Default for DetectorInfo {
             detector_distance: None,
             saturation_value: None,
             ntrigger: 1,
+            incident_wavelength: None,
+            specific: serde_json::Map::new(),
+            pixel_mask: None,
         }
     }
 }
@@ -131,14 +146,49 @@ pub(crate) fn write_detector(
             ds_num(&det, name, v, Some(units))?;
         }
     }
+    if let Some(w) = info.incident_wavelength {
+        let beam = nx_group(&instrument, "beam", "NXbeam")?;
+        ds_num(&beam, "incident_wavelength", w, Some("angstrom"))?;
+    }
     let specific = det.create_group("detectorSpecific")?;
     ds_num(&specific, "x_pixels_in_detector", shape[1], None)?;
     ds_num(&specific, "y_pixels_in_detector", shape[0], None)?;
     ds_num(&specific, "ntrigger", info.ntrigger, None)?;
     let [ny, nx] = shape.map(|d| d as usize);
-    specific
+    let mask = specific
         .new_dataset::<u32>()
         .shape((ny, nx))
         .create("pixel_mask")?;
+    if let Some(m) = info.pixel_mask.as_deref().filter(|m| m.len() == ny * nx) {
+        mask.write_raw(m)?;
+    }
     Ok(specific)
+}
+
+/// The detector's own metadata ([`DetectorInfo::specific`]) into `specific`, after our own
+/// datasets: a key that exists already, or is not an HDF5 name, is skipped.
+pub(crate) fn write_specific(specific: &Group, info: &DetectorInfo) -> Result<(), WriteError> {
+    for (key, value) in &info.specific {
+        let usable = !key.is_empty() && key != "." && !key.contains('/') && !key.contains('\0');
+        if usable && !specific.link_exists(key) {
+            write_one(specific, key, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_one(specific: &Group, key: &str, value: &serde_json::Value) -> Result<(), WriteError> {
+    use serde_json::Value;
+    match value {
+        Value::Bool(b) => ds_num(specific, key, u8::from(*b), None)?,
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => ds_num(specific, key, u, None)?,
+            (None, Some(i)) => ds_num(specific, key, i, None)?,
+            _ => ds_num(specific, key, n.as_f64().unwrap_or(f64::NAN), None)?,
+        },
+        Value::String(text) => ds_str(specific, key, text)?,
+        Value::Null => return Ok(()),
+        other => ds_str(specific, key, &other.to_string())?,
+    };
+    Ok(())
 }

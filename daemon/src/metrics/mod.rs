@@ -260,32 +260,34 @@ impl Collector for Reading {
 }
 
 impl Reading {
-    /// A UDP source's packet counts, one counter per kind (`detingest_udp_<kind>_total`).
+    /// A UDP source's packet counts and a Stream V2 source's message counts, one counter
+    /// per kind (`detingest_udp_<kind>_total`, `detingest_stream2_messages_<kind>_total`).
     fn encode_packets(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(kinds) = self.totals.sources.values().find_map(|c| c.get("packets")) else {
-            return Ok(());
-        };
-        let Value::Object(kinds) = kinds else {
-            return Ok(());
-        };
-        for kind in kinds.keys() {
-            let samples = self.totals.sources.iter().filter_map(|(src, c)| {
-                let Some(Value::Object(p)) = c.get("packets") else {
-                    return None;
-                };
-                Some((src, ConstCounter::new(number(p, kind))))
-            });
-            let samples = by("source", samples);
-            let help = format!(
-                "UDP source: {} (see the summary's packet line)",
-                kind.replace('_', " ")
-            );
-            // `bytes` is the one count with a unit: `detingest_udp_received_bytes_total`.
-            let (name, unit) = match kind.as_str() {
-                "bytes" => ("detingest_udp_received".to_owned(), Some(&Unit::Bytes)),
-                k => (format!("detingest_udp_{k}"), None),
+        for (field, prefix, what) in [
+            ("packets", "detingest_udp_", "UDP source"),
+            ("messages", "detingest_stream2_messages_", "Stream V2 source, messages"),
+        ] {
+            let Some(Value::Object(kinds)) =
+                self.totals.sources.values().find_map(|c| c.get(field))
+            else {
+                continue;
             };
-            family(enc, &name, &help, unit, samples)?;
+            for kind in kinds.keys() {
+                let samples = self.totals.sources.iter().filter_map(|(src, c)| {
+                    let Some(Value::Object(p)) = c.get(field) else {
+                        return None;
+                    };
+                    Some((src, ConstCounter::new(number(p, kind))))
+                });
+                let samples = by("source", samples);
+                let help = format!("{what}: {} (see the summary)", kind.replace('_', " "));
+                // `bytes` is the one count with a unit: `detingest_udp_received_bytes_total`.
+                let (name, unit) = match kind.as_str() {
+                    "bytes" => (format!("{prefix}received"), Some(&Unit::Bytes)),
+                    k => (format!("{prefix}{k}"), None),
+                };
+                family(enc, &name, &help, unit, samples)?;
+            }
         }
         Ok(())
     }

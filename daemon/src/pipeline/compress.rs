@@ -6,13 +6,16 @@
 //! chunk on before it waits for another buffer. Items leave the queue in `seq` order, so the
 //! item the writer waits for is always held by a worker that already has a buffer: the
 //! writer's reorder window can never hold every buffer while the item it needs waits for one.
+//!
+//! A frame that arrived encoded ([`FrameBuf::Encoded`], a Stream V2 image in the stream's
+//! codec) passes through: its own buffer becomes the chunk, nothing is decoded or encoded.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam::channel::{Receiver, Sender};
-use detingest_shm::BufferPool;
+use detingest_shm::{BufferPool, FrameBuf};
 use detingest_writer::Codec;
 
 use super::job::{Item, Step};
@@ -36,6 +39,23 @@ pub(crate) fn run(
             return; // the indexer is done
         };
         let step = match item.step {
+            Step::Raw {
+                index,
+                meta,
+                pixels: FrameBuf::Encoded(chunk),
+            } => {
+                // Already in the stream's codec (the source checked its framing): written as
+                // it arrived; the buffer taken for it goes back unused.
+                drop(out);
+                let codec = codecs[usize::from(item.stream)];
+                let raw = codec.decoded_len(chunk.as_slice()).unwrap_or(0);
+                stats.compressed.fetch_add(1, Ordering::Relaxed);
+                stats.bytes_raw.fetch_add(raw as u64, Ordering::Relaxed);
+                stats
+                    .bytes_compressed
+                    .fetch_add(chunk.as_slice().len() as u64, Ordering::Relaxed);
+                Step::Chunk { index, meta, chunk }
+            }
             Step::Raw {
                 index,
                 meta,

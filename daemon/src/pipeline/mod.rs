@@ -231,7 +231,10 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             StreamSetup {
                 layout,
                 files: run.file_options(config.writer.swmr),
-                detector: config.detector.clone(),
+                detector: detingest_writer::DetectorInfo {
+                    pixel_mask: src.kind().and_then(|k| k.pixel_mask()),
+                    ..config.detector.clone()
+                },
                 user_json: run.user.to_string(),
                 next_stream: run.next_stream.clone(),
                 open_datasets: ahead as usize,
@@ -342,6 +345,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             source_tx.clone(),
             Arc::clone(&stop),
             st,
+            src.codec(config.writer.codec),
         );
         threads.push(threads::spawn(
             format!("src-{}", src.name),

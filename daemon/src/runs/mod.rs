@@ -28,6 +28,7 @@ use crate::metrics::Reading;
 use crate::pipeline::{self, RunSummary, Running, StartError};
 use crate::sink::web::LiveView;
 use crate::sink::{RunControl, SinkSet, SinkTables};
+use crate::source::stream2::listener::{self, Listener};
 use crate::source::SourceError;
 
 /// Why a run ended.
@@ -205,6 +206,7 @@ pub struct RunManager {
     /// both at a run's end while `stop` holds `current` waiting for it).
     ended: Arc<Mutex<Ended>>,
     sinks: Mutex<Option<SinkSet>>,
+    listeners: Mutex<Vec<Listener>>,
     started_s: f64,
 }
 
@@ -225,28 +227,53 @@ impl RunManager {
                 totals: Default::default(),
             })),
             sinks: Mutex::new(Some(sinks)),
+            listeners: Mutex::new(Vec::new()),
             started_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         })
     }
 
-    /// Hands the sinks that take commands (Kafka) this manager: from now on they start and
-    /// stop runs as the HTTP API does.
-    pub fn attach_sinks(self: &Arc<Self>) {
+    /// Hands this manager to what opens runs besides the HTTP API: the sinks that take
+    /// commands (Kafka), and a listener per Stream V2 source (its detector's start opens a
+    /// run). Fails if a listener's socket cannot be made (its endpoint).
+    pub fn attach(self: &Arc<Self>) -> Result<(), StartError> {
         let weak = Arc::downgrade(self);
         let runs: std::sync::Weak<dyn RunControl> = weak;
         if let Some(Some(sinks)) = self.sinks.lock().ok().as_deref() {
             sinks.attach(&runs);
         }
+        for src in self.base.sources.iter().filter(|s| s.stream2.is_some()) {
+            let listener = listener::spawn(src, runs.clone()).map_err(|error| {
+                StartError::Source {
+                    name: src.name.clone(),
+                    error: SourceError::Resource {
+                        what: "connect to the detector's stream".into(),
+                        error: Box::new(error),
+                    },
+                }
+            })?;
+            if let Ok(mut l) = self.listeners.lock() {
+                l.push(listener);
+            }
+        }
+        Ok(())
     }
 
-    /// Stops the run in progress (if any) and the sinks.
+    /// Stops the run in progress (if any), the Stream V2 listeners and the sinks.
     pub fn shutdown(&self) {
+        let listeners = self.listeners.lock().map(|mut l| std::mem::take(&mut *l));
+        let listeners = listeners.unwrap_or_default();
+        for listener in &listeners {
+            listener.signal();
+        }
         let running = (self.current.lock().ok())
             .is_some_and(|c| c.as_ref().is_some_and(|c| !c.supervisor.is_finished()));
         if self.stop().is_ok() && running {
             tracing::info!("run in progress stopped at shutdown");
+        }
+        for listener in listeners {
+            listener.join();
         }
         if let Some(sinks) = self.sinks.lock().ok().and_then(|mut l| l.take()) {
             sinks.stop();

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::shm::config::ShmConfig;
 use super::synthetic::config::SyntheticConfig;
+use super::stream2::config::Stream2Config;
 use super::udp::config::UdpConfig;
 use super::{PreparedSource, SourceError};
 use crate::check::{check_core, check_frame, ConfigError};
@@ -28,7 +29,7 @@ pub enum Policy {
 }
 
 /// One `[[source]]`: what every source has, plus exactly one kind table
-/// (`[source.synthetic]`, `[source.shm]` or `[source.udp]`).
+/// (`[source.synthetic]`, `[source.shm]`, `[source.udp]` or `[source.stream2]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -56,6 +57,8 @@ pub struct SourceConfig {
     pub shm: Option<ShmConfig>,
     /// A UDP port a detector module streams packets to.
     pub udp: Option<UdpConfig>,
+    /// A DECTRIS Stream V2 detector (EIGER2, PILATUS4, Jungfraujoch).
+    pub stream2: Option<Stream2Config>,
 }
 
 fn default_grid() -> [u32; 2] {
@@ -78,6 +81,14 @@ pub trait SourceKind: Sync {
     fn feeds_stream_alone(&self) -> bool {
         false
     }
+    /// True for a source that receives whole images (its grid must be `[1, 1]`).
+    fn whole_images(&self) -> bool {
+        false
+    }
+    /// The detector's pixel mask (u32 per pixel of the image), when the source received one.
+    fn pixel_mask(&self) -> Option<std::sync::Arc<[u32]>> {
+        None
+    }
     /// `[row, column]` of the tile this source receives, when configured (else the source
     /// makes every tile, or learns its place from the data).
     fn grid_place(&self) -> Option<[u32; 2]> {
@@ -97,10 +108,11 @@ impl SourceConfig {
     /// The source's kind: the one place the kinds are listed. Validation guarantees exactly
     /// one kind table is present.
     pub fn kind(&self) -> Option<&dyn SourceKind> {
-        let kinds: [Option<&dyn SourceKind>; 3] = [
+        let kinds: [Option<&dyn SourceKind>; 4] = [
             self.synthetic.as_ref().map(|k| k as _),
             self.shm.as_ref().map(|k| k as _),
             self.udp.as_ref().map(|k| k as _),
+            self.stream2.as_ref().map(|k| k as _),
         ];
         let mut present = kinds.into_iter().flatten();
         match (present.next(), present.next()) {
@@ -165,7 +177,7 @@ pub fn validate_sources(sources: &[SourceConfig], cores: usize) -> Result<(), Co
         let Some(kind) = src.kind() else {
             return Err(ConfigError::new(
                 format!("source[{i}]"),
-                "needs exactly one source kind: a [source.synthetic], [source.shm] or [source.udp] table",
+                "needs exactly one source kind: a [source.synthetic], [source.shm], [source.udp] or [source.stream2] table",
             ));
         };
         if let Some(place) = kind.grid_place() {
@@ -180,6 +192,12 @@ pub fn validate_sources(sources: &[SourceConfig], cores: usize) -> Result<(), Co
             }
         }
         kind.validate(i)?;
+        if kind.whole_images() && src.grid != [1, 1] {
+            return Err(ConfigError::new(
+                format!("source[{i}].grid"),
+                format!("a [source.{}] receives whole images: the grid is [1, 1]", kind.table()),
+            ));
+        }
         let (pixel, shape) = kind.frame_format();
         let image = [
             shape[0].saturating_mul(src.grid[0]),

@@ -2,7 +2,7 @@
 //! source's pool and frames into the pipeline, applying the source's [`Policy`] when the
 //! pipeline is full and counting every frame it drops.
 //!
-//! One folder per kind (`synthetic/`, `shm/`, `udp/`), each owning its configuration table;
+//! One folder per kind (`synthetic/`, `shm/`, `udp/`, `stream2/`), each owning its configuration table;
 //! a kind's table implements [`SourceKind`], whose `prepare` makes the source ready (ring,
 //! socket, frame bank) and returns a [`PreparedSource`] the pipeline runs on its thread.
 //!
@@ -22,10 +22,12 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam::channel::{Sender, TrySendError};
 use detingest_shm::{BufferPool, FrameBuf, FrameMeta, Name, PoolBuf};
+use detingest_writer::Codec;
 
 pub use config::{validate_sources, Policy, SourceConfig, SourceKind};
 
 use crate::check::ConfigError;
+use crate::source::stream2::counts::MessageCounts;
 use crate::source::udp::assembler::PacketCounts;
 use crate::stream::{DropLog, SourceMsg, StreamSlot};
 
@@ -74,6 +76,8 @@ pub struct SourceStats {
     pub finished: AtomicBool,
     /// A UDP source's packet counters, refreshed every 100 ms by its receiver.
     pub packets: Mutex<Option<PacketCounts>>,
+    /// A Stream V2 source's message counters, refreshed every 100 ms by its receiver.
+    pub messages: Mutex<Option<MessageCounts>>,
 }
 
 /// What a source did, for the run summary.
@@ -92,6 +96,9 @@ pub struct SourceSummary {
     /// A UDP source's packets, by kind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packets: Option<PacketCounts>,
+    /// A Stream V2 source's messages, by what became of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<MessageCounts>,
 }
 
 impl SourceStats {
@@ -105,6 +112,7 @@ impl SourceStats {
             malformed: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             packets: Mutex::new(None),
+            messages: Mutex::new(None),
         }
     }
 
@@ -123,6 +131,7 @@ impl SourceStats {
             torn: self.torn.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             packets: self.packets.lock().ok().and_then(|p| *p),
+            messages: self.messages.lock().ok().and_then(|p| *p),
         }
     }
 }
@@ -136,6 +145,7 @@ pub struct SourceOutput {
     tx: Sender<SourceMsg>,
     stop: Arc<AtomicBool>,
     stats: Arc<SourceStats>,
+    codec: Codec,
 }
 
 impl SourceOutput {
@@ -147,6 +157,7 @@ impl SourceOutput {
         tx: Sender<SourceMsg>,
         stop: Arc<AtomicBool>,
         stats: Arc<SourceStats>,
+        codec: Codec,
     ) -> Self {
         Self {
             stream,
@@ -156,7 +167,13 @@ impl SourceOutput {
             tx,
             stop,
             stats,
+            codec,
         }
+    }
+
+    /// The stream's codec: a frame already in it may be sent as [`FrameBuf::Encoded`].
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     /// True once the pipeline has been asked to stop; the source should end its stream.

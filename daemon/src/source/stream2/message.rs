@@ -13,6 +13,7 @@
 //! `daemon/fuzz/fuzz_targets/stream2_message.rs`).
 
 use detingest_shm::PixelType;
+use detingest_writer::{Codec, CodecError};
 use minicbor::data::Type;
 use minicbor::Decoder;
 use serde_json::{Map, Value};
@@ -101,6 +102,49 @@ pub struct Array<'a> {
     pub pixel: PixelType,
     /// The bytes, encoded.
     pub payload: Payload<'a>,
+}
+
+impl Array<'_> {
+    /// Bytes of the decoded pixels.
+    pub fn raw_len(&self) -> usize {
+        self.pixel.frame_bytes(self.shape)
+    }
+
+    /// The payload's codec, if it is one of ours (raw pixels: `None`).
+    pub fn codec(&self) -> Option<Codec> {
+        match self.payload {
+            Payload::Raw(_) => None,
+            Payload::Bslz4(_) => Some(Codec::BitshuffleLz4),
+            Payload::Lz4(_) => Some(Codec::Lz4),
+        }
+    }
+
+    /// The payload's bytes as they arrived.
+    pub fn bytes(&self) -> &[u8] {
+        match self.payload {
+            Payload::Raw(b) | Payload::Bslz4(b) | Payload::Lz4(b) => b,
+        }
+    }
+
+    /// Decodes the pixels into `out` (at least [`Array::raw_len`] bytes); `"lz4"` is LZ4 in
+    /// the framing of HDF5 filter 32004, as DECTRIS's compression library has it.
+    pub fn decode_into(&self, out: &mut [u8]) -> Result<usize, CodecError> {
+        let (n, have) = (self.raw_len(), out.len());
+        let out = out
+            .get_mut(..n)
+            .ok_or(CodecError::OutputTooSmall { have, need: n })?;
+        let got = match self.codec() {
+            None => {
+                out.copy_from_slice(self.bytes());
+                n
+            }
+            Some(codec) => codec.decompress_into(self.bytes(), self.pixel.size(), out)?,
+        };
+        if got != n {
+            return Err(CodecError::Corrupt("decoded size differs from the shape"));
+        }
+        Ok(n)
+    }
 }
 
 /// `start`: a series begins.

@@ -1,4 +1,67 @@
-//! DECTRIS Stream V2 (EIGER2, PILATUS4, Jungfraujoch): the messages a detector pushes
-//! ([`message`]). The source kind that takes them (issue 19) is built on this decoder.
+//! DECTRIS Stream V2 (EIGER2, PILATUS4, Jungfraujoch) as a source: `[source.stream2]`.
+//!
+//! The detector pushes CBOR messages ([`message`]) to a ZeroMQ PULL socket. Between runs a
+//! [`listener`] thread holds the socket; a `start` becomes a [`Series`](link::Series) (stream
+//! name, image format, NXmx metadata: [`series`]) and opens a run through the daemon's run
+//! control, which hands the socket to the run's source thread ([`receive`]). Its images
+//! become indices (image id + 1), its `end` ends the run, and the socket goes back to the
+//! listener. An image already in the stream's codec (bitshuffle-LZ4 from an EIGER2, with the
+//! default codec) is copied once from the message into a pool buffer and written as it
+//! arrived; others are decoded here and encoded by the pipeline. Refusals are counted by kind
+//! ([`counts`]) and logged once per kind.
 
+pub mod config;
+pub mod counts;
+pub mod link;
+pub mod listener;
 pub mod message;
+mod receive;
+pub mod series;
+
+use std::sync::Arc;
+
+use detingest_shm::PixelType;
+
+use self::config::Stream2Config;
+use crate::check::ConfigError;
+use crate::source::{PreparedSource, SourceConfig, SourceError, SourceKind};
+
+impl SourceKind for Stream2Config {
+    fn table(&self) -> &'static str {
+        "stream2"
+    }
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        self.check(i)
+    }
+    /// The series' format once a start announced it; before that (the daemon's own
+    /// configuration) a placeholder that passes validation.
+    fn frame_format(&self) -> (PixelType, [u32; 2]) {
+        self.link
+            .series()
+            .map_or((PixelType::U32, [1, 1]), |s| (s.pixel, s.shape))
+    }
+    fn whole_images(&self) -> bool {
+        true
+    }
+    fn pixel_mask(&self) -> Option<Arc<[u32]>> {
+        self.link.series().and_then(|s| s.pixel_mask)
+    }
+    fn prepare(
+        &self,
+        src: &SourceConfig,
+        _i: usize,
+        _modules: u32,
+    ) -> Result<Box<dyn PreparedSource>, SourceError> {
+        if self.link.series().is_none() {
+            return Err(SourceError::Config(ConfigError::new(
+                format!("source {}", src.name),
+                "a Stream V2 source's runs are opened by its detector's start message: \
+                 run it with `detingestd serve`",
+            )));
+        }
+        Ok(Box::new(receive::Prepared {
+            cfg: self.clone(),
+            name: src.name.clone(),
+        }))
+    }
+}

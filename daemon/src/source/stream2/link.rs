@@ -1,0 +1,128 @@
+//! What a Stream V2 source's listener (between runs) and its run's source thread (during a
+//! run) share: the PULL socket, which only one of them holds at a time; the series that
+//! opens the next run; and refusals counted while no run was there to count them.
+//!
+//! The lock is only held to move these in and out, never while receiving.
+
+use std::sync::Mutex;
+
+use detingest_shm::PixelType;
+
+use super::counts::MessageCounts;
+
+/// A series a `start` announced: what its run needs to know before it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// `series_id`.
+    pub id: u64,
+    /// `series_unique_id`.
+    pub unique_id: String,
+    /// `[ny, nx]` of its images.
+    pub shape: [u32; 2],
+    /// Their pixel type (from `image_dtype`, else from the first image).
+    pub pixel: PixelType,
+    /// The channels its images carry; the first is written.
+    pub channels: Vec<String>,
+    /// Images announced (0: not said).
+    pub images: u64,
+    /// The start's pixel mask of the first channel, as `u32` per pixel, if it sent one.
+    pub pixel_mask: Option<std::sync::Arc<[u32]>>,
+    /// The run request the start makes (stream, metadata).
+    pub request: serde_json::Value,
+}
+
+/// The shared state (see the module doc).
+#[derive(Default)]
+pub struct Link {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    socket: Option<zmq::Socket>,
+    series: Option<Series>,
+    /// An image the listener received to learn the pixel type: the run's first.
+    held: Option<zmq::Message>,
+    /// A start the run's source received for the next series (the last one had no `end`).
+    next: Option<Vec<u8>>,
+    /// Set by the source when it gave the socket back.
+    returned: bool,
+    pending: MessageCounts,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Link")
+    }
+}
+
+impl Link {
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut state)
+    }
+
+    /// The listener hands over the socket and the series before it starts the run.
+    pub fn hand_over(&self, socket: zmq::Socket, series: Series, held: Option<zmq::Message>) {
+        self.with(|s| {
+            s.socket = Some(socket);
+            s.series = Some(series);
+            s.held = held;
+            s.returned = false;
+        });
+    }
+
+    /// The series the next run is for, if the listener handed one over.
+    pub fn series(&self) -> Option<Series> {
+        self.with(|s| s.series.clone())
+    }
+
+    /// The run's source takes the socket and the held first image, and a copy of the series
+    /// (which stays, for the run's configuration to read its format).
+    pub fn take(&self) -> Option<(zmq::Socket, Series, Option<zmq::Message>)> {
+        self.with(|s| {
+            let series = s.series.clone()?;
+            let socket = s.socket.take()?;
+            Some((socket, series, s.held.take()))
+        })
+    }
+
+    /// The run's source gives the socket back at its end, with the start of the next series
+    /// if one came before an `end`.
+    pub fn give_back(&self, socket: zmq::Socket, next: Option<Vec<u8>>) {
+        self.with(|s| {
+            s.socket = Some(socket);
+            s.next = next;
+            s.returned = true;
+        });
+    }
+
+    /// The listener takes the socket back: after the run gave it back (`after_run`), or when
+    /// the run did not start (then whatever was handed over is taken back too). Returns the
+    /// socket and a start the run left for the next series.
+    pub fn take_back(&self, after_run: bool) -> Option<(zmq::Socket, Option<Vec<u8>>)> {
+        self.with(|s| {
+            if after_run && !s.returned {
+                return None;
+            }
+            s.series = None;
+            s.held = None;
+            s.returned = false;
+            let socket = s.socket.take()?;
+            Some((socket, s.next.take()))
+        })
+    }
+
+    /// Adds refusals counted while no run was going; the next run's counts include them.
+    pub fn count_pending(&self, f: impl FnOnce(&mut MessageCounts)) {
+        self.with(|s| f(&mut s.pending));
+    }
+
+    /// Takes the refusals counted between runs.
+    pub fn take_pending(&self) -> MessageCounts {
+        self.with(|s| std::mem::take(&mut s.pending))
+    }
+}
