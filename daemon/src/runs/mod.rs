@@ -172,6 +172,11 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
             syn.frames = config.run.frames;
         }
     }
+    // A source that feeds several streams (a Stream V2 detector's channels) becomes one
+    // source per stream.
+    config.sources = (config.sources.iter())
+        .flat_map(|s| s.kind().map_or_else(|| vec![s.clone()], |k| k.expand(s)))
+        .collect();
     config.validate()?;
     Ok(config)
 }

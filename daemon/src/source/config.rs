@@ -81,6 +81,11 @@ pub trait SourceKind: Sync {
     fn feeds_stream_alone(&self) -> bool {
         false
     }
+    /// The sources `src` becomes in a run: itself, or one per stream it feeds (a Stream V2
+    /// detector's threshold channels, one stream each).
+    fn expand(&self, src: &SourceConfig) -> Vec<SourceConfig> {
+        vec![src.clone()]
+    }
     /// True for a source that receives whole images (its grid must be `[1, 1]`).
     fn whole_images(&self) -> bool {
         false

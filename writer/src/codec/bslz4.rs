@@ -103,9 +103,15 @@ pub fn decoded_len(chunk: &[u8]) -> Result<usize, CodecError> {
     usize::try_from(leading_size(chunk)?).map_err(|_| CodecError::Corrupt("size overflows"))
 }
 
-/// Decodes a 32008 chunk of `es`-byte elements into `out`. Accepts any block size the header
-/// states (a multiple of 8 elements), as the C library does.
-pub fn decompress_into(chunk: &[u8], es: usize, out: &mut [u8]) -> Result<usize, CodecError> {
+/// What a 32008 chunk's header says: decoded bytes, elements per block, elements in blocks
+/// (the rest, fewer than 8, are stored raw at the end).
+struct Framing {
+    total: usize,
+    block: usize,
+    blocked: usize,
+}
+
+fn framing(chunk: &[u8], es: usize) -> Result<Framing, CodecError> {
     check_es(es)?;
     let total = decoded_len(chunk)?;
     let head = chunk
@@ -117,10 +123,6 @@ pub fn decompress_into(chunk: &[u8], es: usize, out: &mut [u8]) -> Result<usize,
             "size is not a whole number of elements",
         ));
     }
-    let have = out.len();
-    let out = out
-        .get_mut(..total)
-        .ok_or(CodecError::OutputTooSmall { have, need: total })?;
     let n = total / es;
     let blocked = n - n % 8;
     let block = if block_bytes == 0 {
@@ -133,6 +135,46 @@ pub fn decompress_into(chunk: &[u8], es: usize, out: &mut [u8]) -> Result<usize,
             "block size is not a multiple of 8 elements",
         ));
     }
+    Ok(Framing {
+        total,
+        block,
+        blocked,
+    })
+}
+
+/// Checks a 32008 chunk of `es`-byte elements without decoding it: the header, every block's
+/// length, the raw tail, nothing before or after. Returns the decoded size.
+pub fn check_framing(chunk: &[u8], es: usize) -> Result<usize, CodecError> {
+    let f = framing(chunk, es)?;
+    let mut pos = HEADER;
+    let mut start = 0;
+    while start < f.blocked {
+        let len = f.block.min(f.blocked - start);
+        let (body, next) = read_block(chunk, pos)?;
+        if body.len() > lz4_flex::block::get_maximum_output_size(len * es) {
+            return Err(CodecError::Corrupt("an LZ4 block longer than it can be"));
+        }
+        pos = next;
+        start += len;
+    }
+    if pos + (f.total - f.blocked * es) != chunk.len() {
+        return Err(CodecError::Corrupt("block lengths do not add up to the chunk"));
+    }
+    Ok(f.total)
+}
+
+/// Decodes a 32008 chunk of `es`-byte elements into `out`. Accepts any block size the header
+/// states (a multiple of 8 elements), as the C library does.
+pub fn decompress_into(chunk: &[u8], es: usize, out: &mut [u8]) -> Result<usize, CodecError> {
+    let Framing {
+        total,
+        block,
+        blocked,
+    } = framing(chunk, es)?;
+    let have = out.len();
+    let out = out
+        .get_mut(..total)
+        .ok_or(CodecError::OutputTooSmall { have, need: total })?;
     // Bounded by `out`, which the caller sized.
     let mut scratch = vec![0u8; block.min(blocked) * es];
     let mut pos = HEADER;

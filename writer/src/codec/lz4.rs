@@ -68,8 +68,8 @@ pub fn decoded_len(chunk: &[u8]) -> Result<usize, CodecError> {
     usize::try_from(size).map_err(|_| CodecError::Corrupt("negative size"))
 }
 
-/// Decodes a 32004 chunk into `out`.
-pub fn decompress_into(chunk: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
+/// The decoded size and block size a 32004 chunk's header states.
+fn framing(chunk: &[u8]) -> Result<(usize, usize), CodecError> {
     let n = decoded_len(chunk)?;
     if chunk.len() < HEADER {
         return Err(CodecError::Corrupt("shorter than the 12-byte header"));
@@ -79,6 +79,33 @@ pub fn decompress_into(chunk: &[u8], out: &mut [u8]) -> Result<usize, CodecError
     if n > 0 && bs == 0 {
         return Err(CodecError::Corrupt("zero block size"));
     }
+    Ok((n, bs))
+}
+
+/// Checks a 32004 chunk without decoding it: the header and every block's length. Returns
+/// the decoded size.
+pub fn check_framing(chunk: &[u8]) -> Result<usize, CodecError> {
+    let (n, bs) = framing(chunk)?;
+    let mut pos = HEADER;
+    let mut left = n;
+    while left > 0 {
+        let len = bs.min(left);
+        let (body, next) = read_block(chunk, pos)?;
+        if body.len() > lz4_flex::block::get_maximum_output_size(len) {
+            return Err(CodecError::Corrupt("an LZ4 block longer than it can be"));
+        }
+        pos = next;
+        left -= len;
+    }
+    if pos != chunk.len() {
+        return Err(CodecError::Corrupt("trailing bytes after the last block"));
+    }
+    Ok(n)
+}
+
+/// Decodes a 32004 chunk into `out`.
+pub fn decompress_into(chunk: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
+    let (n, bs) = framing(chunk)?;
     let have = out.len();
     let out = out
         .get_mut(..n)

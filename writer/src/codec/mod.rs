@@ -103,6 +103,17 @@ impl Codec {
         }
     }
 
+    /// Checks that `chunk` is framed as this codec's chunks are (header, block lengths,
+    /// nothing left over) without decoding it, and returns its decoded size: what a chunk
+    /// that arrived encoded must pass before it is written as it is. `None` checks nothing.
+    pub fn check_framing(self, chunk: &[u8], es: usize) -> Result<usize, CodecError> {
+        match self {
+            Self::None => Ok(chunk.len()),
+            Self::Lz4 => lz4::check_framing(chunk),
+            Self::BitshuffleLz4 => bslz4::check_framing(chunk, es),
+        }
+    }
+
     /// Decoded size recorded in a chunk's header (for sizing the output of
     /// [`Codec::decompress_into`]).
     pub fn decoded_len(self, chunk: &[u8]) -> Result<usize, CodecError> {
@@ -172,4 +183,29 @@ fn copy(input: &[u8], out: &mut [u8]) -> Result<usize, CodecError> {
         })?;
     dst.copy_from_slice(input);
     Ok(input.len())
+}
+
+#[cfg(test)]
+mod framing_tests {
+    use super::*;
+
+    #[test]
+    fn framing_is_checked_without_decoding_and_any_damage_to_it_refused() {
+        let input: Vec<u8> = (0..5003u32).flat_map(|i| ((i * 7) % 300).to_le_bytes()).collect();
+        for codec in [Codec::Lz4, Codec::BitshuffleLz4] {
+            let mut out = vec![0; codec.max_compressed_len(input.len(), 4)];
+            let n = codec.compress_into(&input, 4, &mut out).unwrap();
+            let chunk = &out[..n];
+            assert_eq!(codec.check_framing(chunk, 4), Ok(input.len()), "{codec:?}");
+            for cut in [1, 5, n - 12] {
+                assert!(codec.check_framing(&chunk[..n - cut], 4).is_err(), "{codec:?} -{cut}");
+            }
+            let mut longer = chunk.to_vec();
+            longer.push(0);
+            assert!(codec.check_framing(&longer, 4).is_err(), "{codec:?} +1");
+            let mut bad_len = chunk.to_vec();
+            bad_len[13] ^= 0x40; // the first block's length
+            assert!(codec.check_framing(&bad_len, 4).is_err(), "{codec:?} length");
+        }
+    }
 }

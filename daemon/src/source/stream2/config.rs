@@ -35,6 +35,9 @@ pub struct Stream2Config {
     /// that opens the next run, refusals not yet in a run's counts).
     #[serde(skip)]
     pub link: Arc<Link>,
+    /// In a run, the channel this source writes (0: the first, which receives).
+    #[serde(skip)]
+    pub channel: usize,
 }
 
 fn default_stream_name() -> String {

@@ -4,7 +4,9 @@
 //!
 //! The lock is only held to move these in and out, never while receiving.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crossbeam::channel::Sender;
 
 use detingest_shm::PixelType;
 
@@ -26,7 +28,7 @@ pub struct Series {
     /// Images announced (0: not said).
     pub images: u64,
     /// The start's pixel mask of the first channel, as `u32` per pixel, if it sent one.
-    pub pixel_mask: Option<std::sync::Arc<[u32]>>,
+    pub pixel_mask: Option<Arc<[u32]>>,
     /// The run request the start makes (stream, metadata).
     pub request: serde_json::Value,
 }
@@ -47,6 +49,8 @@ struct State {
     next: Option<Vec<u8>>,
     /// Set by the source when it gave the socket back.
     returned: bool,
+    /// Queues to the run's followers (further channels), registered as they are prepared.
+    followers: Vec<Sender<Arc<zmq::Message>>>,
     pending: MessageCounts,
 }
 
@@ -72,7 +76,18 @@ impl Link {
             s.series = Some(series);
             s.held = held;
             s.returned = false;
+            s.followers.clear();
         });
+    }
+
+    /// A follower's queue, registered when it is prepared: the leader hands it every image.
+    pub fn add_follower(&self, queue: Sender<Arc<zmq::Message>>) {
+        self.with(|s| s.followers.push(queue));
+    }
+
+    /// The leader takes the followers' queues.
+    pub fn take_followers(&self) -> Vec<Sender<Arc<zmq::Message>>> {
+        self.with(|s| std::mem::take(&mut s.followers))
     }
 
     /// The series the next run is for, if the listener handed one over.
@@ -111,6 +126,7 @@ impl Link {
             s.series = None;
             s.held = None;
             s.returned = false;
+            s.followers.clear();
             let socket = s.socket.take()?;
             Some((socket, s.next.take()))
         })

@@ -20,11 +20,14 @@ pub mod series;
 
 use std::sync::Arc;
 
-use detingest_shm::PixelType;
+use detingest_shm::{Name, PixelType};
 
 use self::config::Stream2Config;
 use crate::check::ConfigError;
 use crate::source::{PreparedSource, SourceConfig, SourceError, SourceKind};
+
+/// Images queued to a follower (a further channel) before the leader waits for it.
+const FOLLOWER_QUEUE: usize = 16;
 
 impl SourceKind for Stream2Config {
     fn table(&self) -> &'static str {
@@ -39,6 +42,32 @@ impl SourceKind for Stream2Config {
         self.link
             .series()
             .map_or((PixelType::U32, [1, 1]), |s| (s.pixel, s.shape))
+    }
+    /// One source per channel when the series has several: stream `<stream>_<channel>`,
+    /// source `<name>` for the first (which receives) and `<name>-<channel>` for the others.
+    fn expand(&self, src: &SourceConfig) -> Vec<SourceConfig> {
+        let channels = self.link.series().map(|s| s.channels).unwrap_or_default();
+        if channels.len() < 2 {
+            return vec![src.clone()];
+        }
+        let named = |base: &Name, k: usize, sep: char| {
+            Name::new(&format!("{base}{sep}{}", channels[k]))
+                .or_else(|_| Name::new(&format!("{base}{sep}channel{}", k + 1)))
+                .unwrap_or_else(|_| base.clone())
+        };
+        (0..channels.len())
+            .map(|k| {
+                let mut s = src.clone();
+                s.stream.stream = named(&src.stream.stream, k, '_');
+                if k > 0 {
+                    s.name = named(&src.name, k, '-');
+                }
+                if let Some(c) = s.stream2.as_mut() {
+                    c.channel = k;
+                }
+                s
+            })
+            .collect()
     }
     fn whole_images(&self) -> bool {
         true
@@ -59,9 +88,15 @@ impl SourceKind for Stream2Config {
                  run it with `detingestd serve`",
             )));
         }
+        let follow = (self.channel > 0).then(|| {
+            let (tx, rx) = crossbeam::channel::bounded(FOLLOWER_QUEUE);
+            self.link.add_follower(tx);
+            rx
+        });
         Ok(Box::new(receive::Prepared {
             cfg: self.clone(),
             name: src.name.clone(),
+            follow,
         }))
     }
 }

@@ -3,6 +3,7 @@
 //! arrived when it is in the stream's codec, decoded otherwise), ends at the series' `end`
 //! (or at a start of the next series, or when the run is stopped) and gives the socket back.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use detingest_shm::{FrameBuf, FrameMeta, Name, PacketMask};
@@ -17,10 +18,13 @@ use crate::source::{PreparedSource, SourceOutput};
 /// How often the counters are published to the source's stats.
 const PUBLISH: Duration = Duration::from_millis(100);
 
-/// A Stream V2 source ready for its run.
+/// A Stream V2 source ready for its run: the leader (the series' first channel), which
+/// receives, or a follower (a further channel), which takes the leader's images.
 pub(super) struct Prepared {
     pub(super) cfg: Stream2Config,
     pub(super) name: Name,
+    /// A follower's queue from the leader.
+    pub(super) follow: Option<crossbeam::channel::Receiver<Arc<zmq::Message>>>,
 }
 
 impl PreparedSource for Prepared {
@@ -37,29 +41,56 @@ impl PreparedSource for Prepared {
     }
 
     fn run(self: Box<Self>, out: &mut SourceOutput) {
+        match self.follow {
+            Some(ref rx) => self.follow(rx, out),
+            None => self.lead(out),
+        }
+    }
+}
+
+impl Prepared {
+    fn receiver(&self, series: Series, counts: MessageCounts) -> Receiver<'_> {
+        let channel = self.cfg.channel;
+        Receiver {
+            channel: (series.channels.len() > 1).then(|| series.channels[channel].clone()),
+            series,
+            counts,
+            logged: OncePerKind::default(),
+            last: None,
+            name: &self.name,
+            ended: false,
+            next: None,
+        }
+    }
+
+    /// The leader: receives until the series' end and hands each image to the followers.
+    fn lead(&self, out: &mut SourceOutput) {
+        let followers = self.cfg.link.take_followers();
         let Some((socket, series, held)) = self.cfg.link.take() else {
             tracing::error!(source = %self.name, "no series handed over; the run gets no image");
             out.end(None);
             return;
         };
-        let mut rx = Receiver {
-            series,
-            counts: self.cfg.link.take_pending(),
-            logged: OncePerKind::default(),
-            last: None,
-            name: &self.name,
-        };
+        let mut rx = self.receiver(series, self.cfg.link.take_pending());
         out.start(0);
-        tracing::info!(source = %self.name, series = rx.series.id, images = rx.series.images, "series started");
-        let mut next = None;
-        let mut ended = false;
+        tracing::info!(source = %self.name, series = rx.series.id, images = rx.series.images, channels = ?rx.series.channels, "series started");
+        let forward = |msg: zmq::Message, rx: &mut Receiver<'_>, out: &mut SourceOutput| {
+            if followers.is_empty() {
+                rx.take(&msg, out);
+                return;
+            }
+            let msg = Arc::new(msg);
+            if rx.take(&msg, out) {
+                for f in &followers {
+                    let _ = f.send(Arc::clone(&msg)); // blocks as its pipeline does
+                }
+            }
+        };
         if let Some(first) = held {
-            rx.counts.received += 1;
-            rx.take(&first, out, &mut next, &mut ended);
+            forward(first, &mut rx, out); // counted received by the listener
         }
-        let mut msg = zmq::Message::new();
         let mut published = Instant::now();
-        while !ended && next.is_none() && !out.stop_requested() {
+        while !rx.ended && rx.next.is_none() && !out.stop_requested() {
             if published.elapsed() >= PUBLISH {
                 rx.publish(out);
                 published = Instant::now();
@@ -72,14 +103,16 @@ impl PreparedSource for Prepared {
                     break;
                 }
             }
+            let mut msg = zmq::Message::new();
             if socket.recv(&mut msg, zmq::DONTWAIT).is_err() {
                 continue;
             }
             rx.counts.received += 1;
-            rx.take(&msg, out, &mut next, &mut ended);
+            forward(msg, &mut rx, out);
         }
-        if !ended {
-            let why = if next.is_some() {
+        drop(followers); // the followers end their streams when their queues close
+        if !rx.ended {
+            let why = if rx.next.is_some() {
                 "the next series started before its end"
             } else {
                 "the run was stopped before its end"
@@ -88,35 +121,59 @@ impl PreparedSource for Prepared {
         }
         out.end(rx.last);
         rx.publish(out);
-        self.cfg.link.give_back(socket, next);
+        self.cfg.link.give_back(socket, rx.next.take());
+    }
+
+    /// A follower: writes its channel of the leader's images until the leader ends.
+    fn follow(&self, queue: &crossbeam::channel::Receiver<Arc<zmq::Message>>, out: &mut SourceOutput) {
+        let Some(series) = self.cfg.link.series() else {
+            out.end(None);
+            return;
+        };
+        let mut rx = self.receiver(series, MessageCounts::default());
+        out.start(0);
+        let mut published = Instant::now();
+        while let Ok(msg) = queue.recv() {
+            if let Ok(Message::Image(image)) = decode(&msg) {
+                rx.counts.received += 1;
+                rx.image(&image, out);
+            }
+            if published.elapsed() >= PUBLISH {
+                rx.publish(out);
+                published = Instant::now();
+            }
+        }
+        out.end(rx.last);
+        rx.publish(out);
     }
 }
 
-/// One series being received.
+/// One channel of one series being received.
 struct Receiver<'a> {
     series: Series,
+    /// The channel written, by name, when the series has several.
+    channel: Option<String>,
     counts: MessageCounts,
     logged: OncePerKind,
     last: Option<u64>,
     name: &'a Name,
+    /// The series' end came.
+    ended: bool,
+    /// A start of the next series came (the leader ends this one).
+    next: Option<Vec<u8>>,
 }
 
 impl Receiver<'_> {
     /// Handles one message: an image becomes a frame, `end` of this series sets `ended`, a
-    /// start of another series is kept in `next`.
-    fn take(
-        &mut self,
-        msg: &[u8],
-        out: &mut SourceOutput,
-        next: &mut Option<Vec<u8>>,
-        ended: &mut bool,
-    ) {
+    /// start of another series is kept in `next`. True for an image of this series (the
+    /// followers' channels are in it too).
+    fn take(&mut self, msg: &[u8], out: &mut SourceOutput) -> bool {
         match decode(msg) {
             Err(e) => self.refuse(Refusal::of(&e), &e),
-            Ok(Message::Image(image)) => self.image(&image, out),
+            Ok(Message::Image(image)) => return self.image(&image, out),
             Ok(Message::End { series_id }) if series_id == self.series.id => {
                 self.counts.ends += 1;
-                *ended = true;
+                self.ended = true;
             }
             Ok(Message::End { series_id }) => {
                 self.refuse(Refusal::OtherSeries, &format!("end of series {series_id}"));
@@ -124,17 +181,30 @@ impl Receiver<'_> {
             Ok(Message::Start(start)) if start.series_id == self.series.id => {
                 self.refuse(Refusal::OtherSeries, &"a second start of this series");
             }
-            Ok(Message::Start(_)) => *next = Some(msg.to_vec()),
+            Ok(Message::Start(_)) => self.next = Some(msg.to_vec()),
         }
+        false
     }
 
-    fn image(&mut self, image: &Image<'_>, out: &mut SourceOutput) {
+    /// Writes this receiver's channel of `image`; true when the image is of this series.
+    fn image(&mut self, image: &Image<'_>, out: &mut SourceOutput) -> bool {
         if image.series_id != self.series.id {
             let why = format!("image of series {}", image.series_id);
-            return self.refuse(Refusal::OtherSeries, &why);
+            self.refuse(Refusal::OtherSeries, &why);
+            return false;
         }
-        let Some((_, array)) = image.channels[0] else {
-            return; // the decoder guarantees a first channel
+        self.write(image, out);
+        true
+    }
+
+    fn write(&mut self, image: &Image<'_>, out: &mut SourceOutput) {
+        let array = match &self.channel {
+            None => image.channels[0].map(|(_, a)| a),
+            Some(name) => image.arrays().find(|(c, _)| c == name).map(|(_, a)| a),
+        };
+        let Some(array) = array else {
+            let why = format!("image {} has no channel {:?}", image.image_id, self.channel);
+            return self.refuse(Refusal::WrongFormat, &why);
         };
         if array.shape != self.series.shape || array.pixel != self.series.pixel {
             let why = format!(
@@ -147,16 +217,21 @@ impl Receiver<'_> {
             );
             return self.refuse(Refusal::WrongFormat, &why);
         }
-        if image.channels[1].is_some() {
+        if self.channel.is_none() && image.channels[1].is_some() {
             self.counts.extra_channels += 1;
             if self.logged.first(Refusal::ExtraChannels) {
-                tracing::warn!(source = %self.name, channels = ?self.series.channels, "images carry several channels; only the first is written");
+                tracing::warn!(source = %self.name, channels = ?self.series.channels, "images carry more channels than the start announced; only the first is written");
             }
         }
         let Some(mut buf) = out.buffer(image.image_id, 0) else {
             return; // dropped by policy: counted and recorded by `buffer`
         };
         let frame = if array.codec().is_some_and(|c| c == out.codec()) {
+            let framed = out.codec().check_framing(array.bytes(), array.pixel.size());
+            if framed != Ok(array.raw_len()) {
+                let why = format!("image {}: chunk framing: {framed:?}", image.image_id);
+                return self.refuse(Refusal::WrongFormat, &why);
+            }
             if !buf.fill_from(array.bytes()) {
                 let why = format!(
                     "image {}: {} bytes compressed, more than the image's {}",

@@ -1,0 +1,333 @@
+"""DECTRIS Stream V2 into detingestd (`[source.stream2]`): tickit-devices' EIGER simulator
+(replaying a recorded EIGER2 16M image) and a sender written from the specification
+(stream2_spec.py: cbor2, the C bitshuffle library, python-lz4) push series; h5py reads what
+the daemon wrote, dectris-compression decodes what the producers sent."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cbor2
+import h5py
+import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters)
+import numpy as np
+import pytest
+from dectris.compression import decompress
+
+import stream2_spec as spec
+from conftest import ROOT, free_port, wait_for_log
+
+SPECIFIC = "entry/instrument/detector/detectorSpecific"
+TICKIT_DATA = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
+    / "site-packages" / "tickit_devices" / "eiger" / "data" / "stream2"
+
+
+class Serve:
+    """`detingestd serve` with one `[source.stream2]` connected to `endpoint`."""
+
+    def __init__(self, exe, tmp, endpoint, extra="", stream2="", name="serve"):
+        self.port = free_port()
+        self.data = tmp / f"{name}-data"
+        self.cfg = tmp / f"{name}.toml"
+        self.cfg.write_text(
+            f'data_dir = "{self.data}"\n[control]\nlisten = "127.0.0.1:{self.port}"\n'
+            '[pipeline]\ninput_buffers = 8\noutput_buffers = 8\n'
+            '[live]\npublish = ""\nquery = ""\n' + extra +
+            '\n[[source]]\nname = "eiger"\n'
+            'stream = { beamtime = "bt", source = "eiger", stream = "unused" }\n'
+            f'[source.stream2]\nendpoint = "{endpoint}"\n{stream2}\n')
+        self.log = tmp / f"{name}.log"
+        self.proc = subprocess.Popen([exe, "--log", "info", "serve", "--config", str(self.cfg)],
+                                     stderr=open(self.log, "w"))
+        wait_for_log(self.proc, self.log, "control API listening")
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
+            body = r.read()
+            return json.loads(body) if path != "/metrics" else body.decode()
+
+    def wait_run(self, stream, timeout=60):
+        """Waits until the run of `stream` has ended; returns its status."""
+        deadline = time.time() + timeout
+        while True:
+            status = self.get("/run")
+            if status["stream"] == stream and status["state"] != "running":
+                return status
+            assert time.time() < deadline, (status, self.log.read_text()[-3000:])
+            time.sleep(0.05)
+
+    def master(self, stream):
+        return self.data / "bt" / "eiger" / f"{stream}_master.h5"
+
+    def close(self):
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(timeout=60) == 0, self.log.read_text()[-3000:]
+
+
+@pytest.fixture
+def serve(detingestd, tmp_path):
+    started = []
+
+    def make(endpoint, **kw):
+        s = Serve(detingestd, tmp_path, endpoint, **kw)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        if s.proc.poll() is None:
+            s.close()
+
+
+class EigerSim:
+    """tickit-devices' EIGER simulator: REST on `rest`, Stream V2 (PUSH) on `stream`."""
+
+    def __init__(self, tmp):
+        self.rest, self.stream = free_port(), free_port()
+        cfg = tmp / "eiger.yaml"
+        cfg.write_text(
+            "- type: tickit_devices.eiger.Eiger\n  name: eiger\n  inputs: {}\n"
+            f"  host: 127.0.0.1\n  port: {self.rest}\n  stream_host: 127.0.0.1\n"
+            f"  stream_legacy_port: {free_port()}\n  stream_cbor_port: {self.stream}\n")
+        self.log = tmp / "eiger.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "python" / "tickit_eiger.py"), str(cfg)],
+            stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                self.get("detector", "status/state")
+                break
+            except OSError:
+                assert self.proc.poll() is None, self.log.read_text()[-3000:]
+                assert time.time() < deadline, "the EIGER simulator did not come up"
+                time.sleep(0.2)
+        self.put("stream", "config/format", "cbor")
+        self.put("detector", "config/trigger_mode", "ints")
+
+    def url(self, api, path):
+        return f"http://127.0.0.1:{self.rest}/{api}/api/1.8.0/{path}"
+
+    def get(self, api, path):
+        with urllib.request.urlopen(self.url(api, path), timeout=10) as r:
+            return json.loads(r.read())
+
+    def put(self, api, path, value=None):
+        body = b"" if value is None else json.dumps({"value": value}).encode()
+        req = urllib.request.Request(self.url(api, path), data=body, method="PUT",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read() or b"null")
+
+    def series(self, images, frame_time=0.05):
+        """arm, trigger, wait, disarm: one series of `images`; returns its series id."""
+        self.put("detector", "config/nimages", images)
+        self.put("detector", "config/frame_time", frame_time)
+        self.put("detector", "command/arm")
+        self.put("detector", "command/trigger")
+        deadline = time.time() + 60
+        while self.get("detector", "status/state")["value"] == "acquire":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        return self.put("detector", "command/disarm")
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def eiger(tmp_path):
+    sim = EigerSim(tmp_path)
+    yield sim
+    sim.close()
+
+
+def recorded_image():
+    """The EIGER2 16M image tickit-devices replays: (its bslz4 chunk, the pixels
+    dectris-compression decodes from it)."""
+    msg = cbor2.loads((TICKIT_DATA / "image.cbor").read_bytes())
+    msg = msg.value if isinstance(msg, cbor2.CBORTag) else msg
+    dims, typed = msg["data"]["threshold_1"].value
+    algorithm, elem_size, chunk = typed.value.value
+    pixels = np.frombuffer(decompress(chunk, algorithm, elem_size=elem_size),
+                           dtype=f"<u{elem_size}").reshape(dims)
+    return chunk, pixels
+
+
+def test_eiger_simulator_series_are_written_as_the_detector_compressed_them(serve, eiger):
+    daemon = serve(f"tcp://127.0.0.1:{eiger.stream}")
+    chunk, pixels = recorded_image()
+    streams = []
+    for n in (4, 3):
+        eiger.series(n)
+        deadline = time.time() + 60
+        while True:
+            status = daemon.get("/run")
+            if status["state"] != "running" and status["stream"] not in (None, *streams):
+                break
+            assert time.time() < deadline, (status, daemon.log.read_text()[-3000:])
+            time.sleep(0.05)
+        streams.append(status["stream"])
+        assert status["end_reason"] == "source", status
+        assert status["frames_recorded"] == n and status["frames_lost"] == 0, status
+        m = status["sources"][0]["messages"]
+        assert m["passed_through"] == n and m["decoded"] == 0, m
+        stream = status["stream"].split("/")[-1]
+        with h5py.File(daemon.master(stream)) as f:
+            data = f["entry/data/data"]
+            assert data.shape == (n, *pixels.shape) and data.dtype == np.uint16
+            for i in range(n):
+                assert np.array_equal(data[i], pixels), i
+            det = f["entry/instrument/detector"]
+            assert det["description"][()] == b"Dectris EIGER2 Si 16M"
+            assert det["x_pixel_size"][()] == pytest.approx(75e-6)
+            assert det["beam_center_x"].attrs["units"] == "pixel"
+            assert det["sensor_thickness"][()] == pytest.approx(450e-6)
+            assert f["entry/instrument/beam/incident_wavelength"][()] > 0
+            gonio = json.loads(f[f"{SPECIFIC}/goniometer"][()])
+            assert set(gonio) >= {"omega", "kappa", "phi"}
+            assert f[f"{SPECIFIC}/detector_serial_number"][()]
+            assert list(f[f"{SPECIFIC}/frame_lost"][:]) == [0] * n
+        with h5py.File(daemon.master(stream).with_name(f"{stream}_data_000001.h5")) as f:
+            for i in range(n):
+                filters, stored = f["entry/data/data"].id.read_direct_chunk((i, 0, 0))
+                assert stored == chunk, "the chunk was not written as the detector sent it"
+    assert len(set(streams)) == 2
+    daemon.close()
+
+
+def images(n, shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.poisson(3.0, size=shape).astype(dtype) * (i + 1) for i in range(n)]
+
+
+@pytest.fixture
+def detector():
+    d = spec.Detector(free_port())
+    yield d
+    d.close()
+
+
+def test_two_channels_gaps_mask_and_metadata_from_the_start(serve, detector):
+    """A series of u32 images with two threshold channels: one stream per channel, every
+    pixel as sent, the missing image recorded lost, the start's mask and metadata in the
+    master."""
+    daemon = serve(detector.endpoint)
+    shape, n = (96, 80), 6
+    ch = ("threshold_1", "threshold_2")
+    low, high = images(n, shape, "<u4", 1), images(n, shape, "<u4", 2)
+    mask = np.zeros(shape, "<u4")
+    mask[3, 4], mask[50, 7] = 1, 8
+    time.sleep(0.3)  # the daemon connects
+    detector.send(spec.start(7, shape, "uint32", ch, n=n, mask=mask))
+    sent = [i for i in range(n) if i != 3]  # image 3 never comes
+    for i in sent:
+        detector.send(spec.image(7, i, {ch[0]: low[i], ch[1]: high[i]}))
+    detector.send(spec.end(7))
+    status = daemon.wait_run("bt/eiger/series_7_threshold_1")
+    assert status["end_reason"] == "source", status
+    assert [s["name"] for s in status["sources"]] == ["eiger", "eiger-threshold_2"]
+    for stream, pixels in (("series_7_threshold_1", low), ("series_7_threshold_2", high)):
+        with h5py.File(daemon.master(stream)) as f:
+            data = f["entry/data/data"]
+            assert data.shape == (n, *shape) and data.dtype == np.uint32, stream
+            for i in sent:
+                assert np.array_equal(data[i], pixels[i]), (stream, i)
+            assert list(f[f"{SPECIFIC}/frame_lost"][:]) == [0, 0, 0, 1, 0, 0]
+            assert list(f[f"{SPECIFIC}/frame_number"][:]) == list(range(n))
+            assert np.array_equal(f[f"{SPECIFIC}/pixel_mask"][:], mask)
+            det = f["entry/instrument/detector"]
+            assert det["description"][()] == b"spec sender"
+            assert det["beam_center_y"][()] == 40.25
+            assert det["detector_distance"][()] == 0.2
+            assert det["saturation_value"][()] == 12345
+            assert f["entry/instrument/beam/incident_wavelength"][()] == pytest.approx(1.0)
+            assert json.loads(f[f"{SPECIFIC}/threshold_energy"][()]) == \
+                {"threshold_1": 6000.0, "threshold_2": 7000.0}
+            assert json.loads(f[f"{SPECIFIC}/user_data"][()]) == {"sample": "lysozyme"}
+    daemon.close()
+
+
+def test_raw_and_lz4_images_are_encoded_by_the_daemon(serve, detector):
+    """Images sent raw and LZ4 (DECTRIS's "lz4": HDF5 32004 framing, which dectris-compression
+    decodes) are decoded and written with the stream's codec (bitshuffle-LZ4)."""
+    daemon = serve(detector.endpoint)
+    shape = (64, 48)
+    time.sleep(0.3)
+    for sid, encoding in ((1, "raw"), (2, "lz4")):
+        pics = images(5, shape, "<u2", sid)
+        if encoding == "lz4":  # the framing is DECTRIS's own: their decoder agrees
+            chunk = spec.lz4_h5(pics[0])
+            back = np.frombuffer(decompress(chunk, "lz4", elem_size=2), "<u2")
+            assert np.array_equal(back.reshape(shape), pics[0])
+        detector.send(spec.start(sid, shape, "uint16", n=5))
+        detector.send(*[spec.image(sid, i, {"threshold_1": p}, encoding)
+                        for i, p in enumerate(pics)])
+        detector.send(spec.end(sid))
+        status = daemon.wait_run(f"bt/eiger/series_{sid}")
+        m = status["sources"][0]["messages"]
+        assert (m["decoded"], m["passed_through"], m["images"]) == (5, 0, 5), m
+        with h5py.File(daemon.master(f"series_{sid}")) as f:
+            assert np.array_equal(f["entry/data/data"][:], np.stack(pics))
+        with h5py.File(daemon.master(f"series_{sid}").with_name(
+                f"series_{sid}_data_000001.h5")) as f:
+            assert "32008" in f["entry/data/data"]._filters
+    daemon.close()
+
+
+def test_bad_messages_are_counted_by_kind_and_cost_nothing(serve, detector):
+    """Garbage, cut CBOR, unknown types, images before a start, wrong shape and dtype, another
+    series' images, missing fields, a corrupt chunk: counted by kind, logged once per kind,
+    the daemon keeps going, and the good images are all written."""
+    daemon = serve(detector.endpoint)
+    shape = (32, 40)
+    good = images(4, shape, "<u4", 9)
+    time.sleep(0.3)
+    img = spec.image(3, 1, {"threshold_1": good[1]})
+    chunk = spec.bslz4(good[2])
+    cut = spec.message({  # the chunk's last block cut short: its lengths do not add up
+        "type": "image", "series_id": 3, "image_id": 2,
+        "data": {"threshold_1": cbor2.CBORTag(40, [list(shape), cbor2.CBORTag(70, cbor2.CBORTag(
+            spec.DECTRIS_COMPRESSION, ["bslz4", 4, chunk[:-7]]))])}})
+    short = spec.message({  # raw bytes that do not fill the shape
+        "type": "image", "series_id": 3, "image_id": 2,
+        "data": {"threshold_1": cbor2.CBORTag(40, [list(shape), cbor2.CBORTag(70, b"\0" * 12)])}})
+    detector.send(
+        b"\x00garbage", spec.image(2, 0, {"threshold_1": good[0]}),  # before any start
+        spec.end(2))                                                  # before any start
+    detector.send(spec.start(3, shape, "uint32", n=4))
+    detector.send(
+        spec.image(3, 0, {"threshold_1": good[0]}),
+        img[: len(img) // 2],                                          # cut short
+        spec.message({"type": "status", "series_id": 3}),              # unknown type
+        spec.message({"type": "image", "series_id": 3, "data": {}}),   # no image_id
+        spec.image(3, 9, {"threshold_1": np.zeros((32, 41), "<u4")}),  # wrong shape
+        spec.image(3, 9, {"threshold_1": np.zeros(shape, "<u2")}),     # wrong dtype
+        spec.image(4, 1, {"threshold_1": good[1]}),                    # another series
+        spec.message({"type": "image", "series_id": 3, "image_id": 1,
+                      "data": {"threshold_1": "not an array"}}),       # not CBOR we take
+        short,                                                         # bad field
+        cut,                                                           # bad framing
+        img, spec.image(3, 3, {"threshold_1": good[3]}), spec.end(3))
+    status = daemon.wait_run("bt/eiger/series_3")
+    m = status["sources"][0]["messages"]
+    assert (m["malformed"], m["unknown_type"], m["missing_field"]) == (3, 1, 1), m
+    assert (m["before_start"], m["other_series"], m["bad_field"]) == (2, 1, 1), m
+    assert m["wrong_format"] == 3 and m["images"] == 3, m
+    assert status["sources"][0]["malformed"] == 12
+    with h5py.File(daemon.master("series_3")) as f:
+        data = f["entry/data/data"]
+        for i in (0, 1, 3):
+            assert np.array_equal(data[i], good[i]), i
+        assert list(f[f"{SPECIFIC}/frame_lost"][:]) == [0, 0, 1, 0]
+    log = daemon.log.read_text()
+    assert log.count("refusal=WrongFormat") == 1 and log.count("refusal=BeforeStart") == 1
+    text = daemon.get("/metrics")
+    assert 'detingest_stream2_messages_wrong_format_total{source="eiger"} 3' in text
+    daemon.close()
