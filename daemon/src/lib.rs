@@ -15,6 +15,7 @@
 pub mod check;
 pub mod config;
 pub mod control;
+pub mod dectris;
 pub mod metrics;
 pub mod pipeline;
 pub mod rate_limit;

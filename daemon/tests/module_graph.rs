@@ -89,7 +89,7 @@ fn daemon_modules_import_each_other_without_cycles() {
         assert!(graph.contains_key(module), "no module {module}: {graph:?}");
     }
     assert_eq!(find_cycle(&graph), None, "import graph: {graph:#?}");
-    for leaf in ["stream", "check", "metrics", "rate_limit"] {
+    for leaf in ["stream", "check", "metrics", "rate_limit", "dectris"] {
         assert!(
             graph[leaf].is_empty(),
             "{leaf} must use no other daemon module: {:?}",

@@ -49,7 +49,7 @@ pub struct Config {
     /// The notification socket for live viewers and its query endpoint.
     #[serde(default)]
     pub live: LiveConfig,
-    /// The other sinks' tables (`[sink.redis]`).
+    /// The other sinks' tables (`[sink.redis]`, `[sink.stream2]`).
     #[serde(default)]
     pub sink: SinkConfig,
     /// `[kafka]`: run control from Kafka and notifications to it.
@@ -77,6 +77,9 @@ pub struct SinkConfig {
     /// `[sink.redis]`: Blissdata scans on a Redis server.
     #[serde(default)]
     pub redis: RedisConfig,
+    /// `[sink.stream2]`: every written stream as a DECTRIS Stream V2 series.
+    #[serde(default)]
+    pub stream2: crate::sink::stream2::Stream2SinkConfig,
 }
 
 /// `[writer]`: how chunks are encoded and how often files are flushed.
@@ -241,6 +244,7 @@ impl Config {
         crate::sink::SinkTables {
             zmq: &self.live,
             redis: &self.sink.redis,
+            stream2: &self.sink.stream2,
             kafka: (
                 &self.kafka,
                 if self.kafka.source.is_empty() {
@@ -313,6 +317,7 @@ impl Config {
         }
         self.live.check()?;
         self.sink.redis.check()?;
+        self.sink.stream2.check()?;
         self.kafka.check()?;
         if !self.kafka.source.is_empty()
             && !self

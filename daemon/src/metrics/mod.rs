@@ -265,7 +265,11 @@ impl Reading {
     fn encode_packets(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (field, prefix, what) in [
             ("packets", "detingest_udp_", "UDP source"),
-            ("messages", "detingest_stream2_messages_", "Stream V2 source, messages"),
+            (
+                "messages",
+                "detingest_stream2_messages_",
+                "Stream V2 source, messages",
+            ),
         ] {
             let Some(Value::Object(kinds)) =
                 self.totals.sources.values().find_map(|c| c.get(field))

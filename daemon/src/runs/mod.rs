@@ -249,15 +249,14 @@ impl RunManager {
             sinks.attach(&runs);
         }
         for src in self.base.sources.iter().filter(|s| s.stream2.is_some()) {
-            let listener = listener::spawn(src, runs.clone()).map_err(|error| {
-                StartError::Source {
+            let listener =
+                listener::spawn(src, runs.clone()).map_err(|error| StartError::Source {
                     name: src.name.clone(),
                     error: SourceError::Resource {
                         what: "connect to the detector's stream".into(),
                         error: Box::new(error),
                     },
-                }
-            })?;
+                })?;
             if let Ok(mut l) = self.listeners.lock() {
                 l.push(listener);
             }

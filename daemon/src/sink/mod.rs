@@ -4,8 +4,9 @@
 //! queue drops the notification and counts it; ingest never slows down for a sink.
 //!
 //! One folder per sink: [`log`] (a rate line), [`zmq`] (live viewers over ZeroMQ),
-//! [`redis`] (Blissdata scans on a Redis server) and [`kafka`] (ESS streaming: records,
-//! previews, file hand-offs, and run control through [`RunControl`]), each
+//! [`redis`] (Blissdata scans on a Redis server), [`kafka`] (ESS streaming: records,
+//! previews, file hand-offs, and run control through [`RunControl`]) and [`stream2`]
+//! (DECTRIS Stream V2 for EIGER clients), each
 //! owning its configuration table and constructor; [`SinkSet`] builds the configured ones in
 //! one place. [`messages`] is the JSON schema docs/NOTIFICATIONS.md documents, for every
 //! transport. A notification holds its stream's description by `Arc`, so building one
@@ -20,6 +21,7 @@ mod preview;
 mod queue;
 pub mod redis;
 mod set;
+pub mod stream2;
 pub mod web;
 pub mod zmq;
 

@@ -5,7 +5,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use super::{kafka, log, redis, web, zmq, NotificationSink};
+use super::{kafka, log, redis, stream2, web, zmq, NotificationSink};
 use crate::check::ConfigError;
 
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
@@ -54,6 +54,13 @@ pub struct PreviewRequest {
     pub buffers: usize,
 }
 
+impl PreviewRequest {
+    /// True for a request of every frame, at any rate.
+    pub fn every_frame(&self) -> bool {
+        self.every == 1 && self.max_hz <= 0.0
+    }
+}
+
 /// What the sinks ask of the pipeline's notification path.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SinkNeeds {
@@ -66,12 +73,19 @@ pub struct SinkNeeds {
 }
 
 impl SinkNeeds {
-    /// What both ask: the larger of each setting, and the first preview request (every
-    /// sink gets the frames it picks and thins them out to its own rate: a union of the
-    /// requests could copy a preview of every frame).
+    /// What both ask: the larger of each setting, and the first preview request, unless the
+    /// other asks for every frame (the Stream V2 output): every sink gets the frames picked
+    /// and thins them out to its own rate, so a union of the requests is not needed.
     fn merge(self, other: Self) -> Self {
+        let previews = match (self.previews, other.previews) {
+            (Some(a), Some(b)) if b.every_frame() && !a.every_frame() => Some(PreviewRequest {
+                buffers: a.buffers.max(b.buffers),
+                ..b
+            }),
+            (a, b) => a.or(b),
+        };
         Self {
-            previews: self.previews.or(other.previews),
+            previews,
             batch_interval: self.batch_interval.max(other.batch_interval),
             realtime_priority: self.realtime_priority.max(other.realtime_priority),
         }
@@ -108,6 +122,8 @@ pub struct SinkTables<'a> {
     pub zmq: &'a zmq::LiveConfig,
     /// `[sink.redis]`: the Redis sink.
     pub redis: &'a redis::RedisConfig,
+    /// `[sink.stream2]`: the Stream V2 output.
+    pub stream2: &'a stream2::Stream2SinkConfig,
     /// `[kafka]`: the Kafka sink (and run control), with the source its commands start.
     pub kafka: (&'a kafka::KafkaConfig, &'a str),
     /// Feed the live page (`detingestd serve` and `demo`, which serve it).
@@ -162,6 +178,9 @@ impl SinkSet {
         }
         if let Some(k) = kafka::KafkaSink::start(tables.kafka.0, tables.kafka.1, cores)? {
             sinks.push(Box::new(k));
+        }
+        if let Some(s) = stream2::Stream2Sink::start(tables.stream2, cores)? {
+            sinks.push(Box::new(s));
         }
         Ok(Self { sinks, view })
     }

@@ -11,8 +11,8 @@ use detingest_writer::{Codec, MAX_MODULES};
 use serde::Deserialize;
 
 use super::shm::config::ShmConfig;
-use super::synthetic::config::SyntheticConfig;
 use super::stream2::config::Stream2Config;
+use super::synthetic::config::SyntheticConfig;
 use super::udp::config::UdpConfig;
 use super::{PreparedSource, SourceError};
 use crate::check::{check_core, check_frame, ConfigError};
@@ -200,7 +200,10 @@ pub fn validate_sources(sources: &[SourceConfig], cores: usize) -> Result<(), Co
         if kind.whole_images() && src.grid != [1, 1] {
             return Err(ConfigError::new(
                 format!("source[{i}].grid"),
-                format!("a [source.{}] receives whole images: the grid is [1, 1]", kind.table()),
+                format!(
+                    "a [source.{}] receives whole images: the grid is [1, 1]",
+                    kind.table()
+                ),
             ));
         }
         let (pixel, shape) = kind.frame_format();

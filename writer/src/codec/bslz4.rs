@@ -158,7 +158,9 @@ pub fn check_framing(chunk: &[u8], es: usize) -> Result<usize, CodecError> {
         start += len;
     }
     if pos + (f.total - f.blocked * es) != chunk.len() {
-        return Err(CodecError::Corrupt("block lengths do not add up to the chunk"));
+        return Err(CodecError::Corrupt(
+            "block lengths do not add up to the chunk",
+        ));
     }
     Ok(f.total)
 }

@@ -191,21 +191,29 @@ mod framing_tests {
 
     #[test]
     fn framing_is_checked_without_decoding_and_any_damage_to_it_refused() {
-        let input: Vec<u8> = (0..5003u32).flat_map(|i| ((i * 7) % 300).to_le_bytes()).collect();
+        let input: Vec<u8> = (0..5003u32)
+            .flat_map(|i| ((i * 7) % 300).to_le_bytes())
+            .collect();
         for codec in [Codec::Lz4, Codec::BitshuffleLz4] {
             let mut out = vec![0; codec.max_compressed_len(input.len(), 4)];
             let n = codec.compress_into(&input, 4, &mut out).unwrap();
             let chunk = &out[..n];
             assert_eq!(codec.check_framing(chunk, 4), Ok(input.len()), "{codec:?}");
             for cut in [1, 5, n - 12] {
-                assert!(codec.check_framing(&chunk[..n - cut], 4).is_err(), "{codec:?} -{cut}");
+                assert!(
+                    codec.check_framing(&chunk[..n - cut], 4).is_err(),
+                    "{codec:?} -{cut}"
+                );
             }
             let mut longer = chunk.to_vec();
             longer.push(0);
             assert!(codec.check_framing(&longer, 4).is_err(), "{codec:?} +1");
             let mut bad_len = chunk.to_vec();
             bad_len[13] ^= 0x40; // the first block's length
-            assert!(codec.check_framing(&bad_len, 4).is_err(), "{codec:?} length");
+            assert!(
+                codec.check_framing(&bad_len, 4).is_err(),
+                "{codec:?} length"
+            );
         }
     }
 }

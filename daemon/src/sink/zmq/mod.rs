@@ -18,7 +18,7 @@ pub use publisher::{LiveStats, Publisher};
 pub use query::{answer, MAX_RANGE};
 
 use crate::check::ConfigError;
-use crate::sink::{LateHistory, NotificationSink, Sink, SinkCores, SinkError, SinkNeeds};
+use crate::sink::{LateHistory, NotificationSink, Sink, SinkCores, SinkError, SinkNeeds, Thinning};
 use crate::threads;
 
 /// The ZeroMQ sink: the sockets and query thread of [`Live`], and its publisher, shared by
@@ -160,6 +160,7 @@ impl Live {
                 Arc::clone(&history),
                 Arc::clone(&stats),
                 cfg.bluesky,
+                Thinning::at_most(cfg.preview_every.max(1), cfg.preview_max_hz),
             ));
             publish_endpoint = Some(bound);
         }

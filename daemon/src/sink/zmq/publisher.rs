@@ -10,11 +10,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::bluesky::Bluesky;
 use super::history::History;
 use crate::sink::messages::{FrameMessage, PreviewHeader, ReadableMessage, RunMessage};
-use crate::sink::{Notification, NotificationSink};
+use crate::sink::{Notification, NotificationSink, Thinning};
 use crate::stream::{now_ns, StreamInfo};
 
 /// Counters of the publisher. Relaxed atomics, read for reporting.
@@ -40,6 +41,9 @@ pub struct Publisher {
     /// Frame messages' JSON waiting for the end of the batch, and emptied buffers for more.
     frames: Vec<Vec<u8>>,
     spare: Vec<Vec<u8>>,
+    /// Its own preview pace (another sink may have previews picked more often), per stream.
+    pace: Thinning,
+    thinning: Vec<Thinning>,
 }
 
 impl Publisher {
@@ -49,6 +53,7 @@ impl Publisher {
         history: Arc<Mutex<History>>,
         stats: Arc<LiveStats>,
         bluesky: bool,
+        pace: Thinning,
     ) -> Self {
         Self {
             socket,
@@ -58,7 +63,17 @@ impl Publisher {
             bluesky: bluesky.then(Bluesky::default),
             frames: Vec::new(),
             spare: Vec::new(),
+            pace,
+            thinning: Vec::new(),
         }
+    }
+
+    /// Whether the preview of stream `slot`'s `index` is one to publish.
+    fn wants_preview(&mut self, slot: usize, index: u64) -> bool {
+        if self.thinning.len() <= slot {
+            self.thinning.resize(slot + 1, self.pace);
+        }
+        self.thinning[slot].take(index, Instant::now())
     }
 
     /// Sends one Bluesky document as `[b"bluesky", name, document]`.
@@ -130,6 +145,9 @@ impl NotificationSink for Publisher {
     fn notify(&mut self, n: &Notification) {
         match n {
             Notification::StreamStart(s) => {
+                if let Some(t) = self.thinning.get_mut(usize::from(s.stream.slot)) {
+                    t.reset();
+                }
                 self.send_frames();
                 self.discard_subscriptions();
                 self.history().start(&s.stream);
@@ -150,7 +168,12 @@ impl NotificationSink for Publisher {
                     published_ns: Some(now_ns()),
                     ..FrameMessage::new(&f.stream, &file, &record)
                 });
-                if let Some(chunk) = &f.preview {
+                let slot = usize::from(f.stream.slot);
+                let preview = f
+                    .preview
+                    .as_ref()
+                    .filter(|_| self.wants_preview(slot, record.index));
+                if let Some(chunk) = preview {
                     self.send_frames();
                     let pixels = chunk.as_slice();
                     self.encode(&PreviewHeader::new(&f.stream, &record, pixels.len()));
@@ -231,7 +254,7 @@ mod tests {
         sub.connect("inproc://publisher-order").unwrap();
         assert_eq!(xpub.recv_bytes(0).unwrap(), [1], "the subscription arrived");
         let history = Arc::new(Mutex::new(History::new(100)));
-        let mut p = Publisher::new(xpub, history, Arc::default(), false);
+        let mut p = Publisher::new(xpub, history, Arc::default(), false, Thinning::new(1, None));
         let stream = fixture::stream(1);
 
         p.notify(&fixture::start(&stream));

@@ -75,9 +75,8 @@ impl Stream2Config {
             ));
         }
         let sample = self.stream_name_of(12, "0123abcd");
-        detingest_shm::Name::new(&sample).map_err(|e| {
-            ConfigError::new(key("stream_name"), format!("gives {sample:?}: {e}"))
-        })?;
+        detingest_shm::Name::new(&sample)
+            .map_err(|e| ConfigError::new(key("stream_name"), format!("gives {sample:?}: {e}")))?;
         check_range(key("high_water_mark"), self.high_water_mark, 1..=1_000_000)?;
         check_range(
             key("max_message_bytes"),

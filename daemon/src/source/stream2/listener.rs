@@ -98,7 +98,11 @@ impl Listening {
             let start = match decode(bytes) {
                 Ok(Message::Start(start)) => start,
                 Ok(Message::Image(image)) => {
-                    self.refuse(Refusal::BeforeStart, image.series_id, &"an image with no run");
+                    self.refuse(
+                        Refusal::BeforeStart,
+                        image.series_id,
+                        &"an image with no run",
+                    );
                     next = None;
                     continue;
                 }
@@ -135,7 +139,11 @@ impl Listening {
 
     /// Opens the run of `start`; returns the socket once the run gave it back, and a start
     /// of the next series the run received.
-    fn open_run(&mut self, socket: zmq::Socket, start: &Start<'_>) -> (zmq::Socket, Option<Vec<u8>>) {
+    fn open_run(
+        &mut self,
+        socket: zmq::Socket,
+        start: &Start<'_>,
+    ) -> (zmq::Socket, Option<Vec<u8>>) {
         let (pixel, held) = match start.pixel {
             Some(p) => (p, None),
             None => match self.first_image(&socket, start) {
@@ -143,7 +151,13 @@ impl Listening {
                 None => return (socket, None),
             },
         };
-        let series = match series_of(start, &self.cfg, &self.src.name, &self.src.stream.beamtime, pixel) {
+        let series = match series_of(
+            start,
+            &self.cfg,
+            &self.src.name,
+            &self.src.stream.beamtime,
+            pixel,
+        ) {
             Ok(s) => s,
             Err(why) => {
                 tracing::error!(source = %self.src.name, series = start.series_id, %why, "series refused; its images are not written");
@@ -182,7 +196,11 @@ impl Listening {
 
     /// Waits for the series' first image to learn its pixel type; `None` if the series ended
     /// (or another started, or the wait timed out) first.
-    fn first_image(&mut self, socket: &zmq::Socket, start: &Start<'_>) -> Option<(PixelType, zmq::Message)> {
+    fn first_image(
+        &mut self,
+        socket: &zmq::Socket,
+        start: &Start<'_>,
+    ) -> Option<(PixelType, zmq::Message)> {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.first_image_timeout_ms);
         while Instant::now() < deadline && !self.stopped() {
             let mut msg = zmq::Message::new();
@@ -202,7 +220,11 @@ impl Listening {
                     tracing::warn!(source = %self.src.name, series = series_id, "series ended without an image; no run");
                     return None;
                 }
-                Ok(_) => self.refuse(Refusal::OtherSeries, start.series_id, &"a message of another series while waiting for the first image"),
+                Ok(_) => self.refuse(
+                    Refusal::OtherSeries,
+                    start.series_id,
+                    &"a message of another series while waiting for the first image",
+                ),
                 Err(e) => self.refuse(Refusal::of(&e), start.series_id, &e),
             }
         }

@@ -14,17 +14,14 @@
 
 use detingest_shm::PixelType;
 use detingest_writer::{Codec, CodecError};
+
+use crate::dectris::{
+    pixel_of_typed_array, DECTRIS_COMPRESSION, MULTI_DIM, MULTI_DIM_COLUMN_MAJOR, SELF_DESCRIBE,
+};
 use minicbor::data::Type;
 use minicbor::Decoder;
 use serde_json::{Map, Value};
 
-/// CBOR self-describe tag, allowed around the whole message.
-const SELF_DESCRIBE: u64 = 55799;
-/// Multi-dimensional array, row-major and column-major (RFC 8746).
-const MULTI_DIM: u64 = 40;
-const MULTI_DIM_COLUMN_MAJOR: u64 = 1040;
-/// DECTRIS compressed byte string.
-const DECTRIS_COMPRESSION: u64 = 56500;
 /// Channels an image may carry (EIGER2 has two thresholds; PILATUS4 up to four).
 pub const MAX_CHANNELS: usize = 4;
 /// Deepest nesting of the metadata kept as JSON.
@@ -432,14 +429,11 @@ fn array<'b>(d: &mut Decoder<'b>, field: &'static str) -> Result<Array<'b>, Deco
     let elements = u64::from(shape[0]) * u64::from(shape[1]);
     // The typed array's tag names the pixel type; its content is the bytes, or the bytes
     // compressed under tag 56500: `69(56500(["bslz4", 2, bytes]))`, as EIGER2s send it.
-    let pixel = match d.tag()?.as_u64() {
-        64 => PixelType::U8,
-        69 => PixelType::U16,
-        70 => PixelType::U32,
-        78 => PixelType::I32,
-        85 => PixelType::F32,
-        t => return Err(bad(field, format!("typed array tag {t} not supported"))),
+    let tag = d.tag()?.as_u64();
+    let Some(pixel) = pixel_of_typed_array(tag) else {
+        return Err(bad(field, format!("typed array tag {tag} not supported")));
     };
+
     if d.datatype()? == Type::Tag {
         let tag = d.tag()?.as_u64();
         if tag != DECTRIS_COMPRESSION {

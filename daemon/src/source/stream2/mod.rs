@@ -18,6 +18,9 @@ pub mod message;
 mod receive;
 pub mod series;
 
+#[cfg(test)]
+mod roundtrip_tests;
+
 use std::sync::Arc;
 
 use detingest_shm::{Name, PixelType};

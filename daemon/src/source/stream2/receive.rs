@@ -125,7 +125,11 @@ impl Prepared {
     }
 
     /// A follower: writes its channel of the leader's images until the leader ends.
-    fn follow(&self, queue: &crossbeam::channel::Receiver<Arc<zmq::Message>>, out: &mut SourceOutput) {
+    fn follow(
+        &self,
+        queue: &crossbeam::channel::Receiver<Arc<zmq::Message>>,
+        out: &mut SourceOutput,
+    ) {
         let Some(series) = self.cfg.link.series() else {
             out.end(None);
             return;

@@ -184,9 +184,10 @@ mod tests {
 
     #[test]
     fn the_wavelength_given_wins_over_the_energy() {
-        let fields: Map<String, Value> =
-            serde_json::from_value(json!({"incident_wavelength": 0.9763, "incident_energy": 8000.0}))
-                .unwrap();
+        let fields: Map<String, Value> = serde_json::from_value(
+            json!({"incident_wavelength": 0.9763, "incident_energy": 8000.0}),
+        )
+        .unwrap();
         assert_eq!(detector_fields(&fields)["incident_wavelength"], 0.9763);
     }
 }
