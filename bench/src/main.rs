@@ -9,6 +9,7 @@ mod live;
 mod pipeline;
 mod redis;
 mod shm;
+mod stream2;
 mod udp;
 mod visibility;
 
@@ -43,6 +44,9 @@ enum Command {
     Redis(redis::Args),
     /// The Kafka sink on against off, and how soon a pl72 command starts a run.
     Kafka(kafka::Args),
+    /// The Stream V2 source's ingest rate next to a bare ZeroMQ PULL loop on the same
+    /// messages, and its CPU per image next to our compression's.
+    Stream2(stream2::Args),
     /// What SWMR and each flush cadence cost the pipeline, against the pipeline without SWMR.
     Visibility(visibility::Args),
     /// The producer side of `shm` (run by it as a separate process).
@@ -63,6 +67,7 @@ fn main() -> Result<()> {
         Command::Udp(args) => udp::run(&args),
         Command::Redis(args) => redis::run(&args),
         Command::Kafka(args) => kafka::run(&args),
+        Command::Stream2(args) => stream2::run(&args),
         Command::Visibility(args) => visibility::run(&args),
         Command::ShmProducer(args) => shm::produce(&args),
     }

@@ -338,14 +338,13 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             input_pools.push(pool.clone());
         }
         let mut out = SourceOutput::new(
-            slot,
+            (slot, src.codec(config.writer.codec)),
             Arc::clone(&drop_logs[usize::from(slot)]),
             src.policy,
             pool,
             source_tx.clone(),
             Arc::clone(&stop),
             st,
-            src.codec(config.writer.codec),
         );
         threads.push(threads::spawn(
             format!("src-{}", src.name),

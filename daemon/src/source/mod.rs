@@ -139,35 +139,35 @@ impl SourceStats {
 /// A source's connection to the pipeline.
 pub struct SourceOutput {
     stream: StreamSlot,
+    codec: Codec,
     drops: Arc<DropLog>,
     policy: Policy,
     pool: BufferPool,
     tx: Sender<SourceMsg>,
     stop: Arc<AtomicBool>,
     stats: Arc<SourceStats>,
-    codec: Codec,
 }
 
 impl SourceOutput {
+    /// The output into stream `stream` (its slot and codec).
     pub(crate) fn new(
-        stream: StreamSlot,
+        (stream, codec): (StreamSlot, Codec),
         drops: Arc<DropLog>,
         policy: Policy,
         pool: BufferPool,
         tx: Sender<SourceMsg>,
         stop: Arc<AtomicBool>,
         stats: Arc<SourceStats>,
-        codec: Codec,
     ) -> Self {
         Self {
             stream,
+            codec,
             drops,
             policy,
             pool,
             tx,
             stop,
             stats,
-            codec,
         }
     }
 

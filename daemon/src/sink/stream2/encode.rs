@@ -47,18 +47,37 @@ fn begin(
     Ok(e)
 }
 
-/// `start` of series `ids`: the image format, the detector's NXmx fields and its own
-/// metadata (as the source's start carried it), the run's user metadata as `user_data`.
-pub fn start(
-    out: &mut Vec<u8>,
-    ids: &SeriesIds,
-    format: &ImageFormat,
-    channel: &str,
-    images: u64,
-    detector: &DetectorInfo,
-    user: &Value,
-    started_ns: u64,
-) -> Res {
+/// What a `start` says.
+#[derive(Debug, Clone, Copy)]
+pub struct StartFields<'a> {
+    /// The series.
+    pub ids: &'a SeriesIds,
+    /// Its images.
+    pub format: &'a ImageFormat,
+    /// The channel its images carry.
+    pub channel: &'a str,
+    /// Images announced (0: open-ended).
+    pub images: u64,
+    /// NXmx fields and the detector's own metadata.
+    pub detector: &'a DetectorInfo,
+    /// The run's user metadata.
+    pub user: &'a Value,
+    /// When the stream started, ns since the Unix epoch (`arm_date`).
+    pub started_ns: u64,
+}
+
+/// `start` of a series: the image format, the detector's NXmx fields and its own metadata
+/// (as the source's start carried it), the run's user metadata as `user_data`.
+pub fn start(out: &mut Vec<u8>, f: &StartFields<'_>) -> Res {
+    let (ids, format, channel, images, detector, user, started_ns) = (
+        f.ids,
+        f.format,
+        f.channel,
+        f.images,
+        f.detector,
+        f.user,
+        f.started_ns,
+    );
     let d = detector;
     let numbers: Vec<(&str, f64)> = [
         ("pixel_size_x", Some(d.x_pixel_size)),

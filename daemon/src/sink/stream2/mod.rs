@@ -295,13 +295,15 @@ impl Output {
         let user = serde_json::from_str(&s.user_json).unwrap_or(serde_json::Value::Null);
         let ok = encode::start(
             &mut self.buf,
-            &ids,
-            &format,
-            &self.channel,
-            s.files.frames,
-            &s.detector,
-            &user,
-            s.started_ns,
+            &encode::StartFields {
+                ids: &ids,
+                format: &format,
+                channel: &self.channel,
+                images: s.files.frames,
+                detector: &s.detector,
+                user: &user,
+                started_ns: s.started_ns,
+            },
         );
         if ok.is_ok() {
             self.control();

@@ -231,11 +231,6 @@ impl Receiver<'_> {
             return; // dropped by policy: counted and recorded by `buffer`
         };
         let frame = if array.codec().is_some_and(|c| c == out.codec()) {
-            let framed = out.codec().check_framing(array.bytes(), array.pixel.size());
-            if framed != Ok(array.raw_len()) {
-                let why = format!("image {}: chunk framing: {framed:?}", image.image_id);
-                return self.refuse(Refusal::WrongFormat, &why);
-            }
             if !buf.fill_from(array.bytes()) {
                 let why = format!(
                     "image {}: {} bytes compressed, more than the image's {}",
@@ -243,6 +238,14 @@ impl Receiver<'_> {
                     array.bytes().len(),
                     array.raw_len()
                 );
+                return self.refuse(Refusal::WrongFormat, &why);
+            }
+            // Checked in the copy, whose end is still in this core's cache.
+            let framed = out
+                .codec()
+                .check_framing(buf.as_slice(), array.pixel.size());
+            if framed != Ok(array.raw_len()) {
+                let why = format!("image {}: chunk framing: {framed:?}", image.image_id);
                 return self.refuse(Refusal::WrongFormat, &why);
             }
             self.counts.passed_through += 1;

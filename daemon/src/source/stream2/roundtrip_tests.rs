@@ -34,17 +34,16 @@ fn start_image_and_end_encoded_by_the_output_decode_as_sent() {
     };
     let mut buf = Vec::new();
     let user = json!({"sample": "x", "n": [1, 2]});
-    encode::start(
-        &mut buf,
-        &ids(),
-        &format,
-        "threshold_1",
-        10,
-        &detector,
-        &user,
-        0,
-    )
-    .unwrap();
+    let fields = encode::StartFields {
+        ids: &ids(),
+        format: &format,
+        channel: "threshold_1",
+        images: 10,
+        detector: &detector,
+        user: &user,
+        started_ns: 0,
+    };
+    encode::start(&mut buf, &fields).unwrap();
     let Message::Start(s) = decode(&buf).unwrap() else {
         panic!("not a start");
     };
