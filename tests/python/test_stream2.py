@@ -278,6 +278,16 @@ def test_raw_and_lz4_images_are_encoded_by_the_daemon(serve, detector):
         with h5py.File(daemon.master(f"series_{sid}").with_name(
                 f"series_{sid}_data_000001.h5")) as f:
             assert "32008" in f["entry/data/data"]._filters
+    # The detector restarted: its series ids begin again. Series 1's name is taken; the
+    # series is written under another, not refused.
+    again = images(3, shape, "<u2", 5)
+    detector.send(spec.start(1, shape, "uint16", n=3),
+                  *[spec.image(1, i, {"threshold_1": p}) for i, p in enumerate(again)],
+                  spec.end(1))
+    daemon.wait_run("bt/eiger/series_1_2")
+    with h5py.File(daemon.master("series_1_2")) as f:
+        assert np.array_equal(f["entry/data/data"][:], np.stack(again))
+    assert "stream name taken" in daemon.log.read_text()
     daemon.close()
 
 
@@ -331,3 +341,31 @@ def test_bad_messages_are_counted_by_kind_and_cost_nothing(serve, detector):
     text = daemon.get("/metrics")
     assert 'detingest_stream2_messages_wrong_format_total{source="eiger"} 3' in text
     daemon.close()
+
+
+def test_the_example_configuration_is_valid_and_bad_keys_are_named(detingestd, tmp_path):
+    ok = subprocess.run([detingestd, "check-config", str(ROOT / "docs" / "stream2.example.toml")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    base = ('data_dir = "/tmp/x"\n[[source]]\nname = "e"\n'
+            'stream = { beamtime = "b", source = "e", stream = "s" }\n{grid}'
+            '[source.stream2]\nendpoint = "{endpoint}"\n{more}\n{sink}')
+    cases = [
+        (dict(endpoint="eiger:31001"), "source[0].stream2.endpoint"),
+        (dict(more='stream_name = "../{series_id}"'), "source[0].stream2.stream_name"),
+        (dict(more="high_water_mark = 0"), "source[0].stream2.high_water_mark"),
+        (dict(more="colour = 1"), "colour"),
+        (dict(grid="grid = [2, 1]\n"), "source[0].grid"),
+        (dict(sink='[sink.stream2]\nendpoint = "31002"\n'), "sink.stream2.endpoint"),
+        (dict(sink='[sink.stream2]\nendpoint = "tcp://*:1"\nbuffers = 0\n'),
+         "sink.stream2.buffers"),
+    ]
+    for i, (fields, key) in enumerate(cases):
+        values = {"grid": "", "endpoint": "tcp://127.0.0.1:31001", "more": "", "sink": "",
+                  **fields}
+        cfg = tmp_path / f"bad{i}.toml"
+        cfg.write_text(base.replace("{grid}", values["grid"])
+                       .replace("{endpoint}", values["endpoint"])
+                       .replace("{more}", values["more"]).replace("{sink}", values["sink"]))
+        p = subprocess.run([detingestd, "check-config", str(cfg)], capture_output=True, text=True)
+        assert p.returncode != 0 and key in p.stderr, (key, p.stderr)

@@ -54,11 +54,23 @@ fn default_first_image_timeout_ms() -> u64 {
 }
 
 impl Stream2Config {
-    /// The stream name of series `id` (`unique` its unique id).
+    /// The stream name of series `id` (`unique` its unique id, with characters a name may
+    /// not hold replaced by `_`, and at most 64 of them).
     pub fn stream_name_of(&self, id: u64, unique: &str) -> String {
+        let unique: String = unique
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         self.stream_name
             .replace("{series_id}", &id.to_string())
-            .replace("{series_unique_id}", unique)
+            .replace("{series_unique_id}", &unique)
     }
 
     /// Checks what the types alone cannot, naming `source[i].stream2.*` keys.
