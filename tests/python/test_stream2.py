@@ -192,6 +192,8 @@ def test_eiger_simulator_series_are_written_as_the_detector_compressed_them(serv
             assert f["entry/instrument/beam/incident_wavelength"][()] > 0
             gonio = json.loads(f[f"{SPECIFIC}/goniometer"][()])
             assert set(gonio) >= {"omega", "kappa", "phi"}
+            omega = f["entry/sample/goniometer/omega"][:]
+            assert len(omega) == n and np.allclose(np.diff(omega), gonio["omega"]["increment"])
             assert f[f"{SPECIFIC}/detector_serial_number"][()]
             assert list(f[f"{SPECIFIC}/frame_lost"][:]) == [0] * n
         with h5py.File(daemon.master(stream).with_name(f"{stream}_data_000001.h5")) as f:
@@ -251,6 +253,10 @@ def test_two_channels_gaps_mask_and_metadata_from_the_start(serve, detector):
             assert json.loads(f[f"{SPECIFIC}/threshold_energy"][()]) == \
                 {"threshold_1": 6000.0, "threshold_2": 7000.0}
             assert json.loads(f[f"{SPECIFIC}/user_data"][()]) == {"sample": "lysozyme"}
+            omega = f["entry/sample/goniometer/omega"]
+            assert np.allclose(omega[:], 10.0 + 0.5 * np.arange(n))
+            assert omega.attrs["units"] == "deg"
+            assert f["entry/sample/goniometer/omega_increment"][()] == 0.5
     daemon.close()
 
 

@@ -43,6 +43,6 @@ pub use filter_check::{check_filters, DatasetFilterCheck};
 pub use filter_repair::{repair_filters, Repaired};
 pub use layout::{all_modules, Chunking, RunLayout, MAX_MODULES};
 pub use master::{IndexRecord, RunEnd};
-pub use nxmx::DetectorInfo;
+pub use nxmx::{DetectorInfo, Goniometer};
 pub use read_back::read_frame;
 pub use run_files::{data_file_name, master_path, DataFileName, FileOptions, MasterData, RunFiles};

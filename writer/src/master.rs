@@ -181,6 +181,9 @@ impl MasterFile {
             layout.pixel.max_value(),
             layout.image_shape(),
         )?;
+        if let Some(g) = &info.goniometer {
+            nxmx::write_goniometer(&entry, g)?;
+        }
         let nimages = nxmx::ds_num(&specific, "nimages", 0u64, None)?;
         let m = layout.modules() as usize;
         let records = Records::create(&specific, m)?;

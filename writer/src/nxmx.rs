@@ -45,6 +45,9 @@ pub struct DetectorInfo {
     /// as they are, booleans as 0/1, anything else as JSON text. Keys we write ourselves, or
     /// that are not HDF5 names, are skipped.
     pub specific: serde_json::Map<String, serde_json::Value>,
+    /// Goniometer axes scanned, as a detector's start states them: written as
+    /// `/entry/sample/goniometer/<axis>` (the position at each image) and `<axis>_increment`.
+    pub goniometer: Option<Goniometer>,
     /// The pixel mask (`detectorSpecific/pixel_mask`, u32 per pixel of the image, row-major);
     /// `None`: all zero. Set by a source that receives one (not configurable).
     #[serde(skip)]
@@ -68,9 +71,44 @@ impl Default for DetectorInfo {
             ntrigger: 1,
             incident_wavelength: None,
             specific: serde_json::Map::new(),
+            goniometer: None,
             pixel_mask: None,
         }
     }
+}
+
+/// Goniometer axes and the images they were scanned over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Goniometer {
+    /// Images the scan has (positions written per axis).
+    pub images: u64,
+    /// `(axis, start, increment)` in degrees.
+    pub axes: Vec<(String, f64, f64)>,
+}
+
+/// Most positions written per axis (a series announcing more gets this many).
+const MAX_POSITIONS: u64 = 10_000_000;
+
+/// `/entry/sample` (NXsample) with `goniometer` (NXtransformations): per axis the position at
+/// each image (`start + i * increment`, degrees) and the increment. No axis vectors nor a
+/// `depends_on` chain: a detector's stream does not carry them.
+pub(crate) fn write_goniometer(entry: &Group, g: &Goniometer) -> Result<(), WriteError> {
+    let sample = nx_group(entry, "sample", "NXsample")?;
+    let gonio = nx_group(&sample, "goniometer", "NXtransformations")?;
+    let n = g.images.clamp(1, MAX_POSITIONS) as usize;
+    for (axis, start, increment) in &g.axes {
+        if axis.is_empty() || axis.contains('/') || axis == "." || gonio.link_exists(axis) {
+            continue;
+        }
+        let positions: Vec<f64> = (0..n).map(|i| start + i as f64 * increment).collect();
+        let ds = gonio.new_dataset::<f64>().shape(n).create(axis.as_str())?;
+        ds.write_raw(&positions)?;
+        attr_str(&ds, "units", "deg")?;
+        attr_str(&ds, "transformation_type", "rotation")?;
+        ds_num(&gonio, &format!("{axis}_increment"), *increment, Some("deg"))?;
+    }
+    Ok(())
 }
 
 fn text(s: &str) -> Result<VarLenUnicode, WriteError> {

@@ -5,8 +5,9 @@
 //! `sensor_material`, `sensor_thickness`, `beam_center_x/y`, `count_time`, `frame_time`,
 //! `detector_distance` (or the z of `detector_translation`), `saturation_value`,
 //! `number_of_triggers`, `incident_wavelength` (or `incident_energy` in eV converted to Å).
-//! Every other field is the detector's own metadata, written into `detectorSpecific`
-//! (`goniometer`, `threshold_energy` and other maps as JSON text).
+//! `goniometer` axes become `/entry/sample/goniometer` positions per image. Every other field
+//! is the detector's own metadata, written into `detectorSpecific` (`goniometer` and
+//! `threshold_energy` too, and other maps, as JSON text).
 
 use detingest_shm::{Name, PixelType};
 use serde_json::{json, Map, Value};
@@ -58,12 +59,14 @@ pub fn series_of(
 ) -> Result<Series, String> {
     let stream = cfg.stream_name_of(start.series_id, &start.series_unique_id);
     Name::new(&stream).map_err(|e| format!("stream name {stream:?}: {e}"))?;
+    let mut detector = detector_fields(&start.fields);
+    detector["goniometer"] = goniometer(&start.fields, start.number_of_images);
     let request = json!({
         "beamtime": beamtime.as_str(),
         "source": source.as_str(),
         "stream": stream,
         "first_frame_number": 0,
-        "detector": detector_fields(&start.fields),
+        "detector": detector,
     });
     let pixel_mask = start.pixel_masks.first().and_then(|(_, mask)| {
         if mask.shape != start.image_size {
@@ -83,6 +86,26 @@ pub fn series_of(
         pixel_mask,
         request,
     })
+}
+
+/// `goniometer {axis: {start, increment}}` as the `[detector] goniometer` overlay (null when
+/// absent or empty).
+fn goniometer(fields: &Map<String, Value>, images: u64) -> Value {
+    let Some(Value::Object(axes)) = fields.get("goniometer") else {
+        return Value::Null;
+    };
+    let axes: Vec<Value> = axes
+        .iter()
+        .filter_map(|(name, axis)| {
+            let start = axis.get("start")?.as_f64()?;
+            let increment = axis.get("increment")?.as_f64()?;
+            Some(json!([name, start, increment]))
+        })
+        .collect();
+    if axes.is_empty() {
+        return Value::Null;
+    }
+    json!({"images": images, "axes": axes})
 }
 
 /// The mask as u32 per pixel, whatever its element type.
