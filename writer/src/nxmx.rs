@@ -106,7 +106,12 @@ pub(crate) fn write_goniometer(entry: &Group, g: &Goniometer) -> Result<(), Writ
         ds.write_raw(&positions)?;
         attr_str(&ds, "units", "deg")?;
         attr_str(&ds, "transformation_type", "rotation")?;
-        ds_num(&gonio, &format!("{axis}_increment"), *increment, Some("deg"))?;
+        ds_num(
+            &gonio,
+            &format!("{axis}_increment"),
+            *increment,
+            Some("deg"),
+        )?;
     }
     Ok(())
 }

@@ -52,7 +52,9 @@ impl Prepared {
     fn receiver(&self, series: Series, counts: MessageCounts) -> Receiver<'_> {
         let channel = self.cfg.channel;
         Receiver {
-            channel: (series.channels.len() > 1).then(|| series.channels[channel].clone()),
+            channel: (series.channels.len() > 1)
+                .then(|| series.channels.get(channel).cloned())
+                .flatten(),
             series,
             counts,
             logged: OncePerKind::default(),
