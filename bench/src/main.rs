@@ -10,6 +10,7 @@ mod pipeline;
 mod redis;
 mod shm;
 mod stream2;
+mod stream2_output;
 mod udp;
 mod visibility;
 
@@ -47,6 +48,8 @@ enum Command {
     /// The Stream V2 source's ingest rate next to a bare ZeroMQ PULL loop on the same
     /// messages, and its CPU per image next to our compression's.
     Stream2(stream2::Args),
+    /// The Stream V2 output on against off, with a client draining it.
+    Stream2Output(stream2_output::Args),
     /// What SWMR and each flush cadence cost the pipeline, against the pipeline without SWMR.
     Visibility(visibility::Args),
     /// The producer side of `shm` (run by it as a separate process).
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
         Command::Redis(args) => redis::run(&args),
         Command::Kafka(args) => kafka::run(&args),
         Command::Stream2(args) => stream2::run(&args),
+        Command::Stream2Output(args) => stream2_output::run(&args),
         Command::Visibility(args) => visibility::run(&args),
         Command::ShmProducer(args) => shm::produce(&args),
     }

@@ -88,6 +88,7 @@ impl Stream2Sink {
             Mode::Push => zmq::PUSH,
             Mode::Pub => zmq::PUB,
         };
+        let before = threads::thread_ids();
         let socket = zmq::Context::new()
             .socket(kind)
             .map_err(|e| refuse(e.to_string()))?;
@@ -101,6 +102,11 @@ impl Stream2Sink {
             .ok()
             .and_then(Result::ok)
             .unwrap_or_else(|| cfg.endpoint.clone());
+        for tid in threads::started_here_since(&before) {
+            if let Err(e) = threads::rename(tid, "stream2-zmq") {
+                tracing::debug!(error = %e, tid, "ZeroMQ thread keeps its inherited name");
+            }
+        }
         tracing::info!(endpoint = %bound, mode = ?cfg.mode, "Stream V2 output bound");
         let (tx, rx) = crossbeam::channel::bounded(cfg.buffers + 8);
         let stats = Arc::new(Stream2Stats::default());
@@ -313,9 +319,7 @@ impl Output {
     }
 
     fn image(&mut self, info: &StreamInfo, index: u64, chunk: &PoolBuf) {
-        let channel = Arc::clone(&self.channel);
-        let sent = self.send_image(info, index, chunk.as_slice(), &channel);
-        let counter = if sent {
+        let counter = if self.send_image(info, index, chunk.as_slice()) {
             &self.stats.images_sent
         } else {
             &self.stats.images_dropped
@@ -323,20 +327,22 @@ impl Output {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn send_image(&mut self, info: &StreamInfo, index: u64, chunk: &[u8], channel: &str) -> bool {
+    /// The CBOR head and the chunk into one ZeroMQ message, sent without waiting.
+    fn send_image(&mut self, info: &StreamInfo, index: u64, chunk: &[u8]) -> bool {
         if !self.waiting.is_empty() {
             return false; // the series' start has not reached a client yet
         }
-        let Some((ids, format)) = self.slot(info).clone() else {
+        let Some(Some((ids, format))) = self.current.get(usize::from(info.slot)) else {
             return false;
         };
-        let mut head = std::mem::take(&mut self.buf);
-        let ok = encode::image_head(&mut head, &ids, index - 1, channel, &format, chunk.len());
+        let head = &mut self.buf;
+        if encode::image_head(head, ids, index - 1, &self.channel, format, chunk.len()).is_err() {
+            return false;
+        }
         let mut msg = zmq::Message::with_size(head.len() + chunk.len());
-        msg[..head.len()].copy_from_slice(&head);
+        msg[..head.len()].copy_from_slice(head);
         msg[head.len()..].copy_from_slice(chunk);
-        self.buf = head;
-        ok.is_ok() && self.socket.send(msg, zmq::DONTWAIT).is_ok()
+        self.socket.send(msg, zmq::DONTWAIT).is_ok()
     }
 
     fn end(&mut self, info: &StreamInfo) {
