@@ -1,7 +1,7 @@
 //! The HTTP control API and live page of `detingestd serve` (tiny_http, a few `control`
 //! threads; loopback by default, beyond it only with a bearer token: [`access`]):
 //!
-//! - `GET /`: the live page ([`page`]); `GET /events`: its updates ([`events`]);
+//! - `GET /`: the live page (`page.rs`); `GET /events`: its updates (`events.rs`);
 //!   `GET /preview`: the latest preview's pixels (binary, shape and type in headers).
 //! - `POST /run/start` with a JSON body (see `runs::run_config`): starts a run;
 //!   `201` with its status, `400` naming the offending key, `409` if a run is in progress or

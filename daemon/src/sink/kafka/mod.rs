@@ -1,10 +1,10 @@
 //! The Kafka component: a detingest daemon as a citizen of an ESS/ISIS-style Kafka
 //! facility. Built from `[kafka]`; docs/KAFKA.md has the topics and every message.
 //!
-//! - As a sink, the notification thread's [`feed::Feed`] hands records to the `kafka` thread
-//!   ([`publisher::Publisher`]) without waiting: a `json` record per written index, `ad00`
+//! - As a sink, the notification thread's `feed::Feed` hands records to the `kafka` thread
+//!   (`publisher::Publisher`) without waiting: a `json` record per written index, `ad00`
 //!   previews, and at each stream's end a `wrdn` file hand-off ([`handoff`]).
-//! - In `detingestd serve`, the `kafka-control` thread ([`control::Control`]) obeys
+//! - In `detingestd serve`, the `kafka-control` thread (`control::Control`) obeys
 //!   `pl72`/`6s4t` commands through the run manager the HTTP API uses, answers with `answ`
 //!   and sends `x5f2` heartbeats.
 //!

@@ -2,8 +2,8 @@
 //! `blissdata` readers (and any Redis client) follow the detector's runs live or late.
 //! Built from `[sink.redis]`; docs/REDIS.md has the keys and what readers get.
 //!
-//! The notification thread's [`feed::Feed`] gathers values into batches and hands them to
-//! the `redis` thread ([`publisher::Publisher`]) over a bounded channel without waiting; that
+//! The notification thread's `feed::Feed` gathers values into batches and hands them to
+//! the `redis` thread (`publisher::Publisher`) over a bounded channel without waiting; that
 //! thread alone talks to the server, one pipelined round trip per batch. A slow, absent or
 //! refusing server costs dropped (and counted) entries, never a frame in the files.
 

@@ -3,7 +3,7 @@
 //! The detector pushes CBOR messages ([`message`]) to a ZeroMQ PULL socket. Between runs a
 //! [`listener`] thread holds the socket; a `start` becomes a [`Series`](link::Series) (stream
 //! name, image format, NXmx metadata: [`series`]) and opens a run through the daemon's run
-//! control, which hands the socket to the run's source thread ([`receive`]). Its images
+//! control, which hands the socket to the run's source thread (`receive.rs`). Its images
 //! become indices (image id + 1), its `end` ends the run, and the socket goes back to the
 //! listener. An image already in the stream's codec (bitshuffle-LZ4 from an EIGER2, with the
 //! default codec) is copied once from the message into a pool buffer and written as it

@@ -7,7 +7,7 @@
 //! - [`recvmmsg`]: the fallback when io_uring is unavailable, or chosen by configuration;
 //! - [`socket`]: binding and the receive buffer;
 //! - [`simulator`]: the detector side, for tests and the benchmark;
-//! - [`warnings`]: rate-limited warnings for packets that do not belong and frames dropped.
+//! - `warnings.rs`: rate-limited warnings for packets that do not belong and frames dropped.
 
 pub mod assembler;
 pub mod config;

@@ -2,7 +2,7 @@
 //!
 //! A packet is the port's when it carries the configured module id (`modId`) and, when the
 //! port's place in the grid comes from the packets, the `row` and `column` of the first one.
-//! Up to `window` frames are open at once ([`frames`]). The payload of packet `k` is copied to
+//! Up to `window` frames are open at once (`frames.rs`). The payload of packet `k` is copied to
 //! offset `k * payload_bytes` of the frame's buffer: the one copy after the kernel's. Frames
 //! leave in frame-number order (the indexer refuses numbers behind its own): a complete frame
 //! (every packet of the readout range) as soon as all before it have left; an incomplete one
