@@ -69,6 +69,8 @@ def start(series_id, shape, dtype="uint32", channels=("threshold_1",), n=0, mask
         "threshold_energy": {c: 6000.0 + 1000 * i for i, c in enumerate(channels)},
         "user_data": {"sample": "lysozyme"},
     }
+    if dtype is None:  # as DECTRIS's own recording: the images' typed arrays say it
+        del fields["image_dtype"]
     if mask is not None:
         fields["pixel_mask"] = {channels[0]: array(mask, "raw")}
     fields.update(more)

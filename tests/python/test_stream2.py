@@ -297,6 +297,26 @@ def test_raw_and_lz4_images_are_encoded_by_the_daemon(serve, detector):
     daemon.close()
 
 
+def test_a_start_without_dtype_takes_it_from_its_first_image(serve, detector):
+    """A start without image_dtype (as DECTRIS's recording) waits for its first image; one
+    re-armed before any image is replaced by the next series, which is written."""
+    daemon = serve(detector.endpoint)
+    shape = (40, 24)
+    pics = images(3, shape, "<i4", 4)
+    time.sleep(0.3)
+    detector.send(spec.start(20, shape, None, n=3), spec.start(21, shape, None, n=3),
+                  *[spec.image(21, i, {"threshold_1": p}) for i, p in enumerate(pics)],
+                  spec.end(21))
+    status = daemon.wait_run("bt/eiger/series_21")
+    assert status["frames_recorded"] == 3, status
+    with h5py.File(daemon.master("series_21")) as f:
+        data = f["entry/data/data"]
+        assert data.dtype == np.int32 and np.array_equal(data[:], np.stack(pics))
+    assert not daemon.master("series_20").exists()
+    assert "replaced by another before its first image" in daemon.log.read_text()
+    daemon.close()
+
+
 def test_bad_messages_are_counted_by_kind_and_cost_nothing(serve, detector):
     """Garbage, cut CBOR, unknown types, images before a start, wrong shape and dtype, another
     series' images, missing fields, a corrupt chunk: counted by kind, logged once per kind,

@@ -150,8 +150,8 @@ impl Listening {
         let (pixel, held) = match start.pixel {
             Some(p) => (p, None),
             None => match self.first_image(&socket, start) {
-                Some((p, msg)) => (p, Some(msg)),
-                None => return (socket, None),
+                Ok((p, msg)) => (p, Some(msg)),
+                Err(next) => return (socket, next),
             },
         };
         let series = match series_of(
@@ -213,13 +213,14 @@ impl Listening {
         }
     }
 
-    /// Waits for the series' first image to learn its pixel type; `None` if the series ended
-    /// (or another started, or the wait timed out) first.
+    /// Waits for the series' first image to learn its pixel type. Without one: `Err` with
+    /// the start of another series that came first (the detector was armed again), or
+    /// `Err(None)` if the series ended or the wait timed out.
     fn first_image(
         &mut self,
         socket: &zmq::Socket,
         start: &Start<'_>,
-    ) -> Option<(PixelType, zmq::Message)> {
+    ) -> Result<(PixelType, zmq::Message), Option<Vec<u8>>> {
         let deadline = Instant::now() + Duration::from_millis(self.cfg.first_image_timeout_ms);
         while Instant::now() < deadline && !self.stopped() {
             let mut msg = zmq::Message::new();
@@ -231,13 +232,17 @@ impl Listening {
             self.cfg.link.count_pending(|c| c.received += 1);
             match decode(&msg) {
                 Ok(Message::Image(image)) if image.series_id == start.series_id => {
-                    let pixel = image.channels[0].map(|(_, a)| a.pixel)?;
-                    return Some((pixel, msg));
+                    let pixel = image.channels[0].map(|(_, a)| a.pixel).ok_or(None)?;
+                    return Ok((pixel, msg));
                 }
                 Ok(Message::End { series_id }) if series_id == start.series_id => {
                     self.cfg.link.count_pending(|c| c.ends += 1);
                     tracing::warn!(source = %self.src.name, series = series_id, "series ended without an image; no run");
-                    return None;
+                    return Err(None);
+                }
+                Ok(Message::Start(next)) if next.series_id != start.series_id => {
+                    tracing::warn!(source = %self.src.name, series = start.series_id, next = next.series_id, "series replaced by another before its first image; no run");
+                    return Err(Some(msg.to_vec()));
                 }
                 Ok(_) => self.refuse(
                     Refusal::OtherSeries,
@@ -248,6 +253,6 @@ impl Listening {
             }
         }
         tracing::warn!(source = %self.src.name, series = start.series_id, "no first image to learn the pixel type from (the start has no image_dtype); no run");
-        None
+        Err(None)
     }
 }
