@@ -395,3 +395,12 @@ def test_the_example_configuration_is_valid_and_bad_keys_are_named(detingestd, t
                        .replace("{more}", values["more"]).replace("{sink}", values["sink"]))
         p = subprocess.run([detingestd, "check-config", str(cfg)], capture_output=True, text=True)
         assert p.returncode != 0 and key in p.stderr, (key, p.stderr)
+    # `run` (one run from a file) cannot take a detector's series: said, nothing written.
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(base.replace("{grid}", "").replace("{endpoint}", "tcp://127.0.0.1:1")
+                   .replace("{more}", "").replace("{sink}", "")
+                   .replace('"/tmp/x"', f'"{tmp_path / "data"}"\n[live]\npublish = ""\nquery = ""'))
+    p = subprocess.run([detingestd, "run", "--config", str(cfg)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode != 0 and "source[0].stream2" in p.stderr and "serve" in p.stderr
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.h5"))

@@ -81,12 +81,12 @@ impl SourceKind for Stream2Config {
     fn prepare(
         &self,
         src: &SourceConfig,
-        _i: usize,
+        i: usize,
         _modules: u32,
     ) -> Result<Box<dyn PreparedSource>, SourceError> {
         if self.link.series().is_none() {
             return Err(SourceError::Config(ConfigError::new(
-                format!("source {}", src.name),
+                format!("source[{i}].stream2"),
                 "a Stream V2 source's runs are opened by its detector's start message: \
                  run it with `detingestd serve`",
             )));
