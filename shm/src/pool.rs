@@ -32,10 +32,23 @@ impl BufferPool {
     /// Allocates `count` buffers of `buf_size` bytes and touches every page so the first frames
     /// do not pay for page faults.
     pub fn new(count: usize, buf_size: usize) -> Self {
+        Self::make(count, buf_size, true)
+    }
+
+    /// Allocates `count` buffers of `buf_size` bytes without touching them: a page is mapped
+    /// when first written. For buffers sized for a worst case that is rarely filled (an
+    /// encoded image can be as large as a raw one, and is usually a tenth of it).
+    pub fn lazy(count: usize, buf_size: usize) -> Self {
+        Self::make(count, buf_size, false)
+    }
+
+    fn make(count: usize, buf_size: usize, touch: bool) -> Self {
         let (free_tx, free_rx) = channel::bounded(count);
         for _ in 0..count {
             let mut buf = vec![0u8; buf_size].into_boxed_slice();
-            prefault(&mut buf);
+            if touch {
+                prefault(&mut buf);
+            }
             // Cannot fail: the channel holds exactly `count` buffers and we own the receiver.
             let _ = free_tx.send(buf);
         }

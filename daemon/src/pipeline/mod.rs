@@ -263,7 +263,13 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
     let (source_tx, source_rx) = channel::bounded::<SourceMsg>(p.queue_depth);
     let (compress_tx, compress_rx) = channel::bounded::<job::Item>(p.queue_depth);
     let (write_tx, write_rx) = channel::bounded::<job::Item>(p.queue_depth);
-    let output_pool = BufferPool::new(p.output_buffers, max_chunk);
+    // Sources whose frames arrive encoded pass them through the workers: the workers'
+    // buffers are then mostly unused, and not touched in advance either.
+    let output_pool = if prepared.iter().all(|s| s.prefault()) {
+        BufferPool::new(p.output_buffers, max_chunk)
+    } else {
+        BufferPool::lazy(p.output_buffers, max_chunk)
+    };
     let codecs: Arc<[Codec]> = streams.iter().map(|s| s.codec).collect();
     let notify = Arc::new(NotifyQueue::new(p.notify_queue));
     let previews = needs.previews.map(|r| {
@@ -333,7 +339,11 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         let st = Arc::new(SourceStats::new(src.name.clone()));
         sources.push(Arc::clone(&st));
         let (buffers, bytes) = prepared.buffers(p.input_buffers);
-        let pool = BufferPool::new(buffers, bytes);
+        let pool = if prepared.prefault() {
+            BufferPool::new(buffers, bytes)
+        } else {
+            BufferPool::lazy(buffers, bytes)
+        };
         if buffers > 0 {
             input_pools.push(pool.clone());
         }

@@ -53,6 +53,11 @@ pub trait PreparedSource: Send {
     /// Pool buffers the source fills, given the pipeline's `input_buffers`, and their size
     /// in bytes: `(0, 0)` for a source whose memory is already shared.
     fn buffers(&self, input_buffers: usize) -> (usize, usize);
+    /// False when those buffers are sized for a worst case rarely filled (encoded images):
+    /// they are then not touched in advance, and neither are the compression workers'.
+    fn prefault(&self) -> bool {
+        true
+    }
     /// Runs the source on the current thread until its stream ends.
     fn run(self: Box<Self>, out: &mut SourceOutput);
 }
