@@ -110,7 +110,12 @@ fn synthetic(args: &Args, shape: [u32; 2]) -> Result<Images> {
         compress_s += t.elapsed().as_secs_f64();
         chunks.push(chunk[..n].to_vec());
     }
-    Ok((chunks, format, raw_bytes, compress_s / args.distinct.max(1) as f64))
+    Ok((
+        chunks,
+        format,
+        raw_bytes,
+        compress_s / args.distinct.max(1) as f64,
+    ))
 }
 
 /// The recorded EIGER2 image's chunk as the detector compressed it; our codec's time is
@@ -136,7 +141,12 @@ fn recorded(dir: &std::path::Path) -> Result<Images> {
         pixel: array.pixel,
         codec,
     };
-    Ok((vec![array.bytes().to_vec()], format, raw.len(), t.elapsed().as_secs_f64()))
+    Ok((
+        vec![array.bytes().to_vec()],
+        format,
+        raw.len(),
+        t.elapsed().as_secs_f64(),
+    ))
 }
 
 fn messages(args: &Args, shape: [u32; 2]) -> Result<Series> {
