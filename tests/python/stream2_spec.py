@@ -71,7 +71,9 @@ def start(series_id, shape, dtype="uint32", channels=("threshold_1",), n=0, mask
     }
     if dtype is None:  # as DECTRIS's own recording: the images' typed arrays say it
         del fields["image_dtype"]
-    if mask is not None:
+    if isinstance(mask, dict):  # {channel: mask}, compressed as images are
+        fields["pixel_mask"] = {c: array(m) for c, m in mask.items()}
+    elif mask is not None:
         fields["pixel_mask"] = {channels[0]: array(mask, "raw")}
     fields.update(more)
     return message(fields)

@@ -226,8 +226,10 @@ def test_two_channels_gaps_mask_and_metadata_from_the_start(serve, detector):
     low, high = images(n, shape, "<u4", 1), images(n, shape, "<u4", 2)
     mask = np.zeros(shape, "<u4")
     mask[3, 4], mask[50, 7] = 1, 8
+    mask2 = mask.copy()
+    mask2[90, 79] = 16  # each channel has its own (sent bitshuffle-LZ4 compressed)
     time.sleep(0.3)  # the daemon connects
-    detector.send(spec.start(7, shape, "uint32", ch, n=n, mask=mask))
+    detector.send(spec.start(7, shape, "uint32", ch, n=n, mask={ch[0]: mask, ch[1]: mask2}))
     sent = [i for i in range(n) if i != 3]  # image 3 never comes
     for i in sent:
         detector.send(spec.image(7, i, {ch[0]: low[i], ch[1]: high[i]}))
@@ -235,7 +237,8 @@ def test_two_channels_gaps_mask_and_metadata_from_the_start(serve, detector):
     status = daemon.wait_run("bt/eiger/series_7_threshold_1")
     assert status["end_reason"] == "source", status
     assert [s["name"] for s in status["sources"]] == ["eiger", "eiger-threshold_2"]
-    for stream, pixels in (("series_7_threshold_1", low), ("series_7_threshold_2", high)):
+    for stream, pixels, mask in (("series_7_threshold_1", low, mask),
+                                 ("series_7_threshold_2", high, mask2)):
         with h5py.File(daemon.master(stream)) as f:
             data = f["entry/data/data"]
             assert data.shape == (n, *shape) and data.dtype == np.uint32, stream

@@ -2,9 +2,10 @@
 //! source's pool and frames into the pipeline, applying the source's [`Policy`] when the
 //! pipeline is full and counting every frame it drops.
 //!
-//! One folder per kind (`synthetic/`, `shm/`, `udp/`, `stream2/`), each owning its configuration table;
-//! a kind's table implements [`SourceKind`], whose `prepare` makes the source ready (ring,
-//! socket, frame bank) and returns a [`PreparedSource`] the pipeline runs on its thread.
+//! One folder per kind (`synthetic/`, `shm/`, `udp/`, `stream2/`), each owning its
+//! configuration table; a kind's table implements [`SourceKind`], whose `prepare` makes the
+//! source ready (ring, socket, frame bank) and returns a [`PreparedSource`] the pipeline runs
+//! on its thread.
 //!
 //! Each source runs on its own named thread. A source that must copy (a socket receive, the
 //! synthetic detector with `copy = true`) fills a pool buffer in place, and that copy is the

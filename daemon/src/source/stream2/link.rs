@@ -27,8 +27,9 @@ pub struct Series {
     pub channels: Vec<String>,
     /// Images announced (0: not said).
     pub images: u64,
-    /// The start's pixel mask of the first channel, as `u32` per pixel, if it sent one.
-    pub pixel_mask: Option<Arc<[u32]>>,
+    /// The start's pixel masks by channel, as `u32` per pixel (those of the image's shape
+    /// that decode).
+    pub pixel_masks: Vec<(String, Arc<[u32]>)>,
     /// The run request the start makes (stream, metadata).
     pub request: serde_json::Value,
 }

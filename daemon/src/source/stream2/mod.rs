@@ -75,8 +75,16 @@ impl SourceKind for Stream2Config {
     fn whole_images(&self) -> bool {
         true
     }
+    /// This source's channel's mask (the first mask for a series without channel names).
     fn pixel_mask(&self) -> Option<Arc<[u32]>> {
-        self.link.series().and_then(|s| s.pixel_mask)
+        let series = self.link.series()?;
+        let channel = series.channels.get(self.channel);
+        let mut masks = series.pixel_masks.iter();
+        let mask = match channel {
+            Some(name) => masks.find(|(c, _)| c == name),
+            None => masks.next().filter(|_| self.channel == 0),
+        };
+        mask.map(|(_, m)| Arc::clone(m))
     }
     fn prepare(
         &self,

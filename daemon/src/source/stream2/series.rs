@@ -68,14 +68,14 @@ pub fn series_of(
         "first_frame_number": 0,
         "detector": detector,
     });
-    let pixel_mask = start.pixel_masks.first().and_then(|(_, mask)| {
-        if mask.shape != start.image_size {
-            return None;
-        }
-        let mut bytes = vec![0u8; mask.raw_len()];
-        mask.decode_into(&mut bytes).ok()?;
-        Some(widen(&bytes, mask.pixel).into())
-    });
+    let pixel_masks = (start.pixel_masks.iter())
+        .filter(|(_, mask)| mask.shape == start.image_size)
+        .filter_map(|(channel, mask)| {
+            let mut bytes = vec![0u8; mask.raw_len()];
+            mask.decode_into(&mut bytes).ok()?;
+            Some((channel.clone(), widen(&bytes, mask.pixel).into()))
+        })
+        .collect();
     Ok(Series {
         id: start.series_id,
         unique_id: start.series_unique_id.clone(),
@@ -83,7 +83,7 @@ pub fn series_of(
         pixel,
         channels: start.channels.clone(),
         images: start.number_of_images,
-        pixel_mask,
+        pixel_masks,
         request,
     })
 }
