@@ -96,13 +96,13 @@ impl Link {
         self.with(|s| s.series.clone())
     }
 
-    /// The run's source takes the socket and the held first image, and a copy of the series
-    /// (which stays, for the run's configuration to read its format).
-    pub fn take(&self) -> Option<(zmq::Socket, Series, Option<zmq::Message>)> {
+    /// The run's source takes the socket and the held first image (the series stays, for
+    /// the run's configuration to read its format until the run gives the socket back).
+    pub fn take(&self) -> Option<(zmq::Socket, Option<zmq::Message>)> {
         self.with(|s| {
-            let series = s.series.clone()?;
+            s.series.as_ref()?;
             let socket = s.socket.take()?;
-            Some((socket, series, s.held.take()))
+            Some((socket, s.held.take()))
         })
     }
 

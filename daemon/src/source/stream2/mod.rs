@@ -92,13 +92,15 @@ impl SourceKind for Stream2Config {
         i: usize,
         _modules: u32,
     ) -> Result<Box<dyn PreparedSource>, SourceError> {
-        if self.link.series().is_none() {
+        // The series is taken now, before any thread starts: once the leader ends, the
+        // listener clears it, maybe before a follower's thread first runs.
+        let Some(series) = self.link.series() else {
             return Err(SourceError::Config(ConfigError::new(
                 format!("source[{i}].stream2"),
                 "a Stream V2 source's runs are opened by its detector's start message: \
                  run it with `detingestd serve`",
             )));
-        }
+        };
         let follow = (self.channel > 0).then(|| {
             let (tx, rx) = crossbeam::channel::bounded(FOLLOWER_QUEUE);
             self.link.add_follower(tx);
@@ -107,7 +109,54 @@ impl SourceKind for Stream2Config {
         Ok(Box::new(receive::Prepared {
             cfg: self.clone(),
             name: src.name.clone(),
+            series,
             follow,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link::Series;
+    use super::*;
+
+    /// A follower's thread may first run after the leader ended the series and the listener
+    /// cleared it from the link (seen as a missing second channel under load): what it
+    /// needs of the series is taken when it is prepared.
+    #[test]
+    fn a_follower_keeps_its_series_after_the_listener_clears_the_link() {
+        let src: SourceConfig = toml::from_str(
+            "name = \"e\"\nstream = { beamtime = \"b\", source = \"e\", stream = \"s\" }\n\
+             [stream2]\nendpoint = \"tcp://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let cfg = src.stream2.clone().unwrap();
+        let series = Series {
+            id: 7,
+            unique_id: "u".into(),
+            shape: [100, 200],
+            pixel: PixelType::U32,
+            channels: vec!["threshold_1".into(), "threshold_2".into()],
+            images: 3,
+            pixel_masks: Vec::new(),
+            request: serde_json::Value::Null,
+        };
+        let socket = zmq::Context::new().socket(zmq::PULL).unwrap();
+        cfg.link.hand_over(socket, series, None);
+        let follower = Stream2Config {
+            channel: 1,
+            ..cfg.clone()
+        };
+        let prepared = follower.prepare(&src, 0, 1).unwrap();
+        assert!(
+            cfg.link.take_back(false).is_some(),
+            "the listener takes all back"
+        );
+        assert!(cfg.link.series().is_none());
+        let (_, bytes) = prepared.buffers(4);
+        assert!(
+            bytes >= 100 * 200 * 4,
+            "sized for the prepared series: {bytes}"
+        );
     }
 }

@@ -23,15 +23,15 @@ const PUBLISH: Duration = Duration::from_millis(100);
 pub(super) struct Prepared {
     pub(super) cfg: Stream2Config,
     pub(super) name: Name,
+    /// The series, as it was when the run was prepared.
+    pub(super) series: Series,
     /// A follower's queue from the leader.
     pub(super) follow: Option<crossbeam::channel::Receiver<Arc<zmq::Message>>>,
 }
 
 impl PreparedSource for Prepared {
     fn buffers(&self, input_buffers: usize) -> (usize, usize) {
-        let Some(series) = self.cfg.link.series() else {
-            return (1, 1);
-        };
+        let series = &self.series;
         let (raw, es) = (series.pixel.frame_bytes(series.shape), series.pixel.size());
         let largest = Codec::ALL
             .into_iter()
@@ -75,12 +75,12 @@ impl Prepared {
     /// The leader: receives until the series' end and hands each image to the followers.
     fn lead(&self, out: &mut SourceOutput) {
         let followers = self.cfg.link.take_followers();
-        let Some((socket, series, held)) = self.cfg.link.take() else {
+        let Some((socket, held)) = self.cfg.link.take() else {
             tracing::error!(source = %self.name, "no series handed over; the run gets no image");
             out.end(None);
             return;
         };
-        let mut rx = self.receiver(series, self.cfg.link.take_pending());
+        let mut rx = self.receiver(self.series.clone(), self.cfg.link.take_pending());
         out.start(0);
         tracing::info!(source = %self.name, series = rx.series.id, images = rx.series.images, channels = ?rx.series.channels, "series started");
         let forward = |msg: zmq::Message, rx: &mut Receiver<'_>, out: &mut SourceOutput| {
@@ -139,11 +139,7 @@ impl Prepared {
         queue: &crossbeam::channel::Receiver<Arc<zmq::Message>>,
         out: &mut SourceOutput,
     ) {
-        let Some(series) = self.cfg.link.series() else {
-            out.end(None);
-            return;
-        };
-        let mut rx = self.receiver(series, MessageCounts::default());
+        let mut rx = self.receiver(self.series.clone(), MessageCounts::default());
         out.start(0);
         let mut published = Instant::now();
         while let Ok(msg) = queue.recv() {
