@@ -98,6 +98,21 @@ pub(crate) fn check_frame(
     Ok(bytes)
 }
 
+/// Refuses an `endpoint` that is not a ZeroMQ address (`tcp://`, `ipc://` or `inproc://`
+/// followed by something), naming `key`.
+pub(crate) fn check_zmq_endpoint(key: &str, endpoint: &str) -> Result<(), ConfigError> {
+    let ok = ["tcp://", "ipc://", "inproc://"]
+        .iter()
+        .any(|p| endpoint.starts_with(p) && endpoint.len() > p.len());
+    if ok {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        key,
+        format!("{endpoint:?} is not a ZeroMQ endpoint (tcp://host:port, ipc://path)"),
+    ))
+}
+
 pub(crate) fn core_count() -> usize {
     core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1))
 }

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,66 @@ def kafka_broker(tmp_path):
     broker = KafkaBroker(tmp_path)
     yield broker
     broker.stop()
+
+
+class ServeDaemon:
+    """`detingestd serve` on a config of `body` (sources, sinks, tables) with its control API
+    on a free loopback port and no live sockets; `get`/`call` its API, `wait_run` a run's
+    end, `close` it (asserting a clean exit)."""
+
+    def __init__(self, exe, tmp, name, body):
+        self.port = free_port()
+        self.data = tmp / f"{name}-data"
+        self.cfg = tmp / f"{name}.toml"
+        self.cfg.write_text(
+            f'data_dir = "{self.data}"\n[control]\nlisten = "127.0.0.1:{self.port}"\n'
+            '[live]\npublish = ""\nquery = ""\n' + body + "\n")
+        self.log = tmp / f"{name}.log"
+        self.proc = subprocess.Popen([exe, "--log", "info", "serve", "--config", str(self.cfg)],
+                                     stderr=open(self.log, "w"))
+        wait_for_log(self.proc, self.log, "control API listening")
+
+    def call(self, method, path, body=None):
+        """The JSON answer (the text for /metrics)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+                                     method=method)
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+            return raw.decode() if path == "/metrics" else json.loads(raw)
+
+    def get(self, path):
+        return self.call("GET", path)
+
+    def wait_run(self, stream, timeout=60):
+        """Waits until the run of `stream` (`beamtime/source/name`) has ended; its status."""
+        deadline = time.time() + timeout
+        while True:
+            status = self.get("/run")
+            if status["stream"] == stream and status["state"] != "running":
+                return status
+            assert time.time() < deadline, (status, self.log.read_text()[-3000:])
+            time.sleep(0.05)
+
+    def master(self, stream, beamtime="bt", source="eiger"):
+        return self.data / beamtime / source / f"{stream}_master.h5"
+
+    def close(self):
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(timeout=60) == 0, self.log.read_text()[-3000:]
+
+
+@pytest.fixture
+def serve_daemons(detingestd, tmp_path):
+    """Makes `ServeDaemon`s (`make(name, body)`); closes those still running afterwards."""
+    made = []
+
+    def make(name, body):
+        d = ServeDaemon(detingestd, tmp_path, name, body)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc.poll() is None:
+            d.close()

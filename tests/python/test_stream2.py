@@ -4,11 +4,9 @@
 the daemon wrote, dectris-compression decodes what the producers sent."""
 
 import json
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,68 +18,25 @@ import pytest
 from dectris.compression import decompress
 
 import stream2_spec as spec
-from conftest import ROOT, free_port, wait_for_log
+from conftest import ROOT, free_port
 
 SPECIFIC = "entry/instrument/detector/detectorSpecific"
 TICKIT_DATA = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
     / "site-packages" / "tickit_devices" / "eiger" / "data" / "stream2"
 
 
-class Serve:
-    """`detingestd serve` with one `[source.stream2]` connected to `endpoint`."""
-
-    def __init__(self, exe, tmp, endpoint, extra="", stream2="", name="serve"):
-        self.port = free_port()
-        self.data = tmp / f"{name}-data"
-        self.cfg = tmp / f"{name}.toml"
-        self.cfg.write_text(
-            f'data_dir = "{self.data}"\n[control]\nlisten = "127.0.0.1:{self.port}"\n'
-            '[pipeline]\ninput_buffers = 8\noutput_buffers = 8\n'
-            '[live]\npublish = ""\nquery = ""\n' + extra +
-            '\n[[source]]\nname = "eiger"\n'
+def stream2_source(endpoint, stream2=""):
+    """A `[[source]]` "eiger" with a `[source.stream2]` connected to `endpoint`."""
+    return ('[pipeline]\ninput_buffers = 8\noutput_buffers = 8\n'
+            '[[source]]\nname = "eiger"\n'
             'stream = { beamtime = "bt", source = "eiger", stream = "unused" }\n'
             f'[source.stream2]\nendpoint = "{endpoint}"\n{stream2}\n')
-        self.log = tmp / f"{name}.log"
-        self.proc = subprocess.Popen([exe, "--log", "info", "serve", "--config", str(self.cfg)],
-                                     stderr=open(self.log, "w"))
-        wait_for_log(self.proc, self.log, "control API listening")
-
-    def get(self, path):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
-            body = r.read()
-            return json.loads(body) if path != "/metrics" else body.decode()
-
-    def wait_run(self, stream, timeout=60):
-        """Waits until the run of `stream` has ended; returns its status."""
-        deadline = time.time() + timeout
-        while True:
-            status = self.get("/run")
-            if status["stream"] == stream and status["state"] != "running":
-                return status
-            assert time.time() < deadline, (status, self.log.read_text()[-3000:])
-            time.sleep(0.05)
-
-    def master(self, stream):
-        return self.data / "bt" / "eiger" / f"{stream}_master.h5"
-
-    def close(self):
-        self.proc.send_signal(signal.SIGINT)
-        assert self.proc.wait(timeout=60) == 0, self.log.read_text()[-3000:]
 
 
 @pytest.fixture
-def serve(detingestd, tmp_path):
-    started = []
-
-    def make(endpoint, **kw):
-        s = Serve(detingestd, tmp_path, endpoint, **kw)
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        if s.proc.poll() is None:
-            s.close()
+def serve(serve_daemons):
+    """`serve(endpoint)`: a daemon whose one source is a Stream V2 detector at `endpoint`."""
+    return lambda endpoint: serve_daemons("serve", stream2_source(endpoint))
 
 
 class EigerSim:

@@ -3,11 +3,7 @@ series. Decoded in Python as DECTRIS's client does (cbor2 with tag hooks, dectri
 for the compressed byte strings), pixels equal to the HDF5 file; a second daemon's stream2
 source takes it and writes the same chunks; no client costs nothing on disk."""
 
-import json
-import signal
-import subprocess
 import time
-import urllib.request
 
 import cbor2
 import h5py
@@ -17,7 +13,7 @@ import pytest
 import zmq
 from dectris.compression import decompress
 
-from conftest import free_port, wait_for_log
+from conftest import free_port
 
 SPECIFIC = "entry/instrument/detector/detectorSpecific"
 DTYPES = {64: "<u1", 69: "<u2", 70: "<u4", 78: "<i4", 85: "<f4"}
@@ -54,40 +50,6 @@ def compressed_payload(raw):
     return content[2] if isinstance(content, list) else content
 
 
-class Daemon:
-    def __init__(self, exe, tmp, name, source, extra=""):
-        self.port = free_port()
-        self.data = tmp / f"{name}-data"
-        self.cfg = tmp / f"{name}.toml"
-        self.cfg.write_text(
-            f'data_dir = "{self.data}"\n[control]\nlisten = "127.0.0.1:{self.port}"\n'
-            '[live]\npublish = ""\nquery = ""\n' + extra + "\n" + source)
-        self.log = tmp / f"{name}.log"
-        self.proc = subprocess.Popen([exe, "--log", "info", "serve", "--config", str(self.cfg)],
-                                     stderr=open(self.log, "w"))
-        wait_for_log(self.proc, self.log, "control API listening")
-
-    def call(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
-                                     method=method)
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.loads(r.read())
-
-    def wait(self, stream, timeout=60):
-        deadline = time.time() + timeout
-        while True:
-            s = self.call("GET", "/run")
-            if s["stream"] == stream and s["state"] != "running":
-                return s
-            assert time.time() < deadline, (s, self.log.read_text()[-3000:])
-            time.sleep(0.05)
-
-    def close(self):
-        self.proc.send_signal(signal.SIGINT)
-        assert self.proc.wait(timeout=60) == 0, self.log.read_text()[-3000:]
-
-
 SYNTHETIC = """[[source]]
 name = "det"
 stream = { beamtime = "bt", source = "det", stream = "x" }
@@ -100,18 +62,9 @@ seed = 11
 
 
 @pytest.fixture
-def daemons(detingestd, tmp_path):
-    made = []
-
-    def make(name, source, extra=""):
-        d = Daemon(detingestd, tmp_path, name, source, extra)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        if d.proc.poll() is None:
-            d.close()
+def daemons(serve_daemons):
+    """`daemons(name, source, extra)`: a daemon with `source` and the tables in `extra`."""
+    return lambda name, source, extra="": serve_daemons(name, extra + "\n" + source)
 
 
 def receive(sock, until_end=True, timeout=30):
@@ -152,7 +105,7 @@ def test_output_decodes_as_dectris_client_does_pixels_equal_to_the_file(daemons,
     assert start["user_data"] == {"sample": "thaumatin"}
     assert {m["series_id"] for m in decoded} == {start["series_id"]}
     assert [m["image_id"] for m in decoded[1:-1]] == list(range(30))
-    status = a.wait("bt/det/s1")
+    status = a.wait_run("bt/det/s1")
     with h5py.File(status["master"]) as f:
         data = f["entry/data/data"][:]
     with h5py.File(status["master"].replace("_master", "_data_000001")) as f:
@@ -176,8 +129,8 @@ def test_round_trip_through_a_second_daemon_gives_identical_chunks(daemons):
     time.sleep(0.5)
     a.call("POST", "/run/start", {"beamtime": "bt", "source": "det", "stream": "orig",
                                   "frames": 40})
-    first = a.wait("bt/det/orig")
-    second = b.wait("bt/eiger/copy_1")
+    first = a.wait_run("bt/det/orig")
+    second = b.wait_run("bt/eiger/copy_1")
     assert second["frames_recorded"] == 40 and second["frames_lost"] == 0, second
     assert second["sources"][0]["messages"]["passed_through"] == 40
     files = [h5py.File(s["master"].replace("_master", "_data_000001")) for s in (first, second)]
@@ -195,7 +148,7 @@ def test_no_client_costs_nothing_on_disk_and_is_counted(daemons):
     a = daemons("a", SYNTHETIC, f'[sink.stream2]\nendpoint = "tcp://127.0.0.1:{out}"\n')
     a.call("POST", "/run/start", {"beamtime": "bt", "source": "det", "stream": "alone",
                                   "frames": 50})
-    status = a.wait("bt/det/alone")
+    status = a.wait_run("bt/det/alone")
     assert status["frames_recorded"] == 50 and status["end_reason"] == "count"
     sink = status["sinks"]["stream2"]
     assert sink["images_sent"] == 0 and sink["images_dropped"] == 50, sink
@@ -208,7 +161,7 @@ def test_no_client_costs_nothing_on_disk_and_is_counted(daemons):
     time.sleep(0.5)
     a.call("POST", "/run/start", {"beamtime": "bt", "source": "det", "stream": "later",
                                   "frames": 10})
-    a.wait("bt/det/later")
+    a.wait_run("bt/det/later")
     types = [dectris_decode(m)["type"] for m in receive(sock, until_end=False, timeout=3)]
     sock.close()
     ctx.term()

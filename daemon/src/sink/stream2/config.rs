@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::check::{check_range, ConfigError};
+use crate::check::{check_range, check_zmq_endpoint, ConfigError};
 use crate::sink::{PreviewRequest, SinkNeeds};
 
 /// How the output socket hands messages out.
@@ -71,16 +71,7 @@ impl Stream2SinkConfig {
         if !self.enabled() {
             return Ok(());
         }
-        let scheme = self.endpoint.split("://").next().unwrap_or("");
-        if !matches!(scheme, "tcp" | "ipc" | "inproc") || !self.endpoint.contains("://") {
-            return Err(ConfigError::new(
-                "sink.stream2.endpoint",
-                format!(
-                    "{:?} is not a ZeroMQ endpoint (tcp://*:31001)",
-                    self.endpoint
-                ),
-            ));
-        }
+        check_zmq_endpoint("sink.stream2.endpoint", &self.endpoint)?;
         check_range(
             "sink.stream2.high_water_mark",
             self.high_water_mark,

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::check::{check_range, ConfigError};
+use crate::check::{check_range, check_zmq_endpoint, ConfigError};
 use crate::sink::{PreviewRequest, SinkNeeds};
 
 /// `[live]`: the ZeroMQ notification socket live viewers subscribe to, and the query endpoint
@@ -84,15 +84,8 @@ impl LiveConfig {
     /// Checks what the types alone cannot; errors name the `live.*` key.
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
         for (key, endpoint) in [("live.publish", &self.publish), ("live.query", &self.query)] {
-            let ok = endpoint.is_empty()
-                || ["tcp://", "ipc://", "inproc://"]
-                    .iter()
-                    .any(|p| endpoint.starts_with(p) && endpoint.len() > p.len());
-            if !ok {
-                return Err(ConfigError::new(
-                    key,
-                    format!("{endpoint:?} is not a ZeroMQ endpoint (tcp://host:port, ipc://path) or \"\""),
-                ));
+            if !endpoint.is_empty() {
+                check_zmq_endpoint(key, endpoint)?; // "" turns it off
             }
         }
         if !self.publish.is_empty() && self.publish == self.query {

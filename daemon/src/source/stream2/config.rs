@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::link::Link;
-use crate::check::{check_range, ConfigError};
+use crate::check::{check_range, check_zmq_endpoint, ConfigError};
 
 /// `[source.stream2]`: the detector's Stream V2 endpoint, connected with a ZeroMQ PULL socket.
 /// The detector's `start` message opens a run (`detingestd serve`), its images become the
@@ -76,16 +76,7 @@ impl Stream2Config {
     /// Checks what the types alone cannot, naming `source[i].stream2.*` keys.
     pub(crate) fn check(&self, i: usize) -> Result<(), ConfigError> {
         let key = |k: &str| format!("source[{i}].stream2.{k}");
-        let scheme = self.endpoint.split("://").next().unwrap_or("");
-        if !matches!(scheme, "tcp" | "ipc" | "inproc") || !self.endpoint.contains("://") {
-            return Err(ConfigError::new(
-                key("endpoint"),
-                format!(
-                    "{:?} is not a ZeroMQ endpoint (tcp://host:port)",
-                    self.endpoint
-                ),
-            ));
-        }
+        check_zmq_endpoint(&key("endpoint"), &self.endpoint)?;
         let sample = self.stream_name_of(12, "0123abcd");
         detingest_shm::Name::new(&sample)
             .map_err(|e| ConfigError::new(key("stream_name"), format!("gives {sample:?}: {e}")))?;
