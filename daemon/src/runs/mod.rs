@@ -31,6 +31,9 @@ use crate::sink::{RunControl, SinkSet, SinkTables};
 use crate::source::stream2::listener::{self, Listener};
 use crate::source::SourceError;
 
+/// Suffixes `_2` .. tried for a request with `rename_if_exists`.
+const MAX_RENAME: u32 = 99;
+
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -113,6 +116,7 @@ impl From<ConfigError> for ApiError {
 /// Builds the configuration of the run `request` asks for, from the daemon's `base`.
 ///
 /// The request: `beamtime`, `source` (a configured `[[source]]` name), `stream` (required);
+/// `rename_if_exists` (see [`RunManager::start`]);
 /// `detector` (NXmx fields over `[detector]`); any `[run]` field (`frames`, `chunking`,
 /// `frames_per_file`, `master_data`, `vds`, `idle_timeout_ms`, `first_frame_number`, `dataset_timeout_ms`,
 /// `dataset_ahead`, `user`, `next_stream`).
@@ -152,7 +156,7 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
         serde_json::to_value(&base.detector).map_err(|e| ConfigError::new("detector", e))?;
     for (key, value) in fields {
         match key.as_str() {
-            "beamtime" | "source" | "stream" => {}
+            "beamtime" | "source" | "stream" | "rename_if_exists" => {}
             "detector" => overlay(&mut detector, value, "detector")?,
             _ => overlay(&mut run, &json!({ key: value }), "")?,
         }
@@ -284,7 +288,8 @@ impl RunManager {
         }
     }
 
-    /// Starts the run `request` describes; refused while another runs or if its files exist.
+    /// Starts the run `request` describes; refused while another runs or if its files exist
+    /// (unless it asks `"rename_if_exists": true`: then under the first free `<stream>_<n>`).
     pub fn start(&self, request: &Value) -> Result<RunStatus, ApiError> {
         let mut current = self
             .current
@@ -298,20 +303,7 @@ impl RunManager {
         if let Some(c) = current.take() {
             let _ = c.supervisor.join();
         }
-        let config = run_config(&self.base, request)?;
-        let sinks = match self.sinks.lock().ok().as_deref() {
-            Some(Some(set)) => set.for_run(),
-            _ => return Err(ApiError::new(503, "the daemon is shutting down")),
-        };
-        let running = pipeline::start(&config, sinks).map_err(|e| match e {
-            StartError::Exists(_) => ApiError::new(409, e),
-            StartError::Config(c)
-            | StartError::Source {
-                error: SourceError::Config(c),
-                ..
-            } => ApiError::from(c),
-            e => ApiError::new(500, e),
-        })?;
+        let (config, running) = self.start_pipeline(request)?;
         let src = &config.sources[0];
         let status = RunStatus {
             state: "running",
@@ -384,6 +376,50 @@ impl RunManager {
             supervisor,
         });
         Ok(status)
+    }
+
+    /// The run's configuration and its started pipeline. With `"rename_if_exists": true` in
+    /// the request, a stream whose files exist is started as `<stream>_2`, `_3`, ... (up to
+    /// `_99`) instead of refused: for a detector whose series numbers restart with it.
+    fn start_pipeline(&self, request: &Value) -> Result<(Config, Running), ApiError> {
+        let rename = request.get("rename_if_exists") == Some(&Value::Bool(true));
+        let name = request
+            .get("stream")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut attempt = request.clone();
+        for n in 1..=MAX_RENAME {
+            if n > 1 {
+                attempt["stream"] = format!("{name}_{n}").into();
+            }
+            let config = run_config(&self.base, &attempt)?;
+            let sinks = match self.sinks.lock().ok().as_deref() {
+                Some(Some(set)) => set.for_run(),
+                _ => return Err(ApiError::new(503, "the daemon is shutting down")),
+            };
+            match pipeline::start(&config, sinks) {
+                Ok(running) => {
+                    if n > 1 {
+                        tracing::warn!(taken = name, stream = %attempt["stream"], "stream name taken; written under another");
+                    }
+                    return Ok((config, running));
+                }
+                Err(StartError::Exists(_)) if rename => continue,
+                Err(e @ StartError::Exists(_)) => return Err(ApiError::new(409, e)),
+                Err(
+                    StartError::Config(c)
+                    | StartError::Source {
+                        error: SourceError::Config(c),
+                        ..
+                    },
+                ) => return Err(ApiError::from(c)),
+                Err(e) => return Err(ApiError::new(500, e)),
+            }
+        }
+        Err(ApiError::new(
+            409,
+            format!("{name} and {name}_2 .. {name}_{MAX_RENAME} exist already"),
+        ))
     }
 
     /// Asks the current run to stop and waits until its files are closed.

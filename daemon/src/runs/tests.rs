@@ -139,3 +139,26 @@ fn an_open_ended_run_ends_when_stopped() {
     assert_eq!(stopped.state, "finished");
     m.shutdown();
 }
+
+#[test]
+fn a_request_may_ask_for_a_free_name_when_its_stream_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path());
+    let request = json!({"beamtime": "b", "source": "det", "stream": "r3", "frames": 2});
+    m.start(&request).unwrap();
+    wait_until_ended(&m);
+    let mut renaming = request.clone();
+    renaming["rename_if_exists"] = json!(true);
+    let second = m.start(&renaming).unwrap();
+    assert_eq!(second.stream.as_deref(), Some("b/det/r3_2"));
+    wait_until_ended(&m);
+    let third = m.start(&renaming).unwrap();
+    assert_eq!(third.stream.as_deref(), Some("b/det/r3_3"));
+    wait_until_ended(&m);
+    assert_eq!(
+        m.start(&request).unwrap_err().status,
+        409,
+        "not asked: refused"
+    );
+    m.shutdown();
+}

@@ -20,9 +20,6 @@ use super::series::series_of;
 use crate::sink::RunControl;
 use crate::source::SourceConfig;
 
-/// Suffixes `_2`, `_3`, ... tried when a series' stream name is taken.
-const MAX_SUFFIX: u32 = 99;
-
 /// A running listener; stopped by [`Listener::signal`] and [`Listener::join`].
 pub struct Listener {
     stop: Arc<AtomicBool>,
@@ -167,28 +164,12 @@ impl Listening {
                 return (socket, None);
             }
         };
-        let (id, mut request) = (series.id, series.request.clone());
+        let (id, request) = (series.id, series.request.clone());
         self.cfg.link.hand_over(socket, series, held);
-        let name = request["stream"].as_str().unwrap_or_default().to_owned();
-        let mut started = Err((503, "the daemon is shutting down".to_owned()));
-        // A detector's series ids restart with it: a name taken gets a suffix, so the
-        // series is written rather than refused.
-        for attempt in 1..=MAX_SUFFIX {
-            if attempt > 1 {
-                request["stream"] = format!("{name}_{attempt}").into();
-            }
-            started = match self.runs.upgrade() {
-                Some(runs) => runs.start_run(&request),
-                None => break,
-            };
-            match &started {
-                Err((409, why)) if why.contains("exists already") => continue,
-                _ => break,
-            }
-        }
-        if started.is_ok() && request["stream"] != name.as_str() {
-            tracing::warn!(source = %self.src.name, series = id, taken = %name, stream = %request["stream"], "stream name taken (the detector's series ids restarted?); written under another");
-        }
+        let started = match self.runs.upgrade() {
+            Some(runs) => runs.start_run(&request),
+            None => Err((503, "the daemon is shutting down".to_owned())),
+        };
         if let Err((status, why)) = started {
             tracing::error!(source = %self.src.name, series = id, status, %why, "the series' run did not start; its images are not written");
             if let Some(back) = self.cfg.link.take_back(false) {

@@ -66,6 +66,9 @@ pub fn series_of(
         "source": source.as_str(),
         "stream": stream,
         "first_frame_number": 0,
+        // A detector's series ids restart with it: a name taken gets a suffix rather than
+        // the series being refused.
+        "rename_if_exists": true,
         "detector": detector,
     });
     let pixel_masks = (start.pixel_masks.iter())
