@@ -51,6 +51,28 @@ pub fn rename(tid: libc::pid_t, name: &str) -> io::Result<()> {
     std::fs::write(format!("/proc/self/task/{tid}/comm"), name)
 }
 
+/// Names the threads a library started here since `before` (a ZeroMQ context's I/O
+/// threads) `name`, and pins them to `core`: a sink's socket threads stay beside the thread
+/// that feeds them. Failures are logged; the threads keep running as they were. Returns them.
+pub fn adopt_started_since(
+    before: &[libc::pid_t],
+    name: &str,
+    core: Option<usize>,
+) -> Vec<libc::pid_t> {
+    let tids = started_here_since(before);
+    for &tid in &tids {
+        if let Err(e) = rename(tid, name) {
+            tracing::debug!(error = %e, tid, name, "thread keeps its inherited name");
+        }
+        if let Some(core) = core {
+            if let Err(e) = pin(tid, core) {
+                tracing::warn!(error = %e, core, name, "could not pin a library thread");
+            }
+        }
+    }
+    tids
+}
+
 /// The threads started since `before` that a library started from this thread without
 /// naming them (they carry the calling thread's name), or named `ZMQbg/...` as some libzmq
 /// builds name theirs. Threads other code started meanwhile under other names are left out.

@@ -102,11 +102,7 @@ impl Stream2Sink {
             .ok()
             .and_then(Result::ok)
             .unwrap_or_else(|| cfg.endpoint.clone());
-        for tid in threads::started_here_since(&before) {
-            if let Err(e) = threads::rename(tid, "stream2-zmq") {
-                tracing::debug!(error = %e, tid, "ZeroMQ thread keeps its inherited name");
-            }
-        }
+        threads::adopt_started_since(&before, "stream2-zmq", cores.notify);
         tracing::info!(endpoint = %bound, mode = ?cfg.mode, "Stream V2 output bound");
         let (tx, rx) = crossbeam::channel::bounded(cfg.buffers + 8);
         let stats = Arc::new(Stream2Stats::default());

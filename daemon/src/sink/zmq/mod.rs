@@ -164,16 +164,8 @@ impl Live {
             ));
             publish_endpoint = Some(bound);
         }
-        let zmq_threads = threads::started_here_since(&threads_before);
+        let zmq_threads = threads::adopt_started_since(&threads_before, "live-zmq", cores.notify);
         for &tid in &zmq_threads {
-            if let Err(e) = threads::rename(tid, "live-zmq") {
-                tracing::debug!(error = %e, tid, "ZeroMQ thread keeps its inherited name");
-            }
-            if let Some(core) = cores.notify {
-                if let Err(e) = threads::pin(tid, core) {
-                    tracing::warn!(error = %e, core, "could not pin a ZeroMQ thread");
-                }
-            }
             if cfg.realtime_priority > 0 && publisher.is_some() {
                 if let Err(e) = threads::set_realtime(tid, cfg.realtime_priority) {
                     tracing::warn!(error = %e, "ZeroMQ I/O thread keeps normal scheduling");
