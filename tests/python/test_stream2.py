@@ -255,6 +255,25 @@ def test_raw_and_lz4_images_are_encoded_by_the_daemon(serve, detector):
     daemon.close()
 
 
+def test_series_back_to_back_are_both_written(serve, detector):
+    """A series that starts as soon as the last one ended (its run still closing files)
+    waits for that run's end and is written whole."""
+    daemon = serve(detector.endpoint)
+    shape = (64, 80)
+    first, second = images(4, shape, "<u2", 6), images(4, shape, "<u2", 7)
+    time.sleep(0.3)
+    for sid, pics in ((30, first), (31, second)):
+        detector.send(spec.start(sid, shape, "uint16", n=4),
+                      *[spec.image(sid, i, {"threshold_1": p}) for i, p in enumerate(pics)],
+                      spec.end(sid))
+    daemon.wait_run("bt/eiger/series_31")
+    for sid, pics in ((30, first), (31, second)):
+        with h5py.File(daemon.master(f"series_{sid}")) as f:
+            assert np.array_equal(f["entry/data/data"][:], np.stack(pics)), sid
+    assert "did not start" not in daemon.log.read_text()
+    daemon.close()
+
+
 def test_a_start_without_dtype_takes_it_from_its_first_image(serve, detector):
     """A start without image_dtype (as DECTRIS's recording) waits for its first image; one
     re-armed before any image is replaced by the next series, which is written."""

@@ -140,21 +140,34 @@ fn an_open_ended_run_ends_when_stopped() {
     m.shutdown();
 }
 
+/// Waits until the run has ended and its supervisor is done (a new run may start).
+fn wait_until_startable(m: &RunManager) {
+    wait_until_ended(m);
+    for _ in 0..1000 {
+        let done = (m.current.lock().unwrap().as_ref()).is_none_or(|c| c.supervisor.is_finished());
+        if done {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the run's supervisor never finished");
+}
+
 #[test]
 fn a_request_may_ask_for_a_free_name_when_its_stream_exists() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path());
     let request = json!({"beamtime": "b", "source": "det", "stream": "r3", "frames": 2});
     m.start(&request).unwrap();
-    wait_until_ended(&m);
+    wait_until_startable(&m);
     let mut renaming = request.clone();
     renaming["rename_if_exists"] = json!(true);
     let second = m.start(&renaming).unwrap();
     assert_eq!(second.stream.as_deref(), Some("b/det/r3_2"));
-    wait_until_ended(&m);
+    wait_until_startable(&m);
     let third = m.start(&renaming).unwrap();
     assert_eq!(third.stream.as_deref(), Some("b/det/r3_3"));
-    wait_until_ended(&m);
+    wait_until_startable(&m);
     assert_eq!(
         m.start(&request).unwrap_err().status,
         409,

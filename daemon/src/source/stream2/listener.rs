@@ -20,6 +20,9 @@ use super::series::series_of;
 use crate::sink::RunControl;
 use crate::source::SourceConfig;
 
+/// How long a series' start waits for the run before it (its files closing) to end.
+const PREVIOUS_RUN_WAIT: Duration = Duration::from_secs(60);
+
 /// A running listener; stopped by [`Listener::signal`] and [`Listener::join`].
 pub struct Listener {
     stop: Arc<AtomicBool>,
@@ -167,7 +170,15 @@ impl Listening {
         let (id, request) = (series.id, series.request.clone());
         self.cfg.link.hand_over(socket, series, held);
         let started = match self.runs.upgrade() {
-            Some(runs) => runs.start_run(&request),
+            Some(runs) => {
+                // The last series' run gives the socket back when its source ends, before its
+                // files are closed: a series that follows at once waits for that run's end.
+                let deadline = Instant::now() + PREVIOUS_RUN_WAIT;
+                while runs.run_status()["state"] == "running" && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                runs.start_run(&request)
+            }
             None => Err((503, "the daemon is shutting down".to_owned())),
         };
         if let Err((status, why)) = started {
