@@ -13,6 +13,7 @@
 //! ```
 
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dectris;

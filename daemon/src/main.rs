@@ -272,6 +272,12 @@ listen = "{listen}"
 
 /// Runs the pipeline to the end and prints a summary.
 fn ingest(config: &Config, summary_json: Option<&Path>) -> Result<ExitCode> {
+    if config.cluster.member() {
+        anyhow::bail!(
+            "config key `cluster.name`: a daemon that takes part of a detector starts its runs \
+             with the others, over the control API: run it with `detingestd serve`"
+        );
+    }
     let sinks = SinkSet::start(config.sink_tables(), config.sink_cores())?;
     let running = pipeline::start(config, sinks.for_run())?;
     let stop = running.stop_handle();

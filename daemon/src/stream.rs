@@ -105,19 +105,35 @@ pub struct StreamInfo {
     pub shape: [u32; 2],
     /// Detector modules forming each image.
     pub modules: u32,
-    /// Indices per data file: index `i` is in data file `(i - 1) / frames_per_file + 1`.
+    /// The modules this daemon receives (bit `m`: module `m`): every one, unless it takes
+    /// part of a detector with other daemons (`[cluster]`).
+    pub expected: u64,
+    /// Indices per data file: index `i` is in data file `(i - 1) / frames_per_file + 1`
+    /// (0: no data files of its own, see [`StreamInfo::data_file`]).
     pub frames_per_file: u64,
 }
 
 impl StreamInfo {
-    /// The mask with every module's bit set.
+    /// The modules a complete index of this stream has: every module's bit, or this daemon's
+    /// part of the detector.
     pub fn all_modules(&self) -> u64 {
-        detingest_writer::all_modules(self.modules)
+        self.expected
     }
 
-    /// The data file holding `index` (1-based) and the index's position in it.
+    /// The data file holding `index` (1-based) and the index's position in it. A stream
+    /// with no data files of its own (`frames_per_file` 0: a detector several daemons wrote,
+    /// whose master maps their files) names its master and the index's position there.
     pub fn data_file(&self, index: u64) -> (DataFilePath<'_>, u64) {
-        let k = self.frames_per_file.max(1);
+        if self.frames_per_file == 0 {
+            return (
+                DataFilePath {
+                    info: self,
+                    number: 0,
+                },
+                index.max(1) - 1,
+            );
+        }
+        let k = self.frames_per_file;
         let number = (index.max(1) - 1) / k + 1;
         (
             DataFilePath { info: self, number },
@@ -142,6 +158,9 @@ impl DataFilePath<'_> {
 
 impl std::fmt::Display for DataFilePath<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.number == 0 {
+            return write!(f, "{}", self.info.file.display());
+        }
         if let Some(dir) = self.info.file.parent() {
             write!(f, "{}/", dir.display())?;
         }

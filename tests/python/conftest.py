@@ -305,12 +305,12 @@ class ServeDaemon:
     on a free loopback port and no live sockets; `get`/`call` its API, `wait_run` a run's
     end, `close` it (asserting a clean exit)."""
 
-    def __init__(self, exe, tmp, name, body):
-        self.port = free_port()
-        self.data = tmp / f"{name}-data"
+    def __init__(self, exe, tmp, name, body, host="127.0.0.1", port=None, data=None):
+        self.host, self.port = host, port or free_port()
+        self.data = data or tmp / f"{name}-data"
         self.cfg = tmp / f"{name}.toml"
         self.cfg.write_text(
-            f'data_dir = "{self.data}"\n[control]\nlisten = "127.0.0.1:{self.port}"\n'
+            f'data_dir = "{self.data}"\n[control]\nlisten = "{host}:{self.port}"\n'
             '[live]\npublish = ""\nquery = ""\n' + body + "\n")
         self.log = tmp / f"{name}.log"
         self.proc = subprocess.Popen([exe, "--log", "info", "serve", "--config", str(self.cfg)],
@@ -320,7 +320,7 @@ class ServeDaemon:
     def call(self, method, path, body=None):
         """The JSON answer (the text for /metrics)."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+        req = urllib.request.Request(f"http://{self.host}:{self.port}{path}", data=data,
                                      method=method)
         with urllib.request.urlopen(req, timeout=60) as r:
             raw = r.read()
@@ -352,8 +352,8 @@ def serve_daemons(detingestd, tmp_path):
     """Makes `ServeDaemon`s (`make(name, body)`); closes those still running afterwards."""
     made = []
 
-    def make(name, body):
-        d = ServeDaemon(detingestd, tmp_path, name, body)
+    def make(name, body, **kw):
+        d = ServeDaemon(detingestd, tmp_path, name, body, **kw)
         made.append(d)
         return d
 

@@ -24,6 +24,7 @@
 
 mod codec;
 mod data_file;
+mod detector_master;
 mod error;
 mod filter;
 mod filter_check;
@@ -32,11 +33,13 @@ mod layout;
 mod master;
 mod master_end;
 mod nxmx;
+mod part_records;
 mod read_back;
 mod run_files;
 
 pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
 pub use data_file::DATA_PATH;
+pub use detector_master::{DetectorMaster, Part, PartEnd};
 pub use error::WriteError;
 pub use filter::{judge_filter_values, FilterVerdict};
 pub use filter_check::{check_filters, DatasetFilterCheck};
@@ -44,5 +47,6 @@ pub use filter_repair::{repair_filters, Repaired};
 pub use layout::{all_modules, Chunking, RunLayout, MAX_MODULES};
 pub use master::{IndexRecord, RunEnd};
 pub use nxmx::{DetectorInfo, Goniometer};
+pub use part_records::{clear_write_marks, read_part, PartRecords, PartState};
 pub use read_back::read_frame;
 pub use run_files::{data_file_name, master_path, DataFileName, FileOptions, MasterData, RunFiles};

@@ -61,6 +61,9 @@ pub struct Config {
     /// The HTTP control API (`detingestd serve`).
     #[serde(default)]
     pub control: ControlConfig,
+    /// `[cluster]`: this daemon's part of a detector several daemons take together.
+    #[serde(default)]
+    pub cluster: crate::cluster::ClusterConfig,
     /// The frame sources, one stream each.
     #[serde(rename = "source", default)]
     pub sources: Vec<SourceConfig>,
@@ -332,6 +335,14 @@ impl Config {
         }
         self.run.validate("run")?;
         self.control.validate()?;
+        self.cluster.validate()?;
+        if self.cluster.member() && self.run.chunking == Chunking::Frame {
+            return Err(ConfigError::new(
+                "run.chunking",
+                "a daemon taking part of a detector ([cluster] name) writes its modules' \
+                 tiles: \"module\" chunking",
+            ));
+        }
         validate_sources(&self.sources, cores)
     }
 }

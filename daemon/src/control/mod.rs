@@ -136,13 +136,15 @@ fn handle(mut request: Request, api: &Api) {
         (Method::Get, "/run") => Ok((200, api.daemon.run_status())),
         (Method::Post, "/run/start") => body(&mut request, api.max_body)
             .and_then(|b| api.daemon.start_run(&b).map(|s| (201, s))),
+        (Method::Post, "/run/check") => body(&mut request, api.max_body)
+            .and_then(|b| api.daemon.check_run(&b).map(|s| (200, s))),
         (Method::Post, "/run/stop") => api.daemon.stop_run().map(|s| (200, s)),
-        (_, "/run" | "/run/start" | "/run/stop" | "/metrics" | "/events" | "/preview") => {
+        (_, "/run" | "/run/start" | "/run/check" | "/run/stop" | "/metrics" | "/events" | "/preview") => {
             Err((405, format!("{method} not allowed here")))
         }
         _ => Err((
             404,
-            "no such endpoint; try GET /, /run, /metrics, /health, POST /run/start, /run/stop"
+            "no such endpoint; try GET /, /run, /metrics, /health, POST /run/start, /run/check, /run/stop"
                 .into(),
         )),
     };

@@ -189,6 +189,14 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             return Err(StartError::Exists(existing.clone()));
         }
         let layout = run_layout(config, src);
+        // A daemon that takes part of a detector expects only its sources' modules.
+        let expected = if config.cluster.member() {
+            (config.sources.iter())
+                .filter(|s| s.stream == src.stream)
+                .fold(0, |mask, s| mask | s.module_mask())
+        } else {
+            layout.all_modules()
+        };
         let info = Arc::new(StreamInfo {
             slot: slot as StreamSlot,
             id: src.stream.clone(),
@@ -199,6 +207,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             pixel: layout.pixel,
             shape: layout.image_shape(),
             modules: layout.modules(),
+            expected,
             frames_per_file: run.frames_per_file,
         });
         let chunk_bytes = layout.chunk_bytes();
@@ -212,6 +221,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         plans.push(indexer::StreamPlan {
             drops: Arc::new(DropLog::new(DROP_LOG)),
             layout,
+            expected,
             ahead,
             timeout: Duration::from_millis(run.dataset_timeout_ms),
             limit: run.frames,

@@ -8,6 +8,7 @@
 //! endpoint among them) are started once, when the manager is, so viewers stay connected from
 //! run to run.
 
+mod coordinate;
 mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,7 +157,7 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
         serde_json::to_value(&base.detector).map_err(|e| ConfigError::new("detector", e))?;
     for (key, value) in fields {
         match key.as_str() {
-            "beamtime" | "source" | "stream" | "rename_if_exists" => {}
+            "beamtime" | "source" | "stream" | "rename_if_exists" | "coordinator" => {}
             "detector" => overlay(&mut detector, value, "detector")?,
             _ => overlay(&mut run, &json!({ key: value }), "")?,
         }
@@ -164,6 +165,19 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
     config.run = deserialize_keyed::<_, RunSettings>(run, "")?;
     config.detector = deserialize_keyed(detector, "detector")?;
     config.run.validate("")?;
+    let mut id = id;
+    if base.cluster.member() {
+        if config.run.first_frame_number.is_none() {
+            return Err(ConfigError::new(
+                "first_frame_number",
+                "required when daemons take a detector together ([cluster] name), so that \
+                 index i is the same image on every daemon: set [run] first_frame_number or \
+                 the request's",
+            ));
+        }
+        let part = base.cluster.part_stream(id.stream.as_str());
+        id.stream = Name::new(&part).map_err(|e| ConfigError::new("stream", e))?;
+    }
     config.sources = base
         .sources
         .iter()
@@ -205,6 +219,8 @@ struct Current {
     stop: Arc<AtomicBool>,
     stop_requested: Arc<AtomicBool>,
     supervisor: std::thread::JoinHandle<()>,
+    /// Started here on every daemon of the detector: a stop stops them all.
+    coordinated: bool,
 }
 
 /// Starts, stops and reports runs, one at a time.
@@ -217,6 +233,8 @@ pub struct RunManager {
     sinks: Mutex<Option<SinkSet>>,
     listeners: Mutex<Vec<Listener>>,
     started_s: f64,
+    /// The control token, for the peers of `[cluster]` (the daemons of a detector share it).
+    peer_token: Option<String>,
 }
 
 impl RunManager {
@@ -227,6 +245,7 @@ impl RunManager {
             ..base.sink_tables()
         };
         let sinks = SinkSet::start(tables, base.sink_cores())?;
+        let peer_token = base.control.token().ok().flatten();
         Ok(Self {
             base,
             current: Mutex::new(None),
@@ -237,6 +256,7 @@ impl RunManager {
             })),
             sinks: Mutex::new(Some(sinks)),
             listeners: Mutex::new(Vec::new()),
+            peer_token,
             started_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -303,13 +323,36 @@ impl RunManager {
         if let Some(c) = current.take() {
             let _ = c.supervisor.join();
         }
-        let (config, running) = self.start_pipeline(request)?;
+        let coordinated = self.coordinates(request);
+        let peers = coordinated.then(|| self.start_peers(request)).transpose()?;
+        let (config, running) = match self.start_pipeline(request) {
+            Ok(started) => started,
+            Err(e) => {
+                if coordinated {
+                    coordinate::stop_peers(&self.peers());
+                }
+                return Err(e);
+            }
+        };
+        let merger = match peers {
+            Some(p) => match self.spawn_merger(&config, request, p, running.streams().len()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    running.stop();
+                    coordinate::stop_peers(&self.peers());
+                    let _ = running.wait();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         let src = &config.sources[0];
         let status = RunStatus {
             state: "running",
             stream: Some(src.stream.to_string()),
             master: Some(pipeline::stream_file_path(&config, src)),
             frames_expected: config.run.frames,
+            detector: merger.as_ref().map(|(_, d)| d.clone()),
             started_ns: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -341,6 +384,8 @@ impl RunManager {
                         s.sources = r.sources().iter().map(|s| s.summary()).collect();
                     }
                 });
+                // A detector several daemons take: its run ends with its whole master.
+                let merged = merger.map(|(m, d)| coordinate::merge_status(d, &m.join()));
                 let Ok(mut ended) = last.lock() else {
                     return;
                 };
@@ -351,6 +396,9 @@ impl RunManager {
                 s.counters = summary.stats;
                 s.sources = summary.sources.clone();
                 s.end_reason = Some(reason);
+                if merged.is_some() {
+                    s.detector = merged;
+                }
                 if let Some(report) = summary.streams.first() {
                     s.frames_recorded = report.frames;
                     s.frames_lost = report.lost;
@@ -374,6 +422,7 @@ impl RunManager {
             stop,
             stop_requested,
             supervisor,
+            coordinated,
         });
         Ok(status)
     }
@@ -431,6 +480,9 @@ impl RunManager {
         let Some(c) = current.take() else {
             return Err(ApiError::new(409, "no run in progress"));
         };
+        if c.coordinated && !c.supervisor.is_finished() {
+            coordinate::stop_peers(&self.peers());
+        }
         c.stop_requested.store(true, Ordering::Relaxed);
         c.stop.store(true, Ordering::Relaxed);
         let _ = c.supervisor.join();
@@ -510,6 +562,16 @@ impl RunControl for RunManager {
     fn start_run(&self, request: &Value) -> Result<Value, (u16, String)> {
         self.start(request)
             .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .map_err(|e| (e.status, e.message))
+    }
+
+    fn check_run(&self, request: &Value) -> Result<Value, (u16, String)> {
+        let busy = (self.current.lock().ok())
+            .is_some_and(|c| c.as_ref().is_some_and(|c| !c.supervisor.is_finished()));
+        if busy {
+            return Err((409, "a run is in progress; stop it first".into()));
+        }
+        self.check_request(request)
             .map_err(|e| (e.status, e.message))
     }
 

@@ -42,6 +42,10 @@ pub struct RunStatus {
     pub sources: Vec<SourceSummary>,
     /// Queue fills and free buffers (while running).
     pub gauges: Option<Gauges>,
+    /// A run several daemons take (started here): the whole detector's master, each
+    /// daemon's part and, at the end, how each part ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detector: Option<Value>,
     /// Per sink, its own counters (filled in when asked).
     pub sinks: serde_json::Map<String, Value>,
     /// Whether its final counters are in the daemon's totals already.
@@ -67,6 +71,7 @@ impl RunStatus {
             sinks: serde_json::Map::new(),
             sources: Vec::new(),
             gauges: None,
+            detector: None,
             counted: false,
         }
     }

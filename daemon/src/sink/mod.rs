@@ -173,6 +173,7 @@ pub(crate) mod fixture {
             pixel: PixelType::U16,
             shape: [1024, 1024],
             modules,
+            expected: detingest_writer::all_modules(modules),
             frames_per_file: 5,
         })
     }

@@ -36,6 +36,11 @@ pub trait Sink: Send + Sync {
 pub trait RunControl: Send + Sync {
     /// Starts the run `request` describes (the body of `POST /run/start`).
     fn start_run(&self, request: &serde_json::Value) -> Result<serde_json::Value, (u16, String)>;
+    /// Checks that the run `request` describes could start now, starting nothing (the body of
+    /// `POST /run/check`); answers this daemon's part of the detector.
+    fn check_run(&self, _request: &serde_json::Value) -> Result<serde_json::Value, (u16, String)> {
+        Err((501, "this daemon does not check runs".into()))
+    }
     /// Stops the current run and waits until its files are closed.
     fn stop_run(&self) -> Result<serde_json::Value, (u16, String)>;
     /// The status `GET /run` gives.

@@ -71,6 +71,10 @@ pub trait SourceKind: Sync {
     fn table(&self) -> &'static str;
     /// Checks the table (source `i`), naming `source[i].<table>.*` keys.
     fn validate(&self, i: usize) -> Result<(), ConfigError>;
+    /// Checks what depends on the source's `grid` (source `i`); most kinds have nothing.
+    fn check_grid(&self, _i: usize, _grid: [u32; 2]) -> Result<(), ConfigError> {
+        Ok(())
+    }
     /// Pixel type and `[ny, nx]` of one module frame.
     fn frame_format(&self) -> (PixelType, [u32; 2]);
     /// Frames the source will produce, if it knows (0: open-ended).
@@ -98,6 +102,15 @@ pub trait SourceKind: Sync {
     /// makes every tile, or learns its place from the data).
     fn grid_place(&self) -> Option<[u32; 2]> {
         None
+    }
+    /// The modules of a `grid` this source delivers, as a mask (module `m` = row * columns +
+    /// column): its place's, when it has one, else every module. A synthetic source may make
+    /// only some (a daemon taking part of a detector).
+    fn module_mask(&self, grid: [u32; 2]) -> u64 {
+        match self.grid_place() {
+            Some([r, c]) => 1 << (r * grid[1] + c),
+            None => detingest_writer::all_modules(grid[0] * grid[1]),
+        }
     }
     /// Makes what must exist before the pipeline's threads start (a ring, a bound socket, a
     /// frame bank) for source `i` of `modules` modules.
@@ -140,6 +153,11 @@ impl SourceConfig {
     /// Number of detector modules.
     pub fn modules(&self) -> u32 {
         self.grid[0] * self.grid[1]
+    }
+
+    /// The modules of its grid this source delivers, as a mask.
+    pub fn module_mask(&self) -> u64 {
+        self.kind().map_or(0, |k| k.module_mask(self.grid))
     }
 
     /// Frames the source will produce, if it knows (0: open-ended).
@@ -197,6 +215,7 @@ pub fn validate_sources(sources: &[SourceConfig], cores: usize) -> Result<(), Co
             }
         }
         kind.validate(i)?;
+        kind.check_grid(i, src.grid)?;
         if kind.whole_images() && src.grid != [1, 1] {
             return Err(ConfigError::new(
                 format!("source[{i}].grid"),

@@ -41,6 +41,8 @@ pub const MAX_GAP: u64 = 1 << 20;
 pub(crate) struct StreamPlan {
     /// Geometry and chunking.
     pub layout: RunLayout,
+    /// The modules a complete dataset has (all, or this daemon's part of the detector).
+    pub expected: u64,
     /// Close an incomplete dataset once a frame this many frame numbers later arrives.
     pub ahead: u64,
     /// Close an incomplete dataset after this long.
@@ -479,7 +481,7 @@ fn close_front(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot) {
             },
         );
     } else {
-        if d.seen != layout.all_modules() {
+        if d.seen != st.plan.expected {
             em.stats.incomplete.fetch_add(1, Ordering::Relaxed);
         }
         if d.dropped != 0 {

@@ -108,6 +108,6 @@ impl StreamNumbering {
         let passed = (0..modules)
             .filter(|&m| self.reported & (1 << m) != 0 && self.newest[m] > d.frame_number)
             .fold(0u64, |acc, m| acc | (1 << m));
-        (d.seen | passed) == self.plan.layout.all_modules()
+        (d.seen | passed) == self.plan.expected
     }
 }

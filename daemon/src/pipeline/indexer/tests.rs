@@ -19,6 +19,7 @@ fn plan(grid: [u32; 2], chunking: Chunking, limit: u64) -> StreamPlan {
     let layout = layout(grid, chunking);
     StreamPlan {
         layout,
+        expected: layout.all_modules(),
         ahead: 3,
         timeout: Duration::from_secs(60),
         limit,
@@ -294,6 +295,32 @@ fn a_fixed_first_frame_number_gives_every_daemon_the_same_indices() {
         "closed 3:12",
     ];
     assert_eq!(out, want);
+}
+
+#[test]
+fn a_daemon_taking_part_of_a_detector_closes_a_dataset_once_its_own_modules_are_in() {
+    // Modules 0 and 1 of a 1 x 3 detector; module 2 is another daemon's.
+    let part = StreamPlan {
+        expected: 0b011,
+        ..plan([1, 3], Chunking::Module, 0)
+    };
+    let (out, _) = run(
+        part,
+        vec![start(1), module(1, 0), module(1, 1), module(2, 1)],
+        false,
+    );
+    // Index 1 closes as soon as its two modules are in (no timeout, no later frame);
+    // index 2 waits for module 0.
+    assert_eq!(
+        out,
+        [
+            "open",
+            "raw 1:1/0 [1, 0]",
+            "raw 1:1/1 [1, 1]",
+            "closed 1:1",
+            "raw 2:2/1 [2, 1]"
+        ]
+    );
 }
 
 #[test]

@@ -184,6 +184,7 @@ mod tests {
             pixel: PixelType::U16,
             shape: [4, 4],
             modules: 1,
+            expected: 1,
             frames_per_file: 1000,
         })
     }

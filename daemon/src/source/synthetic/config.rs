@@ -46,6 +46,10 @@ pub struct SyntheticConfig {
     /// Module frames always withheld, as `[frame_number, module]` pairs.
     #[serde(default)]
     pub withhold: Vec<[u64; 2]>,
+    /// Only these modules of the grid, as `[row, column]` (empty: every module): a daemon
+    /// that takes part of a detector, the other modules made by other daemons.
+    #[serde(default)]
+    pub modules: Vec<[u32; 2]>,
 }
 
 impl Default for SyntheticConfig {
@@ -64,6 +68,7 @@ impl Default for SyntheticConfig {
             copy: false,
             module_loss: 0.0,
             withhold: Vec::new(),
+            modules: Vec::new(),
         }
     }
 }
@@ -92,6 +97,34 @@ fn default_first() -> u64 {
 
 impl SyntheticConfig {
     /// Checks what the types alone cannot, naming `source[i].synthetic.*` keys.
+    /// The mask of the modules it makes on `grid` (module `m` = row * columns + column).
+    pub(crate) fn module_mask(&self, grid: [u32; 2]) -> u64 {
+        if self.modules.is_empty() {
+            return detingest_writer::all_modules(grid[0] * grid[1]);
+        }
+        (self.modules.iter()).fold(0, |mask, &[r, c]| mask | 1 << (r * grid[1] + c))
+    }
+
+    /// Checks `modules` against the source's `grid`, naming `source[i].synthetic.modules`.
+    pub(crate) fn check_modules(&self, i: usize, grid: [u32; 2]) -> Result<(), ConfigError> {
+        let key = format!("source[{i}].synthetic.modules");
+        for (k, &[r, c]) in self.modules.iter().enumerate() {
+            if r >= grid[0] || c >= grid[1] {
+                return Err(ConfigError::new(
+                    format!("{key}[{k}]"),
+                    format!("[{r}, {c}] is outside the grid {grid:?} [rows, columns]"),
+                ));
+            }
+            if self.modules[..k].contains(&[r, c]) {
+                return Err(ConfigError::new(
+                    format!("{key}[{k}]"),
+                    format!("[{r}, {c}] is listed twice"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn check(&self, i: usize) -> Result<(), ConfigError> {
         let key = |k: &str| format!("source[{i}].synthetic.{k}");
         if !(self.rate_hz.is_finite() && self.rate_hz >= 0.0) {

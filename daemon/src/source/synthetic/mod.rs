@@ -39,6 +39,12 @@ impl SourceKind for SyntheticConfig {
     fn validate(&self, i: usize) -> Result<(), ConfigError> {
         self.check(i)
     }
+    fn check_grid(&self, i: usize, grid: [u32; 2]) -> Result<(), ConfigError> {
+        self.check_modules(i, grid)
+    }
+    fn module_mask(&self, grid: [u32; 2]) -> u64 {
+        SyntheticConfig::module_mask(self, grid)
+    }
     fn frame_format(&self) -> (PixelType, [u32; 2]) {
         (self.pixel, self.shape)
     }
@@ -51,7 +57,7 @@ impl SourceKind for SyntheticConfig {
     /// Generates the frame bank, before any thread starts.
     fn prepare(
         &self,
-        _src: &SourceConfig,
+        src: &SourceConfig,
         _i: usize,
         modules: u32,
     ) -> Result<Box<dyn PreparedSource>, SourceError> {
@@ -59,6 +65,7 @@ impl SourceKind for SyntheticConfig {
             bank: FrameBank::generate(self),
             cfg: self.clone(),
             modules,
+            made: SyntheticConfig::module_mask(self, src.grid),
         }))
     }
 }
@@ -67,6 +74,8 @@ impl SourceKind for SyntheticConfig {
 struct Prepared {
     cfg: SyntheticConfig,
     modules: u32,
+    /// The modules it makes (all, or a daemon's part of the detector).
+    made: u64,
     bank: FrameBank,
 }
 
@@ -77,7 +86,7 @@ impl PreparedSource for Prepared {
         (n, self.bank.frame_bytes())
     }
     fn run(self: Box<Self>, out: &mut SourceOutput) {
-        run(&self.cfg, self.modules, &self.bank, out);
+        run(&self.cfg, (self.modules, self.made), &self.bank, out);
     }
 }
 
@@ -220,9 +229,14 @@ impl Withholding {
     }
 }
 
-/// Runs a synthetic detector of `modules` modules until its frame count is reached or the
-/// pipeline asks it to stop.
-pub fn run(cfg: &SyntheticConfig, modules: u32, bank: &FrameBank, out: &mut SourceOutput) {
+/// Runs a synthetic detector of `modules` modules, of which it sends those in the mask `made`,
+/// until its frame count is reached or the pipeline asks it to stop.
+pub fn run(
+    cfg: &SyntheticConfig,
+    (modules, made): (u32, u64),
+    bank: &FrameBank,
+    out: &mut SourceOutput,
+) {
     out.start(cfg.first_frame_number);
     let mut withholding = Withholding::new(cfg);
     let period = (cfg.rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / cfg.rate_hz));
@@ -244,7 +258,7 @@ pub fn run(cfg: &SyntheticConfig, modules: u32, bank: &FrameBank, out: &mut Sour
             pace(t0 + p.mul_f64(i as f64));
         }
         last = Some(n);
-        for m in 0..modules {
+        for m in (0..modules).filter(|m| made & (1 << m) != 0) {
             if withholding.withheld(n, m) {
                 continue;
             }

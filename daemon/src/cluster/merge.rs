@@ -1,0 +1,338 @@
+//! The coordinator's merger (thread `merge`): follows every daemon's part of a run through
+//! its master file (SWMR read, every `merge_interval_ms`) and each peer's `GET /run`, writes
+//! the whole detector's master as the parts' records come in (an SWMR file: readable during
+//! the run), and announces the whole detector's stream to this daemon's sinks (thread
+//! `merge-notify`): a frame record says complete only when every daemon has written its
+//! modules of that index. A peer that cannot be reached for `dead_after_ms` is taken for
+//! dead: its modules are missing from the index after its last record on, and the write
+//! marks its files were left with are cleared so every reader opens them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use detingest_writer::{
+    clear_write_marks, data_file_name, master_path, read_part, DetectorInfo, DetectorMaster,
+    FileOptions, IndexRecord, Part, PartEnd, RunEnd, RunLayout,
+};
+
+use super::merge_records::{self, Feed, Merged, Progress};
+use super::peers::Peer;
+use crate::sink::NotifyQueue;
+use crate::sink::{
+    FrameNotice, Notification, NotificationSink, ReadableNotice, StreamEndNotice, StreamStartNotice,
+};
+use crate::stream::{now_ns, FrameRecord, StreamInfo};
+
+/// What the merger needs to know of the run.
+pub struct MergePlan {
+    /// The directory every daemon writes into (shared).
+    pub dir: PathBuf,
+    /// The whole detector's stream (its master is `<stream>_master.h5`) for the sinks.
+    pub stream: Arc<StreamInfo>,
+    /// The full detector's image layout.
+    pub layout: RunLayout,
+    /// The NXmx description.
+    pub detector: DetectorInfo,
+    /// The run's user metadata (JSON).
+    pub user_json: String,
+    /// File options (frames per file, planned count, SWMR).
+    pub files: FileOptions,
+    /// The parts: this daemon's (no peer) and each peer's.
+    pub parts: Vec<(Part, Option<Peer>)>,
+    /// How often to merge.
+    pub interval: Duration,
+    /// A peer silent this long is dead.
+    pub dead_after: Duration,
+}
+
+/// What the merge did.
+#[derive(Debug, Clone, Default)]
+pub struct MergeReport {
+    /// Indices in the whole master.
+    pub frames: u64,
+    /// Of which lost on every daemon.
+    pub lost: u64,
+    /// Each daemon's name and how its part ended.
+    pub parts: Vec<(String, PartEnd)>,
+    /// Why the merge failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The running merger.
+pub struct Merger {
+    thread: JoinHandle<MergeReport>,
+    local_done: Arc<AtomicBool>,
+}
+
+impl Merger {
+    /// Starts merging `plan`, announcing to `sinks`.
+    pub fn spawn(
+        plan: MergePlan,
+        sinks: Vec<Box<dyn NotificationSink>>,
+        notify_capacity: usize,
+    ) -> std::io::Result<Self> {
+        let local_done = Arc::new(AtomicBool::new(false));
+        let queue = Arc::new(NotifyQueue::new(notify_capacity));
+        let consumer = Arc::clone(&queue);
+        let notify = crate::threads::spawn("merge-notify".into(), None, move || {
+            consumer.consume(sinks, Duration::ZERO)
+        })?;
+        let done = Arc::clone(&local_done);
+        let thread = crate::threads::spawn("merge".into(), None, move || {
+            let report = run(plan, &queue, &done);
+            queue.close();
+            let _ = notify.join();
+            report
+        })?;
+        Ok(Self { thread, local_done })
+    }
+
+    /// This daemon's own part has ended (its files are closed); waits for the others and the
+    /// whole master.
+    pub fn join(self) -> MergeReport {
+        self.local_done.store(true, Ordering::Release);
+        self.thread.join().unwrap_or_else(|_| MergeReport {
+            error: Some("the merger panicked".into()),
+            ..MergeReport::default()
+        })
+    }
+}
+
+/// One part as the merger follows it.
+struct Follow {
+    peer: Option<Peer>,
+    master: PathBuf,
+    /// When its API last answered (peers).
+    heard: Instant,
+    /// Its run was seen ended (or, for this daemon, the supervisor said so).
+    ended: bool,
+    /// When the status was asked last.
+    asked: Instant,
+    /// When its run was first seen ended without its master finished.
+    ended_at: Option<Instant>,
+}
+
+fn run(plan: MergePlan, queue: &NotifyQueue, local_done: &AtomicBool) -> MergeReport {
+    let parts: Vec<Part> = plan.parts.iter().map(|(p, _)| p.clone()).collect();
+    let key = plan.stream.id.stream.as_str().to_owned();
+    let mut master = match DetectorMaster::create(
+        &plan.dir,
+        &key,
+        plan.layout,
+        &plan.detector,
+        &plan.user_json,
+        plan.files,
+        parts.clone(),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, stream = %plan.stream.key, "cannot create the detector's master");
+            return MergeReport {
+                error: Some(e.to_string()),
+                ..MergeReport::default()
+            };
+        }
+    };
+    queue.push(Notification::StreamStart(StreamStartNotice {
+        stream: Arc::clone(&plan.stream),
+        started_ns: now_ns(),
+        detector: plan.detector.clone(),
+        user_json: plan.user_json.clone(),
+        files: plan.files,
+    }));
+    let now = Instant::now();
+    let mut follows: Vec<Follow> = (plan.parts.into_iter())
+        .map(|(p, peer)| Follow {
+            master: master_path(&plan.dir, &p.stream),
+            peer,
+            heard: now,
+            ended: false,
+            asked: now,
+            ended_at: None,
+        })
+        .collect();
+    let mut feeds: Vec<Feed> = parts.into_iter().map(Feed::new).collect();
+    let width = plan.layout.modules() as usize;
+    let mut merged = Merged::default();
+    let mut lost = 0;
+    let mut error = None;
+    let mut records: Vec<FrameRecord> = Vec::new();
+    let module_bytes = plan.layout.module_bytes() as u64;
+    loop {
+        std::thread::sleep(plan.interval);
+        for (f, feed) in follows.iter_mut().zip(feeds.iter_mut()) {
+            if feed.progress == Progress::Running {
+                follow(f, feed, &plan.dir, local_done, plan.dead_after);
+            }
+        }
+        let ready = merge_records::ready(&feeds);
+        let first = master.frames() + 1;
+        records.clear();
+        for index in first..=ready {
+            merge_records::merge(&mut feeds, index, width, &mut merged);
+            master.record(&IndexRecord {
+                frame_number: merged.frame_number,
+                sequence: merged.sequence,
+                timestamp_ns: merged.timestamp_ns,
+                detector_timestamp: merged.detector_timestamp,
+                bunch_id: merged.bunch_id,
+                modules: merged.modules,
+                dropped: merged.dropped,
+                missing_packets: &merged.missing,
+            });
+            lost += u64::from(merged.modules == 0);
+            records.push(frame_record(index, &merged, module_bytes));
+        }
+        if !records.is_empty() {
+            if let Err(e) = master.flush() {
+                tracing::error!(error = %e, "cannot flush the detector's master");
+                error.get_or_insert(e.to_string());
+            }
+            for r in &records {
+                queue.push(Notification::Frame(FrameNotice {
+                    stream: Arc::clone(&plan.stream),
+                    record: FrameRecord {
+                        readable_up_to: ready,
+                        written_ns: now_ns(),
+                        ..*r
+                    },
+                    preview: None,
+                }));
+            }
+        }
+        if merge_records::all_ended(&feeds) && master.frames() >= merge_records::ready(&feeds) {
+            break;
+        }
+    }
+    let ends: Vec<PartEnd> = (feeds.iter())
+        .map(|f| PartEnd {
+            recorded: f.recorded,
+            finished: f.progress == Progress::Finished,
+        })
+        .collect();
+    let names: Vec<String> = master.parts().iter().map(|p| p.daemon.clone()).collect();
+    let _ = width;
+    let frames = master.frames();
+    let end = RunEnd {
+        next_stream: None,
+        error: error.clone(),
+    };
+    if let Err(e) = master.finish(&ends, &end) {
+        tracing::error!(error = %e, "cannot finish the detector's master");
+        error.get_or_insert(e.to_string());
+    }
+    queue.push(Notification::Readable(ReadableNotice {
+        stream: Arc::clone(&plan.stream),
+        up_to: frames,
+    }));
+    queue.push(Notification::StreamEnd(StreamEndNotice {
+        stream: Arc::clone(&plan.stream),
+        frames,
+        lost,
+        ended_ns: now_ns(),
+        error: error.clone(),
+    }));
+    tracing::info!(stream = %plan.stream.key, frames, lost, "detector master complete");
+    MergeReport {
+        frames,
+        lost,
+        parts: names.into_iter().zip(ends).collect(),
+        error,
+    }
+}
+
+/// The frame record of merged index `index`: complete when every module of the detector was
+/// written by some daemon. Compressed bytes are not known here (each daemon wrote its own).
+fn frame_record(index: u64, m: &Merged, module_bytes: u64) -> FrameRecord {
+    let mut missing = detingest_shm::PacketMask::NONE;
+    let mut packets_lost = 0;
+    for mask in &m.missing {
+        let mask = detingest_shm::PacketMask(*mask);
+        packets_lost += mask.count();
+        for (a, b) in missing.0.iter_mut().zip(mask.0) {
+            *a |= b;
+        }
+    }
+    FrameRecord {
+        index,
+        frame_number: m.frame_number,
+        sequence: m.sequence,
+        raw_bytes: u64::from(m.modules.count_ones()) * module_bytes,
+        compressed_bytes: 0,
+        timestamp_ns: m.timestamp_ns,
+        detector_timestamp: m.detector_timestamp,
+        bunch_id: m.bunch_id,
+        written_ns: 0,
+        readable_up_to: 0,
+        modules: m.modules,
+        dropped: m.dropped,
+        packets_lost,
+        missing,
+    }
+}
+
+/// Reads what is new in `f`'s master and learns whether its run goes on.
+fn follow(
+    f: &mut Follow,
+    feed: &mut Feed,
+    dir: &Path,
+    local_done: &AtomicBool,
+    dead_after: Duration,
+) {
+    let from = feed.buf.from + feed.buf.len();
+    let read = read_part(&f.master, from);
+    let finished = match read {
+        Ok(state) => {
+            feed.append(state.records);
+            feed.recorded = feed.recorded.max(state.recorded as u64);
+            state.finished
+        }
+        Err(_) => false, // not there yet, or being closed: next time
+    };
+    match &f.peer {
+        None => f.ended = local_done.load(Ordering::Acquire),
+        Some(peer) if f.asked.elapsed() >= dead_after / 6 => {
+            f.asked = Instant::now();
+            match peer.status() {
+                Ok(v) => {
+                    f.heard = Instant::now();
+                    let stream = v.get("stream").and_then(|s| s.as_str()).unwrap_or("");
+                    let running = v.get("state").and_then(|s| s.as_str()) == Some("running");
+                    let ours = stream.ends_with(&format!("/{}", feed.part.stream));
+                    f.ended = !(running && ours);
+                }
+                Err((_, e)) if f.heard.elapsed() >= dead_after => {
+                    tracing::warn!(daemon = %feed.part.daemon, error = %e, recorded = feed.recorded, "daemon unreachable: its modules are missing from here on");
+                    feed.progress = Progress::Died;
+                    clear_marks(dir, &feed.part.stream);
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
+        Some(_) => {}
+    }
+    if finished || (f.ended && !f.master.exists()) {
+        feed.progress = Progress::Finished;
+    } else if f.ended && f.ended_at.get_or_insert_with(Instant::now).elapsed() >= dead_after {
+        // Ended, but its master was never finished (its writer failed): what it flushed is all.
+        tracing::warn!(daemon = %feed.part.daemon, recorded = feed.recorded, "daemon's run ended without finishing its master");
+        feed.progress = Progress::Died;
+        clear_marks(dir, &feed.part.stream);
+    }
+}
+
+/// Clears the write marks a dead daemon left in its master and data files.
+fn clear_marks(dir: &Path, stream: &str) {
+    let files = std::iter::once(master_path(dir, stream))
+        .chain((1..).map(|n| dir.join(data_file_name(stream, n))))
+        .take_while(|p| p.exists());
+    for path in files {
+        if let Err(e) = clear_write_marks(&path) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot clear a dead daemon's write marks");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The other daemons of a detector, reached through their control API (the same
+//! `POST /run/check`, `/run/start`, `/run/stop` and `GET /run` an operator uses): a run
+//! start is checked on every daemon before any starts, then started on each; one refusal
+//! refuses the start everywhere, with that daemon's reason.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::ClusterConfig;
+
+/// A peer's answer that was not a success: HTTP status (502 when it could not be reached)
+/// and its message.
+pub type PeerError = (u16, String);
+
+/// One peer daemon's control API.
+pub struct Peer {
+    url: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Peer {
+    /// The peer at `url` (`http://host:port`), called with `token` when set.
+    pub fn new(url: &str, token: Option<String>, timeout: Duration) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(timeout)
+                .timeout(timeout)
+                .build(),
+            token,
+        }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `POST <path>` with a JSON body; the answer's JSON, or its status and `error`.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, PeerError> {
+        let mut req = self.agent.post(&format!("{}{path}", self.url));
+        req = req.set("Content-Type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        answer(&self.url, req.send_string(&body.to_string()))
+    }
+
+    /// `GET /run`.
+    pub fn status(&self) -> Result<Value, PeerError> {
+        let mut req = self.agent.get(&format!("{}/run", self.url));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        answer(&self.url, req.call())
+    }
+}
+
+fn answer(url: &str, r: Result<ureq::Response, ureq::Error>) -> Result<Value, PeerError> {
+    match r {
+        Ok(resp) => {
+            let text = resp
+                .into_string()
+                .map_err(|e| (502, format!("{url}: {e}")))?;
+            serde_json::from_str(&text).map_err(|e| (502, format!("{url}: not JSON: {e}")))
+        }
+        Err(ureq::Error::Status(status, resp)) => {
+            let text = resp.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(text);
+            Err((status, message))
+        }
+        Err(ureq::Error::Transport(t)) => Err((502, format!("cannot reach {url}: {t}"))),
+    }
+}
+
+/// The peers of `[cluster]`, called with this daemon's own control token (the daemons of a
+/// detector share one).
+pub fn peers(config: &ClusterConfig, token: Option<&str>) -> Vec<Peer> {
+    let timeout = Duration::from_millis(config.timeout_ms);
+    (config.peers.iter())
+        .map(|url| Peer::new(url, token.map(str::to_owned), timeout))
+        .collect()
+}
+
+/// The request a coordinator sends its peers: the operator's, marked with the coordinator so
+/// a peer starts only its part.
+pub fn part_request(request: &Value, coordinator: &str) -> Value {
+    let mut r = request.clone();
+    if let Value::Object(m) = &mut r {
+        m.insert("coordinator".into(), json!(coordinator));
+    }
+    r
+}
+
+/// Checks `request` on every peer; the answers (each daemon's part), or the first refusal,
+/// named after the daemon that refused.
+pub fn check_all(peers: &[Peer], request: &Value) -> Result<Vec<Value>, PeerError> {
+    peers
+        .iter()
+        .map(|p| {
+            p.post("/run/check", request)
+                .map_err(|(s, m)| (s, format!("refused by the daemon at {}: {m}", p.url())))
+        })
+        .collect()
+}
+
+/// Starts `request` on every peer; on a refusal, stops those already started and returns it.
+pub fn start_all(peers: &[Peer], request: &Value) -> Result<Vec<Value>, PeerError> {
+    let mut started = Vec::new();
+    for p in peers {
+        match p.post("/run/start", request) {
+            Ok(v) => started.push(v),
+            Err((s, m)) => {
+                for q in &peers[..started.len()] {
+                    if let Err((_, e)) = q.post("/run/stop", &json!({})) {
+                        tracing::warn!(peer = q.url(), error = %e, "cannot stop a started peer");
+                    }
+                }
+                return Err((s, format!("refused by the daemon at {}: {m}", p.url())));
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Asks every peer to stop its run (a peer with none is fine); returns the failures.
+pub fn stop_all(peers: &[Peer]) -> Vec<PeerError> {
+    (peers.iter())
+        .filter_map(|p| match p.post("/run/stop", &json!({})) {
+            Ok(_) | Err((409, _)) => None,
+            Err((s, m)) => Some((s, format!("{}: {m}", p.url()))),
+        })
+        .collect()
+}

@@ -1,0 +1,217 @@
+//! A run several daemons take (`[cluster]`): the check every daemon answers before any
+//! starts (`POST /run/check`), the start on the daemon the operator asked (it checks itself
+//! and every peer, starts the peers, then itself), and the merge plan of the whole detector
+//! it then writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use detingest_shm::{Name, StreamId};
+use detingest_writer::Part;
+use serde_json::{json, Value};
+
+use super::{run_config, ApiError, RunManager};
+use crate::cluster::merge::{MergePlan, MergeReport, Merger};
+use crate::cluster::peers::{self, Peer};
+use crate::config::Config;
+use crate::pipeline::{self, run_layout};
+use crate::stream::StreamInfo;
+
+/// A coordinated start's peers and the parts they answered with.
+pub(super) struct PeerParts {
+    parts: Vec<(Part, Option<Peer>)>,
+}
+
+impl RunManager {
+    /// True when `request` is an operator's start on a daemon with peers: this daemon then
+    /// starts the others and writes the whole detector's master.
+    pub(super) fn coordinates(&self, request: &Value) -> bool {
+        let c = &self.base.cluster;
+        c.member() && !c.peers.is_empty() && request.get("coordinator").is_none()
+    }
+
+    /// What this daemon would write for `request`, or why it cannot start it (bad request,
+    /// files that exist); starts nothing.
+    pub(super) fn check_request(&self, request: &Value) -> Result<Value, ApiError> {
+        let config = run_config(&self.base, request)?;
+        let src = &config.sources[0];
+        let master = pipeline::stream_file_path(&config, src);
+        let first = pipeline::stream_dir(&config, src).join(detingest_writer::data_file_name(
+            src.stream.stream.as_str(),
+            1,
+        ));
+        if let Some(f) = [&master, &first].into_iter().find(|f| f.exists()) {
+            return Err(ApiError::new(
+                409,
+                format!("{} exists; detingest never overwrites", f.display()),
+            ));
+        }
+        let modules = (config.sources.iter())
+            .filter(|s| s.stream == src.stream)
+            .fold(0u64, |m, s| m | s.module_mask());
+        Ok(json!({
+            "daemon": self.base.cluster.name,
+            "stream": src.stream.stream.as_str(),
+            "modules": modules,
+            "master": master,
+        }))
+    }
+
+    /// The peers of this daemon's `[cluster]`.
+    pub(super) fn peers(&self) -> Vec<Peer> {
+        peers::peers(&self.base.cluster, self.peer_token.as_deref())
+    }
+
+    /// Checks `request` here and on every peer, then starts it on every peer; one refusal
+    /// refuses everywhere (peers started already are stopped again).
+    pub(super) fn start_peers(&self, request: &Value) -> Result<PeerParts, ApiError> {
+        if request.get("rename_if_exists") == Some(&Value::Bool(true)) {
+            return Err(ApiError::new(
+                400,
+                "rename_if_exists: not for a run several daemons take (each would pick its own name)",
+            ));
+        }
+        let whole = whole_master(&self.base, request)?;
+        if whole.exists() {
+            return Err(ApiError::new(
+                409,
+                format!("{} exists; detingest never overwrites", whole.display()),
+            ));
+        }
+        let mine = self.check_request(request)?;
+        let list = self.peers();
+        let part = peers::part_request(request, &self.base.cluster.name);
+        let answers = peers::check_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
+        let mut parts = vec![(part_of(&mine)?, None)];
+        for a in &answers {
+            parts.push((part_of(a)?, None));
+        }
+        let overlap = (parts.iter()).fold((0u64, 0u64), |(all, twice), (p, _)| {
+            (all | p.modules, twice | (all & p.modules))
+        });
+        if overlap.1 != 0 {
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "modules {:#x} are taken by two daemons; each module belongs to one",
+                    overlap.1
+                ),
+            ));
+        }
+        peers::start_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
+        for ((_, slot), peer) in parts.iter_mut().skip(1).zip(list) {
+            *slot = Some(peer);
+        }
+        Ok(PeerParts { parts })
+    }
+
+    /// Starts the merger of a coordinated run whose own pipeline `config` has started.
+    pub(super) fn spawn_merger(
+        &self,
+        config: &Config,
+        request: &Value,
+        peers: PeerParts,
+        slot: usize,
+    ) -> Result<(Merger, Value), ApiError> {
+        let src = &config.sources[0];
+        let whole = whole_id(&src.stream, request)?;
+        let layout = run_layout(config, src);
+        let dir = pipeline::stream_dir(config, src);
+        let master = detingest_writer::master_path(&dir, whole.stream.as_str());
+        let stream = Arc::new(StreamInfo {
+            slot: slot as u16,
+            key: whole.to_string(),
+            id: whole,
+            file: master.clone(),
+            dataset: detingest_writer::DATA_PATH,
+            codec: layout.codec,
+            pixel: layout.pixel,
+            shape: layout.image_shape(),
+            modules: layout.modules(),
+            expected: layout.all_modules(),
+            frames_per_file: 0,
+        });
+        let parts_json: Vec<Value> = (peers.parts.iter())
+            .map(|(p, _)| json!({"daemon": p.daemon, "stream": p.stream, "modules": p.modules}))
+            .collect();
+        let c = &self.base.cluster;
+        let plan = MergePlan {
+            dir,
+            stream,
+            layout,
+            detector: detingest_writer::DetectorInfo {
+                pixel_mask: src.kind().and_then(|k| k.pixel_mask()),
+                ..config.detector.clone()
+            },
+            user_json: config.run.user.to_string(),
+            files: config.run.file_options(config.writer.swmr),
+            parts: peers.parts,
+            interval: Duration::from_millis(c.merge_interval_ms),
+            dead_after: Duration::from_millis(c.dead_after_ms),
+        };
+        let sinks = match self.sinks.lock().ok().as_deref() {
+            Some(Some(set)) => set.for_run().sinks,
+            _ => Vec::new(),
+        };
+        let merger = Merger::spawn(plan, sinks, config.pipeline.notify_queue)
+            .map_err(|e| ApiError::new(500, e))?;
+        Ok((merger, json!({"master": master, "parts": parts_json})))
+    }
+}
+
+/// The whole detector's stream: the request's, under the source's beamtime and source.
+fn whole_id(part: &StreamId, request: &Value) -> Result<StreamId, ApiError> {
+    let name = request.get("stream").and_then(Value::as_str).unwrap_or("");
+    Ok(StreamId {
+        stream: Name::new(name).map_err(|e| ApiError::new(400, format!("stream: {e}")))?,
+        ..part.clone()
+    })
+}
+
+/// Where the whole detector's master of `request` would go.
+fn whole_master(base: &Config, request: &Value) -> Result<std::path::PathBuf, ApiError> {
+    let config = run_config(base, request)?;
+    let src = &config.sources[0];
+    let id = whole_id(&src.stream, request)?;
+    let dir = pipeline::stream_dir(&config, src);
+    Ok(detingest_writer::master_path(&dir, id.stream.as_str()))
+}
+
+/// A daemon's part from its `POST /run/check` answer.
+fn part_of(answer: &Value) -> Result<Part, ApiError> {
+    let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_owned);
+    match (
+        text("daemon"),
+        text("stream"),
+        answer.get("modules").and_then(Value::as_u64),
+    ) {
+        (Some(daemon), Some(stream), Some(modules)) if !daemon.is_empty() => Ok(Part {
+            daemon,
+            stream,
+            modules,
+        }),
+        _ => Err(ApiError::new(
+            502,
+            format!("a peer answered its check without its part (is it in a [cluster]?): {answer}"),
+        )),
+    }
+}
+
+/// The detector's part of a run's status at its end.
+pub(super) fn merge_status(mut detector: Value, report: &MergeReport) -> Value {
+    let ends: Vec<Value> = (report.parts.iter())
+        .map(|(d, e)| json!({"daemon": d, "recorded": e.recorded, "finished": e.finished}))
+        .collect();
+    detector["frames"] = json!(report.frames);
+    detector["lost"] = json!(report.lost);
+    detector["ends"] = json!(ends);
+    detector["error"] = json!(report.error);
+    detector
+}
+
+/// Stops every peer's run, logging those that could not be stopped.
+pub(super) fn stop_peers(list: &[Peer]) {
+    for (status, e) in peers::stop_all(list) {
+        tracing::warn!(status, error = %e, "a peer's run could not be stopped");
+    }
+}

@@ -1,0 +1,220 @@
+"""Several daemons take one detector ([cluster], docs/SCALING.md): three `detingestd serve`
+processes on three loopback addresses, each making two modules of a 2 x 3 synthetic
+detector into one shared data directory. One start on the first reaches all; the first
+writes the whole detector's master, whose VDS h5py reads tile by tile from the three
+daemons' data files."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the bitshuffle filter for h5py)
+import numpy as np
+import pytest
+
+from conftest import free_port
+
+GRID = (2, 3)
+MODULE = (32, 48)
+HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+PARTS = [[[0, 0], [0, 1]], [[0, 2], [1, 0]], [[1, 1], [1, 2]]]
+
+
+def synthetic(frames, rate, modules=None):
+    mods = "" if modules is None else f"modules = {json.dumps(modules)}\n"
+    return (f"[source.synthetic]\nframes = {frames}\nrate_hz = {rate}\n"
+            f"shape = [{MODULE[0]}, {MODULE[1]}]\npixel = \"u16\"\nseed = 11\npeaks = 5\n"
+            f"bank_frames = 8\n{mods}")
+
+
+def source(frames, rate, modules=None):
+    return ("[[source]]\nname = \"jf\"\n"
+            "stream = { beamtime = \"bt\", source = \"jf\", stream = \"cfg\" }\n"
+            f"grid = [{GRID[0]}, {GRID[1]}]\n" + synthetic(frames, rate, modules))
+
+
+def body(name, peers, frames=40, rate=100.0, modules=None, first=1):
+    peer_list = json.dumps([f"http://{h}:{p}" for h, p in peers])
+    first = "" if first is None else f"first_frame_number = {first}\n"
+    return (f"[writer]\nflush_interval_ms = 100\n"
+            f"[run]\n{first}frames_per_file = 16\ndataset_timeout_ms = 500\n"
+            f"[cluster]\nname = \"{name}\"\npeers = {peer_list}\nmerge_interval_ms = 50\n"
+            f"dead_after_ms = 1500\n" + source(frames, rate, modules))
+
+
+@pytest.fixture
+def cluster(serve_daemons, tmp_path):
+    """Three daemons (d1 coordinates) sharing one data directory."""
+
+    def make(frames=40, rate=100.0, first=None):
+        data = tmp_path / "shared"
+        ports = [free_port() for _ in HOSTS]
+        daemons = []
+        for i, (host, port) in enumerate(zip(HOSTS, ports)):
+            peers = [(h, p) for j, (h, p) in enumerate(zip(HOSTS, ports)) if j != i]
+            text = body(f"d{i + 1}", peers, frames, rate, PARTS[i], (first or {}).get(i, 1))
+            daemons.append(serve_daemons(f"d{i + 1}", text, host=host, port=port, data=data))
+        return daemons
+
+    return make
+
+
+def generated(detingestd, tmp_path, frames):
+    """The generator's whole images: every module of the grid, stitched."""
+    cfg = tmp_path / "all.toml"
+    cfg.write_text(source(frames, 0.0))
+    out = tmp_path / "all.raw"
+    subprocess.run([detingestd, "synth-dump", "--config", str(cfg), "--out", str(out)],
+                   check=True, timeout=120)
+    m = np.fromfile(out, dtype="<u2").reshape(frames, GRID[0] * GRID[1], *MODULE)
+    rows = [np.concatenate([m[:, r * GRID[1] + c] for c in range(GRID[1])], axis=-1)
+            for r in range(GRID[0])]
+    return np.concatenate(rows, axis=1)
+
+
+def tile(img, m):
+    r, c = divmod(m, GRID[1])
+    return img[..., r * MODULE[0]:(r + 1) * MODULE[0], c * MODULE[1]:(c + 1) * MODULE[1]]
+
+
+def start(d, stream, frames):
+    return d.call("POST", "/run/start", {"beamtime": "bt", "source": "jf", "stream": stream,
+                                         "frames": frames})
+
+
+def refused(d, path, body):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        d.call("POST", path, body)
+    return e.value.code, json.loads(e.value.read())["error"]
+
+
+def test_three_daemons_write_one_detector_read_whole_from_one_master(
+        cluster, detingestd, tmp_path):
+    d1, d2, d3 = cluster(frames=40)
+    status = start(d1, "scan1", 40)
+    assert [p["daemon"] for p in status["detector"]["parts"]] == ["d1", "d2", "d3"]
+    for d, name in [(d2, "d2"), (d3, "d3")]:
+        assert d.get("/run")["stream"] == f"bt/jf/scan1_{name}"
+    end = d1.wait_run("bt/jf/scan1_d1", timeout=120)
+    assert end["state"] == "finished", end
+    assert end["detector"]["frames"] == 40 and end["detector"]["lost"] == 0, end["detector"]
+    for d in (d2, d3):
+        assert d.get("/run")["state"] == "finished"
+    folder = tmp_path / "shared" / "bt" / "jf"
+    names = sorted(p.name for p in folder.iterdir())
+    for n in ("d1", "d2", "d3"):
+        assert f"scan1_{n}_master.h5" in names and f"scan1_{n}_data_000003.h5" in names, names
+    want = generated(detingestd, tmp_path, 40)
+    with h5py.File(folder / "scan1_master.h5", "r") as f:
+        data = f["/entry/data/data"]
+        assert data.is_virtual and data.shape == (40, 2 * MODULE[0], 3 * MODULE[1])
+        assert np.array_equal(data[()], want)
+        spec = f["/entry/instrument/detector/detectorSpecific"]
+        assert (spec["module_mask"][()] == 0b111111).all()
+        assert not spec["frame_lost"][()].any()
+        assert list(spec["frame_number"][()]) == list(range(1, 41))
+        for n, mods in zip(("d1", "d2", "d3"), PARTS):
+            g = f[f"/entry/detingest/daemons/{n}"]
+            assert g["state"][()].decode() == "finished" and g["missing_from"][()] == 0
+            assert sorted(g["modules"][()]) == sorted(r * 3 + c for r, c in mods)
+        assert f["/entry/detingest/finished"][()] == 1
+    # Each daemon's own master records its two modules only.
+    with h5py.File(folder / "scan1_d2_master.h5", "r") as f:
+        assert (f["/entry/instrument/detector/detectorSpecific/module_mask"][()]
+                == (1 << 2 | 1 << 3)).all()
+
+
+def test_a_daemon_killed_mid_run_leaves_its_modules_missing_from_where_it_stopped(
+        cluster, detingestd, tmp_path):
+    d1, d2, d3 = cluster(frames=300, rate=100.0)
+    start(d1, "kill1", 300)
+    folder = tmp_path / "shared" / "bt" / "jf"
+    deadline = time.time() + 30
+    while True:  # until d3 has recorded (flushed) some indices
+        try:
+            with h5py.File(folder / "kill1_d3_master.h5", "r", swmr=True) as f:
+                if f["/entry/instrument/detector/detectorSpecific/nimages"][()] >= 40:
+                    break
+        except (OSError, KeyError):
+            pass
+        assert time.time() < deadline
+        time.sleep(0.05)
+    d3.proc.send_signal(signal.SIGKILL)
+    d3.proc.wait()
+    end = d1.wait_run("bt/jf/kill1_d1", timeout=120)
+    assert end["state"] == "finished"
+    assert d2.get("/run")["state"] == "finished"
+    want = generated(detingestd, tmp_path, 300)
+    with h5py.File(folder / "kill1_master.h5", "r") as f:  # no SWMR: marks were cleared
+        g = f["/entry/detingest/daemons/d3"]
+        assert g["state"][()].decode() == "died"
+        stopped = int(g["missing_from"][()])
+        assert 40 < stopped <= 300
+        assert g["indices_recorded"][()] == stopped - 1
+        mask = f["/entry/instrument/detector/detectorSpecific/module_mask"][()]
+        assert len(mask) == 300
+        assert (mask[:stopped - 1] == 0b111111).all()
+        assert (mask[stopped - 1:] == 0b001111).all()  # modules 4 and 5 were d3's
+        data = f["/entry/data/data"]
+        assert np.array_equal(data[:stopped - 1], want[:stopped - 1])
+        after = data[stopped - 1:]
+        for m in range(4):
+            assert np.array_equal(tile(after, m), tile(want[stopped - 1:], m))
+        for m in (4, 5):
+            assert not tile(after, m).any()  # missing: the fill value
+    # The dead daemon's own files open without SWMR too (its write marks were cleared).
+    with h5py.File(folder / "kill1_d3_data_000001.h5", "r") as f:
+        assert f["/entry/data/data"].shape[0] == 16
+
+
+def test_a_start_one_daemon_refuses_is_refused_everywhere_with_its_reason(cluster, tmp_path):
+    d1, d2, d3 = cluster(frames=20, first={1: None})  # d2 has no [run] first_frame_number
+    folder = tmp_path / "shared" / "bt" / "jf"
+    folder.mkdir(parents=True)
+    (folder / "taken_d3_master.h5").write_bytes(b"")
+    code, message = refused(d1, "/run/start", {"beamtime": "bt", "source": "jf",
+                                               "stream": "taken", "frames": 20,
+                                               "first_frame_number": 1})
+    assert code == 409 and "taken_d3_master.h5" in message and "127.0.0.3" in message, message
+    for d in (d1, d2, d3):
+        assert d.get("/run")["state"] == "idle"
+    assert sorted(p.name for p in folder.iterdir()) == ["taken_d3_master.h5"]
+    # A request d2's configuration cannot take: it does not know where index 1 starts.
+    code, message = refused(d1, "/run/start", {"beamtime": "bt", "source": "jf",
+                                               "stream": "s2", "frames": 20})
+    assert code == 400 and "first_frame_number" in message and "127.0.0.2" in message, message
+    for d in (d1, d2, d3):
+        assert d.get("/run")["state"] == "idle"
+    assert not (folder / "s2_d1_master.h5").exists()
+    # With the number in the request it goes through, on every daemon.
+    d1.call("POST", "/run/start", {"beamtime": "bt", "source": "jf", "stream": "ok",
+                                   "frames": 20, "first_frame_number": 1})
+    assert d1.wait_run("bt/jf/ok_d1", timeout=60)["detector"]["frames"] == 20
+    assert (folder / "ok_master.h5").exists()
+
+
+def test_cluster_configuration_errors_name_their_key(detingestd, tmp_path):
+    def check(text):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text)
+        return subprocess.run([detingestd, "check-config", str(cfg)], capture_output=True,
+                              text=True)
+
+    r = check("[cluster]\nname = \"../x\"\n" + source(10, 0.0))
+    assert r.returncode != 0 and "cluster.name" in r.stderr, r.stderr
+    r = check("[cluster]\nname = \"a\"\npeers = [\"10.0.0.1:80\"]\n" + source(10, 0.0))
+    assert r.returncode != 0 and "cluster.peers[0]" in r.stderr, r.stderr
+    r = check(source(10, 0.0, [[2, 0]]))
+    assert r.returncode != 0 and "source[0].synthetic.modules[0]" in r.stderr, r.stderr
+    r = check("[cluster]\nname = \"a\"\n[run]\nchunking = \"frame\"\n" + source(10, 0.0))
+    assert r.returncode != 0 and "run.chunking" in r.stderr, r.stderr
+    cfg = tmp_path / "m.toml"
+    cfg.write_text(f'data_dir = "{tmp_path}"\n[cluster]\nname = "a"\n' + source(10, 0.0))
+    r = subprocess.run([detingestd, "run", "--config", str(cfg)], capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "serve" in r.stderr, r.stderr
