@@ -305,13 +305,14 @@ class ServeDaemon:
     on a free loopback port and no live sockets; `get`/`call` its API, `wait_run` a run's
     end, `close` it (asserting a clean exit)."""
 
-    def __init__(self, exe, tmp, name, body, host="127.0.0.1", port=None, data=None):
+    def __init__(self, exe, tmp, name, body, host="127.0.0.1", port=None, data=None,
+                 publish=""):
         self.host, self.port = host, port or free_port()
         self.data = data or tmp / f"{name}-data"
         self.cfg = tmp / f"{name}.toml"
         self.cfg.write_text(
             f'data_dir = "{self.data}"\n[control]\nlisten = "{host}:{self.port}"\n'
-            '[live]\npublish = ""\nquery = ""\n' + body + "\n")
+            f'[live]\npublish = "{publish}"\nquery = ""\n' + body + "\n")
         self.log = tmp / f"{name}.log"
         self.proc = subprocess.Popen([exe, "--log", "info", "serve", "--config", str(self.cfg)],
                                      stderr=open(self.log, "w"))

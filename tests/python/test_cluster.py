@@ -16,6 +16,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers the bitshuffle filter for h5py)
 import numpy as np
 import pytest
+import zmq
 
 from conftest import free_port
 
@@ -51,14 +52,15 @@ def body(name, peers, frames=40, rate=100.0, modules=None, first=1):
 def cluster(serve_daemons, tmp_path):
     """Three daemons (d1 coordinates) sharing one data directory."""
 
-    def make(frames=40, rate=100.0, first=None):
+    def make(frames=40, rate=100.0, first=None, publish=""):
         data = tmp_path / "shared"
         ports = [free_port() for _ in HOSTS]
         daemons = []
         for i, (host, port) in enumerate(zip(HOSTS, ports)):
             peers = [(h, p) for j, (h, p) in enumerate(zip(HOSTS, ports)) if j != i]
             text = body(f"d{i + 1}", peers, frames, rate, PARTS[i], (first or {}).get(i, 1))
-            daemons.append(serve_daemons(f"d{i + 1}", text, host=host, port=port, data=data))
+            daemons.append(serve_daemons(f"d{i + 1}", text, host=host, port=port, data=data,
+                                         publish=publish if i == 0 else ""))
         return daemons
 
     return make
@@ -131,7 +133,14 @@ def test_three_daemons_write_one_detector_read_whole_from_one_master(
 
 def test_a_daemon_killed_mid_run_leaves_its_modules_missing_from_where_it_stopped(
         cluster, detingestd, tmp_path):
-    d1, d2, d3 = cluster(frames=300, rate=100.0)
+    live = f"tcp://127.0.0.1:{free_port()}"
+    d1, d2, d3 = cluster(frames=300, rate=100.0, publish=live)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVTIMEO, 30000)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(live)
+    time.sleep(0.5)  # the subscription reaches the publisher
     start(d1, "kill1", 300)
     folder = tmp_path / "shared" / "bt" / "jf"
     deadline = time.time() + 30
@@ -144,12 +153,23 @@ def test_a_daemon_killed_mid_run_leaves_its_modules_missing_from_where_it_stoppe
             pass
         assert time.time() < deadline
         time.sleep(0.05)
+    want = generated(detingestd, tmp_path, 300)
+    # During the run the whole master is readable with SWMR: the merged records so far, and
+    # the VDS (written at the start, the count being known) over each daemon's files.
+    deadline = time.time() + 30
+    while True:
+        with h5py.File(folder / "kill1_master.h5", "r", swmr=True) as f:
+            merged = f["/entry/instrument/detector/detectorSpecific/nimages"][()]
+            if merged >= 16:
+                assert np.array_equal(f["/entry/data/data"][:16], want[:16])
+                break
+        assert time.time() < deadline
+        time.sleep(0.05)
     d3.proc.send_signal(signal.SIGKILL)
     d3.proc.wait()
     end = d1.wait_run("bt/jf/kill1_d1", timeout=120)
     assert end["state"] == "finished"
     assert d2.get("/run")["state"] == "finished"
-    want = generated(detingestd, tmp_path, 300)
     with h5py.File(folder / "kill1_master.h5", "r") as f:  # no SWMR: marks were cleared
         g = f["/entry/detingest/daemons/d3"]
         assert g["state"][()].decode() == "died"
@@ -167,6 +187,22 @@ def test_a_daemon_killed_mid_run_leaves_its_modules_missing_from_where_it_stoppe
             assert np.array_equal(tile(after, m), tile(want[stopped - 1:], m))
         for m in (4, 5):
             assert not tile(after, m).any()  # missing: the fill value
+    # The whole detector's stream, as a live viewer of d1 sees it: one record per index,
+    # complete only while every daemon wrote its modules.
+    frames = {}
+    while True:
+        topic, header = (p for p in sub.recv_multipart()[:2])
+        header = json.loads(header)
+        if topic == b"frame" and header["stream"] == "bt/jf/kill1":
+            frames[header["index"]] = header
+        if topic == b"run" and header["event"] == "end" and header["stream"] == "bt/jf/kill1":
+            break
+    ctx.destroy(linger=0)
+    assert sorted(frames) == list(range(1, 301))
+    assert all(frames[i]["complete"] for i in range(1, stopped))
+    assert all(not frames[i]["complete"] and frames[i]["missing_modules"] == [4, 5]
+               for i in range(stopped, 301))
+    assert frames[1]["file"].endswith("kill1_master.h5") and frames[1]["data_file"] == frames[1]["file"]
     # The dead daemon's own files open without SWMR too (its write marks were cleared).
     with h5py.File(folder / "kill1_d3_data_000001.h5", "r") as f:
         assert f["/entry/data/data"].shape[0] == 16

@@ -214,7 +214,6 @@ fn run(plan: MergePlan, queue: &NotifyQueue, local_done: &AtomicBool) -> MergeRe
         })
         .collect();
     let names: Vec<String> = master.parts().iter().map(|p| p.daemon.clone()).collect();
-    let _ = width;
     let frames = master.frames();
     let end = RunEnd {
         next_stream: None,
