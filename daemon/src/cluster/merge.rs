@@ -46,6 +46,8 @@ pub struct MergePlan {
     pub interval: Duration,
     /// A peer silent this long is dead.
     pub dead_after: Duration,
+    /// Core of the merger's two threads (`[threads] notify`): they move records, no pixels.
+    pub core: Option<usize>,
 }
 
 /// What the merge did.
@@ -77,17 +79,25 @@ impl Merger {
         let local_done = Arc::new(AtomicBool::new(false));
         let queue = Arc::new(NotifyQueue::new(notify_capacity));
         let consumer = Arc::clone(&queue);
-        let notify = crate::threads::spawn("merge-notify".into(), None, move || {
+        let core = plan.core;
+        let notify = crate::threads::spawn("merge-notify".into(), core, move || {
             consumer.consume(sinks, Duration::ZERO)
         })?;
         let done = Arc::clone(&local_done);
-        let thread = crate::threads::spawn("merge".into(), None, move || {
-            let report = run(plan, &queue, &done);
-            queue.close();
+        let producer = Arc::clone(&queue);
+        let thread = crate::threads::spawn("merge".into(), core, move || {
+            let report = run(plan, &producer, &done);
+            producer.close();
             let _ = notify.join();
             report
-        })?;
-        Ok(Self { thread, local_done })
+        });
+        match thread {
+            Ok(thread) => Ok(Self { thread, local_done }),
+            Err(e) => {
+                queue.close(); // the notification thread ends
+                Err(e)
+            }
+        }
     }
 
     /// This daemon's own part has ended (its files are closed); waits for the others and the

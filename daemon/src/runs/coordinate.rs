@@ -148,6 +148,7 @@ impl RunManager {
             parts: peers.parts,
             interval: Duration::from_millis(c.merge_interval_ms),
             dead_after: Duration::from_millis(c.dead_after_ms),
+            core: config.threads.notify,
         };
         let sinks = match self.sinks.lock().ok().as_deref() {
             Some(Some(set)) => set.for_run().sinks,

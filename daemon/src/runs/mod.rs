@@ -512,11 +512,18 @@ impl RunControl for RunManager {
     }
 
     fn check_run(&self, request: &Value) -> Result<Value, (u16, String)> {
-        let busy = (self.current.lock().ok())
-            .is_some_and(|c| c.as_ref().is_some_and(|c| !c.supervisor.is_finished()));
-        if busy {
+        // try_lock: a start in progress here holds the lock while it calls its peers; two
+        // daemons starting at once must refuse each other's check, not wait for it.
+        let Ok(current) = self.current.try_lock() else {
+            return Err((409, "a start is in progress on this daemon".into()));
+        };
+        if current
+            .as_ref()
+            .is_some_and(|c| !c.supervisor.is_finished())
+        {
             return Err((409, "a run is in progress; stop it first".into()));
         }
+        drop(current);
         self.check_request(request)
             .map_err(|e| (e.status, e.message))
     }
