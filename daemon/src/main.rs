@@ -108,6 +108,16 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Finish the whole detector's master `<stream>_master.h5` in DIR that a coordinating
+    /// daemon which died left behind, from its parts' files (docs/SCALING.md).
+    Merge {
+        /// The folder of the stream's files (`<data_dir>/<beamtime>/<source>`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The detector's stream (its master is `<stream>_master.h5`).
+        #[arg(long)]
+        stream: String,
+    },
     /// Write the module frames a synthetic source generates (withheld ones included), raw
     /// little-endian and back to back, frame by frame and module by module within a frame,
     /// for checking files against them.
@@ -206,6 +216,21 @@ fn run(command: Command) -> Result<ExitCode> {
                 "frames": frames,
             });
             serve(c, Some(request))
+        }
+        Command::Merge { dir, stream } => {
+            let name = detingest_shm::Name::new(&stream)
+                .map_err(|e| anyhow::anyhow!("--stream {stream:?}: {e}"))?;
+            let r = detingest_daemon::cluster::finish_merge(&dir, name.as_str())
+                .with_context(|| format!("cannot finish {stream}'s master in {}", dir.display()))?;
+            for (daemon, end) in &r.parts {
+                let state = if end.finished { "finished" } else { "died" };
+                println!("{daemon}: {state}, {} indices recorded", end.recorded);
+            }
+            println!(
+                "{stream}_master.h5: {} indices ({} merged now lost everywhere)",
+                r.frames, r.lost
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::SynthDump {
             config,

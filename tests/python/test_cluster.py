@@ -254,3 +254,50 @@ def test_cluster_configuration_errors_name_their_key(detingestd, tmp_path):
     r = subprocess.run([detingestd, "run", "--config", str(cfg)], capture_output=True,
                        text=True)
     assert r.returncode != 0 and "serve" in r.stderr, r.stderr
+
+
+def test_detingestd_merge_finishes_the_master_a_dead_coordinator_left(
+        cluster, detingestd, tmp_path):
+    d1, d2, d3 = cluster(frames=300, rate=100.0)
+    start(d1, "orphan", 300)
+    folder = tmp_path / "shared" / "bt" / "jf"
+    deadline = time.time() + 30
+    while True:  # until the coordinator has merged some indices
+        try:
+            with h5py.File(folder / "orphan_master.h5", "r", swmr=True) as f:
+                if f["/entry/instrument/detector/detectorSpecific/nimages"][()] >= 40:
+                    break
+        except (OSError, KeyError):
+            pass
+        assert time.time() < deadline
+        time.sleep(0.05)
+    d1.proc.send_signal(signal.SIGKILL)
+    d1.proc.wait()
+    for d, name in [(d2, "d2"), (d3, "d3")]:  # the others end their parts by count
+        assert d.wait_run(f"bt/jf/orphan_{name}", timeout=60)["frames_recorded"] == 300
+    merge = [detingestd, "merge", "--dir", str(folder), "--stream", "orphan"]
+    out = subprocess.run(merge, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "d1: died" in out.stdout and "300 indices" in out.stdout, out.stdout
+    want = generated(detingestd, tmp_path, 300)
+    with h5py.File(folder / "orphan_master.h5", "r") as f:  # opens without SWMR: finished
+        assert f["/entry/detingest/finished"][()] == 1
+        g = f["/entry/detingest/daemons/d1"]
+        assert g["state"][()].decode() == "died"
+        stopped = int(g["missing_from"][()])
+        assert 1 < stopped <= 300
+        for n in ("d2", "d3"):
+            assert f[f"/entry/detingest/daemons/{n}/state"][()].decode() == "finished"
+        mask = f["/entry/instrument/detector/detectorSpecific/module_mask"][()]
+        assert len(mask) == 300
+        assert (mask[:stopped - 1] == 0b111111).all()
+        assert (mask[stopped - 1:] == 0b111100).all()  # modules 0 and 1 were d1's
+        data = f["/entry/data/data"]
+        assert data.shape[0] == 300
+        assert np.array_equal(data[:stopped - 1], want[:stopped - 1])
+        for m in range(2, 6):
+            assert np.array_equal(tile(data[stopped - 1:], m), tile(want[stopped - 1:], m))
+        assert not tile(data[stopped - 1:], 0).any()
+    # A finished master is not merged again.
+    again = subprocess.run(merge, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "finished already" in again.stderr, again.stderr

@@ -37,6 +37,18 @@ pub struct PartEnd {
     pub finished: bool,
 }
 
+/// The image geometry and file options, kept in the master (`daemons` attribute `layout`, JSON)
+/// so a merge can be finished from the files alone.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Geometry {
+    pixel: detingest_shm::PixelType,
+    module_shape: [u32; 2],
+    grid: [u32; 2],
+    codec: crate::Codec,
+    frames_per_file: u64,
+    master_data: crate::MasterData,
+}
+
 /// The open whole-detector master.
 pub struct DetectorMaster {
     layout: RunLayout,
@@ -75,6 +87,18 @@ impl DetectorMaster {
             "daemons",
             "NXcollection",
         )?;
+        // What `resume` needs to go on without the run's configuration.
+        let geometry = Geometry {
+            pixel: layout.pixel,
+            module_shape: layout.module_shape,
+            grid: layout.grid,
+            codec: layout.codec,
+            frames_per_file: options.frames_per_file.max(1),
+            master_data: options.master_data,
+        };
+        let text =
+            serde_json::to_string(&geometry).map_err(|e| WriteError::Metadata(e.to_string()))?;
+        nxmx::attr_str(&daemons, "layout", &text)?;
         for p in &parts {
             let g = daemons.create_group(&p.daemon)?;
             nxmx::ds_str(&g, "stream", &p.stream)?;
@@ -105,6 +129,68 @@ impl DetectorMaster {
         Ok(run)
     }
 
+    /// Opens the master of `stream` in `dir` that a merger which died left unfinished (its
+    /// write marks cleared first), to merge the rest of the parts' records into it.
+    pub fn resume(dir: &Path, stream: &str) -> Result<Self, WriteError> {
+        let path = master_path(dir, stream);
+        crate::part_records::clear_write_marks(&path)?;
+        let bad = |what: &str| WriteError::Metadata(format!("{}: {what}", path.display()));
+        let (layout, options, parts) = {
+            let file = hdf5::File::open(&path)?;
+            if file
+                .dataset("/entry/detingest/finished")?
+                .read_scalar::<u8>()?
+                != 0
+            {
+                return Err(bad("finished already"));
+            }
+            let daemons = file
+                .group("/entry/detingest/daemons")
+                .map_err(|_| bad("not the master of several daemons' parts"))?;
+            let text: hdf5::types::VarLenUnicode = daemons.attr("layout")?.read_scalar()?;
+            let g: Geometry =
+                serde_json::from_str(text.as_str()).map_err(|e| bad(&e.to_string()))?;
+            let layout = RunLayout {
+                pixel: g.pixel,
+                module_shape: g.module_shape,
+                grid: g.grid,
+                chunking: crate::Chunking::Module,
+                codec: g.codec,
+            };
+            let options = FileOptions {
+                frames_per_file: g.frames_per_file,
+                master_data: g.master_data,
+                frames: 0,
+                swmr: false,
+            };
+            let mut parts = Vec::new();
+            for name in daemons.member_names()? {
+                let g = daemons.group(&name)?;
+                let stream: hdf5::types::VarLenUnicode = g.dataset("stream")?.read_scalar()?;
+                let modules = g.dataset("modules")?.read_raw::<u32>()?;
+                parts.push(Part {
+                    daemon: name,
+                    stream: stream.as_str().to_owned(),
+                    modules: modules.iter().fold(0, |m, &b| m | 1 << b),
+                });
+            }
+            (layout, options, parts)
+        };
+        let master = MasterFile::open(&path, layout.modules() as usize)?;
+        let vds_frames = match master.end().data_group.dataset("data") {
+            Ok(d) => d.shape().first().copied().unwrap_or(0) as u64,
+            Err(_) => 0,
+        };
+        Ok(Self {
+            layout,
+            options,
+            parts,
+            frames: master.flushed() as u64,
+            master,
+            vds_frames,
+        })
+    }
+
     /// The daemons' parts, in the order given.
     pub fn parts(&self) -> &[Part] {
         &self.parts
@@ -114,6 +200,16 @@ impl DetectorMaster {
     pub fn record(&mut self, record: &IndexRecord<'_>) {
         self.master.push(record);
         self.frames += 1;
+    }
+
+    /// Modules in the detector's grid.
+    pub fn modules(&self) -> usize {
+        self.layout.modules() as usize
+    }
+
+    /// Raw bytes of one module frame.
+    pub fn module_bytes(&self) -> u64 {
+        self.layout.module_bytes() as u64
     }
 
     /// Indices recorded.

@@ -143,6 +143,26 @@ impl Records {
     }
 }
 
+impl Records {
+    /// The per-index datasets of an existing master.
+    fn open(specific: &Group) -> Result<Self, WriteError> {
+        let ds = |name: &str| specific.dataset(name);
+        Ok(Self {
+            frame_number: ds("frame_number")?,
+            sequence: ds("sequence")?,
+            lost: ds("frame_lost")?,
+            dropped: ds("frame_dropped")?,
+            timestamp: ds("timestamp")?,
+            detector_timestamp: ds("detector_timestamp")?,
+            bunch_id: ds("bunch_id")?,
+            modules: ds("module_mask")?,
+            dropped_mask: ds("dropped_mask")?,
+            packets_lost: ds("packets_lost")?,
+            missing: ds("missing_packets")?,
+        })
+    }
+}
+
 /// The open master file.
 pub(crate) struct MasterFile {
     end: MasterEnd,
@@ -207,6 +227,34 @@ impl MasterFile {
             flushed: 0,
             pending: Pending::default(),
         })
+    }
+
+    /// Opens the master at `path` (written by a process that ended, its write marks cleared)
+    /// to append records after the `nimages` it has; `modules` per index in the grid.
+    pub(crate) fn open(path: &Path, modules: usize) -> Result<Self, WriteError> {
+        let file = crate::data_file::reopen_after_swmr(path)?;
+        let specific = file.group("/entry/instrument/detector/detectorSpecific")?;
+        let nimages = specific.dataset("nimages")?;
+        let flushed = nimages.read_scalar::<u64>()? as usize;
+        let records = Records::open(&specific)?;
+        // Each record dataset is grown before `nimages` is written: cut any to `nimages`.
+        Ok(Self {
+            end: MasterEnd {
+                data_group: file.group("/entry/data")?,
+                finished: file.dataset("/entry/detingest/finished")?,
+                file,
+            },
+            records,
+            nimages,
+            modules,
+            flushed,
+            pending: Pending::default(),
+        })
+    }
+
+    /// Indices recorded (flushed).
+    pub(crate) fn flushed(&self) -> usize {
+        self.flushed
     }
 
     /// Buffers the next index's record.

@@ -129,6 +129,11 @@ pub fn clear_write_marks(path: &Path) -> Result<(), WriteError> {
     // file-access property h5clear sets (an hbool_t, one byte); the pointers outlive the calls,
     // and every id made here is closed here.
     unsafe {
+        // The property list classes exist once the library is initialised; this may be the
+        // process's first HDF5 call (`detingestd merge`).
+        if hdf5_sys::h5::H5open() < 0 {
+            return Err(WriteError::Metadata("cannot initialise HDF5".into()));
+        }
         let fapl = H5Pcreate(*H5P_CLS_FILE_ACCESS);
         if fapl < 0 {
             return Err(WriteError::Metadata(

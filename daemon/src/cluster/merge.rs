@@ -179,23 +179,13 @@ fn run(plan: MergePlan, queue: &NotifyQueue, local_done: &AtomicBool) -> MergeRe
             }
         }
         let ready = merge_records::ready(&feeds);
-        let first = master.frames() + 1;
-        records.clear();
-        for index in first..=ready {
-            merge_records::merge(&mut feeds, index, width, &mut merged);
-            master.record(&IndexRecord {
-                frame_number: merged.frame_number,
-                sequence: merged.sequence,
-                timestamp_ns: merged.timestamp_ns,
-                detector_timestamp: merged.detector_timestamp,
-                bunch_id: merged.bunch_id,
-                modules: merged.modules,
-                dropped: merged.dropped,
-                missing_packets: &merged.missing,
-            });
-            lost += u64::from(merged.modules == 0);
-            records.push(frame_record(index, &merged, module_bytes));
-        }
+        lost += merge_ready(
+            &mut feeds,
+            &mut master,
+            (width, module_bytes),
+            &mut merged,
+            &mut records,
+        );
         if !records.is_empty() {
             if let Err(e) = master.flush() {
                 tracing::error!(error = %e, "cannot flush the detector's master");
@@ -251,6 +241,37 @@ fn run(plan: MergePlan, queue: &NotifyQueue, local_done: &AtomicBool) -> MergeRe
         parts: names.into_iter().zip(ends).collect(),
         error,
     }
+}
+
+/// Merges every index `feeds` are ready for into `master` (`width` modules of
+/// `module_bytes` each), and their frame records into `records`; returns how many of them no
+/// daemon wrote.
+pub(super) fn merge_ready(
+    feeds: &mut [Feed],
+    master: &mut DetectorMaster,
+    (width, module_bytes): (usize, u64),
+    merged: &mut Merged,
+    records: &mut Vec<FrameRecord>,
+) -> u64 {
+    let ready = merge_records::ready(feeds);
+    let mut lost = 0;
+    records.clear();
+    for index in master.frames() + 1..=ready {
+        merge_records::merge(feeds, index, width, merged);
+        master.record(&IndexRecord {
+            frame_number: merged.frame_number,
+            sequence: merged.sequence,
+            timestamp_ns: merged.timestamp_ns,
+            detector_timestamp: merged.detector_timestamp,
+            bunch_id: merged.bunch_id,
+            modules: merged.modules,
+            dropped: merged.dropped,
+            missing_packets: &merged.missing,
+        });
+        lost += u64::from(merged.modules == 0);
+        records.push(frame_record(index, merged, module_bytes));
+    }
+    lost
 }
 
 /// The frame record of merged index `index`: complete when every module of the detector was
@@ -335,7 +356,7 @@ fn follow(
 }
 
 /// Clears the write marks a dead daemon left in its master and data files.
-fn clear_marks(dir: &Path, stream: &str) {
+pub(super) fn clear_marks(dir: &Path, stream: &str) {
     let files = std::iter::once(master_path(dir, stream))
         .chain((1..).map(|n| dir.join(data_file_name(stream, n))))
         .take_while(|p| p.exists());

@@ -6,6 +6,8 @@
 mod config;
 pub mod merge;
 mod merge_records;
+mod offline;
 pub mod peers;
 
 pub use config::ClusterConfig;
+pub use offline::finish_merge;

@@ -1,0 +1,62 @@
+//! `detingestd merge`: finishes the whole detector's master that a coordinator which died
+//! left behind, from the files alone: the master (its parts, geometry and the records merged
+//! so far) and each daemon's part. A part whose master is not finished is taken for dead at
+//! its last flushed record, as the live merger would have.
+
+use std::path::Path;
+
+use detingest_writer::{master_path, read_part, DetectorMaster, PartEnd, RunEnd, WriteError};
+
+use super::merge::{clear_marks, merge_ready, MergeReport};
+use super::merge_records::{Feed, Merged, Progress};
+
+/// Merges what the parts of `stream` in `dir` recorded beyond what its master has, and
+/// finishes the master (VDS, each daemon's end, `finished`). The report's `lost` counts the
+/// indices merged now that no daemon wrote.
+pub fn finish_merge(dir: &Path, stream: &str) -> Result<MergeReport, WriteError> {
+    let mut master = DetectorMaster::resume(dir, stream)?;
+    let done = master.frames() as usize;
+    let mut feeds = Vec::new();
+    for part in master.parts() {
+        let mut feed = Feed::new(part.clone());
+        feed.buf.from = done;
+        let path = master_path(dir, &part.stream);
+        feed.progress = if !path.exists() {
+            Progress::Finished // it received nothing: no file
+        } else {
+            let state = read_part(&path, done)?;
+            feed.recorded = state.recorded as u64;
+            feed.append(state.records);
+            if state.finished {
+                Progress::Finished
+            } else {
+                clear_marks(dir, &part.stream);
+                Progress::Died
+            }
+        };
+        feeds.push(feed);
+    }
+    let geometry = (master.modules(), master.module_bytes());
+    let mut records = Vec::new();
+    let lost_now = merge_ready(
+        &mut feeds,
+        &mut master,
+        geometry,
+        &mut Merged::default(),
+        &mut records,
+    );
+    let ends: Vec<PartEnd> = (feeds.iter())
+        .map(|f| PartEnd {
+            recorded: f.recorded,
+            finished: f.progress == Progress::Finished,
+        })
+        .collect();
+    let names: Vec<String> = master.parts().iter().map(|p| p.daemon.clone()).collect();
+    let frames = master.finish(&ends, &RunEnd::default())?;
+    Ok(MergeReport {
+        frames,
+        lost: lost_now,
+        parts: names.into_iter().zip(ends).collect(),
+        error: None,
+    })
+}
