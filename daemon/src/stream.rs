@@ -108,6 +108,9 @@ pub struct StreamInfo {
     /// The modules this daemon receives (bit `m`: module `m`): every one, unless it takes
     /// part of a detector with other daemons (`[cluster]`).
     pub expected: u64,
+    /// The streams whose files this stream's master maps, when it is a detector several
+    /// daemons wrote (`<stream>_<daemon>` each); empty otherwise.
+    pub parts: Vec<String>,
     /// Indices per data file: index `i` is in data file `(i - 1) / frames_per_file + 1`
     /// (0: no data files of its own, see [`StreamInfo::data_file`]).
     pub frames_per_file: u64,

@@ -208,6 +208,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             shape: layout.image_shape(),
             modules: layout.modules(),
             expected,
+            parts: Vec::new(),
             frames_per_file: run.frames_per_file,
         });
         let chunk_bytes = layout.chunk_bytes();

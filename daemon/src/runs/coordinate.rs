@@ -129,6 +129,7 @@ impl RunManager {
             shape: layout.image_shape(),
             modules: layout.modules(),
             expected: layout.all_modules(),
+            parts: peers.parts.iter().map(|(p, _)| p.stream.clone()).collect(),
             frames_per_file: 0,
         });
         let parts_json: Vec<Value> = (peers.parts.iter())

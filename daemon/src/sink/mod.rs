@@ -174,6 +174,7 @@ pub(crate) mod fixture {
             shape: [1024, 1024],
             modules,
             expected: detingest_writer::all_modules(modules),
+            parts: Vec::new(),
             frames_per_file: 5,
         })
     }

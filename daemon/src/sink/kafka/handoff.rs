@@ -159,25 +159,15 @@ fn rfc3339(ns: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }
 
-/// The files of `info`'s set in `folder` (the master, then the data files in order), each
-/// measured; files that could not be read are reported, not listed.
+/// The files of `info`'s set in `folder` (the master, then the data files in order; for a
+/// detector several daemons wrote, then each daemon's master and data files), each measured;
+/// files that could not be read are reported, not listed.
 pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>) {
     let mut paths: Vec<PathBuf> = vec![info.file.clone()];
-    let prefix = format!("{}_data_", info.id.stream.as_str());
-    if let Ok(dir) = std::fs::read_dir(folder) {
-        let mut data: Vec<PathBuf> = dir
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.strip_prefix(&prefix)
-                        .and_then(|rest| rest.strip_suffix(".h5"))
-                        .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-                })
-            })
-            .collect();
-        data.sort();
-        paths.extend(data);
+    paths.extend(data_files(folder, info.id.stream.as_str()));
+    for part in &info.parts {
+        paths.push(detingest_writer::master_path(folder, part));
+        paths.extend(data_files(folder, part));
     }
     let (mut files, mut problems) = (Vec::new(), Vec::new());
     for p in paths {
@@ -187,6 +177,27 @@ pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>
         }
     }
     (files, problems)
+}
+
+/// `<stream>_data_NNNNNN.h5` in `folder`, in order.
+fn data_files(folder: &Path, stream: &str) -> Vec<PathBuf> {
+    let prefix = format!("{stream}_data_");
+    let Ok(dir) = std::fs::read_dir(folder) else {
+        return Vec::new();
+    };
+    let mut data: Vec<PathBuf> = dir
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(".h5"))
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .collect();
+    data.sort();
+    data
 }
 
 /// Size, time and checksum of one file.
@@ -217,6 +228,37 @@ fn entry(path: &Path) -> std::io::Result<FileEntry> {
 mod tests {
     use super::*;
     use crate::sink::fixture;
+
+    #[test]
+    fn a_detector_of_several_daemons_hands_off_every_part_after_its_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Arc::try_unwrap(fixture::stream(6)).unwrap();
+        s.file = dir.path().join("s1_master.h5");
+        s.parts = vec!["s1_a".into(), "s1_b".into()];
+        for name in [
+            "s1_master.h5",
+            "s1_b_master.h5",
+            "s1_b_data_000001.h5",
+            "s1_a_data_000001.h5",
+            "s1_a_master.h5",
+            "s1_c_master.h5",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let (files, problems) = measure(dir.path(), &s);
+        assert!(problems.is_empty());
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "s1_master.h5",
+                "s1_a_master.h5",
+                "s1_a_data_000001.h5",
+                "s1_b_master.h5",
+                "s1_b_data_000001.h5"
+            ]
+        );
+    }
 
     #[test]
     fn the_set_is_the_master_then_its_data_files_in_order() {

@@ -185,6 +185,7 @@ mod tests {
             shape: [4, 4],
             modules: 1,
             expected: 1,
+            parts: Vec::new(),
             frames_per_file: 1000,
         })
     }
