@@ -66,7 +66,9 @@ impl From<ConfigError> for ApiError {
 /// `rename_if_exists` (see [`RunManager::start`]);
 /// `detector` (NXmx fields over `[detector]`); any `[run]` field (`frames`, `chunking`,
 /// `frames_per_file`, `master_data`, `vds`, `idle_timeout_ms`, `first_frame_number`, `dataset_timeout_ms`,
-/// `dataset_ahead`, `user`, `next_stream`).
+/// `dataset_ahead`, `user`, `next_stream`); `coordinator` (sent by a daemon starting its
+/// peers: start this daemon's part only). A `[cluster]` member writes the stream
+/// `<stream>_<name>` and needs a `first_frame_number`.
 pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError> {
     let Value::Object(fields) = request else {
         return Err(ConfigError::new(".", "the request must be a JSON object"));
