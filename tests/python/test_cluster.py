@@ -53,7 +53,7 @@ def body(name, peers, frames=40, rate=100.0, modules=None, first=1):
 def cluster(serve_daemons, tmp_path):
     """Three daemons (d1 coordinates) sharing one data directory."""
 
-    def make(frames=40, rate=100.0, first=None, publish="", extra=""):
+    def make(frames=40, rate=100.0, first=None, publish="", extra="", elsewhere=None):
         data = tmp_path / "shared"
         ports = [free_port() for _ in HOSTS]
         daemons = []
@@ -61,7 +61,8 @@ def cluster(serve_daemons, tmp_path):
             peers = [(h, p) for j, (h, p) in enumerate(zip(HOSTS, ports)) if j != i]
             text = body(f"d{i + 1}", peers, frames, rate, PARTS[i], (first or {}).get(i, 1))
             text += "\n" + extra if i == 0 else ""
-            daemons.append(serve_daemons(f"d{i + 1}", text, host=host, port=port, data=data,
+            where = tmp_path / "elsewhere" if i == elsewhere else data
+            daemons.append(serve_daemons(f"d{i + 1}", text, host=host, port=port, data=where,
                                          publish=publish if i == 0 else ""))
         return daemons
 
@@ -237,6 +238,15 @@ def test_a_start_one_daemon_refuses_is_refused_everywhere_with_its_reason(cluste
                                    "frames": 20, "first_frame_number": 1})
     assert d1.wait_run("bt/jf/ok_d1", timeout=60)["detector"]["frames"] == 20
     assert (folder / "ok_master.h5").exists()
+
+
+def test_a_daemon_writing_elsewhere_is_refused_before_anything_starts(cluster, tmp_path):
+    d1, d2, d3 = cluster(frames=20, elsewhere=2)  # d3's data_dir is not the shared one
+    code, message = refused(d1, "/run/start", {"beamtime": "bt", "source": "jf",
+                                               "stream": "s", "frames": 20})
+    assert code == 409 and "127.0.0.3" in message and "share one data directory" in message
+    for d in (d1, d2, d3):
+        assert d.get("/run")["state"] == "idle"
 
 
 def test_cluster_configuration_errors_name_their_key(detingestd, tmp_path):

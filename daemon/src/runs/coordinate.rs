@@ -83,8 +83,27 @@ impl RunManager {
         let part = peers::part_request(request, &self.base.cluster.name);
         let answers = peers::check_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
         let mut parts = vec![(part_of(&mine)?, None)];
-        for a in &answers {
+        let folder = |a: &Value| {
+            let master = a.get("master").and_then(Value::as_str).unwrap_or("");
+            std::path::Path::new(master)
+                .parent()
+                .map(std::path::Path::to_path_buf)
+        };
+        for (a, peer) in answers.iter().zip(&list) {
             parts.push((part_of(a)?, None));
+            // The merger reads every part where it writes its own: one shared directory.
+            if folder(a) != folder(&mine) {
+                return Err(ApiError::new(
+                    409,
+                    format!(
+                        "the daemon at {} writes into {:?}, this one into {:?}: the daemons \
+                         of a detector share one data directory (data_dir)",
+                        peer.url(),
+                        folder(a).unwrap_or_default(),
+                        folder(&mine).unwrap_or_default()
+                    ),
+                ));
+            }
         }
         let overlap = (parts.iter()).fold((0u64, 0u64), |(all, twice), (p, _)| {
             (all | p.modules, twice | (all & p.modules))
