@@ -108,6 +108,7 @@ def test_three_daemons_write_one_detector_read_whole_from_one_master(
     end = d1.wait_run("bt/jf/scan1_d1", timeout=120)
     assert end["state"] == "finished", end
     assert end["detector"]["frames"] == 40 and end["detector"]["lost"] == 0, end["detector"]
+    assert end["detector"]["merged"] == 40
     for d in (d2, d3):
         assert d.get("/run")["state"] == "finished"
     folder = tmp_path / "shared" / "bt" / "jf"
@@ -169,6 +170,10 @@ def test_a_daemon_killed_mid_run_leaves_its_modules_missing_from_where_it_stoppe
                     break
         except OSError:  # a read racing a flush: HDF5's SWMR readers retry
             pass
+        assert time.time() < deadline
+        time.sleep(0.05)
+    deadline = time.time() + 10
+    while d1.get("/run")["detector"].get("merged", 0) < 16:  # GET /run shows the progress
         assert time.time() < deadline
         time.sleep(0.05)
     d3.proc.send_signal(signal.SIGKILL)

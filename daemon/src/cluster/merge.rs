@@ -8,7 +8,7 @@
 //! marks its files were left with are cleared so every reader opens them.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -67,6 +67,7 @@ pub struct MergeReport {
 pub struct Merger {
     thread: JoinHandle<MergeReport>,
     local_done: Arc<AtomicBool>,
+    merged: Arc<AtomicU64>,
 }
 
 impl Merger {
@@ -77,6 +78,8 @@ impl Merger {
         notify_capacity: usize,
     ) -> std::io::Result<Self> {
         let local_done = Arc::new(AtomicBool::new(false));
+        let merged = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&merged);
         let queue = Arc::new(NotifyQueue::new(notify_capacity));
         let consumer = Arc::clone(&queue);
         let core = plan.core;
@@ -86,18 +89,34 @@ impl Merger {
         let done = Arc::clone(&local_done);
         let producer = Arc::clone(&queue);
         let thread = crate::threads::spawn("merge".into(), core, move || {
-            let report = run(plan, &producer, &done);
+            let report = run(plan, &producer, &done, &count);
             producer.close();
             let _ = notify.join();
             report
         });
         match thread {
-            Ok(thread) => Ok(Self { thread, local_done }),
+            Ok(thread) => Ok(Self {
+                thread,
+                local_done,
+                merged,
+            }),
             Err(e) => {
                 queue.close(); // the notification thread ends
                 Err(e)
             }
         }
+    }
+
+    /// Indices in the whole master so far.
+    pub fn merged(&self) -> u64 {
+        self.merged.load(Ordering::Relaxed)
+    }
+
+    /// This daemon's own part has ended (its files are closed): the merger finishes once the
+    /// others have. Call [`Self::join`] once this is true.
+    pub fn own_part_ended(&self) -> bool {
+        self.local_done.store(true, Ordering::Release);
+        self.thread.is_finished()
     }
 
     /// This daemon's own part has ended (its files are closed); waits for the others and the
@@ -125,7 +144,12 @@ struct Follow {
     ended_at: Option<Instant>,
 }
 
-fn run(plan: MergePlan, queue: &NotifyQueue, local_done: &AtomicBool) -> MergeReport {
+fn run(
+    plan: MergePlan,
+    queue: &NotifyQueue,
+    local_done: &AtomicBool,
+    count: &AtomicU64,
+) -> MergeReport {
     let parts: Vec<Part> = plan.parts.iter().map(|(p, _)| p.clone()).collect();
     let key = plan.stream.id.stream.as_str().to_owned();
     let mut master = match DetectorMaster::create(
@@ -187,6 +211,7 @@ fn run(plan: MergePlan, queue: &NotifyQueue, local_done: &AtomicBool) -> MergeRe
             &mut records,
         );
         if !records.is_empty() {
+            count.store(master.frames(), Ordering::Relaxed);
             if let Err(e) = master.flush() {
                 tracing::error!(error = %e, "cannot flush the detector's master");
                 error.get_or_insert(e.to_string());

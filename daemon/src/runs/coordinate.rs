@@ -224,6 +224,7 @@ pub(super) fn merge_status(mut detector: Value, report: &MergeReport) -> Value {
         .map(|(d, e)| json!({"daemon": d, "recorded": e.recorded, "finished": e.finished}))
         .collect();
     detector["frames"] = json!(report.frames);
+    detector["merged"] = json!(report.frames);
     detector["lost"] = json!(report.lost);
     detector["ends"] = json!(ends);
     detector["error"] = json!(report.error);
@@ -234,5 +235,12 @@ pub(super) fn merge_status(mut detector: Value, report: &MergeReport) -> Value {
 pub(super) fn stop_peers(list: &[Peer]) {
     for (status, e) in peers::stop_all(list) {
         tracing::warn!(status, error = %e, "a peer's run could not be stopped");
+    }
+}
+
+/// Shows the whole master's progress in a coordinated run's status (`detector.merged`).
+pub(super) fn show_merged(status: &mut super::RunStatus, merger: Option<&(Merger, Value)>) {
+    if let (Some((m, _)), Some(d)) = (merger, status.detector.as_mut()) {
+        d["merged"] = json!(m.merged());
     }
 }

@@ -330,9 +330,19 @@ impl RunManager {
                         s.gauges = Some(r.gauges());
                         s.counters = r.stats();
                         s.sources = r.sources().iter().map(|s| s.summary()).collect();
+                        coordinate::show_merged(&mut s, merger.as_ref());
                     }
                 });
                 // A detector several daemons take: its run ends with its whole master.
+                if let Some((m, _)) = &merger {
+                    while !m.own_part_ended() {
+                        std::thread::sleep(Duration::from_millis(50));
+                        if let Ok(mut s) = st.lock() {
+                            s.elapsed_s = started.elapsed().as_secs_f64();
+                            coordinate::show_merged(&mut s, merger.as_ref());
+                        }
+                    }
+                }
                 let merged = merger.map(|(m, d)| coordinate::merge_status(d, &m.join()));
                 let Ok(mut ended) = last.lock() else {
                     return;
