@@ -53,13 +53,14 @@ def body(name, peers, frames=40, rate=100.0, modules=None, first=1):
 def cluster(serve_daemons, tmp_path):
     """Three daemons (d1 coordinates) sharing one data directory."""
 
-    def make(frames=40, rate=100.0, first=None, publish="", extra="", elsewhere=None):
+    def make(frames=40, rate=100.0, first=None, publish="", extra="", elsewhere=None,
+             names=("d1", "d2", "d3")):
         data = tmp_path / "shared"
         ports = [free_port() for _ in HOSTS]
         daemons = []
         for i, (host, port) in enumerate(zip(HOSTS, ports)):
             peers = [(h, p) for j, (h, p) in enumerate(zip(HOSTS, ports)) if j != i]
-            text = body(f"d{i + 1}", peers, frames, rate, PARTS[i], (first or {}).get(i, 1))
+            text = body(names[i], peers, frames, rate, PARTS[i], (first or {}).get(i, 1))
             text += "\n" + extra if i == 0 else ""
             where = tmp_path / "elsewhere" if i == elsewhere else data
             daemons.append(serve_daemons(f"d{i + 1}", text, host=host, port=port, data=where,
@@ -245,13 +246,18 @@ def test_a_start_one_daemon_refuses_is_refused_everywhere_with_its_reason(cluste
     assert (folder / "ok_master.h5").exists()
 
 
-def test_a_daemon_writing_elsewhere_is_refused_before_anything_starts(cluster, tmp_path):
+def test_a_daemon_writing_elsewhere_or_named_twice_is_refused_before_anything_starts(
+        cluster, tmp_path):
     d1, d2, d3 = cluster(frames=20, elsewhere=2)  # d3's data_dir is not the shared one
     code, message = refused(d1, "/run/start", {"beamtime": "bt", "source": "jf",
                                                "stream": "s", "frames": 20})
     assert code == 409 and "127.0.0.3" in message and "share one data directory" in message
     for d in (d1, d2, d3):
         assert d.get("/run")["state"] == "idle"
+    e1, _, _ = cluster(frames=20, names=("d1", "d2", "d2"))  # two daemons named d2
+    code, message = refused(e1, "/run/start", {"beamtime": "bt", "source": "jf",
+                                               "stream": "s", "frames": 20})
+    assert code == 409 and "127.0.0.3" in message and "its own cluster.name" in message
 
 
 def test_cluster_configuration_errors_name_their_key(detingestd, tmp_path):

@@ -75,6 +75,18 @@ pub fn stream_file_path(config: &Config, src: &SourceConfig) -> PathBuf {
     detingest_writer::master_path(&stream_dir(config, src), src.stream.stream.as_str())
 }
 
+/// A file of the source's stream that exists already (its master or first data file): the
+/// run would overwrite it, which detingest never does.
+pub fn existing_file(config: &Config, src: &SourceConfig) -> Option<PathBuf> {
+    let first_data = stream_dir(config, src).join(detingest_writer::data_file_name(
+        src.stream.stream.as_str(),
+        1,
+    ));
+    [stream_file_path(config, src), first_data]
+        .into_iter()
+        .find(|f| f.exists())
+}
+
 /// The image layout of a source's stream under the run settings of `config`.
 pub fn run_layout(config: &Config, src: &SourceConfig) -> RunLayout {
     let (pixel, module_shape) = src.frame_format();
@@ -181,12 +193,8 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         let slot = streams.len();
         slot_of.push(slot as StreamSlot);
         let file = stream_file_path(config, src);
-        let first_data = stream_dir(config, src).join(detingest_writer::data_file_name(
-            src.stream.stream.as_str(),
-            1,
-        ));
-        if let Some(existing) = [&file, &first_data].into_iter().find(|f| f.exists()) {
-            return Err(StartError::Exists(existing.clone()));
+        if let Some(existing) = existing_file(config, src) {
+            return Err(StartError::Exists(existing));
         }
         let layout = run_layout(config, src);
         // A daemon that takes part of a detector expects only its sources' modules.

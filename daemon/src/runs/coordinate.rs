@@ -36,11 +36,7 @@ impl RunManager {
         let config = run_config(&self.base, request)?;
         let src = &config.sources[0];
         let master = pipeline::stream_file_path(&config, src);
-        let first = pipeline::stream_dir(&config, src).join(detingest_writer::data_file_name(
-            src.stream.stream.as_str(),
-            1,
-        ));
-        if let Some(f) = [&master, &first].into_iter().find(|f| f.exists()) {
+        if let Some(f) = pipeline::existing_file(&config, src) {
             return Err(ApiError::new(
                 409,
                 format!("{} exists; detingest never overwrites", f.display()),
@@ -90,7 +86,19 @@ impl RunManager {
                 .map(std::path::Path::to_path_buf)
         };
         for (a, peer) in answers.iter().zip(&list) {
-            parts.push((part_of(a)?, None));
+            let part = part_of(a)?;
+            if parts.iter().any(|(p, _)| p.daemon == part.daemon) {
+                return Err(ApiError::new(
+                    409,
+                    format!(
+                        "the daemon at {} is named {:?} like another: each daemon of a \
+                         detector needs its own cluster.name",
+                        peer.url(),
+                        part.daemon
+                    ),
+                ));
+            }
+            parts.push((part, None));
             // The merger reads every part where it writes its own: one shared directory.
             if folder(a) != folder(&mine) {
                 return Err(ApiError::new(
