@@ -195,8 +195,13 @@ fn run(
     let mut error = None;
     let mut records: Vec<FrameRecord> = Vec::new();
     let module_bytes = plan.layout.module_bytes() as u64;
+    // Time spent reading and merging (the HDF5 library's lock is shared with this daemon's
+    // writer): in the end line of the log.
+    let (mut busy, mut polls) = (Duration::ZERO, 0u64);
     loop {
         std::thread::sleep(plan.interval);
+        let t0 = Instant::now();
+        polls += 1;
         for (f, feed) in follows.iter_mut().zip(feeds.iter_mut()) {
             if feed.progress == Progress::Running {
                 follow(f, feed, &plan.dir, local_done, plan.dead_after);
@@ -228,6 +233,7 @@ fn run(
                 }));
             }
         }
+        busy += t0.elapsed();
         if merge_records::all_ended(&feeds) && master.frames() >= merge_records::ready(&feeds) {
             break;
         }
@@ -259,7 +265,8 @@ fn run(
         ended_ns: now_ns(),
         error: error.clone(),
     }));
-    tracing::info!(stream = %plan.stream.key, frames, lost, "detector master complete");
+    let per_poll_us = busy.as_micros() as u64 / polls.max(1);
+    tracing::info!(stream = %plan.stream.key, frames, lost, polls, per_poll_us, "detector master complete");
     MergeReport {
         frames,
         lost,
