@@ -177,6 +177,9 @@ def test_a_daemon_killed_mid_run_leaves_its_modules_missing_from_where_it_stoppe
     while d1.get("/run")["detector"].get("merged", 0) < 16:  # GET /run shows the progress
         assert time.time() < deadline
         time.sleep(0.05)
+    from prometheus_client.parser import text_string_to_metric_families
+    metrics = {f.name: f for f in text_string_to_metric_families(d1.get("/metrics"))}
+    assert metrics["detingest_detector_merged_indices"].samples[0].value >= 16
     d3.proc.send_signal(signal.SIGKILL)
     d3.proc.wait()
     end = d1.wait_run("bt/jf/kill1_d1", timeout=120)

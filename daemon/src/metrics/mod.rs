@@ -49,6 +49,9 @@ pub struct Reading {
     pub sinks: Map<String, Value>,
     /// When the daemon started, s since the Unix epoch.
     pub started_s: f64,
+    /// Indices in the whole detector's master of a run this daemon coordinates (several
+    /// daemons, one detector); `None` otherwise.
+    pub detector_merged: Option<u64>,
 }
 
 /// The pipeline's counters: the `StatsSnapshot` field (pipeline), the metric's name
@@ -333,6 +336,15 @@ impl Reading {
             Some(&Unit::Seconds),
             one(started),
         )?;
+        if let Some(n) = self.detector_merged {
+            family(
+                enc,
+                "detingest_detector_merged_indices",
+                "Indices in the whole detector's master of the run this daemon coordinates",
+                None,
+                one(ConstGauge::new(n as i64)),
+            )?;
+        }
         let g = |field: &str| number(&self.gauges, field);
         let queues = [
             ("source", g("source_queue")),
@@ -420,9 +432,11 @@ mod tests {
         let text = render(Reading {
             totals,
             state: "running",
+            detector_merged: Some(12),
             ..Default::default()
         });
         for line in [
+            "detingest_detector_merged_indices 12",
             "# TYPE detingest_udp_received_bytes_total counter",
             "detingest_udp_received_bytes_total{source=\"m0\"} 5",
             "detingest_udp_late_total{source=\"m1\"} 0",

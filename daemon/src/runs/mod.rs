@@ -512,6 +512,9 @@ impl RunManager {
                 _ => Default::default(),
             },
             started_s: self.started_s,
+            detector_merged: (status.detector.as_ref())
+                .and_then(|d| d.get("merged"))
+                .and_then(Value::as_u64),
         }
     }
 }
