@@ -396,9 +396,11 @@ def test_a_kafka_job_starts_and_stops_every_daemon_and_hands_off_every_part(
     with h5py.File(whole, "r") as f:
         n = len(f["/entry/data/data"])
         assert n == hand["frames"] and n >= 20
-        # Each daemon stopped at its own index: whole up to the first to stop, then only
-        # the modules of those still running (the master records what each wrote).
-        first_stop = min(f[f"/entry/detingest/daemons/{d}/indices_recorded"][()]
-                         for d in ("d1", "d2", "d3"))
+        # Each daemon stopped at its own index; the whole detector ends with the last index
+        # every daemon recorded, every image whole (each part keeps what it wrote after).
+        recorded = [f[f"/entry/detingest/daemons/{d}/indices_recorded"][()]
+                    for d in ("d1", "d2", "d3")]
         mask = f["/entry/instrument/detector/detectorSpecific/module_mask"][()]
-        assert first_stop > 0 and (mask[:first_stop] == 0b111111).all(), mask
+        assert n == min(recorded) and (mask == 0b111111).all(), (recorded, mask)
+        for d in ("d1", "d2", "d3"):
+            assert f[f"/entry/detingest/daemons/{d}/state"][()].decode() == "finished"

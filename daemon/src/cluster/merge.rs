@@ -68,6 +68,7 @@ pub struct Merger {
     thread: JoinHandle<MergeReport>,
     local_done: Arc<AtomicBool>,
     merged: Arc<AtomicU64>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Merger {
@@ -80,6 +81,8 @@ impl Merger {
         let local_done = Arc::new(AtomicBool::new(false));
         let merged = Arc::new(AtomicU64::new(0));
         let count = Arc::clone(&merged);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopping);
         let queue = Arc::new(NotifyQueue::new(notify_capacity));
         let consumer = Arc::clone(&queue);
         let core = plan.core;
@@ -89,7 +92,7 @@ impl Merger {
         let done = Arc::clone(&local_done);
         let producer = Arc::clone(&queue);
         let thread = crate::threads::spawn("merge".into(), core, move || {
-            let report = run(plan, &producer, &done, &count);
+            let report = run(plan, &producer, (&done, &stop), &count);
             producer.close();
             let _ = notify.join();
             report
@@ -99,12 +102,20 @@ impl Merger {
                 thread,
                 local_done,
                 merged,
+                stopping,
             }),
             Err(e) => {
                 queue.close(); // the notification thread ends
                 Err(e)
             }
         }
+    }
+
+    /// A flag that says the run is being stopped: set it before stopping the daemons, and
+    /// the whole detector ends with the last index every daemon recorded (they stop one
+    /// after the other, each at its own index).
+    pub fn stopping(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stopping)
     }
 
     /// Indices in the whole master so far.
@@ -147,7 +158,7 @@ struct Follow {
 fn run(
     plan: MergePlan,
     queue: &NotifyQueue,
-    local_done: &AtomicBool,
+    (local_done, stopping): (&AtomicBool, &AtomicBool),
     count: &AtomicU64,
 ) -> MergeReport {
     let parts: Vec<Part> = plan.parts.iter().map(|(p, _)| p.clone()).collect();
@@ -207,11 +218,12 @@ fn run(
                 follow(f, feed, &plan.dir, local_done, plan.dead_after);
             }
         }
-        let ready = merge_records::ready(&feeds);
+        let stop = stopping.load(Ordering::Acquire);
+        let ready = merge_records::ready(&feeds, stop);
         lost += merge_ready(
             &mut feeds,
             &mut master,
-            (width, module_bytes),
+            (width, module_bytes, stop),
             &mut merged,
             &mut records,
         );
@@ -234,7 +246,7 @@ fn run(
             }
         }
         busy += t0.elapsed();
-        if merge_records::all_ended(&feeds) && master.frames() >= merge_records::ready(&feeds) {
+        if merge_records::all_ended(&feeds) && master.frames() >= ready {
             break;
         }
     }
@@ -275,17 +287,17 @@ fn run(
     }
 }
 
-/// Merges every index `feeds` are ready for into `master` (`width` modules of
-/// `module_bytes` each), and their frame records into `records`; returns how many of them no
-/// daemon wrote.
+/// Merges every index `feeds` are ready for (see [`merge_records::ready`], `stopping`) into
+/// `master` (`width` modules of `module_bytes` each), and their frame records into `records`;
+/// returns how many of them no daemon wrote.
 pub(super) fn merge_ready(
     feeds: &mut [Feed],
     master: &mut DetectorMaster,
-    (width, module_bytes): (usize, u64),
+    (width, module_bytes, stopping): (usize, u64, bool),
     merged: &mut Merged,
     records: &mut Vec<FrameRecord>,
 ) -> u64 {
-    let ready = merge_records::ready(feeds);
+    let ready = merge_records::ready(feeds, stopping);
     let mut lost = 0;
     records.clear();
     for index in master.frames() + 1..=ready {

@@ -87,10 +87,15 @@ impl Feed {
 }
 
 /// The last index the whole detector can be merged up to: every running daemon has recorded
-/// it; once none runs, the last any recorded.
-pub fn ready(feeds: &[Feed]) -> u64 {
-    let running = feeds.iter().filter(|f| f.progress == Progress::Running);
-    match running.map(|f| f.recorded).min() {
+/// it; once none runs, the last any recorded. In a run being stopped (`stopping`: the
+/// daemons stop one after the other, each at its own index), the last every daemon that did
+/// not die recorded: the whole detector ends with its last whole index.
+pub fn ready(feeds: &[Feed], stopping: bool) -> u64 {
+    let alive = |f: &&Feed| match stopping {
+        true => f.progress != Progress::Died,
+        false => f.progress == Progress::Running,
+    };
+    match feeds.iter().filter(alive).map(|f| f.recorded).min() {
         Some(n) => n,
         None => feeds.iter().map(|f| f.recorded).max().unwrap_or(0),
     }
@@ -189,7 +194,7 @@ mod tests {
             feed("b", 0b1100, &[0b1100, 0b1100]),
         ];
         // b runs and recorded 2: index 3 waits for it.
-        assert_eq!(ready(&feeds), 2);
+        assert_eq!(ready(&feeds, false), 2);
         let mut m = Merged::default();
         merge(&mut feeds, 1, 4, &mut m);
         assert_eq!(
@@ -202,9 +207,28 @@ mod tests {
         feeds[1].progress = Progress::Died;
         feeds[0].progress = Progress::Finished;
         assert!(all_ended(&feeds));
-        assert_eq!(ready(&feeds), 3);
+        assert_eq!(ready(&feeds, false), 3);
+        assert_eq!(
+            ready(&feeds, true),
+            3,
+            "a dead part does not hold a stopped run back"
+        );
         merge(&mut feeds, 3, 4, &mut m);
         assert_eq!((m.modules, m.frame_number), (0, 102));
+    }
+
+    #[test]
+    fn a_stopped_run_ends_with_the_last_index_every_daemon_recorded() {
+        let mut feeds = vec![feed("a", 1, &[1, 1, 1]), feed("b", 2, &[2, 2, 2, 2, 2])];
+        feeds[0].progress = Progress::Finished; // a was stopped first, at 3
+        assert_eq!(
+            ready(&feeds, false),
+            5,
+            "b still runs: its indices 4, 5 would merge"
+        );
+        assert_eq!(ready(&feeds, true), 3, "stopping: not beyond a's last");
+        feeds[1].progress = Progress::Finished;
+        assert_eq!(ready(&feeds, true), 3);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub fn finish_merge(dir: &Path, stream: &str) -> Result<MergeReport, WriteError>
         };
         feeds.push(feed);
     }
-    let geometry = (master.modules(), master.module_bytes());
+    let geometry = (master.modules(), master.module_bytes(), false);
     let mut records = Vec::new();
     let lost_now = merge_ready(
         &mut feeds,

@@ -167,8 +167,9 @@ struct Current {
     stop: Arc<AtomicBool>,
     stop_requested: Arc<AtomicBool>,
     supervisor: std::thread::JoinHandle<()>,
-    /// Started here on every daemon of the detector: a stop stops them all.
-    coordinated: bool,
+    /// Started here on every daemon of the detector: a stop stops them all, after telling
+    /// the merger (the whole detector then ends with its last whole index).
+    coordinated: Option<Arc<AtomicBool>>,
 }
 
 /// Starts, stops and reports runs, one at a time.
@@ -294,6 +295,7 @@ impl RunManager {
             },
             None => None,
         };
+        let merge_stopping = merger.as_ref().map(|(m, _)| m.stopping());
         let src = &config.sources[0];
         let status = RunStatus {
             state: "running",
@@ -380,7 +382,7 @@ impl RunManager {
             stop,
             stop_requested,
             supervisor,
-            coordinated,
+            coordinated: merge_stopping,
         });
         Ok(status)
     }
@@ -438,7 +440,12 @@ impl RunManager {
         let Some(c) = current.take() else {
             return Err(ApiError::new(409, "no run in progress"));
         };
-        if c.coordinated && !c.supervisor.is_finished() {
+        if let Some(stopping) = c
+            .coordinated
+            .as_ref()
+            .filter(|_| !c.supervisor.is_finished())
+        {
+            stopping.store(true, Ordering::Release);
             coordinate::stop_peers(&self.peers());
         }
         c.stop_requested.store(true, Ordering::Relaxed);
