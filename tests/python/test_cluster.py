@@ -302,9 +302,14 @@ def test_detingestd_merge_finishes_the_master_a_dead_coordinator_left(
         time.sleep(0.05)
     d1.proc.send_signal(signal.SIGKILL)
     d1.proc.wait()
+    killed = time.time()
+    merge = [detingestd, "merge", "--dir", str(folder), "--stream", "orphan"]
+    # While the daemons still write, an unfinished part may be alive: refused.
+    early = subprocess.run(merge, capture_output=True, text=True, timeout=60)
+    assert early.returncode != 0 and "may still run" in early.stderr, early.stderr
     for d, name in [(d2, "d2"), (d3, "d3")]:  # the others end their parts by count
         assert d.wait_run(f"bt/jf/orphan_{name}", timeout=60)["frames_recorded"] == 300
-    merge = [detingestd, "merge", "--dir", str(folder), "--stream", "orphan"]
+    time.sleep(max(0.0, killed + 3.5 - time.time()))  # d1's files quiet for 3 s
     out = subprocess.run(merge, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "d1: died" in out.stdout and "300 indices" in out.stdout, out.stdout

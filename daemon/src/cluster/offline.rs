@@ -4,6 +4,7 @@
 //! its last flushed record, as the live merger would have.
 
 use std::path::Path;
+use std::time::Duration;
 
 use detingest_writer::{master_path, read_part, DetectorMaster, PartEnd, RunEnd, WriteError};
 
@@ -30,6 +31,7 @@ pub fn finish_merge(dir: &Path, stream: &str) -> Result<MergeReport, WriteError>
             if state.finished {
                 Progress::Finished
             } else {
+                refuse_if_written(&path, &part.daemon)?;
                 clear_marks(dir, &part.stream);
                 Progress::Died
             }
@@ -59,4 +61,25 @@ pub fn finish_merge(dir: &Path, stream: &str) -> Result<MergeReport, WriteError>
         parts: names.into_iter().zip(ends).collect(),
         error: None,
     })
+}
+
+/// An unfinished part whose master changed less than this long ago may still be written:
+/// its daemon is alive (it flushes every `flush_interval_ms`, 1 s by default).
+const QUIET: Duration = Duration::from_secs(3);
+
+/// Refuses to take a part for dead while its master still changes: clearing the write marks
+/// of a file a live writer holds would corrupt it.
+fn refuse_if_written(path: &Path, daemon: &str) -> Result<(), WriteError> {
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default());
+    match age {
+        Ok(age) if age < QUIET => Err(WriteError::Metadata(format!(
+            "{daemon}'s part {} is unfinished and was written {} ms ago: its daemon may still \
+             run; merge once every daemon's run has ended",
+            path.display(),
+            age.as_millis()
+        ))),
+        _ => Ok(()),
+    }
 }
