@@ -83,6 +83,20 @@ def generated(detingestd, tmp_path, frames):
     return np.concatenate(rows, axis=1)
 
 
+def wait_recorded(master, n, timeout=30):
+    """Waits until the master (read with SWMR, as it is written) records `n` indices."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with h5py.File(master, "r", swmr=True) as f:
+                if f["/entry/instrument/detector/detectorSpecific/nimages"][()] >= n:
+                    return
+        except (OSError, KeyError):  # not there yet, or a read racing a flush
+            pass
+        assert time.time() < deadline, f"{master} never recorded {n}"
+        time.sleep(0.05)
+
+
 def tile(img, m):
     r, c = divmod(m, GRID[1])
     return img[..., r * MODULE[0]:(r + 1) * MODULE[0], c * MODULE[1]:(c + 1) * MODULE[1]]
@@ -148,16 +162,7 @@ def test_a_daemon_killed_mid_run_leaves_its_modules_missing_from_where_it_stoppe
     time.sleep(0.5)  # the subscription reaches the publisher
     start(d1, "kill1", 300)
     folder = tmp_path / "shared" / "bt" / "jf"
-    deadline = time.time() + 30
-    while True:  # until d3 has recorded (flushed) some indices
-        try:
-            with h5py.File(folder / "kill1_d3_master.h5", "r", swmr=True) as f:
-                if f["/entry/instrument/detector/detectorSpecific/nimages"][()] >= 40:
-                    break
-        except (OSError, KeyError):
-            pass
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_recorded(folder / "kill1_d3_master.h5", 40)  # d3 has flushed some indices
     want = generated(detingestd, tmp_path, 300)
     # During the run the whole master is readable with SWMR: the merged records so far, and
     # the VDS (written at the start, the count being known) over each daemon's files.
@@ -290,16 +295,7 @@ def test_detingestd_merge_finishes_the_master_a_dead_coordinator_left(
     d1, d2, d3 = cluster(frames=300, rate=100.0)
     start(d1, "orphan", 300)
     folder = tmp_path / "shared" / "bt" / "jf"
-    deadline = time.time() + 30
-    while True:  # until the coordinator has merged some indices
-        try:
-            with h5py.File(folder / "orphan_master.h5", "r", swmr=True) as f:
-                if f["/entry/instrument/detector/detectorSpecific/nimages"][()] >= 40:
-                    break
-        except (OSError, KeyError):
-            pass
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_recorded(folder / "orphan_master.h5", 40)  # the coordinator has merged some
     d1.proc.send_signal(signal.SIGKILL)
     d1.proc.wait()
     killed = time.time()

@@ -7,14 +7,11 @@
 
 use std::path::Path;
 
-use hdf5::{Group, H5Type};
-
-use crate::data_file::DATA_PATH;
 use crate::layout::RunLayout;
 use crate::master::{IndexRecord, MasterFile, RunEnd};
-use crate::master_end::MasterEnd;
+use crate::master_end::{vds_files, VdsSource};
 use crate::nxmx::{self, DetectorInfo};
-use crate::run_files::{data_file_name, master_path, FileOptions};
+use crate::run_files::{master_path, FileOptions};
 use crate::WriteError;
 
 /// One daemon's part of the detector.
@@ -120,7 +117,9 @@ impl DetectorMaster {
         };
         if options.frames > 0 && options.master_data.vds() {
             let counts = vec![options.frames; run.parts.len()];
-            run.write_vds(run.master.end(), &counts, options.frames, false)?;
+            let k = run.options.frames_per_file;
+            let sources = tiles(&run.parts, &counts, &layout, k);
+            (run.master.end()).write_vds(&layout, &sources, options.frames, false)?;
             run.vds_frames = options.frames;
         }
         if options.swmr {
@@ -231,13 +230,9 @@ impl DetectorMaster {
         let parts = std::mem::take(&mut self.parts);
         let master = self.master.into_end(options.swmr)?;
         let counts: Vec<u64> = ends.iter().map(|e| e.recorded.min(frames)).collect();
-        let me = Tiles {
-            layout,
-            k: options.frames_per_file,
-            parts: &parts,
-        };
         if options.master_data.vds() {
-            me.write(&master, &counts, frames, vds_frames > 0)?;
+            let sources = tiles(&parts, &counts, &layout, options.frames_per_file);
+            master.write_vds(&layout, &sources, frames, vds_frames > 0)?;
         }
         let daemons = master.file.group("/entry/detingest/daemons")?;
         for (p, e) in parts.iter().zip(ends) {
@@ -262,79 +257,20 @@ impl DetectorMaster {
         master.finish(frames, end)?;
         Ok(frames)
     }
-
-    fn write_vds(
-        &self,
-        master: &MasterEnd,
-        counts: &[u64],
-        total: u64,
-        replace: bool,
-    ) -> Result<(), WriteError> {
-        let me = Tiles {
-            layout: self.layout,
-            k: self.options.frames_per_file,
-            parts: &self.parts,
-        };
-        me.write(master, counts, total, replace)
-    }
 }
 
-/// The VDS of module tiles from each part's data files.
-struct Tiles<'a> {
-    layout: RunLayout,
-    k: u64,
-    parts: &'a [Part],
-}
-
-impl Tiles<'_> {
-    /// `/entry/data/data` `[total, NY, NX]`; part `p`'s tiles map its indices `1..=counts[p]`.
-    fn write(
-        &self,
-        master: &MasterEnd,
-        counts: &[u64],
-        total: u64,
-        replace: bool,
-    ) -> Result<(), WriteError> {
-        if replace {
-            master.data_group.unlink("data")?;
-        }
-        if total == 0 {
-            return Ok(());
-        }
-        match self.layout.pixel {
-            detingest_shm::PixelType::U8 => self.of::<u8>(&master.data_group, counts, total),
-            detingest_shm::PixelType::U16 => self.of::<u16>(&master.data_group, counts, total),
-            detingest_shm::PixelType::U32 => self.of::<u32>(&master.data_group, counts, total),
-            detingest_shm::PixelType::I32 => self.of::<i32>(&master.data_group, counts, total),
-            detingest_shm::PixelType::F32 => self.of::<f32>(&master.data_group, counts, total),
+/// The VDS's sources of a detector taken by `parts`: part `p`'s module tiles for its indices
+/// `1..=counts[p]`, from its data files (`k` indices each).
+fn tiles(parts: &[Part], counts: &[u64], layout: &RunLayout, k: u64) -> Vec<VdsSource> {
+    let mut sources = Vec::new();
+    for (part, &count) in parts.iter().zip(counts) {
+        for file in vds_files(&part.stream, k, count) {
+            let mine = (0..layout.modules()).filter(|m| part.modules & (1 << m) != 0);
+            sources.extend(mine.map(|m| VdsSource {
+                module: Some(m),
+                ..file.clone()
+            }));
         }
     }
-
-    fn of<T: H5Type>(&self, group: &Group, counts: &[u64], total: u64) -> Result<(), WriteError> {
-        let [ny, nx] = self.layout.image_shape().map(|d| d as usize);
-        let [my, mx] = self.layout.module_shape.map(|d| d as usize);
-        let total = total as usize;
-        let mut builder = group.new_dataset::<T>().shape((total, ny, nx));
-        for (part, &count) in self.parts.iter().zip(counts) {
-            for n in 1..=count.div_ceil(self.k) {
-                let first = (n - 1) * self.k + 1;
-                let in_file = self.k.min(count + 1 - first) as usize;
-                let name = data_file_name(&part.stream, n);
-                let start = (first - 1) as usize;
-                for m in (0..self.layout.modules()).filter(|m| part.modules & (1 << m) != 0) {
-                    let [y, x] = self.layout.tile_origin(m).map(|d| d as usize);
-                    builder = builder.virtual_map(
-                        &name,
-                        DATA_PATH,
-                        (in_file, ny, nx),
-                        (0..in_file, y..y + my, x..x + mx),
-                        (total, ny, nx),
-                        (start..start + in_file, y..y + my, x..x + mx),
-                    );
-                }
-            }
-        }
-        builder.create("data")?;
-        Ok(())
-    }
+    sources
 }

@@ -10,6 +10,32 @@ use crate::master::RunEnd;
 use crate::nxmx;
 use crate::WriteError;
 
+/// One mapping of a master's VDS: indices `first .. first + count` (1-based) from the data
+/// file `file` (named relative to the master), the whole image or one module's tile.
+#[derive(Debug, Clone)]
+pub(crate) struct VdsSource {
+    pub(crate) file: String,
+    pub(crate) first: u64,
+    pub(crate) count: u64,
+    /// `None`: the whole image; `Some(m)`: module `m`'s tile (a daemon's part of a detector).
+    pub(crate) module: Option<u32>,
+}
+
+/// The VDS's sources for indices `1..=frames` of `stream`, `k` per data file, whole images.
+pub(crate) fn vds_files(stream: &str, k: u64, frames: u64) -> Vec<VdsSource> {
+    (1..=frames.div_ceil(k))
+        .map(|n| {
+            let first = (n - 1) * k + 1;
+            VdsSource {
+                file: crate::run_files::data_file_name(stream, n),
+                first,
+                count: k.min(frames + 1 - first),
+                module: None,
+            }
+        })
+        .collect()
+}
+
 /// The master's file, its `/entry/data` and `finished`.
 pub(crate) struct MasterEnd {
     pub(crate) file: File,
@@ -25,12 +51,12 @@ impl MasterEnd {
         Ok(())
     }
 
-    /// Creates `/entry/data/data` as a virtual dataset over `files` (name, first index, count),
+    /// Creates `/entry/data/data` as a virtual dataset `[total, NY, NX]` over `sources`,
     /// replacing the one there (`replace`).
     pub(crate) fn write_vds(
         &self,
         layout: &RunLayout,
-        files: &[(String, u64, u64)],
+        sources: &[VdsSource],
         total: u64,
         replace: bool,
     ) -> Result<(), WriteError> {
@@ -40,34 +66,41 @@ impl MasterEnd {
         if total == 0 {
             return Ok(());
         }
-        let [ny, nx] = layout.image_shape().map(|d| d as usize);
         let total = total as usize;
         match layout.pixel {
-            detingest_shm::PixelType::U8 => self.vds_of::<u8>(files, total, ny, nx),
-            detingest_shm::PixelType::U16 => self.vds_of::<u16>(files, total, ny, nx),
-            detingest_shm::PixelType::U32 => self.vds_of::<u32>(files, total, ny, nx),
-            detingest_shm::PixelType::I32 => self.vds_of::<i32>(files, total, ny, nx),
-            detingest_shm::PixelType::F32 => self.vds_of::<f32>(files, total, ny, nx),
+            detingest_shm::PixelType::U8 => self.vds_of::<u8>(layout, sources, total),
+            detingest_shm::PixelType::U16 => self.vds_of::<u16>(layout, sources, total),
+            detingest_shm::PixelType::U32 => self.vds_of::<u32>(layout, sources, total),
+            detingest_shm::PixelType::I32 => self.vds_of::<i32>(layout, sources, total),
+            detingest_shm::PixelType::F32 => self.vds_of::<f32>(layout, sources, total),
         }
     }
 
     fn vds_of<T: H5Type>(
         &self,
-        files: &[(String, u64, u64)],
+        layout: &RunLayout,
+        sources: &[VdsSource],
         total: usize,
-        ny: usize,
-        nx: usize,
     ) -> Result<(), WriteError> {
+        let [ny, nx] = layout.image_shape().map(|d| d as usize);
         let mut builder = self.data_group.new_dataset::<T>().shape((total, ny, nx));
-        for (name, first, count) in files {
-            let (start, n) = ((*first - 1) as usize, *count as usize);
+        for s in sources {
+            let (start, n) = ((s.first - 1) as usize, s.count as usize);
+            let (rows, cols) = match s.module {
+                None => (0..ny, 0..nx),
+                Some(m) => {
+                    let [y, x] = layout.tile_origin(m).map(|d| d as usize);
+                    let [my, mx] = layout.module_shape.map(|d| d as usize);
+                    (y..y + my, x..x + mx)
+                }
+            };
             builder = builder.virtual_map(
-                name,
+                &s.file,
                 DATA_PATH,
                 (n, ny, nx),
-                (.., .., ..),
+                (0..n, rows.clone(), cols.clone()),
                 (total, ny, nx),
-                (start..start + n, .., ..),
+                (start..start + n, rows, cols),
             );
         }
         builder.create("data")?;

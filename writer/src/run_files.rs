@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::data_file::{probe_filter_values, DataFile};
 use crate::layout::{Chunking, RunLayout};
 use crate::master::{IndexRecord, MasterFile, RunEnd};
+use crate::master_end::vds_files;
 use crate::nxmx::DetectorInfo;
 use crate::WriteError;
 
@@ -122,17 +123,6 @@ pub struct RunFiles {
     vds_frames: u64,
     /// Data files the master links so far.
     linked: u64,
-}
-
-/// The VDS's sources for indices `1..=frames` of `stream`, `k` per data file: (file name,
-/// first index, count).
-fn vds_files(stream: &str, k: u64, frames: u64) -> Vec<(String, u64, u64)> {
-    (1..=frames.div_ceil(k))
-        .map(|n| {
-            let first = (n - 1) * k + 1;
-            (data_file_name(stream, n), first, k.min(frames + 1 - first))
-        })
-        .collect()
 }
 
 impl RunFiles {

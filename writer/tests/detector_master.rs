@@ -83,6 +83,12 @@ fn parts() -> Vec<Part> {
         .collect()
 }
 
+/// The whole master `s` of parts `s_a` and `s_b` in `dir`.
+fn create(dir: &std::path::Path) -> DetectorMaster {
+    let info = DetectorInfo::default();
+    DetectorMaster::create(dir, "s", layout(), &info, "{}", options(), parts()).unwrap()
+}
+
 /// Merges indices `from..=to` of the two parts' masters into `master`.
 fn merge(dir: &std::path::Path, master: &mut DetectorMaster, from: u64, to: u64) {
     let a = read_part(&master_path(dir, "s_a"), 0).unwrap();
@@ -124,16 +130,7 @@ fn the_vds_takes_each_module_from_the_part_that_wrote_it() {
     let dir = tempfile::tempdir().unwrap();
     write_part(dir.path(), "s_a", 0, 5);
     write_part(dir.path(), "s_b", 1, 3); // b stops after index 3
-    let mut master = DetectorMaster::create(
-        dir.path(),
-        "s",
-        layout(),
-        &DetectorInfo::default(),
-        "{}",
-        options(),
-        parts(),
-    )
-    .unwrap();
+    let mut master = create(dir.path());
     merge(dir.path(), &mut master, 1, 5);
     let ends = [
         PartEnd {
@@ -172,16 +169,7 @@ fn an_unfinished_master_is_resumed_and_finished_from_the_files() {
     write_part(dir.path(), "s_a", 0, 4);
     write_part(dir.path(), "s_b", 1, 4);
     {
-        let mut master = DetectorMaster::create(
-            dir.path(),
-            "s",
-            layout(),
-            &DetectorInfo::default(),
-            "{}",
-            options(),
-            parts(),
-        )
-        .unwrap();
+        let mut master = create(dir.path());
         merge(dir.path(), &mut master, 1, 2);
         master.flush().unwrap();
     } // dropped unfinished, as a merger that died mid-run

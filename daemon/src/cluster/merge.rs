@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use detingest_writer::{
     clear_write_marks, data_file_name, master_path, read_part, DetectorInfo, DetectorMaster,
-    FileOptions, IndexRecord, Part, PartEnd, RunEnd, RunLayout,
+    FileOptions, Part, PartEnd, RunEnd, RunLayout,
 };
 
 use super::merge_records::{self, Feed, Merged, Progress};
@@ -61,6 +61,25 @@ pub struct MergeReport {
     pub parts: Vec<(String, PartEnd)>,
     /// Why the merge failed, if it did.
     pub error: Option<String>,
+}
+
+impl MergeReport {
+    /// The report of a merge of `feeds` that ended as `ends` with `frames` indices, `lost` of
+    /// them lost everywhere.
+    pub(super) fn new(
+        feeds: &[Feed],
+        ends: Vec<PartEnd>,
+        (frames, lost): (u64, u64),
+        error: Option<String>,
+    ) -> Self {
+        let names = feeds.iter().map(|f| f.part.daemon.clone());
+        Self {
+            frames,
+            lost,
+            parts: names.zip(ends).collect(),
+            error,
+        }
+    }
 }
 
 /// The running merger.
@@ -250,13 +269,7 @@ fn run(
             break;
         }
     }
-    let ends: Vec<PartEnd> = (feeds.iter())
-        .map(|f| PartEnd {
-            recorded: f.recorded,
-            finished: f.progress == Progress::Finished,
-        })
-        .collect();
-    let names: Vec<String> = master.parts().iter().map(|p| p.daemon.clone()).collect();
+    let ends = merge_records::ends(&feeds);
     let frames = master.frames();
     let end = RunEnd {
         next_stream: None,
@@ -279,12 +292,7 @@ fn run(
     }));
     let per_poll_us = busy.as_micros() as u64 / polls.max(1);
     tracing::info!(stream = %plan.stream.key, frames, lost, polls, per_poll_us, "detector master complete");
-    MergeReport {
-        frames,
-        lost,
-        parts: names.into_iter().zip(ends).collect(),
-        error,
-    }
+    MergeReport::new(&feeds, ends, (frames, lost), error)
 }
 
 /// Merges every index `feeds` are ready for (see [`merge_records::ready`], `stopping`) into
@@ -302,19 +310,11 @@ pub(super) fn merge_ready(
     records.clear();
     for index in master.frames() + 1..=ready {
         merge_records::merge(feeds, index, width, merged);
-        master.record(&IndexRecord {
-            frame_number: merged.frame_number,
-            sequence: merged.sequence,
-            timestamp_ns: merged.timestamp_ns,
-            detector_timestamp: merged.detector_timestamp,
-            bunch_id: merged.bunch_id,
-            modules: merged.modules,
-            dropped: merged.dropped,
-            missing_packets: &merged.missing,
-        });
+        master.record(&merged.record());
         lost += u64::from(merged.modules == 0);
         records.push(frame_record(index, merged, module_bytes));
     }
+    merge_records::forget(feeds, ready);
     lost
 }
 

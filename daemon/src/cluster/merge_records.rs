@@ -2,7 +2,7 @@
 //! daemon has recorded (or will never record, having ended), and one record per index with
 //! the modules any daemon wrote.
 
-use detingest_writer::{Part, PartRecords};
+use detingest_writer::{IndexRecord, Part, PartEnd, PartRecords};
 
 /// Where one daemon's part stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,10 +122,25 @@ pub struct Merged {
     pub missing: Vec<[u8; 64]>,
 }
 
-/// Merges index `index` (1-based) over `feeds` into `out` (`width` modules in the grid), then
-/// lets the feeds forget it. A daemon that has not recorded it contributes nothing: its
-/// modules are missing.
-pub fn merge(feeds: &mut [Feed], index: u64, width: usize, out: &mut Merged) {
+impl Merged {
+    /// The index's record for the master.
+    pub fn record(&self) -> IndexRecord<'_> {
+        IndexRecord {
+            frame_number: self.frame_number,
+            sequence: self.sequence,
+            timestamp_ns: self.timestamp_ns,
+            detector_timestamp: self.detector_timestamp,
+            bunch_id: self.bunch_id,
+            modules: self.modules,
+            dropped: self.dropped,
+            missing_packets: &self.missing,
+        }
+    }
+}
+
+/// Merges index `index` (1-based) over `feeds` into `out` (`width` modules in the grid). A
+/// daemon that has not recorded it contributes nothing: its modules are missing.
+pub fn merge(feeds: &[Feed], index: u64, width: usize, out: &mut Merged) {
     let pos = (index - 1) as usize;
     *out = Merged {
         missing: std::mem::take(&mut out.missing),
@@ -157,9 +172,24 @@ pub fn merge(feeds: &mut [Feed], index: u64, width: usize, out: &mut Merged) {
             out.missing[m] = b.missing[k * w + m];
         }
     }
+}
+
+/// Lets the feeds forget the records of indices up to `index` (merged): once per batch, so
+/// the buffers shift once, not once per index.
+pub fn forget(feeds: &mut [Feed], index: u64) {
     for f in feeds.iter_mut() {
-        f.drain_to(pos + 1);
+        f.drain_to(index as usize);
     }
+}
+
+/// How each part ended, as the master records it.
+pub fn ends(feeds: &[Feed]) -> Vec<PartEnd> {
+    (feeds.iter())
+        .map(|f| PartEnd {
+            recorded: f.recorded,
+            finished: f.progress == Progress::Finished,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -196,12 +226,12 @@ mod tests {
         // b runs and recorded 2: index 3 waits for it.
         assert_eq!(ready(&feeds, false), 2);
         let mut m = Merged::default();
-        merge(&mut feeds, 1, 4, &mut m);
+        merge(&feeds, 1, 4, &mut m);
         assert_eq!(
             (m.modules, m.frame_number, m.timestamp_ns),
             (0b1111, 100, 1000)
         );
-        merge(&mut feeds, 2, 4, &mut m);
+        merge(&feeds, 2, 4, &mut m);
         assert_eq!(m.modules, 0b1101);
         // b died after 2: index 3 is merged without it, and a had lost it: lost.
         feeds[1].progress = Progress::Died;
@@ -213,7 +243,7 @@ mod tests {
             3,
             "a dead part does not hold a stopped run back"
         );
-        merge(&mut feeds, 3, 4, &mut m);
+        merge(&feeds, 3, 4, &mut m);
         assert_eq!((m.modules, m.frame_number), (0, 102));
     }
 

@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use detingest_writer::{master_path, read_part, DetectorMaster, PartEnd, RunEnd, WriteError};
+use detingest_writer::{master_path, read_part, DetectorMaster, RunEnd, WriteError};
 
 use super::merge::{clear_marks, merge_ready, MergeReport};
-use super::merge_records::{Feed, Merged, Progress};
+use super::merge_records::{self, Feed, Merged, Progress};
 
 /// Merges what the parts of `stream` in `dir` recorded beyond what its master has, and
 /// finishes the master (VDS, each daemon's end, `finished`). The report's `lost` counts the
@@ -47,20 +47,9 @@ pub fn finish_merge(dir: &Path, stream: &str) -> Result<MergeReport, WriteError>
         &mut Merged::default(),
         &mut records,
     );
-    let ends: Vec<PartEnd> = (feeds.iter())
-        .map(|f| PartEnd {
-            recorded: f.recorded,
-            finished: f.progress == Progress::Finished,
-        })
-        .collect();
-    let names: Vec<String> = master.parts().iter().map(|p| p.daemon.clone()).collect();
+    let ends = merge_records::ends(&feeds);
     let frames = master.finish(&ends, &RunEnd::default())?;
-    Ok(MergeReport {
-        frames,
-        lost: lost_now,
-        parts: names.into_iter().zip(ends).collect(),
-        error: None,
-    })
+    Ok(MergeReport::new(&feeds, ends, (frames, lost_now), None))
 }
 
 /// An unfinished part whose master changed less than this long ago may still be written:

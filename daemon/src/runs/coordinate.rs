@@ -67,24 +67,26 @@ impl RunManager {
                 "rename_if_exists: not for a run several daemons take (each would pick its own name)",
             ));
         }
-        let whole = whole_master(&self.base, request)?;
-        if whole.exists() {
-            return Err(ApiError::new(
-                409,
-                format!("{} exists; detingest never overwrites", whole.display()),
-            ));
-        }
         let mine = self.check_request(request)?;
-        let list = self.peers();
-        let part = peers::part_request(request, &self.base.cluster.name);
-        let answers = peers::check_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
-        let mut parts = vec![(part_of(&mine)?, None)];
         let folder = |a: &Value| {
             let master = a.get("master").and_then(Value::as_str).unwrap_or("");
             std::path::Path::new(master)
                 .parent()
                 .map(std::path::Path::to_path_buf)
         };
+        // The whole detector's master goes beside this daemon's part.
+        let stream = request.get("stream").and_then(Value::as_str).unwrap_or("");
+        let whole = detingest_writer::master_path(&folder(&mine).unwrap_or_default(), stream);
+        if whole.exists() {
+            return Err(ApiError::new(
+                409,
+                format!("{} exists; detingest never overwrites", whole.display()),
+            ));
+        }
+        let list = self.peers();
+        let part = peers::part_request(request, &self.base.cluster.name);
+        let answers = peers::check_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
+        let mut parts = vec![(part_of(&mine)?, None)];
         for (a, peer) in answers.iter().zip(&list) {
             let part = part_of(a)?;
             if parts.iter().any(|(p, _)| p.daemon == part.daemon) {
@@ -195,15 +197,6 @@ fn whole_id(part: &StreamId, request: &Value) -> Result<StreamId, ApiError> {
         stream: Name::new(name).map_err(|e| ApiError::new(400, format!("stream: {e}")))?,
         ..part.clone()
     })
-}
-
-/// Where the whole detector's master of `request` would go.
-fn whole_master(base: &Config, request: &Value) -> Result<std::path::PathBuf, ApiError> {
-    let config = run_config(base, request)?;
-    let src = &config.sources[0];
-    let id = whole_id(&src.stream, request)?;
-    let dir = pipeline::stream_dir(&config, src);
-    Ok(detingest_writer::master_path(&dir, id.stream.as_str()))
 }
 
 /// A daemon's part from its `POST /run/check` answer.
