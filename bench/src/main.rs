@@ -9,6 +9,7 @@ mod live;
 mod pipeline;
 mod redis;
 mod shm;
+mod soak;
 mod stream2;
 mod stream2_output;
 mod udp;
@@ -50,6 +51,9 @@ enum Command {
     Stream2(stream2::Args),
     /// The Stream V2 output on against off, with a client draining it.
     Stream2Output(stream2_output::Args),
+    /// A long run sampling memory, threads, file descriptors and open HDF5 objects: the slope
+    /// per frame written after warm-up, failing above a threshold.
+    Soak(soak::Args),
     /// What SWMR and each flush cadence cost the pipeline, against the pipeline without SWMR.
     Visibility(visibility::Args),
     /// The producer side of `shm` (run by it as a separate process).
@@ -72,6 +76,7 @@ fn main() -> Result<()> {
         Command::Kafka(args) => kafka::run(&args),
         Command::Stream2(args) => stream2::run(&args),
         Command::Stream2Output(args) => stream2_output::run(&args),
+        Command::Soak(args) => soak::run(&args),
         Command::Visibility(args) => visibility::run(&args),
         Command::ShmProducer(args) => shm::produce(&args),
     }

@@ -47,9 +47,20 @@ pub(crate) fn create_file(path: &Path, swmr: bool) -> Result<File, WriteError> {
         LibraryVersion::Earliest
     };
     Ok(File::with_options()
-        .with_fapl(|p| p.libver_bounds(low, LibraryVersion::V110))
+        .with_fapl(|p| {
+            p.libver_bounds(low, LibraryVersion::V110)
+                .chunk_cache(CACHE_SLOTS, CACHE_BYTES, 1.0)
+        })
         .create_excl(path)?)
 }
+
+/// Chunk cache of every dataset the writer opens: the chunk being appended and the one
+/// before it. Images are written by direct chunk writes, which bypass the cache; the
+/// per-index records are appended and never read back, so HDF5's default (1 MB per dataset)
+/// only kept finished chunks: 11 MB per run's master, filled at 55-65 bytes per index
+/// (docs/BENCHMARKS.md, "Memory over a long run"). w0 = 1: finished chunks leave first.
+const CACHE_BYTES: usize = 2 * 64 << 10;
+const CACHE_SLOTS: usize = 13;
 
 /// Opens a file this process wrote with SWMR again for writing, to add what SWMR forbids at
 /// the end of a run (the last data file's `image_nr_high`, an open-ended run's VDS and links).

@@ -29,6 +29,7 @@ mod error;
 mod filter;
 mod filter_check;
 mod filter_repair;
+mod hdf5_memory;
 mod layout;
 mod master;
 mod master_end;

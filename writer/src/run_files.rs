@@ -140,6 +140,7 @@ impl RunFiles {
         if first.exists() {
             return Err(WriteError::Exists(first));
         }
+        crate::hdf5_memory::limit_free_lists()?;
         // The filter values an HDF5 plugin visible to this process would store (filter.rs):
         // wrong ones refuse the run here, before any file exists.
         probe_filter_values(layout)?;
