@@ -49,6 +49,9 @@ pub struct Args {
     /// `[writer]` or `[pipeline]` settings.
     #[arg(long)]
     sinks: Option<PathBuf>,
+    /// Also feed the live page's sink (the preview a `serve` daemon's page shows).
+    #[arg(long)]
+    page: bool,
     /// Delete data files two files behind the writer as the run goes.
     #[arg(long)]
     prune: bool,
@@ -100,11 +103,18 @@ pub fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let config = config(args, &dir)?;
     let frame_bytes = {
-        let syn = config.sources[0].synthetic.as_ref().context("synthetic source")?;
+        let syn = config.sources[0]
+            .synthetic
+            .as_ref()
+            .context("synthetic source")?;
         u64::from(syn.shape[0]) * u64::from(syn.shape[1]) * 2
     };
     // The sinks outlive the run, as under `detingestd serve`; stopped once it ended.
-    let sinks = SinkSet::start(config.sink_tables(), config.sink_cores())?;
+    let tables = detingest_daemon::sink::SinkTables {
+        page: args.page,
+        ..config.sink_tables()
+    };
+    let sinks = SinkSet::start(tables, config.sink_cores())?;
     let running = pipeline::start(&config, sinks.for_run())?;
     let t0 = Instant::now();
     let mut samples = Vec::new();

@@ -102,8 +102,8 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
         }
     }
     println!(
-        "lost indices     {} never arrived, {} dropped here | stale frames {} | codec errors {} | write errors {}",
-        st.lost, st.dropped, st.stale, st.codec_errors, st.write_errors
+        "lost indices     {} never arrived, {} dropped here | late module frames {} | stale frames {} | codec errors {} | write errors {}",
+        st.lost, st.dropped, st.late, st.stale, st.codec_errors, st.write_errors
     );
     println!(
         "notifications    {} delivered, {} dropped at the queue",
@@ -128,11 +128,24 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
             .iter()
             .filter_map(|src| src.packets.map(|p| p.foreign()))
             .sum();
-        let status = match (&r.error, refused) {
+        let mut status = match (&r.error, refused) {
             (Some(e), _) => e.clone(),
             (None, 0) => "ok".into(),
             (None, n) => format!("ok, but {n} packets refused (see the source lines)"),
         };
+        if r.late > 0 {
+            // Data was discarded: never "ok".
+            status = format!(
+                "{} module frames arrived after their index closed and were discarded \
+                 (late_mask; raise run.dataset_timeout_ms){}",
+                r.late,
+                if r.error.is_some() {
+                    format!("; {status}")
+                } else {
+                    String::new()
+                }
+            );
+        }
         println!(
             "stream {} -> {} : {} frames ({} lost, {} dropped here), {}",
             r.stream.id,
@@ -190,6 +203,7 @@ pub fn summary_json(
             "frames": r.frames,
             "lost": r.lost,
             "dropped": r.dropped,
+            "late_module_frames": r.late,
             "error": r.error,
         })).collect::<Vec<_>>(),
     })

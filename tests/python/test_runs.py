@@ -201,6 +201,11 @@ def test_start_refuses_existing_files_and_bad_requests_and_stop_closes_cleanly(s
     assert code == 201 and st["state"] == "running"
     assert s.start(stream="other")[0] == 409, "one run at a time"
     time.sleep(0.5)
+    # GET /run follows the run's indices while it runs (it read 0 until the end).
+    seen = [s.call("GET", "/run")[1]["frames_recorded"]]
+    time.sleep(0.3)
+    seen.append(s.call("GET", "/run")[1]["frames_recorded"])
+    assert 0 < seen[0] < seen[1], seen
     code, st = s.call("POST", "/run/stop")
     assert code == 200 and (st["state"], st["end_reason"]) == ("finished", "stop"), st
     n = st["frames_recorded"]

@@ -59,6 +59,7 @@ struct Pending {
     dropped_mask: Vec<u64>,
     packets_lost: Vec<u32>,
     missing: Vec<[u8; 64]>,
+    late_mask: Vec<u64>,
 }
 
 impl Pending {
@@ -78,6 +79,7 @@ impl Pending {
         self.dropped_mask.clear();
         self.packets_lost.clear();
         self.missing.clear();
+        self.late_mask.clear();
     }
 }
 
@@ -103,6 +105,7 @@ struct Records {
     dropped_mask: Dataset,
     packets_lost: Dataset,
     missing: Dataset,
+    late_mask: Dataset,
 }
 
 impl Records {
@@ -120,6 +123,14 @@ impl Records {
             &detector_timestamp,
             "description",
             "the detector's own timestamp as sent, in its clock's ticks",
+        )?;
+        let late_mask = records::<u64>(specific, "late_mask", None)?;
+        nxmx::attr_str(
+            &late_mask,
+            "description",
+            "bit m set: module m's frame arrived after the index was closed without it (it ran \
+             behind by more than the dataset window or timeout) and was discarded; clear bits of \
+             missing modules mean never arrived (or dropped_mask: dropped here)",
         )?;
         let sequence = records::<u32>(specific, "sequence", None)?;
         nxmx::attr_str(
@@ -139,6 +150,7 @@ impl Records {
             dropped_mask: records::<u64>(specific, "dropped_mask", None)?,
             packets_lost: records::<u32>(specific, "packets_lost", None)?,
             missing: records::<[u8; 64]>(specific, "missing_packets", Some(modules))?,
+            late_mask,
         })
     }
 }
@@ -159,6 +171,7 @@ impl Records {
             dropped_mask: ds("dropped_mask")?,
             packets_lost: ds("packets_lost")?,
             missing: ds("missing_packets")?,
+            late_mask: ds("late_mask")?,
         })
     }
 }
@@ -276,6 +289,25 @@ impl MasterFile {
             p.missing.push(mask);
         }
         p.packets_lost.push(lost);
+        p.late_mask.push(0);
+    }
+
+    /// Marks module bits `late` in the record of `index` (1-based, already pushed): in the
+    /// buffer if it is not flushed yet, else in the file (read, or-ed, written back; a plain
+    /// write of existing elements, which SWMR allows).
+    pub(crate) fn mark_late(&mut self, index: u64, late: u64) -> Result<(), WriteError> {
+        let row = index.saturating_sub(1) as usize;
+        if let Some(pending) = row.checked_sub(self.flushed) {
+            if let Some(m) = self.pending.late_mask.get_mut(pending) {
+                *m |= late;
+            }
+            return Ok(());
+        }
+        let ds = &self.records.late_mask;
+        let old: Vec<u64> = ds.read_slice_1d(row..row + 1)?.to_vec();
+        let new = [old.first().copied().unwrap_or(0) | late];
+        ds.write_slice(&new[..], row..row + 1)?;
+        Ok(())
     }
 
     /// Appends the buffered records, writes `nimages` and flushes the file.
@@ -294,6 +326,7 @@ impl MasterFile {
             append(&r.modules, &p.modules, end)?;
             append(&r.dropped_mask, &p.dropped_mask, end)?;
             append(&r.packets_lost, &p.packets_lost, end)?;
+            append(&r.late_mask, &p.late_mask, end)?;
             let missing = &r.missing;
             missing.resize((end, self.modules))?;
             let view = ArrayView2::from_shape((new, self.modules), &self.pending.missing)

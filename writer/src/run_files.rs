@@ -237,6 +237,17 @@ impl RunFiles {
         Ok(())
     }
 
+    /// Records that module bits `late` of `index` (recorded already) arrived after it closed.
+    pub fn mark_late(&mut self, index: u64, late: u64) -> Result<(), WriteError> {
+        if index == 0 || index > self.frames {
+            return Err(WriteError::OutOfOrder {
+                index,
+                expected: self.frames,
+            });
+        }
+        self.master.mark_late(index, late)
+    }
+
     /// Flushes the master's records and every open data file.
     pub fn flush(&mut self) -> Result<(), WriteError> {
         for f in &mut self.open {

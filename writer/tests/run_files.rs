@@ -218,3 +218,51 @@ fn read_frame_gives_an_index_back_as_the_vds_reads_it() {
         assert!(beyond.is_err(), "file 3 holds one index");
     }
 }
+
+#[test]
+fn late_modules_are_marked_in_flushed_and_buffered_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = FileOptions {
+        frames_per_file: 3,
+        master_data: detingest_writer::MasterData::Vds,
+        frames: 0,
+        swmr: true,
+    };
+    let l = layout(Chunking::Module);
+    let mut run =
+        RunFiles::create(dir.path(), "late", l, &DetectorInfo::default(), "{}", opts).unwrap();
+    let missing = [[0u8; 64]; 4];
+    let record = |i: u64| IndexRecord {
+        frame_number: i,
+        sequence: 0,
+        timestamp_ns: i,
+        detector_timestamp: 0,
+        bunch_id: 0,
+        modules: 0b0011,
+        dropped: 0,
+        missing_packets: &missing,
+    };
+    for i in 1..=3 {
+        run.write_chunk(i, 0, &module_bytes(i, 0)).unwrap();
+        run.record(i, &record(i)).unwrap();
+    }
+    run.flush().unwrap();
+    for i in 4..=5 {
+        run.record(i, &record(i)).unwrap();
+    }
+    run.mark_late(2, 0b0100).unwrap(); // flushed: written back into the file
+    run.mark_late(2, 0b1000).unwrap(); // or-ed with what is there
+    run.mark_late(5, 0b0100).unwrap(); // still buffered
+    assert!(matches!(
+        run.mark_late(6, 1),
+        Err(WriteError::OutOfOrder { .. })
+    ));
+    run.finish(&RunEnd::default()).unwrap();
+    let f = hdf5::File::open(master_path(dir.path(), "late")).unwrap();
+    let late: Vec<u64> = f
+        .dataset("/entry/instrument/detector/detectorSpecific/late_mask")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    assert_eq!(late, [0, 0b1100, 0, 0, 0b0100]);
+}

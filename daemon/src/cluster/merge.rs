@@ -287,6 +287,7 @@ fn run(
         stream: Arc::clone(&plan.stream),
         frames,
         lost,
+        late: 0,
         ended_ns: now_ns(),
         error: error.clone(),
     }));

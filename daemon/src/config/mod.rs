@@ -134,9 +134,12 @@ pub struct RunSettings {
     /// Detector frame number of index 1 (default: the first frame the source delivers). Set
     /// it to make several daemons, each receiving some modules, agree on indices.
     pub first_frame_number: Option<u64>,
-    /// Close a dataset missing modules after this many milliseconds.
+    /// Close a dataset missing modules after this many milliseconds: how long a module that
+    /// started late or runs behind is waited for.
     pub dataset_timeout_ms: u64,
-    /// Close a dataset missing modules once a frame this many frame numbers later arrives.
+    /// Datasets open at most: a dataset missing modules closes when it is `dataset_timeout_ms`
+    /// old or when the window is full. 0 (the default): as many as the buffers allow (1024;
+    /// with frame chunking of several modules, 256 MiB of images, at least 8).
     pub dataset_ahead: u64,
     /// Free user metadata, stored as JSON in the master (`/entry/detingest/user_metadata`).
     pub user: serde_json::Value,
@@ -156,7 +159,7 @@ impl Default for RunSettings {
             vds: true,
             first_frame_number: None,
             dataset_timeout_ms: 1000,
-            dataset_ahead: 8,
+            dataset_ahead: 0,
             user: serde_json::Value::Object(Default::default()),
             next_stream: None,
         }
@@ -182,7 +185,7 @@ impl RunSettings {
     pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
         let key = |k: &str| key_in(prefix, k);
         check_range(key("frames_per_file"), self.frames_per_file, 1..=1_000_000)?;
-        check_range(key("dataset_ahead"), self.dataset_ahead, 1..=1024)?;
+        check_range(key("dataset_ahead"), self.dataset_ahead, 0..=4096)?;
         check_at_least_one(key("dataset_timeout_ms"), self.dataset_timeout_ms)?;
         if !self.user.is_object() {
             return Err(ConfigError::new(

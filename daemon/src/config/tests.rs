@@ -229,7 +229,7 @@ fn live_endpoints_are_checked() {
 fn run_and_grid_settings_are_checked_by_key() {
     for (text, key) in [
         ("[run]\nframes_per_file = 0\n", "run.frames_per_file"),
-        ("[run]\ndataset_ahead = 0\n", "run.dataset_ahead"),
+        ("[run]\ndataset_ahead = 5000\n", "run.dataset_ahead"),
         ("[run]\nchunking = \"tiles\"\n", "run.chunking"),
         ("[run]\nnext_stream = \"../x\"\n", "run.next_stream"),
     ] {

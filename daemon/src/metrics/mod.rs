@@ -56,7 +56,7 @@ pub struct Reading {
 
 /// The pipeline's counters: the `StatsSnapshot` field (pipeline), the metric's name
 /// (after `detingest_`, before `_total`), its help.
-const PIPELINE: [(&str, &str, &str); 16] = [
+const PIPELINE: [(&str, &str, &str); 17] = [
     ("indexed", "frames_indexed", "Module frames given an index"),
     (
         "recorded",
@@ -82,6 +82,11 @@ const PIPELINE: [(&str, &str, &str); 16] = [
         "stale",
         "frames_stale",
         "Module frames refused as behind the stream's numbering",
+    ),
+    (
+        "late",
+        "module_frames_late",
+        "Module frames that arrived after their dataset had closed (discarded, recorded late)",
     ),
     ("compressed", "chunks_compressed", "Chunks compressed"),
     (

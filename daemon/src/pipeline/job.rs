@@ -79,6 +79,14 @@ pub enum Step {
         /// Modules of theirs dropped here (0: they never arrived).
         dropped: u64,
     },
+    /// Module `module` of `index` arrived after its dataset had closed (its record is
+    /// written): its frame was discarded, and the record says so (`late_mask`).
+    Late {
+        /// 1-based index in the stream.
+        index: u64,
+        /// The module's position in the grid.
+        module: u32,
+    },
     /// Close the stream's file: nothing follows.
     Close,
 }

@@ -177,6 +177,8 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
     let mut setups = Vec::new();
     let mut plans = Vec::new();
     let mut max_chunk = 0;
+    // The widest dataset window of any stream, and the modules a stream assembles per image.
+    let (mut widest, mut assembled) = (0, 0);
     let run = &config.run;
     // Sources feeding one stream (the modules of one detector) share its slot.
     let mut slot_of = Vec::with_capacity(config.sources.len());
@@ -226,7 +228,11 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
                 .max_compressed_len(chunk_bytes, layout.pixel.size()),
         );
         let assemble = layout.effective_chunking() == Chunking::Frame;
-        let ahead = run.dataset_ahead;
+        let ahead = dataset_window(run.dataset_ahead, assemble.then_some(chunk_bytes));
+        widest = widest.max(ahead);
+        if assemble {
+            assembled = assembled.max(layout.modules() as usize);
+        }
         plans.push(indexer::StreamPlan {
             drops: Arc::new(DropLog::new(DROP_LOG)),
             layout,
@@ -237,8 +243,9 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             first_frame_number: run.first_frame_number,
             sources: 1,
             // Open datasets, plus images queued for and held by the workers.
+            // Lazy: pages are touched only as far as the window is used.
             images: assemble.then(|| {
-                BufferPool::new(
+                BufferPool::lazy(
                     ahead as usize + 2 + p.queue_depth + p.compress_workers,
                     chunk_bytes,
                 )
@@ -301,7 +308,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         .map(|s| s.modules() as usize)
         .max()
         .unwrap_or(1);
-    let window = reorder_window(p, run.dataset_ahead, modules, streams.len());
+    let window = reorder_window(p, widest, modules, assembled, streams.len());
 
     let mut threads = Vec::new();
     let consumer = Arc::clone(&notify);
@@ -399,20 +406,41 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
     })
 }
 
+/// Open datasets a stream keeps at most when `run.dataset_ahead` is 0 (the default) and each
+/// costs no image buffer (module chunking, or one module): a record slot in the indexer and
+/// the writer. Within it an incomplete dataset waits `dataset_timeout_ms` for its modules.
+pub const DATASET_WINDOW: u64 = 1024;
+/// With frame chunking of several modules each open dataset holds its image: the window by
+/// default holds at most this many bytes of images (and at least 8 images).
+pub const DATASET_WINDOW_IMAGE_BYTES: usize = 256 << 20;
+
+/// Datasets a stream keeps open at most: `configured`, or by default as many as its buffers
+/// allow (`image_bytes`: the image each open dataset assembles, if any).
+pub fn dataset_window(configured: u64, image_bytes: Option<usize>) -> u64 {
+    match (configured, image_bytes) {
+        (0, None) => DATASET_WINDOW,
+        (0, Some(b)) => ((DATASET_WINDOW_IMAGE_BYTES / b.max(1)) as u64).clamp(8, DATASET_WINDOW),
+        (n, _) => n,
+    }
+}
+
 /// Slots of the writer's reorder window. It holds items that overtook the one the writer
 /// awaits, which a worker holds (`compress.rs`). Chunks hold an output buffer or a queue slot;
 /// per chunk at most one item per module (Seen), one Closed or Lost per index, and one Lost
-/// range per jump come without one; and up to `dataset_ahead` datasets' items may precede
-/// their Closed. Twice that, plus three per stream (Open, Lost, Close) and one.
+/// range per jump come without one; and each of up to `window` open datasets may have a
+/// Closed or Lost (and with frame chunking a Seen per module, `assembled`) ahead of its
+/// image. Twice that, plus three per stream (Open, Lost, Close) and one.
 fn reorder_window(
     p: &crate::config::PipelineConfig,
-    dataset_ahead: u64,
+    window: u64,
     modules: usize,
+    assembled: usize,
     streams: usize,
 ) -> usize {
     let chunks_in_flight = p.output_buffers + 2 * p.queue_depth + p.compress_workers;
     let per_chunk = modules + 3;
-    (chunks_in_flight + dataset_ahead as usize) * per_chunk * 2 + 3 * streams + 1
+    let per_open = assembled + 2;
+    (chunks_in_flight * per_chunk + window as usize * per_open) * 2 + 3 * streams + 1
 }
 
 impl Running {
@@ -510,10 +538,29 @@ mod tests {
             output_buffers: 32,
             notify_queue: 64,
         };
-        // (32 + 2*16 + 2 chunks + 4 ahead) * (1 module + 3) * 2 + 3 * 1 stream + 1
-        assert_eq!(reorder_window(&p, 4, 1, 1), 70 * 4 * 2 + 4);
-        assert!(reorder_window(&p, 4, 4, 1) > reorder_window(&p, 4, 1, 1));
-        assert!(reorder_window(&p, 8, 1, 1) > reorder_window(&p, 4, 1, 1));
-        assert_eq!(reorder_window(&p, 4, 1, 2), reorder_window(&p, 4, 1, 1) + 3);
+        // (66 chunks * (1 module + 3) + 4 open * (0 assembled + 2)) * 2 + 3 * 1 stream + 1
+        assert_eq!(reorder_window(&p, 4, 1, 0, 1), (66 * 4 + 4 * 2) * 2 + 4);
+        assert!(reorder_window(&p, 4, 4, 0, 1) > reorder_window(&p, 4, 1, 0, 1));
+        assert!(reorder_window(&p, 8, 1, 0, 1) > reorder_window(&p, 4, 1, 0, 1));
+        // Frame chunking: each open dataset may hold a Seen per module ahead of its image.
+        assert_eq!(
+            reorder_window(&p, 4, 4, 4, 1) - reorder_window(&p, 4, 4, 0, 1),
+            4 * 4 * 2
+        );
+        assert_eq!(
+            reorder_window(&p, 4, 1, 0, 2),
+            reorder_window(&p, 4, 1, 0, 1) + 3
+        );
+    }
+
+    #[test]
+    fn the_dataset_window_is_what_the_buffers_allow_unless_configured() {
+        assert_eq!(dataset_window(0, None), DATASET_WINDOW);
+        assert_eq!(dataset_window(12, None), 12);
+        // Frame chunking: 256 MiB of images, at least 8, at most the window.
+        assert_eq!(dataset_window(0, Some(2 << 20)), 128);
+        assert_eq!(dataset_window(0, Some(64 << 20)), 8);
+        assert_eq!(dataset_window(0, Some(1024)), DATASET_WINDOW);
+        assert_eq!(dataset_window(5, Some(64 << 20)), 5);
     }
 }

@@ -18,6 +18,8 @@ pub struct PipelineStats {
     pub incomplete: AtomicU64,
     /// Frames refused by the indexer: behind the stream's numbering, or of a stream not open.
     pub stale: AtomicU64,
+    /// Module frames that arrived after their dataset had closed (recorded `late_mask`).
+    pub late: AtomicU64,
     /// Chunks compressed.
     pub compressed: AtomicU64,
     /// Chunks the codec refused (their modules recorded missing).
@@ -49,6 +51,7 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     pub incomplete: u64,
     pub stale: u64,
+    pub late: u64,
     pub compressed: u64,
     pub codec_errors: u64,
     pub bytes_raw: u64,
@@ -73,6 +76,7 @@ impl PipelineStats {
             dropped: r(&self.dropped),
             incomplete: r(&self.incomplete),
             stale: r(&self.stale),
+            late: r(&self.late),
             compressed: r(&self.compressed),
             codec_errors: r(&self.codec_errors),
             bytes_raw: r(&self.bytes_raw),

@@ -331,6 +331,10 @@ impl RunManager {
                         s.elapsed_s = started.elapsed().as_secs_f64();
                         s.gauges = Some(r.gauges());
                         s.counters = r.stats();
+                        // The run's indices so far (its one stream's; the files' at the end).
+                        s.frames_recorded = s.counters.recorded;
+                        s.frames_lost = s.counters.lost;
+                        s.frames_dropped = s.counters.dropped;
                         s.sources = r.sources().iter().map(|s| s.summary()).collect();
                         coordinate::show_merged(&mut s, merger.as_ref());
                     }

@@ -30,7 +30,7 @@ pub struct RunStatus {
     pub end_reason: Option<EndReason>,
     /// The first error, if any.
     pub error: Option<String>,
-    /// Indices recorded in the files (at the end).
+    /// Indices recorded in the files: so far while running, all of them once ended.
     pub frames_recorded: u64,
     /// Of which never arrived (nothing written).
     pub frames_lost: u64,

@@ -179,6 +179,9 @@ pub struct RunMessage<'a> {
     pub frames: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// Module frames that arrived after their index was recorded (discarded, marked late).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_module_frames: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,6 +207,7 @@ impl<'a> RunMessage<'a> {
             time_ns,
             frames: None,
             lost: None,
+            late_module_frames: None,
             finished: None,
             next_stream: None,
             finish_marker: None,

@@ -76,6 +76,9 @@ pub struct StreamEndNotice {
     pub frames: u64,
     /// Of which lost.
     pub lost: u64,
+    /// Module frames that arrived after their index was recorded (discarded; each marked in
+    /// the index's `late_mask`).
+    pub late: u64,
     /// When, ns since the Unix epoch.
     pub ended_ns: u64,
     /// Why writing stopped, when the stream ended on an error (its files were closed with

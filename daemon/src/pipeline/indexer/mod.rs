@@ -83,6 +83,11 @@ impl Emitter {
         self.stats.stale.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a late module frame; returns the count so far.
+    fn late(&self) -> u64 {
+        self.stats.late.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Counts `count` indices recorded with nothing written: dropped here or never arrived.
     fn count_unwritten(&self, count: u64, dropped: u64) {
         let counter = if dropped != 0 {
@@ -118,6 +123,8 @@ impl Indexer {
                 module_sequence: [0; 64],
                 warned_old: false,
                 jump_warnings: Default::default(),
+                late_warnings: Default::default(),
+                closed: vec![(u64::MAX, 0); CLOSED_RING],
                 drop_ring: vec![(u64::MAX, 0); DROP_RING],
                 next: 0,
                 newest: [0; 64],
@@ -263,7 +270,9 @@ fn frame(
         .grid_position(meta.module)
         .filter(|_| st.live && n >= oldest && !beyond)
     else {
-        em.stale();
+        if beyond || n >= oldest || !take_late(st, em, stream, &meta, now) {
+            em.stale();
+        }
         return;
     };
     if st.module_sequence[m as usize] < st.sequence {
@@ -382,6 +391,9 @@ fn lose(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot, until: u
             end += 1;
         }
         let count = end - first;
+        for f in first.max(end.saturating_sub(CLOSED_RING as u64))..end {
+            remember_closed(st, f, 0);
+        }
         em.count_unwritten(count, dropped);
         em.emit(
             stream,
@@ -452,6 +464,7 @@ fn restart(
     st.newest = [0; 64];
     st.warned_old = false;
     st.drop_ring.fill((u64::MAX, 0));
+    st.closed.fill((u64::MAX, 0));
     tracing::warn!(
         stream = stream,
         sequence = st.sequence,
@@ -468,6 +481,7 @@ fn close_front(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot) {
     };
     let index = st.index(d.frame_number);
     let layout = st.plan.layout;
+    remember_closed(st, d.frame_number, d.seen);
     if d.seen == 0 {
         em.count_unwritten(1, d.dropped);
         em.emit(
@@ -534,9 +548,11 @@ fn end_if_counted(st: &mut StreamNumbering, em: &mut Emitter, stream: StreamSlot
     }
 }
 
+mod late;
 mod numbering;
 mod tiles;
 
+use self::late::{remember_closed, take_late, CLOSED_RING};
 use self::numbering::{Open, StreamNumbering, DROP_RING};
 use self::tiles::{copy_tile, zero_tile};
 

@@ -38,6 +38,11 @@ pub(super) struct StreamNumbering {
     pub(super) warned_old: bool,
     /// Frames refused for a jump too far are logged at most every few seconds.
     pub(super) jump_warnings: crate::rate_limit::RateLimit,
+    /// Late module frames are logged at most every few seconds.
+    pub(super) late_warnings: crate::rate_limit::RateLimit,
+    /// Frame numbers closed lately and their modules (`late.rs`), by frame number modulo
+    /// `CLOSED_RING`.
+    pub(super) closed: Vec<(u64, u64)>,
     /// Drops read from the log whose dataset is not open yet: (frame number, modules).
     pub(super) drop_ring: Vec<(u64, u64)>,
     /// Next frame number to open a dataset for.

@@ -133,6 +133,7 @@ fn run(plan: StreamPlan, msgs: Vec<SourceMsg>, expire_at_end: bool) -> (Vec<Stri
                     sequence,
                     dropped,
                 } => format!("closed {index}:{frame_number}{}", marks(sequence, dropped)),
+                Step::Late { index, module } => format!("late {index}/{module}"),
                 Step::Chunk { .. } | Step::Failed { .. } => "chunk".into(),
                 Step::Close => "close".into(),
             }
@@ -150,7 +151,7 @@ fn single_module_gaps_become_lost_ranges_and_indices_stay_dense() {
             module(101, 0),
             module(102, 0),
             module(109, 0),
-            module(104, 0),
+            module(104, 0), // recorded lost already: late
             end(110),
         ],
         false,
@@ -169,6 +170,7 @@ fn single_module_gaps_become_lost_ranges_and_indices_stay_dense() {
             "lost 8:107+1",
             "lost 9:108+1",
             "closed 10:109",
+            "late 5/0",
             "lost 11:110+1",
             "close"
         ]
@@ -189,7 +191,7 @@ fn modules_form_datasets_closed_in_order_once_settled() {
             module(4, 0),
             module(4, 1), // module 1 has passed 3: 3 closes incomplete
             module(6, 1),
-            module(3, 1), // too late: stale
+            module(3, 1), // after 3 closed without it: late
             module(2, 2), // outside the grid: stale
             end(6),
         ],
@@ -211,6 +213,7 @@ fn modules_form_datasets_closed_in_order_once_settled() {
             "closed 3:3",
             "closed 4:4",
             "raw 6:6/1 [6, 1]",
+            "late 3/1",
             "lost 5:5+1",
             "closed 6:6",
             "close"
@@ -514,4 +517,58 @@ fn frames_a_source_dropped_are_recorded_dropped_not_lost() {
             "close"
         ]
     );
+}
+
+#[test]
+fn a_module_that_starts_late_is_waited_for_within_the_window() {
+    // Module 1 starts 5 frames after module 0: with a window of 8 every dataset completes.
+    let mut p = plan([1, 2], Chunking::Module, 0);
+    p.ahead = 8;
+    let mut msgs = vec![start(1)];
+    msgs.extend((1..=5).map(|n| module(n, 0)));
+    for n in 1..=5 {
+        msgs.push(module(n, 1));
+        msgs.push(module(n + 5, 0));
+    }
+    msgs.push(end(10));
+    let (out, _) = run(p, msgs, false);
+    assert!(
+        !out.iter()
+            .any(|s| s.starts_with("late") || s.starts_with("lost")),
+        "{out:?}"
+    );
+    let closed: Vec<_> = out.iter().filter(|s| s.starts_with("closed")).collect();
+    assert_eq!(closed.len(), 10, "{out:?}");
+    assert_eq!(closed[0], "closed 1:1");
+}
+
+#[test]
+fn frames_behind_a_full_window_are_recorded_late_once_not_stale() {
+    let (tx, rx) = channel::unbounded();
+    let stats = Arc::new(PipelineStats::default());
+    let mut ix = Indexer::new(
+        vec![plan([1, 2], Chunking::Module, 0)], // a window of 3
+        tx,
+        Arc::clone(&stats),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let t0 = Instant::now();
+    ix.handle(start(1), t0);
+    for n in 1..=6 {
+        ix.handle(module(n, 0), t0); // 1..=3 close incomplete as 4..=6 arrive
+    }
+    ix.handle(module(2, 1), t0); // late
+    ix.handle(module(2, 1), t0); // a duplicate of a late frame: stale
+    ix.handle(module(9, 5), t0); // outside the grid: stale
+    drop(ix);
+    let late: Vec<_> = rx
+        .iter()
+        .filter_map(|it| match it.step {
+            Step::Late { index, module } => Some((index, module)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(late, [(2, 1)]);
+    assert_eq!(stats.late.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.stale.load(Ordering::Relaxed), 2);
 }

@@ -4,7 +4,8 @@
 //! It is the only thread that calls HDF5.
 //!
 //! What an index's record says (which modules were written, lost packets, sizes) is gathered
-//! from its chunks in a small ring of accumulators, one per open dataset, allocated at start.
+//! from its chunks in a small ring of accumulators (`accum.rs`). A module frame that arrived
+//! after its index was recorded is marked late in the record.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use crate::metrics;
 use crossbeam::channel::{Receiver, RecvTimeoutError};
-use detingest_shm::{FrameMeta, PacketMask, PoolBuf};
+use detingest_shm::{FrameMeta, PoolBuf};
 use detingest_writer::{
     Chunking, DetectorInfo, FileOptions, IndexRecord, RunEnd, RunFiles, RunLayout, WriteError,
 };
 
+use self::accum::{accum, merge_missing, preview_of, Accum};
 use super::job::{Item, Step};
 use super::reorder::Reorder;
 use super::stats::PipelineStats;
@@ -65,72 +67,10 @@ pub struct StreamReport {
     pub lost: u64,
     /// Of which nothing was written because the daemon dropped what arrived.
     pub dropped: u64,
+    /// Module frames that arrived after their index was recorded (discarded, marked late).
+    pub late: u64,
     /// The first error that stopped its files, if any.
     pub error: Option<String>,
-}
-
-/// What the writer has gathered of one open index.
-struct Accum {
-    /// The index (0: free).
-    index: u64,
-    modules: u64,
-    timestamp_ns: u64,
-    detector_timestamp: u64,
-    bunch_id: u64,
-    raw_bytes: u64,
-    compressed_bytes: u64,
-    /// Frame chunking: the image chunk was written.
-    image: bool,
-    /// Per module.
-    missing: Vec<[u8; 64]>,
-    preview: Option<Arc<PoolBuf>>,
-}
-
-impl Accum {
-    fn new(modules: usize) -> Self {
-        Self {
-            index: 0,
-            modules: 0,
-            timestamp_ns: 0,
-            detector_timestamp: 0,
-            bunch_id: 0,
-            raw_bytes: 0,
-            compressed_bytes: 0,
-            image: false,
-            missing: vec![[0; 64]; modules],
-            preview: None,
-        }
-    }
-
-    fn reset(&mut self, index: u64) {
-        self.index = index;
-        self.modules = 0;
-        self.timestamp_ns = 0;
-        self.detector_timestamp = 0;
-        self.bunch_id = 0;
-        self.raw_bytes = 0;
-        self.compressed_bytes = 0;
-        self.image = false;
-        self.missing.fill([0; 64]);
-        self.preview = None;
-    }
-
-    /// Notes module `meta.module` as present.
-    fn module(&mut self, meta: &FrameMeta) {
-        let m = usize::from(meta.module);
-        if self.modules == 0 {
-            // The detector's stamps of the index: its first module's.
-            (self.detector_timestamp, self.bunch_id) = (meta.detector_timestamp, meta.bunch_id);
-        }
-        self.modules |= 1 << m;
-        if let Some(slot) = self.missing.get_mut(m) {
-            *slot = meta.missing.0;
-        }
-        if self.timestamp_ns == 0 {
-            self.timestamp_ns = meta.timestamp_ns;
-        }
-        self.raw_bytes += meta.byte_len() as u64;
-    }
 }
 
 /// One stream as the writer holds it: its description, its file set once opened, and the
@@ -146,54 +86,6 @@ struct StreamFiles {
     /// Every index up to this one is flushed (the readable watermark).
     readable: u64,
     report: StreamReport,
-}
-
-/// The accumulator of `index`, reset if it held an older one.
-fn accum<'a>(accums: &'a mut [Accum], index: u64, stats: &PipelineStats) -> &'a mut Accum {
-    let n = accums.len() as u64;
-    let a = &mut accums[(index % n) as usize];
-    if a.index != index {
-        if a.index != 0 {
-            // More datasets open than the indexer allows: a wiring bug, never silent.
-            tracing::error!(index, held = a.index, "dataset accumulator overrun");
-            stats.write_errors.fetch_add(1, Ordering::Relaxed);
-        }
-        a.reset(index);
-    }
-    a
-}
-
-/// The packets missing on some module (the union of the modules' masks), and how many
-/// packets are missing summed over the modules.
-fn merge_missing(missing: &[[u8; 64]]) -> (PacketMask, u32) {
-    let mut union = PacketMask::NONE;
-    let mut lost = 0;
-    for mask in missing {
-        lost += PacketMask(*mask).count();
-        for (u, b) in union.0.iter_mut().zip(mask) {
-            *u |= b;
-        }
-    }
-    (union, lost)
-}
-
-/// The preview of a written chunk, if the policy picks it: only a whole image is one (with
-/// module chunking of several modules there is none). A pick that finds every preview
-/// buffer held is counted skipped.
-fn preview_of(
-    policy: &mut PreviewPolicy,
-    whole: bool,
-    chunk: &[u8],
-    stats: &PipelineStats,
-) -> Option<Arc<PoolBuf>> {
-    if !(whole && policy.wants(Instant::now())) {
-        return None;
-    }
-    let copy = policy.copy(chunk);
-    if copy.is_none() {
-        stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
-    }
-    copy
 }
 
 /// The writer stage's state.
@@ -225,6 +117,7 @@ impl Writer {
                     frames: 0,
                     lost: 0,
                     dropped: 0,
+                    late: 0,
                     error: None,
                 },
                 accums: (0..setup.open_datasets + 2)
@@ -312,6 +205,7 @@ impl Writer {
                     self.record(slot, first_index + k, numbering, dropped, true);
                 }
             }
+            Step::Late { index, module } => self.late(slot, index, module),
             Step::Close => self.close(slot),
             Step::Raw { .. } => {
                 // Workers turn every Raw into Chunk or Failed; reaching here is a wiring bug.
@@ -433,6 +327,18 @@ impl Writer {
         }));
     }
 
+    /// Marks module `module` of `index` late in its record.
+    fn late(&mut self, slot: usize, index: u64, module: u32) {
+        let s = &mut self.streams[slot];
+        s.report.late += 1;
+        let Some(files) = s.files.as_mut() else {
+            return;
+        };
+        if let Err(e) = files.mark_late(index, 1 << module) {
+            self.fail(slot, e);
+        }
+    }
+
     fn open(&mut self, slot: usize) {
         let s = &mut self.streams[slot];
         let Some(dir) = s.info.file.parent() else {
@@ -499,6 +405,7 @@ impl Writer {
                     stream: Arc::clone(&s.info),
                     frames,
                     lost,
+                    late: s.report.late,
                     ended_ns: now_ns(),
                     error: None,
                 }));
@@ -531,6 +438,7 @@ impl Writer {
                 stream: Arc::clone(&s.info),
                 frames,
                 lost,
+                late: s.report.late,
                 ended_ns: now_ns(),
                 error: Some(msg),
             }));
@@ -580,6 +488,8 @@ impl Writer {
         true
     }
 }
+
+mod accum;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! Tests of the writer's bookkeeping: accumulators, packet masks, preview choice.
 
-use detingest_shm::{BufferPool, PixelType};
+use detingest_shm::{BufferPool, PacketMask, PixelType};
 
 use super::*;
 

@@ -172,6 +172,7 @@ mod tests {
             stream: Arc::clone(&s),
             frames: 4,
             lost: 0,
+            late: 0,
             ended_ns: 5,
             error: None,
         }));

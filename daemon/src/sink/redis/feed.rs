@@ -456,6 +456,7 @@ mod tests {
             stream: Arc::clone(&s),
             frames: 2,
             lost: 0,
+            late: 0,
             ended_ns: 3,
             error: None,
         }));

@@ -193,9 +193,10 @@ impl NotificationSink for Publisher {
                 self.send_frames();
                 self.history().finish(&e.stream.key, e.frames);
                 let file = e.stream.file.to_string_lossy();
-                self.encode(&RunMessage::end(
-                    &e.stream, &file, e.ended_ns, e.frames, e.lost,
-                ));
+                self.encode(&RunMessage {
+                    late_module_frames: Some(e.late),
+                    ..RunMessage::end(&e.stream, &file, e.ended_ns, e.frames, e.lost)
+                });
                 self.send(b"run", None);
                 // Every index is readable once the files are closed (should a `readable`
                 // notice have been dropped at a full queue).
@@ -281,6 +282,7 @@ mod tests {
             stream: Arc::clone(&stream),
             frames: 3,
             lost: 0,
+            late: 0,
             ended_ns: 2,
             error: None,
         }));

@@ -1,0 +1,128 @@
+//! What the writer gathers of each open index from its chunks (which modules were written,
+//! lost packets, sizes, the preview) until its dataset closes: a small ring of accumulators,
+//! one per open dataset, allocated at start.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use detingest_shm::{FrameMeta, PacketMask, PoolBuf};
+
+use crate::pipeline::stats::PipelineStats;
+use crate::sink::PreviewPolicy;
+
+/// What the writer has gathered of one open index.
+pub(super) struct Accum {
+    /// The index (0: free).
+    pub(super) index: u64,
+    pub(super) modules: u64,
+    pub(super) timestamp_ns: u64,
+    pub(super) detector_timestamp: u64,
+    pub(super) bunch_id: u64,
+    pub(super) raw_bytes: u64,
+    pub(super) compressed_bytes: u64,
+    /// Frame chunking: the image chunk was written.
+    pub(super) image: bool,
+    /// Per module.
+    pub(super) missing: Vec<[u8; 64]>,
+    pub(super) preview: Option<Arc<PoolBuf>>,
+}
+
+impl Accum {
+    pub(super) fn new(modules: usize) -> Self {
+        Self {
+            index: 0,
+            modules: 0,
+            timestamp_ns: 0,
+            detector_timestamp: 0,
+            bunch_id: 0,
+            raw_bytes: 0,
+            compressed_bytes: 0,
+            image: false,
+            missing: vec![[0; 64]; modules],
+            preview: None,
+        }
+    }
+
+    pub(super) fn reset(&mut self, index: u64) {
+        self.index = index;
+        self.modules = 0;
+        self.timestamp_ns = 0;
+        self.detector_timestamp = 0;
+        self.bunch_id = 0;
+        self.raw_bytes = 0;
+        self.compressed_bytes = 0;
+        self.image = false;
+        self.missing.fill([0; 64]);
+        self.preview = None;
+    }
+
+    /// Notes module `meta.module` as present.
+    pub(super) fn module(&mut self, meta: &FrameMeta) {
+        let m = usize::from(meta.module);
+        if self.modules == 0 {
+            // The detector's stamps of the index: its first module's.
+            (self.detector_timestamp, self.bunch_id) = (meta.detector_timestamp, meta.bunch_id);
+        }
+        self.modules |= 1 << m;
+        if let Some(slot) = self.missing.get_mut(m) {
+            *slot = meta.missing.0;
+        }
+        if self.timestamp_ns == 0 {
+            self.timestamp_ns = meta.timestamp_ns;
+        }
+        self.raw_bytes += meta.byte_len() as u64;
+    }
+}
+
+/// The accumulator of `index`, reset if it held an older one.
+pub(super) fn accum<'a>(
+    accums: &'a mut [Accum],
+    index: u64,
+    stats: &PipelineStats,
+) -> &'a mut Accum {
+    let n = accums.len() as u64;
+    let a = &mut accums[(index % n) as usize];
+    if a.index != index {
+        if a.index != 0 {
+            // More datasets open than the indexer allows: a wiring bug, never silent.
+            tracing::error!(index, held = a.index, "dataset accumulator overrun");
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        a.reset(index);
+    }
+    a
+}
+
+/// The packets missing on some module (the union of the modules' masks), and how many
+/// packets are missing summed over the modules.
+pub(super) fn merge_missing(missing: &[[u8; 64]]) -> (PacketMask, u32) {
+    let mut union = PacketMask::NONE;
+    let mut lost = 0;
+    for mask in missing {
+        lost += PacketMask(*mask).count();
+        for (u, b) in union.0.iter_mut().zip(mask) {
+            *u |= b;
+        }
+    }
+    (union, lost)
+}
+
+/// The preview of a written chunk, if the policy picks it: only a whole image is one (with
+/// module chunking of several modules there is none). A pick that finds every preview
+/// buffer held is counted skipped.
+pub(super) fn preview_of(
+    policy: &mut PreviewPolicy,
+    whole: bool,
+    chunk: &[u8],
+    stats: &PipelineStats,
+) -> Option<Arc<PoolBuf>> {
+    if !(whole && policy.wants(Instant::now())) {
+        return None;
+    }
+    let copy = policy.copy(chunk);
+    if copy.is_none() {
+        stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+    copy
+}
