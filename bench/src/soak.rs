@@ -55,6 +55,9 @@ pub struct Args {
     /// Delete data files two files behind the writer as the run goes.
     #[arg(long)]
     prune: bool,
+    /// Write every sample to this CSV file (seconds, frames, rss, anon, threads, fds, ids).
+    #[arg(long)]
+    csv: Option<PathBuf>,
     /// Directory for the files (default: a temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -140,6 +143,9 @@ pub fn run(args: &Args) -> Result<()> {
         crate::common::remove_run_files(&summary);
     }
     check_summary(&summary)?;
+    if let Some(path) = &args.csv {
+        write_csv(path, &samples)?;
+    }
     let report = report(args, frame_bytes, seconds, &samples, after)?;
     if args.json {
         crate::common::print_json(&report)?;
@@ -250,6 +256,17 @@ fn prune(master: &Path) -> Result<usize> {
         std::fs::remove_file(f)?;
     }
     Ok(old)
+}
+
+fn write_csv(path: &Path, samples: &[Sample]) -> Result<()> {
+    let mut text = String::from("seconds,frames,rss_bytes,anon_bytes,threads,fds,hdf5_objects\n");
+    for s in samples {
+        text += &format!(
+            "{:.3},{},{},{},{},{},{}\n",
+            s.seconds, s.frames, s.rss_bytes, s.anon_bytes, s.threads, s.fds, s.hdf5_objects
+        );
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {path:?}"))
 }
 
 fn check_summary(summary: &RunSummary) -> Result<()> {
