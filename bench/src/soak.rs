@@ -122,15 +122,12 @@ pub fn run(args: &Args) -> Result<()> {
     let t0 = Instant::now();
     let mut samples = Vec::new();
     let mut pruned = 0usize;
-    loop {
-        let done = running.sources_finished();
-        let frames = running.stats().recorded;
-        samples.push(sample(t0, frames)?);
+    // Samples while frames arrive; the end of the run (the VDS over every data file, the
+    // files closed) is not the steady state and is reported apart.
+    while !running.sources_finished() {
+        samples.push(sample(t0, running.stats().recorded)?);
         if args.prune {
             pruned += prune(&running.streams()[0].file)?;
-        }
-        if done {
-            break;
         }
         std::thread::sleep(Duration::from_millis(args.sample_ms));
     }
@@ -302,7 +299,7 @@ fn report(
 ) -> Result<Report> {
     let from = (args.frames as f64 * args.warmup) as u64;
     let fitted: Vec<&Sample> = samples.iter().filter(|s| s.frames >= from).collect();
-    if fitted.len() < 3 {
+    if fitted.len() < 3 || samples.is_empty() {
         bail!(
             "only {} samples after warm-up: run more frames or sample more often",
             fitted.len()

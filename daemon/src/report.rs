@@ -112,10 +112,21 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
     for line in sink_lines {
         println!("{line}");
     }
+    let refused: u64 = s
+        .sources
+        .iter()
+        .filter_map(|src| src.packets.map(|p| p.foreign()))
+        .sum();
     for r in &s.streams {
         if !r.opened {
+            // Packets that came but were all refused are not "nothing received".
+            let what = if refused > 0 {
+                format!("no frame taken: all {refused} packets received were refused (see the source lines)")
+            } else {
+                "nothing received".into()
+            };
             println!(
-                "stream {} : nothing received, no file written{}",
+                "stream {} : {what}, no file written{}",
                 r.stream.id,
                 r.error
                     .as_deref()
@@ -123,11 +134,6 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
             );
             continue;
         }
-        let refused: u64 = s
-            .sources
-            .iter()
-            .filter_map(|src| src.packets.map(|p| p.foreign()))
-            .sum();
         let mut status = match (&r.error, refused) {
             (Some(e), _) => e.clone(),
             (None, 0) => "ok".into(),

@@ -212,3 +212,80 @@ def test_a_run_that_receives_nothing_says_so(detingestd, tmp_path):
     assert s["streams"][0]["written"] is False and s["streams"][0]["file"] is None
     assert "nothing received, no file written" in log.read_text()
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.h5"))
+
+
+def two_interface_ports(readnrows=None):
+    """Module 1234 with two interfaces, each half module to its own port; `place` set."""
+    ports = [free_port(udp=True) for _ in range(2)]
+    text = ""
+    for i, port in enumerate(ports):
+        text += (
+            f'[[source]]\nname = "m1234i{i}"\npolicy = "block"\ngrid = [2, 1]\n'
+            'stream = { beamtime = "bt", source = "jf", stream = "s1" }\n'
+            f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmod_id = 1234\n'
+            f"place = [{i}, 0]\ninterfaces = 2\ninterface = {i}\n"
+            + (f"readnrows = {readnrows}\n" if readnrows else "")
+            + f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\n"
+            f'shape = [{HALF[0]}, {HALF[1]}]\npixel = "u16"\nfill = {FILL}\nrcvbuf_bytes = 4194304\n')
+    return ports, text
+
+
+def test_readnrows_with_two_interfaces_gives_each_port_its_packets(detingestd, tmp_path):
+    """A module of 16 rows (two halves of 8, 2 rows per packet) read out with `readnrows 8`:
+    rows 4-11 are read, so interface 0 sends its packets 2-3 and interface 1 its 0-1."""
+    ports, config = two_interface_ports(readnrows=8)
+    daemon, log, summary = start(detingestd, tmp_path, config, 2)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = {0: (2, 3), 1: (0, 1)}
+    frames = range(40, 60)
+    for f in frames:
+        for i, port in enumerate(ports):
+            for k in sent[i]:
+                tx.sendto(packet(f, k, 1234, i, 0), ("127.0.0.1", port))
+        time.sleep(0.002)
+    s = stop_daemon(daemon, log, summary)
+    for src in s["sources"]:
+        c = src["packets"]
+        assert (c["frames_complete"], c["frames_incomplete"], c["out_of_range"]) == (20, 0, 0), c
+    rows = PAYLOAD // 2 // HALF[1]
+    with h5py.File(s["streams"][0]["file"], "r") as h:
+        data = h["/entry/data/data"][:]
+        assert (h["/entry/instrument/detector/detectorSpecific/module_mask"][:] == 0b11).all()
+        for n, f in enumerate(frames):
+            for i in range(2):
+                half = data[n, i * HALF[0]:(i + 1) * HALF[0]]
+                for k in range(PPF):
+                    part = half[k * rows:(k + 1) * rows].reshape(-1)
+                    want = payload(f, 1234, i, k) if k in sent[i] else FILL
+                    assert (part == want).all(), (f, i, k)
+
+
+def test_swapped_interface_cables_are_refused_and_named(detingestd, tmp_path):
+    """Each port gets the other interface's packets (their headers say row 1 on the port
+    placed at row 0): nothing is placed wrongly; the warning names what the packets said."""
+    ports, config = two_interface_ports()
+    daemon, log, summary = start(detingestd, tmp_path, config, 2)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for f in range(1, 6):
+        for i, port in enumerate(ports):
+            for k in range(PPF):
+                tx.sendto(packet(f, k, 1234, 1 - i, 0), ("127.0.0.1", port))
+    s = stop_daemon(daemon, log, summary)
+    text = log.read_text()
+    for src in s["sources"]:
+        assert (src["packets"]["wrong_place"], src["packets"]["accepted"]) == (5 * PPF, 0)
+    assert "row_column_seen=[1, 0]" in text and "place=[0, 0]" in text, text
+    assert "all 40 packets received were refused" in text
+
+
+def test_packets_of_another_module_name_the_id_seen(detingestd, tmp_path):
+    ports, config = two_interface_ports()
+    daemon, log, summary = start(detingestd, tmp_path, config, 2)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for k in range(PPF):
+        tx.sendto(packet(1, k, 1301, 0, 0), ("127.0.0.1", ports[0]))
+    s = stop_daemon(daemon, log, summary)
+    text = log.read_text()
+    assert s["sources"][0]["packets"]["wrong_module"] == PPF
+    assert "mod_id=1234" in text and "mod_id_seen=1301" in text, text
+    assert "all 4 packets received were refused" in text

@@ -197,13 +197,19 @@ pub fn run(cfg: &AssemblerConfig, mut receiver: Receiver, out: &mut SourceOutput
         asm.tick(now, out);
         if now.duration_since(published) >= PUBLISH {
             publish(&out.stats().packets, &asm);
-            warnings.check(name.as_str(), asm.counts(), now, false);
+            warnings.check(name.as_str(), cfg, (asm.counts(), asm.refused()), now, false);
             published = now;
         }
     }
     let last = asm.finish(out);
     publish(&out.stats().packets, &asm);
-    warnings.check(name.as_str(), asm.counts(), Instant::now(), true);
+    warnings.check(
+        name.as_str(),
+        cfg,
+        (asm.counts(), asm.refused()),
+        Instant::now(),
+        true,
+    );
     out.end(last);
 }
 

@@ -1,7 +1,10 @@
 //! Frame assembly: packets into pooled frame buffers, every odd packet counted by kind.
 //!
-//! A packet is the port's when it carries the configured module id (`modId`) and, when the
-//! port's place in the grid comes from the packets, the `row` and `column` of the first one.
+//! A packet is the port's when it carries the configured module id (`modId`) and the `row` and
+//! `column` of the port's place: the configured `place` (a packet naming another is a wiring
+//! mistake, such as swapped interface cables: refused, counted `wrong_place`), or, when the
+//! place comes from the packets, those of the first one. The last refused module id and
+//! row/column are kept for the warnings.
 //! Up to `window` frames are open at once (`frames.rs`). The payload of packet `k` is copied to
 //! offset `k * payload_bytes` of the frame's buffer: the one copy after the kernel's. Frames
 //! leave in frame-number order (the indexer refuses numbers behind its own): a complete frame
@@ -33,8 +36,15 @@ use super::header::{Packet, PacketError, PacketFormat};
 /// Where a port's frames go in the source's grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
-    /// Always this tile.
+    /// Always this tile, whatever the packets' `row` and `column` (a grid of one tile).
     Tile(u16),
+    /// The configured tile at `[row, column]`: packets must name it.
+    Fixed {
+        /// The tile.
+        tile: u16,
+        /// `[row, column]` its packets carry.
+        at: [u16; 2],
+    },
     /// The tile at the packets' `row` and `column` in a grid of `[rows, columns]`.
     Header {
         /// `[rows, columns]` of the grid.
@@ -47,7 +57,10 @@ impl Place {
     /// grid, or else the packets' `row` and `column`.
     pub fn new(place: Option<[u32; 2]>, grid: [u32; 2]) -> Self {
         match place {
-            Some([row, column]) => Self::Tile(tile_at(grid, row, column).unwrap_or(0)),
+            Some([row, column]) => Self::Fixed {
+                tile: tile_at(grid, row, column).unwrap_or(0),
+                at: [row as u16, column as u16],
+            },
             None if grid == [1, 1] => Self::Tile(0),
             None => Self::Header { grid },
         }
@@ -137,9 +150,19 @@ pub struct Assembler<F> {
     /// Newest frame opened in the current numbering.
     newest: Option<u64>,
     cand: Candidate,
-    /// The port's tile, and the `row`/`column` it was learnt from (`Place::Header`).
+    /// The port's tile, and the `row`/`column` its packets carry.
     tile: Option<(u16, u16, u16)>,
     counts: PacketCounts,
+    refused: Refused,
+}
+
+/// What the last refused packets named, for the warnings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// The module id of the last packet of another module.
+    pub mod_id: Option<u16>,
+    /// `[row, column]` of the last packet of this module naming another place.
+    pub row_column: Option<[u16; 2]>,
 }
 
 impl<F: PacketFormat> Assembler<F> {
@@ -157,6 +180,7 @@ impl<F: PacketFormat> Assembler<F> {
         };
         let tile = match cfg.place {
             Place::Tile(t) => Some((0, 0, t)),
+            Place::Fixed { tile, at } => Some((at[0], at[1], tile)),
             Place::Header { .. } => None,
         };
         Self {
@@ -177,7 +201,13 @@ impl<F: PacketFormat> Assembler<F> {
             },
             tile,
             counts: PacketCounts::default(),
+            refused: Refused::default(),
         }
+    }
+
+    /// What the last refused packets named.
+    pub fn refused(&self) -> Refused {
+        self.refused
     }
 
     /// The counters so far.
@@ -201,9 +231,11 @@ impl<F: PacketFormat> Assembler<F> {
             Err(PacketError::BadVersion(_)) => return c.bad_version += 1,
         };
         if self.cfg.mod_id.is_some_and(|id| id != p.mod_id) {
+            self.refused.mod_id = Some(p.mod_id);
             return c.wrong_module += 1;
         }
         let Some(tile) = self.tile_of(&p) else {
+            self.refused.row_column = Some([p.row, p.column]);
             return self.counts.wrong_place += 1;
         };
         let c = &mut self.counts;
@@ -287,7 +319,7 @@ impl<F: PacketFormat> Assembler<F> {
     fn tile_of(&mut self, p: &Packet<'_>) -> Option<u16> {
         match (self.tile, self.cfg.place) {
             (Some((_, _, t)), Place::Tile(_)) => Some(t),
-            (Some((row, column, t)), Place::Header { .. }) => {
+            (Some((row, column, t)), Place::Header { .. } | Place::Fixed { .. }) => {
                 (p.row == row && p.column == column).then_some(t)
             }
             (None, Place::Header { grid }) => {
@@ -303,7 +335,7 @@ impl<F: PacketFormat> Assembler<F> {
                 self.tile = Some((p.row, p.column, t));
                 Some(t)
             }
-            (None, Place::Tile(t)) => Some(t),
+            (None, Place::Tile(t) | Place::Fixed { tile: t, .. }) => Some(t),
         }
     }
 
