@@ -30,6 +30,9 @@ pub struct Args {
     /// Frame shape `NYxNX` (u16).
     #[arg(long, default_value = "512x1024")]
     shape: String,
+    /// Codec: bslz4, lz4 or none.
+    #[arg(long, default_value = "bslz4")]
+    codec: String,
     /// Indices per data file.
     #[arg(long, default_value_t = 1000)]
     frames_per_file: u64,
@@ -45,8 +48,8 @@ pub struct Args {
     /// Fail when anonymous memory grows faster than this many bytes per frame after warm-up.
     #[arg(long, default_value_t = 1.0)]
     max_bytes_per_frame: f64,
-    /// A TOML file appended to the run's configuration: sink tables (`[live]`, `[sink.*]`),
-    /// `[writer]` or `[pipeline]` settings.
+    /// A TOML file added to the run's configuration: sink tables (`[live]`, `[sink.*]`,
+    /// `[kafka]`) or `[pipeline]` settings (`[writer]` and `[run]` are the soak's own).
     #[arg(long)]
     sinks: Option<PathBuf>,
     /// Also feed the live page's sink (the preview a `serve` daemon's page shows).
@@ -171,12 +174,14 @@ fn config(args: &Args, dir: &Path) -> Result<Config> {
     };
     let text = format!(
         "data_dir = {dir:?}\n{extra}\n\
+         [writer]\ncodec = {codec:?}\n\
          [run]\nframes_per_file = {fpf}\n\
          [[source]]\nname = \"soak\"\n\
          stream = {{ beamtime = \"soak\", source = \"synthetic\", stream = \"soak_{pid}\" }}\n\
          [source.synthetic]\nframes = {frames}\nrate_hz = {rate:?}\nshape = [{ny}, {nx}]\n\
          background = {bg:?}\n",
         dir = dir.display().to_string(),
+        codec = args.codec,
         fpf = args.frames_per_file,
         pid = std::process::id(),
         frames = args.frames,

@@ -118,6 +118,17 @@ enum Command {
         #[arg(long)]
         stream: String,
     },
+    /// Finish runs a crash (or a full disk) left unfinished, from their files: the records
+    /// of the last flush, the VDS over the data files, the reason; every file then opens
+    /// without SWMR. `serve` does this at its start for its data directory.
+    Finish {
+        /// Masters (`<stream>_master.h5`) or folders to look in (4 levels deep).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The reason recorded in each master (`/entry/detingest/error`).
+        #[arg(long, default_value = "crashed: finished from its files by detingestd finish")]
+        reason: String,
+    },
     /// Write the module frames a synthetic source generates (withheld ones included), raw
     /// little-endian and back to back, frame by frame and module by module within a frame,
     /// for checking files against them.
@@ -232,6 +243,7 @@ fn run(command: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Finish { paths, reason } => finish(&paths, &reason),
         Command::SynthDump {
             config,
             source,
@@ -412,4 +424,39 @@ fn synth_dump(config: &Config, source: Option<&str>, out: &Path) -> Result<()> {
     }
     w.flush()?;
     Ok(())
+}
+
+/// `detingestd finish`: each unfinished run under `paths`, finished or left with the reason.
+fn finish(paths: &[PathBuf], reason: &str) -> anyhow::Result<ExitCode> {
+    use detingest_daemon::runs::recover::{self, Outcome};
+    let (mut finished, mut left) = (0, 0);
+    for path in paths {
+        if !path.exists() {
+            anyhow::bail!("{}: no such file or folder", path.display());
+        }
+        for master in recover::unfinished_masters(path) {
+            match recover::finish(&master, reason) {
+                Outcome::Finished(r) => {
+                    finished += 1;
+                    println!(
+                        "{}: finished, {} indices ({} lost), {} data files",
+                        master.display(),
+                        r.frames,
+                        r.lost,
+                        r.data_files.len()
+                    );
+                }
+                Outcome::Left(why) => {
+                    left += 1;
+                    println!("{}: left as it is: {why}", master.display());
+                }
+            }
+        }
+    }
+    println!("{finished} run(s) finished, {left} left unfinished");
+    Ok(if left > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -76,8 +76,7 @@ impl DetectorMaster {
             &layout,
             info,
             user_json,
-            options.master_data,
-            options.swmr,
+            options,
         )?;
         let daemons = nxmx::nx_group(
             &master.end().file.group("/entry/detingest")?,

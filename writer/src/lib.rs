@@ -36,6 +36,7 @@ mod master_end;
 mod nxmx;
 mod part_records;
 mod read_back;
+mod recover;
 mod run_files;
 
 pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
@@ -50,4 +51,7 @@ pub use master::{IndexRecord, RunEnd};
 pub use nxmx::{DetectorInfo, Goniometer};
 pub use part_records::{clear_write_marks, read_part, PartRecords, PartState};
 pub use read_back::read_frame;
+pub use recover::{
+    data_files, finish_unfinished, holders, is_detector_master, is_finished, Recovered,
+};
 pub use run_files::{data_file_name, master_path, DataFileName, FileOptions, MasterData, RunFiles};

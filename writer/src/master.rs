@@ -16,7 +16,7 @@ use crate::data_file::{create_file, reopen_after_swmr, start_swmr};
 use crate::layout::RunLayout;
 use crate::master_end::MasterEnd;
 use crate::nxmx::{self, DetectorInfo};
-use crate::run_files::MasterData;
+use crate::run_files::FileOptions;
 use crate::WriteError;
 
 /// Chunk length of the per-index datasets.
@@ -193,9 +193,9 @@ impl MasterFile {
         layout: &RunLayout,
         info: &DetectorInfo,
         user_json: &str,
-        master_data: MasterData,
-        swmr: bool,
+        options: FileOptions,
     ) -> Result<Self, WriteError> {
+        let (master_data, swmr) = (options.master_data, options.swmr);
         let file = create_file(path, swmr)?;
         let entry = nxmx::nx_group(&file, "entry", "NXentry")?;
         nxmx::ds_str(&entry, "definition", "NXmx")?;
@@ -226,6 +226,8 @@ impl MasterFile {
         nxmx::ds_num(&ours, "modules", layout.modules(), None)?;
         nxmx::ds_str(&ours, "chunking", layout.effective_chunking().name())?;
         nxmx::ds_str(&ours, "master_data", master_data.name())?;
+        // What finishing the run from its files alone needs (`recover.rs`).
+        nxmx::ds_num(&ours, "frames_per_file", options.frames_per_file, None)?;
         let finished = nxmx::ds_num(&ours, "finished", 0u8, None)?;
         file.flush()?;
         Ok(Self {
@@ -268,6 +270,38 @@ impl MasterFile {
     /// Indices recorded (flushed).
     pub(crate) fn flushed(&self) -> usize {
         self.flushed
+    }
+
+    /// Cuts every record dataset back to the flushed records (a writer that died may have
+    /// grown some before writing `nimages`); returns how many of those are lost.
+    pub(crate) fn cut_to_flushed(&mut self) -> Result<u64, WriteError> {
+        let n = self.flushed;
+        let r = &self.records;
+        for ds in [
+            &r.frame_number,
+            &r.sequence,
+            &r.lost,
+            &r.dropped,
+            &r.timestamp,
+            &r.detector_timestamp,
+            &r.bunch_id,
+            &r.modules,
+            &r.dropped_mask,
+            &r.packets_lost,
+            &r.late_mask,
+        ] {
+            if ds.shape().first().copied().unwrap_or(0) > n {
+                ds.resize(n)?;
+            }
+        }
+        if r.missing.shape().first().copied().unwrap_or(0) > n {
+            r.missing.resize((n, self.modules))?;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let lost = r.lost.read_slice_1d::<u8, _>(0..n)?;
+        Ok(lost.iter().filter(|&&l| l != 0).count() as u64)
     }
 
     /// Buffers the next index's record.

@@ -149,8 +149,7 @@ impl RunFiles {
             &layout,
             info,
             user_json,
-            options.master_data,
-            options.swmr,
+            options,
         )?;
         let mut run = Self {
             dir: dir.to_owned(),

@@ -9,6 +9,7 @@
 //! run to run.
 
 mod coordinate;
+pub mod recover;
 mod status;
 mod supervise;
 
@@ -194,6 +195,8 @@ impl RunManager {
             ..base.sink_tables()
         };
         let sinks = SinkSet::start(tables, base.sink_cores())?;
+        // Runs a crash left behind are finished (and announced) before any new one starts.
+        recover::finish_left_behind(&base.data_dir, &sinks);
         let peer_token = base.control.token().ok().flatten();
         Ok(Self {
             base,

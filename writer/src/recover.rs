@@ -1,0 +1,269 @@
+//! Finishing a run its writer left unfinished (the process was killed, or the disk filled
+//! before the run's end was written), from its files alone.
+//!
+//! A run's files are written with SWMR: whatever a flush made consistent survives the writer.
+//! The master's records up to its last flush (`nimages`) are kept, record datasets grown
+//! beyond it are cut back, the VDS (and links, as the run was configured) cover indices
+//! `1..=nimages` of the data files that exist, each data file's `image_nr_high` says what it
+//! holds of them, and the master records `finished`, the reason in `error` and `end_reason`.
+//! First the write marks the dead writer left are cleared, so every file opens plainly;
+//! [`holders`] must have found no process holding any of the files (the caller checks, and
+//! [`finish_unfinished`] checks again): clearing the marks of a file a live writer holds
+//! would corrupt it.
+
+use std::path::{Path, PathBuf};
+
+use detingest_shm::PixelType;
+use hdf5::file::OpenMode;
+use hdf5::types::{FloatSize, IntSize, TypeDescriptor, VarLenUnicode};
+use hdf5::File;
+
+use crate::data_file::DATA_PATH;
+use crate::layout::{Chunking, RunLayout};
+use crate::master::{MasterFile, RunEnd};
+use crate::master_end::vds_files;
+use crate::part_records::clear_write_marks;
+use crate::run_files::{data_file_name, MasterData};
+use crate::{Codec, WriteError};
+
+/// What finishing an unfinished run did.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// The master.
+    pub master: PathBuf,
+    /// The stream's name (the master's file name without `_master.h5`).
+    pub stream: String,
+    /// Indices the master now holds: those its last flush recorded.
+    pub frames: u64,
+    /// Indices recorded lost among them.
+    pub lost: u64,
+    /// Data files of the run, in order.
+    pub data_files: Vec<PathBuf>,
+    /// Indices per data file.
+    pub frames_per_file: u64,
+    /// The master's `/entry/detingest/user_metadata` (JSON text).
+    pub user_json: String,
+    /// Image `[ny, nx]` and pixel type (from the first data file; `None` without one).
+    pub image: Option<([u32; 2], PixelType)>,
+    /// The chunks' codec (the first data file's filter).
+    pub codec: Codec,
+}
+
+/// True when the run of the master at `path` has finished (its end is written).
+pub fn is_finished(path: &Path) -> Result<bool, WriteError> {
+    let file = File::open_as(path, OpenMode::ReadSWMR)
+        .or_else(|_| File::open(path))
+        .map_err(|e| WriteError::Metadata(format!("{}: {e}", path.display())))?;
+    Ok(file
+        .dataset("/entry/detingest/finished")?
+        .read_scalar::<u8>()?
+        != 0)
+}
+
+/// True when `path` is the whole detector's master of several daemons (`detingestd merge`
+/// finishes those, from their parts).
+pub fn is_detector_master(path: &Path) -> bool {
+    File::open_as(path, OpenMode::ReadSWMR)
+        .or_else(|_| File::open(path))
+        .is_ok_and(|f| f.group("/entry/detingest/daemons").is_ok())
+}
+
+/// The data files of `stream` in `dir`: `_data_000001.h5` on, as long as they exist.
+pub fn data_files(dir: &Path, stream: &str) -> Vec<PathBuf> {
+    (1..)
+        .map(|n| dir.join(data_file_name(stream, n)))
+        .take_while(|p| p.exists())
+        .collect()
+}
+
+/// Processes of this host that hold one of `paths` open: `(pid, path)`. Read from
+/// `/proc/<pid>/fd` (every process, as root; the daemon's own user's otherwise, which is the
+/// user that writes the files). This process is left out.
+pub fn holders(paths: &[PathBuf]) -> Vec<(u32, PathBuf)> {
+    let ids: Vec<(u64, u64, &PathBuf)> = paths
+        .iter()
+        .filter_map(|p| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.dev(), m.ino(), p))
+        })
+        .collect();
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(m) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if let Some((_, _, p)) = ids.iter().find(|(d, i, _)| *d == m.dev() && *i == m.ino()) {
+                found.push((pid, (*p).clone()));
+            }
+        }
+    }
+    found
+}
+
+/// Finishes the unfinished run whose master is `master`, recording `reason` (e.g. "crashed:
+/// ..."). Refuses a finished run and a run whose files a process of this host holds.
+pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, WriteError> {
+    let bad = |what: String| WriteError::Metadata(format!("{}: {what}", master.display()));
+    let dir = master.parent().unwrap_or(Path::new("."));
+    let stream = master
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix("_master.h5"))
+        .ok_or_else(|| bad("not a run's master (<stream>_master.h5)".into()))?
+        .to_owned();
+    if is_finished(master)? {
+        return Err(bad("the run has finished already".into()));
+    }
+    let files = data_files(dir, &stream);
+    let mut all = files.clone();
+    all.push(master.to_owned());
+    if let Some((pid, path)) = holders(&all).first() {
+        return Err(bad(format!(
+            "process {pid} holds {} open: its writer may be alive; nothing was changed",
+            path.display()
+        )));
+    }
+    for f in &all {
+        clear_write_marks(f)?;
+    }
+    let (image, codec) = match files.first() {
+        Some(f) => {
+            let (shape, pixel, codec) = image_of(f)?;
+            (Some((shape, pixel)), codec)
+        }
+        None => (None, Codec::None),
+    };
+    let (modules, master_data, planned_k, user_json) = {
+        let file = File::open(master)?;
+        let ours = file.group("/entry/detingest")?;
+        let modules = ours.dataset("modules")?.read_scalar::<u32>()?;
+        let text = |name: &str| -> Result<String, WriteError> {
+            Ok(ours
+                .dataset(name)?
+                .read_scalar::<VarLenUnicode>()?
+                .as_str()
+                .to_owned())
+        };
+        let master_data = match text("master_data")?.as_str() {
+            "links" => MasterData::Links,
+            "both" => MasterData::Both,
+            _ => MasterData::Vds,
+        };
+        let k = ours
+            .dataset("frames_per_file")
+            .and_then(|d| d.read_scalar::<u64>())
+            .ok();
+        (modules, master_data, k, text("user_metadata")?)
+    };
+    let k = match (planned_k, files.first()) {
+        (Some(k), _) => k,
+        (None, Some(f)) => frames_per_file_of(f)?,
+        (None, None) => 1,
+    };
+    let mut m = MasterFile::open(master, modules as usize)?;
+    let frames = m.flushed() as u64;
+    let lost = m.cut_to_flushed()?;
+    let end = m.into_end(false)?;
+    if let (true, Some((shape, pixel))) = (master_data.vds(), image) {
+        let layout = RunLayout {
+            pixel,
+            module_shape: shape,
+            grid: [1, 1],
+            chunking: Chunking::Frame,
+            codec: Codec::None,
+        };
+        let replace = end.data_group.dataset("data").is_ok();
+        end.write_vds(&layout, &vds_files(&stream, k, frames), frames, replace)?;
+    }
+    if master_data.links() {
+        for n in 1..=files.len() as u64 {
+            if end.data_group.link_exists(&format!("data_{n:06}")) {
+                continue;
+            }
+            end.link_data_file(n, &data_file_name(&stream, n))?;
+        }
+    }
+    for (n, f) in files.iter().enumerate() {
+        let first = n as u64 * k + 1;
+        let high = (first + k - 1).min(frames.max(first - 1));
+        File::open_rw(f)?
+            .dataset(DATA_PATH)?
+            .attr("image_nr_high")?
+            .write_scalar(&(high as i64))?;
+    }
+    end.finish(
+        frames,
+        &RunEnd {
+            next_stream: None,
+            error: Some(reason.to_owned()),
+        },
+    )?;
+    crate::nxmx::ds_str(
+        &end.file.group("/entry/detingest")?,
+        "end_reason",
+        reason.split(':').next().unwrap_or(reason),
+    )?;
+    end.file.flush()?;
+    Ok(Recovered {
+        master: master.to_owned(),
+        stream,
+        frames,
+        lost,
+        data_files: files,
+        frames_per_file: k,
+        user_json,
+        image,
+        codec,
+    })
+}
+
+/// Image shape, pixel type and codec of a data file's `/entry/data/data`.
+fn image_of(path: &Path) -> Result<([u32; 2], PixelType, Codec), WriteError> {
+    let file = File::open(path)?;
+    let data = file.dataset(DATA_PATH)?;
+    let shape = data.shape();
+    let bad = |what: &str| WriteError::Metadata(format!("{}: {what}", path.display()));
+    let [_, ny, nx] = shape.as_slice() else {
+        return Err(bad("the image dataset is not 3-D"));
+    };
+    let pixel = match data.dtype()?.to_descriptor()? {
+        TypeDescriptor::Unsigned(IntSize::U1) => PixelType::U8,
+        TypeDescriptor::Unsigned(IntSize::U2) => PixelType::U16,
+        TypeDescriptor::Unsigned(IntSize::U4) => PixelType::U32,
+        TypeDescriptor::Integer(IntSize::U4) => PixelType::I32,
+        TypeDescriptor::Float(FloatSize::U4) => PixelType::F32,
+        other => return Err(bad(&format!("pixel type {other:?} is not one detingest writes"))),
+    };
+    let codec = match data.filters().first() {
+        Some(hdf5::filters::Filter::User(32008, _)) => Codec::BitshuffleLz4,
+        Some(hdf5::filters::Filter::User(32004, _)) => Codec::Lz4,
+        _ => Codec::None,
+    };
+    Ok(([*ny as u32, *nx as u32], pixel, codec))
+}
+
+/// Indices per data file of a run whose master does not say: the first data file's planned
+/// range (`image_nr_low ..= image_nr_high`, set for the whole file under SWMR).
+fn frames_per_file_of(path: &Path) -> Result<u64, WriteError> {
+    let file = File::open(path)?;
+    let data = file.dataset(DATA_PATH)?;
+    let low = data.attr("image_nr_low")?.read_scalar::<i64>()?;
+    let high = data.attr("image_nr_high")?.read_scalar::<i64>()?;
+    Ok((high - low + 1).max(1) as u64)
+}
