@@ -126,7 +126,10 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// The reason recorded in each master (`/entry/detingest/error`).
-        #[arg(long, default_value = "crashed: finished from its files by detingestd finish")]
+        #[arg(
+            long,
+            default_value = "crashed: finished from its files by detingestd finish"
+        )]
         reason: String,
     },
     /// Write the module frames a synthetic source generates (withheld ones included), raw

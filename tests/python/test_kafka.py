@@ -328,3 +328,38 @@ def test_a_command_topic_missing_at_start_is_created_and_obeyed(detingestd, tmp_
         assert "brokers unreachable" not in s.log.read_text()
     finally:
         s.close()
+
+
+def test_a_run_the_daemon_crashed_in_is_handed_off_when_it_starts_again(
+        detingestd, tmp_path, kafka_broker):
+    """SIGKILL mid-run: the next `serve` finishes the run from its files and sends its wrdn
+    (the error says it crashed), with every file's size and SHA-256 as they now are."""
+    kafka_broker.create_topics(*TOPICS)
+    s = serve(detingestd, tmp_path, kafka_broker)
+    code, body = s.start(stream="crashed", user={"kafka": {"job_id": "job-crash"}})
+    assert code == 201, body
+    time.sleep(1.0)
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait()
+    s = serve(detingestd, tmp_path, kafka_broker)
+    try:
+        reader = Reader(kafka_broker)
+        wrdn = reader.wait(lambda sc, d: sc == "wrdn" and d.job_id == "job-crash",
+                           timeout=60, what="wrdn of the crashed run")[0]
+        assert wrdn.error_encountered and "crashed" in wrdn.message, wrdn.message
+        master = s.master("crashed")
+        assert Path(wrdn.file_name) == master
+        hand = json.loads(wrdn.metadata)
+        with h5py.File(master, "r") as f:   # finished: opens plainly
+            n = f["/entry/data/data"].shape[0]
+            assert f["/entry/detingest/end_reason"][()] == b"crashed"
+        assert n > 0 and hand["frames"] == n
+        # Every file of the run, the last data file too (frames written after the last
+        # flush are in it, not in the master's records).
+        on_disk = sorted(p.name for p in master.parent.glob("crashed_data_*.h5"))
+        assert [e["path"] for e in hand["files"]] == [master.name] + on_disk
+        for e in hand["files"]:
+            on_disk = master.parent / e["path"]
+            assert e["size"] == on_disk.stat().st_size and e["chk"] == sha256(on_disk), e
+    finally:
+        s.close()

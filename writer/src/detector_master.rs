@@ -71,13 +71,8 @@ impl DetectorMaster {
         options: FileOptions,
         parts: Vec<Part>,
     ) -> Result<Self, WriteError> {
-        let master = MasterFile::create(
-            &master_path(dir, stream),
-            &layout,
-            info,
-            user_json,
-            options,
-        )?;
+        let master =
+            MasterFile::create(&master_path(dir, stream), &layout, info, user_json, options)?;
         let daemons = nxmx::nx_group(
             &master.end().file.group("/entry/detingest")?,
             "daemons",

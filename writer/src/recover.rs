@@ -6,10 +6,12 @@
 //! beyond it are cut back, the VDS (and links, as the run was configured) cover indices
 //! `1..=nimages` of the data files that exist, each data file's `image_nr_high` says what it
 //! holds of them, and the master records `finished`, the reason in `error` and `end_reason`.
-//! First the write marks the dead writer left are cleared, so every file opens plainly;
+//! The write marks the dead writer left are cleared, so every file opens plainly;
 //! [`holders`] must have found no process holding any of the files (the caller checks, and
 //! [`finish_unfinished`] checks again): clearing the marks of a file a live writer holds
-//! would corrupt it.
+//! would corrupt it. The master is finished in a copy (`.<stream>_master.h5.finishing`)
+//! that replaces it by a rename once complete and on disk, so finishing that is itself killed
+//! leaves the crashed master as it was, to be finished again.
 
 use std::path::{Path, PathBuf};
 
@@ -49,7 +51,9 @@ pub struct Recovered {
     pub codec: Codec,
 }
 
-/// True when the run of the master at `path` has finished (its end is written).
+/// True when the run of the master at `path` has finished (its end is written). An error
+/// when it cannot be read: a master whose writer was killed before the first flush keeps
+/// write marks that neither a plain nor an SWMR reader passes.
 pub fn is_finished(path: &Path) -> Result<bool, WriteError> {
     let file = File::open_as(path, OpenMode::ReadSWMR)
         .or_else(|_| File::open(path))
@@ -94,7 +98,11 @@ pub fn holders(paths: &[PathBuf]) -> Vec<(u32, PathBuf)> {
         return found;
     };
     for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -127,7 +135,7 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         .and_then(|n| n.strip_suffix("_master.h5"))
         .ok_or_else(|| bad("not a run's master (<stream>_master.h5)".into()))?
         .to_owned();
-    if is_finished(master)? {
+    if is_finished(master).unwrap_or(false) {
         return Err(bad("the run has finished already".into()));
     }
     let files = data_files(dir, &stream);
@@ -139,8 +147,35 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
             path.display()
         )));
     }
-    for f in &all {
+    // The space the run held for its end is the end's now.
+    let _ = std::fs::remove_file(crate::run_files::reserve_path(dir, &stream));
+    for f in &files {
         clear_write_marks(f)?;
+    }
+    let copy = dir.join(format!(".{stream}_master.h5.finishing"));
+    let _ = std::fs::remove_file(&copy); // a finishing that was itself killed
+    std::fs::copy(master, &copy).map_err(|e| bad(format!("cannot copy it: {e}")))?;
+    // A writer killed before its first flush left marks no reader passes: cleared, the
+    // copy tells whether the run finished.
+    if clear_write_marks(&copy).is_err() || is_finished(&copy).is_err() {
+        let _ = std::fs::remove_file(&copy);
+        if files.is_empty() {
+            // Killed while the master was being made: nothing of the run reached the disk.
+            let aside = dir.join(format!("{stream}_master.h5.unreadable"));
+            std::fs::rename(master, &aside)
+                .map_err(|e| bad(format!("cannot set it aside: {e}")))?;
+            return Err(WriteError::Metadata(format!(
+                "{}: its writer died while making it (no data file, nothing recorded): set \
+                 aside as {}",
+                master.display(),
+                aside.display()
+            )));
+        }
+        return Err(bad("unreadable even with its write marks cleared".into()));
+    }
+    if is_finished(&copy).unwrap_or(false) {
+        let _ = std::fs::remove_file(&copy);
+        return Err(bad("the run has finished already".into()));
     }
     let (image, codec) = match files.first() {
         Some(f) => {
@@ -150,7 +185,7 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         None => (None, Codec::None),
     };
     let (modules, master_data, planned_k, user_json) = {
-        let file = File::open(master)?;
+        let file = File::open(&copy)?;
         let ours = file.group("/entry/detingest")?;
         let modules = ours.dataset("modules")?.read_scalar::<u32>()?;
         let text = |name: &str| -> Result<String, WriteError> {
@@ -176,7 +211,7 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         (None, Some(f)) => frames_per_file_of(f)?,
         (None, None) => 1,
     };
-    let mut m = MasterFile::open(master, modules as usize)?;
+    let mut m = MasterFile::open(&copy, modules as usize)?;
     let frames = m.flushed() as u64;
     let lost = m.cut_to_flushed()?;
     let end = m.into_end(false)?;
@@ -220,6 +255,13 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         reason.split(':').next().unwrap_or(reason),
     )?;
     end.file.flush()?;
+    drop(end);
+    // On disk, then in place of the crashed master.
+    std::fs::File::open(&copy)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&copy, master))
+        .and_then(|()| std::fs::File::open(dir).and_then(|d| d.sync_all()))
+        .map_err(|e| bad(format!("cannot put the finished copy in place: {e}")))?;
     Ok(Recovered {
         master: master.to_owned(),
         stream,
@@ -248,7 +290,11 @@ fn image_of(path: &Path) -> Result<([u32; 2], PixelType, Codec), WriteError> {
         TypeDescriptor::Unsigned(IntSize::U4) => PixelType::U32,
         TypeDescriptor::Integer(IntSize::U4) => PixelType::I32,
         TypeDescriptor::Float(FloatSize::U4) => PixelType::F32,
-        other => return Err(bad(&format!("pixel type {other:?} is not one detingest writes"))),
+        other => {
+            return Err(bad(&format!(
+                "pixel type {other:?} is not one detingest writes"
+            )))
+        }
     };
     let codec = match data.filters().first() {
         Some(hdf5::filters::Filter::User(32008, _)) => Codec::BitshuffleLz4,

@@ -106,6 +106,8 @@ impl std::fmt::Display for DataFileName<'_> {
 
 /// The open files of one run.
 pub struct RunFiles {
+    /// Space held for the run's end (see [`RESERVE_BYTES`]); given back first thing at the end.
+    reserve: Option<PathBuf>,
     dir: PathBuf,
     stream: String,
     layout: RunLayout,
@@ -123,6 +125,57 @@ pub struct RunFiles {
     vds_frames: u64,
     /// Data files the master links so far.
     linked: u64,
+}
+
+/// Bytes held on the run's file system from its start to its end, so a run that fills the
+/// disk can still write its end: the records buffered since the last flush (about 150 bytes
+/// an index), the VDS (a few hundred bytes per data file) and the finish marker.
+pub const RESERVE_BYTES: usize = 8 << 20;
+
+/// The reserve file of `stream` in `dir`.
+pub fn reserve_path(dir: &Path, stream: &str) -> PathBuf {
+    dir.join(format!(".{stream}.reserve"))
+}
+
+/// Writes [`RESERVE_BYTES`] of zeros (real blocks, not a sparse file) to the reserve file,
+/// or on a small file system as much as a sixteenth of it (a 1 MiB reserve still holds the
+/// VDS of a few thousand data files); `None` (and nothing left behind) when not even 256 KiB
+/// could be held.
+fn reserve_space(dir: &Path, stream: &str) -> Option<PathBuf> {
+    use std::io::Write;
+    let path = reserve_path(dir, stream);
+    for size in [RESERVE_BYTES, 1 << 20, 256 << 10] {
+        let written = std::fs::File::create(&path).and_then(|mut f| {
+            let block = vec![0u8; 256 << 10];
+            for _ in 0..size / block.len() {
+                f.write_all(&block)?;
+            }
+            f.flush()
+        });
+        if written.is_ok() && fits(dir, size) {
+            return Some(path);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    None
+}
+
+/// True when `dir`'s file system keeps at least 16 times `size` free besides it.
+fn fits(dir: &Path, size: usize) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated path; `st` is a plain C struct (all-zero is a valid
+    // value) that statvfs fills, living across the call.
+    let (rc, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c.as_ptr(), &mut st), st)
+    };
+    if rc != 0 {
+        return false;
+    }
+    let free = st.f_bavail as u128 * st.f_frsize as u128;
+    free >= 16 * size as u128
 }
 
 impl RunFiles {
@@ -144,14 +197,10 @@ impl RunFiles {
         // The filter values an HDF5 plugin visible to this process would store (filter.rs):
         // wrong ones refuse the run here, before any file exists.
         probe_filter_values(layout)?;
-        let master = MasterFile::create(
-            &master_path(dir, stream),
-            &layout,
-            info,
-            user_json,
-            options,
-        )?;
+        let master =
+            MasterFile::create(&master_path(dir, stream), &layout, info, user_json, options)?;
         let mut run = Self {
+            reserve: reserve_space(dir, stream),
             dir: dir.to_owned(),
             stream: stream.to_owned(),
             layout,
@@ -224,14 +273,20 @@ impl RunFiles {
         if record.modules == 0 {
             self.lost += 1;
         }
-        // Close data files whose every index is recorded.
+        // Close data files whose every index is recorded; the master's records then cover
+        // them on disk too, so what a closed data file holds survives a crash with its records.
+        let mut closed = false;
         while let Some(f) = self.open.front() {
             if f.first() + self.options.frames_per_file - 1 > self.frames {
                 break;
             }
             if let Some(f) = self.open.pop_front() {
                 f.close()?;
+                closed = true;
             }
+        }
+        if closed {
+            self.master.flush()?;
         }
         Ok(())
     }
@@ -258,6 +313,11 @@ impl RunFiles {
     /// Closes every data file, writes the VDS (if configured) and the finish marker, and
     /// closes the master. Returns the number of indices recorded.
     pub fn finish(mut self, end: &RunEnd) -> Result<u64, WriteError> {
+        // The end (the records still buffered, the VDS, links, the marker) gets the space
+        // held for it, even when the disk filled.
+        if let Some(r) = self.reserve.take() {
+            let _ = std::fs::remove_file(r);
+        }
         let mut first_error = None;
         while let Some(f) = self.open.pop_front() {
             if let Err(e) = f.close() {

@@ -195,8 +195,10 @@ impl RunManager {
             ..base.sink_tables()
         };
         let sinks = SinkSet::start(tables, base.sink_cores())?;
-        // Runs a crash left behind are finished (and announced) before any new one starts.
-        recover::finish_left_behind(&base.data_dir, &sinks);
+        // Runs a crash left behind are finished (and announced) beside the new ones.
+        if let Err(e) = recover::spawn_finish_left_behind(base.data_dir.clone(), sinks.for_run()) {
+            tracing::error!(error = %e, "cannot start the thread that finishes crashed runs");
+        }
         let peer_token = base.control.token().ok().flatten();
         Ok(Self {
             base,

@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use detingest_shm::{Name, StreamId};
 use detingest_writer::{
-    finish_unfinished, is_detector_master, is_finished, DetectorInfo, FileOptions, Recovered,
+    data_files, finish_unfinished, holders, is_detector_master, is_finished, DetectorInfo,
+    FileOptions, Recovered,
 };
 
-use crate::sink::{Notification, SinkSet, StreamEndNotice, StreamStartNotice};
+use crate::sink::{Notification, RunSinks, StreamEndNotice, StreamStartNotice};
 use crate::stream::{now_ns, StreamInfo};
 
 /// An unfinished master that changed less than this long ago may still be written.
@@ -36,10 +37,46 @@ pub enum Outcome {
     /// Finished now.
     Finished(Recovered),
     /// Left alone, and why.
-    Left(String),
+    Left(Why),
 }
 
-/// The masters under `root` (or `root` itself, a master) whose run has not finished.
+/// Why an unfinished master was left alone.
+#[derive(Debug)]
+pub enum Why {
+    /// It changed this long ago, less than [`QUIET`]: its writer may be alive.
+    Recent(Duration),
+    /// A process of this host holds this file of the run open.
+    Held(u32, PathBuf),
+    /// A whole detector's master: `detingestd merge` finishes it.
+    Detector,
+    /// The writer library refused (a process holds a file, a file is unreadable...).
+    Refused(String),
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Recent(age) => write!(
+                f,
+                "changed {} ms ago: its writer may be alive",
+                age.as_millis()
+            ),
+            Self::Held(pid, file) => write!(
+                f,
+                "process {pid} holds {} open: its writer is alive",
+                file.display()
+            ),
+            Self::Detector => write!(
+                f,
+                "a whole detector's master: `detingestd merge` finishes it"
+            ),
+            Self::Refused(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The masters under `root` (or `root` itself, a master) whose run has not finished, or
+/// that cannot be read as they are.
 pub fn unfinished_masters(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     walk(root, DEPTH, &mut found);
@@ -53,7 +90,8 @@ fn walk(path: &Path, depth: usize, found: &mut Vec<PathBuf>) {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.ends_with("_master.h5"));
-        if is_master && is_finished(path).is_ok_and(|done| !done) {
+        // Unreadable: its writer was killed before the first flush (marks no reader passes).
+        if is_master && !is_finished(path).unwrap_or(false) {
             found.push(path.to_owned());
         }
         return;
@@ -70,34 +108,62 @@ fn walk(path: &Path, depth: usize, found: &mut Vec<PathBuf>) {
 
 /// Finishes the unfinished run of `master` with `reason`, unless it may still be written.
 pub fn finish(master: &Path, reason: &str) -> Outcome {
-    let left = |why: String| Outcome::Left(why);
+    let mut files = master
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix("_master.h5"))
+        .map(|stream| data_files(master.parent().unwrap_or(Path::new(".")), stream))
+        .unwrap_or_default();
+    files.push(master.to_owned());
+    if let Some((pid, file)) = holders(&files).into_iter().next() {
+        return Outcome::Left(Why::Held(pid, file));
+    }
     if is_detector_master(master) {
-        return left("a whole detector's master: `detingestd merge` finishes it".into());
+        return Outcome::Left(Why::Detector);
     }
     let age = std::fs::metadata(master)
         .and_then(|m| m.modified())
         .map(|t| t.elapsed().unwrap_or_default())
         .unwrap_or_default();
     if age < QUIET {
-        return left(format!(
-            "changed {} ms ago: its writer may be alive",
-            age.as_millis()
-        ));
+        return Outcome::Left(Why::Recent(age));
     }
     match finish_unfinished(master, reason) {
         Ok(r) => Outcome::Finished(r),
-        Err(e) => left(e.to_string()),
+        Err(e) => Outcome::Left(Why::Refused(e.to_string())),
     }
 }
 
-/// At `serve`'s start: finishes every run under `data_dir` a crash left unfinished and
-/// announces each to `sinks`. Returns what was done, also logged.
-pub fn finish_left_behind(data_dir: &Path, sinks: &SinkSet) -> Vec<(PathBuf, Outcome)> {
+/// At `serve`'s start, on a thread of its own (`recover`): finishes every run under
+/// `data_dir` a crash left unfinished and announces each to `sinks`. A master that changed
+/// less than [`QUIET`] ago (the daemon restarted at once after the crash) is tried again once
+/// it is that old.
+pub fn spawn_finish_left_behind(
+    data_dir: PathBuf,
+    sinks: RunSinks,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("recover".into())
+        .spawn(move || {
+            let mut sinks = sinks;
+            finish_left_behind(&data_dir, &mut sinks);
+            for s in &mut sinks.sinks {
+                s.finish();
+            }
+        })
+}
+
+/// Finishes what [`spawn_finish_left_behind`] finds, logging each; returns what was done.
+pub fn finish_left_behind(data_dir: &Path, sinks: &mut RunSinks) -> Vec<(PathBuf, Outcome)> {
+    let reason = "crashed: the run's daemon stopped before its end was written; \
+                  finished from its files by detingestd serve at its start";
     let mut done = Vec::new();
     for master in unfinished_masters(data_dir) {
-        let reason = "crashed: the run's daemon stopped before its end was written; \
-                      finished from its files by detingestd serve at its start";
-        let outcome = finish(&master, reason);
+        let mut outcome = finish(&master, reason);
+        if let Outcome::Left(Why::Recent(age)) = &outcome {
+            std::thread::sleep(QUIET.saturating_sub(*age) + Duration::from_millis(100));
+            outcome = finish(&master, reason);
+        }
         match &outcome {
             Outcome::Finished(r) => {
                 tracing::warn!(
@@ -115,11 +181,20 @@ pub fn finish_left_behind(data_dir: &Path, sinks: &SinkSet) -> Vec<(PathBuf, Out
         }
         done.push((master, outcome));
     }
+    let finished = done
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Finished(_)))
+        .count();
+    tracing::info!(
+        finished,
+        left = done.len() - finished,
+        "crashed runs looked for under the data directory"
+    );
     done
 }
 
 /// Tells the sinks of a finished run: a start and an end with the reason.
-fn announce(sinks: &SinkSet, data_dir: &Path, r: &Recovered, reason: &str) {
+fn announce(sinks: &mut RunSinks, data_dir: &Path, r: &Recovered, reason: &str) {
     let Some(info) = stream_info(data_dir, r) else {
         tracing::warn!(master = %r.master.display(), "not under beamtime/source/ of the data directory: not announced");
         return;
@@ -143,11 +218,10 @@ fn announce(sinks: &SinkSet, data_dir: &Path, r: &Recovered, reason: &str) {
         ended_ns: now_ns(),
         error: Some(reason.to_owned()),
     });
-    for mut s in sinks.for_run().sinks {
+    for s in &mut sinks.sinks {
         s.notify(&start);
         s.notify(&end);
         s.batch_done();
-        s.finish();
     }
 }
 

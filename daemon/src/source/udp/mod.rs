@@ -197,7 +197,13 @@ pub fn run(cfg: &AssemblerConfig, mut receiver: Receiver, out: &mut SourceOutput
         asm.tick(now, out);
         if now.duration_since(published) >= PUBLISH {
             publish(&out.stats().packets, &asm);
-            warnings.check(name.as_str(), cfg, (asm.counts(), asm.refused()), now, false);
+            warnings.check(
+                name.as_str(),
+                cfg,
+                (asm.counts(), asm.refused()),
+                now,
+                false,
+            );
             published = now;
         }
     }
