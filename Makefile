@@ -12,7 +12,7 @@ PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusf
                 prometheus-client==0.26.0 tickit-devices==0.4.1 cbor2==5.9.0 dectris-compression==0.4.0 \
                 lz4==4.4.5
 
-.PHONY: demo test loom install install-lib install-daemon deps venv debian-plugins browser bench fuzz clean
+.PHONY: demo test loom soak soak-short install install-lib install-daemon deps venv debian-plugins browser bench fuzz clean
 
 demo: deps venv
 	cargo build --release -p detingest-daemon
@@ -34,7 +34,17 @@ test: deps venv debian-plugins browser
 	DETINGEST_PYTHON=$(CURDIR)/$(PY) DETINGEST_STREAM2_SAMPLES=$(STREAM2_SAMPLES) cargo test --workspace
 	DETINGESTD=$(CURDIR)/target/debug/detingestd DETINGEST_DEBIAN_PLUGINS=$(CURDIR)/$(DEBIAN_PLUGINS) \
 	  $(PY) -m pytest -q tests/python
+	$(MAKE) soak-short
 	$(MAKE) loom
+
+# Memory over a run (docs/BENCHMARKS.md, "Memory over a long run"). soak-short, in make test,
+# catches growth per index (the chunk cache's was 60 bytes) in the debug build; soak is the
+# day-long check: a million 1 MiB frames, data files deleted as the run goes.
+soak-short:
+	cargo run -q -p detingest-bench -- soak --frames 400000 --shape 32x64 --codec none \
+	  --frames-per-file 1000 --sample-ms 100 --max-bytes-per-frame 4
+soak: deps venv
+	cargo run --release -p detingest-bench -- soak --frames 1000000 --prune --sample-ms 1000
 
 # Model-check the shared-memory ring's atomics (own target dir: --cfg loom rebuilds the crate).
 loom:

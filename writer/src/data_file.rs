@@ -59,7 +59,7 @@ pub(crate) fn create_file(path: &Path, swmr: bool) -> Result<File, WriteError> {
 /// per-index records are appended and never read back, so HDF5's default (1 MB per dataset)
 /// only kept finished chunks: 11 MB per run's master, filled at 55-65 bytes per index
 /// (docs/BENCHMARKS.md, "Memory over a long run"). w0 = 1: finished chunks leave first.
-const CACHE_BYTES: usize = 2 * 64 << 10;
+const CACHE_BYTES: usize = 128 << 10;
 const CACHE_SLOTS: usize = 13;
 
 /// Opens a file this process wrote with SWMR again for writing, to add what SWMR forbids at

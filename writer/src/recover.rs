@@ -149,34 +149,59 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
     }
     // The space the run held for its end is the end's now.
     let _ = std::fs::remove_file(crate::run_files::reserve_path(dir, &stream));
-    for f in &files {
-        clear_write_marks(f)?;
-    }
     let copy = dir.join(format!(".{stream}_master.h5.finishing"));
     let _ = std::fs::remove_file(&copy); // a finishing that was itself killed
     std::fs::copy(master, &copy).map_err(|e| bad(format!("cannot copy it: {e}")))?;
-    // A writer killed before its first flush left marks no reader passes: cleared, the
-    // copy tells whether the run finished.
-    if clear_write_marks(&copy).is_err() || is_finished(&copy).is_err() {
+    // A writer killed before its first flush left marks no reader passes; one killed while
+    // it made the master left it incomplete. Cleared, the copy tells.
+    let unusable = |e: WriteError| {
         let _ = std::fs::remove_file(&copy);
         if files.is_empty() {
-            // Killed while the master was being made: nothing of the run reached the disk.
-            let aside = dir.join(format!("{stream}_master.h5.unreadable"));
-            std::fs::rename(master, &aside)
-                .map_err(|e| bad(format!("cannot set it aside: {e}")))?;
-            return Err(WriteError::Metadata(format!(
-                "{}: its writer died while making it (no data file, nothing recorded): set \
-                 aside as {}",
-                master.display(),
-                aside.display()
-            )));
+            set_aside(master, dir, &stream, &e)
+        } else {
+            e
         }
-        return Err(bad("unreadable even with its write marks cleared".into()));
+    };
+    match clear_write_marks(&copy).and_then(|()| is_finished(&copy)) {
+        Ok(false) => {}
+        Ok(true) => {
+            let _ = std::fs::remove_file(&copy);
+            return Err(bad("the run has finished already".into()));
+        }
+        Err(e) => return Err(unusable(e)),
     }
-    if is_finished(&copy).unwrap_or(false) {
-        let _ = std::fs::remove_file(&copy);
-        return Err(bad("the run has finished already".into()));
+    // Every record dataset is there, and what the run was.
+    let (modules, master_data, planned_k, user_json) = MasterFile::open(&copy, 1)
+        .and_then(|m| {
+            drop(m);
+            run_settings(&copy)
+        })
+        .map_err(unusable)?;
+    let mut m = MasterFile::open(&copy, modules as usize)?;
+    let frames = m.flushed() as u64;
+    // Each data file's marks cleared; one its writer died while making (at a rollover) holds
+    // nothing the records cover, and is set aside.
+    let mut usable = Vec::new();
+    for (n, f) in files.iter().enumerate() {
+        let checked = clear_write_marks(f).and_then(|()| image_of(f));
+        match (checked, planned_k) {
+            (Ok(_), _) => usable.push(f.clone()),
+            (Err(e), Some(k)) if n as u64 * k >= frames => {
+                let aside = f.with_extension("h5.unreadable");
+                std::fs::rename(f, &aside).map_err(|r| {
+                    bad(format!(
+                        "{} is unreadable ({e}) and cannot be set aside: {r}",
+                        f.display()
+                    ))
+                })?;
+            }
+            (Err(e), _) => {
+                let _ = std::fs::remove_file(&copy);
+                return Err(e);
+            }
+        }
     }
+    let files = usable;
     let (image, codec) = match files.first() {
         Some(f) => {
             let (shape, pixel, codec) = image_of(f)?;
@@ -184,35 +209,11 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         }
         None => (None, Codec::None),
     };
-    let (modules, master_data, planned_k, user_json) = {
-        let file = File::open(&copy)?;
-        let ours = file.group("/entry/detingest")?;
-        let modules = ours.dataset("modules")?.read_scalar::<u32>()?;
-        let text = |name: &str| -> Result<String, WriteError> {
-            Ok(ours
-                .dataset(name)?
-                .read_scalar::<VarLenUnicode>()?
-                .as_str()
-                .to_owned())
-        };
-        let master_data = match text("master_data")?.as_str() {
-            "links" => MasterData::Links,
-            "both" => MasterData::Both,
-            _ => MasterData::Vds,
-        };
-        let k = ours
-            .dataset("frames_per_file")
-            .and_then(|d| d.read_scalar::<u64>())
-            .ok();
-        (modules, master_data, k, text("user_metadata")?)
-    };
     let k = match (planned_k, files.first()) {
         (Some(k), _) => k,
         (None, Some(f)) => frames_per_file_of(f)?,
         (None, None) => 1,
     };
-    let mut m = MasterFile::open(&copy, modules as usize)?;
-    let frames = m.flushed() as u64;
     let lost = m.cut_to_flushed()?;
     let end = m.into_end(false)?;
     if let (true, Some((shape, pixel))) = (master_data.vds(), image) {
@@ -273,6 +274,49 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         image,
         codec,
     })
+}
+
+/// Sets aside a master its writer died while making (no data file: nothing was recorded)
+/// as `<stream>_master.h5.unreadable`; the error says so (or why it could not).
+fn set_aside(master: &Path, dir: &Path, stream: &str, why: &WriteError) -> WriteError {
+    let aside = dir.join(format!("{stream}_master.h5.unreadable"));
+    match std::fs::rename(master, &aside) {
+        Ok(()) => WriteError::Metadata(format!(
+            "{}: its writer died while making it ({why}; no data file, nothing recorded): set \
+             aside as {}",
+            master.display(),
+            aside.display()
+        )),
+        Err(e) => WriteError::Metadata(format!(
+            "{}: incomplete ({why}) and cannot be set aside: {e}",
+            master.display()
+        )),
+    }
+}
+
+/// What the master says of its run: modules, master layout, indices per data file (if
+/// recorded), user metadata.
+fn run_settings(master: &Path) -> Result<(u32, MasterData, Option<u64>, String), WriteError> {
+    let file = File::open(master)?;
+    let ours = file.group("/entry/detingest")?;
+    let modules = ours.dataset("modules")?.read_scalar::<u32>()?;
+    let text = |name: &str| -> Result<String, WriteError> {
+        Ok(ours
+            .dataset(name)?
+            .read_scalar::<VarLenUnicode>()?
+            .as_str()
+            .to_owned())
+    };
+    let master_data = match text("master_data")?.as_str() {
+        "links" => MasterData::Links,
+        "both" => MasterData::Both,
+        _ => MasterData::Vds,
+    };
+    let k = ours
+        .dataset("frames_per_file")
+        .and_then(|d| d.read_scalar::<u64>())
+        .ok();
+    Ok((modules, master_data, k, text("user_metadata")?))
 }
 
 /// Image shape, pixel type and codec of a data file's `/entry/data/data`.
