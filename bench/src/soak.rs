@@ -104,6 +104,8 @@ struct Report {
 
 /// Runs the soak and prints the report; an error when memory grew too fast.
 pub fn run(args: &Args) -> Result<()> {
+    // As detingestd does (threads.rs): the measurement is of the daemon's process.
+    detingest_daemon::threads::limit_malloc_arenas();
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;

@@ -153,6 +153,7 @@ fn parse_codec(s: &str) -> Result<Codec, String> {
 }
 
 fn main() -> ExitCode {
+    detingest_daemon::threads::limit_malloc_arenas();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));

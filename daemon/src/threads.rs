@@ -21,6 +21,26 @@ where
     })
 }
 
+/// Malloc arenas the process uses at most. glibc gives each thread that allocates its own
+/// arena (up to 8 per core) and keeps what a burst allocated in it after it is freed: with
+/// every sink on, a sink thread's backlog during a broker's slow moment left steps of 12-17 MB
+/// that never went back (`detingest-bench soak`, docs/BENCHMARKS.md); with two arenas memory
+/// stayed flat. The frame path allocates nothing per frame, so nothing waits on an arena.
+pub const MALLOC_ARENAS: i32 = 2;
+
+/// Limits glibc's malloc arenas to [`MALLOC_ARENAS`] (`MALLOC_ARENA_MAX` in the environment
+/// still wins); call before the first thread starts.
+pub fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only sets a parameter of the allocator; M_ARENA_MAX takes any positive
+    // count, and no other thread allocates yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
 /// Gives thread `tid` (0: the calling thread) the real-time policy SCHED_FIFO at `priority`
 /// (1..=99): it then runs as soon as it wakes instead of waiting for a busy core's time slice.
 /// For threads that block between short bursts (the notification thread, ZeroMQ's I/O

@@ -156,6 +156,23 @@ impl Records {
 }
 
 impl Records {
+    /// The 1-D record datasets (all but `missing_packets`).
+    fn all(&self) -> [&Dataset; 11] {
+        [
+            &self.frame_number,
+            &self.sequence,
+            &self.lost,
+            &self.dropped,
+            &self.timestamp,
+            &self.detector_timestamp,
+            &self.bunch_id,
+            &self.modules,
+            &self.dropped_mask,
+            &self.packets_lost,
+            &self.late_mask,
+        ]
+    }
+
     /// The per-index datasets of an existing master.
     fn open(specific: &Group) -> Result<Self, WriteError> {
         let ds = |name: &str| specific.dataset(name);
@@ -250,9 +267,16 @@ impl MasterFile {
         let file = crate::data_file::reopen_after_swmr(path)?;
         let specific = file.group("/entry/instrument/detector/detectorSpecific")?;
         let nimages = specific.dataset("nimages")?;
-        let flushed = nimages.read_scalar::<u64>()? as usize;
         let records = Records::open(&specific)?;
-        // Each record dataset is grown before `nimages` is written: cut any to `nimages`.
+        // `nimages` (raw data) reaches the disk when written, the record datasets' extents
+        // (metadata) with the flush after it: a writer killed in between leaves `nimages`
+        // ahead of them. What every dataset holds is what was flushed.
+        let flushed = records
+            .all()
+            .iter()
+            .map(|d| d.shape().first().copied().unwrap_or(0))
+            .chain([records.missing.shape().first().copied().unwrap_or(0)])
+            .fold(nimages.read_scalar::<u64>()? as usize, usize::min);
         Ok(Self {
             end: MasterEnd {
                 data_group: file.group("/entry/data")?,
@@ -277,23 +301,12 @@ impl MasterFile {
     pub(crate) fn cut_to_flushed(&mut self) -> Result<u64, WriteError> {
         let n = self.flushed;
         let r = &self.records;
-        for ds in [
-            &r.frame_number,
-            &r.sequence,
-            &r.lost,
-            &r.dropped,
-            &r.timestamp,
-            &r.detector_timestamp,
-            &r.bunch_id,
-            &r.modules,
-            &r.dropped_mask,
-            &r.packets_lost,
-            &r.late_mask,
-        ] {
+        for ds in r.all() {
             if ds.shape().first().copied().unwrap_or(0) > n {
                 ds.resize(n)?;
             }
         }
+        self.nimages.write_scalar(&(n as u64))?;
         if r.missing.shape().first().copied().unwrap_or(0) > n {
             r.missing.resize((n, self.modules))?;
         }
@@ -368,6 +381,9 @@ impl MasterFile {
             missing.write_slice(view, (self.flushed..end, ..))?;
             self.pending.clear();
             self.flushed = end;
+            // The records on disk before `nimages` says they are there: a reader (or a
+            // crash) never finds `nimages` ahead of them.
+            self.end.file.flush()?;
         }
         self.nimages.write_scalar(&(self.flushed as u64))?;
         self.end.file.flush()?;

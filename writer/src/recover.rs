@@ -55,9 +55,7 @@ pub struct Recovered {
 /// when it cannot be read: a master whose writer was killed before the first flush keeps
 /// write marks that neither a plain nor an SWMR reader passes.
 pub fn is_finished(path: &Path) -> Result<bool, WriteError> {
-    let file = File::open_as(path, OpenMode::ReadSWMR)
-        .or_else(|_| File::open(path))
-        .map_err(|e| WriteError::Metadata(format!("{}: {e}", path.display())))?;
+    let file = open_quickly(path)?;
     Ok(file
         .dataset("/entry/detingest/finished")?
         .read_scalar::<u8>()?
@@ -67,9 +65,20 @@ pub fn is_finished(path: &Path) -> Result<bool, WriteError> {
 /// True when `path` is the whole detector's master of several daemons (`detingestd merge`
 /// finishes those, from their parts).
 pub fn is_detector_master(path: &Path) -> bool {
-    File::open_as(path, OpenMode::ReadSWMR)
-        .or_else(|_| File::open(path))
-        .is_ok_and(|f| f.group("/entry/detingest/daemons").is_ok())
+    open_quickly(path).is_ok_and(|f| f.group("/entry/detingest/daemons").is_ok())
+}
+
+/// Opens `path` to read, plainly or as an SWMR reader, trying each read of its metadata
+/// twice: HDF5's default for an SWMR reader (100 tries, sleeping between them, for a writer
+/// caught mid-flush) spends minutes on a file a killed writer left truncated.
+fn open_quickly(path: &Path) -> Result<File, WriteError> {
+    File::open(path)
+        .or_else(|_| {
+            File::with_options()
+                .with_fapl(|p| p.metadata_read_attempts(2))
+                .open_as(path, OpenMode::ReadSWMR)
+        })
+        .map_err(|e| WriteError::Metadata(format!("{}: {e}", path.display())))
 }
 
 /// The data files of `stream` in `dir`: `_data_000001.h5` on, as long as they exist.
