@@ -67,7 +67,8 @@ fn a_run_whose_file_another_process_holds_is_left_alone() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert!(
-        e.to_string().contains(&format!("process {} holds", holder.id())),
+        e.to_string()
+            .contains(&format!("process {} holds", holder.id())),
         "{e}"
     );
     assert_eq!(std::fs::read(&master).unwrap(), b"not hdf5 yet");
