@@ -100,6 +100,8 @@ struct Report {
     after_run: Sample,
     max_bytes_per_frame: f64,
     pass: bool,
+    /// Each sink's counters at the end (what it sent, dropped, queued).
+    sinks: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Runs the soak and prints the report; an error when memory grew too fast.
@@ -137,6 +139,7 @@ pub fn run(args: &Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(args.sample_ms));
     }
     let summary = running.wait();
+    let sink_counters = sinks.counters();
     sinks.stop();
     // After the run: what its end gave back (not fitted: no frames are written any more).
     let after = sample(t0, summary.stats.recorded)?;
@@ -148,7 +151,8 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(path) = &args.csv {
         write_csv(path, &samples)?;
     }
-    let report = report(args, frame_bytes, seconds, &samples, after)?;
+    let mut report = report(args, frame_bytes, seconds, &samples, after)?;
+    report.sinks = sink_counters;
     if args.json {
         crate::common::print_json(&report)?;
     } else {
@@ -338,6 +342,7 @@ fn report(
         after_run: after,
         max_bytes_per_frame: args.max_bytes_per_frame,
         pass: anon <= args.max_bytes_per_frame,
+        sinks: serde_json::Map::new(),
     })
 }
 
@@ -377,4 +382,7 @@ fn print_table(r: &Report, pruned: usize) {
         r.hdf5_objects_per_kframe,
         if r.pass { "pass" } else { "FAIL" }
     );
+    for (name, c) in &r.sinks {
+        println!("sink {name}: {c}");
+    }
 }

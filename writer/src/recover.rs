@@ -91,7 +91,8 @@ pub fn data_files(dir: &Path, stream: &str) -> Vec<PathBuf> {
 
 /// Processes of this host that hold one of `paths` open: `(pid, path)`. Read from
 /// `/proc/<pid>/fd` (every process, as root; the daemon's own user's otherwise, which is the
-/// user that writes the files). This process is left out.
+/// user that writes the files). This process counts too: a `serve` that looks for crashed
+/// runs while its own run writes must find that run's files held.
 pub fn holders(paths: &[PathBuf]) -> Vec<(u32, PathBuf)> {
     let ids: Vec<(u64, u64, &PathBuf)> = paths
         .iter()
@@ -101,7 +102,6 @@ pub fn holders(paths: &[PathBuf]) -> Vec<(u32, PathBuf)> {
             Some((m.dev(), m.ino(), p))
         })
         .collect();
-    let me = std::process::id();
     let mut found = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return found;
@@ -114,9 +114,6 @@ pub fn holders(paths: &[PathBuf]) -> Vec<(u32, PathBuf)> {
         else {
             continue;
         };
-        if pid == me {
-            continue;
-        }
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };

@@ -73,3 +73,15 @@ fn a_run_whose_file_another_process_holds_is_left_alone() {
     );
     assert_eq!(std::fs::read(&master).unwrap(), b"not hdf5 yet");
 }
+
+#[test]
+fn files_this_process_holds_count_as_held() {
+    // A serve looking for crashed runs while its own run writes must leave that run alone.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mine_master.h5");
+    let file = std::fs::File::create(&path).unwrap();
+    let held = detingest_writer::holders(std::slice::from_ref(&path));
+    assert_eq!(held, [(std::process::id(), path.clone())]);
+    drop(file);
+    assert!(detingest_writer::holders(&[path]).is_empty());
+}

@@ -196,7 +196,12 @@ impl RunManager {
         };
         let sinks = SinkSet::start(tables, base.sink_cores())?;
         // Runs a crash left behind are finished (and announced) beside the new ones.
-        if let Err(e) = recover::spawn_finish_left_behind(base.data_dir.clone(), sinks.for_run()) {
+        let recovering = recover::spawn_finish_left_behind(
+            base.data_dir.clone(),
+            sinks.for_run(),
+            &base.cluster.name,
+        );
+        if let Err(e) = recovering {
             tracing::error!(error = %e, "cannot start the thread that finishes crashed runs");
         }
         let peer_token = base.control.token().ok().flatten();

@@ -10,7 +10,9 @@
 //! A master is left alone while a process of this host holds one of its files, while it
 //! changed less than [`QUIET`] ago (a daemon of another host sharing the storage may still
 //! write it), and when it is a whole detector's master of several daemons (`detingestd
-//! merge` finishes those).
+//! merge` finishes those). A daemon of several (`[cluster]`) finishes at its start only its
+//! own parts (`<stream>_<name>_master.h5`): another host's daemon may be frozen, not dead,
+//! and no process check reaches it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,24 +143,37 @@ pub fn finish(master: &Path, reason: &str) -> Outcome {
 pub fn spawn_finish_left_behind(
     data_dir: PathBuf,
     sinks: RunSinks,
+    cluster_name: &str,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let own = (!cluster_name.is_empty()).then(|| format!("_{cluster_name}_master.h5"));
     std::thread::Builder::new()
         .name("recover".into())
         .spawn(move || {
             let mut sinks = sinks;
-            finish_left_behind(&data_dir, &mut sinks);
-            for s in &mut sinks.sinks {
-                s.finish();
+            let done = finish_left_behind(&data_dir, &mut sinks, own.as_deref());
+            if done.iter().any(|(_, o)| matches!(o, Outcome::Finished(_))) {
+                for s in &mut sinks.sinks {
+                    s.finish();
+                }
             }
         })
 }
 
-/// Finishes what [`spawn_finish_left_behind`] finds, logging each; returns what was done.
-pub fn finish_left_behind(data_dir: &Path, sinks: &mut RunSinks) -> Vec<(PathBuf, Outcome)> {
+/// Finishes what [`spawn_finish_left_behind`] finds (only masters whose name ends in `own`,
+/// when given), logging each; returns what was done.
+pub fn finish_left_behind(
+    data_dir: &Path,
+    sinks: &mut RunSinks,
+    own: Option<&str>,
+) -> Vec<(PathBuf, Outcome)> {
     let reason = "crashed: the run's daemon stopped before its end was written; \
                   finished from its files by detingestd serve at its start";
     let mut done = Vec::new();
     for master in unfinished_masters(data_dir) {
+        let name = master.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if own.is_some_and(|own| !name.ends_with(own)) {
+            continue; // another daemon's part: its own daemon finishes it
+        }
         let mut outcome = finish(&master, reason);
         if let Outcome::Left(Why::Recent(age)) = &outcome {
             std::thread::sleep(QUIET.saturating_sub(*age) + Duration::from_millis(100));
