@@ -33,7 +33,7 @@ test: deps venv debian-plugins browser
 	cargo clippy --workspace --all-targets -- -D warnings
 	DETINGEST_PYTHON=$(CURDIR)/$(PY) DETINGEST_STREAM2_SAMPLES=$(STREAM2_SAMPLES) cargo test --workspace
 	DETINGESTD=$(CURDIR)/target/debug/detingestd DETINGEST_DEBIAN_PLUGINS=$(CURDIR)/$(DEBIAN_PLUGINS) \
-	  $(PY) -m pytest -q tests/python
+	  $(PY) -m pytest -q --durations=12 tests/python
 	$(MAKE) soak-short
 	$(MAKE) loom
 

@@ -26,7 +26,7 @@ pub(super) fn remember_closed(st: &mut StreamNumbering, frame_number: u64, seen:
 /// too long ago to be remembered.
 pub(super) fn take_late(
     st: &mut StreamNumbering,
-    em: &mut super::Emitter,
+    em: &mut Emitter,
     stream: StreamSlot,
     meta: &FrameMeta,
     now: Instant,
