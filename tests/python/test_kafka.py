@@ -363,3 +363,35 @@ def test_a_run_the_daemon_crashed_in_is_handed_off_when_it_starts_again(
             assert e["size"] == on_disk.stat().st_size and e["chk"] == sha256(on_disk), e
     finally:
         s.close()
+
+
+def test_a_daemon_killed_after_a_201_does_not_answer_that_job_again(
+        detingestd, tmp_path, kafka_broker):
+    """pl72 -> 201 -> SIGKILL 1 s later -> serve again: the command's offset was committed
+    once it was acted on, so the restarted daemon neither starts nor refuses the job again;
+    the crashed run is handed off with the error flag."""
+    kafka_broker.create_topics(*TOPICS)
+    s = serve(detingestd, tmp_path, kafka_broker)
+    reader = Reader(kafka_broker)
+    wait_ready(s)
+    job = str(uuid.uuid4())
+    send(kafka_broker, serialise_pl72(job, "killed_0001.nxs", service_id=SERVICE,
+                                      metadata=json.dumps({"beamtime": "p1234"})))
+    answ = reader.wait(lambda sc, d: sc == "answ" and d.job_id == job, what="answ")[0]
+    assert answ.status_code == 201, answ.message
+    time.sleep(1.0)
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait()
+    s = serve(detingestd, tmp_path, kafka_broker)
+    try:
+        wait_ready(s)
+        wrdn = reader.wait(lambda sc, d: sc == "wrdn" and d.job_id == job, timeout=60,
+                           what="wrdn of the crashed job")[0]
+        assert wrdn.error_encountered and "crashed" in wrdn.message, wrdn.message
+        reader.poll(3.0)   # time for a second answer, were the pl72 read again
+        answers = [d for d in reader.of("answ") if d.job_id == job]
+        assert len(answers) == 1, [(a.status_code, a.message) for a in answers]
+        assert s.call("GET", "/run")[1]["state"] == "idle", "the job was not started again"
+        assert s.call("GET", "/run")[1]["sinks"]["kafka"]["commands_accepted"] == 0
+    finally:
+        s.close()

@@ -200,8 +200,10 @@ pub fn producer(
         .map_err(|e| refused(e, cfg))
 }
 
-/// The command consumer of group `detingestd.<service id>`: offsets committed as commands
-/// are read, so a restarted daemon goes on after the last one it read; a first start reads
+/// The command consumer of group `detingestd.<service id>`: a command's offset is committed
+/// once it has been acted on and answered (`control.rs`, `committed`; no auto-commit, which
+/// would also commit commands read but not yet acted on), so a restarted daemon goes on after
+/// the last one it acted on; a first start reads
 /// the topic from its beginning, where commands older than `max_command_age_ms` are skipped
 /// as history. (Starting at the end instead would lose a command sent while the group's
 /// first offsets are being resolved.)
@@ -212,7 +214,7 @@ pub fn consumer(
 ) -> Result<BaseConsumer<Context>, (String, String)> {
     let mut c = common(cfg);
     c.set("group.id", format!("detingestd.{service_id}"))
-        .set("enable.auto.commit", "true")
+        .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         // A command is acted on within this long of its arrival at the broker (the broker

@@ -92,7 +92,8 @@ impl Control {
                     Some(Ok(m)) => {
                         payload.clear();
                         payload.extend_from_slice(m.payload().unwrap_or_default());
-                        Some(m.timestamp().to_millis().map_or(0, |t| t as u64))
+                        let at = (m.topic().to_owned(), m.partition(), m.offset());
+                        Some((m.timestamp().to_millis().map_or(0, |t| t as u64), at))
                     }
                     Some(Err(e)) => {
                         self.consumer_error(&e);
@@ -105,8 +106,9 @@ impl Control {
                     None
                 }
             };
-            if let Some(sent_ms) = received {
+            if let (Some((sent_ms, at)), Some(c)) = (received, &consumer) {
                 self.command(&payload, sent_ms);
+                committed(c, &at);
             }
             self.stop_when_due();
             if self
@@ -119,6 +121,7 @@ impl Control {
     }
 
     /// A missing command topic is waited for (logged once); anything else is an outage.
+    /// (See also [`committed`]: a command's offset is committed once it was acted on.)
     fn consumer_error(&mut self, e: &KafkaError) {
         let missing = matches!(
             e.rdkafka_error_code(),
@@ -390,5 +393,21 @@ impl Control {
         ) {
             self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Commits the offset after the command at `(topic, partition, offset)`, which has been acted
+/// on and answered, and waits for the broker to take it: a daemon killed after acting on a
+/// command does not read it again when it restarts (the group's auto-commit, every 5 s, left
+/// a window in which a restarted daemon started the same job again and refused it with 409).
+/// A failed commit is logged; the command may then be read again after a crash.
+fn committed(consumer: &BaseConsumer<Context>, (topic, partition, offset): &(String, i32, i64)) {
+    let mut list = rdkafka::TopicPartitionList::new();
+    let next = rdkafka::Offset::Offset(offset + 1);
+    let result = list
+        .add_partition_offset(topic, *partition, next)
+        .and_then(|()| consumer.commit(&list, rdkafka::consumer::CommitMode::Sync));
+    if let Err(e) = result {
+        tracing::warn!(topic = %topic, partition, offset, error = %e, "kafka: a command's offset was not committed; after a crash it may be read again");
     }
 }
