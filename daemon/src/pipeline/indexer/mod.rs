@@ -7,11 +7,13 @@
 //! frame number form one dataset. Each module delivers its frames in order, so a dataset is
 //! settled once every module has either arrived or delivered a later frame. Datasets are
 //! closed strictly in index order: when settled, when the oldest open one is
-//! `dataset_timeout` old, or when a frame `dataset_ahead` frame numbers later arrives (a
-//! silent module). A dataset closed with no module is a lost
-//! index ([`Step::Lost`]); otherwise [`Step::Closed`] follows its chunks. So every index 1..N
-//! reaches the writer exactly once, and the same frame number gets the same index on every
-//! module (and on every daemon given the same `first_frame_number`).
+//! `dataset_timeout` old, or when a frame `ahead` frame numbers later arrives (the window of
+//! open datasets is full: `dataset_ahead`, by default as many as the buffers allow). A
+//! module frame arriving after its dataset closed is late (`late.rs`). A dataset closed with
+//! no module is a lost index ([`Step::Lost`]); otherwise [`Step::Closed`] follows its
+//! chunks. So every index 1..N reaches the writer exactly once, and the same frame number
+//! gets the same index on every module (and on every daemon given the same
+//! `first_frame_number`).
 //!
 //! Frames a source dropped here (its [`DropLog`]) are recorded dropped, not lost.
 //!
@@ -43,7 +45,8 @@ pub(crate) struct StreamPlan {
     pub layout: RunLayout,
     /// The modules a complete dataset has (all, or this daemon's part of the detector).
     pub expected: u64,
-    /// Close an incomplete dataset once a frame this many frame numbers later arrives.
+    /// Open datasets at most: an incomplete one closes once a frame this many frame numbers
+    /// later arrives.
     pub ahead: u64,
     /// Close an incomplete dataset after this long.
     pub timeout: Duration,
