@@ -108,6 +108,8 @@ impl std::fmt::Display for DataFileName<'_> {
 pub struct RunFiles {
     /// Space held for the run's end (see [`RESERVE_BYTES`]); given back first thing at the end.
     reserve: Option<PathBuf>,
+    /// When a data file's close last flushed the master's records.
+    closed_flush: Option<std::time::Instant>,
     dir: PathBuf,
     stream: String,
     layout: RunLayout,
@@ -131,6 +133,9 @@ pub struct RunFiles {
 /// disk can still write its end: the records buffered since the last flush (about 150 bytes
 /// an index), the VDS (a few hundred bytes per data file) and the finish marker.
 pub const RESERVE_BYTES: usize = 8 << 20;
+
+/// Shortest time between two flushes of the master a data file's close makes.
+const CLOSED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The reserve file of `stream` in `dir`.
 pub fn reserve_path(dir: &Path, stream: &str) -> PathBuf {
@@ -201,6 +206,7 @@ impl RunFiles {
             MasterFile::create(&master_path(dir, stream), &layout, info, user_json, options)?;
         let mut run = Self {
             reserve: reserve_space(dir, stream),
+            closed_flush: None,
             dir: dir.to_owned(),
             stream: stream.to_owned(),
             layout,
@@ -274,7 +280,9 @@ impl RunFiles {
             self.lost += 1;
         }
         // Close data files whose every index is recorded; the master's records then cover
-        // them on disk too, so what a closed data file holds survives a crash with its records.
+        // them on disk too (at most every CLOSED_FLUSH: with a file per index, a flush per
+        // index would cost more than it saves), so what a closed data file holds survives a
+        // crash with its records.
         let mut closed = false;
         while let Some(f) = self.open.front() {
             if f.first() + self.options.frames_per_file - 1 > self.frames {
@@ -285,8 +293,12 @@ impl RunFiles {
                 closed = true;
             }
         }
-        if closed {
+        let due = self
+            .closed_flush
+            .is_none_or(|t| t.elapsed() >= CLOSED_FLUSH);
+        if closed && due {
             self.master.flush()?;
+            self.closed_flush = Some(std::time::Instant::now());
         }
         Ok(())
     }
