@@ -52,6 +52,7 @@ pub use nxmx::{DetectorInfo, Goniometer};
 pub use part_records::{clear_write_marks, read_part, PartRecords, PartState};
 pub use read_back::read_frame;
 pub use recover::{
-    data_files, finish_unfinished, holders, is_detector_master, is_finished, Recovered,
+    changed_ago, data_files, finish_unfinished, holders, is_detector_master, is_finished,
+    run_holder, stream_of_master, Recovered, QUIET,
 };
 pub use run_files::{data_file_name, master_path, DataFileName, FileOptions, MasterData, RunFiles};

@@ -14,6 +14,7 @@
 //! leaves the crashed master as it was, to be finished again.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use detingest_shm::PixelType;
 use hdf5::file::OpenMode;
@@ -89,6 +90,38 @@ pub fn data_files(dir: &Path, stream: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A run's unfinished master that changed less than this long ago may still be written by
+/// a daemon no process check reaches (another host sharing the storage): it flushes every
+/// `flush_interval_ms`, 1 s by default. Finishing a crashed run, and `detingestd merge`
+/// taking a part for dead, wait until its master is this quiet.
+pub const QUIET: Duration = Duration::from_secs(3);
+
+/// How long ago `path` last changed (`None` if that cannot be read).
+pub fn changed_ago(path: &Path) -> Option<Duration> {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default())
+        .ok()
+}
+
+/// The stream of a master's path (`<stream>_master.h5`), if it names one.
+pub fn stream_of_master(master: &Path) -> Option<&str> {
+    master
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix("_master.h5"))
+}
+
+/// A process of this host that holds the master `master` or one of its run's data files open,
+/// and which file: its writer is alive ([`holders`]).
+pub fn run_holder(master: &Path) -> Option<(u32, PathBuf)> {
+    let mut files = stream_of_master(master)
+        .map(|stream| data_files(master.parent().unwrap_or(Path::new(".")), stream))
+        .unwrap_or_default();
+    files.push(master.to_owned());
+    holders(&files).into_iter().next()
+}
+
 /// Processes of this host that hold one of `paths` open: `(pid, path)`. Read from
 /// `/proc/<pid>/fd` (every process, as root; the daemon's own user's otherwise, which is the
 /// user that writes the files). This process counts too: a `serve` that looks for crashed
@@ -135,24 +168,19 @@ pub fn holders(paths: &[PathBuf]) -> Vec<(u32, PathBuf)> {
 pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, WriteError> {
     let bad = |what: String| WriteError::Metadata(format!("{}: {what}", master.display()));
     let dir = master.parent().unwrap_or(Path::new("."));
-    let stream = master
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix("_master.h5"))
+    let stream = stream_of_master(master)
         .ok_or_else(|| bad("not a run's master (<stream>_master.h5)".into()))?
         .to_owned();
     if is_finished(master).unwrap_or(false) {
         return Err(bad("the run has finished already".into()));
     }
-    let files = data_files(dir, &stream);
-    let mut all = files.clone();
-    all.push(master.to_owned());
-    if let Some((pid, path)) = holders(&all).first() {
+    if let Some((pid, path)) = run_holder(master) {
         return Err(bad(format!(
             "process {pid} holds {} open: its writer may be alive; nothing was changed",
             path.display()
         )));
     }
+    let files = data_files(dir, &stream);
     // The space the run held for its end is the end's now.
     let _ = std::fs::remove_file(crate::run_files::reserve_path(dir, &stream));
     let copy = dir.join(format!(".{stream}_master.h5.finishing"));
@@ -176,22 +204,21 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         }
         Err(e) => return Err(unusable(e)),
     }
-    // Every record dataset is there, and what the run was.
-    let (modules, master_data, planned_k, user_json) = MasterFile::open(&copy, 1)
-        .and_then(|m| {
-            drop(m);
-            run_settings(&copy)
-        })
+    // What the run was, and every record dataset there.
+    let ((_, master_data, planned_k, user_json), mut m) = run_settings(&copy)
+        .and_then(|s| MasterFile::open(&copy, s.0 as usize).map(|m| (s, m)))
         .map_err(unusable)?;
-    let mut m = MasterFile::open(&copy, modules as usize)?;
     let frames = m.flushed() as u64;
     // Each data file's marks cleared; one its writer died while making (at a rollover) holds
     // nothing the records cover, and is set aside.
-    let mut usable = Vec::new();
+    let (mut usable, mut image) = (Vec::new(), None);
     for (n, f) in files.iter().enumerate() {
         let checked = clear_write_marks(f).and_then(|()| image_of(f));
         match (checked, planned_k) {
-            (Ok(_), _) => usable.push(f.clone()),
+            (Ok(geometry), _) => {
+                image.get_or_insert(geometry);
+                usable.push(f.clone());
+            }
             (Err(e), Some(k)) if n as u64 * k >= frames => {
                 let aside = f.with_extension("h5.unreadable");
                 std::fs::rename(f, &aside).map_err(|r| {
@@ -208,11 +235,8 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         }
     }
     let files = usable;
-    let (image, codec) = match files.first() {
-        Some(f) => {
-            let (shape, pixel, codec) = image_of(f)?;
-            (Some((shape, pixel)), codec)
-        }
+    let (image, codec) = match image {
+        Some((shape, pixel, codec)) => (Some((shape, pixel)), codec),
         None => (None, Codec::None),
     };
     let k = match (planned_k, files.first()) {

@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use detingest_writer::{
-    clear_write_marks, data_file_name, master_path, read_part, DetectorInfo, DetectorMaster,
-    FileOptions, Part, PartEnd, RunEnd, RunLayout,
+    clear_write_marks, master_path, read_part, DetectorInfo, DetectorMaster, FileOptions, Part,
+    PartEnd, RunEnd, RunLayout,
 };
 
 use super::merge_records::{self, Feed, Merged, Progress};
@@ -402,9 +402,12 @@ fn follow(
 
 /// Clears the write marks a dead daemon left in its master and data files.
 pub(super) fn clear_marks(dir: &Path, stream: &str) {
-    let files = std::iter::once(master_path(dir, stream))
-        .chain((1..).map(|n| dir.join(data_file_name(stream, n))))
-        .take_while(|p| p.exists());
+    let master = master_path(dir, stream);
+    let files = master
+        .exists()
+        .then_some(master)
+        .into_iter()
+        .chain(detingest_writer::data_files(dir, stream));
     for path in files {
         if let Err(e) = clear_write_marks(&path) {
             tracing::warn!(file = %path.display(), error = %e, "cannot clear a dead daemon's write marks");

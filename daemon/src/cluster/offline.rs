@@ -4,7 +4,6 @@
 //! its last flushed record, as the live merger would have.
 
 use std::path::Path;
-use std::time::Duration;
 
 use detingest_writer::{master_path, read_part, DetectorMaster, RunEnd, WriteError};
 
@@ -52,23 +51,18 @@ pub fn finish_merge(dir: &Path, stream: &str) -> Result<MergeReport, WriteError>
     Ok(MergeReport::new(&feeds, ends, (frames, lost_now), None))
 }
 
-/// An unfinished part whose master changed less than this long ago may still be written:
-/// its daemon is alive (it flushes every `flush_interval_ms`, 1 s by default).
-const QUIET: Duration = Duration::from_secs(3);
-
-/// Refuses to take a part for dead while its master still changes: clearing the write marks
-/// of a file a live writer holds would corrupt it.
+/// Refuses to take a part for dead while its master still changes (less than
+/// [`detingest_writer::QUIET`] ago): clearing the write marks of a file a live writer holds
+/// would corrupt it.
 fn refuse_if_written(path: &Path, daemon: &str) -> Result<(), WriteError> {
-    let age = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map(|t| t.elapsed().unwrap_or_default());
-    match age {
-        Ok(age) if age < QUIET => Err(WriteError::Metadata(format!(
-            "{daemon}'s part {} is unfinished and was written {} ms ago: its daemon may still \
-             run; merge once every daemon's run has ended",
-            path.display(),
-            age.as_millis()
-        ))),
-        _ => Ok(()),
-    }
+    let Some(age) = detingest_writer::changed_ago(path).filter(|a| *a < detingest_writer::QUIET)
+    else {
+        return Ok(());
+    };
+    Err(WriteError::Metadata(format!(
+        "{daemon}'s part {} is unfinished and was written {} ms ago: its daemon may still \
+         run; merge once every daemon's run has ended",
+        path.display(),
+        age.as_millis()
+    )))
 }

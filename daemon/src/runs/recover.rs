@@ -20,15 +20,14 @@ use std::time::Duration;
 
 use detingest_shm::{Name, StreamId};
 use detingest_writer::{
-    data_files, finish_unfinished, holders, is_detector_master, is_finished, DetectorInfo,
+    changed_ago, finish_unfinished, is_detector_master, is_finished, run_holder, DetectorInfo,
     FileOptions, Recovered,
 };
 
 use crate::sink::{Notification, RunSinks, StreamEndNotice, StreamStartNotice};
 use crate::stream::{now_ns, StreamInfo};
 
-/// An unfinished master that changed less than this long ago may still be written.
-pub const QUIET: Duration = Duration::from_secs(3);
+pub use detingest_writer::QUIET;
 
 /// How deep under the data directory masters are looked for (`beamtime/source/` is 2).
 const DEPTH: usize = 4;
@@ -110,23 +109,14 @@ fn walk(path: &Path, depth: usize, found: &mut Vec<PathBuf>) {
 
 /// Finishes the unfinished run of `master` with `reason`, unless it may still be written.
 pub fn finish(master: &Path, reason: &str) -> Outcome {
-    let mut files = master
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix("_master.h5"))
-        .map(|stream| data_files(master.parent().unwrap_or(Path::new(".")), stream))
-        .unwrap_or_default();
-    files.push(master.to_owned());
-    if let Some((pid, file)) = holders(&files).into_iter().next() {
+    if let Some((pid, file)) = run_holder(master) {
         return Outcome::Left(Why::Held(pid, file));
     }
     if is_detector_master(master) {
         return Outcome::Left(Why::Detector);
     }
-    let age = std::fs::metadata(master)
-        .and_then(|m| m.modified())
-        .map(|t| t.elapsed().unwrap_or_default())
-        .unwrap_or_default();
+    // Unreadable: taken as just changed.
+    let age = changed_ago(master).unwrap_or_default();
     if age < QUIET {
         return Outcome::Left(Why::Recent(age));
     }

@@ -164,10 +164,13 @@ fn rfc3339(ns: u64) -> String {
 /// files that could not be read are reported, not listed.
 pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>) {
     let mut paths: Vec<PathBuf> = vec![info.file.clone()];
-    paths.extend(data_files(folder, info.id.stream.as_str()));
+    paths.extend(detingest_writer::data_files(
+        folder,
+        info.id.stream.as_str(),
+    ));
     for part in &info.parts {
         paths.push(detingest_writer::master_path(folder, part));
-        paths.extend(data_files(folder, part));
+        paths.extend(detingest_writer::data_files(folder, part));
     }
     let (mut files, mut problems) = (Vec::new(), Vec::new());
     for p in paths {
@@ -177,27 +180,6 @@ pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>
         }
     }
     (files, problems)
-}
-
-/// `<stream>_data_NNNNNN.h5` in `folder`, in order.
-fn data_files(folder: &Path, stream: &str) -> Vec<PathBuf> {
-    let prefix = format!("{stream}_data_");
-    let Ok(dir) = std::fs::read_dir(folder) else {
-        return Vec::new();
-    };
-    let mut data: Vec<PathBuf> = dir
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.strip_prefix(&prefix)
-                    .and_then(|rest| rest.strip_suffix(".h5"))
-                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-            })
-        })
-        .collect();
-    data.sort();
-    data
 }
 
 /// Size, time and checksum of one file.
