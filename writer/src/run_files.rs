@@ -108,8 +108,8 @@ impl std::fmt::Display for DataFileName<'_> {
 pub struct RunFiles {
     /// Space held for the run's end (see [`RESERVE_BYTES`]); given back first thing at the end.
     reserve: Option<PathBuf>,
-    /// When a data file's close last flushed the master's records.
-    closed_flush: Option<std::time::Instant>,
+    /// A data file closed since the last flush (its records are not on disk yet).
+    closed_unflushed: bool,
     dir: PathBuf,
     stream: String,
     layout: RunLayout,
@@ -137,9 +137,6 @@ pub struct RunFiles {
 /// stream opens (`dd bs=256k count=32` on this machine's disk: 4.9-5.3 ms), before the first
 /// chunk: the queues hold the first frames meanwhile.
 pub const RESERVE_BYTES: usize = 8 << 20;
-
-/// Shortest time between two flushes of the master a data file's close makes.
-const CLOSED_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The reserve file of `stream` in `dir`.
 pub fn reserve_path(dir: &Path, stream: &str) -> PathBuf {
@@ -210,7 +207,7 @@ impl RunFiles {
             MasterFile::create(&master_path(dir, stream), &layout, info, user_json, options)?;
         let mut run = Self {
             reserve: reserve_space(dir, stream),
-            closed_flush: None,
+            closed_unflushed: false,
             dir: dir.to_owned(),
             stream: stream.to_owned(),
             layout,
@@ -283,26 +280,16 @@ impl RunFiles {
         if record.modules == 0 {
             self.lost += 1;
         }
-        // Close data files whose every index is recorded; the master's records then cover
-        // them on disk too (at most every CLOSED_FLUSH: with a file per index, a flush per
-        // index would cost more than it saves), so what a closed data file holds survives a
-        // crash with its records.
-        let mut closed = false;
+        // Close data files whose every index is recorded (the caller flushes the master's
+        // records soon after: `data_file_closed`).
         while let Some(f) = self.open.front() {
             if f.first() + self.options.frames_per_file - 1 > self.frames {
                 break;
             }
             if let Some(f) = self.open.pop_front() {
                 f.close()?;
-                closed = true;
+                self.closed_unflushed = true;
             }
-        }
-        let due = self
-            .closed_flush
-            .is_none_or(|t| t.elapsed() >= CLOSED_FLUSH);
-        if closed && due {
-            self.master.flush()?;
-            self.closed_flush = Some(std::time::Instant::now());
         }
         Ok(())
     }
@@ -323,7 +310,15 @@ impl RunFiles {
         for f in &mut self.open {
             f.flush()?;
         }
-        self.master.flush()
+        self.master.flush()?;
+        self.closed_unflushed = false;
+        Ok(())
+    }
+
+    /// True when a data file closed since the last flush: the data are on disk, their
+    /// records not yet (a crash would leave them out of the run).
+    pub fn data_file_closed(&self) -> bool {
+        self.closed_unflushed
     }
 
     /// Closes every data file, writes the VDS (if configured) and the finish marker, and

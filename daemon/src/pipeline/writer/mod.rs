@@ -28,6 +28,9 @@ use crate::sink::{
 };
 use crate::stream::{now_ns, FrameRecord, StreamInfo};
 
+/// Shortest time between two flushes that a data file's close asks for.
+const CLOSED_FILE_FLUSH: Duration = Duration::from_millis(100);
+
 /// How often files are flushed.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushCadence {
@@ -466,17 +469,20 @@ impl Writer {
         if s.since_flush == 0 {
             return false;
         }
+        let Some(files) = s.files.as_mut() else {
+            return false;
+        };
         let by_count = self.cadence.frames > 0 && s.since_flush >= self.cadence.frames;
         let late = self
             .cadence
             .interval
             .is_some_and(|i| s.last_flush.elapsed() >= i);
-        if !(by_count || late) {
+        // A closed data file's records go to disk with it (at most every CLOSED_FILE_FLUSH:
+        // with a data file per index, a flush per index would cost more than it saves).
+        let closed = files.data_file_closed() && s.last_flush.elapsed() >= CLOSED_FILE_FLUSH;
+        if !(by_count || late || closed) {
             return false;
         }
-        let Some(files) = s.files.as_mut() else {
-            return false;
-        };
         if let Err(e) = files.flush() {
             self.fail(slot, e);
             return false;
