@@ -238,7 +238,7 @@ fn run(command: Command) -> Result<ExitCode> {
             let r = detingest_daemon::cluster::finish_merge(&dir, name.as_str())
                 .with_context(|| format!("cannot finish {stream}'s master in {}", dir.display()))?;
             for (daemon, end) in &r.parts {
-                let state = if end.finished { "finished" } else { "died" };
+                let state = end.outcome.name();
                 println!("{daemon}: {state}, {} indices recorded", end.recorded);
             }
             println!(

@@ -30,8 +30,33 @@ pub struct Part {
 pub struct PartEnd {
     /// Indices its master recorded (flushed).
     pub recorded: u64,
-    /// False when the daemon died (or could not be reached) before its run ended.
-    pub finished: bool,
+    /// Whether its daemon finished it, died, or could not be reached.
+    pub outcome: PartOutcome,
+}
+
+/// How a daemon's part of a run ended, as the whole detector's master records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartOutcome {
+    /// Its daemon finished its master.
+    Finished,
+    /// Its daemon is proven gone (its process ended, or the operator's `detingestd merge`):
+    /// its files' write marks were cleared.
+    Died,
+    /// Its daemon could not be reached when the whole detector ended and could not be proven
+    /// gone (frozen, or on another host): its files were left alone, as their writer may
+    /// still hold them.
+    Unknown,
+}
+
+impl PartOutcome {
+    /// `finished`, `died` or `unknown`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Finished => "finished",
+            Self::Died => "died",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// The image geometry and file options, kept in the master (`daemons` attribute `layout`, JSON)
@@ -195,6 +220,12 @@ impl DetectorMaster {
         self.frames += 1;
     }
 
+    /// Adds one part's modules of `index`, recorded already without them (the part could not
+    /// be reached when it was merged and came back): see `MasterFile::amend`.
+    pub fn amend(&mut self, index: u64, record: &IndexRecord<'_>) -> Result<(), WriteError> {
+        self.master.amend(index, record)
+    }
+
     /// Modules in the detector's grid.
     pub fn modules(&self) -> usize {
         self.layout.modules() as usize
@@ -231,8 +262,7 @@ impl DetectorMaster {
         let daemons = master.file.group("/entry/detingest/daemons")?;
         for (p, e) in parts.iter().zip(ends) {
             let g = daemons.group(&p.daemon)?;
-            let state = if e.finished { "finished" } else { "died" };
-            nxmx::ds_str(&g, "state", state)?;
+            nxmx::ds_str(&g, "state", e.outcome.name())?;
             nxmx::ds_num(&g, "indices_recorded", e.recorded, None)?;
             // Its modules are missing from the index after its last record on, when the
             // detector's stream went on without it.

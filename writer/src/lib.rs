@@ -41,7 +41,7 @@ mod run_files;
 
 pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
 pub use data_file::DATA_PATH;
-pub use detector_master::{DetectorMaster, Part, PartEnd};
+pub use detector_master::{DetectorMaster, Part, PartEnd, PartOutcome};
 pub use error::WriteError;
 pub use filter::{judge_filter_values, FilterVerdict};
 pub use filter_check::{check_filters, DatasetFilterCheck};

@@ -357,6 +357,56 @@ impl MasterFile {
         Ok(())
     }
 
+    /// Adds modules a part wrote late to the record of `index` (1-based, already pushed): the
+    /// module, dropped and missing-packet bits of `r`'s modules, `frame_lost` cleared when a
+    /// module is now there. In the buffer if not flushed yet, else in the file (elements
+    /// read and written back, which SWMR allows). The whole detector's master uses it when a
+    /// part that could not be reached comes back with indices merged without it.
+    pub(crate) fn amend(&mut self, index: u64, r: &IndexRecord<'_>) -> Result<(), WriteError> {
+        let row = index.saturating_sub(1) as usize;
+        let mine = |k: usize| (r.modules | r.dropped) & (1 << k) != 0;
+        let added: u32 = (0..self.modules)
+            .filter(|&k| mine(k))
+            .filter_map(|k| r.missing_packets.get(k))
+            .map(|m| detingest_shm::PacketMask(*m).count())
+            .sum();
+        if let Some(at) = row.checked_sub(self.flushed) {
+            let p = &mut self.pending;
+            if at >= p.len() {
+                return Ok(());
+            }
+            p.modules[at] |= r.modules;
+            p.lost[at] = u8::from(p.modules[at] == 0);
+            p.dropped_mask[at] |= r.dropped;
+            p.dropped[at] = u8::from(p.dropped_mask[at] != 0);
+            p.packets_lost[at] += added;
+            for k in (0..self.modules).filter(|&k| mine(k)) {
+                p.missing[at * self.modules + k] =
+                    r.missing_packets.get(k).copied().unwrap_or([0; 64]);
+            }
+            return Ok(());
+        }
+        let one = row..row + 1;
+        let rec = &self.records;
+        let modules = rec.modules.read_slice_1d::<u64, _>(one.clone())?[0] | r.modules;
+        let dropped = rec.dropped_mask.read_slice_1d::<u64, _>(one.clone())?[0] | r.dropped;
+        let lost = rec.packets_lost.read_slice_1d::<u32, _>(one.clone())?[0] + added;
+        rec.modules.write_slice(&[modules][..], one.clone())?;
+        rec.lost
+            .write_slice(&[u8::from(modules == 0)][..], one.clone())?;
+        rec.dropped_mask.write_slice(&[dropped][..], one.clone())?;
+        rec.dropped
+            .write_slice(&[u8::from(dropped != 0)][..], one.clone())?;
+        rec.packets_lost.write_slice(&[lost][..], one)?;
+        for k in (0..self.modules).filter(|&k| mine(k)) {
+            let mask = [r.missing_packets.get(k).copied().unwrap_or([0; 64])];
+            let view = ArrayView2::from_shape((1, 1), &mask[..])
+                .map_err(|e| WriteError::Metadata(e.to_string()))?;
+            rec.missing.write_slice(view, (row..row + 1, k..k + 1))?;
+        }
+        Ok(())
+    }
+
     /// Appends the buffered records, writes `nimages` and flushes the file.
     pub(crate) fn flush(&mut self) -> Result<(), WriteError> {
         let new = self.pending.len();

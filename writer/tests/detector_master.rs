@@ -6,7 +6,7 @@
 use detingest_shm::PixelType;
 use detingest_writer::{
     master_path, read_part, Chunking, Codec, DetectorInfo, DetectorMaster, FileOptions,
-    IndexRecord, MasterData, Part, PartEnd, RunEnd, RunFiles, RunLayout,
+    IndexRecord, MasterData, Part, PartEnd, PartOutcome, RunEnd, RunFiles, RunLayout,
 };
 
 const MODULE: [u32; 2] = [4, 6];
@@ -135,11 +135,11 @@ fn the_vds_takes_each_module_from_the_part_that_wrote_it() {
     let ends = [
         PartEnd {
             recorded: 5,
-            finished: true,
+            outcome: PartOutcome::Finished,
         },
         PartEnd {
             recorded: 3,
-            finished: false,
+            outcome: PartOutcome::Died,
         },
     ];
     assert_eq!(master.finish(&ends, &RunEnd::default()).unwrap(), 5);
@@ -178,7 +178,7 @@ fn an_unfinished_master_is_resumed_and_finished_from_the_files() {
     merge(dir.path(), &mut master, 3, 4);
     let ends = [PartEnd {
         recorded: 4,
-        finished: true,
+        outcome: PartOutcome::Finished,
     }; 2];
     assert_eq!(master.finish(&ends, &RunEnd::default()).unwrap(), 4);
     let (data, mask, state) = read_back(dir.path());
@@ -189,4 +189,57 @@ fn an_unfinished_master_is_resumed_and_finished_from_the_files() {
     assert!(data.slice(ndarray::s![3, .., 6..]).iter().all(|&v| v == 41));
     let again = DetectorMaster::resume(dir.path(), "s").err().unwrap();
     assert!(again.to_string().contains("finished already"), "{again}");
+}
+
+#[test]
+fn a_part_that_comes_back_adds_its_modules_to_indices_merged_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_part(dir.path(), "s_a", 0, 4);
+    write_part(dir.path(), "s_b", 1, 4);
+    let mut master = create(dir.path());
+    // b could not be reached: indices 1-3 were merged with a's module only, 1-2 flushed.
+    for _ in 1..=2 {
+        master.record(&record(1));
+    }
+    master.flush().unwrap();
+    master.record(&record(1));
+    master.record(&record(3));
+    let missing = [[0u8; 64], [0xff; 64]];
+    for i in 1..=3 {
+        let b = IndexRecord {
+            missing_packets: &missing,
+            ..record(2)
+        };
+        master.amend(i, &b).unwrap();
+    }
+    let ends = [
+        PartEnd {
+            recorded: 4,
+            outcome: PartOutcome::Finished,
+        },
+        PartEnd {
+            recorded: 4,
+            outcome: PartOutcome::Unknown,
+        },
+    ];
+    master.finish(&ends, &RunEnd::default()).unwrap();
+    let (data, mask, state) = read_back(dir.path());
+    assert_eq!((mask, state.as_str()), (vec![3; 4], "unknown"));
+    assert!(data.slice(ndarray::s![2, .., 6..]).iter().all(|&v| v == 31));
+    let f = hdf5::File::open(master_path(dir.path(), "s")).unwrap();
+    let spec = f
+        .group("/entry/instrument/detector/detectorSpecific")
+        .unwrap();
+    let lost = spec
+        .dataset("packets_lost")
+        .unwrap()
+        .read_raw::<u32>()
+        .unwrap();
+    assert_eq!(lost, [512, 512, 512, 0], "b's missing packets, once each");
+    let frame_lost = spec
+        .dataset("frame_lost")
+        .unwrap()
+        .read_raw::<u8>()
+        .unwrap();
+    assert_eq!(frame_lost, [0; 4]);
 }

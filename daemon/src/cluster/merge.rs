@@ -3,12 +3,15 @@
 //! the whole detector's master as the parts' records come in (an SWMR file: readable during
 //! the run), and announces the whole detector's stream to this daemon's sinks (thread
 //! `merge-notify`): a frame record says complete only when every daemon has written its
-//! modules of that index. A peer that cannot be reached for `dead_after_ms` is taken for
-//! dead: its modules are missing from the index after its last record on, and the write
-//! marks its files were left with are cleared so every reader opens them.
+//! modules of that index. A peer that cannot be reached for `dead_after_ms` is unreachable:
+//! the whole detector goes on without it (its modules missing), and if it answers again its
+//! records are merged on, those of indices merged meanwhile added to them. Only a peer proven
+//! gone (its process ended, `liveness.rs`) is dead: the write marks its files were left with
+//! are cleared so every reader opens them. One still unreachable when every other part has
+//! ended (and `dead_after_ms` more) is unknown, its files left alone.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use detingest_writer::{
     PartEnd, RunEnd, RunLayout,
 };
 
+use super::liveness::Liveness;
 use super::merge_records::{self, Feed, Merged, Progress};
 use super::peers::Peer;
 use crate::sink::NotifyQueue;
@@ -88,6 +92,37 @@ pub struct Merger {
     local_done: Arc<AtomicBool>,
     merged: Arc<AtomicU64>,
     stopping: Arc<AtomicBool>,
+    states: Arc<PartStates>,
+}
+
+/// Each part's [`Progress`], as the merger last saw it (for `GET /run` and `/metrics`).
+pub struct PartStates(Vec<AtomicU8>);
+
+const PROGRESS: [Progress; 5] = [
+    Progress::Running,
+    Progress::Finished,
+    Progress::Died,
+    Progress::Unreachable,
+    Progress::Unknown,
+];
+
+impl PartStates {
+    fn new(n: usize) -> Self {
+        Self((0..n).map(|_| AtomicU8::new(0)).collect())
+    }
+
+    fn set(&self, feeds: &[Feed]) {
+        for (s, f) in self.0.iter().zip(feeds) {
+            let k = PROGRESS.iter().position(|p| *p == f.progress).unwrap_or(0);
+            s.store(k as u8, Ordering::Relaxed);
+        }
+    }
+
+    fn get(&self) -> Vec<Progress> {
+        (self.0.iter())
+            .map(|s| PROGRESS[(s.load(Ordering::Relaxed) as usize).min(4)])
+            .collect()
+    }
 }
 
 impl Merger {
@@ -102,6 +137,8 @@ impl Merger {
         let count = Arc::clone(&merged);
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&stopping);
+        let states = Arc::new(PartStates::new(plan.parts.len()));
+        let seen = Arc::clone(&states);
         let queue = Arc::new(NotifyQueue::new(notify_capacity));
         let consumer = Arc::clone(&queue);
         let core = plan.core;
@@ -111,7 +148,7 @@ impl Merger {
         let done = Arc::clone(&local_done);
         let producer = Arc::clone(&queue);
         let thread = crate::threads::spawn("merge".into(), core, move || {
-            let report = run(plan, &producer, (&done, &stop), &count);
+            let report = run(plan, &producer, (&done, &stop), (&count, &seen));
             producer.close();
             let _ = notify.join();
             report
@@ -122,6 +159,7 @@ impl Merger {
                 local_done,
                 merged,
                 stopping,
+                states,
             }),
             Err(e) => {
                 queue.close(); // the notification thread ends
@@ -140,6 +178,11 @@ impl Merger {
     /// Indices in the whole master so far.
     pub fn merged(&self) -> u64 {
         self.merged.load(Ordering::Relaxed)
+    }
+
+    /// Each part's state (in the order of the plan's parts).
+    pub fn part_states(&self) -> Vec<Progress> {
+        self.states.get()
     }
 
     /// This daemon's own part has ended (its files are closed): the merger finishes once the
@@ -172,13 +215,15 @@ struct Follow {
     asked: Instant,
     /// When its run was first seen ended without its master finished.
     ended_at: Option<Instant>,
+    /// Indices the whole master had when it fell silent (for the log when it comes back).
+    silent_at: u64,
 }
 
 fn run(
     plan: MergePlan,
     queue: &NotifyQueue,
     (local_done, stopping): (&AtomicBool, &AtomicBool),
-    count: &AtomicU64,
+    (count, states): (&AtomicU64, &PartStates),
 ) -> MergeReport {
     let parts: Vec<Part> = plan.parts.iter().map(|(p, _)| p.clone()).collect();
     let key = plan.stream.id.stream.as_str().to_owned();
@@ -216,6 +261,7 @@ fn run(
             ended: false,
             asked: now,
             ended_at: None,
+            silent_at: 0,
         })
         .collect();
     let mut feeds: Vec<Feed> = parts.into_iter().map(Feed::new).collect();
@@ -228,15 +274,37 @@ fn run(
     // Time spent reading and merging (the HDF5 library's lock is shared with this daemon's
     // writer): in the end line of the log.
     let (mut busy, mut polls) = (Duration::ZERO, 0u64);
+    // Since when only unreachable parts keep the whole detector from ending.
+    let mut only_silent: Option<Instant> = None;
     loop {
         std::thread::sleep(plan.interval);
         let t0 = Instant::now();
         polls += 1;
         for (f, feed) in follows.iter_mut().zip(feeds.iter_mut()) {
-            if feed.progress == Progress::Running {
-                follow(f, feed, &plan.dir, local_done, plan.dead_after);
+            if matches!(feed.progress, Progress::Running | Progress::Unreachable) {
+                follow(
+                    f,
+                    feed,
+                    (&plan.dir, master.frames()),
+                    local_done,
+                    plan.dead_after,
+                );
             }
         }
+        let running = feeds.iter().any(|f| f.progress == Progress::Running);
+        let silent = (feeds.iter()).any(|f| f.progress == Progress::Unreachable);
+        if running || !silent {
+            only_silent = None;
+        } else if only_silent.get_or_insert_with(Instant::now).elapsed() >= plan.dead_after {
+            for f in feeds
+                .iter_mut()
+                .filter(|f| f.progress == Progress::Unreachable)
+            {
+                tracing::error!(daemon = %f.part.daemon, recorded = f.recorded, "daemon still unreachable as the run ends and not proven gone: its part is unknown in the whole master from its last record on, and its files are left alone (finish them with `detingestd finish` once it is gone)");
+                f.progress = Progress::Unknown;
+            }
+        }
+        states.set(&feeds);
         let stop = stopping.load(Ordering::Acquire);
         let ready = merge_records::ready(&feeds, stop);
         lost += merge_ready(
@@ -292,13 +360,18 @@ fn run(
         error: error.clone(),
     }));
     let per_poll_us = busy.as_micros() as u64 / polls.max(1);
-    tracing::info!(stream = %plan.stream.key, frames, lost, polls, per_poll_us, "detector master complete");
+    let parts: Vec<String> = (feeds.iter().zip(&ends))
+        .map(|(f, e)| format!("{} {}", f.part.daemon, e.outcome.name()))
+        .collect();
+    let parts = parts.join(", ");
+    tracing::info!(stream = %plan.stream.key, frames, lost, polls, per_poll_us, %parts, "detector master complete");
     MergeReport::new(&feeds, ends, (frames, lost), error)
 }
 
 /// Merges every index `feeds` are ready for (see [`merge_records::ready`], `stopping`) into
 /// `master` (`width` modules of `module_bytes` each), and their frame records into `records`;
-/// returns how many of them no daemon wrote.
+/// returns how many of them no daemon wrote. A part's records of indices merged already
+/// (merged without it while it could not be reached) are added to them first.
 pub(super) fn merge_ready(
     feeds: &mut [Feed],
     master: &mut DetectorMaster,
@@ -306,6 +379,22 @@ pub(super) fn merge_ready(
     merged: &mut Merged,
     records: &mut Vec<FrameRecord>,
 ) -> u64 {
+    let done = master.frames();
+    for f in feeds.iter() {
+        let late = f.held_below(done as usize);
+        if late.is_empty() {
+            continue;
+        }
+        let (first, last) = (late.start + 1, late.end);
+        for pos in late {
+            let index = pos as u64 + 1;
+            merge_records::merge(std::slice::from_ref(f), index, width, merged);
+            if let Err(e) = master.amend(index, &merged.record()) {
+                tracing::warn!(daemon = %f.part.daemon, index, error = %e, "cannot add a returning daemon's modules");
+            }
+        }
+        tracing::info!(daemon = %f.part.daemon, first, last, "indices merged without the daemon now hold its modules");
+    }
     let ready = merge_records::ready(feeds, stopping);
     let mut lost = 0;
     records.clear();
@@ -315,7 +404,7 @@ pub(super) fn merge_ready(
         lost += u64::from(merged.modules == 0);
         records.push(frame_record(index, merged, module_bytes));
     }
-    merge_records::forget(feeds, ready);
+    merge_records::forget(feeds, ready.max(done));
     lost
 }
 
@@ -349,17 +438,19 @@ fn frame_record(index: u64, m: &Merged, module_bytes: u64) -> FrameRecord {
     }
 }
 
-/// Reads what is new in `f`'s master and learns whether its run goes on.
+/// Reads what is new in `f`'s master and learns whether its run goes on; a peer silent for
+/// `dead_after` is dead if proven gone, else unreachable (`merged`: indices in the whole
+/// master, for the log).
 fn follow(
     f: &mut Follow,
     feed: &mut Feed,
-    dir: &Path,
+    (dir, merged): (&Path, u64),
     local_done: &AtomicBool,
     dead_after: Duration,
 ) {
+    // An SWMR read: safe whatever the part's writer does (frozen, writing, gone).
     let from = feed.buf.from + feed.buf.len();
-    let read = read_part(&f.master, from);
-    let finished = match read {
+    let finished = match read_part(&f.master, from) {
         Ok(state) => {
             feed.append(state.records);
             feed.recorded = feed.recorded.max(state.recorded as u64);
@@ -367,22 +458,32 @@ fn follow(
         }
         Err(_) => false, // not there yet, or being closed: next time
     };
+    if finished {
+        feed.progress = Progress::Finished;
+        return;
+    }
     match &f.peer {
         None => f.ended = local_done.load(Ordering::Acquire),
         Some(peer) if f.asked.elapsed() >= dead_after / 6 => {
             f.asked = Instant::now();
-            match peer.status() {
+            // Within a third of `dead_after`: a silent peer is noticed in about `dead_after`.
+            match peer.status((dead_after / 3).max(Duration::from_millis(100))) {
                 Ok(v) => {
                     f.heard = Instant::now();
                     let stream = v.get("stream").and_then(|s| s.as_str()).unwrap_or("");
                     let running = v.get("state").and_then(|s| s.as_str()) == Some("running");
                     let ours = stream.ends_with(&format!("/{}", feed.part.stream));
                     f.ended = !(running && ours);
+                    if feed.progress == Progress::Unreachable {
+                        tracing::warn!(daemon = %feed.part.daemon, silent_from = f.silent_at + 1, recorded = feed.recorded, "daemon answers again: its records are merged on");
+                        feed.progress = Progress::Running;
+                    }
                 }
                 Err((_, e)) if f.heard.elapsed() >= dead_after => {
-                    tracing::warn!(daemon = %feed.part.daemon, error = %e, recorded = feed.recorded, "daemon unreachable: its modules are missing from here on");
-                    feed.progress = Progress::Died;
-                    clear_marks(dir, &feed.part.stream);
+                    silent(f, feed, peer.process().map(|p| p.liveness()), merged, &e);
+                    if feed.progress == Progress::Died {
+                        clear_marks(dir, &feed.part.stream);
+                    }
                     return;
                 }
                 Err(_) => {}
@@ -390,13 +491,38 @@ fn follow(
         }
         Some(_) => {}
     }
-    if finished || (f.ended && !f.master.exists()) {
+    if f.ended && !f.master.exists() {
         feed.progress = Progress::Finished;
     } else if f.ended && f.ended_at.get_or_insert_with(Instant::now).elapsed() >= dead_after {
-        // Ended, but its master was never finished (its writer failed): what it flushed is all.
+        // Its run ended (its daemon says so), but its master was never finished (its writer
+        // failed): what it flushed is all, and nothing writes its files any more.
         tracing::warn!(daemon = %feed.part.daemon, recorded = feed.recorded, "daemon's run ended without finishing its master");
         feed.progress = Progress::Died;
         clear_marks(dir, &feed.part.stream);
+    }
+}
+
+/// A peer silent for `dead_after`: dead when its process is proven gone (and nothing of this
+/// host holds its files), else unreachable (logged once).
+fn silent(f: &mut Follow, feed: &mut Feed, liveness: Option<Liveness>, merged: u64, e: &str) {
+    let held = detingest_writer::run_holder(&f.master);
+    let (daemon, recorded) = (&feed.part.daemon, feed.recorded);
+    match (liveness, held) {
+        (Some(Liveness::Gone), None) => {
+            tracing::warn!(%daemon, error = %e, recorded, "daemon's process has ended: its modules are missing from here on, its files' write marks are cleared");
+            feed.progress = Progress::Died;
+        }
+        _ if feed.progress == Progress::Unreachable => {}
+        (l, held) => {
+            let why = match (l, held) {
+                (Some(Liveness::Alive), _) => "its process lives (stopped or hung?)".to_owned(),
+                (_, Some((pid, _))) => format!("process {pid} of this host still holds its files"),
+                _ => "it runs on another host: it cannot be proven gone from here".to_owned(),
+            };
+            tracing::error!(%daemon, error = %e, recorded, reason = %why, "daemon unreachable: the whole detector goes on without its modules, it is merged on if it answers again; its files are left alone");
+            f.silent_at = merged;
+            feed.progress = Progress::Unreachable;
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! daemon has recorded (or will never record, having ended), and one record per index with
 //! the modules any daemon wrote.
 
-use detingest_writer::{IndexRecord, Part, PartEnd, PartRecords};
+use detingest_writer::{IndexRecord, Part, PartEnd, PartOutcome, PartRecords};
 
 /// Where one daemon's part stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,8 +11,26 @@ pub enum Progress {
     Running,
     /// Its run ended: it recorded all it will.
     Finished,
-    /// It died (or could not be reached) with its run going: nothing more comes from it.
+    /// Its daemon is proven gone with its run going: nothing more comes from it.
     Died,
+    /// Its daemon does not answer and is not proven gone (frozen, cut off, on another host):
+    /// the whole detector goes on without it, and merges it on if it comes back.
+    Unreachable,
+    /// It was still unreachable when every other part had ended: left as it was.
+    Unknown,
+}
+
+impl Progress {
+    /// `running`, `finished`, `died`, `unreachable` or `unknown`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Died => "died",
+            Self::Unreachable => "unreachable",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// One daemon's records not merged yet.
@@ -60,6 +78,12 @@ impl Feed {
         self.recorded = self.recorded.max((b.from + b.len()) as u64);
     }
 
+    /// Positions (0-based) it holds records of below `to`: records of indices merged without
+    /// them (it could not be reached then).
+    pub fn held_below(&self, to: usize) -> std::ops::Range<usize> {
+        self.buf.from..to.min(self.buf.from + self.buf.len())
+    }
+
     /// Forgets records before position `to`.
     fn drain_to(&mut self, to: usize) {
         let b = &mut self.buf;
@@ -88,11 +112,12 @@ impl Feed {
 
 /// The last index the whole detector can be merged up to: every running daemon has recorded
 /// it; once none runs, the last any recorded. In a run being stopped (`stopping`: the
-/// daemons stop one after the other, each at its own index), the last every daemon that did
-/// not die recorded: the whole detector ends with its last whole index.
+/// daemons stop one after the other, each at its own index), the last every daemon that
+/// runs or finished recorded: the whole detector ends with its last whole index. A part
+/// that is dead or unreachable holds nothing back.
 pub fn ready(feeds: &[Feed], stopping: bool) -> u64 {
     let alive = |f: &&Feed| match stopping {
-        true => f.progress != Progress::Died,
+        true => matches!(f.progress, Progress::Running | Progress::Finished),
         false => f.progress == Progress::Running,
     };
     match feeds.iter().filter(alive).map(|f| f.recorded).min() {
@@ -101,9 +126,9 @@ pub fn ready(feeds: &[Feed], stopping: bool) -> u64 {
     }
 }
 
-/// True when every daemon's part has ended (finished or died).
+/// True when every daemon's part has ended (finished, died or unknown).
 pub fn all_ended(feeds: &[Feed]) -> bool {
-    feeds.iter().all(|f| f.progress != Progress::Running)
+    (feeds.iter()).all(|f| !matches!(f.progress, Progress::Running | Progress::Unreachable))
 }
 
 /// One merged index.
@@ -187,7 +212,11 @@ pub fn ends(feeds: &[Feed]) -> Vec<PartEnd> {
     (feeds.iter())
         .map(|f| PartEnd {
             recorded: f.recorded,
-            finished: f.progress == Progress::Finished,
+            outcome: match f.progress {
+                Progress::Finished => PartOutcome::Finished,
+                Progress::Died => PartOutcome::Died,
+                _ => PartOutcome::Unknown,
+            },
         })
         .collect()
 }
@@ -259,6 +288,24 @@ mod tests {
         assert_eq!(ready(&feeds, true), 3, "stopping: not beyond a's last");
         feeds[1].progress = Progress::Finished;
         assert_eq!(ready(&feeds, true), 3);
+    }
+
+    #[test]
+    fn an_unreachable_part_holds_nothing_back_and_is_unknown_at_the_end() {
+        let mut feeds = vec![feed("a", 1, &[1, 1, 1]), feed("b", 2, &[2])];
+        assert_eq!(ready(&feeds, false), 1);
+        feeds[1].progress = Progress::Unreachable;
+        assert_eq!((ready(&feeds, false), ready(&feeds, true)), (3, 3));
+        feeds[0].progress = Progress::Finished;
+        assert!(!all_ended(&feeds), "an unreachable part may come back");
+        feeds[1].progress = Progress::Unknown;
+        assert!(all_ended(&feeds));
+        assert_eq!(ends(&feeds)[1].outcome, PartOutcome::Unknown);
+        assert_eq!(
+            feeds[1].held_below(3),
+            0..1,
+            "its index 1, if 3 were merged"
+        );
     }
 
     #[test]

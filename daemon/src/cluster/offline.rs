@@ -51,10 +51,18 @@ pub fn finish_merge(dir: &Path, stream: &str) -> Result<MergeReport, WriteError>
     Ok(MergeReport::new(&feeds, ends, (frames, lost_now), None))
 }
 
-/// Refuses to take a part for dead while its master still changes (less than
-/// [`detingest_writer::QUIET`] ago): clearing the write marks of a file a live writer holds
-/// would corrupt it.
+/// Refuses to take a part for dead while a process of this host holds its files, or its
+/// master still changes (less than [`detingest_writer::QUIET`] ago): clearing the write marks
+/// of a file a live writer holds would corrupt it.
 fn refuse_if_written(path: &Path, daemon: &str) -> Result<(), WriteError> {
+    if let Some((pid, file)) = detingest_writer::run_holder(path) {
+        return Err(WriteError::Metadata(format!(
+            "{daemon}'s part {} is unfinished and process {pid} of this host holds {}: its \
+             daemon still runs (perhaps stopped); merge once every daemon's run has ended",
+            path.display(),
+            file.display()
+        )));
+    }
     let Some(age) = detingest_writer::changed_ago(path).filter(|a| *a < detingest_writer::QUIET)
     else {
         return Ok(());

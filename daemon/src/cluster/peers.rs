@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::liveness::ProcessId;
 use super::ClusterConfig;
 
-/// A peer's answer that was not a success: HTTP status (502 when it could not be reached)
-/// and its message.
+/// A peer's answer that was not a success: HTTP status and its message. A peer that cannot
+/// be reached, or refuses this daemon's token, is a `409` (the detector's daemons are not in
+/// a state to start): the operator's own request and token were fine.
 pub type PeerError = (u16, String);
 
 /// One peer daemon's control API.
@@ -18,6 +20,8 @@ pub struct Peer {
     url: String,
     agent: ureq::Agent,
     token: Option<String>,
+    /// Which process answered its check (to prove it gone if it falls silent).
+    process: Option<ProcessId>,
 }
 
 impl Peer {
@@ -30,7 +34,19 @@ impl Peer {
                 .timeout(timeout)
                 .build(),
             token,
+            process: None,
         }
+    }
+
+    /// Remembers which process answered its check (`process` of a `POST /run/check` answer).
+    pub fn identify(&mut self, answer: &Value) {
+        self.process =
+            (answer.get("process").cloned()).and_then(|p| serde_json::from_value(p).ok());
+    }
+
+    /// The process that answered its check, if it said.
+    pub fn process(&self) -> Option<&ProcessId> {
+        self.process.as_ref()
     }
 
     /// Its base URL.
@@ -45,26 +61,26 @@ impl Peer {
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
-        answer(&self.url, req.send_string(&body.to_string()))
+        answer(req.send_string(&body.to_string()))
     }
 
-    /// `GET /run`.
-    pub fn status(&self) -> Result<Value, PeerError> {
-        let mut req = self.agent.get(&format!("{}/run", self.url));
+    /// `GET /run`, answered within `within`.
+    pub fn status(&self, within: Duration) -> Result<Value, PeerError> {
+        let mut req = (self.agent.get(&format!("{}/run", self.url))).timeout(within);
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
-        answer(&self.url, req.call())
+        answer(req.call())
     }
 }
 
-fn answer(url: &str, r: Result<ureq::Response, ureq::Error>) -> Result<Value, PeerError> {
+fn answer(r: Result<ureq::Response, ureq::Error>) -> Result<Value, PeerError> {
     match r {
         Ok(resp) => {
             let text = resp
                 .into_string()
-                .map_err(|e| (502, format!("{url}: {e}")))?;
-            serde_json::from_str(&text).map_err(|e| (502, format!("{url}: not JSON: {e}")))
+                .map_err(|e| (409, format!("cannot read its answer: {e}")))?;
+            serde_json::from_str(&text).map_err(|e| (409, format!("its answer is not JSON: {e}")))
         }
         Err(ureq::Error::Status(status, resp)) => {
             let text = resp.into_string().unwrap_or_default();
@@ -72,9 +88,18 @@ fn answer(url: &str, r: Result<ureq::Response, ureq::Error>) -> Result<Value, Pe
                 .ok()
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or(text);
-            Err((status, message))
+            match status {
+                401 | 403 => Err((
+                    409,
+                    format!(
+                        "it refused this daemon's token ({status}: {message}): the daemons of a \
+                         detector share one [control] token_file"
+                    ),
+                )),
+                _ => Err((status, message)),
+            }
         }
-        Err(ureq::Error::Transport(t)) => Err((502, format!("cannot reach {url}: {t}"))),
+        Err(ureq::Error::Transport(t)) => Err((409, format!("cannot reach it: {t}"))),
     }
 }
 
@@ -104,7 +129,7 @@ pub fn check_all(peers: &[Peer], request: &Value) -> Result<Vec<Value>, PeerErro
         .iter()
         .map(|p| {
             p.post("/run/check", request)
-                .map_err(|(s, m)| (s, format!("refused by the daemon at {}: {m}", p.url())))
+                .map_err(|(s, m)| (s, format!("the daemon at {}: {m}", p.url())))
         })
         .collect()
 }
@@ -121,7 +146,7 @@ pub fn start_all(peers: &[Peer], request: &Value) -> Result<Vec<Value>, PeerErro
                         tracing::warn!(peer = q.url(), error = %e, "cannot stop a started peer");
                     }
                 }
-                return Err((s, format!("refused by the daemon at {}: {m}", p.url())));
+                return Err((s, format!("the daemon at {}: {m}", p.url())));
             }
         }
     }

@@ -52,6 +52,9 @@ pub struct Reading {
     /// Indices in the whole detector's master of a run this daemon coordinates (several
     /// daemons, one detector); `None` otherwise.
     pub detector_merged: Option<u64>,
+    /// Each daemon of that run and its part's state (running, finished, unreachable, died,
+    /// unknown).
+    pub detector_parts: Vec<(String, String)>,
 }
 
 /// The pipeline's counters: the `StatsSnapshot` field (pipeline), the metric's name
@@ -350,6 +353,22 @@ impl Reading {
                 one(ConstGauge::new(n as i64)),
             )?;
         }
+        if !self.detector_parts.is_empty() {
+            const STATES: [&str; 5] = ["running", "finished", "unreachable", "died", "unknown"];
+            let samples = (self.detector_parts.iter()).flat_map(|(daemon, state)| {
+                STATES.map(|s| {
+                    let labels = vec![("daemon", daemon.clone()), ("state", s.to_owned())];
+                    (labels, ConstGauge::new(i64::from(state == s)))
+                })
+            });
+            family(
+                enc,
+                "detingest_detector_part_state",
+                "Each daemon's part of the run this daemon coordinates: 1 for its state",
+                None,
+                samples,
+            )?;
+        }
         let g = |field: &str| number(&self.gauges, field);
         let queues = [
             ("source", g("source_queue")),
@@ -438,10 +457,13 @@ mod tests {
             totals,
             state: "running",
             detector_merged: Some(12),
+            detector_parts: vec![("d2".into(), "unreachable".into())],
             ..Default::default()
         });
         for line in [
             "detingest_detector_merged_indices 12",
+            "detingest_detector_part_state{daemon=\"d2\",state=\"unreachable\"} 1",
+            "detingest_detector_part_state{daemon=\"d2\",state=\"running\"} 0",
             "# TYPE detingest_udp_received_bytes_total counter",
             "detingest_udp_received_bytes_total{source=\"m0\"} 5",
             "detingest_udp_late_total{source=\"m1\"} 0",

@@ -50,6 +50,7 @@ impl RunManager {
             "stream": src.stream.stream.as_str(),
             "modules": modules,
             "master": master,
+            "process": crate::cluster::ProcessId::this(),
         }))
     }
 
@@ -83,11 +84,12 @@ impl RunManager {
                 format!("{} exists; detingest never overwrites", whole.display()),
             ));
         }
-        let list = self.peers();
+        let mut list = self.peers();
         let part = peers::part_request(request, &self.base.cluster.name);
         let answers = peers::check_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
         let mut parts = vec![(part_of(&mine)?, None)];
-        for (a, peer) in answers.iter().zip(&list) {
+        for (a, peer) in answers.iter().zip(&mut list) {
+            peer.identify(a);
             let part = part_of(a)?;
             if parts.iter().any(|(p, _)| p.daemon == part.daemon) {
                 return Err(ApiError::new(
@@ -115,17 +117,11 @@ impl RunManager {
                 ));
             }
         }
-        let overlap = (parts.iter()).fold((0u64, 0u64), |(all, twice), (p, _)| {
-            (all | p.modules, twice | (all & p.modules))
-        });
-        if overlap.1 != 0 {
-            return Err(ApiError::new(
-                409,
-                format!(
-                    "modules {:#x} are taken by two daemons; each module belongs to one",
-                    overlap.1
-                ),
-            ));
+        let urls: Vec<&str> = std::iter::once("this daemon")
+            .chain(list.iter().map(|p| p.url()))
+            .collect();
+        if let Some(clash) = clash(&parts, &urls, self.base.sources.first().map(|s| s.grid)) {
+            return Err(ApiError::new(409, clash));
         }
         peers::start_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
         for ((_, slot), peer) in parts.iter_mut().skip(1).zip(list) {
@@ -162,7 +158,7 @@ impl RunManager {
             frames_per_file: 0,
         });
         let parts_json: Vec<Value> = (peers.parts.iter())
-            .map(|(p, _)| json!({"daemon": p.daemon, "stream": p.stream, "modules": p.modules}))
+            .map(|(p, _)| json!({"daemon": p.daemon, "stream": p.stream, "modules": p.modules, "state": "running"}))
             .collect();
         let c = &self.base.cluster;
         let plan = MergePlan {
@@ -213,17 +209,52 @@ fn part_of(answer: &Value) -> Result<Part, ApiError> {
             modules,
         }),
         _ => Err(ApiError::new(
-            502,
+            409,
             format!("a peer answered its check without its part (is it in a [cluster]?): {answer}"),
         )),
     }
 }
 
+/// The first module two daemons claim, named with both daemons (and their addresses) and the
+/// module's place in the `grid`.
+fn clash(parts: &[(Part, Option<Peer>)], urls: &[&str], grid: Option<[u32; 2]>) -> Option<String> {
+    for (i, (a, _)) in parts.iter().enumerate() {
+        for (j, (b, _)) in parts.iter().enumerate().skip(i + 1) {
+            let both = a.modules & b.modules;
+            if both == 0 {
+                continue;
+            }
+            let m = both.trailing_zeros();
+            let place = grid.map_or(String::new(), |[_, cols]| {
+                format!(" (row {}, column {})", m / cols.max(1), m % cols.max(1))
+            });
+            return Some(format!(
+                "module {m}{place} is claimed by {:?} ({}) and {:?} ({}), {} module(s) in all; \
+                 each module belongs to one daemon",
+                a.daemon,
+                urls[i],
+                b.daemon,
+                urls[j],
+                both.count_ones()
+            ));
+        }
+    }
+    None
+}
+
 /// The detector's part of a run's status at its end.
 pub(super) fn merge_status(mut detector: Value, report: &MergeReport) -> Value {
     let ends: Vec<Value> = (report.parts.iter())
-        .map(|(d, e)| json!({"daemon": d, "recorded": e.recorded, "finished": e.finished}))
+        .map(|(d, e)| {
+            json!({"daemon": d, "recorded": e.recorded, "state": e.outcome.name(),
+                   "finished": e.outcome == detingest_writer::PartOutcome::Finished})
+        })
         .collect();
+    if let Some(parts) = detector.get_mut("parts").and_then(Value::as_array_mut) {
+        for (p, (_, e)) in parts.iter_mut().zip(&report.parts) {
+            p["state"] = json!(e.outcome.name());
+        }
+    }
     detector["frames"] = json!(report.frames);
     detector["merged"] = json!(report.frames);
     detector["lost"] = json!(report.lost);
@@ -239,9 +270,26 @@ pub(super) fn stop_peers(list: &[Peer]) {
     }
 }
 
-/// Shows the whole master's progress in a coordinated run's status (`detector.merged`).
+/// Shows the whole master's progress in a coordinated run's status (`detector.merged`, and
+/// each part's `state`: running, finished, unreachable, died, unknown).
 pub(super) fn show_merged(status: &mut super::RunStatus, merger: Option<&(Merger, Value)>) {
     if let (Some((m, _)), Some(d)) = (merger, status.detector.as_mut()) {
         d["merged"] = json!(m.merged());
+        if let Some(parts) = d.get_mut("parts").and_then(Value::as_array_mut) {
+            for (p, state) in parts.iter_mut().zip(m.part_states()) {
+                p["state"] = json!(state.name());
+            }
+        }
     }
+}
+
+/// Each daemon's name and its part's state, from a status's `detector` (for `/metrics`).
+pub(super) fn part_states(detector: Option<&Value>) -> Vec<(String, String)> {
+    let parts = detector
+        .and_then(|d| d.get("parts"))
+        .and_then(Value::as_array);
+    let text = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
+    (parts.into_iter().flatten())
+        .filter_map(|p| Some((text(p, "daemon")?, text(p, "state")?)))
+        .collect()
 }

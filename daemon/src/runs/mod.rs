@@ -536,6 +536,7 @@ impl RunManager {
             detector_merged: (status.detector.as_ref())
                 .and_then(|d| d.get("merged"))
                 .and_then(Value::as_u64),
+            detector_parts: coordinate::part_states(status.detector.as_ref()),
         }
     }
 }
