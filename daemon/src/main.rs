@@ -179,6 +179,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Repair { files } => filter_files::repair(&files),
         Command::CheckConfig { config } => {
             let c = Config::load(&config)?;
+            // What `serve` reads at start: the token file (present, private, long enough).
+            c.control.token()?;
             println!(
                 "{}: ok ({} source(s), codec {}, {} compression worker(s))",
                 config.display(),
@@ -390,6 +392,13 @@ fn serve(config: Config, first_run: Option<serde_json::Value>) -> Result<ExitCod
     } else {
         while !shutdown.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
+            // The API's thread never ends by itself; if it did, end the daemon (its service
+            // manager restarts it) rather than run on without a control API.
+            if api.iter().any(|t| t.is_finished()) {
+                tracing::error!("the control API ended: stopping the daemon");
+                shutdown.store(true, Ordering::Relaxed);
+                code = ExitCode::FAILURE;
+            }
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);

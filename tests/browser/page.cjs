@@ -32,6 +32,11 @@ async function main() {
     const page = await browser.newPage({ viewport: { width: 1180, height: 800 } });
     const errors = [];
     page.on("pageerror", (e) => errors.push(String(e)));
+    // Console errors too (an invalid pattern, a missing favicon), but for the 401s this
+    // script asks for on purpose (no token yet; a stop without the token).
+    page.on("console", (m) => {
+      if (m.type() === "error" && !/status of 401/.test(m.text())) errors.push("console: " + m.text());
+    });
     const t0 = Date.now();
     await page.goto(url);
     seen.load_ms = Date.now() - t0;
@@ -89,6 +94,10 @@ async function main() {
       await page.click("#stop");
       await waitText(page, "#message", "^stopped ");
       await waitText(page, "#state", "finished");
+      // The form checks names as the daemon does (the pattern is a valid expression).
+      await page.fill("input[name=stream]", "bad/name");
+      check(await page.evaluate(() => document.querySelector("input[name=stream]").validity.patternMismatch),
+        "a name with a slash is refused by the form");
       // Start a new run from the form.
       await page.fill("input[name=stream]", "from_page");
       await page.fill("input[name=frames]", "40");

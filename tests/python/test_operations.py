@@ -5,6 +5,7 @@ driven by playwright-core."""
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -38,12 +39,17 @@ def write_config(tmp, port, control=""):
 
 
 class Daemon:
-    def __init__(self, exe, tmp, control="", port=None, env=None):
+    def __init__(self, exe, tmp, control="", port=None, env=None, nofile=None):
         self.port = port or free_port()
         self.cfg = write_config(tmp, self.port, control)
         self.log = tmp / f"serve-{time.monotonic_ns()}.log"
+
+        def limit():  # as `ulimit -n` in the daemon's shell
+            if nofile:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen([exe, "serve", "--config", str(self.cfg)],
-                                     stderr=open(self.log, "w"), env=env)
+                                     stderr=open(self.log, "w"), env=env, preexec_fn=limit)
         wait_for_log(self.proc, self.log, "control API listening")
 
     def request(self, method, path, body=None, headers=None, raw=None):
@@ -52,9 +58,9 @@ class Daemon:
                                      method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, r.read(), dict(r.headers)
+                return r.status, r.read(), r.headers
         except urllib.error.HTTPError as e:
-            return e.code, e.read(), dict(e.headers)
+            return e.code, e.read(), e.headers
 
     def json(self, method, path, body=None, token=None, headers=None):
         h = dict(headers or {})

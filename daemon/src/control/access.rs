@@ -12,7 +12,8 @@
 
 use std::net::SocketAddr;
 
-use tiny_http::{Method, Request};
+use hyper::header::HeaderMap;
+use hyper::Method;
 
 /// The access policy of one server.
 #[derive(Debug, Clone)]
@@ -35,14 +36,11 @@ impl Access {
         }
     }
 
-    /// Whether `request` on a route that `changes` state (or only reads) may go ahead.
-    pub fn check(&self, request: &Request, changes: bool) -> Result<(), Refusal> {
+    /// Whether a request with `headers` on a route that `changes` state (or only reads) may
+    /// go ahead.
+    pub fn check(&self, headers: &HeaderMap, changes: bool) -> Result<(), Refusal> {
         let header = |name: &str| {
-            request
-                .headers()
-                .iter()
-                .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-                .map(|h| h.value.as_str().to_owned())
+            (headers.get(name)).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
         if self.token.is_none() {
             let host = header("Host").unwrap_or_default();
@@ -102,7 +100,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `method` may change state (everything but GET and HEAD).
 pub fn changes_state(method: &Method) -> bool {
-    !matches!(method, Method::Get | Method::Head)
+    !matches!(*method, Method::GET | Method::HEAD)
 }
 
 #[cfg(test)]

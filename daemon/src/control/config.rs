@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::check::ConfigError;
+use crate::check::{check_range, ConfigError};
 
 /// `[control]`: the HTTP API and live page of `detingestd serve`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -25,6 +25,13 @@ pub struct ControlConfig {
     pub max_body_bytes: u64,
     /// Live page clients (`GET /events`) served at once.
     pub max_event_clients: usize,
+    /// Connections at once (at most half the process's file descriptors): beyond it the one
+    /// that has waited longest without a request is closed, or the new one answered `503`.
+    pub max_connections: usize,
+    /// Time from connect to a complete request head, in milliseconds.
+    pub header_timeout_ms: u64,
+    /// Time for a request's body to arrive, in milliseconds.
+    pub body_timeout_ms: u64,
 }
 
 impl Default for ControlConfig {
@@ -34,7 +41,10 @@ impl Default for ControlConfig {
             token_file: None,
             public_reads: false,
             max_body_bytes: 64 * 1024,
-            max_event_clients: 8,
+            max_event_clients: 64,
+            max_connections: 256,
+            header_timeout_ms: 5000,
+            body_timeout_ms: 10_000,
         }
     }
 }
@@ -58,10 +68,30 @@ impl ControlConfig {
                 "must be between 256 and 16777216",
             ));
         }
-        if !(1..=256).contains(&self.max_event_clients) {
+        check_range(
+            "control.max_event_clients",
+            self.max_event_clients as u64,
+            1..=1024,
+        )?;
+        check_range(
+            "control.max_connections",
+            self.max_connections as u64,
+            16..=65_536,
+        )?;
+        check_range(
+            "control.header_timeout_ms",
+            self.header_timeout_ms,
+            100..=60_000,
+        )?;
+        check_range(
+            "control.body_timeout_ms",
+            self.body_timeout_ms,
+            100..=600_000,
+        )?;
+        if self.max_event_clients >= self.max_connections {
             return Err(ConfigError::new(
                 "control.max_event_clients",
-                "must be between 1 and 256",
+                "must be below control.max_connections (each live page holds a connection)",
             ));
         }
         Ok(())

@@ -1,80 +1,110 @@
 //! `GET /events`: the live page's updates as server-sent events, two a second, each the run's
 //! status (as `GET /run`), the latest preview's index and the modules' missing counts. One
-//! thread per client (`control-events`), at most `[control] max_event_clients`; a client
-//! that goes away ends its thread at the next write.
+//! task makes each event once (on a blocking thread, while some page listens) and every page
+//! gets it from a watch channel: fifty pages cost one status, not fifty threads. At most
+//! `[control] max_event_clients` pages at once (`503` beyond); a page that goes away frees
+//! its place when its connection closes.
 
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::stream;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::Response;
 use serde_json::json;
-use tiny_http::Request;
+use tokio::sync::watch;
 
-use super::Daemon;
+use super::{Body, Daemon};
 use crate::stream::now_ns;
 
 /// Time between two events.
 const EVERY: Duration = Duration::from_millis(500);
 
-/// Clients being served, and how many may be.
-pub struct Clients {
-    now: AtomicUsize,
+/// The pages being served and the latest event.
+pub struct Events {
+    clients: AtomicUsize,
     max: usize,
+    latest: watch::Sender<Bytes>,
 }
 
-impl Clients {
-    /// Room for `max` clients.
+impl Events {
+    /// Room for `max` pages; [`Self::produce`] makes the events.
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
-            now: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
             max,
+            latest: watch::channel(Bytes::new()).0,
         })
     }
+
+    /// Makes an event every [`EVERY`] while some page listens (run on the API's runtime).
+    pub async fn produce(self: Arc<Self>, daemon: Arc<dyn Daemon>) {
+        let mut tick = tokio::time::interval(EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.latest.receiver_count() == 0 {
+                continue;
+            }
+            let daemon = Arc::clone(&daemon);
+            if let Ok(event) = tokio::task::spawn_blocking(move || event(&*daemon)).await {
+                self.latest.send_replace(event);
+            }
+        }
+    }
+
+    /// A page's event stream, or `503` when every place is taken.
+    pub fn serve(self: &Arc<Self>) -> Response<Body> {
+        if self.clients.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.clients.fetch_sub(1, Ordering::Relaxed);
+            return super::json_answer(Err((503, "too many live page clients".into())));
+        }
+        let place = Place(Arc::clone(self));
+        let mut rx = self.latest.subscribe();
+        rx.mark_changed(); // the latest event at once, then each new one
+        let first = Some(Bytes::from_static(b"retry: 2000\n\n"));
+        let events = stream::unfold((rx, first, place), |(mut rx, first, place)| async move {
+            if let Some(f) = first {
+                return Some((Ok(Frame::data(f)), (rx, None, place)));
+            }
+            loop {
+                rx.changed().await.ok()?; // the API stopped: the stream ends
+                let e = rx.borrow_and_update().clone();
+                if !e.is_empty() {
+                    return Some((Ok(Frame::data(e)), (rx, None, place)));
+                }
+            }
+        });
+        let mut r = Response::new(StreamBody::new(events).boxed());
+        let h = r.headers_mut();
+        h.insert(
+            "Content-Type",
+            "text/event-stream".parse().expect("a header"),
+        );
+        r
+    }
 }
 
-/// Takes over `request`'s connection and sends events on a new thread until the client goes
-/// or `shutdown` is set; answers `503` when every place is taken.
-pub fn serve(
-    request: Request,
-    daemon: Arc<dyn Daemon>,
-    clients: &Arc<Clients>,
-    shutdown: &Arc<AtomicBool>,
-) {
-    if clients.now.fetch_add(1, Ordering::Relaxed) >= clients.max {
-        clients.now.fetch_sub(1, Ordering::Relaxed);
-        return super::answer(request, Err((503, "too many live page clients".into())));
-    }
-    let (clients, shutdown) = (Arc::clone(clients), Arc::clone(shutdown));
-    let spawned = std::thread::Builder::new()
-        .name("control-events".into())
-        .spawn(move || {
-            let mut out = request.into_writer();
-            let _ = send(&mut *out, &*daemon, &shutdown);
-            clients.now.fetch_sub(1, Ordering::Relaxed);
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start an event thread");
+/// A page's place, given back when its stream is dropped (the connection closed).
+struct Place(Arc<Events>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-fn send(out: &mut dyn Write, daemon: &dyn Daemon, shutdown: &AtomicBool) -> std::io::Result<()> {
-    out.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n\
-          X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\nretry: 2000\n\n",
-    )?;
-    out.flush()?;
-    while !shutdown.load(Ordering::Relaxed) {
-        let view = daemon.live_view();
-        let event = json!({
-            "status": daemon.run_status(),
-            "preview_index": view.as_ref().map_or(0, |v| v.latest_index()),
-            "modules_missing": view.as_ref().map(|v| v.modules_missing()).unwrap_or_default(),
-            "now_ms": now_ns() / 1_000_000,
-        });
-        write!(out, "data: {event}\n\n")?;
-        out.flush()?;
-        std::thread::sleep(EVERY);
-    }
-    Ok(())
+/// One event: `data: {...}\n\n`.
+fn event(daemon: &dyn Daemon) -> Bytes {
+    let view = daemon.live_view();
+    let event = json!({
+        "status": daemon.run_status(),
+        "preview_index": view.as_ref().map_or(0, |v| v.latest_index()),
+        "modules_missing": view.as_ref().map(|v| v.modules_missing()).unwrap_or_default(),
+        "now_ms": now_ns() / 1_000_000,
+    });
+    Bytes::from(format!("data: {event}\n\n"))
 }

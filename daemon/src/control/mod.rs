@@ -1,5 +1,5 @@
-//! The HTTP control API and live page of `detingestd serve` (tiny_http, a few `control`
-//! threads; loopback by default, beyond it only with a bearer token: [`access`]):
+//! The HTTP control API and live page of `detingestd serve` (hyper on a small tokio runtime,
+//! [`server`]; loopback by default, beyond it only with a bearer token: [`access`]):
 //!
 //! - `GET /`: the live page (`page.rs`); `GET /events`: its updates (`events.rs`);
 //!   `GET /preview`: the latest preview's pixels (binary, shape and type in headers).
@@ -8,19 +8,27 @@
 //!   its files exist. `POST /run/stop`: stops it and answers once its files are closed.
 //!   `GET /run`: status and counters of the current run, or of the last one.
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]); `GET /health`: liveness.
+//!
+//! Every call into the daemon runs on one of the runtime's blocking threads: a start that
+//! waits for its peers or a stop that waits for files to close holds up no other request.
 
 pub mod access;
 mod config;
 mod events;
 mod page;
+mod server;
 
-use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::convert::Infallible;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request, Response, Server};
 
 pub use config::ControlConfig;
 
@@ -28,13 +36,16 @@ use crate::metrics::{self, Reading};
 use crate::sink::web::LiveView;
 use crate::sink::RunControl;
 use access::Access;
-use events::Clients;
-
-/// Control threads: a stop that waits for a run's files to close leaves others to answer.
-const THREADS: usize = 3;
+use events::Events;
 
 /// Largest preview sent to the page, in bytes of pixels (binned to fit).
 const PREVIEW_BYTES: usize = 2 << 20;
+
+/// Threads that call into the daemon at once (more requests wait for one).
+const BLOCKING_THREADS: usize = 8;
+
+/// A response body: whole, or a stream of events.
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// What the API operates: the run manager.
 pub trait Daemon: RunControl {
@@ -49,11 +60,12 @@ struct Api {
     daemon: Arc<dyn Daemon>,
     access: Access,
     max_body: u64,
-    clients: Arc<Clients>,
-    shutdown: Arc<AtomicBool>,
+    body_timeout: Duration,
+    events: Arc<Events>,
 }
 
-/// Starts the API on its threads; they end when `shutdown` is set. Errors name the key.
+/// Starts the API on its thread (`control`); it ends when `shutdown` is set. Errors name the
+/// key.
 pub fn spawn(
     config: &ControlConfig,
     daemon: Arc<dyn Daemon>,
@@ -62,83 +74,93 @@ pub fn spawn(
     config.validate()?;
     let token = config.token()?;
     let addr = config.listen;
-    let server = Arc::new(
-        Server::http(addr)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the control API: {e}"))?,
-    );
-    tracing::info!(%addr, token = token.is_some(), public_reads = config.public_reads, "control API listening; live page at http://{addr}/");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("control-io")
+        .max_blocking_threads(BLOCKING_THREADS)
+        .enable_all()
+        .build()?;
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the control API: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let limits = server::Limits {
+        connections: server::limit(config.max_connections),
+        header_timeout: Duration::from_millis(config.header_timeout_ms),
+    };
+    tracing::info!(%addr, token = token.is_some(), public_reads = config.public_reads, max_connections = limits.connections, "control API listening; live page at http://{addr}/");
     let api = Arc::new(Api {
-        daemon,
+        daemon: Arc::clone(&daemon),
         access: Access::new(token, config.public_reads, addr),
         max_body: config.max_body_bytes,
-        clients: Clients::new(config.max_event_clients),
-        shutdown,
+        body_timeout: Duration::from_millis(config.body_timeout_ms),
+        events: Events::new(config.max_event_clients),
     });
-    (0..THREADS)
-        .map(|k| {
-            let (server, api) = (Arc::clone(&server), Arc::clone(&api));
-            Ok(std::thread::Builder::new()
-                .name(format!("control-{k}"))
-                .spawn(move || serve(&server, &api))?)
-        })
-        .collect()
-}
-
-fn serve(server: &Server, api: &Api) {
-    while !api.shutdown.load(Ordering::Relaxed) {
-        match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(request)) => handle(request, api),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "control API receive failed");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+    let thread = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::error!(error = %e, "control API cannot listen"),
+                };
+                tokio::spawn(Arc::clone(&api.events).produce(daemon));
+                server::serve(listener, limits, api, &shutdown).await;
+            });
+            // A stop still waiting for its files is not waited for: the daemon is ending.
+            runtime.shutdown_timeout(Duration::from_millis(500));
+        })?;
+    Ok(vec![thread])
 }
 
 type Answer = Result<(u16, Value), (u16, String)>;
 
-fn handle(mut request: Request, api: &Api) {
+/// Answers one request.
+async fn handle(api: &Arc<Api>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
-    let url = request.url().to_owned();
-    let path = url.split('?').next().unwrap_or("");
-    if method == Method::Get {
-        if let Some((kind, body)) = page::asset(path) {
-            let r = Response::from_string(body)
-                .with_header(header("Content-Type", kind))
-                .with_header(header(
-                    "Content-Security-Policy",
-                    page::CONTENT_SECURITY_POLICY,
-                ))
-                .with_header(header("X-Frame-Options", "DENY"));
-            return reply(request, r);
+    let path = request.uri().path().to_owned();
+    if method == Method::GET {
+        if let Some((kind, body)) = page::asset(&path) {
+            let r = Response::builder()
+                .header("Content-Type", kind)
+                .header("Content-Security-Policy", page::CONTENT_SECURITY_POLICY)
+                .header("X-Frame-Options", "DENY");
+            return reply(r, Bytes::from_static(body.as_bytes()));
         }
         if path == "/health" {
-            return answer(request, Ok((200, json!({"status": "ok"}))));
+            return json_answer(Ok((200, json!({"status": "ok"}))));
         }
     }
-    if let Err(refusal) = api.access.check(&request, access::changes_state(&method)) {
-        return answer(request, Err(refusal));
+    if let Err(refusal) = api
+        .access
+        .check(request.headers(), access::changes_state(&method))
+    {
+        return json_answer(Err(refusal));
     }
-    let result: Answer = match (&method, path) {
-        (Method::Get, "/metrics") => {
-            let text = metrics::render(api.daemon.reading());
-            let r = Response::from_string(text)
-                .with_header(header("Content-Type", metrics::CONTENT_TYPE));
-            return reply(request, r);
+    let daemon = Arc::clone(&api.daemon);
+    let result: Answer = match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            return match blocking(move || Ok(metrics::render(daemon.reading()))).await {
+                Ok(text) => reply(
+                    Response::builder().header("Content-Type", metrics::CONTENT_TYPE),
+                    Bytes::from(text),
+                ),
+                Err(e) => json_answer(Err(e)),
+            };
         }
-        (Method::Get, "/events") => {
-            let daemon = Arc::clone(&api.daemon);
-            return events::serve(request, daemon, &api.clients, &api.shutdown);
+        (&Method::GET, "/events") => return no_store(api.events.serve()),
+        (&Method::GET, "/preview") => return preview(daemon).await,
+        (&Method::GET, "/run") => blocking(move || Ok((200, daemon.run_status()))).await,
+        (&Method::POST, "/run/start") => match body(request, api).await {
+            Ok(b) => blocking(move || daemon.start_run(&b).map(|s| (201, s))).await,
+            Err(e) => Err(e),
+        },
+        (&Method::POST, "/run/check") => match body(request, api).await {
+            Ok(b) => blocking(move || daemon.check_run(&b).map(|s| (200, s))).await,
+            Err(e) => Err(e),
+        },
+        (&Method::POST, "/run/stop") => {
+            blocking(move || daemon.stop_run().map(|s| (200, s))).await
         }
-        (Method::Get, "/preview") => return preview(request, api),
-        (Method::Get, "/run") => Ok((200, api.daemon.run_status())),
-        (Method::Post, "/run/start") => body(&mut request, api.max_body)
-            .and_then(|b| api.daemon.start_run(&b).map(|s| (201, s))),
-        (Method::Post, "/run/check") => body(&mut request, api.max_body)
-            .and_then(|b| api.daemon.check_run(&b).map(|s| (200, s))),
-        (Method::Post, "/run/stop") => api.daemon.stop_run().map(|s| (200, s)),
         (_, "/run" | "/run/start" | "/run/check" | "/run/stop" | "/metrics" | "/events" | "/preview") => {
             Err((405, format!("{method} not allowed here")))
         }
@@ -148,73 +170,102 @@ fn handle(mut request: Request, api: &Api) {
                 .into(),
         )),
     };
-    answer(request, result);
+    json_answer(result)
+}
+
+/// Runs `call` on a blocking thread (it may wait on the daemon's locks or files).
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, (u16, String)> + Send + 'static,
+) -> Result<T, (u16, String)> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(r) => r,
+        Err(e) => Err((500, format!("the request failed inside the daemon: {e}"))),
+    }
 }
 
 /// The latest preview: little-endian pixels, with `X-Shape: ny,nx`, `X-Dtype`, `X-Binning`,
 /// `X-Index`, `X-Frame-Number`, `X-Stream`; `204` when there is none yet.
-fn preview(request: Request, api: &Api) {
-    let Some(image) = api.daemon.live_view().and_then(|v| v.image(PREVIEW_BYTES)) else {
-        return reply(request, Response::from_string("").with_status_code(204));
+async fn preview(daemon: Arc<dyn Daemon>) -> Response<Body> {
+    let image = blocking(move || Ok(daemon.live_view().and_then(|v| v.image(PREVIEW_BYTES))));
+    let Ok(Some(image)) = image.await else {
+        return reply(Response::builder().status(204), Bytes::new());
     };
-    let r = Response::from_data(image.pixels)
-        .with_header(header("Content-Type", "application/octet-stream"))
-        .with_header(header(
-            "X-Shape",
-            &format!("{},{}", image.shape[0], image.shape[1]),
-        ))
-        .with_header(header("X-Dtype", image.dtype))
-        .with_header(header("X-Binning", &image.binning.to_string()))
-        .with_header(header("X-Index", &image.index.to_string()))
-        .with_header(header("X-Frame-Number", &image.frame_number.to_string()))
-        .with_header(header("X-Stream", &image.stream));
-    reply(request, r)
+    let r = Response::builder()
+        .header("Content-Type", "application/octet-stream")
+        .header("X-Shape", format!("{},{}", image.shape[0], image.shape[1]))
+        .header("X-Dtype", image.dtype)
+        .header("X-Binning", image.binning.to_string())
+        .header("X-Index", image.index.to_string())
+        .header("X-Frame-Number", image.frame_number.to_string())
+        .header("X-Stream", image.stream);
+    reply(r, Bytes::from(image.pixels))
 }
 
-fn answer(request: Request, result: Answer) {
+/// A JSON answer: the value, or `{"error": ...}` with the status.
+pub(crate) fn json_answer(result: Answer) -> Response<Body> {
     let (status, value) = result.unwrap_or_else(|(s, m)| (s, json!({"error": m})));
-    let mut r = Response::from_string(value.to_string())
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"));
+    let mut r = Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json");
     if status == 401 {
-        r = r.with_header(header("WWW-Authenticate", "Bearer"));
+        r = r.header("WWW-Authenticate", "Bearer");
     }
-    reply(request, r);
+    reply(r, Bytes::from(value.to_string()))
 }
 
-fn reply<R: Read>(request: Request, response: Response<R>) {
-    let response = response
-        .with_header(header("Cache-Control", "no-store"))
-        .with_header(header("X-Content-Type-Options", "nosniff"));
-    if let Err(e) = request.respond(response) {
-        tracing::debug!(error = %e, "control API reply failed");
+/// The response `builder` makes with `body`, not cached and not sniffed.
+fn reply(builder: hyper::http::response::Builder, body: Bytes) -> Response<Body> {
+    match builder.body(Full::new(body).boxed()) {
+        Ok(r) => no_store(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "control API cannot build an answer");
+            let mut r = Response::new(Full::new(Bytes::new()).boxed());
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            r
+        }
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .unwrap_or_else(|()| Header::from_bytes("X-Invalid", "1").expect("a valid header"))
+fn no_store(mut r: Response<Body>) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert("Cache-Control", "no-store".parse().expect("a header"));
+    h.insert(
+        "X-Content-Type-Options",
+        "nosniff".parse().expect("a header"),
+    );
+    r
 }
 
-/// The request's JSON body, at most `max` bytes (`413` beyond).
-fn body(request: &mut Request, max: u64) -> Result<Value, (u16, String)> {
+/// The request's JSON body: at most `max_body_bytes` (`413` beyond), within `body_timeout`
+/// (`408` after).
+async fn body(request: Request<Incoming>, api: &Api) -> Result<Value, (u16, String)> {
+    let max = api.max_body;
     let too_large = || {
         (
             413,
             format!("the body exceeds {max} bytes ([control] max_body_bytes)"),
         )
     };
-    if request.body_length().is_some_and(|n| n as u64 > max) {
+    let declared = (request.headers().get("Content-Length"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    let mut text = String::new();
-    request
-        .as_reader()
-        .take(max + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| (400, format!("cannot read the body: {e}")))?;
-    if text.len() as u64 > max {
-        return Err(too_large());
-    }
-    serde_json::from_str(&text).map_err(|e| (400, format!("the body is not JSON: {e}")))
+    let limited = Limited::new(request.into_body(), max as usize);
+    let bytes = match tokio::time::timeout(api.body_timeout, limited.collect()).await {
+        Err(_) => {
+            return Err((
+                408,
+                format!(
+                    "the body did not arrive within {} ms ([control] body_timeout_ms)",
+                    api.body_timeout.as_millis()
+                ),
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => return Err((400, format!("cannot read the body: {e}"))),
+        Ok(Ok(b)) => b.to_bytes(),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| (400, format!("the body is not JSON: {e}")))
 }
