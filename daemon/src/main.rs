@@ -394,7 +394,7 @@ fn serve(config: Config, first_run: Option<serde_json::Value>) -> Result<ExitCod
             std::thread::sleep(Duration::from_millis(100));
             // The API's thread never ends by itself; if it did, end the daemon (its service
             // manager restarts it) rather than run on without a control API.
-            if api.iter().any(|t| t.is_finished()) {
+            if api.iter().any(|t| t.is_finished()) && !shutdown.load(Ordering::Relaxed) {
                 tracing::error!("the control API ended: stopping the daemon");
                 shutdown.store(true, Ordering::Relaxed);
                 code = ExitCode::FAILURE;

@@ -44,6 +44,29 @@ fn check_config_accepts_a_good_file() {
 }
 
 #[test]
+fn check_config_refuses_a_token_file_serve_would_refuse() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = format!(
+        "[control]\ntoken_file = {:?}\n{GOOD}",
+        token.display().to_string()
+    );
+    let cfg = write(dir.path(), "token.toml", &text);
+    let o = detingestd(&["check-config", &cfg]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("control.token_file") && e.contains("chmod 600"),
+        "{e}"
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(detingestd(&["check-config", &cfg]).status.success());
+}
+
+#[test]
 fn a_name_that_could_escape_the_data_directory_is_refused_by_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write(

@@ -54,13 +54,13 @@ def cluster(serve_daemons, tmp_path):
     """Three daemons (d1 coordinates) sharing one data directory."""
 
     def make(frames=40, rate=100.0, first=None, publish="", extra="", elsewhere=None,
-             names=("d1", "d2", "d3")):
+             names=("d1", "d2", "d3"), parts=PARTS):
         data = tmp_path / "shared"
         ports = [free_port() for _ in HOSTS]
         daemons = []
         for i, (host, port) in enumerate(zip(HOSTS, ports)):
             peers = [(h, p) for j, (h, p) in enumerate(zip(HOSTS, ports)) if j != i]
-            text = body(names[i], peers, frames, rate, PARTS[i], (first or {}).get(i, 1))
+            text = body(names[i], peers, frames, rate, parts[i], (first or {}).get(i, 1))
             text += "\n" + extra if i == 0 else ""
             where = tmp_path / "elsewhere" if i == elsewhere else data
             daemons.append(serve_daemons(f"d{i + 1}", text, host=host, port=port, data=where,

@@ -11,7 +11,8 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle filter for h5py)
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_cluster import PARTS, cluster, generated, start, tile, wait_recorded  # noqa: F401
+from test_cluster import (PARTS, cluster, generated, refused, start, tile,  # noqa: F401
+                          wait_recorded)
 
 ALL = 0b111111
 D3 = sum(1 << (r * 3 + c) for r, c in PARTS[2])
@@ -134,3 +135,17 @@ def test_a_daemon_frozen_past_the_runs_end_is_unknown_and_its_files_left_alone(
     log = d1.log.read_text()
     assert "daemon unreachable" in log and "its process lives" in log
     assert "its part is unknown" in log
+
+
+def test_refusals_name_the_daemons_and_modules_involved(cluster):
+    run = {"beamtime": "bt", "source": "jf", "stream": "s", "frames": 20}
+    d1, d2, d3 = cluster(frames=20, parts=[PARTS[0], [[0, 1], [1, 0]], PARTS[2]])
+    code, message = refused(d1, "/run/start", run)
+    assert code == 409, message
+    assert 'module 1 (row 0, column 1) is claimed by "d1" (this daemon) and "d2"' in message
+    assert "127.0.0.2" in message, message
+    # A peer that does not answer: 409 (the cluster is not ready), naming it; nothing starts.
+    d3.close()
+    code, message = refused(d2, "/run/start", run)
+    assert code == 409 and "127.0.0.3" in message and "cannot reach it" in message, message
+    assert d1.get("/run")["state"] == "idle" and d2.get("/run")["state"] == "idle"

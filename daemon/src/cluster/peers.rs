@@ -162,3 +162,24 @@ pub fn stop_all(peers: &[Peer]) -> Vec<PeerError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_token_is_the_clusters_conflict_not_the_operators_401() {
+        let status = |code: u16, body: &str| {
+            let r = ureq::Response::new(code, "x", body).unwrap();
+            answer(Err(ureq::Error::Status(code, r))).unwrap_err()
+        };
+        let (code, message) = status(401, r#"{"error":"a bearer token is required"}"#);
+        assert_eq!(code, 409);
+        assert!(
+            message.contains("share one [control] token_file"),
+            "{message}"
+        );
+        let (code, message) = status(400, r#"{"error":"frames: bad"}"#);
+        assert_eq!((code, message.as_str()), (400, "frames: bad"));
+    }
+}
