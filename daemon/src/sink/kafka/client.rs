@@ -1,83 +1,20 @@
 //! Our librdkafka clients: the two producers (records; reports, shared with `kafka-control`)
-//! and the command consumer, configured from `[kafka]`, with a context that counts what
-//! librdkafka reports and logs a broker outage once per episode instead of once per retry.
+//! and the command consumer, configured from `[kafka]` (our settings first, then
+//! `[kafka.properties]`, which may change any but those `config.rs` keeps), with a context
+//! that hands what librdkafka reports to [`KafkaStats`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, DeliveryResult, ProducerContext};
 
 use super::config::{is_secret, KafkaConfig};
-
-/// What the Kafka component counts (`GET /run` under `sinks.kafka`).
-#[derive(Debug, Default)]
-pub struct KafkaStats {
-    /// Messages the brokers acknowledged.
-    pub delivered: AtomicU64,
-    /// Messages librdkafka gave up on (brokers away past `message_timeout_ms`).
-    pub undelivered: AtomicU64,
-    /// Records not handed to librdkafka: our queue or its queue was full.
-    pub dropped: AtomicU64,
-    /// Per-frame records handed to librdkafka.
-    pub frames: AtomicU64,
-    /// Previews handed to librdkafka.
-    pub previews: AtomicU64,
-    /// Previews whose chunk did not decode.
-    pub previews_undecodable: AtomicU64,
-    /// File-written hand-offs sent.
-    pub handoffs: AtomicU64,
-    /// Heartbeats sent.
-    pub heartbeats: AtomicU64,
-    /// Commands obeyed.
-    pub commands_accepted: AtomicU64,
-    /// Commands refused (answered with the reason).
-    pub commands_refused: AtomicU64,
-    /// Commands for another service, ignored.
-    pub commands_ignored: AtomicU64,
-    /// Commands older than `max_command_age_ms` (history), skipped unanswered.
-    pub commands_stale: AtomicU64,
-    /// Messages on the command topic that are not a well-formed command.
-    pub commands_malformed: AtomicU64,
-    /// Errors librdkafka reported (a broker away counts once per retry).
-    pub errors: AtomicU64,
-    /// Outage episodes (a first error after deliveries went through).
-    pub outages: AtomicU64,
-    /// The command consumer has its partitions.
-    pub commands_ready: AtomicBool,
-    /// In an outage now.
-    pub down: AtomicBool,
-    last_error: Mutex<Option<String>>,
-}
-
-impl KafkaStats {
-    /// The last error librdkafka reported.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|l| l.clone())
-    }
-
-    /// Records an error; the first of an episode is logged.
-    pub fn error(&self, what: &str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut l) = self.last_error.lock() {
-            *l = Some(what.to_owned());
-        }
-        if !self.down.swap(true, Ordering::Relaxed) {
-            self.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %what, "kafka: brokers unreachable; messages queue up to kafka.message_timeout_ms, then are dropped and counted; retrying");
-        }
-    }
-
-    /// Something went through: an outage, if any, is over.
-    pub fn succeeded(&self) {
-        if self.down.swap(false, Ordering::Relaxed) {
-            tracing::info!("kafka: brokers reachable again");
-        }
-    }
-}
+pub use super::stats::KafkaStats;
 
 /// The context of both clients: librdkafka's log lines at debug level, its errors counted.
 #[derive(Clone)]
@@ -89,22 +26,27 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.0.error(&format!("{error}: {reason}"));
+        self.0.client_error(&error, reason);
     }
 }
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = ();
+    /// 0 for a record; a hand-off's id (`KafkaStats::handoff_queued`) for its `wrdn`.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, handoff: usize) {
         match result {
-            Ok(_) => {
-                self.0.delivered.fetch_add(1, Ordering::Relaxed);
-                self.0.succeeded();
+            Ok(m) => {
+                self.0.delivered(m.timestamp().to_millis());
+                if handoff != 0 {
+                    self.0.handoff_reported(handoff, None);
+                }
             }
-            Err((e, _)) => {
-                self.0.undelivered.fetch_add(1, Ordering::Relaxed);
-                self.0.error(&e.to_string());
+            Err((e, m)) => {
+                self.0.refused(m.topic(), e, true);
+                if handoff != 0 {
+                    self.0.handoff_reported(handoff, Some(&e.to_string()));
+                }
             }
         }
     }
@@ -125,13 +67,18 @@ impl ConsumerContext for Context {
 /// and spins its last millisecond).
 pub type Producer = BaseProducer<Context>;
 
-/// The settings both clients share: brokers, client id, passed-through properties.
-fn common(cfg: &KafkaConfig) -> ClientConfig {
+/// A client's settings: brokers and client id, then `ours` (what this client needs, and our
+/// defaults), then `[kafka.properties]` as given: a property may change any default, and
+/// those it may not change are refused by `check-config` (`config.rs`, `OWN_PROPERTIES`).
+fn settings(cfg: &KafkaConfig, ours: &[(&str, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("client.id", &cfg.client_id)
         .set("reconnect.backoff.max.ms", "2000")
         .set_log_level(RDKafkaLogLevel::Warning);
+    for (k, v) in ours {
+        c.set(*k, v);
+    }
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
@@ -184,18 +131,27 @@ pub fn producer(
         Carries::Records => (cfg.message_timeout_ms, cfg.linger_ms),
         Carries::Reports => (cfg.report_timeout_ms, 0),
     };
-    let mut c = common(cfg);
-    c.set(
-        "queue.buffering.max.messages",
-        cfg.producer_queue_messages.to_string(),
-    )
-    .set(
-        "queue.buffering.max.kbytes",
-        cfg.producer_queue_kbytes.to_string(),
-    )
-    .set("linger.ms", linger.to_string())
-    .set("message.max.bytes", cfg.message_max_bytes.to_string())
-    .set("message.timeout.ms", timeout.to_string());
+    let c = settings(
+        cfg,
+        &[
+            (
+                "queue.buffering.max.messages",
+                cfg.producer_queue_messages.to_string(),
+            ),
+            (
+                "queue.buffering.max.kbytes",
+                cfg.producer_queue_kbytes.to_string(),
+            ),
+            ("linger.ms", linger.to_string()),
+            ("message.max.bytes", cfg.message_max_bytes.to_string()),
+            ("message.timeout.ms", timeout.to_string()),
+            // Every in-sync replica has a message before it counts as delivered, and a retry
+            // after a broker failed mid-send neither duplicates nor reorders (librdkafka's
+            // idempotent producer): the order KAFKA.md promises holds through failures.
+            ("acks", "all".into()),
+            ("enable.idempotence", "true".into()),
+        ],
+    );
     c.create_with_context(Context(Arc::clone(stats)))
         .map_err(|e| refused(e, cfg))
 }
@@ -212,17 +168,22 @@ pub fn consumer(
     service_id: &str,
     stats: &Arc<KafkaStats>,
 ) -> Result<BaseConsumer<Context>, (String, String)> {
-    let mut c = common(cfg);
-    c.set("group.id", format!("detingestd.{service_id}"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        // A command is acted on within this long of its arrival at the broker (the broker
-        // answers an empty fetch after it): a start is not kept waiting by the long poll.
-        .set("fetch.wait.max.ms", "20")
-        // A command topic created after we subscribed is noticed within this long.
-        .set("topic.metadata.refresh.interval.ms", "10000")
-        .set("enable.partition.eof", "false");
+    let c = settings(
+        cfg,
+        &[
+            ("group.id", format!("detingestd.{service_id}")),
+            ("enable.auto.commit", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("enable.partition.eof", "false".into()),
+            // Defaults `[kafka.properties]` may change:
+            ("session.timeout.ms", "6000".into()),
+            // A command is acted on within this long of its arrival at the broker (the
+            // broker answers an empty fetch after it): a start is not kept waiting.
+            ("fetch.wait.max.ms", "20".into()),
+            // A command topic created after we subscribed is noticed within this long.
+            ("topic.metadata.refresh.interval.ms", "10000".into()),
+        ],
+    );
     c.create_with_context(Context(Arc::clone(stats)))
         .map_err(|e| refused(e, cfg))
 }
@@ -241,6 +202,28 @@ mod tests {
                 .collect(),
             ..KafkaConfig::default()
         }
+    }
+
+    #[test]
+    fn properties_change_our_defaults_and_producers_are_idempotent() {
+        let ours = [
+            ("session.timeout.ms", "6000".to_owned()),
+            ("acks", "all".to_owned()),
+        ];
+        let c = settings(&with(&[]), &ours);
+        assert_eq!(c.get("acks"), Some("all"));
+        let c = settings(&with(&[("session.timeout.ms", "30000")]), &ours);
+        assert_eq!(
+            c.get("session.timeout.ms"),
+            Some("30000"),
+            "honoured, not replaced"
+        );
+        let refused = KafkaConfig {
+            properties: [("auto.offset.reset".into(), "latest".into())].into(),
+            ..with(&[])
+        };
+        let e = refused.check().unwrap_err();
+        assert_eq!(e.key, "kafka.properties.auto.offset.reset");
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct KafkaConfig {
     pub on_start_error: OnStartError,
     /// How long `on_start_error` waits for the brokers, ms.
     pub connect_timeout_ms: u64,
+    /// Create the topics that do not exist at start (one partition each: one order; the
+    /// brokers' default replication). Without it a missing topic refuses the start (or with
+    /// `on_start_error = "continue"` is logged once, its messages refused and counted).
+    pub create_topics: bool,
     /// Further librdkafka settings, passed through as given (`security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...).
     pub properties: BTreeMap<String, String>,
@@ -107,13 +111,18 @@ impl Default for KafkaConfig {
             max_command_age_ms: 60_000,
             on_start_error: OnStartError::Fail,
             connect_timeout_ms: 5000,
+            create_topics: false,
             properties: BTreeMap::new(),
         }
     }
 }
 
-/// Settings we make ourselves; `properties` may not set them.
-const OWN_PROPERTIES: [&str; 10] = [
+/// Settings we make ourselves; `properties` may not set them (every other setting a property
+/// names is passed to librdkafka as given, over our defaults: `acks`, `enable.idempotence`,
+/// `session.timeout.ms`, ...).
+const OWN_PROPERTIES: [&str; 12] = [
+    "enable.partition.eof",
+    "auto.offset.reset",
     "message.max.bytes",
     "bootstrap.servers",
     "metadata.broker.list",

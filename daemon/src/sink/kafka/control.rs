@@ -128,7 +128,7 @@ impl Control {
             Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
         );
         if !missing {
-            self.stats.error(&e.to_string());
+            self.stats.client_error(e, "command consumer");
         } else if !self.topic_missing_logged {
             self.topic_missing_logged = true;
             tracing::warn!(topic = %self.cfg.command_topic, "kafka: the command topic does not exist (yet); commands are read once it does");

@@ -1,19 +1,19 @@
-//! The file hand-off: when a stream's files are closed, every file of its set (the master
-//! and each data file) is measured and checksummed (SHA-256) on a thread of its own, and a
-//! `wrdn` names the master with what a catalogue ingestor (SciCat's OrigDatablock) needs.
+//! The file hand-off: when a stream's files are closed, every file of its set is measured and
+//! checksummed and listed in the run's manifest on a thread of its own ([`super::manifest`]),
+//! and a `wrdn` names the master with what a catalogue ingestor (SciCat's OrigDatablock)
+//! needs: the list itself while it fits (half of `kafka.message_max_bytes`), the manifest
+//! always. It is logged when the broker took it, and warned at once when it did not.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use flatbuffers::FlatBufferBuilder;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::client::{KafkaStats, Producer};
-use super::publisher::send;
+use super::manifest::{manifest_name, measure, write_manifest, FileEntry};
+use super::publisher::send_marked;
 use super::schema::reports::{self, Finished};
 use crate::sink::StreamEndNotice;
 use crate::stream::StreamInfo;
@@ -61,6 +61,8 @@ pub struct HandOff {
     pub started_ns: u64,
     /// How it ended.
     pub end: StreamEndNotice,
+    /// Largest metadata JSON that lists the files inline, in bytes.
+    pub inline_limit: usize,
 }
 
 /// Starts the `kafka-handoff` thread for `h`.
@@ -70,26 +72,17 @@ pub fn spawn(h: HandOff) -> std::io::Result<std::thread::JoinHandle<()>> {
         .spawn(move || h.run())
 }
 
-/// One file of the set, as SciCat's OrigDatablock lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileEntry {
-    /// Its name, relative to the folder.
-    pub path: String,
-    /// Bytes.
-    pub size: u64,
-    /// Last modified, RFC 3339.
-    pub time: String,
-    /// SHA-256, hex.
-    pub chk: String,
-}
-
 impl HandOff {
     fn run(self) {
         let info = &self.end.stream;
         let folder = info.file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let (files, problems) = measure(&folder, info);
+        let (files, mut problems) = measure(&folder, info);
+        let stream = info.id.stream.as_str();
+        let manifest = write_manifest(&folder, stream, &files)
+            .map_err(|e| problems.push(format!("{}: {e}", manifest_name(stream))))
+            .ok();
         let error = self.end.error.clone().or_else(|| problems.first().cloned());
-        let metadata = self.metadata(&folder, &files, &problems);
+        let mut metadata = self.metadata(&folder, &files, &problems, manifest.as_ref());
         let message = match &error {
             Some(e) => format!("{}: {e}", info.key),
             None => format!(
@@ -100,6 +93,12 @@ impl HandOff {
                 files.len()
             ),
         };
+        // The list inline while the message stays well inside the limit; the manifest
+        // holds it whatever the size.
+        if metadata.to_string().len() > self.inline_limit {
+            metadata["files"] = Value::Null;
+            metadata["files_inline"] = json!(false);
+        }
         let file_name = info.file.display().to_string();
         let mut b = FlatBufferBuilder::with_capacity(4096);
         let payload = reports::finished(
@@ -113,25 +112,35 @@ impl HandOff {
                 message: &message,
             },
         );
-        if send(
-            &self.producer,
-            &self.stats,
-            &self.job.topic,
-            &self.service_id,
-            payload,
-        ) {
-            self.stats.handoffs.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(stream = %info.key, job = %self.job.id, files = files.len(), "kafka: file set handed off (wrdn)");
+        let what = format!(
+            "{} (job {}, {} files, {} bytes, topic {})",
+            info.key,
+            self.job.id,
+            files.len(),
+            payload.len(),
+            self.job.topic
+        );
+        let id = self.stats.handoff_queued(what);
+        let key = (self.job.topic.as_str(), self.service_id.as_str());
+        if !send_marked(&self.producer, &self.stats, key, payload, id) {
+            let why = self
+                .stats
+                .last_error()
+                .unwrap_or_else(|| "queue full".into());
+            self.stats.handoff_reported(id, Some(&why));
         }
     }
 
-    /// The `wrdn` metadata: the run's counts and times, the folder, and every file.
-    fn metadata(&self, folder: &Path, files: &[FileEntry], problems: &[String]) -> Value {
+    /// The `wrdn` metadata: the run's counts and times, the folder, every file and the
+    /// manifest that lists them.
+    fn metadata(
+        &self,
+        folder: &Path,
+        files: &[FileEntry],
+        problems: &[String],
+        manifest: Option<&FileEntry>,
+    ) -> Value {
         let info = &self.end.stream;
-        let list: Vec<Value> = files
-            .iter()
-            .map(|f| json!({"path": f.path, "size": f.size, "time": f.time, "chk": f.chk}))
-            .collect();
         json!({
             "job_id": self.job.id,
             "stream": info.key,
@@ -140,7 +149,9 @@ impl HandOff {
             "stream_name": info.id.stream.as_str(),
             "sourceFolder": folder.display().to_string(),
             "chkAlg": "sha256",
-            "files": list,
+            "files": files,
+            "files_inline": true,
+            "files_manifest": manifest,
             "numberOfFiles": files.len(),
             "size": files.iter().map(|f| f.size).sum::<u64>(),
             "frames": self.end.frames,
@@ -157,123 +168,4 @@ impl HandOff {
 /// `ns` since the Unix epoch as RFC 3339 (UTC, ms).
 fn rfc3339(ns: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
-}
-
-/// The files of `info`'s set in `folder` (the master, then the data files in order; for a
-/// detector several daemons wrote, then each daemon's master and data files), each measured;
-/// files that could not be read are reported, not listed.
-pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>) {
-    let mut paths: Vec<PathBuf> = vec![info.file.clone()];
-    paths.extend(detingest_writer::data_files(
-        folder,
-        info.id.stream.as_str(),
-    ));
-    for part in &info.parts {
-        paths.push(detingest_writer::master_path(folder, part));
-        paths.extend(detingest_writer::data_files(folder, part));
-    }
-    let (mut files, mut problems) = (Vec::new(), Vec::new());
-    for p in paths {
-        match entry(&p) {
-            Ok(f) => files.push(f),
-            Err(e) => problems.push(format!("{}: {e}", p.display())),
-        }
-    }
-    (files, problems)
-}
-
-/// Size, time and checksum of one file.
-fn entry(path: &Path) -> std::io::Result<FileEntry> {
-    let mut f = std::fs::File::open(path)?;
-    let meta = f.metadata()?;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf[..n]);
-    }
-    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    Ok(FileEntry {
-        path: path
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        size: meta.len(),
-        time: humantime::format_rfc3339_millis(modified).to_string(),
-        chk: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sink::fixture;
-
-    #[test]
-    fn a_detector_of_several_daemons_hands_off_every_part_after_its_master() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Arc::try_unwrap(fixture::stream(6)).unwrap();
-        s.file = dir.path().join("s1_master.h5");
-        s.parts = vec!["s1_a".into(), "s1_b".into()];
-        for name in [
-            "s1_master.h5",
-            "s1_b_master.h5",
-            "s1_b_data_000001.h5",
-            "s1_a_data_000001.h5",
-            "s1_a_master.h5",
-            "s1_c_master.h5",
-        ] {
-            std::fs::write(dir.path().join(name), "x").unwrap();
-        }
-        let (files, problems) = measure(dir.path(), &s);
-        assert!(problems.is_empty());
-        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "s1_master.h5",
-                "s1_a_master.h5",
-                "s1_a_data_000001.h5",
-                "s1_b_master.h5",
-                "s1_b_data_000001.h5"
-            ]
-        );
-    }
-
-    #[test]
-    fn the_set_is_the_master_then_its_data_files_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Arc::try_unwrap(fixture::stream(1)).unwrap();
-        s.file = dir.path().join("s1_master.h5");
-        for (name, body) in [
-            ("s1_master.h5", "m"),
-            ("s1_data_000002.h5", "bb"),
-            ("s1_data_000001.h5", "a"),
-            ("s1_data_x.h5", "not ours"),
-            ("s10_data_000001.h5", "another stream"),
-        ] {
-            std::fs::write(dir.path().join(name), body).unwrap();
-        }
-        let (files, problems) = measure(dir.path(), &s);
-        assert!(problems.is_empty());
-        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(
-            names,
-            ["s1_master.h5", "s1_data_000001.h5", "s1_data_000002.h5"]
-        );
-        assert_eq!(files[2].size, 2);
-        assert_eq!(
-            files[1].chk, "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb",
-            "sha256 of \"a\""
-        );
-        std::fs::remove_file(dir.path().join("s1_master.h5")).unwrap();
-        let (files, problems) = measure(dir.path(), &s);
-        assert_eq!(
-            (files.len(), problems.len()),
-            (2, 1),
-            "a missing master is reported"
-        );
-    }
 }

@@ -16,9 +16,12 @@ pub mod config;
 mod control;
 mod feed;
 pub mod handoff;
+mod manifest;
 mod publisher;
 pub mod request;
 pub mod schema;
+mod stats;
+mod topics;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -82,27 +85,10 @@ impl KafkaSink {
                     format!("cannot reach {} within {timeout:?}: {e}", cfg.brokers),
                 ))
             }
-            Err(e) => stats.error(&format!("cannot reach {} at start: {e}", cfg.brokers)),
+            Err(e) => stats.outage(&format!("cannot reach {} at start: {e}", cfg.brokers)),
         }
-        if !cfg.command_topic.is_empty() && !stats.down.load(Ordering::Relaxed) {
-            // The topic is asked for by name: brokers that create topics on demand do so now.
-            let missing = match producer
-                .client()
-                .fetch_metadata(Some(&cfg.command_topic), timeout)
-            {
-                Ok(m) => m
-                    .topics()
-                    .iter()
-                    .find_map(|t| t.error().map(|e| format!("{e:?}"))),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = missing {
-                let message = format!("the brokers have no topic {:?}: {why}", cfg.command_topic);
-                if cfg.on_start_error == OnStartError::Fail {
-                    return Err(fail("kafka.command_topic", message));
-                }
-                tracing::warn!(%message, "kafka: commands are read once the topic exists");
-            }
+        if !stats.down.load(Ordering::Relaxed) {
+            topics::check(cfg, &producer, &stats, timeout).map_err(|(k, e)| fail(&k, e))?;
         }
         let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
         let publisher = Publisher::new(
@@ -192,6 +178,10 @@ impl Sink for KafkaSink {
             "previews": n(&s.previews),
             "previews_undecodable": n(&s.previews_undecodable),
             "handoffs": n(&s.handoffs),
+            "handoffs_undelivered": n(&s.handoffs_undelivered),
+            "topic_missing": n(&s.topic_missing),
+            "too_large": n(&s.too_large),
+            "refused": n(&s.refused),
             "heartbeats": n(&s.heartbeats),
             "commands_accepted": n(&s.commands_accepted),
             "commands_refused": n(&s.commands_refused),

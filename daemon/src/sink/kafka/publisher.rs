@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crossbeam::channel::{RecvTimeoutError, TryRecvError};
 use flatbuffers::FlatBufferBuilder;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::BaseRecord;
 
 use super::client::{KafkaStats, Producer};
@@ -59,7 +58,8 @@ pub struct Publisher {
     handoffs: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Hands `payload` to librdkafka under `key`; a full queue or a refusal drops it, counted.
+/// Hands `payload` to librdkafka under `key`; a full queue or a refusal drops it, counted
+/// by its fault ([`KafkaStats::refused`]).
 pub fn send(
     producer: &Producer,
     stats: &KafkaStats,
@@ -67,16 +67,24 @@ pub fn send(
     key: &str,
     payload: &[u8],
 ) -> bool {
-    match producer.send(BaseRecord::to(topic).key(key).payload(payload)) {
+    send_marked(producer, stats, (topic, key), payload, 0)
+}
+
+/// [`send`], the message marked with `opaque` for its delivery report (a hand-off's id).
+pub fn send_marked(
+    producer: &Producer,
+    stats: &KafkaStats,
+    (topic, key): (&str, &str),
+    payload: &[u8],
+    opaque: usize,
+) -> bool {
+    let record = BaseRecord::with_opaque_to(topic, opaque)
+        .key(key)
+        .payload(payload);
+    match producer.send(record) {
         Ok(()) => true,
         Err((e, _)) => {
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            if !matches!(
-                e,
-                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-            ) {
-                stats.error(&e.to_string());
-            }
+            stats.refused(topic, &e, false);
             false
         }
     }
@@ -238,6 +246,7 @@ impl Publisher {
             user: open.user,
             started_ns: open.started_ns,
             end: e,
+            inline_limit: self.max_message_bytes / 2,
         };
         match handoff::spawn(h) {
             Ok(t) => self.handoffs.push(t),

@@ -1,0 +1,204 @@
+//! The file set of a stream and its manifest: every file (the master, then the data files in
+//! order; for a detector several daemons wrote, then each daemon's master and data files)
+//! measured and checksummed (SHA-256), and the list written beside them as
+//! `<stream>_files.json`: SciCat's OrigDatablock `dataFileList` as it is, whatever the run's
+//! size (the `wrdn` carries the list too while it fits in a message, and names the manifest
+//! always).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::stream::StreamInfo;
+
+/// One file of the set, as SciCat's OrigDatablock lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FileEntry {
+    /// Its name, relative to the folder.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Last modified, RFC 3339.
+    pub time: String,
+    /// SHA-256, hex.
+    pub chk: String,
+}
+
+/// The files of `info`'s set in `folder` (the master, then the data files in order; for a
+/// detector several daemons wrote, then each daemon's master and data files), each measured;
+/// files that could not be read are reported, not listed.
+pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>) {
+    let mut paths: Vec<PathBuf> = vec![info.file.clone()];
+    paths.extend(detingest_writer::data_files(
+        folder,
+        info.id.stream.as_str(),
+    ));
+    for part in &info.parts {
+        paths.push(detingest_writer::master_path(folder, part));
+        paths.extend(detingest_writer::data_files(folder, part));
+    }
+    let (mut files, mut problems) = (Vec::new(), Vec::new());
+    for p in paths {
+        match entry(&p) {
+            Ok(f) => files.push(f),
+            Err(e) => problems.push(format!("{}: {e}", p.display())),
+        }
+    }
+    (files, problems)
+}
+
+/// Size, time and checksum of one file.
+fn entry(path: &Path) -> std::io::Result<FileEntry> {
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    Ok(FileEntry {
+        path: path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        size: meta.len(),
+        time: humantime::format_rfc3339_millis(modified).to_string(),
+        chk: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+/// The manifest's name for stream `stream`.
+pub fn manifest_name(stream: &str) -> String {
+    format!("{stream}_files.json")
+}
+
+/// Writes `files` as the manifest of `stream` in `folder` (a temporary name, then renamed:
+/// a reader never sees half of it); the manifest's own entry (size, checksum).
+pub fn write_manifest(
+    folder: &Path,
+    stream: &str,
+    files: &[FileEntry],
+) -> std::io::Result<FileEntry> {
+    let name = manifest_name(stream);
+    let doc: Value = json!({
+        "sourceFolder": folder.display().to_string(),
+        "chkAlg": "sha256",
+        "numberOfFiles": files.len(),
+        "size": files.iter().map(|f| f.size).sum::<u64>(),
+        "dataFileList": files,
+    });
+    let tmp = folder.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(doc.to_string().as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    let path = folder.join(&name);
+    std::fs::rename(&tmp, &path)?;
+    entry(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::fixture;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_manifest_of_twenty_thousand_files_lists_every_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<FileEntry> = (1..=20_000)
+            .map(|i| FileEntry {
+                path: format!("s_data_{i:06}.h5"),
+                size: i,
+                time: "2026-12-07T10:00:00.000Z".into(),
+                chk: format!("{i:064x}"),
+            })
+            .collect();
+        let own = write_manifest(dir.path(), "s", &files).unwrap();
+        assert_eq!(own.path, "s_files.json");
+        let text = std::fs::read_to_string(dir.path().join("s_files.json")).unwrap();
+        assert_eq!(own.size, text.len() as u64);
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let list = doc["dataFileList"].as_array().unwrap();
+        assert_eq!(
+            (list.len(), doc["numberOfFiles"].as_u64()),
+            (20_000, Some(20_000))
+        );
+        assert_eq!(list[19_999]["path"], "s_data_020000.h5");
+        assert_eq!(doc["size"].as_u64(), Some(20_000 * 20_001 / 2));
+        assert!(!dir.path().join(".s_files.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_detector_of_several_daemons_hands_off_every_part_after_its_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Arc::try_unwrap(fixture::stream(6)).unwrap();
+        s.file = dir.path().join("s1_master.h5");
+        s.parts = vec!["s1_a".into(), "s1_b".into()];
+        for name in [
+            "s1_master.h5",
+            "s1_b_master.h5",
+            "s1_b_data_000001.h5",
+            "s1_a_data_000001.h5",
+            "s1_a_master.h5",
+            "s1_c_master.h5",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let (files, problems) = measure(dir.path(), &s);
+        assert!(problems.is_empty());
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "s1_master.h5",
+                "s1_a_master.h5",
+                "s1_a_data_000001.h5",
+                "s1_b_master.h5",
+                "s1_b_data_000001.h5"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_set_is_the_master_then_its_data_files_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Arc::try_unwrap(fixture::stream(1)).unwrap();
+        s.file = dir.path().join("s1_master.h5");
+        for (name, body) in [
+            ("s1_master.h5", "m"),
+            ("s1_data_000002.h5", "bb"),
+            ("s1_data_000001.h5", "a"),
+            ("s1_data_x.h5", "not ours"),
+            ("s10_data_000001.h5", "another stream"),
+        ] {
+            std::fs::write(dir.path().join(name), body).unwrap();
+        }
+        let (files, problems) = measure(dir.path(), &s);
+        assert!(problems.is_empty());
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            names,
+            ["s1_master.h5", "s1_data_000001.h5", "s1_data_000002.h5"]
+        );
+        assert_eq!(files[2].size, 2);
+        assert_eq!(
+            files[1].chk, "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb",
+            "sha256 of \"a\""
+        );
+        std::fs::remove_file(dir.path().join("s1_master.h5")).unwrap();
+        let (files, problems) = measure(dir.path(), &s);
+        assert_eq!(
+            (files.len(), problems.len()),
+            (2, 1),
+            "a missing master is reported"
+        );
+    }
+}
