@@ -47,7 +47,7 @@ def test_a_missing_frame_topic_is_one_clear_error_not_an_outage(detingestd, tmp_
     assert "kafka.frame_topic" in out.stderr and '"det_frames"' in out.stderr, out.stderr
     # With on_start_error = "continue": logged once, its records refused and counted.
     s = serve(detingestd, tmp_path, kafka_broker, frames=120, rate=200.0,
-              extra='on_start_error = "continue"\n' + NO_AUTO_CREATE)
+              extra='on_start_error = "continue"\nmessage_timeout_ms = 3000\n' + NO_AUTO_CREATE)
     try:
         wait_ready(s)
         code, body = s.start(stream="no_frame_topic")
@@ -66,6 +66,16 @@ def test_a_missing_frame_topic_is_one_clear_error_not_an_outage(detingestd, tmp_
         assert len(lines) == 1 and "kafka.frame_topic" in lines[0], lines
         assert "brokers unreachable" not in log
         assert "file set handed off (wrdn delivered)" in log
+    finally:
+        s.close()
+    # With create_topics = true the daemon creates it at start.
+    s = serve(detingestd, tmp_path, kafka_broker, extra="create_topics = true\n" + NO_AUTO_CREATE)
+    try:
+        wait_ready(s)
+        assert "created the missing topics" in s.log.read_text()
+        from confluent_kafka.admin import AdminClient
+        topics = AdminClient({"bootstrap.servers": kafka_broker.bootstrap}).list_topics(timeout=10).topics
+        assert "det_frames" in topics and not topics["det_frames"].error
     finally:
         s.close()
 

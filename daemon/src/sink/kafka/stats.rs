@@ -161,7 +161,12 @@ impl KafkaStats {
     /// A message for `topic` was refused (`queued`: by librdkafka after it took it, else when
     /// it was handed over): counted by its fault, logged by kind and topic.
     pub fn refused(&self, topic: &str, e: &KafkaError, queued: bool) {
-        let fault = Fault::of(e);
+        let mut fault = Fault::of(e);
+        // librdkafka holds a message for a topic it has no metadata of until its time-out:
+        // for a topic known to be missing, that is the topic missing.
+        if fault == Fault::TimedOut && self.known_missing(topic) {
+            fault = Fault::TopicMissing;
+        }
         if queued {
             self.undelivered.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -225,6 +230,11 @@ impl KafkaStats {
                 (Instant::now(), 0),
             );
         }
+    }
+
+    fn known_missing(&self, topic: &str) -> bool {
+        (self.logged.lock().ok())
+            .is_some_and(|l| l.contains_key(&(Fault::TopicMissing as u8, topic.to_owned())))
     }
 
     /// A hand-off about to be queued, described by `what` for the log: its id (the message's
