@@ -150,8 +150,7 @@ pub struct SinkCores {
 pub struct SinkError {
     /// The sink's name.
     pub sink: &'static str,
-    /// Why, naming the configuration key.
-    #[source]
+    /// Why, naming the configuration key (in the message, not as a source: it is said once).
     pub error: ConfigError,
 }
 
