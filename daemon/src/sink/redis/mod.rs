@@ -38,6 +38,8 @@ pub struct RedisStats {
     pub scans: AtomicU64,
     /// Streams whose scan could not be written (server away at their start).
     pub scans_unpublished: AtomicU64,
+    /// Scans the server lost (restarted without persistence) while their run went on.
+    pub scans_lost: AtomicU64,
     /// Scans closed with indices missing.
     pub scans_incomplete: AtomicU64,
     /// Indices published.
@@ -103,7 +105,9 @@ impl RedisSink {
                 tracing::info!(url = %url, "redis: publishing scans");
                 stats.connected.store(true, Ordering::Relaxed);
             }
-            Err(e) if cfg.on_start_error == OnStartError::Fail => {
+            // A database BLISS has not initialised yet is waited for, not refused: the
+            // daemon may well start first.
+            Err(e) if cfg.on_start_error == OnStartError::Fail && !connection::waiting(&e) => {
                 return Err(fail(format!("cannot use {url}: {e}")))
             }
             Err(e) => {
@@ -176,6 +180,7 @@ impl Sink for RedisSink {
             "connected": s.connected.load(Ordering::Relaxed),
             "scans": n(&s.scans),
             "scans_unpublished": n(&s.scans_unpublished),
+            "scans_lost": n(&s.scans_lost),
             "scans_incomplete": n(&s.scans_incomplete),
             "indices": n(&s.indices),
             "batches": n(&s.batches),

@@ -33,6 +33,9 @@ struct Scan {
     images: u64,
     /// The index of the newest image published (0: none).
     last_image: u64,
+    /// The link's connection its key was last seen on ([`Link::generation`]): on another
+    /// (the server may have restarted without it) it is checked before anything is written.
+    seen_on: u64,
 }
 
 /// The Redis thread's state.
@@ -124,42 +127,18 @@ impl Publisher {
         }
     }
 
-    /// The connection, reconnecting when due; after a reconnection, scans whose keys the
-    /// server lost (restarted without persistence) stop being published, and closes that
-    /// waited are done.
+    /// The connection, reconnecting when due; after a reconnection, closes that waited are
+    /// done.
     fn connection(&mut self) -> Option<&mut redis::Connection> {
         let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
         let (_, reconnected) = self.link.get(dropped);
         if reconnected {
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-            self.after_reconnect();
-        }
-        self.link.get(dropped).0
-    }
-
-    fn after_reconnect(&mut self) {
-        let keys: Vec<String> = self
-            .scans
-            .values()
-            .filter(|s| s.published)
-            .map(|s| s.doc.key.clone())
-            .collect();
-        for key in keys {
-            let exists: Option<bool> = self
-                .link
-                .get(0)
-                .0
-                .and_then(|c| redis::cmd("EXISTS").arg(&key).query(c).ok());
-            if exists == Some(false) {
-                tracing::warn!(scan = %key, "redis: the server lost this scan (restarted?); the rest of its stream is not published");
-                if let Some(s) = self.scans.values_mut().find(|s| s.doc.key == key) {
-                    s.published = false;
-                }
+            for (scan, close) in std::mem::take(&mut self.unclosed) {
+                self.finish(scan, close);
             }
         }
-        for (scan, close) in std::mem::take(&mut self.unclosed) {
-            self.finish(scan, close);
-        }
+        self.link.get(dropped).0
     }
 
     fn open(&mut self, o: Open) {
@@ -177,7 +156,9 @@ impl Publisher {
             dropped: 0,
             images: 0,
             last_image: 0,
+            seen_on: 0,
         };
+        self.link.try_now();
         if let Some(con) = self.connection() {
             let result = create(con, &prefix, &mut scan.doc);
             match result {
@@ -185,6 +166,7 @@ impl Publisher {
                     let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
                     self.link.succeeded(dropped);
                     scan.published = true;
+                    scan.seen_on = self.link.generation();
                     self.stats.scans.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(stream = %o.stream.key, scan = %scan.doc.key, "redis: scan published");
                 }
@@ -198,10 +180,15 @@ impl Publisher {
     }
 
     fn batch(&mut self, b: &Batch) {
-        let Some(published) = self.scans.get(&b.stream.key).map(|s| s.published) else {
+        // Connected first: a reconnection may find the scan gone, and nothing is then
+        // written into its streams (they would be keys of no scan).
+        if self.connection().is_none() {
+            return self.dropped(b);
+        }
+        let Some(scan) = self.scans.get_mut(&b.stream.key) else {
             return self.dropped(b);
         };
-        if !published || self.connection().is_none() {
+        if !still_there(&mut self.link, scan, &self.stats) {
             return self.dropped(b);
         }
         let image = b.image.as_ref().and_then(|(index, chunk)| {
@@ -310,6 +297,9 @@ impl Publisher {
             self.unclosed.push((scan, c));
             return;
         }
+        if !still_there(&mut self.link, &mut scan, &self.stats) {
+            return;
+        }
         scan.doc.set_info("end_reason", json!("SUCCESS"));
         scan.doc.set_info(
             "publishing",
@@ -350,6 +340,35 @@ impl Publisher {
         self.stats.set_last_error(e);
         let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
         self.link.failed(e, dropped);
+    }
+}
+
+/// Whether `scan` may be written to: published, and its document still on the server. On a
+/// connection other than the one it was last seen on, its key is checked first: a server
+/// restarted without persistence lost it, and the rest of its stream is then not published
+/// (counted as dropped), so no stream key of no scan is ever written.
+fn still_there(link: &mut Link, scan: &mut Scan, stats: &super::RedisStats) -> bool {
+    if !scan.published {
+        return false;
+    }
+    let now = link.generation();
+    if scan.seen_on == now {
+        return true;
+    }
+    let exists: Option<bool> =
+        (link.get(0).0).and_then(|c| redis::cmd("EXISTS").arg(&scan.doc.key).query(c).ok());
+    match exists {
+        Some(true) => {
+            scan.seen_on = now;
+            true
+        }
+        Some(false) => {
+            tracing::warn!(scan = %scan.doc.key, "redis: the server lost this scan (restarted?); the rest of its stream is not published");
+            scan.published = false;
+            stats.scans_lost.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        None => false, // the check failed: the next round trip tells why
     }
 }
 
