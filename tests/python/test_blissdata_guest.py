@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # noqa: F401  (the images are read from the files)
 import pytest
 
 from test_runs import Serve
@@ -86,6 +87,17 @@ def test_the_daemon_waits_for_bliss_to_set_up_the_database_then_search_finds_its
     assert store.load_scan(store.get_last_scan()[1]).name == "scan_b"
     assert "publishing again" in serve.log.read_text()
     assert not orphans(server)
+    # blissdata.h5api maps the scan from its info.h5maps, as it does BLISS's own files.
+    from blissdata.h5api.redis_hdf5 import File
+    scan = store.load_scan(found[0])
+    with File(scan.path, data_store=store) as f:
+        entry = f[f"/{scan.number}.1"]
+        assert entry.attrs["NX_class"] == "NXentry"
+        m = f[f"/{scan.number}.1/measurement"]
+        assert sorted(m.keys()) == ["frame_number", "image", "lost", "packets_lost", "timestamp"]
+        assert list(m["frame_number"][()]) == list(range(1, 31))
+        with h5py.File(serve.master("scan_b"), "r") as h:
+            assert (m["image"][0] == h["/entry/data/data"][0]).all()
 
 
 def test_after_a_redis_restart_mid_run_the_daemon_waits_again_and_leaves_no_orphan_keys(

@@ -222,6 +222,10 @@ impl ScanDoc {
                 );
             }
         }
+        let mut info = self.info.clone();
+        if let (true, Some(obj)) = (with_streams, info.as_object_mut()) {
+            obj.insert("h5maps".into(), self.h5maps());
+        }
         json!({
             "pk": self.pk,
             "id": {
@@ -235,11 +239,49 @@ impl ScanDoc {
                 "dataset": id.stream.as_str(),
                 "path": self.fallback.file_path,
             },
-            "info": self.info,
+            "info": info,
             "state_stream": {"pk": self.state_pk, "encoding": null, "info": null},
             "data_streams": data_streams,
         })
         .to_string()
+    }
+}
+
+impl ScanDoc {
+    /// How `blissdata.h5api` shows the scan (`info.h5maps`, keyed by the file `id.path`
+    /// names): entry `/<number>.1` an NXentry with its `title`, and `measurement` mapping
+    /// each data stream (`image`, `frame_number`, `lost`, `packets_lost`, `timestamp`), so
+    /// `File(path)["/<number>.1/measurement/image"]` reads the run live through Redis.
+    fn h5maps(&self) -> Value {
+        let names = self.stream_names();
+        let stream = |n: &str| json!({"type": "dataset", "value": {"type": "stream", "stream": n}});
+        let mut measurement = serde_json::Map::new();
+        measurement.insert("image".into(), stream(&names[0]));
+        for (i, (suffix, _)) in NUMERIC.iter().enumerate() {
+            measurement.insert((*suffix).into(), stream(&names[i + 1]));
+        }
+        let title = self.info.get("title").cloned().unwrap_or(Value::Null);
+        let entry = json!({
+            "type": "group",
+            "attributes": {"NX_class": "NXentry"},
+            "children": {
+                "title": {"type": "dataset", "value": title},
+                "measurement": {
+                    "type": "group",
+                    "attributes": {"NX_class": "NXcollection"},
+                    "children": measurement,
+                },
+            },
+        });
+        // The file's root holds the scan's entry, as BLISS's files hold each scan's.
+        let mut root = serde_json::Map::new();
+        root.insert(format!("{}.1", self.number), entry);
+        let mut maps = serde_json::Map::new();
+        maps.insert(
+            self.fallback.file_path.clone(),
+            json!({"type": "group", "children": root}),
+        );
+        Value::Object(maps)
     }
 }
 
