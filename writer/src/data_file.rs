@@ -67,9 +67,24 @@ const CACHE_SLOTS: usize = 13;
 /// HDF5's file lock is not taken: SWMR readers may still hold the file, and what they read is
 /// not touched (they see the additions once they open it again).
 pub(crate) fn reopen_after_swmr(path: &Path) -> Result<File, WriteError> {
-    Ok(File::with_options()
-        .with_fapl(|p| p.file_locking(false))
-        .open_rw(path)?)
+    // Another thread of this process may hold the file open for a moment with other access
+    // (the cluster's merger reads this daemon's own part with SWMR read access), and HDF5
+    // refuses a second open with other flags meanwhile ("file locking flag values don't
+    // match"): tried again for up to a second.
+    let mut tries = 0;
+    loop {
+        let opened = File::with_options()
+            .with_fapl(|p| p.file_locking(false))
+            .open_rw(path);
+        match opened {
+            Ok(f) => return Ok(f),
+            Err(_) if tries < 50 && path.exists() => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Switches `file` to SWMR writing: from now on readers may open it with SWMR read access

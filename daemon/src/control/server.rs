@@ -142,14 +142,21 @@ pub async fn serve(listener: TcpListener, limits: Limits, api: Arc<Api>, shutdow
             refuse(&stream);
             continue;
         }
+        // Counted here, before the task runs: a burst of connects cannot overshoot the cap.
+        let entered = open.enter();
         let (open, api) = (Arc::clone(&open), Arc::clone(&api));
-        tokio::spawn(async move { connection(stream, limits, &api, &open).await });
+        tokio::spawn(async move { connection(stream, limits, &api, &open, entered).await });
     }
 }
 
 /// Serves one connection's request, unless it is pushed out before sending it.
-async fn connection(stream: TcpStream, limits: Limits, api: &Arc<Api>, open: &Arc<Open>) {
-    let (id, pushed_out) = open.enter();
+async fn connection(
+    stream: TcpStream,
+    limits: Limits,
+    api: &Arc<Api>,
+    open: &Arc<Open>,
+    (id, pushed_out): (u64, oneshot::Receiver<()>),
+) {
     let _leave = Leave(open, id);
     let service = {
         let (api, open) = (Arc::clone(api), Arc::clone(open));
