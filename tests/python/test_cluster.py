@@ -359,7 +359,7 @@ def test_blissdata_reads_the_whole_detector_as_one_scan_from_the_coordinators_re
 
 
 def test_a_kafka_job_starts_and_stops_every_daemon_and_hands_off_every_part(
-        cluster, tmp_path, kafka_broker):
+        kafka_broker, cluster, tmp_path):  # the broker outlives the daemons: a fast teardown
     import hashlib
     from streaming_data_types import serialise_6s4t, serialise_pl72
     from test_kafka import Reader, TOPICS, kafka_table, send, SERVICE
