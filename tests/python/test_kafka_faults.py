@@ -35,6 +35,15 @@ def wrdns(broker, topic="det_status", timeout=60, n=1):
     return got
 
 
+def counters_reach(s, name, n, timeout):
+    """The Kafka sink's counters once `name` has reached `n` (delivery reports come late)."""
+    deadline = time.time() + timeout
+    while (k := s.call("GET", "/run")[1]["sinks"]["kafka"])[name] < n:
+        assert time.time() < deadline, k
+        time.sleep(0.1)
+    return k
+
+
 def test_a_missing_frame_topic_is_one_clear_error_not_an_outage(detingestd, tmp_path,
                                                                    kafka_broker):
     kafka_broker.create_topics("det_commands", "det_status", "det_previews")
@@ -56,10 +65,7 @@ def test_a_missing_frame_topic_is_one_clear_error_not_an_outage(detingestd, tmp_
         assert status["frames_recorded"] == 120
         (w,) = wrdns(kafka_broker)
         assert w.job_id == "bt/det/no_frame_topic" and not w.error_encountered
-        deadline = time.time() + 30
-        while (k := s.call("GET", "/run")[1]["sinks"]["kafka"])["topic_missing"] < 120:
-            assert time.time() < deadline, k
-            time.sleep(0.2)
+        k = counters_reach(s, "topic_missing", 120, timeout=30)
         assert k["outages"] == 0 and k["handoffs"] == 1 and k["too_large"] == 0, k
         log = s.log.read_text()
         lines = [ln for ln in log.splitlines() if "det_frames" in ln and "no such topic" in ln]
@@ -94,10 +100,7 @@ def test_a_wrdn_the_broker_refuses_is_warned_at_once(detingestd, tmp_path, kafka
         code, body = s.start(stream="huge_meta")
         assert code == 201, body
         s.wait_ended(timeout=60)
-        deadline = time.time() + 20
-        while (k := s.call("GET", "/run")[1]["sinks"]["kafka"])["handoffs_undelivered"] < 1:
-            assert time.time() < deadline, k
-            time.sleep(0.1)
+        k = counters_reach(s, "handoffs_undelivered", 1, timeout=20)
         assert k["handoffs"] == 0 and k["too_large"] == 1 and k["outages"] == 0, k
         log = s.log.read_text()
         assert "file set NOT handed off" in log and "huge_meta" in log

@@ -71,6 +71,10 @@ fn write_part(dir: &std::path::Path, stream: &str, m: u32, n: u64) {
     run.finish(&RunEnd::default()).unwrap();
 }
 
+fn end(recorded: u64, outcome: PartOutcome) -> PartEnd {
+    PartEnd { recorded, outcome }
+}
+
 fn parts() -> Vec<Part> {
     ["a", "b"]
         .iter()
@@ -132,16 +136,7 @@ fn the_vds_takes_each_module_from_the_part_that_wrote_it() {
     write_part(dir.path(), "s_b", 1, 3); // b stops after index 3
     let mut master = create(dir.path());
     merge(dir.path(), &mut master, 1, 5);
-    let ends = [
-        PartEnd {
-            recorded: 5,
-            outcome: PartOutcome::Finished,
-        },
-        PartEnd {
-            recorded: 3,
-            outcome: PartOutcome::Died,
-        },
-    ];
+    let ends = [end(5, PartOutcome::Finished), end(3, PartOutcome::Died)];
     assert_eq!(master.finish(&ends, &RunEnd::default()).unwrap(), 5);
     let (data, mask, state) = read_back(dir.path());
     assert_eq!(data.shape(), &[5, 4, 12]);
@@ -176,10 +171,7 @@ fn an_unfinished_master_is_resumed_and_finished_from_the_files() {
     let mut master = DetectorMaster::resume(dir.path(), "s").unwrap();
     assert_eq!((master.frames(), master.parts().to_vec()), (2, parts()));
     merge(dir.path(), &mut master, 3, 4);
-    let ends = [PartEnd {
-        recorded: 4,
-        outcome: PartOutcome::Finished,
-    }; 2];
+    let ends = [end(4, PartOutcome::Finished); 2];
     assert_eq!(master.finish(&ends, &RunEnd::default()).unwrap(), 4);
     let (data, mask, state) = read_back(dir.path());
     assert_eq!(
@@ -212,16 +204,7 @@ fn a_part_that_comes_back_adds_its_modules_to_indices_merged_without_it() {
         };
         master.amend(i, &b).unwrap();
     }
-    let ends = [
-        PartEnd {
-            recorded: 4,
-            outcome: PartOutcome::Finished,
-        },
-        PartEnd {
-            recorded: 4,
-            outcome: PartOutcome::Unknown,
-        },
-    ];
+    let ends = [end(4, PartOutcome::Finished), end(4, PartOutcome::Unknown)];
     master.finish(&ends, &RunEnd::default()).unwrap();
     let (data, mask, state) = read_back(dir.path());
     assert_eq!((mask, state.as_str()), (vec![3; 4], "unknown"));

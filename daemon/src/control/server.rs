@@ -30,9 +30,6 @@ use tokio::sync::oneshot;
 
 use super::{Api, Body};
 
-/// How long an accept error is not logged again.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
 /// The connections' bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -112,7 +109,7 @@ impl Drop for Leave<'_> {
 /// Accepts connections on `listener` until `shutdown` is set.
 pub async fn serve(listener: TcpListener, limits: Limits, api: Arc<Api>, shutdown: &AtomicBool) {
     let open = Arc::new(Open::default());
-    let mut logged: Option<Instant> = None;
+    let mut accept_errors = crate::rate_limit::RateLimit::default();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let accepted = tokio::select! {
@@ -127,10 +124,9 @@ pub async fn serve(listener: TcpListener, limits: Limits, api: Arc<Api>, shutdow
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                if logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-                    logged = Some(Instant::now());
+                if let Some(held) = accept_errors.allow(Instant::now()) {
                     let open = open.count.load(Ordering::Relaxed);
-                    tracing::warn!(error = %e, open, "control API cannot accept a connection; goes on");
+                    tracing::warn!(error = %e, open, since_last_line = held, "control API cannot accept a connection; goes on");
                 }
                 // Out of descriptors: free one the idle clients hold.
                 open.push_out_oldest();

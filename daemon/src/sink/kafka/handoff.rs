@@ -94,10 +94,12 @@ impl HandOff {
             ),
         };
         // The list inline while the message stays well inside the limit; the manifest
-        // holds it whatever the size.
-        if metadata.to_string().len() > self.inline_limit {
+        // holds it whatever the size. (Serialized again only when it did not fit.)
+        let mut text = metadata.to_string();
+        if text.len() > self.inline_limit {
             metadata["files"] = Value::Null;
             metadata["files_inline"] = json!(false);
+            text = metadata.to_string();
         }
         let file_name = info.file.display().to_string();
         let mut b = FlatBufferBuilder::with_capacity(4096);
@@ -108,7 +110,7 @@ impl HandOff {
                 job_id: &self.job.id,
                 error_encountered: error.is_some(),
                 file_name: &file_name,
-                metadata: &metadata.to_string(),
+                metadata: &text,
                 message: &message,
             },
         );

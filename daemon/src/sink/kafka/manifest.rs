@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::stream::StreamInfo;
@@ -86,19 +85,29 @@ pub fn write_manifest(
     stream: &str,
     files: &[FileEntry],
 ) -> std::io::Result<FileEntry> {
+    /// The manifest as written (serialized straight from the list: no copy of it).
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Manifest<'a> {
+        source_folder: String,
+        chk_alg: &'static str,
+        number_of_files: usize,
+        size: u64,
+        data_file_list: &'a [FileEntry],
+    }
     let name = manifest_name(stream);
-    let doc: Value = json!({
-        "sourceFolder": folder.display().to_string(),
-        "chkAlg": "sha256",
-        "numberOfFiles": files.len(),
-        "size": files.iter().map(|f| f.size).sum::<u64>(),
-        "dataFileList": files,
-    });
+    let doc = Manifest {
+        source_folder: folder.display().to_string(),
+        chk_alg: "sha256",
+        number_of_files: files.len(),
+        size: files.iter().map(|f| f.size).sum(),
+        data_file_list: files,
+    };
     let tmp = folder.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(doc.to_string().as_bytes())?;
-    f.sync_all()?;
-    drop(f);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    serde_json::to_writer(&mut f, &doc)?;
+    f.flush()?;
+    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     let path = folder.join(&name);
     std::fs::rename(&tmp, &path)?;
     entry(&path)
@@ -108,6 +117,7 @@ pub fn write_manifest(
 mod tests {
     use super::*;
     use crate::sink::fixture;
+    use serde_json::Value;
     use std::sync::Arc;
 
     #[test]

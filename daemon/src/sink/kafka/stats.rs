@@ -8,12 +8,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-/// How often a repeated refusal of one kind on one topic is logged.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+use crate::rate_limit::RateLimit;
 
 /// What went wrong with a message or a client, as the operator must tell it apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,11 +101,21 @@ pub struct KafkaStats {
     /// When the outage began, ms since the Unix epoch (a message's creation time is compared).
     down_since_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
-    /// Per (fault, topic): when last logged and how many since.
-    logged: Mutex<HashMap<(u8, String), (Instant, u64)>>,
+    /// Per topic, what was logged of its refusals (looked up by `&str`: no allocation per
+    /// refused message once the topic is known).
+    logged: Mutex<HashMap<String, TopicLog>>,
     /// Hand-offs queued and not yet reported on: id -> what to log.
     pending: Mutex<HashMap<usize, String>>,
     next_handoff: AtomicUsize,
+}
+
+/// What was logged of one topic's refusals.
+#[derive(Debug, Default)]
+struct TopicLog {
+    /// Said missing (once).
+    missing: bool,
+    too_large: RateLimit,
+    refused: RateLimit,
 }
 
 impl KafkaStats {
@@ -182,10 +191,14 @@ impl KafkaStats {
             Fault::TimedOut | Fault::Refused => &self.refused,
         }
         .fetch_add(1, Ordering::Relaxed);
-        self.note(&format!("{topic}: {e}"));
+        self.errors.fetch_add(1, Ordering::Relaxed);
         let Some(count) = self.due(fault, topic) else {
             return;
         };
+        // The text of the last error is kept when the refusal is logged (not per message).
+        if let Ok(mut l) = self.last_error.lock() {
+            *l = Some(format!("{topic}: {e}"));
+        }
         match fault {
             Fault::TopicMissing => {
                 tracing::error!(%topic, error = %e, count, "kafka: the brokers have no topic {topic:?} (or it may not be written): its messages are refused and counted (topic_missing) until it exists; create it, or set kafka.create_topics")
@@ -200,41 +213,31 @@ impl KafkaStats {
     }
 
     /// Whether (fault, topic) is to be logged now: a missing topic once, the others at most
-    /// every [`LOG_EVERY`]; the refusals counted since the last line.
+    /// every [`crate::rate_limit::EVERY`]; the refusals since the last line, this one included.
     fn due(&self, fault: Fault, topic: &str) -> Option<u64> {
         let mut logged = self.logged.lock().ok()?;
-        let key = (fault as u8, topic.to_owned());
-        let now = Instant::now();
-        match logged.get_mut(&key) {
-            None => {
-                logged.insert(key, (now, 0));
-                Some(1)
-            }
-            Some((at, n)) => {
-                *n += 1;
-                let again = fault != Fault::TopicMissing && at.elapsed() >= LOG_EVERY;
-                again.then(|| {
-                    *at = now;
-                    std::mem::take(n)
-                })
-            }
+        if !logged.contains_key(topic) {
+            logged.insert(topic.to_owned(), TopicLog::default());
         }
+        let log = logged.get_mut(topic)?;
+        let held = match fault {
+            Fault::TopicMissing => (!std::mem::replace(&mut log.missing, true)).then_some(0),
+            Fault::TooLarge => log.too_large.allow(Instant::now()),
+            _ => log.refused.allow(Instant::now()),
+        };
+        held.map(|n| n + 1)
     }
 
     /// `topic` was found missing at start (and said so): its refusals are counted, not
     /// logged again.
     pub fn missing_at_start(&self, topic: &str) {
         if let Ok(mut logged) = self.logged.lock() {
-            logged.insert(
-                (Fault::TopicMissing as u8, topic.to_owned()),
-                (Instant::now(), 0),
-            );
+            logged.entry(topic.to_owned()).or_default().missing = true;
         }
     }
 
     fn known_missing(&self, topic: &str) -> bool {
-        (self.logged.lock().ok())
-            .is_some_and(|l| l.contains_key(&(Fault::TopicMissing as u8, topic.to_owned())))
+        (self.logged.lock().ok()).is_some_and(|l| l.get(topic).is_some_and(|t| t.missing))
     }
 
     /// A hand-off about to be queued, described by `what` for the log: its id (the message's
