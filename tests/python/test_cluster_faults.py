@@ -47,8 +47,9 @@ def own_files_read_back(folder, stream, name, want):
         data = f["/entry/data/data"][()]  # the part's VDS over its data files
     mods = [r * 3 + c for r, c in PARTS[["d1", "d2", "d3"].index(name)]]
     for i in np.nonzero(mask)[0]:
-        for m in mods:
-            assert np.array_equal(tile(data[i], m), tile(want[i], m)), (name, i, m)
+        for m in mods:  # a module its assembler gave up on (e.g. frozen mid-frame) is not written
+            if mask[i] & (1 << m):
+                assert np.array_equal(tile(data[i], m), tile(want[i], m)), (name, i, m)
     for p in sorted(folder.glob(f"{part}_data_*.h5")):
         with h5py.File(p, "r") as f:  # no SWMR: its writer closed it, nobody else touched it
             f["/entry/data/data"][()]
