@@ -61,7 +61,7 @@ def start(series_id, shape, dtype="uint32", channels=("threshold_1",), n=0, mask
         "beam_center_x": 51.5, "beam_center_y": 40.25, "channels": list(channels),
         "count_time": 0.0099, "frame_time": 0.01, "detector_description": "spec sender",
         "detector_serial_number": "E-00-0000",
-        "detector_translation": [0.0, 0.0, 0.2], "image_dtype": dtype,
+        "detector_translation": [0.0, 0.0, -0.2], "image_dtype": dtype,
         "image_size_x": shape[1], "image_size_y": shape[0], "incident_energy": 12398.419843320026,
         "number_of_images": n, "pixel_size_x": 7.5e-5, "pixel_size_y": 7.5e-5,
         "saturation_value": 12345, "sensor_material": "Si", "sensor_thickness": 4.5e-4,

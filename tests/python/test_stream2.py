@@ -147,9 +147,15 @@ def test_eiger_simulator_series_are_written_as_the_detector_compressed_them(serv
             assert f["entry/instrument/beam/incident_wavelength"][()] > 0
             gonio = json.loads(f[f"{SPECIFIC}/goniometer"][()])
             assert set(gonio) >= {"omega", "kappa", "phi"}
-            omega = f["entry/sample/goniometer/omega"][:]
+            omega = f["entry/sample/transformations/omega"][:]
             assert len(omega) == n and np.allclose(np.diff(omega), gonio["omega"]["increment"])
-            assert f[f"{SPECIFIC}/detector_serial_number"][()]
+            # The chain from the sample down to the floor: phi, kappa, chi, omega.
+            chain, at = [], f["entry/sample/depends_on"][()].decode()
+            while at != ".":
+                chain.append(at.rsplit("/", 1)[1])
+                at = f[at].attrs["depends_on"]
+            assert chain == ["phi", "kappa", "chi", "omega"], chain
+            assert det["serial_number"][()] and det["detector_number"][()]
             assert list(f[f"{SPECIFIC}/frame_lost"][:]) == [0] * n
         with h5py.File(daemon.master(stream).with_name(f"{stream}_data_000001.h5")) as f:
             for i in range(n):
@@ -184,7 +190,13 @@ def test_two_channels_gaps_mask_and_metadata_from_the_start(serve, detector):
     mask2 = mask.copy()
     mask2[90, 79] = 16  # each channel has its own (sent bitshuffle-LZ4 compressed)
     time.sleep(0.3)  # the daemon connects
-    detector.send(spec.start(7, shape, "uint32", ch, n=n, mask={ch[0]: mask, ch[1]: mask2}))
+    flat = {c: np.random.default_rng(k).uniform(0.9, 1.1, shape).astype("<f4")
+            for k, c in enumerate(ch)}
+    lookup = np.arange(0, 4000, 4, dtype="<u4")  # the spec's typed array (tag 70: u32 LE)
+    detector.send(spec.start(7, shape, "uint32", ch, n=n, mask={ch[0]: mask, ch[1]: mask2},
+                             flatfield={c: spec.array(a, "raw") for c, a in flat.items()},
+                             countrate_correction_lookup_table=cbor2.CBORTag(
+                                 70, lookup.tobytes())))
     sent = [i for i in range(n) if i != 3]  # image 3 never comes
     for i in sent:
         detector.send(spec.image(7, i, {ch[0]: low[i], ch[1]: high[i]}))
@@ -192,8 +204,8 @@ def test_two_channels_gaps_mask_and_metadata_from_the_start(serve, detector):
     status = daemon.wait_run("bt/eiger/series_7_threshold_1")
     assert status["end_reason"] == "source", status
     assert [s["name"] for s in status["sources"]] == ["eiger", "eiger-threshold_2"]
-    for stream, pixels, mask in (("series_7_threshold_1", low, mask),
-                                 ("series_7_threshold_2", high, mask2)):
+    for stream, pixels, mask, c in (("series_7_threshold_1", low, mask, ch[0]),
+                                    ("series_7_threshold_2", high, mask2, ch[1])):
         with h5py.File(daemon.master(stream)) as f:
             data = f["entry/data/data"]
             assert data.shape == (n, *shape) and data.dtype == np.uint32, stream
@@ -205,16 +217,21 @@ def test_two_channels_gaps_mask_and_metadata_from_the_start(serve, detector):
             det = f["entry/instrument/detector"]
             assert det["description"][()] == b"spec sender"
             assert det["beam_center_y"][()] == 40.25
-            assert det["detector_distance"][()] == 0.2
+            # detector_translation's z is -0.2: the distance is 0.2 (as DECTRIS's files say)
+            assert det["detector_distance"][()] == 0.2 and det["distance"][()] == 0.2
             assert det["saturation_value"][()] == 12345
+            assert det["serial_number"][()] == b"E-00-0000"
+            assert np.array_equal(det["flatfield"][:], flat[c])  # its channel's, values kept
+            assert np.array_equal(det["countrate_correction_lookup_table"][:], lookup)
             assert f["entry/instrument/beam/incident_wavelength"][()] == pytest.approx(1.0)
             assert json.loads(f[f"{SPECIFIC}/threshold_energy"][()]) == \
                 {"threshold_1": 6000.0, "threshold_2": 7000.0}
             assert json.loads(f[f"{SPECIFIC}/user_data"][()]) == {"sample": "lysozyme"}
-            omega = f["entry/sample/goniometer/omega"]
+            omega = f["entry/sample/transformations/omega"]
             assert np.allclose(omega[:], 10.0 + 0.5 * np.arange(n))
             assert omega.attrs["units"] == "deg"
-            assert f["entry/sample/goniometer/omega_increment"][()] == 0.5
+            assert f["entry/sample/transformations/omega_increment_set"][()] == 0.5
+            assert f["entry/sample/depends_on"][()] == b"/entry/sample/transformations/omega"
     daemon.close()
 
 

@@ -98,6 +98,10 @@ pub trait SourceKind: Sync {
     fn pixel_mask(&self) -> Option<std::sync::Arc<[u32]>> {
         None
     }
+    /// Tables the detector sent for the run (flatfield, count-rate lookup table).
+    fn tables(&self) -> Vec<detingest_writer::Table> {
+        Vec::new()
+    }
     /// `[row, column]` of the tile this source receives, when configured (else the source
     /// makes every tile, or learns its place from the data).
     fn grid_place(&self) -> Option<[u32; 2]> {

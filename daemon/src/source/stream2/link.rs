@@ -30,6 +30,9 @@ pub struct Series {
     /// The start's pixel masks by channel, as `u32` per pixel (those of the image's shape
     /// that decode).
     pub pixel_masks: Vec<(String, Arc<[u32]>)>,
+    /// Tables the start sent with their values (flatfield by channel; the count-rate lookup
+    /// table for every channel: `None`).
+    pub tables: Vec<(Option<String>, detingest_writer::Table)>,
     /// The run request the start makes (stream, metadata).
     pub request: serde_json::Value,
 }

@@ -22,10 +22,10 @@ use minicbor::data::Type;
 use minicbor::Decoder;
 use serde_json::{Map, Value};
 
+use super::metadata::{channel_arrays, json, typed_u32s};
+
 /// Channels an image may carry (EIGER2 has two thresholds; PILATUS4 up to four).
 pub const MAX_CHANNELS: usize = 4;
-/// Deepest nesting of the metadata kept as JSON.
-const MAX_DEPTH: usize = 16;
 /// The bitshuffle chunk header: u64 BE uncompressed bytes, u32 BE block bytes.
 const BSLZ4_HEADER: usize = 12;
 
@@ -72,7 +72,7 @@ impl From<minicbor::decode::Error> for DecodeError {
     }
 }
 
-fn bad(field: &'static str, why: impl ToString) -> DecodeError {
+pub(super) fn bad(field: &'static str, why: impl ToString) -> DecodeError {
     DecodeError::Bad {
         field,
         why: why.to_string(),
@@ -162,6 +162,10 @@ pub struct Start<'a> {
     pub channels: Vec<String>,
     /// `pixel_mask` per channel.
     pub pixel_masks: Vec<(String, Array<'a>)>,
+    /// `flatfield` per channel.
+    pub flatfields: Vec<(String, Array<'a>)>,
+    /// `countrate_correction_lookup_table` (a typed array of unsigned integers).
+    pub countrate_table: Vec<u32>,
     /// Every other field, as JSON (arrays by shape and type only: `flatfield` and the like).
     pub fields: Map<String, Value>,
 }
@@ -226,7 +230,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
 }
 
 /// Calls `field` for every key of the map at `d` (definite or indefinite).
-fn for_each_field<'b>(
+pub(super) fn for_each_field<'b>(
     d: &mut Decoder<'b>,
     mut field: impl FnMut(&'b str, &mut Decoder<'b>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
@@ -327,6 +331,8 @@ fn start_message<'b>(d: &mut Decoder<'b>) -> Result<Start<'b>, DecodeError> {
         pixel: None,
         channels: Vec::new(),
         pixel_masks: Vec::new(),
+        flatfields: Vec::new(),
+        countrate_table: Vec::new(),
         fields: Map::new(),
     };
     let mut triggers = 1;
@@ -349,23 +355,10 @@ fn start_message<'b>(d: &mut Decoder<'b>) -> Result<Start<'b>, DecodeError> {
                     return Err(bad("channels", format!("more than {MAX_CHANNELS}")));
                 }
             }
-            "pixel_mask" => {
-                // Arrays per channel; anything else (a recording may hold a stub) is kept as
-                // metadata.
-                let mut masks = Vec::new();
-                let mut other = Map::new();
-                for_each_field(d, |channel, d| {
-                    if d.datatype()? == Type::Tag {
-                        masks.push((channel.to_owned(), array(d, "pixel_mask")?));
-                    } else {
-                        other.insert(channel.to_owned(), json(d, 1)?);
-                    }
-                    Ok(())
-                })?;
-                s.pixel_masks = masks;
-                if !other.is_empty() {
-                    s.fields.insert("pixel_mask".into(), Value::Object(other));
-                }
+            "pixel_mask" => s.pixel_masks = channel_arrays(d, "pixel_mask", &mut s.fields)?,
+            "flatfield" => s.flatfields = channel_arrays(d, "flatfield", &mut s.fields)?,
+            "countrate_correction_lookup_table" if d.datatype()? == Type::Tag => {
+                s.countrate_table = typed_u32s(d)?;
             }
             _ => {
                 let v = json(d, 0)?;
@@ -405,7 +398,10 @@ fn ratio(d: &mut Decoder<'_>, field: &'static str) -> Result<(u64, u64), DecodeE
 }
 
 /// A tag 40 / 1040 array of two dimensions over a typed array or a compressed byte string.
-fn array<'b>(d: &mut Decoder<'b>, field: &'static str) -> Result<Array<'b>, DecodeError> {
+pub(super) fn array<'b>(
+    d: &mut Decoder<'b>,
+    field: &'static str,
+) -> Result<Array<'b>, DecodeError> {
     let tag = d.tag()?.as_u64();
     if tag == MULTI_DIM_COLUMN_MAJOR {
         return Err(bad(
@@ -510,59 +506,6 @@ fn bslz4_header(bytes: &[u8]) -> Option<(u64, u32)> {
     let total = u64::from_be_bytes(header[..8].try_into().ok()?);
     let block = u32::from_be_bytes(header[8..].try_into().ok()?);
     Some((total, block))
-}
-
-/// Any CBOR value as JSON, for the metadata kept as the detector's own: byte strings and
-/// typed arrays by their length only, tags dropped (a date stays its text), at most
-/// [`MAX_DEPTH`] deep.
-fn json(d: &mut Decoder<'_>, depth: usize) -> Result<Value, DecodeError> {
-    if depth > MAX_DEPTH {
-        return Err(bad("metadata", "nested too deep"));
-    }
-    Ok(match d.datatype()? {
-        Type::Bool => Value::from(d.bool()?),
-        Type::Null | Type::Undefined => {
-            d.skip()?;
-            Value::Null
-        }
-        Type::U8 | Type::U16 | Type::U32 | Type::U64 => Value::from(d.u64()?),
-        Type::I8 | Type::I16 | Type::I32 | Type::I64 | Type::Int => {
-            Value::from(i64::try_from(d.int()?).map_err(|e| bad("metadata", e))?)
-        }
-        Type::F16 | Type::F32 | Type::F64 => {
-            serde_json::Number::from_f64(d.f64()?).map_or(Value::Null, Value::Number)
-        }
-        Type::String => Value::from(d.str()?),
-        Type::Bytes => Value::from(format!("<{} bytes>", d.bytes()?.len())),
-        Type::Array => {
-            let n = d.array()?.unwrap_or(0);
-            let mut out = Vec::new();
-            for _ in 0..n {
-                out.push(json(d, depth + 1)?);
-            }
-            Value::Array(out)
-        }
-        Type::Map | Type::MapIndef => {
-            let mut out = Map::new();
-            for_each_field(d, |k, d| {
-                out.insert(k.to_owned(), json(d, depth + 1)?);
-                Ok(())
-            })?;
-            Value::Object(out)
-        }
-        Type::Tag => {
-            let position = d.position();
-            let tag = d.tag()?.as_u64();
-            if tag == MULTI_DIM {
-                d.set_position(position);
-                let a = array(d, "metadata")?;
-                serde_json::json!({"shape": a.shape, "dtype": a.pixel.name()})
-            } else {
-                json(d, depth + 1)?
-            }
-        }
-        other => return Err(bad("metadata", format!("CBOR {other:?} not supported"))),
-    })
 }
 
 #[cfg(test)]

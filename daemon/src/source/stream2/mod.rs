@@ -15,6 +15,7 @@ pub mod counts;
 pub mod link;
 pub mod listener;
 pub mod message;
+mod metadata;
 mod receive;
 pub mod series;
 
@@ -86,6 +87,17 @@ impl SourceKind for Stream2Config {
         };
         mask.map(|(_, m)| Arc::clone(m))
     }
+    /// This source's channel's flatfield and the series' count-rate lookup table.
+    fn tables(&self) -> Vec<detingest_writer::Table> {
+        let Some(series) = self.link.series() else {
+            return Vec::new();
+        };
+        let channel = series.channels.get(self.channel);
+        (series.tables.iter())
+            .filter(|(c, _)| c.is_none() || c.as_ref() == channel)
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
     fn prepare(
         &self,
         src: &SourceConfig,
@@ -139,6 +151,7 @@ mod tests {
             channels: vec!["threshold_1".into(), "threshold_2".into()],
             images: 3,
             pixel_masks: Vec::new(),
+            tables: Vec::new(),
             request: serde_json::Value::Null,
         };
         let socket = zmq::Context::new().socket(zmq::PULL).unwrap();

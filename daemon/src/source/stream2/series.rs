@@ -3,21 +3,23 @@
 //!
 //! Mapped into `[detector]` (the NXmx master): `detector_description`, `pixel_size_x/y`,
 //! `sensor_material`, `sensor_thickness`, `beam_center_x/y`, `count_time`, `frame_time`,
-//! `detector_distance` (or the z of `detector_translation`), `saturation_value`,
+//! `detector_distance` (or the z of `detector_translation`, which DECTRIS gives negative:
+//! the detector sits at -z from the sample in its frame), `saturation_value`,
 //! `number_of_triggers`, `incident_wavelength` (or `incident_energy` in eV converted to Å).
 //! `goniometer` axes become `/entry/sample/goniometer` positions per image. Every other field
 //! is the detector's own metadata, written into `detectorSpecific` (`goniometer` and
-//! `threshold_energy` too, and other maps, as JSON text).
+//! `threshold_energy` too, and other maps, as JSON text). The channel's `flatfield` and the
+//! `countrate_correction_lookup_table` become NXdetector datasets with their values.
 
 use detingest_shm::{Name, PixelType};
+use detingest_writer::{Table, TableValues};
 use serde_json::{json, Map, Value};
 
 use super::config::Stream2Config;
 use super::link::Series;
 use super::message::Start;
 
-/// hc in eV·Å: wavelength = HC / energy.
-const HC_EV_ANGSTROM: f64 = 12_398.419_843_320_026;
+use detingest_writer::HC_EV_ANGSTROM;
 
 /// Start fields that become `[detector]` fields of the same name.
 const SAME_NAME: [&str; 7] = [
@@ -31,8 +33,9 @@ const SAME_NAME: [&str; 7] = [
 ];
 
 /// Start fields with another `[detector]` name.
-const RENAMED: [(&str, &str); 4] = [
+const RENAMED: [(&str, &str); 5] = [
     ("detector_description", "description"),
+    ("detector_serial_number", "serial_number"),
     ("pixel_size_x", "x_pixel_size"),
     ("pixel_size_y", "y_pixel_size"),
     ("detector_distance", "detector_distance"),
@@ -79,6 +82,31 @@ pub fn series_of(
             Some((channel.clone(), widen(&bytes, mask.pixel).into()))
         })
         .collect();
+    let mut tables: Vec<(Option<String>, Table)> = (start.flatfields.iter())
+        .filter(|(_, f)| f.shape == start.image_size && f.pixel == PixelType::F32)
+        .filter_map(|(channel, f)| {
+            let mut bytes = vec![0u8; f.raw_len()];
+            f.decode_into(&mut bytes).ok()?;
+            let values = (bytes.chunks_exact(4))
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let shape = f.shape.map(|d| d as usize).to_vec();
+            let table = Table {
+                name: "flatfield".into(),
+                shape,
+                values: TableValues::F32(values),
+            };
+            Some((Some(channel.clone()), table))
+        })
+        .collect();
+    if !start.countrate_table.is_empty() {
+        let table = Table {
+            name: "countrate_correction_lookup_table".into(),
+            shape: vec![start.countrate_table.len()],
+            values: TableValues::U32(start.countrate_table.clone()),
+        };
+        tables.push((None, table));
+    }
     Ok(Series {
         id: start.series_id,
         unique_id: start.series_unique_id.clone(),
@@ -87,27 +115,42 @@ pub fn series_of(
         channels: start.channels.clone(),
         images: start.number_of_images,
         pixel_masks,
+        tables,
         request,
     })
 }
 
+/// Goniometer axes in the order they stack, from the floor up (a start's map has none): a
+/// name not here comes after these, in name order.
+const AXIS_ORDER: [&str; 4] = ["omega", "chi", "kappa", "phi"];
+
 /// `goniometer {axis: {start, increment}}` as the `[detector] goniometer` overlay (null when
-/// absent or empty).
+/// absent or empty), axes from the floor up ([`AXIS_ORDER`]). `two_theta` moves the
+/// detector, not the sample: it stays in `detectorSpecific/goniometer` only.
 fn goniometer(fields: &Map<String, Value>, images: u64) -> Value {
     let Some(Value::Object(axes)) = fields.get("goniometer") else {
         return Value::Null;
     };
-    let axes: Vec<Value> = axes
+    let mut axes: Vec<(&String, f64, f64)> = axes
         .iter()
+        .filter(|(name, _)| name.as_str() != "two_theta")
         .filter_map(|(name, axis)| {
             let start = axis.get("start")?.as_f64()?;
             let increment = axis.get("increment")?.as_f64()?;
-            Some(json!([name, start, increment]))
+            Some((name, start, increment))
         })
         .collect();
+    let rank = |name: &str| {
+        AXIS_ORDER
+            .iter()
+            .position(|a| *a == name)
+            .unwrap_or(AXIS_ORDER.len())
+    };
+    axes.sort_by(|a, b| (rank(a.0), a.0).cmp(&(rank(b.0), b.0)));
     if axes.is_empty() {
         return Value::Null;
     }
+    let axes: Vec<Value> = axes.iter().map(|(n, s, i)| json!([n, s, i])).collect();
     json!({"images": images, "axes": axes})
 }
 
@@ -146,7 +189,7 @@ fn detector_fields(fields: &Map<String, Value>) -> Value {
             .and_then(|t| t.get(2))
             .and_then(Value::as_f64);
         if let Some(z) = z {
-            det.insert("detector_distance".into(), json!(z));
+            det.insert("detector_distance".into(), json!(z.abs()));
         }
     }
     if let Some(n) = fields.get("number_of_triggers").and_then(Value::as_u64) {
@@ -187,7 +230,7 @@ mod tests {
             "sensor_material": "Si", "sensor_thickness": 4.5e-4,
             "beam_center_x": 2110.5, "beam_center_y": 2200,
             "count_time": 0.001, "frame_time": 0.0011,
-            "detector_translation": [0.0, 0.0, 0.15],
+            "detector_translation": [0.0, 0.0, -0.15], // as an EIGER2 sends it
             "saturation_value": 65535, "number_of_triggers": 3,
             "incident_energy": 12398.419843320026,
             "goniometer": {"omega": {"start": 0.0, "increment": 0.1}},
@@ -202,10 +245,27 @@ mod tests {
         assert_eq!(det["ntrigger"], 3);
         assert!((det["incident_wavelength"].as_f64().unwrap() - 1.0).abs() < 1e-12);
         let specific = det["specific"].as_object().unwrap();
-        assert_eq!(specific["detector_serial_number"], "E-32-0123");
+        assert_eq!(det["serial_number"], "E-32-0123");
+        assert!(!specific.contains_key("detector_serial_number"));
         assert_eq!(specific["goniometer"]["omega"]["increment"], 0.1);
         assert!(!specific.contains_key("count_time"));
         assert!(!specific.contains_key("pixel_size_x"));
+    }
+
+    #[test]
+    fn goniometer_axes_stack_from_the_floor_up_and_two_theta_is_not_the_samples() {
+        let fields: Map<String, Value> = serde_json::from_value(json!({"goniometer": {
+            "phi": {"start": 1.0, "increment": 0.0}, "omega": {"start": 0.0, "increment": 0.1},
+            "kappa": {"start": 2.0, "increment": 0.0}, "two_theta": {"start": 0.0, "increment": 0.0},
+            "chi": {"start": 3.0, "increment": 0.0}, "aux": {"start": 0.0, "increment": 0.0},
+        }}))
+        .unwrap();
+        let g = goniometer(&fields, 5);
+        let names: Vec<&str> = (g["axes"].as_array().unwrap().iter())
+            .map(|a| a[0].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["omega", "chi", "kappa", "phi", "aux"]);
+        assert_eq!(g["images"], 5);
     }
 
     #[test]
