@@ -307,9 +307,33 @@ seed = {seed}
 
 [control]
 listen = "{listen}"
+
+# The experiment a master file describes (NXmx; docs/NXMX.md): example values for a
+# rotation experiment, what a beamline's configuration or run request gives.
+[detector]
+serial_number = "synthetic-0001"
+bit_depth_readout = 16
+instrument_name = "detingest demo beamline"
+source_name = "detingest demo synchrotron"
+source_type = "Synchrotron X-ray Source"
+sample_name = "synthetic"
+incident_wavelength = 1.0    # angstrom
+detector_distance = 0.12     # m
+beam_center_x = 512.5        # pixels
+beam_center_y = 256.5
+{timing}goniometer = {{ images = {frames}, axes = [{{ name = "omega", start = 0.0, increment = 0.1 }}] }}
 "#,
         data_dir = data_dir.display().to_string(),
         codec = codec.name(),
+        timing = if rate > 0.0 {
+            format!(
+                "count_time = {:.6}\nframe_time = {:.6}\n",
+                0.9 / rate,
+                1.0 / rate
+            )
+        } else {
+            String::new()
+        },
     )
 }
 

@@ -97,7 +97,10 @@ fn run(receive: &str) {
     let file = hdf5::File::open(&summary.streams[0].stream.file).unwrap();
     let data: Vec<u16> = read(&file, "/entry/data/data");
     let lost_counts: Vec<u32> = read(&file, &format!("{SPECIFIC}/packets_lost"));
-    let masks: Vec<[u8; 64]> = read(&file, &format!("{SPECIFIC}/missing_packets"));
+    let bytes: Vec<u8> = read(&file, &format!("{SPECIFIC}/missing_packets"));
+    let masks: Vec<[u8; 64]> = (bytes.chunks_exact(64))
+        .map(|c| c.try_into().unwrap())
+        .collect();
     let frame_numbers: Vec<u64> = read(&file, &format!("{SPECIFIC}/frame_number"));
     assert_eq!(frame_numbers, (1000..1000 + FRAMES).collect::<Vec<_>>());
     let stamps: Vec<u64> = read(&file, &format!("{SPECIFIC}/detector_timestamp"));

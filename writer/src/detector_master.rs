@@ -7,10 +7,11 @@
 
 use std::path::Path;
 
+use crate::detector_info::DetectorInfo;
 use crate::layout::RunLayout;
 use crate::master::{IndexRecord, MasterFile, RunEnd};
 use crate::master_end::{vds_files, VdsSource};
-use crate::nxmx::{self, DetectorInfo};
+use crate::nxmx;
 use crate::run_files::{master_path, FileOptions};
 use crate::WriteError;
 

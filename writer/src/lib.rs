@@ -24,11 +24,13 @@
 
 mod codec;
 mod data_file;
+mod detector_info;
 mod detector_master;
 mod error;
 mod filter;
 mod filter_check;
 mod filter_repair;
+mod geometry;
 mod hdf5_memory;
 mod layout;
 mod master;
@@ -41,6 +43,9 @@ mod run_files;
 
 pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
 pub use data_file::DATA_PATH;
+pub use detector_info::{
+    Axis, AxisKind, DetectorInfo, Goniometer, Table, TableValues, HC_EV_ANGSTROM,
+};
 pub use detector_master::{DetectorMaster, Part, PartEnd, PartOutcome};
 pub use error::WriteError;
 pub use filter::{judge_filter_values, FilterVerdict};
@@ -48,7 +53,6 @@ pub use filter_check::{check_filters, DatasetFilterCheck};
 pub use filter_repair::{repair_filters, Repaired};
 pub use layout::{all_modules, Chunking, RunLayout, MAX_MODULES};
 pub use master::{IndexRecord, RunEnd};
-pub use nxmx::{DetectorInfo, Goniometer};
 pub use part_records::{clear_write_marks, read_part, PartRecords, PartState};
 pub use read_back::read_frame;
 pub use recover::{

@@ -8,14 +8,17 @@
 //! `nimages`, so a crash loses at most what came after the last flush.
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use hdf5::{Dataset, Group, H5Type};
-use ndarray::ArrayView2;
+use ndarray::ArrayView3;
 
 use crate::data_file::{create_file, reopen_after_swmr, start_swmr};
+use crate::detector_info::DetectorInfo;
+use crate::geometry;
 use crate::layout::RunLayout;
 use crate::master_end::MasterEnd;
-use crate::nxmx::{self, DetectorInfo};
+use crate::nxmx;
 use crate::run_files::FileOptions;
 use crate::WriteError;
 
@@ -90,6 +93,8 @@ pub struct RunEnd {
     pub next_stream: Option<String>,
     /// Why the run ended early, if it did.
     pub error: Option<String>,
+    /// When its last frame came (`/entry/end_time`); `None`: now.
+    pub ended: Option<SystemTime>,
 }
 
 /// The per-index datasets under `detectorSpecific`.
@@ -110,7 +115,7 @@ struct Records {
 
 impl Records {
     fn create(specific: &Group, modules: usize) -> Result<Self, WriteError> {
-        let timestamp = records::<u64>(specific, "timestamp", None)?;
+        let timestamp = records::<u64>(specific, "timestamp")?;
         nxmx::attr_str(&timestamp, "units", "ns")?;
         nxmx::attr_str(
             &timestamp,
@@ -118,13 +123,13 @@ impl Records {
             "when the frame was taken as its source knows it (UDP: arrival of its first packet \
              on the host), ns since the Unix epoch",
         )?;
-        let detector_timestamp = records::<u64>(specific, "detector_timestamp", None)?;
+        let detector_timestamp = records::<u64>(specific, "detector_timestamp")?;
         nxmx::attr_str(
             &detector_timestamp,
             "description",
             "the detector's own timestamp as sent, in its clock's ticks",
         )?;
-        let late_mask = records::<u64>(specific, "late_mask", None)?;
+        let late_mask = records::<u64>(specific, "late_mask")?;
         nxmx::attr_str(
             &late_mask,
             "description",
@@ -132,24 +137,24 @@ impl Records {
              behind by more than the dataset window or timeout) and was discarded; clear bits of \
              missing modules mean never arrived (or dropped_mask: dropped here)",
         )?;
-        let sequence = records::<u32>(specific, "sequence", None)?;
+        let sequence = records::<u32>(specific, "sequence")?;
         nxmx::attr_str(
             &sequence,
             "description",
             "the detector numbering frame_number belongs to: 0, one more at each detector restart",
         )?;
         Ok(Self {
-            frame_number: records::<u64>(specific, "frame_number", None)?,
+            frame_number: records::<u64>(specific, "frame_number")?,
             sequence,
-            lost: records::<u8>(specific, "frame_lost", None)?,
-            dropped: records::<u8>(specific, "frame_dropped", None)?,
+            lost: records::<u8>(specific, "frame_lost")?,
+            dropped: records::<u8>(specific, "frame_dropped")?,
             timestamp,
             detector_timestamp,
-            bunch_id: records::<u64>(specific, "bunch_id", None)?,
-            modules: records::<u64>(specific, "module_mask", None)?,
-            dropped_mask: records::<u64>(specific, "dropped_mask", None)?,
-            packets_lost: records::<u32>(specific, "packets_lost", None)?,
-            missing: records::<[u8; 64]>(specific, "missing_packets", Some(modules))?,
+            bunch_id: records::<u64>(specific, "bunch_id")?,
+            modules: records::<u64>(specific, "module_mask")?,
+            dropped_mask: records::<u64>(specific, "dropped_mask")?,
+            packets_lost: records::<u32>(specific, "packets_lost")?,
+            missing: missing_packets(specific, modules)?,
             late_mask,
         })
     }
@@ -223,17 +228,9 @@ impl MasterFile {
             nxmx::attr_str(&entry, "default", "data")?;
             nxmx::attr_str(&data_group, "signal", "data")?;
         }
-        let bit_depth = 8 * layout.pixel.size() as u32;
-        let specific = nxmx::write_detector(
-            &entry,
-            info,
-            bit_depth,
-            layout.pixel.max_value(),
-            layout.image_shape(),
-        )?;
-        if let Some(g) = &info.goniometer {
-            nxmx::write_goniometer(&entry, g)?;
-        }
+        geometry::write_times(&entry, info, options.frames, SystemTime::now())?;
+        let specific = nxmx::write_detector(&entry, info, layout)?;
+        geometry::write_sample(&entry, info)?;
         let nimages = nxmx::ds_num(&specific, "nimages", 0u64, None)?;
         let m = layout.modules() as usize;
         let records = Records::create(&specific, m)?;
@@ -308,13 +305,26 @@ impl MasterFile {
         }
         self.nimages.write_scalar(&(n as u64))?;
         if r.missing.shape().first().copied().unwrap_or(0) > n {
-            r.missing.resize((n, self.modules))?;
+            r.missing.resize((n, self.modules, 64))?;
         }
         if n == 0 {
             return Ok(0);
         }
         let lost = r.lost.read_slice_1d::<u8, _>(0..n)?;
         Ok(lost.iter().filter(|&&l| l != 0).count() as u64)
+    }
+
+    /// When the last flushed index with a timestamp was taken (a crashed run's end).
+    pub(crate) fn last_timestamp(&self) -> Option<SystemTime> {
+        let n = self.flushed;
+        let from = n.saturating_sub(RECORD_CHUNK);
+        let ts = self
+            .records
+            .timestamp
+            .read_slice_1d::<u64, _>(from..n)
+            .ok()?;
+        let last = ts.iter().rev().copied().find(|&t| t != 0)?;
+        SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_nanos(last))
     }
 
     /// Buffers the next index's record.
@@ -399,10 +409,11 @@ impl MasterFile {
             .write_slice(&[u8::from(dropped != 0)][..], one.clone())?;
         rec.packets_lost.write_slice(&[lost][..], one)?;
         for k in (0..self.modules).filter(|&k| mine(k)) {
-            let mask = [r.missing_packets.get(k).copied().unwrap_or([0; 64])];
-            let view = ArrayView2::from_shape((1, 1), &mask[..])
+            let mask = r.missing_packets.get(k).copied().unwrap_or([0; 64]);
+            let view = ArrayView3::from_shape((1, 1, 64), &mask[..])
                 .map_err(|e| WriteError::Metadata(e.to_string()))?;
-            rec.missing.write_slice(view, (row..row + 1, k..k + 1))?;
+            rec.missing
+                .write_slice(view, (row..row + 1, k..k + 1, ..))?;
         }
         Ok(())
     }
@@ -425,10 +436,11 @@ impl MasterFile {
             append(&r.packets_lost, &p.packets_lost, end)?;
             append(&r.late_mask, &p.late_mask, end)?;
             let missing = &r.missing;
-            missing.resize((end, self.modules))?;
-            let view = ArrayView2::from_shape((new, self.modules), &self.pending.missing)
+            missing.resize((end, self.modules, 64))?;
+            let bytes = self.pending.missing.as_flattened();
+            let view = ArrayView3::from_shape((new, self.modules, 64), bytes)
                 .map_err(|e| WriteError::Metadata(e.to_string()))?;
-            missing.write_slice(view, (self.flushed..end, ..))?;
+            missing.write_slice(view, (self.flushed..end, .., ..))?;
             self.pending.clear();
             self.flushed = end;
             // The records on disk before `nimages` says they are there: a reader (or a
@@ -468,21 +480,25 @@ impl MasterFile {
     }
 }
 
-/// Creates an extendable per-index dataset: 1-D, or `[n, width]` when `width` is given.
-fn records<T: H5Type>(
-    group: &Group,
-    name: &str,
-    width: Option<usize>,
-) -> Result<Dataset, WriteError> {
-    let b = group.new_dataset::<T>();
-    let ds = match width {
-        None => b.chunk(RECORD_CHUNK).shape(0..).create(name)?,
-        Some(w) => b
-            .chunk((RECORD_CHUNK.div_ceil(w), w))
-            .shape((0.., w))
-            .create(name)?,
-    };
-    Ok(ds)
+/// Creates an extendable 1-D per-index dataset.
+fn records<T: H5Type>(group: &Group, name: &str) -> Result<Dataset, WriteError> {
+    Ok(group
+        .new_dataset::<T>()
+        .chunk(RECORD_CHUNK)
+        .shape(0..)
+        .create(name)?)
+}
+
+/// `missing_packets`: `[index, module, 64]` bytes, bit `k % 8` of byte `k / 8` set when packet
+/// `k` never arrived. A plain 3-D u8 dataset (not an array type), which generic NeXus
+/// readers load.
+fn missing_packets(group: &Group, modules: usize) -> Result<Dataset, WriteError> {
+    let m = modules.max(1);
+    Ok(group
+        .new_dataset::<u8>()
+        .chunk((RECORD_CHUNK.div_ceil(m), m, 64))
+        .shape((0.., m, 64))
+        .create("missing_packets")?)
 }
 
 /// Grows a 1-D dataset to `end` and writes `values` into its last `values.len()` entries.

@@ -107,8 +107,14 @@ impl MasterEnd {
         Ok(())
     }
 
-    /// Records how the run ended: `finished`, the ASAPO finish marker, and any error.
+    /// Records how the run ended: `end_time`, `finished`, the ASAPO finish marker, and any
+    /// error.
     pub(crate) fn finish(&self, frames: u64, end: &RunEnd) -> Result<(), WriteError> {
+        let entry = self.file.group("/entry")?;
+        if !entry.link_exists("end_time") {
+            let ended = end.ended.unwrap_or_else(std::time::SystemTime::now);
+            nxmx::ds_str(&entry, "end_time", &crate::geometry::iso_time(ended))?;
+        }
         let ours = self.file.group("/entry/detingest")?;
         if let Some(e) = &end.error {
             nxmx::ds_str(&ours, "error", e)?;

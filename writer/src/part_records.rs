@@ -92,8 +92,11 @@ pub fn read_part(path: &Path, from: usize) -> Result<PartState, WriteError> {
         missing: if range.is_empty() || width == 0 {
             Vec::new()
         } else {
-            let a = missing_ds.read_slice_2d::<[u8; 64], _>((range.clone(), ..))?;
-            a.iter().copied().collect()
+            let a = missing_ds.read_slice::<u8, _, ndarray::Ix3>((range.clone(), .., ..))?;
+            let bytes: Vec<u8> = a.iter().copied().collect();
+            (bytes.chunks_exact(64))
+                .map(|c| c.try_into().unwrap_or([0; 64]))
+                .collect()
         },
     };
     Ok(PartState {

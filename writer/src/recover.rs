@@ -245,6 +245,7 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         (None, None) => 1,
     };
     let lost = m.cut_to_flushed()?;
+    let ended = m.last_timestamp();
     let end = m.into_end(false)?;
     if let (true, Some((shape, pixel))) = (master_data.vds(), image) {
         let layout = RunLayout {
@@ -278,6 +279,7 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         &RunEnd {
             next_stream: None,
             error: Some(reason.to_owned()),
+            ended,
         },
     )?;
     crate::nxmx::ds_str(

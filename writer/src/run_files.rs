@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use crate::data_file::{probe_filter_values, DataFile};
+use crate::detector_info::DetectorInfo;
 use crate::layout::{Chunking, RunLayout};
 use crate::master::{IndexRecord, MasterFile, RunEnd};
 use crate::master_end::vds_files;
-use crate::nxmx::DetectorInfo;
 use crate::WriteError;
 
 /// Per-run file options.
@@ -145,14 +145,15 @@ pub fn reserve_path(dir: &Path, stream: &str) -> PathBuf {
 
 /// Writes [`RESERVE_BYTES`] of zeros (real blocks, not a sparse file) to the reserve file,
 /// or on a small file system as much as a sixteenth of it (1 MiB still holds the VDS of about
-/// ten thousand data files); `None` (and nothing left behind) when not even 256 KiB could be
+/// ten thousand data files; 64 KiB still holds a master's end: its records' last flush, the
+/// times and the finish marker); `None` (and nothing left behind) when not even that could be
 /// held.
 fn reserve_space(dir: &Path, stream: &str) -> Option<PathBuf> {
     use std::io::Write;
     let path = reserve_path(dir, stream);
-    for size in [RESERVE_BYTES, 1 << 20, 256 << 10] {
+    for size in [RESERVE_BYTES, 1 << 20, 256 << 10, 64 << 10] {
         let written = std::fs::File::create(&path).and_then(|mut f| {
-            let block = vec![0u8; 256 << 10];
+            let block = vec![0u8; size.min(256 << 10)];
             for _ in 0..size / block.len() {
                 f.write_all(&block)?;
             }

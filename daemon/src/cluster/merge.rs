@@ -248,7 +248,7 @@ fn run(
     queue.push(Notification::StreamStart(StreamStartNotice {
         stream: Arc::clone(&plan.stream),
         started_ns: now_ns(),
-        detector: plan.detector.clone(),
+        detector: std::sync::Arc::new(plan.detector.clone()),
         user_json: plan.user_json.clone(),
         files: plan.files,
     }));
@@ -342,6 +342,7 @@ fn run(
     let end = RunEnd {
         next_stream: None,
         error: error.clone(),
+        ended: None,
     };
     if let Err(e) = master.finish(&ends, &end) {
         tracing::error!(error = %e, "cannot finish the detector's master");

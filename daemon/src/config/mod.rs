@@ -321,6 +321,9 @@ impl Config {
         for (i, &c) in t.compress.iter().enumerate() {
             check_core(&format!("threads.compress[{i}]"), Some(c), cores)?;
         }
+        self.detector
+            .validate()
+            .map_err(|(key, e)| ConfigError::new(format!("detector.{key}"), e))?;
         self.live.check()?;
         self.sink.redis.check()?;
         self.sink.stream2.check()?;

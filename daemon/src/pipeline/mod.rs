@@ -259,6 +259,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
                 files: run.file_options(config.writer.swmr),
                 detector: detingest_writer::DetectorInfo {
                     pixel_mask: src.kind().and_then(|k| k.pixel_mask()),
+                    tables: src.kind().map(|k| k.tables()).unwrap_or_default(),
                     ..config.detector.clone()
                 },
                 user_json: run.user.to_string(),

@@ -167,6 +167,7 @@ impl RunManager {
             layout,
             detector: detingest_writer::DetectorInfo {
                 pixel_mask: src.kind().and_then(|k| k.pixel_mask()),
+                tables: src.kind().map(|k| k.tables()).unwrap_or_default(),
                 ..config.detector.clone()
             },
             user_json: config.run.user.to_string(),

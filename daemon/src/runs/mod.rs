@@ -113,6 +113,8 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
     }
     config.run = deserialize_keyed::<_, RunSettings>(run, "")?;
     config.detector = deserialize_keyed(detector, "detector")?;
+    (config.detector.validate())
+        .map_err(|(key, e)| ConfigError::new(format!("detector.{key}"), e))?;
     config.run.validate("")?;
     let mut id = id;
     if base.cluster.member() {

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use detingest_shm::{Name, StreamId};
 use detingest_writer::{
-    changed_ago, finish_unfinished, is_detector_master, is_finished, run_holder, DetectorInfo,
-    FileOptions, Recovered,
+    changed_ago, finish_unfinished, is_detector_master, is_finished, run_holder, FileOptions,
+    Recovered,
 };
 
 use crate::sink::{Notification, RunSinks, StreamEndNotice, StreamStartNotice};
@@ -208,7 +208,7 @@ fn announce(sinks: &mut RunSinks, data_dir: &Path, r: &Recovered, reason: &str) 
     let start = Notification::StreamStart(StreamStartNotice {
         stream: Arc::clone(&info),
         started_ns: now_ns(),
-        detector: DetectorInfo::default(),
+        detector: Default::default(),
         user_json: r.user_json.clone(),
         files: FileOptions {
             frames_per_file: r.frames_per_file,

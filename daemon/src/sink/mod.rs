@@ -60,7 +60,7 @@ pub struct StreamStartNotice {
     /// When, ns since the Unix epoch.
     pub started_ns: u64,
     /// The detector description in its files.
-    pub detector: DetectorInfo,
+    pub detector: Arc<DetectorInfo>,
     /// The run's user metadata (JSON text).
     pub user_json: String,
     /// Its files' options (frames expected, master layout, SWMR).

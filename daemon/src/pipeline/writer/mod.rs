@@ -373,7 +373,7 @@ impl Writer {
                     .push(Notification::StreamStart(StreamStartNotice {
                         stream: Arc::clone(&s.info),
                         started_ns: now_ns(),
-                        detector: setup.detector.clone(),
+                        detector: Arc::new(setup.detector.clone()),
                         user_json: setup.user_json.clone(),
                         files: setup.files,
                     }));
@@ -392,6 +392,7 @@ impl Writer {
         let end = RunEnd {
             next_stream: s.setup.next_stream.clone(),
             error: None,
+            ended: None,
         };
         match files.finish(&end) {
             Ok(frames) => {
@@ -431,6 +432,7 @@ impl Writer {
             let end = RunEnd {
                 next_stream: s.setup.next_stream.clone(),
                 error: Some(msg.clone()),
+                ended: None,
             };
             let frames = files.finish(&end).unwrap_or_else(|e| {
                 tracing::error!(stream = %s.info.id, error = %e, "closing the files after the error failed too");

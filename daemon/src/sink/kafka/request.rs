@@ -76,6 +76,19 @@ pub fn run_request(
             )));
         }
     }
+    // The job's instrument names the NXmx instrument unless the overlay does.
+    if !s.instrument_name.is_empty() {
+        match request.entry("detector").or_insert_with(|| json!({})) {
+            Value::Object(det) => {
+                (det.entry("instrument_name")).or_insert_with(|| s.instrument_name.into());
+            }
+            _ => {
+                return Err(bad(
+                    "metadata.detingest.detector must be a JSON object".into()
+                ))
+            }
+        }
+    }
     request.insert("beamtime".into(), beamtime.into());
     request.insert("source".into(), source.into());
     request.insert("stream".into(), stream.into());
@@ -120,6 +133,24 @@ mod tests {
             metadata,
             ..RunStart::default()
         }
+    }
+
+    #[test]
+    fn the_jobs_instrument_names_the_nxmx_instrument_unless_the_overlay_does() {
+        let job = |metadata| RunStart {
+            instrument_name: "DREAM",
+            ..start("run.nxs", metadata)
+        };
+        let r = run_request(&job(""), "det", "bt", 0).unwrap();
+        assert_eq!(r["detector"]["instrument_name"], "DREAM");
+        let given = r#"{"detingest": {"detector": {"instrument_name": "X", "sample_name": "Si"}}}"#;
+        let r = run_request(&job(given), "det", "bt", 0).unwrap();
+        assert_eq!(r["detector"]["instrument_name"], "X");
+        assert_eq!(r["detector"]["sample_name"], "Si");
+        let bad = r#"{"detingest": {"detector": 3}}"#;
+        assert!(run_request(&job(bad), "det", "bt", 0).is_err());
+        let none = run_request(&start("run.nxs", ""), "det", "bt", 0).unwrap();
+        assert!(none.get("detector").is_none());
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl NotificationSink for Feed {
         match n {
             Notification::StreamStart(s) => self.send(Msg::Open(Box::new(Open {
                 stream: Arc::clone(&s.stream),
-                detector: s.detector.clone(),
+                detector: (*s.detector).clone(),
                 user_json: s.user_json.clone(),
                 files: s.files,
             }))),
