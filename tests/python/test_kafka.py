@@ -9,6 +9,7 @@ broker killed and restarted mid-run costs no frame in the files and is counted."
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -152,6 +153,7 @@ def test_a_job_runs_from_pl72_to_wrdn(listening, kafka_broker, tmp_path):
     n = len(images)
     assert n >= 10 and hand["frames"] == n and hand["frames_lost"] == 0
     assert hand["chkAlg"] == "sha256" and Path(hand["sourceFolder"]) == master.parent
+    assert hand["sourceFolderHost"] == socket.gethostname()
     names = [e["path"] for e in hand["files"]]
     assert names[0] == master.name and len(names) == 1 + -(-n // 20)
     for e in hand["files"]:

@@ -114,8 +114,10 @@ def test_a_run_of_twenty_thousand_files_is_handed_off_with_every_checksum(
     kafka_broker.create_topics(*TOPICS)
     n = 20_000
     source = f"[source.synthetic]\nshape = [4, 4]\nframes = {n}\nrate_hz = 0.0\nbank_frames = 8\n"
+    # As ESS's ingestor checksums (BLAKE2b), the folder on a named file server.
+    site = 'checksum = "blake2b"\nsource_folder_host = "fs-01.example.org"\n'
     s = Serve(detingestd, tmp_path, source=source, run="frames_per_file = 1",
-              live='publish = ""\nquery = ""\n' + kafka_table(kafka_broker))
+              live='publish = ""\nquery = ""\n' + kafka_table(kafka_broker, site))
     try:
         wait_ready(s)
         t0 = time.time()
@@ -133,7 +135,8 @@ def test_a_run_of_twenty_thousand_files_is_handed_off_with_every_checksum(
     folder = Path(meta["sourceFolder"])
     man = meta["files_manifest"]
     raw = (folder / man["path"]).read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == man["chk"] and len(raw) == man["size"]
+    assert meta["chkAlg"] == "blake2b" and meta["sourceFolderHost"] == "fs-01.example.org"
+    assert hashlib.blake2b(raw).hexdigest() == man["chk"] and len(raw) == man["size"]
     listed = json.loads(raw)
     files = listed["dataFileList"]
     assert len(files) == n + 1 == listed["numberOfFiles"]
@@ -143,6 +146,6 @@ def test_a_run_of_twenty_thousand_files_is_handed_off_with_every_checksum(
     assert sum(f["size"] for f in files) == listed["size"] == meta["size"]
     for f in files:  # every checksum is the file's
         data = (folder / f["path"]).read_bytes()
-        assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["chk"], f
+        assert len(data) == f["size"] and hashlib.blake2b(data).hexdigest() == f["chk"], f
     print(f"{n} files: run and hand-off {took:.0f} s; wrdn metadata {len(w.metadata)} bytes, "
           f"manifest {len(raw)} bytes")

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -173,6 +174,12 @@ def test_a_two_by_two_detector_with_gaps_has_every_module_where_it_is(serve):
     assert_valid_nxmx(master)
     assert load_whole_tree(master) > 40
     with h5py.File(master) as f:
+        # What SciCat's ingestor reads to file a run (its metadata schema's NXS variables).
+        for path, want in (("entry/title", "gaps"), ("entry/experiment_identifier", "bt"),
+                           ("entry/instrument/name", EXPERIMENT["instrument_name"])):
+            assert f[path].asstr()[()] == want, path
+        assert uuid.UUID(f["entry/entry_identifier_uuid"].asstr()[()]).version == 4
+        assert f["entry/start_time"].asstr()[()] < f["entry/end_time"].asstr()[()]
         entry = nxmx.NXmx(f).entries[0]
         det = entry.instruments[0].detectors[0]
         assert det.underload_value == 0 and det.saturation_value == 65535

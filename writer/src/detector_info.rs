@@ -66,6 +66,12 @@ pub struct DetectorInfo {
     pub source_type: Option<String>,
     /// The sample (`/entry/sample/name`).
     pub sample_name: Option<String>,
+    /// The run's title (`/entry/title`, a catalogue's dataset name; the daemon's default:
+    /// the stream's name).
+    pub title: Option<String>,
+    /// The proposal or beamtime (`/entry/experiment_identifier`, a catalogue's proposal id;
+    /// the daemon's default: the stream's beamtime).
+    pub experiment_identifier: Option<String>,
     /// The detector's own metadata, one `detectorSpecific` dataset per key: numbers and text
     /// as they are, booleans as 0/1, anything else as JSON text. Keys we write ourselves, or
     /// that are not HDF5 names, are skipped.
@@ -109,6 +115,8 @@ impl Default for DetectorInfo {
             source_name: None,
             source_type: None,
             sample_name: None,
+            title: None,
+            experiment_identifier: None,
             specific: serde_json::Map::new(),
             goniometer: None,
             pixel_mask: None,

@@ -46,6 +46,24 @@ pub(crate) fn write_times(
     Ok(())
 }
 
+/// What catalogue ingestors read to name and file a run (SciCat's ingestor: `pid`,
+/// `proposalId`, `datasetName`): `entry_identifier_uuid` (new for every master),
+/// `experiment_identifier` and `title`, when known.
+pub(crate) fn write_identity(entry: &Group, info: &DetectorInfo) -> Result<(), WriteError> {
+    ds_str(
+        entry,
+        "entry_identifier_uuid",
+        &uuid::Uuid::new_v4().to_string(),
+    )?;
+    if let Some(e) = &info.experiment_identifier {
+        ds_str(entry, "experiment_identifier", e)?;
+    }
+    if let Some(t) = &info.title {
+        ds_str(entry, "title", t)?;
+    }
+    Ok(())
+}
+
 /// `/entry/source` (its name) and the instrument's `name` and `beam`, as far as known.
 pub(crate) fn write_beamline(
     entry: &Group,

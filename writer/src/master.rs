@@ -229,6 +229,7 @@ impl MasterFile {
             nxmx::attr_str(&data_group, "signal", "data")?;
         }
         geometry::write_times(&entry, info, options.frames, SystemTime::now())?;
+        geometry::write_identity(&entry, info)?;
         let specific = nxmx::write_detector(&entry, info, layout)?;
         geometry::write_sample(&entry, info)?;
         let nimages = nxmx::ds_num(&specific, "nimages", 0u64, None)?;

@@ -87,6 +87,25 @@ pub fn existing_file(config: &Config, src: &SourceConfig) -> Option<PathBuf> {
         .find(|f| f.exists())
 }
 
+/// The experiment description of `src`'s stream `id`: `[detector]` (with the run's
+/// overrides), what the source received (mask, tables), and the identity a catalogue files
+/// it under (title: the stream's name, experiment: its beamtime, unless given).
+pub fn detector_of(
+    config: &Config,
+    src: &SourceConfig,
+    id: &detingest_shm::StreamId,
+) -> detingest_writer::DetectorInfo {
+    let base = &config.detector;
+    detingest_writer::DetectorInfo {
+        pixel_mask: src.kind().and_then(|k| k.pixel_mask()),
+        tables: src.kind().map(|k| k.tables()).unwrap_or_default(),
+        title: (base.title.clone()).or_else(|| Some(id.stream.as_str().to_owned())),
+        experiment_identifier: (base.experiment_identifier.clone())
+            .or_else(|| Some(id.beamtime.as_str().to_owned())),
+        ..base.clone()
+    }
+}
+
 /// The image layout of a source's stream under the run settings of `config`.
 pub fn run_layout(config: &Config, src: &SourceConfig) -> RunLayout {
     let (pixel, module_shape) = src.frame_format();
@@ -257,11 +276,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             StreamSetup {
                 layout,
                 files: run.file_options(config.writer.swmr),
-                detector: detingest_writer::DetectorInfo {
-                    pixel_mask: src.kind().and_then(|k| k.pixel_mask()),
-                    tables: src.kind().map(|k| k.tables()).unwrap_or_default(),
-                    ..config.detector.clone()
-                },
+                detector: detector_of(config, src, &src.stream),
                 user_json: run.user.to_string(),
                 next_stream: run.next_stream.clone(),
                 open_datasets: ahead as usize,

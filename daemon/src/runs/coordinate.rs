@@ -161,15 +161,12 @@ impl RunManager {
             .map(|(p, _)| json!({"daemon": p.daemon, "stream": p.stream, "modules": p.modules, "state": "running"}))
             .collect();
         let c = &self.base.cluster;
+        let detector = pipeline::detector_of(config, src, &stream.id);
         let plan = MergePlan {
             dir,
             stream,
             layout,
-            detector: detingest_writer::DetectorInfo {
-                pixel_mask: src.kind().and_then(|k| k.pixel_mask()),
-                tables: src.kind().map(|k| k.tables()).unwrap_or_default(),
-                ..config.detector.clone()
-            },
+            detector,
             user_json: config.run.user.to_string(),
             files: config.run.file_options(config.writer.swmr),
             parts: peers.parts,

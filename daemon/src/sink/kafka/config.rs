@@ -71,6 +71,11 @@ pub struct KafkaConfig {
     /// brokers' default replication). Without it a missing topic refuses the start (or with
     /// `on_start_error = "continue"` is logged once, its messages refused and counted).
     pub create_topics: bool,
+    /// The checksum of every handed-off file: `"sha256"` (default), `"blake2b"` (ESS's
+    /// ingestor) or `"md5"` (HEPS).
+    pub checksum: super::manifest::Checksum,
+    /// The host a catalogue names as holding `sourceFolder` (`""`: this host's name).
+    pub source_folder_host: String,
     /// Further librdkafka settings, passed through as given (`security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...).
     pub properties: BTreeMap<String, String>,
@@ -112,6 +117,8 @@ impl Default for KafkaConfig {
             on_start_error: OnStartError::Fail,
             connect_timeout_ms: 5000,
             create_topics: false,
+            checksum: super::manifest::Checksum::Sha256,
+            source_folder_host: String::new(),
             properties: BTreeMap::new(),
         }
     }
@@ -152,6 +159,15 @@ impl KafkaConfig {
             &self.command_topic
         } else {
             &self.status_topic
+        }
+    }
+
+    /// The host named as holding the files (`source_folder_host`, else this host's name).
+    pub fn folder_host(&self) -> String {
+        if self.source_folder_host.is_empty() {
+            host_name()
+        } else {
+            self.source_folder_host.clone()
         }
     }
 

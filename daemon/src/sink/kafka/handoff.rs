@@ -12,7 +12,7 @@ use flatbuffers::FlatBufferBuilder;
 use serde_json::{json, Value};
 
 use super::client::{KafkaStats, Producer};
-use super::manifest::{manifest_name, measure, write_manifest, FileEntry};
+use super::manifest::{manifest_name, measure, write_manifest, Checksum, FileEntry};
 use super::publisher::send_marked;
 use super::schema::reports::{self, Finished};
 use crate::sink::StreamEndNotice;
@@ -45,6 +45,15 @@ impl Job {
     }
 }
 
+/// How every hand-off of this daemon measures and names its files.
+#[derive(Debug, Clone)]
+pub struct HandoffSettings {
+    /// The checksum of every file.
+    pub checksum: Checksum,
+    /// The host whose file system holds the folder (`sourceFolderHost`).
+    pub host: String,
+}
+
 /// Everything a hand-off needs.
 pub struct HandOff {
     /// Sends the `wrdn`.
@@ -63,6 +72,8 @@ pub struct HandOff {
     pub end: StreamEndNotice,
     /// Largest metadata JSON that lists the files inline, in bytes.
     pub inline_limit: usize,
+    /// Checksum and host.
+    pub settings: HandoffSettings,
 }
 
 /// Starts the `kafka-handoff` thread for `h`.
@@ -76,11 +87,17 @@ impl HandOff {
     fn run(self) {
         let info = &self.end.stream;
         let folder = info.file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let (files, mut problems) = measure(&folder, info);
+        let (files, mut problems) = measure(&folder, info, self.settings.checksum);
         let stream = info.id.stream.as_str();
-        let manifest = write_manifest(&folder, stream, &files)
-            .map_err(|e| problems.push(format!("{}: {e}", manifest_name(stream))))
-            .ok();
+        let manifest = write_manifest(
+            &folder,
+            &self.settings.host,
+            stream,
+            &files,
+            self.settings.checksum,
+        )
+        .map_err(|e| problems.push(format!("{}: {e}", manifest_name(stream))))
+        .ok();
         let error = self.end.error.clone().or_else(|| problems.first().cloned());
         let mut metadata = self.metadata(&folder, &files, &problems, manifest.as_ref());
         let message = match &error {
@@ -150,7 +167,8 @@ impl HandOff {
             "source": info.id.source.as_str(),
             "stream_name": info.id.stream.as_str(),
             "sourceFolder": folder.display().to_string(),
-            "chkAlg": "sha256",
+            "sourceFolderHost": self.settings.host,
+            "chkAlg": self.settings.checksum.name(),
             "files": files,
             "files_inline": true,
             "files_manifest": manifest,

@@ -1,6 +1,7 @@
 //! The file set of a stream and its manifest: every file (the master, then the data files in
 //! order; for a detector several daemons wrote, then each daemon's master and data files)
-//! measured and checksummed (SHA-256), and the list written beside them as
+//! measured and checksummed (SHA-256, BLAKE2b or MD5: `kafka.checksum`), and the list
+//! written beside them as
 //! `<stream>_files.json`: SciCat's OrigDatablock `dataFileList` as it is, whatever the run's
 //! size (the `wrdn` carries the list too while it fits in a message, and names the manifest
 //! always).
@@ -10,6 +11,64 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+
+/// The checksum of every file (`[kafka] checksum`): SciCat's `chkAlg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checksum {
+    /// SHA-256 (the default).
+    #[default]
+    Sha256,
+    /// BLAKE2b-512, as ESS's ingestor computes it (Python's `hashlib.blake2b()`).
+    Blake2b,
+    /// MD5, as HEPS records it.
+    Md5,
+}
+
+impl Checksum {
+    /// Its `chkAlg` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::Blake2b => "blake2b",
+            Self::Md5 => "md5",
+        }
+    }
+}
+
+/// A running checksum of one of the [`Checksum`] kinds.
+enum Hasher {
+    Sha256(Sha256),
+    Blake2b(Box<blake2::Blake2b512>),
+    Md5(md5::Md5),
+}
+
+impl Hasher {
+    fn new(kind: Checksum) -> Self {
+        match kind {
+            Checksum::Sha256 => Self::Sha256(Sha256::new()),
+            Checksum::Blake2b => Self::Blake2b(Box::default()),
+            Checksum::Md5 => Self::Md5(md5::Md5::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Sha256(h) => h.update(bytes),
+            Self::Blake2b(h) => h.update(bytes),
+            Self::Md5(h) => h.update(bytes),
+        }
+    }
+
+    fn hex(self) -> String {
+        let bytes: Vec<u8> = match self {
+            Self::Sha256(h) => h.finalize().to_vec(),
+            Self::Blake2b(h) => h.finalize().to_vec(),
+            Self::Md5(h) => h.finalize().to_vec(),
+        };
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
 
 use crate::stream::StreamInfo;
 
@@ -22,14 +81,18 @@ pub struct FileEntry {
     pub size: u64,
     /// Last modified, RFC 3339.
     pub time: String,
-    /// SHA-256, hex.
+    /// Its checksum ([`Checksum`]), hex.
     pub chk: String,
 }
 
 /// The files of `info`'s set in `folder` (the master, then the data files in order; for a
 /// detector several daemons wrote, then each daemon's master and data files), each measured;
 /// files that could not be read are reported, not listed.
-pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>) {
+pub fn measure(
+    folder: &Path,
+    info: &StreamInfo,
+    checksum: Checksum,
+) -> (Vec<FileEntry>, Vec<String>) {
     let mut paths: Vec<PathBuf> = vec![info.file.clone()];
     paths.extend(detingest_writer::data_files(
         folder,
@@ -41,7 +104,7 @@ pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>
     }
     let (mut files, mut problems) = (Vec::new(), Vec::new());
     for p in paths {
-        match entry(&p) {
+        match entry(&p, checksum) {
             Ok(f) => files.push(f),
             Err(e) => problems.push(format!("{}: {e}", p.display())),
         }
@@ -50,10 +113,10 @@ pub fn measure(folder: &Path, info: &StreamInfo) -> (Vec<FileEntry>, Vec<String>
 }
 
 /// Size, time and checksum of one file.
-fn entry(path: &Path) -> std::io::Result<FileEntry> {
+fn entry(path: &Path, checksum: Checksum) -> std::io::Result<FileEntry> {
     let mut f = std::fs::File::open(path)?;
     let meta = f.metadata()?;
-    let mut hash = Sha256::new();
+    let mut hash = Hasher::new(checksum);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;
@@ -69,7 +132,7 @@ fn entry(path: &Path) -> std::io::Result<FileEntry> {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         size: meta.len(),
         time: humantime::format_rfc3339_millis(modified).to_string(),
-        chk: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        chk: hash.hex(),
     })
 }
 
@@ -82,14 +145,17 @@ pub fn manifest_name(stream: &str) -> String {
 /// a reader never sees half of it); the manifest's own entry (size, checksum).
 pub fn write_manifest(
     folder: &Path,
+    host: &str,
     stream: &str,
     files: &[FileEntry],
+    checksum: Checksum,
 ) -> std::io::Result<FileEntry> {
     /// The manifest as written (serialized straight from the list: no copy of it).
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Manifest<'a> {
         source_folder: String,
+        source_folder_host: &'a str,
         chk_alg: &'static str,
         number_of_files: usize,
         size: u64,
@@ -98,7 +164,8 @@ pub fn write_manifest(
     let name = manifest_name(stream);
     let doc = Manifest {
         source_folder: folder.display().to_string(),
-        chk_alg: "sha256",
+        source_folder_host: host,
+        chk_alg: checksum.name(),
         number_of_files: files.len(),
         size: files.iter().map(|f| f.size).sum(),
         data_file_list: files,
@@ -110,7 +177,7 @@ pub fn write_manifest(
     f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     let path = folder.join(&name);
     std::fs::rename(&tmp, &path)?;
-    entry(&path)
+    entry(&path, checksum)
 }
 
 #[cfg(test)]
@@ -131,7 +198,7 @@ mod tests {
                 chk: format!("{i:064x}"),
             })
             .collect();
-        let own = write_manifest(dir.path(), "s", &files).unwrap();
+        let own = write_manifest(dir.path(), "host-1", "s", &files, Checksum::Md5).unwrap();
         assert_eq!(own.path, "s_files.json");
         let text = std::fs::read_to_string(dir.path().join("s_files.json")).unwrap();
         assert_eq!(own.size, text.len() as u64);
@@ -143,6 +210,10 @@ mod tests {
         );
         assert_eq!(list[19_999]["path"], "s_data_020000.h5");
         assert_eq!(doc["size"].as_u64(), Some(20_000 * 20_001 / 2));
+        assert_eq!(
+            (doc["sourceFolderHost"].as_str(), doc["chkAlg"].as_str()),
+            (Some("host-1"), Some("md5"))
+        );
         assert!(!dir.path().join(".s_files.json.tmp").exists());
     }
 
@@ -162,7 +233,7 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }
-        let (files, problems) = measure(dir.path(), &s);
+        let (files, problems) = measure(dir.path(), &s, Checksum::Sha256);
         assert!(problems.is_empty());
         let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
@@ -191,7 +262,7 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(name), body).unwrap();
         }
-        let (files, problems) = measure(dir.path(), &s);
+        let (files, problems) = measure(dir.path(), &s, Checksum::Sha256);
         assert!(problems.is_empty());
         let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
@@ -203,8 +274,21 @@ mod tests {
             files[1].chk, "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb",
             "sha256 of \"a\""
         );
+        // The other algorithms, as Python's hashlib computes them.
+        let (md5, _) = measure(dir.path(), &s, Checksum::Md5);
+        assert_eq!(
+            md5[1].chk, "0cc175b9c0f1b6a831c399e269772661",
+            "md5 of \"a\""
+        );
+        let (b2, _) = measure(dir.path(), &s, Checksum::Blake2b);
+        assert_eq!(
+            b2[1].chk,
+            "333fcb4ee1aa7c115355ec66ceac917c8bfd815bf7587d325aec1864edd24e34\
+             d5abe2c6b1b5ee3face62fed78dbef802f2a85cb91d455a8f5249d330853cb3c",
+            "blake2b of \"a\""
+        );
         std::fs::remove_file(dir.path().join("s1_master.h5")).unwrap();
-        let (files, problems) = measure(dir.path(), &s);
+        let (files, problems) = measure(dir.path(), &s, Checksum::Sha256);
         assert_eq!(
             (files.len(), problems.len()),
             (2, 1),

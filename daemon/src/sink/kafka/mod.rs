@@ -102,6 +102,10 @@ impl KafkaSink {
             },
             cfg.service_id(),
             cfg.message_max_bytes as usize,
+            handoff::HandoffSettings {
+                checksum: cfg.checksum,
+                host: cfg.folder_host(),
+            },
         );
         let thread = threads::spawn("kafka".into(), cores.notify, move || publisher.run(rx))
             .map_err(|e| fail("kafka", format!("cannot start the kafka thread: {e}")))?;

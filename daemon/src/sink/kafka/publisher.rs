@@ -14,7 +14,7 @@ use rdkafka::producer::BaseRecord;
 
 use super::client::{KafkaStats, Producer};
 use super::feed::Msg;
-use super::handoff::{self, HandOff, Job};
+use super::handoff::{self, HandOff, HandoffSettings, Job};
 use super::schema::{area_detector, reports};
 use crate::sink::binning;
 use crate::sink::messages::FrameMessage;
@@ -50,6 +50,7 @@ pub struct Publisher {
     stats: Arc<KafkaStats>,
     topics: Topics,
     service_id: String,
+    handoff: HandoffSettings,
     builder: FlatBufferBuilder<'static>,
     json: Vec<u8>,
     scratch: binning::Scratch,
@@ -99,8 +100,10 @@ impl Publisher {
         topics: Topics,
         service_id: String,
         max_message_bytes: usize,
+        handoff: HandoffSettings,
     ) -> Self {
         Self {
+            handoff,
             producer,
             reports,
             stats,
@@ -247,6 +250,7 @@ impl Publisher {
             started_ns: open.started_ns,
             end: e,
             inline_limit: self.max_message_bytes / 2,
+            settings: self.handoff.clone(),
         };
         match handoff::spawn(h) {
             Ok(t) => self.handoffs.push(t),
