@@ -12,6 +12,7 @@ import random
 import signal
 import subprocess
 import time
+from datetime import datetime, timedelta, timezone
 
 import h5py
 import hdf5plugin  # noqa: F401
@@ -60,6 +61,14 @@ def check_finished(master, want, at_least):
         assert n >= at_least, (master, n, at_least)
         frame_numbers = h[SPECIFIC + "/frame_number"][:]
         assert list(frame_numbers) == list(range(1, n + 1))
+        # NXmx's times survive the crash: the start's, and the end at the last frame taken.
+        start, end = (h[f"/entry/{k}"].asstr()[()] for k in ("start_time", "end_time"))
+        assert start <= end, (start, end)
+        stamps = h[SPECIFIC + "/timestamp"][:]
+        if n and stamps.any():
+            us = int(stamps[stamps != 0][-1]) // 1000  # humantime truncates to the microsecond
+            last = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)
+            assert end == last.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), (end, last)
         if n:
             data = h["/entry/data/data"][:]
             assert data.shape == (n, *want.shape[1:])

@@ -83,7 +83,7 @@ pub struct DetectorInfo {
     #[serde(skip)]
     pub pixel_mask: Option<Arc<[u32]>>,
     /// Per-pixel or per-count tables a detector sent (Stream V2 `flatfield`,
-    /// `countrate_correction_lookup_table`), written as datasets of `detectorSpecific`.
+    /// `countrate_correction_lookup_table`), written as datasets of the NXdetector.
     #[serde(skip)]
     pub tables: Vec<Table>,
 }
@@ -260,10 +260,10 @@ impl From<AxisSpec> for Axis {
     }
 }
 
-/// A table of numbers for `detectorSpecific` (e.g. a flatfield per channel).
+/// A table of numbers a detector sent, written as a dataset of the NXdetector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
-    /// Dataset name under `detectorSpecific`, e.g. `flatfield` or `threshold_1/flatfield`.
+    /// Its dataset name, e.g. `flatfield`.
     pub name: String,
     /// Its shape, slowest first.
     pub shape: Vec<usize>,
@@ -271,13 +271,14 @@ pub struct Table {
     pub values: TableValues,
 }
 
-/// The values of a [`Table`], in the type they came in.
+/// The values of a [`Table`], in the type they came in; shared, not copied, when the
+/// description is (a 16M detector's flatfield is 72 MB).
 #[derive(Debug, Clone, PartialEq)]
 pub enum TableValues {
     /// Floating point (a flatfield).
-    F32(Vec<f32>),
+    F32(Arc<[f32]>),
     /// Unsigned (a count-rate lookup table).
-    U32(Vec<u32>),
+    U32(Arc<[u32]>),
 }
 
 #[cfg(test)]

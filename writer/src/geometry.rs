@@ -123,10 +123,7 @@ fn write_goniometer(sample: &Group, g: &Goniometer) -> Result<String, WriteError
             .create(axis.name.as_str())?;
         ds.write_raw(&positions)?;
         attr_str(&ds, "units", units)?;
-        attr_str(&ds, "transformation_type", kind)?;
-        attr_str(&ds, "depends_on", &depends_on)?;
-        write_vector(&ds, "vector", unit(axis.vector))?;
-        write_vector(&ds, "offset", [0.0; 3])?;
+        transformation(&ds, kind, &depends_on, unit(axis.vector))?;
         let ends: Vec<f64> = (1..=n).map(at).collect();
         let end =
             (group.new_dataset::<f64>().shape(n)).create(format!("{}_end", axis.name).as_str())?;
@@ -150,10 +147,7 @@ pub(crate) fn write_detector_geometry(
     if let Some(d) = info.detector_distance {
         let t = nx_group(det, "transformations", "NXtransformations")?;
         let ds = ds_num(&t, "translation", d, Some("m"))?;
-        attr_str(&ds, "transformation_type", "translation")?;
-        attr_str(&ds, "depends_on", ".")?;
-        write_vector(&ds, "vector", [0.0, 0.0, 1.0])?;
-        write_vector(&ds, "offset", [0.0; 3])?;
+        transformation(&ds, "translation", ".", [0.0, 0.0, 1.0])?;
         ds_str(det, "depends_on", DETECTOR_AXIS)?;
         base = DETECTOR_AXIS;
     }
@@ -184,20 +178,14 @@ pub(crate) fn write_detector_geometry(
         };
         let path = g.name();
         let o = ds_num(&g, "module_offset", length, Some("m"))?;
-        attr_str(&o, "transformation_type", "translation")?;
-        attr_str(&o, "depends_on", base)?;
-        write_vector(&o, "vector", direction)?;
-        write_vector(&o, "offset", [0.0; 3])?;
+        transformation(&o, "translation", base, direction)?;
         let offset_path = format!("{path}/module_offset");
         for (name, size, axis) in [
             ("fast_pixel_direction", info.x_pixel_size, fast),
             ("slow_pixel_direction", info.y_pixel_size, slow),
         ] {
             let ds = ds_num(&g, name, size, Some("m"))?;
-            attr_str(&ds, "transformation_type", "translation")?;
-            attr_str(&ds, "depends_on", &offset_path)?;
-            write_vector(&ds, "vector", axis)?;
-            write_vector(&ds, "offset", [0.0; 3])?;
+            transformation(&ds, "translation", &offset_path, axis)?;
         }
     }
     Ok(())
@@ -211,6 +199,20 @@ fn unit(v: [f64; 3]) -> [f64; 3] {
     } else {
         v
     }
+}
+
+/// Makes `ds` an NXtransformations axis: its `transformation_type` (`"rotation"` or
+/// `"translation"`), what it `depends_on`, its `vector`, no `offset`.
+fn transformation(
+    ds: &hdf5::Dataset,
+    kind: &str,
+    depends_on: &str,
+    vector: [f64; 3],
+) -> Result<(), WriteError> {
+    attr_str(ds, "transformation_type", kind)?;
+    attr_str(ds, "depends_on", depends_on)?;
+    write_vector(ds, "vector", vector)?;
+    write_vector(ds, "offset", [0.0; 3])
 }
 
 fn write_vector(ds: &hdf5::Dataset, name: &str, v: [f64; 3]) -> Result<(), WriteError> {

@@ -126,33 +126,21 @@ pub(crate) fn write_detector(
 }
 
 /// The detector's tables ([`DetectorInfo::tables`]) as datasets of the NXdetector (NXmx's
-/// `flatfield`, `countrate_correction_lookup_table`), in groups when the name has them.
+/// `flatfield`, `countrate_correction_lookup_table`); a name taken already is skipped.
 fn write_tables(det: &Group, info: &DetectorInfo) -> Result<(), WriteError> {
     use crate::detector_info::TableValues;
-    for t in &info.tables {
-        let mut parent = det.clone();
-        let mut parts: Vec<&str> = t.name.split('/').collect();
-        let Some(leaf) = parts.pop() else { continue };
-        for p in parts {
-            parent = match parent.group(p) {
-                Ok(g) => g,
-                Err(_) => parent.create_group(p)?,
-            };
-        }
-        if parent.link_exists(leaf) {
-            continue;
-        }
+    for t in info.tables.iter().filter(|t| !det.link_exists(&t.name)) {
         let shape = t.shape.as_slice();
         match &t.values {
-            TableValues::F32(v) => parent
+            TableValues::F32(v) => det
                 .new_dataset::<f32>()
                 .shape(shape)
-                .create(leaf)?
+                .create(t.name.as_str())?
                 .write_raw(v)?,
-            TableValues::U32(v) => parent
+            TableValues::U32(v) => det
                 .new_dataset::<u32>()
                 .shape(shape)
-                .create(leaf)?
+                .create(t.name.as_str())?
                 .write_raw(v)?,
         }
     }

@@ -10,7 +10,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use sha2::digest::DynDigest;
 use sha2::{Digest, Sha256};
+
+use crate::stream::StreamInfo;
 
 /// The checksum of every file (`[kafka] checksum`): SciCat's `chkAlg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -26,6 +29,15 @@ pub enum Checksum {
 }
 
 impl Checksum {
+    /// A running checksum of this kind.
+    fn hasher(self) -> Box<dyn DynDigest> {
+        match self {
+            Self::Sha256 => Box::new(Sha256::new()),
+            Self::Blake2b => Box::new(blake2::Blake2b512::new()),
+            Self::Md5 => Box::new(md5::Md5::new()),
+        }
+    }
+
     /// Its `chkAlg` name.
     pub fn name(self) -> &'static str {
         match self {
@@ -35,42 +47,6 @@ impl Checksum {
         }
     }
 }
-
-/// A running checksum of one of the [`Checksum`] kinds.
-enum Hasher {
-    Sha256(Sha256),
-    Blake2b(Box<blake2::Blake2b512>),
-    Md5(md5::Md5),
-}
-
-impl Hasher {
-    fn new(kind: Checksum) -> Self {
-        match kind {
-            Checksum::Sha256 => Self::Sha256(Sha256::new()),
-            Checksum::Blake2b => Self::Blake2b(Box::default()),
-            Checksum::Md5 => Self::Md5(md5::Md5::new()),
-        }
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        match self {
-            Self::Sha256(h) => h.update(bytes),
-            Self::Blake2b(h) => h.update(bytes),
-            Self::Md5(h) => h.update(bytes),
-        }
-    }
-
-    fn hex(self) -> String {
-        let bytes: Vec<u8> = match self {
-            Self::Sha256(h) => h.finalize().to_vec(),
-            Self::Blake2b(h) => h.finalize().to_vec(),
-            Self::Md5(h) => h.finalize().to_vec(),
-        };
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
-use crate::stream::StreamInfo;
 
 /// One file of the set, as SciCat's OrigDatablock lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -116,7 +92,7 @@ pub fn measure(
 fn entry(path: &Path, checksum: Checksum) -> std::io::Result<FileEntry> {
     let mut f = std::fs::File::open(path)?;
     let meta = f.metadata()?;
-    let mut hash = Hasher::new(checksum);
+    let mut hash = checksum.hasher();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;
@@ -132,7 +108,7 @@ fn entry(path: &Path, checksum: Checksum) -> std::io::Result<FileEntry> {
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
         size: meta.len(),
         time: humantime::format_rfc3339_millis(modified).to_string(),
-        chk: hash.hex(),
+        chk: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
     })
 }
 

@@ -21,7 +21,7 @@ pub struct Open {
     /// The stream.
     pub stream: Arc<StreamInfo>,
     /// The detector description of its files.
-    pub detector: DetectorInfo,
+    pub detector: Arc<DetectorInfo>,
     /// The run's user metadata (JSON text).
     pub user_json: String,
     /// Its files' options (frames expected, master layout, SWMR).
@@ -298,7 +298,7 @@ impl NotificationSink for Feed {
         match n {
             Notification::StreamStart(s) => self.send(Msg::Open(Box::new(Open {
                 stream: Arc::clone(&s.stream),
-                detector: (*s.detector).clone(),
+                detector: Arc::clone(&s.detector),
                 user_json: s.user_json.clone(),
                 files: s.files,
             }))),

@@ -89,7 +89,7 @@ pub fn start(out: &mut Vec<u8>, f: &StartFields<'_>) -> Res {
         ("frame_time", d.frame_time),
         ("detector_distance", d.detector_distance),
         ("saturation_value", d.saturation_value),
-        ("incident_wavelength", d.incident_wavelength),
+        ("incident_wavelength", d.wavelength()),
     ]
     .into_iter()
     .filter_map(|(k, v)| Some((k, v?)))

@@ -38,20 +38,30 @@ pub(super) fn channel_arrays<'b>(
 
 /// An RFC 8746 typed array of unsigned integers (u8, u16, u32 little-endian) as u32s.
 pub(super) fn typed_u32s(d: &mut Decoder<'_>) -> Result<Vec<u32>, DecodeError> {
-    const FIELD: &str = "countrate_correction_lookup_table";
     let tag = d.tag()?.as_u64();
     let bytes = d.bytes()?;
-    let values = match pixel_of_typed_array(tag) {
-        Some(PixelType::U8) => bytes.iter().map(|&b| u32::from(b)).collect(),
-        Some(PixelType::U16) => (bytes.chunks_exact(2))
+    match pixel_of_typed_array(tag) {
+        Some(p @ (PixelType::U8 | PixelType::U16 | PixelType::U32)) => Ok(widen(bytes, p)),
+        _ => Err(bad(
+            "countrate_correction_lookup_table",
+            format!("typed array tag {tag} not supported"),
+        )),
+    }
+}
+
+/// Little-endian elements of `pixel`'s size as u32, whatever their width (a mask, a table).
+pub(super) fn widen(bytes: &[u8], pixel: PixelType) -> Vec<u32> {
+    match pixel.size() {
+        1 => bytes.iter().map(|&b| u32::from(b)).collect(),
+        2 => bytes
+            .chunks_exact(2)
             .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
             .collect(),
-        Some(PixelType::U32) => (bytes.chunks_exact(4))
+        _ => bytes
+            .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
-        _ => return Err(bad(FIELD, format!("typed array tag {tag} not supported"))),
-    };
-    Ok(values)
+    }
 }
 
 /// Any CBOR value as JSON, for the metadata kept as the detector's own: byte strings and

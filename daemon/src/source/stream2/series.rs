@@ -11,6 +11,8 @@
 //! `threshold_energy` too, and other maps, as JSON text). The channel's `flatfield` and the
 //! `countrate_correction_lookup_table` become NXdetector datasets with their values.
 
+use std::sync::Arc;
+
 use detingest_shm::{Name, PixelType};
 use detingest_writer::{Table, TableValues};
 use serde_json::{json, Map, Value};
@@ -18,6 +20,7 @@ use serde_json::{json, Map, Value};
 use super::config::Stream2Config;
 use super::link::Series;
 use super::message::Start;
+use super::metadata::widen;
 
 use detingest_writer::HC_EV_ANGSTROM;
 
@@ -87,7 +90,7 @@ pub fn series_of(
         .filter_map(|(channel, f)| {
             let mut bytes = vec![0u8; f.raw_len()];
             f.decode_into(&mut bytes).ok()?;
-            let values = (bytes.chunks_exact(4))
+            let values: Arc<[f32]> = (bytes.chunks_exact(4))
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             let shape = f.shape.map(|d| d as usize).to_vec();
@@ -103,7 +106,7 @@ pub fn series_of(
         let table = Table {
             name: "countrate_correction_lookup_table".into(),
             shape: vec![start.countrate_table.len()],
-            values: TableValues::U32(start.countrate_table.clone()),
+            values: TableValues::U32(start.countrate_table.as_slice().into()),
         };
         tables.push((None, table));
     }
@@ -133,7 +136,9 @@ fn goniometer(fields: &Map<String, Value>, images: u64) -> Value {
     };
     let mut axes: Vec<(&String, f64, f64)> = axes
         .iter()
-        .filter(|(name, _)| name.as_str() != "two_theta")
+        // The sample's axes; a name that cannot be a dataset stays in `detectorSpecific`
+        // only (the series is not refused for it).
+        .filter(|(name, _)| !matches!(name.as_str(), "two_theta" | "" | ".") && !name.contains('/'))
         .filter_map(|(name, axis)| {
             let start = axis.get("start")?.as_f64()?;
             let increment = axis.get("increment")?.as_f64()?;
@@ -154,21 +159,6 @@ fn goniometer(fields: &Map<String, Value>, images: u64) -> Value {
     json!({"images": images, "axes": axes})
 }
 
-/// The mask as u32 per pixel, whatever its element type.
-fn widen(bytes: &[u8], pixel: PixelType) -> Vec<u32> {
-    match pixel.size() {
-        1 => bytes.iter().map(|&b| u32::from(b)).collect(),
-        2 => bytes
-            .chunks_exact(2)
-            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
-            .collect(),
-        _ => bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    }
-}
-
 /// The `[detector]` overlay a start's fields make.
 fn detector_fields(fields: &Map<String, Value>) -> Value {
     let mut det = Map::new();
@@ -181,6 +171,16 @@ fn detector_fields(fields: &Map<String, Value>) -> Value {
     for (from, to) in RENAMED {
         if let Some(v) = fields.get(from).filter(|v| v.is_number() || v.is_string()) {
             det.insert(to.into(), v.clone());
+        }
+    }
+    // A pixel size that is no length keeps the configured one (the series is not refused).
+    for key in ["x_pixel_size", "y_pixel_size"] {
+        if !det
+            .get(key)
+            .and_then(Value::as_f64)
+            .is_none_or(|v| v.is_finite() && v > 0.0)
+        {
+            det.remove(key);
         }
     }
     if !det.contains_key("detector_distance") {
@@ -250,6 +250,30 @@ mod tests {
         assert_eq!(specific["goniometer"]["omega"]["increment"], 0.1);
         assert!(!specific.contains_key("count_time"));
         assert!(!specific.contains_key("pixel_size_x"));
+    }
+
+    #[test]
+    fn odd_axis_names_and_pixel_sizes_are_left_out_not_a_refused_series() {
+        let fields: Map<String, Value> = serde_json::from_value(json!({
+            "pixel_size_x": 0.0, "pixel_size_y": 7.5e-5,
+            "goniometer": {"a/b": {"start": 0.0, "increment": 1.0},
+                           "omega": {"start": 0.0, "increment": 0.1}},
+        }))
+        .unwrap();
+        let mut det = detector_fields(&fields);
+        det["goniometer"] = goniometer(&fields, 3);
+        assert!(det.get("x_pixel_size").is_none() && det["y_pixel_size"] == 7.5e-5);
+        let info: detingest_writer::DetectorInfo = serde_json::from_value(det).unwrap();
+        assert_eq!(info.validate(), Ok(()));
+        let axes: Vec<&str> = info
+            .goniometer
+            .as_ref()
+            .unwrap()
+            .axes
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(axes, ["omega"]);
     }
 
     #[test]
