@@ -18,10 +18,10 @@ from test_runs import Serve
 URL_ARGS = ("--maxmemory", "256mb")  # the memory tracker needs a memory limit to work to
 
 
-def tracker(server, tmp_path, init):
+def tracker(server, tmp_path, init, *extra):
     """blissdata's memory tracker on `server` (`--init-db`: set the database up first)."""
     exe = Path(sys.executable).parent / "memory_tracker"
-    args = [str(exe), "--redis-url", server.url, "--monitoring-period", "1"]
+    args = [str(exe), "--redis-url", server.url, "--monitoring-period", "1", *extra]
     log = open(tmp_path / f"tracker-{time.monotonic_ns()}.log", "w")
     p = subprocess.Popen(args + (["--init-db"] if init else []), stdout=log,
                          stderr=subprocess.STDOUT)
@@ -130,3 +130,34 @@ def test_after_a_redis_restart_mid_run_the_daemon_waits_again_and_leaves_no_orph
     _, keys = store.search_existing_scans()
     assert [store.load_scan(k).name for k in keys] == ["after"]
     assert not orphans(server), orphans(server)
+
+
+def test_the_memory_tracker_trims_and_expires_the_daemons_scans(guest, tmp_path):
+    """BLISS's memory tracker cleans our scans as it cleans its own: it trims the streams of a
+    running scan (1 % of 16 MB: always cleaning, history older than 1 s) and deletes a closed
+    scan after --closed-scan-deletion, every key of it, while the daemon writes on."""
+    server, serve, trackers = guest
+    server.client().config_set("maxmemory", "16mb")
+    trackers.append(tracker(server, tmp_path, True, "--cleaning-threshold", "1",
+                            "--protected-history", "1", "--closed-scan-deletion", "3"))
+    assert serve.start(stream="tracked", frames=400)[0] == 201  # 4 s at 100 Hz
+    c = server.client()
+    deadline = time.time() + 20
+    key = None
+    while key is None and time.time() < deadline:
+        key = next((k for k in c.scan_iter("esrf:scan:*") if c.type(k) == b"ReJSON-RL"), None)
+        time.sleep(0.05)
+    assert key is not None
+    status = serve.wait_ended(timeout=60)
+    with h5py.File(status["master"], "r") as f:
+        assert f["/entry/data/data"].shape[0] == 400
+    counters = serve.call("GET", "/run")[1]["sinks"]["redis"]
+    assert counters["scans"] == 1 and counters["indices_dropped"] == 0, counters
+    deadline = time.time() + 20
+    while (c.exists(key) or list(c.scan_iter("esrf:stream:*"))) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not c.exists(key), "the closed scan expired"
+    assert not list(c.scan_iter("esrf:stream:*")), "with every stream of it"
+    log = next(tmp_path.glob("tracker-*.log")).read_text()
+    assert "Trimmed off the oldest" in log, log[-2000:]
+    assert "is terminated, expiration set" in log, log[-2000:]
