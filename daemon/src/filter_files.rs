@@ -1,5 +1,5 @@
 //! `detingestd check` and `detingestd repair`: find and mend files whose bitshuffle datasets
-//! record a filter plugin's three extra values (README, "Files written with wrong filter
+//! record a filter plugin's three extra values (docs/FILES.md, "Files written with wrong filter
 //! values").
 
 use std::path::PathBuf;

@@ -61,7 +61,7 @@ enum Command {
     },
     /// Report whether HDF5 files record bitshuffle/LZ4 filter values their readers decode
     /// with (exit 0), or values a filter plugin changed when the file was written (exit 1:
-    /// run `repair`). Files of detingest up to 0.1.0 can be affected (README).
+    /// run `repair`). Files of detingest up to 0.1.0 can be affected (docs/FILES.md).
     Check {
         /// HDF5 files (data files; a master holds no filtered datasets).
         #[arg(required = true)]

@@ -2,7 +2,7 @@
 and `detingestd check` / `repair` find and mend files written with a plugin's extra values.
 
 The daemon runs in three environments: no plugin at all (HDF5_PLUGIN_PRELOAD="::"),
-hdf5plugin's plugins on HDF5_PLUGIN_PATH (what the README suggests for h5dump), and Debian's
+hdf5plugin's plugins on HDF5_PLUGIN_PATH (what docs/FILES.md suggests for h5dump), and Debian's
 bitshuffle and hdf5-filter-plugin packages' plugins (`make test` extracts them into
 target/debian-hdf5-plugins, without installing them). Every file is read back with h5py +
 hdf5plugin in a child process (a misread crashes it, which must not take pytest along) and

@@ -272,7 +272,7 @@ $("start-form").addEventListener("submit", async (e) => {
   const f = e.target;
   const request = { beamtime: f.beamtime.value, source: f.source.value, stream: f.stream.value, frames: Number(f.frames.value || 0) };
   try {
-    // Any field of POST /run/start (README): frames_per_file, chunking, detector, next_stream, ...
+    // Any field of POST /run/start (docs/RUNNING.md): frames_per_file, chunking, detector, next_stream, ...
     if (f.extra.value.trim()) Object.assign(request, JSON.parse(f.extra.value));
     if (f.user.value.trim()) request.user = JSON.parse(f.user.value);
   } catch (err) { say("not JSON: " + err.message, false); return; }
