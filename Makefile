@@ -6,7 +6,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 # What building and `make demo` need; the tests need the rest.
 DEMO_APT     := libhdf5-dev pkg-config libssl-dev zlib1g-dev
-APT_PACKAGES := $(DEMO_APT) hdf5-tools redis-server chromium
+APT_PACKAGES := $(DEMO_APT) hdf5-tools redis-server chromium lintian
 DEMO_PY      := h5py hdf5plugin numpy
 PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusformat \
                 "tiled[server]==0.2.20" bluesky==1.15.1 fabio==2026.6.0 silx==3.1.3 \
@@ -15,7 +15,7 @@ PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusf
                 prometheus-client==0.26.0 tickit-devices==0.4.1 cbor2==5.9.0 dectris-compression==0.4.0 \
                 lz4==4.4.5 nxmx==0.0.8 nxvalidate==0.3.5b3
 
-.PHONY: demo test loom soak soak-short install install-lib install-daemon deps deps-demo apt venv venv-demo debian-plugins browser redis-stack bench fuzz clean
+.PHONY: deb demo test loom soak soak-short install install-lib install-daemon deps deps-demo apt venv venv-demo debian-plugins browser redis-stack bench fuzz clean
 
 demo: deps-demo venv-demo
 	cargo build --release -p detingest-daemon
@@ -82,6 +82,11 @@ install-daemon:
 	sed -e 's|/usr/local/bin/detingestd|$(PREFIX)/bin/detingestd|' packaging/detingestd.service \
 	  > $(UNITDIR)/detingestd.service
 	@echo "detingestd installed; docs/OPERATIONS.md says how to create its user and enable the service"
+
+# The Debian package (docs/PACKAGING.md): target/deb/detingest_<version>_<arch>.deb.
+deb: deps-demo
+	cargo build --release -p detingest-daemon -p detingest-ffi
+	packaging/deb/build.sh target/release target/deb
 
 bench: deps venv
 	cargo run --release -p detingest-bench -- pipeline
