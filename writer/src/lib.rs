@@ -27,6 +27,8 @@ mod data_file;
 mod detector_info;
 mod detector_master;
 mod error;
+mod event_column;
+mod event_file;
 mod filter;
 mod filter_check;
 mod filter_repair;
@@ -48,6 +50,7 @@ pub use detector_info::{
 };
 pub use detector_master::{DetectorMaster, Part, PartEnd, PartOutcome};
 pub use error::WriteError;
+pub use event_file::{EventFile, EventFileSpec, EventRunEnd, EventSourceSpec, LogSpec};
 pub use filter::{judge_filter_values, FilterVerdict};
 pub use filter_check::{check_filters, DatasetFilterCheck};
 pub use filter_repair::{repair_filters, Repaired};
