@@ -13,25 +13,26 @@ mod compress;
 mod indexer;
 mod job;
 mod reorder;
+mod running;
 mod stats;
 mod writer;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{self, Receiver};
+use crossbeam::channel;
 use detingest_shm::{BufferPool, Name};
 use detingest_writer::{Chunking, Codec, RunLayout, DATA_PATH};
 
+pub use running::{Gauges, RunSummary, Running};
 pub use stats::{PipelineStats, StatsSnapshot};
 pub use writer::{StreamReport, StreamSetup};
 
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::sink::{NotifyQueue, PreviewPolicy, RunSinks, SinkError};
-use crate::source::{SourceError, SourceOutput, SourceStats, SourceSummary};
+use crate::source::{SourceError, SourceOutput, SourceStats};
 use crate::stream::{DropLog, SourceMsg, StreamInfo, StreamSlot};
 use crate::threads;
 
@@ -115,65 +116,6 @@ pub fn run_layout(config: &Config, src: &SourceConfig) -> RunLayout {
         grid: src.grid,
         chunking: config.run.chunking,
         codec: src.codec(config.writer.codec),
-    }
-}
-
-/// Queue fill levels and free buffers at one moment.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Gauges {
-    /// Frames waiting for the indexer.
-    pub source_queue: usize,
-    /// Items waiting for a compression worker.
-    pub compress_queue: usize,
-    /// Items waiting for the writer.
-    pub write_queue: usize,
-    /// Capacity of each of those queues.
-    pub queue_capacity: usize,
-    /// Free raw buffers, summed over sources.
-    pub free_input_buffers: usize,
-    /// Free compressed-chunk buffers.
-    pub free_output_buffers: usize,
-    /// Notifications waiting.
-    pub notify_queue: usize,
-}
-
-/// A started pipeline.
-pub struct Running {
-    stop: Arc<AtomicBool>,
-    stats: Arc<PipelineStats>,
-    sources: Vec<Arc<SourceStats>>,
-    streams: Vec<Arc<StreamInfo>>,
-    queues: (
-        Receiver<SourceMsg>,
-        Receiver<job::Item>,
-        Receiver<job::Item>,
-    ),
-    queue_capacity: usize,
-    input_pools: Vec<BufferPool>,
-    output_pool: BufferPool,
-    notify: Arc<NotifyQueue>,
-    threads: Vec<JoinHandle<()>>,
-    writer: JoinHandle<Vec<StreamReport>>,
-    started: Instant,
-}
-
-/// What a finished run did.
-#[derive(Debug, Clone)]
-pub struct RunSummary {
-    /// Wall time from start to the last file closed.
-    pub elapsed: Duration,
-    /// Pipeline counters at the end.
-    pub stats: StatsSnapshot,
-    /// Per source: what it sent, dropped, and saw torn or malformed.
-    pub sources: Vec<SourceSummary>,
-    /// Per stream: what was written.
-    pub streams: Vec<StreamReport>,
-}
-
-impl RunSummary {
-    /// True when every frame produced was written or recorded lost and no file failed.
-    pub fn ok(&self) -> bool {
-        self.stats.write_errors == 0 && self.streams.iter().all(|s| s.error.is_none())
     }
 }
 
@@ -457,88 +399,6 @@ fn reorder_window(
     let per_chunk = modules + 3;
     let per_open = assembled + 2;
     (chunks_in_flight * per_chunk + window as usize * per_open) * 2 + 3 * streams + 1
-}
-
-impl Running {
-    /// Asks every source to end its stream; the pipeline then drains and closes its files.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-
-    /// A handle that stops the pipeline from elsewhere (a signal handler, a test).
-    pub fn stop_handle(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.stop)
-    }
-
-    /// Pipeline counters.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot(self.notify.stats())
-    }
-
-    /// Per-source counters.
-    pub fn sources(&self) -> &[Arc<SourceStats>] {
-        &self.sources
-    }
-
-    /// The streams and their files.
-    pub fn streams(&self) -> &[Arc<StreamInfo>] {
-        &self.streams
-    }
-
-    /// Time since start.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// True once every source has ended its stream.
-    pub fn sources_finished(&self) -> bool {
-        self.sources
-            .iter()
-            .all(|s| s.finished.load(Ordering::Relaxed))
-    }
-
-    /// Queue fill levels and free buffers now.
-    pub fn gauges(&self) -> Gauges {
-        Gauges {
-            source_queue: self.queues.0.len(),
-            compress_queue: self.queues.1.len(),
-            write_queue: self.queues.2.len(),
-            queue_capacity: self.queue_capacity,
-            free_input_buffers: self.input_pools.iter().map(BufferPool::free).sum(),
-            free_output_buffers: self.output_pool.free(),
-            notify_queue: self.notify.len(),
-        }
-    }
-
-    /// Waits for every source to finish and every file to close.
-    pub fn wait(self) -> RunSummary {
-        let Self {
-            stats,
-            sources,
-            threads,
-            writer,
-            started,
-            queues,
-            notify,
-            ..
-        } = self;
-        drop(queues);
-        let streams = writer.join().unwrap_or_else(|_| {
-            tracing::error!("writer thread panicked");
-            Vec::new()
-        });
-        for t in threads {
-            if t.join().is_err() {
-                tracing::error!("a pipeline thread panicked");
-            }
-        }
-        RunSummary {
-            elapsed: started.elapsed(),
-            stats: stats.snapshot(notify.stats()),
-            sources: sources.iter().map(|s| s.summary()).collect(),
-            streams,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod commands;
 pub mod reports;
 
 use flatbuffers::{
-    FlatBufferBuilder, ForwardsUOffset, InvalidFlatbuffer, Table, VOffsetT, Verifier,
+    FlatBufferBuilder, ForwardsUOffset, InvalidFlatbuffer, Table, VOffsetT, Vector, Verifier,
     VerifierOptions,
 };
 
@@ -86,6 +86,18 @@ pub enum Kind {
     U32,
     /// A table (checked as a table of unknown fields: its vtable and bounds).
     Table,
+    /// A signed 64-bit integer.
+    I64,
+    /// An unsigned byte (a union's type tag).
+    U8,
+    /// An unsigned 16-bit integer.
+    U16,
+    /// A 32-bit float.
+    F32,
+    /// A vector of signed 32-bit integers.
+    VecI32,
+    /// A vector of signed 64-bit integers.
+    VecI64,
 }
 
 /// The root table of `buf`, after the verifier checked every field `fields` lists
@@ -109,6 +121,12 @@ pub fn verified_root<'a>(
             Kind::U64 => t.visit_field::<u64>(name, slot, false),
             Kind::U32 => t.visit_field::<u32>(name, slot, false),
             Kind::Table => t.visit_field::<ForwardsUOffset<AnyTable>>(name, slot, false),
+            Kind::I64 => t.visit_field::<i64>(name, slot, false),
+            Kind::U8 => t.visit_field::<u8>(name, slot, false),
+            Kind::U16 => t.visit_field::<u16>(name, slot, false),
+            Kind::F32 => t.visit_field::<f32>(name, slot, false),
+            Kind::VecI32 => t.visit_field::<ForwardsUOffset<Vector<i32>>>(name, slot, false),
+            Kind::VecI64 => t.visit_field::<ForwardsUOffset<Vector<i64>>>(name, slot, false),
         }
         .map_err(malformed)?;
     }
@@ -143,4 +161,31 @@ pub fn u64_field(t: &Table<'_>, slot: VOffsetT, default: u64) -> u64 {
 pub fn u32_field(t: &Table<'_>, slot: VOffsetT, default: u32) -> u32 {
     // SAFETY: `t` came from `verified_root`, which checked that this slot holds a u32.
     unsafe { t.get::<u32>(slot, Some(default)) }.unwrap_or(default)
+}
+
+macro_rules! scalar_field {
+    ($name:ident, $t:ty) => {
+        /// Reads the verified scalar field at `slot` (`default` when absent).
+        pub fn $name(t: &Table<'_>, slot: VOffsetT, default: $t) -> $t {
+            // SAFETY: `t` came from `verified_root`, which checked this slot's type.
+            unsafe { t.get::<$t>(slot, Some(default)) }.unwrap_or(default)
+        }
+    };
+}
+scalar_field!(i64_field, i64);
+scalar_field!(u8_field, u8);
+scalar_field!(u16_field, u16);
+scalar_field!(f32_field, f32);
+
+/// The little-endian bytes of the verified vector of i32 at `slot` (empty when absent).
+pub fn i32_vector_bytes<'a>(t: &Table<'a>, slot: VOffsetT) -> &'a [u8] {
+    // SAFETY: `t` came from `verified_root`, which checked that this slot holds a vector of
+    // i32 lying inside the buffer.
+    unsafe { t.get::<ForwardsUOffset<Vector<'a, i32>>>(slot, None) }.map_or(&[], |v| v.bytes())
+}
+
+/// The little-endian bytes of the verified vector of i64 at `slot` (empty when absent).
+pub fn i64_vector_bytes<'a>(t: &Table<'a>, slot: VOffsetT) -> &'a [u8] {
+    // SAFETY: as `i32_vector_bytes`, for a vector of i64.
+    unsafe { t.get::<ForwardsUOffset<Vector<'a, i64>>>(slot, None) }.map_or(&[], |v| v.bytes())
 }
