@@ -114,6 +114,18 @@ pub struct StreamInfo {
     /// Indices per data file: index `i` is in data file `(i - 1) / frames_per_file + 1`
     /// (0: no data files of its own, see [`StreamInfo::data_file`]).
     pub frames_per_file: u64,
+    /// Images, or neutron events (whose indices are pulses, with no image to show).
+    pub kind: StreamKind,
+}
+
+/// What a stream's indices are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamKind {
+    /// Detector images (frames).
+    #[default]
+    Frames,
+    /// Pulses of neutron events: the file is an event file, there is no image.
+    Events,
 }
 
 impl StreamInfo {

@@ -281,6 +281,7 @@ impl Reading {
                 "detingest_stream2_messages_",
                 "Stream V2 source, messages",
             ),
+            ("events", "detingest_neutron_", "Kafka event source"),
         ] {
             let Some(Value::Object(kinds)) =
                 self.totals.sources.values().find_map(|c| c.get(field))

@@ -73,6 +73,9 @@ pub fn stream_dir(config: &Config, src: &SourceConfig) -> PathBuf {
 
 /// A stream's master file: `<data_dir>/<beamtime>/<source>/<stream>_master.h5`.
 pub fn stream_file_path(config: &Config, src: &SourceConfig) -> PathBuf {
+    if src.kafka_events.is_some() {
+        return crate::source::kafka_events::file_path(config, src);
+    }
     detingest_writer::master_path(&stream_dir(config, src), src.stream.stream.as_str())
 }
 
@@ -128,6 +131,20 @@ const DROP_LOG: usize = 4096;
 /// Refuses to start if a stream's file exists. Every source is prepared (rings created,
 /// ports bound, synthetic banks generated) before any thread starts.
 pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
+    if let Some((src, events)) =
+        (config.sources.iter()).find_map(|s| Some((s, s.kafka_events.as_ref()?)))
+    {
+        if config.sources.len() > 1 {
+            return Err(StartError::Config(ConfigError::new(
+                "source",
+                format!(
+                    "the event source {} runs alone: start it by its name",
+                    src.name
+                ),
+            )));
+        }
+        return crate::source::kafka_events::start(config, src, events, sinks);
+    }
     let RunSinks { sinks, needs } = sinks;
     let p = &config.pipeline;
     let t = &config.threads;
@@ -181,6 +198,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             expected,
             parts: Vec::new(),
             frames_per_file: run.frames_per_file,
+            kind: crate::stream::StreamKind::Frames,
         });
         let chunk_bytes = layout.chunk_bytes();
         max_chunk = max_chunk.max(

@@ -156,6 +156,7 @@ impl RunManager {
             expected: layout.all_modules(),
             parts: peers.parts.iter().map(|(p, _)| p.stream.clone()).collect(),
             frames_per_file: 0,
+            kind: crate::stream::StreamKind::Frames,
         });
         let parts_json: Vec<Value> = (peers.parts.iter())
             .map(|(p, _)| json!({"daemon": p.daemon, "stream": p.stream, "modules": p.modules, "state": "running"}))

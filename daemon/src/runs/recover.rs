@@ -256,5 +256,6 @@ fn stream_info(data_dir: &Path, r: &Recovered) -> Option<StreamInfo> {
         expected: 1,
         parts: Vec::new(),
         frames_per_file: r.frames_per_file,
+        kind: crate::stream::StreamKind::Frames,
     })
 }

@@ -109,6 +109,24 @@ pub enum Notification {
     StreamEnd(StreamEndNotice),
 }
 
+impl Notification {
+    /// The stream it is about.
+    pub fn stream(&self) -> &Arc<StreamInfo> {
+        match self {
+            Self::StreamStart(s) => &s.stream,
+            Self::Frame(f) => &f.stream,
+            Self::Readable(r) => &r.stream,
+            Self::StreamEnd(e) => &e.stream,
+        }
+    }
+
+    /// True for a stream of neutron events (no image: Blissdata, Bluesky and Stream V2 do
+    /// not publish it).
+    pub fn of_events(&self) -> bool {
+        self.stream().kind == crate::stream::StreamKind::Events
+    }
+}
+
 /// A consumer of notifications, called on the notification thread in queue order.
 pub trait NotificationSink: Send {
     /// Called once per notification.
@@ -179,6 +197,7 @@ pub(crate) mod fixture {
             expected: detingest_writer::all_modules(modules),
             parts: Vec::new(),
             frames_per_file: 5,
+            kind: crate::stream::StreamKind::Frames,
         })
     }
 

@@ -10,6 +10,7 @@ use detingest_shm::{Name, PixelType, StreamId};
 use detingest_writer::{Codec, MAX_MODULES};
 use serde::Deserialize;
 
+use super::kafka_events::KafkaEventsConfig;
 use super::shm::config::ShmConfig;
 use super::stream2::config::Stream2Config;
 use super::synthetic::config::SyntheticConfig;
@@ -59,6 +60,8 @@ pub struct SourceConfig {
     pub udp: Option<UdpConfig>,
     /// A DECTRIS Stream V2 detector (EIGER2, PILATUS4, Jungfraujoch).
     pub stream2: Option<Stream2Config>,
+    /// Neutron events (ev44) and logs (f144) from Kafka topics.
+    pub kafka_events: Option<KafkaEventsConfig>,
 }
 
 fn default_grid() -> [u32; 2] {
@@ -130,11 +133,12 @@ impl SourceConfig {
     /// The source's kind: the one place the kinds are listed. Validation guarantees exactly
     /// one kind table is present.
     pub fn kind(&self) -> Option<&dyn SourceKind> {
-        let kinds: [Option<&dyn SourceKind>; 4] = [
+        let kinds: [Option<&dyn SourceKind>; 5] = [
             self.synthetic.as_ref().map(|k| k as _),
             self.shm.as_ref().map(|k| k as _),
             self.udp.as_ref().map(|k| k as _),
             self.stream2.as_ref().map(|k| k as _),
+            self.kafka_events.as_ref().map(|k| k as _),
         ];
         let mut present = kinds.into_iter().flatten();
         match (present.next(), present.next()) {

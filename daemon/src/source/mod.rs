@@ -13,6 +13,7 @@
 //! shared-memory slot, the synthetic bank by default) hands it down by reference.
 
 mod config;
+pub mod kafka_events;
 pub mod shm;
 pub mod stream2;
 pub mod synthetic;
@@ -84,6 +85,8 @@ pub struct SourceStats {
     pub packets: Mutex<Option<PacketCounts>>,
     /// A Stream V2 source's message counters, refreshed every 100 ms by its receiver.
     pub messages: Mutex<Option<MessageCounts>>,
+    /// An event source's counts, by kind.
+    pub events: Mutex<Option<kafka_events::EventCounts>>,
 }
 
 /// What a source did, for the run summary.
@@ -105,6 +108,9 @@ pub struct SourceSummary {
     /// A Stream V2 source's messages, by what became of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<MessageCounts>,
+    /// An event source's messages and events, by what became of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<kafka_events::EventCounts>,
 }
 
 impl SourceStats {
@@ -119,6 +125,7 @@ impl SourceStats {
             finished: AtomicBool::new(false),
             packets: Mutex::new(None),
             messages: Mutex::new(None),
+            events: Mutex::new(None),
         }
     }
 
@@ -138,6 +145,7 @@ impl SourceStats {
             malformed: self.malformed.load(Ordering::Relaxed),
             packets: self.packets.lock().ok().and_then(|p| *p),
             messages: self.messages.lock().ok().and_then(|p| *p),
+            events: self.events.lock().ok().and_then(|p| *p),
         }
     }
 }

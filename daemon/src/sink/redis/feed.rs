@@ -295,6 +295,9 @@ impl StreamFeed {
 
 impl NotificationSink for Feed {
     fn notify(&mut self, n: &Notification) {
+        if n.of_events() {
+            return; // an event run has no image to publish here
+        }
         match n {
             Notification::StreamStart(s) => self.send(Msg::Open(Box::new(Open {
                 stream: Arc::clone(&s.stream),

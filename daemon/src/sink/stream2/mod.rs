@@ -185,6 +185,9 @@ impl Feed {
 
 impl NotificationSink for Feed {
     fn notify(&mut self, n: &Notification) {
+        if n.of_events() {
+            return; // an event run has no image to publish here
+        }
         self.backlog.retry(&self.tx);
         match n {
             Notification::StreamStart(s) => self.control(Msg::Start(Box::new(s.clone()))),

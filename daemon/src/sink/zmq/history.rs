@@ -187,6 +187,7 @@ mod tests {
             expected: 1,
             parts: Vec::new(),
             frames_per_file: 1000,
+            kind: crate::stream::StreamKind::Frames,
         })
     }
 

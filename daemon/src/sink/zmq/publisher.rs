@@ -16,7 +16,7 @@ use super::bluesky::Bluesky;
 use super::history::History;
 use crate::sink::messages::{FrameMessage, PreviewHeader, ReadableMessage, RunMessage};
 use crate::sink::{Notification, NotificationSink, Thinning};
-use crate::stream::{now_ns, StreamInfo};
+use crate::stream::{now_ns, StreamInfo, StreamKind};
 
 /// Counters of the publisher. Relaxed atomics, read for reporting.
 #[derive(Debug, Default)]
@@ -154,7 +154,10 @@ impl NotificationSink for Publisher {
                 let file = s.stream.file.to_string_lossy();
                 self.encode(&RunMessage::start(&s.stream, &file, s.started_ns));
                 self.send(b"run", None);
-                if let Some(docs) = self.bluesky.as_mut().map(|b| b.start(s)) {
+                if let Some(docs) = (self.bluesky.as_mut())
+                    .filter(|_| s.stream.kind == StreamKind::Frames)
+                    .map(|b| b.start(s))
+                {
                     for (name, doc) in &docs {
                         self.send_document(name, doc);
                     }
@@ -201,7 +204,10 @@ impl NotificationSink for Publisher {
                 // Every index is readable once the files are closed (should a `readable`
                 // notice have been dropped at a full queue).
                 self.announce_readable(&e.stream, e.frames);
-                if let Some(doc) = self.bluesky.as_mut().and_then(|b| b.stop(e)) {
+                if let Some(doc) = (self.bluesky.as_mut())
+                    .filter(|_| e.stream.kind == StreamKind::Frames)
+                    .and_then(|b| b.stop(e))
+                {
                     self.send_document("stop", &doc);
                 }
             }
@@ -216,7 +222,10 @@ impl NotificationSink for Publisher {
 impl Publisher {
     /// The Bluesky documents of the indices the watermark `up_to` made readable.
     fn announce_readable(&mut self, stream: &StreamInfo, up_to: u64) {
-        let Some(docs) = self.bluesky.as_mut().map(|b| b.readable(stream, up_to)) else {
+        let Some(docs) = (self.bluesky.as_mut())
+            .filter(|_| stream.kind == StreamKind::Frames)
+            .map(|b| b.readable(stream, up_to))
+        else {
             return;
         };
         if docs.is_empty() {

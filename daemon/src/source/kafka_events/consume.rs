@@ -1,0 +1,197 @@
+//! The consumer thread of an event run (`kafka-events`): reads every partition of the event
+//! and log topics from the run's start time on, and hands each message's bytes to the writer
+//! thread in a buffer that comes back for reuse (no allocation once the buffers have grown to
+//! the largest message). Asked to stop, it waits `stop_leeway_ms` (what producers sent before
+//! the stop reaches the brokers' logs meanwhile), takes each partition's end then, and reads
+//! on until it has reached them all (or `STOP_DRAIN` passed). A full queue to the writer makes
+//! it wait: the broker keeps the messages meanwhile, nothing is lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::config::KafkaEventsConfig;
+
+/// How long a stop may take to read what the topics held when it came.
+const STOP_DRAIN: Duration = Duration::from_secs(10);
+/// How long start may take to find the topics and their offsets.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A message's bytes, on their way to the writer.
+pub struct Taken {
+    /// The payload (its capacity kept for reuse).
+    pub buf: Vec<u8>,
+    /// From a log topic.
+    pub log: bool,
+}
+
+/// What the consumer thread reports, besides messages.
+#[derive(Debug, Default)]
+pub struct ConsumerReport {
+    /// Errors the client reported.
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Messages over `max_message_bytes`, not handed on.
+    pub too_large: std::sync::atomic::AtomicU64,
+}
+
+/// Where the consumer is in each partition: `(topic, partition, next offset)`.
+pub type Positions = Vec<(String, i32, i64)>;
+
+/// A consumer assigned to every partition of the run's topics at their offsets for
+/// `from_ms` (ms since the epoch), and those offsets. Refused naming the topic when one does
+/// not exist.
+pub fn assigned(
+    cfg: &KafkaEventsConfig,
+    from_ms: i64,
+) -> Result<(BaseConsumer, Positions), String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", "detingest-events")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.message.max.bytes", cfg.max_message_bytes.to_string())
+        .set("reconnect.backoff.max.ms", "2000")
+        .create()
+        .map_err(|e| format!("cannot make a Kafka consumer for {}: {e}", cfg.brokers))?;
+    let mut wanted = TopicPartitionList::new();
+    for topic in cfg.topics.iter().chain(&cfg.log_topics) {
+        let meta = consumer
+            .fetch_metadata(Some(topic), START_TIMEOUT)
+            .map_err(|e| format!("brokers {} did not answer: {e}", cfg.brokers))?;
+        let t = meta.topics().first().filter(|t| t.error().is_none());
+        let Some(t) = t.filter(|t| !t.partitions().is_empty()) else {
+            return Err(format!("topic {topic:?} does not exist on {}", cfg.brokers));
+        };
+        for p in t.partitions() {
+            wanted
+                .add_partition_offset(topic, p.id(), Offset::Offset(from_ms))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let at = consumer
+        .offsets_for_times(wanted, START_TIMEOUT)
+        .map_err(|e| format!("cannot find the offsets for the run's start: {e}"))?;
+    let mut assign = TopicPartitionList::new();
+    let mut positions = Vec::new();
+    for e in at.elements() {
+        // A partition with nothing at or after the time gives no offset: read from its end.
+        let offset = match e.offset() {
+            Offset::Offset(o) if o >= 0 => o,
+            _ => {
+                consumer
+                    .fetch_watermarks(e.topic(), e.partition(), START_TIMEOUT)
+                    .map_err(|err| format!("cannot read the end of {}: {err}", e.topic()))?
+                    .1
+            }
+        };
+        assign
+            .add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset))
+            .map_err(|e| e.to_string())?;
+        positions.push((e.topic().to_owned(), e.partition(), offset));
+    }
+    consumer.assign(&assign).map_err(|e| e.to_string())?;
+    Ok((consumer, positions))
+}
+
+/// Runs the consumer until `stop` and the drain after it, sending each message to `tx` in a
+/// buffer from `free` (or a new one while fewer than the queue's worth exist).
+pub fn run(
+    (consumer, mut positions): (BaseConsumer, Positions),
+    cfg: &KafkaEventsConfig,
+    tx: Sender<Taken>,
+    free: Receiver<Vec<u8>>,
+    stop: &AtomicBool,
+    report: &ConsumerReport,
+) {
+    let mut drain: Option<(Instant, Positions)> = None;
+    let mut stopped: Option<Instant> = None;
+    let mut made = 0;
+    let mut errors = crate::rate_limit::RateLimit::default();
+    loop {
+        // The stop's marks are taken `stop_leeway_ms` after it: what producers sent up to the
+        // stop reaches the brokers' logs (and their high watermarks) meanwhile.
+        if stopped.is_none() && stop.load(Ordering::Relaxed) {
+            stopped = Some(Instant::now());
+        }
+        let leeway = Duration::from_millis(cfg.stop_leeway_ms);
+        if drain.is_none() && stopped.is_some_and(|t| t.elapsed() >= leeway) {
+            drain = Some((Instant::now(), high_watermarks(&consumer, &positions)));
+        }
+        if let Some((since, marks)) = &drain {
+            if since.elapsed() > STOP_DRAIN || reached(&positions, marks) {
+                if since.elapsed() > STOP_DRAIN {
+                    tracing::warn!(
+                        "the run's stop did not read every message sent before it within 10 s"
+                    );
+                }
+                tracing::debug!(?marks, ?positions, "event topics read up to the stop");
+                return;
+            }
+        }
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = match polled {
+            Ok(m) => m,
+            Err(e) => {
+                report.errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(held) = errors.allow(Instant::now()) {
+                    tracing::warn!(error = %e, held_back = held, "event consumer error");
+                }
+                continue;
+            }
+        };
+        if let Some(p) = (positions.iter_mut()).find(|p| p.1 == m.partition() && p.0 == m.topic()) {
+            p.2 = m.offset() + 1;
+        }
+        let payload = m.payload().unwrap_or_default();
+        if payload.len() > cfg.max_message_bytes {
+            report.too_large.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut buf = match free.try_recv() {
+            Ok(b) => b,
+            Err(_) if made < cfg.queue + 2 => {
+                made += 1;
+                Vec::new()
+            }
+            // Every buffer is with the writer: wait for one (the broker keeps the messages).
+            Err(_) => match free.recv() {
+                Ok(b) => b,
+                Err(_) => return,
+            },
+        };
+        buf.clear();
+        buf.extend_from_slice(payload);
+        let log = cfg.log_topics.iter().any(|t| t == m.topic());
+        if tx.send(Taken { buf, log }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Every assigned partition's high watermark now (messages below it were sent before).
+fn high_watermarks(consumer: &BaseConsumer, positions: &Positions) -> Positions {
+    (positions.iter())
+        .filter_map(|(topic, partition, _)| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, *partition, Duration::from_secs(2))
+                .ok()?;
+            Some((topic.clone(), *partition, high))
+        })
+        .collect()
+}
+
+/// True when every partition's next offset is at or past its mark.
+fn reached(positions: &Positions, marks: &Positions) -> bool {
+    marks.iter().all(|(topic, partition, high)| {
+        (positions.iter())
+            .find(|p| p.1 == *partition && &p.0 == topic)
+            .is_none_or(|p| p.2 >= *high)
+    })
+}
