@@ -101,6 +101,7 @@ fuzz:
 	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O udp_packet -- -max_total_time=$(FUZZ_SECONDS)
 	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O udp_assembler -- -max_total_time=$(FUZZ_SECONDS)
 	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O stream2_message -- -max_total_time=$(FUZZ_SECONDS)
+	cd daemon && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz -O event_message -- -max_total_time=$(FUZZ_SECONDS)
 
 # playwright-core for the live page's browser test: it drives Debian's chromium (installed
 # above) and downloads no browser of its own.

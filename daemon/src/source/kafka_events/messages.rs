@@ -290,3 +290,7 @@ fn read_i32(bytes: &[u8], k: usize) -> i32 {
     b.copy_from_slice(&bytes[k * 4..k * 4 + 4]);
     i32::from_le_bytes(b)
 }
+
+#[cfg(test)]
+#[path = "messages_tests.rs"]
+mod tests;
