@@ -10,14 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::ClientContext;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::config::KafkaEventsConfig;
 
 /// How long a stop may take to read what the topics held when it came.
 const STOP_DRAIN: Duration = Duration::from_secs(10);
+/// How long the consumer is idle before it checks for partitions that were recreated.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long start may take to find the topics and their offsets.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,7 +41,43 @@ pub struct ConsumerReport {
     pub errors: std::sync::atomic::AtomicU64,
     /// Messages over `max_message_bytes`, not handed on.
     pub too_large: std::sync::atomic::AtomicU64,
+    /// When an error was last logged.
+    logged: std::sync::Mutex<crate::rate_limit::RateLimit>,
 }
+
+impl ConsumerReport {
+    /// Counts an error of the client, logged at most once per 10 s.
+    fn error(&self, error: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let allowed = self
+            .logged
+            .lock()
+            .ok()
+            .and_then(|mut r| r.allow(Instant::now()));
+        if let Some(held) = allowed {
+            tracing::warn!(error = %error, held_back = held, "event consumer error (counted as consumer_errors)");
+        }
+    }
+}
+
+/// The consumer's context: librdkafka's log lines at debug level, its errors counted.
+#[derive(Clone)]
+pub struct EventsContext(pub std::sync::Arc<ConsumerReport>);
+
+impl ClientContext for EventsContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", ?level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(&format_args!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for EventsContext {}
+
+/// The run's consumer.
+pub type EventsConsumer = BaseConsumer<EventsContext>;
 
 /// Where the consumer is in each partition: `(topic, partition, next offset)`.
 pub type Positions = Vec<(String, i32, i64)>;
@@ -47,8 +88,9 @@ pub type Positions = Vec<(String, i32, i64)>;
 pub fn assigned(
     cfg: &KafkaEventsConfig,
     from_ms: i64,
-) -> Result<(BaseConsumer, Positions), String> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    report: &std::sync::Arc<ConsumerReport>,
+) -> Result<(EventsConsumer, Positions), String> {
+    let consumer: EventsConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .set("group.id", "detingest-events")
         .set("enable.auto.commit", "false")
@@ -56,7 +98,7 @@ pub fn assigned(
         .set("auto.offset.reset", "earliest")
         .set("fetch.message.max.bytes", cfg.max_message_bytes.to_string())
         .set("reconnect.backoff.max.ms", "2000")
-        .create()
+        .create_with_context(EventsContext(std::sync::Arc::clone(report)))
         .map_err(|e| format!("cannot make a Kafka consumer for {}: {e}", cfg.brokers))?;
     let mut wanted = TopicPartitionList::new();
     for topic in cfg.topics.iter().chain(&cfg.log_topics) {
@@ -101,7 +143,7 @@ pub fn assigned(
 /// Runs the consumer until `stop` and the drain after it, sending each message to `tx` in a
 /// buffer from `free` (or a new one while fewer than the queue's worth exist).
 pub fn run(
-    (consumer, mut positions): (BaseConsumer, Positions),
+    (consumer, mut positions): (EventsConsumer, Positions),
     cfg: &KafkaEventsConfig,
     tx: Sender<Taken>,
     free: Receiver<Vec<u8>>,
@@ -111,7 +153,9 @@ pub fn run(
     let mut drain: Option<(Instant, Positions)> = None;
     let mut stopped: Option<Instant> = None;
     let mut made = 0;
-    let mut errors = crate::rate_limit::RateLimit::default();
+    let mut last_message = Instant::now();
+    let mut last_check = Instant::now();
+    let mut short_seen = Vec::new();
     loop {
         // The stop's marks are taken `stop_leeway_ms` after it: what producers sent up to the
         // stop reaches the brokers' logs (and their high watermarks) meanwhile.
@@ -134,18 +178,22 @@ pub fn run(
             }
         }
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            // Idle: a partition whose log now ends before our position was recreated (a
+            // broker that lost its log): read it again from its start.
+            if last_message.elapsed() > IDLE_CHECK && last_check.elapsed() > IDLE_CHECK {
+                last_check = Instant::now();
+                restart_truncated(&consumer, &mut positions, &mut short_seen);
+            }
             continue;
         };
         let m = match polled {
             Ok(m) => m,
             Err(e) => {
-                report.errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(held) = errors.allow(Instant::now()) {
-                    tracing::warn!(error = %e, held_back = held, "event consumer error");
-                }
+                report.error(&e);
                 continue;
             }
         };
+        last_message = Instant::now();
         if let Some(p) = (positions.iter_mut()).find(|p| p.1 == m.partition() && p.0 == m.topic()) {
             p.2 = m.offset() + 1;
         }
@@ -175,8 +223,41 @@ pub fn run(
     }
 }
 
+/// Assigns again, from their start, the partitions whose log ends before the consumer's
+/// position: the broker lost them (and what was in them that had not been read: the message
+/// ids that never arrive are recorded lost).
+fn restart_truncated(consumer: &EventsConsumer, positions: &mut Positions, seen: &mut Vec<bool>) {
+    let mut changed = false;
+    seen.resize(positions.len(), false);
+    for ((topic, partition, next), seen) in positions.iter_mut().zip(seen.iter_mut()) {
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(topic, *partition, Duration::from_millis(500))
+        else {
+            continue;
+        };
+        // Twice in a row, a second apart: a broker's end may lag what it acknowledged.
+        let short = high < *next;
+        let again = std::mem::replace(seen, short);
+        if short && again {
+            *seen = false;
+            tracing::warn!(topic = %topic, partition = *partition, position = *next, end = high, "a partition's log ends before what was read (the broker lost it): reading it again from its start");
+            *next = low;
+            changed = true;
+        }
+    }
+    if changed {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in positions.iter() {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            tracing::warn!(error = %e, "cannot assign the event partitions again");
+        }
+    }
+}
+
 /// Every assigned partition's high watermark now (messages below it were sent before).
-fn high_watermarks(consumer: &BaseConsumer, positions: &Positions) -> Positions {
+fn high_watermarks(consumer: &EventsConsumer, positions: &Positions) -> Positions {
     (positions.iter())
         .filter_map(|(topic, partition, _)| {
             let (_, high) = consumer

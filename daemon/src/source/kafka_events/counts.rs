@@ -12,8 +12,12 @@ pub struct EventCounts {
     pub pulses: u64,
     /// Messages that never arrived (gaps in a source's message ids).
     pub messages_lost: u64,
-    /// Message ids lower than the last (a producer that restarted its count): written on.
+    /// Message ids lower than the last with later pulses (a producer that restarted its
+    /// count): written on.
     pub id_restarts: u64,
+    /// Messages delivered again (an id not above the last, its pulses not after the last
+    /// message's): skipped.
+    pub duplicates: u64,
     /// Messages refused: not a flatbuffer we read, cut short, inconsistent.
     pub malformed: u64,
     /// Messages of a schema an event run does not read.

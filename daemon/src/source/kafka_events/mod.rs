@@ -97,7 +97,8 @@ pub fn start(
         .and_then(serde_json::Value::as_i64)
         .filter(|&t| t > 0)
         .unwrap_or(now_ms);
-    let consumer = consume::assigned(&cfg, start_ms - cfg.lookback_ms as i64)
+    let report = Arc::new(ConsumerReport::default());
+    let consumer = consume::assigned(&cfg, start_ms - cfg.lookback_ms as i64, &report)
         .map_err(|e| resource(format!("read the topics {:?}", cfg.topics), e))?;
 
     let detector = pipeline::detector_of(config, src, &src.stream);
@@ -142,7 +143,6 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
     let source = Arc::new(SourceStats::new(src.name.clone()));
-    let report = Arc::new(ConsumerReport::default());
     let notify = Arc::new(NotifyQueue::new(config.pipeline.notify_queue));
     notify.push(Notification::StreamStart(StreamStartNotice {
         stream: Arc::clone(&info),

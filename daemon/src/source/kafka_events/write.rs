@@ -67,6 +67,8 @@ pub struct EventWriter {
     counts: EventCounts,
     /// Last message id per bank (by bank number) and of the pulse source (last entry).
     last_id: Vec<Option<i64>>,
+    /// The first pulse time of that message.
+    last_time: Vec<Option<i64>>,
     warned: HashSet<String>,
     malformed_log: RateLimit,
     open: Option<OpenPulse>,
@@ -103,6 +105,7 @@ impl EventWriter {
             flush_every,
             counts: EventCounts::default(),
             last_id: vec![None; banks + 1],
+            last_time: vec![None; banks + 1],
             warned: HashSet::new(),
             malformed_log: RateLimit::default(),
             open: None,
@@ -175,8 +178,10 @@ impl EventWriter {
             (EventMessage::Events(e), Route::Bank(k)) => self.events(k, &e),
             (EventMessage::Pulse(p), Route::Pulses) => {
                 let n = self.last_id.len() - 1;
-                let lost = self.check_id(n, p.message_id);
-                self.pulse_metadata(&p, lost)
+                match self.check_id(n, p.message_id, p.reference_time) {
+                    Some(lost) => self.pulse_metadata(&p, lost),
+                    None => Ok(()),
+                }
             }
             (EventMessage::Log(l), Route::Log(k)) => match l.value {
                 Some(v) => {
@@ -207,7 +212,14 @@ impl EventWriter {
 
     /// Appends an ev44 message of bank `k`.
     fn events(&mut self, k: usize, e: &Events<'_>) -> Result<(), detingest_writer::WriteError> {
-        let lost = self.check_id(k, e.message_id);
+        let first = if e.pulses() > 0 {
+            e.pulse(0).0
+        } else {
+            i64::MIN
+        };
+        let Some(lost) = self.check_id(k, e.message_id, first) else {
+            return Ok(()); // delivered twice: written already
+        };
         let numbers = self.index_route == Route::Bank(k);
         if numbers && lost > 0 {
             self.announce_lost(lost);
@@ -258,16 +270,26 @@ impl EventWriter {
         Ok(())
     }
 
-    /// Checks source `k`'s message id against its last: the messages missing in between
-    /// (0 when none, or when the count restarted).
-    fn check_id(&mut self, k: usize, id: i64) -> u64 {
-        let last = self.last_id[k].replace(id);
+    /// Checks source `k`'s message (id `id`, first pulse at `time`) against its last: `None`
+    /// for a message seen already (an id not above the last with a pulse not after the last:
+    /// delivered twice), else the messages missing in between (0 when none, or when the
+    /// producer restarted its count: a lower id with later pulses).
+    fn check_id(&mut self, k: usize, id: i64, time: i64) -> Option<u64> {
+        let (last, last_time) = (self.last_id[k], self.last_time[k]);
+        if let (Some(last), Some(last_time)) = (last, last_time) {
+            if id <= last && time <= last_time {
+                self.counts.duplicates += 1;
+                return None;
+            }
+        }
+        self.last_id[k] = Some(id);
+        self.last_time[k] = Some(time);
         let Some(last) = last else {
-            return 0;
+            return Some(0);
         };
         let gap = id.wrapping_sub(last).wrapping_sub(1);
         if gap == 0 {
-            0
+            Some(0)
         } else if (1..=MAX_GAP).contains(&gap) {
             self.counts.messages_lost += gap as u64;
             tracing::warn!(
@@ -276,11 +298,11 @@ impl EventWriter {
                 count = gap,
                 "event messages lost (a gap in message ids)"
             );
-            gap as u64
+            Some(gap as u64)
         } else {
             self.counts.id_restarts += 1;
             tracing::warn!(source = k, last, id, "message ids restarted; writing on");
-            0
+            Some(0)
         }
     }
 
