@@ -132,13 +132,14 @@ def produce_run(broker, t0_ns, n_pulses, rng, skip_ids=(), ids=None, first=0, se
     return sent, temps
 
 
-def start_and_stop(broker, job, produce):
+def start_and_stop(broker, job, produce, settle=0.0):
     reader = Reader(broker)
     p = broker.producer()
     p.produce("det_commands", serialise_pl72(job, f"{job}.nxs", start_time=now_ms()))
     assert p.flush(10) == 0
     reader.wait(lambda s, d: s == "answ" and d.job_id == job, what="answ")
     result = produce()
+    time.sleep(settle)  # heartbeats (every 300 ms) while the run goes on
     p.produce("det_commands", serialise_6s4t(job, command_id="stop-" + job, stop_time=0))
     assert p.flush(10) == 0
     wrdn = reader.wait(lambda s, d: s == "wrdn" and d.job_id == job, timeout=60, what="wrdn")
@@ -153,8 +154,13 @@ def test_two_banks_a_monitor_and_logs_load_in_scippnexus_as_sent(events_daemon, 
     proc, status, log = events_daemon
     rng = np.random.default_rng(7)
     t0 = time.time_ns()
-    (sent, temps), wrdn, _ = start_and_stop(kafka_broker, "events-1",
-                                            lambda: produce_run(kafka_broker, t0, 60, rng))
+    (sent, temps), wrdn, reader = start_and_stop(kafka_broker, "events-1",
+                                                 lambda: produce_run(kafka_broker, t0, 60, rng),
+                                                 settle=1.0)
+    # The x5f2 heartbeats of the run say how many events were written, and at what rate.
+    beats = [json.loads(d.status_json) for d in reader.of("x5f2")]
+    assert any(b.get("events_written", 0) > 0 and b["state"] == "writing" for b in beats), \
+        [b for b in beats if b["state"] == "writing"]
     path = tmp_path / "data" / "kafka" / "loki" / "events-1.nxs"  # [kafka] beamtime's default
     assert wrdn.file_name == str(path) and not wrdn.error_encountered, wrdn
     files = json.loads(wrdn.metadata)["files"]

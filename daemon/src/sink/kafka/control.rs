@@ -44,7 +44,7 @@ pub struct Control {
     runs: Weak<dyn RunControl>,
     builder: FlatBufferBuilder<'static>,
     job: Option<Job>,
-    last_beat: Option<(Instant, u64, u64)>,
+    last_beat: Option<(Instant, u64, u64, u64)>,
     last_refusal_log: Option<Instant>,
     topic_missing_logged: bool,
 }
@@ -113,7 +113,7 @@ impl Control {
             self.stop_when_due();
             if self
                 .last_beat
-                .is_none_or(|(at, _, _)| at.elapsed() >= interval)
+                .is_none_or(|(at, _, _, _)| at.elapsed() >= interval)
             {
                 self.heartbeat();
             }
@@ -339,24 +339,29 @@ impl Control {
             counters["written"].as_u64().unwrap_or(0),
             counters["bytes_compressed"].as_u64().unwrap_or(0),
         );
+        // An event run's events (its indices are pulses).
+        let events = status
+            .pointer("/sources/0/events/events")
+            .and_then(Value::as_u64);
         let now = Instant::now();
-        let (rate, byte_rate) = match self.last_beat {
-            Some((at, w, b)) if written >= w => {
+        let (rate, byte_rate, event_rate) = match self.last_beat {
+            Some((at, w, b, e)) if written >= w => {
                 let dt = now.duration_since(at).as_secs_f64().max(1e-3);
                 (
                     (written - w) as f64 / dt,
                     bytes.saturating_sub(b) as f64 / dt,
+                    events.unwrap_or(0).saturating_sub(e) as f64 / dt,
                 )
             }
-            _ => (0.0, 0.0),
+            _ => (0.0, 0.0, 0.0),
         };
-        self.last_beat = Some((now, written, bytes));
+        self.last_beat = Some((now, written, bytes, events.unwrap_or(0)));
         let writing = status["state"] == "running";
         let job = self
             .job
             .as_ref()
             .filter(|j| writing && status["stream"] == j.stream.as_str());
-        let doc = json!({
+        let mut doc = json!({
             "state": if writing { "writing" } else { "idle" },
             "job_id": job.map_or("", |j| j.id.as_str()),
             "file_being_written": if writing { status["master"].clone() } else { Value::from("") },
@@ -371,6 +376,10 @@ impl Control {
             "write_bytes_per_s": byte_rate,
             "commands_ready": self.stats.commands_ready.load(Ordering::Relaxed),
         });
+        if let (Some(n), Value::Object(doc)) = (events, &mut doc) {
+            doc.insert("events_written".into(), n.into());
+            doc.insert("event_rate_hz".into(), event_rate.into());
+        }
         let payload = reports::status(
             &mut self.builder,
             &reports::Status {
