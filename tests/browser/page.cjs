@@ -4,6 +4,7 @@
 // phase "live": loads the page, waits for the running state, a non-blank preview and the
 //   rate plot to move, checks that Stop without the token is refused, enters the token,
 //   stops the run and starts a new one from the form, and saves a screenshot.
+// phase "events": an event run's page shows events/s and drawn histograms, and no image.
 // phase "reconnect": loads the page, waits until it is live, then (once the caller restarts
 //   the daemon, signalled by the file <url>-independent argv[5]) waits until it is live again.
 // Prints one JSON line of what it saw; exits non-zero on a failed check.
@@ -44,7 +45,26 @@ async function main() {
     const t0 = Date.now();
     await page.goto(url);
     seen.load_ms = Date.now() - t0;
-    if (phase === "reconnect") {
+    if (phase === "events") {
+      // An event run: events/s and histograms instead of an image.
+      await waitText(page, "#link", "^live$");
+      await waitText(page, "#state", "running");
+      await waitText(page, "#events-caption", "^[1-9][0-9]* events");
+      check(await page.evaluate(() => document.getElementById("image-panel").hidden), "no image panel");
+      const drawn = (id) => page.evaluate((i) => {
+        const c = document.getElementById(i);
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        for (let k = 3; k < d.length; k += 4) if (d[k] > 0) return true;
+        return false;
+      }, id);
+      await page.waitForFunction(() => document.getElementById("plot-events").width > 16);
+      check(await drawn("hist-tof"), "the time-of-flight histogram is drawn");
+      check(await drawn("hist-pixels"), "the pixel-id histogram is drawn");
+      seen.caption = await page.textContent("#events-caption");
+      seen.tof = await page.textContent("#tof-range");
+      await page.waitForTimeout(1500);
+      await page.screenshot({ path: shot });
+    } else if (phase === "reconnect") {
       await page.fill("#token", token);
       await page.dispatchEvent("#token", "change");
       await waitText(page, "#link", "^live$");

@@ -272,3 +272,43 @@ def test_a_broker_killed_mid_run_loses_nothing_silently(events_daemon, kafka_bro
     with h5py.File(s["master"]) as h:
         assert h["entry/detingest/events"][()] == total
         assert h["entry/instrument/bank0/events/event_time_zero"].shape[0] == 40
+
+
+def test_the_live_page_shows_events_and_histograms_in_chromium(events_daemon, kafka_broker):
+    """The page of an event run in Chromium: events/s and the histograms of times of flight
+    and pixel ids drawn, no image panel, no console error (screenshot in target/artifacts)."""
+    import threading
+    import urllib.request
+
+    from test_operations import ROOT, node_and_browser, run_page
+    proc, status, log = events_daemon
+    node, modules = node_and_browser()
+    req = urllib.request.Request(
+        status.url + "/start", method="POST",
+        data=json.dumps({"beamtime": "bt", "source": "loki", "stream": "page"}).encode())
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 201
+    done = threading.Event()
+
+    def keep_sending():
+        rng, ids, k = np.random.default_rng(3), {n: 0 for n in [*BANKS, "monitor_1"]}, 0
+        while not done.is_set():
+            produce_run(kafka_broker, time.time_ns(), 5, rng, ids=ids, first=k)
+            k += 5
+            time.sleep(0.3)
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    artifacts = ROOT / "target" / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        url = status.url.rsplit("/run", 1)[0] + "/"
+        p = run_page(node, modules, url, "events", artifacts / "live-page-events.png")
+        out, err = p.communicate(timeout=90)
+        assert p.returncode == 0, out + err
+        seen = json.loads(out.strip().splitlines()[-1])
+        assert "events" in seen["caption"], seen
+    finally:
+        done.set()
+        sender.join(10)
+        urllib.request.urlopen(urllib.request.Request(status.url + "/stop", method="POST",
+                                                      data=b"{}"), timeout=60).read()

@@ -87,6 +87,8 @@ pub struct SourceStats {
     pub messages: Mutex<Option<MessageCounts>>,
     /// An event source's counts, by kind.
     pub events: Mutex<Option<kafka_events::EventCounts>>,
+    /// An event source's histograms for the live page.
+    pub histograms: Mutex<Option<kafka_events::counts::EventHistograms>>,
 }
 
 /// What a source did, for the run summary.
@@ -111,6 +113,9 @@ pub struct SourceSummary {
     /// An event source's messages and events, by what became of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<kafka_events::EventCounts>,
+    /// An event source's histograms of times of flight and pixel ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_histograms: Option<kafka_events::counts::EventHistograms>,
 }
 
 impl SourceStats {
@@ -126,6 +131,7 @@ impl SourceStats {
             packets: Mutex::new(None),
             messages: Mutex::new(None),
             events: Mutex::new(None),
+            histograms: Mutex::new(None),
         }
     }
 
@@ -146,6 +152,7 @@ impl SourceStats {
             packets: self.packets.lock().ok().and_then(|p| *p),
             messages: self.messages.lock().ok().and_then(|p| *p),
             events: self.events.lock().ok().and_then(|p| *p),
+            event_histograms: self.histograms.lock().ok().and_then(|h| h.clone()),
         }
     }
 }

@@ -87,7 +87,41 @@ function update(ev) {
   sources(s.sources || []);
   modules(ev.modules_missing || []);
   if (ev.preview_index && ev.preview_index !== shownIndex) preview();
+  events((s.sources || []).find((x) => x.events));
   plots();
+}
+
+// ---- an event run: events/s and histograms instead of an image -----------------------------
+function events(src) {
+  $("events-panel").hidden = !src;
+  $("image-panel").hidden = !!src;
+  if (!src) return;
+  const e = src.events;
+  $("events-caption").textContent =
+    `${e.events} events, ${e.pulses} pulses, ${e.messages_lost} messages lost, ${e.malformed} malformed`;
+  const h = src.event_histograms;
+  if (!h) return;
+  $("tof-range").textContent = `0 – ${(h.tof_max_ns / 1e6).toFixed(1)} (${h.binned} binned)`;
+  bars("hist-tof", h.tof);
+  $("pixel-range").textContent = h.pixel_range ? `${h.pixel_range[0]} – ${h.pixel_range[1]}` : "(no range configured)";
+  bars("hist-pixels", h.pixels);
+}
+
+function bars(id, counts) {
+  const cv = $(id);
+  const w = (cv.width = cv.clientWidth || 480), h = (cv.height = 110);
+  const ctx = cv.getContext("2d");
+  ctx.clearRect(0, 0, w, h);
+  if (!counts || !counts.length) return;
+  const top = Math.max(1, ...counts);
+  ctx.fillStyle = "#1f5fbf";
+  const bw = w / counts.length;
+  counts.forEach((n, i) => {
+    const bh = (n / top) * (h - 16);
+    ctx.fillRect(i * bw, h - bh, Math.max(1, bw - 1), bh);
+  });
+  ctx.fillStyle = "#667085"; ctx.font = "11px system-ui";
+  ctx.fillText(String(top), 4, 12);
 }
 
 function prefill(stream) {
@@ -101,7 +135,9 @@ function prefill(stream) {
 function record(t, s) {
   if (s.started_ns !== runId) { history.length = 0; runId = s.started_ns; }
   const c = s.counters;
-  history.push({ t, recorded: c.recorded, raw: c.bytes_raw, written: c.bytes_compressed, loss: c.lost + c.dropped });
+  const ev = (s.sources || []).find((x) => x.events);
+  history.push({ t, recorded: c.recorded, raw: c.bytes_raw, written: c.bytes_compressed, loss: c.lost + c.dropped,
+    events: ev ? ev.events.events : 0 });
   while (history.length && history[0].t < t - WINDOW_S) history.shift();
 }
 
@@ -257,6 +293,7 @@ function plots() {
   plot("plot-rate", [rates("recorded", 1)], ["#1f5fbf"]);
   plot("plot-bytes", [rates("raw", 1e9), rates("written", 1e9)], ["#1f5fbf", "#1a7f37"]);
   plot("plot-loss", [rates("loss", 1)], ["#c62828"]);
+  if (!$("events-panel").hidden) plot("plot-events", [rates("events", 1)], ["#1a7f37"]);
 }
 
 // ---- run control ---------------------------------------------------------------------------

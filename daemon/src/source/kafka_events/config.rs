@@ -41,6 +41,10 @@ pub struct KafkaEventsConfig {
     /// are still on their way to the brokers are kept.
     #[serde(default = "default_stop_leeway_ms")]
     pub stop_leeway_ms: u64,
+    /// The live page's time-of-flight histogram spans 0 to this, ns (default: a 14 Hz
+    /// source's period).
+    #[serde(default = "default_histogram_tof_max_ns")]
+    pub histogram_tof_max_ns: u64,
     /// Messages waiting between the consumer and the writer (both threads never wait for
     /// each other below this).
     #[serde(default = "default_queue")]
@@ -79,6 +83,9 @@ pub struct LogConfig {
     pub units: String,
 }
 
+fn default_histogram_tof_max_ns() -> u64 {
+    71_428_572
+}
 fn default_stop_leeway_ms() -> u64 {
     1000
 }
@@ -113,6 +120,12 @@ impl KafkaEventsConfig {
         }
         if self.queue == 0 {
             return Err(ConfigError::new(key("queue"), "must be at least 1"));
+        }
+        if self.histogram_tof_max_ns == 0 {
+            return Err(ConfigError::new(
+                key("histogram_tof_max_ns"),
+                "must be at least 1",
+            ));
         }
         if self.max_message_bytes < 1024 {
             return Err(ConfigError::new(
@@ -163,6 +176,13 @@ impl KafkaEventsConfig {
         } else {
             format!("logs[{}]", n - b - m)
         }
+    }
+
+    /// The configured banks' pixel ids, first and last (`None` when no bank gives them).
+    pub fn pixel_range(&self) -> Option<(i64, i64)> {
+        let ranges = (self.banks.iter().filter_map(|b| b.pixels))
+            .map(|(first, n)| (i64::from(first), i64::from(first) + i64::from(n) - 1));
+        ranges.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
     }
 
     /// What the run's file holds: banks first, then monitors (the writer's source order).

@@ -33,3 +33,84 @@ pub struct EventCounts {
     /// Errors the Kafka consumer reported (a broker down, a partition gone).
     pub consumer_errors: u64,
 }
+
+/// Bins of each histogram.
+pub const BINS: usize = 100;
+
+/// The live page's view of an event run: histograms of the events' times of flight and pixel
+/// ids over the run (`GET /run` `sources[].event_histograms`). While more than
+/// [`EventHistograms::BUDGET`] events arrive between two flushes, the rest of them are not
+/// binned (`binned` says how many were).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EventHistograms {
+    /// The time-of-flight range, 0 to this, ns; later events count in the last bin.
+    pub tof_max_ns: u64,
+    /// Events per time-of-flight bin.
+    pub tof: Vec<u64>,
+    /// The pixel-id range (the configured banks' pixels), first and last.
+    pub pixel_range: Option<(i64, i64)>,
+    /// Events per pixel-id bin (empty without a range).
+    pub pixels: Vec<u64>,
+    /// Events binned.
+    pub binned: u64,
+}
+
+impl EventHistograms {
+    /// Most events binned between two flushes.
+    pub const BUDGET: u64 = 1 << 20;
+
+    /// Empty histograms over `0..tof_max_ns` and `pixel_range`.
+    pub fn new(tof_max_ns: u64, pixel_range: Option<(i64, i64)>) -> Self {
+        Self {
+            tof_max_ns: tof_max_ns.max(1),
+            tof: vec![0; BINS],
+            pixel_range,
+            pixels: if pixel_range.is_some() {
+                vec![0; BINS]
+            } else {
+                Vec::new()
+            },
+            binned: 0,
+        }
+    }
+
+    /// Bins events given as little-endian i32 times of flight and pixel ids (`ids` empty: no
+    /// pixel ids).
+    pub fn add(&mut self, tof: &[u8], ids: &[u8]) {
+        let bins = BINS as u64;
+        for v in tof.chunks_exact(4) {
+            let v = i32::from_le_bytes([v[0], v[1], v[2], v[3]]).max(0) as u64;
+            self.tof[((v * bins) / self.tof_max_ns).min(bins - 1) as usize] += 1;
+        }
+        if let Some((first, last)) = self.pixel_range {
+            let span = (last - first + 1).max(1) as u64;
+            for v in ids.chunks_exact(4) {
+                let v = i64::from(i32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+                if (first..=last).contains(&v) {
+                    self.pixels[(((v - first) as u64 * bins) / span) as usize] += 1;
+                }
+            }
+        }
+        self.binned += (tof.len() / 4) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_land_in_their_bins_and_out_of_range_ones_at_the_ends() {
+        let mut h = EventHistograms::new(1000, Some((10, 109)));
+        let le = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>();
+        h.add(&le(&[0, 15, 999, 5000, -3]), &le(&[10, 11, 109, 200, 9]));
+        assert_eq!((h.tof[0], h.tof[1], h.tof[99]), (2, 1, 2));
+        assert_eq!((h.pixels[0], h.pixels[1], h.pixels[99]), (1, 1, 1));
+        assert_eq!(
+            h.pixels.iter().sum::<u64>(),
+            3,
+            "ids outside the range are not binned"
+        );
+        assert_eq!(h.binned, 5);
+    }
+}

@@ -23,7 +23,7 @@ use detingest_shm::PixelType;
 use detingest_writer::{EventFile, FileOptions};
 
 pub use config::KafkaEventsConfig;
-pub use counts::EventCounts;
+pub use counts::{EventCounts, EventHistograms};
 
 use self::consume::ConsumerReport;
 use self::write::{EventWriter, Route};
@@ -186,6 +186,7 @@ pub fn start(
         routes,
         index_route,
         flush_every,
+        EventHistograms::new(cfg.histogram_tof_max_ns, cfg.pixel_range()),
     );
     let writer = threads::spawn("event-writer".into(), t.writer, move || {
         writer.run(rx, free_tx)

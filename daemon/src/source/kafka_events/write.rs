@@ -17,7 +17,7 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use detingest_writer::{EventFile, EventRunEnd};
 
 use super::consume::{ConsumerReport, Taken};
-use super::counts::EventCounts;
+use super::counts::{EventCounts, EventHistograms};
 use super::messages::{decode, EventMessage, Events};
 use crate::pipeline::{PipelineStats, StreamReport};
 use crate::rate_limit::RateLimit;
@@ -65,6 +65,9 @@ pub struct EventWriter {
     pub(super) index_route: Route,
     pub(super) flush_every: Duration,
     counts: EventCounts,
+    hist: EventHistograms,
+    /// Events binned since the last flush.
+    hist_budget: u64,
     /// Last message id per bank (by bank number) and of the pulse source (last entry).
     last_id: Vec<Option<i64>>,
     /// The first pulse time of that message.
@@ -91,6 +94,7 @@ impl EventWriter {
         routes: HashMap<String, Route>,
         index_route: Route,
         flush_every: Duration,
+        hist: EventHistograms,
     ) -> Self {
         Self {
             file: Some(file),
@@ -104,6 +108,8 @@ impl EventWriter {
             index_route,
             flush_every,
             counts: EventCounts::default(),
+            hist,
+            hist_budget: 0,
             last_id: vec![None; banks + 1],
             last_time: vec![None; banks + 1],
             warned: HashSet::new(),
@@ -236,6 +242,10 @@ impl EventWriter {
                 &e.pixel_id[range.clone()]
             };
             let n = (range.len() / 4) as u64;
+            if self.hist_budget < EventHistograms::BUDGET {
+                self.hist_budget += n;
+                self.hist.add(&e.time_of_flight[range.clone()], ids);
+            }
             let new = (self.file_mut()?).append_events(k, time, &e.time_of_flight[range], ids)?;
             self.counts.pulses += u64::from(new);
             if numbers && new {
@@ -404,6 +414,13 @@ impl EventWriter {
         if let Ok(mut c) = self.source.events.lock() {
             *c = Some(self.counts);
         }
+        if let Ok(mut h) = self.source.histograms.lock() {
+            match h.as_mut() {
+                Some(h) => h.clone_from(&self.hist),
+                None => *h = Some(self.hist.clone()),
+            }
+        }
+        self.hist_budget = 0;
     }
 
     fn fail(&mut self, error: String) {
