@@ -100,13 +100,21 @@ struct Report {
 }
 
 /// A broker this benchmark started.
-struct Broker {
+pub(crate) struct Broker {
     proc: Option<std::process::Child>,
-    bootstrap: String,
+    pub(crate) bootstrap: String,
 }
 
 impl Broker {
-    fn start(tansu: &std::path::Path) -> Result<Self> {
+    /// The brokers at `bootstrap`, started elsewhere.
+    pub(crate) fn elsewhere(bootstrap: &str) -> Self {
+        Self {
+            proc: None,
+            bootstrap: bootstrap.to_owned(),
+        }
+    }
+
+    pub(crate) fn start(tansu: &std::path::Path) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

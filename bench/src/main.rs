@@ -4,6 +4,7 @@
 
 mod codec;
 mod common;
+mod events;
 mod kafka;
 mod live;
 mod pipeline;
@@ -46,6 +47,8 @@ enum Command {
     Redis(redis::Args),
     /// The Kafka sink on against off, and how soon a pl72 command starts a run.
     Kafka(kafka::Args),
+    /// Neutron events from Kafka into event files against a bare consumer of the same topic.
+    Events(events::Args),
     /// The Stream V2 source's ingest rate next to a bare ZeroMQ PULL loop on the same
     /// messages, and its CPU per image next to our compression's.
     Stream2(stream2::Args),
@@ -74,6 +77,7 @@ fn main() -> Result<()> {
         Command::Udp(args) => udp::run(&args),
         Command::Redis(args) => redis::run(&args),
         Command::Kafka(args) => kafka::run(&args),
+        Command::Events(args) => events::run(&args),
         Command::Stream2(args) => stream2::run(&args),
         Command::Stream2Output(args) => stream2_output::run(&args),
         Command::Soak(args) => soak::run(&args),
