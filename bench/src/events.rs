@@ -78,6 +78,15 @@ struct Report {
     /// Each event run's stop (not in its rate): the topics' ends read, the last flush, the
     /// file closed, the consumer destroyed.
     stop_s: Vec<f64>,
+    /// CPU of this process per event (median): the bare consumer's, and the event run's
+    /// (its stop included). The broker's is apart.
+    cpu_ns_per_event_bare: f64,
+    cpu_ns_per_event_run: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    crate::common::quantile(&v, 0.5)
 }
 
 /// Runs the benchmark and prints the report.
@@ -92,9 +101,16 @@ pub fn run(args: &Args) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (mut bare, mut ours, mut ratios, mut file_ratio) = (vec![], vec![], vec![], 0.0);
     let mut stops = vec![];
+    let (mut cpu_bare, mut cpu_run) = (vec![], vec![]);
+    let me = std::process::id();
     for k in 0..args.repeat {
+        let c0 = crate::common::process_cpu_seconds(me);
         let b = total / bare_consumer(&broker.bootstrap, topic, args.messages)?;
+        let c1 = crate::common::process_cpu_seconds(me);
         let (secs, stop, bytes) = event_run(&broker.bootstrap, topic, args, tmp.path(), k)?;
+        let c2 = crate::common::process_cpu_seconds(me);
+        cpu_bare.push((c1 - c0) * 1e9 / total);
+        cpu_run.push((c2 - c1) * 1e9 / total);
         stops.push(stop);
         let r = total / secs;
         file_ratio = bytes as f64 / (total * 8.0);
@@ -117,6 +133,8 @@ pub fn run(args: &Args) -> Result<()> {
         run_ns_per_event: 1e9 / crate::common::quantile(&rates, 0.5),
         file_ratio,
         stop_s: stops,
+        cpu_ns_per_event_bare: median(cpu_bare),
+        cpu_ns_per_event_run: median(cpu_run),
     };
     if args.json {
         return crate::common::print_json(&report);
@@ -137,9 +155,12 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     println!(
-        "  median ratio {:.3}; {:.2} ns per event; file {:.3} of the raw 8 bytes per event; \
-         stops {:?} s",
-        report.ratio_median, report.run_ns_per_event, report.file_ratio, report.stop_s
+        "  median ratio {:.3}; {:.2} ns per event; file {:.3} of the raw 8 bytes per event",
+        report.ratio_median, report.run_ns_per_event, report.file_ratio
+    );
+    println!(
+        "  CPU per event: bare consumer {:.2} ns, event run {:.2} ns; stops {:.2?} s",
+        report.cpu_ns_per_event_bare, report.cpu_ns_per_event_run, report.stop_s
     );
     Ok(())
 }
