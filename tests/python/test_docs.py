@@ -2,7 +2,8 @@
 to a file (and heading) that exists, and every Python snippet runs as written, against what it
 reads: `make demo`'s files (a short demo run in a scratch directory), a Blissdata database
 with a run in it, a Kafka broker. The only change made to a snippet is the address of the
-server it names (`redis://host:6379`, `host:9092`)."""
+server it names (`redis://host:6379`, `host:9092`); an event file's snippet reads a run of
+test_events.py's instrument as `run.nxs`."""
 
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from test_events import events_daemon  # noqa: F401 (a fixture)
 from test_runs import Serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +90,20 @@ def test_every_python_snippet_runs_as_written(code, request, demo_dir, tmp_path)
             assert m is not None, f"the snippet's messages on {topic}: {got}"
             got.append(m.value()[4:8])
         assert got == [b"pl72", b"6s4t"]
+    elif "scippnexus" in code:
+        # An event run's file (tests/python/test_events.py's instrument), as `run.nxs`.
+        import shutil
+        import time
+
+        import numpy as np
+        from test_events import produce_run, start_and_stop
+        request.getfixturevalue("events_daemon")
+        broker = request.getfixturevalue("kafka_broker")
+        rng = np.random.default_rng(1)
+        _, wrdn, _ = start_and_stop(broker, "doc-run",
+                                    lambda: produce_run(broker, time.time_ns(), 10, rng))
+        shutil.copy(wrdn.file_name, tmp_path / "run.nxs")
+        run_snippet(code, tmp_path)
     else:
         run_snippet(code, demo_dir)
 

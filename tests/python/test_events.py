@@ -312,3 +312,12 @@ def test_the_live_page_shows_events_and_histograms_in_chromium(events_daemon, ka
         sender.join(10)
         urllib.request.urlopen(urllib.request.Request(status.url + "/stop", method="POST",
                                                       data=b"{}"), timeout=60).read()
+
+
+def test_the_example_configuration_is_valid(detingestd):
+    import subprocess
+
+    from conftest import ROOT
+    p = subprocess.run([detingestd, "check-config", str(ROOT / "docs" / "events.example.toml")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
