@@ -10,6 +10,7 @@
 //! source and recorded lost by the indexer, so a stream's indices stay 1..N without gaps.
 
 mod compress;
+mod events;
 mod indexer;
 mod job;
 mod reorder;
@@ -74,7 +75,7 @@ pub fn stream_dir(config: &Config, src: &SourceConfig) -> PathBuf {
 /// A stream's master file: `<data_dir>/<beamtime>/<source>/<stream>_master.h5`.
 pub fn stream_file_path(config: &Config, src: &SourceConfig) -> PathBuf {
     if src.kafka_events.is_some() {
-        return crate::source::kafka_events::file_path(config, src);
+        return events::file_path(config, src);
     }
     detingest_writer::master_path(&stream_dir(config, src), src.stream.stream.as_str())
 }
@@ -131,7 +132,7 @@ const DROP_LOG: usize = 4096;
 /// Refuses to start if a stream's file exists. Every source is prepared (rings created,
 /// ports bound, synthetic banks generated) before any thread starts.
 pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
-    if let Some((src, events)) =
+    if let Some((src, table)) =
         (config.sources.iter()).find_map(|s| Some((s, s.kafka_events.as_ref()?)))
     {
         if config.sources.len() > 1 {
@@ -143,7 +144,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
                 ),
             )));
         }
-        return crate::source::kafka_events::start(config, src, events, sinks);
+        return events::start(config, src, table, sinks);
     }
     let RunSinks { sinks, needs } = sinks;
     let p = &config.pipeline;

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use detingest_writer::{EventFile, EventRunEnd};
 
-use super::consume::{ConsumerReport, Taken};
-use super::counts::{EventCounts, EventHistograms};
-use super::messages::{decode, EventMessage, Events};
 use crate::pipeline::{PipelineStats, StreamReport};
 use crate::rate_limit::RateLimit;
 use crate::sink::kafka::schema::DecodeError;
 use crate::sink::{FrameNotice, Notification, NotifyQueue, ReadableNotice, StreamEndNotice};
+use crate::source::kafka_events::consume::{ConsumerReport, Taken};
+use crate::source::kafka_events::counts::{EventCounts, EventHistograms};
+use crate::source::kafka_events::messages::{decode, EventMessage, Events, Pulse};
 use crate::source::SourceStats;
 use crate::stream::{now_ns, FrameRecord, StreamInfo};
 
@@ -263,7 +263,7 @@ impl EventWriter {
 
     fn pulse_metadata(
         &mut self,
-        p: &super::messages::Pulse<'_>,
+        p: &Pulse<'_>,
         lost: u64,
     ) -> Result<(), detingest_writer::WriteError> {
         if lost > 0 {

@@ -1,0 +1,165 @@
+//! An event run (`[source.kafka_events]`, docs/EVENTS.md): instead of the frame pipeline's
+//! stages, the source's consumer thread (`kafka-events`, source/kafka_events/consume.rs) and
+//! a writer thread of its own (`event-writer`, [`write`]), with the notification thread and
+//! the sinks of any run; [`start`] returns them as a [`Running`] the supervisor treats as any
+//! run's.
+
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use detingest_shm::PixelType;
+use detingest_writer::{EventFile, FileOptions};
+
+use self::write::{EventWriter, Route};
+use super::{PipelineStats, Running, StartError};
+use crate::config::{Config, SourceConfig};
+use crate::sink::{Notification, NotifyQueue, RunSinks, StreamStartNotice};
+use crate::source::kafka_events::consume::{self, ConsumerReport};
+use crate::source::kafka_events::{EventHistograms, KafkaEventsConfig};
+use crate::source::{SourceError, SourceStats};
+use crate::stream::{now_ns, StreamInfo, StreamKind};
+use crate::threads;
+
+/// The run's file: `<data_dir>/<beamtime>/<source>/<stream>.nxs`.
+pub fn file_path(config: &Config, src: &SourceConfig) -> std::path::PathBuf {
+    super::stream_dir(config, src).join(format!("{}.nxs", src.stream.stream.as_str()))
+}
+
+/// Starts the event run of `src` (the run's only source), its notifications to `sinks`.
+pub fn start(
+    config: &Config,
+    src: &SourceConfig,
+    cfg: &KafkaEventsConfig,
+    sinks: RunSinks,
+) -> Result<Running, StartError> {
+    let path = file_path(config, src);
+    if path.exists() {
+        return Err(StartError::Exists(path));
+    }
+    let mut cfg = cfg.clone();
+    if cfg.brokers.is_empty() {
+        cfg.brokers.clone_from(&config.kafka.brokers);
+    }
+    let resource = |what: String, error: String| StartError::Source {
+        name: src.name.clone(),
+        error: SourceError::Resource {
+            what,
+            error: error.into(),
+        },
+    };
+    // From the job's start time (a pl72's, in the run's user metadata), else now.
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let start_ms = (config.run.user.pointer("/kafka/start_time"))
+        .and_then(serde_json::Value::as_i64)
+        .filter(|&t| t > 0)
+        .unwrap_or(now_ms);
+    let report = Arc::new(ConsumerReport::default());
+    let consumer = consume::assigned(&cfg, start_ms - cfg.lookback_ms as i64, &report)
+        .map_err(|e| resource(format!("read the topics {:?}", cfg.topics), e))?;
+
+    let detector = super::detector_of(config, src, &src.stream);
+    let mut spec = cfg.file_spec();
+    spec.title = detector.title.clone().unwrap_or_default();
+    spec.experiment_identifier = detector.experiment_identifier.clone().unwrap_or_default();
+    spec.instrument_name = detector.instrument_name.clone().unwrap_or_default();
+    std::fs::create_dir_all(super::stream_dir(config, src))
+        .map_err(|e| resource(format!("create {}", path.display()), e.to_string()))?;
+    let codec = src.codec(config.writer.codec);
+    let file = EventFile::create(&path, &spec, codec, config.writer.swmr, SystemTime::now())
+        .map_err(|e| resource(format!("create {}", path.display()), e.to_string()))?;
+
+    let mut routes = HashMap::new();
+    for (k, s) in spec.sources.iter().enumerate() {
+        routes.insert(s.source_name.clone(), Route::Bank(k));
+    }
+    for (k, l) in spec.logs.iter().enumerate() {
+        routes.insert(l.source_name.clone(), Route::Log(k));
+    }
+    let index_route = if cfg.pulse_source.is_empty() {
+        Route::Bank(0)
+    } else {
+        routes.insert(cfg.pulse_source.clone(), Route::Pulses);
+        Route::Pulses
+    };
+    let info = Arc::new(StreamInfo {
+        slot: 0,
+        id: src.stream.clone(),
+        key: src.stream.to_string(),
+        file: path,
+        dataset: "/entry",
+        codec,
+        pixel: PixelType::I32,
+        shape: [1, 1],
+        modules: 1,
+        expected: 1,
+        parts: Vec::new(),
+        frames_per_file: 0,
+        kind: StreamKind::Events,
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(PipelineStats::default());
+    let source = Arc::new(SourceStats::new(src.name.clone()));
+    let notify = Arc::new(NotifyQueue::new(config.pipeline.notify_queue));
+    notify.push(Notification::StreamStart(StreamStartNotice {
+        stream: Arc::clone(&info),
+        started_ns: now_ns(),
+        detector: Arc::new(detector),
+        user_json: config.run.user.to_string(),
+        files: FileOptions {
+            frames_per_file: 0,
+            swmr: config.writer.swmr,
+            ..FileOptions::default()
+        },
+    }));
+
+    let t = &config.threads;
+    let mut spawned = Vec::new();
+    let RunSinks { sinks, needs } = sinks;
+    let consumer_q = Arc::clone(&notify);
+    spawned.push(threads::spawn("notify".into(), t.notify, move || {
+        consumer_q.consume(sinks, needs.batch_interval)
+    })?);
+    let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
+    let (free_tx, free_rx) = crossbeam::channel::bounded(cfg.queue + 2);
+    let (st, rp) = (Arc::clone(&stop), Arc::clone(&report));
+    let ccfg = cfg.clone();
+    spawned.push(threads::spawn(
+        "kafka-events".into(),
+        src.core,
+        move || consume::run(consumer, &ccfg, tx, free_rx, &st, &rp),
+    )?);
+    let flush_every = Duration::from_millis(match config.writer.flush_interval_ms {
+        0 => 1000,
+        ms => ms,
+    });
+    let writer = EventWriter::new(
+        file,
+        spec.sources.len(),
+        Arc::clone(&info),
+        Arc::clone(&notify),
+        (Arc::clone(&stats), Arc::clone(&source), report),
+        Arc::clone(&stop),
+        routes,
+        index_route,
+        flush_every,
+        EventHistograms::new(cfg.histogram_tof_max_ns, cfg.pixel_range()),
+    );
+    let writer = threads::spawn("event-writer".into(), t.writer, move || {
+        writer.run(rx, free_tx)
+    })?;
+    Ok(Running::without_frames(
+        stop,
+        stats,
+        vec![source],
+        vec![info],
+        notify,
+        spawned,
+        writer,
+    ))
+}
