@@ -79,6 +79,7 @@ def events_daemon(detingestd, tmp_path, kafka_broker):
     try:
         yield proc, status, log
     finally:
+        assert proc.poll() is None, "the daemon died: " + log.read_text()[-2000:]
         proc.terminate()
         proc.wait(30)
 
@@ -269,6 +270,7 @@ def test_a_broker_killed_mid_run_loses_nothing_silently(events_daemon, kafka_bro
     assert counts["consumer_errors"] > 0, counts
     text = log.read_text()
     assert "event consumer error" in text and "reading it again from its start" in text
+    assert "event consumer made again" in text, text
     with h5py.File(s["master"]) as h:
         assert h["entry/detingest/events"][()] == total
         assert h["entry/instrument/bank0/events/event_time_zero"].shape[0] == 40

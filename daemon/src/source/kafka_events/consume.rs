@@ -43,6 +43,8 @@ pub struct ConsumerReport {
     pub too_large: std::sync::atomic::AtomicU64,
     /// When an error was last logged.
     logged: std::sync::Mutex<crate::rate_limit::RateLimit>,
+    /// Every broker connection went down: the consumer is made again (see [`run`]).
+    brokers_down: std::sync::atomic::AtomicBool,
 }
 
 impl ConsumerReport {
@@ -70,6 +72,9 @@ impl ClientContext for EventsContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.0.brokers_down.store(true, Ordering::Relaxed);
+        }
         self.0.error(&format_args!("{error}: {reason}"));
     }
 }
@@ -90,16 +95,7 @@ pub fn assigned(
     from_ms: i64,
     report: &std::sync::Arc<ConsumerReport>,
 ) -> Result<(EventsConsumer, Positions), String> {
-    let consumer: EventsConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", "detingest-events")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.message.max.bytes", cfg.max_message_bytes.to_string())
-        .set("reconnect.backoff.max.ms", "2000")
-        .create_with_context(EventsContext(std::sync::Arc::clone(report)))
-        .map_err(|e| format!("cannot make a Kafka consumer for {}: {e}", cfg.brokers))?;
+    let consumer = client(cfg, report)?;
     let mut wanted = TopicPartitionList::new();
     for topic in cfg.topics.iter().chain(&cfg.log_topics) {
         let meta = consumer
@@ -118,7 +114,6 @@ pub fn assigned(
     let at = consumer
         .offsets_for_times(wanted, START_TIMEOUT)
         .map_err(|e| format!("cannot find the offsets for the run's start: {e}"))?;
-    let mut assign = TopicPartitionList::new();
     let mut positions = Vec::new();
     for e in at.elements() {
         // A partition with nothing at or after the time gives no offset: read from its end.
@@ -131,13 +126,51 @@ pub fn assigned(
                     .1
             }
         };
-        assign
-            .add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset))
-            .map_err(|e| e.to_string())?;
         positions.push((e.topic().to_owned(), e.partition(), offset));
     }
-    consumer.assign(&assign).map_err(|e| e.to_string())?;
+    assign_at(&consumer, &positions)?;
     Ok((consumer, positions))
+}
+
+/// A consumer of the brokers (the group id only lets it be assigned partitions: nothing is
+/// committed).
+fn client(
+    cfg: &KafkaEventsConfig,
+    report: &std::sync::Arc<ConsumerReport>,
+) -> Result<EventsConsumer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", "detingest-events")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.message.max.bytes", cfg.max_message_bytes.to_string())
+        .set("reconnect.backoff.max.ms", "2000")
+        .create_with_context(EventsContext(std::sync::Arc::clone(report)))
+        .map_err(|e| format!("cannot make a Kafka consumer for {}: {e}", cfg.brokers))
+}
+
+/// Assigns every partition of `positions` at its next offset.
+fn assign_at(consumer: &EventsConsumer, positions: &Positions) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in positions {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())
+}
+
+/// A consumer made again at `positions` once a broker answers (`None` while none does).
+fn reconnected(
+    cfg: &KafkaEventsConfig,
+    report: &std::sync::Arc<ConsumerReport>,
+    positions: &Positions,
+) -> Option<EventsConsumer> {
+    let c = client(cfg, report).ok()?;
+    c.fetch_metadata(None, Duration::from_secs(1)).ok()?;
+    assign_at(&c, positions).ok()?;
+    tracing::info!("event consumer made again: the brokers answer; reading on where it was");
+    Some(c)
 }
 
 /// Runs the consumer until `stop` and the drain after it, sending each message to `tx` in a
@@ -148,8 +181,9 @@ pub fn run(
     tx: Sender<Taken>,
     free: Receiver<Vec<u8>>,
     stop: &AtomicBool,
-    report: &ConsumerReport,
+    report: &std::sync::Arc<ConsumerReport>,
 ) {
+    let mut consumer = Some(consumer);
     let mut drain: Option<(Instant, Positions)> = None;
     let mut stopped: Option<Instant> = None;
     let mut made = 0;
@@ -164,7 +198,9 @@ pub fn run(
         }
         let leeway = Duration::from_millis(cfg.stop_leeway_ms);
         if drain.is_none() && stopped.is_some_and(|t| t.elapsed() >= leeway) {
-            drain = Some((Instant::now(), high_watermarks(&consumer, &positions)));
+            if let Some(c) = consumer.as_ref() {
+                drain = Some((Instant::now(), high_watermarks(c, &positions)));
+            }
         }
         if let Some((since, marks)) = &drain {
             if since.elapsed() > STOP_DRAIN || reached(&positions, marks) {
@@ -177,12 +213,27 @@ pub fn run(
                 return;
             }
         }
-        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+        // All brokers down: the client is dropped and made again once one answers (a client
+        // that lived through a broker losing its topics has crashed in librdkafka's metadata
+        // cache; a new one starts clean), reading on from the positions kept here.
+        if report.brokers_down.swap(false, Ordering::Relaxed) && consumer.take().is_some() {
+            tracing::warn!("all brokers down: the event consumer is made again once they answer");
+        }
+        let Some(c) = consumer.as_ref() else {
+            if stop.load(Ordering::Relaxed) {
+                tracing::warn!("stopped while the brokers are down: messages they still hold for the run are not read");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            consumer = reconnected(cfg, report, &positions);
+            continue;
+        };
+        let Some(polled) = c.poll(Duration::from_millis(100)) else {
             // Idle: a partition whose log now ends before our position was recreated (a
             // broker that lost its log): read it again from its start.
             if last_message.elapsed() > IDLE_CHECK && last_check.elapsed() > IDLE_CHECK {
                 last_check = Instant::now();
-                restart_truncated(&consumer, &mut positions, &mut short_seen);
+                restart_truncated(c, &mut positions, &mut short_seen);
             }
             continue;
         };

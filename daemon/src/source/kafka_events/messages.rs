@@ -5,8 +5,7 @@
 //! never read out of bounds.
 
 use crate::sink::kafka::schema::{
-    f32_field, i32_vector_bytes, i64_field, i64_vector_bytes, schema_id, slot, string, u16_field,
-    u64_field, u8_field, verified_root, DecodeError, Kind,
+    schema_id, slot, verified_root, verified_table, DecodeError, Kind,
 };
 
 /// One message of an event run.
@@ -127,12 +126,12 @@ fn decode_ev44(buf: &[u8]) -> Result<Events<'_>, DecodeError> {
         ],
     )?;
     let e = Events {
-        source_name: string(&t, slot(0)),
-        message_id: i64_field(&t, slot(1), 0),
-        reference_time: i64_vector_bytes(&t, slot(2)),
-        reference_time_index: i32_vector_bytes(&t, slot(3)),
-        time_of_flight: i32_vector_bytes(&t, slot(4)),
-        pixel_id: i32_vector_bytes(&t, slot(5)),
+        source_name: t.string(slot(0)),
+        message_id: t.i64(slot(1), 0),
+        reference_time: t.i64_bytes(slot(2)),
+        reference_time_index: t.i32_bytes(slot(3)),
+        time_of_flight: t.i32_bytes(slot(4)),
+        pixel_id: t.i32_bytes(slot(5)),
     };
     if e.source_name.is_empty() {
         return Err(malformed("ev44", "no source_name"));
@@ -181,18 +180,13 @@ fn decode_pu00(buf: &[u8]) -> Result<Pulse<'_>, DecodeError> {
         ],
     )?;
     Ok(Pulse {
-        source_name: string(&t, slot(0)),
-        message_id: i64_field(&t, slot(1), 0),
-        reference_time: i64_field(&t, slot(2), 0),
-        vetos: u64_field_u32(&t, slot(3)),
-        period_number: u64_field_u32(&t, slot(4)),
-        proton_charge: f32_field(&t, slot(5), 0.0),
+        source_name: t.string(slot(0)),
+        message_id: t.i64(slot(1), 0),
+        reference_time: t.i64(slot(2), 0),
+        vetos: t.u32(slot(3), 0),
+        period_number: t.u32(slot(4), 0),
+        proton_charge: t.f32(slot(5), 0.0),
     })
-}
-
-fn u64_field_u32(t: &flatbuffers::Table<'_>, at: flatbuffers::VOffsetT) -> u32 {
-    // SAFETY: `t` came from `verified_root`, which checked this slot holds a u32.
-    unsafe { t.get::<u32>(at, Some(0)) }.unwrap_or(0)
 }
 
 /// f144 and f142 differ only in their slots: `(source_name, timestamp, value_type, value)`.
@@ -214,69 +208,50 @@ fn decode_log<'a>(
             ("value", value_at, Kind::Table),
         ],
     )?;
-    let source_name = string(&t, name_at);
+    let source_name = t.string(name_at);
     if source_name.is_empty() {
         return Err(malformed(schema, "no source_name"));
     }
-    let timestamp = i64_field(&t, time_at, 0);
-    // SAFETY: `verified_root` checked that `value_at` holds a table (its vtable and bounds).
-    let value =
-        unsafe { t.get::<flatbuffers::ForwardsUOffset<flatbuffers::Table<'a>>>(value_at, None) };
-    let value = match (u8_field(&t, type_at, 0), value) {
-        (tag @ 1..=10, Some(v)) => Some(scalar_value(buf, schema, tag, &v)?),
+    let value = match (t.u8(type_at, 0), t.table_at(value_at)) {
+        (tag @ 1..=10, Some(pos)) => Some(scalar_value(buf, schema, tag, pos)?),
         _ => None,
     };
     Ok(LogValue {
         source_name,
-        timestamp,
+        timestamp: t.i64(time_at, 0),
         value,
     })
 }
 
-/// The value of a scalar union member `tag` (Byte = 1 ... Double = 10, both schemas): its
-/// one field, slot 0, checked by the verifier as its own type before it is read.
-fn scalar_value(
-    buf: &[u8],
-    schema: &'static str,
-    tag: u8,
-    v: &flatbuffers::Table<'_>,
-) -> Result<f64, DecodeError> {
-    use flatbuffers::{Verifier, VerifierOptions};
-    let opts = VerifierOptions::default();
-    let mut ver = Verifier::new(&opts, buf);
-    let pos = v.loc();
-    let bad = |e: flatbuffers::InvalidFlatbuffer| malformed(schema, e.to_string());
-    let t = ver.visit_table(pos).map_err(bad)?;
+/// The value of a scalar union member `tag` (Byte = 1 ... Double = 10, both schemas) at
+/// `pos`: its one field, slot 0, checked as the tag's type before it is read.
+fn scalar_value(buf: &[u8], schema: &'static str, tag: u8, pos: usize) -> Result<f64, DecodeError> {
+    let kind = [
+        Kind::I8,
+        Kind::U8,
+        Kind::I16,
+        Kind::U16,
+        Kind::I32,
+        Kind::U32,
+        Kind::I64,
+        Kind::U64,
+        Kind::F32,
+        Kind::F64,
+    ][usize::from(tag.clamp(1, 10)) - 1];
+    let v = verified_table(buf, pos, schema, &[("value", slot(0), kind)])?;
     let at = slot(0);
-    let checked = match tag {
-        1 => t.visit_field::<i8>("value", at, false),
-        2 => t.visit_field::<u8>("value", at, false),
-        3 => t.visit_field::<i16>("value", at, false),
-        4 => t.visit_field::<u16>("value", at, false),
-        5 => t.visit_field::<i32>("value", at, false),
-        6 => t.visit_field::<u32>("value", at, false),
-        7 => t.visit_field::<i64>("value", at, false),
-        8 => t.visit_field::<u64>("value", at, false),
-        9 => t.visit_field::<f32>("value", at, false),
-        _ => t.visit_field::<f64>("value", at, false),
-    };
-    checked.map_err(bad)?.finish();
-    // SAFETY: the verifier just checked slot 0 of this table as the tag's type.
-    let value = unsafe {
-        match tag {
-            1 => v.get::<i8>(at, Some(0)).map(f64::from),
-            2 => v.get::<u8>(at, Some(0)).map(f64::from),
-            3 => v.get::<i16>(at, Some(0)).map(f64::from),
-            4 => Some(f64::from(u16_field(v, at, 0))),
-            5 => v.get::<i32>(at, Some(0)).map(f64::from),
-            6 => v.get::<u32>(at, Some(0)).map(f64::from),
-            7 => Some(i64_field(v, at, 0) as f64),
-            8 => Some(u64_field(v, at, 0) as f64),
-            9 => Some(f64::from(f32_field(v, at, 0.0))),
-            _ => v.get::<f64>(at, Some(0.0)),
-        }
-    };
-    Ok(value.unwrap_or(0.0))
+    Ok(match kind {
+        Kind::I8 => f64::from(v.i8(at, 0)),
+        Kind::U8 => f64::from(v.u8(at, 0)),
+        Kind::I16 => f64::from(v.i16(at, 0)),
+        Kind::U16 => f64::from(v.u16(at, 0)),
+        Kind::I32 => f64::from(v.i32(at, 0)),
+        Kind::U32 => f64::from(v.u32(at, 0)),
+        Kind::I64 => v.i64(at, 0) as f64,
+        Kind::U64 => v.u64(at, 0) as f64,
+        Kind::F32 => f64::from(v.f32(at, 0.0)),
+        _ => v.f64(at, 0.0),
+    })
 }
 
 fn read_i64(bytes: &[u8], k: usize) -> i64 {

@@ -4,9 +4,7 @@
 
 use flatbuffers::FlatBufferBuilder;
 
-use super::{
-    encode_table, schema_id, slot, string, u32_field, u64_field, verified_root, DecodeError, Kind,
-};
+use super::{encode_table, schema_id, slot, verified_root, DecodeError, Kind};
 
 /// `pl72`: start a job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,18 +88,18 @@ pub fn decode(buf: &[u8]) -> Result<Command<'_>, DecodeError> {
                     ("control_topic", slot(12), Kind::Str),
                 ],
             )?;
-            let _periods = u32_field(&t, slot(9), 1);
+            let _periods = t.u32(slot(9), 1);
             Ok(Command::Start(RunStart {
-                start_time: u64_field(&t, slot(0), 0),
-                stop_time: u64_field(&t, slot(1), 0),
-                run_name: string(&t, slot(2)),
-                instrument_name: string(&t, slot(3)),
-                nexus_structure: string(&t, slot(4)),
-                job_id: string(&t, slot(5)),
-                service_id: string(&t, slot(7)),
-                filename: string(&t, slot(8)),
-                metadata: string(&t, slot(11)),
-                control_topic: string(&t, slot(12)),
+                start_time: t.u64(slot(0), 0),
+                stop_time: t.u64(slot(1), 0),
+                run_name: t.string(slot(2)),
+                instrument_name: t.string(slot(3)),
+                nexus_structure: t.string(slot(4)),
+                job_id: t.string(slot(5)),
+                service_id: t.string(slot(7)),
+                filename: t.string(slot(8)),
+                metadata: t.string(slot(11)),
+                control_topic: t.string(slot(12)),
             }))
         }
         b"6s4t" => {
@@ -117,11 +115,11 @@ pub fn decode(buf: &[u8]) -> Result<Command<'_>, DecodeError> {
                 ],
             )?;
             Ok(Command::Stop(RunStop {
-                stop_time: u64_field(&t, slot(0), 0),
-                run_name: string(&t, slot(1)),
-                job_id: string(&t, slot(2)),
-                service_id: string(&t, slot(3)),
-                command_id: string(&t, slot(4)),
+                stop_time: t.u64(slot(0), 0),
+                run_name: t.string(slot(1)),
+                job_id: t.string(slot(2)),
+                service_id: t.string(slot(3)),
+                command_id: t.string(slot(4)),
             }))
         }
         other => Err(DecodeError::UnknownSchema(

@@ -76,7 +76,7 @@ pub fn schema_id(buf: &[u8]) -> Result<&[u8], DecodeError> {
 }
 
 /// A field type the verifier checks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// A string.
     Str,
@@ -98,15 +98,35 @@ pub enum Kind {
     VecI32,
     /// A vector of signed 64-bit integers.
     VecI64,
+    /// A signed byte.
+    I8,
+    /// A signed 16-bit integer.
+    I16,
+    /// A signed 32-bit integer.
+    I32,
+    /// A 64-bit float.
+    F64,
+}
+
+/// Most fields one table may list for the verifier.
+const MAX_FIELDS: usize = 16;
+
+/// A table the flatbuffers verifier checked, with the type it checked each listed slot as.
+/// Its accessors read a slot only as that type: a slot not listed, or listed as another type,
+/// reads as absent (the default). So no safe code can read a field as the wrong type.
+#[derive(Clone, Copy)]
+pub struct Verified<'a> {
+    table: Table<'a>,
+    checked: [(VOffsetT, Option<Kind>); MAX_FIELDS],
 }
 
 /// The root table of `buf`, after the verifier checked every field `fields` lists
-/// (`(name, slot, kind)`). Fields not listed are never read.
+/// (`(name, slot, kind)`, at most 16). Fields not listed are never read.
 pub fn verified_root<'a>(
     buf: &'a [u8],
     schema: &'static str,
     fields: &[(&'static str, VOffsetT, Kind)],
-) -> Result<Table<'a>, DecodeError> {
+) -> Result<Verified<'a>, DecodeError> {
     let malformed = |e: InvalidFlatbuffer| DecodeError::Malformed {
         schema,
         reason: e.to_string(),
@@ -114,8 +134,32 @@ pub fn verified_root<'a>(
     let opts = VerifierOptions::default();
     let mut v = Verifier::new(&opts, buf);
     let pos = v.get_uoffset(0).map_err(malformed)? as usize;
+    verified_table(buf, pos, schema, fields)
+}
+
+/// The table at `pos` of `buf` (a union member another table points at), checked as
+/// [`verified_root`] checks the root.
+pub fn verified_table<'a>(
+    buf: &'a [u8],
+    pos: usize,
+    schema: &'static str,
+    fields: &[(&'static str, VOffsetT, Kind)],
+) -> Result<Verified<'a>, DecodeError> {
+    let malformed = |e: InvalidFlatbuffer| DecodeError::Malformed {
+        schema,
+        reason: e.to_string(),
+    };
+    if fields.len() > MAX_FIELDS {
+        return Err(DecodeError::Malformed {
+            schema,
+            reason: format!("{} fields listed; at most {MAX_FIELDS}", fields.len()),
+        });
+    }
+    let opts = VerifierOptions::default();
+    let mut v = Verifier::new(&opts, buf);
     let mut t = v.visit_table(pos).map_err(malformed)?;
-    for &(name, slot, kind) in fields {
+    let mut checked = [(0, None); MAX_FIELDS];
+    for (c, &(name, slot, kind)) in checked.iter_mut().zip(fields) {
         t = match kind {
             Kind::Str => t.visit_field::<ForwardsUOffset<&str>>(name, slot, false),
             Kind::U64 => t.visit_field::<u64>(name, slot, false),
@@ -127,12 +171,18 @@ pub fn verified_root<'a>(
             Kind::F32 => t.visit_field::<f32>(name, slot, false),
             Kind::VecI32 => t.visit_field::<ForwardsUOffset<Vector<i32>>>(name, slot, false),
             Kind::VecI64 => t.visit_field::<ForwardsUOffset<Vector<i64>>>(name, slot, false),
+            Kind::I8 => t.visit_field::<i8>(name, slot, false),
+            Kind::I16 => t.visit_field::<i16>(name, slot, false),
+            Kind::I32 => t.visit_field::<i32>(name, slot, false),
+            Kind::F64 => t.visit_field::<f64>(name, slot, false),
         }
         .map_err(malformed)?;
+        *c = (slot, Some(kind));
     }
     t.finish();
     // SAFETY: the verifier found a table at `pos` whose vtable lies inside `buf`.
-    Ok(unsafe { Table::new(buf, pos) })
+    let table = unsafe { Table::new(buf, pos) };
+    Ok(Verified { table, checked })
 }
 
 /// A table whose fields are not read: checked for its vtable and bounds only.
@@ -145,47 +195,115 @@ impl flatbuffers::Verifiable for AnyTable {
     }
 }
 
-/// Reads the verified string field at `slot` (`""` when absent).
-pub fn string<'a>(t: &Table<'a>, slot: VOffsetT) -> &'a str {
-    // SAFETY: `t` came from `verified_root`, which checked that this slot holds a string.
-    unsafe { t.get::<ForwardsUOffset<&str>>(slot, Some("")) }.unwrap_or("")
+impl<'a> Verified<'a> {
+    /// True when `slot` was checked as `kind`.
+    fn is(&self, slot: VOffsetT, kind: Kind) -> bool {
+        self.checked
+            .iter()
+            .any(|&(s, k)| s == slot && k == Some(kind))
+    }
+
+    /// The string at `slot` (`""` when absent or not checked as a string).
+    pub fn string(&self, slot: VOffsetT) -> &'a str {
+        if !self.is(slot, Kind::Str) {
+            return "";
+        }
+        // SAFETY: the verifier checked that this slot holds a string inside the buffer.
+        unsafe { self.table.get::<ForwardsUOffset<&str>>(slot, Some("")) }.unwrap_or("")
+    }
+
+    /// The little-endian bytes of the vector of i32 at `slot` (empty when absent or not
+    /// checked as one).
+    pub fn i32_bytes(&self, slot: VOffsetT) -> &'a [u8] {
+        if !self.is(slot, Kind::VecI32) {
+            return &[];
+        }
+        // SAFETY: the verifier checked that this slot holds a vector of i32 inside the buffer.
+        unsafe {
+            self.table
+                .get::<ForwardsUOffset<Vector<'a, i32>>>(slot, None)
+        }
+        .map_or(&[], |v| v.bytes())
+    }
+
+    /// The little-endian bytes of the vector of i64 at `slot` (as [`Self::i32_bytes`]).
+    pub fn i64_bytes(&self, slot: VOffsetT) -> &'a [u8] {
+        if !self.is(slot, Kind::VecI64) {
+            return &[];
+        }
+        // SAFETY: the verifier checked that this slot holds a vector of i64 inside the buffer.
+        unsafe {
+            self.table
+                .get::<ForwardsUOffset<Vector<'a, i64>>>(slot, None)
+        }
+        .map_or(&[], |v| v.bytes())
+    }
+
+    /// Where the table at `slot` starts in the buffer, for [`verified_table`] (`None` when
+    /// absent or not checked as a table).
+    pub fn table_at(&self, slot: VOffsetT) -> Option<usize> {
+        if !self.is(slot, Kind::Table) {
+            return None;
+        }
+        // SAFETY: the verifier checked that this slot holds an offset to a table inside the
+        // buffer.
+        unsafe { self.table.get::<ForwardsUOffset<Table<'a>>>(slot, None) }.map(|t| t.loc())
+    }
+
+    /// The buffer the table is in.
+    pub fn buf(&self) -> &'a [u8] {
+        self.table.buf()
+    }
 }
 
-/// Reads the verified u64 field at `slot` (`default` when absent).
-pub fn u64_field(t: &Table<'_>, slot: VOffsetT, default: u64) -> u64 {
-    // SAFETY: `t` came from `verified_root`, which checked that this slot holds a u64.
-    unsafe { t.get::<u64>(slot, Some(default)) }.unwrap_or(default)
-}
-
-/// Reads the verified u32 field at `slot` (`default` when absent).
-pub fn u32_field(t: &Table<'_>, slot: VOffsetT, default: u32) -> u32 {
-    // SAFETY: `t` came from `verified_root`, which checked that this slot holds a u32.
-    unsafe { t.get::<u32>(slot, Some(default)) }.unwrap_or(default)
-}
-
-macro_rules! scalar_field {
-    ($name:ident, $t:ty) => {
-        /// Reads the verified scalar field at `slot` (`default` when absent).
-        pub fn $name(t: &Table<'_>, slot: VOffsetT, default: $t) -> $t {
-            // SAFETY: `t` came from `verified_root`, which checked this slot's type.
-            unsafe { t.get::<$t>(slot, Some(default)) }.unwrap_or(default)
+macro_rules! scalar_accessor {
+    ($name:ident, $t:ty, $kind:ident) => {
+        impl Verified<'_> {
+            #[doc = concat!("The ", stringify!($t), " at `slot` (`default` when absent or not checked as one).")]
+            pub fn $name(&self, slot: VOffsetT, default: $t) -> $t {
+                if !self.is(slot, Kind::$kind) {
+                    return default;
+                }
+                // SAFETY: the verifier checked that this slot holds a value of this type.
+                unsafe { self.table.get::<$t>(slot, Some(default)) }.unwrap_or(default)
+            }
         }
     };
 }
-scalar_field!(i64_field, i64);
-scalar_field!(u8_field, u8);
-scalar_field!(u16_field, u16);
-scalar_field!(f32_field, f32);
+scalar_accessor!(u64, u64, U64);
+scalar_accessor!(u32, u32, U32);
+scalar_accessor!(i64, i64, I64);
+scalar_accessor!(u8, u8, U8);
+scalar_accessor!(u16, u16, U16);
+scalar_accessor!(f32, f32, F32);
+scalar_accessor!(i8, i8, I8);
+scalar_accessor!(i16, i16, I16);
+scalar_accessor!(i32, i32, I32);
+scalar_accessor!(f64, f64, F64);
 
-/// The little-endian bytes of the verified vector of i32 at `slot` (empty when absent).
-pub fn i32_vector_bytes<'a>(t: &Table<'a>, slot: VOffsetT) -> &'a [u8] {
-    // SAFETY: `t` came from `verified_root`, which checked that this slot holds a vector of
-    // i32 lying inside the buffer.
-    unsafe { t.get::<ForwardsUOffset<Vector<'a, i32>>>(slot, None) }.map_or(&[], |v| v.bytes())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The little-endian bytes of the verified vector of i64 at `slot` (empty when absent).
-pub fn i64_vector_bytes<'a>(t: &Table<'a>, slot: VOffsetT) -> &'a [u8] {
-    // SAFETY: as `i32_vector_bytes`, for a vector of i64.
-    unsafe { t.get::<ForwardsUOffset<Vector<'a, i64>>>(slot, None) }.map_or(&[], |v| v.bytes())
+    #[test]
+    fn a_slot_reads_only_as_the_type_it_was_checked_as() {
+        let mut b = FlatBufferBuilder::new();
+        let msg = encode_table(&mut b, "test", &[(0, "text")], |b| {
+            b.push_slot(slot(1), 7u64, 0)
+        });
+        let t = verified_root(
+            msg,
+            "test",
+            &[("s", slot(0), Kind::Str), ("n", slot(1), Kind::U64)],
+        )
+        .unwrap();
+        assert_eq!((t.string(slot(0)), t.u64(slot(1), 0)), ("text", 7));
+        // The string's slot asked for as a number, the number's as a string or a vector, a
+        // slot never listed: absent, not a misread.
+        assert_eq!(t.u64(slot(0), 99), 99);
+        assert_eq!(t.string(slot(1)), "");
+        assert!(t.i32_bytes(slot(1)).is_empty());
+        assert_eq!(t.u32(slot(2), 5), 5);
+        assert_eq!(t.table_at(slot(0)), None);
+    }
 }
