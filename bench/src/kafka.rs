@@ -115,11 +115,24 @@ impl Broker {
     }
 
     pub(crate) fn start(tansu: &std::path::Path) -> Result<Self> {
+        Self::start_on(tansu, None)
+    }
+
+    /// Starts the broker, on `core` only when one is given (`taskset`).
+    pub(crate) fn start_on(tansu: &std::path::Path, core: Option<usize>) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let proc = std::process::Command::new(tansu)
+        let mut cmd = match core {
+            Some(c) => {
+                let mut t = std::process::Command::new("taskset");
+                t.args(["-c", &c.to_string()]).arg(tansu);
+                t
+            }
+            None => std::process::Command::new(tansu),
+        };
+        let proc = cmd
             .args([
                 "broker",
                 "--listener-url",

@@ -32,7 +32,12 @@ def deb(detingestd, tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("dpkg --root needs root")
     out = tmp_path_factory.mktemp("deb")
-    return Path(sh(ROOT / "packaging/deb/build.sh", Path(detingestd).parent, out).strip())
+    target = Path(detingestd).parent
+    # `cargo test` leaves the C library in deps/ only: build it beside the daemon, as `make
+    # deb` does (in the daemon's profile).
+    sh("cargo", "build", "-q", "-p", "detingest-ffi", *(["--release"] if target.name == "release"
+                                                          else []), cwd=ROOT)
+    return Path(sh(ROOT / "packaging/deb/build.sh", target, out).strip())
 
 
 def scratch_root(path):

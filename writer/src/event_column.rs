@@ -105,14 +105,19 @@ impl Column {
         Ok(())
     }
 
-    /// Appends `n` zero values.
-    pub(crate) fn push_zeros(&mut self, mut n: usize) -> Result<(), WriteError> {
-        const ZEROS: [u8; 4096] = [0; 4096];
-        n *= self.es;
-        while n > 0 {
-            let k = n.min(ZEROS.len() / self.es * self.es);
-            self.push_bytes(&ZEROS[..k])?;
-            n -= k;
+    /// Appends `n` copies of the 4-byte value `v` (little-endian), for a column of 4-byte
+    /// values.
+    pub(crate) fn push_repeated(&mut self, v: [u8; 4], n: usize) -> Result<(), WriteError> {
+        debug_assert_eq!(self.es, 4);
+        let mut block = [0u8; 4096];
+        for c in block.chunks_exact_mut(4) {
+            c.copy_from_slice(&v);
+        }
+        let mut left = n * 4;
+        while left > 0 {
+            let k = left.min(block.len());
+            self.push_bytes(&block[..k])?;
+            left -= k;
         }
         Ok(())
     }

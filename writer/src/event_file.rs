@@ -86,6 +86,8 @@ struct Bank {
     /// Gaps in message ids: `(first missing, count)`.
     gaps: Column,
     last_time_zero: Option<i64>,
+    /// The pixel id of events sent without one: the bank's first pixel, or 0.
+    implicit_id: i32,
 }
 
 struct Log {
@@ -166,6 +168,7 @@ impl EventFile {
                 id,
                 gaps,
                 last_time_zero: None,
+                implicit_id: s.pixels.map_or(0, |(first, _)| first),
             });
         }
         let mut logs = Vec::with_capacity(spec.logs.len());
@@ -207,7 +210,8 @@ impl EventFile {
     /// (ns since the epoch): a new pulse entry unless it is the bank's last pulse continued
     /// (a pulse split over messages). `offsets` and `ids` are the events' little-endian i32
     /// times of flight and pixel ids (`ids` ignored for a monitor; for a bank the same count
-    /// of values as `offsets`). Returns true when the pulse is new.
+    /// of values as `offsets`, or empty: the bank's first pixel id, or 0, for every event).
+    /// Returns true when the pulse is new.
     pub fn append_events(
         &mut self,
         bank: usize,
@@ -227,7 +231,8 @@ impl EventFile {
             if ids.len() == offsets.len() {
                 id.push_bytes(ids)?;
             } else {
-                id.push_zeros(offsets.len() / 4)?;
+                // No pixel ids sent: the id is implicit (a one-pixel detector), its first.
+                id.push_repeated(b.implicit_id.to_le_bytes(), offsets.len() / 4)?;
             }
         }
         Ok(new)

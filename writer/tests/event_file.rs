@@ -52,11 +52,13 @@ fn events_pulses_logs_and_gaps_read_back() {
     let many: Vec<i32> = (0..300_000).collect();
     f.append_events(0, 3000, &le(&many), &le(&many)).unwrap();
     f.append_events(1, 1000, &le(&[9, 10]), &[]).unwrap();
+    // A bank's events sent without pixel ids: the bank's first pixel (1).
+    f.append_events(0, 4000, &le(&[11, 12]), &[]).unwrap();
     f.record_gap(0, 17, 2).unwrap();
     f.append_log(0, 1500, 4.5).unwrap();
     f.append_pulse_meta(1000, 0.25, 1, 0).unwrap();
     f.flush().unwrap();
-    assert_eq!(f.bank_len(0), (300_004, 3));
+    assert_eq!(f.bank_len(0), (300_006, 4));
     let end = EventRunEnd {
         ended: Some(SystemTime::now()),
         error: None,
@@ -71,14 +73,14 @@ fn events_pulses_logs_and_gaps_read_back() {
             .unwrap()
             .read_raw::<i64>()
             .unwrap(),
-        [1000, 2000, 3000]
+        [1000, 2000, 3000, 4000]
     );
     assert_eq!(
         ev.dataset("event_index")
             .unwrap()
             .read_raw::<i64>()
             .unwrap(),
-        [0, 3, 4]
+        [0, 3, 4, 300_004]
     );
     let tof = ev
         .dataset("event_time_offset")
@@ -86,9 +88,10 @@ fn events_pulses_logs_and_gaps_read_back() {
         .read_raw::<i32>()
         .unwrap();
     assert_eq!(&tof[..4], &[5, 6, 7, 8]);
-    assert_eq!(&tof[4..], &many[..]);
+    assert_eq!(&tof[4..300_004], &many[..]);
     let ids = ev.dataset("event_id").unwrap().read_raw::<i32>().unwrap();
     assert_eq!(&ids[..4], &[1, 2, 3, 4]);
+    assert_eq!(&ids[300_004..], &[1, 1]);
     let det = h.dataset("entry/instrument/bank0/detector_number").unwrap();
     assert_eq!(det.read_raw::<i32>().unwrap(), [1, 2, 3, 4]);
     let mon = h.group("entry/monitor_1/events").unwrap();

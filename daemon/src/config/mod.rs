@@ -349,6 +349,18 @@ impl Config {
                  tiles: \"module\" chunking",
             ));
         }
+        // An event source reads the brokers it names, else [kafka]'s.
+        let brokerless = (self.sources.iter().enumerate()).find(|(_, s)| {
+            s.kafka_events
+                .as_ref()
+                .is_some_and(|k| k.brokers.is_empty() && self.kafka.brokers.is_empty())
+        });
+        if let Some((i, _)) = brokerless {
+            return Err(ConfigError::new(
+                format!("source[{i}].kafka_events.brokers"),
+                "no brokers: set them here or in [kafka] brokers",
+            ));
+        }
         validate_sources(&self.sources, cores)
     }
 }

@@ -269,3 +269,22 @@ fn flipped_rows_need_whole_rows_per_packet() {
         .replace("shape = [8, 256]", "shape = [6, 256]");
     assert_eq!(err(&odd).key, "source[0].udp.flip_rows");
 }
+
+#[test]
+fn an_event_source_needs_brokers_here_or_in_kafka() {
+    let events = r#"
+[[source]]
+name = "loki"
+stream = { beamtime = "bt", source = "loki", stream = "x" }
+[source.kafka_events]
+topics = ["loki_events"]
+banks = [{ source_name = "bank0" }]
+"#;
+    let e = err(events);
+    assert_eq!(e.key, "source[0].kafka_events.brokers", "{e}");
+    Config::parse(&format!(
+        "[kafka]\nbrokers = \"k:9092\"\ncommand_topic = \"c\"\n{events}"
+    ))
+    .unwrap();
+    Config::parse(&events.replace("topics =", "brokers = \"k:9092\"\ntopics =")).unwrap();
+}

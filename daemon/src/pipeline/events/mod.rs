@@ -60,7 +60,9 @@ pub fn start(
         .filter(|&t| t > 0)
         .unwrap_or(now_ms);
     let report = Arc::new(ConsumerReport::default());
-    let consumer = consume::assigned(&cfg, start_ms - cfg.lookback_ms as i64, &report)
+    // Not below 0: Kafka reads -1 and -2 as "latest" and "earliest".
+    let from_ms = start_ms.saturating_sub(cfg.lookback_ms as i64).max(0);
+    let consumer = consume::assigned(&cfg, from_ms, &report)
         .map_err(|e| resource(format!("read the topics {:?}", cfg.topics), e))?;
 
     let detector = super::detector_of(config, src, &src.stream);
