@@ -39,6 +39,26 @@ def pu00(source, message_id, time_ns, vetos=0, period=0, charge=0.0):
     return bytes(b.Output())
 
 
+def f142(source, value, time_ns, status, severity):
+    """An f142 LogData of a Double, by hand after its schema (source_name, value_type, value,
+    timestamp, status, severity): ess-streaming-data-types 0.27's serialise_f142 calls
+    numpy's removed `np.unicode_` under NumPy 2."""
+    b = flatbuffers.Builder(128)
+    name = b.CreateString(source)
+    b.StartObject(1)
+    b.PrependFloat64Slot(0, value, 0.0)
+    double = b.EndObject()
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    b.PrependUint8Slot(1, 10, 0)  # Value.Double
+    b.PrependUOffsetTRelativeSlot(2, double, 0)
+    b.PrependUint64Slot(3, time_ns, 0)
+    b.PrependUint16Slot(4, status, 22)
+    b.PrependUint16Slot(5, severity, 4)
+    b.Finish(b.EndObject(), file_identifier=b"f142")
+    return bytes(b.Output())
+
+
 def config_text(tmp_path, broker, port):
     banks = ", ".join(f'{{ source_name = "{n}", pixels = [{FIRST_ID[n]}, {p}] }}'
                       for n, p in BANKS.items())
@@ -52,7 +72,8 @@ def config_text(tmp_path, broker, port):
             f'[source.kafka_events]\ntopics = ["{EVENT_TOPIC}"]\nlog_topics = ["{LOG_TOPIC}"]\n'
             f"banks = [{banks}]\n"
             'monitors = [{ source_name = "monitor_1" }]\n'
-            'logs = [{ source_name = "temperature", units = "K" }]\n'
+            'logs = [{ source_name = "temperature", units = "K" },\n'
+            '        { source_name = "pressure", units = "mbar", alarms = true }]\n'
             'pulse_source = "isis_pulses"\n')
 
 
@@ -128,6 +149,9 @@ def produce_run(broker, t0_ns, n_pulses, rng, skip_ids=(), ids=None, first=0, se
         if k % 5 == 0:
             temps.append((t, 290.0 + k))
             p.produce(LOG_TOPIC, serialise_f144("temperature", 290.0 + k, t))
+        if k in (3, 4, 8):  # EPICS via the older f142: an alarm (HIGH, MINOR) at pulse 4 only
+            alarm = (4, 0) if k == 4 else (0, 2)  # NO_ALARM, NO_ALARM
+            p.produce(LOG_TOPIC, f142("pressure", 1000.0 + k, t, *alarm))
         p.poll(0)
     assert p.flush(20) == 0
     return sent, temps
@@ -190,6 +214,12 @@ def test_two_banks_a_monitor_and_logs_load_in_scippnexus_as_sent(events_daemon, 
         assert temp.unit == "K"
         got_t = temp.coords["time"].values.astype("datetime64[ns]").astype(np.int64)
         assert list(got_t) == [t for t, _ in temps]
+        # f142 values with their alarms: scippnexus loads the log as `value` and `alarm`.
+        pressure = f["entry/selog/pressure"][()]
+        assert list(pressure["value"].values) == [1003.0, 1004.0, 1008.0]
+        alarm = pressure["alarm"]
+        assert list(alarm.values) == [2, 0, 2], "severity per change: NO_ALARM, MINOR, NO_ALARM"
+        assert list(alarm.coords["status"].values) == [0, 4, 0]
         charge = f["entry/framelog/proton_charge"][()]
         assert np.allclose(charge.values, [0.5 + k for k in range(60)])
 

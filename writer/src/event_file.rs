@@ -48,6 +48,9 @@ pub struct LogSpec {
     pub path: String,
     /// Units of its values, if known.
     pub units: Option<String>,
+    /// Keep its EPICS alarms (f142): `alarm_time`, `alarm_status`, `alarm_severity`, one entry
+    /// per change (scippnexus then loads the log as `value` and `alarm`).
+    pub alarms: bool,
 }
 
 /// What a run's event file holds.
@@ -93,6 +96,8 @@ struct Bank {
 struct Log {
     time: Column,
     value: Column,
+    /// `alarm_time`, `alarm_status`, `alarm_severity`.
+    alarm: Option<[Column; 3]>,
 }
 
 /// An open event file.
@@ -174,7 +179,18 @@ impl EventFile {
         let mut logs = Vec::with_capacity(spec.logs.len());
         for l in &spec.logs {
             let group = make_path(&entry, &l.path, "NXlog")?;
-            logs.push(log_columns(&group, l.units.as_deref(), codec)?);
+            let mut log = log_columns(&group, l.units.as_deref(), codec)?;
+            if l.alarms {
+                let time = Column::create::<i64>(&group, "alarm_time", codec, PULSE_CHUNK)?;
+                attr_str(time.dataset(), "units", "ns")?;
+                attr_str(time.dataset(), "start", EPOCH)?;
+                log.alarm = Some([
+                    time,
+                    Column::create::<u16>(&group, "alarm_status", codec, PULSE_CHUNK)?,
+                    Column::create::<u16>(&group, "alarm_severity", codec, PULSE_CHUNK)?,
+                ]);
+            }
+            logs.push(log);
         }
         let pulses = if spec.pulse_log {
             let framelog = nx_group(&entry, "framelog", "NXcollection")?;
@@ -258,6 +274,23 @@ impl EventFile {
         l.value.push_bytes(&value.to_le_bytes())
     }
 
+    /// Appends an alarm change of log `log` at `time`: EPICS `status` and `severity` (f142's
+    /// codes). Nothing when the log keeps no alarms.
+    pub fn append_alarm(
+        &mut self,
+        log: usize,
+        time: i64,
+        status: u16,
+        severity: u16,
+    ) -> Result<(), WriteError> {
+        let Some([t, st, sev]) = &mut self.logs[log].alarm else {
+            return Ok(());
+        };
+        t.push_bytes(&time.to_le_bytes())?;
+        st.push_bytes(&status.to_le_bytes())?;
+        sev.push_bytes(&severity.to_le_bytes())
+    }
+
     /// Appends a pulse's metadata (pu00) under `/entry/framelog`, if the file has it.
     pub fn append_pulse_meta(
         &mut self,
@@ -294,6 +327,9 @@ impl EventFile {
         for l in &mut self.logs {
             l.time.flush()?;
             l.value.flush()?;
+            for c in l.alarm.iter_mut().flatten() {
+                c.flush()?;
+            }
         }
         if let Some(p) = &mut self.pulses {
             for log in [&mut p.charge, &mut p.period, &mut p.veto] {
@@ -338,7 +374,11 @@ fn log_columns(group: &Group, units: Option<&str>, codec: Codec) -> Result<Log, 
     if let Some(u) = units {
         attr_str(value.dataset(), "units", u)?;
     }
-    Ok(Log { time, value })
+    Ok(Log {
+        time,
+        value,
+        alarm: None,
+    })
 }
 
 /// The group at `path` under `entry` (made with its parents; parents NXcollection unless

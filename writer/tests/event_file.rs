@@ -33,6 +33,7 @@ fn events_pulses_logs_and_gaps_read_back() {
             source_name: "temp".into(),
             path: "selog/temperature".into(),
             units: Some("K".into()),
+            alarms: true,
         }],
         pulse_log: true,
         title: "t".into(),
@@ -56,6 +57,7 @@ fn events_pulses_logs_and_gaps_read_back() {
     f.append_events(0, 4000, &le(&[11, 12]), &[]).unwrap();
     f.record_gap(0, 17, 2).unwrap();
     f.append_log(0, 1500, 4.5).unwrap();
+    f.append_alarm(0, 1500, 4, 0).unwrap(); // HIGH, MINOR
     f.append_pulse_meta(1000, 0.25, 1, 0).unwrap();
     f.flush().unwrap();
     assert_eq!(f.bank_len(0), (300_006, 4));

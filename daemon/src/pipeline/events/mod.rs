@@ -142,7 +142,7 @@ pub fn start(
     });
     let writer = EventWriter::new(
         file,
-        spec.sources.len(),
+        (spec.sources.len(), spec.logs.len()),
         Arc::clone(&info),
         Arc::clone(&notify),
         (Arc::clone(&stats), Arc::clone(&source), report),

@@ -22,7 +22,7 @@ use crate::sink::kafka::schema::DecodeError;
 use crate::sink::{FrameNotice, Notification, NotifyQueue, ReadableNotice, StreamEndNotice};
 use crate::source::kafka_events::consume::{ConsumerReport, Taken};
 use crate::source::kafka_events::counts::{EventCounts, EventHistograms};
-use crate::source::kafka_events::messages::{decode, EventMessage, Events, Pulse};
+use crate::source::kafka_events::messages::{decode, EventMessage, Events, LogValue, Pulse};
 use crate::source::SourceStats;
 use crate::stream::{now_ns, FrameRecord, StreamInfo};
 
@@ -72,6 +72,8 @@ pub struct EventWriter {
     last_id: Vec<Option<i64>>,
     /// The first pulse time of that message.
     last_time: Vec<Option<i64>>,
+    /// The last alarm `(status, severity)` written per log.
+    last_alarm: Vec<Option<(u16, u16)>>,
     warned: HashSet<String>,
     malformed_log: RateLimit,
     open: Option<OpenPulse>,
@@ -86,7 +88,7 @@ impl EventWriter {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         file: EventFile,
-        banks: usize,
+        (banks, logs): (usize, usize),
         info: Arc<StreamInfo>,
         notify: Arc<NotifyQueue>,
         (stats, source, consumer): (Arc<PipelineStats>, Arc<SourceStats>, Arc<ConsumerReport>),
@@ -112,6 +114,7 @@ impl EventWriter {
             hist_budget: 0,
             last_id: vec![None; banks + 1],
             last_time: vec![None; banks + 1],
+            last_alarm: vec![None; logs],
             warned: HashSet::new(),
             malformed_log: RateLimit::default(),
             open: None,
@@ -189,17 +192,7 @@ impl EventWriter {
                     None => Ok(()),
                 }
             }
-            (EventMessage::Log(l), Route::Log(k)) => match l.value {
-                Some(v) => {
-                    self.counts.log_values += 1;
-                    self.file_mut()
-                        .and_then(|f| f.append_log(k, l.timestamp, v))
-                }
-                None => {
-                    self.counts.log_unsupported += 1;
-                    Ok(())
-                }
-            },
+            (EventMessage::Log(l), Route::Log(k)) => self.log_value(k, &l),
             _ => {
                 self.counts.other_schema += 1;
                 Ok(())
@@ -207,6 +200,35 @@ impl EventWriter {
         };
         if let Err(e) = result {
             self.fail(e.to_string());
+        }
+    }
+
+    /// Appends a logged value of log `k`, and its alarm when it changed.
+    fn log_value(
+        &mut self,
+        k: usize,
+        l: &LogValue<'_>,
+    ) -> Result<(), detingest_writer::WriteError> {
+        if let Some(alarm) = l
+            .alarm
+            .filter(|&a| self.last_alarm.get(k) != Some(&Some(a)))
+        {
+            if let Some(last) = self.last_alarm.get_mut(k) {
+                *last = Some(alarm);
+            }
+            self.counts.alarms += 1;
+            self.file_mut()?
+                .append_alarm(k, l.timestamp, alarm.0, alarm.1)?;
+        }
+        match l.value {
+            Some(v) => {
+                self.counts.log_values += 1;
+                self.file_mut()?.append_log(k, l.timestamp, v)
+            }
+            None => {
+                self.counts.log_unsupported += 1;
+                Ok(())
+            }
         }
     }
 

@@ -81,6 +81,10 @@ pub struct LogConfig {
     /// Units of its values.
     #[serde(default)]
     pub units: String,
+    /// Keep the EPICS alarms its f142 messages carry (alarm_time, alarm_status,
+    /// alarm_severity in its NXlog, one entry per change).
+    #[serde(default)]
+    pub alarms: bool,
 }
 
 fn default_histogram_tof_max_ns() -> u64 {
@@ -210,6 +214,7 @@ impl KafkaEventsConfig {
                         l.path.clone()
                     },
                     units: (!l.units.is_empty()).then(|| l.units.clone()),
+                    alarms: l.alarms,
                 })
                 .collect(),
             pulse_log: !self.pulse_source.is_empty(),

@@ -21,8 +21,8 @@ use super::config::KafkaEventsConfig;
 
 /// How long a stop may take to read what the topics held when it came.
 const STOP_DRAIN: Duration = Duration::from_secs(10);
-/// How long the consumer is idle before it checks for partitions that were recreated.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long after the brokers came back partitions are checked for a log they lost.
+const RECHECK: Duration = Duration::from_secs(10);
 /// How long start may take to find the topics and their offsets.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -184,12 +184,12 @@ pub fn run(
     report: &std::sync::Arc<ConsumerReport>,
 ) {
     let mut consumer = Some(consumer);
+    // After a reconnection, until when (and when last) partitions are checked for a lost log.
+    let (mut recheck_until, mut last_check) = (None::<Instant>, Instant::now());
+    let mut short_seen = Vec::new();
     let mut drain: Option<(Instant, Positions)> = None;
     let mut stopped: Option<Instant> = None;
     let mut made = 0;
-    let mut last_message = Instant::now();
-    let mut last_check = Instant::now();
-    let mut short_seen = Vec::new();
     loop {
         // The stop's marks are taken `stop_leeway_ms` after it: what producers sent up to the
         // stop reaches the brokers' logs (and their high watermarks) meanwhile.
@@ -226,12 +226,15 @@ pub fn run(
             }
             std::thread::sleep(Duration::from_millis(500));
             consumer = reconnected(cfg, report, &positions);
+            if consumer.is_some() {
+                recheck_until = Some(Instant::now() + RECHECK);
+            }
             continue;
         };
         let Some(polled) = c.poll(Duration::from_millis(100)) else {
-            // Idle: a partition whose log now ends before our position was recreated (a
-            // broker that lost its log): read it again from its start.
-            if last_message.elapsed() > IDLE_CHECK && last_check.elapsed() > IDLE_CHECK {
+            if recheck_until.is_some_and(|t| Instant::now() < t)
+                && last_check.elapsed() > Duration::from_millis(500)
+            {
                 last_check = Instant::now();
                 restart_truncated(c, &mut positions, &mut short_seen);
             }
@@ -244,7 +247,6 @@ pub fn run(
                 continue;
             }
         };
-        last_message = Instant::now();
         if let Some(p) = (positions.iter_mut()).find(|p| p.1 == m.partition() && p.0 == m.topic()) {
             p.2 = m.offset() + 1;
         }
@@ -274,9 +276,10 @@ pub fn run(
     }
 }
 
-/// Assigns again, from their start, the partitions whose log ends before the consumer's
-/// position: the broker lost them (and what was in them that had not been read: the message
-/// ids that never arrive are recorded lost).
+/// After the brokers came back: assigns again, from their start, the partitions whose log
+/// ends before the consumer's position (seen twice in a row), which the broker lost (what
+/// was in them and had not been read shows as message ids that never arrive: recorded lost).
+/// A broker that kept its log never ends before what it let the consumer read.
 fn restart_truncated(consumer: &EventsConsumer, positions: &mut Positions, seen: &mut Vec<bool>) {
     let mut changed = false;
     seen.resize(positions.len(), false);

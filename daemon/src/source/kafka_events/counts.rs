@@ -28,6 +28,8 @@ pub struct EventCounts {
     pub log_values: u64,
     /// Log values of a type not logged (arrays, strings).
     pub log_unsupported: u64,
+    /// Alarm changes written (f142 values whose alarm differs from the last).
+    pub alarms: u64,
     /// pu00 messages written into the pulse log.
     pub pulse_metadata: u64,
     /// Errors the Kafka consumer reported (a broker down, a partition gone).

@@ -86,7 +86,12 @@ pub struct LogValue<'a> {
     pub timestamp: i64,
     /// The value as f64, or `None` for a type we do not log (arrays, strings).
     pub value: Option<f64>,
+    /// An f142's EPICS alarm `(status, severity)`, when it says one (not "no change").
+    pub alarm: Option<(u16, u16)>,
 }
+
+/// f142's "no change" alarm status and severity (its schema's defaults).
+const NO_CHANGE: (u16, u16) = (22, 4);
 
 /// Decodes `buf`, refusing anything malformed or of another schema.
 pub fn decode(buf: &[u8]) -> Result<EventMessage<'_>, DecodeError> {
@@ -198,16 +203,26 @@ fn decode_log<'a>(
     type_at: flatbuffers::VOffsetT,
     value_at: flatbuffers::VOffsetT,
 ) -> Result<LogValue<'a>, DecodeError> {
-    let t = verified_root(
-        buf,
-        schema,
+    let f142 = schema == "f142";
+    let alarm_fields: &[(&'static str, flatbuffers::VOffsetT, Kind)] = if f142 {
         &[
-            ("source_name", name_at, Kind::Str),
-            ("timestamp", time_at, Kind::I64),
-            ("value_type", type_at, Kind::U8),
-            ("value", value_at, Kind::Table),
-        ],
-    )?;
+            ("status", slot(4), Kind::U16),
+            ("severity", slot(5), Kind::U16),
+        ]
+    } else {
+        &[]
+    };
+    let fields = [
+        ("source_name", name_at, Kind::Str),
+        ("timestamp", time_at, Kind::I64),
+        ("value_type", type_at, Kind::U8),
+        ("value", value_at, Kind::Table),
+    ];
+    let mut all = [("", 0, Kind::Str); 6];
+    for (a, f) in all.iter_mut().zip(fields.iter().chain(alarm_fields)) {
+        *a = *f;
+    }
+    let t = verified_root(buf, schema, &all[..fields.len() + alarm_fields.len()])?;
     let source_name = t.string(name_at);
     if source_name.is_empty() {
         return Err(malformed(schema, "no source_name"));
@@ -216,10 +231,12 @@ fn decode_log<'a>(
         (tag @ 1..=10, Some(pos)) => Some(scalar_value(buf, schema, tag, pos)?),
         _ => None,
     };
+    let alarm = (t.u16(slot(4), NO_CHANGE.0), t.u16(slot(5), NO_CHANGE.1));
     Ok(LogValue {
         source_name,
         timestamp: t.i64(time_at, 0),
         value,
+        alarm: (f142 && alarm != NO_CHANGE).then_some(alarm),
     })
 }
 

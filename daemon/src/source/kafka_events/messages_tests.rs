@@ -42,6 +42,18 @@ fn pu00(source: &str, id: i64, time: i64, charge: f32) -> Vec<u8> {
 
 /// An f144 (or, with `f142`, an f142) of a Double (tag 10) or an Int (tag 5).
 fn log(f142: bool, source: &str, time: i64, tag: u8, value: f64) -> Vec<u8> {
+    log_alarm(f142, source, time, tag, value, None)
+}
+
+/// As [`log`], an f142 with an alarm `(status, severity)`.
+fn log_alarm(
+    f142: bool,
+    source: &str,
+    time: i64,
+    tag: u8,
+    value: f64,
+    alarm: Option<(u16, u16)>,
+) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
     let name = b.create_string(source);
     let v = b.start_table();
@@ -57,6 +69,10 @@ fn log(f142: bool, source: &str, time: i64, tag: u8, value: f64) -> Vec<u8> {
     b.push_slot(slot(time_at), time, 0);
     b.push_slot(slot(type_at), tag, 0);
     b.push_slot_always(slot(value_at), v);
+    if let Some((status, severity)) = alarm {
+        b.push_slot_always(slot(4), status);
+        b.push_slot_always(slot(5), severity);
+    }
     let root = b.end_table(start);
     b.finish(root, Some(if f142 { "f142" } else { "f144" }));
     b.finished_data().to_vec()
@@ -114,6 +130,25 @@ fn pulses_and_logs_decode() {
         };
         assert_eq!(l.value, Some(-3.0));
     }
+}
+
+#[test]
+fn an_f142_alarm_is_read_unless_it_says_no_change() {
+    let m = log_alarm(true, "T", 5, 10, 1.0, Some((4, 0)));
+    let EventMessage::Log(l) = decode(&m).unwrap() else {
+        panic!("not a log");
+    };
+    assert_eq!(l.alarm, Some((4, 0)));
+    let m = log_alarm(true, "T", 5, 10, 1.0, Some((22, 4)));
+    let EventMessage::Log(l) = decode(&m).unwrap() else {
+        panic!("not a log");
+    };
+    assert_eq!(l.alarm, None, "NO_CHANGE");
+    let m = log(false, "T", 5, 10, 1.0);
+    let EventMessage::Log(l) = decode(&m).unwrap() else {
+        panic!("not a log");
+    };
+    assert_eq!(l.alarm, None, "f144 has no alarm");
 }
 
 #[test]
