@@ -21,6 +21,7 @@ use clap::Parser;
 use detingest_daemon::config::Config;
 use detingest_daemon::pipeline;
 use detingest_daemon::sink::RunSinks;
+use detingest_daemon::source::kafka_events::messages::{encode_ev44, Ev44};
 use flatbuffers::FlatBufferBuilder;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -206,14 +207,15 @@ fn produce(brokers: &str, topic: &str, args: &Args) -> Result<()> {
         let pix: Vec<i32> = (0..args.events)
             .map(|e| ((e * 31 + m) % 65_536) as i32)
             .collect();
-        let payload = ev44(
-            &mut b,
-            "bench",
-            m as i64,
-            t0 + m as i64 * 71_428_571,
-            &tof,
-            &pix,
-        );
+        let e = Ev44 {
+            source_name: "bench",
+            message_id: m as i64,
+            reference_time: &[t0 + m as i64 * 71_428_571],
+            reference_time_index: &[0],
+            time_of_flight: &tof,
+            pixel_id: &pix,
+        };
+        let payload = encode_ev44(&mut b, &e);
         loop {
             match producer.send(BaseRecord::<(), [u8]>::to(topic).payload(payload)) {
                 Ok(()) => break,
@@ -227,31 +229,6 @@ fn produce(brokers: &str, topic: &str, args: &Args) -> Result<()> {
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(())
-}
-
-fn ev44<'b>(
-    b: &'b mut FlatBufferBuilder<'static>,
-    source: &str,
-    id: i64,
-    time: i64,
-    tof: &[i32],
-    pix: &[i32],
-) -> &'b [u8] {
-    use detingest_daemon::sink::kafka::schema::slot;
-    b.reset();
-    let name = b.create_string(source);
-    let (t, i) = (b.create_vector(&[time]), b.create_vector(&[0i32]));
-    let (o, p) = (b.create_vector(tof), b.create_vector(pix));
-    let start = b.start_table();
-    b.push_slot_always(slot(0), name);
-    b.push_slot(slot(1), id, 0);
-    b.push_slot_always(slot(2), t);
-    b.push_slot_always(slot(3), i);
-    b.push_slot_always(slot(4), o);
-    b.push_slot_always(slot(5), p);
-    let root = b.end_table(start);
-    b.finish(root, Some("ev44"));
-    b.finished_data()
 }
 
 /// Seconds a bare consumer takes to read `n` messages from the start, touching each payload.

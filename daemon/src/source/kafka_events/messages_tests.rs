@@ -9,20 +9,15 @@ use super::*;
 use crate::sink::kafka::schema::slot;
 
 fn ev44(source: &str, id: i64, times: &[i64], index: &[i32], tof: &[i32], pix: &[i32]) -> Vec<u8> {
-    let mut b = FlatBufferBuilder::new();
-    let name = b.create_string(source);
-    let (t, i) = (b.create_vector(times), b.create_vector(index));
-    let (o, p) = (b.create_vector(tof), b.create_vector(pix));
-    let start = b.start_table();
-    b.push_slot_always(slot(0), name);
-    b.push_slot(slot(1), id, 0);
-    b.push_slot_always(slot(2), t);
-    b.push_slot_always(slot(3), i);
-    b.push_slot_always(slot(4), o);
-    b.push_slot_always(slot(5), p);
-    let root = b.end_table(start);
-    b.finish(root, Some("ev44"));
-    b.finished_data().to_vec()
+    let e = Ev44 {
+        source_name: source,
+        message_id: id,
+        reference_time: times,
+        reference_time_index: index,
+        time_of_flight: tof,
+        pixel_id: pix,
+    };
+    encode_ev44(&mut FlatBufferBuilder::new(), &e).to_vec()
 }
 
 fn pu00(source: &str, id: i64, time: i64, charge: f32) -> Vec<u8> {

@@ -120,6 +120,14 @@ pub struct Verified<'a> {
     checked: [(VOffsetT, Option<Kind>); MAX_FIELDS],
 }
 
+/// What the verifier refused in a message of `schema`, as a [`DecodeError`].
+fn malformed_in(schema: &'static str) -> impl Fn(InvalidFlatbuffer) -> DecodeError + Copy {
+    move |e| DecodeError::Malformed {
+        schema,
+        reason: e.to_string(),
+    }
+}
+
 /// The root table of `buf`, after the verifier checked every field `fields` lists
 /// (`(name, slot, kind)`, at most 16). Fields not listed are never read.
 pub fn verified_root<'a>(
@@ -127,10 +135,7 @@ pub fn verified_root<'a>(
     schema: &'static str,
     fields: &[(&'static str, VOffsetT, Kind)],
 ) -> Result<Verified<'a>, DecodeError> {
-    let malformed = |e: InvalidFlatbuffer| DecodeError::Malformed {
-        schema,
-        reason: e.to_string(),
-    };
+    let malformed = malformed_in(schema);
     let opts = VerifierOptions::default();
     let mut v = Verifier::new(&opts, buf);
     let pos = v.get_uoffset(0).map_err(malformed)? as usize;
@@ -145,10 +150,7 @@ pub fn verified_table<'a>(
     schema: &'static str,
     fields: &[(&'static str, VOffsetT, Kind)],
 ) -> Result<Verified<'a>, DecodeError> {
-    let malformed = |e: InvalidFlatbuffer| DecodeError::Malformed {
-        schema,
-        reason: e.to_string(),
-    };
+    let malformed = malformed_in(schema);
     if fields.len() > MAX_FIELDS {
         return Err(DecodeError::Malformed {
             schema,
@@ -215,28 +217,28 @@ impl<'a> Verified<'a> {
     /// The little-endian bytes of the vector of i32 at `slot` (empty when absent or not
     /// checked as one).
     pub fn i32_bytes(&self, slot: VOffsetT) -> &'a [u8] {
-        if !self.is(slot, Kind::VecI32) {
-            return &[];
-        }
-        // SAFETY: the verifier checked that this slot holds a vector of i32 inside the buffer.
-        unsafe {
-            self.table
-                .get::<ForwardsUOffset<Vector<'a, i32>>>(slot, None)
-        }
-        .map_or(&[], |v| v.bytes())
+        self.vector_bytes::<i32>(slot, Kind::VecI32)
     }
 
     /// The little-endian bytes of the vector of i64 at `slot` (as [`Self::i32_bytes`]).
     pub fn i64_bytes(&self, slot: VOffsetT) -> &'a [u8] {
-        if !self.is(slot, Kind::VecI64) {
+        self.vector_bytes::<i64>(slot, Kind::VecI64)
+    }
+
+    /// The bytes of the vector of `T` at `slot`, if it was checked as `kind` (a vector of
+    /// `T`).
+    fn vector_bytes<T: flatbuffers::Follow<'a> + 'a>(
+        &self,
+        slot: VOffsetT,
+        kind: Kind,
+    ) -> &'a [u8] {
+        if !self.is(slot, kind) {
             return &[];
         }
-        // SAFETY: the verifier checked that this slot holds a vector of i64 inside the buffer.
-        unsafe {
-            self.table
-                .get::<ForwardsUOffset<Vector<'a, i64>>>(slot, None)
-        }
-        .map_or(&[], |v| v.bytes())
+        // SAFETY: the verifier checked that this slot holds a vector of `T` (`kind`, whose
+        // callers pair it with its `T`) inside the buffer.
+        unsafe { self.table.get::<ForwardsUOffset<Vector<'a, T>>>(slot, None) }
+            .map_or(&[], |v| v.bytes())
     }
 
     /// Where the table at `slot` starts in the buffer, for [`verified_table`] (`None` when
