@@ -157,14 +157,17 @@ def produce_run(broker, t0_ns, n_pulses, rng, skip_ids=(), ids=None, first=0, se
     return sent, temps
 
 
-def start_and_stop(broker, job, produce, settle=0.0):
+def start_and_stop(broker, job, produce, heartbeat=False):
     reader = Reader(broker)
     p = broker.producer()
     p.produce("det_commands", serialise_pl72(job, f"{job}.nxs", start_time=now_ms()))
     assert p.flush(10) == 0
     reader.wait(lambda s, d: s == "answ" and d.job_id == job, what="answ")
     result = produce()
-    time.sleep(settle)  # heartbeats (every 300 ms) while the run goes on
+    if heartbeat:  # a heartbeat (every 300 ms) of the run with its events, before the stop
+        reader.wait(lambda sc, d: sc == "x5f2" and
+                    json.loads(d.status_json).get("events_written", 0) > 0, timeout=30,
+                    what="x5f2 with events")
     p.produce("det_commands", serialise_6s4t(job, command_id="stop-" + job, stop_time=0))
     assert p.flush(10) == 0
     wrdn = reader.wait(lambda s, d: s == "wrdn" and d.job_id == job, timeout=60, what="wrdn")
@@ -181,7 +184,7 @@ def test_two_banks_a_monitor_and_logs_load_in_scippnexus_as_sent(events_daemon, 
     t0 = time.time_ns()
     (sent, temps), wrdn, reader = start_and_stop(kafka_broker, "events-1",
                                                  lambda: produce_run(kafka_broker, t0, 60, rng),
-                                                 settle=1.0)
+                                                 heartbeat=True)
     # The x5f2 heartbeats of the run say how many events were written, and at what rate.
     beats = [json.loads(d.status_json) for d in reader.of("x5f2")]
     assert any(b.get("events_written", 0) > 0 and b["state"] == "writing" for b in beats), \
