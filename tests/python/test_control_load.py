@@ -12,10 +12,11 @@ import time
 
 from test_operations import TOKEN, daemons, start  # noqa: F401
 
-# Every answer must come while 2,200 connections are held; how fast is for the benchmark. On
-# the shared 2-core CI machine /health once took 1.02 s under this load: 3 s is a bound on being
-# answered at all (before the fix, answers never came), not a latency target.
-LIMIT = 3.0
+# Every answer within a second while 2,200 connections are held. /health once took 1.02 s on CI
+# and 1 run in 3 here: a handshake dropped by std's accept queue of 128 and retried by the
+# client a second later. The listener's queue is now the kernel's maximum (control/mod.rs):
+# worst /health 29-78 ms in six runs.
+LIMIT = 1.0
 
 
 def timed(d, method, path, body=None):

@@ -80,9 +80,8 @@ pub fn spawn(
         .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()?;
-    let listener = std::net::TcpListener::bind(addr)
+    let listener = listen(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the control API: {e}"))?;
-    listener.set_nonblocking(true)?;
     let limits = server::Limits {
         connections: server::limit(config.max_connections),
         header_timeout: Duration::from_millis(config.header_timeout_ms),
@@ -268,4 +267,21 @@ async fn body(request: Request<Incoming>, api: &Api) -> Result<Value, (u16, Stri
         Ok(Ok(b)) => b.to_bytes(),
     };
     serde_json::from_slice(&bytes).map_err(|e| (400, format!("the body is not JSON: {e}")))
+}
+
+/// Connections the kernel queues for the accept loop. A burst of clients (thousands of idle
+/// ones, a page reloading everywhere) beyond the queue has its handshakes dropped and retried
+/// a second later: the queue is made as long as the kernel allows (it caps it at
+/// `net.core.somaxconn`, 4096 by default) rather than std's 128.
+const BACKLOG: i32 = 4096;
+
+/// A non-blocking listener on `addr` with [`BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
