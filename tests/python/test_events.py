@@ -78,9 +78,12 @@ def config_text(tmp_path, broker, port):
 
 
 @pytest.fixture
-def events_daemon(detingestd, tmp_path, kafka_broker):
+def events_daemon(request, detingestd, tmp_path, kafka_broker):
+    """`serve` on the instrument; its event topic created first unless the test says
+    `{"event_topic": False}` (indirect parameter)."""
     import subprocess
-    kafka_broker.create_topics(*TOPICS, EVENT_TOPIC, LOG_TOPIC)
+    later = getattr(request, "param", {}).get("event_topic", True) is False
+    kafka_broker.create_topics(*TOPICS, LOG_TOPIC, *([] if later else [EVENT_TOPIC]))
     port = free_port()
     cfg = tmp_path / "events.toml"
     cfg.write_text(config_text(tmp_path, kafka_broker, port))
@@ -356,3 +359,42 @@ def test_the_example_configuration_is_valid(detingestd):
     p = subprocess.run([detingestd, "check-config", str(ROOT / "docs" / "events.example.toml")],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("events_daemon", [{"event_topic": False}], indirect=True)
+def test_an_event_topic_made_after_the_daemon_started_is_read_once_it_exists(events_daemon,
+                                                                            kafka_broker):
+    """The instrument's topic does not exist yet: a start is refused naming it, nothing is
+    written; once the topic exists the next start reads it."""
+    import urllib.error
+    import urllib.request
+
+    import h5py
+    import hdf5plugin  # noqa: F401
+    proc, status, log = events_daemon
+
+    def start(stream):
+        req = urllib.request.Request(
+            status.url + "/start", method="POST",
+            data=json.dumps({"beamtime": "bt", "source": "loki", "stream": stream}).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    code, body = start("early")
+    assert code >= 400 and EVENT_TOPIC in body["error"] and "does not exist" in body["error"], body
+    assert status()["state"] != "running"
+    kafka_broker.create_topics(EVENT_TOPIC)
+    code, body = start("later")
+    assert code == 201, body
+    sent, _ = produce_run(kafka_broker, time.time_ns(), 10, np.random.default_rng(4))
+    total = sum(len(tof) for src in sent.pulses.values() for _, tof, _ in src)
+    deadline = time.time() + 30
+    while ((status().get("sources") or [{}])[0].get("events") or {}).get("events", 0) < total:
+        assert time.time() < deadline, status()
+        time.sleep(0.1)
+    urllib.request.urlopen(urllib.request.Request(status.url + "/stop", method="POST",
+                                                  data=b"{}"), timeout=60).read()
+    with h5py.File(status()["master"]) as h:
+        assert h["entry/detingest/events"][()] == total

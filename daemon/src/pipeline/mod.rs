@@ -32,7 +32,7 @@ pub use stats::{PipelineStats, StatsSnapshot};
 pub use writer::{StreamReport, StreamSetup};
 
 use crate::config::{Config, ConfigError, SourceConfig};
-use crate::sink::{NotifyQueue, PreviewPolicy, RunSinks, SinkError};
+use crate::sink::{NotificationSink, NotifyQueue, PreviewPolicy, RunSinks, SinkError, SinkNeeds};
 use crate::source::{SourceError, SourceOutput, SourceStats};
 use crate::stream::{DropLog, SourceMsg, StreamInfo, StreamSlot};
 use crate::threads;
@@ -287,17 +287,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         .unwrap_or(1);
     let window = reorder_window(p, widest, modules, assembled, streams.len());
 
-    let mut threads = Vec::new();
-    let consumer = Arc::clone(&notify);
-    let (priority, batch_interval) = (needs.realtime_priority, needs.batch_interval);
-    threads.push(threads::spawn("notify".into(), t.notify, move || {
-        if priority > 0 {
-            if let Err(e) = threads::set_realtime(0, priority) {
-                tracing::warn!(error = %e, "notify thread keeps normal scheduling");
-            }
-        }
-        consumer.consume(sinks, batch_interval)
-    })?);
+    let mut threads = vec![spawn_notify(&notify, sinks, &needs, t.notify)?];
     let writer_stage = writer::Writer::new(
         setups,
         writer::FlushCadence {
@@ -380,6 +370,26 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         threads,
         writer,
         started: Instant::now(),
+    })
+}
+
+/// The notification thread of a run: hands what `notify` queues to `sinks`, with the real-time
+/// priority they ask for (frame and event runs alike).
+pub(crate) fn spawn_notify(
+    notify: &Arc<NotifyQueue>,
+    sinks: Vec<Box<dyn NotificationSink>>,
+    needs: &SinkNeeds,
+    core: Option<usize>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let consumer = Arc::clone(notify);
+    let (priority, batch_interval) = (needs.realtime_priority, needs.batch_interval);
+    threads::spawn("notify".into(), core, move || {
+        if priority > 0 {
+            if let Err(e) = threads::set_realtime(0, priority) {
+                tracing::warn!(error = %e, "notify thread keeps normal scheduling");
+            }
+        }
+        consumer.consume(sinks, batch_interval)
     })
 }
 

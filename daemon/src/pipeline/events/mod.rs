@@ -121,12 +121,8 @@ pub fn start(
     }));
 
     let t = &config.threads;
-    let mut spawned = Vec::new();
     let RunSinks { sinks, needs } = sinks;
-    let consumer_q = Arc::clone(&notify);
-    spawned.push(threads::spawn("notify".into(), t.notify, move || {
-        consumer_q.consume(sinks, needs.batch_interval)
-    })?);
+    let mut spawned = vec![super::spawn_notify(&notify, sinks, &needs, t.notify)?];
     let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
     let (free_tx, free_rx) = crossbeam::channel::bounded(cfg.queue + 2);
     let (st, rp) = (Arc::clone(&stop), Arc::clone(&report));
