@@ -76,6 +76,8 @@ pub struct EventWriter {
     last_alarm: Vec<Option<(u16, u16)>>,
     warned: HashSet<String>,
     malformed_log: RateLimit,
+    /// Gaps and restarts of message ids (a producer that loses much must not flood the log).
+    id_log: RateLimit,
     open: Option<OpenPulse>,
     indices: u64,
     lost: u64,
@@ -117,6 +119,7 @@ impl EventWriter {
             last_alarm: vec![None; logs],
             warned: HashSet::new(),
             malformed_log: RateLimit::default(),
+            id_log: RateLimit::default(),
             open: None,
             indices: 0,
             lost: 0,
@@ -324,16 +327,27 @@ impl EventWriter {
             Some(0)
         } else if (1..=MAX_GAP).contains(&gap) {
             self.counts.messages_lost += gap as u64;
-            tracing::warn!(
-                source = k,
-                first_missing = last + 1,
-                count = gap,
-                "event messages lost (a gap in message ids)"
-            );
+            if let Some(held) = self.id_log.allow(Instant::now()) {
+                tracing::warn!(
+                    source = k,
+                    first_missing = last + 1,
+                    count = gap,
+                    held_back = held,
+                    "event messages lost (a gap in message ids; every gap is in the file)"
+                );
+            }
             Some(gap as u64)
         } else {
             self.counts.id_restarts += 1;
-            tracing::warn!(source = k, last, id, "message ids restarted; writing on");
+            if let Some(held) = self.id_log.allow(Instant::now()) {
+                tracing::warn!(
+                    source = k,
+                    last,
+                    id,
+                    held_back = held,
+                    "message ids restarted; writing on"
+                );
+            }
             Some(0)
         }
     }
