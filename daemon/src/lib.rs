@@ -19,6 +19,7 @@ pub mod control;
 pub mod dectris;
 pub mod metrics;
 pub mod pipeline;
+pub mod quality;
 pub mod rate_limit;
 pub mod runs;
 pub mod sink;

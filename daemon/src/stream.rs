@@ -194,7 +194,7 @@ impl serde::Serialize for DataFilePath<'_> {
 }
 
 /// What is known of one written (or lost) index: plain data, `Copy`, kept by the live history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FrameRecord {
     /// 1-based index in the stream (its position in the dataset is `index - 1`).
     pub index: u64,
@@ -228,6 +228,8 @@ pub struct FrameRecord {
     pub packets_lost: u32,
     /// Packet numbers that never arrived on some module (the union of the modules' masks).
     pub missing: detingest_shm::PacketMask,
+    /// Its pixels' statistics over the modules written (`None`: not taken).
+    pub stats: Option<detingest_writer::FrameStats>,
 }
 
 impl FrameRecord {

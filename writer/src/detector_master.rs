@@ -181,6 +181,7 @@ impl DetectorMaster {
                 master_data: g.master_data,
                 frames: 0,
                 swmr: false,
+                statistics: None,
             };
             let mut parts = Vec::new();
             for name in daemons.member_names()? {

@@ -32,6 +32,7 @@ mod event_file;
 mod filter;
 mod filter_check;
 mod filter_repair;
+mod frame_statistics;
 mod geometry;
 mod hdf5_memory;
 mod layout;
@@ -54,6 +55,7 @@ pub use event_file::{EventFile, EventFileSpec, EventRunEnd, EventSourceSpec, Log
 pub use filter::{judge_filter_values, FilterVerdict};
 pub use filter_check::{check_filters, DatasetFilterCheck};
 pub use filter_repair::{repair_filters, Repaired};
+pub use frame_statistics::{FrameStats, StatsLimits, STATISTICS_PATH};
 pub use layout::{all_modules, Chunking, RunLayout, MAX_MODULES};
 pub use master::{IndexRecord, RunEnd};
 pub use part_records::{clear_write_marks, read_part, PartRecords, PartState};

@@ -15,6 +15,7 @@ use ndarray::ArrayView3;
 
 use crate::data_file::{create_file, reopen_after_swmr, start_swmr};
 use crate::detector_info::DetectorInfo;
+use crate::frame_statistics::{FrameStats, StatisticsColumns};
 use crate::geometry;
 use crate::layout::RunLayout;
 use crate::master_end::MasterEnd;
@@ -46,6 +47,8 @@ pub struct IndexRecord<'a> {
     /// Per module, bit `k` of the 512-bit mask set: packet `k` never arrived. One entry per
     /// module, or empty when nothing is known (a lost frame).
     pub missing_packets: &'a [[u8; 64]],
+    /// Its pixels' statistics (`None`: not taken).
+    pub stats: Option<FrameStats>,
 }
 
 /// Buffered per-index records; capacity is kept between flushes.
@@ -206,6 +209,7 @@ pub(crate) struct MasterFile {
     modules: usize,
     flushed: usize,
     pending: Pending,
+    statistics: Option<StatisticsColumns>,
 }
 
 impl MasterFile {
@@ -236,6 +240,13 @@ impl MasterFile {
         let m = layout.modules() as usize;
         let records = Records::create(&specific, m)?;
         nxmx::write_specific(&specific, info)?;
+        let statistics = match &options.statistics {
+            Some(limits) => Some(StatisticsColumns::create(
+                &file.group("/entry/instrument/detector")?,
+                limits,
+            )?),
+            None => None,
+        };
         let ours = nxmx::nx_group(&entry, "detingest", "NXcollection")?;
         nxmx::ds_str(&ours, "user_metadata", user_json)?;
         nxmx::ds_num(&ours, "modules", layout.modules(), None)?;
@@ -256,6 +267,7 @@ impl MasterFile {
             modules: m,
             flushed: 0,
             pending: Pending::default(),
+            statistics,
         })
     }
 
@@ -275,6 +287,7 @@ impl MasterFile {
             .map(|d| d.shape().first().copied().unwrap_or(0))
             .chain([records.missing.shape().first().copied().unwrap_or(0)])
             .fold(nimages.read_scalar::<u64>()? as usize, usize::min);
+        let statistics = StatisticsColumns::open(&file);
         Ok(Self {
             end: MasterEnd {
                 data_group: file.group("/entry/data")?,
@@ -286,6 +299,7 @@ impl MasterFile {
             modules,
             flushed,
             pending: Pending::default(),
+            statistics,
         })
     }
 
@@ -307,6 +321,9 @@ impl MasterFile {
         self.nimages.write_scalar(&(n as u64))?;
         if r.missing.shape().first().copied().unwrap_or(0) > n {
             r.missing.resize((n, self.modules, 64))?;
+        }
+        if let Some(s) = self.statistics.as_mut() {
+            s.cut(n)?;
         }
         if n == 0 {
             return Ok(0);
@@ -348,6 +365,9 @@ impl MasterFile {
         }
         p.packets_lost.push(lost);
         p.late_mask.push(0);
+        if let Some(s) = self.statistics.as_mut() {
+            s.push(r.stats.as_ref());
+        }
     }
 
     /// Marks module bits `late` in the record of `index` (1-based, already pushed): in the
@@ -442,6 +462,9 @@ impl MasterFile {
             let view = ArrayView3::from_shape((new, self.modules, 64), bytes)
                 .map_err(|e| WriteError::Metadata(e.to_string()))?;
             missing.write_slice(view, (self.flushed..end, .., ..))?;
+            if let Some(s) = self.statistics.as_mut() {
+                s.flush(end)?;
+            }
             self.pending.clear();
             self.flushed = end;
             // The records on disk before `nimages` says they are there: a reader (or a

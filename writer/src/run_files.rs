@@ -15,7 +15,7 @@ use crate::master_end::vds_files;
 use crate::WriteError;
 
 /// Per-run file options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FileOptions {
     /// Indices per data file.
     pub frames_per_file: u64,
@@ -28,6 +28,9 @@ pub struct FileOptions {
     /// on and see every flushed index (data files at once; the master once it has every
     /// object it needs during the run).
     pub swmr: bool,
+    /// Record per-frame statistics in the master, counted against these limits (`None`:
+    /// no `frame_statistics` group).
+    pub statistics: Option<crate::StatsLimits>,
 }
 
 impl Default for FileOptions {
@@ -37,6 +40,7 @@ impl Default for FileOptions {
             master_data: MasterData::Vds,
             frames: 0,
             swmr: true,
+            statistics: None,
         }
     }
 }

@@ -436,6 +436,7 @@ fn frame_record(index: u64, m: &Merged, module_bytes: u64) -> FrameRecord {
         dropped: m.dropped,
         packets_lost,
         missing,
+        stats: None,
     }
 }
 

@@ -159,6 +159,8 @@ impl Merged {
             modules: self.modules,
             dropped: self.dropped,
             missing_packets: &self.missing,
+            // The parts' statistics are in their own masters; the whole's has none.
+            stats: None,
         }
     }
 }

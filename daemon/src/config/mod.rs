@@ -61,6 +61,9 @@ pub struct Config {
     /// The HTTP control API (`detingestd serve`).
     #[serde(default)]
     pub control: ControlConfig,
+    /// `[quality]`: per-frame statistics and the sampled spot count and radial profile.
+    #[serde(default)]
+    pub quality: crate::quality::QualityConfig,
     /// `[cluster]`: this daemon's part of a detector several daemons take together.
     #[serde(default)]
     pub cluster: crate::cluster::ClusterConfig,
@@ -178,6 +181,7 @@ impl RunSettings {
             },
             frames: self.frames,
             swmr,
+            statistics: None,
         }
     }
 
@@ -260,6 +264,7 @@ impl Config {
                 },
             ),
             page: false,
+            quality: &self.quality,
         }
     }
 
@@ -328,6 +333,7 @@ impl Config {
         self.sink.redis.check()?;
         self.sink.stream2.check()?;
         self.kafka.check()?;
+        self.quality.check()?;
         if !self.kafka.source.is_empty()
             && !self
                 .sources

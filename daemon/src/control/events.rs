@@ -104,6 +104,7 @@ fn event(daemon: &dyn Daemon) -> Bytes {
         "status": daemon.run_status(),
         "preview_index": view.as_ref().map_or(0, |v| v.latest_index()),
         "modules_missing": view.as_ref().map(|v| v.modules_missing()).unwrap_or_default(),
+        "quality": view.as_ref().map(|v| v.quality()),
         "now_ms": now_ns() / 1_000_000,
     });
     Bytes::from(format!("data: {event}\n\n"))

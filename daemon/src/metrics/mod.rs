@@ -8,6 +8,7 @@
 //! `detingest_run_info`, for the current run. The histograms are statics the hot path
 //! records into with relaxed atomics.
 
+pub mod frame_values;
 mod histogram;
 mod totals;
 
@@ -265,6 +266,9 @@ impl Collector for Reading {
         ];
         for (name, help, h) in histograms {
             family(&mut enc, name, help, Some(&Unit::Seconds), one(h))?;
+        }
+        for (name, help, h) in frame_values::families() {
+            family(&mut enc, name, help, None, one(h))?;
         }
         Ok(())
     }

@@ -16,16 +16,25 @@ use std::time::Instant;
 
 use crossbeam::channel::{Receiver, Sender};
 use detingest_shm::{BufferPool, FrameBuf};
-use detingest_writer::Codec;
+use detingest_writer::{Codec, StatsLimits};
 
 use super::job::{Item, Step};
 use super::stats::PipelineStats;
 use crate::metrics;
+use crate::quality::stats::frame_stats;
 use crate::rate_limit::RateLimit;
+
+/// What a worker does to each stream's frames: its codec, and the limits of its per-frame
+/// statistics (`None`: not taken).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamCoding {
+    pub codec: Codec,
+    pub statistics: Option<StatsLimits>,
+}
 
 /// Runs one worker until the indexer's queue closes.
 pub(crate) fn run(
-    codecs: &[Codec],
+    codings: &[StreamCoding],
     input: Receiver<Item>,
     output: Sender<Item>,
     pool: BufferPool,
@@ -47,14 +56,20 @@ pub(crate) fn run(
                 // Already in the stream's codec (the source checked its framing): written as
                 // it arrived; the buffer taken for it goes back unused.
                 drop(out);
-                let codec = codecs[usize::from(item.stream)];
+                let codec = codings[usize::from(item.stream)].codec;
                 let raw = codec.decoded_len(chunk.as_slice()).unwrap_or(0);
                 stats.compressed.fetch_add(1, Ordering::Relaxed);
                 stats.bytes_raw.fetch_add(raw as u64, Ordering::Relaxed);
                 stats
                     .bytes_compressed
                     .fetch_add(chunk.as_slice().len() as u64, Ordering::Relaxed);
-                Step::Chunk { index, meta, chunk }
+                // Not decoded for statistics: the index records none.
+                Step::Chunk {
+                    index,
+                    meta,
+                    chunk,
+                    stats: None,
+                }
             }
             Step::Raw {
                 index,
@@ -62,8 +77,11 @@ pub(crate) fn run(
                 pixels,
             } => {
                 let raw = pixels.len();
-                let codec = codecs[usize::from(item.stream)];
+                let coding = codings[usize::from(item.stream)];
+                let codec = coding.codec;
                 let started = Instant::now();
+                let figures = (coding.statistics.as_ref())
+                    .map(|l| frame_stats(pixels.as_slice(), meta.pixel, l));
                 match codec.compress_into(pixels.as_slice(), meta.pixel.size(), out.spare_mut()) {
                     Ok(len) => {
                         metrics::COMPRESS_SECONDS.observe(started.elapsed());
@@ -78,6 +96,7 @@ pub(crate) fn run(
                             index,
                             meta,
                             chunk: out,
+                            stats: figures,
                         }
                     }
                     Err(e) => {

@@ -2,6 +2,7 @@
 //! [`PoolBuf`] handles inside them; nothing here copies or allocates.
 
 use detingest_shm::{FrameBuf, FrameMeta, PoolBuf};
+use detingest_writer::FrameStats;
 
 use crate::stream::StreamSlot;
 
@@ -39,6 +40,8 @@ pub enum Step {
         meta: FrameMeta,
         /// Encoded chunk.
         chunk: PoolBuf,
+        /// Its pixels' statistics, when taken.
+        stats: Option<FrameStats>,
     },
     /// With frame chunking: module `meta.module` of `index` was copied into its image (what
     /// the writer records of it; the pixels travel in the image's `Raw`).

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel;
 use detingest_shm::{BufferPool, Name};
-use detingest_writer::{Chunking, Codec, RunLayout, DATA_PATH};
+use detingest_writer::{Chunking, FileOptions, RunLayout, DATA_PATH};
 
 pub use running::{Gauges, RunSummary, Running};
 pub use stats::{PipelineStats, StatsSnapshot};
@@ -153,9 +153,11 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
     let stop = Arc::new(AtomicBool::new(false));
 
     let mut streams = Vec::new();
+    let mut codings = Vec::new();
     let mut setups = Vec::new();
     let mut plans = Vec::new();
     let mut max_chunk = 0;
+    let mut max_preview = 0;
     // The widest dataset window of any stream, and the modules a stream assembles per image.
     let (mut widest, mut assembled) = (0, 0);
     let run = &config.run;
@@ -208,6 +210,12 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
                 .max_compressed_len(chunk_bytes, layout.pixel.size()),
         );
         let assemble = layout.effective_chunking() == Chunking::Frame;
+        let chunks_per_index = if assemble { 1 } else { layout.modules() as usize };
+        let preview_bytes = chunks_per_index
+            * layout
+                .codec
+                .max_compressed_len(chunk_bytes, layout.pixel.size());
+        max_preview = max_preview.max(preview_bytes);
         let ahead = dataset_window(run.dataset_ahead, assemble.then_some(chunk_bytes));
         widest = widest.max(ahead);
         if assemble {
@@ -232,12 +240,24 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             }),
         });
         streams.push(Arc::clone(&info));
+        let detector = detector_of(config, src, &src.stream);
+        let q = &config.quality;
+        let statistics = q.statistics.then(|| {
+            crate::quality::stats::limits(layout.pixel, detector.saturation_value, q.threshold)
+        });
+        codings.push(compress::StreamCoding {
+            codec: layout.codec,
+            statistics,
+        });
         setups.push((
             info,
             StreamSetup {
                 layout,
-                files: run.file_options(config.writer.swmr),
-                detector: detector_of(config, src, &src.stream),
+                files: FileOptions {
+                    statistics,
+                    ..run.file_options(config.writer.swmr)
+                },
+                detector,
                 user_json: run.user.to_string(),
                 next_stream: run.next_stream.clone(),
                 open_datasets: ahead as usize,
@@ -273,11 +293,13 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
     } else {
         BufferPool::lazy(p.output_buffers, max_chunk)
     };
-    let codecs: Arc<[Codec]> = streams.iter().map(|s| s.codec).collect();
+    let codings: Arc<[compress::StreamCoding]> = codings.into();
     let notify = Arc::new(NotifyQueue::new(p.notify_queue));
-    let previews = needs.previews.map(|r| {
-        let pool = BufferPool::new(r.buffers, max_chunk);
-        PreviewPolicy::new(r.every, r.max_hz, Some(pool))
+    // A preview holds every module chunk of its index; the buffers are touched only as
+    // far as previews fill them.
+    let previews = (!needs.previews.is_empty()).then(|| {
+        let pool = BufferPool::lazy(needs.preview_buffers(), max_preview);
+        PreviewPolicy::new(&needs.previews, Some(pool))
     });
     let modules = config
         .sources
@@ -295,7 +317,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
             interval: (config.writer.flush_interval_ms > 0)
                 .then(|| Duration::from_millis(config.writer.flush_interval_ms)),
         },
-        previews.unwrap_or_else(|| PreviewPolicy::new(0, 0.0, None)),
+        previews.unwrap_or_else(PreviewPolicy::none),
         window,
         Arc::clone(&notify),
         Arc::clone(&stats),
@@ -307,15 +329,15 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
     })?;
     for i in 0..p.compress_workers {
         let core = (!t.compress.is_empty()).then(|| t.compress[i % t.compress.len()]);
-        let (codecs, rx, tx, pool, st) = (
-            Arc::clone(&codecs),
+        let (codings, rx, tx, pool, st) = (
+            Arc::clone(&codings),
             compress_rx.clone(),
             write_tx.clone(),
             output_pool.clone(),
             Arc::clone(&stats),
         );
         threads.push(threads::spawn(format!("compress-{i}"), core, move || {
-            compress::run(&codecs, rx, tx, pool, st)
+            compress::run(&codings, rx, tx, pool, st)
         })?);
     }
     drop(write_tx);

@@ -1,15 +1,17 @@
-//! Decodes a preview chunk and shrinks it to fit a message (a Kafka `ad00`, the live page's
-//! image): the smallest integer factor `f` whose binned image fits, each output pixel the
+//! Decodes a preview (assembling its modules) and shrinks it to fit a message (a Kafka
+//! `ad00`, the live page's image): the smallest integer factor `f` whose binned image fits, each output pixel the
 //! largest of its `f x f` block (a Bragg spot or a hot pixel survives binning; a mean would
 //! wash it out). Edges that do not fill a block are dropped.
 
 use detingest_shm::PixelType;
 
+use super::assembly::{assemble, AssemblyScratch, Decode, Placement, PreviewLayout};
 use crate::stream::StreamInfo;
 
 /// The buffers previews are decoded and binned into, kept from one preview to the next.
 #[derive(Debug, Default)]
 pub struct Scratch {
+    assembly: AssemblyScratch,
     pixels: Vec<u8>,
     binned: Vec<u8>,
 }
@@ -26,25 +28,34 @@ pub struct Fitted<'a> {
 }
 
 impl Scratch {
-    /// `chunk`, a whole frame of `info`, decoded and binned to fit `max_bytes`; `None` when
-    /// it does not decode to a whole frame.
-    pub fn fit(&mut self, info: &StreamInfo, chunk: &[u8], max_bytes: usize) -> Option<Fitted<'_>> {
+    /// The preview (`layout`, `bytes`) of a stream of `info`, assembled as `placement` lays
+    /// it out and binned to fit `max_bytes`; `None` when a part does not decode.
+    pub fn fit(
+        &mut self,
+        info: &StreamInfo,
+        (layout, bytes): (&PreviewLayout, &[u8]),
+        placement: Placement,
+        max_bytes: usize,
+    ) -> Option<Fitted<'_>> {
         let es = info.pixel.size();
-        self.pixels
-            .resize(info.shape[0] as usize * info.shape[1] as usize * es, 0);
-        match info.codec.decompress_into(chunk, es, &mut self.pixels) {
-            Ok(n) if n == self.pixels.len() => {}
-            _ => return None,
+        let how = Decode {
+            codec: info.codec,
+            pixel: info.pixel,
+            placement,
+        };
+        if !assemble(layout, bytes, how, &mut self.assembly, &mut self.pixels) {
+            return None;
         }
-        let f = factor(info.shape, es, max_bytes);
+        let shape = layout.shape_of(placement);
+        let f = factor(shape, es, max_bytes);
         if f == 1 {
             return Some(Fitted {
-                shape: info.shape,
+                shape,
                 factor: 1,
                 pixels: &self.pixels,
             });
         }
-        let shape = bin_max(&self.pixels, info.shape, info.pixel, f, &mut self.binned);
+        let shape = bin_max(&self.pixels, shape, info.pixel, f, &mut self.binned);
         Some(Fitted {
             shape,
             factor: f,

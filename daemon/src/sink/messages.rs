@@ -39,6 +39,19 @@ pub struct FrameMessage<'a> {
     pub codec: &'a str,
     pub dtype: &'a str,
     pub shape: [u32; 2],
+    /// The frame's statistics (docs/QUALITY.md), when taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsMessage>,
+}
+
+/// A frame's statistics in its `frame` message.
+#[derive(Serialize)]
+pub struct StatsMessage {
+    pub sum: f64,
+    pub max: f64,
+    pub saturated: u64,
+    pub masked: u64,
+    pub above_threshold: u64,
 }
 
 impl<'a> FrameMessage<'a> {
@@ -74,6 +87,13 @@ impl<'a> FrameMessage<'a> {
             codec: info.codec.name(),
             dtype: info.pixel.numpy_name(),
             shape: info.shape,
+            stats: r.stats.map(|s| StatsMessage {
+                sum: s.sum,
+                max: s.max,
+                saturated: s.saturated,
+                masked: s.masked,
+                above_threshold: s.above_threshold,
+            }),
         }
     }
 }
@@ -280,5 +300,27 @@ mod tests {
         let json = serde_json::to_value(FrameMessage::new(&info, "f.h5", &half)).unwrap();
         assert_eq!(json["missing_modules"], serde_json::json!([0]));
         assert_eq!(json["complete"], false);
+    }
+}
+
+/// Topic `quality`: the sampled analyses of one frame (docs/QUALITY.md).
+#[derive(Serialize)]
+pub struct QualityMessage<'a> {
+    pub stream: &'a str,
+    pub index: u64,
+    pub frame_number: u64,
+    #[serde(flatten)]
+    pub report: &'a crate::quality::QualityReport,
+}
+
+impl<'a> QualityMessage<'a> {
+    /// The message of `q`.
+    pub fn new(q: &'a crate::sink::QualityNotice) -> Self {
+        Self {
+            stream: &q.stream.key,
+            index: q.index,
+            frame_number: q.frame_number,
+            report: &q.report,
+        }
     }
 }

@@ -12,12 +12,14 @@
 //! transport. A notification holds its stream's description by `Arc`, so building one
 //! allocates nothing.
 
+pub mod assembly;
 mod backlog;
 pub mod binning;
 pub mod kafka;
 pub mod log;
 pub mod messages;
 mod preview;
+pub mod quality;
 mod queue;
 pub mod redis;
 mod set;
@@ -27,9 +29,9 @@ pub mod zmq;
 
 use std::sync::Arc;
 
-use detingest_shm::PoolBuf;
 use detingest_writer::{DetectorInfo, FileOptions};
 
+pub use assembly::{Preview, PreviewGeometry};
 pub use backlog::Backlog;
 pub use preview::{PreviewPolicy, Thinning};
 pub use queue::{NotifyQueue, QueueStats};
@@ -47,9 +49,9 @@ pub struct FrameNotice {
     pub stream: Arc<StreamInfo>,
     /// What was written.
     pub record: FrameRecord,
-    /// The encoded chunk, for a frame the [`PreviewPolicy`] picked: it stays out of its pool
-    /// until every holder drops it.
-    pub preview: Option<Arc<PoolBuf>>,
+    /// The encoded chunks of an index the [`PreviewPolicy`] picked, and where they go in
+    /// the detector image: its buffer stays out of its pool until every holder drops it.
+    pub preview: Option<Arc<Preview>>,
 }
 
 /// A stream's file was opened.
@@ -96,7 +98,20 @@ pub struct ReadableNotice {
     pub up_to: u64,
 }
 
-/// What the writer announces.
+/// The sampled analyses of one written frame (`sink::quality`): spots and radial profile.
+#[derive(Debug, Clone)]
+pub struct QualityNotice {
+    /// The stream.
+    pub stream: Arc<StreamInfo>,
+    /// The index analysed.
+    pub index: u64,
+    /// Its detector frame number.
+    pub frame_number: u64,
+    /// What was found.
+    pub report: Arc<crate::quality::QualityReport>,
+}
+
+/// What the writer announces (and, for [`Notification::Quality`], a sink).
 #[derive(Debug, Clone)]
 pub enum Notification {
     /// A stream began.
@@ -107,6 +122,8 @@ pub enum Notification {
     Readable(ReadableNotice),
     /// A stream ended.
     StreamEnd(StreamEndNotice),
+    /// A frame's sampled analyses are done (made by the quality sink, handed to every sink).
+    Quality(QualityNotice),
 }
 
 impl Notification {
@@ -117,6 +134,7 @@ impl Notification {
             Self::Frame(f) => &f.stream,
             Self::Readable(r) => &r.stream,
             Self::StreamEnd(e) => &e.stream,
+            Self::Quality(q) => &q.stream,
         }
     }
 
@@ -136,6 +154,11 @@ pub trait NotificationSink: Send {
     /// Called after each batch: the notifications that were queued when the notification
     /// thread looked. A sink that holds messages back sends them now.
     fn batch_done(&mut self) {}
+    /// A notification this sink made (the quality sink's analyses), asked after each batch
+    /// and handed to every sink.
+    fn produced(&mut self) -> Option<Notification> {
+        None
+    }
 }
 
 /// Where the query endpoint looks for a stream its in-memory history does not hold (the
@@ -163,6 +186,9 @@ impl<S: NotificationSink> NotificationSink for Arc<std::sync::Mutex<S>> {
         if let Ok(mut s) = self.lock() {
             s.batch_done();
         }
+    }
+    fn produced(&mut self) -> Option<Notification> {
+        self.lock().ok()?.produced()
     }
 }
 
@@ -218,6 +244,7 @@ pub(crate) mod fixture {
             dropped: 0,
             packets_lost: 0,
             missing: PacketMask::NONE,
+            stats: None,
         }
     }
 

@@ -89,6 +89,7 @@ impl NotifyQueue {
     ) {
         let _ = self.consumer.set(std::thread::current());
         let mut last_batch: Option<Instant> = None;
+        let mut made = Vec::new();
         loop {
             // Acquire pairs with `close`: read the flag before draining, so a close that
             // happened before this point has its last notifications drained below.
@@ -111,6 +112,18 @@ impl NotifyQueue {
                     s.notify(&n);
                 }
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                drained = true;
+            }
+            // What sinks made (the quality sink's analyses) goes to every sink too.
+            for k in 0..sinks.len() {
+                while let Some(n) = sinks[k].produced() {
+                    made.push(n);
+                }
+            }
+            for n in made.drain(..) {
+                for s in &mut sinks {
+                    s.notify(&n);
+                }
                 drained = true;
             }
             if drained {

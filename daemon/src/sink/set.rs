@@ -5,7 +5,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use super::{kafka, log, redis, stream2, web, zmq, NotificationSink};
+use super::{kafka, log, quality, redis, stream2, web, zmq, NotificationSink};
 use crate::check::ConfigError;
 
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
@@ -47,8 +47,9 @@ pub trait RunControl: Send + Sync {
     fn run_status(&self) -> serde_json::Value;
 }
 
-/// Previews a sink wants: the encoded chunk of one written frame in `every`, at most `max_hz`
-/// a second per stream, copied into a pool of `buffers`.
+/// Previews a sink wants: the encoded chunks of one written index in `every`, at most
+/// `max_hz` a second per stream, copied into a pool of `buffers`. Every sink's request keeps
+/// its own pace: an index is picked when one of them wants it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PreviewRequest {
     /// One frame in this many.
@@ -59,18 +60,11 @@ pub struct PreviewRequest {
     pub buffers: usize,
 }
 
-impl PreviewRequest {
-    /// True for a request of every frame, at any rate.
-    pub fn every_frame(&self) -> bool {
-        self.every == 1 && self.max_hz <= 0.0
-    }
-}
-
 /// What the sinks ask of the pipeline's notification path.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SinkNeeds {
-    /// Previews of written frames (none unless a sink asks).
-    pub previews: Option<PreviewRequest>,
+    /// Previews of written frames, one request per sink that wants them.
+    pub previews: Vec<PreviewRequest>,
     /// Hand notifications over in batches starting at least this far apart.
     pub batch_interval: Duration,
     /// Run the notification thread under SCHED_FIFO at this priority (0: normal).
@@ -78,24 +72,24 @@ pub struct SinkNeeds {
 }
 
 impl SinkNeeds {
-    /// What both ask: the larger of each setting, and the first preview request, unless the
-    /// other asks for every frame (the Stream V2 output): every sink gets the frames picked
-    /// and thins them out to its own rate, so a union of the requests is not needed.
-    fn merge(self, other: Self) -> Self {
-        let previews = match (self.previews, other.previews) {
-            (Some(a), Some(b)) if b.every_frame() && !a.every_frame() => Some(PreviewRequest {
-                buffers: a.buffers.max(b.buffers),
-                ..b
-            }),
-            (a, b) => a.or(b),
-        };
+    /// What both ask: every preview request, and the larger of each other setting.
+    fn merge(mut self, other: Self) -> Self {
+        self.previews.extend(other.previews);
         Self {
-            previews,
+            previews: self.previews,
             batch_interval: self.batch_interval.max(other.batch_interval),
             realtime_priority: self.realtime_priority.max(other.realtime_priority),
         }
     }
+
+    /// The buffers previews are copied into: every request's, at most `MAX_PREVIEW_BUFFERS`.
+    pub fn preview_buffers(&self) -> usize {
+        (self.previews.iter().map(|r| r.buffers).sum::<usize>()).min(MAX_PREVIEW_BUFFERS)
+    }
 }
+
+/// Preview buffers of one run at most, whatever the sinks ask.
+const MAX_PREVIEW_BUFFERS: usize = 64;
 
 /// The sinks of one run, and what they need.
 pub struct RunSinks {
@@ -133,6 +127,8 @@ pub struct SinkTables<'a> {
     pub kafka: (&'a kafka::KafkaConfig, &'a str),
     /// Feed the live page (`detingestd serve` and `demo`, which serve it).
     pub page: bool,
+    /// `[quality]`: the sampled analyses.
+    pub quality: &'a crate::quality::QualityConfig,
 }
 
 /// The cores the sinks' threads are pinned to (`[threads]`).
@@ -170,7 +166,6 @@ impl SinkSet {
             Box::new(log::LogSink::new(Duration::from_secs(5))),
             Box::new(zmq::ZmqSink::start(tables.zmq, cores, late)?),
         ];
-        // After the ZeroMQ sink: its preview request, when it publishes, is the one taken.
         let mut view = None;
         if tables.page {
             let page = web::WebSink::new();
@@ -185,6 +180,9 @@ impl SinkSet {
         }
         if let Some(s) = stream2::Stream2Sink::start(tables.stream2, cores)? {
             sinks.push(Box::new(s));
+        }
+        if let Some(q) = quality::QualitySink::start(tables.quality, cores)? {
+            sinks.push(Box::new(q));
         }
         Ok(Self { sinks, view })
     }

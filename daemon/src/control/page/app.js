@@ -88,7 +88,38 @@ function update(ev) {
   modules(ev.modules_missing || []);
   if (ev.preview_index && ev.preview_index !== shownIndex) preview();
   events((s.sources || []).find((x) => x.events));
+  quality(ev.quality, ev.now_ms / 1000);
   plots();
+}
+
+// ---- data quality: per-frame statistics, spots, the radial profile ---------------------------
+const qualityHistory = { stats: [], spots: [], statsIndex: 0, reportIndex: 0 };
+function quality(q, t) {
+  $("quality-panel").hidden = !q || (!q.stats && !q.report);
+  if (!q) return;
+  if (q.stats && q.stats_index !== qualityHistory.statsIndex) {
+    qualityHistory.statsIndex = q.stats_index;
+    qualityHistory.stats.push([t, q.stats]);
+  }
+  if (q.report && q.report_index !== qualityHistory.reportIndex) {
+    qualityHistory.reportIndex = q.report_index;
+    qualityHistory.spots.push([t, q.report.spot_count]);
+  }
+  for (const k of ["stats", "spots"]) {
+    const h = qualityHistory[k];
+    while (h.length && h[0][0] < t - WINDOW_S) h.shift();
+  }
+  const s = q.stats, r = q.report;
+  $("quality-caption").textContent =
+    (s ? `index ${q.stats_index}: sum ${s.sum}, max ${s.max}, ${s.above_threshold} above threshold, ${s.saturated} saturated, ${s.masked} masked` : "") +
+    (r ? ` · index ${q.report_index}: ${r.spot_count} spots (${r.analysis_ms.toFixed(1)} ms)` : "");
+  const st = qualityHistory.stats;
+  plot("plot-stats", [st.map(([t, v]) => [t, v.max]), st.map(([t, v]) => [t, v.above_threshold]),
+    st.map(([t, v]) => [t, v.saturated])], ["#1f5fbf", "#1a7f37", "#c62828"]);
+  plot("plot-spots", [qualityHistory.spots], ["#1f5fbf"]);
+  const p = r && r.profile;
+  $("profile-caption").textContent = p ? `centre (${p.centre[0]}, ${p.centre[1]}), ring ${p.bin_width.toFixed(2)} px` : "(no beam centre)";
+  bars("plot-profile", p ? p.mean.map((m) => (m === null ? 0 : m)) : []);
 }
 
 // ---- an event run: events/s and histograms instead of an image -----------------------------

@@ -413,6 +413,7 @@ impl EventWriter {
             dropped: 0,
             packets_lost: 0,
             missing: Default::default(),
+            stats: None,
         }
     }
 

@@ -6,10 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use detingest_shm::{FrameMeta, PacketMask, PoolBuf};
+use detingest_shm::{FrameMeta, PacketMask};
+use detingest_writer::FrameStats;
 
 use crate::pipeline::stats::PipelineStats;
-use crate::sink::PreviewPolicy;
+use crate::sink::assembly::PreviewBuilder;
+use crate::sink::{Preview, PreviewGeometry, PreviewPolicy};
 
 /// What the writer has gathered of one open index.
 pub(super) struct Accum {
@@ -23,9 +25,14 @@ pub(super) struct Accum {
     pub(super) compressed_bytes: u64,
     /// Frame chunking: the image chunk was written.
     pub(super) image: bool,
+    /// Its chunks' statistics, merged (`None`: none taken).
+    pub(super) stats: Option<FrameStats>,
+    /// Whether the preview policy was asked for this index yet.
+    pub(super) preview_asked: bool,
     /// Per module.
     pub(super) missing: Vec<[u8; 64]>,
-    pub(super) preview: Option<Arc<PoolBuf>>,
+    /// The preview being gathered, if the index was picked.
+    pub(super) preview: Option<PreviewBuilder>,
 }
 
 impl Accum {
@@ -39,6 +46,8 @@ impl Accum {
             raw_bytes: 0,
             compressed_bytes: 0,
             image: false,
+            stats: None,
+            preview_asked: false,
             missing: vec![[0; 64]; modules],
             preview: None,
         }
@@ -53,6 +62,8 @@ impl Accum {
         self.raw_bytes = 0;
         self.compressed_bytes = 0;
         self.image = false;
+        self.stats = None;
+        self.preview_asked = false;
         self.missing.fill([0; 64]);
         self.preview = None;
     }
@@ -72,6 +83,15 @@ impl Accum {
             self.timestamp_ns = meta.timestamp_ns;
         }
         self.raw_bytes += meta.byte_len() as u64;
+    }
+}
+
+impl Accum {
+    /// Adds a chunk's statistics to the index's.
+    pub(super) fn add_stats(&mut self, stats: Option<FrameStats>) {
+        if let Some(s) = stats {
+            self.stats = Some(self.stats.map_or(s, |t| t.merge(s)));
+        }
     }
 }
 
@@ -108,21 +128,34 @@ pub(super) fn merge_missing(missing: &[[u8; 64]]) -> (PacketMask, u32) {
     (union, lost)
 }
 
-/// The preview of a written chunk, if the policy picks it: only a whole image is one (with
-/// module chunking of several modules there is none). A pick that finds every preview
-/// buffer held is counted skipped.
-pub(super) fn preview_of(
+/// Adds a written chunk of the index to its preview: at its first chunk the policy is asked
+/// whether the index gets one (a pick that finds every preview buffer held, or chunks that
+/// do not fit, is counted skipped).
+pub(super) fn add_to_preview(
+    a: &mut Accum,
     policy: &mut PreviewPolicy,
-    whole: bool,
-    chunk: &[u8],
+    geometry: &PreviewGeometry,
+    (module, chunk): (u32, &[u8]),
     stats: &PipelineStats,
-) -> Option<Arc<PoolBuf>> {
-    if !(whole && policy.wants(Instant::now())) {
-        return None;
+) {
+    if !a.preview_asked {
+        a.preview_asked = true;
+        if policy.wants(Instant::now()) {
+            a.preview = policy.start(geometry);
+            if a.preview.is_none() {
+                stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
-    let copy = policy.copy(chunk);
-    if copy.is_none() {
-        stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
+    if let Some(p) = a.preview.as_mut() {
+        if !p.add(geometry, module, chunk) {
+            a.preview = None;
+            stats.previews_skipped.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    copy
+}
+
+/// The gathered preview of a recorded index.
+pub(super) fn take_preview(a: &mut Accum) -> Option<Arc<Preview>> {
+    a.preview.take().map(|p| Arc::new(p.finish()))
 }

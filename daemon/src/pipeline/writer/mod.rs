@@ -15,16 +15,17 @@ use crate::metrics;
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use detingest_shm::{FrameMeta, PoolBuf};
 use detingest_writer::{
-    Chunking, DetectorInfo, FileOptions, IndexRecord, RunEnd, RunFiles, RunLayout, WriteError,
+    Chunking, DetectorInfo, FileOptions, FrameStats, IndexRecord, RunEnd, RunFiles, RunLayout,
+    WriteError,
 };
 
-use self::accum::{accum, merge_missing, preview_of, Accum};
+use self::accum::{accum, add_to_preview, merge_missing, take_preview, Accum};
 use super::job::{Item, Step};
 use super::reorder::Reorder;
 use super::stats::PipelineStats;
 use crate::sink::{
-    FrameNotice, Notification, NotifyQueue, PreviewPolicy, ReadableNotice, StreamEndNotice,
-    StreamStartNotice,
+    FrameNotice, Notification, NotifyQueue, PreviewGeometry, PreviewPolicy, ReadableNotice,
+    StreamEndNotice, StreamStartNotice,
 };
 use crate::stream::{now_ns, FrameRecord, StreamInfo};
 
@@ -84,6 +85,8 @@ struct StreamFiles {
     files: Option<RunFiles>,
     accums: Vec<Accum>,
     preview: PreviewPolicy,
+    /// Where its modules go in a preview.
+    geometry: PreviewGeometry,
     since_flush: u64,
     last_flush: Instant,
     /// Every index up to this one is flushed (the readable watermark).
@@ -126,6 +129,7 @@ impl Writer {
                 accums: (0..setup.open_datasets + 2)
                     .map(|_| Accum::new(setup.layout.modules() as usize))
                     .collect(),
+                geometry: PreviewGeometry::new(&setup.layout, setup.detector.module_gap),
                 info,
                 setup,
                 files: None,
@@ -176,7 +180,12 @@ impl Writer {
         let slot = usize::from(item.stream);
         match item.step {
             Step::Open => self.open(slot),
-            Step::Chunk { index, meta, chunk } => self.chunk(slot, index, &meta, chunk),
+            Step::Chunk {
+                index,
+                meta,
+                chunk,
+                stats,
+            } => self.chunk(slot, index, (&meta, stats), chunk),
             Step::Seen { index, meta } => {
                 let s = &mut self.streams[slot];
                 if s.files.is_some() {
@@ -218,7 +227,13 @@ impl Writer {
         }
     }
 
-    fn chunk(&mut self, slot: usize, index: u64, meta: &FrameMeta, chunk: PoolBuf) {
+    fn chunk(
+        &mut self,
+        slot: usize,
+        index: u64,
+        (meta, stats): (&FrameMeta, Option<FrameStats>),
+        chunk: PoolBuf,
+    ) {
         let s = &mut self.streams[slot];
         let Some(files) = s.files.as_mut() else {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -231,8 +246,6 @@ impl Writer {
         }
         metrics::WRITE_SECONDS.observe(started.elapsed());
         self.stats.written.fetch_add(1, Ordering::Relaxed);
-        let whole = meta.shape == s.info.shape;
-        let preview = preview_of(&mut s.preview, whole, chunk.as_slice(), &self.stats);
         let frame_chunking = s.setup.layout.effective_chunking() == Chunking::Frame;
         let a = accum(&mut s.accums, index, &self.stats);
         if frame_chunking {
@@ -241,9 +254,9 @@ impl Writer {
             a.module(meta);
         }
         a.compressed_bytes += chunk.len() as u64;
-        if preview.is_some() {
-            a.preview = preview;
-        }
+        a.add_stats(stats);
+        let part = (u32::from(meta.module), chunk.as_slice());
+        add_to_preview(a, &mut s.preview, &s.geometry, part, &self.stats);
     }
 
     /// Records `index` (the detector's `(frame number, sequence)`, the modules `dropped` here)
@@ -284,8 +297,9 @@ impl Writer {
             dropped,
             packets_lost,
             missing: union,
+            stats: if modules == 0 { None } else { a.stats },
         };
-        let preview = a.preview.take();
+        let preview = take_preview(a);
         let Some(files) = s.files.as_mut() else {
             self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
             return;
@@ -301,12 +315,16 @@ impl Writer {
                 modules,
                 dropped,
                 missing_packets: &a.missing,
+                stats: record.stats,
             },
         );
         a.index = 0;
         if let Err(e) = result {
             self.fail(slot, e);
             return;
+        }
+        if let Some(st) = &record.stats {
+            metrics::frame_values::observe(st);
         }
         s.since_flush += 1;
         s.report.frames = index;

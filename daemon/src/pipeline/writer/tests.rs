@@ -73,24 +73,48 @@ fn missing_packets_merge_into_their_union_and_count_per_module() {
 }
 
 #[test]
-fn only_whole_images_get_previews_and_held_buffers_skip_them() {
+fn every_module_of_a_picked_index_joins_its_preview_and_held_buffers_skip_it() {
+    use crate::sink::assembly::Placement;
+    use crate::sink::{PreviewGeometry, PreviewRequest};
+    use detingest_writer::{Chunking, Codec, RunLayout};
     let stats = PipelineStats::default();
-    let mut policy = PreviewPolicy::new(1, 0.0, Some(BufferPool::new(1, 16)));
-    assert!(
-        preview_of(&mut policy, false, &[1, 2], &stats).is_none(),
-        "a module tile"
-    );
-    let held = preview_of(&mut policy, true, &[1, 2], &stats).expect("a whole image");
-    assert_eq!(held.as_slice(), &[1, 2]);
-    assert!(preview_of(&mut policy, true, &[3], &stats).is_none());
+    let layout = RunLayout {
+        pixel: PixelType::U16,
+        module_shape: [4, 8],
+        grid: [1, 2],
+        chunking: Chunking::Module,
+        codec: Codec::None,
+    };
+    let geometry = PreviewGeometry::new(&layout, [0, 0]);
+    let every = PreviewRequest {
+        every: 1,
+        max_hz: 0.0,
+        buffers: 1,
+    };
+    let mut policy = PreviewPolicy::new(&[every], Some(BufferPool::new(1, 256)));
+    let mut a = Accum::new(2);
+    a.reset(1);
+    add_to_preview(&mut a, &mut policy, &geometry, (1, &[2; 64]), &stats);
+    add_to_preview(&mut a, &mut policy, &geometry, (0, &[1; 64]), &stats);
+    let held = take_preview(&mut a).expect("index 1 was picked");
+    assert_eq!(held.bytes().len(), 128, "both modules' chunks");
+    assert!(held.whole_chunk(Placement::Data).is_none());
+    a.reset(2);
+    add_to_preview(&mut a, &mut policy, &geometry, (0, &[3; 64]), &stats);
+    assert!(take_preview(&mut a).is_none(), "the buffer is held");
     assert_eq!(stats.previews_skipped.load(Ordering::Relaxed), 1);
     drop(held);
-    assert!(preview_of(&mut policy, true, &[3], &stats).is_some());
-    let mut none = PreviewPolicy::new(0, 0.0, None);
-    assert!(preview_of(&mut none, true, &[3], &stats).is_none());
+    a.reset(3);
+    add_to_preview(&mut a, &mut policy, &geometry, (0, &[3; 200]), &stats);
+    add_to_preview(&mut a, &mut policy, &geometry, (1, &[3; 200]), &stats);
+    assert!(take_preview(&mut a).is_none(), "too large: dropped whole");
+    let mut none = PreviewPolicy::none();
+    a.reset(4);
+    add_to_preview(&mut a, &mut none, &geometry, (0, &[3; 64]), &stats);
+    assert!(take_preview(&mut a).is_none());
     assert_eq!(
         stats.previews_skipped.load(Ordering::Relaxed),
-        1,
+        2,
         "not asked: not skipped"
     );
 }

@@ -189,7 +189,7 @@ impl KafkaConfig {
                     max_hz: self.preview_max_hz,
                     buffers: 2,
                 },
-            ),
+            ).into_iter().collect(),
             ..SinkNeeds::default()
         }
     }
@@ -364,11 +364,11 @@ mod tests {
         let c = with("h:1", "cmds");
         assert_eq!(c.status_topic(), "cmds");
         assert!(c.service_id().starts_with("detingestd-"));
-        assert_eq!(c.needs().previews, None);
+        assert!(c.needs().previews.is_empty());
         let p = KafkaConfig {
             preview_topic: "previews".into(),
             ..c
         };
-        assert_eq!(p.needs().previews.unwrap().every, 10);
+        assert_eq!(p.needs().previews[0].every, 10);
     }
 }

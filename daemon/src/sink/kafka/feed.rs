@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::Sender;
-use detingest_shm::PoolBuf;
 
 use super::client::KafkaStats;
 use crate::sink::{
-    Backlog, Notification, NotificationSink, StreamEndNotice, StreamStartNotice, Thinning,
+    Backlog, Notification, NotificationSink, Preview, StreamEndNotice, StreamStartNotice, Thinning,
 };
 use crate::stream::{FrameRecord, StreamInfo};
 
@@ -25,7 +24,7 @@ pub enum Msg {
     /// An index was written (for the per-frame record).
     Frame(Arc<StreamInfo>, FrameRecord),
     /// A frame to preview: its record and encoded chunk.
-    Preview(Arc<StreamInfo>, FrameRecord, Arc<PoolBuf>),
+    Preview(Arc<StreamInfo>, FrameRecord, Arc<Preview>),
     /// A stream ended.
     End(StreamEndNotice),
 }
@@ -113,6 +112,7 @@ impl NotificationSink for Feed {
             }
             Notification::Readable(_) => {}
             Notification::StreamEnd(e) => self.send_control(Msg::End(e.clone())),
+            Notification::Quality(_) => {}
         }
     }
 
@@ -192,7 +192,7 @@ mod tests {
         let mut f = Feed::new(tx, stats, false, Some(Thinning::new(3, None)));
         let s = fixture::stream(1);
         let pool = detingest_shm::BufferPool::new(1, 8);
-        let chunk = Arc::new(pool.try_acquire().unwrap());
+        let chunk = Arc::new(Preview::whole(pool.acquire(), s.shape, &[]));
         for i in 1..=7 {
             f.notify(&Notification::Frame(FrameNotice {
                 stream: Arc::clone(&s),

@@ -16,6 +16,7 @@ use super::client::{KafkaStats, Producer};
 use super::feed::Msg;
 use super::handoff::{self, HandOff, HandoffSettings, Job};
 use super::schema::{area_detector, reports};
+use crate::sink::assembly::{Placement, Preview};
 use crate::sink::binning;
 use crate::sink::messages::FrameMessage;
 use crate::stream::{FrameRecord, StreamInfo};
@@ -160,7 +161,7 @@ impl Publisher {
         match m {
             Msg::Start(s) => self.start(s),
             Msg::Frame(info, r) => self.frame(&info, &r),
-            Msg::Preview(info, r, chunk) => self.preview(&info, &r, chunk.as_slice()),
+            Msg::Preview(info, r, p) => self.preview(&info, &r, &p),
             Msg::End(e) => self.end(e),
         }
     }
@@ -204,8 +205,10 @@ impl Publisher {
         }
     }
 
-    fn preview(&mut self, info: &StreamInfo, r: &FrameRecord, chunk: &[u8]) {
-        let Some(fitted) = self.scratch.fit(info, chunk, self.max_message_bytes) else {
+    fn preview(&mut self, info: &StreamInfo, r: &FrameRecord, p: &Preview) {
+        let preview = (&p.layout, p.bytes());
+        let max = self.max_message_bytes;
+        let Some(fitted) = self.scratch.fit(info, preview, Placement::Data, max) else {
             self.stats
                 .previews_undecodable
                 .fetch_add(1, Ordering::Relaxed);

@@ -86,7 +86,7 @@ impl RedisConfig {
                 every: 1,
                 max_hz: self.image_max_hz,
                 buffers: 2,
-            }),
+            }).into_iter().collect(),
             realtime_priority: self.realtime_priority,
             batch_interval: std::time::Duration::from_micros(self.batch_interval_us),
         }
@@ -211,11 +211,11 @@ mod tests {
 
     #[test]
     fn pixels_need_previews_only_when_enabled() {
-        assert_eq!(RedisConfig::default().needs().previews, None);
-        let p = with_url("redis://h:1").needs().previews.unwrap();
+        assert!(RedisConfig::default().needs().previews.is_empty());
+        let p = with_url("redis://h:1").needs().previews[0];
         assert_eq!((p.every, p.max_hz), (1, 2.0));
         let mut c = with_url("redis://h:1");
         c.image_max_hz = 0.0;
-        assert_eq!(c.needs().previews, None);
+        assert!(c.needs().previews.is_empty());
     }
 }

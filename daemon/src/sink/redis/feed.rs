@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
-use detingest_shm::PoolBuf;
 use detingest_writer::{DetectorInfo, FileOptions};
 
 use super::RedisStats;
-use crate::sink::{Backlog, Notification, NotificationSink, Thinning};
+use crate::sink::{Backlog, Notification, NotificationSink, Preview, Thinning};
 use crate::stream::{FrameRecord, StreamInfo};
 
 /// A stream's file set was opened: create its scan.
@@ -55,7 +54,7 @@ pub struct Batch {
     /// Per index: arrival time, seconds since the Unix epoch.
     pub timestamp: Vec<f64>,
     /// A frame whose pixels go to Redis: its index and encoded chunk, readable in the files.
-    pub image: Option<(u64, Arc<PoolBuf>)>,
+    pub image: Option<(u64, Arc<Preview>)>,
 }
 
 impl Batch {
@@ -100,7 +99,7 @@ struct StreamFeed {
     stream: Arc<StreamInfo>,
     batch: Option<Batch>,
     /// A picked frame waiting for the readable watermark.
-    pending: Option<(u64, Arc<PoolBuf>)>,
+    pending: Option<(u64, Arc<Preview>)>,
     readable: u64,
     /// The pace of images taken from previews.
     thinning: Thinning,
@@ -224,7 +223,7 @@ impl Feed {
         b
     }
 
-    fn frame(&mut self, info: &Arc<StreamInfo>, r: &FrameRecord, preview: Option<&Arc<PoolBuf>>) {
+    fn frame(&mut self, info: &Arc<StreamInfo>, r: &FrameRecord, preview: Option<&Arc<Preview>>) {
         let i = self.index(info);
         // A gap (notifications dropped before us) ends the batch: entries hold consecutive
         // indices.
@@ -323,6 +322,7 @@ impl NotificationSink for Feed {
                     dropped_here,
                 })));
             }
+            Notification::Quality(_) => {}
         }
     }
 
@@ -354,7 +354,7 @@ impl NotificationSink for Feed {
 
 #[cfg(test)]
 mod tests {
-    use detingest_shm::BufferPool;
+    use detingest_shm::{BufferPool, PoolBuf};
 
     use super::*;
     use crate::sink::{fixture, FrameNotice, ReadableNotice, StreamEndNotice};
@@ -377,6 +377,7 @@ mod tests {
         readable: u64,
         preview: Option<PoolBuf>,
     ) -> Notification {
+        let preview = preview.map(|b| Preview::whole(b, s.shape, &[]));
         let mut record = fixture::record(s, index);
         record.readable_up_to = readable;
         Notification::Frame(FrameNotice {

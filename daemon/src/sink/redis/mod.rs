@@ -158,7 +158,7 @@ impl Sink for RedisSink {
     }
 
     fn needs(&self) -> SinkNeeds {
-        self.needs
+        self.needs.clone()
     }
 
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {

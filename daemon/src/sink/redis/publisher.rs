@@ -21,6 +21,7 @@ use super::connection::Link;
 use super::feed::{Batch, Close, Msg, Open};
 use super::scan::{ScanDoc, ScanState, SCAN_HISTORY, SEAL_ID};
 use super::RedisStats;
+use crate::sink::assembly::{assemble, AssemblyScratch, Decode, Placement};
 
 /// One stream's scan as the thread keeps it.
 struct Scan {
@@ -48,6 +49,7 @@ pub struct Publisher {
     unclosed: Vec<(Scan, Box<Close>)>,
     /// Decoded pixels of the image being published.
     pixels: Vec<u8>,
+    assembly: AssemblyScratch,
 }
 
 impl Publisher {
@@ -60,6 +62,7 @@ impl Publisher {
             scans: HashMap::new(),
             unclosed: Vec::new(),
             pixels: Vec::new(),
+            assembly: AssemblyScratch::default(),
         }
     }
 
@@ -191,17 +194,17 @@ impl Publisher {
         if !still_there(&mut self.link, scan, &self.stats) {
             return self.dropped(b);
         }
-        let image = b.image.as_ref().and_then(|(index, chunk)| {
+        let image = b.image.as_ref().and_then(|(index, preview)| {
             let s = &b.stream;
-            let [rows, cols] = s.shape;
-            let es = s.pixel.size();
-            self.pixels.resize(rows as usize * cols as usize * es, 0);
-            match s
-                .codec
-                .decompress_into(chunk.as_slice(), es, &mut self.pixels)
-            {
-                Ok(n) if n == self.pixels.len() => Some(*index),
-                _ => {
+            let how = Decode {
+                codec: s.codec,
+                pixel: s.pixel,
+                placement: Placement::Data,
+            };
+            let bytes = preview.bytes();
+            match assemble(&preview.layout, bytes, how, &mut self.assembly, &mut self.pixels) {
+                true => Some(*index),
+                false => {
                     self.stats
                         .images_undecodable
                         .fetch_add(1, Ordering::Relaxed);

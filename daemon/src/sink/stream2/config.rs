@@ -61,7 +61,7 @@ impl Stream2SinkConfig {
                 every: 1,
                 max_hz: 0.0,
                 buffers: self.buffers,
-            }),
+            }).into_iter().collect(),
             ..Default::default()
         }
     }

@@ -23,14 +23,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use detingest_shm::PoolBuf;
 
 pub use config::{Mode, Stream2SinkConfig};
 use encode::{ImageFormat, SeriesIds};
 
 use crate::check::ConfigError;
 use crate::sink::{
-    Backlog, Notification, NotificationSink, Sink, SinkCores, SinkError, SinkNeeds,
+    assembly::Placement, Backlog, Notification, NotificationSink, Preview, Sink, SinkCores, SinkError, SinkNeeds,
     StreamStartNotice,
 };
 use crate::stream::StreamInfo;
@@ -59,7 +58,7 @@ pub struct Stream2Stats {
 
 enum Msg {
     Start(Box<StreamStartNotice>),
-    Image(Arc<StreamInfo>, u64, Arc<PoolBuf>),
+    Image(Arc<StreamInfo>, u64, Arc<Preview>),
     End(Arc<StreamInfo>),
 }
 
@@ -192,6 +191,7 @@ impl NotificationSink for Feed {
         match n {
             Notification::StreamStart(s) => self.control(Msg::Start(Box::new(s.clone()))),
             Notification::StreamEnd(e) => self.control(Msg::End(Arc::clone(&e.stream))),
+            Notification::Quality(_) => {}
             Notification::Frame(f) if f.record.lost() => {
                 self.stats.lost.fetch_add(1, Ordering::Relaxed);
             }
@@ -317,8 +317,14 @@ impl Output {
         *self.slot(&s.stream) = Some((ids, format));
     }
 
-    fn image(&mut self, info: &StreamInfo, index: u64, chunk: &PoolBuf) {
-        let counter = if self.send_image(info, index, chunk.as_slice()) {
+    fn image(&mut self, info: &StreamInfo, index: u64, preview: &Preview) {
+        // A Stream V2 image is the whole frame in the stream's codec: a preview of several
+        // module chunks is not one (module chunking of a grid is not served; counted).
+        let Some(chunk) = preview.whole_chunk(Placement::Data) else {
+            self.stats.images_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let counter = if self.send_image(info, index, chunk) {
             &self.stats.images_sent
         } else {
             &self.stats.images_dropped

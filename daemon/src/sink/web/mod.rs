@@ -1,5 +1,5 @@
-//! The live page's sink: keeps the latest preview (the encoded chunk, copied at most a few
-//! times a second) and each module's missing count of the current stream, for the control
+//! The live page's sink: keeps the latest preview (its encoded chunks, copied at most a few
+//! times a second; assembled with the module gaps when the page asks) and each module's missing count of the current stream, for the control
 //! API's `GET /preview` and `GET /events` ([`LiveView`]). The notification thread only ever
 //! `try_lock`s the preview: a page decoding it never holds up the other sinks.
 
@@ -7,19 +7,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use super::assembly::{Placement, PreviewLayout};
 use super::{binning, Notification, NotificationSink, PreviewRequest, Sink, SinkNeeds, Thinning};
+use crate::quality::QualityReport;
 use crate::stream::StreamInfo;
+use detingest_writer::FrameStats;
 
 /// Previews the page takes per second, at most.
 const MAX_HZ: f64 = 4.0;
 
-/// The latest preview's encoded chunk and whose it is.
+/// The latest preview's encoded chunks and whose it is.
 #[derive(Default)]
 struct Latest {
     info: Option<Arc<StreamInfo>>,
     index: u64,
     frame_number: u64,
-    chunk: Vec<u8>,
+    layout: Option<PreviewLayout>,
+    bytes: Vec<u8>,
 }
 
 /// A decoded preview, binned to fit.
@@ -41,9 +45,17 @@ pub struct Image {
     pub pixels: Vec<u8>,
 }
 
+/// The latest per-frame statistics and sampled analyses, for the page's quality panel.
+#[derive(Default)]
+struct QualityView {
+    stats: Option<(u64, FrameStats)>,
+    report: Option<(u64, Arc<QualityReport>)>,
+}
+
 /// What the page reads: the latest preview and the current stream's missing modules.
 pub struct LiveView {
     latest: Mutex<Latest>,
+    quality: Mutex<QualityView>,
     /// Index of the latest preview (0: none yet).
     latest_index: AtomicU64,
     modules: AtomicU64,
@@ -56,6 +68,7 @@ impl Default for LiveView {
     fn default() -> Self {
         Self {
             latest: Mutex::default(),
+            quality: Mutex::default(),
             latest_index: AtomicU64::new(0),
             modules: AtomicU64::new(0),
             missing: [const { AtomicU64::new(0) }; 64],
@@ -76,9 +89,10 @@ impl LiveView {
     pub fn image(&self, max_bytes: usize) -> Option<Image> {
         let latest = self.latest.lock().ok()?;
         let info = latest.info.as_ref()?;
+        let preview = (latest.layout.as_ref()?, &latest.bytes[..]);
         let mut scratch = binning::Scratch::default();
         let (shape, factor) = scratch
-            .fit(info, &latest.chunk, max_bytes)
+            .fit(info, preview, Placement::Gaps, max_bytes)
             .map(|f| (f.shape, f.factor))?;
         Some(Image {
             stream: info.key.clone(),
@@ -88,6 +102,23 @@ impl LiveView {
             binning: factor,
             dtype: info.pixel.name(),
             pixels: scratch.into_pixels(factor),
+        })
+    }
+
+    /// The latest frame's statistics and the latest sampled analyses (the page's quality
+    /// panel), as JSON.
+    pub fn quality(&self) -> serde_json::Value {
+        let Ok(q) = self.quality.lock() else {
+            return serde_json::Value::Null;
+        };
+        serde_json::json!({
+            "stats_index": q.stats.map_or(0, |s| s.0),
+            "stats": q.stats.map(|(_, s)| serde_json::json!({
+                "sum": s.sum, "max": s.max, "saturated": s.saturated, "masked": s.masked,
+                "above_threshold": s.above_threshold,
+            })),
+            "report_index": q.report.as_ref().map_or(0, |r| r.0),
+            "report": q.report.as_ref().map(|r| &*r.1),
         })
     }
 
@@ -133,11 +164,11 @@ impl Sink for WebSink {
 
     fn needs(&self) -> SinkNeeds {
         SinkNeeds {
-            previews: Some(PreviewRequest {
+            previews: vec![PreviewRequest {
                 every: 1,
                 max_hz: MAX_HZ,
                 buffers: 2,
-            }),
+            }],
             ..Default::default()
         }
     }
@@ -166,8 +197,16 @@ struct Feed {
 impl NotificationSink for Feed {
     fn notify(&mut self, n: &Notification) {
         match n {
+            Notification::Quality(q) => {
+                if let Ok(mut v) = self.view.quality.lock() {
+                    v.report = Some((q.index, Arc::clone(&q.report)));
+                }
+            }
             Notification::StreamStart(s) => {
                 self.thinning.reset();
+                if let Ok(mut v) = self.view.quality.lock() {
+                    *v = QualityView::default();
+                }
                 for m in &self.view.missing {
                     m.store(0, Ordering::Relaxed);
                 }
@@ -181,7 +220,10 @@ impl NotificationSink for Feed {
                     self.view.missing[m].fetch_add(1, Ordering::Relaxed);
                     missing &= missing - 1;
                 }
-                let Some(chunk) = &f.preview else {
+                if let (Some(s), Ok(mut q)) = (f.record.stats, self.view.quality.try_lock()) {
+                    q.stats = Some((f.record.index, s));
+                }
+                let Some(preview) = &f.preview else {
                     return;
                 };
                 if !self.thinning.take(f.record.index, Instant::now()) {
@@ -192,8 +234,9 @@ impl NotificationSink for Feed {
                     self.view.busy.fetch_add(1, Ordering::Relaxed);
                     return;
                 };
-                latest.chunk.clear();
-                latest.chunk.extend_from_slice(chunk.as_slice());
+                latest.bytes.clear();
+                latest.bytes.extend_from_slice(preview.bytes());
+                latest.layout = Some(preview.layout);
                 latest.info = Some(Arc::clone(&f.stream));
                 latest.index = f.record.index;
                 latest.frame_number = f.record.frame_number;
@@ -211,7 +254,7 @@ impl NotificationSink for Feed {
 mod tests {
     use super::*;
     use crate::sink::fixture;
-    use crate::sink::FrameNotice;
+    use crate::sink::{FrameNotice, Preview};
     use detingest_shm::BufferPool;
 
     #[test]
@@ -224,14 +267,13 @@ mod tests {
         let pixels: Vec<u8> = (0..1024u32 * 1024)
             .flat_map(|i| ((i % 977) as u16).to_le_bytes())
             .collect();
-        let mut buf = pool.try_acquire().unwrap();
-        assert!(buf.fill_from(&pixels));
+        let preview = Preview::whole(pool.acquire(), stream.shape, &pixels);
         let mut record = fixture::record(&stream, 1);
         record.modules = 0b10; // module 0 missing
         feed.notify(&Notification::Frame(FrameNotice {
             stream: Arc::clone(&stream),
             record,
-            preview: Some(Arc::new(buf)),
+            preview: Some(Arc::new(preview)),
         }));
         feed.notify(&fixture::frame(&stream, 2));
         let view = sink.view();

@@ -75,7 +75,7 @@ impl LiveConfig {
                     max_hz: self.preview_max_hz,
                     buffers: self.preview_buffers,
                 },
-            ),
+            ).into_iter().collect(),
             batch_interval: std::time::Duration::from_micros(self.batch_interval_us),
             realtime_priority: self.realtime_priority,
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::stream::{FrameRecord, StreamInfo};
 
 /// One stretch of a `range` answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Span {
     /// Indices held in the history.
     Frames(Vec<FrameRecord>),
@@ -207,6 +207,7 @@ mod tests {
             dropped: 0,
             packets_lost: 0,
             missing: detingest_shm::PacketMask::NONE,
+            stats: None,
         }
     }
 

@@ -53,7 +53,7 @@ impl Sink for ZmqSink {
     }
 
     fn needs(&self) -> SinkNeeds {
-        self.needs
+        self.needs.clone()
     }
 
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {

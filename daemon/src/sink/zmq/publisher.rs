@@ -14,9 +14,12 @@ use std::time::Instant;
 
 use super::bluesky::Bluesky;
 use super::history::History;
-use crate::sink::messages::{FrameMessage, PreviewHeader, ReadableMessage, RunMessage};
-use crate::sink::{Notification, NotificationSink, Thinning};
-use crate::stream::{now_ns, StreamInfo, StreamKind};
+use crate::sink::messages::{
+    FrameMessage, PreviewHeader, QualityMessage, ReadableMessage, RunMessage,
+};
+use crate::sink::assembly::{assemble, AssemblyScratch, Decode, Placement};
+use crate::sink::{Notification, NotificationSink, Preview, Thinning};
+use crate::stream::{now_ns, FrameRecord, StreamInfo, StreamKind};
 
 /// Counters of the publisher. Relaxed atomics, read for reporting.
 #[derive(Debug, Default)]
@@ -44,6 +47,9 @@ pub struct Publisher {
     /// Its own preview pace (another sink may have previews picked more often), per stream.
     pace: Thinning,
     thinning: Vec<Thinning>,
+    /// Where previews of several modules are assembled.
+    assembly: AssemblyScratch,
+    assembled: Vec<u8>,
 }
 
 impl Publisher {
@@ -65,6 +71,8 @@ impl Publisher {
             spare: Vec::new(),
             pace,
             thinning: Vec::new(),
+            assembly: AssemblyScratch::default(),
+            assembled: Vec::new(),
         }
     }
 
@@ -74,6 +82,32 @@ impl Publisher {
             self.thinning.resize(slot + 1, self.pace);
         }
         self.thinning[slot].take(index, Instant::now())
+    }
+
+    /// Sends a preview: its chunk as it is when it is the whole image, else its modules
+    /// decoded into the image as the file holds it (`compression: "none"`).
+    fn send_preview(&mut self, info: &StreamInfo, record: &FrameRecord, p: &Preview) {
+        if let Some(chunk) = p.whole_chunk(Placement::Data) {
+            encode_into(&mut self.json, &PreviewHeader::new(info, record, chunk.len()));
+            self.send_parts(&[b"preview", &self.json, chunk]);
+        } else {
+            let how = Decode {
+                codec: info.codec,
+                pixel: info.pixel,
+                placement: Placement::Data,
+            };
+            let mut out = std::mem::take(&mut self.assembled);
+            if assemble(&p.layout, p.bytes(), how, &mut self.assembly, &mut out) {
+                let header = PreviewHeader {
+                    compression: "none",
+                    ..PreviewHeader::new(info, record, out.len())
+                };
+                encode_into(&mut self.json, &header);
+                self.send_parts(&[b"preview", &self.json, &out]);
+            }
+            self.assembled = out;
+        }
+        self.stats.previews.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Sends one Bluesky document as `[b"bluesky", name, document]`.
@@ -176,12 +210,9 @@ impl NotificationSink for Publisher {
                     .preview
                     .as_ref()
                     .filter(|_| self.wants_preview(slot, record.index));
-                if let Some(chunk) = preview {
+                if let Some(p) = preview {
                     self.send_frames();
-                    let pixels = chunk.as_slice();
-                    self.encode(&PreviewHeader::new(&f.stream, &record, pixels.len()));
-                    self.send(b"preview", Some(pixels));
-                    self.stats.previews.fetch_add(1, Ordering::Relaxed);
+                    self.send_preview(&f.stream, &record, p);
                 }
                 self.announce_readable(&f.stream, record.readable_up_to);
             }
@@ -191,6 +222,11 @@ impl NotificationSink for Publisher {
                 self.encode(&ReadableMessage::new(&r.stream, r.up_to));
                 self.send(b"readable", None);
                 self.announce_readable(&r.stream, r.up_to);
+            }
+            Notification::Quality(q) => {
+                self.send_frames();
+                self.encode(&QualityMessage::new(q));
+                self.send(b"quality", None);
             }
             Notification::StreamEnd(e) => {
                 self.send_frames();
