@@ -145,6 +145,10 @@ enum Command {
         /// Output file.
         #[arg(long, short)]
         out: PathBuf,
+        /// Also write the peaks placed in each module frame, one JSON object per line
+        /// (`frame_number`, `module`, `y`, `x`, `sigma`, `height`; positions in the module).
+        #[arg(long)]
+        peaks: Option<PathBuf>,
     },
 }
 
@@ -254,9 +258,10 @@ fn run(command: Command) -> Result<ExitCode> {
             config,
             source,
             out,
+            peaks,
         } => {
             let c = Config::load(&config)?;
-            synth_dump(&c, source.as_deref(), &out)?;
+            synth_dump(&c, source.as_deref(), &out, peaks.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -435,7 +440,12 @@ fn serve(config: Config, first_run: Option<serde_json::Value>) -> Result<ExitCod
 }
 
 /// Writes what `source` generates, frame after frame, raw.
-fn synth_dump(config: &Config, source: Option<&str>, out: &Path) -> Result<()> {
+fn synth_dump(
+    config: &Config,
+    source: Option<&str>,
+    out: &Path,
+    peaks: Option<&Path>,
+) -> Result<()> {
     let src = match source {
         None => config.sources.first(),
         Some(name) => config.sources.iter().find(|s| s.name.as_str() == name),
@@ -460,6 +470,23 @@ fn synth_dump(config: &Config, source: Option<&str>, out: &Path) -> Result<()> {
         }
     }
     w.flush()?;
+    if let Some(path) = peaks {
+        use detingest_daemon::source::synthetic::{bank_index, placed_peaks};
+        let mut w = std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        );
+        for n in cfg.first_frame_number..cfg.first_frame_number + cfg.frames {
+            for m in 0..modules {
+                for p in placed_peaks(cfg, bank_index(cfg, n, m, modules)) {
+                    let line = serde_json::json!({"frame_number": n, "module": m, "y": p.y,
+                        "x": p.x, "sigma": p.sigma, "height": p.height});
+                    writeln!(w, "{line}")?;
+                }
+            }
+        }
+        w.flush()?;
+    }
     Ok(())
 }
 

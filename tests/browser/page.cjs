@@ -5,6 +5,7 @@
 //   rate plot to move, checks that Stop without the token is refused, enters the token,
 //   stops the run and starts a new one from the form, and saves a screenshot.
 // phase "events": an event run's page shows events/s and drawn histograms, and no image.
+// phase "quality": a module grid's image (with gaps) and the data-quality panel's plots.
 // phase "reconnect": loads the page, waits until it is live, then (once the caller restarts
 //   the daemon, signalled by the file <url>-independent argv[5]) waits until it is live again.
 // Prints one JSON line of what it saw; exits non-zero on a failed check.
@@ -64,6 +65,24 @@ async function main() {
       seen.tof = await page.textContent("#tof-range");
       await page.waitForTimeout(1500);
       await page.screenshot({ path: shot });
+    } else if (phase === "quality") {
+      // A module-chunked grid: its image with the module gaps, and the quality panel drawn.
+      await waitText(page, "#link", "^live$");
+      await waitText(page, "#state", "running");
+      await page.waitForFunction(() => document.getElementById("image").width > 16, null, { timeout: 20000 });
+      await waitText(page, "#quality-caption", "spots");
+      const drawn = (id) => page.evaluate((i) => {
+        const c = document.getElementById(i);
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        for (let k = 3; k < d.length; k += 4) if (d[k] > 0) return true;
+        return false;
+      }, id);
+      await page.waitForTimeout(2500);
+      for (const id of ["plot-stats", "plot-spots", "plot-profile"]) check(await drawn(id), id + " is drawn");
+      seen.image = await page.evaluate(() => [document.getElementById("image").width, document.getElementById("image").height]);
+      seen.quality = await page.textContent("#quality-caption");
+      seen.profile = await page.textContent("#profile-caption");
+      await page.screenshot({ path: shot, fullPage: true });
     } else if (phase === "reconnect") {
       await page.fill("#token", token);
       await page.dispatchEvent("#token", "change");

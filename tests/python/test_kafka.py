@@ -44,7 +44,7 @@ def serve(detingestd, tmp_path, broker, frames=0, rate=150.0, extra=""):
     """`detingestd serve` on an open-ended (or `frames`) synthetic 2 x 2 detector."""
     source = (f"[source.synthetic]\nshape = [{MODULE[0]}, {MODULE[1]}]\nframes = {frames}\n"
               f"rate_hz = {rate}\nbank_frames = 8\nseed = 3\n")
-    s = Serve(detingestd, tmp_path, source=source, run=f"frames = {frames}\nframes_per_file = 20\nchunking = \"frame\"",
+    s = Serve(detingestd, tmp_path, source=source, run=f"frames = {frames}\nframes_per_file = 20\nchunking = \"module\"",
               live='publish = ""\nquery = ""\n' + kafka_table(broker, extra))
     return s
 

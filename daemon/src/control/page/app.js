@@ -152,7 +152,7 @@ function bars(id, counts) {
     ctx.fillRect(i * bw, h - bh, Math.max(1, bw - 1), bh);
   });
   ctx.fillStyle = "#667085"; ctx.font = "11px system-ui";
-  ctx.fillText(String(top), 4, 12);
+  ctx.fillText(String(Number(top.toPrecision(4))), 4, 12);
 }
 
 function prefill(stream) {

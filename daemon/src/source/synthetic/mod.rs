@@ -153,8 +153,39 @@ impl FrameBank {
     }
 }
 
+/// A peak placed in a bank frame: centre `(y, x)` in pixels of the module frame (pixel `y`
+/// spans `y..y + 1`), width and height in counts.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Peak {
+    /// Centre row.
+    pub y: f64,
+    /// Centre column.
+    pub x: f64,
+    /// Gaussian sigma, pixels.
+    pub sigma: f64,
+    /// Height, counts.
+    pub height: f64,
+}
+
+/// The peaks placed in bank frame `j` (for tests of spot finders: `synth-dump --peaks`).
+pub fn placed_peaks(cfg: &SyntheticConfig, j: u64) -> Vec<Peak> {
+    let mut peaks = Vec::new();
+    generate_frame(cfg, j, Some(&mut peaks));
+    peaks
+}
+
+/// Which bank frame is module `m` of frame number `n` on a detector of `modules` modules.
+pub fn bank_index(cfg: &SyntheticConfig, n: u64, m: u32, modules: u32) -> u64 {
+    n.wrapping_mul(u64::from(modules)).wrapping_add(u64::from(m)) % cfg.bank_frames.max(1) as u64
+}
+
 /// Photon counts of bank frame `j`, converted to the pixel type.
 fn bank_frame(cfg: &SyntheticConfig, j: u64) -> Vec<u8> {
+    generate_frame(cfg, j, None)
+}
+
+/// Bank frame `j`, noting its peaks in `peaks` if given.
+fn generate_frame(cfg: &SyntheticConfig, j: u64, mut peaks: Option<&mut Vec<Peak>>) -> Vec<u8> {
     let [ny, nx] = cfg.shape.map(|d| d as usize);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     rng.set_stream(j);
@@ -175,6 +206,14 @@ fn bank_frame(cfg: &SyntheticConfig, j: u64) -> Vec<u8> {
         );
         let sigma: f64 = rng.random_range(0.8..2.5);
         let h = height.map_or(2000.0, |d| d.sample(&mut rng));
+        if let Some(p) = peaks.as_mut() {
+            p.push(Peak {
+                y: cy,
+                x: cx,
+                sigma,
+                height: h,
+            });
+        }
         let r = (4.0 * sigma).ceil() as isize;
         for dy in -r..=r {
             for dx in -r..=r {
