@@ -8,6 +8,7 @@ mod events;
 mod kafka;
 mod live;
 mod pipeline;
+mod quality;
 mod redis;
 mod shm;
 mod soak;
@@ -47,6 +48,9 @@ enum Command {
     Redis(redis::Args),
     /// The Kafka sink on against off, and how soon a pl72 command starts a run.
     Kafka(kafka::Args),
+    /// Per-frame statistics and the sampled spot finding and radial profile against the
+    /// same run with them off.
+    Quality(quality::Args),
     /// Neutron events from Kafka into event files against a bare consumer of the same topic.
     Events(events::Args),
     /// The Stream V2 source's ingest rate next to a bare ZeroMQ PULL loop on the same
@@ -78,6 +82,7 @@ fn main() -> Result<()> {
         Command::Redis(args) => redis::run(&args),
         Command::Kafka(args) => kafka::run(&args),
         Command::Events(args) => events::run(&args),
+        Command::Quality(args) => quality::run(&args),
         Command::Stream2(args) => stream2::run(&args),
         Command::Stream2Output(args) => stream2_output::run(&args),
         Command::Soak(args) => soak::run(&args),

@@ -124,7 +124,9 @@ def test_a_stalled_subscriber_does_not_hold_up_ingest(detingestd, tmp_path, endp
                       # 2000 messages for the stalled subscriber, far past its 200 + 10 queue
                       extra="preview_every = 1\npreview_max_hz = 0\nhigh_water_mark = 200\n"
                             # three subscriptions: the stalled one's, and the reader's two topics
-                            "wait_for_subscribers = 3")
+                            "wait_for_subscribers = 3",
+                      # No timed flush: its `readable` notice would add to the count below.
+                      writer="flush_interval_ms = 0")
     ctx = zmq.Context()
     stalled = subscriber(ctx, endpoints[0])
     stalled.setsockopt(zmq.RCVHWM, 10)

@@ -31,7 +31,8 @@ fn frame_notices(ns: &[Notification]) -> Vec<(u64, u64, bool)> {
             }
             Notification::StreamStart(_)
             | Notification::StreamEnd(_)
-            | Notification::Readable(_) => None,
+            | Notification::Readable(_)
+            | Notification::Quality(_) => None,
         })
         .collect()
 }

@@ -27,6 +27,7 @@ fn options() -> FileOptions {
         master_data: MasterData::Vds,
         frames: 0,
         swmr: true,
+        statistics: None,
     }
 }
 
@@ -40,6 +41,7 @@ fn record(modules: u64) -> IndexRecord<'static> {
         modules,
         dropped: 0,
         missing_packets: &[],
+        stats: None,
     }
 }
 

@@ -52,6 +52,7 @@ fn write_run(dir: &std::path::Path, chunking: Chunking, n: u64) -> u64 {
         master_data: detingest_writer::MasterData::Both,
         frames: 0,
         swmr: true,
+        statistics: None,
     };
     let mut run = RunFiles::create(dir, "scan", l, &DetectorInfo::default(), "{}", opts).unwrap();
     for i in 1..=n {
@@ -90,6 +91,7 @@ fn write_run(dir: &std::path::Path, chunking: Chunking, n: u64) -> u64 {
                 modules: mask,
                 dropped: 0,
                 missing_packets: &missing,
+                stats: None,
             },
         )
         .unwrap();
@@ -227,6 +229,7 @@ fn late_modules_are_marked_in_flushed_and_buffered_records() {
         master_data: detingest_writer::MasterData::Vds,
         frames: 0,
         swmr: true,
+        statistics: None,
     };
     let l = layout(Chunking::Module);
     let mut run =
@@ -241,6 +244,7 @@ fn late_modules_are_marked_in_flushed_and_buffered_records() {
         modules: 0b0011,
         dropped: 0,
         missing_packets: &missing,
+        stats: None,
     };
     for i in 1..=3 {
         run.write_chunk(i, 0, &module_bytes(i, 0)).unwrap();

@@ -10,8 +10,8 @@ use prometheus_client::metrics::MetricType;
 
 /// Upper bounds: 0, then 1 to 10^12 in 1-3 steps (decades of counts).
 const BOUNDS: [f64; 26] = [
-    0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7,
-    1e8, 3e8, 1e9, 3e9, 1e10, 3e10, 1e11, 3e11, 1e12,
+    0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7, 1e8,
+    3e8, 1e9, 3e9, 1e10, 3e10, 1e11, 3e11, 1e12,
 ];
 
 /// Counts of values by bucket (the last: above every bound), their sum and count.
@@ -63,7 +63,17 @@ impl ValueHistogram {
         if let Some(inf) = out.last_mut() {
             inf.1 += count - total;
         }
-        (out, f64::from_bits(self.sum_bits.load(Ordering::Relaxed)), count)
+        (
+            out,
+            f64::from_bits(self.sum_bits.load(Ordering::Relaxed)),
+            count,
+        )
+    }
+}
+
+impl Default for ValueHistogram {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -98,10 +108,26 @@ pub fn observe(s: &FrameStats) {
 /// `(name, help, histogram)` of each, for the scrape.
 pub fn families() -> [(&'static str, &'static str, &'static ValueHistogram); 4] {
     [
-        ("detingest_frame_sum", "Sum of each written frame's pixels (masked pixels left out)", &FRAME_SUM),
-        ("detingest_frame_max", "Largest pixel of each written frame (masked pixels left out)", &FRAME_MAX),
-        ("detingest_frame_saturated_pixels", "Saturated pixels per written frame", &FRAME_SATURATED),
-        ("detingest_frame_pixels_above_threshold", "Pixels above [quality] threshold per written frame", &FRAME_ABOVE),
+        (
+            "detingest_frame_sum",
+            "Sum of each written frame's pixels (masked pixels left out)",
+            &FRAME_SUM,
+        ),
+        (
+            "detingest_frame_max",
+            "Largest pixel of each written frame (masked pixels left out)",
+            &FRAME_MAX,
+        ),
+        (
+            "detingest_frame_saturated_pixels",
+            "Saturated pixels per written frame",
+            &FRAME_SATURATED,
+        ),
+        (
+            "detingest_frame_pixels_above_threshold",
+            "Pixels above [quality] threshold per written frame",
+            &FRAME_ABOVE,
+        ),
     ]
 }
 

@@ -210,7 +210,11 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
                 .max_compressed_len(chunk_bytes, layout.pixel.size()),
         );
         let assemble = layout.effective_chunking() == Chunking::Frame;
-        let chunks_per_index = if assemble { 1 } else { layout.modules() as usize };
+        let chunks_per_index = if assemble {
+            1
+        } else {
+            layout.modules() as usize
+        };
         let preview_bytes = chunks_per_index
             * layout
                 .codec

@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(p.pixels.iter().sum::<u64>(), (ny * nx) as u64);
         for (k, m) in p.mean.iter().enumerate() {
             let mid = (k as f64 + 0.5) * p.bin_width;
-            assert!((m - mid).abs() < p.bin_width * 0.6, "ring {k}: {m} vs {mid}");
+            assert!(
+                (m - mid).abs() < p.bin_width * 0.6,
+                "ring {k}: {m} vs {mid}"
+            );
         }
         let none = radial_profile([ny, nx], f, |i| i % 2 == 0, centre, 4);
         assert!(none.pixels.iter().sum::<u64>() < (ny * nx) as u64);

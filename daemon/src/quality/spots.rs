@@ -115,7 +115,12 @@ pub fn find_spots(
 }
 
 /// Groups the strong pixels (in row-scan order) by 8-connectivity into spots.
-fn group(strong: &mut [(u64, f64)], parent: &mut Vec<u32>, nx: usize, min_pixels: u32) -> Vec<Spot> {
+fn group(
+    strong: &mut [(u64, f64)],
+    parent: &mut Vec<u32>,
+    nx: usize,
+    min_pixels: u32,
+) -> Vec<Spot> {
     parent.clear();
     parent.extend(0..strong.len() as u32);
     fn root(parent: &mut [u32], mut k: u32) -> u32 {
@@ -153,14 +158,21 @@ fn group(strong: &mut [(u64, f64)], parent: &mut Vec<u32>, nx: usize, min_pixels
     }
     // Sums per root, in the order roots first appear.
     let mut spots: Vec<(u32, Spot)> = Vec::new();
-    for k in 0..strong.len() {
+    for (k, &(i, w)) in strong.iter().enumerate() {
         let rt = root(parent, k as u32);
-        let (i, w) = strong[k];
         let (y, x) = ((i / nx) as f64 + 0.5, (i % nx) as f64 + 0.5);
         let at = match spots.iter().position(|s| s.0 == rt) {
             Some(at) => at,
             None => {
-                spots.push((rt, Spot { y: 0.0, x: 0.0, intensity: 0.0, pixels: 0 }));
+                spots.push((
+                    rt,
+                    Spot {
+                        y: 0.0,
+                        x: 0.0,
+                        intensity: 0.0,
+                        pixels: 0,
+                    },
+                ));
                 spots.len() - 1
             }
         };
@@ -206,7 +218,13 @@ mod tests {
             }
         }
         img[30 * nx + 30] = 60.0; // a hot pixel alone: too small
-        let spots = find_spots([ny, nx], |i| img[i], |_| true, &S, &mut SpotScratch::default());
+        let spots = find_spots(
+            [ny, nx],
+            |i| img[i],
+            |_| true,
+            &S,
+            &mut SpotScratch::default(),
+        );
         assert_eq!(spots.len(), 2, "{spots:?}");
         assert!((spots[0].y - 10.0).abs() < 0.3 && (spots[0].x - 12.0).abs() < 0.3);
         assert!((spots[1].y - 40.0).abs() < 0.3 && (spots[1].x - 60.0).abs() < 0.3);
@@ -217,7 +235,13 @@ mod tests {
         let (ny, nx) = (20, 20);
         let img = vec![0.0f64; ny * nx];
         let high = |i: usize| if i % nx < 3 { 65535.0 } else { img[i] };
-        let spots = find_spots([ny, nx], high, |i| i % nx >= 3, &S, &mut SpotScratch::default());
+        let spots = find_spots(
+            [ny, nx],
+            high,
+            |i| i % nx >= 3,
+            &S,
+            &mut SpotScratch::default(),
+        );
         assert!(spots.is_empty());
     }
 }

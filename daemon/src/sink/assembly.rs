@@ -400,7 +400,13 @@ mod tests {
         let p = b.finish();
         assert!(p.whole_chunk(Placement::Data).is_none());
         let (mut scratch, mut out) = (AssemblyScratch::default(), Vec::new());
-        assert!(assemble(&p.layout, p.bytes(), how(Placement::Gaps), &mut scratch, &mut out));
+        assert!(assemble(
+            &p.layout,
+            p.bytes(),
+            how(Placement::Gaps),
+            &mut scratch,
+            &mut out
+        ));
         #[rustfmt::skip]
         let want: [u16; 40] = [
             1, 1, 1, 0, 0, 2, 2, 2,
@@ -410,7 +416,13 @@ mod tests {
             3, 3, 3, 0, 0, 4, 4, 4,
         ];
         assert_eq!(pixels(&out), want);
-        assert!(assemble(&p.layout, p.bytes(), how(Placement::Data), &mut scratch, &mut out));
+        assert!(assemble(
+            &p.layout,
+            p.bytes(),
+            how(Placement::Data),
+            &mut scratch,
+            &mut out
+        ));
         let data: Vec<u16> = want.iter().copied().filter(|&v| v != 0).collect();
         assert_eq!(pixels(&out), data, "as the file holds it");
     }
@@ -424,7 +436,11 @@ mod tests {
         let mut b = PreviewBuilder::new(pool.acquire(), &flat);
         assert!(b.add(&flat, 0, &chunk));
         let p = b.finish();
-        assert_eq!(p.whole_chunk(Placement::Gaps), Some(&chunk[..]), "passed on");
+        assert_eq!(
+            p.whole_chunk(Placement::Gaps),
+            Some(&chunk[..]),
+            "passed on"
+        );
         drop(p);
         let gapped = PreviewGeometry::new(&layout([2, 2], Chunking::Frame), [1, 1]);
         let mut b = PreviewBuilder::new(pool.acquire(), &gapped);
@@ -433,7 +449,13 @@ mod tests {
         assert_eq!(p.whole_chunk(Placement::Data), Some(&chunk[..]));
         assert_eq!(p.whole_chunk(Placement::Gaps), None);
         let (mut scratch, mut out) = (AssemblyScratch::default(), Vec::new());
-        assert!(assemble(&p.layout, p.bytes(), how(Placement::Gaps), &mut scratch, &mut out));
+        assert!(assemble(
+            &p.layout,
+            p.bytes(),
+            how(Placement::Gaps),
+            &mut scratch,
+            &mut out
+        ));
         let got = pixels(&out);
         assert_eq!(got.len(), 5 * 7);
         assert_eq!(&got[0..7], &[0, 1, 2, 0, 3, 4, 5]);
@@ -450,7 +472,13 @@ mod tests {
         let p = b.finish();
         let (mut scratch, mut out) = (AssemblyScratch::default(), Vec::new());
         assert!(
-            assemble(&p.layout, p.bytes(), how(Placement::Data), &mut scratch, &mut out),
+            assemble(
+                &p.layout,
+                p.bytes(),
+                how(Placement::Data),
+                &mut scratch,
+                &mut out
+            ),
             "an empty preview is a black image"
         );
         assert_eq!(out.len(), 2 * 6 * 2);

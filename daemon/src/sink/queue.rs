@@ -115,8 +115,8 @@ impl NotifyQueue {
                 drained = true;
             }
             // What sinks made (the quality sink's analyses) goes to every sink too.
-            for k in 0..sinks.len() {
-                while let Some(n) = sinks[k].produced() {
+            for s in &mut sinks {
+                while let Some(n) = s.produced() {
                     made.push(n);
                 }
             }

@@ -183,13 +183,14 @@ impl KafkaConfig {
     /// Previews when a preview topic is set.
     pub fn needs(&self) -> SinkNeeds {
         SinkNeeds {
-            previews: (self.enabled() && !self.preview_topic.is_empty()).then_some(
-                PreviewRequest {
+            previews: (self.enabled() && !self.preview_topic.is_empty())
+                .then_some(PreviewRequest {
                     every: self.preview_every,
                     max_hz: self.preview_max_hz,
                     buffers: 2,
-                },
-            ).into_iter().collect(),
+                })
+                .into_iter()
+                .collect(),
             ..SinkNeeds::default()
         }
     }

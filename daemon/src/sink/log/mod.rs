@@ -55,7 +55,8 @@ impl NotificationSink for RateLogger {
                 self.window_frames += 1;
                 self.total_frames += 1;
             }
-            Notification::StreamStart(_) | Notification::Readable(_) | Notification::Quality(_) => {}
+            Notification::StreamStart(_) | Notification::Readable(_) | Notification::Quality(_) => {
+            }
             Notification::StreamEnd(e) => tracing::info!(
                 stream = %e.stream.id,
                 frames = e.frames,

@@ -226,9 +226,9 @@ fn analyse_loop(
         let spot_count = found.len();
         found.sort_by(|a, b| b.intensity.total_cmp(&a.intensity));
         found.truncate(MAX_SPOTS_LISTED);
-        let profile = job.centre.map(|c| {
-            radial::radial_profile(shape, value, is_valid, c, cfg.profile_bins as usize)
-        });
+        let profile = job
+            .centre
+            .map(|c| radial::radial_profile(shape, value, is_valid, c, cfg.profile_bins as usize));
         let report = QualityReport {
             spot_count,
             spots: found,

@@ -82,11 +82,14 @@ impl RedisConfig {
     /// Previews when pixels go to Redis: every frame is a candidate, at most `image_max_hz`.
     pub fn needs(&self) -> SinkNeeds {
         SinkNeeds {
-            previews: (self.enabled() && self.image_max_hz > 0.0).then_some(PreviewRequest {
-                every: 1,
-                max_hz: self.image_max_hz,
-                buffers: 2,
-            }).into_iter().collect(),
+            previews: (self.enabled() && self.image_max_hz > 0.0)
+                .then_some(PreviewRequest {
+                    every: 1,
+                    max_hz: self.image_max_hz,
+                    buffers: 2,
+                })
+                .into_iter()
+                .collect(),
             realtime_priority: self.realtime_priority,
             batch_interval: std::time::Duration::from_micros(self.batch_interval_us),
         }

@@ -202,7 +202,13 @@ impl Publisher {
                 placement: Placement::Data,
             };
             let bytes = preview.bytes();
-            match assemble(&preview.layout, bytes, how, &mut self.assembly, &mut self.pixels) {
+            match assemble(
+                &preview.layout,
+                bytes,
+                how,
+                &mut self.assembly,
+                &mut self.pixels,
+            ) {
                 true => Some(*index),
                 false => {
                     self.stats

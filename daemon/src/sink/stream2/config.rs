@@ -57,11 +57,15 @@ impl Stream2SinkConfig {
     /// A copy of every written chunk (every frame, no rate limit), when enabled.
     pub fn needs(&self) -> SinkNeeds {
         SinkNeeds {
-            previews: self.enabled().then_some(PreviewRequest {
-                every: 1,
-                max_hz: 0.0,
-                buffers: self.buffers,
-            }).into_iter().collect(),
+            previews: self
+                .enabled()
+                .then_some(PreviewRequest {
+                    every: 1,
+                    max_hz: 0.0,
+                    buffers: self.buffers,
+                })
+                .into_iter()
+                .collect(),
             ..Default::default()
         }
     }

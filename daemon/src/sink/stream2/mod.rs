@@ -29,8 +29,8 @@ use encode::{ImageFormat, SeriesIds};
 
 use crate::check::ConfigError;
 use crate::sink::{
-    assembly::Placement, Backlog, Notification, NotificationSink, Preview, Sink, SinkCores, SinkError, SinkNeeds,
-    StreamStartNotice,
+    assembly::Placement, Backlog, Notification, NotificationSink, Preview, Sink, SinkCores,
+    SinkError, SinkNeeds, StreamStartNotice,
 };
 use crate::stream::StreamInfo;
 use crate::threads;

@@ -69,13 +69,14 @@ impl LiveConfig {
     /// `preview_every` > 0, and the notification thread's batching and priority.
     pub fn needs(&self) -> SinkNeeds {
         SinkNeeds {
-            previews: (self.preview_every > 0 && !self.publish.is_empty()).then_some(
-                PreviewRequest {
+            previews: (self.preview_every > 0 && !self.publish.is_empty())
+                .then_some(PreviewRequest {
                     every: self.preview_every,
                     max_hz: self.preview_max_hz,
                     buffers: self.preview_buffers,
-                },
-            ).into_iter().collect(),
+                })
+                .into_iter()
+                .collect(),
             batch_interval: std::time::Duration::from_micros(self.batch_interval_us),
             realtime_priority: self.realtime_priority,
         }

@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use super::bluesky::Bluesky;
 use super::history::History;
+use crate::sink::assembly::{assemble, AssemblyScratch, Decode, Placement};
 use crate::sink::messages::{
     FrameMessage, PreviewHeader, QualityMessage, ReadableMessage, RunMessage,
 };
-use crate::sink::assembly::{assemble, AssemblyScratch, Decode, Placement};
 use crate::sink::{Notification, NotificationSink, Preview, Thinning};
 use crate::stream::{now_ns, FrameRecord, StreamInfo, StreamKind};
 
@@ -88,7 +88,10 @@ impl Publisher {
     /// decoded into the image as the file holds it (`compression: "none"`).
     fn send_preview(&mut self, info: &StreamInfo, record: &FrameRecord, p: &Preview) {
         if let Some(chunk) = p.whole_chunk(Placement::Data) {
-            encode_into(&mut self.json, &PreviewHeader::new(info, record, chunk.len()));
+            encode_into(
+                &mut self.json,
+                &PreviewHeader::new(info, record, chunk.len()),
+            );
             self.send_parts(&[b"preview", &self.json, chunk]);
         } else {
             let how = Decode {

@@ -176,7 +176,9 @@ pub fn placed_peaks(cfg: &SyntheticConfig, j: u64) -> Vec<Peak> {
 
 /// Which bank frame is module `m` of frame number `n` on a detector of `modules` modules.
 pub fn bank_index(cfg: &SyntheticConfig, n: u64, m: u32, modules: u32) -> u64 {
-    n.wrapping_mul(u64::from(modules)).wrapping_add(u64::from(m)) % cfg.bank_frames.max(1) as u64
+    n.wrapping_mul(u64::from(modules))
+        .wrapping_add(u64::from(m))
+        % cfg.bank_frames.max(1) as u64
 }
 
 /// Photon counts of bank frame `j`, converted to the pixel type.

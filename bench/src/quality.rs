@@ -1,0 +1,87 @@
+//! `detingest-bench quality`: what data quality costs ingest. The same zero-copy synthetic
+//! run (module chunking) three ways, alternating, repeated: per-frame statistics off (the
+//! baseline), statistics on (`[quality] statistics`, the default), and statistics with the
+//! sampled spot finding and radial profile at `--analysis-hz` (their sink taking previews).
+//! Prints each one's throughput and its ratio to the baseline (medians).
+
+use anyhow::Result;
+use clap::Parser;
+use detingest_daemon::sink::quality::QualitySink;
+use detingest_daemon::sink::{RunSinks, Sink, SinkCores};
+
+use crate::pipeline::{config, time_pipeline, Args as PipelineArgs};
+
+/// Options of `detingest-bench quality`.
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// The run's settings (frames, shape, grid, workers, codec, background).
+    #[command(flatten)]
+    pub(crate) run: PipelineArgs,
+    /// Analyses a second per stream in the third configuration (the default's 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) analysis_hz: f64,
+}
+
+/// Runs the benchmark and prints the figures.
+pub fn run(args: &Args) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = args
+        .run
+        .dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&dir)?;
+    let mut secs: [Vec<f64>; 3] = Default::default();
+    let mut bytes = 0.0;
+    for rep in 0..args.run.repeat.max(1) {
+        for (k, times) in secs.iter_mut().enumerate() {
+            let mut c = config(&args.run, &dir, &format!("q{rep}k{k}"), false, "module")?;
+            c.quality.statistics = k > 0;
+            c.quality.analysis_hz = if k == 2 { args.analysis_hz } else { 0.0 };
+            let sink = QualitySink::start(&c.quality, SinkCores::default())?;
+            let sinks = match &sink {
+                Some(s) => RunSinks {
+                    sinks: s.for_run().into_iter().collect(),
+                    needs: s.needs(),
+                },
+                None => RunSinks::none(),
+            };
+            let (t, stats) = time_pipeline(&c, sinks)?;
+            if let Some(s) = sink {
+                if k == 2 {
+                    eprintln!("analyses: {}", s.counters());
+                }
+                let mut s = s;
+                s.stop();
+            }
+            bytes = stats.bytes_raw as f64;
+            times.push(t);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let m: Vec<f64> = secs.iter_mut().map(median).collect();
+    let gbs = |t: f64| bytes / t / 1e9;
+    println!(
+        "quality cost, {} frames of {} modules {}, {} workers, medians of {}:",
+        args.run.frames, args.run.grid, args.run.shape, args.run.workers, args.run.repeat
+    );
+    println!(
+        "  statistics off                 {:6.2} GB/s  (baseline)",
+        gbs(m[0])
+    );
+    println!(
+        "  statistics on                  {:6.2} GB/s  {:.3} of the baseline",
+        gbs(m[1]),
+        m[0] / m[1]
+    );
+    println!(
+        "  statistics + analyses {:4} Hz {:6.2} GB/s  {:.3} of the baseline",
+        args.analysis_hz,
+        gbs(m[2]),
+        m[0] / m[2]
+    );
+    Ok(())
+}
