@@ -2,12 +2,19 @@
 //! run (module chunking) three ways, alternating, repeated: per-frame statistics off (the
 //! baseline), statistics on (`[quality] statistics`, the default), and statistics with the
 //! sampled spot finding and radial profile at `--analysis-hz` (their sink taking previews).
-//! Prints each one's throughput and its ratio to the baseline (medians).
+//! Prints each one's throughput and its ratio to the baseline (medians). First, on one
+//! thread (CPU time, so a busy machine moves it less), the codec alone against the
+//! statistics and then the codec, as a worker does, and the statistics alone.
+
+use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
+use detingest_daemon::quality::stats::{frame_stats, limits};
 use detingest_daemon::sink::quality::QualitySink;
 use detingest_daemon::sink::{RunSinks, Sink, SinkCores};
+use detingest_daemon::source::synthetic::FrameBank;
+use detingest_shm::PixelType;
 
 use crate::pipeline::{config, time_pipeline, Args as PipelineArgs};
 
@@ -31,6 +38,7 @@ pub fn run(args: &Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
+    kernel(args)?;
     let mut secs: [Vec<f64>; 3] = Default::default();
     let mut bytes = 0.0;
     for rep in 0..args.run.repeat.max(1) {
@@ -83,5 +91,70 @@ pub fn run(args: &Args) -> Result<()> {
         gbs(m[2]),
         m[0] / m[2]
     );
+    Ok(())
+}
+
+/// CPU seconds of one thread running `f`.
+fn cpu(f: impl FnOnce()) -> f64 {
+    let clock = nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID;
+    let t = crate::common::cpu_seconds(clock);
+    f();
+    crate::common::cpu_seconds(clock) - t
+}
+
+/// The codec alone, with the statistics fused in, and the statistics alone, on one thread.
+fn kernel(args: &Args) -> Result<()> {
+    let c = config(
+        &args.run,
+        std::path::Path::new("/tmp"),
+        "kernel",
+        false,
+        "module",
+    )?;
+    let Some(syn) = c.sources[0].synthetic.as_ref() else {
+        anyhow::bail!("the benchmark config has a synthetic source")
+    };
+    let bank = FrameBank::generate(syn);
+    let codec = c.writer.codec;
+    let n = bank.frame_bytes();
+    let l = limits(PixelType::U16, None, 0.0);
+    let mut out = vec![0u8; codec.max_compressed_len(n, 2)];
+    let frames = args.run.frames;
+    let mut best = [f64::MAX; 3];
+    let start = Instant::now();
+    for _ in 0..args.run.repeat.max(1) {
+        best[0] = best[0].min(cpu(|| {
+            for i in 0..frames {
+                let r = codec.compress_into(bank.frame(i), 2, &mut out);
+                std::hint::black_box(r.ok());
+            }
+        }));
+        best[1] = best[1].min(cpu(|| {
+            for i in 0..frames {
+                let s = frame_stats(bank.frame(i), PixelType::U16, &l);
+                let r = codec.compress_into(bank.frame(i), 2, &mut out);
+                std::hint::black_box((r.ok(), s));
+            }
+        }));
+        best[2] = best[2].min(cpu(|| {
+            for i in 0..frames {
+                std::hint::black_box(frame_stats(bank.frame(i), PixelType::U16, &l));
+            }
+        }));
+    }
+    let gbs = |t: f64| n as f64 * frames as f64 / t / 1e9;
+    println!(
+        "one thread, {frames} frames of {} ({codec:?}), best of {} ({:.0} s):",
+        args.run.shape,
+        args.run.repeat,
+        start.elapsed().as_secs_f64()
+    );
+    println!("  codec alone                    {:6.2} GB/s", gbs(best[0]));
+    println!(
+        "  statistics, then the codec     {:6.2} GB/s  {:.3} of the codec alone",
+        gbs(best[1]),
+        best[0] / best[1]
+    );
+    println!("  statistics alone               {:6.2} GB/s", gbs(best[2]));
     Ok(())
 }

@@ -96,7 +96,7 @@ fn daemon_modules_import_each_other_without_cycles() {
             graph[leaf]
         );
     }
-    for component in ["source", "sink", "cluster"] {
+    for component in ["source", "sink", "cluster", "quality"] {
         for forbidden in ["config", "pipeline", "runs", "control"] {
             assert!(
                 !graph[component].contains(forbidden),

@@ -80,9 +80,12 @@ pub(crate) fn run(
                 let coding = codings[usize::from(item.stream)];
                 let codec = coding.codec;
                 let started = Instant::now();
+                // The statistics first: the pass brings the frame into the cache the codec
+                // then reads it from.
                 let figures = (coding.statistics.as_ref())
                     .map(|l| frame_stats(pixels.as_slice(), meta.pixel, l));
-                match codec.compress_into(pixels.as_slice(), meta.pixel.size(), out.spare_mut()) {
+                let es = meta.pixel.size();
+                match codec.compress_into(pixels.as_slice(), es, out.spare_mut()) {
                     Ok(len) => {
                         metrics::COMPRESS_SECONDS.observe(started.elapsed());
                         drop(pixels); // the input buffer goes back to its source's pool now

@@ -29,27 +29,111 @@ pub fn limits(pixel: PixelType, saturation: Option<f64>, threshold: f64) -> Stat
 
 /// The statistics of `bytes`, little-endian pixels of `pixel`.
 pub fn frame_stats(bytes: &[u8], pixel: PixelType, limits: &StatsLimits) -> FrameStats {
-    match pixel {
-        PixelType::U16 => u16_stats(bytes, limits),
-        PixelType::U8 => generic(bytes.iter().map(|&b| f64::from(b)), limits),
-        PixelType::U32 => generic(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            limits,
-        ),
-        PixelType::I32 => generic(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            limits,
-        ),
-        PixelType::F32 => generic(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            limits,
-        ),
+    let mut acc = StatsAccumulator::new(pixel, limits);
+    acc.add(bytes);
+    acc.finish()
+}
+
+/// Statistics gathered piece by piece (the codec's blocks, in order; each piece a whole
+/// number of pixels): the limits worked out once, the figures added up.
+pub struct StatsAccumulator {
+    pixel: PixelType,
+    limits: StatsLimits,
+    /// 16-bit pixels: the limits as integers, and whether AVX2 is there.
+    fast: Option<(U16Limits, bool)>,
+    part: U16Part,
+    other: FrameStats,
+}
+
+impl StatsAccumulator {
+    /// An empty accumulator for pixels of `pixel`.
+    pub fn new(pixel: PixelType, limits: &StatsLimits) -> Self {
+        let fast = (pixel == PixelType::U16).then(|| {
+            #[cfg(target_arch = "x86_64")]
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            #[cfg(not(target_arch = "x86_64"))]
+            let avx2 = false;
+            (U16Limits::of(limits), avx2)
+        });
+        Self {
+            pixel,
+            limits: *limits,
+            fast,
+            part: U16Part::default(),
+            other: FrameStats::default(),
+        }
+    }
+
+    /// Adds the pixels of `bytes`.
+    pub fn add(&mut self, bytes: &[u8]) {
+        let limits = &self.limits;
+        let s = match (self.pixel, self.fast) {
+            (_, Some((l, avx2))) => {
+                // SAFETY: every bit pattern is a valid u16; `align_to` puts in `pixels` only
+                // what is aligned for it; unaligned input is taken the plain way below.
+                let (head, pixels, tail) = unsafe { bytes.align_to::<u16>() };
+                if head.is_empty() && tail.is_empty() && cfg!(target_endian = "little") {
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: the CPU has AVX2 (checked in `new`), all `u16_avx2` needs.
+                        unsafe { u16_avx2(pixels, l, &mut self.part) };
+                        return;
+                    }
+                    let _ = avx2;
+                    u16_blocks(pixels, l, &mut self.part);
+                    return;
+                }
+                let v = bytes
+                    .chunks_exact(2)
+                    .map(|c| f64::from(u16::from_le_bytes([c[0], c[1]])));
+                generic(v, limits)
+            }
+            (PixelType::U16 | PixelType::U8, None) => {
+                generic(bytes.iter().map(|&b| f64::from(b)), limits)
+            }
+            (PixelType::U32, None) => generic(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+                limits,
+            ),
+            (PixelType::I32, None) => generic(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+                limits,
+            ),
+            (PixelType::F32, None) => generic(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+                limits,
+            ),
+        };
+        self.other = if self.other == FrameStats::default() {
+            s
+        } else {
+            self.other.merge(s)
+        };
+    }
+
+    /// The statistics of everything added.
+    pub fn finish(&self) -> FrameStats {
+        let p = &self.part;
+        let fast = FrameStats {
+            sum: p.sum as f64,
+            max: f64::from(p.max),
+            saturated: p.saturated,
+            masked: p.masked,
+            above_threshold: p.above,
+        };
+        if self.other == FrameStats::default() {
+            fast
+        } else if *p == U16Part::default() {
+            self.other
+        } else {
+            fast.merge(self.other)
+        }
     }
 }
 
@@ -81,89 +165,161 @@ fn generic(values: impl Iterator<Item = f64>, limits: &StatsLimits) -> FrameStat
 struct U16Limits {
     masked: u32,
     saturation: u32,
+    /// `above_threshold` counts `v >= threshold` (the limit's `v > t` for integers).
     threshold: u32,
 }
 
-fn u16_stats(bytes: &[u8], limits: &StatsLimits) -> FrameStats {
-    // Out-of-range limits become values no pixel reaches (65536) or every pixel passes.
-    let clamp = |v: f64| -> u32 {
-        if v.is_nan() || v > 65_535.0 {
-            65_536
-        } else {
-            v.max(0.0).ceil() as u32
-        }
-    };
-    let l = U16Limits {
-        masked: if limits.masked.fract() == 0.0 {
-            clamp(limits.masked)
-        } else {
-            65_536
-        },
-        saturation: clamp(limits.saturation),
-        // above: v > t, i.e. v >= floor(t) + 1; a negative threshold counts every pixel.
-        threshold: if limits.threshold < 0.0 {
-            0
-        } else {
-            clamp(limits.threshold.floor() + 1.0)
-        },
-    };
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above), all `u16_avx2` requires.
-            return unsafe { u16_avx2(bytes, l) };
+impl U16Limits {
+    fn of(limits: &StatsLimits) -> Self {
+        // Out-of-range limits become values no pixel reaches (65536) or every pixel passes.
+        let clamp = |v: f64| -> u32 {
+            if v.is_nan() || v > 65_535.0 {
+                65_536
+            } else {
+                v.max(0.0).ceil() as u32
+            }
+        };
+        Self {
+            masked: if limits.masked.fract() == 0.0 {
+                clamp(limits.masked)
+            } else {
+                65_536
+            },
+            saturation: clamp(limits.saturation),
+            // v > t, i.e. v >= floor(t) + 1; a negative threshold counts every pixel.
+            threshold: if limits.threshold < 0.0 {
+                0
+            } else {
+                clamp(limits.threshold.floor() + 1.0)
+            },
         }
     }
-    u16_blocks(bytes, l)
 }
 
+/// What 16-bit pixels added up to so far.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct U16Part {
+    sum: u64,
+    max: u32,
+    saturated: u64,
+    masked: u64,
+    above: u64,
+}
+
+/// 16 pixels at a time in AVX2 registers: comparisons and the max in 16-bit lanes, the
+/// counts in 16-bit lanes emptied every block, the sum as its low and high bytes through
+/// `vpsadbw` into 64-bit lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn u16_avx2(bytes: &[u8], l: U16Limits) -> FrameStats {
-    u16_blocks(bytes, l)
+fn u16_avx2(pixels: &[u16], l: U16Limits, part: &mut U16Part) {
+    use std::arch::x86_64::*;
+    let whole = pixels.len() / 16 * 16;
+    let (vectors, rest) = pixels.split_at(whole);
+    let zero = _mm256_setzero_si256();
+    let all = _mm256_set1_epi16(-1);
+    let on = |limit: u32| if limit <= 65_535 { all } else { zero };
+    let splat = |limit: u32| _mm256_set1_epi16(limit.min(65_535) as u16 as i16);
+    let (mask_on, sat_on, thr_on) = (on(l.masked), on(l.saturation), on(l.threshold));
+    let (mv, sv, tv) = (splat(l.masked), splat(l.saturation), splat(l.threshold));
+    let low_byte = _mm256_set1_epi16(0x00FF);
+    let ones = _mm256_set1_epi16(1);
+    let (mut sum_lo, mut sum_hi, mut maxv) = (zero, zero, zero);
+    // 4096 vectors a block: each 16-bit count lane grows by at most one per vector.
+    for block in vectors.chunks(16 * 4096) {
+        let (mut nsat, mut nmsk, mut nabove) = (zero, zero, zero);
+        for c in block.chunks_exact(16) {
+            // SAFETY: `c` is 16 u16, the 32 bytes read; unaligned loads are allowed.
+            let v = unsafe { _mm256_loadu_si256(c.as_ptr().cast::<__m256i>()) };
+            let masked = _mm256_and_si256(_mm256_cmpeq_epi16(v, mv), mask_on);
+            let kept = _mm256_andnot_si256(masked, v);
+            maxv = _mm256_max_epu16(maxv, kept);
+            let lo = _mm256_and_si256(kept, low_byte);
+            let hi = _mm256_srli_epi16::<8>(kept);
+            sum_lo = _mm256_add_epi64(sum_lo, _mm256_sad_epu8(lo, zero));
+            sum_hi = _mm256_add_epi64(sum_hi, _mm256_sad_epu8(hi, zero));
+            // v >= limit exactly when max(v, limit) == v.
+            let sat = _mm256_cmpeq_epi16(_mm256_max_epu16(v, sv), v);
+            let above = _mm256_cmpeq_epi16(_mm256_max_epu16(v, tv), v);
+            nsat = _mm256_sub_epi16(
+                nsat,
+                _mm256_andnot_si256(masked, _mm256_and_si256(sat, sat_on)),
+            );
+            nabove = _mm256_sub_epi16(
+                nabove,
+                _mm256_andnot_si256(masked, _mm256_and_si256(above, thr_on)),
+            );
+            nmsk = _mm256_sub_epi16(nmsk, masked);
+        }
+        // 16-bit counts (at most 4096) summed in pairs into 32-bit lanes, then across.
+        let total = |x: __m256i| -> u64 {
+            let mut lanes = [0i32; 8];
+            // SAFETY: `lanes` is 32 bytes, the 32 bytes written.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_madd_epi16(x, ones)) };
+            lanes.iter().map(|&n| n as u64).sum()
+        };
+        part.saturated += total(nsat);
+        part.masked += total(nmsk);
+        part.above += total(nabove);
+    }
+    let mut lo = [0u64; 4];
+    let mut hi = [0u64; 4];
+    let mut max = [0u16; 16];
+    // SAFETY: each array is 32 bytes, the 32 bytes written.
+    unsafe {
+        _mm256_storeu_si256(lo.as_mut_ptr().cast(), sum_lo);
+        _mm256_storeu_si256(hi.as_mut_ptr().cast(), sum_hi);
+        _mm256_storeu_si256(max.as_mut_ptr().cast(), maxv);
+    }
+    part.sum += lo.iter().sum::<u64>() + 256 * hi.iter().sum::<u64>();
+    part.max = part
+        .max
+        .max(u32::from(max.iter().copied().max().unwrap_or(0)));
+    u16_blocks(rest, l, part);
 }
 
 #[inline(always)]
-fn u16_blocks(bytes: &[u8], l: U16Limits) -> FrameStats {
-    // SAFETY: every bit pattern is a valid u16; `align_to` puts in `pixels` only what is
-    // aligned for it, and the unaligned ends are taken byte-wise below.
-    let (head, pixels, tail) = unsafe { bytes.align_to::<u16>() };
-    if !head.is_empty() || cfg!(target_endian = "big") {
-        // An odd start (never a pool buffer's): the plain way.
-        let v = bytes
-            .chunks_exact(2)
-            .map(|c| f64::from(u16::from_le_bytes([c[0], c[1]])));
-        let limits = StatsLimits {
-            masked: f64::from(l.masked),
-            saturation: f64::from(l.saturation),
-            threshold: f64::from(l.threshold) - 1.0,
-        };
-        return generic(v, &limits);
-    }
-    debug_assert!(tail.len() < 2, "an odd byte is not a pixel");
-    let mut s = FrameStats::default();
-    let (mut sum, mut max) = (0u64, 0u32);
+fn u16_blocks(pixels: &[u16], l: U16Limits, part: &mut U16Part) {
+    // Lanes of 8 pixels side by side, one vector register per figure; a block's lane sums
+    // stay within u32 (8192 x 65535 per lane).
+    const LANES: usize = 8;
     for block in pixels.chunks(BLOCK) {
-        let (mut bs, mut bm, mut sat, mut msk, mut above) = (0u32, 0u32, 0u32, 0u32, 0u32);
-        for &p in block {
-            let v = u32::from(p);
-            let masked = v == l.masked;
-            let kept = if masked { 0 } else { v };
-            bs += kept;
-            bm = bm.max(kept);
-            msk += u32::from(masked);
-            sat += u32::from(!masked & (v >= l.saturation));
-            above += u32::from(!masked & (v >= l.threshold));
+        let mut sum = [0u32; LANES];
+        let mut max = [0u32; LANES];
+        let mut sat = [0u32; LANES];
+        let mut msk = [0u32; LANES];
+        let mut above = [0u32; LANES];
+        let lanes = block.chunks_exact(LANES);
+        let rest = lanes.remainder();
+        for c in lanes {
+            for k in 0..LANES {
+                let v = u32::from(c[k]);
+                let masked = u32::from(v == l.masked);
+                let keep = masked ^ 1;
+                let kept = v & 0u32.wrapping_sub(keep); // v, or 0 when masked
+                sum[k] += kept;
+                max[k] = max[k].max(kept);
+                msk[k] += masked;
+                sat[k] += u32::from(v >= l.saturation) & keep;
+                above[k] += u32::from(v >= l.threshold) & keep;
+            }
         }
-        sum += u64::from(bs);
-        max = max.max(bm);
-        s.saturated += u64::from(sat);
-        s.masked += u64::from(msk);
-        s.above_threshold += u64::from(above);
+        for (k, &p) in rest.iter().enumerate() {
+            let v = u32::from(p);
+            let masked = u32::from(v == l.masked);
+            let keep = masked ^ 1;
+            let kept = v & 0u32.wrapping_sub(keep);
+            sum[k % LANES] += kept;
+            max[k % LANES] = max[k % LANES].max(kept);
+            msk[k % LANES] += masked;
+            sat[k % LANES] += u32::from(v >= l.saturation) & keep;
+            above[k % LANES] += u32::from(v >= l.threshold) & keep;
+        }
+        part.sum += sum.iter().map(|&v| u64::from(v)).sum::<u64>();
+        part.max = part.max.max(max.iter().copied().max().unwrap_or(0));
+        part.saturated += sat.iter().map(|&v| u64::from(v)).sum::<u64>();
+        part.masked += msk.iter().map(|&v| u64::from(v)).sum::<u64>();
+        part.above += above.iter().map(|&v| u64::from(v)).sum::<u64>();
     }
-    s.sum = sum as f64;
-    s.max = f64::from(max);
-    s
 }
 
 #[cfg(test)]
@@ -199,6 +355,27 @@ mod tests {
             (s.sum, s.max, s.masked, s.above_threshold),
             (4.5, 3.0, 1, 1)
         );
+    }
+
+    #[test]
+    fn pieces_add_up_to_the_whole() {
+        let l = limits(PixelType::U16, Some(1000.0), 10.0);
+        let px: Vec<u16> = (0..20_000u32)
+            .map(|i| (i * 7919 % 70_000).min(65_535) as u16)
+            .collect();
+        let b = bytes(&px);
+        let whole = frame_stats(&b, PixelType::U16, &l);
+        let mut acc = StatsAccumulator::new(PixelType::U16, &l);
+        for piece in b.chunks(8192) {
+            acc.add(piece);
+        }
+        assert_eq!(acc.finish(), whole);
+        let mut odd = StatsAccumulator::new(PixelType::U16, &l);
+        odd.add(&b[..4000]);
+        let mut shifted = vec![0u8; 1];
+        shifted.extend_from_slice(&b[4000..]);
+        odd.add(&shifted[1..]); // unaligned: the plain way
+        assert_eq!(odd.finish(), whole);
     }
 
     proptest! {
