@@ -248,3 +248,30 @@ def test_the_page_shows_the_grid_and_its_quality_in_chromium(detingestd, tmp_pat
         d.call("POST", "/run/stop")
     finally:
         d.close()
+
+
+def test_blissdata_gets_the_grids_images_from_redis(detingestd, tmp_path, redis_server):
+    from test_redis import LiveReader
+    server = redis_server()
+    server.client().set("_PROTOCOL_VERSION_", 1)  # as an initialised Blissdata database
+    cfg = tmp_path / "redis.toml"
+    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[live]\npublish = ""\nquery = ""\n'
+                   f'[writer]\nflush_interval_ms = 50\n[sink.redis]\nurl = "{server.url}"\n'
+                   "image_max_hz = 50\n" + body(rate=30.0))
+    reader = LiveReader(server.url)
+    reader.start()
+    summary = tmp_path / "s.json"
+    p = subprocess.run([detingestd, "--log", "warn", "run", "--config", str(cfg),
+                        "--summary-json", str(summary)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    reader.join(timeout=60)
+    assert reader.error is None, repr(reader.error)
+    with h5py.File(tmp_path / "data/bt/det/q_master.h5", "r") as f:
+        want = f["/entry/data/data"][()]
+    got = reader.got["det:image"]
+    assert sorted(got) == list(range(N))
+    for i in range(N):
+        np.testing.assert_array_equal(got[i], want[i], f"image {i}")
+    redis = json.loads(summary.read_text())["sinks"]["redis"]
+    assert redis["images"] > 0 and redis["images_undecodable"] == 0, redis

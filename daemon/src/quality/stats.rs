@@ -206,74 +206,92 @@ struct U16Part {
     above: u64,
 }
 
-/// 16 pixels at a time in AVX2 registers: comparisons and the max in 16-bit lanes, the
-/// counts in 16-bit lanes emptied every block, the sum as its low and high bytes through
-/// `vpsadbw` into 64-bit lanes.
+/// 16 pixels at a time in AVX2 registers, 13 operations a vector. Every pixel is counted
+/// first and the masked ones (the type's largest, 65535, the only masked value a 16-bit
+/// stream has) taken out at the end: they are at or above every limit, and add 65535 each
+/// to the sum. The max skips them by wrapping: `v + 1` makes 65535 the smallest. The sum adds
+/// pairs with `vpmaddwd` on `v - 32768` (signed), put right at the end.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn u16_avx2(pixels: &[u16], l: U16Limits, part: &mut U16Part) {
     use std::arch::x86_64::*;
+    if l.masked != 65_535 && l.masked != 65_536 {
+        return u16_blocks(pixels, l, part); // no such limits come from `limits`
+    }
+    let masking = l.masked == 65_535;
     let whole = pixels.len() / 16 * 16;
     let (vectors, rest) = pixels.split_at(whole);
-    let zero = _mm256_setzero_si256();
-    let all = _mm256_set1_epi16(-1);
-    let on = |limit: u32| if limit <= 65_535 { all } else { zero };
     let splat = |limit: u32| _mm256_set1_epi16(limit.min(65_535) as u16 as i16);
-    let (mask_on, sat_on, thr_on) = (on(l.masked), on(l.saturation), on(l.threshold));
-    let (mv, sv, tv) = (splat(l.masked), splat(l.saturation), splat(l.threshold));
-    let low_byte = _mm256_set1_epi16(0x00FF);
-    let ones = _mm256_set1_epi16(1);
-    let (mut sum_lo, mut sum_hi, mut maxv) = (zero, zero, zero);
-    // 4096 vectors a block: each 16-bit count lane grows by at most one per vector.
+    let (sv, tv) = (splat(l.saturation), splat(l.threshold));
+    let (all, ones, bias) = (
+        _mm256_set1_epi16(-1),
+        _mm256_set1_epi16(1),
+        _mm256_set1_epi16(i16::MIN),
+    );
+    let (mut sum, mut maxw) = (0i64, _mm256_setzero_si256());
+    let (mut n, mut nmask, mut nsat, mut nabove) = (0u64, 0u64, 0u64, 0u64);
+    // 4096 vectors a block: 16-bit counts and 32-bit pair sums cannot overflow in one.
     for block in vectors.chunks(16 * 4096) {
-        let (mut nsat, mut nmsk, mut nabove) = (zero, zero, zero);
+        let z = _mm256_setzero_si256();
+        let (mut pairs, mut cmask, mut csat, mut cabove) = (z, z, z, z);
         for c in block.chunks_exact(16) {
             // SAFETY: `c` is 16 u16, the 32 bytes read; unaligned loads are allowed.
             let v = unsafe { _mm256_loadu_si256(c.as_ptr().cast::<__m256i>()) };
-            let masked = _mm256_and_si256(_mm256_cmpeq_epi16(v, mv), mask_on);
-            let kept = _mm256_andnot_si256(masked, v);
-            maxv = _mm256_max_epu16(maxv, kept);
-            let lo = _mm256_and_si256(kept, low_byte);
-            let hi = _mm256_srli_epi16::<8>(kept);
-            sum_lo = _mm256_add_epi64(sum_lo, _mm256_sad_epu8(lo, zero));
-            sum_hi = _mm256_add_epi64(sum_hi, _mm256_sad_epu8(hi, zero));
+            // `v + 1` puts a masked 65535 at 0, below everything.
+            maxw = _mm256_max_epu16(maxw, _mm256_add_epi16(v, ones));
+            cmask = _mm256_sub_epi16(cmask, _mm256_cmpeq_epi16(v, all));
+            let signed = _mm256_xor_si256(v, bias);
+            pairs = _mm256_add_epi32(pairs, _mm256_madd_epi16(signed, ones));
             // v >= limit exactly when max(v, limit) == v.
             let sat = _mm256_cmpeq_epi16(_mm256_max_epu16(v, sv), v);
+            csat = _mm256_sub_epi16(csat, sat);
             let above = _mm256_cmpeq_epi16(_mm256_max_epu16(v, tv), v);
-            nsat = _mm256_sub_epi16(
-                nsat,
-                _mm256_andnot_si256(masked, _mm256_and_si256(sat, sat_on)),
-            );
-            nabove = _mm256_sub_epi16(
-                nabove,
-                _mm256_andnot_si256(masked, _mm256_and_si256(above, thr_on)),
-            );
-            nmsk = _mm256_sub_epi16(nmsk, masked);
+            cabove = _mm256_sub_epi16(cabove, above);
         }
-        // 16-bit counts (at most 4096) summed in pairs into 32-bit lanes, then across.
-        let total = |x: __m256i| -> u64 {
-            let mut lanes = [0i32; 8];
+        let mut lanes = [0i32; 8];
+        let mut total = |x: __m256i| -> i64 {
             // SAFETY: `lanes` is 32 bytes, the 32 bytes written.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_madd_epi16(x, ones)) };
-            lanes.iter().map(|&n| n as u64).sum()
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), x) };
+            lanes.iter().map(|&v| i64::from(v)).sum()
         };
-        part.saturated += total(nsat);
-        part.masked += total(nmsk);
-        part.above += total(nabove);
+        let count = |x: __m256i| _mm256_madd_epi16(x, ones); // 16-bit counts, in pairs
+        sum += total(pairs);
+        nmask += total(count(cmask)) as u64;
+        nsat += total(count(csat)) as u64;
+        nabove += total(count(cabove)) as u64;
+        n += (block.len() / 16 * 16) as u64;
     }
-    let mut lo = [0u64; 4];
-    let mut hi = [0u64; 4];
-    let mut max = [0u16; 16];
-    // SAFETY: each array is 32 bytes, the 32 bytes written.
-    unsafe {
-        _mm256_storeu_si256(lo.as_mut_ptr().cast(), sum_lo);
-        _mm256_storeu_si256(hi.as_mut_ptr().cast(), sum_hi);
-        _mm256_storeu_si256(max.as_mut_ptr().cast(), maxv);
+    let mut top = [0u16; 16];
+    // SAFETY: `top` is 32 bytes, the 32 bytes written.
+    unsafe { _mm256_storeu_si256(top.as_mut_ptr().cast(), maxw) };
+    let top = u32::from(top.iter().copied().max().unwrap_or(0));
+    // Every pixel, biased by -32768 in the sum; masked ones out of every figure.
+    let all_sum = (sum + 32_768 * n as i64) as u64;
+    let (masked, masked_sum) = if masking {
+        (nmask, nmask * 65_535)
+    } else {
+        (0, 0)
+    };
+    part.sum += all_sum - masked_sum;
+    part.masked += masked;
+    // Masked pixels are at or above any limit a pixel can reach; a limit of 65536 is none.
+    if l.saturation <= 65_535 {
+        part.saturated += nsat - masked;
     }
-    part.sum += lo.iter().sum::<u64>() + 256 * hi.iter().sum::<u64>();
-    part.max = part
-        .max
-        .max(u32::from(max.iter().copied().max().unwrap_or(0)));
+    if l.threshold <= 65_535 {
+        part.above += nabove - masked;
+    }
+    let max = if masking {
+        top.saturating_sub(1)
+    } else {
+        // Without masking, 65535 counts: it wrapped to 0 above.
+        if nmask > 0 {
+            65_535
+        } else {
+            top.saturating_sub(1)
+        }
+    };
+    part.max = part.max.max(max);
     u16_blocks(rest, l, part);
 }
 
@@ -382,7 +400,11 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(24))]
         #[test]
         fn the_fast_path_equals_the_plain_one(
-            px in proptest::collection::vec(any::<u16>(), 0..140_000),
+            // Masked, sparse and any values alike.
+            px in proptest::collection::vec(
+                prop_oneof![Just(65_535u16), 0u16..5, any::<u16>()],
+                0..140_000,
+            ),
             sat in 0.0f64..70_000.0,
             thr in -2.0f64..70_000.0,
         ) {
