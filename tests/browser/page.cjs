@@ -80,6 +80,9 @@ async function main() {
       await page.waitForTimeout(2500);
       for (const id of ["plot-stats", "plot-spots", "plot-profile"]) check(await drawn(id), id + " is drawn");
       seen.image = await page.evaluate(() => [document.getElementById("image").width, document.getElementById("image").height]);
+      // The pixels the page drew from, to compare with the file.
+      seen.values = await page.evaluate(() => ({ index: image.index, binning: image.binning, nx: image.nx,
+        ny: image.ny, values: Array.from(image.values) }));
       seen.quality = await page.textContent("#quality-caption");
       seen.profile = await page.textContent("#profile-caption");
       await page.screenshot({ path: shot, fullPage: true });

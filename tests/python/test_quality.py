@@ -246,6 +246,13 @@ def test_the_page_shows_the_grid_and_its_quality_in_chromium(detingestd, tmp_pat
         assert seen["image"] == [2 * mx + gx, 2 * my + gy], "the canvas is the image with gaps"
         assert "spots" in seen["quality"]
         d.call("POST", "/run/stop")
+        d.wait_run("bt/det/page")
+        # What the page drew is the frame h5py reads, with the gaps, binned as documented.
+        v = seen["values"]
+        with h5py.File(d.master("page", source="det"), "r") as f:
+            frame = f["/entry/data/data"][v["index"] - 1]
+        got = np.array(v["values"], np.uint16).reshape(v["ny"], v["nx"])
+        np.testing.assert_array_equal(got, bin_max(with_gaps(frame), v["binning"]))
     finally:
         d.close()
 
