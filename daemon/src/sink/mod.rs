@@ -187,9 +187,6 @@ impl<S: NotificationSink> NotificationSink for Arc<std::sync::Mutex<S>> {
             s.batch_done();
         }
     }
-    fn produced(&mut self) -> Option<Notification> {
-        self.lock().ok()?.produced()
-    }
 }
 
 /// A stream of `modules` u16 modules of 1024 x 1024 and its frame notices, for tests.
