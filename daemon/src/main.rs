@@ -517,6 +517,29 @@ fn finish(paths: &[PathBuf], reason: &str) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    for path in paths {
+        use detingest_daemon::runs::recover_events::{
+            finish_events, unfinished_event_files, EventsOutcome,
+        };
+        for file in unfinished_event_files(path) {
+            match finish_events(&file, reason) {
+                EventsOutcome::Finished(r) => {
+                    finished += 1;
+                    println!(
+                        "{}: finished, {} pulses, {} events",
+                        file.display(),
+                        r.pulses,
+                        r.events
+                    );
+                }
+                EventsOutcome::NotOurs => {}
+                EventsOutcome::Left(why) => {
+                    left += 1;
+                    println!("{}: left as it is: {why}", file.display());
+                }
+            }
+        }
+    }
     println!("{finished} run(s) finished, {left} left unfinished");
     Ok(if left > 0 {
         ExitCode::FAILURE

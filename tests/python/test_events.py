@@ -77,20 +77,17 @@ def config_text(tmp_path, broker, port):
             'pulse_source = "isis_pulses"\n')
 
 
-@pytest.fixture
-def events_daemon(request, detingestd, tmp_path, kafka_broker):
-    """`serve` on the instrument; its event topic created first unless the test says
-    `{"event_topic": False}` (indirect parameter)."""
+def start_serve(detingestd, tmp_path, kafka_broker, log_name="serve.log"):
+    """`serve` on the instrument, once it takes commands: its process, a `status()` of its
+    `GET /run` and its log."""
     import subprocess
-    later = getattr(request, "param", {}).get("event_topic", True) is False
-    kafka_broker.create_topics(*TOPICS, LOG_TOPIC, *([] if later else [EVENT_TOPIC]))
+    import urllib.request
     port = free_port()
     cfg = tmp_path / "events.toml"
     cfg.write_text(config_text(tmp_path, kafka_broker, port))
-    log = tmp_path / "serve.log"
+    log = tmp_path / log_name
     proc = subprocess.Popen([detingestd, "serve", "--config", str(cfg)], stderr=open(log, "w"))
     wait_for_log(proc, log, "control API listening")
-    import urllib.request
 
     def status():
         with urllib.request.urlopen(status.url, timeout=10) as r:
@@ -100,6 +97,16 @@ def events_daemon(request, detingestd, tmp_path, kafka_broker):
     while not status()["sinks"]["kafka"]["commands_ready"]:
         assert time.time() < deadline, log.read_text()
         time.sleep(0.1)
+    return proc, status, log
+
+
+@pytest.fixture
+def events_daemon(request, detingestd, tmp_path, kafka_broker):
+    """`serve` on the instrument; its event topic created first unless the test says
+    `{"event_topic": False}` (indirect parameter)."""
+    later = getattr(request, "param", {}).get("event_topic", True) is False
+    kafka_broker.create_topics(*TOPICS, LOG_TOPIC, *([] if later else [EVENT_TOPIC]))
+    proc, status, log = start_serve(detingestd, tmp_path, kafka_broker)
     try:
         yield proc, status, log
     finally:
@@ -398,3 +405,59 @@ def test_an_event_topic_made_after_the_daemon_started_is_read_once_it_exists(eve
                                                   data=b"{}"), timeout=60).read()
     with h5py.File(status()["master"]) as h:
         assert h["entry/detingest/events"][()] == total
+
+
+def test_an_event_run_the_daemon_crashed_in_is_finished_at_its_restart(detingestd, tmp_path,
+                                                                      kafka_broker):
+    """SIGKILL mid-run: the .nxs keeps HDF5's write marks (a plain reader refuses it). The next
+    `serve` finishes it from what it holds: marks cleared, columns cut to whole pulses,
+    `end_time` and the reason written; scippnexus loads it; the wrdn carries the error flag."""
+    import signal
+    import urllib.request
+
+    import h5py
+    import hdf5plugin  # noqa: F401
+    import scippnexus as snx
+    kafka_broker.create_topics(*TOPICS, LOG_TOPIC, EVENT_TOPIC)
+    proc, status, log = start_serve(detingestd, tmp_path, kafka_broker)
+    try:
+        req = urllib.request.Request(
+            status.url + "/start", method="POST",
+            data=json.dumps({"beamtime": "bt", "source": "loki", "stream": "crash"}).encode())
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 201
+        produce_run(kafka_broker, time.time_ns(), 20, np.random.default_rng(4))
+        deadline = time.time() + 20
+        while ((status().get("sources") or [{}])[0].get("events") or {}).get("pulses", 0) < 60:
+            assert time.time() < deadline, status()
+            time.sleep(0.1)
+        time.sleep(0.6)  # past a flush (every 200 ms)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    path = tmp_path / "data/bt/loki/crash.nxs"
+    with pytest.raises(OSError):
+        h5py.File(path, "r")  # the write marks: refused until the file is finished
+    reader = Reader(kafka_broker)
+    proc, status, log = start_serve(detingestd, tmp_path, kafka_broker, "serve2.log")
+    try:
+        wrdn = reader.wait(lambda s, d: s == "wrdn" and d.file_name.endswith("crash.nxs"),
+                           timeout=60, what="wrdn of the crashed run")[0]
+        assert wrdn.error_encountered and "crashed" in wrdn.message, wrdn
+        assert "finished an event run a crash left unfinished" in log.read_text()
+        with h5py.File(path, "r") as f:
+            assert f["entry/end_time"][()]
+            assert b"crashed" in f["entry/detingest/error"][()]
+            ev = f["entry/instrument/bank0/events"]
+            pulses = ev["event_time_zero"].shape[0]
+            assert 0 < pulses <= 20 and ev["event_index"].shape[0] == pulses
+            n = ev["event_time_offset"].shape[0]
+            assert ev["event_id"].shape[0] == n and ev["event_index"][-1] <= n
+        with snx.File(path) as f:
+            assert f["entry/instrument/bank0/events"][()].sizes["event_time_zero"] == pulses
+            det = f["entry/instrument/bank0"][()]["events"]  # binned by detector_number
+            assert det.bins.size().sum().value == n
+    finally:
+        proc.terminate()
+        proc.wait(30)
+

@@ -29,6 +29,7 @@ mod detector_master;
 mod error;
 mod event_column;
 mod event_file;
+mod event_recover;
 mod filter;
 mod filter_check;
 mod filter_repair;
@@ -52,6 +53,7 @@ pub use detector_info::{
 pub use detector_master::{DetectorMaster, Part, PartEnd, PartOutcome};
 pub use error::WriteError;
 pub use event_file::{EventFile, EventFileSpec, EventRunEnd, EventSourceSpec, LogSpec};
+pub use event_recover::{finish_unfinished_events, may_be_unfinished_events, EventsRecovered};
 pub use filter::{judge_filter_values, FilterVerdict};
 pub use filter_check::{check_filters, DatasetFilterCheck};
 pub use filter_repair::{repair_filters, Repaired};

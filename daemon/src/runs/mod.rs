@@ -10,6 +10,7 @@
 
 mod coordinate;
 pub mod recover;
+pub mod recover_events;
 mod status;
 mod supervise;
 

@@ -140,8 +140,8 @@ pub fn spawn_finish_left_behind(
         .name("recover".into())
         .spawn(move || {
             let mut sinks = sinks;
-            let done = finish_left_behind(&data_dir, &mut sinks, own.as_deref());
-            if done.iter().any(|(_, o)| matches!(o, Outcome::Finished(_))) {
+            let finished = finish_left_behind(&data_dir, &mut sinks, own.as_deref());
+            if finished > 0 {
                 for s in &mut sinks.sinks {
                     s.finish();
                 }
@@ -150,12 +150,8 @@ pub fn spawn_finish_left_behind(
 }
 
 /// Finishes what [`spawn_finish_left_behind`] finds (only masters whose name ends in `own`,
-/// when given), logging each; returns what was done.
-pub fn finish_left_behind(
-    data_dir: &Path,
-    sinks: &mut RunSinks,
-    own: Option<&str>,
-) -> Vec<(PathBuf, Outcome)> {
+/// when given; event runs when not), logging each; returns how many runs were finished.
+pub fn finish_left_behind(data_dir: &Path, sinks: &mut RunSinks, own: Option<&str>) -> usize {
     let reason = "crashed: the run's daemon stopped before its end was written; \
                   finished from its files by detingestd serve at its start";
     let mut done = Vec::new();
@@ -190,12 +186,19 @@ pub fn finish_left_behind(
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Finished(_)))
         .count();
+    // Neutron event runs (`<stream>.nxs`) too; a cluster's daemons write none.
+    let events = if own.is_none() {
+        super::recover_events::finish_events_left_behind(data_dir, sinks, reason)
+    } else {
+        0
+    };
     tracing::info!(
         finished,
+        events,
         left = done.len() - finished,
         "crashed runs looked for under the data directory"
     );
-    done
+    finished + events
 }
 
 /// Tells the sinks of a finished run: a start and an end with the reason.
