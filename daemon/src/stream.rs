@@ -129,6 +129,25 @@ pub enum StreamKind {
 }
 
 impl StreamInfo {
+    /// A neutron event run's stream: its one file (`<stream>.nxs`), columns in `codec`.
+    pub fn events(id: StreamId, file: PathBuf, codec: Codec) -> Self {
+        Self {
+            slot: 0,
+            key: id.to_string(),
+            id,
+            file,
+            dataset: "/entry",
+            codec,
+            pixel: PixelType::I32,
+            shape: [1, 1],
+            modules: 1,
+            expected: 1,
+            parts: Vec::new(),
+            frames_per_file: 0,
+            kind: StreamKind::Events,
+        }
+    }
+
     /// The modules a complete index of this stream has: every module's bit, or this daemon's
     /// part of the detector.
     pub fn all_modules(&self) -> u64 {

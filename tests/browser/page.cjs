@@ -23,6 +23,16 @@ async function waitText(page, sel, re, timeout = 20000) {
   await page.waitForFunction(([s, r]) => new RegExp(r).test(document.querySelector(s).textContent), [sel, re], { timeout });
 }
 
+// Whether canvas `id` has anything drawn on it.
+function drawn(page, id) {
+  return page.evaluate((i) => {
+    const c = document.getElementById(i);
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    for (let k = 3; k < d.length; k += 4) if (d[k] > 0) return true;
+    return false;
+  }, id);
+}
+
 async function main() {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -52,15 +62,9 @@ async function main() {
       await waitText(page, "#state", "running");
       await waitText(page, "#events-caption", "^[1-9][0-9]* events");
       check(await page.evaluate(() => document.getElementById("image-panel").hidden), "no image panel");
-      const drawn = (id) => page.evaluate((i) => {
-        const c = document.getElementById(i);
-        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-        for (let k = 3; k < d.length; k += 4) if (d[k] > 0) return true;
-        return false;
-      }, id);
       await page.waitForFunction(() => document.getElementById("plot-events").width > 16);
-      check(await drawn("hist-tof"), "the time-of-flight histogram is drawn");
-      check(await drawn("hist-pixels"), "the pixel-id histogram is drawn");
+      check(await drawn(page, "hist-tof"), "the time-of-flight histogram is drawn");
+      check(await drawn(page, "hist-pixels"), "the pixel-id histogram is drawn");
       seen.caption = await page.textContent("#events-caption");
       seen.tof = await page.textContent("#tof-range");
       await page.waitForTimeout(1500);
@@ -71,14 +75,8 @@ async function main() {
       await waitText(page, "#state", "running");
       await page.waitForFunction(() => document.getElementById("image").width > 16, null, { timeout: 20000 });
       await waitText(page, "#quality-caption", "spots");
-      const drawn = (id) => page.evaluate((i) => {
-        const c = document.getElementById(i);
-        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-        for (let k = 3; k < d.length; k += 4) if (d[k] > 0) return true;
-        return false;
-      }, id);
       await page.waitForTimeout(2500);
-      for (const id of ["plot-stats", "plot-spots", "plot-profile"]) check(await drawn(id), id + " is drawn");
+      for (const id of ["plot-stats", "plot-spots", "plot-profile"]) check(await drawn(page, id), id + " is drawn");
       seen.image = await page.evaluate(() => [document.getElementById("image").width, document.getElementById("image").height]);
       // The pixels the page drew from, to compare with the file.
       seen.values = await page.evaluate(() => ({ index: image.index, binning: image.binning, nx: image.nx,

@@ -242,22 +242,9 @@ fn read_i64(ds: &Dataset, n: usize) -> Result<Vec<i64>, WriteError> {
         if start >= n {
             continue;
         }
-        stored.resize(info.size as usize, 0);
-        let mut mask = 0u32;
-        // SAFETY: `ds` is an open 1-D dataset and `info.offset` (from HDF5 for it) has one
-        // entry; `stored` holds the chunk's stored size, which H5Dread_chunk writes at most.
-        let rc = unsafe {
-            hdf5_sys::h5d::H5Dread_chunk(
-                ds.id(),
-                hdf5_sys::h5p::H5P_DEFAULT,
-                info.offset.as_ptr(),
-                &mut mask,
-                stored.as_mut_ptr().cast(),
-            )
-        };
-        if rc < 0 {
+        let Some(mask) = crate::read_back::read_stored(ds, &info, &mut stored) else {
             return Err(bad(format!("cannot read the chunk at {start}")));
-        }
+        };
         let codec = if mask == 0 { codec } else { crate::Codec::None };
         let got = codec
             .decompress_into(&stored, 8, &mut decoded)

@@ -41,23 +41,9 @@ pub fn read_frame(
         if r0 >= rows || c0 >= cols {
             continue;
         }
-        stored.resize(info.size as usize, 0);
-        let mut mask = 0u32;
-        // SAFETY: `data` is an open 3-D dataset and `info.offset` (from HDF5 for this dataset)
-        // has 3 entries; `stored` holds the chunk's stored size, which H5Dread_chunk writes
-        // at most.
-        let rc = unsafe {
-            hdf5_sys::h5d::H5Dread_chunk(
-                data.id(),
-                H5P_DEFAULT,
-                info.offset.as_ptr(),
-                &mut mask,
-                stored.as_mut_ptr().cast(),
-            )
-        };
-        if rc < 0 {
+        let Some(mask) = read_stored(&data, &info, &mut stored) else {
             return Err(fail("H5Dread_chunk", &format!("{:?}", info.offset)));
-        }
+        };
         let codec = if mask == 0 { codec } else { Codec::None };
         let got = codec
             .decompress_into(&stored, es, &mut decoded)
@@ -75,6 +61,29 @@ pub fn read_frame(
         }
     }
     Ok(())
+}
+
+/// The bytes of the chunk `info` describes (from HDF5 for `ds`) as stored, into `stored`;
+/// its filter mask (0: every filter applied), `None` when HDF5 cannot read it.
+pub(crate) fn read_stored(
+    ds: &hdf5::Dataset,
+    info: &hdf5::dataset::ChunkInfo,
+    stored: &mut Vec<u8>,
+) -> Option<u32> {
+    stored.resize(info.size as usize, 0);
+    let mut mask = 0u32;
+    // SAFETY: `ds` is an open dataset and `info.offset` (from HDF5 for it) has one entry per
+    // dimension; `stored` holds the chunk's stored size, which H5Dread_chunk writes at most.
+    let rc = unsafe {
+        hdf5_sys::h5d::H5Dread_chunk(
+            ds.id(),
+            H5P_DEFAULT,
+            info.offset.as_ptr(),
+            &mut mask,
+            stored.as_mut_ptr().cast(),
+        )
+    };
+    (rc >= 0).then_some(mask)
 }
 
 /// The stored chunks at first-axis position `position` (at most `want` of them), found from

@@ -51,18 +51,8 @@ impl ValueHistogram {
     /// Counts per bucket by upper bound (`+Inf` last), the sum and the count (raised to the
     /// buckets' total should a scrape race an observation).
     pub fn buckets(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut out: Vec<(f64, u64)> = BOUNDS
-            .iter()
-            .copied()
-            .chain([f64::INFINITY])
-            .zip(&self.buckets)
-            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
-            .collect();
-        let total: u64 = out.iter().map(|b| b.1).sum();
-        let count = self.count.load(Ordering::Relaxed).max(total);
-        if let Some(inf) = out.last_mut() {
-            inf.1 += count - total;
-        }
+        let (out, count) =
+            super::histogram::read_buckets(BOUNDS.iter().copied(), &self.buckets, &self.count);
         (
             out,
             f64::from_bits(self.sum_bits.load(Ordering::Relaxed)),

@@ -68,21 +68,32 @@ impl LatencyHistogram {
     /// scrape racing an observation may see a bucket ahead of the count: the count is then
     /// raised to the buckets' total, as Prometheus wants the `+Inf` bucket equal to it.
     pub fn buckets(&self) -> (Vec<(f64, u64)>, f64, u64) {
-        let mut out: Vec<(f64, u64)> = BOUNDS_NS
-            .iter()
-            .map(|&b| b as f64 * 1e-9)
-            .chain([f64::INFINITY])
-            .zip(&self.buckets)
-            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
-            .collect();
-        let total: u64 = out.iter().map(|b| b.1).sum();
-        let count = self.count.load(Ordering::Relaxed).max(total);
-        if let Some(inf) = out.last_mut() {
-            inf.1 += count - total;
-        }
+        let bounds = BOUNDS_NS.iter().map(|&b| b as f64 * 1e-9);
+        let (out, count) = read_buckets(bounds, &self.buckets, &self.count);
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 * 1e-9;
         (out, sum, count)
     }
+}
+
+/// Counts per bucket by upper bound (`bounds`, then `+Inf`) and the count, raised to the
+/// buckets' total should a scrape race an observation (Prometheus wants the `+Inf` bucket
+/// equal to the count): the difference goes to `+Inf`.
+pub(crate) fn read_buckets(
+    bounds: impl Iterator<Item = f64>,
+    buckets: &[AtomicU64],
+    count: &AtomicU64,
+) -> (Vec<(f64, u64)>, u64) {
+    let mut out: Vec<(f64, u64)> = bounds
+        .chain([f64::INFINITY])
+        .zip(buckets)
+        .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+        .collect();
+    let total: u64 = out.iter().map(|b| b.1).sum();
+    let count = count.load(Ordering::Relaxed).max(total);
+    if let Some(inf) = out.last_mut() {
+        inf.1 += count - total;
+    }
+    (out, count)
 }
 
 impl Default for LatencyHistogram {

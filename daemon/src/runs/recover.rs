@@ -79,32 +79,39 @@ impl std::fmt::Display for Why {
 /// The masters under `root` (or `root` itself, a master) whose run has not finished, or
 /// that cannot be read as they are.
 pub fn unfinished_masters(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    walk(root, DEPTH, &mut found);
-    found.sort();
-    found
-}
-
-fn walk(path: &Path, depth: usize, found: &mut Vec<PathBuf>) {
-    if path.is_file() {
+    files_under(root, &|path| {
         let is_master = path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.ends_with("_master.h5"));
         // Unreadable: its writer was killed before the first flush (marks no reader passes).
-        if is_master && !is_finished(path).unwrap_or(false) {
-            found.push(path.to_owned());
+        is_master && !is_finished(path).unwrap_or(false)
+    })
+}
+
+/// The files under `root` (or `root` itself), [`DEPTH`] levels deep, that `keep` takes,
+/// sorted.
+pub(super) fn files_under(root: &Path, keep: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+    fn walk(path: &Path, depth: usize, keep: &dyn Fn(&Path) -> bool, found: &mut Vec<PathBuf>) {
+        if path.is_file() {
+            if keep(path) {
+                found.push(path.to_owned());
+            }
+            return;
         }
-        return;
-    }
-    if depth == 0 {
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            walk(&e.path(), depth - 1, found);
+        if depth == 0 {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for e in entries.flatten() {
+                walk(&e.path(), depth - 1, keep, found);
+            }
         }
     }
+    let mut found = Vec::new();
+    walk(root, DEPTH, keep, &mut found);
+    found.sort();
+    found
 }
 
 /// Finishes the unfinished run of `master` with `reason`, unless it may still be written.
@@ -207,21 +214,33 @@ fn announce(sinks: &mut RunSinks, data_dir: &Path, r: &Recovered, reason: &str) 
         tracing::warn!(master = %r.master.display(), "not under beamtime/source/ of the data directory: not announced");
         return;
     };
-    let info = Arc::new(info);
+    let files = FileOptions {
+        frames_per_file: r.frames_per_file,
+        ..FileOptions::default()
+    };
+    let run = (r.user_json.as_str(), files, r.frames, r.lost);
+    tell_ended(sinks, Arc::new(info), run, reason);
+}
+
+/// Tells `sinks` of a run of `info` that started and ended with `reason`: its user metadata,
+/// file options, indices and lost ones.
+pub(super) fn tell_ended(
+    sinks: &mut RunSinks,
+    info: Arc<StreamInfo>,
+    (user_json, files, frames, lost): (&str, FileOptions, u64, u64),
+    reason: &str,
+) {
     let start = Notification::StreamStart(StreamStartNotice {
         stream: Arc::clone(&info),
         started_ns: now_ns(),
         detector: Default::default(),
-        user_json: r.user_json.clone(),
-        files: FileOptions {
-            frames_per_file: r.frames_per_file,
-            ..FileOptions::default()
-        },
+        user_json: user_json.to_owned(),
+        files,
     });
     let end = Notification::StreamEnd(StreamEndNotice {
         stream: info,
-        frames: r.frames,
-        lost: r.lost,
+        frames,
+        lost,
         late: 0,
         ended_ns: now_ns(),
         error: Some(reason.to_owned()),

@@ -9,11 +9,8 @@ use std::sync::Arc;
 use detingest_shm::{Name, StreamId};
 use detingest_writer::{changed_ago, finish_unfinished_events, EventsRecovered, QUIET};
 
-use crate::sink::{Notification, RunSinks, StreamEndNotice, StreamStartNotice};
-use crate::stream::{now_ns, StreamInfo, StreamKind};
-
-/// How deep under the data directory event files are looked for (`beamtime/source/` is 2).
-const DEPTH: usize = 4;
+use crate::sink::RunSinks;
+use crate::stream::StreamInfo;
 
 /// What became of one event file.
 #[derive(Debug)]
@@ -28,31 +25,13 @@ pub enum EventsOutcome {
 
 /// The `.nxs` files under `root` (or `root` itself) that may be event runs left unfinished.
 pub fn unfinished_event_files(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    walk(root, DEPTH, &mut found);
-    found.sort();
-    found
-}
-
-fn walk(path: &Path, depth: usize, found: &mut Vec<PathBuf>) {
-    if path.is_file() {
+    super::recover::files_under(root, &|path| {
         let hidden = path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'));
-        if !hidden && detingest_writer::may_be_unfinished_events(path) {
-            found.push(path.to_owned());
-        }
-        return;
-    }
-    if depth == 0 {
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            walk(&e.path(), depth - 1, found);
-        }
-    }
+        !hidden && detingest_writer::may_be_unfinished_events(path)
+    })
 }
 
 /// Finishes the event file at `path` with `reason`, unless it changed less than [`QUIET`]
@@ -104,27 +83,8 @@ fn announce(sinks: &mut RunSinks, data_dir: &Path, r: &EventsRecovered, reason: 
         tracing::warn!(file = %r.path.display(), "not under beamtime/source/ of the data directory: not announced");
         return;
     };
-    let info = Arc::new(info);
-    let start = Notification::StreamStart(StreamStartNotice {
-        stream: Arc::clone(&info),
-        started_ns: now_ns(),
-        detector: Default::default(),
-        user_json: "{}".into(),
-        files: Default::default(),
-    });
-    let end = Notification::StreamEnd(StreamEndNotice {
-        stream: info,
-        frames: r.pulses,
-        lost: 0,
-        late: 0,
-        ended_ns: now_ns(),
-        error: Some(reason.to_owned()),
-    });
-    for s in &mut sinks.sinks {
-        s.notify(&start);
-        s.notify(&end);
-        s.batch_done();
-    }
+    let run = ("{}", Default::default(), r.pulses, 0);
+    super::recover::tell_ended(sinks, Arc::new(info), run, reason);
 }
 
 /// The stream of `data_dir/beamtime/source/<stream>.nxs`.
@@ -139,19 +99,9 @@ fn stream_info(data_dir: &Path, path: &Path) -> Option<StreamInfo> {
         source: Name::new(source).ok()?,
         stream: Name::new(file.strip_suffix(".nxs")?).ok()?,
     };
-    Some(StreamInfo {
-        slot: 0,
-        key: id.to_string(),
+    Some(StreamInfo::events(
         id,
-        file: path.to_owned(),
-        dataset: "/entry",
-        codec: detingest_writer::Codec::BitshuffleLz4,
-        pixel: detingest_shm::PixelType::I32,
-        shape: [1, 1],
-        modules: 1,
-        expected: 1,
-        parts: Vec::new(),
-        frames_per_file: 0,
-        kind: StreamKind::Events,
-    })
+        path.to_owned(),
+        detingest_writer::Codec::BitshuffleLz4,
+    ))
 }

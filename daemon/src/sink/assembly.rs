@@ -381,6 +381,12 @@ mod tests {
         }
     }
 
+    /// The preview assembled as `placement` lays it out, as pixels.
+    fn decoded(p: &Preview, placement: Placement) -> Option<Vec<u16>> {
+        let (mut scratch, mut out) = (AssemblyScratch::default(), Vec::new());
+        assemble(&p.layout, p.bytes(), how(placement), &mut scratch, &mut out).then(|| pixels(&out))
+    }
+
     fn pixels(bytes: &[u8]) -> Vec<u16> {
         bytes
             .chunks(2)
@@ -399,14 +405,7 @@ mod tests {
         }
         let p = b.finish();
         assert!(p.whole_chunk(Placement::Data).is_none());
-        let (mut scratch, mut out) = (AssemblyScratch::default(), Vec::new());
-        assert!(assemble(
-            &p.layout,
-            p.bytes(),
-            how(Placement::Gaps),
-            &mut scratch,
-            &mut out
-        ));
+        let out = decoded(&p, Placement::Gaps).expect("decodes");
         #[rustfmt::skip]
         let want: [u16; 40] = [
             1, 1, 1, 0, 0, 2, 2, 2,
@@ -415,16 +414,10 @@ mod tests {
             3, 3, 3, 0, 0, 4, 4, 4,
             3, 3, 3, 0, 0, 4, 4, 4,
         ];
-        assert_eq!(pixels(&out), want);
-        assert!(assemble(
-            &p.layout,
-            p.bytes(),
-            how(Placement::Data),
-            &mut scratch,
-            &mut out
-        ));
+        assert_eq!(out, want);
+        let out = decoded(&p, Placement::Data).expect("decodes");
         let data: Vec<u16> = want.iter().copied().filter(|&v| v != 0).collect();
-        assert_eq!(pixels(&out), data, "as the file holds it");
+        assert_eq!(out, data, "as the file holds it");
     }
 
     #[test]
@@ -448,15 +441,8 @@ mod tests {
         let p = b.finish();
         assert_eq!(p.whole_chunk(Placement::Data), Some(&chunk[..]));
         assert_eq!(p.whole_chunk(Placement::Gaps), None);
-        let (mut scratch, mut out) = (AssemblyScratch::default(), Vec::new());
-        assert!(assemble(
-            &p.layout,
-            p.bytes(),
-            how(Placement::Gaps),
-            &mut scratch,
-            &mut out
-        ));
-        let got = pixels(&out);
+        let out = decoded(&p, Placement::Gaps).expect("decodes");
+        let got = out;
         assert_eq!(got.len(), 5 * 7);
         assert_eq!(&got[0..7], &[0, 1, 2, 0, 3, 4, 5]);
         assert_eq!(&got[7 * 2..7 * 3], &[0; 7], "the gap row");
@@ -470,17 +456,7 @@ mod tests {
         let mut b = PreviewBuilder::new(pool.acquire(), &g);
         assert!(!b.add(&g, 0, &[0; 9]));
         let p = b.finish();
-        let (mut scratch, mut out) = (AssemblyScratch::default(), Vec::new());
-        assert!(
-            assemble(
-                &p.layout,
-                p.bytes(),
-                how(Placement::Data),
-                &mut scratch,
-                &mut out
-            ),
-            "an empty preview is a black image"
-        );
-        assert_eq!(out.len(), 2 * 6 * 2);
+        let out = decoded(&p, Placement::Data).expect("an empty preview is a black image");
+        assert_eq!(out.len(), 2 * 6);
     }
 }

@@ -11,7 +11,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use detingest_shm::PixelType;
 use detingest_writer::{EventFile, FileOptions};
 
 use self::write::{EventWriter, Route};
@@ -21,7 +20,7 @@ use crate::sink::{Notification, NotifyQueue, RunSinks, StreamStartNotice};
 use crate::source::kafka_events::consume::{self, ConsumerReport};
 use crate::source::kafka_events::{EventHistograms, KafkaEventsConfig};
 use crate::source::{SourceError, SourceStats};
-use crate::stream::{now_ns, StreamInfo, StreamKind};
+use crate::stream::{now_ns, StreamInfo};
 use crate::threads;
 
 /// The run's file: `<data_dir>/<beamtime>/<source>/<stream>.nxs`.
@@ -89,21 +88,7 @@ pub fn start(
         routes.insert(cfg.pulse_source.clone(), Route::Pulses);
         Route::Pulses
     };
-    let info = Arc::new(StreamInfo {
-        slot: 0,
-        id: src.stream.clone(),
-        key: src.stream.to_string(),
-        file: path,
-        dataset: "/entry",
-        codec,
-        pixel: PixelType::I32,
-        shape: [1, 1],
-        modules: 1,
-        expected: 1,
-        parts: Vec::new(),
-        frames_per_file: 0,
-        kind: StreamKind::Events,
-    });
+    let info = Arc::new(StreamInfo::events(src.stream.clone(), path, codec));
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
     let source = Arc::new(SourceStats::new(src.name.clone()));
