@@ -29,111 +29,59 @@ pub fn limits(pixel: PixelType, saturation: Option<f64>, threshold: f64) -> Stat
 
 /// The statistics of `bytes`, little-endian pixels of `pixel`.
 pub fn frame_stats(bytes: &[u8], pixel: PixelType, limits: &StatsLimits) -> FrameStats {
-    let mut acc = StatsAccumulator::new(pixel, limits);
-    acc.add(bytes);
-    acc.finish()
+    match pixel {
+        PixelType::U16 => u16_stats(bytes, limits),
+        PixelType::U8 => generic(bytes.iter().map(|&b| f64::from(b)), limits),
+        PixelType::U32 => generic(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            limits,
+        ),
+        PixelType::I32 => generic(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            limits,
+        ),
+        PixelType::F32 => generic(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            limits,
+        ),
+    }
 }
 
-/// Statistics gathered piece by piece (the codec's blocks, in order; each piece a whole
-/// number of pixels): the limits worked out once, the figures added up.
-pub struct StatsAccumulator {
-    pixel: PixelType,
-    limits: StatsLimits,
-    /// 16-bit pixels: the limits as integers, and whether AVX2 is there.
-    fast: Option<(U16Limits, bool)>,
-    part: U16Part,
-    other: FrameStats,
-}
-
-impl StatsAccumulator {
-    /// An empty accumulator for pixels of `pixel`.
-    pub fn new(pixel: PixelType, limits: &StatsLimits) -> Self {
-        let fast = (pixel == PixelType::U16).then(|| {
-            #[cfg(target_arch = "x86_64")]
-            let avx2 = std::arch::is_x86_feature_detected!("avx2");
-            #[cfg(not(target_arch = "x86_64"))]
-            let avx2 = false;
-            (U16Limits::of(limits), avx2)
-        });
-        Self {
-            pixel,
-            limits: *limits,
-            fast,
-            part: U16Part::default(),
-            other: FrameStats::default(),
-        }
+/// 16-bit pixels: in place with AVX2 when the CPU has it and the pixels are aligned (a pool
+/// buffer's always are), else one at a time.
+fn u16_stats(bytes: &[u8], limits: &StatsLimits) -> FrameStats {
+    let l = U16Limits::of(limits);
+    // SAFETY: every bit pattern is a valid u16; `align_to` puts in `pixels` only what is
+    // aligned for it; unaligned input is taken the plain way below.
+    let (head, pixels, tail) = unsafe { bytes.align_to::<u16>() };
+    if !(head.is_empty() && tail.is_empty() && cfg!(target_endian = "little")) {
+        let v = bytes
+            .chunks_exact(2)
+            .map(|c| f64::from(u16::from_le_bytes([c[0], c[1]])));
+        return generic(v, limits);
     }
-
-    /// Adds the pixels of `bytes`.
-    pub fn add(&mut self, bytes: &[u8]) {
-        let limits = &self.limits;
-        let s = match (self.pixel, self.fast) {
-            (_, Some((l, avx2))) => {
-                // SAFETY: every bit pattern is a valid u16; `align_to` puts in `pixels` only
-                // what is aligned for it; unaligned input is taken the plain way below.
-                let (head, pixels, tail) = unsafe { bytes.align_to::<u16>() };
-                if head.is_empty() && tail.is_empty() && cfg!(target_endian = "little") {
-                    #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        // SAFETY: the CPU has AVX2 (checked in `new`), all `u16_avx2` needs.
-                        unsafe { u16_avx2(pixels, l, &mut self.part) };
-                        return;
-                    }
-                    let _ = avx2;
-                    u16_blocks(pixels, l, &mut self.part);
-                    return;
-                }
-                let v = bytes
-                    .chunks_exact(2)
-                    .map(|c| f64::from(u16::from_le_bytes([c[0], c[1]])));
-                generic(v, limits)
-            }
-            (PixelType::U16 | PixelType::U8, None) => {
-                generic(bytes.iter().map(|&b| f64::from(b)), limits)
-            }
-            (PixelType::U32, None) => generic(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-                limits,
-            ),
-            (PixelType::I32, None) => generic(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-                limits,
-            ),
-            (PixelType::F32, None) => generic(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-                limits,
-            ),
-        };
-        self.other = if self.other == FrameStats::default() {
-            s
-        } else {
-            self.other.merge(s)
-        };
+    let mut part = U16Part::default();
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above), all `u16_avx2` needs.
+        unsafe { u16_avx2(pixels, l, &mut part) };
+    } else {
+        u16_blocks(pixels, l, &mut part);
     }
-
-    /// The statistics of everything added.
-    pub fn finish(&self) -> FrameStats {
-        let p = &self.part;
-        let fast = FrameStats {
-            sum: p.sum as f64,
-            max: f64::from(p.max),
-            saturated: p.saturated,
-            masked: p.masked,
-            above_threshold: p.above,
-        };
-        if self.other == FrameStats::default() {
-            fast
-        } else if *p == U16Part::default() {
-            self.other
-        } else {
-            fast.merge(self.other)
-        }
+    #[cfg(not(target_arch = "x86_64"))]
+    u16_blocks(pixels, l, &mut part);
+    FrameStats {
+        sum: part.sum as f64,
+        max: f64::from(part.max),
+        saturated: part.saturated,
+        masked: part.masked,
+        above_threshold: part.above,
     }
 }
 
@@ -389,24 +337,19 @@ mod tests {
     }
 
     #[test]
-    fn pieces_add_up_to_the_whole() {
+    fn unaligned_pixels_give_the_same_figures() {
         let l = limits(PixelType::U16, Some(1000.0), 10.0);
         let px: Vec<u16> = (0..20_000u32)
             .map(|i| (i * 7919 % 70_000).min(65_535) as u16)
             .collect();
         let b = bytes(&px);
-        let whole = frame_stats(&b, PixelType::U16, &l);
-        let mut acc = StatsAccumulator::new(PixelType::U16, &l);
-        for piece in b.chunks(8192) {
-            acc.add(piece);
-        }
-        assert_eq!(acc.finish(), whole);
-        let mut odd = StatsAccumulator::new(PixelType::U16, &l);
-        odd.add(&b[..4000]);
         let mut shifted = vec![0u8; 1];
-        shifted.extend_from_slice(&b[4000..]);
-        odd.add(&shifted[1..]); // unaligned: the plain way
-        assert_eq!(odd.finish(), whole);
+        shifted.extend_from_slice(&b);
+        assert_eq!(
+            frame_stats(&shifted[1..], PixelType::U16, &l),
+            frame_stats(&b, PixelType::U16, &l),
+            "an odd start: the plain way"
+        );
     }
 
     proptest! {

@@ -98,16 +98,7 @@ pub fn bin_max(
     let (oy, ox) = (ny / f, nx / f);
     out.clear();
     out.reserve(oy * ox * es);
-    let value = |i: usize| -> f64 {
-        let b = &src[i * es..(i + 1) * es];
-        match pixel {
-            PixelType::U8 => f64::from(b[0]),
-            PixelType::U16 => f64::from(u16::from_le_bytes([b[0], b[1]])),
-            PixelType::U32 => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            PixelType::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            PixelType::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        }
-    };
+    let value = |i: usize| pixel_value(pixel, &src[i * es..(i + 1) * es]);
     for y in 0..oy {
         for x in 0..ox {
             let mut best = (y * f) * nx + x * f;
@@ -123,6 +114,17 @@ pub fn bin_max(
         }
     }
     [oy as u32, ox as u32]
+}
+
+/// One little-endian pixel of `pixel` (its `size()` bytes) as f64.
+pub fn pixel_value(pixel: PixelType, b: &[u8]) -> f64 {
+    match pixel {
+        PixelType::U8 => f64::from(b[0]),
+        PixelType::U16 => f64::from(u16::from_le_bytes([b[0], b[1]])),
+        PixelType::U32 => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        PixelType::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        PixelType::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    }
 }
 
 #[cfg(test)]

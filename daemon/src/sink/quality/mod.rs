@@ -11,6 +11,7 @@ use std::time::Instant;
 use crossbeam::channel::{bounded, Receiver, Sender, TryRecvError};
 
 use super::assembly::{assemble, AssemblyScratch, Decode, Placement, Preview};
+use super::binning::pixel_value;
 use super::{
     Notification, NotificationSink, PreviewRequest, QualityNotice, Sink, SinkCores, SinkError,
     SinkNeeds, Thinning,
@@ -242,17 +243,5 @@ fn analyse_loop(
             frame_number: job.frame_number,
             report: Arc::new(report),
         });
-    }
-}
-
-/// One little-endian pixel as f64.
-fn pixel_value(pixel: detingest_shm::PixelType, b: &[u8]) -> f64 {
-    use detingest_shm::PixelType as P;
-    match pixel {
-        P::U8 => f64::from(b[0]),
-        P::U16 => f64::from(u16::from_le_bytes([b[0], b[1]])),
-        P::U32 => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        P::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        P::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
     }
 }
