@@ -2,7 +2,7 @@
 
     python examples/to_tiled.py ZMQ_PUBLISH_ENDPOINT TILED_URI API_KEY
 
-The daemon needs `[live] bluesky = true` and a `publish` endpoint; the Tiled server must be
+The daemon needs `[sink.zmq] bluesky = true` and a `publish` endpoint; the Tiled server must be
 allowed to read the daemon's data directory (`tiled serve catalog ... -r <data_dir>`). Each
 run's images appear in Tiled as `<start uid>/primary/image` while the run goes on.
 """

@@ -21,7 +21,7 @@ use detingest_daemon::config::Config;
 use detingest_daemon::runs::RunManager;
 use detingest_daemon::sink::kafka::schema::commands::{encode_start, RunStart};
 use detingest_daemon::sink::kafka::{KafkaConfig, KafkaSink};
-use detingest_daemon::sink::{RunSinks, Sink, SinkCores};
+use detingest_daemon::sink::{RunSinks, Sink, SinkCores, SinkNeeds, TableAt};
 use flatbuffers::FlatBufferBuilder;
 use nix::time::ClockId;
 use rdkafka::config::ClientConfig;
@@ -224,8 +224,14 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
         .unwrap_or_else(|| tmp.path().to_owned());
     std::fs::create_dir_all(&dir)?;
     let kcfg = kafka_config(args, &broker.bootstrap, &std::process::id().to_string());
-    let sink = KafkaSink::start(&kcfg, "bench", SinkCores::default())?
-        .context("the Kafka sink did not start")?;
+    let sink = KafkaSink::start(
+        &kcfg,
+        "bench",
+        SinkCores::default(),
+        &TableAt::sink("kafka"),
+        Default::default(),
+    )?
+    .context("the Kafka sink did not start")?;
     let (mut off_fps, mut on_fps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let cpu = || cpu_seconds(ClockId::CLOCK_PROCESS_CPUTIME_ID);
     let mut cpu_s = [0.0f64; 3];
@@ -243,7 +249,7 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
         let (t1, b1, k1) = (cpu(), broker.cpu_seconds(), threads_cpu_seconds(&threads));
         let sinks = RunSinks {
             sinks: sink.for_run().into_iter().collect(),
-            needs: sink.needs(),
+            needs: SinkNeeds::of(&kcfg),
         };
         let (secs, summary) = time_pipeline_keeping(&on, sinks)?;
         // The hand-off reads the files: it finishes before they go and the next run starts.
@@ -305,16 +311,16 @@ fn command_latency(
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let tag = format!("cmd{}", std::process::id());
     let mut base: Config = config(&args.pipeline, dir, "cmd", false, "module")?;
-    base.kafka = KafkaConfig {
+    base.sink.kafka = KafkaConfig {
         command_topic: format!("bench_commands_{tag}"),
         frame_topic: String::new(),
         preview_topic: String::new(),
         ..kafka_config(args, &broker.bootstrap, &tag)
     };
-    base.live.publish.clear();
-    base.live.query.clear();
-    let commands = base.kafka.command_topic.clone();
-    let status = base.kafka.status_topic.clone();
+    base.sink.zmq.publish.clear();
+    base.sink.zmq.query.clear();
+    let commands = base.sink.kafka.command_topic.clone();
+    let status = base.sink.kafka.status_topic.clone();
     let client = |extra: &[(&str, &str)]| {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &broker.bootstrap);

@@ -12,7 +12,7 @@ use anyhow::Result;
 use clap::Parser;
 use detingest_daemon::quality::stats::{frame_stats, limits};
 use detingest_daemon::sink::quality::QualitySink;
-use detingest_daemon::sink::{RunSinks, Sink, SinkCores};
+use detingest_daemon::sink::{RunSinks, Sink, SinkCores, SinkNeeds, TableAt};
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_shm::PixelType;
 
@@ -44,13 +44,17 @@ pub fn run(args: &Args) -> Result<()> {
     for rep in 0..args.run.repeat.max(1) {
         for (k, times) in secs.iter_mut().enumerate() {
             let mut c = config(&args.run, &dir, &format!("q{rep}k{k}"), false, "module")?;
-            c.quality.statistics = k > 0;
-            c.quality.analysis_hz = if k == 2 { args.analysis_hz } else { 0.0 };
-            let sink = QualitySink::start(&c.quality, SinkCores::default())?;
+            c.sink.quality.statistics = k > 0;
+            c.sink.quality.analysis_hz = if k == 2 { args.analysis_hz } else { 0.0 };
+            let sink = QualitySink::start(
+                &c.sink.quality,
+                SinkCores::default(),
+                &TableAt::sink("quality"),
+            )?;
             let sinks = match &sink {
                 Some(s) => RunSinks {
                     sinks: s.for_run().into_iter().collect(),
-                    needs: s.needs(),
+                    needs: SinkNeeds::of(&c.sink.quality),
                 },
                 None => RunSinks::none(),
             };

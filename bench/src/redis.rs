@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use detingest_daemon::config::{Config, RedisConfig};
+use detingest_daemon::config::Config;
+use detingest_daemon::sink::redis::RedisConfig;
 use detingest_daemon::sink::redis::{entry_span, RedisSink};
 use detingest_daemon::sink::{Notification, NotificationSink, RunSinks, Sink, SinkCores};
+use detingest_daemon::sink::{SinkNeeds, TableAt};
 use detingest_daemon::stream::now_ns;
 use serde::Serialize;
 
@@ -125,7 +127,7 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
         image_max_hz: args.image_max_hz,
         ..RedisConfig::default()
     };
-    let sink = RedisSink::start(&redis_cfg, SinkCores::default())?
+    let sink = RedisSink::start(&redis_cfg, SinkCores::default(), &TableAt::sink("redis"))?
         .context("the Redis sink did not start")?;
     let mut client = redis::Client::open(url)?.get_connection()?;
     let (mut off_fps, mut on_fps, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -144,7 +146,7 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
         off_fps.push(run_pipeline(&off, RunSinks::none())?);
         let on = config(&args.pipeline, &dir, &format!("on{rep}"), false, "module")?;
         let (t1, s1) = (cpu(), server.cpu_seconds());
-        let fps = run_pipeline(&on, sinks_of(&sink, Vec::new()))?;
+        let fps = run_pipeline(&on, sinks_of(&sink, &redis_cfg, Vec::new()))?;
         let (t2, s2) = (cpu(), server.cpu_seconds());
         cpu_s[0] += t1 - t0;
         cpu_s[1] += t2 - t1;
@@ -182,7 +184,7 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
             visible_times(&url, &stream_key, frames)
         })
     };
-    run_pipeline(&half, sinks_of(&sink, vec![recorder]))?;
+    run_pipeline(&half, sinks_of(&sink, &redis_cfg, vec![recorder]))?;
     let visible = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
@@ -225,11 +227,15 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
 }
 
 /// The Redis sink's notification sink for one run, beside `others`.
-fn sinks_of(sink: &RedisSink, mut others: Vec<Box<dyn NotificationSink>>) -> RunSinks {
+fn sinks_of(
+    sink: &RedisSink,
+    cfg: &RedisConfig,
+    mut others: Vec<Box<dyn NotificationSink>>,
+) -> RunSinks {
     others.extend(sink.for_run());
     RunSinks {
         sinks: others,
-        needs: sink.needs(),
+        needs: SinkNeeds::of(cfg),
     }
 }
 

@@ -120,11 +120,7 @@ pub fn run(args: &Args) -> Result<()> {
         u64::from(syn.shape[0]) * u64::from(syn.shape[1]) * 2
     };
     // The sinks outlive the run, as under `detingestd serve`; stopped once it ended.
-    let tables = detingest_daemon::sink::SinkTables {
-        page: args.page,
-        ..config.sink_tables()
-    };
-    let sinks = SinkSet::start(tables, config.sink_cores())?;
+    let sinks = SinkSet::start(&config.sink, config.sink_context(args.page))?;
     let running = pipeline::start(&config, sinks.for_run())?;
     let t0 = Instant::now();
     let mut samples = Vec::new();

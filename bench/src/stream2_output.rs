@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use detingest_daemon::sink::stream2::{Stream2Sink, Stream2SinkConfig};
-use detingest_daemon::sink::{RunSinks, Sink, SinkCores};
+use detingest_daemon::sink::{RunSinks, Sink, SinkCores, SinkNeeds, TableAt};
 use serde::Serialize;
 
 use crate::common::{quantile, threads_cpu_seconds, threads_named};
@@ -64,7 +64,7 @@ pub fn run(args: &Args) -> Result<()> {
         buffers: args.buffers,
         ..Default::default()
     };
-    let mut sink = Stream2Sink::start(&cfg, SinkCores::default())?
+    let mut sink = Stream2Sink::start(&cfg, SinkCores::default(), &TableAt::sink("stream2"))?
         .ok_or_else(|| anyhow::anyhow!("no output"))?;
     let endpoint = sink.counters()["endpoint"]
         .as_str()
@@ -112,7 +112,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
         let sinks = RunSinks {
             sinks: sink.for_run().into_iter().collect(),
-            needs: sink.needs(),
+            needs: SinkNeeds::of(&cfg),
         };
         let (secs, stats) = time_pipeline(&on, sinks)?;
         thread_s += threads_cpu_seconds(&threads) - before;

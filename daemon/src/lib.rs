@@ -3,9 +3,9 @@
 //! `detingest-bench` drive it; `docs/ARCHITECTURE.md` follows a frame through the modules.
 //!
 //! ```no_run
-//! use detingest_daemon::{config::Config, pipeline, sink::{SinkCores, SinkSet}};
+//! use detingest_daemon::{config::Config, pipeline, sink::SinkSet};
 //! let config = Config::load("detingest.toml".as_ref())?;
-//! let sinks = SinkSet::start(config.sink_tables(), SinkCores::default())?;
+//! let sinks = SinkSet::start(&config.sink, config.sink_context(false))?;
 //! let summary = pipeline::start(&config, sinks.for_run())?.wait();
 //! assert!(summary.ok());
 //! sinks.stop();

@@ -350,7 +350,7 @@ fn ingest(config: &Config, summary_json: Option<&Path>) -> Result<ExitCode> {
              with the others, over the control API: run it with `detingestd serve`"
         );
     }
-    let sinks = SinkSet::start(config.sink_tables(), config.sink_cores())?;
+    let sinks = SinkSet::start(&config.sink, config.sink_context(false))?;
     let running = pipeline::start(config, sinks.for_run())?;
     let stop = running.stop_handle();
     let _ = ctrlc::set_handler(move || {

@@ -4,7 +4,7 @@
 use std::sync::mpsc;
 
 use detingest_daemon::pipeline;
-use detingest_daemon::sink::{Notification, NotificationSink, RunSinks};
+use detingest_daemon::sink::{Notification, NotificationSink, RunSinks, SinkNeeds};
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_tests::{config, read, Collector, SPECIFIC};
 
@@ -15,7 +15,7 @@ fn run(c: &detingest_daemon::config::Config) -> (pipeline::RunSummary, Vec<Notif
         c,
         RunSinks {
             sinks,
-            needs: c.live.needs(),
+            needs: SinkNeeds::of(&c.sink.zmq),
         },
     )
     .expect("pipeline starts")

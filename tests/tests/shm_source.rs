@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use detingest_daemon::config::Config;
 use detingest_daemon::pipeline;
-use detingest_daemon::sink::{Notification, NotificationSink, RunSinks};
+use detingest_daemon::sink::{Notification, NotificationSink, RunSinks, SinkNeeds};
 use detingest_tests::{read, Collector, SPECIFIC};
 
 /// The producer side of LAYOUT.md, written from the document.
@@ -97,7 +97,7 @@ fn a_producer_written_from_layout_md_delivers_and_bad_frames_are_counted_malform
         &config,
         RunSinks {
             sinks,
-            needs: config.live.needs(),
+            needs: SinkNeeds::of(&config.sink.zmq),
         },
     )
     .unwrap();

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use detingest_daemon::pipeline;
 use detingest_daemon::sink::zmq::Live;
-use detingest_daemon::sink::{NotificationSink, RunSinks};
+use detingest_daemon::sink::{NotificationSink, RunSinks, SinkNeeds, TableAt};
 use detingest_daemon::stream::now_ns;
 use detingest_daemon::threads;
 
@@ -67,7 +67,12 @@ pub(super) fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<L
             read_until_end(&sub)
         })?;
     let (live, publisher) = made_on(ingest_core, || {
-        Live::start(&cfg.live, cfg.sink_cores(), None)
+        Live::start(
+            &cfg.sink.zmq,
+            cfg.sink_cores(),
+            Default::default(),
+            &TableAt::sink("zmq"),
+        )
     })
     .map_err(anyhow::Error::msg)?;
     let sinks: Vec<Box<dyn NotificationSink>> =
@@ -76,7 +81,7 @@ pub(super) fn latency(args: &Args, dir: &std::path::Path, rate: f64) -> Result<L
         &cfg,
         RunSinks {
             sinks,
-            needs: cfg.live.needs(),
+            needs: SinkNeeds::of(&cfg.sink.zmq),
         },
     )?
     .wait();

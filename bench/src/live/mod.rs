@@ -140,7 +140,7 @@ pub fn run(args: &Args) -> Result<()> {
     let dir = tmp.path();
     let batch_interval_us = args
         .batch_interval_us
-        .unwrap_or(detingest_daemon::config::LiveConfig::default().batch_interval_us);
+        .unwrap_or(detingest_daemon::sink::zmq::LiveConfig::default().batch_interval_us);
     let throughput = throughput(args, dir)?;
     let rate = args.latency_rate.unwrap_or(throughput.off_fps / 2.0);
     let latency = latency(args, dir, rate)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use detingest_daemon::pipeline;
 use detingest_daemon::sink::zmq::Live;
-use detingest_daemon::sink::{Notification, NotificationSink, RunSinks};
+use detingest_daemon::sink::{Notification, NotificationSink, RunSinks, SinkNeeds, TableAt};
 use detingest_daemon::stream::now_ns;
 use detingest_daemon::threads;
 
@@ -119,7 +119,12 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
     // (ours); the readers and the switcher have their own.
     let subscribers_zmq = threads::started_here_since(&threads_before);
     let (live, publisher) = made_on(ingest_core, || {
-        Live::start(&cfg.live, cfg.sink_cores(), None)
+        Live::start(
+            &cfg.sink.zmq,
+            cfg.sink_cores(),
+            Default::default(),
+            &TableAt::sink("zmq"),
+        )
     })
     .map_err(anyhow::Error::msg)?;
     let written = Arc::new(Mutex::new(WrittenTimes(Vec::with_capacity(
@@ -133,7 +138,7 @@ fn throughput_run(args: &Args, dir: &std::path::Path, run: usize) -> Result<RunR
         &cfg,
         RunSinks {
             sinks,
-            needs: cfg.live.needs(),
+            needs: SinkNeeds::of(&cfg.sink.zmq),
         },
     )?;
     go.send(())?;

@@ -4,7 +4,8 @@
 //! This module holds the top level (data directory, writer, run, pipeline, threads, control)
 //! and assembles the components' tables: each source kind's and each sink's table, with its
 //! defaults and checks, lives in the component's folder (`source/<kind>/config.rs`,
-//! `sink/<name>/config.rs`). Resolving the plain data into live objects (pools, files,
+//! `sink/<name>/config.rs`); the sinks' tables are all under `[sink]` (`sink::SinkConfig`,
+//! which also reads the older names `[live]`, `[kafka]`, `[quality]`). Resolving the plain data into live objects (pools, files,
 //! threads) is the pipeline's and the components' job; nothing here touches the system
 //! beyond counting the machine's cores.
 
@@ -18,8 +19,7 @@ use crate::check::{
     check_at_least_one, check_core, check_range, core_count, deserialize_keyed, key_in,
 };
 use crate::control::ControlConfig;
-pub use crate::sink::redis::RedisConfig;
-pub use crate::sink::zmq::LiveConfig;
+pub use crate::sink::SinkConfig;
 use crate::source::validate_sources;
 pub use crate::source::{Policy, SourceConfig};
 use detingest_shm::Name;
@@ -46,24 +46,15 @@ pub struct Config {
     /// Detector description written into every file.
     #[serde(default)]
     pub detector: DetectorInfo,
-    /// The notification socket for live viewers and its query endpoint.
-    #[serde(default)]
-    pub live: LiveConfig,
-    /// The other sinks' tables (`[sink.redis]`, `[sink.stream2]`).
+    /// Every sink's table, `[sink.<name>]`.
     #[serde(default)]
     pub sink: SinkConfig,
-    /// `[kafka]`: run control from Kafka and notifications to it.
-    #[serde(default)]
-    pub kafka: crate::sink::kafka::KafkaConfig,
     /// Defaults of every run (a run started over the control API may change them).
     #[serde(default)]
     pub run: RunSettings,
     /// The HTTP control API (`detingestd serve`).
     #[serde(default)]
     pub control: ControlConfig,
-    /// `[quality]`: per-frame statistics and the sampled spot count and radial profile.
-    #[serde(default)]
-    pub quality: crate::quality::QualityConfig,
     /// `[cluster]`: this daemon's part of a detector several daemons take together.
     #[serde(default)]
     pub cluster: crate::cluster::ClusterConfig,
@@ -74,18 +65,6 @@ pub struct Config {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
-}
-
-/// `[sink.*]`: the tables of the sinks beside `[live]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// `[sink.redis]`: Blissdata scans on a Redis server.
-    #[serde(default)]
-    pub redis: RedisConfig,
-    /// `[sink.stream2]`: every written stream as a DECTRIS Stream V2 series.
-    #[serde(default)]
-    pub stream2: crate::sink::stream2::Stream2SinkConfig,
 }
 
 /// `[writer]`: how chunks are encoded and how often files are flushed.
@@ -249,22 +228,14 @@ pub struct ThreadMap {
 }
 
 impl Config {
-    /// The sinks' tables, for [`crate::sink::SinkSet::start`].
-    pub fn sink_tables(&self) -> crate::sink::SinkTables<'_> {
-        crate::sink::SinkTables {
-            zmq: &self.live,
-            redis: &self.sink.redis,
-            stream2: &self.sink.stream2,
-            kafka: (
-                &self.kafka,
-                if self.kafka.source.is_empty() {
-                    self.sources.first().map_or("", |s| s.name.as_str())
-                } else {
-                    &self.kafka.source
-                },
-            ),
-            page: false,
-            quality: &self.quality,
+    /// What building the sinks uses beside their tables; `page`: feed the live page.
+    pub fn sink_context(&self, page: bool) -> crate::sink::SinkContext<'_> {
+        crate::sink::SinkContext {
+            cores: self.sink_cores(),
+            page,
+            default_source: self.sources.first().map_or("", |s| s.name.as_str()),
+            runs: Default::default(),
+            late: Default::default(),
         }
     }
 
@@ -285,9 +256,15 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::de::Deserializer::parse(text)
-            .map_err(|e| ConfigError::new(".", e.to_string().trim_end()))?;
-        let config: Config = deserialize_keyed(de, "")?;
+        let mut file: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::new(".", e.to_string().trim_end()))?;
+        let older = SinkConfig::move_older(&mut file)?;
+        let mut config: Config =
+            deserialize_keyed(toml::Value::Table(file), "").map_err(|e| ConfigError {
+                key: SinkConfig::key_as_written(&older, &e.key),
+                ..e
+            })?;
+        config.sink.older = older;
         config.validate()?;
         Ok(config)
     }
@@ -329,20 +306,13 @@ impl Config {
         self.detector
             .validate()
             .map_err(|(key, e)| ConfigError::new(format!("detector.{key}"), e))?;
-        self.live.check()?;
-        self.sink.redis.check()?;
-        self.sink.stream2.check()?;
-        self.kafka.check()?;
-        self.quality.check()?;
-        if !self.kafka.source.is_empty()
-            && !self
-                .sources
-                .iter()
-                .any(|s| s.name.as_str() == self.kafka.source)
+        self.sink.check()?;
+        let kafka = &self.sink.kafka;
+        if !kafka.source.is_empty() && !self.sources.iter().any(|s| s.name.as_str() == kafka.source)
         {
             return Err(ConfigError::new(
-                "kafka.source",
-                format!("no [[source]] named {:?}", self.kafka.source),
+                self.sink.at("kafka").key("source"),
+                format!("no [[source]] named {:?}", kafka.source),
             ));
         }
         self.run.validate("run")?;
@@ -359,12 +329,15 @@ impl Config {
         let brokerless = (self.sources.iter().enumerate()).find(|(_, s)| {
             s.kafka_events
                 .as_ref()
-                .is_some_and(|k| k.brokers.is_empty() && self.kafka.brokers.is_empty())
+                .is_some_and(|k| k.brokers.is_empty() && kafka.brokers.is_empty())
         });
         if let Some((i, _)) = brokerless {
             return Err(ConfigError::new(
                 format!("source[{i}].kafka_events.brokers"),
-                "no brokers: set them here or in [kafka] brokers",
+                format!(
+                    "no brokers: set them here or in {}",
+                    self.sink.at("kafka").key("brokers")
+                ),
             ));
         }
         validate_sources(&self.sources, cores)

@@ -222,7 +222,33 @@ fn live_endpoints_are_checked() {
         assert_eq!(err(&format!("[live]\n{text}{MINIMAL}")).key, key, "{text}");
     }
     let c = Config::parse(&format!("[live]\npublish = \"\"\nquery = \"\"\n{MINIMAL}")).unwrap();
-    assert!(c.live.publish.is_empty());
+    assert!(c.sink.zmq.publish.is_empty());
+}
+
+#[test]
+fn every_sink_table_is_mounted_under_sink_and_the_older_names_are_still_read() {
+    // The new mount: errors name the key there.
+    let e = err(&format!("[sink.zmq]\nhistory = 0\n{MINIMAL}"));
+    assert_eq!(e.key, "sink.zmq.history");
+    let e = err(&format!("[sink.kafka]\nbrokers = \"nohost\"\n{MINIMAL}"));
+    assert_eq!(e.key, "sink.kafka.brokers");
+    let e = err(&format!("[sink.quality]\nprofile_bins = 1\n{MINIMAL}"));
+    assert_eq!(e.key, "sink.quality.profile_bins");
+    let e = err(&format!("[sink.log]\nbogus = 1\n{MINIMAL}"));
+    assert_eq!(e.key, "sink.log.bogus");
+    // The older names: read, and errors name the key as the file wrote it.
+    let e = err(&format!("[kafka]\nbrokers = \"nohost\"\n{MINIMAL}"));
+    assert_eq!(e.key, "kafka.brokers");
+    let e = err(&format!("[quality]\nbogus = 1\n{MINIMAL}"));
+    assert_eq!(e.key, "quality.bogus");
+    let c = Config::parse(&format!("[quality]\nthreshold = 7.0\n{MINIMAL}")).unwrap();
+    assert_eq!(c.sink.quality.threshold, 7.0);
+    // Both names of one table: refused, naming the older one.
+    let e = err(&format!(
+        "[live]\nhistory = 5\n[sink.zmq]\nhistory = 6\n{MINIMAL}"
+    ));
+    assert_eq!(e.key, "live");
+    assert!(e.message.contains("[sink.zmq]"), "{}", e.message);
 }
 
 #[test]

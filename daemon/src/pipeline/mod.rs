@@ -245,7 +245,7 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
         });
         streams.push(Arc::clone(&info));
         let detector = detector_of(config, src, &src.stream);
-        let q = &config.quality;
+        let q = &config.sink.quality;
         let statistics = q.statistics.then(|| {
             crate::quality::stats::limits(layout.pixel, detector.saturation_value, q.threshold)
         });

@@ -1,9 +1,9 @@
-//! `[quality]`: per-frame statistics (on or off, the threshold), and the sampled analyses'
+//! `[sink.quality]` (formerly `[quality]`): per-frame statistics (on or off, the threshold), and the sampled analyses'
 //! rate and settings (spot finder, radial profile), with their defaults and validation.
 
 use serde::Deserialize;
 
-use crate::check::{check_range, ConfigError};
+use crate::check::{check_range, key_in, ConfigError};
 
 /// `[quality]`: what the daemon measures of the data while it writes them.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -46,13 +46,15 @@ impl Default for QualityConfig {
 }
 
 impl QualityConfig {
-    /// Checks what the types alone cannot; errors name the `quality.*` key.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    /// Checks what the types alone cannot; errors name keys in table `table`
+    /// (`sink.quality`, or `quality` in a file that uses that older name).
+    pub fn check(&self, table: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| key_in(table, k);
         for (key, v) in [
-            ("quality.threshold", self.threshold),
-            ("quality.analysis_hz", self.analysis_hz),
-            ("quality.spot_sigma", self.spot_sigma),
-            ("quality.spot_min_counts", self.spot_min_counts),
+            (key("threshold"), self.threshold),
+            (key("analysis_hz"), self.analysis_hz),
+            (key("spot_sigma"), self.spot_sigma),
+            (key("spot_min_counts"), self.spot_min_counts),
         ] {
             if !v.is_finite() {
                 return Err(ConfigError::new(key, "must be a finite number"));
@@ -60,20 +62,20 @@ impl QualityConfig {
         }
         if !(0.0..=1000.0).contains(&self.analysis_hz) {
             return Err(ConfigError::new(
-                "quality.analysis_hz",
+                key("analysis_hz"),
                 "must be 0 (off) to 1000",
             ));
         }
         if self.spot_sigma <= 0.0 {
-            return Err(ConfigError::new("quality.spot_sigma", "must be above 0"));
+            return Err(ConfigError::new(key("spot_sigma"), "must be above 0"));
         }
         check_range(
-            "quality.spot_background_radius",
+            key("spot_background_radius"),
             self.spot_background_radius,
             1..=50,
         )?;
-        check_range("quality.spot_min_pixels", self.spot_min_pixels, 1..=10_000)?;
-        check_range("quality.profile_bins", self.profile_bins, 2..=100_000)?;
+        check_range(key("spot_min_pixels"), self.spot_min_pixels, 1..=10_000)?;
+        check_range(key("profile_bins"), self.profile_bins, 2..=100_000)?;
         Ok(())
     }
 }
@@ -84,8 +86,8 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_key() {
-        assert!(QualityConfig::default().check().is_ok());
-        let bad = |c: QualityConfig| c.check().unwrap_err().to_string();
+        assert!(QualityConfig::default().check("quality").is_ok());
+        let bad = |c: QualityConfig| c.check("quality").unwrap_err().to_string();
         let d = QualityConfig::default;
         assert!(bad(QualityConfig {
             analysis_hz: -1.0,

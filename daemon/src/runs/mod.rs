@@ -31,7 +31,7 @@ use crate::control::Daemon;
 use crate::metrics::Reading;
 use crate::pipeline::{self, RunSummary, Running, StartError};
 use crate::sink::web::LiveView;
-use crate::sink::{RunControl, SinkSet, SinkTables};
+use crate::sink::{RunControl, SinkSet};
 use crate::source::stream2::listener::{self, Listener};
 use crate::source::SourceError;
 
@@ -193,11 +193,7 @@ pub struct RunManager {
 impl RunManager {
     /// A manager for runs of `base`'s sources; starts the configured sinks.
     pub fn new(base: Config) -> Result<Self, StartError> {
-        let tables = SinkTables {
-            page: true,
-            ..base.sink_tables()
-        };
-        let sinks = SinkSet::start(tables, base.sink_cores())?;
+        let sinks = SinkSet::start(&base.sink, base.sink_context(true))?;
         // Runs a crash left behind are finished (and announced) beside the new ones.
         let recovering = recover::spawn_finish_left_behind(
             base.data_dir.clone(),
@@ -232,7 +228,7 @@ impl RunManager {
         let weak = Arc::downgrade(self);
         let runs: std::sync::Weak<dyn RunControl> = weak;
         if let Some(Some(sinks)) = self.sinks.lock().ok().as_deref() {
-            sinks.attach(&runs);
+            sinks.attach(runs.clone());
         }
         for src in self.base.sources.iter().filter(|s| s.stream2.is_some()) {
             let listener =

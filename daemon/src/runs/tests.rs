@@ -76,8 +76,8 @@ fn bad_requests_name_the_offending_key() {
 fn manager(dir: &std::path::Path) -> RunManager {
     let mut c = base();
     c.data_dir = dir.to_owned();
-    c.live.publish.clear();
-    c.live.query.clear();
+    c.sink.zmq.publish.clear();
+    c.sink.zmq.query.clear();
     RunManager::new(c).unwrap()
 }
 

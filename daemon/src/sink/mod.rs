@@ -3,12 +3,12 @@
 //! notification thread hands each one to every [`NotificationSink`] in queue order. A full
 //! queue drops the notification and counts it; ingest never slows down for a sink.
 //!
-//! One folder per sink: [`log`] (a rate line), [`zmq`] (live viewers over ZeroMQ),
-//! [`redis`] (Blissdata scans on a Redis server), [`kafka`] (ESS streaming: records,
-//! previews, file hand-offs, and run control through [`RunControl`]) and [`stream2`]
-//! (DECTRIS Stream V2 for EIGER clients), each
-//! owning its configuration table and constructor; [`SinkSet`] builds the configured ones in
-//! one place. [`messages`] is the JSON schema docs/NOTIFICATIONS.md documents, for every
+//! One folder per sink: [`log`] (a rate line), [`zmq`] (live viewers over ZeroMQ), [`web`]
+//! (the live page), [`redis`] (Blissdata scans on a Redis server), [`kafka`] (ESS streaming:
+//! records, previews, file hand-offs, and run control through [`RunControl`]), [`stream2`]
+//! (DECTRIS Stream V2 for EIGER clients) and [`quality`] (spots and radial profiles), each
+//! owning its configuration table, which builds it ([`SinkTable`]); [`SinkConfig`] lists the
+//! tables, one line each, and [`SinkSet`] builds the ones configured. [`messages`] is the JSON schema docs/NOTIFICATIONS.md documents, for every
 //! transport. A notification holds its stream's description by `Arc`, so building one
 //! allocates nothing.
 
@@ -24,6 +24,8 @@ mod queue;
 pub mod redis;
 mod set;
 pub mod stream2;
+mod table;
+mod tables;
 pub mod web;
 pub mod zmq;
 
@@ -33,12 +35,17 @@ use detingest_writer::{DetectorInfo, FileOptions};
 
 pub use assembly::{Preview, PreviewGeometry};
 pub use backlog::Backlog;
+pub use kafka::KafkaSink;
 pub use preview::{PreviewPolicy, Thinning};
 pub use queue::{NotifyQueue, QueueStats};
+pub use redis::RedisSink;
 pub use set::{
     PreviewRequest, RunControl, RunSinks, Sink, SinkCores, SinkError, SinkNeeds, SinkSet,
-    SinkTables,
 };
+pub use stream2::Stream2Sink;
+pub use table::{LateSlot, PreviewSetting, RunsSlot, SinkContext, SinkTable, TableAt};
+pub use tables::SinkConfig;
+pub use zmq::ZmqSink;
 
 use crate::stream::{FrameRecord, StreamInfo};
 

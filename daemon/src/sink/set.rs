@@ -1,22 +1,18 @@
-//! The set of configured sinks: built once from the components' tables in one place
-//! ([`SinkSet::start`]), asked for each run's notification sinks and what they need of the
-//! pipeline, and for their counters, without the caller knowing which sinks there are.
+//! The set of configured sinks: built once from their tables ([`SinkSet::start`] walks
+//! [`SinkConfig::tables`]), asked for each run's notification sinks and what they need of
+//! the pipeline, and for their counters, without the caller knowing which sinks there are.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::{kafka, log, quality, redis, stream2, web, zmq, NotificationSink};
+use super::table::{SinkContext, SinkTable};
+use super::tables::SinkConfig;
+use super::{web, NotificationSink};
 use crate::check::ConfigError;
 
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
 /// each run its notification sink and reports its own counters.
 pub trait Sink: Send + Sync {
-    /// Its name in the summary and `GET /run` (`log`, `zmq`, `redis`).
-    fn name(&self) -> &'static str;
-    /// What it asks of the pipeline.
-    fn needs(&self) -> SinkNeeds {
-        SinkNeeds::default()
-    }
     /// The notification sink of one run, if it wants notifications.
     fn for_run(&self) -> Option<Box<dyn NotificationSink>>;
     /// Its counters now.
@@ -25,8 +21,10 @@ pub trait Sink: Send + Sync {
     fn summary_line(&self) -> Option<String> {
         None
     }
-    /// Given the run manager once it exists, for a sink that also takes commands (Kafka).
-    fn attach(&self, _runs: Weak<dyn RunControl>) {}
+    /// What the live page reads, for the sink that feeds it.
+    fn live_view(&self) -> Option<Arc<web::LiveView>> {
+        None
+    }
     /// Stops what it started (sockets, threads).
     fn stop(&mut self) {}
 }
@@ -72,6 +70,15 @@ pub struct SinkNeeds {
 }
 
 impl SinkNeeds {
+    /// What the sink `table` builds asks of the pipeline: its scheduling and its previews.
+    pub fn of(table: &dyn SinkTable) -> Self {
+        let mut needs = table.needs();
+        needs
+            .previews
+            .extend(table.preview().and_then(|p| p.request()));
+        needs
+    }
+
     /// What both ask: every preview request, and the larger of each other setting.
     fn merge(mut self, other: Self) -> Self {
         self.previews.extend(other.previews);
@@ -114,23 +121,6 @@ impl RunSinks {
     }
 }
 
-/// Every sink's configuration table, as the configuration file assembles them.
-#[derive(Debug, Clone, Copy)]
-pub struct SinkTables<'a> {
-    /// `[live]`: the ZeroMQ sink.
-    pub zmq: &'a zmq::LiveConfig,
-    /// `[sink.redis]`: the Redis sink.
-    pub redis: &'a redis::RedisConfig,
-    /// `[sink.stream2]`: the Stream V2 output.
-    pub stream2: &'a stream2::Stream2SinkConfig,
-    /// `[kafka]`: the Kafka sink (and run control), with the source its commands start.
-    pub kafka: (&'a kafka::KafkaConfig, &'a str),
-    /// Feed the live page (`detingestd serve` and `demo`, which serve it).
-    pub page: bool,
-    /// `[quality]`: the sampled analyses.
-    pub quality: &'a crate::quality::QualityConfig,
-}
-
 /// The cores the sinks' threads are pinned to (`[threads]`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SinkCores {
@@ -150,83 +140,74 @@ pub struct SinkError {
     pub error: ConfigError,
 }
 
-/// The daemon's sinks.
+/// The daemon's sinks, by name.
 pub struct SinkSet {
-    sinks: Vec<Box<dyn Sink>>,
-    view: Option<std::sync::Arc<web::LiveView>>,
+    sinks: Vec<(&'static str, Box<dyn Sink>)>,
+    needs: SinkNeeds,
+    runs: super::RunsSlot,
 }
 
 impl SinkSet {
-    /// Starts every configured sink: the one place the sinks are listed.
-    pub fn start(tables: SinkTables<'_>, cores: SinkCores) -> Result<Self, SinkError> {
-        let redis = redis::RedisSink::start(tables.redis, cores)?;
-        // The query endpoint answers from Redis what its history no longer holds.
-        let late = redis.as_ref().and_then(|r| r.history());
-        let mut sinks: Vec<Box<dyn Sink>> = vec![
-            Box::new(log::LogSink::new(Duration::from_secs(5))),
-            Box::new(zmq::ZmqSink::start(tables.zmq, cores, late)?),
-        ];
-        let mut view = None;
-        if tables.page {
-            let page = web::WebSink::new();
-            view = Some(page.view());
-            sinks.push(Box::new(page));
+    /// Checks every table of `config` and builds the sinks they turn on, in their order.
+    pub fn start(config: &SinkConfig, ctx: SinkContext<'_>) -> Result<Self, SinkError> {
+        config.check().map_err(|error| SinkError {
+            sink: "sink",
+            error,
+        })?;
+        let mut sinks = Vec::new();
+        let mut needs = SinkNeeds::default();
+        for (name, table) in config.tables() {
+            let at = config.at(name);
+            let built = table.build(&ctx, &at);
+            let Some(sink) = built.map_err(|error| SinkError { sink: name, error })? else {
+                continue;
+            };
+            needs = needs.merge(SinkNeeds::of(table));
+            sinks.push((name, sink));
         }
-        if let Some(r) = redis {
-            sinks.push(Box::new(r));
-        }
-        if let Some(k) = kafka::KafkaSink::start(tables.kafka.0, tables.kafka.1, cores)? {
-            sinks.push(Box::new(k));
-        }
-        if let Some(s) = stream2::Stream2Sink::start(tables.stream2, cores)? {
-            sinks.push(Box::new(s));
-        }
-        if let Some(q) = quality::QualitySink::start(tables.quality, cores)? {
-            sinks.push(Box::new(q));
-        }
-        Ok(Self { sinks, view })
+        Ok(Self {
+            sinks,
+            needs,
+            runs: ctx.runs,
+        })
     }
 
     /// What the live page reads, when the page is served.
-    pub fn live_view(&self) -> Option<std::sync::Arc<web::LiveView>> {
-        self.view.clone()
+    pub fn live_view(&self) -> Option<Arc<web::LiveView>> {
+        self.sinks.iter().find_map(|(_, s)| s.live_view())
     }
 
-    /// Gives every sink the run manager (a sink taking commands starts listening now).
-    pub fn attach(&self, runs: &Weak<dyn RunControl>) {
-        for s in &self.sinks {
-            s.attach(runs.clone());
-        }
+    /// Gives the sinks the run manager (a sink taking commands starts listening now).
+    pub fn attach(&self, runs: Weak<dyn RunControl>) {
+        let _ = self.runs.set(runs);
     }
 
     /// The notification sinks of one run and what they need.
     pub fn for_run(&self) -> RunSinks {
         RunSinks {
-            sinks: self.sinks.iter().filter_map(|s| s.for_run()).collect(),
-            needs: self
-                .sinks
-                .iter()
-                .map(|s| s.needs())
-                .fold(SinkNeeds::default(), SinkNeeds::merge),
+            sinks: self.sinks.iter().filter_map(|(_, s)| s.for_run()).collect(),
+            needs: self.needs.clone(),
         }
     }
 
     /// Every sink's counters, by name.
     pub fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.sinks
-            .iter()
-            .map(|s| (s.name().to_owned(), s.counters()))
+        (self.sinks.iter())
+            .map(|(name, s)| ((*name).to_owned(), s.counters()))
             .collect()
     }
 
     /// The sinks' lines for the printed summary.
     pub fn summary_lines(&self) -> Vec<String> {
-        self.sinks.iter().filter_map(|s| s.summary_line()).collect()
+        self.sinks
+            .iter()
+            .filter_map(|(_, s)| s.summary_line())
+            .collect()
     }
 
     /// Stops every sink.
     pub fn stop(mut self) {
-        for s in &mut self.sinks {
+        for (_, s) in &mut self.sinks {
             s.stop();
         }
     }

@@ -41,7 +41,7 @@ pub fn start(
     }
     let mut cfg = cfg.clone();
     if cfg.brokers.is_empty() {
-        cfg.brokers.clone_from(&config.kafka.brokers);
+        cfg.brokers.clone_from(&config.sink.kafka.brokers);
     }
     let resource = |what: String, error: String| StartError::Source {
         name: src.name.clone(),

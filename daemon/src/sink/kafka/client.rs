@@ -92,10 +92,7 @@ fn refused(e: KafkaError, cfg: &KafkaConfig) -> (String, String) {
         .properties
         .keys()
         .find(|k| text.contains(k.as_str()))
-        .map_or_else(
-            || "kafka.properties".to_owned(),
-            |k| format!("kafka.properties.{k}"),
-        );
+        .map_or_else(|| "properties".to_owned(), |k| format!("properties.{k}"));
     let text = cfg
         .properties
         .iter()
@@ -222,8 +219,9 @@ mod tests {
             properties: [("auto.offset.reset".into(), "latest".into())].into(),
             ..with(&[])
         };
-        let e = refused.check().unwrap_err();
-        assert_eq!(e.key, "kafka.properties.auto.offset.reset");
+        let at = crate::sink::TableAt::sink("kafka");
+        let e = crate::sink::SinkTable::check(&refused, &at).unwrap_err();
+        assert_eq!(e.key, "sink.kafka.properties.auto.offset.reset");
     }
 
     #[test]
@@ -231,14 +229,14 @@ mod tests {
         let stats = Arc::new(KafkaStats::default());
         let cfg = with(&[("no.such.setting", "1")]);
         let (key, _) = producer(&cfg, &stats, Carries::Records).err().unwrap();
-        assert_eq!(key, "kafka.properties.no.such.setting");
+        assert_eq!(key, "properties.no.such.setting");
         let cfg = with(&[
             ("security.protocol", "sasl_plaintext"),
             ("sasl.mechanism", "hunter2-mechanism"),
             ("sasl.password", "hunter2-mechanism"),
         ]);
         let (key, text) = consumer(&cfg, "svc", &stats).err().unwrap();
-        assert!(key.starts_with("kafka.properties"), "{key}");
+        assert!(key.starts_with("properties"), "{key}");
         assert!(!text.contains("hunter2"), "{text}");
         let fine = with(&[
             ("security.protocol", "sasl_ssl"),

@@ -1,4 +1,4 @@
-//! `[kafka]`: the brokers, the topics (commands in; status, answers and file hand-offs out;
+//! `[sink.kafka]` (formerly `[kafka]`): the brokers, the topics (commands in; status, answers and file hand-offs out;
 //! per-frame records and previews, if wanted), who we are (client and service ids), how
 //! commands map to runs, librdkafka settings passed through (SASL, TLS), and the checks.
 
@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::check::{check_range, ConfigError};
-use crate::sink::{PreviewRequest, SinkNeeds};
+use crate::sink::{KafkaSink, PreviewSetting, Sink, SinkContext, SinkTable, TableAt};
 
-/// `[kafka]`: take run control from Kafka and tell Kafka what was written.
+/// `[sink.kafka]`: take run control from Kafka and tell Kafka what was written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -29,7 +29,7 @@ pub struct KafkaConfig {
     pub frame_topic: String,
     /// Where `ad00` previews go (`""`: none).
     pub preview_topic: String,
-    /// A preview of one written frame in this many.
+    /// A preview of one written frame in this many (0: no previews).
     pub preview_every: u64,
     /// At most this many previews a second per stream (0: no limit).
     pub preview_max_hz: f64,
@@ -179,24 +179,40 @@ impl KafkaConfig {
             self.service_id.clone()
         }
     }
+}
 
+impl SinkTable for KafkaConfig {
     /// Previews when a preview topic is set.
-    pub fn needs(&self) -> SinkNeeds {
-        SinkNeeds {
-            previews: (self.enabled() && !self.preview_topic.is_empty())
-                .then_some(PreviewRequest {
-                    every: self.preview_every,
-                    max_hz: self.preview_max_hz,
-                    buffers: 2,
-                })
-                .into_iter()
-                .collect(),
-            ..SinkNeeds::default()
-        }
+    fn preview(&self) -> Option<PreviewSetting> {
+        Some(PreviewSetting {
+            every: if self.enabled() && !self.preview_topic.is_empty() {
+                self.preview_every
+            } else {
+                0
+            },
+            max_hz: self.preview_max_hz,
+            buffers: 2,
+            keys: [Some("preview_every"), Some("preview_max_hz"), None],
+        })
     }
 
-    /// Checks what the types alone cannot; errors name the `kafka.*` key.
-    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+    /// The producer; run control once the run manager exists. Runs started by commands use
+    /// `source`, else the first `[[source]]`.
+    fn build(
+        &self,
+        ctx: &SinkContext<'_>,
+        at: &TableAt,
+    ) -> Result<Option<Box<dyn Sink>>, ConfigError> {
+        let source = if self.source.is_empty() {
+            ctx.default_source
+        } else {
+            &self.source
+        };
+        let sink = KafkaSink::start(self, source, ctx.cores, at, ctx.runs.clone())?;
+        Ok(sink.map(|s| Box::new(s) as Box<dyn Sink>))
+    }
+
+    fn check(&self, at: &TableAt) -> Result<(), ConfigError> {
         if !self.enabled() {
             return Ok(());
         }
@@ -207,80 +223,80 @@ impl KafkaConfig {
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !ok {
                 return Err(ConfigError::new(
-                    "kafka.brokers",
+                    at.key("brokers"),
                     format!("{broker:?} is not host:port"),
                 ));
             }
         }
         if self.status_topic().is_empty() {
             return Err(ConfigError::new(
-                "kafka.status_topic",
-                "required when kafka.command_topic is empty: heartbeats and hand-offs need a topic",
+                at.key("status_topic"),
+                format!(
+                    "required when {} is empty: heartbeats and hand-offs need a topic",
+                    at.key("command_topic")
+                ),
             ));
         }
         for (key, topic) in [
-            ("kafka.command_topic", &self.command_topic),
-            ("kafka.status_topic", &self.status_topic),
-            ("kafka.frame_topic", &self.frame_topic),
-            ("kafka.preview_topic", &self.preview_topic),
+            (at.key("command_topic"), &self.command_topic),
+            (at.key("status_topic"), &self.status_topic),
+            (at.key("frame_topic"), &self.frame_topic),
+            (at.key("preview_topic"), &self.preview_topic),
         ] {
-            check_topic(key, topic)?;
-        }
-        check_range("kafka.preview_every", self.preview_every, 1..=u64::MAX)?;
-        if !(self.preview_max_hz.is_finite() && self.preview_max_hz >= 0.0) {
-            return Err(ConfigError::new(
-                "kafka.preview_max_hz",
-                "must be a number >= 0",
-            ));
+            check_topic(&key, topic)?;
         }
         check_range(
-            "kafka.status_interval_ms",
+            at.key("status_interval_ms"),
             self.status_interval_ms,
             100..=3_600_000,
         )?;
-        check_range("kafka.queue", self.queue, 1..=1_000_000)?;
+        check_range(at.key("queue"), self.queue, 1..=1_000_000)?;
         check_range(
-            "kafka.producer_queue_messages",
+            at.key("producer_queue_messages"),
             self.producer_queue_messages,
             1..=10_000_000,
         )?;
         check_range(
-            "kafka.producer_queue_kbytes",
+            at.key("producer_queue_kbytes"),
             self.producer_queue_kbytes,
             1..=2_097_151,
         )?;
-        check_range("kafka.linger_ms", self.linger_ms, 0..=900_000)?;
+        check_range(at.key("linger_ms"), self.linger_ms, 0..=900_000)?;
         check_range(
-            "kafka.message_max_bytes",
+            at.key("message_max_bytes"),
             self.message_max_bytes,
             65_536..=1_000_000_000,
         )?;
         check_range(
-            "kafka.report_timeout_ms",
+            at.key("report_timeout_ms"),
             self.report_timeout_ms,
             1..=3_600_000,
         )?;
         check_range(
-            "kafka.message_timeout_ms",
+            at.key("message_timeout_ms"),
             self.message_timeout_ms,
             1..=3_600_000,
         )?;
         check_range(
-            "kafka.connect_timeout_ms",
+            at.key("connect_timeout_ms"),
             self.connect_timeout_ms,
             1..=600_000,
         )?;
         if detingest_shm::Name::new(&self.beamtime).is_err() {
             return Err(ConfigError::new(
-                "kafka.beamtime",
+                at.key("beamtime"),
                 format!("{:?} is not a valid name", self.beamtime),
             ));
         }
         for key in self.properties.keys() {
             if OWN_PROPERTIES.contains(&key.as_str()) {
                 return Err(ConfigError::new(
-                    format!("kafka.properties.{key}"),
-                    "set by detingestd itself (use kafka.brokers, kafka.client_id, ...)",
+                    at.key(&format!("properties.{key}")),
+                    format!(
+                        "set by detingestd itself (use {}, {}, ...)",
+                        at.key("brokers"),
+                        at.key("client_id")
+                    ),
                 ));
             }
         }
@@ -316,6 +332,12 @@ pub fn host_name() -> String {
 mod tests {
     use super::*;
 
+    fn check(c: &KafkaConfig) -> Result<(), ConfigError> {
+        let at = TableAt("kafka".into());
+        c.preview().map_or(Ok(()), |p| p.check(&at))?;
+        c.check(&at)
+    }
+
     fn with(brokers: &str, commands: &str) -> KafkaConfig {
         KafkaConfig {
             brokers: brokers.into(),
@@ -326,19 +348,19 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        assert!(KafkaConfig::default().check().is_ok(), "off by default");
-        assert!(with("127.0.0.1:9092", "det_commands").check().is_ok());
-        assert!(with("a:1, b:2", "c").check().is_ok());
+        assert!(check(&KafkaConfig::default()).is_ok(), "off by default");
+        assert!(check(&with("127.0.0.1:9092", "det_commands")).is_ok());
+        assert!(check(&with("a:1, b:2", "c")).is_ok());
         let cases = [
             (with("nohostport", "c"), "kafka.brokers"),
             (with("h:1", ""), "kafka.status_topic"),
             (with("h:1", "bad topic"), "kafka.command_topic"),
             (
                 KafkaConfig {
-                    preview_every: 0,
+                    preview_max_hz: -1.0,
                     ..with("h:1", "c")
                 },
-                "kafka.preview_every",
+                "kafka.preview_max_hz",
             ),
             (
                 KafkaConfig {
@@ -356,7 +378,7 @@ mod tests {
             ),
         ];
         for (c, key) in cases {
-            assert_eq!(c.check().unwrap_err().key, key);
+            assert_eq!(check(&c).unwrap_err().key, key);
         }
     }
 
@@ -365,11 +387,12 @@ mod tests {
         let c = with("h:1", "cmds");
         assert_eq!(c.status_topic(), "cmds");
         assert!(c.service_id().starts_with("detingestd-"));
-        assert!(c.needs().previews.is_empty());
+        let request = |c: &KafkaConfig| c.preview().and_then(|p| p.request());
+        assert_eq!(request(&c), None);
         let p = KafkaConfig {
             preview_topic: "previews".into(),
             ..c
         };
-        assert_eq!(p.needs().previews[0].every, 10);
+        assert_eq!(request(&p).map(|r| r.every), Some(10));
     }
 }

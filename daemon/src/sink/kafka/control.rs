@@ -22,7 +22,7 @@ use super::publisher::send;
 use super::request::{run_request, Refusal};
 use super::schema::commands::{self, Command, RunStart, RunStop};
 use super::schema::reports::{self, Action, Answer};
-use crate::sink::RunControl;
+use crate::sink::{RunControl, RunsSlot};
 
 /// The job this thread started and is watching.
 struct Job {
@@ -41,7 +41,7 @@ pub struct Control {
     host: String,
     producer: Arc<Producer>,
     stats: Arc<KafkaStats>,
-    runs: Weak<dyn RunControl>,
+    runs: RunsSlot,
     builder: FlatBufferBuilder<'static>,
     job: Option<Job>,
     last_beat: Option<(Instant, u64, u64, u64)>,
@@ -62,7 +62,7 @@ impl Control {
         source: String,
         producer: Arc<Producer>,
         stats: Arc<KafkaStats>,
-        runs: Weak<dyn RunControl>,
+        runs: RunsSlot,
     ) -> Self {
         Self {
             service_id: cfg.service_id(),
@@ -80,8 +80,15 @@ impl Control {
         }
     }
 
-    /// Runs until `stop` is set: commands (if a command topic is set), stop times, heartbeats.
+    /// Runs until `stop` is set: once the run manager exists, commands (if a command topic
+    /// is set), stop times, heartbeats.
     pub fn run(mut self, stop: &AtomicBool) {
+        while self.runs.get().is_none() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let consumer = self.subscribe();
         let interval = Duration::from_millis(self.cfg.status_interval_ms);
         let mut payload = Vec::new();
@@ -211,11 +218,15 @@ impl Control {
         }
     }
 
+    /// The run manager, while it exists.
+    fn manager(&self) -> Option<Arc<dyn RunControl>> {
+        self.runs.get().and_then(Weak::upgrade)
+    }
+
     /// Starts the job's run; the stop time in force, or why not.
     fn start(&mut self, s: &RunStart<'_>) -> Result<(u64, String), Refusal> {
         let runs = self
-            .runs
-            .upgrade()
+            .manager()
             .ok_or((503, "the daemon is shutting down".to_owned()))?;
         let request = run_request(s, &self.source, &self.cfg.beamtime, now_ms())?;
         let status = runs.start_run(&request)?;
@@ -248,7 +259,7 @@ impl Control {
 
     /// Whether the run of our job is still the one running.
     fn running_job(&self) -> bool {
-        let (Some(job), Some(runs)) = (&self.job, self.runs.upgrade()) else {
+        let (Some(job), Some(runs)) = (&self.job, self.manager()) else {
             return false;
         };
         let status = runs.run_status();
@@ -265,7 +276,7 @@ impl Control {
             return;
         }
         if self.running_job() {
-            if let Some(runs) = self.runs.upgrade() {
+            if let Some(runs) = self.manager() {
                 let _ = runs.stop_run();
             }
         }
@@ -330,7 +341,7 @@ impl Control {
 
     /// Sends the `x5f2`: state, job, file being written, rates since the last one.
     fn heartbeat(&mut self) {
-        let Some(runs) = self.runs.upgrade() else {
+        let Some(runs) = self.manager() else {
             return;
         };
         let status = runs.run_status();

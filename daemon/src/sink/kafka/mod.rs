@@ -1,10 +1,10 @@
 //! The Kafka component: a detingest daemon as a citizen of an ESS/ISIS-style Kafka
-//! facility. Built from `[kafka]`; docs/KAFKA.md has the topics and every message.
+//! facility. Built from `[sink.kafka]`; docs/KAFKA.md has the topics and every message.
 //!
 //! - As a sink, the notification thread's `feed::Feed` hands records to the `kafka` thread
 //!   (`publisher::Publisher`) without waiting: a `json` record per written index, `ad00`
 //!   previews, and at each stream's end a `wrdn` file hand-off ([`handoff`]).
-//! - In `detingestd serve`, the `kafka-control` thread (`control::Control`) obeys
+//! - Once the run manager exists, the `kafka-control` thread (`control::Control`) obeys
 //!   `pl72`/`6s4t` commands through the run manager the HTTP API uses, answers with `answ`
 //!   and sends `x5f2` heartbeats.
 //!
@@ -24,7 +24,7 @@ mod stats;
 mod topics;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -38,40 +38,39 @@ use feed::{Feed, Msg};
 use publisher::{Publisher, Topics};
 
 use crate::check::ConfigError;
-use crate::sink::{NotificationSink, RunControl, Sink, SinkCores, SinkError, SinkNeeds, Thinning};
+use crate::sink::{NotificationSink, RunsSlot, Sink, SinkCores, TableAt, Thinning};
 use crate::threads;
 
 /// The Kafka sink: the producer, the `kafka` thread, and (once attached) `kafka-control`.
 pub struct KafkaSink {
     cfg: KafkaConfig,
-    source: String,
     producer: Arc<Producer>,
     reports: Arc<Producer>,
     stats: Arc<KafkaStats>,
     tx: Option<Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
-    control: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
-    cores: SinkCores,
+    control: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
 impl KafkaSink {
-    /// Makes the producer, checks the brokers answer (unreachable: an error naming
-    /// `kafka.brokers`, or with `on_start_error = "continue"` a warning), starts the
-    /// `kafka` thread. `None` when no brokers are set. `source` is what commands start.
+    /// Makes the producer, checks the brokers answer (unreachable: an error naming the
+    /// table's `brokers`, or with `on_start_error = "continue"` a warning), starts the
+    /// `kafka` thread, and `kafka-control`, which takes commands once `runs` holds the run
+    /// manager. `None` when no brokers are set. `source` is what commands start.
     pub fn start(
         cfg: &KafkaConfig,
         source: &str,
         cores: SinkCores,
-    ) -> Result<Option<Self>, SinkError> {
+        at: &TableAt,
+        runs: RunsSlot,
+    ) -> Result<Option<Self>, ConfigError> {
         if !cfg.enabled() {
             return Ok(None);
         }
-        let fail = |key: &str, message: String| SinkError {
-            sink: "kafka",
-            error: ConfigError::new(key, message),
-        };
+        let fail = |key: &str, message: String| ConfigError::new(key, message);
         let stats = Arc::new(KafkaStats::default());
-        let make = |carries| client::producer(cfg, &stats, carries).map_err(|(k, e)| fail(&k, e));
+        let make =
+            |carries| client::producer(cfg, &stats, carries).map_err(|(k, e)| fail(&at.key(&k), e));
         let producer = Arc::new(make(Carries::Records)?);
         let reports = Arc::new(make(Carries::Reports)?);
         let timeout = Duration::from_millis(cfg.connect_timeout_ms);
@@ -81,14 +80,14 @@ impl KafkaSink {
             }
             Err(e) if cfg.on_start_error == OnStartError::Fail => {
                 return Err(fail(
-                    "kafka.brokers",
+                    &at.key("brokers"),
                     format!("cannot reach {} within {timeout:?}: {e}", cfg.brokers),
                 ))
             }
             Err(e) => stats.outage(&format!("cannot reach {} at start: {e}", cfg.brokers)),
         }
         if !stats.down.load(Ordering::Relaxed) {
-            topics::check(cfg, &producer, &stats, timeout).map_err(|(k, e)| fail(&k, e))?;
+            topics::check(cfg, at, &producer, &stats, timeout).map_err(|(k, e)| fail(&k, e))?;
         }
         let (tx, rx) = crossbeam::channel::bounded(cfg.queue);
         let publisher = Publisher::new(
@@ -108,30 +107,38 @@ impl KafkaSink {
             },
         );
         let thread = threads::spawn("kafka".into(), cores.notify, move || publisher.run(rx))
-            .map_err(|e| fail("kafka", format!("cannot start the kafka thread: {e}")))?;
+            .map_err(|e| fail(at.table(), format!("cannot start the kafka thread: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let control = control::Control::new(
+            cfg.clone(),
+            source.to_owned(),
+            Arc::clone(&reports),
+            Arc::clone(&stats),
+            runs,
+        );
+        let flag = Arc::clone(&stop);
+        let control = threads::spawn("kafka-control".into(), cores.query, move || {
+            control.run(&flag)
+        })
+        .map_err(|e| {
+            fail(
+                at.table(),
+                format!("cannot start the kafka-control thread: {e}"),
+            )
+        })?;
         Ok(Some(Self {
             cfg: cfg.clone(),
-            source: source.to_owned(),
             producer,
             reports,
             stats,
             tx: Some(tx),
             thread: Some(thread),
-            control: Mutex::new(None),
-            cores,
+            control: Some((stop, control)),
         }))
     }
 }
 
 impl Sink for KafkaSink {
-    fn name(&self) -> &'static str {
-        "kafka"
-    }
-
-    fn needs(&self) -> SinkNeeds {
-        self.cfg.needs()
-    }
-
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         let previews = (!self.cfg.preview_topic.is_empty())
             .then(|| Thinning::at_most(self.cfg.preview_every, self.cfg.preview_max_hz));
@@ -141,30 +148,6 @@ impl Sink for KafkaSink {
             !self.cfg.frame_topic.is_empty(),
             previews,
         )))
-    }
-
-    fn attach(&self, runs: Weak<dyn RunControl>) {
-        let Ok(mut slot) = self.control.lock() else {
-            return;
-        };
-        if slot.is_some() {
-            return;
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let control = control::Control::new(
-            self.cfg.clone(),
-            self.source.clone(),
-            Arc::clone(&self.reports),
-            Arc::clone(&self.stats),
-            runs,
-        );
-        let flag = Arc::clone(&stop);
-        match threads::spawn("kafka-control".into(), self.cores.query, move || {
-            control.run(&flag)
-        }) {
-            Ok(t) => *slot = Some((stop, t)),
-            Err(e) => tracing::error!(error = %e, "kafka: cannot start the kafka-control thread"),
-        }
     }
 
     fn counters(&self) -> serde_json::Value {
@@ -215,7 +198,7 @@ impl Sink for KafkaSink {
     }
 
     fn stop(&mut self) {
-        if let Some((stop, t)) = self.control.lock().ok().and_then(|mut c| c.take()) {
+        if let Some((stop, t)) = self.control.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = t.join();
         }

@@ -13,15 +13,16 @@ use rdkafka::producer::Producer as _;
 
 use super::client::{KafkaStats, Producer};
 use super::config::{KafkaConfig, OnStartError};
+use crate::sink::TableAt;
 
 /// The configured topics and their keys, each once (a topic two keys name: the first key).
 pub fn configured(cfg: &KafkaConfig) -> Vec<(&'static str, String)> {
     let mut out: Vec<(&'static str, String)> = Vec::new();
     for (key, topic) in [
-        ("kafka.command_topic", cfg.command_topic.as_str()),
-        ("kafka.status_topic", cfg.status_topic()),
-        ("kafka.frame_topic", cfg.frame_topic.as_str()),
-        ("kafka.preview_topic", cfg.preview_topic.as_str()),
+        ("command_topic", cfg.command_topic.as_str()),
+        ("status_topic", cfg.status_topic()),
+        ("frame_topic", cfg.frame_topic.as_str()),
+        ("preview_topic", cfg.preview_topic.as_str()),
     ] {
         if !topic.is_empty() && !out.iter().any(|(_, t)| t == topic) {
             out.push((key, topic.to_owned()));
@@ -34,12 +35,14 @@ pub fn configured(cfg: &KafkaConfig) -> Vec<(&'static str, String)> {
 /// topic's key when the start is to be refused.
 pub fn check(
     cfg: &KafkaConfig,
+    at: &TableAt,
     producer: &Producer,
     stats: &KafkaStats,
     timeout: Duration,
 ) -> Result<(), (String, String)> {
     let mut missing = Vec::new();
-    for (key, topic) in configured(cfg) {
+    for (field, topic) in configured(cfg) {
+        let key = at.key(field);
         let why = match producer.client().fetch_metadata(Some(&topic), timeout) {
             Ok(m) => (m.topics().iter()).find_map(|t| t.error().map(|e| format!("{e:?}"))),
             Err(e) => Some(e.to_string()),
@@ -60,19 +63,17 @@ pub fn check(
             }
             Err(e) => {
                 let (key, topic, _) = &missing[0];
-                return Err((
-                    key.to_string(),
-                    format!("cannot create topic {topic:?}: {e}"),
-                ));
+                return Err((key.clone(), format!("cannot create topic {topic:?}: {e}")));
             }
         }
     }
     let (key, topic, why) = &missing[0];
     let message = format!(
-        "the brokers have no topic {topic:?} ({why}); create it, or set kafka.create_topics = true"
+        "the brokers have no topic {topic:?} ({why}); create it, or set {} = true",
+        at.key("create_topics")
     );
     if cfg.on_start_error == OnStartError::Fail {
-        return Err((key.to_string(), message));
+        return Err((key.clone(), message));
     }
     for (key, topic, why) in &missing {
         tracing::error!(%key, %topic, error = %why, "kafka: the brokers have no such topic: its messages are refused and counted (topic_missing) until it exists (commands are read once it does)");
@@ -127,8 +128,8 @@ mod tests {
         assert_eq!(
             keys,
             [
-                ("kafka.command_topic", "cmd".to_owned()),
-                ("kafka.frame_topic", "frames".to_owned())
+                ("command_topic", "cmd".to_owned()),
+                ("frame_topic", "frames".to_owned())
             ],
             "the status topic is the command topic"
         );

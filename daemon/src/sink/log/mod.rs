@@ -2,24 +2,50 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sink::{Notification, NotificationSink, Sink};
+use serde::Deserialize;
+
+use crate::check::{check_range, ConfigError};
+use crate::sink::{Notification, NotificationSink, Sink, SinkContext, SinkTable, TableAt};
+
+/// `[sink.log]`: how often the rate line is logged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Seconds between rate lines while frames arrive (0: no rate lines, only each stream's
+    /// end).
+    pub interval_s: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { interval_s: 5 }
+    }
+}
+
+impl SinkTable for LogConfig {
+    fn check(&self, at: &TableAt) -> Result<(), ConfigError> {
+        check_range(at.key("interval_s"), self.interval_s, 0..=86_400)
+    }
+
+    fn build(
+        &self,
+        _: &SinkContext<'_>,
+        _: &TableAt,
+    ) -> Result<Option<Box<dyn Sink>>, ConfigError> {
+        let every = match self.interval_s {
+            0 => Duration::MAX,
+            s => Duration::from_secs(s),
+        };
+        Ok(Some(Box::new(LogSink { every })))
+    }
+}
 
 /// The `log` sink: each run gets a fresh [`RateLogger`].
 pub struct LogSink {
     every: Duration,
 }
 
-impl LogSink {
-    /// Rate lines every `every`.
-    pub fn new(every: Duration) -> Self {
-        Self { every }
-    }
-}
-
 impl Sink for LogSink {
-    fn name(&self) -> &'static str {
-        "log"
-    }
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         Some(Box::new(RateLogger::new(self.every)))
     }

@@ -12,10 +12,9 @@ use crossbeam::channel::{bounded, Receiver, Sender, TryRecvError};
 
 use super::assembly::{assemble, AssemblyScratch, Decode, Placement, Preview};
 use super::binning::pixel_value;
-use super::{
-    Notification, NotificationSink, PreviewRequest, QualityNotice, Sink, SinkCores, SinkError,
-    SinkNeeds, Thinning,
-};
+use super::{Notification, NotificationSink, QualityNotice, Sink, SinkCores, Thinning};
+use super::{PreviewSetting, SinkContext, SinkTable, TableAt};
+use crate::check::ConfigError;
 use crate::quality::spots::{find_spots, SpotScratch, SpotSettings};
 use crate::quality::stats::limits;
 use crate::quality::{radial, QualityConfig, QualityReport, MAX_SPOTS_LISTED};
@@ -41,6 +40,31 @@ struct Stats {
     undecodable: AtomicU64,
 }
 
+impl SinkTable for QualityConfig {
+    fn check(&self, at: &TableAt) -> Result<(), ConfigError> {
+        QualityConfig::check(self, at.table())
+    }
+
+    /// A frame to analyse at most `analysis_hz` a second per stream.
+    fn preview(&self) -> Option<PreviewSetting> {
+        Some(PreviewSetting {
+            every: u64::from(self.analysis_hz > 0.0),
+            max_hz: self.analysis_hz,
+            buffers: 2,
+            keys: [None, Some("analysis_hz"), None],
+        })
+    }
+
+    fn build(
+        &self,
+        ctx: &SinkContext<'_>,
+        at: &TableAt,
+    ) -> Result<Option<Box<dyn Sink>>, ConfigError> {
+        let sink = QualitySink::start(self, ctx.cores, at)?;
+        Ok(sink.map(|s| Box::new(s) as Box<dyn Sink>))
+    }
+}
+
 /// The quality sink (built when `[quality] analysis_hz` > 0).
 pub struct QualitySink {
     cfg: QualityConfig,
@@ -53,7 +77,11 @@ pub struct QualitySink {
 impl QualitySink {
     /// Starts the `quality` thread (on the notification thread's core), or nothing when the
     /// analyses are off.
-    pub fn start(cfg: &QualityConfig, cores: SinkCores) -> Result<Option<Self>, SinkError> {
+    pub fn start(
+        cfg: &QualityConfig,
+        cores: SinkCores,
+        at: &TableAt,
+    ) -> Result<Option<Self>, ConfigError> {
         if cfg.analysis_hz <= 0.0 {
             return Ok(None);
         }
@@ -64,10 +92,7 @@ impl QualitySink {
         let thread = threads::spawn("quality".into(), cores.notify, move || {
             analyse_loop(&c, &job_rx, &result_tx, &st)
         })
-        .map_err(|e| SinkError {
-            sink: "quality",
-            error: crate::check::ConfigError::new("quality.analysis_hz", e),
-        })?;
+        .map_err(|e| ConfigError::new(at.key("analysis_hz"), e))?;
         Ok(Some(Self {
             cfg: cfg.clone(),
             jobs,
@@ -79,21 +104,6 @@ impl QualitySink {
 }
 
 impl Sink for QualitySink {
-    fn name(&self) -> &'static str {
-        "quality"
-    }
-
-    fn needs(&self) -> SinkNeeds {
-        SinkNeeds {
-            previews: vec![PreviewRequest {
-                every: 1,
-                max_hz: self.cfg.analysis_hz,
-                buffers: 2,
-            }],
-            ..SinkNeeds::default()
-        }
-    }
-
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         Some(Box::new(Feed {
             jobs: self.jobs.clone(),

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::check::{check_range, ConfigError};
-use crate::sink::{PreviewRequest, SinkNeeds};
+use crate::sink::{PreviewSetting, RedisSink, Sink, SinkContext, SinkNeeds, SinkTable, TableAt};
 
 /// `[sink.redis]`: publish every stream as a Blissdata scan on a Redis server.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,38 +78,57 @@ impl RedisConfig {
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
     }
+}
 
-    /// Previews when pixels go to Redis: every frame is a candidate, at most `image_max_hz`.
-    pub fn needs(&self) -> SinkNeeds {
+impl SinkTable for RedisConfig {
+    /// Previews when pixels go to Redis: every frame is a candidate, at most `image_max_hz`
+    /// (0: no images).
+    fn preview(&self) -> Option<PreviewSetting> {
+        Some(PreviewSetting {
+            every: u64::from(self.image_max_hz > 0.0),
+            max_hz: self.image_max_hz,
+            buffers: 2,
+            keys: [None, Some("image_max_hz"), None],
+        })
+    }
+
+    fn needs(&self) -> SinkNeeds {
         SinkNeeds {
-            previews: (self.enabled() && self.image_max_hz > 0.0)
-                .then_some(PreviewRequest {
-                    every: 1,
-                    max_hz: self.image_max_hz,
-                    buffers: 2,
-                })
-                .into_iter()
-                .collect(),
             realtime_priority: self.realtime_priority,
             batch_interval: std::time::Duration::from_micros(self.batch_interval_us),
+            ..SinkNeeds::default()
         }
     }
 
-    /// Checks what the types alone cannot; errors name the `sink.redis.*` key.
-    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+    fn build(
+        &self,
+        ctx: &SinkContext<'_>,
+        at: &TableAt,
+    ) -> Result<Option<Box<dyn Sink>>, ConfigError> {
+        let Some(sink) = RedisSink::start(self, ctx.cores, at)? else {
+            return Ok(None);
+        };
+        // The query endpoint answers from Redis what its history no longer holds.
+        if let Some(h) = sink.history() {
+            let _ = ctx.late.set(h);
+        }
+        Ok(Some(Box::new(sink)))
+    }
+
+    fn check(&self, at: &TableAt) -> Result<(), ConfigError> {
         if self.enabled() {
             let url = redis::parse_redis_url(&self.url);
             match url.as_ref().map(|u| u.scheme()) {
                 Some("redis") => {}
                 Some("rediss") => {
                     return Err(ConfigError::new(
-                        "sink.redis.url",
+                        at.key("url"),
                         "rediss:// (TLS) is not supported by this build; use redis://",
                     ))
                 }
                 _ => {
                     return Err(ConfigError::new(
-                        "sink.redis.url",
+                        at.key("url"),
                         format!(
                             "{:?} is not a Redis URL (redis://[user][:password@]host:port[/db])",
                             redact(&self.url)
@@ -125,34 +144,20 @@ impl RedisConfig {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
         if !ok_prefix {
             return Err(ConfigError::new(
-                "sink.redis.prefix",
+                at.key("prefix"),
                 "must be letters, digits, '_', '-' or '.'",
             ));
         }
-        check_range("sink.redis.max_entries", self.max_entries, 1..=u64::MAX)?;
-        check_range("sink.redis.queue", self.queue, 1..=1_000_000)?;
+        check_range(at.key("max_entries"), self.max_entries, 1..=u64::MAX)?;
+        check_range(at.key("queue"), self.queue, 1..=1_000_000)?;
+        check_range(at.key("realtime_priority"), self.realtime_priority, 0..=99)?;
         check_range(
-            "sink.redis.realtime_priority",
-            self.realtime_priority,
-            0..=99,
-        )?;
-        check_range(
-            "sink.redis.batch_interval_us",
+            at.key("batch_interval_us"),
             self.batch_interval_us,
             0..=1_000_000,
         )?;
-        check_range("sink.redis.timeout_ms", self.timeout_ms, 1..=60_000)?;
-        check_range(
-            "sink.redis.max_backoff_ms",
-            self.max_backoff_ms,
-            1..=600_000,
-        )?;
-        if !(self.image_max_hz.is_finite() && self.image_max_hz >= 0.0) {
-            return Err(ConfigError::new(
-                "sink.redis.image_max_hz",
-                "must be a number >= 0",
-            ));
-        }
+        check_range(at.key("timeout_ms"), self.timeout_ms, 1..=60_000)?;
+        check_range(at.key("max_backoff_ms"), self.max_backoff_ms, 1..=600_000)?;
         Ok(())
     }
 }
@@ -177,6 +182,12 @@ pub fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    fn check(c: &RedisConfig) -> Result<(), ConfigError> {
+        let at = TableAt::sink("redis");
+        c.preview().map_or(Ok(()), |p| p.check(&at))?;
+        c.check(&at)
+    }
+
     fn with_url(url: &str) -> RedisConfig {
         RedisConfig {
             url: url.into(),
@@ -186,13 +197,13 @@ mod tests {
 
     #[test]
     fn urls_are_checked_and_passwords_never_shown() {
-        assert!(with_url("").check().is_ok(), "off by default");
-        assert!(with_url("redis://127.0.0.1:6379/0").check().is_ok());
-        assert!(with_url("redis://:secret@127.0.0.1:6379").check().is_ok());
-        let e = with_url("http://u:secret@host").check().unwrap_err();
+        assert!(check(&with_url("")).is_ok(), "off by default");
+        assert!(check(&with_url("redis://127.0.0.1:6379/0")).is_ok());
+        assert!(check(&with_url("redis://:secret@127.0.0.1:6379")).is_ok());
+        let e = check(&with_url("http://u:secret@host")).unwrap_err();
         assert_eq!(e.key, "sink.redis.url");
         assert!(!e.message.contains("secret"), "{}", e.message);
-        let e = with_url("rediss://host").check().unwrap_err();
+        let e = check(&with_url("rediss://host")).unwrap_err();
         assert!(e.message.contains("TLS"), "{}", e.message);
         assert_eq!(redact("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact("redis://:pw@h:1"), "redis://:***@h:1");
@@ -203,22 +214,21 @@ mod tests {
     fn bad_values_name_their_key() {
         let mut c = with_url("redis://h:1");
         c.prefix = "a:b".into();
-        assert_eq!(c.check().unwrap_err().key, "sink.redis.prefix");
+        assert_eq!(check(&c).unwrap_err().key, "sink.redis.prefix");
         let mut c = with_url("redis://h:1");
         c.queue = 0;
-        assert_eq!(c.check().unwrap_err().key, "sink.redis.queue");
+        assert_eq!(check(&c).unwrap_err().key, "sink.redis.queue");
         let mut c = with_url("redis://h:1");
         c.image_max_hz = f64::NAN;
-        assert_eq!(c.check().unwrap_err().key, "sink.redis.image_max_hz");
+        assert_eq!(check(&c).unwrap_err().key, "sink.redis.image_max_hz");
     }
 
     #[test]
-    fn pixels_need_previews_only_when_enabled() {
-        assert!(RedisConfig::default().needs().previews.is_empty());
-        let p = with_url("redis://h:1").needs().previews[0];
-        assert_eq!((p.every, p.max_hz), (1, 2.0));
+    fn pixels_need_previews_unless_the_rate_is_0() {
+        let p = with_url("redis://h:1").preview().and_then(|p| p.request());
+        assert_eq!(p.map(|p| (p.every, p.max_hz)), Some((1, 2.0)));
         let mut c = with_url("redis://h:1");
         c.image_max_hz = 0.0;
-        assert!(c.needs().previews.is_empty());
+        assert_eq!(c.preview().and_then(|p| p.request()), None);
     }
 }

@@ -28,7 +28,7 @@ pub use late::{entry_span, RedisHistory};
 use publisher::Publisher;
 
 use crate::check::ConfigError;
-use crate::sink::{LateHistory, NotificationSink, Sink, SinkCores, SinkError, SinkNeeds};
+use crate::sink::{LateHistory, NotificationSink, Sink, SinkCores, TableAt};
 use crate::threads;
 
 /// The sink's counters, shared by the feed and the Redis thread.
@@ -77,7 +77,6 @@ pub struct RedisSink {
     returned: Receiver<Batch>,
     stats: Arc<RedisStats>,
     thread: Option<JoinHandle<()>>,
-    needs: SinkNeeds,
     url: String,
     history: Option<Arc<dyn LateHistory>>,
     image_max_hz: f64,
@@ -85,16 +84,17 @@ pub struct RedisSink {
 
 impl RedisSink {
     /// Connects to `cfg.url` and starts the `redis` thread (pinned beside the notification
-    /// thread). A server that cannot be used names `sink.redis.url` (or, with
+    /// thread). A server that cannot be used names the table's `url` (or, with
     /// `on_start_error = "continue"`, is logged and retried). `None` when no URL is set.
-    pub fn start(cfg: &RedisConfig, cores: SinkCores) -> Result<Option<Self>, SinkError> {
+    pub fn start(
+        cfg: &RedisConfig,
+        cores: SinkCores,
+        at: &TableAt,
+    ) -> Result<Option<Self>, ConfigError> {
         if !cfg.enabled() {
             return Ok(None);
         }
-        let fail = |message: String| SinkError {
-            sink: "redis",
-            error: ConfigError::new("sink.redis.url", message),
-        };
+        let fail = |message: String| ConfigError::new(at.key("url"), message);
         let url = config::redact(&cfg.url);
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let mut link = Link::new(&cfg.url, timeout, Duration::from_millis(cfg.max_backoff_ms))
@@ -139,7 +139,6 @@ impl RedisSink {
             returned,
             stats,
             thread: Some(thread),
-            needs: cfg.needs(),
             url,
         }))
     }
@@ -153,14 +152,6 @@ impl RedisSink {
 }
 
 impl Sink for RedisSink {
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-
-    fn needs(&self) -> SinkNeeds {
-        self.needs.clone()
-    }
-
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         let tx = self.tx.clone()?;
         Some(Box::new(Feed::new(

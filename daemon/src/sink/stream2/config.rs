@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::check::{check_range, check_zmq_endpoint, ConfigError};
-use crate::sink::{PreviewRequest, SinkNeeds};
+use crate::sink::{PreviewSetting, Sink, SinkContext, SinkTable, Stream2Sink, TableAt};
 
 /// How the output socket hands messages out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -53,38 +53,42 @@ impl Stream2SinkConfig {
     pub fn enabled(&self) -> bool {
         !self.endpoint.is_empty()
     }
+}
 
+impl SinkTable for Stream2SinkConfig {
     /// A copy of every written chunk (every frame, no rate limit), when enabled.
-    pub fn needs(&self) -> SinkNeeds {
-        SinkNeeds {
-            previews: self
-                .enabled()
-                .then_some(PreviewRequest {
-                    every: 1,
-                    max_hz: 0.0,
-                    buffers: self.buffers,
-                })
-                .into_iter()
-                .collect(),
-            ..Default::default()
-        }
+    fn preview(&self) -> Option<PreviewSetting> {
+        Some(PreviewSetting {
+            every: u64::from(self.enabled()),
+            max_hz: 0.0,
+            buffers: self.buffers,
+            keys: [None, None, None],
+        })
     }
 
-    /// Checks what the types alone cannot, naming `sink.stream2.*` keys.
-    pub fn check(&self) -> Result<(), ConfigError> {
+    fn build(
+        &self,
+        ctx: &SinkContext<'_>,
+        at: &TableAt,
+    ) -> Result<Option<Box<dyn Sink>>, ConfigError> {
+        let sink = Stream2Sink::start(self, ctx.cores, at)?;
+        Ok(sink.map(|s| Box::new(s) as Box<dyn Sink>))
+    }
+
+    fn check(&self, at: &TableAt) -> Result<(), ConfigError> {
         if !self.enabled() {
             return Ok(());
         }
-        check_zmq_endpoint("sink.stream2.endpoint", &self.endpoint)?;
+        check_zmq_endpoint(&at.key("endpoint"), &self.endpoint)?;
         check_range(
-            "sink.stream2.high_water_mark",
+            at.key("high_water_mark"),
             self.high_water_mark,
             1..=1_000_000,
         )?;
-        check_range("sink.stream2.buffers", self.buffers, 1..=4096)?;
+        check_range(at.key("buffers"), self.buffers, 1..=4096)?;
         if self.channel.is_empty() || self.channel.len() > 64 {
             return Err(ConfigError::new(
-                "sink.stream2.channel",
+                at.key("channel"),
                 "must be 1 to 64 characters",
             ));
         }

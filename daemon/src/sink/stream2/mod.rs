@@ -30,7 +30,7 @@ use encode::{ImageFormat, SeriesIds};
 use crate::check::ConfigError;
 use crate::sink::{
     assembly::Placement, Backlog, Notification, NotificationSink, Preview, Sink, SinkCores,
-    SinkError, SinkNeeds, StreamStartNotice,
+    StreamStartNotice, TableAt,
 };
 use crate::stream::StreamInfo;
 use crate::threads;
@@ -64,7 +64,6 @@ enum Msg {
 
 /// The Stream V2 output.
 pub struct Stream2Sink {
-    cfg: Stream2SinkConfig,
     stats: Arc<Stream2Stats>,
     bound: String,
     tx: Option<Sender<Msg>>,
@@ -75,14 +74,15 @@ pub struct Stream2Sink {
 impl Stream2Sink {
     /// Binds the socket and starts the `stream2-out` thread (on the notification thread's
     /// core); `None` when no endpoint is configured.
-    pub fn start(cfg: &Stream2SinkConfig, cores: SinkCores) -> Result<Option<Self>, SinkError> {
+    pub fn start(
+        cfg: &Stream2SinkConfig,
+        cores: SinkCores,
+        at: &TableAt,
+    ) -> Result<Option<Self>, ConfigError> {
         if !cfg.enabled() {
             return Ok(None);
         }
-        let refuse = |why: String| SinkError {
-            sink: "stream2",
-            error: ConfigError::new("sink.stream2.endpoint", why),
-        };
+        let refuse = |why: String| ConfigError::new(at.key("endpoint"), why);
         let kind = match cfg.mode {
             Mode::Push => zmq::PUSH,
             Mode::Pub => zmq::PUB,
@@ -121,7 +121,6 @@ impl Stream2Sink {
         })
         .map_err(|e| refuse(format!("cannot start its thread: {e}")))?;
         Ok(Some(Self {
-            cfg: cfg.clone(),
             stats,
             bound,
             tx: Some(tx),
@@ -132,12 +131,6 @@ impl Stream2Sink {
 }
 
 impl Sink for Stream2Sink {
-    fn name(&self) -> &'static str {
-        "stream2"
-    }
-    fn needs(&self) -> SinkNeeds {
-        self.cfg.needs()
-    }
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         Some(Box::new(Feed {
             tx: self.tx.clone()?,

@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::assembly::{Placement, PreviewLayout};
-use super::{binning, Notification, NotificationSink, PreviewRequest, Sink, SinkNeeds, Thinning};
+use serde::Deserialize;
+
+use super::{binning, Notification, NotificationSink, Sink, Thinning};
+use super::{PreviewSetting, SinkContext, SinkTable, TableAt};
+use crate::check::ConfigError;
 use crate::quality::QualityReport;
 use crate::stream::StreamInfo;
 use detingest_writer::FrameStats;
-
-/// Previews the page takes per second, at most.
-const MAX_HZ: f64 = 4.0;
 
 /// The latest preview's encoded chunks and whose it is.
 #[derive(Default)]
@@ -132,51 +133,71 @@ impl LiveView {
     }
 }
 
+/// `[sink.web]`: the live page's feed, built where the page is served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PageConfig {
+    /// Images the page gets per second at most (the page redraws at most this often).
+    pub preview_max_hz: f64,
+}
+
+impl Default for PageConfig {
+    fn default() -> Self {
+        Self {
+            preview_max_hz: 4.0, // a screen's redraw is all a viewer can follow
+        }
+    }
+}
+
+impl SinkTable for PageConfig {
+    fn check(&self, at: &TableAt) -> Result<(), ConfigError> {
+        if self.preview_max_hz > 0.0 {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            at.key("preview_max_hz"),
+            "must be more than 0 (the page needs images)",
+        ))
+    }
+
+    fn preview(&self) -> Option<PreviewSetting> {
+        Some(PreviewSetting {
+            every: 1,
+            max_hz: self.preview_max_hz,
+            buffers: 2,
+            keys: [None, Some("preview_max_hz"), None],
+        })
+    }
+
+    fn build(
+        &self,
+        ctx: &SinkContext<'_>,
+        _: &TableAt,
+    ) -> Result<Option<Box<dyn Sink>>, ConfigError> {
+        Ok(ctx.page.then(|| {
+            Box::new(WebSink {
+                view: Arc::new(LiveView::default()),
+                max_hz: self.preview_max_hz,
+            }) as Box<dyn Sink>
+        }))
+    }
+}
+
 /// The sink (in `detingestd serve` and `demo`, which serve the page).
 pub struct WebSink {
     view: Arc<LiveView>,
-}
-
-impl WebSink {
-    /// A sink feeding a new [`LiveView`].
-    pub fn new() -> Self {
-        Self {
-            view: Arc::new(LiveView::default()),
-        }
-    }
-
-    /// What the page reads.
-    pub fn view(&self) -> Arc<LiveView> {
-        Arc::clone(&self.view)
-    }
-}
-
-impl Default for WebSink {
-    fn default() -> Self {
-        Self::new()
-    }
+    max_hz: f64,
 }
 
 impl Sink for WebSink {
-    fn name(&self) -> &'static str {
-        "web"
-    }
-
-    fn needs(&self) -> SinkNeeds {
-        SinkNeeds {
-            previews: vec![PreviewRequest {
-                every: 1,
-                max_hz: MAX_HZ,
-                buffers: 2,
-            }],
-            ..Default::default()
-        }
+    fn live_view(&self) -> Option<Arc<LiveView>> {
+        Some(Arc::clone(&self.view))
     }
 
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         Some(Box::new(Feed {
             view: Arc::clone(&self.view),
-            thinning: Thinning::at_most(1, MAX_HZ),
+            thinning: Thinning::at_most(1, self.max_hz),
         }))
     }
 
@@ -260,7 +281,10 @@ mod tests {
     #[test]
     fn keeps_the_latest_preview_and_counts_missing_modules() {
         let stream = fixture::stream(2);
-        let sink = WebSink::new();
+        let sink = WebSink {
+            view: Arc::new(LiveView::default()),
+            max_hz: 4.0,
+        };
         let mut feed = sink.for_run().unwrap();
         feed.notify(&fixture::start(&stream));
         let pool = BufferPool::new(1, 2 << 20);
@@ -276,7 +300,7 @@ mod tests {
             preview: Some(Arc::new(preview)),
         }));
         feed.notify(&fixture::frame(&stream, 2));
-        let view = sink.view();
+        let view = sink.live_view().unwrap();
         assert_eq!(view.modules_missing(), [1, 0]);
         assert_eq!(view.latest_index(), 1);
         let image = view.image(1 << 20).expect("a preview");

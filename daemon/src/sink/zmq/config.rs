@@ -1,13 +1,13 @@
-//! `[live]`: the ZeroMQ sink's table (the socket live viewers subscribe to, the query
+//! `[sink.zmq]` (formerly `[live]`): the ZeroMQ sink's table (the socket live viewers subscribe to, the query
 //! endpoint late joiners ask, previews and the notification thread's scheduling), its defaults
 //! and its validation.
 
 use serde::Deserialize;
 
 use crate::check::{check_range, check_zmq_endpoint, ConfigError};
-use crate::sink::{PreviewRequest, SinkNeeds};
+use crate::sink::{PreviewSetting, Sink, SinkContext, SinkNeeds, SinkTable, TableAt, ZmqSink};
 
-/// `[live]`: the ZeroMQ notification socket live viewers subscribe to, and the query endpoint
+/// `[sink.zmq]`: the ZeroMQ notification socket live viewers subscribe to, and the query endpoint
 /// late joiners ask.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -64,52 +64,66 @@ impl Default for LiveConfig {
     }
 }
 
-impl LiveConfig {
-    /// What the ZeroMQ sink asks of the pipeline: previews when publishing and
-    /// `preview_every` > 0, and the notification thread's batching and priority.
-    pub fn needs(&self) -> SinkNeeds {
+impl SinkTable for LiveConfig {
+    /// Previews when publishing and `preview_every` > 0.
+    fn preview(&self) -> Option<PreviewSetting> {
+        Some(PreviewSetting {
+            every: if self.publish.is_empty() {
+                0
+            } else {
+                self.preview_every
+            },
+            max_hz: self.preview_max_hz,
+            buffers: self.preview_buffers,
+            keys: [
+                Some("preview_every"),
+                Some("preview_max_hz"),
+                Some("preview_buffers"),
+            ],
+        })
+    }
+
+    /// The notification thread's batching and priority.
+    fn needs(&self) -> SinkNeeds {
         SinkNeeds {
-            previews: (self.preview_every > 0 && !self.publish.is_empty())
-                .then_some(PreviewRequest {
-                    every: self.preview_every,
-                    max_hz: self.preview_max_hz,
-                    buffers: self.preview_buffers,
-                })
-                .into_iter()
-                .collect(),
             batch_interval: std::time::Duration::from_micros(self.batch_interval_us),
             realtime_priority: self.realtime_priority,
+            ..SinkNeeds::default()
         }
     }
 
-    /// Checks what the types alone cannot; errors name the `live.*` key.
-    pub(crate) fn check(&self) -> Result<(), ConfigError> {
-        for (key, endpoint) in [("live.publish", &self.publish), ("live.query", &self.query)] {
+    fn check(&self, at: &TableAt) -> Result<(), ConfigError> {
+        for (key, endpoint) in [("publish", &self.publish), ("query", &self.query)] {
             if !endpoint.is_empty() {
-                check_zmq_endpoint(key, endpoint)?; // "" turns it off
+                check_zmq_endpoint(&at.key(key), endpoint)?; // "" turns it off
             }
         }
         if !self.publish.is_empty() && self.publish == self.query {
             return Err(ConfigError::new(
-                "live.query",
-                "must differ from live.publish",
+                at.key("query"),
+                format!("must differ from {}", at.key("publish")),
             ));
         }
-        check_range("live.high_water_mark", self.high_water_mark, 1..=i32::MAX)?;
-        check_range("live.preview_buffers", self.preview_buffers, 1..=64)?;
-        check_range("live.realtime_priority", self.realtime_priority, 0..=99)?;
         check_range(
-            "live.batch_interval_us",
+            at.key("high_water_mark"),
+            self.high_water_mark,
+            1..=i32::MAX,
+        )?;
+        check_range(at.key("realtime_priority"), self.realtime_priority, 0..=99)?;
+        check_range(
+            at.key("batch_interval_us"),
             self.batch_interval_us,
             0..=1_000_000,
         )?;
-        check_range("live.history", self.history, 1..=10_000_000)?;
-        if !(self.preview_max_hz.is_finite() && self.preview_max_hz >= 0.0) {
-            return Err(ConfigError::new(
-                "live.preview_max_hz",
-                "must be a number >= 0",
-            ));
-        }
-        Ok(())
+        check_range(at.key("history"), self.history, 1..=10_000_000)
+    }
+
+    fn build(
+        &self,
+        ctx: &SinkContext<'_>,
+        at: &TableAt,
+    ) -> Result<Option<Box<dyn Sink>>, ConfigError> {
+        let sink = ZmqSink::start(self, ctx.cores, ctx.late.clone(), at)?;
+        Ok(Some(Box::new(sink)))
     }
 }

@@ -1,5 +1,5 @@
 //! The `zmq` sink, for live viewers: the ZeroMQ PUB socket every written frame is announced
-//! on, the query endpoint late joiners ask, and the history behind it. Built from `[live]`;
+//! on, the query endpoint late joiners ask, and the history behind it. Built from `[sink.zmq]`;
 //! it outlives runs, so viewers stay subscribed from one run to the next.
 
 mod bluesky;
@@ -18,7 +18,7 @@ pub use publisher::{LiveStats, Publisher};
 pub use query::{answer, MAX_RANGE};
 
 use crate::check::ConfigError;
-use crate::sink::{LateHistory, NotificationSink, Sink, SinkCores, SinkError, SinkNeeds, Thinning};
+use crate::sink::{LateSlot, NotificationSink, Sink, SinkCores, TableAt, Thinning};
 use crate::threads;
 
 /// The ZeroMQ sink: the sockets and query thread of [`Live`], and its publisher, shared by
@@ -26,36 +26,26 @@ use crate::threads;
 pub struct ZmqSink {
     live: Option<Live>,
     publisher: Option<Arc<Mutex<Publisher>>>,
-    needs: SinkNeeds,
 }
 
 impl ZmqSink {
-    /// Binds the sockets of `cfg` (errors name the `live.*` key).
-    /// `late` answers queries for streams the history does not hold.
+    /// Binds the sockets of `cfg` (errors name keys under `at`). `late` answers queries for
+    /// streams the history does not hold, once a sink provides it.
     pub fn start(
         cfg: &LiveConfig,
         cores: SinkCores,
-        late: Option<Arc<dyn LateHistory>>,
-    ) -> Result<Self, SinkError> {
-        let (live, publisher) =
-            Live::start(cfg, cores, late).map_err(|error| SinkError { sink: "zmq", error })?;
+        late: LateSlot,
+        at: &TableAt,
+    ) -> Result<Self, ConfigError> {
+        let (live, publisher) = Live::start(cfg, cores, late, at)?;
         Ok(Self {
             live: Some(live),
             publisher: publisher.map(|p| Arc::new(Mutex::new(p))),
-            needs: cfg.needs(),
         })
     }
 }
 
 impl Sink for ZmqSink {
-    fn name(&self) -> &'static str {
-        "zmq"
-    }
-
-    fn needs(&self) -> SinkNeeds {
-        self.needs.clone()
-    }
-
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         self.publisher
             .as_ref()
@@ -118,7 +108,8 @@ impl Live {
     pub fn start(
         cfg: &LiveConfig,
         cores: SinkCores,
-        late: Option<Arc<dyn LateHistory>>,
+        late: LateSlot,
+        at: &TableAt,
     ) -> Result<(Self, Option<Publisher>), ConfigError> {
         // libzmq starts a context's I/O and reaper threads with its first socket: the threads
         // that appear while ours are made are this context's.
@@ -130,7 +121,7 @@ impl Live {
         let bind =
             |kind, key: &str, endpoint: &str| -> Result<(zmq::Socket, String), ConfigError> {
                 let fail = |e: zmq::Error| ConfigError {
-                    key: key.into(),
+                    key: at.key(key),
                     message: format!("cannot bind {endpoint:?}: {e}"),
                 };
                 let socket = context.socket(kind).map_err(fail)?;
@@ -152,7 +143,7 @@ impl Live {
         let mut publish_endpoint = None;
         if !cfg.publish.is_empty() {
             // XPUB: a PUB socket that also reports subscriptions, so we can wait for viewers.
-            let (socket, bound) = bind(zmq::XPUB, "live.publish", &cfg.publish)?;
+            let (socket, bound) = bind(zmq::XPUB, "publish", &cfg.publish)?;
             tracing::info!(endpoint = %bound, "publishing notifications");
             wait_for_subscribers(&socket, cfg.wait_for_subscribers, cfg.wait_timeout_ms);
             publisher = Some(Publisher::new(
@@ -175,7 +166,7 @@ impl Live {
         let mut query = None;
         let mut query_endpoint = None;
         if !cfg.query.is_empty() {
-            let (socket, bound) = bind(zmq::REP, "live.query", &cfg.query)?;
+            let (socket, bound) = bind(zmq::REP, "query", &cfg.query)?;
             tracing::info!(endpoint = %bound, "answering queries");
             let (h, s) = (Arc::clone(&history), Arc::clone(&stop));
             query = Some(
@@ -183,7 +174,7 @@ impl Live {
                     query::serve(socket, h, late, s)
                 })
                 .map_err(|e| ConfigError {
-                    key: "live.query".into(),
+                    key: at.key("query"),
                     message: format!("cannot start the query thread: {e}"),
                 })?,
             );

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::history::{History, Span};
 use crate::sink::messages::FrameMessage;
-use crate::sink::LateHistory;
+use crate::sink::{LateHistory, LateSlot};
 
 /// Most indices one `range` request may ask for.
 pub const MAX_RANGE: u64 = 100_000;
@@ -26,7 +26,7 @@ pub const MAX_RANGE: u64 = 100_000;
 pub fn serve(
     socket: zmq::Socket,
     history: Arc<Mutex<History>>,
-    late: Option<Arc<dyn LateHistory>>,
+    late: LateSlot,
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
@@ -41,7 +41,11 @@ pub fn serve(
         let Ok(request) = socket.recv_bytes(0) else {
             continue;
         };
-        let reply = answer(&history, late.as_deref(), &request);
+        let reply = answer(
+            &history,
+            late.get().map(|l| l.as_ref() as &dyn LateHistory),
+            &request,
+        );
         if let Err(e) = socket.send(reply.to_string().as_bytes(), 0) {
             tracing::warn!(error = %e, "could not send a query reply");
         }
