@@ -4,12 +4,15 @@
 //! baseline the ratio is taken against. Per scrape, `GET /metrics` renders the text
 //! (`metrics_render`, off the frame's path).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use detingest_daemon::contract::{RunState, SourceSummary, StatsSnapshot};
 use detingest_daemon::metrics::{self, LatencyHistogram, Reading, Totals};
 use detingest_daemon::source::synthetic::config::SyntheticConfig;
 use detingest_daemon::source::synthetic::FrameBank;
+use detingest_daemon::source::udp::assembler::PacketCounts;
 use detingest_writer::Codec;
 
 fn costs(c: &mut Criterion) {
@@ -32,15 +35,30 @@ fn costs(c: &mut Criterion) {
         b.iter(|| codec.compress_into(std::hint::black_box(&input), 2, &mut out))
     });
     let mut totals = Totals::default();
-    let counters = serde_json::json!({"indexed": 1, "recorded": 1, "lost": 0, "bytes_raw": 1});
-    let packets = serde_json::json!({"accepted": 1, "late": 0, "too_short": 0, "packets_lost": 0});
+    let counters = StatsSnapshot {
+        indexed: 1,
+        recorded: 1,
+        bytes_raw: 1,
+        ..Default::default()
+    };
+    let packets = PacketCounts {
+        accepted: 1,
+        ..Default::default()
+    };
     let sources: Vec<_> = (0..4)
-        .map(|i| serde_json::json!({"name": format!("module{i}"), "sent": 1, "packets": packets}))
+        .map(|i| SourceSummary {
+            name: format!("module{i}"),
+            sent: 1,
+            dropped: 0,
+            torn: 0,
+            malformed: 0,
+            kind: Some(Arc::new(packets)),
+        })
         .collect();
     totals.add(&counters, &sources);
     let reading = Reading {
         totals,
-        state: "running",
+        state: RunState::Running,
         stream: Some("bt/det/s".into()),
         ..Default::default()
     };

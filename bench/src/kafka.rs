@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use detingest_daemon::config::Config;
+use detingest_daemon::contract::{RunRequest, RunState};
 use detingest_daemon::runs::RunManager;
 use detingest_daemon::sink::kafka::schema::commands::{encode_start, RunStart};
 use detingest_daemon::sink::kafka::{KafkaConfig, KafkaSink};
@@ -254,7 +255,7 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
         let (secs, summary) = time_pipeline_keeping(&on, sinks)?;
         // The hand-off reads the files: it finishes before they go and the next run starts.
         let deadline = Instant::now() + Duration::from_secs(120);
-        while sink.counters()["handoffs"].as_u64() < Some(rep as u64 + 1) {
+        while sink.counters().get("handoffs") < Some(rep as u64 + 1) {
             if Instant::now() > deadline {
                 bail!("no hand-off for run {rep}");
             }
@@ -292,9 +293,9 @@ fn measure(args: &Args, broker: &Broker) -> Result<Report> {
         sink_threads_cpu_us_per_frame: per_frame(thread_s),
         sink_threads: threads.len(),
         extra_cpu_fraction: (cpu_s[1] + cpu_s[2] - cpu_s[0]) / cpu_s[0],
-        records: counters["frames"].as_u64().unwrap_or(0),
-        previews: counters["previews"].as_u64().unwrap_or(0),
-        dropped: counters["dropped"].as_u64().unwrap_or(0),
+        records: counters.get("frames").unwrap_or(0),
+        previews: counters.get("previews").unwrap_or(0),
+        dropped: counters.get("dropped").unwrap_or(0),
         command_ms_p50: quantile(&command_ms, 0.5),
         command_ms_max: command_ms.last().copied().unwrap_or(f64::NAN),
         command_ms: timed,
@@ -349,7 +350,7 @@ fn command_latency(
     runs.attach()?;
     let ready = Instant::now() + Duration::from_secs(30);
     while consumer.assignment()?.count() == 0
-        || runs.status().sinks["kafka"]["commands_ready"] != true
+        || (runs.status().sinks.get("kafka")).and_then(|k| k.get("commands_ready")) != Some(1)
     {
         consumer.poll(Duration::from_millis(50));
         if Instant::now() > ready {
@@ -390,20 +391,20 @@ fn command_latency(
                 break;
             }
         }
-        while runs.status().state == "running" {
+        while runs.status().state == RunState::Running {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
     // The baseline: the same start asked of the run manager directly (as HTTP does).
     let mut direct = Vec::new();
     for i in 0..args.commands {
-        let request = serde_json::json!({"beamtime": "bench", "source": "bench",
-            "stream": format!("direct_{tag}_{i}"), "frames": 20});
+        let mut request = RunRequest::new("bench", "bench", &format!("direct_{tag}_{i}"));
+        request.settings.insert("frames".into(), 20.into());
         let t0 = Instant::now();
         runs.start(&request)
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         direct.push(t0.elapsed().as_secs_f64() * 1e3);
-        while runs.status().state == "running" {
+        while runs.status().state == RunState::Running {
             std::thread::sleep(Duration::from_millis(20));
         }
     }

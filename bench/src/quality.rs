@@ -61,7 +61,7 @@ pub fn run(args: &Args) -> Result<()> {
             let (t, stats) = time_pipeline(&c, sinks)?;
             if let Some(s) = sink {
                 if k == 2 {
-                    eprintln!("analyses: {}", s.counters());
+                    eprintln!("analyses: {:?}", s.counters());
                 }
                 let mut s = s;
                 s.stop();

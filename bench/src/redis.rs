@@ -212,9 +212,9 @@ fn measure(args: &Args, server: &Server) -> Result<Report> {
         redis_thread_cpu_us_per_frame: per_frame(thread_s),
         extra_cpu_fraction: (cpu_s[1] + cpu_s[2] - cpu_s[0]) / cpu_s[0],
         ratios,
-        indices_dropped: counters["indices_dropped"].as_u64().unwrap_or(0),
-        indices_per_batch: counters["indices"].as_f64().unwrap_or(0.0)
-            / counters["batches"].as_f64().unwrap_or(1.0).max(1.0),
+        indices_dropped: counters.get("indices_dropped").unwrap_or(0),
+        indices_per_batch: (counters.get("indices").unwrap_or(0) as f64)
+            / (counters.get("batches").unwrap_or(1) as f64).max(1.0),
         latency_rate_hz: rate,
         latency_ms_p50: quantile(&latencies, 0.5),
         latency_ms_p99: quantile(&latencies, 0.99),

@@ -101,7 +101,7 @@ struct Report {
     max_bytes_per_frame: f64,
     pass: bool,
     /// Each sink's counters at the end (what it sent, dropped, queued).
-    sinks: serde_json::Map<String, serde_json::Value>,
+    sinks: detingest_daemon::contract::ByName,
 }
 
 /// Runs the soak and prints the report; an error when memory grew too fast.
@@ -338,7 +338,7 @@ fn report(
         after_run: after,
         max_bytes_per_frame: args.max_bytes_per_frame,
         pass: anon <= args.max_bytes_per_frame,
-        sinks: serde_json::Map::new(),
+        sinks: Default::default(),
     })
 }
 
@@ -378,7 +378,8 @@ fn print_table(r: &Report, pruned: usize) {
         r.hdf5_objects_per_kframe,
         if r.pass { "pass" } else { "FAIL" }
     );
-    for (name, c) in &r.sinks {
+    for (name, c) in &r.sinks.0 {
+        let c = serde_json::to_string(c).unwrap_or_default();
         println!("sink {name}: {c}");
     }
 }

@@ -307,7 +307,8 @@ fn detingest(
     let mut by_thread = Vec::new();
     loop {
         let status = runs.status();
-        if status.state != "running" && status.stream.is_some() {
+        if status.state != detingest_daemon::contract::RunState::Running && status.stream.is_some()
+        {
             break;
         }
         if !threads.iter().any(|(n, _)| n == "writer")

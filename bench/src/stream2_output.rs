@@ -66,10 +66,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let mut sink = Stream2Sink::start(&cfg, SinkCores::default(), &TableAt::sink("stream2"))?
         .ok_or_else(|| anyhow::anyhow!("no output"))?;
-    let endpoint = sink.counters()["endpoint"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let endpoint = sink.endpoint().to_owned();
     let (stop, received) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
@@ -131,7 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("client panicked"))??;
     let counters = sink.counters();
     sink.stop();
-    let n = |k: &str| counters[k].as_u64().unwrap_or(0);
+    let n = |k: &str| counters.get(k).unwrap_or(0);
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
     let frames = args.pipeline.frames * args.pipeline.repeat.max(1) as u64;

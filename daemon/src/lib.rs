@@ -15,6 +15,7 @@
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod contract;
 pub mod control;
 pub mod dectris;
 pub mod metrics;

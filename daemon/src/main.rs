@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use detingest_daemon::config::Config;
+use detingest_daemon::contract::RunRequest;
 use detingest_daemon::control::{self, Daemon};
-use detingest_daemon::pipeline;
-use detingest_daemon::runs::{self, RunManager};
-use detingest_daemon::sink::SinkSet;
+use detingest_daemon::runs::RunManager;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::Codec;
 
@@ -230,12 +229,12 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             let c = Config::parse(&text).context("demo configuration")?;
             let src = &c.sources[0].stream;
-            let request = serde_json::json!({
-                "beamtime": src.beamtime.as_str(),
-                "source": src.source.as_str(),
-                "stream": src.stream.as_str(),
-                "frames": frames,
-            });
+            let mut request = RunRequest::new(
+                src.beamtime.as_str(),
+                src.source.as_str(),
+                src.stream.as_str(),
+            );
+            request.settings.insert("frames".into(), frames.into());
             serve(c, Some(request))
         }
         Command::Merge { dir, stream } => {
@@ -350,25 +349,29 @@ fn ingest(config: &Config, summary_json: Option<&Path>) -> Result<ExitCode> {
              with the others, over the control API: run it with `detingestd serve`"
         );
     }
-    let sinks = SinkSet::start(&config.sink, config.sink_context(false))?;
-    let running = pipeline::start(config, sinks.for_run())?;
-    let stop = running.stop_handle();
+    // One run, as `serve` runs one: the same manager, with no control API.
+    let manager = Arc::new(RunManager::for_one_run(config.clone())?);
+    manager.start_configured().map_err(|e| match e.status {
+        409 => anyhow::anyhow!("{}", e.message),
+        _ => anyhow::anyhow!("the run did not start: {}", e.message),
+    })?;
+    let (asked, runs) = (Arc::new(AtomicBool::new(false)), Arc::clone(&manager));
     let _ = ctrlc::set_handler(move || {
-        if stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if asked.swap(true, Ordering::Relaxed) {
             std::process::exit(130);
         }
+        runs.request_stop();
     });
-    let idle =
-        (config.run.idle_timeout_ms > 0).then(|| Duration::from_millis(config.run.idle_timeout_ms));
-    let asked = running.stop_handle();
-    let summary = runs::supervise(running, config.run.frames, idle, &asked, |_| {}).0;
-    let (counters, lines) = (sinks.counters(), sinks.summary_lines());
-    sinks.stop();
+    manager.wait();
+    let (counters, lines) = (manager.status().sinks, manager.summary_lines());
+    let summary = manager.take_summary();
+    manager.shutdown();
+    let summary = summary.context("the run ended without a summary")?;
     report::print_summary(&summary, &lines);
     if let Some(path) = summary_json {
         let mut f = std::fs::File::create(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        serde_json::to_writer_pretty(&mut f, &report::summary_json(&summary, counters))?;
+        serde_json::to_writer_pretty(&mut f, &report::summary_json(&summary, &counters))?;
         writeln!(f)?;
     }
     Ok(if summary.ok() {
@@ -381,7 +384,7 @@ fn ingest(config: &Config, summary_json: Option<&Path>) -> Result<ExitCode> {
 /// Serves the control API and live page until Ctrl-C, then stops the run in progress and
 /// closes its files. With `first_run` (the demo), starts that run at once, shows its progress
 /// and ends with it.
-fn serve(config: Config, first_run: Option<serde_json::Value>) -> Result<ExitCode> {
+fn serve(config: Config, first_run: Option<RunRequest>) -> Result<ExitCode> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
     let _ = ctrlc::set_handler(move || {

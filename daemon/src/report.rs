@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use detingest_daemon::contract::ByName;
 use detingest_daemon::pipeline::RunSummary;
 use detingest_daemon::runs::RunManager;
-use detingest_daemon::source::udp::assembler::PacketCounts;
 
 /// Prints a progress line every half second until the run `runs` is running has ended (or
 /// `shutdown` is set and it has been stopped).
@@ -87,18 +87,8 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
             "source {:<10} sent {}, dropped {}, torn {}, malformed {}",
             src.name, src.sent, src.dropped, src.torn, src.malformed
         );
-        if let Some(p) = &src.packets {
-            println!("{}", packet_line(p));
-        }
-        if let Some(m) = &src.messages {
-            println!(
-                "  messages       {} received: {} starts, {} images ({} as they arrived, {} decoded), {} ends; \
-                 refused {} (malformed {}, unknown type {}, missing field {}, bad field {}, no run {}, other series {}, wrong format {}); \
-                 images with channels not written {}",
-                m.received, m.starts, m.images, m.passed_through, m.decoded, m.ends, m.refused(),
-                m.malformed, m.unknown_type, m.missing_field, m.bad_field, m.before_start,
-                m.other_series, m.wrong_format, m.extra_channels
-            );
+        if let Some(k) = &src.kind {
+            println!("{}", k.summary_line());
         }
     }
     println!(
@@ -115,7 +105,7 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
     let refused: u64 = s
         .sources
         .iter()
-        .filter_map(|src| src.packets.map(|p| p.foreign()))
+        .filter_map(|src| src.kind.as_ref().map(|k| k.refused()))
         .sum();
     for r in &s.streams {
         if !r.opened {
@@ -164,40 +154,13 @@ pub fn print_summary(s: &RunSummary, sink_lines: &[String]) {
     }
 }
 
-/// A UDP source's packets in one line: what was taken, what was refused and why.
-fn packet_line(p: &PacketCounts) -> String {
-    format!(
-        "  packets        {} accepted, {} refused (wrong module {}, wrong place {}, out of range {}, \
-         bad length {}, too short {}, bad version {}, late {}, far ahead {}), {} duplicate; \
-         frames {} complete, {} incomplete ({} packets lost), {} dropped here; restarts {}",
-        p.accepted,
-        p.foreign(),
-        p.wrong_module,
-        p.wrong_place,
-        p.out_of_range,
-        p.bad_length,
-        p.too_short,
-        p.bad_version,
-        p.late,
-        p.far_ahead,
-        p.duplicate,
-        p.frames_complete,
-        p.frames_incomplete,
-        p.packets_lost,
-        p.frames_dropped,
-        p.restarts
-    )
-}
-
 /// The summary as JSON, with each sink's counters under `sinks` (and the ZeroMQ sink's also
 /// under `live`, where earlier versions put them).
-pub fn summary_json(
-    s: &RunSummary,
-    sinks: serde_json::Map<String, serde_json::Value>,
-) -> serde_json::Value {
+pub fn summary_json(s: &RunSummary, sinks: &ByName) -> serde_json::Value {
+    let zmq = sinks.0.iter().find(|(name, _)| *name == "zmq");
     serde_json::json!({
         "elapsed_s": s.elapsed.as_secs_f64(),
-        "live": sinks.get("zmq"),
+        "live": zmq.map(|(_, c)| c),
         "sinks": sinks,
         "stats": s.stats,
         "sources": s.sources,

@@ -85,17 +85,21 @@ fn daemon_modules_import_each_other_without_cycles() {
     let graph = imports();
     for module in [
         "stream", "check", "config", "source", "sink", "pipeline", "runs", "control", "metrics",
+        "contract",
     ] {
         assert!(graph.contains_key(module), "no module {module}: {graph:?}");
     }
     assert_eq!(find_cycle(&graph), None, "import graph: {graph:#?}");
-    for leaf in ["stream", "check", "metrics", "rate_limit", "dectris"] {
+    for leaf in ["stream", "check", "contract", "rate_limit", "dectris"] {
         assert!(
             graph[leaf].is_empty(),
             "{leaf} must use no other daemon module: {:?}",
             graph[leaf]
         );
     }
+    // `/metrics` reads the typed contracts only.
+    let metrics: Vec<&str> = graph["metrics"].iter().map(String::as_str).collect();
+    assert_eq!(metrics, ["contract"], "metrics must use only contract");
     for component in ["source", "sink", "cluster", "quality"] {
         for forbidden in ["config", "pipeline", "runs", "control"] {
             assert!(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use detingest_daemon::config::Config;
 use detingest_daemon::pipeline;
 use detingest_daemon::sink::RunSinks;
+use detingest_daemon::source::udp::assembler::PacketCounts;
 use detingest_daemon::source::udp::simulator::{self, payload_byte, Simulation};
 use detingest_tests::{read, SPECIFIC};
 
@@ -60,7 +61,7 @@ fn run(receive: &str) {
     let src = &running.sources()[0];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = src.packets.lock().unwrap().map_or(0, |c| c.datagrams);
+        let got = packets(&src.summary()).map_or(0, |c| c.datagrams);
         if got == sent.datagrams {
             break;
         }
@@ -73,7 +74,7 @@ fn run(receive: &str) {
     }
     running.stop();
     let summary = running.wait();
-    let c = summary.sources[0].packets.expect("UDP counters");
+    let c = packets(&summary.sources[0]).expect("UDP counters");
 
     // Counters, kind by kind.
     let sent_packets = FRAMES * u64::from(PPF) - sent.lost.len() as u64 + sent.duplicated;
@@ -147,6 +148,12 @@ fn run(receive: &str) {
     }
 }
 
+/// A UDP source's packet counts, from its summary.
+fn packets(s: &detingest_daemon::contract::SourceSummary) -> Option<PacketCounts> {
+    let kind = s.kind.as_ref()?;
+    kind.as_any().downcast_ref::<PacketCounts>().copied()
+}
+
 #[test]
 fn recvmmsg_path_accounts_for_every_packet() {
     run("recvmmsg");
@@ -213,7 +220,7 @@ fn two_ports_are_the_two_modules_of_one_stream() {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     for (src, &n) in running.sources().iter().zip(&sent) {
-        while src.packets.lock().unwrap().map_or(0, |c| c.datagrams) < n {
+        while packets(&src.summary()).map_or(0, |c| c.datagrams) < n {
             assert!(Instant::now() < deadline, "datagrams never arrived");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -5,21 +5,7 @@
 //! same host (the same boot and PID namespace) proves it gone when that process no longer
 //! exists. Across hosts nothing is proven: the part stays unreachable, then unknown.
 
-use serde::{Deserialize, Serialize};
-
-/// Which process a daemon is: enough to tell, on its host, whether it still runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessId {
-    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): one per host and boot.
-    pub boot: String,
-    /// The PID namespace (`/proc/self/ns/pid`): pids mean the same only within one.
-    pub pid_ns: String,
-    /// The process id.
-    pub pid: u32,
-    /// Its start time in clock ticks after boot (`/proc/<pid>/stat` field 22): a pid used
-    /// again by a new process has another.
-    pub started: u64,
-}
+pub use crate::contract::ProcessId;
 
 /// What can be said of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,7 @@ use detingest_writer::{
 use super::liveness::Liveness;
 use super::merge_records::{self, Feed, Merged, Progress};
 use super::peers::Peer;
+use crate::contract::RunState;
 use crate::sink::NotifyQueue;
 use crate::sink::{
     FrameNotice, Notification, NotificationSink, ReadableNotice, StreamEndNotice, StreamStartNotice,
@@ -472,8 +473,8 @@ fn follow(
             match peer.status((dead_after / 3).max(Duration::from_millis(100))) {
                 Ok(v) => {
                     f.heard = Instant::now();
-                    let stream = v.get("stream").and_then(|s| s.as_str()).unwrap_or("");
-                    let running = v.get("state").and_then(|s| s.as_str()) == Some("running");
+                    let stream = v.stream.as_deref().unwrap_or("");
+                    let running = v.state == RunState::Running;
                     let ours = stream.ends_with(&format!("/{}", feed.part.stream));
                     f.ended = !(running && ours);
                     if feed.progress == Progress::Unreachable {
@@ -481,8 +482,14 @@ fn follow(
                         feed.progress = Progress::Running;
                     }
                 }
-                Err((_, e)) if f.heard.elapsed() >= dead_after => {
-                    silent(f, feed, peer.process().map(|p| p.liveness()), merged, &e);
+                Err(e) if f.heard.elapsed() >= dead_after => {
+                    silent(
+                        f,
+                        feed,
+                        peer.process().map(|p| p.liveness()),
+                        merged,
+                        &e.message,
+                    );
                     if feed.progress == Progress::Died {
                         clear_marks(dir, &feed.part.stream);
                     }

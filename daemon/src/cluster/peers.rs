@@ -5,15 +5,17 @@
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::liveness::ProcessId;
 use super::ClusterConfig;
+use crate::contract::{ApiError, RunCheck, RunHeadline, RunRequest};
 
 /// A peer's answer that was not a success: HTTP status and its message. A peer that cannot
 /// be reached, or refuses this daemon's token, is a `409` (the detector's daemons are not in
 /// a state to start): the operator's own request and token were fine.
-pub type PeerError = (u16, String);
+pub type PeerError = ApiError;
 
 /// One peer daemon's control API.
 pub struct Peer {
@@ -38,10 +40,9 @@ impl Peer {
         }
     }
 
-    /// Remembers which process answered its check (`process` of a `POST /run/check` answer).
-    pub fn identify(&mut self, answer: &Value) {
-        self.process =
-            (answer.get("process").cloned()).and_then(|p| serde_json::from_value(p).ok());
+    /// Remembers which process answered its check.
+    pub fn identify(&mut self, answer: &RunCheck) {
+        self.process.clone_from(&answer.process);
     }
 
     /// The process that answered its check, if it said.
@@ -54,8 +55,8 @@ impl Peer {
         &self.url
     }
 
-    /// `POST <path>` with a JSON body; the answer's JSON, or its status and `error`.
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value, PeerError> {
+    /// `POST <path>` with a JSON body; the answer, or its status and `error`.
+    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, PeerError> {
         let mut req = self.agent.post(&format!("{}{path}", self.url));
         req = req.set("Content-Type", "application/json");
         if let Some(t) = &self.token {
@@ -64,8 +65,8 @@ impl Peer {
         answer(req.send_string(&body.to_string()))
     }
 
-    /// `GET /run`, answered within `within`.
-    pub fn status(&self, within: Duration) -> Result<Value, PeerError> {
+    /// `GET /run`, answered within `within`: its run's state and stream.
+    pub fn status(&self, within: Duration) -> Result<RunHeadline, PeerError> {
         let mut req = (self.agent.get(&format!("{}/run", self.url))).timeout(within);
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
@@ -74,13 +75,19 @@ impl Peer {
     }
 }
 
-fn answer(r: Result<ureq::Response, ureq::Error>) -> Result<Value, PeerError> {
+fn answer<T: DeserializeOwned>(r: Result<ureq::Response, ureq::Error>) -> Result<T, PeerError> {
+    let refuse = |message: String| ApiError::conflict(message);
     match r {
         Ok(resp) => {
             let text = resp
                 .into_string()
-                .map_err(|e| (409, format!("cannot read its answer: {e}")))?;
-            serde_json::from_str(&text).map_err(|e| (409, format!("its answer is not JSON: {e}")))
+                .map_err(|e| refuse(format!("cannot read its answer: {e}")))?;
+            serde_json::from_str(&text).map_err(|e| {
+                refuse(format!(
+                    "its answer is not what a detingestd of this version sends ({e}; is it in a \
+                     [cluster]?): {text}"
+                ))
+            })
         }
         Err(ureq::Error::Status(status, resp)) => {
             let text = resp.into_string().unwrap_or_default();
@@ -89,17 +96,14 @@ fn answer(r: Result<ureq::Response, ureq::Error>) -> Result<Value, PeerError> {
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or(text);
             match status {
-                401 | 403 => Err((
-                    409,
-                    format!(
-                        "it refused this daemon's token ({status}: {message}): the daemons of a \
-                         detector share one [control] token_file"
-                    ),
-                )),
-                _ => Err((status, message)),
+                401 | 403 => Err(refuse(format!(
+                    "it refused this daemon's token ({status}: {message}): the daemons of a \
+                     detector share one [control] token_file"
+                ))),
+                _ => Err(ApiError::new(status, message)),
             }
         }
-        Err(ureq::Error::Transport(t)) => Err((409, format!("cannot reach it: {t}"))),
+        Err(ureq::Error::Transport(t)) => Err(refuse(format!("cannot reach it: {t}"))),
     }
 }
 
@@ -114,22 +118,24 @@ pub fn peers(config: &ClusterConfig, token: Option<&str>) -> Vec<Peer> {
 
 /// The request a coordinator sends its peers: the operator's, marked with the coordinator so
 /// a peer starts only its part.
-pub fn part_request(request: &Value, coordinator: &str) -> Value {
+pub fn part_request(request: &RunRequest, coordinator: &str) -> Value {
     let mut r = request.clone();
-    if let Value::Object(m) = &mut r {
-        m.insert("coordinator".into(), json!(coordinator));
-    }
-    r
+    r.coordinator = Some(coordinator.to_owned());
+    r.to_json()
 }
 
 /// Checks `request` on every peer; the answers (each daemon's part), or the first refusal,
 /// named after the daemon that refused.
-pub fn check_all(peers: &[Peer], request: &Value) -> Result<Vec<Value>, PeerError> {
+pub fn check_all(peers: &[Peer], request: &Value) -> Result<Vec<RunCheck>, PeerError> {
     peers
         .iter()
         .map(|p| {
-            p.post("/run/check", request)
-                .map_err(|(s, m)| (s, format!("the daemon at {}: {m}", p.url())))
+            p.post("/run/check", request).map_err(|e| {
+                ApiError::new(
+                    e.status,
+                    format!("the daemon at {}: {}", p.url(), e.message),
+                )
+            })
         })
         .collect()
 }
@@ -140,13 +146,14 @@ pub fn start_all(peers: &[Peer], request: &Value) -> Result<Vec<Value>, PeerErro
     for p in peers {
         match p.post("/run/start", request) {
             Ok(v) => started.push(v),
-            Err((s, m)) => {
+            Err(e) => {
                 for q in &peers[..started.len()] {
-                    if let Err((_, e)) = q.post("/run/stop", &json!({})) {
-                        tracing::warn!(peer = q.url(), error = %e, "cannot stop a started peer");
+                    if let Err(e) = q.post::<Value>("/run/stop", &json!({})) {
+                        tracing::warn!(peer = q.url(), error = %e.message, "cannot stop a started peer");
                     }
                 }
-                return Err((s, format!("the daemon at {}: {m}", p.url())));
+                let message = format!("the daemon at {}: {}", p.url(), e.message);
+                return Err(ApiError::new(e.status, message));
             }
         }
     }
@@ -156,9 +163,13 @@ pub fn start_all(peers: &[Peer], request: &Value) -> Result<Vec<Value>, PeerErro
 /// Asks every peer to stop its run (a peer with none is fine); returns the failures.
 pub fn stop_all(peers: &[Peer]) -> Vec<PeerError> {
     (peers.iter())
-        .filter_map(|p| match p.post("/run/stop", &json!({})) {
-            Ok(_) | Err((409, _)) => None,
-            Err((s, m)) => Some((s, format!("{}: {m}", p.url()))),
+        .filter_map(|p| match p.post::<Value>("/run/stop", &json!({})) {
+            Ok(_) => None,
+            Err(e) if e.status == 409 => None,
+            Err(e) => Some(ApiError::new(
+                e.status,
+                format!("{}: {}", p.url(), e.message),
+            )),
         })
         .collect()
 }
@@ -171,7 +182,8 @@ mod tests {
     fn a_refused_token_is_the_clusters_conflict_not_the_operators_401() {
         let status = |code: u16, body: &str| {
             let r = ureq::Response::new(code, "x", body).unwrap();
-            answer(Err(ureq::Error::Status(code, r))).unwrap_err()
+            let e = answer::<Value>(Err(ureq::Error::Status(code, r))).unwrap_err();
+            (e.status, e.message)
         };
         let (code, message) = status(401, r#"{"error":"a bearer token is required"}"#);
         assert_eq!(code, 409);

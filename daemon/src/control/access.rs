@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 use hyper::header::HeaderMap;
 use hyper::Method;
 
+use crate::contract::ApiError;
+
 /// The access policy of one server.
 #[derive(Debug, Clone)]
 pub struct Access {
@@ -22,9 +24,6 @@ pub struct Access {
     public_reads: bool,
     listen: SocketAddr,
 }
-
-/// Why a request is refused: its status and message.
-pub type Refusal = (u16, String);
 
 impl Access {
     /// The policy of a server on `listen`, with `token` if one is configured.
@@ -38,25 +37,31 @@ impl Access {
 
     /// Whether a request with `headers` on a route that `changes` state (or only reads) may
     /// go ahead.
-    pub fn check(&self, headers: &HeaderMap, changes: bool) -> Result<(), Refusal> {
+    pub fn check(&self, headers: &HeaderMap, changes: bool) -> Result<(), ApiError> {
         let header = |name: &str| {
             (headers.get(name)).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
         if self.token.is_none() {
             let host = header("Host").unwrap_or_default();
             if !self.loopback_host(&host) {
-                return Err((403, format!("Host {host:?} is not this loopback API")));
+                return Err(ApiError::new(
+                    403,
+                    format!("Host {host:?} is not this loopback API"),
+                ));
             }
         }
         if changes {
             if let Some(site) = header("Sec-Fetch-Site") {
                 if site != "same-origin" && site != "none" {
-                    return Err((403, format!("cross-site request refused ({site})")));
+                    return Err(ApiError::new(
+                        403,
+                        format!("cross-site request refused ({site})"),
+                    ));
                 }
             } else if let (Some(origin), Some(host)) = (header("Origin"), header("Host")) {
                 let origin_host = origin.split("://").nth(1).unwrap_or("");
                 if origin_host != host {
-                    return Err((403, format!("request from {origin} refused")));
+                    return Err(ApiError::new(403, format!("request from {origin} refused")));
                 }
             }
         }
@@ -67,9 +72,9 @@ impl Access {
                 if constant_time_eq(given.as_bytes(), token.as_bytes()) {
                     Ok(())
                 } else {
-                    Err((
+                    Err(ApiError::new(
                         401,
-                        "a bearer token is required (Authorization: Bearer ...)".into(),
+                        "a bearer token is required (Authorization: Bearer ...)",
                     ))
                 }
             }

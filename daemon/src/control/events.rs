@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::{Body, Daemon};
+use crate::contract::ApiError;
 use crate::stream::now_ns;
 
 /// Time between two events.
@@ -60,7 +61,7 @@ impl Events {
     pub fn serve(self: &Arc<Self>) -> Response<Body> {
         if self.clients.fetch_add(1, Ordering::Relaxed) >= self.max {
             self.clients.fetch_sub(1, Ordering::Relaxed);
-            return super::json_answer(Err((503, "too many live page clients".into())));
+            return super::json_answer(Err(ApiError::new(503, "too many live page clients")));
         }
         let place = Place(Arc::clone(self));
         let mut rx = self.latest.subscribe();

@@ -32,6 +32,7 @@ use serde_json::{json, Value};
 
 pub use config::ControlConfig;
 
+use crate::contract::{ApiError, RunRequest};
 use crate::metrics::{self, Reading};
 use crate::sink::web::LiveView;
 use crate::sink::RunControl;
@@ -111,7 +112,7 @@ pub fn spawn(
     Ok(vec![thread])
 }
 
-type Answer = Result<(u16, Value), (u16, String)>;
+type Answer = Result<(u16, Value), ApiError>;
 
 /// Answers one request.
 async fn handle(api: &Arc<Api>, request: Request<Incoming>) -> Response<Body> {
@@ -148,25 +149,21 @@ async fn handle(api: &Arc<Api>, request: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/events") => return no_store(api.events.serve()),
         (&Method::GET, "/preview") => return preview(daemon).await,
-        (&Method::GET, "/run") => blocking(move || Ok((200, daemon.run_status()))).await,
+        (&Method::GET, "/run") => blocking(move || answer(200, &daemon.run_status())).await,
         (&Method::POST, "/run/start") => match body(request, api).await {
-            Ok(b) => blocking(move || daemon.start_run(&b).map(|s| (201, s))).await,
+            Ok(b) => blocking(move || answer(201, &daemon.start_run(&b)?)).await,
             Err(e) => Err(e),
         },
         (&Method::POST, "/run/check") => match body(request, api).await {
-            Ok(b) => blocking(move || daemon.check_run(&b).map(|s| (200, s))).await,
+            Ok(b) => blocking(move || answer(200, &daemon.check_run(&b)?)).await,
             Err(e) => Err(e),
         },
-        (&Method::POST, "/run/stop") => {
-            blocking(move || daemon.stop_run().map(|s| (200, s))).await
-        }
+        (&Method::POST, "/run/stop") => blocking(move || answer(200, &daemon.stop_run()?)).await,
         (_, "/run" | "/run/start" | "/run/check" | "/run/stop" | "/metrics" | "/events" | "/preview") => {
-            Err((405, format!("{method} not allowed here")))
+            Err(ApiError::new(405, format!("{method} not allowed here")))
         }
-        _ => Err((
-            404,
-            "no such endpoint; try GET /, /run, /metrics, /health, POST /run/start, /run/check, /run/stop"
-                .into(),
+        _ => Err(ApiError::new(404,
+            "no such endpoint; try GET /, /run, /metrics, /health, POST /run/start, /run/check, /run/stop",
         )),
     };
     json_answer(result)
@@ -174,11 +171,14 @@ async fn handle(api: &Arc<Api>, request: Request<Incoming>) -> Response<Body> {
 
 /// Runs `call` on a blocking thread (it may wait on the daemon's locks or files).
 async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, (u16, String)> + Send + 'static,
-) -> Result<T, (u16, String)> {
+    call: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(call).await {
         Ok(r) => r,
-        Err(e) => Err((500, format!("the request failed inside the daemon: {e}"))),
+        Err(e) => Err(ApiError::new(
+            500,
+            format!("the request failed inside the daemon: {e}"),
+        )),
     }
 }
 
@@ -202,7 +202,7 @@ async fn preview(daemon: Arc<dyn Daemon>) -> Response<Body> {
 
 /// A JSON answer: the value, or `{"error": ...}` with the status.
 pub(crate) fn json_answer(result: Answer) -> Response<Body> {
-    let (status, value) = result.unwrap_or_else(|(s, m)| (s, json!({"error": m})));
+    let (status, value) = result.unwrap_or_else(|e| (e.status, json!({"error": e.message})));
     let mut r = Response::builder()
         .status(status)
         .header("Content-Type", "application/json");
@@ -237,10 +237,10 @@ fn no_store(mut r: Response<Body>) -> Response<Body> {
 
 /// The request's JSON body: at most `max_body_bytes` (`413` beyond), within `body_timeout`
 /// (`408` after).
-async fn body(request: Request<Incoming>, api: &Api) -> Result<Value, (u16, String)> {
+async fn body(request: Request<Incoming>, api: &Api) -> Result<RunRequest, ApiError> {
     let max = api.max_body;
     let too_large = || {
-        (
+        ApiError::new(
             413,
             format!("the body exceeds {max} bytes ([control] max_body_bytes)"),
         )
@@ -254,7 +254,7 @@ async fn body(request: Request<Incoming>, api: &Api) -> Result<Value, (u16, Stri
     let limited = Limited::new(request.into_body(), max as usize);
     let bytes = match tokio::time::timeout(api.body_timeout, limited.collect()).await {
         Err(_) => {
-            return Err((
+            return Err(ApiError::new(
                 408,
                 format!(
                     "the body did not arrive within {} ms ([control] body_timeout_ms)",
@@ -263,10 +263,18 @@ async fn body(request: Request<Incoming>, api: &Api) -> Result<Value, (u16, Stri
             ))
         }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Ok(Err(e)) => return Err((400, format!("cannot read the body: {e}"))),
+        Ok(Err(e)) => return Err(ApiError::new(400, format!("cannot read the body: {e}"))),
         Ok(Ok(b)) => b.to_bytes(),
     };
-    serde_json::from_slice(&bytes).map_err(|e| (400, format!("the body is not JSON: {e}")))
+    let json: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    RunRequest::from_json(&json)
+}
+
+/// `value` as an answer with `status`.
+fn answer<T: serde::Serialize>(status: u16, value: &T) -> Answer {
+    let json = serde_json::to_value(value).map_err(ApiError::internal)?;
+    Ok((status, json))
 }
 
 /// Connections the kernel queues for the accept loop. A burst of clients (thousands of idle

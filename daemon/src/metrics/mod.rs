@@ -17,7 +17,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
-use serde_json::{Map, Value};
+
+use crate::contract::{ByName, Counter, EndReason, Gauges, Kind, RunState};
 
 pub use histogram::LatencyHistogram;
 pub use totals::Totals;
@@ -33,21 +34,20 @@ pub static NOTIFY_LATENCY_SECONDS: LatencyHistogram = LatencyHistogram::new();
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// What one scrape reports.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Reading {
     /// Counters over the daemon's life.
     pub totals: Totals,
-    /// `idle`, `running`, `finished` or `failed`.
-    pub state: &'static str,
+    /// Where the current or last run is.
+    pub state: RunState,
     /// The current or last run's stream.
     pub stream: Option<String>,
-    /// Queue fills and free buffers of the running pipeline (`pipeline::Gauges`'s fields;
-    /// empty between runs).
-    pub gauges: Map<String, Value>,
+    /// Queue fills and free buffers of the running pipeline (none between runs).
+    pub gauges: Option<Gauges>,
     /// Streams with open files.
     pub files_open: u64,
     /// Each sink's counters, by sink name.
-    pub sinks: Map<String, Value>,
+    pub sinks: ByName,
     /// When the daemon started, s since the Unix epoch.
     pub started_s: f64,
     /// Indices in the whole detector's master of a run this daemon coordinates (several
@@ -57,108 +57,6 @@ pub struct Reading {
     /// unknown).
     pub detector_parts: Vec<(String, String)>,
 }
-
-/// The pipeline's counters: the `StatsSnapshot` field (pipeline), the metric's name
-/// (after `detingest_`, before `_total`), its help.
-const PIPELINE: [(&str, &str, &str); 17] = [
-    ("indexed", "frames_indexed", "Module frames given an index"),
-    (
-        "recorded",
-        "indices_recorded",
-        "Indices recorded in the files, written or lost",
-    ),
-    (
-        "lost",
-        "indices_lost",
-        "Indices recorded lost: nothing of them reached the daemon",
-    ),
-    (
-        "dropped",
-        "indices_dropped",
-        "Indices with a module received but dropped here (no buffer, full queue)",
-    ),
-    (
-        "incomplete",
-        "datasets_incomplete",
-        "Frames written with some modules missing",
-    ),
-    (
-        "stale",
-        "frames_stale",
-        "Module frames refused as behind the stream's numbering",
-    ),
-    (
-        "late",
-        "module_frames_late",
-        "Module frames that arrived after their dataset had closed (discarded, recorded late)",
-    ),
-    ("compressed", "chunks_compressed", "Chunks compressed"),
-    (
-        "codec_errors",
-        "codec_errors",
-        "Chunks the codec refused (modules recorded missing)",
-    ),
-    (
-        "bytes_raw",
-        "raw_bytes",
-        "Bytes of frames before compression",
-    ),
-    (
-        "bytes_compressed",
-        "compressed_bytes",
-        "Bytes of chunks after compression",
-    ),
-    (
-        "written",
-        "chunks_written",
-        "Chunks written to the data files",
-    ),
-    (
-        "write_errors",
-        "write_errors",
-        "Frames or records that could not be written",
-    ),
-    ("flushes", "flushes", "File flushes"),
-    (
-        "notified",
-        "notifications",
-        "Notifications handed to the sinks",
-    ),
-    (
-        "notify_dropped",
-        "notifications_dropped",
-        "Notifications dropped at a full notification queue",
-    ),
-    (
-        "previews_skipped",
-        "previews_skipped",
-        "Previews not made: every preview buffer was held",
-    ),
-];
-
-/// A source's counters: the `SourceSummary` field, the metric name, its help.
-const SOURCE: [(&str, &str, &str); 4] = [
-    (
-        "sent",
-        "source_frames",
-        "Frames a source handed to the pipeline",
-    ),
-    (
-        "dropped",
-        "source_frames_dropped",
-        "Frames a source dropped: no free buffer or a full queue",
-    ),
-    (
-        "torn",
-        "source_frames_torn",
-        "Frames torn by a producer that died while writing them",
-    ),
-    (
-        "malformed",
-        "source_frames_malformed",
-        "Frames refused as malformed",
-    ),
-];
 
 /// The Prometheus text of `r`.
 pub fn render(r: Reading) -> String {
@@ -171,8 +69,51 @@ pub fn render(r: Reading) -> String {
     out
 }
 
-fn number(map: &Map<String, Value>, key: &str) -> u64 {
-    map.get(key).and_then(Value::as_u64).unwrap_or(0)
+impl Default for Reading {
+    fn default() -> Self {
+        Self {
+            totals: Totals::default(),
+            state: RunState::Idle,
+            stream: None,
+            gauges: None,
+            files_open: 0,
+            sinks: ByName::default(),
+            started_s: 0.0,
+            detector_merged: None,
+            detector_parts: Vec::new(),
+        }
+    }
+}
+
+/// One counter as one family: a total as a counter, a level or flag as a gauge; a name
+/// ending in `_bytes` in bytes. `samples` are its value per label set.
+fn counter_family<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    c: &Counter,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)> + 'a,
+) -> Result<(), std::fmt::Error> {
+    let (name, unit) = match name.strip_suffix("_bytes") {
+        Some(n) => (n, Some(&Unit::Bytes)),
+        None => (name, None),
+    };
+    match c.kind {
+        Kind::Total => family(
+            enc,
+            name,
+            help,
+            unit,
+            samples.into_iter().map(|(l, v)| (l, ConstCounter::new(v))),
+        ),
+        Kind::Level | Kind::Flag => family(
+            enc,
+            name,
+            help,
+            unit,
+            (samples.into_iter()).map(|(l, v)| (l, ConstGauge::new(v as i64))),
+        ),
+    }
 }
 
 /// Writes one metric family: its descriptor, then one sample per label set.
@@ -215,27 +156,25 @@ fn by<M, V: ToString>(
 impl Collector for Reading {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = &self.totals;
-        for (field, name, help) in PIPELINE {
-            let unit = field.starts_with("bytes").then_some(&Unit::Bytes);
-            let name = format!("detingest_{}", name.trim_end_matches("_bytes"));
-            let value = ConstCounter::new(number(&t.pipeline, field));
-            family(&mut enc, &name, help, unit, one(value))?;
+        for c in t.pipeline.values() {
+            let name = format!("detingest_{}", c.metric);
+            counter_family(&mut enc, &name, c, c.help, [(Vec::new(), c.value)])?;
         }
-        for (field, name, help) in SOURCE {
-            let samples =
-                (t.sources.iter()).map(|(src, c)| (src, ConstCounter::new(number(c, field))));
-            family(
-                &mut enc,
-                &format!("detingest_{name}"),
-                help,
-                None,
-                by("source", samples),
-            )?;
+        let first = t.sources.values().next();
+        for c in first.map(|s| s.common.values()).unwrap_or_default() {
+            let samples = (t.sources.iter()).map(|(src, s)| {
+                (
+                    vec![("source", src.clone())],
+                    s.common.get(c.name).unwrap_or(0),
+                )
+            });
+            let name = format!("detingest_{}", c.metric);
+            counter_family(&mut enc, &name, c, c.help, samples)?;
         }
         self.encode_packets(&mut enc)?;
-        let runs = ["stop", "count", "idle", "source", "error"].map(|reason| {
-            let n = t.runs.get(reason).copied().unwrap_or(0);
-            (reason, ConstCounter::new(n))
+        let runs = EndReason::ALL.map(|reason| {
+            let n = t.runs.get(reason.name()).copied().unwrap_or(0);
+            (reason.name(), ConstCounter::new(n))
         });
         let runs = by("reason", runs);
         family(
@@ -275,46 +214,37 @@ impl Collector for Reading {
 }
 
 impl Reading {
-    /// A UDP source's packet counts and a Stream V2 source's message counts, one counter
-    /// per kind (`detingest_udp_<kind>_total`, `detingest_stream2_messages_<kind>_total`).
+    /// Each source kind's own counters, one family per counter (`detingest_udp_<name>_total`,
+    /// `detingest_stream2_messages_<name>_total`, `detingest_neutron_<name>_total`), labelled
+    /// by source.
     fn encode_packets(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (field, prefix, what) in [
-            ("packets", "detingest_udp_", "UDP source"),
-            (
-                "messages",
-                "detingest_stream2_messages_",
-                "Stream V2 source, messages",
-            ),
-            ("events", "detingest_neutron_", "Kafka event source"),
-        ] {
-            let Some(Value::Object(kinds)) =
-                self.totals.sources.values().find_map(|c| c.get(field))
-            else {
-                continue;
-            };
-            for kind in kinds.keys() {
-                let samples = self.totals.sources.iter().filter_map(|(src, c)| {
-                    let Some(Value::Object(p)) = c.get(field) else {
-                        return None;
-                    };
-                    Some((src, ConstCounter::new(number(p, kind))))
-                });
-                let samples = by("source", samples);
-                let help = format!("{what}: {} (see the summary)", kind.replace('_', " "));
-                // `bytes` is the one count with a unit: `detingest_udp_received_bytes_total`.
-                let (name, unit) = match kind.as_str() {
-                    "bytes" => (format!("{prefix}received"), Some(&Unit::Bytes)),
-                    k => (format!("{prefix}{k}"), None),
-                };
-                family(enc, &name, &help, unit, samples)?;
+        let kinds = (self.totals.sources.iter())
+            .filter_map(|(src, t)| t.kind.as_ref().map(|(m, c)| (src, *m, c)));
+        let mut families: Vec<(&str, &str, &Counter)> = Vec::new();
+        for (_, (prefix, what), counters) in kinds.clone() {
+            for c in counters.values() {
+                if !families
+                    .iter()
+                    .any(|(p, _, f)| *p == prefix && f.name == c.name)
+                {
+                    families.push((prefix, what, c));
+                }
             }
+        }
+        for (prefix, what, c) in families {
+            let samples = (kinds.clone())
+                .filter(|(_, (p, _), _)| *p == prefix)
+                .filter_map(|(src, _, counters)| {
+                    Some((vec![("source", src.clone())], counters.get(c.name)?))
+                });
+            let help = format!("{what}: {}", c.help);
+            counter_family(enc, &format!("{prefix}{}", c.metric), c, &help, samples)?;
         }
         Ok(())
     }
 
     fn encode_gauges(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let states = ["idle", "running", "finished", "failed"]
-            .map(|s| (s, ConstGauge::new(i64::from(self.state == s))));
+        let states = RunState::ALL.map(|s| (s.name(), ConstGauge::new(i64::from(self.state == s))));
         let states = by("state", states);
         family(
             enc,
@@ -324,7 +254,10 @@ impl Reading {
             states,
         )?;
         if let Some(stream) = &self.stream {
-            let labels = vec![("stream", stream.clone()), ("state", self.state.to_owned())];
+            let labels = vec![
+                ("stream", stream.clone()),
+                ("state", self.state.name().to_owned()),
+            ];
             family(
                 enc,
                 "detingest_run_info",
@@ -374,12 +307,12 @@ impl Reading {
                 samples,
             )?;
         }
-        let g = |field: &str| number(&self.gauges, field);
+        let g = self.gauges.unwrap_or_default();
         let queues = [
-            ("source", g("source_queue")),
-            ("compress", g("compress_queue")),
-            ("write", g("write_queue")),
-            ("notify", g("notify_queue")),
+            ("source", g.source_queue),
+            ("compress", g.compress_queue),
+            ("write", g.write_queue),
+            ("notify", g.notify_queue),
         ];
         let fill = by("queue", queues.map(|(q, n)| (q, ConstGauge::new(n as i64))));
         family(
@@ -389,7 +322,7 @@ impl Reading {
             None,
             fill,
         )?;
-        let cap = ConstGauge::new(g("queue_capacity") as i64);
+        let cap = ConstGauge::new(g.queue_capacity as i64);
         family(
             enc,
             "detingest_queue_capacity_items",
@@ -398,8 +331,8 @@ impl Reading {
             one(cap),
         )?;
         let pools = [
-            ("input", g("free_input_buffers")),
-            ("output", g("free_output_buffers")),
+            ("input", g.free_input_buffers),
+            ("output", g.free_output_buffers),
         ];
         let free = by("pool", pools.map(|(p, n)| (p, ConstGauge::new(n as i64))));
         family(
@@ -411,36 +344,30 @@ impl Reading {
         )
     }
 
-    /// Each sink's numeric counters as `detingest_sink_<name>_total{sink}`; `connected` and
-    /// `in_flight` as gauges.
+    /// Each sink's counters as `detingest_sink_<name>{sink}` (a total as `_total`), one
+    /// family per counter name, labelled by sink.
     fn encode_sinks(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut names: Vec<&str> = self
-            .sinks
-            .values()
-            .filter_map(Value::as_object)
-            .flat_map(|m| {
-                m.iter()
-                    .filter(|(_, v)| v.is_u64() || v.is_boolean())
-                    .map(|(k, _)| k.as_str())
-            })
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        for field in names {
-            let values = self.sinks.iter().filter_map(|(sink, c)| {
-                let v = c.get(field)?;
-                let v = v.as_u64().or_else(|| v.as_bool().map(u64::from))?;
-                Some((sink, v))
-            });
-            let help = format!("Sink counter {field:?} (GET /run sinks)");
-            let gauge = matches!(field, "connected" | "in_flight" | "commands_ready");
-            if gauge {
-                let g = by("sink", values.map(|(l, v)| (l, ConstGauge::new(v as i64))));
-                family(enc, &format!("detingest_sink_{field}"), &help, None, g)?;
-            } else {
-                let c = by("sink", values.map(|(l, v)| (l, ConstCounter::new(v))));
-                family(enc, &format!("detingest_sink_{field}"), &help, None, c)?;
+        let mut families: Vec<&Counter> = Vec::new();
+        for (_, counters) in &self.sinks.0 {
+            for c in counters.values() {
+                if !families.iter().any(|f| f.name == c.name) {
+                    families.push(c);
+                }
             }
+        }
+        families.sort_by_key(|c| c.name);
+        for c in families {
+            let samples = (self.sinks.0.iter()).filter_map(|(sink, counters)| {
+                Some((vec![("sink", (*sink).to_owned())], counters.get(c.name)?))
+            });
+            let help = format!("{} (GET /run sinks)", c.help);
+            counter_family(
+                enc,
+                &format!("detingest_sink_{}", c.metric),
+                c,
+                &help,
+                samples,
+            )?;
         }
         Ok(())
     }
@@ -450,17 +377,60 @@ impl Reading {
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
+    struct Packets(u64, u64);
+
+    impl crate::contract::KindCounts for Packets {
+        fn key(&self) -> &'static str {
+            "packets"
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn metric(&self) -> (&'static str, &'static str) {
+            ("detingest_udp_", "UDP source")
+        }
+        fn counters(&self) -> crate::contract::Counters {
+            crate::contract::Counters::new()
+                .total("bytes", "bytes received", self.0)
+                .metric("received_bytes")
+                .total("late", "late packets", self.1)
+        }
+        fn summary_line(&self) -> String {
+            String::new()
+        }
+    }
+
     #[test]
     fn udp_packet_counts_become_one_counter_per_kind_and_source() {
         let mut totals = Totals::default();
+        let source = |name: &str, sent, p: Packets| crate::contract::SourceSummary {
+            name: name.into(),
+            sent,
+            dropped: 0,
+            torn: 0,
+            malformed: 0,
+            kind: Some(std::sync::Arc::new(p)),
+        };
         let sources = [
-            serde_json::json!({"name": "m0", "sent": 3, "packets": {"bytes": 5, "late": 1}}),
-            serde_json::json!({"name": "m1", "sent": 4, "packets": {"bytes": 7, "late": 0}}),
+            source("m0", 3, Packets(5, 1)),
+            source("m1", 4, Packets(7, 0)),
         ];
-        totals.add(&serde_json::json!({"recorded": 2}), &sources);
+        let stats = crate::contract::StatsSnapshot {
+            recorded: 2,
+            ..Default::default()
+        };
+        totals.add(&stats, &sources);
+        let sinks = ByName(vec![(
+            "redis",
+            crate::contract::Counters::new()
+                .flag("connected", "reachable", true)
+                .total("published", "published", 9),
+        )]);
         let text = render(Reading {
             totals,
-            state: "running",
+            state: RunState::Running,
+            sinks,
             detector_merged: Some(12),
             detector_parts: vec![("d2".into(), "unreachable".into())],
             ..Default::default()
@@ -476,6 +446,9 @@ mod tests {
             "detingest_indices_recorded_total 2",
             "detingest_run_state{state=\"running\"} 1",
             "detingest_runs_total{reason=\"error\"} 0",
+            "detingest_sink_connected{sink=\"redis\"} 1",
+            "detingest_sink_published_total{sink=\"redis\"} 9",
+            "detingest_raw_bytes_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -4,77 +4,102 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-use serde_json::{Map, Value};
+use crate::contract::{Counters, EndReason, KindCounts, SourceSummary, StatsSnapshot};
 
 /// Counters summed over runs: the pipeline's, each source's (by name), and runs by end reason.
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
-    /// The pipeline's counters (`StatsSnapshot`'s fields), summed.
-    pub pipeline: Map<String, Value>,
-    /// Each source's numeric fields (`SourceSummary`'s, with its UDP packet counts), summed
-    /// per source name.
-    pub sources: BTreeMap<String, Map<String, Value>>,
-    /// Ended runs by reason (`stop`, `count`, `idle`, `source`, `error`).
-    pub runs: BTreeMap<String, u64>,
+    /// The pipeline's counters, summed.
+    pub pipeline: Counters,
+    /// Each source's counters, summed per source name.
+    pub sources: BTreeMap<String, SourceTotals>,
+    /// Ended runs by reason.
+    pub runs: BTreeMap<&'static str, u64>,
+}
+
+/// One source's counters summed over runs.
+#[derive(Debug, Clone, Default)]
+pub struct SourceTotals {
+    /// The counters every source has.
+    pub common: Counters,
+    /// Its kind's: the start of their metrics' names and help, and the counters.
+    pub kind: Option<((&'static str, &'static str), Counters)>,
 }
 
 impl Totals {
-    /// Adds one run's counters (its final ones, or the current run's so far): the pipeline's
-    /// and each source's, whose `name` field says which it is.
-    pub fn add<C: Serialize, S: Serialize>(&mut self, counters: &C, sources: &[S]) {
-        if let Ok(Value::Object(c)) = serde_json::to_value(counters) {
-            add_numbers(&mut self.pipeline, &c);
-        }
+    /// Adds one run's counters (its final ones, or the current run's so far).
+    pub fn add(&mut self, counters: &StatsSnapshot, sources: &[SourceSummary]) {
+        self.pipeline.add(&counters.counters());
         for s in sources {
-            if let Ok(Value::Object(fields)) = serde_json::to_value(s) {
-                let name = fields.get("name").and_then(Value::as_str).unwrap_or("");
-                add_numbers(self.sources.entry(name.to_owned()).or_default(), &fields);
+            let t = self.sources.entry(s.name.clone()).or_default();
+            t.common.add(&s.counters());
+            if let Some(k) = &s.kind {
+                add_kind(t, k.as_ref());
             }
         }
     }
 
+    /// Counts one ended run.
+    pub fn ended(&mut self, reason: EndReason) {
+        *self.runs.entry(reason.name()).or_default() += 1;
+    }
+
     /// These totals with the current run's counters added.
-    pub fn with<C: Serialize, S: Serialize>(&self, counters: &C, sources: &[S]) -> Self {
+    pub fn with(&self, counters: &StatsSnapshot, sources: &[SourceSummary]) -> Self {
         let mut t = self.clone();
         t.add(counters, sources);
         t
     }
 }
 
-/// Adds every unsigned number of `from` into `into`, recursing into objects.
-fn add_numbers(into: &mut Map<String, Value>, from: &Map<String, Value>) {
-    for (k, v) in from {
-        match v {
-            Value::Number(n) => {
-                if let Some(n) = n.as_u64() {
-                    let sum = into.get(k).and_then(Value::as_u64).unwrap_or(0) + n;
-                    into.insert(k.clone(), Value::from(sum));
-                }
-            }
-            Value::Object(inner) => {
-                let slot = into
-                    .entry(k.clone())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if let Value::Object(slot) = slot {
-                    add_numbers(slot, inner);
-                }
-            }
-            _ => {}
-        }
-    }
+fn add_kind(t: &mut SourceTotals, k: &dyn KindCounts) {
+    let slot = t.kind.get_or_insert_with(|| (k.metric(), Counters::new()));
+    slot.1.add(&k.counters());
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    #[derive(Debug)]
+    struct Packets(u64);
+
+    impl KindCounts for Packets {
+        fn key(&self) -> &'static str {
+            "packets"
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn metric(&self) -> (&'static str, &'static str) {
+            ("detingest_udp_", "UDP source")
+        }
+        fn counters(&self) -> Counters {
+            Counters::new().total("accepted", "Packets taken", self.0)
+        }
+        fn summary_line(&self) -> String {
+            String::new()
+        }
+    }
 
     #[test]
     fn runs_add_up_per_counter_and_per_source() {
         let run = |n: u64| {
-            let c = serde_json::json!({"recorded": n, "lost": 1, "name": "not a number"});
-            let s = serde_json::json!({"name": "det", "sent": n, "malformed": 2,
-                                       "packets": {"accepted": n}});
+            let c = StatsSnapshot {
+                recorded: n,
+                lost: 1,
+                ..Default::default()
+            };
+            let s = SourceSummary {
+                name: "det".into(),
+                sent: n,
+                dropped: 0,
+                torn: 0,
+                malformed: 2,
+                kind: Some(Arc::new(Packets(n))),
+            };
             (c, vec![s])
         };
         let mut t = Totals::default();
@@ -82,11 +107,16 @@ mod tests {
         t.add(&c, &s);
         let (c, s) = run(5);
         let now = t.with(&c, &s);
-        assert_eq!(now.pipeline["recorded"], 15);
-        assert_eq!(now.pipeline["lost"], 2);
-        assert_eq!(now.sources["det"]["sent"], 15);
-        assert_eq!(now.sources["det"]["malformed"], 4);
-        assert_eq!(now.sources["det"]["packets"]["accepted"], 15);
-        assert_eq!(t.pipeline["recorded"], 10, "with() leaves the totals alone");
+        assert_eq!(now.pipeline.get("indices_recorded"), Some(15));
+        assert_eq!(now.pipeline.get("indices_lost"), Some(2));
+        let det = &now.sources["det"];
+        assert_eq!(det.common.get("source_frames"), Some(15));
+        assert_eq!(det.common.get("source_frames_malformed"), Some(4));
+        assert_eq!(det.kind.as_ref().unwrap().1.get("accepted"), Some(15));
+        assert_eq!(
+            t.pipeline.get("indices_recorded"),
+            Some(10),
+            "with() leaves the totals alone"
+        );
     }
 }

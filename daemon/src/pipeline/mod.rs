@@ -13,6 +13,7 @@ mod compress;
 mod events;
 mod indexer;
 mod job;
+mod plan;
 mod reorder;
 mod running;
 mod stats;
@@ -21,11 +22,12 @@ mod writer;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel;
 use detingest_shm::{BufferPool, Name};
-use detingest_writer::{Chunking, FileOptions, RunLayout, DATA_PATH};
+use detingest_writer::RunLayout;
 
 pub use running::{Gauges, RunSummary, Running};
 pub use stats::{PipelineStats, StatsSnapshot};
@@ -33,8 +35,8 @@ pub use writer::{StreamReport, StreamSetup};
 
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::sink::{NotificationSink, NotifyQueue, PreviewPolicy, RunSinks, SinkError, SinkNeeds};
-use crate::source::{SourceError, SourceOutput, SourceStats};
-use crate::stream::{DropLog, SourceMsg, StreamInfo, StreamSlot};
+use crate::source::{PreparedSource, SourceError, SourceOutput, SourceStats};
+use crate::stream::{DropLog, SourceMsg, StreamSlot};
 use crate::threads;
 
 /// Why the pipeline could not start.
@@ -125,7 +127,7 @@ pub fn run_layout(config: &Config, src: &SourceConfig) -> RunLayout {
 
 /// Drops a stream's sources may log before the indexer reads them (it reads them every time it
 /// takes a message, and every tick).
-const DROP_LOG: usize = 4096;
+pub(super) const DROP_LOG: usize = 4096;
 
 /// Starts the pipeline for `config`, with `sinks` receiving every notification.
 ///
@@ -148,255 +150,212 @@ pub fn start(config: &Config, sinks: RunSinks) -> Result<Running, StartError> {
     }
     let RunSinks { sinks, needs } = sinks;
     let p = &config.pipeline;
-    let t = &config.threads;
+    let mut plan = plan::plan_streams(config)?;
+    let prepared = prepare_sources(config)?;
     let stats = Arc::new(PipelineStats::default());
     let stop = Arc::new(AtomicBool::new(false));
-
-    let mut streams = Vec::new();
-    let mut codings = Vec::new();
-    let mut setups = Vec::new();
-    let mut plans = Vec::new();
-    let mut max_chunk = 0;
-    let mut max_preview = 0;
-    // The widest dataset window of any stream, and the modules a stream assembles per image.
-    let (mut widest, mut assembled) = (0, 0);
-    let run = &config.run;
-    // Sources feeding one stream (the modules of one detector) share its slot.
-    let mut slot_of = Vec::with_capacity(config.sources.len());
-    for src in &config.sources {
-        if let Some(slot) = streams
-            .iter()
-            .position(|s: &Arc<StreamInfo>| s.id == src.stream)
-        {
-            slot_of.push(slot as StreamSlot);
-            let plan: &mut indexer::StreamPlan = &mut plans[slot];
-            plan.sources += 1;
-            continue;
-        }
-        let slot = streams.len();
-        slot_of.push(slot as StreamSlot);
-        let file = stream_file_path(config, src);
-        if let Some(existing) = existing_file(config, src) {
-            return Err(StartError::Exists(existing));
-        }
-        let layout = run_layout(config, src);
-        // A daemon that takes part of a detector expects only its sources' modules.
-        let expected = if config.cluster.member() {
-            (config.sources.iter())
-                .filter(|s| s.stream == src.stream)
-                .fold(0, |mask, s| mask | s.module_mask())
-        } else {
-            layout.all_modules()
-        };
-        let info = Arc::new(StreamInfo {
-            slot: slot as StreamSlot,
-            id: src.stream.clone(),
-            key: src.stream.to_string(),
-            file,
-            dataset: DATA_PATH,
-            codec: layout.codec,
-            pixel: layout.pixel,
-            shape: layout.image_shape(),
-            modules: layout.modules(),
-            expected,
-            parts: Vec::new(),
-            frames_per_file: run.frames_per_file,
-            kind: crate::stream::StreamKind::Frames,
-        });
-        let chunk_bytes = layout.chunk_bytes();
-        max_chunk = max_chunk.max(
-            layout
-                .codec
-                .max_compressed_len(chunk_bytes, layout.pixel.size()),
-        );
-        let assemble = layout.effective_chunking() == Chunking::Frame;
-        let chunks_per_index = if assemble {
-            1
-        } else {
-            layout.modules() as usize
-        };
-        let preview_bytes = chunks_per_index
-            * layout
-                .codec
-                .max_compressed_len(chunk_bytes, layout.pixel.size());
-        max_preview = max_preview.max(preview_bytes);
-        let ahead = dataset_window(run.dataset_ahead, assemble.then_some(chunk_bytes));
-        widest = widest.max(ahead);
-        if assemble {
-            assembled = assembled.max(layout.modules() as usize);
-        }
-        plans.push(indexer::StreamPlan {
-            drops: Arc::new(DropLog::new(DROP_LOG)),
-            layout,
-            expected,
-            ahead,
-            timeout: Duration::from_millis(run.dataset_timeout_ms),
-            limit: run.frames,
-            first_frame_number: run.first_frame_number,
-            sources: 1,
-            // Open datasets, plus images queued for and held by the workers.
-            // Lazy: pages are touched only as far as the window is used.
-            images: assemble.then(|| {
-                BufferPool::lazy(
-                    ahead as usize + 2 + p.queue_depth + p.compress_workers,
-                    chunk_bytes,
-                )
-            }),
-        });
-        streams.push(Arc::clone(&info));
-        let detector = detector_of(config, src, &src.stream);
-        let q = &config.sink.quality;
-        let statistics = q.statistics.then(|| {
-            crate::quality::stats::limits(layout.pixel, detector.saturation_value, q.threshold)
-        });
-        codings.push(compress::StreamCoding {
-            codec: layout.codec,
-            statistics,
-        });
-        setups.push((
-            info,
-            StreamSetup {
-                layout,
-                files: FileOptions {
-                    statistics,
-                    ..run.file_options(config.writer.swmr)
-                },
-                detector,
-                user_json: run.user.to_string(),
-                next_stream: run.next_stream.clone(),
-                open_datasets: ahead as usize,
-            },
-        ));
-    }
-
-    // Rings, sockets and banks before any thread: one that cannot be made stops the start
-    // cleanly.
-    let prepared = config
-        .sources
-        .iter()
-        .enumerate()
-        .map(|(i, src)| {
-            let kind = src.kind().ok_or_else(|| {
-                ConfigError::new(format!("source[{i}]"), "needs exactly one source kind")
-            })?;
-            kind.prepare(src, i, src.modules())
-                .map_err(|error| StartError::Source {
-                    name: src.name.clone(),
-                    error,
-                })
-        })
-        .collect::<Result<Vec<_>, StartError>>()?;
-
     let (source_tx, source_rx) = channel::bounded::<SourceMsg>(p.queue_depth);
     let (compress_tx, compress_rx) = channel::bounded::<job::Item>(p.queue_depth);
     let (write_tx, write_rx) = channel::bounded::<job::Item>(p.queue_depth);
     // Sources whose frames arrive encoded pass them through the workers: the workers'
     // buffers are then mostly unused, and not touched in advance either.
     let output_pool = if prepared.iter().all(|s| s.prefault()) {
-        BufferPool::new(p.output_buffers, max_chunk)
+        BufferPool::new(p.output_buffers, plan.max_chunk)
     } else {
-        BufferPool::lazy(p.output_buffers, max_chunk)
+        BufferPool::lazy(p.output_buffers, plan.max_chunk)
     };
-    let codings: Arc<[compress::StreamCoding]> = codings.into();
     let notify = Arc::new(NotifyQueue::new(p.notify_queue));
-    // A preview holds every module chunk of its index; the buffers are touched only as
-    // far as previews fill them.
-    let previews = (!needs.previews.is_empty()).then(|| {
-        let pool = BufferPool::lazy(needs.preview_buffers(), max_preview);
-        PreviewPolicy::new(&needs.previews, Some(pool))
-    });
-    let modules = config
-        .sources
-        .iter()
-        .map(|s| s.modules() as usize)
-        .max()
-        .unwrap_or(1);
-    let window = reorder_window(p, widest, modules, assembled, streams.len());
-
-    let mut threads = vec![spawn_notify(&notify, sinks, &needs, t.notify)?];
-    let writer_stage = writer::Writer::new(
-        setups,
-        writer::FlushCadence {
-            frames: config.writer.flush_every_frames,
-            interval: (config.writer.flush_interval_ms > 0)
-                .then(|| Duration::from_millis(config.writer.flush_interval_ms)),
-        },
-        previews.unwrap_or_else(PreviewPolicy::none),
-        window,
-        Arc::clone(&notify),
-        Arc::clone(&stats),
-        Arc::clone(&stop),
-    );
-    let writer_rx = write_rx.clone();
-    let writer = threads::spawn("writer".into(), t.writer, move || {
-        writer_stage.run(writer_rx)
-    })?;
-    for i in 0..p.compress_workers {
-        let core = (!t.compress.is_empty()).then(|| t.compress[i % t.compress.len()]);
-        let (codings, rx, tx, pool, st) = (
-            Arc::clone(&codings),
-            compress_rx.clone(),
-            write_tx.clone(),
-            output_pool.clone(),
-            Arc::clone(&stats),
-        );
-        threads.push(threads::spawn(format!("compress-{i}"), core, move || {
-            compress::run(&codings, rx, tx, pool, st)
-        })?);
-    }
-    drop(write_tx);
-    let drop_logs: Vec<Arc<DropLog>> = plans.iter().map(|p| Arc::clone(&p.drops)).collect();
-    let indexer = indexer::Indexer::new(plans, compress_tx, Arc::clone(&stats), Arc::clone(&stop));
-    let indexer_rx = source_rx.clone();
-    threads.push(threads::spawn("indexer".into(), t.indexer, move || {
-        indexer.run(indexer_rx)
-    })?);
-
-    let mut sources = Vec::new();
-    let mut input_pools = Vec::new();
-    for ((src, &slot), prepared) in config.sources.iter().zip(&slot_of).zip(prepared) {
-        let st = Arc::new(SourceStats::new(src.name.clone()));
-        sources.push(Arc::clone(&st));
-        let (buffers, bytes) = prepared.buffers(p.input_buffers);
-        let pool = if prepared.prefault() {
-            BufferPool::new(buffers, bytes)
-        } else {
-            BufferPool::lazy(buffers, bytes)
-        };
-        if buffers > 0 {
-            input_pools.push(pool.clone());
-        }
-        let mut out = SourceOutput::new(
-            (slot, src.codec(config.writer.codec)),
-            Arc::clone(&drop_logs[usize::from(slot)]),
-            src.policy,
-            pool,
-            source_tx.clone(),
-            Arc::clone(&stop),
-            st,
-        );
-        threads.push(threads::spawn(
-            format!("src-{}", src.name),
-            src.core,
-            move || prepared.run(&mut out),
-        )?);
-    }
-    drop(source_tx);
-
+    let mut threads = vec![spawn_notify(&notify, sinks, &needs, config.threads.notify)?];
+    let stages = Stages {
+        stats: &stats,
+        stop: &stop,
+        notify: &notify,
+    };
+    let drop_logs: Vec<Arc<DropLog>> = (plan.plans.iter()).map(|p| Arc::clone(&p.drops)).collect();
+    let streams = plan.streams.clone();
+    let setups = std::mem::take(&mut plan.setups);
+    let writer = stages.spawn_writer(config, &plan, setups, &needs, write_rx.clone())?;
+    let workers = (compress_rx.clone(), write_tx, output_pool.clone());
+    threads.extend(stages.spawn_workers(config, plan.codings.into(), workers)?);
+    threads.push(stages.spawn_indexer(config, plan.plans, compress_tx, source_rx.clone())?);
+    let fed = stages.spawn_sources(config, &plan.slot_of, prepared, &drop_logs, source_tx)?;
+    threads.extend(fed.threads);
     Ok(Running {
         stop,
         stats,
-        sources,
+        sources: fed.stats,
         streams,
         queues: (source_rx, compress_rx, write_rx),
         queue_capacity: p.queue_depth,
-        input_pools,
+        input_pools: fed.pools,
         output_pool,
         notify,
         threads,
         writer,
         started: Instant::now(),
     })
+}
+
+/// Makes every source ready (rings, sockets and banks) before any thread starts: one that
+/// cannot be made stops the start cleanly.
+fn prepare_sources(config: &Config) -> Result<Vec<Box<dyn PreparedSource>>, StartError> {
+    (config.sources.iter().enumerate())
+        .map(|(i, src)| {
+            let kind = src.kind().ok_or_else(|| {
+                ConfigError::new(format!("source[{i}]"), "needs exactly one source kind")
+            })?;
+            (kind.prepare(src, i, src.modules())).map_err(|error| StartError::Source {
+                name: src.name.clone(),
+                error,
+            })
+        })
+        .collect()
+}
+
+/// What every stage's thread shares: the counters, the stop flag, the notification queue.
+struct Stages<'a> {
+    stats: &'a Arc<PipelineStats>,
+    stop: &'a Arc<AtomicBool>,
+    notify: &'a Arc<NotifyQueue>,
+}
+
+/// The source threads started, their counters and the pools they fill.
+struct Fed {
+    threads: Vec<JoinHandle<()>>,
+    stats: Vec<Arc<SourceStats>>,
+    pools: Vec<BufferPool>,
+}
+
+impl Stages<'_> {
+    /// The `writer` thread, with the previews the sinks asked for.
+    fn spawn_writer(
+        &self,
+        config: &Config,
+        plan: &plan::Plan,
+        setups: Vec<(Arc<crate::stream::StreamInfo>, StreamSetup)>,
+        needs: &SinkNeeds,
+        rx: channel::Receiver<job::Item>,
+    ) -> Result<JoinHandle<Vec<StreamReport>>, StartError> {
+        // A preview holds every module chunk of its index; the buffers are touched only as
+        // far as previews fill them.
+        let previews = (!needs.previews.is_empty()).then(|| {
+            let pool = BufferPool::lazy(needs.preview_buffers(), plan.max_preview);
+            PreviewPolicy::new(&needs.previews, Some(pool))
+        });
+        let modules = (config.sources.iter())
+            .map(|s| s.modules() as usize)
+            .max()
+            .unwrap_or(1);
+        let p = &config.pipeline;
+        let window = reorder_window(p, plan.widest, modules, plan.assembled, plan.streams.len());
+        let stage = writer::Writer::new(
+            setups,
+            writer::FlushCadence {
+                frames: config.writer.flush_every_frames,
+                interval: (config.writer.flush_interval_ms > 0)
+                    .then(|| Duration::from_millis(config.writer.flush_interval_ms)),
+            },
+            previews.unwrap_or_else(PreviewPolicy::none),
+            window,
+            Arc::clone(self.notify),
+            Arc::clone(self.stats),
+            Arc::clone(self.stop),
+        );
+        Ok(threads::spawn(
+            "writer".into(),
+            config.threads.writer,
+            move || stage.run(rx),
+        )?)
+    }
+
+    /// The `compress-i` workers.
+    fn spawn_workers(
+        &self,
+        config: &Config,
+        codings: Arc<[compress::StreamCoding]>,
+        (rx, tx, pool): (
+            channel::Receiver<job::Item>,
+            channel::Sender<job::Item>,
+            BufferPool,
+        ),
+    ) -> Result<Vec<JoinHandle<()>>, StartError> {
+        let t = &config.threads;
+        (0..config.pipeline.compress_workers)
+            .map(|i| {
+                let core = (!t.compress.is_empty()).then(|| t.compress[i % t.compress.len()]);
+                let (codings, rx, tx, pool, st) = (
+                    Arc::clone(&codings),
+                    rx.clone(),
+                    tx.clone(),
+                    pool.clone(),
+                    Arc::clone(self.stats),
+                );
+                let work = move || compress::run(&codings, rx, tx, pool, st);
+                Ok(threads::spawn(format!("compress-{i}"), core, work)?)
+            })
+            .collect()
+    }
+
+    /// The `indexer` thread.
+    fn spawn_indexer(
+        &self,
+        config: &Config,
+        plans: Vec<indexer::StreamPlan>,
+        tx: channel::Sender<job::Item>,
+        rx: channel::Receiver<SourceMsg>,
+    ) -> Result<JoinHandle<()>, StartError> {
+        let indexer =
+            indexer::Indexer::new(plans, tx, Arc::clone(self.stats), Arc::clone(self.stop));
+        Ok(threads::spawn(
+            "indexer".into(),
+            config.threads.indexer,
+            move || indexer.run(rx),
+        )?)
+    }
+
+    /// A `src-<name>` thread per prepared source, each with its pool (touched in advance
+    /// unless the source says its buffers are a rarely filled worst case).
+    fn spawn_sources(
+        &self,
+        config: &Config,
+        slot_of: &[StreamSlot],
+        prepared: Vec<Box<dyn PreparedSource>>,
+        drop_logs: &[Arc<DropLog>],
+        tx: channel::Sender<SourceMsg>,
+    ) -> Result<Fed, StartError> {
+        let mut fed = Fed {
+            threads: Vec::new(),
+            stats: Vec::new(),
+            pools: Vec::new(),
+        };
+        for ((src, &slot), prepared) in config.sources.iter().zip(slot_of).zip(prepared) {
+            let st = Arc::new(SourceStats::new(src.name.clone()));
+            fed.stats.push(Arc::clone(&st));
+            let (buffers, bytes) = prepared.buffers(config.pipeline.input_buffers);
+            let pool = if prepared.prefault() {
+                BufferPool::new(buffers, bytes)
+            } else {
+                BufferPool::lazy(buffers, bytes)
+            };
+            if buffers > 0 {
+                fed.pools.push(pool.clone());
+            }
+            let mut out = SourceOutput::new(
+                (slot, src.codec(config.writer.codec)),
+                Arc::clone(&drop_logs[usize::from(slot)]),
+                src.policy,
+                pool,
+                tx.clone(),
+                Arc::clone(self.stop),
+                st,
+            );
+            let name = format!("src-{}", src.name);
+            fed.threads.push(threads::spawn(name, src.core, move || {
+                prepared.run(&mut out)
+            })?);
+        }
+        Ok(fed)
+    }
 }
 
 /// The notification thread of a run: hands what `notify` queues to `sinks`, with the real-time

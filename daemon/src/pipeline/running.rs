@@ -13,28 +13,11 @@ use detingest_shm::BufferPool;
 use super::job;
 use super::stats::{PipelineStats, StatsSnapshot};
 use super::writer::StreamReport;
+pub use crate::contract::Gauges;
+use crate::contract::SourceSummary;
 use crate::sink::NotifyQueue;
-use crate::source::{SourceStats, SourceSummary};
+use crate::source::SourceStats;
 use crate::stream::{SourceMsg, StreamInfo};
-
-/// Queue fill levels and free buffers at one moment.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Gauges {
-    /// Frames waiting for the indexer.
-    pub source_queue: usize,
-    /// Items waiting for a compression worker.
-    pub compress_queue: usize,
-    /// Items waiting for the writer.
-    pub write_queue: usize,
-    /// Capacity of each of those queues.
-    pub queue_capacity: usize,
-    /// Free raw buffers, summed over sources.
-    pub free_input_buffers: usize,
-    /// Free compressed-chunk buffers.
-    pub free_output_buffers: usize,
-    /// Notifications waiting.
-    pub notify_queue: usize,
-}
 
 /// A started pipeline.
 pub struct Running {

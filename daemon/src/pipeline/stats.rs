@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use crate::contract::StatsSnapshot;
 use crate::sink::QueueStats;
 
 /// Counters of the stages after the sources.
@@ -40,30 +41,6 @@ pub struct PipelineStats {
     pub previews_skipped: AtomicU64,
     /// Streams whose files are open now (a gauge).
     pub files_open: AtomicU64,
-}
-
-/// A plain copy of [`PipelineStats`] at one moment, with the notification queue's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[allow(missing_docs)]
-pub struct StatsSnapshot {
-    pub indexed: u64,
-    pub lost: u64,
-    pub dropped: u64,
-    pub incomplete: u64,
-    pub stale: u64,
-    pub late: u64,
-    pub compressed: u64,
-    pub codec_errors: u64,
-    pub bytes_raw: u64,
-    pub bytes_compressed: u64,
-    pub recorded: u64,
-    pub written: u64,
-    pub write_errors: u64,
-    pub flushes: u64,
-    pub notified: u64,
-    pub notify_dropped: u64,
-    pub previews_skipped: u64,
-    pub files_open: u64,
 }
 
 impl PipelineStats {

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use detingest_shm::{Name, StreamId};
 use detingest_writer::Part;
-use serde_json::{json, Value};
 
 use super::{run_config, ApiError, RunManager};
 use crate::cluster::merge::{MergePlan, MergeReport, Merger};
 use crate::cluster::peers::{self, Peer};
 use crate::config::Config;
+use crate::contract::{DetectorEnd, DetectorStatus, PartEnd, PartStatus, RunCheck, RunRequest};
 use crate::pipeline::{self, run_layout};
 use crate::stream::StreamInfo;
 
@@ -25,14 +25,14 @@ pub(super) struct PeerParts {
 impl RunManager {
     /// True when `request` is an operator's start on a daemon with peers: this daemon then
     /// starts the others and writes the whole detector's master.
-    pub(super) fn coordinates(&self, request: &Value) -> bool {
+    pub(super) fn coordinates(&self, request: &RunRequest) -> bool {
         let c = &self.base.cluster;
-        c.member() && !c.peers.is_empty() && request.get("coordinator").is_none()
+        c.member() && !c.peers.is_empty() && request.coordinator.is_none()
     }
 
     /// What this daemon would write for `request`, or why it cannot start it (bad request,
     /// files that exist); starts nothing.
-    pub(super) fn check_request(&self, request: &Value) -> Result<Value, ApiError> {
+    pub(super) fn check_request(&self, request: &RunRequest) -> Result<RunCheck, ApiError> {
         let config = run_config(&self.base, request)?;
         let src = &config.sources[0];
         let master = pipeline::stream_file_path(&config, src);
@@ -45,13 +45,13 @@ impl RunManager {
         let modules = (config.sources.iter())
             .filter(|s| s.stream == src.stream)
             .fold(0u64, |m, s| m | s.module_mask());
-        Ok(json!({
-            "daemon": self.base.cluster.name,
-            "stream": src.stream.stream.as_str(),
-            "modules": modules,
-            "master": master,
-            "process": crate::cluster::ProcessId::this(),
-        }))
+        Ok(RunCheck {
+            daemon: self.base.cluster.name.clone(),
+            stream: src.stream.stream.to_string(),
+            modules,
+            master,
+            process: crate::cluster::ProcessId::this(),
+        })
     }
 
     /// The peers of this daemon's `[cluster]`.
@@ -61,23 +61,18 @@ impl RunManager {
 
     /// Checks `request` here and on every peer, then starts it on every peer; one refusal
     /// refuses everywhere (peers started already are stopped again).
-    pub(super) fn start_peers(&self, request: &Value) -> Result<PeerParts, ApiError> {
-        if request.get("rename_if_exists") == Some(&Value::Bool(true)) {
+    pub(super) fn start_peers(&self, request: &RunRequest) -> Result<PeerParts, ApiError> {
+        if request.rename_if_exists {
             return Err(ApiError::new(
                 400,
                 "rename_if_exists: not for a run several daemons take (each would pick its own name)",
             ));
         }
         let mine = self.check_request(request)?;
-        let folder = |a: &Value| {
-            let master = a.get("master").and_then(Value::as_str).unwrap_or("");
-            std::path::Path::new(master)
-                .parent()
-                .map(std::path::Path::to_path_buf)
-        };
+        let folder = |a: &RunCheck| a.master.parent().map(std::path::Path::to_path_buf);
         // The whole detector's master goes beside this daemon's part.
-        let stream = request.get("stream").and_then(Value::as_str).unwrap_or("");
-        let whole = detingest_writer::master_path(&folder(&mine).unwrap_or_default(), stream);
+        let whole =
+            detingest_writer::master_path(&folder(&mine).unwrap_or_default(), &request.stream);
         if whole.exists() {
             return Err(ApiError::new(
                 409,
@@ -86,7 +81,7 @@ impl RunManager {
         }
         let mut list = self.peers();
         let part = peers::part_request(request, &self.base.cluster.name);
-        let answers = peers::check_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
+        let answers = peers::check_all(&list, &part)?;
         let mut parts = vec![(part_of(&mine)?, None)];
         for (a, peer) in answers.iter().zip(&mut list) {
             peer.identify(a);
@@ -123,7 +118,7 @@ impl RunManager {
         if let Some(clash) = clash(&parts, &urls, self.base.sources.first().map(|s| s.grid)) {
             return Err(ApiError::new(409, clash));
         }
-        peers::start_all(&list, &part).map_err(|(s, m)| ApiError::new(s, m))?;
+        peers::start_all(&list, &part)?;
         for ((_, slot), peer) in parts.iter_mut().skip(1).zip(list) {
             *slot = Some(peer);
         }
@@ -134,10 +129,10 @@ impl RunManager {
     pub(super) fn spawn_merger(
         &self,
         config: &Config,
-        request: &Value,
+        request: &RunRequest,
         peers: PeerParts,
         slot: usize,
-    ) -> Result<(Merger, Value), ApiError> {
+    ) -> Result<(Merger, DetectorStatus), ApiError> {
         let src = &config.sources[0];
         let whole = whole_id(&src.stream, request)?;
         let layout = run_layout(config, src);
@@ -158,9 +153,20 @@ impl RunManager {
             frames_per_file: 0,
             kind: crate::stream::StreamKind::Frames,
         });
-        let parts_json: Vec<Value> = (peers.parts.iter())
-            .map(|(p, _)| json!({"daemon": p.daemon, "stream": p.stream, "modules": p.modules, "state": "running"}))
+        let parts = (peers.parts.iter())
+            .map(|(p, _)| PartStatus {
+                daemon: p.daemon.clone(),
+                stream: p.stream.clone(),
+                modules: p.modules,
+                state: "running",
+            })
             .collect();
+        let status = DetectorStatus {
+            master,
+            parts,
+            merged: None,
+            end: None,
+        };
         let c = &self.base.cluster;
         let detector = pipeline::detector_of(config, src, &stream.id);
         let plan = MergePlan {
@@ -181,37 +187,31 @@ impl RunManager {
         };
         let merger = Merger::spawn(plan, sinks, config.pipeline.notify_queue)
             .map_err(|e| ApiError::new(500, e))?;
-        Ok((merger, json!({"master": master, "parts": parts_json})))
+        Ok((merger, status))
     }
 }
 
 /// The whole detector's stream: the request's, under the source's beamtime and source.
-fn whole_id(part: &StreamId, request: &Value) -> Result<StreamId, ApiError> {
-    let name = request.get("stream").and_then(Value::as_str).unwrap_or("");
+fn whole_id(part: &StreamId, request: &RunRequest) -> Result<StreamId, ApiError> {
     Ok(StreamId {
-        stream: Name::new(name).map_err(|e| ApiError::new(400, format!("stream: {e}")))?,
+        stream: Name::new(&request.stream)
+            .map_err(|e| ApiError::bad_request(format!("stream: {e}")))?,
         ..part.clone()
     })
 }
 
 /// A daemon's part from its `POST /run/check` answer.
-fn part_of(answer: &Value) -> Result<Part, ApiError> {
-    let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_owned);
-    match (
-        text("daemon"),
-        text("stream"),
-        answer.get("modules").and_then(Value::as_u64),
-    ) {
-        (Some(daemon), Some(stream), Some(modules)) if !daemon.is_empty() => Ok(Part {
-            daemon,
-            stream,
-            modules,
-        }),
-        _ => Err(ApiError::new(
-            409,
-            format!("a peer answered its check without its part (is it in a [cluster]?): {answer}"),
-        )),
+fn part_of(answer: &RunCheck) -> Result<Part, ApiError> {
+    if answer.daemon.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "a peer answered its check without its part (is it in a [cluster]?): {answer:?}"
+        )));
     }
+    Ok(Part {
+        daemon: answer.daemon.clone(),
+        stream: answer.stream.clone(),
+        modules: answer.modules,
+    })
 }
 
 /// The first module two daemons claim, named with both daemons (and their addresses) and the
@@ -242,53 +242,52 @@ fn clash(parts: &[(Part, Option<Peer>)], urls: &[&str], grid: Option<[u32; 2]>) 
 }
 
 /// The detector's part of a run's status at its end.
-pub(super) fn merge_status(mut detector: Value, report: &MergeReport) -> Value {
-    let ends: Vec<Value> = (report.parts.iter())
-        .map(|(d, e)| {
-            json!({"daemon": d, "recorded": e.recorded, "state": e.outcome.name(),
-                   "finished": e.outcome == detingest_writer::PartOutcome::Finished})
+pub(super) fn merge_status(mut detector: DetectorStatus, report: &MergeReport) -> DetectorStatus {
+    let ends = (report.parts.iter())
+        .map(|(d, e)| PartEnd {
+            daemon: d.clone(),
+            recorded: e.recorded,
+            state: e.outcome.name(),
+            finished: e.outcome == detingest_writer::PartOutcome::Finished,
         })
         .collect();
-    if let Some(parts) = detector.get_mut("parts").and_then(Value::as_array_mut) {
-        for (p, (_, e)) in parts.iter_mut().zip(&report.parts) {
-            p["state"] = json!(e.outcome.name());
-        }
+    for (p, (_, e)) in detector.parts.iter_mut().zip(&report.parts) {
+        p.state = e.outcome.name();
     }
-    detector["frames"] = json!(report.frames);
-    detector["merged"] = json!(report.frames);
-    detector["lost"] = json!(report.lost);
-    detector["ends"] = json!(ends);
-    detector["error"] = json!(report.error);
+    detector.merged = Some(report.frames);
+    detector.end = Some(DetectorEnd {
+        frames: report.frames,
+        lost: report.lost,
+        ends,
+        error: report.error.clone(),
+    });
     detector
 }
 
 /// Stops every peer's run, logging those that could not be stopped.
 pub(super) fn stop_peers(list: &[Peer]) {
-    for (status, e) in peers::stop_all(list) {
-        tracing::warn!(status, error = %e, "a peer's run could not be stopped");
+    for e in peers::stop_all(list) {
+        tracing::warn!(status = e.status, error = %e.message, "a peer's run could not be stopped");
     }
 }
 
 /// Shows the whole master's progress in a coordinated run's status (`detector.merged`, and
 /// each part's `state`: running, finished, unreachable, died, unknown).
-pub(super) fn show_merged(status: &mut super::RunStatus, merger: Option<&(Merger, Value)>) {
+pub(super) fn show_merged(
+    status: &mut super::RunStatus,
+    merger: Option<&(Merger, DetectorStatus)>,
+) {
     if let (Some((m, _)), Some(d)) = (merger, status.detector.as_mut()) {
-        d["merged"] = json!(m.merged());
-        if let Some(parts) = d.get_mut("parts").and_then(Value::as_array_mut) {
-            for (p, state) in parts.iter_mut().zip(m.part_states()) {
-                p["state"] = json!(state.name());
-            }
+        d.merged = Some(m.merged());
+        for (p, state) in d.parts.iter_mut().zip(m.part_states()) {
+            p.state = state.name();
         }
     }
 }
 
 /// Each daemon's name and its part's state, from a status's `detector` (for `/metrics`).
-pub(super) fn part_states(detector: Option<&Value>) -> Vec<(String, String)> {
-    let parts = detector
-        .and_then(|d| d.get("parts"))
-        .and_then(Value::as_array);
-    let text = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
-    (parts.into_iter().flatten())
-        .filter_map(|p| Some((text(p, "daemon")?, text(p, "state")?)))
+pub(super) fn part_states(detector: Option<&DetectorStatus>) -> Vec<(String, String)> {
+    (detector.into_iter().flat_map(|d| &d.parts))
+        .map(|p| (p.daemon.clone(), p.state.to_owned()))
         .collect()
 }

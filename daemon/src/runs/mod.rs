@@ -13,20 +13,24 @@ pub mod recover;
 pub mod recover_events;
 mod status;
 mod supervise;
+mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use detingest_shm::{Name, StreamId};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+pub use crate::contract::RunStatus;
 use status::Ended;
-pub use status::RunStatus;
 pub use supervise::{supervise, EndReason};
 
 use crate::check::{deserialize_keyed, key_in};
+use crate::cluster::merge::Merger;
 use crate::config::{Config, ConfigError, RunSettings};
+pub use crate::contract::ApiError;
+use crate::contract::{DetectorStatus, RunCheck, RunRequest, RunState};
 use crate::control::Daemon;
 use crate::metrics::Reading;
 use crate::pipeline::{self, RunSummary, Running, StartError};
@@ -34,25 +38,21 @@ use crate::sink::web::LiveView;
 use crate::sink::{RunControl, SinkSet};
 use crate::source::stream2::listener::{self, Listener};
 use crate::source::SourceError;
+use watch::Watch;
 
 /// Suffixes `_2` .. tried for a request with `rename_if_exists`.
 const MAX_RENAME: u32 = 99;
 
-/// An API error: HTTP status and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status code.
-    pub status: u16,
-    /// What went wrong (names the offending key for bad requests).
-    pub message: String,
-}
-
-impl ApiError {
-    fn new(status: u16, message: impl ToString) -> Self {
-        Self {
-            status,
-            message: message.to_string(),
-        }
+/// Why a pipeline did not start, as the API answers it.
+fn refusal(e: StartError) -> ApiError {
+    match e {
+        e @ StartError::Exists(_) => ApiError::conflict(e),
+        StartError::Config(c)
+        | StartError::Source {
+            error: SourceError::Config(c),
+            ..
+        } => ApiError::from(c),
+        e => ApiError::internal(e),
     }
 }
 
@@ -64,28 +64,17 @@ impl From<ConfigError> for ApiError {
 
 /// Builds the configuration of the run `request` asks for, from the daemon's `base`.
 ///
-/// The request: `beamtime`, `source` (a configured `[[source]]` name), `stream` (required);
-/// `rename_if_exists` (see [`RunManager::start`]);
-/// `detector` (NXmx fields over `[detector]`); any `[run]` field (`frames`, `chunking`,
-/// `frames_per_file`, `master_data`, `vds`, `idle_timeout_ms`, `first_frame_number`, `dataset_timeout_ms`,
-/// `dataset_ahead`, `user`, `next_stream`); `coordinator` (sent by a daemon starting its
-/// peers: start this daemon's part only). A `[cluster]` member writes the stream
-/// `<stream>_<name>` and needs a `first_frame_number`.
-pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError> {
-    let Value::Object(fields) = request else {
-        return Err(ConfigError::new(".", "the request must be a JSON object"));
-    };
-    let name = |key: &str| -> Result<Name, ConfigError> {
-        let text = fields
-            .get(key)
-            .and_then(Value::as_str)
-            .ok_or_else(|| ConfigError::new(key, "required (a string)"))?;
-        Name::new(text).map_err(|e| ConfigError::new(key, e))
-    };
+/// The request's settings are `[run]` fields (`frames`, `chunking`, `frames_per_file`,
+/// `master_data`, `vds`, `idle_timeout_ms`, `first_frame_number`, `dataset_timeout_ms`,
+/// `dataset_ahead`, `user`, `next_stream`); `detector` holds NXmx fields over `[detector]`;
+/// with `coordinator` (sent by a daemon starting its peers) this daemon starts its part only.
+/// A `[cluster]` member writes the stream `<stream>_<name>` and needs a `first_frame_number`.
+pub fn run_config(base: &Config, request: &RunRequest) -> Result<Config, ConfigError> {
+    let name = |key: &str, text: &str| Name::new(text).map_err(|e| ConfigError::new(key, e));
     let id = StreamId {
-        beamtime: name("beamtime")?,
-        source: name("source")?,
-        stream: name("stream")?,
+        beamtime: name("beamtime", &request.beamtime)?,
+        source: name("source", &request.source)?,
+        stream: name("stream", &request.stream)?,
     };
     // The source named so (or else whose configured stream has that data source), with every
     // source feeding the same configured stream: the modules of one detector run together.
@@ -105,13 +94,10 @@ pub fn run_config(base: &Config, request: &Value) -> Result<Config, ConfigError>
     let mut run = serde_json::to_value(&base.run).map_err(|e| ConfigError::new("run", e))?;
     let mut detector =
         serde_json::to_value(&base.detector).map_err(|e| ConfigError::new("detector", e))?;
-    for (key, value) in fields {
-        match key.as_str() {
-            "beamtime" | "source" | "stream" | "rename_if_exists" | "coordinator" => {}
-            "detector" => overlay(&mut detector, value, "detector")?,
-            _ => overlay(&mut run, &json!({ key: value }), "")?,
-        }
+    if let Some(d) = &request.detector {
+        overlay(&mut detector, &Value::Object(d.clone()), "detector")?;
     }
+    overlay(&mut run, &Value::Object(request.settings.clone()), "")?;
     config.run = deserialize_keyed::<_, RunSettings>(run, "")?;
     config.detector = deserialize_keyed(detector, "detector")?;
     (config.detector.validate())
@@ -191,10 +177,11 @@ pub struct RunManager {
 }
 
 impl RunManager {
-    /// A manager for runs of `base`'s sources; starts the configured sinks.
+    /// A manager for runs of `base`'s sources, as `detingestd serve` keeps one: starts the
+    /// configured sinks with the live page's, and finishes (and announces) the runs a crash
+    /// left behind beside the new ones.
     pub fn new(base: Config) -> Result<Self, StartError> {
         let sinks = SinkSet::start(&base.sink, base.sink_context(true))?;
-        // Runs a crash left behind are finished (and announced) beside the new ones.
         let recovering = recover::spawn_finish_left_behind(
             base.data_dir.clone(),
             sinks.for_run(),
@@ -203,8 +190,19 @@ impl RunManager {
         if let Err(e) = recovering {
             tracing::error!(error = %e, "cannot start the thread that finishes crashed runs");
         }
+        Ok(Self::with_sinks(base, sinks))
+    }
+
+    /// A manager for the one run of `detingestd run` ([`Self::start_configured`]): the
+    /// configured sinks, no live page, nothing else in the data directory touched.
+    pub fn for_one_run(base: Config) -> Result<Self, StartError> {
+        let sinks = SinkSet::start(&base.sink, base.sink_context(false))?;
+        Ok(Self::with_sinks(base, sinks))
+    }
+
+    fn with_sinks(base: Config, sinks: SinkSet) -> Self {
         let peer_token = base.control.token().ok().flatten();
-        Ok(Self {
+        Self {
             base,
             current: Mutex::new(None),
             ended: Arc::new(Mutex::new(Ended {
@@ -218,7 +216,7 @@ impl RunManager {
             started_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
-        })
+        }
     }
 
     /// Hands this manager to what opens runs besides the HTTP API: the sinks that take
@@ -268,19 +266,8 @@ impl RunManager {
 
     /// Starts the run `request` describes; refused while another runs or if its files exist
     /// (unless it asks `"rename_if_exists": true`: then under the first free `<stream>_<n>`).
-    pub fn start(&self, request: &Value) -> Result<RunStatus, ApiError> {
-        let mut current = self
-            .current
-            .lock()
-            .map_err(|_| ApiError::new(500, "poisoned"))?;
-        if let Some(c) = current.as_ref() {
-            if !c.supervisor.is_finished() {
-                return Err(ApiError::new(409, "a run is in progress; stop it first"));
-            }
-        }
-        if let Some(c) = current.take() {
-            let _ = c.supervisor.join();
-        }
+    pub fn start(&self, request: &RunRequest) -> Result<RunStatus, ApiError> {
+        let mut current = self.claim()?;
         let coordinated = self.coordinates(request);
         let peers = coordinated.then(|| self.start_peers(request)).transpose()?;
         let (config, running) = match self.start_pipeline(request) {
@@ -304,12 +291,56 @@ impl RunManager {
             },
             None => None,
         };
-        let merge_stopping = merger.as_ref().map(|(m, _)| m.stopping());
+        let (run, status) = self.launch(&config, running, merger)?;
+        *current = Some(run);
+        Ok(status)
+    }
+
+    /// Starts the configured sources as they are (every stream they feed), as one run: what
+    /// `detingestd run` does. Refused while another runs or if a stream's files exist.
+    pub fn start_configured(&self) -> Result<RunStatus, ApiError> {
+        let mut current = self.claim()?;
+        let running = pipeline::start(&self.base, self.run_sinks()?).map_err(refusal)?;
+        let (run, status) = self.launch(&self.base, running, None)?;
+        *current = Some(run);
+        Ok(status)
+    }
+
+    /// The slot of the current run, once no run is in progress (the last one's supervisor
+    /// joined).
+    fn claim(&self) -> Result<std::sync::MutexGuard<'_, Option<Current>>, ApiError> {
+        let mut current = (self.current.lock()).map_err(|_| ApiError::internal("poisoned"))?;
+        if let Some(c) = current.as_ref() {
+            if !c.supervisor.is_finished() {
+                return Err(ApiError::conflict("a run is in progress; stop it first"));
+            }
+        }
+        if let Some(c) = current.take() {
+            let _ = c.supervisor.join();
+        }
+        Ok(current)
+    }
+
+    /// The notification sinks of one run.
+    fn run_sinks(&self) -> Result<crate::sink::RunSinks, ApiError> {
+        match self.sinks.lock().ok().as_deref() {
+            Some(Some(set)) => Ok(set.for_run()),
+            _ => Err(ApiError::unavailable("the daemon is shutting down")),
+        }
+    }
+
+    /// Watches the started pipeline of `config` on the `run` thread; its first status.
+    fn launch(
+        &self,
+        config: &Config,
+        running: Running,
+        merger: Option<(Merger, DetectorStatus)>,
+    ) -> Result<(Current, RunStatus), ApiError> {
         let src = &config.sources[0];
         let status = RunStatus {
-            state: "running",
+            state: RunState::Running,
             stream: Some(src.stream.to_string()),
-            master: Some(pipeline::stream_file_path(&config, src)),
+            master: Some(pipeline::stream_file_path(config, src)),
             frames_expected: config.run.frames,
             detector: merger.as_ref().map(|(_, d)| d.clone()),
             started_ns: SystemTime::now()
@@ -318,130 +349,77 @@ impl RunManager {
             ..RunStatus::idle()
         };
         tracing::info!(stream = %src.stream, frames = config.run.frames, chunking = config.run.chunking.name(), "run started");
-        let shared = Arc::new(Mutex::new(status.clone()));
-        let stop = running.stop_handle();
-        let stop_requested = Arc::new(AtomicBool::new(false));
-        let (limit, idle) = (
-            config.run.frames,
-            (config.run.idle_timeout_ms > 0)
+        let coordinated = merger.as_ref().map(|(m, _)| m.stopping());
+        let watch = Watch {
+            status: Arc::new(Mutex::new(status.clone())),
+            stop_requested: Arc::new(AtomicBool::new(false)),
+            ended: Arc::clone(&self.ended),
+            limit: config.run.frames,
+            idle: (config.run.idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.run.idle_timeout_ms)),
-        );
-        let (st, req, last) = (
-            Arc::clone(&shared),
-            Arc::clone(&stop_requested),
-            Arc::clone(&self.ended),
-        );
-        let supervisor = std::thread::Builder::new()
-            .name("run".into())
-            .spawn(move || {
-                let started = Instant::now();
-                let (summary, reason) = supervise(running, limit, idle, &req, |r| {
-                    if let Ok(mut s) = st.lock() {
-                        s.elapsed_s = started.elapsed().as_secs_f64();
-                        s.gauges = Some(r.gauges());
-                        s.counters = r.stats();
-                        // The run's indices so far (its one stream's; the files' at the end).
-                        s.frames_recorded = s.counters.recorded;
-                        s.frames_lost = s.counters.lost;
-                        s.frames_dropped = s.counters.dropped;
-                        s.sources = r.sources().iter().map(|s| s.summary()).collect();
-                        coordinate::show_merged(&mut s, merger.as_ref());
-                    }
-                });
-                // A detector several daemons take: its run ends with its whole master.
-                if let Some((m, _)) = &merger {
-                    while !m.own_part_ended() {
-                        std::thread::sleep(Duration::from_millis(50));
-                        if let Ok(mut s) = st.lock() {
-                            s.elapsed_s = started.elapsed().as_secs_f64();
-                            coordinate::show_merged(&mut s, merger.as_ref());
-                        }
-                    }
-                }
-                let merged = merger.map(|(m, d)| coordinate::merge_status(d, &m.join()));
-                let Ok(mut ended) = last.lock() else {
-                    return;
-                };
-                let Ok(mut s) = st.lock() else {
-                    return;
-                };
-                s.elapsed_s = summary.elapsed.as_secs_f64();
-                s.counters = summary.stats;
-                s.sources = summary.sources.clone();
-                s.end_reason = Some(reason);
-                if merged.is_some() {
-                    s.detector = merged;
-                }
-                if let Some(report) = summary.streams.first() {
-                    s.frames_recorded = report.frames;
-                    s.frames_lost = report.lost;
-                    s.frames_dropped = report.dropped;
-                    s.error.clone_from(&report.error);
-                    if !report.opened {
-                        s.master = None; // nothing was received: no file was written
-                    }
-                }
-                s.state = if reason == EndReason::Error {
-                    "failed"
-                } else {
-                    "finished"
-                };
-                tracing::info!(stream = ?s.stream, reason = ?reason, frames = s.frames_recorded, lost = s.frames_lost, error = ?s.error, "run ended");
-                ended.record(&mut s, summary);
-            })
-            .map_err(|e| ApiError::new(500, e))?;
-        *current = Some(Current {
-            status: shared,
-            stop,
-            stop_requested,
-            supervisor,
-            coordinated: merge_stopping,
-        });
-        Ok(status)
+            merger,
+        };
+        let run = Current {
+            status: Arc::clone(&watch.status),
+            stop: running.stop_handle(),
+            stop_requested: Arc::clone(&watch.stop_requested),
+            supervisor: (std::thread::Builder::new().name("run".into()))
+                .spawn(move || watch.run(running))
+                .map_err(ApiError::internal)?,
+            coordinated,
+        };
+        Ok((run, status))
     }
 
     /// The run's configuration and its started pipeline. With `"rename_if_exists": true` in
     /// the request, a stream whose files exist is started as `<stream>_2`, `_3`, ... (up to
     /// `_99`) instead of refused: for a detector whose series numbers restart with it.
-    fn start_pipeline(&self, request: &Value) -> Result<(Config, Running), ApiError> {
-        let rename = request.get("rename_if_exists") == Some(&Value::Bool(true));
-        let name = request
-            .get("stream")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+    fn start_pipeline(&self, request: &RunRequest) -> Result<(Config, Running), ApiError> {
+        let (rename, name) = (request.rename_if_exists, request.stream.as_str());
         let mut attempt = request.clone();
         for n in 1..=MAX_RENAME {
             if n > 1 {
-                attempt["stream"] = format!("{name}_{n}").into();
+                attempt.stream = format!("{name}_{n}");
             }
             let config = run_config(&self.base, &attempt)?;
-            let sinks = match self.sinks.lock().ok().as_deref() {
-                Some(Some(set)) => set.for_run(),
-                _ => return Err(ApiError::new(503, "the daemon is shutting down")),
-            };
-            match pipeline::start(&config, sinks) {
+            match pipeline::start(&config, self.run_sinks()?) {
                 Ok(running) => {
                     if n > 1 {
-                        tracing::warn!(taken = name, stream = %attempt["stream"], "stream name taken; written under another");
+                        tracing::warn!(taken = name, stream = %attempt.stream, "stream name taken; written under another");
                     }
                     return Ok((config, running));
                 }
                 Err(StartError::Exists(_)) if rename => continue,
-                Err(e @ StartError::Exists(_)) => return Err(ApiError::new(409, e)),
-                Err(
-                    StartError::Config(c)
-                    | StartError::Source {
-                        error: SourceError::Config(c),
-                        ..
-                    },
-                ) => return Err(ApiError::from(c)),
-                Err(e) => return Err(ApiError::new(500, e)),
+                Err(e) => return Err(refusal(e)),
             }
         }
         Err(ApiError::new(
             409,
             format!("{name} and {name}_2 .. {name}_{MAX_RENAME} exist already"),
         ))
+    }
+
+    /// Asks the current run to stop, without waiting (a signal handler's stop).
+    pub fn request_stop(&self) {
+        if let Some(c) = self.current.lock().ok().as_deref().and_then(Option::as_ref) {
+            c.stop_requested.store(true, Ordering::Relaxed);
+            c.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until the current run has ended by itself (its count, its source, an idle
+    /// timeout, a requested stop) and its files are closed.
+    pub fn wait(&self) {
+        let ended = || {
+            let current = self.current.lock();
+            (current.ok()).is_none_or(|c| c.as_ref().is_none_or(|c| c.supervisor.is_finished()))
+        };
+        while !ended() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(c) = self.current.lock().ok().and_then(|mut c| c.take()) {
+            let _ = c.supervisor.join();
+        }
     }
 
     /// Asks the current run to stop and waits until its files are closed.
@@ -522,56 +500,46 @@ impl RunManager {
             totals,
             state: status.state,
             stream: status.stream,
-            gauges: match serde_json::to_value(status.gauges) {
-                Ok(Value::Object(g)) => g,
-                _ => Default::default(),
-            },
+            gauges: status.gauges,
             files_open: status.counters.files_open,
             sinks: match self.sinks.lock().ok().as_deref() {
                 Some(Some(sinks)) => sinks.counters(),
                 _ => Default::default(),
             },
             started_s: self.started_s,
-            detector_merged: (status.detector.as_ref())
-                .and_then(|d| d.get("merged"))
-                .and_then(Value::as_u64),
+            detector_merged: status.detector.as_ref().and_then(|d| d.merged),
             detector_parts: coordinate::part_states(status.detector.as_ref()),
         }
     }
 }
 
 impl RunControl for RunManager {
-    fn start_run(&self, request: &Value) -> Result<Value, (u16, String)> {
+    fn start_run(&self, request: &RunRequest) -> Result<RunStatus, ApiError> {
         self.start(request)
-            .map(|s| serde_json::to_value(s).unwrap_or_default())
-            .map_err(|e| (e.status, e.message))
     }
 
-    fn check_run(&self, request: &Value) -> Result<Value, (u16, String)> {
+    fn check_run(&self, request: &RunRequest) -> Result<RunCheck, ApiError> {
         // try_lock: a start in progress here holds the lock while it calls its peers; two
         // daemons starting at once must refuse each other's check, not wait for it.
         let Ok(current) = self.current.try_lock() else {
-            return Err((409, "a start is in progress on this daemon".into()));
+            return Err(ApiError::conflict("a start is in progress on this daemon"));
         };
         if current
             .as_ref()
             .is_some_and(|c| !c.supervisor.is_finished())
         {
-            return Err((409, "a run is in progress; stop it first".into()));
+            return Err(ApiError::conflict("a run is in progress; stop it first"));
         }
         drop(current);
         self.check_request(request)
-            .map_err(|e| (e.status, e.message))
     }
 
-    fn stop_run(&self) -> Result<Value, (u16, String)> {
+    fn stop_run(&self) -> Result<RunStatus, ApiError> {
         self.stop()
-            .map(|s| serde_json::to_value(s).unwrap_or_default())
-            .map_err(|e| (e.status, e.message))
     }
 
-    fn run_status(&self) -> Value {
-        serde_json::to_value(self.status()).unwrap_or_default()
+    fn run_status(&self) -> RunStatus {
+        self.status()
     }
 }
 

@@ -4,25 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::pipeline::{RunSummary, Running};
 
-/// Why a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndReason {
-    /// Stopped by the operator (API or signal).
-    Stop,
-    /// Reached its frame count.
-    Count,
-    /// No frame arrived for `idle_timeout_ms`.
-    Idle,
-    /// Its source ended the stream (a synthetic source's count, a producer's clean close).
-    Source,
-    /// Writing failed (disk full, I/O error); the error says what.
-    Error,
-}
+pub use crate::contract::EndReason;
 
 /// Watches a running pipeline until every file is closed: ends it after `idle` without a
 /// new frame, calls `tick` every 50 ms. Returns the summary and why it ended.

@@ -1,6 +1,13 @@
 //! Run requests and the run manager's life cycle.
 
+use serde_json::json;
+
 use super::*;
+
+/// The request `body` reads as.
+fn req(body: Value) -> RunRequest {
+    RunRequest::from_json(&body).unwrap()
+}
 
 fn base() -> Config {
     Config::parse(
@@ -14,9 +21,11 @@ fn base() -> Config {
 fn a_request_overlays_the_run_and_detector_settings() {
     let c = run_config(
         &base(),
-        &json!({"beamtime": "bt1", "source": "det", "stream": "run_7", "frames": 12,
+        &req(
+            json!({"beamtime": "bt1", "source": "det", "stream": "run_7", "frames": 12,
                 "chunking": "frame", "frames_per_file": 5, "user": {"sample": "lysozyme"},
                 "detector": {"detector_distance": 0.12, "beam_center_x": 40.5}}),
+        ),
     )
     .unwrap();
     assert_eq!(c.sources[0].stream.to_string(), "bt1/det/run_7");
@@ -66,9 +75,15 @@ fn bad_requests_name_the_offending_key() {
         ),
         (json!([1, 2]), "."),
     ];
-    for (request, key) in cases {
-        let e = run_config(&base(), &request).unwrap_err();
-        assert_eq!(e.key, key, "{request}: {e}");
+    for (body, key) in cases {
+        // What the request's own shape refuses, and what the run's configuration refuses.
+        match RunRequest::from_json(&body) {
+            Err(e) => assert!(e.message.contains(&format!("`{key}`")), "{body}: {e}"),
+            Ok(request) => {
+                let e = run_config(&base(), &request).unwrap_err();
+                assert_eq!(e.key, key, "{body}: {e}");
+            }
+        }
     }
 }
 
@@ -96,11 +111,11 @@ fn wait_until_ended(m: &RunManager) -> RunStatus {
 fn a_run_goes_from_start_to_its_count_and_refuses_what_it_must() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path());
-    assert_eq!(m.status().state, "idle");
+    assert_eq!(m.status().state, RunState::Idle);
     assert_eq!(m.stop().unwrap_err().status, 409, "nothing to stop");
-    let request = json!({"beamtime": "b", "source": "det", "stream": "r1", "frames": 6});
+    let request = req(json!({"beamtime": "b", "source": "det", "stream": "r1", "frames": 6}));
     let started = m.start(&request).unwrap();
-    assert_eq!(started.state, "running");
+    assert_eq!(started.state, RunState::Running);
     let ended = wait_until_ended(&m);
     assert_eq!(
         ended.end_reason,
@@ -110,10 +125,14 @@ fn a_run_goes_from_start_to_its_count_and_refuses_what_it_must() {
     );
     assert_eq!(
         (ended.state, ended.frames_recorded, ended.frames_lost),
-        ("finished", 6, 0)
+        (RunState::Finished, 6, 0)
     );
     assert!(ended.master.as_ref().unwrap().exists());
-    assert!(ended.sinks.contains_key("log") && ended.sinks.contains_key("zmq"));
+    let sinks: Vec<&str> = ended.sinks.0.iter().map(|(name, _)| *name).collect();
+    assert!(
+        sinks.contains(&"log") && sinks.contains(&"zmq"),
+        "{sinks:?}"
+    );
     assert_eq!(
         ended.counters.notified, 9,
         "start, 6 frames, the watermark at the close, end"
@@ -127,7 +146,7 @@ fn a_run_goes_from_start_to_its_count_and_refuses_what_it_must() {
 fn an_open_ended_run_ends_when_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path());
-    let request = json!({"beamtime": "b", "source": "det", "stream": "r2", "frames": 0});
+    let request = req(json!({"beamtime": "b", "source": "det", "stream": "r2", "frames": 0}));
     m.start(&request).unwrap();
     assert_eq!(
         m.start(&request).unwrap_err().status,
@@ -136,7 +155,7 @@ fn an_open_ended_run_ends_when_stopped() {
     );
     let stopped = m.stop().unwrap();
     assert_eq!(stopped.end_reason, Some(EndReason::Stop));
-    assert_eq!(stopped.state, "finished");
+    assert_eq!(stopped.state, RunState::Finished);
     m.shutdown();
 }
 
@@ -157,11 +176,11 @@ fn wait_until_startable(m: &RunManager) {
 fn a_request_may_ask_for_a_free_name_when_its_stream_exists() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path());
-    let request = json!({"beamtime": "b", "source": "det", "stream": "r3", "frames": 2});
+    let request = req(json!({"beamtime": "b", "source": "det", "stream": "r3", "frames": 2}));
     m.start(&request).unwrap();
     wait_until_startable(&m);
     let mut renaming = request.clone();
-    renaming["rename_if_exists"] = json!(true);
+    renaming.rename_if_exists = true;
     let second = m.start(&renaming).unwrap();
     assert_eq!(second.stream.as_deref(), Some("b/det/r3_2"));
     wait_until_startable(&m);

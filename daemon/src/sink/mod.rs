@@ -179,21 +179,29 @@ pub trait LateHistory: Send + Sync {
 /// every run so viewers stay connected): each run's notification thread locks it in turn.
 impl<S: NotificationSink> NotificationSink for Arc<std::sync::Mutex<S>> {
     fn notify(&mut self, n: &Notification) {
-        if let Ok(mut s) = self.lock() {
-            s.notify(n);
-        }
+        lock_shared(self).notify(n);
     }
 
     fn finish(&mut self) {
-        if let Ok(mut s) = self.lock() {
-            s.finish();
-        }
+        lock_shared(self).finish();
     }
+
     fn batch_done(&mut self) {
-        if let Ok(mut s) = self.lock() {
-            s.batch_done();
-        }
+        lock_shared(self).batch_done();
     }
+}
+
+/// The shared sink, locked. A run whose notification thread panicked while holding it left
+/// it poisoned: the next runs carry on with it as it is (said once in the log) rather than
+/// lose every notification after.
+fn lock_shared<S>(sink: &std::sync::Mutex<S>) -> std::sync::MutexGuard<'_, S> {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    sink.lock().unwrap_or_else(|poisoned| {
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::error!("a notification thread panicked while handing a shared sink a notification; the sink is used on as it was left");
+        }
+        poisoned.into_inner()
+    })
 }
 
 /// A stream of `modules` u16 modules of 1024 x 1024 and its frame notices, for tests.
@@ -270,5 +278,36 @@ pub(crate) mod fixture {
             record: record(stream, index),
             preview: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::{fixture, Notification, NotificationSink};
+
+    /// Counts notifications; panics on the first if asked to.
+    struct Counting(u32, bool);
+
+    impl NotificationSink for Counting {
+        fn notify(&mut self, _: &Notification) {
+            self.0 += 1;
+            assert!(!self.1, "a sink that panics");
+        }
+    }
+
+    #[test]
+    fn a_shared_sink_poisoned_by_a_panic_still_hears_the_next_notifications() {
+        let shared = Arc::new(Mutex::new(Counting(0, true)));
+        let stream = fixture::stream(1);
+        let mut first = Arc::clone(&shared);
+        let panicked = std::thread::spawn(move || first.notify(&fixture::frame(&stream, 1)));
+        assert!(panicked.join().is_err() && shared.is_poisoned());
+        let stream = fixture::stream(1);
+        let mut next = Arc::clone(&shared);
+        next.lock().unwrap_or_else(|p| p.into_inner()).1 = false;
+        next.notify(&fixture::frame(&stream, 2));
+        assert_eq!(shared.lock().unwrap_or_else(|p| p.into_inner()).0, 2);
     }
 }

@@ -9,6 +9,7 @@ use super::table::{SinkContext, SinkTable};
 use super::tables::SinkConfig;
 use super::{web, NotificationSink};
 use crate::check::ConfigError;
+use crate::contract::{ApiError, ByName, Counters, RunCheck, RunRequest, RunStatus};
 
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
 /// each run its notification sink and reports its own counters.
@@ -16,7 +17,7 @@ pub trait Sink: Send + Sync {
     /// The notification sink of one run, if it wants notifications.
     fn for_run(&self) -> Option<Box<dyn NotificationSink>>;
     /// Its counters now.
-    fn counters(&self) -> serde_json::Value;
+    fn counters(&self) -> Counters;
     /// One line for the printed summary, if it has something to say.
     fn summary_line(&self) -> Option<String> {
         None
@@ -29,20 +30,20 @@ pub trait Sink: Send + Sync {
     fn stop(&mut self) {}
 }
 
-/// Starting, stopping and watching runs, as a sink that takes commands sees the run manager
-/// (the HTTP API's JSON: requests, statuses and refusals with an HTTP status code).
+/// Starting, stopping and watching runs, as the HTTP API, Kafka's run control and a Stream V2
+/// listener see the run manager.
 pub trait RunControl: Send + Sync {
     /// Starts the run `request` describes (the body of `POST /run/start`).
-    fn start_run(&self, request: &serde_json::Value) -> Result<serde_json::Value, (u16, String)>;
+    fn start_run(&self, request: &RunRequest) -> Result<RunStatus, ApiError>;
     /// Checks that the run `request` describes could start now, starting nothing (the body of
     /// `POST /run/check`); answers this daemon's part of the detector.
-    fn check_run(&self, _request: &serde_json::Value) -> Result<serde_json::Value, (u16, String)> {
-        Err((501, "this daemon does not check runs".into()))
+    fn check_run(&self, _request: &RunRequest) -> Result<RunCheck, ApiError> {
+        Err(ApiError::new(501, "this daemon does not check runs"))
     }
     /// Stops the current run and waits until its files are closed.
-    fn stop_run(&self) -> Result<serde_json::Value, (u16, String)>;
+    fn stop_run(&self) -> Result<RunStatus, ApiError>;
     /// The status `GET /run` gives.
-    fn run_status(&self) -> serde_json::Value;
+    fn run_status(&self) -> RunStatus;
 }
 
 /// Previews a sink wants: the encoded chunks of one written index in `every`, at most
@@ -191,10 +192,13 @@ impl SinkSet {
     }
 
     /// Every sink's counters, by name.
-    pub fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
-        (self.sinks.iter())
-            .map(|(name, s)| ((*name).to_owned(), s.counters()))
-            .collect()
+    pub fn counters(&self) -> ByName {
+        ByName(
+            self.sinks
+                .iter()
+                .map(|(name, s)| (*name, s.counters()))
+                .collect(),
+        )
     }
 
     /// The sinks' lines for the printed summary.

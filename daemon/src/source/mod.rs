@@ -29,8 +29,7 @@ use detingest_writer::Codec;
 pub use config::{validate_sources, Policy, SourceConfig, SourceKind};
 
 use crate::check::ConfigError;
-use crate::source::stream2::counts::MessageCounts;
-use crate::source::udp::assembler::PacketCounts;
+use crate::contract::{KindCounts, SourceSummary};
 use crate::stream::{DropLog, SourceMsg, StreamSlot};
 
 /// Why a source could not be made ready to start.
@@ -81,41 +80,9 @@ pub struct SourceStats {
     pub malformed: AtomicU64,
     /// Set when the source has sent its end of stream.
     pub finished: AtomicBool,
-    /// A UDP source's packet counters, refreshed every 100 ms by its receiver.
-    pub packets: Mutex<Option<PacketCounts>>,
-    /// A Stream V2 source's message counters, refreshed every 100 ms by its receiver.
-    pub messages: Mutex<Option<MessageCounts>>,
-    /// An event source's counts, by kind.
-    pub events: Mutex<Option<kafka_events::EventCounts>>,
-    /// An event source's histograms for the live page.
-    pub histograms: Mutex<Option<kafka_events::counts::EventHistograms>>,
-}
-
-/// What a source did, for the run summary.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SourceSummary {
-    /// The source's name.
-    pub name: String,
-    /// Frames handed to the pipeline.
-    pub sent: u64,
-    /// Frames dropped for lack of a buffer or queue space.
-    pub dropped: u64,
-    /// Frames torn by a dying producer.
-    pub torn: u64,
-    /// Frames refused as malformed.
-    pub malformed: u64,
-    /// A UDP source's packets, by kind.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub packets: Option<PacketCounts>,
-    /// A Stream V2 source's messages, by what became of them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub messages: Option<MessageCounts>,
-    /// An event source's messages and events, by what became of them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub events: Option<kafka_events::EventCounts>,
-    /// An event source's histograms of times of flight and pixel ids.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_histograms: Option<kafka_events::counts::EventHistograms>,
+    /// The kind's own counters (a UDP source's packets, a Stream V2 source's messages, an
+    /// event source's events), refreshed by the source every 100 ms or so.
+    pub kind: Mutex<Option<Arc<dyn KindCounts>>>,
 }
 
 impl SourceStats {
@@ -128,10 +95,7 @@ impl SourceStats {
             torn: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             finished: AtomicBool::new(false),
-            packets: Mutex::new(None),
-            messages: Mutex::new(None),
-            events: Mutex::new(None),
-            histograms: Mutex::new(None),
+            kind: Mutex::new(None),
         }
     }
 
@@ -139,6 +103,13 @@ impl SourceStats {
     pub fn dropped(&self) -> u64 {
         self.dropped_no_buffer.load(Ordering::Relaxed)
             + self.dropped_queue_full.load(Ordering::Relaxed)
+    }
+
+    /// Publishes the kind's counters now.
+    pub fn set_kind(&self, counts: Arc<dyn KindCounts>) {
+        if let Ok(mut k) = self.kind.lock() {
+            *k = Some(counts);
+        }
     }
 
     /// The counters now.
@@ -149,10 +120,7 @@ impl SourceStats {
             dropped: self.dropped(),
             torn: self.torn.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
-            packets: self.packets.lock().ok().and_then(|p| *p),
-            messages: self.messages.lock().ok().and_then(|p| *p),
-            events: self.events.lock().ok().and_then(|p| *p),
-            event_histograms: self.histograms.lock().ok().and_then(|h| h.clone()),
+            kind: self.kind.lock().ok().and_then(|k| k.clone()),
         }
     }
 }

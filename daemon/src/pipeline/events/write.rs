@@ -21,7 +21,7 @@ use crate::rate_limit::RateLimit;
 use crate::sink::kafka::schema::DecodeError;
 use crate::sink::{FrameNotice, Notification, NotifyQueue, ReadableNotice, StreamEndNotice};
 use crate::source::kafka_events::consume::{ConsumerReport, Taken};
-use crate::source::kafka_events::counts::{EventCounts, EventHistograms};
+use crate::source::kafka_events::counts::{EventCounts, EventHistograms, EventReport};
 use crate::source::kafka_events::messages::{decode, EventMessage, Events, LogValue, Pulse};
 use crate::source::SourceStats;
 use crate::stream::{now_ns, FrameRecord, StreamInfo};
@@ -448,15 +448,10 @@ impl EventWriter {
     fn publish_counts(&mut self) {
         self.counts.consumer_errors = self.consumer.errors.load(Ordering::Relaxed);
         self.counts.malformed += self.consumer.too_large.swap(0, Ordering::Relaxed);
-        if let Ok(mut c) = self.source.events.lock() {
-            *c = Some(self.counts);
-        }
-        if let Ok(mut h) = self.source.histograms.lock() {
-            match h.as_mut() {
-                Some(h) => h.clone_from(&self.hist),
-                None => *h = Some(self.hist.clone()),
-            }
-        }
+        self.source.set_kind(Arc::new(EventReport {
+            counts: self.counts,
+            histograms: self.hist.clone(),
+        }));
         self.hist_budget = 0;
     }
 

@@ -19,9 +19,10 @@ use serde_json::{json, Value};
 use super::client::{Context, KafkaStats, Producer};
 use super::config::{host_name, KafkaConfig};
 use super::publisher::send;
-use super::request::{run_request, Refusal};
+use super::request::run_request;
 use super::schema::commands::{self, Command, RunStart, RunStop};
 use super::schema::reports::{self, Action, Answer};
+use crate::contract::{ApiError, RunState, RunStatus};
 use crate::sink::{RunControl, RunsSlot};
 
 /// The job this thread started and is watching.
@@ -175,7 +176,13 @@ impl Control {
                     Action::StartJob
                 };
                 let topic = self.cfg.status_topic().to_owned();
-                self.answer(&topic, action, "", "", Err((400, e.to_string())));
+                self.answer(
+                    &topic,
+                    action,
+                    "",
+                    "",
+                    Err(ApiError::new(400, e.to_string())),
+                );
                 return;
             }
         };
@@ -224,13 +231,13 @@ impl Control {
     }
 
     /// Starts the job's run; the stop time in force, or why not.
-    fn start(&mut self, s: &RunStart<'_>) -> Result<(u64, String), Refusal> {
+    fn start(&mut self, s: &RunStart<'_>) -> Result<(u64, String), ApiError> {
         let runs = self
             .manager()
-            .ok_or((503, "the daemon is shutting down".to_owned()))?;
+            .ok_or_else(|| ApiError::unavailable("the daemon is shutting down"))?;
         let request = run_request(s, &self.source, &self.cfg.beamtime, now_ms())?;
         let status = runs.start_run(&request)?;
-        let stream = status["stream"].as_str().unwrap_or_default().to_owned();
+        let stream = status.stream.unwrap_or_default();
         tracing::info!(job = %s.job_id, stream = %stream, "kafka: job started");
         self.job = Some(Job {
             id: s.job_id.to_owned(),
@@ -243,10 +250,13 @@ impl Control {
     }
 
     /// Sets the stop time of the job `s` names (now: stopped once this answer is sent).
-    fn stop(&mut self, s: &RunStop<'_>) -> Result<(u64, String), Refusal> {
+    fn stop(&mut self, s: &RunStop<'_>) -> Result<(u64, String), ApiError> {
         let running = self.running_job();
         let Some(job) = self.job.as_mut().filter(|j| running && j.id == s.job_id) else {
-            return Err((404, format!("no job {:?} is running here", s.job_id)));
+            return Err(ApiError::new(
+                404,
+                format!("no job {:?} is running here", s.job_id),
+            ));
         };
         let at = if s.stop_time == 0 {
             now_ms()
@@ -263,7 +273,7 @@ impl Control {
             return false;
         };
         let status = runs.run_status();
-        status["state"] == "running" && status["stream"] == job.stream.as_str()
+        status.state == RunState::Running && status.stream.as_deref() == Some(job.stream.as_str())
     }
 
     /// Stops the job's run once its stop time has come.
@@ -292,7 +302,7 @@ impl Control {
         action: Action,
         job_id: &str,
         command_id: &str,
-        result: Result<(u64, String), Refusal>,
+        result: Result<(u64, String), ApiError>,
     ) {
         let (accepted, status_code, stop_time, message) = match result {
             Ok((stop, m)) => {
@@ -304,7 +314,10 @@ impl Control {
                     m,
                 )
             }
-            Err((code, m)) => {
+            Err(ApiError {
+                status: code,
+                message: m,
+            }) => {
                 self.stats.commands_refused.fetch_add(1, Ordering::Relaxed);
                 // A producer sending garbage or repeating a refused command cannot flood the log.
                 if self
@@ -344,16 +357,11 @@ impl Control {
         let Some(runs) = self.manager() else {
             return;
         };
-        let status = runs.run_status();
-        let counters = &status["counters"];
-        let (written, bytes) = (
-            counters["written"].as_u64().unwrap_or(0),
-            counters["bytes_compressed"].as_u64().unwrap_or(0),
-        );
+        let status: RunStatus = runs.run_status();
+        let counters = &status.counters;
+        let (written, bytes) = (counters.written, counters.bytes_compressed);
         // An event run's events (its indices are pulses).
-        let events = status
-            .pointer("/sources/0/events/events")
-            .and_then(Value::as_u64);
+        let events = status.kind_counters().and_then(|c| c.get("events"));
         let now = Instant::now();
         let (rate, byte_rate, event_rate) = match self.last_beat {
             Some((at, w, b, e)) if written >= w => {
@@ -367,22 +375,20 @@ impl Control {
             _ => (0.0, 0.0, 0.0),
         };
         self.last_beat = Some((now, written, bytes, events.unwrap_or(0)));
-        let writing = status["state"] == "running";
-        let job = self
-            .job
-            .as_ref()
-            .filter(|j| writing && status["stream"] == j.stream.as_str());
+        let writing = status.state == RunState::Running;
+        let stream = status.stream.as_deref().unwrap_or_default();
+        let job = (self.job.as_ref()).filter(|j| writing && stream == j.stream);
         let mut doc = json!({
             "state": if writing { "writing" } else { "idle" },
             "job_id": job.map_or("", |j| j.id.as_str()),
-            "file_being_written": if writing { status["master"].clone() } else { Value::from("") },
+            "file_being_written": if writing { json!(status.master) } else { Value::from("") },
             "start_time": job.map_or(0, |j| j.start_ms),
             "stop_time": job.map_or(0, |j| j.stop_ms),
-            "stream": status["stream"],
-            "run_state": status["state"],
+            "stream": status.stream,
+            "run_state": status.state,
             "frames_written": written,
-            "frames_lost": counters["lost"],
-            "frames_dropped": counters["dropped"],
+            "frames_lost": counters.lost,
+            "frames_dropped": counters.dropped,
             "frame_rate_hz": rate,
             "write_bytes_per_s": byte_rate,
             "commands_ready": self.stats.commands_ready.load(Ordering::Relaxed),

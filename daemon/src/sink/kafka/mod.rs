@@ -38,6 +38,7 @@ use feed::{Feed, Msg};
 use publisher::{Publisher, Topics};
 
 use crate::check::ConfigError;
+use crate::contract::Counters;
 use crate::sink::{NotificationSink, RunsSlot, Sink, SinkCores, TableAt, Thinning};
 use crate::threads;
 
@@ -150,36 +151,91 @@ impl Sink for KafkaSink {
         )))
     }
 
-    fn counters(&self) -> serde_json::Value {
+    fn counters(&self) -> Counters {
         let s = &self.stats;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "brokers": self.cfg.brokers,
-            "service_id": self.cfg.service_id(),
-            "connected": !s.down.load(Ordering::Relaxed),
-            "commands_ready": s.commands_ready.load(Ordering::Relaxed),
-            "delivered": n(&s.delivered),
-            "undelivered": n(&s.undelivered),
-            "dropped": n(&s.dropped),
-            "frames": n(&s.frames),
-            "previews": n(&s.previews),
-            "previews_undecodable": n(&s.previews_undecodable),
-            "handoffs": n(&s.handoffs),
-            "handoffs_undelivered": n(&s.handoffs_undelivered),
-            "topic_missing": n(&s.topic_missing),
-            "too_large": n(&s.too_large),
-            "refused": n(&s.refused),
-            "heartbeats": n(&s.heartbeats),
-            "commands_accepted": n(&s.commands_accepted),
-            "commands_refused": n(&s.commands_refused),
-            "commands_ignored": n(&s.commands_ignored),
-            "commands_malformed": n(&s.commands_malformed),
-            "commands_stale": n(&s.commands_stale),
-            "errors": n(&s.errors),
-            "outages": n(&s.outages),
-            "in_flight": self.producer.in_flight_count() + self.reports.in_flight_count(),
-            "last_error": s.last_error(),
-        })
+        Counters::new()
+            .flag(
+                "connected",
+                "Whether the brokers answer",
+                !s.down.load(Ordering::Relaxed),
+            )
+            .flag(
+                "commands_ready",
+                "Whether commands are read (the command topic exists)",
+                s.commands_ready.load(Ordering::Relaxed),
+            )
+            .total("delivered", "Messages the brokers took", n(&s.delivered))
+            .total(
+                "undelivered",
+                "Messages that could not be delivered",
+                n(&s.undelivered),
+            )
+            .total("dropped", "Messages dropped at a full queue", n(&s.dropped))
+            .total("frames", "Frame records queued", n(&s.frames))
+            .total("previews", "ad00 previews queued", n(&s.previews))
+            .total(
+                "previews_undecodable",
+                "Previews whose chunks did not decode",
+                n(&s.previews_undecodable),
+            )
+            .total("handoffs", "wrdn file hand-offs queued", n(&s.handoffs))
+            .total(
+                "handoffs_undelivered",
+                "wrdn file hand-offs not delivered",
+                n(&s.handoffs_undelivered),
+            )
+            .total(
+                "topic_missing",
+                "Messages to a topic the brokers do not have",
+                n(&s.topic_missing),
+            )
+            .total(
+                "too_large",
+                "Messages over message_max_bytes",
+                n(&s.too_large),
+            )
+            .total("refused", "Messages the brokers refused", n(&s.refused))
+            .total("heartbeats", "x5f2 heartbeats sent", n(&s.heartbeats))
+            .total(
+                "commands_accepted",
+                "Commands acted on",
+                n(&s.commands_accepted),
+            )
+            .total(
+                "commands_refused",
+                "Commands refused",
+                n(&s.commands_refused),
+            )
+            .total(
+                "commands_ignored",
+                "Commands for another service",
+                n(&s.commands_ignored),
+            )
+            .total(
+                "commands_malformed",
+                "Commands that did not decode",
+                n(&s.commands_malformed),
+            )
+            .total(
+                "commands_stale",
+                "Commands older than the daemon's start",
+                n(&s.commands_stale),
+            )
+            .total("errors", "Client errors", n(&s.errors))
+            .total(
+                "outages",
+                "Times every broker was unreachable",
+                n(&s.outages),
+            )
+            .level(
+                "in_flight",
+                "Messages queued in the client",
+                (self.producer.in_flight_count() + self.reports.in_flight_count()).max(0) as u64,
+            )
+            .text("brokers", Some(self.cfg.brokers.clone()))
+            .text("service_id", Some(self.cfg.service_id()))
+            .text("last_error", s.last_error())
     }
 
     fn summary_line(&self) -> Option<String> {

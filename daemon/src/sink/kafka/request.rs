@@ -6,9 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use super::schema::commands::RunStart;
-
-/// A refusal: an HTTP-like status code and the reason.
-pub type Refusal = (u16, String);
+use crate::contract::{ApiError, RunRequest};
 
 /// Extensions a `pl72` filename may carry; the stream is named without them.
 const EXTENSIONS: [&str; 5] = [".nxs", ".h5", ".hdf5", ".nx5", ".hdf"];
@@ -20,8 +18,8 @@ pub fn run_request(
     source: &str,
     beamtime: &str,
     now_ms: u64,
-) -> Result<Value, Refusal> {
-    let bad = |m: String| (400, m);
+) -> Result<RunRequest, ApiError> {
+    let bad = |m: String| ApiError::bad_request(m);
     if s.job_id.is_empty() {
         return Err(bad("job_id is empty: every job needs an id".into()));
     }
@@ -93,14 +91,13 @@ pub fn run_request(
     request.insert("source".into(), source.into());
     request.insert("stream".into(), stream.into());
     request.insert("user".into(), Value::Object(user));
-    Ok(Value::Object(request))
+    RunRequest::from_json(&Value::Object(request))
 }
 
 /// The stream's name: the job's file name without its extension, else its run name.
-fn stream_name(s: &RunStart<'_>) -> Result<String, Refusal> {
+fn stream_name(s: &RunStart<'_>) -> Result<String, ApiError> {
     if s.filename.contains('/') || s.filename.contains('\\') {
-        return Err((
-            400,
+        return Err(ApiError::new(400,
             format!(
                 "bad name: filename {:?} has directories; files go under data_dir/<beamtime>/<source>/",
                 s.filename
@@ -116,7 +113,10 @@ fn stream_name(s: &RunStart<'_>) -> Result<String, Refusal> {
             .unwrap_or(s.filename)
     };
     if name.is_empty() {
-        return Err((400, "bad name: neither filename nor run_name is set".into()));
+        return Err(ApiError::new(
+            400,
+            "bad name: neither filename nor run_name is set",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -141,15 +141,17 @@ mod tests {
             instrument_name: "DREAM",
             ..start("run.nxs", metadata)
         };
-        let r = run_request(&job(""), "det", "bt", 0).unwrap();
+        let r = run_request(&job(""), "det", "bt", 0).unwrap().to_json();
         assert_eq!(r["detector"]["instrument_name"], "DREAM");
         let given = r#"{"detingest": {"detector": {"instrument_name": "X", "sample_name": "Si"}}}"#;
-        let r = run_request(&job(given), "det", "bt", 0).unwrap();
+        let r = run_request(&job(given), "det", "bt", 0).unwrap().to_json();
         assert_eq!(r["detector"]["instrument_name"], "X");
         assert_eq!(r["detector"]["sample_name"], "Si");
         let bad = r#"{"detingest": {"detector": 3}}"#;
         assert!(run_request(&job(bad), "det", "bt", 0).is_err());
-        let none = run_request(&start("run.nxs", ""), "det", "bt", 0).unwrap();
+        let none = run_request(&start("run.nxs", ""), "det", "bt", 0)
+            .unwrap()
+            .to_json();
         assert!(none.get("detector").is_none());
     }
 
@@ -164,7 +166,8 @@ mod tests {
             "kafka",
             0,
         )
-        .unwrap();
+        .unwrap()
+        .to_json();
         assert_eq!(r["beamtime"], "p7");
         assert_eq!(r["source"], "det");
         assert_eq!(r["stream"], "scan_0042");
@@ -172,7 +175,9 @@ mod tests {
         assert_eq!(r["user"]["sample"], "Si");
         assert_eq!(r["user"]["kafka"]["job_id"], "job-1");
         assert!(r["user"].get("detingest").is_none());
-        let r = run_request(&start("", "[1, 2]"), "det", "kafka", 0).unwrap();
+        let r = run_request(&start("", "[1, 2]"), "det", "kafka", 0)
+            .unwrap()
+            .to_json();
         assert_eq!(
             (r["beamtime"].as_str(), r["stream"].as_str()),
             (Some("kafka"), Some("run 1"))
@@ -213,7 +218,10 @@ mod tests {
             ),
         ];
         for (s, why) in cases {
-            let (code, message) = run_request(&s, "det", "kafka", 10).unwrap_err();
+            let ApiError {
+                status: code,
+                message,
+            } = run_request(&s, "det", "kafka", 10).unwrap_err();
             assert_eq!(code, 400);
             assert!(message.contains(why), "{message}");
         }

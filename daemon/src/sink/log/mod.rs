@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::check::{check_range, ConfigError};
+use crate::contract::Counters;
 use crate::sink::{Notification, NotificationSink, Sink, SinkContext, SinkTable, TableAt};
 
 /// `[sink.log]`: how often the rate line is logged.
@@ -49,8 +50,8 @@ impl Sink for LogSink {
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         Some(Box::new(RateLogger::new(self.every)))
     }
-    fn counters(&self) -> serde_json::Value {
-        serde_json::json!({})
+    fn counters(&self) -> Counters {
+        Counters::new()
     }
 }
 

@@ -15,6 +15,7 @@ use super::binning::pixel_value;
 use super::{Notification, NotificationSink, QualityNotice, Sink, SinkCores, Thinning};
 use super::{PreviewSetting, SinkContext, SinkTable, TableAt};
 use crate::check::ConfigError;
+use crate::contract::Counters;
 use crate::quality::spots::{find_spots, SpotScratch, SpotSettings};
 use crate::quality::stats::limits;
 use crate::quality::{radial, QualityConfig, QualityReport, MAX_SPOTS_LISTED};
@@ -114,13 +115,24 @@ impl Sink for QualitySink {
         }))
     }
 
-    fn counters(&self) -> serde_json::Value {
+    fn counters(&self) -> Counters {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "analysed": n(&self.stats.analysed),
-            "skipped_busy": n(&self.stats.busy),
-            "undecodable": n(&self.stats.undecodable),
-        })
+        Counters::new()
+            .total(
+                "analysed",
+                "Frames analysed (spots, radial profile)",
+                n(&self.stats.analysed),
+            )
+            .total(
+                "skipped_busy",
+                "Frames not analysed: the last was still being analysed",
+                n(&self.stats.busy),
+            )
+            .total(
+                "undecodable",
+                "Frames whose chunks did not decode for the analyses",
+                n(&self.stats.undecodable),
+            )
     }
 
     fn stop(&mut self) {

@@ -70,14 +70,10 @@ impl Link {
     }
 
     /// Connects and prepares the server now; the error says why not.
-    pub fn connect(&mut self) -> Result<(), String> {
-        let mut con = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .map_err(|e| e.to_string())?;
+    pub fn connect(&mut self) -> Result<(), LinkError> {
+        let mut con = self.client.get_connection_with_timeout(self.timeout)?;
         con.set_read_timeout(Some(self.timeout))
-            .and_then(|()| con.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| e.to_string())?;
+            .and_then(|()| con.set_write_timeout(Some(self.timeout)))?;
         prepare(&mut con)?;
         self.con = Some(con);
         self.generation += 1;
@@ -121,7 +117,7 @@ impl Link {
     }
 
     /// A command failed with `e`: drop the connection, and start an outage if none is on.
-    pub fn failed(&mut self, e: &str, dropped: u64) {
+    pub fn failed(&mut self, e: &dyn std::fmt::Display, dropped: u64) {
         self.con = None;
         self.next_attempt = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(self.max_backoff);
@@ -151,15 +147,33 @@ impl Link {
     }
 }
 
-/// Why a server is waited for: its database has no Blissdata protocol key.
-const NOT_INITIALISED: &str = "the database is not initialised for Blissdata (no \
-     _PROTOCOL_VERSION_ key): waiting for its owner to set it up (BLISS's `memory_tracker \
-     --init-db`, or `DataStore(url, init_db=True)`); scans are not published meanwhile, files \
-     are written as always";
+/// Why the server cannot hold scans now.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The server refused a command, or could not be reached.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// No JSON documents: not Redis Stack, nor Redis 8.
+    #[error("the server has no RedisJSON ({0}): Blissdata needs Redis Stack or Redis >= 8")]
+    NoJson(redis::RedisError),
+    /// The database has no Blissdata protocol key: waited for, not refused.
+    #[error(
+        "the database is not initialised for Blissdata (no _PROTOCOL_VERSION_ key): waiting \
+         for its owner to set it up (BLISS's `memory_tracker --init-db`, or \
+         `DataStore(url, init_db=True)`); scans are not published meanwhile, files are written \
+         as always"
+    )]
+    NotInitialised,
+    /// Another version of the protocol.
+    #[error("the server holds Blissdata protocol {0}; this sink writes {PROTOCOL_VERSION}")]
+    Protocol(u32),
+}
 
-/// True when `error` (of [`Link::connect`]) says the database is waited for.
-pub fn waiting(error: &str) -> bool {
-    error == NOT_INITIALISED
+impl LinkError {
+    /// True when the database is waited for (its owner will set it up).
+    pub fn waiting(&self) -> bool {
+        matches!(self, Self::NotInitialised)
+    }
 }
 
 /// Checks that the server can hold scans (RedisJSON) and that its database was initialised
@@ -168,36 +182,26 @@ pub fn waiting(error: &str) -> bool {
 /// sealing function other Blissdata writers call is loaded if missing (functions are no
 /// keys). A server restarted without persistence loses all of it: this runs on every
 /// (re)connection.
-fn prepare(con: &mut redis::Connection) -> Result<(), String> {
+fn prepare(con: &mut redis::Connection) -> Result<(), LinkError> {
     let json: redis::RedisResult<redis::Value> =
         redis::cmd("JSON.GET").arg("_detingest_probe_").query(con);
     if let Err(e) = json {
         if e.to_string().contains("unknown command") {
-            return Err(format!(
-                "the server has no RedisJSON ({e}): Blissdata needs Redis Stack or Redis >= 8"
-            ));
+            return Err(LinkError::NoJson(e));
         }
-        return Err(e.to_string());
+        return Err(e.into());
     }
-    let version: Option<u32> = redis::cmd("GET")
-        .arg(PROTOCOL_KEY)
-        .query(con)
-        .map_err(|e| e.to_string())?;
+    let version: Option<u32> = redis::cmd("GET").arg(PROTOCOL_KEY).query(con)?;
     match version {
-        None => return Err(NOT_INITIALISED.into()),
-        Some(v) if v != PROTOCOL_VERSION => {
-            return Err(format!(
-                "the server holds Blissdata protocol {v}; this sink writes {PROTOCOL_VERSION}"
-            ))
-        }
+        None => return Err(LinkError::NotInitialised),
+        Some(v) if v != PROTOCOL_VERSION => return Err(LinkError::Protocol(v)),
         Some(_) => {}
     }
     let libraries: redis::Value = redis::cmd("FUNCTION")
         .arg("LIST")
         .arg("LIBRARYNAME")
         .arg("mylib")
-        .query(con)
-        .map_err(|e| e.to_string())?;
+        .query(con)?;
     let loaded = matches!(&libraries, redis::Value::Array(a) if !a.is_empty());
     if !loaded {
         let r: redis::RedisResult<String> = redis::cmd("FUNCTION")
@@ -207,7 +211,7 @@ fn prepare(con: &mut redis::Connection) -> Result<(), String> {
         // Another writer may have loaded it meanwhile.
         if let Err(e) = r {
             if !e.to_string().contains("already exists") {
-                return Err(e.to_string());
+                return Err(e.into());
             }
         }
     }

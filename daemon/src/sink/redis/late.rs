@@ -44,7 +44,7 @@ impl RedisHistory {
     fn with_connection<T>(
         &self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, String> {
+    ) -> redis::RedisResult<T> {
         let mut guard = self.con.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             let con = self
@@ -54,21 +54,20 @@ impl RedisHistory {
                     c.set_read_timeout(Some(self.timeout))?;
                     c.set_write_timeout(Some(self.timeout))?;
                     Ok(c)
-                })
-                .map_err(|e| e.to_string())?;
+                })?;
             *guard = Some(con);
         }
         let Some(con) = guard.as_mut() else {
-            return Err("no connection".into());
+            return Err((redis::ErrorKind::Io, "no connection").into());
         };
-        let r = f(con).map_err(|e| e.to_string());
+        let r = f(con);
         if r.is_err() {
             *guard = None;
         }
         r
     }
 
-    fn answer(&self, stream: &str, from: u64, to: u64) -> Result<Option<Value>, String> {
+    fn answer(&self, stream: &str, from: u64, to: u64) -> redis::RedisResult<Option<Value>> {
         let pointer = format!("{}:detingest:scan:{stream}", self.prefix);
         let Some(scan_key) =
             self.with_connection(|c| redis::cmd("GET").arg(&pointer).query::<Option<String>>(c))?
@@ -137,7 +136,7 @@ impl RedisHistory {
     }
 
     /// Values of `key` (a numeric stream of `dtype`) for 0-based indices `lo..=hi`.
-    fn column(&self, key: &str, dtype: &str, lo: u64, hi: u64) -> Result<Column, String> {
+    fn column(&self, key: &str, dtype: &str, lo: u64, hi: u64) -> redis::RedisResult<Column> {
         type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
         let (before, within, last): (Entries, Entries, Entries) = self.with_connection(|c| {
             redis::pipe()

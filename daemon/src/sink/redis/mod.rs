@@ -28,6 +28,7 @@ pub use late::{entry_span, RedisHistory};
 use publisher::Publisher;
 
 use crate::check::ConfigError;
+use crate::contract::Counters;
 use crate::sink::{LateHistory, NotificationSink, Sink, SinkCores, TableAt};
 use crate::threads;
 
@@ -64,9 +65,9 @@ pub struct RedisStats {
 }
 
 impl RedisStats {
-    fn set_last_error(&self, e: &str) {
+    fn set_last_error(&self, e: &dyn std::fmt::Display) {
         if let Ok(mut l) = self.last_error.lock() {
-            *l = Some(e.to_owned());
+            *l = Some(e.to_string());
         }
     }
 }
@@ -107,7 +108,7 @@ impl RedisSink {
             }
             // A database BLISS has not initialised yet is waited for, not refused: the
             // daemon may well start first.
-            Err(e) if cfg.on_start_error == OnStartError::Fail && !connection::waiting(&e) => {
+            Err(e) if cfg.on_start_error == OnStartError::Fail && !e.waiting() => {
                 return Err(fail(format!("cannot use {url}: {e}")))
             }
             Err(e) => {
@@ -163,26 +164,56 @@ impl Sink for RedisSink {
         )))
     }
 
-    fn counters(&self) -> serde_json::Value {
+    fn counters(&self) -> Counters {
         let s = &self.stats;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "url": self.url,
-            "connected": s.connected.load(Ordering::Relaxed),
-            "scans": n(&s.scans),
-            "scans_unpublished": n(&s.scans_unpublished),
-            "scans_lost": n(&s.scans_lost),
-            "scans_incomplete": n(&s.scans_incomplete),
-            "indices": n(&s.indices),
-            "batches": n(&s.batches),
-            "images": n(&s.images),
-            "images_undecodable": n(&s.images_undecodable),
-            "indices_dropped": n(&s.indices_dropped),
-            "batches_dropped": n(&s.batches_dropped),
-            "errors": n(&s.errors),
-            "reconnects": n(&s.reconnects),
-            "last_error": s.last_error.lock().ok().and_then(|l| l.clone()),
-        })
+        Counters::new()
+            .flag(
+                "connected",
+                "Whether the Redis server answers",
+                s.connected.load(Ordering::Relaxed),
+            )
+            .total("scans", "Scans published", n(&s.scans))
+            .total(
+                "scans_unpublished",
+                "Scans not published: the database was not set up by BLISS",
+                n(&s.scans_unpublished),
+            )
+            .total(
+                "scans_lost",
+                "Scans whose keys the server lost (a restart): written no further",
+                n(&s.scans_lost),
+            )
+            .total(
+                "scans_incomplete",
+                "Scans that ended with indices not published",
+                n(&s.scans_incomplete),
+            )
+            .total("indices", "Indices published", n(&s.indices))
+            .total("batches", "Batches of indices sent", n(&s.batches))
+            .total("images", "Images published", n(&s.images))
+            .total(
+                "images_undecodable",
+                "Previews whose chunks did not decode",
+                n(&s.images_undecodable),
+            )
+            .total(
+                "indices_dropped",
+                "Indices not published (queue full, server away)",
+                n(&s.indices_dropped),
+            )
+            .total("batches_dropped", "Batches not sent", n(&s.batches_dropped))
+            .total(
+                "errors",
+                "Errors the server answered or the link had",
+                n(&s.errors),
+            )
+            .total("reconnects", "Reconnections", n(&s.reconnects))
+            .text("url", Some(self.url.clone()))
+            .text(
+                "last_error",
+                s.last_error.lock().ok().and_then(|l| l.clone()),
+            )
     }
 
     fn summary_line(&self) -> Option<String> {

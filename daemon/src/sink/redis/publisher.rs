@@ -272,7 +272,7 @@ impl Publisher {
                 }
             }
             Err(e) => {
-                self.failed(&e.to_string());
+                self.failed(&e);
                 self.dropped(b);
             }
         }
@@ -324,7 +324,7 @@ impl Publisher {
         let last = last_image(&scan, &c, &mut pixels);
         let sealed = match self.link.get(0).0 {
             Some(con) => seal(con, &prefix, &scan.doc, c.frames, last),
-            None => Err("not connected".into()),
+            None => Err((redis::ErrorKind::Io, "not connected").into()),
         };
         self.pixels = pixels;
         match sealed {
@@ -344,7 +344,7 @@ impl Publisher {
         }
     }
 
-    fn failed(&mut self, e: &str) {
+    fn failed(&mut self, e: &dyn std::fmt::Display) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.stats.set_last_error(e);
         let dropped = self.stats.indices_dropped.load(Ordering::Relaxed);
@@ -407,11 +407,10 @@ fn merge(b: &mut Batch, more: &mut Batch) -> bool {
 
 /// Writes `doc`'s scan: CREATED, PREPARED and STARTED in one transaction, the document
 /// before the history entry that announces it.
-fn create(con: &mut redis::Connection, prefix: &str, doc: &mut ScanDoc) -> Result<(), String> {
+fn create(con: &mut redis::Connection, prefix: &str, doc: &mut ScanDoc) -> redis::RedisResult<()> {
     let number: u64 = redis::cmd("INCR")
         .arg(format!("{prefix}:detingest:scan_number"))
-        .query(con)
-        .map_err(|e| e.to_string())?;
+        .query(con)?;
     doc.set_number(number);
     let state = doc.state_key(prefix);
     let mut pipe = redis::pipe();
@@ -433,7 +432,7 @@ fn create(con: &mut redis::Connection, prefix: &str, doc: &mut ScanDoc) -> Resul
         .arg(format!("{prefix}:detingest:scan:{}", doc.stream.key))
         .arg(&doc.key)
         .ignore();
-    pipe.query::<()>(con).map_err(|e| e.to_string())
+    pipe.query::<()>(con)
 }
 
 /// The pixels of the stream's last index, read back from its data file, when the image
@@ -463,7 +462,7 @@ fn seal(
     doc: &ScanDoc,
     frames: u64,
     last_image: Option<&[u8]>,
-) -> Result<(), String> {
+) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     pipe.atomic();
     if let Some(pixels) = last_image {
@@ -481,7 +480,7 @@ fn seal(
     add_state(&mut pipe, &state, ScanState::Stopped);
     set_document(&mut pipe, doc);
     add_state(&mut pipe, &state, ScanState::Closed);
-    pipe.query::<()>(con).map_err(|e| e.to_string())
+    pipe.query::<()>(con)
 }
 
 /// Appends `doc`'s whole JSON document (Blissdata rewrites it at each state it changes).

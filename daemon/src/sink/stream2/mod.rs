@@ -28,6 +28,7 @@ pub use config::{Mode, Stream2SinkConfig};
 use encode::{ImageFormat, SeriesIds};
 
 use crate::check::ConfigError;
+use crate::contract::Counters;
 use crate::sink::{
     assembly::Placement, Backlog, Notification, NotificationSink, Preview, Sink, SinkCores,
     StreamStartNotice, TableAt,
@@ -130,6 +131,13 @@ impl Stream2Sink {
     }
 }
 
+impl Stream2Sink {
+    /// The endpoint it bound (a port 0 resolved).
+    pub fn endpoint(&self) -> &str {
+        &self.bound
+    }
+}
+
 impl Sink for Stream2Sink {
     fn for_run(&self) -> Option<Box<dyn NotificationSink>> {
         Some(Box::new(Feed {
@@ -138,10 +146,30 @@ impl Sink for Stream2Sink {
             backlog: Backlog::default(),
         }))
     }
-    fn counters(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&*self.stats).unwrap_or_default();
-        v["endpoint"] = self.bound.clone().into();
-        v
+    fn counters(&self) -> Counters {
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters::new()
+            .total("series", "Series started (start sent)", n(&s.series))
+            .total("images_sent", "Images sent", n(&s.images_sent))
+            .total(
+                "images_dropped",
+                "Images dropped: the queue was full, no client took it, or the start still waited",
+                n(&s.images_dropped),
+            )
+            .total(
+                "images_skipped",
+                "Written indices sent without an image (no copy free, or module tiles)",
+                n(&s.images_skipped),
+            )
+            .total("lost", "Lost indices (no image)", n(&s.lost))
+            .total("ends", "End messages sent", n(&s.ends))
+            .total(
+                "control_dropped",
+                "Start or end messages given up at shutdown",
+                n(&s.control_dropped),
+            )
+            .text("endpoint", Some(self.bound.clone()))
     }
     fn summary_line(&self) -> Option<String> {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);

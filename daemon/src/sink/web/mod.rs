@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{binning, Notification, NotificationSink, Sink, Thinning};
 use super::{PreviewSetting, SinkContext, SinkTable, TableAt};
 use crate::check::ConfigError;
+use crate::contract::Counters;
 use crate::quality::QualityReport;
 use crate::stream::StreamInfo;
 use detingest_writer::FrameStats;
@@ -201,11 +202,18 @@ impl Sink for WebSink {
         }))
     }
 
-    fn counters(&self) -> serde_json::Value {
-        serde_json::json!({
-            "previews": self.view.taken.load(Ordering::Relaxed),
-            "previews_busy": self.view.busy.load(Ordering::Relaxed),
-        })
+    fn counters(&self) -> Counters {
+        Counters::new()
+            .total(
+                "previews",
+                "Previews the live page took",
+                self.view.taken.load(Ordering::Relaxed),
+            )
+            .total(
+                "previews_busy",
+                "Previews the live page skipped while it drew the last",
+                self.view.busy.load(Ordering::Relaxed),
+            )
     }
 }
 

@@ -18,6 +18,7 @@ pub use publisher::{LiveStats, Publisher};
 pub use query::{answer, MAX_RANGE};
 
 use crate::check::ConfigError;
+use crate::contract::Counters;
 use crate::sink::{LateSlot, NotificationSink, Sink, SinkCores, TableAt, Thinning};
 use crate::threads;
 
@@ -52,18 +53,31 @@ impl Sink for ZmqSink {
             .map(|p| Box::new(Arc::clone(p)) as Box<dyn NotificationSink>)
     }
 
-    fn counters(&self) -> serde_json::Value {
+    fn counters(&self) -> Counters {
         let live = self.live.as_ref();
         let count = |f: fn(&LiveStats) -> &std::sync::atomic::AtomicU64| {
             live.map_or(0, |l| f(&l.stats).load(Ordering::Relaxed))
         };
-        serde_json::json!({
-            "publish_endpoint": live.and_then(|l| l.publish_endpoint.clone()),
-            "query_endpoint": live.and_then(|l| l.query_endpoint.clone()),
-            "published": count(|s| &s.published),
-            "refused": count(|s| &s.refused),
-            "previews": count(|s| &s.previews),
-        })
+        Counters::new()
+            .total(
+                "published",
+                "Messages published to live viewers",
+                count(|s| &s.published),
+            )
+            .total(
+                "refused",
+                "Messages ZeroMQ refused (a viewer's queue full)",
+                count(|s| &s.refused),
+            )
+            .total("previews", "Previews published", count(|s| &s.previews))
+            .text(
+                "publish_endpoint",
+                live.and_then(|l| l.publish_endpoint.clone()),
+            )
+            .text(
+                "query_endpoint",
+                live.and_then(|l| l.query_endpoint.clone()),
+            )
     }
 
     fn summary_line(&self) -> Option<String> {

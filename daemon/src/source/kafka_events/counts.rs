@@ -1,6 +1,8 @@
 //! What an event run took and refused, by kind: kept by the writer thread and published to
 //! the run's status every flush (no lock per message).
 
+use crate::contract::{Counters, KindCounts};
+
 /// An event run's counts (`GET /run` `sources[].events`, `detingest_neutron_<kind>_total`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EventCounts {
@@ -94,6 +96,66 @@ impl EventHistograms {
             }
         }
         self.binned += (tof.len() / 4) as u64;
+    }
+}
+
+/// What an event run publishes to its source's status: its counts and the page's histograms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventReport {
+    /// The counts.
+    pub counts: EventCounts,
+    /// The histograms.
+    pub histograms: EventHistograms,
+}
+
+impl KindCounts for EventReport {
+    fn key(&self) -> &'static str {
+        "events"
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn metric(&self) -> (&'static str, &'static str) {
+        ("detingest_neutron_", "Kafka event source")
+    }
+
+    fn counters(&self) -> Counters {
+        Counters::new()
+            .total("messages", "Messages taken from the topics", self.counts.messages)
+            .total("events", "Events written", self.counts.events)
+            .total("pulses", "Pulse entries written, over every bank and monitor", self.counts.pulses)
+            .total("messages_lost", "Messages that never arrived (gaps in a source's message ids)", self.counts.messages_lost)
+            .total("id_restarts", "Message ids lower than the last with later pulses (a producer that restarted its count): written on", self.counts.id_restarts)
+            .total("duplicates", "Messages delivered again (an id not above the last, its pulses not after the last message's): skipped", self.counts.duplicates)
+            .total("malformed", "Messages refused: not a flatbuffer we read, cut short, inconsistent", self.counts.malformed)
+            .total("other_schema", "Messages of a schema an event run does not read", self.counts.other_schema)
+            .total("unknown_source", "Messages from a `source_name` the configuration does not map", self.counts.unknown_source)
+            .total("log_values", "Log values written", self.counts.log_values)
+            .total("log_unsupported", "Log values of a type not logged (arrays, strings)", self.counts.log_unsupported)
+            .total("alarms", "Alarm changes written (f142 values whose alarm differs from the last)", self.counts.alarms)
+            .total("pulse_metadata", "pu00 messages written into the pulse log", self.counts.pulse_metadata)
+            .total("consumer_errors", "Errors the Kafka consumer reported (a broker down, a partition gone)", self.counts.consumer_errors)
+    }
+
+    fn summary_line(&self) -> String {
+        let c = &self.counts;
+        format!(
+            "  events         {} events in {} pulses from {} messages ({} lost, {} duplicates, {} id restarts); \
+             refused {} malformed, {} of another schema, {} of an unknown source; {} log values, {} alarms",
+            c.events, c.pulses, c.messages, c.messages_lost, c.duplicates, c.id_restarts,
+            c.malformed, c.other_schema, c.unknown_source, c.log_values, c.alarms
+        )
+    }
+
+    fn refused(&self) -> u64 {
+        self.counts.malformed + self.counts.other_schema + self.counts.unknown_source
+    }
+
+    fn view(&self) -> Option<(&'static str, serde_json::Value)> {
+        let h = serde_json::to_value(&self.histograms).ok()?;
+        Some(("event_histograms", h))
     }
 }
 

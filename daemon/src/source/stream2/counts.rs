@@ -3,6 +3,7 @@
 //! the rest.
 
 use super::message::DecodeError;
+use crate::contract::{Counters, KindCounts};
 
 /// Messages by what became of them. Refusals between runs count in the next run's summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -135,6 +136,54 @@ impl OncePerKind {
         let first = self.0 & bit == 0;
         self.0 |= bit;
         first
+    }
+}
+
+impl KindCounts for MessageCounts {
+    fn key(&self) -> &'static str {
+        "messages"
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn metric(&self) -> (&'static str, &'static str) {
+        ("detingest_stream2_messages_", "Stream V2 source, messages")
+    }
+
+    fn counters(&self) -> Counters {
+        Counters::new()
+            .total("received", "Messages received", self.received)
+            .total("starts", "`start` messages taken", self.starts)
+            .total("images", "Images handed to the pipeline", self.images)
+            .total("ends", "`end` messages taken", self.ends)
+            .total("passed_through", "Images written as they arrived (already in the stream's codec)", self.passed_through)
+            .total("decoded", "Images decoded here to be encoded in the stream's codec (raw pixels count here too)", self.decoded)
+            .total("malformed", "Not CBOR, cut short, or not a map", self.malformed)
+            .total("unknown_type", "A `type` other than start, image, end", self.unknown_type)
+            .total("missing_field", "A required field absent", self.missing_field)
+            .total("bad_field", "A field of the wrong type or value", self.bad_field)
+            .total("before_start", "Images or ends with no series open (before any start, or after the run stopped)", self.before_start)
+            .total("other_series", "Images or ends of another series than the open one", self.other_series)
+            .total("wrong_format", "Images whose shape, pixel type or encoding do not match the start (or whose chunk does not decode)", self.wrong_format)
+            .total("extra_channels", "Images whose channels beyond the first were not written", self.extra_channels)
+    }
+
+    fn summary_line(&self) -> String {
+        let m = self;
+        format!(
+            "  messages       {} received: {} starts, {} images ({} as they arrived, {} decoded), {} ends; \
+             refused {} (malformed {}, unknown type {}, missing field {}, bad field {}, no run {}, other series {}, wrong format {}); \
+             images with channels not written {}",
+            m.received, m.starts, m.images, m.passed_through, m.decoded, m.ends, m.refused(),
+            m.malformed, m.unknown_type, m.missing_field, m.bad_field, m.before_start,
+            m.other_series, m.wrong_format, m.extra_channels
+        )
+    }
+
+    fn refused(&self) -> u64 {
+        MessageCounts::refused(self)
     }
 }
 

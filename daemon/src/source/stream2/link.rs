@@ -34,7 +34,7 @@ pub struct Series {
     /// table for every channel: `None`).
     pub tables: Vec<(Option<String>, detingest_writer::Table)>,
     /// The run request the start makes (stream, metadata).
-    pub request: serde_json::Value,
+    pub request: crate::contract::RunRequest,
 }
 
 /// The shared state (see the module doc).

@@ -17,6 +17,7 @@ use super::counts::{OncePerKind, Refusal};
 use super::message::{decode, Message, Start};
 use super::receive::log_refusal;
 use super::series::series_of;
+use crate::contract::{ApiError, RunState};
 use crate::sink::RunControl;
 use crate::source::SourceConfig;
 
@@ -174,15 +175,15 @@ impl Listening {
                 // The last series' run gives the socket back when its source ends, before its
                 // files are closed: a series that follows at once waits for that run's end.
                 let deadline = Instant::now() + PREVIOUS_RUN_WAIT;
-                while runs.run_status()["state"] == "running" && Instant::now() < deadline {
+                while runs.run_status().state == RunState::Running && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 runs.start_run(&request)
             }
-            None => Err((503, "the daemon is shutting down".to_owned())),
+            None => Err(ApiError::unavailable("the daemon is shutting down")),
         };
-        if let Err((status, why)) = started {
-            tracing::error!(source = %self.src.name, series = id, status, %why, "the series' run did not start; its images are not written");
+        if let Err(e) = started {
+            tracing::error!(source = %self.src.name, series = id, status = e.status, why = %e.message, "the series' run did not start; its images are not written");
             if let Some(back) = self.cfg.link.take_back(false) {
                 return back;
             }

@@ -152,7 +152,7 @@ mod tests {
             images: 3,
             pixel_masks: Vec::new(),
             tables: Vec::new(),
-            request: serde_json::Value::Null,
+            request: crate::contract::RunRequest::new("bt", "det", "s"),
         };
         let socket = zmq::Context::new().socket(zmq::PULL).unwrap();
         cfg.link.hand_over(socket, series, None);

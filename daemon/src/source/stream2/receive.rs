@@ -293,9 +293,7 @@ impl Receiver<'_> {
         stats
             .malformed
             .store(refused, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut m) = stats.messages.lock() {
-            *m = Some(self.counts);
-        }
+        stats.set_kind(std::sync::Arc::new(self.counts));
     }
 }
 

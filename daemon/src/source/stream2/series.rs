@@ -21,6 +21,7 @@ use super::config::Stream2Config;
 use super::link::Series;
 use super::message::Start;
 use super::metadata::widen;
+use crate::contract::RunRequest;
 
 use detingest_writer::HC_EV_ANGSTROM;
 
@@ -67,16 +68,14 @@ pub fn series_of(
     Name::new(&stream).map_err(|e| format!("stream name {stream:?}: {e}"))?;
     let mut detector = detector_fields(&start.fields);
     detector["goniometer"] = goniometer(&start.fields, start.number_of_images);
-    let request = json!({
-        "beamtime": beamtime.as_str(),
-        "source": source.as_str(),
-        "stream": stream,
-        "first_frame_number": 0,
-        // A detector's series ids restart with it: a name taken gets a suffix rather than
-        // the series being refused.
-        "rename_if_exists": true,
-        "detector": detector,
-    });
+    let mut request = RunRequest::new(beamtime.as_str(), source.as_str(), &stream);
+    request
+        .settings
+        .insert("first_frame_number".into(), json!(0));
+    // A detector's series ids restart with it: a name taken gets a suffix rather than the
+    // series being refused.
+    request.rename_if_exists = true;
+    request.detector = detector.as_object().cloned();
     let pixel_masks = (start.pixel_masks.iter())
         .filter(|(_, mask)| mask.shape == start.image_size)
         .filter_map(|(channel, mask)| {

@@ -21,12 +21,12 @@ pub mod uring;
 mod warnings;
 
 use std::net::UdpSocket;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use detingest_shm::{FrameBuf, FrameMeta, PoolBuf};
 
-use self::assembler::{Assembler, AssemblerConfig, FrameOut, PacketCounts, Place};
+use self::assembler::{Assembler, AssemblerConfig, FrameOut, Place};
 use self::header::{Sls2, SLS2_HEADER_BYTES};
 use self::recvmmsg::MmsgReceiver;
 use self::uring::UringReceiver;
@@ -34,7 +34,7 @@ use self::warnings::OddPacketWarnings;
 use detingest_shm::PixelType;
 
 use self::config::{ReceivePath, UdpConfig};
-use super::{PreparedSource, SourceConfig, SourceError, SourceKind, SourceOutput};
+use super::{PreparedSource, SourceConfig, SourceError, SourceKind, SourceOutput, SourceStats};
 use crate::check::ConfigError;
 
 impl SourceKind for UdpConfig {
@@ -196,7 +196,7 @@ pub fn run(cfg: &AssemblerConfig, mut receiver: Receiver, out: &mut SourceOutput
         let now = Instant::now();
         asm.tick(now, out);
         if now.duration_since(published) >= PUBLISH {
-            publish(&out.stats().packets, &asm);
+            publish(out.stats(), &asm);
             warnings.check(
                 name.as_str(),
                 cfg,
@@ -208,7 +208,7 @@ pub fn run(cfg: &AssemblerConfig, mut receiver: Receiver, out: &mut SourceOutput
         }
     }
     let last = asm.finish(out);
-    publish(&out.stats().packets, &asm);
+    publish(out.stats(), &asm);
     warnings.check(
         name.as_str(),
         cfg,
@@ -219,10 +219,8 @@ pub fn run(cfg: &AssemblerConfig, mut receiver: Receiver, out: &mut SourceOutput
     out.end(last);
 }
 
-fn publish(shared: &Mutex<Option<PacketCounts>>, asm: &Assembler<Sls2>) {
-    if let Ok(mut c) = shared.lock() {
-        *c = Some(*asm.counts());
-    }
+fn publish(stats: &SourceStats, asm: &Assembler<Sls2>) {
+    stats.set_kind(Arc::new(*asm.counts()));
 }
 
 /// Binds the port of `cfg` and picks its receive path.
