@@ -1,6 +1,7 @@
 //! `detingestd`: the detector ingest daemon's command line.
 
 mod filter_files;
+mod ready;
 mod report;
 
 use std::io::Write;
@@ -27,6 +28,10 @@ struct Cli {
     /// Log filter (tracing syntax, e.g. `info` or `detingest_daemon=debug`); RUST_LOG wins.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// Once ready (`serve`, `demo`: the control API answers; `run`: the run started), write
+    /// what was bound to this file as JSON: the API's address, the sinks' endpoints.
+    #[arg(long, global = true)]
+    ready_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -167,7 +172,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_thread_names(true)
         .init();
-    match run(cli.command) {
+    match run(cli.command, cli.ready_file.as_deref()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("detingestd: {e:#}");
@@ -176,7 +181,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<ExitCode> {
+fn run(command: Command, ready: Option<&Path>) -> Result<ExitCode> {
     match command {
         Command::Check { files } => filter_files::check(&files),
         Command::Repair { files } => filter_files::repair(&files),
@@ -199,7 +204,7 @@ fn run(command: Command) -> Result<ExitCode> {
             summary_json,
         } => {
             let c = load(&config, data_dir)?;
-            ingest(&c, summary_json.as_deref())
+            ingest(&c, summary_json.as_deref(), ready)
         }
         Command::Serve {
             config,
@@ -210,7 +215,7 @@ fn run(command: Command) -> Result<ExitCode> {
             if let Some(l) = listen {
                 c.control.listen = l;
             }
-            serve(c, None)
+            serve(c, None, ready)
         }
         Command::Demo {
             data_dir,
@@ -235,7 +240,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 src.stream.as_str(),
             );
             request.settings.insert("frames".into(), frames.into());
-            serve(c, Some(request))
+            serve(c, Some(request), ready)
         }
         Command::Merge { dir, stream } => {
             let name = detingest_shm::Name::new(&stream)
@@ -342,7 +347,7 @@ beam_center_y = 256.5
 }
 
 /// Runs the pipeline to the end and prints a summary.
-fn ingest(config: &Config, summary_json: Option<&Path>) -> Result<ExitCode> {
+fn ingest(config: &Config, summary_json: Option<&Path>, ready: Option<&Path>) -> Result<ExitCode> {
     if config.cluster.member() {
         anyhow::bail!(
             "config key `cluster.name`: a daemon that takes part of a detector starts its runs \
@@ -355,6 +360,10 @@ fn ingest(config: &Config, summary_json: Option<&Path>) -> Result<ExitCode> {
         409 => anyhow::anyhow!("{}", e.message),
         _ => anyhow::anyhow!("the run did not start: {}", e.message),
     })?;
+    if let Some(path) = ready {
+        ready::write(path, None, &manager.status().sinks)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let (asked, runs) = (Arc::new(AtomicBool::new(false)), Arc::clone(&manager));
     let _ = ctrlc::set_handler(move || {
         if asked.swap(true, Ordering::Relaxed) {
@@ -384,7 +393,7 @@ fn ingest(config: &Config, summary_json: Option<&Path>) -> Result<ExitCode> {
 /// Serves the control API and live page until Ctrl-C, then stops the run in progress and
 /// closes its files. With `first_run` (the demo), starts that run at once, shows its progress
 /// and ends with it.
-fn serve(config: Config, first_run: Option<RunRequest>) -> Result<ExitCode> {
+fn serve(config: Config, first_run: Option<RunRequest>, ready: Option<&Path>) -> Result<ExitCode> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&shutdown);
     let _ = ctrlc::set_handler(move || {
@@ -405,11 +414,15 @@ fn serve(config: Config, first_run: Option<RunRequest>) -> Result<ExitCode> {
     })?;
     // systemd (Type=notify) hears that the API answers; elsewhere this does nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(path) = ready {
+        ready::write(path, Some(api.addr), &manager.status().sinks)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let mut code = ExitCode::SUCCESS;
     if let Some(request) = first_run {
         println!(
             "Live page: http://{}/  (open it in a browser while the demo runs)",
-            control.listen
+            api.addr
         );
         let status = manager
             .start(&request)
@@ -426,7 +439,7 @@ fn serve(config: Config, first_run: Option<RunRequest>) -> Result<ExitCode> {
             std::thread::sleep(Duration::from_millis(100));
             // The API's thread never ends by itself; if it did, end the daemon (its service
             // manager restarts it) rather than run on without a control API.
-            if api.iter().any(|t| t.is_finished()) && !shutdown.load(Ordering::Relaxed) {
+            if api.thread.is_finished() && !shutdown.load(Ordering::Relaxed) {
                 tracing::error!("the control API ended: stopping the daemon");
                 shutdown.store(true, Ordering::Relaxed);
                 code = ExitCode::FAILURE;
@@ -436,9 +449,7 @@ fn serve(config: Config, first_run: Option<RunRequest>) -> Result<ExitCode> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     manager.shutdown();
     shutdown.store(true, Ordering::Relaxed);
-    for t in api {
-        let _ = t.join();
-    }
+    let _ = api.thread.join();
     Ok(code)
 }
 

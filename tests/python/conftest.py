@@ -1,5 +1,6 @@
-"""Shared fixtures: the detingestd binary, a helper that writes a config and runs it, one
-that runs the daemon until stopped, free loopback ports, and a Tiled server."""
+"""Shared fixtures: the detingestd binary, a helper that writes a config and runs it, the
+daemons a test starts (`daemons`, on `harness.Daemon`), the servers the tests talk to
+(Redis Stack, a Kafka-protocol broker, Tiled) on free loopback ports."""
 
 import json
 import os
@@ -13,6 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from harness import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +34,7 @@ def write_config(path, data_dir, *, synthetic="", writer="", pipeline="", policy
         f'data_dir = "{data_dir}"\n'
         f"[writer]\n{writer}\n"
         f"[pipeline]\n{pipeline}\n"
-        f"[live]\n{live}\n"
+        f"[sink.zmq]\n{live}\n"
         "[[source]]\n"
         'name = "sim"\n'
         f'policy = "{policy}"\n'
@@ -81,29 +84,6 @@ def free_port(udp=False):
         return s.getsockname()[1]
 
 
-def start_daemon(detingestd, cfg, tmp_path, ports=0):
-    """Runs `detingestd run` on `cfg` until `stop_daemon`, its output in tmp_path/log; with
-    `ports`, waits until that many UDP ports are bound. Returns (process, log, summary path)."""
-    log, summary = tmp_path / "log", tmp_path / "summary.json"
-    with open(log, "w") as out:
-        daemon = subprocess.Popen([detingestd, "--log", "info", "run", "--config", str(cfg),
-                                   "--summary-json", str(summary)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
-    while ports and wait_for_log(daemon, log, "port ready").count("port ready") < ports:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    return daemon, log, summary
-
-
-def stop_daemon(daemon, log, summary, settle=0.5):
-    """After `settle` seconds (packets in flight arrive), SIGTERM; returns the summary."""
-    time.sleep(settle)
-    daemon.send_signal(signal.SIGTERM)
-    assert daemon.wait(timeout=60) == 0, log.read_text()
-    return json.loads(summary.read_text())
-
-
 @pytest.fixture
 def tiled_server(tmp_path):
     """A Tiled server with a temporary catalog that may read files under tmp_path/data, on a
@@ -134,6 +114,14 @@ def tiled_server(tmp_path):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def stop_run(d, summary, settle=0.5):
+    """Ends the `detingestd run` daemon `d` after `settle` seconds (packets in flight
+    arrive) with SIGTERM, as an operator would; asserts a clean exit; its summary."""
+    time.sleep(settle)
+    d.close(signal.SIGTERM)
+    return json.loads(Path(summary).read_text())
 
 
 def data_file(master, n=1):
@@ -335,65 +323,32 @@ def kafka_broker(tmp_path):
     broker.stop()
 
 
-class ServeDaemon:
-    """`detingestd serve` on a config of `body` (sources, sinks, tables) with its control API
-    on a free loopback port and no live sockets; `get`/`call` its API, `wait_run` a run's
-    end, `close` it (asserting a clean exit)."""
-
-    def __init__(self, exe, tmp, name, body, host="127.0.0.1", port=None, data=None,
-                 publish=""):
-        self.host, self.port = host, port or free_port()
-        self.data = data or tmp / f"{name}-data"
-        self.cfg = tmp / f"{name}.toml"
-        self.cfg.write_text(
-            f'data_dir = "{self.data}"\n[control]\nlisten = "{host}:{self.port}"\n'
-            f'[live]\npublish = "{publish}"\nquery = ""\n' + body + "\n")
-        self.log = tmp / f"{name}.log"
-        self.proc = subprocess.Popen([exe, "--log", "info", "serve", "--config", str(self.cfg)],
-                                     stderr=open(self.log, "w"))
-        wait_for_log(self.proc, self.log, "control API listening")
-
-    def call(self, method, path, body=None):
-        """The JSON answer (the text for /metrics)."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://{self.host}:{self.port}{path}", data=data,
-                                     method=method)
-        with urllib.request.urlopen(req, timeout=60) as r:
-            raw = r.read()
-            return raw.decode() if path == "/metrics" else json.loads(raw)
-
-    def get(self, path):
-        return self.call("GET", path)
-
-    def wait_run(self, stream, timeout=60):
-        """Waits until the run of `stream` (`beamtime/source/name`) has ended; its status."""
-        deadline = time.time() + timeout
-        while True:
-            status = self.get("/run")
-            if status["stream"] == stream and status["state"] != "running":
-                return status
-            assert time.time() < deadline, (status, self.log.read_text()[-3000:])
-            time.sleep(0.05)
-
-    def master(self, stream, beamtime="bt", source="eiger"):
-        return self.data / beamtime / source / f"{stream}_master.h5"
-
-    def close(self):
-        self.proc.send_signal(signal.SIGINT)
-        assert self.proc.wait(timeout=60) == 0, self.log.read_text()[-3000:]
+def serve_config(data, body="", *, publish="", control="", listen="127.0.0.1:0"):
+    """A `serve` configuration: data under `data`, the API on `listen` (by default a port the
+    kernel picks; with `control`'s extra `[control]` keys), ZeroMQ publishing on `publish`
+    ("" for none, or `tcp://127.0.0.1:*`), then `body` (sources, other tables)."""
+    return (f'data_dir = "{data}"\n[control]\nlisten = "{listen}"\n{control}\n'
+            f'[sink.zmq]\npublish = "{publish}"\nquery = ""\n{body}\n')
 
 
 @pytest.fixture
-def serve_daemons(detingestd, tmp_path):
-    """Makes `ServeDaemon`s (`make(name, body)`); closes those still running afterwards."""
+def daemons(detingestd, tmp_path):
+    """Makes `harness.Daemon`s: `make(name, body)` serves `body` (sources and tables) as
+    `serve_config` composes it, with data under `<tmp>/<name>-data`; `make(name,
+    config=text)` runs a whole configuration (`command="run"` for `detingestd run`). Those
+    still running afterwards are stopped, and must exit cleanly."""
     made = []
 
-    def make(name, body, **kw):
-        d = ServeDaemon(detingestd, tmp_path, name, body, **kw)
+    def make(name, body="", *, config=None, data=None, publish="", control="",
+             listen="127.0.0.1:0", **kw):
+        data = data or tmp_path / f"{name}-data"
+        if config is None:
+            config = serve_config(data, body, publish=publish, control=control, listen=listen)
+        d = Daemon(detingestd, tmp_path, name, config, data=data, **kw)
         made.append(d)
         return d
 
     yield make
     for d in made:
-        if d.proc.poll() is None:
+        if d.running():
             d.close()

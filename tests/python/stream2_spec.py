@@ -96,14 +96,16 @@ def end(series_id):
 
 
 class Detector:
-    """A PUSH socket bound where the daemon connects, as a detector's stream interface."""
+    """A PUSH socket bound where the daemon connects, as a detector's stream interface, on a
+    port the kernel picks. A PUSH socket holds what is sent until a peer is connected: a
+    series sent before the daemon connects waits for it."""
 
-    def __init__(self, port):
+    def __init__(self):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 5000)
-        self.sock.bind(f"tcp://127.0.0.1:{port}")
-        self.endpoint = f"tcp://127.0.0.1:{port}"
+        self.sock.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def send(self, *messages):
         for m in messages:

@@ -52,7 +52,7 @@ def guest(detingestd, tmp_path, redis_server):
     try:
         yield server, serve, trackers
     finally:
-        serve.close()
+        serve.stop()
         for t in trackers:
             t.terminate()
             t.wait(10)
@@ -65,11 +65,11 @@ def test_the_daemon_waits_for_bliss_to_set_up_the_database_then_search_finds_its
     # Started first (on_start_error = "fail" by default): it waits instead of refusing, and
     # writes nothing into the database BLISS has yet to set up.
     assert serve.start(stream="early", frames=30)[0] == 201
-    status = serve.wait_ended()
+    status = serve.wait_run()
     with h5py.File(status["master"], "r") as f:
         assert f["/entry/data/data"].shape[0] == 30, "files written as always"
     assert server.client().dbsize() == 0, server.client().keys()
-    counters = serve.call("GET", "/run")[1]["sinks"]["redis"]
+    counters = serve.answer("GET", "/run")[1]["sinks"]["redis"]
     assert counters["scans_unpublished"] == 1 and counters["scans"] == 0, counters
     log = serve.log.read_text()
     assert log.count("not initialised for Blissdata") == 1, log
@@ -77,7 +77,7 @@ def test_the_daemon_waits_for_bliss_to_set_up_the_database_then_search_finds_its
     trackers.append(tracker(server, tmp_path, init=True))
     for name in ("scan_a", "scan_b"):
         assert serve.start(stream=name, frames=30)[0] == 201
-        serve.wait_ended()
+        serve.wait_run()
     store = DataStore(server.url)
     _, keys = store.search_existing_scans()
     names = sorted(store.load_scan(k).name for k in keys)
@@ -117,15 +117,15 @@ def test_after_a_redis_restart_mid_run_the_daemon_waits_again_and_leaves_no_orph
     time.sleep(1.0)  # the daemon reconnects to an empty database: it waits, writes nothing
     assert server.client().dbsize() == 0, sorted(server.client().keys())[:10]
     trackers.append(tracker(server, tmp_path, init=True))  # BLISS sets it up again
-    status = serve.wait_ended(timeout=60)
+    status = serve.wait_run(timeout=60)
     with h5py.File(status["master"], "r") as f:
         assert f["/entry/data/data"].shape[0] == 600
     assert not orphans(server), orphans(server)
-    counters = serve.call("GET", "/run")[1]["sinks"]["redis"]
+    counters = serve.answer("GET", "/run")[1]["sinks"]["redis"]
     assert counters["scans_lost"] == 1 and counters["indices_dropped"] > 0, counters
     assert counters["connected"], counters
     assert serve.start(stream="after", frames=30)[0] == 201
-    serve.wait_ended()
+    serve.wait_run()
     store = DataStore(server.url)
     _, keys = store.search_existing_scans()
     assert [store.load_scan(k).name for k in keys] == ["after"]
@@ -148,10 +148,10 @@ def test_the_memory_tracker_trims_and_expires_the_daemons_scans(guest, tmp_path)
         key = next((k for k in c.scan_iter("esrf:scan:*") if c.type(k) == b"ReJSON-RL"), None)
         time.sleep(0.05)
     assert key is not None
-    status = serve.wait_ended(timeout=60)
+    status = serve.wait_run(timeout=60)
     with h5py.File(status["master"], "r") as f:
         assert f["/entry/data/data"].shape[0] == 400
-    counters = serve.call("GET", "/run")[1]["sinks"]["redis"]
+    counters = serve.answer("GET", "/run")[1]["sinks"]["redis"]
     assert counters["scans"] == 1 and counters["indices_dropped"] == 0, counters
     deadline = time.time() + 20
     while (c.exists(key) or list(c.scan_iter("esrf:stream:*"))) and time.time() < deadline:

@@ -9,8 +9,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import h5py
@@ -20,6 +18,7 @@ import pytest
 import zmq
 
 from conftest import free_port
+from harness import ApiError, connect_ready
 
 GRID = (2, 3)
 MODULE = (32, 48)
@@ -50,22 +49,23 @@ def body(name, peers, frames=40, rate=100.0, modules=None, first=1):
 
 
 @pytest.fixture
-def cluster(serve_daemons, tmp_path):
-    """Three daemons (d1 coordinates) sharing one data directory."""
+def cluster(daemons, tmp_path):
+    """Three daemons (d1 coordinates) sharing one data directory, on addresses chosen first
+    (each daemon's configuration names the others)."""
 
     def make(frames=40, rate=100.0, first=None, publish="", extra="", elsewhere=None,
              names=("d1", "d2", "d3"), parts=PARTS):
         data = tmp_path / "shared"
         ports = [free_port() for _ in HOSTS]
-        daemons = []
+        made = []
         for i, (host, port) in enumerate(zip(HOSTS, ports)):
             peers = [(h, p) for j, (h, p) in enumerate(zip(HOSTS, ports)) if j != i]
             text = body(names[i], peers, frames, rate, parts[i], (first or {}).get(i, 1))
             text += "\n" + extra if i == 0 else ""
             where = tmp_path / "elsewhere" if i == elsewhere else data
-            daemons.append(serve_daemons(f"d{i + 1}", text, host=host, port=port, data=where,
-                                         publish=publish if i == 0 else ""))
-        return daemons
+            made.append(daemons(f"d{i + 1}", text, listen=f"{host}:{port}", data=where,
+                                publish=publish if i == 0 else "", source="jf"))
+        return made
 
     return make
 
@@ -108,9 +108,9 @@ def start(d, stream, frames):
 
 
 def refused(d, path, body):
-    with pytest.raises(urllib.error.HTTPError) as e:
+    with pytest.raises(ApiError) as e:
         d.call("POST", path, body)
-    return e.value.code, json.loads(e.value.read())["error"]
+    return e.value.status, e.value.message
 
 
 def test_three_daemons_write_one_detector_read_whole_from_one_master(
@@ -152,14 +152,12 @@ def test_three_daemons_write_one_detector_read_whole_from_one_master(
 
 def test_a_daemon_killed_mid_run_leaves_its_modules_missing_from_where_it_stopped(
         cluster, detingestd, tmp_path):
-    live = f"tcp://127.0.0.1:{free_port()}"
-    d1, d2, d3 = cluster(frames=300, rate=100.0, publish=live)
+    d1, d2, d3 = cluster(frames=300, rate=100.0, publish="tcp://127.0.0.1:*")
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVTIMEO, 30000)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(live)
-    time.sleep(0.5)  # the subscription reaches the publisher
+    connect_ready(sub, d1.endpoint("zmq"))
     start(d1, "kill1", 300)
     folder = tmp_path / "shared" / "bt" / "jf"
     wait_recorded(folder / "kill1_d3_master.h5", 40)  # d3 has flushed some indices
@@ -376,7 +374,10 @@ def test_a_kafka_job_starts_and_stops_every_daemon_and_hands_off_every_part(
     assert (answ.outcome, answ.status_code) == (0, 201), answ.message
     for d, name in [(d2, "d2"), (d3, "d3")]:
         assert d.get("/run")["stream"] == f"bt/jf/kscan_{name}"
-    time.sleep(1.0)
+    deadline = time.time() + 30  # every part some way in before the stop
+    while min(d.get("/run")["frames_recorded"] for d in (d1, d2, d3)) < 25:
+        assert time.time() < deadline
+        time.sleep(0.05)
     send(kafka_broker, serialise_6s4t("job-1", service_id=SERVICE, command_id="stop-1"))
     folder = tmp_path / "shared" / "bt" / "jf"
     whole = folder / "kscan_master.h5"

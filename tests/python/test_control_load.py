@@ -3,14 +3,16 @@ connections, clients that send their request head a byte at a time, fifty live p
 against a daemon limited to 512 file descriptors (`ulimit -n 512`). /health, a start and a
 stop still answer within a second during and after, and every page gets its events."""
 
-import http.client
 import json
 import resource
 import socket
 import threading
 import time
 
-from test_operations import TOKEN, daemons, start  # noqa: F401
+from http.client import HTTPConnection  # held event streams (harness.http reads whole answers)
+
+from harness import http
+from test_operations import TOKEN, serve, start  # noqa: F401
 
 # Every answer within a second while 2,200 connections are held. /health once took 1.02 s on CI
 # and 1 run in 3 here: a handshake dropped by std's accept queue of 128 and retried by the
@@ -22,13 +24,9 @@ LIMIT = 1.0
 def timed(d, method, path, body=None):
     """Status and seconds of one request on a new connection."""
     t0 = time.monotonic()
-    c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=5)
-    c.request(method, path, body=None if body is None else json.dumps(body),
-              headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    r.read()
-    c.close()
-    return r.status, time.monotonic() - t0
+    a = http(method, d.url + path, body, headers={"Content-Type": "application/json"},
+             timeout=5)
+    return a.status, time.monotonic() - t0
 
 
 def raise_own_limit(n):
@@ -37,9 +35,9 @@ def raise_own_limit(n):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
 
 
-def test_idle_and_slow_clients_cannot_take_the_api_down(daemons):
+def test_idle_and_slow_clients_cannot_take_the_api_down(serve):
     raise_own_limit(8192)
-    d = daemons(nofile=512)
+    d = serve(nofile=512)
     idle, slow = [], []
     stop = threading.Event()
     try:
@@ -89,15 +87,15 @@ def test_idle_and_slow_clients_cannot_take_the_api_down(daemons):
     print(f"worst /health during: {worst * 1000:.0f} ms; daemon threads: {threads}")
 
 
-def test_fifty_live_pages_all_get_events_within_a_second(daemons):
-    d = daemons()
+def test_fifty_live_pages_all_get_events_within_a_second(serve):
+    d = serve()
     start(d, "pages")
     got, errors = [], []
     t0 = time.monotonic()
 
     def page():
         try:
-            c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+            c = HTTPConnection("127.0.0.1", d.port, timeout=10)
             c.request("GET", "/events")
             r = c.getresponse()
             assert r.status == 200, r.status
@@ -120,11 +118,11 @@ def test_fifty_live_pages_all_get_events_within_a_second(daemons):
     # Beyond [control] max_event_clients (64): 503, not a page left waiting.
     held = []
     for _ in range(64):
-        c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+        c = HTTPConnection("127.0.0.1", d.port, timeout=10)
         c.request("GET", "/events")
         held.append((c, c.getresponse()))
     assert all(r.status == 200 for _, r in held)
-    c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+    c = HTTPConnection("127.0.0.1", d.port, timeout=10)
     c.request("GET", "/events")
     assert c.getresponse().status == 503
     for c, _ in held:

@@ -29,8 +29,8 @@ KILLS = 20
 
 def images(detingestd, tmp_path, frames):
     """The generator's images of frame numbers 1..frames."""
-    cfg = config(tmp_path / "dump.toml", tmp_path / "unused", 1,
-                 source=SOURCE.format(frames=frames))
+    cfg = tmp_path / "dump.toml"
+    cfg.write_text(config(tmp_path / "unused", source=SOURCE.format(frames=frames)))
     raw = tmp_path / "dump.raw"
     subprocess.run([detingestd, "synth-dump", "--config", str(cfg), "--out", str(raw)],
                    check=True)
@@ -102,7 +102,7 @@ def test_runs_killed_at_random_moments_are_finished_by_the_next_serve(detingestd
     while "crashed runs looked for" not in s.log.read_text():
         assert time.time() < deadline, s.log.read_text()[-3000:]
         time.sleep(0.1)
-    s.close()
+    s.stop()
     total = 0
     for stream, at_least in before.items():
         master = s.master(stream)
@@ -147,7 +147,7 @@ def test_an_open_ended_run_that_fills_the_disk_leaves_a_finished_master_with_its
                   source=SOURCE.format(frames=0).replace("rate_hz = 300.0", "rate_hz = 0.0"))
         code, st = s.start(stream="full", frames=0)
         assert code == 201, st
-        st = s.wait_ended()
+        st = s.wait_run()
         assert (st["state"], st["end_reason"]) == ("failed", "error"), st
         assert "No space left on device" in st["error"]
         n = st["frames_recorded"]
@@ -157,6 +157,6 @@ def test_an_open_ended_run_that_fills_the_disk_leaves_a_finished_master_with_its
             assert h["/entry/data/data"].shape[0] == h[SPECIFIC + "/nimages"][()] > 0
             assert h["/entry/data/data"][0].any()
         assert n > 0
-        s.close()
+        s.stop()
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
 from test_events import events_daemon  # noqa: F401 (a fixture)
 from test_runs import Serve
 
@@ -55,7 +54,7 @@ def demo_dir(detingestd, tmp_path_factory):
     """A scratch directory holding what `make demo` leaves in ./data (a shorter run)."""
     cwd = tmp_path_factory.mktemp("demo")
     subprocess.run([detingestd, "--log", "warn", "demo", "--data-dir", "data", "--frames", "40",
-                    "--rate", "0", "--listen", f"127.0.0.1:{free_port()}"],
+                    "--rate", "0", "--listen", "127.0.0.1:0"],
                    cwd=cwd, check=True, timeout=180, capture_output=True)
     return cwd
 
@@ -74,10 +73,10 @@ def test_every_python_snippet_runs_as_written(code, request, demo_dir, tmp_path)
                       live=f'publish = ""\nquery = ""\n[sink.redis]\nurl = "{server.url}"\n')
         try:
             assert serve.start(stream="doc", frames=10)[0] == 201
-            serve.wait_ended()
+            serve.wait_run()
             run_snippet(code.replace("redis://host:6379", server.url), demo_dir)
         finally:
-            serve.close()
+            serve.stop()
     elif "host:9092" in code:
         broker = request.getfixturevalue("kafka_broker")
         topic = re.search(r'produce\("([^"]+)"', code).group(1)

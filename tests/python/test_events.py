@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from streaming_data_types import serialise_6s4t, serialise_ev44, serialise_f144, serialise_pl72
 
-from conftest import free_port, wait_for_log  # noqa: I001
+from harness import Daemon, http  # noqa: I001
 from test_kafka import Reader, kafka_table, now_ms, sha256
 
 EVENT_TOPIC, LOG_TOPIC = "loki_events", "loki_sample_env"
@@ -77,27 +77,19 @@ def config_text(tmp_path, broker, port):
             'pulse_source = "isis_pulses"\n')
 
 
-def start_serve(detingestd, tmp_path, kafka_broker, log_name="serve.log"):
+def start_serve(detingestd, tmp_path, kafka_broker, name="serve"):
     """`serve` on the instrument, once it takes commands: its process, a `status()` of its
-    `GET /run` and its log."""
-    import subprocess
-    import urllib.request
-    port = free_port()
-    cfg = tmp_path / "events.toml"
-    cfg.write_text(config_text(tmp_path, kafka_broker, port))
-    log = tmp_path / log_name
-    proc = subprocess.Popen([detingestd, "serve", "--config", str(cfg)], stderr=open(log, "w"))
-    wait_for_log(proc, log, "control API listening")
+    `GET /run` (`status.url`) and its log."""
+    d = Daemon(detingestd, tmp_path, name, config_text(tmp_path, kafka_broker, 0))
 
     def status():
-        with urllib.request.urlopen(status.url, timeout=10) as r:
-            return json.loads(r.read())
-    status.url = f"http://127.0.0.1:{port}/run"
+        return http("GET", status.url, timeout=10).json()
+    status.url = d.url + "/run"
     deadline = time.time() + 30
     while not status()["sinks"]["kafka"]["commands_ready"]:
-        assert time.time() < deadline, log.read_text()
+        assert time.time() < deadline, d.log_text()
         time.sleep(0.1)
-    return proc, status, log
+    return d.proc, status, d.log
 
 
 @pytest.fixture
@@ -277,17 +269,14 @@ def test_a_broker_killed_mid_run_loses_nothing_silently(events_daemon, kafka_bro
     """The broker dies mid-run and comes back empty (in memory: what it held is gone, as a
     real broker's unreplicated log would be): the run goes on, every event it read before and
     after is in the file, the consumer's errors are counted and logged."""
-    import urllib.request
 
     import h5py
     import hdf5plugin  # noqa: F401
     proc, status, log = events_daemon
     rng = np.random.default_rng(9)
-    req = urllib.request.Request(
-        status.url + "/start", method="POST",
-        data=json.dumps({"beamtime": "bt", "source": "loki", "stream": "outage"}).encode())
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert r.status == 201
+    started = http("POST", status.url + "/start",
+                   {"beamtime": "bt", "source": "loki", "stream": "outage"})
+    assert started.status == 201, started.body
     ids = {n: 0 for n in [*BANKS, "monitor_1"]}
     t0 = time.time_ns()
     sent, _ = produce_run(kafka_broker, t0, 20, rng, ids=ids)
@@ -305,8 +294,7 @@ def test_a_broker_killed_mid_run_loses_nothing_silently(events_daemon, kafka_bro
     while status()["sources"][0]["events"]["events"] < total:
         assert time.time() < deadline, (status()["sources"][0]["events"], total)
         time.sleep(0.2)
-    req = urllib.request.Request(status.url + "/stop", method="POST", data=b"{}")
-    urllib.request.urlopen(req, timeout=60).read()
+    http("POST", status.url + "/stop", {})
     s = status()
     counts = s["sources"][0]["events"]
     assert counts["events"] == total and counts["messages_lost"] == 0, counts
@@ -323,16 +311,13 @@ def test_the_live_page_shows_events_and_histograms_in_chromium(events_daemon, ka
     """The page of an event run in Chromium: events/s and the histograms of times of flight
     and pixel ids drawn, no image panel, no console error (screenshot in target/artifacts)."""
     import threading
-    import urllib.request
 
     from test_operations import ROOT, node_and_browser, run_page
     proc, status, log = events_daemon
     node, modules = node_and_browser()
-    req = urllib.request.Request(
-        status.url + "/start", method="POST",
-        data=json.dumps({"beamtime": "bt", "source": "loki", "stream": "page"}).encode())
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert r.status == 201
+    started = http("POST", status.url + "/start",
+                   {"beamtime": "bt", "source": "loki", "stream": "page"})
+    assert started.status == 201, started.body
     done = threading.Event()
 
     def keep_sending():
@@ -355,8 +340,7 @@ def test_the_live_page_shows_events_and_histograms_in_chromium(events_daemon, ka
     finally:
         done.set()
         sender.join(10)
-        urllib.request.urlopen(urllib.request.Request(status.url + "/stop", method="POST",
-                                                      data=b"{}"), timeout=60).read()
+        http("POST", status.url + "/stop", {})
 
 
 def test_the_example_configuration_is_valid(detingestd):
@@ -373,22 +357,15 @@ def test_an_event_topic_made_after_the_daemon_started_is_read_once_it_exists(eve
                                                                             kafka_broker):
     """The instrument's topic does not exist yet: a start is refused naming it, nothing is
     written; once the topic exists the next start reads it."""
-    import urllib.error
-    import urllib.request
 
     import h5py
     import hdf5plugin  # noqa: F401
     proc, status, log = events_daemon
 
     def start(stream):
-        req = urllib.request.Request(
-            status.url + "/start", method="POST",
-            data=json.dumps({"beamtime": "bt", "source": "loki", "stream": stream}).encode())
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        a = http("POST", status.url + "/start",
+                 {"beamtime": "bt", "source": "loki", "stream": stream})
+        return a.status, a.json()
     code, body = start("early")
     assert code >= 400 and EVENT_TOPIC in body["error"] and "does not exist" in body["error"], body
     assert status()["state"] != "running"
@@ -401,8 +378,7 @@ def test_an_event_topic_made_after_the_daemon_started_is_read_once_it_exists(eve
     while ((status().get("sources") or [{}])[0].get("events") or {}).get("events", 0) < total:
         assert time.time() < deadline, status()
         time.sleep(0.1)
-    urllib.request.urlopen(urllib.request.Request(status.url + "/stop", method="POST",
-                                                  data=b"{}"), timeout=60).read()
+    http("POST", status.url + "/stop", {})
     with h5py.File(status()["master"]) as h:
         assert h["entry/detingest/events"][()] == total
 
@@ -413,7 +389,6 @@ def test_an_event_run_the_daemon_crashed_in_is_finished_at_its_restart(detingest
     `serve` finishes it from what it holds: marks cleared, columns cut to whole pulses,
     `end_time` and the reason written; scippnexus loads it; the wrdn carries the error flag."""
     import signal
-    import urllib.request
 
     import h5py
     import hdf5plugin  # noqa: F401
@@ -421,11 +396,9 @@ def test_an_event_run_the_daemon_crashed_in_is_finished_at_its_restart(detingest
     kafka_broker.create_topics(*TOPICS, LOG_TOPIC, EVENT_TOPIC)
     proc, status, log = start_serve(detingestd, tmp_path, kafka_broker)
     try:
-        req = urllib.request.Request(
-            status.url + "/start", method="POST",
-            data=json.dumps({"beamtime": "bt", "source": "loki", "stream": "crash"}).encode())
-        with urllib.request.urlopen(req, timeout=30) as r:
-            assert r.status == 201
+        started = http("POST", status.url + "/start",
+                       {"beamtime": "bt", "source": "loki", "stream": "crash"})
+        assert started.status == 201, started.body
         produce_run(kafka_broker, time.time_ns(), 20, np.random.default_rng(4))
         deadline = time.time() + 20
         while ((status().get("sources") or [{}])[0].get("events") or {}).get("pulses", 0) < 60:
@@ -439,7 +412,7 @@ def test_an_event_run_the_daemon_crashed_in_is_finished_at_its_restart(detingest
     with pytest.raises(OSError):
         h5py.File(path, "r")  # the write marks: refused until the file is finished
     reader = Reader(kafka_broker)
-    proc, status, log = start_serve(detingestd, tmp_path, kafka_broker, "serve2.log")
+    proc, status, log = start_serve(detingestd, tmp_path, kafka_broker, "serve2")
     try:
         wrdn = reader.wait(lambda s, d: s == "wrdn" and d.file_name.endswith("crash.nxs"),
                            timeout=60, what="wrdn of the crashed run")[0]

@@ -24,7 +24,7 @@ from streaming_data_types import (DESERIALISERS, serialise_6s4t, serialise_f144,
                                   serialise_pl72)
 from streaming_data_types.utils import get_schema
 
-from conftest import ROOT, free_port, wait_for_log
+from conftest import ROOT, free_port
 from test_runs import Serve
 
 MODULE = (32, 48)
@@ -86,7 +86,7 @@ def send(broker, payload):
 
 def wait_ready(s):
     deadline = time.time() + 30
-    while not s.call("GET", "/run")[1]["sinks"]["kafka"]["commands_ready"]:
+    while not s.answer("GET", "/run")[1]["sinks"]["kafka"]["commands_ready"]:
         assert time.time() < deadline, s.log.read_text()
         time.sleep(0.1)
 
@@ -102,7 +102,7 @@ def listening(detingestd, tmp_path, kafka_broker):
         wait_ready(s)
         yield s, reader
     finally:
-        s.close()
+        s.stop()
 
 
 def sha256(path):
@@ -179,7 +179,7 @@ def test_a_job_runs_from_pl72_to_wrdn(listening, kafka_broker, tmp_path):
     reader.wait(lambda sc, d: sc == "x5f2" and json.loads(d.status_json)["state"] == "idle"
                 and json.loads(d.status_json)["stream"] == "p1234/det/scan_0001",
                 what="an idle heartbeat")
-    counters = s.call("GET", "/run")[1]["sinks"]["kafka"]
+    counters = s.answer("GET", "/run")[1]["sinks"]["kafka"]
     assert counters["commands_accepted"] == 2 and counters["commands_refused"] == 1
     assert counters["commands_ignored"] == 1 and counters["dropped"] == 0
     assert counters["handoffs"] == 1 and counters["frames"] == n
@@ -213,7 +213,7 @@ def test_malformed_commands_are_refused_and_change_nothing(listening, kafka_brok
                 "job_id is empty", "directories", "not JSON", "has passed",
                 'no job "no-such-job"', "malformed pl72"]:
         assert why in messages, messages
-    status = s.call("GET", "/run")[1]
+    status = s.answer("GET", "/run")[1]
     assert status["state"] == "idle", status
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.h5"))
     k = status["sinks"]["kafka"]
@@ -236,12 +236,15 @@ def test_a_broker_killed_mid_run_costs_no_frame(detingestd, tmp_path, kafka_brok
     try:
         code, body = s.start(stream="through_outage")
         assert code == 201, body
-        time.sleep(1.0)
+        deadline = time.time() + 30  # the run some way in when the broker dies
+        while s.get("/run")["frames_recorded"] < 150:
+            assert time.time() < deadline
+            time.sleep(0.05)
         kafka_broker.kill()
         time.sleep(2.5)
         kafka_broker.start()
         kafka_broker.create_topics(*TOPICS)
-        status = s.wait_ended(timeout=60)
+        status = s.wait_run(timeout=60)
         assert status["frames_recorded"] == frames and status["frames_lost"] == 0, status
         with h5py.File(status["master"], "r") as f:
             assert f["/entry/data/data"].shape[0] == frames
@@ -249,7 +252,7 @@ def test_a_broker_killed_mid_run_costs_no_frame(detingestd, tmp_path, kafka_brok
         wrdn = reader.wait(lambda sc, d: sc == "wrdn", what="wrdn after the restart")[0]
         assert wrdn.job_id == "bt/det/through_outage" and not wrdn.error_encountered
         deadline = time.time() + 20
-        while (k := s.call("GET", "/run")[1]["sinks"]["kafka"])["in_flight"] > 0:
+        while (k := s.answer("GET", "/run")[1]["sinks"]["kafka"])["in_flight"] > 0:
             assert time.time() < deadline, k
             time.sleep(0.2)
         assert k["outages"] == 1 and k["undelivered"] > 0, k  # one outage, one episode
@@ -259,15 +262,15 @@ def test_a_broker_killed_mid_run_costs_no_frame(detingestd, tmp_path, kafka_brok
         assert log.count("brokers unreachable") == 1, log
         assert "brokers reachable again" in log
     finally:
-        s.close()
+        s.stop()
 
 
-def test_unreachable_brokers_at_start_name_the_key(detingestd, tmp_path):
+def test_unreachable_brokers_at_start_name_the_key(detingestd, daemons, tmp_path):
     class Nowhere:
         bootstrap = f"127.0.0.1:{free_port()}"
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'data_dir = "{tmp_path}/data"\n[control]\nlisten = "127.0.0.1:{free_port()}"\n'
+    cfg.write_text(f'data_dir = "{tmp_path}/data"\n[control]\nlisten = "127.0.0.1:0"\n'
                    + kafka_table(Nowhere, "connect_timeout_ms = 500\n")
                    + '[[source]]\nname = "det"\nstream = { beamtime = "bt", source = "det", stream = "x" }\n'
                      "[source.synthetic]\nshape = [8, 8]\n")
@@ -276,14 +279,9 @@ def test_unreachable_brokers_at_start_name_the_key(detingestd, tmp_path):
     assert p.returncode != 0 and "kafka.brokers" in p.stderr, p.stderr
     cfg.write_text(cfg.read_text().replace("connect_timeout_ms = 500\n",
                                            'connect_timeout_ms = 500\non_start_error = "continue"\n'))
-    log = tmp_path / "continue.log"
-    proc = subprocess.Popen([detingestd, "serve", "--config", str(cfg)], stderr=open(log, "w"))
-    try:
-        wait_for_log(proc, log, "control API listening")
-        assert "brokers unreachable" in log.read_text()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+    d = daemons("continue", config=cfg)
+    assert "brokers unreachable" in d.log_text()
+    d.close()
 
 
 def test_the_example_configuration_is_valid(detingestd):
@@ -308,7 +306,7 @@ def test_a_job_stops_at_its_stop_time(listening, kafka_broker):
     assert moved.outcome == 0 and int(moved.stop_time.timestamp() * 1000) == stop_at
     wrdn = reader.wait(lambda sc, d: sc == "wrdn", timeout=30, what="wrdn")[0]
     ended = json.loads(wrdn.metadata)["endTime"]
-    status = s.call("GET", "/run")[1]
+    status = s.answer("GET", "/run")[1]
     assert status["state"] == "finished" and status["end_reason"] == "stop", status
     ended_ms = datetime.fromisoformat(ended.replace("Z", "+00:00")).timestamp() * 1000
     assert stop_at <= ended_ms <= stop_at + 2000, (ended, stop_at)
@@ -324,7 +322,7 @@ def test_a_command_topic_missing_at_start_is_created_and_obeyed(detingestd, tmp_
     try:
         wait_ready(s)
         deadline = time.time() + 20
-        while s.call("GET", "/run")[1]["sinks"]["kafka"]["heartbeats"] == 0:
+        while s.answer("GET", "/run")[1]["sinks"]["kafka"]["heartbeats"] == 0:
             assert time.time() < deadline
             time.sleep(0.1)
         reader = Reader(kafka_broker, all_partitions=True)
@@ -333,7 +331,7 @@ def test_a_command_topic_missing_at_start_is_created_and_obeyed(detingestd, tmp_
         assert ok.outcome == 0, ok.message
         assert "brokers unreachable" not in s.log.read_text()
     finally:
-        s.close()
+        s.stop()
 
 
 def test_a_run_the_daemon_crashed_in_is_handed_off_when_it_starts_again(
@@ -368,7 +366,7 @@ def test_a_run_the_daemon_crashed_in_is_handed_off_when_it_starts_again(
             on_disk = master.parent / e["path"]
             assert e["size"] == on_disk.stat().st_size and e["chk"] == sha256(on_disk), e
     finally:
-        s.close()
+        s.stop()
 
 
 def test_a_daemon_killed_after_a_201_does_not_answer_that_job_again(
@@ -397,7 +395,7 @@ def test_a_daemon_killed_after_a_201_does_not_answer_that_job_again(
         reader.poll(3.0)   # time for a second answer, were the pl72 read again
         answers = [d for d in reader.of("answ") if d.job_id == job]
         assert len(answers) == 1, [(a.status_code, a.message) for a in answers]
-        assert s.call("GET", "/run")[1]["state"] == "idle", "the job was not started again"
-        assert s.call("GET", "/run")[1]["sinks"]["kafka"]["commands_accepted"] == 0
+        assert s.answer("GET", "/run")[1]["state"] == "idle", "the job was not started again"
+        assert s.answer("GET", "/run")[1]["sinks"]["kafka"]["commands_accepted"] == 0
     finally:
-        s.close()
+        s.stop()

@@ -13,7 +13,6 @@ from streaming_data_types import DESERIALISERS
 from streaming_data_types.utils import get_schema
 
 from test_kafka import TOPICS, kafka_table, serve, wait_ready
-from conftest import free_port
 from test_runs import Serve, config
 
 # The producer may not ask the broker to create a topic (Tansu, like Kafka's default,
@@ -38,7 +37,7 @@ def wrdns(broker, topic="det_status", timeout=60, n=1):
 def counters_reach(s, name, n, timeout):
     """The Kafka sink's counters once `name` has reached `n` (delivery reports come late)."""
     deadline = time.time() + timeout
-    while (k := s.call("GET", "/run")[1]["sinks"]["kafka"])[name] < n:
+    while (k := s.answer("GET", "/run")[1]["sinks"]["kafka"])[name] < n:
         assert time.time() < deadline, k
         time.sleep(0.1)
     return k
@@ -48,8 +47,9 @@ def test_a_missing_frame_topic_is_one_clear_error_not_an_outage(detingestd, tmp_
                                                                    kafka_broker):
     kafka_broker.create_topics("det_commands", "det_status", "det_previews")
     # By default a missing topic refuses the start, naming its key.
-    cfg = config(tmp_path / "refused.toml", tmp_path / "data", free_port(),
-                 live='publish = ""\nquery = ""\n' + kafka_table(kafka_broker, NO_AUTO_CREATE))
+    cfg = tmp_path / "refused.toml"
+    cfg.write_text(config(tmp_path / "data", live='publish = ""\nquery = ""\n'
+                          + kafka_table(kafka_broker, NO_AUTO_CREATE)))
     out = subprocess.run([detingestd, "serve", "--config", str(cfg)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode != 0
@@ -61,7 +61,7 @@ def test_a_missing_frame_topic_is_one_clear_error_not_an_outage(detingestd, tmp_
         wait_ready(s)
         code, body = s.start(stream="no_frame_topic")
         assert code == 201, body
-        status = s.wait_ended(timeout=60)
+        status = s.wait_run(timeout=60)
         assert status["frames_recorded"] == 120
         (w,) = wrdns(kafka_broker)
         assert w.job_id == "bt/det/no_frame_topic" and not w.error_encountered
@@ -73,7 +73,7 @@ def test_a_missing_frame_topic_is_one_clear_error_not_an_outage(detingestd, tmp_
         assert "brokers unreachable" not in log
         assert "file set handed off (wrdn delivered)" in log
     finally:
-        s.close()
+        s.stop()
     # With create_topics = true the daemon creates it at start.
     s = serve(detingestd, tmp_path, kafka_broker, extra="create_topics = true\n" + NO_AUTO_CREATE)
     try:
@@ -83,7 +83,7 @@ def test_a_missing_frame_topic_is_one_clear_error_not_an_outage(detingestd, tmp_
         topics = AdminClient({"bootstrap.servers": kafka_broker.bootstrap}).list_topics(timeout=10).topics
         assert "det_frames" in topics and not topics["det_frames"].error
     finally:
-        s.close()
+        s.stop()
 
 
 def test_a_wrdn_the_broker_refuses_is_warned_at_once(detingestd, tmp_path, kafka_broker):
@@ -99,14 +99,14 @@ def test_a_wrdn_the_broker_refuses_is_warned_at_once(detingestd, tmp_path, kafka
         wait_ready(s)
         code, body = s.start(stream="huge_meta")
         assert code == 201, body
-        s.wait_ended(timeout=60)
+        s.wait_run(timeout=60)
         k = counters_reach(s, "handoffs_undelivered", 1, timeout=20)
         assert k["handoffs"] == 0 and k["too_large"] == 1 and k["outages"] == 0, k
         log = s.log.read_text()
         assert "file set NOT handed off" in log and "huge_meta" in log
         assert "brokers unreachable" not in log
     finally:
-        s.close()
+        s.stop()
 
 
 def test_a_run_of_twenty_thousand_files_is_handed_off_with_every_checksum(
@@ -123,12 +123,12 @@ def test_a_run_of_twenty_thousand_files_is_handed_off_with_every_checksum(
         t0 = time.time()
         code, body = s.start(stream="many", frames=n)
         assert code == 201, body
-        status = s.wait_ended(timeout=600)
+        status = s.wait_run(timeout=600)
         assert status["frames_recorded"] == n, status
         (w,) = wrdns(kafka_broker, timeout=300)
         took = time.time() - t0
     finally:
-        s.close()
+        s.stop()
     meta = json.loads(w.metadata)
     assert meta["numberOfFiles"] == n + 1 and meta["files_inline"] is False, meta.keys()
     assert meta["files"] is None

@@ -1,6 +1,7 @@
 """The live notification socket (ZeroMQ PUB) and its query endpoint, with pyzmq."""
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -52,25 +53,29 @@ def collect(sub, until_run_end=True):
             return out
 
 
-def start(detingestd, cfg):
-    return subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg)])
+def start(daemons, cfg, ready=True, **kw):
+    """`detingestd run` on `cfg`; with `wait_for_subscribers`, not `ready` until they came."""
+    kw.setdefault("log", "warn")
+    return daemons(cfg.stem, config=cfg, command="run", ready=ready, **kw)
 
 
 # Also with batches of about four frames (20 ms at 200 frames/s), which the publisher holds
 # back and sends together: the order on the socket must not change.
 @pytest.mark.parametrize("batch_us", [0, 20000])
-def test_subscriber_gets_every_frame_in_order_and_throttled_previews(detingestd, tmp_path,
+def test_subscriber_gets_every_frame_in_order_and_throttled_previews(daemons, tmp_path,
                                                                     tcp_endpoints, batch_us):
-    endpoints = tcp_endpoints  # this one over TCP on loopback, as viewers connect
+    # This one over TCP on loopback, as viewers connect; the viewer is there first, on the
+    # port the configuration names (it waits for the daemon, which waits for it).
+    endpoints = tcp_endpoints
     cfg = live_config(tmp_path, endpoints,
                       synthetic="frames = 60\nshape = [32, 64]\nbank_frames = 60\nrate_hz = 200.0",
                       extra="preview_every = 7\npreview_max_hz = 0\nwait_for_subscribers = 1\n"
                             f"batch_interval_us = {batch_us}")
     ctx = zmq.Context()
     sub = subscriber(ctx, endpoints[0])
-    proc = start(detingestd, cfg)
+    d = start(daemons, cfg, ready=False)
     msgs = collect(sub)
-    assert proc.wait(timeout=60) == 0
+    assert d.proc.wait(timeout=60) == 0
     topics = [m[0] for m in msgs]
     assert topics[0] == "run" and msgs[0][1]["event"] == "start"
     assert msgs[-1][1]["event"] == "end"
@@ -117,7 +122,7 @@ def decode_bslz4_chunk(chunk, dtype, shape):
     return out.reshape(shape)
 
 
-def test_a_stalled_subscriber_does_not_hold_up_ingest(detingestd, tmp_path, endpoints,
+def test_a_stalled_subscriber_does_not_hold_up_ingest(daemons, tmp_path, endpoints,
                                                       expected_frames):
     cfg = live_config(tmp_path, endpoints,
                       synthetic="frames = 1000\nshape = [64, 128]\nbank_frames = 1000",
@@ -134,10 +139,9 @@ def test_a_stalled_subscriber_does_not_hold_up_ingest(detingestd, tmp_path, endp
     got = []
     t = threading.Thread(target=lambda: got.extend(collect(reader)))
     summary_path = tmp_path / "s.json"
-    proc = subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg),
-                             "--summary-json", str(summary_path)])
+    d = start(daemons, cfg, ready=False, args=["--summary-json", summary_path])
     t.start()
-    assert proc.wait(timeout=120) == 0, "ingest finished although one subscriber never read"
+    assert d.proc.wait(timeout=120) == 0, "ingest finished although one subscriber never read"
     t.join(timeout=30)
     summary = json.loads(summary_path.read_text())
     assert summary["streams"][0]["frames"] == 1000 and summary["stats"]["written"] == 1000
@@ -168,7 +172,7 @@ def query(ctx, endpoint, text):
     return reply
 
 
-def test_late_joiner_gets_history_and_three_distinct_answers(detingestd, tmp_path, endpoints):
+def test_late_joiner_gets_history_and_three_distinct_answers(daemons, tmp_path, endpoints):
     pub, q = endpoints
     cfg = tmp_path / "two.toml"
     cfg.write_text(
@@ -179,7 +183,7 @@ def test_late_joiner_gets_history_and_three_distinct_answers(detingestd, tmp_pat
         '[[source]]\nname = "long"\nstream = { beamtime = "bt", source = "det", stream = "long" }\n'
         '[source.synthetic]\nframes = 400\nshape = [8, 8]\nrate_hz = 50.0\n')
     ctx = zmq.Context()
-    proc = start(detingestd, cfg)
+    d = start(daemons, cfg)
     try:
         # Wait until the long stream has passed its history size.
         deadline = time.time() + 60
@@ -216,11 +220,10 @@ def test_late_joiner_gets_history_and_three_distinct_answers(detingestd, tmp_pat
             assert reply["ok"] is False and reply["error"], bad
         assert query(ctx, q, "last")["ok"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        d.stop(signal.SIGTERM)
 
 
-def test_the_live_view_example_prints_frames(detingestd, tmp_path, endpoints):
+def test_the_live_view_example_prints_frames(daemons, tmp_path, endpoints):
     import os
     import sys
     from pathlib import Path
@@ -231,8 +234,8 @@ def test_the_live_view_example_prints_frames(detingestd, tmp_path, endpoints):
     env = dict(os.environ, MPLBACKEND="Agg")
     viewer = subprocess.Popen([sys.executable, str(example), endpoints[0]], env=env,
                               stdout=subprocess.PIPE, text=True)
-    proc = start(detingestd, cfg)
-    assert proc.wait(timeout=60) == 0
+    d = start(daemons, cfg, ready=False)
+    assert d.proc.wait(timeout=60) == 0
     lines = []
     for line in viewer.stdout:
         lines.append(line)
@@ -244,7 +247,7 @@ def test_the_live_view_example_prints_frames(detingestd, tmp_path, endpoints):
     assert frame_lines[0].startswith("bt/det/s1 #1 frame 1 ")
 
 
-def test_bluesky_documents_validate_against_event_model(detingestd, tmp_path, endpoints):
+def test_bluesky_documents_validate_against_event_model(daemons, tmp_path, endpoints):
     from event_model import DocumentNames, schema_validators
     # Flushed after every index: each index becomes readable, and announced, on its own.
     cfg = live_config(tmp_path, endpoints, synthetic="frames = 12\nshape = [16, 24]",
@@ -252,13 +255,13 @@ def test_bluesky_documents_validate_against_event_model(detingestd, tmp_path, en
                       writer="flush_every_frames = 1")
     ctx = zmq.Context()
     sub = subscriber(ctx, endpoints[0], topics=(b"bluesky",))
-    proc = start(detingestd, cfg)
+    d = start(daemons, cfg, ready=False)
     docs = []
     while not docs or docs[-1][0] != "stop":
         topic, name, doc = sub.recv_multipart()
         assert topic == b"bluesky"
         docs.append((name.decode(), json.loads(doc)))
-    assert proc.wait(timeout=60) == 0
+    assert d.proc.wait(timeout=60) == 0
     for name, doc in docs:
         schema_validators[DocumentNames[name]].validate(doc)
     names = [n for n, _ in docs]
@@ -281,23 +284,21 @@ def test_bluesky_documents_validate_against_event_model(detingestd, tmp_path, en
         assert f["/entry/data/data"].shape == (12, 16, 24)
 
 
-def test_realtime_priority_puts_the_notification_path_under_sched_fifo(detingestd, tmp_path,
+def test_realtime_priority_puts_the_notification_path_under_sched_fifo(daemons, tmp_path,
                                                                        endpoints):
     import os
     cfg = live_config(tmp_path, endpoints, synthetic="frames = 0\nshape = [16, 16]\nrate_hz = 50.0",
                       extra="realtime_priority = 7")
     cfg.write_text(cfg.read_text() + "\n[threads]\nnotify = 1\n")
-    proc = subprocess.Popen([detingestd, "run", "--config", str(cfg)], stderr=subprocess.PIPE,
-                            text=True)
+    d = start(daemons, cfg, log="info")
     try:
-        deadline = time.time() + 20
-        while True:
-            tasks = {int(t): open(f"/proc/{proc.pid}/task/{t}/comm").read().strip()
-                     for t in os.listdir(f"/proc/{proc.pid}/task")}
-            if "notify" in tasks.values() or time.time() > deadline:
-                break
-            time.sleep(0.05)
-        time.sleep(0.3)  # the thread sets its policy as it starts
+        pid = d.proc.pid
+        tasks = {int(t): open(f"/proc/{pid}/task/{t}/comm").read().strip()
+                 for t in os.listdir(f"/proc/{pid}/task")}
+        notify = next(t for t, n in tasks.items() if n == "notify")
+        deadline = time.time() + 20  # the thread sets its policy as it starts
+        while os.sched_getscheduler(notify) != os.SCHED_FIFO and time.time() < deadline:
+            time.sleep(0.02)
         policy = {name: os.sched_getscheduler(tid) for tid, name in tasks.items()}
         fifo = [name for tid, name in tasks.items() if os.sched_getscheduler(tid) == os.SCHED_FIFO]
         assert policy["notify"] == os.SCHED_FIFO
@@ -311,6 +312,6 @@ def test_realtime_priority_puts_the_notification_path_under_sched_fifo(detingest
         assert os.sched_getaffinity(next(t for t, n in tasks.items() if n == "notify")) == {1}
         assert os.sched_getaffinity(next(t for t, n in tasks.items() if n == "writer")) == {0, 1}
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        d.stop(signal.SIGTERM)
+    err = d.log_text()
     assert "keeps normal scheduling" not in err, err

@@ -20,7 +20,6 @@ import nxmx
 import pytest
 
 import stream2_spec as spec
-from conftest import free_port
 from test_cluster import PARTS, cluster, start  # noqa: F401
 from test_runs import GRID, MODULE, N, serve  # noqa: F401
 from test_stream2 import stream2_source
@@ -169,7 +168,7 @@ def test_a_two_by_two_detector_with_gaps_has_every_module_where_it_is(serve):
     code, st = s.start(stream="gaps", frames=N, frames_per_file=10,
                        detector={**EXPERIMENT, "module_gap": gap, "goniometer": goniometer})
     assert code == 201, st
-    assert s.wait_ended()["state"] == "finished"
+    assert s.wait_run()["state"] == "finished"
     master = s.master("gaps")
     assert_valid_nxmx(master)
     assert load_whole_tree(master) > 40
@@ -202,12 +201,11 @@ def test_a_two_by_two_detector_with_gaps_has_every_module_where_it_is(serve):
             assert np.allclose(mod.fast_pixel_direction[()].to("m").magnitude, px)
 
 
-def test_a_stream2_series_with_a_goniometer_is_valid_nxmx(serve_daemons, tmp_path):
-    detector = spec.Detector(free_port())
+def test_a_stream2_series_with_a_goniometer_is_valid_nxmx(daemons, tmp_path):
+    detector = spec.Detector()
     try:
-        d = serve_daemons("serve", stream2_source(detector.endpoint) + EXPERIMENT_TOML)
+        d = daemons("serve", stream2_source(detector.endpoint) + EXPERIMENT_TOML)
         shape, n = (40, 60), 4
-        time.sleep(0.3)
         detector.send(spec.start(5, shape, "uint16", n=n,
                                  goniometer={"omega": {"start": 0.0, "increment": 0.2},
                                              "phi": {"start": 90.0, "increment": 0.0},

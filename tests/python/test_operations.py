@@ -11,20 +11,18 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, wait_for_log
+
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token-for-the-tests-0123"
 
 
-def write_config(tmp, port, control=""):
+def write_config(tmp, port=0, control=""):
     token = tmp / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
@@ -38,62 +36,25 @@ def write_config(tmp, port, control=""):
     return cfg
 
 
-class Daemon:
-    def __init__(self, exe, tmp, control="", port=None, env=None, nofile=None):
-        self.port = port or free_port()
-        self.cfg = write_config(tmp, self.port, control)
-        self.log = tmp / f"serve-{time.monotonic_ns()}.log"
-
+@pytest.fixture
+def serve(daemons, tmp_path):
+    """`serve(control=..., port=0, nofile=None, env=None)`: the daemon on a 256 x 512 synthetic
+    detector; `port` 0: one the kernel picks; `nofile`: its open-file limit (`ulimit -n`)."""
+    def make(control="", port=0, nofile=None, env=None):
         def limit():  # as `ulimit -n` in the daemon's shell
             if nofile:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.proc = subprocess.Popen([exe, "serve", "--config", str(self.cfg)],
-                                     stderr=open(self.log, "w"), env=env, preexec_fn=limit)
-        wait_for_log(self.proc, self.log, "control API listening")
-
-    def request(self, method, path, body=None, headers=None, raw=None):
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
-                                     method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, r.read(), r.headers
-        except urllib.error.HTTPError as e:
-            return e.code, e.read(), e.headers
-
-    def json(self, method, path, body=None, token=None, headers=None):
-        h = dict(headers or {})
-        if token:
-            h["Authorization"] = f"Bearer {token}"
-        status, data, _ = self.request(method, path, body, h)
-        return status, json.loads(data or b"{}")
-
-    def metrics(self, token=None):
-        h = {"Authorization": f"Bearer {token}"} if token else {}
-        status, data, headers = self.request("GET", "/metrics", headers=h)
-        assert status == 200, data
-        assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        return data.decode()
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(timeout=30)
+        cfg = write_config(tmp_path, port, control)
+        return daemons(f"serve-{time.monotonic_ns()}", config=cfg, env=env, preexec_fn=limit)
+    return make
 
 
-@pytest.fixture
-def daemons(detingestd, tmp_path):
-    started = []
-
-    def make(**kw):
-        d = Daemon(detingestd, tmp_path, **kw)
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        d.close()
+def metrics(d, token=None):
+    """`GET /metrics`'s text, checked to be Prometheus text 0.0.4."""
+    status, data, headers = d.request("GET", "/metrics", token=token)
+    assert status == 200, data
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return data.decode()
 
 
 def samples(text):
@@ -107,20 +68,20 @@ def samples(text):
 
 
 def start(d, stream, token=None, **kw):
-    status, body = d.json("POST", "/run/start",
+    status, body = d.answer("POST", "/run/start",
                           {"beamtime": "bt", "source": "det", "stream": stream, **kw}, token)
     assert status == 201, body
     return body
 
 
-def test_metrics_parse_during_runs_and_counters_only_grow(daemons):
-    d = daemons()
-    assert d.json("GET", "/health") == (200, {"status": "ok"})
+def test_metrics_parse_during_runs_and_counters_only_grow(serve):
+    d = serve()
+    assert d.answer("GET", "/health") == (200, {"status": "ok"})
     start(d, "m1")
     scrapes = []
     for _ in range(6):
         time.sleep(0.4)
-        scrapes.append(samples(d.metrics()))
+        scrapes.append(samples(metrics(d)))
     values, types = scrapes[-1]
     for fam in ["detingest_frames_indexed", "detingest_indices_recorded", "detingest_raw_bytes",
                 "detingest_source_frames", "detingest_notifications"]:
@@ -154,40 +115,40 @@ def test_metrics_parse_during_runs_and_counters_only_grow(daemons):
     assert recorded_before > first[("detingest_indices_recorded_total", ())], "counters move"
 
     # Across runs: the second run's counters start at zero, the metrics go on from the first.
-    status, stopped = d.json("POST", "/run/stop")
+    status, stopped = d.answer("POST", "/run/stop")
     assert status == 200
-    after_stop, t = samples(d.metrics())
+    after_stop, t = samples(metrics(d))
     assert after_stop[("detingest_runs_total", (("reason", "stop"),))] == 1
     assert after_stop[("detingest_indices_recorded_total", ())] == stopped["frames_recorded"]
     assert after_stop[("detingest_run_state", (("state", "finished"),))] == 1
     start(d, "m2")
     time.sleep(0.8)
-    second, t2 = samples(d.metrics())
+    second, t2 = samples(metrics(d))
     for k, x in counters(after_stop, t).items():
         assert counters(second, t2).get(k, 0) >= x, f"{k} went down across runs"
     info = [k for k in second if k[0] == "detingest_run_info"]
     assert info == [("detingest_run_info", (("state", "running"), ("stream", "bt/det/m2")))]
 
 
-def test_token_cross_site_and_limits(daemons, detingestd, tmp_path):
-    d = daemons(control='token_file = "TOKEN_FILE"\nmax_body_bytes = 4096')
+def test_token_cross_site_and_limits(serve, detingestd, tmp_path):
+    d = serve(control='token_file = "TOKEN_FILE"\nmax_body_bytes = 4096')
     good = {"beamtime": "bt", "source": "det", "stream": "t1", "frames": 20}
     # Reads and writes need the token; the page's files and /health do not.
-    assert d.json("GET", "/run")[0] == 401
+    assert d.answer("GET", "/run")[0] == 401
     assert d.request("GET", "/metrics")[0] == 401
     assert d.request("GET", "/preview")[0] == 401
     status, page, headers = d.request("GET", "/")
     assert status == 200 and b"detingestd" in page
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
-    assert d.json("GET", "/health")[0] == 200
-    status, body = d.json("POST", "/run/start", good)
+    assert d.answer("GET", "/health")[0] == 200
+    status, body = d.answer("POST", "/run/start", good)
     assert status == 401 and "bearer token" in body["error"]
     assert d.request("POST", "/run/start", good)[2]["WWW-Authenticate"] == "Bearer"
-    assert d.json("POST", "/run/start", good, token="wrong-token-of-the-same-size-00")[0] == 401
+    assert d.answer("POST", "/run/start", good, token="wrong-token-of-the-same-size-00")[0] == 401
     # Cross-site requests are refused even with the token.
     for h in [{"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
               {"Sec-Fetch-Site": "same-site"}]:
-        status, body = d.json("POST", "/run/start", good, token=TOKEN, headers=h)
+        status, body = d.answer("POST", "/run/start", good, token=TOKEN, headers=h)
         assert status == 403, (h, body)
     # Malformed and oversized requests: 4xx, nothing started.
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -197,23 +158,23 @@ def test_token_cross_site_and_limits(daemons, detingestd, tmp_path):
                      headers=auth)[0] == 400
     assert d.request("DELETE", "/run", headers=auth)[0] == 405
     assert d.request("GET", "/nope", headers=auth)[0] == 404
-    assert d.json("GET", "/run", token=TOKEN)[1]["state"] == "idle", "nothing changed"
+    assert d.answer("GET", "/run", token=TOKEN)[1]["state"] == "idle", "nothing changed"
     # Same-origin requests with the token go through.
-    status, body = d.json("POST", "/run/start", good, token=TOKEN,
+    status, body = d.answer("POST", "/run/start", good, token=TOKEN,
                           headers={"Origin": f"http://127.0.0.1:{d.port}",
                                    "Sec-Fetch-Site": "same-origin"})
     assert status == 201, body
     d.close()
 
     # public_reads: reads open, writes still need the token.
-    p = daemons(control='token_file = "TOKEN_FILE"\npublic_reads = true')
-    assert p.json("GET", "/run")[0] == 200
-    assert "detingest_runs" in p.metrics()
-    assert p.json("POST", "/run/stop")[0] == 401
+    p = serve(control='token_file = "TOKEN_FILE"\npublic_reads = true')
+    assert p.answer("GET", "/run")[0] == 200
+    assert "detingest_runs" in metrics(p)
+    assert p.answer("POST", "/run/stop")[0] == 401
 
 
-def test_loopback_without_token_refuses_foreign_host_names(daemons):
-    d = daemons()
+def test_loopback_without_token_refuses_foreign_host_names(serve):
+    d = serve()
     h = {"Host": "rebound.evil.example"}
     assert d.request("GET", "/run", headers=h)[0] == 403
     assert d.request("POST", "/run/stop", headers=h)[0] == 403
@@ -234,15 +195,14 @@ def test_bad_control_settings_name_their_key(detingestd, tmp_path):
     code, err = check("max_body_bytes = 1")
     assert code != 0 and "control.max_body_bytes" in err
     # An unreadable or shared token file stops `serve` with the key named.
-    port = free_port()
-    cfg = write_config(tmp_path, port, 'token_file = "TOKEN_FILE"')
+    cfg = write_config(tmp_path, 0, 'token_file = "TOKEN_FILE"')
     (tmp_path / "token").chmod(0o644)
     r = subprocess.run([detingestd, "serve", "--config", str(cfg)], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode != 0 and "control.token_file" in r.stderr and "chmod 600" in r.stderr
 
 
-def test_make_install_puts_a_unit_that_verifies_and_readiness_is_notified(daemons, tmp_path):
+def test_make_install_puts_a_unit_that_verifies_and_readiness_is_notified(serve, tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.fail("systemd-analyze is missing (Debian's systemd package)")
@@ -270,9 +230,9 @@ def test_make_install_puts_a_unit_that_verifies_and_readiness_is_notified(daemon
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
     sock.settimeout(20)
-    d = daemons(env={**os.environ, "NOTIFY_SOCKET": path})
+    d = serve(env={**os.environ, "NOTIFY_SOCKET": path})
     assert b"READY=1" in sock.recv(4096)
-    assert d.json("GET", "/health")[0] == 200
+    assert d.answer("GET", "/health")[0] == 200
     d.close()
     assert b"STOPPING=1" in sock.recv(4096)
 
@@ -293,9 +253,9 @@ def run_page(node, modules, url, phase, shot, signal_file=""):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_live_page_in_chromium(daemons, tmp_path):
+def test_live_page_in_chromium(serve, tmp_path):
     node, modules = node_and_browser()
-    d = daemons(control='token_file = "TOKEN_FILE"')
+    d = serve(control='token_file = "TOKEN_FILE"')
     start(d, "page1", token=TOKEN)
     artifacts = ROOT / "target" / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -309,7 +269,7 @@ def test_live_page_in_chromium(daemons, tmp_path):
     assert shot.stat().st_size > 10_000
     # The run the form started: its fields (frames 40, frames_per_file 25) were obeyed.
     deadline = time.time() + 60
-    while (run := d.json("GET", "/run", token=TOKEN)[1])["state"] == "running":
+    while (run := d.answer("GET", "/run", token=TOKEN)[1])["state"] == "running":
         assert time.time() < deadline, run
         time.sleep(0.1)
     assert (run["stream"], run["frames_recorded"]) == ("bt/det/from_page", 40), run
@@ -317,9 +277,9 @@ def test_live_page_in_chromium(daemons, tmp_path):
     assert files == ["from_page_data_000001.h5", "from_page_data_000002.h5"], files
 
 
-def test_live_page_reconnects_through_a_daemon_restart(detingestd, daemons, tmp_path):
+def test_live_page_reconnects_through_a_daemon_restart(detingestd, serve, tmp_path):
     node, modules = node_and_browser()
-    d = daemons(control='token_file = "TOKEN_FILE"')
+    d = serve(control='token_file = "TOKEN_FILE"')
     start(d, "before", token=TOKEN)
     flag = tmp_path / "page-live"
     p = run_page(node, modules, f"http://127.0.0.1:{d.port}/", "reconnect",
@@ -331,7 +291,7 @@ def test_live_page_reconnects_through_a_daemon_restart(detingestd, daemons, tmp_
     port = d.port
     d.close()
     time.sleep(2)
-    again = daemons(control='token_file = "TOKEN_FILE"', port=port)
+    again = serve(control='token_file = "TOKEN_FILE"', port=port)
     start(again, "after", token=TOKEN)
     out, err = p.communicate(timeout=90)
     assert p.returncode == 0, err + out

@@ -7,7 +7,6 @@ the peaks the synthetic detector placed; the radial profile agrees with pyFAI's 
 import json
 import math
 import os
-import urllib.request
 import subprocess
 import time
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import ServeDaemon, free_port
+from harness import connect_ready
 from test_operations import node_and_browser, ROOT
 
 GRID, MODULE, GAP = (2, 2), (96, 128), (4, 6)
@@ -60,16 +59,14 @@ def bin_max(image, f):
 
 
 @pytest.fixture
-def run(detingestd, tmp_path):
+def run(daemons):
     """A finished 2 x 2 run and what a ZeroMQ subscriber and the page got during it."""
-    pub = f"tcp://127.0.0.1:{free_port()}"
-    d = ServeDaemon(detingestd, tmp_path, "q", body(), publish=pub)
+    d = daemons("q", body(), publish="tcp://127.0.0.1:*")
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     for t in (b"preview", b"quality", b"frame"):
         sub.setsockopt(zmq.SUBSCRIBE, t)
-    sub.connect(pub)
-    time.sleep(0.3)  # the subscription reaches the publisher
+    connect_ready(sub, d.endpoint("zmq"))
     got = {"preview": [], "quality": [], "frame": []}
     pages = []
     try:
@@ -79,10 +76,9 @@ def run(detingestd, tmp_path):
             while sub.poll(20):
                 parts = sub.recv_multipart()
                 got[parts[0].decode()].append(parts[1:])
-            with urllib.request.urlopen(
-                    f"http://127.0.0.1:{d.port}/preview", timeout=10) as r:
-                if r.status == 200:
-                    pages.append((dict(r.headers), r.read()))
+            r = d.request("GET", "/preview", timeout=10)
+            if r.status == 200:
+                pages.append((dict(r.headers), r.body))
             if d.get("/run")["state"] != "running":
                 break
             assert time.time() < deadline
@@ -227,17 +223,16 @@ def test_radial_profile_agrees_with_pyfai(run):
     assert checked >= 1
 
 
-def test_the_page_shows_the_grid_and_its_quality_in_chromium(detingestd, tmp_path):
+def test_the_page_shows_the_grid_and_its_quality_in_chromium(daemons):
     node, modules = node_and_browser()
-    d = ServeDaemon(detingestd, tmp_path, "page", body(frames=0, rate=20.0,
-                                                       quality="analysis_hz = 2"))
+    d = daemons("page", body(frames=0, rate=20.0, quality="analysis_hz = 2"))
     try:
         d.call("POST", "/run/start", {"beamtime": "bt", "source": "det", "stream": "page"})
         artifacts = ROOT / "target" / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         shot = artifacts / "live-page-quality.png"
         p = subprocess.run(
-            [node, str(ROOT / "tests" / "browser" / "page.cjs"), f"http://127.0.0.1:{d.port}/",
+            [node, str(ROOT / "tests" / "browser" / "page.cjs"), d.url + "/",
              "", str(shot), "quality"], env={**os.environ, "NODE_PATH": modules},
             capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr + p.stdout

@@ -126,7 +126,16 @@ def test_dropped_frames_keep_their_index_and_show_the_fill_value(run_daemon, exp
     assert np.array_equal(d[~lost], want[~lost])
 
 
-def test_killed_daemon_leaves_flushed_frames_readable(detingestd, tmp_path, expected_frames):
+def flushed(master):
+    """Indices the master records as flushed (read with SWMR as it is written), or 0."""
+    try:
+        with h5py.File(master, "r", swmr=True) as f:
+            return int(f[SPECIFIC + "/nimages"][()])
+    except (OSError, KeyError):
+        return 0
+
+
+def test_killed_daemon_leaves_flushed_frames_readable(daemons, tmp_path, expected_frames):
     from conftest import data_file, write_config
     import signal
     import time
@@ -135,11 +144,13 @@ def test_killed_daemon_leaves_flushed_frames_readable(detingestd, tmp_path, expe
                        synthetic="frames = 100000\nrate_hz = 50.0\nshape = [128, 256]\n"
                                  "bank_frames = 2",
                        writer="flush_every_frames = 5\nflush_interval_ms = 200")
-    proc = subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg)])
-    time.sleep(3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    d = daemons("crash", config=cfg, command="run", log="warn")
     path = tmp_path / "data" / "bt" / "det" / "s1_master.h5"
+    deadline = time.time() + 30
+    while flushed(path) < 10:  # a few flushes in (every 5 frames)
+        assert time.time() < deadline, d.log_text()
+        time.sleep(0.05)
+    d.kill()
     # SWMR files keep the writer's mark after a crash: a plain open refuses them ...
     with pytest.raises(OSError, match="h5clear"):
         h5py.File(path, "r")

@@ -187,9 +187,9 @@ def test_redis_killed_mid_run_or_down_at_a_start_costs_entries_not_frames(
         server.kill()
         time.sleep(1.0)
         server.start()
-        status = serve.wait_ended()
+        status = serve.wait_run()
         run1 = status["streams"][0] if "streams" in status else status
-        counters = serve.call("GET", "/run")[1]["sinks"]["redis"]
+        counters = serve.answer("GET", "/run")[1]["sinks"]["redis"]
         assert counters["indices_dropped"] > 0 and counters["errors"] >= 1, counters
         assert counters["reconnects"] >= 1, counters
         with h5py.File(serve.master("one"), "r") as f:
@@ -199,15 +199,15 @@ def test_redis_killed_mid_run_or_down_at_a_start_costs_entries_not_frames(
         # A run started while the server is down writes its files; its scan is not published.
         server.kill()
         assert serve.start(stream="down", frames=50)[0] == 201
-        serve.wait_ended()
+        serve.wait_run()
         with h5py.File(serve.master("down"), "r") as f:
             assert f["/entry/data/data"].shape[0] == 50
-        counters = serve.call("GET", "/run")[1]["sinks"]["redis"]
+        counters = serve.answer("GET", "/run")[1]["sinks"]["redis"]
         assert counters["scans_unpublished"] == 1 and not counters["connected"], counters
         server.start()
 
         assert serve.start(stream="two", frames=150)[0] == 201
-        serve.wait_ended()
+        serve.wait_run()
         store = DataStore(server.url)
         _, key = store.get_last_scan()
         scan = store.load_scan(key)
@@ -216,7 +216,7 @@ def test_redis_killed_mid_run_or_down_at_a_start_costs_entries_not_frames(
         assert len(scan.streams["det:frame_number"][:]) == 150
         assert run1 is not None
     finally:
-        serve.close()
+        serve.stop()
 
 
 def test_a_wrong_password_names_the_key_or_runs_without_redis(
@@ -236,13 +236,13 @@ def test_a_wrong_password_names_the_key_or_runs_without_redis(
     assert file_frames(tmp_path / "data" / "bt" / "det" / "cont_master.h5").shape[0] == 10
 
 
-def test_late_joiners_query_a_run_from_before_a_restart(detingestd, tmp_path, redis_server):
+def test_late_joiners_query_a_run_from_before_a_restart(detingestd, daemons, tmp_path,
+                                                         redis_server):
     import json
     import zmq
-    from conftest import free_port, start_daemon, stop_daemon
+    from conftest import stop_run
     server = redis_server("--stream-node-max-entries", "4")
-    query = f"tcp://127.0.0.1:{free_port()}"
-    live = f'publish = ""\nquery = "{query}"'
+    live = 'publish = ""\nquery = "tcp://127.0.0.1:*"'
 
     def cfg(name, frames, rate, redis=""):
         path = config(tmp_path, server.url, frames, rate, name=name, redis=redis)
@@ -251,11 +251,13 @@ def test_late_joiners_query_a_run_from_before_a_restart(detingestd, tmp_path, re
 
     run(detingestd, cfg("before", 30, 300.0, "max_entries = 10"), tmp_path)
     # A new daemon (the first one is gone with its history) on another stream.
-    daemon, log, summary = start_daemon(detingestd, cfg("after", 400, 20.0), tmp_path)
+    summary = tmp_path / "after.summary.json"
+    daemon = daemons("after", config=cfg("after", 400, 20.0), command="run",
+                     args=["--summary-json", summary])
     try:
         req = zmq.Context.instance().socket(zmq.REQ)
         req.setsockopt(zmq.RCVTIMEO, 10000)
-        req.connect(query)
+        req.connect(daemon.endpoint("zmq", "query_endpoint"))
         deadline = time.time() + 20
         while True:
             req.send(b"range bt/det/before 1 35")
@@ -275,24 +277,24 @@ def test_late_joiners_query_a_run_from_before_a_restart(detingestd, tmp_path, re
         req.send(b"range bt/det/nothing 1 2")
         assert json.loads(req.recv())["ok"] is False
     finally:
-        stop_daemon(daemon, log, summary, settle=0)
+        stop_run(daemon, summary, settle=0)
 
 
 def test_a_server_out_of_memory_is_one_logged_episode_and_the_scan_says_incomplete(
-        detingestd, tmp_path, redis_server):
+        daemons, tmp_path, redis_server):
     import json
     from blissdata.redis_engine.store import DataStore
-    from conftest import start_daemon
     server = redis_server()
     n = 150
     cfg = config(tmp_path, server.url, n, 50.0, redis="timeout_ms = 200\nmax_backoff_ms = 200")
-    daemon, log, summary = start_daemon(detingestd, cfg, tmp_path)
+    summary = tmp_path / "summary.json"
+    daemon = daemons("oom", config=cfg, command="run", args=["--summary-json", summary])
     time.sleep(1.0)
     server.client().config_set("maxmemory", 1)  # every write refused: OOM
     time.sleep(1.0)
     server.client().config_set("maxmemory", 0)
-    assert daemon.wait(timeout=60) == 0, log.read_text()
-    text = log.read_text()
+    assert daemon.proc.wait(timeout=60) == 0, daemon.log_text()
+    text = daemon.log_text()
     assert text.count("server unusable") == 1, text
     assert "OOM" in text and "publishing again" in text, text
     redis = json.loads(summary.read_text())["sinks"]["redis"]

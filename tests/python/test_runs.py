@@ -6,11 +6,8 @@ readers no one here wrote (h5dump, nexusformat)."""
 import json
 import math
 import os
-import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import h5py
@@ -18,7 +15,7 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters)
 import numpy as np
 import pytest
 
-from conftest import free_port, wait_for_log
+from harness import Daemon
 
 GRID = (2, 2)
 MODULE = (32, 48)
@@ -29,56 +26,25 @@ SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 
 
 
-def config(path, data_dir, port, *, source="", writer="", run="", live='publish = ""\nquery = ""'):
+def config(data_dir, *, source="", writer="", run="", live='publish = ""\nquery = ""'):
+    """A `serve` configuration of the 2 x 2 synthetic detector (or `source`), its API on a
+    port the kernel picks."""
     withhold = ", ".join(f"[{n}, {m}]" for n, m in WITHHELD)
-    path.write_text(
-        f'data_dir = "{data_dir}"\n[writer]\n{writer}\n[live]\n{live}\n'
-        f'[control]\nlisten = "127.0.0.1:{port}"\n[run]\n{run}\n'
+    return (
+        f'data_dir = "{data_dir}"\n[writer]\n{writer}\n[sink.zmq]\n{live}\n'
+        f'[control]\nlisten = "127.0.0.1:0"\n[run]\n{run}\n'
         '[[source]]\nname = "det"\nstream = { beamtime = "bt", source = "det", stream = "x" }\n'
         f"grid = [{GRID[0]}, {GRID[1]}]\n"
         + (source or f"[source.synthetic]\nshape = [{MODULE[0]}, {MODULE[1]}]\nframes = {N}\n"
                      f"bank_frames = 7\nseed = 5\nrate_hz = 400.0\nwithhold = [{withhold}]\n"))
-    return path
 
 
-class Serve:
-    """`detingestd serve` in the background and its HTTP API."""
-
-    def __init__(self, exe, tmp, data_dir=None, **kw):
-        self.port = free_port()
-        self.data = Path(data_dir or tmp / "data")
-        self.cfg = config(tmp / "serve.toml", self.data, self.port, **kw)
-        self.log = tmp / "serve.log"
-        self.proc = subprocess.Popen([exe, "serve", "--config", str(self.cfg)],
-                                     stderr=open(self.log, "w"))
-        wait_for_log(self.proc, self.log, "control API listening")
-
-    def call(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
-                                     method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def start(self, **body):
-        return self.call("POST", "/run/start", {"beamtime": "bt", "source": "det", **body})
-
-    def wait_ended(self, timeout=60):
-        deadline = time.time() + timeout
-        while (status := self.call("GET", "/run")[1])["state"] == "running":
-            assert time.time() < deadline, status
-            time.sleep(0.05)
-        return status
-
-    def close(self):
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=30)
-
-    def master(self, stream):
-        return self.data / "bt" / "det" / f"{stream}_master.h5"
+def Serve(exe, tmp, data_dir=None, name="serve", **kw):
+    """`detingestd serve` on `config(**kw)`: a `harness.Daemon` whose runs start on the
+    source `det` of beamtime `bt`."""
+    data = Path(data_dir or tmp / "data")
+    return Daemon(exe, tmp, name, config(data, **kw), data=data, source="det",
+                  run_defaults={"beamtime": "bt", "source": "det"})
 
 
 @pytest.fixture
@@ -92,7 +58,7 @@ def serve(detingestd, tmp_path):
 
     yield make
     for s in started:
-        s.close()
+        s.stop()
 
 
 @pytest.fixture
@@ -124,7 +90,7 @@ def test_four_module_runs_read_back_exact_in_both_chunkings(serve, expected_imag
                            detector={"detector_distance": 0.125, "beam_center_x": 40.5,
                                      "count_time": 0.001})
         assert code == 201, st
-        st = s.wait_ended()
+        st = s.wait_run()
         assert (st["state"], st["end_reason"]) == ("finished", "count"), st
         assert (st["frames_recorded"], st["frames_lost"]) == (N, 1)
         assert st["counters"]["incomplete"] == 2, "frames 3 and 17 closed without a module"
@@ -184,7 +150,7 @@ def test_four_module_runs_read_back_exact_in_both_chunkings(serve, expected_imag
 def test_start_refuses_existing_files_and_bad_requests_and_stop_closes_cleanly(serve):
     s = serve()
     assert s.start(stream="first", frames=3)[0] == 201
-    assert s.wait_ended()["end_reason"] == "count"
+    assert s.wait_run()["end_reason"] == "count"
     code, body = s.start(stream="first", frames=3)
     assert code == 409 and "exists already" in body["error"]
     code, body = s.start(stream="../escape")
@@ -193,8 +159,8 @@ def test_start_refuses_existing_files_and_bad_requests_and_stop_closes_cleanly(s
     assert code == 400 and "chunking" in body["error"]
     code, body = s.start(stream="s", frame_count=3)
     assert code == 400 and "frame_count" in body["error"]
-    assert s.call("GET", "/nope")[0] == 404
-    assert s.call("POST", "/run/stop")[0] == 409, "nothing to stop"
+    assert s.answer("GET", "/nope")[0] == 404
+    assert s.answer("POST", "/run/stop")[0] == 409, "nothing to stop"
 
     # Open-ended run stopped by the operator: files closed and complete up to the stop.
     code, st = s.start(stream="open", frames=0)
@@ -202,11 +168,11 @@ def test_start_refuses_existing_files_and_bad_requests_and_stop_closes_cleanly(s
     assert s.start(stream="other")[0] == 409, "one run at a time"
     time.sleep(0.5)
     # GET /run follows the run's indices while it runs (it read 0 until the end).
-    seen = [s.call("GET", "/run")[1]["frames_recorded"]]
+    seen = [s.answer("GET", "/run")[1]["frames_recorded"]]
     time.sleep(0.3)
-    seen.append(s.call("GET", "/run")[1]["frames_recorded"])
+    seen.append(s.answer("GET", "/run")[1]["frames_recorded"])
     assert 0 < seen[0] < seen[1], seen
-    code, st = s.call("POST", "/run/stop")
+    code, st = s.answer("POST", "/run/stop")
     assert code == 200 and (st["state"], st["end_reason"]) == ("finished", "stop"), st
     n = st["frames_recorded"]
     assert n > 0
@@ -215,7 +181,7 @@ def test_start_refuses_existing_files_and_bad_requests_and_stop_closes_cleanly(s
         assert h["/entry/data/data"].shape[0] == n
         assert h["/entry/detingest/finished"][()] == 1
         assert list(h[SPECIFIC + "/frame_number"][()]) == list(range(1, n + 1))
-    assert s.call("GET", "/run")[1]["stream"] == "bt/det/open"
+    assert s.answer("GET", "/run")[1]["stream"] == "bt/det/open"
 
 
 def test_a_run_without_frames_ends_at_its_idle_timeout(serve, tmp_path):
@@ -225,7 +191,7 @@ def test_a_run_without_frames_ends_at_its_idle_timeout(serve, tmp_path):
                      "slots = 4\n")
     code, st = s.start(stream="quiet", idle_timeout_ms=300)
     assert code == 201, st
-    st = s.wait_ended(timeout=10)
+    st = s.wait_run(timeout=10)
     assert (st["state"], st["end_reason"], st["frames_recorded"]) == ("finished", "idle", 0)
 
 
@@ -247,7 +213,7 @@ def test_disk_full_ends_the_run_with_a_clear_error_and_readable_files(serve, tmp
                   source="[source.synthetic]\nshape = [128, 256]\nbank_frames = 4\n")
         code, st = s.start(stream="full", frames=200)
         assert code == 201, st
-        st = s.wait_ended()
+        st = s.wait_run()
         assert (st["state"], st["end_reason"]) == ("failed", "error"), st
         assert "No space left on device" in st["error"], st["error"]
         assert "No space left on device" in s.log.read_text()
@@ -265,16 +231,15 @@ def test_disk_full_ends_the_run_with_a_clear_error_and_readable_files(serve, tmp
 
 def test_a_viewer_stays_subscribed_from_run_to_run(serve):
     import zmq
-    pub = f"tcp://127.0.0.1:{free_port()}"
-    s = serve(live=f'publish = "{pub}"\nquery = ""')
+    s = serve(live='publish = "tcp://127.0.0.1:*"\nquery = ""')
     sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.connect(pub)
+    sub.connect(s.endpoint("zmq"))
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.RCVTIMEO, 20000)
     time.sleep(0.5)  # let the subscription reach the publisher
     for stream in ["first", "second"]:
         assert s.start(stream=stream, frames=N, frames_per_file=K)[0] == 201
-        assert s.wait_ended()["end_reason"] == "count"
+        assert s.wait_run()["end_reason"] == "count"
     runs, frames = [], {}
     while len(runs) < 4:
         topic, body = sub.recv_multipart()[:2]
@@ -303,7 +268,7 @@ def test_a_viewer_stays_subscribed_from_run_to_run(serve):
 def test_readers_no_one_here_wrote_open_the_master(serve):
     s = serve()
     assert s.start(stream="ext", frames=N, frames_per_file=K, master_data="both")[0] == 201
-    assert s.wait_ended()["state"] == "finished"
+    assert s.wait_run()["state"] == "finished"
     master = s.master("ext")
     env = dict(os.environ, HDF5_PLUGIN_PATH=hdf5plugin.PLUGIN_PATH)
     header = subprocess.run(["h5dump", "-H", str(master)], env=env, check=True,

@@ -16,7 +16,7 @@ import hdf5plugin  # noqa: F401  (registers the bitshuffle and LZ4 filters)
 import numpy as np
 import pytest
 
-from conftest import wait_for_log
+import harness
 
 ROOT = Path(__file__).resolve().parents[2]
 W, H = 128, 64  # u16 frames of 16 KiB
@@ -57,47 +57,33 @@ def ring_producer(prefix, asan, tmp_path_factory):
     return exe
 
 
-class Daemon:
-    """detingestd serving one shm source, run as its own process."""
+def Daemon(detingestd, tmp, *, name="d", codec="bslz4", slots=8, end_on_close=True):
+    """`detingestd run` on one shm source (a `harness.Daemon`, ready once its ring exists),
+    with `ring` (the ring's path) and `summary_path`."""
+    data = tmp / f"data-{name}"
+    config = (
+        f'data_dir = "{data}"\n'
+        f'[writer]\ncodec = "{codec}"\n'
+        '[live]\npublish = ""\nquery = ""\n'
+        '[[source]]\nname = "mod0"\n'
+        'stream = { beamtime = "bt", source = "det", stream = "s1" }\n'
+        f'[source.shm]\ndir = "{tmp / "rings"}"\nshape = [{H}, {W}]\npixel = "u16"\n'
+        f"slots = {slots}\nend_on_close = {'true' if end_on_close else 'false'}\n")
+    summary = tmp / f"{name}.summary.json"
+    d = harness.Daemon(detingestd, tmp, name, config, command="run", data=data,
+                       args=["--summary-json", summary])
+    d.ring, d.summary_path = tmp / "rings" / "mod0", summary
+    return d
 
-    def __init__(self, detingestd, tmp, *, name="d", codec="bslz4", slots=8,
-                 end_on_close=True):
-        self.tmp = tmp
-        self.ring = tmp / "rings" / "mod0"
-        self.summary_path = tmp / f"{name}.summary.json"
-        self.log_path = tmp / f"{name}.log"
-        self.data = tmp / f"data-{name}"
-        cfg = tmp / f"{name}.toml"
-        cfg.write_text(
-            f'data_dir = "{self.data}"\n'
-            f'[writer]\ncodec = "{codec}"\n'
-            '[live]\npublish = ""\nquery = ""\n'
-            '[[source]]\nname = "mod0"\n'
-            'stream = { beamtime = "bt", source = "det", stream = "s1" }\n'
-            f'[source.shm]\ndir = "{tmp / "rings"}"\nshape = [{H}, {W}]\npixel = "u16"\n'
-            f"slots = {slots}\nend_on_close = {'true' if end_on_close else 'false'}\n")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [detingestd, "--log", "info", "run", "--config", str(cfg),
-             "--summary-json", str(self.summary_path)], stdout=self.log, stderr=subprocess.STDOUT)
-        self.log.flush()
-        wait_for_log(self.proc, self.log_path, "ring ready")
 
-    def log_text(self):
-        self.log.flush()
-        return self.log_path.read_text()
+def finish(d, timeout=60):
+    """Waits for the daemon to end (the producer closed) and returns its summary."""
+    assert d.proc.wait(timeout=timeout) == 0, d.log_text()
+    return json.loads(d.summary_path.read_text())
 
-    def finish(self, timeout=60):
-        """Waits for the daemon to end (the producer closed) and returns its summary."""
-        assert self.proc.wait(timeout=timeout) == 0, self.log_text()
-        return json.loads(self.summary_path.read_text())
 
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-
-    def file(self):
-        return h5py.File(self.data / "bt" / "det" / "s1_master.h5", "r")
+def master(d):
+    return h5py.File(d.data / "bt" / "det" / "s1_master.h5", "r")
 
 
 def expected(frame_numbers):
@@ -116,10 +102,10 @@ def test_c_producer_frames_read_back_pixel_for_pixel(detingestd, ring_producer, 
     d = Daemon(detingestd, tmp_path, codec=codec)
     r = run(ring_producer, "push", d.ring, 1, 60, W, H)
     assert r.returncode == 0, r.stderr
-    summary = d.finish()
+    summary = finish(d)
     assert summary["sources"][0] == {"name": "mod0", "sent": 60, "dropped": 0, "torn": 0,
                                      "malformed": 0}
-    with d.file() as f:
+    with master(d) as f:
         data = f["/entry/data/data"]
         assert data.shape == (60, H, W) and data.dtype == np.uint16
         assert (data[:] == expected(range(1, 61))).all()
@@ -141,8 +127,8 @@ def test_example_producer_builds_from_pkg_config_and_links_statically(
     d = Daemon(detingestd, tmp_path)
     r = run(exe, d.ring, 25, W, H)
     assert r.returncode == 0, r.stderr
-    assert d.finish()["streams"][0]["frames"] == 25
-    with d.file() as f:
+    assert finish(d)["streams"][0]["frames"] == 25
+    with master(d) as f:
         assert (f["/entry/data/data"][:] == expected(range(1, 26))).all()
 
 
@@ -159,11 +145,11 @@ def test_killed_producer_costs_its_frame_and_a_new_one_continues(
     assert d.proc.poll() is None, "the daemon keeps running"
     r = run(ring_producer, "push", d.ring, 12, 9, W, H)  # a new producer continues at 12
     assert r.returncode == 0, r.stderr
-    summary = d.finish()
+    summary = finish(d)
     assert summary["sources"][0]["torn"] == 1
     assert summary["sources"][0]["sent"] == 19
     assert summary["streams"][0] == {**summary["streams"][0], "frames": 20, "lost": 1}
-    with d.file() as f:
+    with master(d) as f:
         data = f["/entry/data/data"]
         spec = f["/entry/instrument/detector/detectorSpecific"]
         assert data.shape == (20, H, W), "index 11 keeps its place"
@@ -192,7 +178,7 @@ def test_daemon_gone_is_reported_within_the_timeout_and_a_new_daemon_replaces_th
     assert "stale ring" in d2.log_text()
     r = run(ring_producer, "push", d2.ring, 1, 5, W, H)
     assert r.returncode == 0, r.stderr
-    assert d2.finish()["streams"][0]["frames"] == 5
+    assert finish(d2)["streams"][0]["frames"] == 5
 
 
 def test_a_second_daemon_on_a_live_ring_is_refused(detingestd, tmp_path):
@@ -220,6 +206,6 @@ def test_every_misuse_gets_its_error_code(detingestd, ring_producer, tmp_path):
     assert "WRONG" not in r.stdout
     assert f"expects {W}x{H} pixels of type code 2, got {W // 2}x{H}" in r.stdout, \
         "detingest_last_error names what was wrong"
-    summary = d.finish()
+    summary = finish(d)
     assert summary["sources"][0]["sent"] == 0
     assert not (d.data / "bt").exists(), "a stream that got no frame writes no file"

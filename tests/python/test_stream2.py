@@ -34,9 +34,10 @@ def stream2_source(endpoint, stream2=""):
 
 
 @pytest.fixture
-def serve(serve_daemons):
-    """`serve(endpoint)`: a daemon whose one source is a Stream V2 detector at `endpoint`."""
-    return lambda endpoint: serve_daemons("serve", stream2_source(endpoint))
+def serve(daemons):
+    """`serve(endpoint)`: a daemon whose one source is a Stream V2 detector at `endpoint`
+    (connected once it is ready)."""
+    return lambda endpoint: daemons("serve", stream2_source(endpoint))
 
 
 class EigerSim:
@@ -172,7 +173,7 @@ def images(n, shape, dtype, seed):
 
 @pytest.fixture
 def detector():
-    d = spec.Detector(free_port())
+    d = spec.Detector()
     yield d
     d.close()
 
@@ -189,7 +190,6 @@ def test_two_channels_gaps_mask_and_metadata_from_the_start(serve, detector):
     mask[3, 4], mask[50, 7] = 1, 8
     mask2 = mask.copy()
     mask2[90, 79] = 16  # each channel has its own (sent bitshuffle-LZ4 compressed)
-    time.sleep(0.3)  # the daemon connects
     flat = {c: np.random.default_rng(k).uniform(0.9, 1.1, shape).astype("<f4")
             for k, c in enumerate(ch)}
     lookup = np.arange(0, 4000, 4, dtype="<u4")  # the spec's typed array (tag 70: u32 LE)
@@ -240,7 +240,6 @@ def test_raw_and_lz4_images_are_encoded_by_the_daemon(serve, detector):
     decodes) are decoded and written with the stream's codec (bitshuffle-LZ4)."""
     daemon = serve(detector.endpoint)
     shape = (64, 48)
-    time.sleep(0.3)
     for sid, encoding in ((1, "raw"), (2, "lz4")):
         pics = images(5, shape, "<u2", sid)
         if encoding == "lz4":  # the framing is DECTRIS's own: their decoder agrees
@@ -278,7 +277,6 @@ def test_series_back_to_back_are_both_written(serve, detector):
     daemon = serve(detector.endpoint)
     shape = (64, 80)
     first, second = images(4, shape, "<u2", 6), images(4, shape, "<u2", 7)
-    time.sleep(0.3)
     for sid, pics in ((30, first), (31, second)):
         detector.send(spec.start(sid, shape, "uint16", n=4),
                       *[spec.image(sid, i, {"threshold_1": p}) for i, p in enumerate(pics)],
@@ -297,7 +295,6 @@ def test_a_start_without_dtype_takes_it_from_its_first_image(serve, detector):
     daemon = serve(detector.endpoint)
     shape = (40, 24)
     pics = images(3, shape, "<i4", 4)
-    time.sleep(0.3)
     detector.send(spec.start(20, shape, None, n=3), spec.start(21, shape, None, n=3),
                   *[spec.image(21, i, {"threshold_1": p}) for i, p in enumerate(pics)],
                   spec.end(21))
@@ -318,7 +315,6 @@ def test_bad_messages_are_counted_by_kind_and_cost_nothing(serve, detector):
     daemon = serve(detector.endpoint)
     shape = (32, 40)
     good = images(4, shape, "<u4", 9)
-    time.sleep(0.3)
     img = spec.image(3, 1, {"threshold_1": good[1]})
     chunk = spec.bslz4(good[2])
     cut = spec.message({  # the chunk's last block cut short: its lengths do not add up

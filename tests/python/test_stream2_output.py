@@ -13,7 +13,7 @@ import pytest
 import zmq
 from dectris.compression import decompress
 
-from conftest import free_port
+from harness import connect_ready
 
 SPECIFIC = "entry/instrument/detector/detectorSpecific"
 DTYPES = {64: "<u1", 69: "<u2", 70: "<u4", 78: "<i4", 85: "<f4"}
@@ -62,9 +62,17 @@ seed = 11
 
 
 @pytest.fixture
-def daemons(serve_daemons):
-    """`daemons(name, source, extra)`: a daemon with `source` and the tables in `extra`."""
-    return lambda name, source, extra="": serve_daemons(name, extra + "\n" + source)
+def output(daemons):
+    """`output(name, source, extra)`: a daemon with `source` and the tables in `extra`."""
+    return lambda name, source, extra="": daemons(name, extra + "\n" + source)
+
+
+def wait_connected(d, clients=1, timeout=20):
+    """Waits until `d`'s Stream V2 output has `clients` connected (its `clients` counter)."""
+    deadline = time.time() + timeout
+    while (n := d.get("/run")["sinks"]["stream2"]["clients"]) < clients:
+        assert time.time() < deadline, f"{n} clients connected"
+        time.sleep(0.02)
 
 
 def receive(sock, until_end=True, timeout=30):
@@ -79,17 +87,15 @@ def receive(sock, until_end=True, timeout=30):
 
 
 @pytest.mark.parametrize("mode", ["push", "pub"])
-def test_output_decodes_as_dectris_client_does_pixels_equal_to_the_file(daemons, mode):
-    out = free_port()
-    a = daemons("a", SYNTHETIC, f'[sink.stream2]\nendpoint = "tcp://127.0.0.1:{out}"\n'
+def test_output_decodes_as_dectris_client_does_pixels_equal_to_the_file(output, mode):
+    a = output("a", SYNTHETIC, '[sink.stream2]\nendpoint = "tcp://127.0.0.1:*"\n'
                 f'mode = "{mode}"\n[detector]\nbeam_center_x = 61.5\nbeam_center_y = 40.0\n'
                 'incident_wavelength = 0.9763\ncount_time = 0.004\n')
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL if mode == "push" else zmq.SUB)
     if mode == "pub":
         sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(f"tcp://127.0.0.1:{out}")
-    time.sleep(0.5)  # connected (and, for PUB, subscribed) before the run
+    connect_ready(sock, a.endpoint("stream2", "endpoint"))  # (for PUB, subscribed) before the run
     a.call("POST", "/run/start", {"beamtime": "bt", "source": "det", "stream": "s1",
                                   "frames": 30, "user": {"sample": "thaumatin"}})
     msgs = receive(sock)
@@ -118,15 +124,14 @@ def test_output_decodes_as_dectris_client_does_pixels_equal_to_the_file(daemons,
     assert (sink["images_sent"], sink["images_dropped"], sink["series"]) == (30, 0, 1), sink
 
 
-def test_round_trip_through_a_second_daemon_gives_identical_chunks(daemons):
-    out = free_port()
-    a = daemons("a", SYNTHETIC, f'[sink.stream2]\nendpoint = "tcp://127.0.0.1:{out}"\n'
+def test_round_trip_through_a_second_daemon_gives_identical_chunks(output):
+    a = output("a", SYNTHETIC, '[sink.stream2]\nendpoint = "tcp://127.0.0.1:*"\n'
                 "[detector]\nbeam_center_x = 61.5\nsaturation_value = 4000.0\n")
-    b = daemons("b", f'[[source]]\nname = "eiger"\n'
-                'stream = { beamtime = "bt", source = "eiger", stream = "unused" }\n'
-                f'[source.stream2]\nendpoint = "tcp://127.0.0.1:{out}"\n'
-                'stream_name = "copy_{series_id}"\n')
-    time.sleep(0.5)
+    b = output("b", '[[source]]\nname = "eiger"\n'
+               'stream = { beamtime = "bt", source = "eiger", stream = "unused" }\n'
+               f'[source.stream2]\nendpoint = "{a.endpoint("stream2", "endpoint")}"\n'
+               'stream_name = "copy_{series_id}"\n')
+    wait_connected(a)
     a.call("POST", "/run/start", {"beamtime": "bt", "source": "det", "stream": "orig",
                                   "frames": 40})
     first = a.wait_run("bt/det/orig")
@@ -143,9 +148,8 @@ def test_round_trip_through_a_second_daemon_gives_identical_chunks(daemons):
         assert list(f[f"{SPECIFIC}/frame_lost"][:]) == [0] * 40
 
 
-def test_no_client_costs_nothing_on_disk_and_is_counted(daemons):
-    out = free_port()
-    a = daemons("a", SYNTHETIC, f'[sink.stream2]\nendpoint = "tcp://127.0.0.1:{out}"\n')
+def test_no_client_costs_nothing_on_disk_and_is_counted(output):
+    a = output("a", SYNTHETIC, '[sink.stream2]\nendpoint = "tcp://127.0.0.1:*"\n')
     a.call("POST", "/run/start", {"beamtime": "bt", "source": "det", "stream": "alone",
                                   "frames": 50})
     status = a.wait_run("bt/det/alone")
@@ -157,8 +161,7 @@ def test_no_client_costs_nothing_on_disk_and_is_counted(daemons):
     # A client connecting later gets the waiting start first, then the next series whole.
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
-    sock.connect(f"tcp://127.0.0.1:{out}")
-    time.sleep(0.5)
+    connect_ready(sock, a.endpoint("stream2", "endpoint"))
     a.call("POST", "/run/start", {"beamtime": "bt", "source": "det", "stream": "later",
                                   "frames": 10})
     a.wait_run("bt/det/later")

@@ -14,7 +14,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import zmq
 
-from conftest import data_file, free_port, write_config
+from conftest import data_file, write_config
 from test_tiled import DocumentFeed
 
 FRAMES, K, SHAPE = 90, 20, (32, 48)
@@ -55,8 +55,8 @@ def config(tmp_path, endpoint, flush, rate_hz=40.0):
 
 
 def test_an_swmr_reader_never_sees_a_frame_below_the_watermark_missing(
-        detingestd, tmp_path, expected_frames):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+        daemons, tmp_path, expected_frames):
+    endpoint = f"ipc://{tmp_path}/pub"  # the viewer connects first
     cfg = config(tmp_path, endpoint, "flush_every_frames = 3\nflush_interval_ms = 100")
     want = expected_frames(cfg, "u2", SHAPE)
     raw = tmp_path / "want.raw"
@@ -66,7 +66,7 @@ def test_an_swmr_reader_never_sees_a_frame_below_the_watermark_missing(
     for topic in (b"frame", b"readable", b"run"):
         sub.setsockopt(zmq.SUBSCRIBE, topic)
     sub.connect(endpoint)
-    daemon = subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg)])
+    daemon = daemons("run", config=cfg, command="run", log="warn", ready=False).proc
     master = str(tmp_path / "data" / "bt" / "det" / "s1_master.h5")
     reader = None
     marks, during = [], 0
@@ -101,14 +101,14 @@ def test_an_swmr_reader_never_sees_a_frame_below_the_watermark_missing(
 
 
 def test_tiled_serves_the_rows_announced_while_the_run_goes_on(
-        detingestd, tmp_path, expected_frames, tiled_server):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+        daemons, tmp_path, expected_frames, tiled_server):
+    endpoint = f"ipc://{tmp_path}/pub"  # the viewer connects first
     # 6 s of run: each read through Tiled takes a while on a busy machine.
     cfg = config(tmp_path, endpoint, "flush_every_frames = 1", rate_hz=15.0)
     want = expected_frames(cfg, "u2", SHAPE)
     feed = DocumentFeed(endpoint, tiled_server)
     feed.start()
-    daemon = subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg)])
+    daemon = daemons("run", config=cfg, command="run", log="warn", ready=False).proc
     seen = []
     try:
         while daemon.poll() is None:

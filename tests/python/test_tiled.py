@@ -14,7 +14,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import zmq
 
-from conftest import free_port, write_config
+from conftest import write_config
 
 SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 
@@ -53,8 +53,8 @@ class DocumentFeed(threading.Thread):
             self.error = e
 
 
-def test_tiled_serves_every_frame_through_tiledwriter(detingestd, tmp_path, tiled_server):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+def test_tiled_serves_every_frame_through_tiledwriter(daemons, tmp_path, tiled_server):
+    endpoint = f"ipc://{tmp_path}/pub"  # the viewer connects first
     frames, lost = 30, {7, 18}
     cfg = write_config(
         tmp_path / "tiled.toml", tmp_path / "data",
@@ -65,7 +65,7 @@ def test_tiled_serves_every_frame_through_tiledwriter(detingestd, tmp_path, tile
     cfg.write_text(cfg.read_text() + "[run]\nframes_per_file = 8\n")
     feed = DocumentFeed(endpoint, tiled_server)
     feed.start()
-    daemon = subprocess.Popen([detingestd, "--log", "warn", "run", "--config", str(cfg)])
+    daemon = daemons("run", config=cfg, command="run", log="warn", ready=False).proc
     assert daemon.wait(timeout=120) == 0
     feed.join(timeout=60)
     assert feed.error is None, repr(feed.error)

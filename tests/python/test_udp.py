@@ -12,7 +12,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from conftest import free_port, start_daemon, stop_daemon, wait_for_log
+from conftest import free_port, stop_run
 
 PPF, PAYLOAD, FRAMES, FILL = 8, 1024, 40, 0xABCD
 WITHHELD = {(1005, 0), (1005, 7), (1020, 3), (1039, 6)}
@@ -29,10 +29,10 @@ def packet(frame, k, module=2):
 
 
 @pytest.mark.parametrize("receive", ["io_uring", "recvmmsg"])
-def test_udp_frames_read_back_with_h5py(detingestd, tmp_path, receive):
+def test_udp_frames_read_back_with_h5py(daemons, tmp_path, receive):
     port = free_port(udp=True)
-    cfg = tmp_path / "udp.toml"
-    cfg.write_text(
+    summary = tmp_path / "summary.json"
+    config = (
         f'data_dir = "{tmp_path / "data"}"\n'
         '[live]\npublish = ""\nquery = ""\n'
         '[[source]]\nname = "mod2"\npolicy = "block"\n'
@@ -40,8 +40,8 @@ def test_udp_frames_read_back_with_h5py(detingestd, tmp_path, receive):
         f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmodule = 2\n'
         f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\nshape = [8, 512]\n"
         f'pixel = "u16"\nfill = {FILL}\nreceive = "{receive}"\nrcvbuf_bytes = 4194304\n')
-    daemon, log, summary = start_daemon(detingestd, cfg, tmp_path)
-    text = wait_for_log(daemon, log, "port ready")
+    daemon = daemons("udp", config=config, command="run", args=["--summary-json", summary])
+    text = daemon.wait_for_log("port ready")
     assert f"path={receive}" in text.replace('"', "")
 
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -54,7 +54,7 @@ def test_udp_frames_read_back_with_h5py(detingestd, tmp_path, receive):
             tx.sendto(b"\x02" * 100, ("127.0.0.1", port))  # version 2, module 0x0202: nonsense
             tx.sendto(packet(f, 1, module=9), ("127.0.0.1", port))  # another module
         time.sleep(0.001)
-    s = stop_daemon(daemon, log, summary)
+    s = stop_run(daemon, summary)
     c = s["sources"][0]["packets"]
     assert c["accepted"] == FRAMES * PPF - len(WITHHELD)
     assert c["packets_lost"] == len(WITHHELD)

@@ -17,7 +17,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from conftest import free_port, start_daemon, stop_daemon
+from conftest import free_port, stop_run
 
 PAYLOAD = 1024             # bytes per packet
 PPF = 4                    # packets per half-module frame (per port)
@@ -107,20 +107,21 @@ def sources(det, place_from_header):
     return text
 
 
-def start(detingestd, tmp_path, config_text, ports):
-    cfg = tmp_path / "det.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n[live]\npublish = ""\nquery = ""\n'
-                   "[run]\ndataset_timeout_ms = 2000\n" + config_text)
-    return start_daemon(detingestd, cfg, tmp_path, ports)
+def start(daemons, tmp_path, config_text):
+    """`detingestd run` on the modules of `config_text`, ready once their ports are bound."""
+    config = (f'data_dir = "{tmp_path / "data"}"\n[live]\npublish = ""\nquery = ""\n'
+              "[run]\ndataset_timeout_ms = 2000\n" + config_text)
+    summary = tmp_path / "summary.json"
+    return daemons("det", config=config, command="run", args=["--summary-json", summary])
 
 
 @pytest.mark.parametrize("last_before_restart", [25, 4_000, 1_000_000])
-def test_two_interface_modules_with_real_ids_and_a_restart(detingestd, tmp_path,
+def test_two_interface_modules_with_real_ids_and_a_restart(daemons, tmp_path,
                                                             last_before_restart):
     """Frames continuing from an earlier acquisition, then the detector restarts at 1; the
     restart is `last_before_restart` frames back (below, near and beyond restart_gap)."""
     det = Detector()
-    daemon, log, summary = start(detingestd, tmp_path, sources(det, place_from_header=True), 8)
+    daemon = start(daemons, tmp_path, sources(det, place_from_header=True))
     first_run = list(range(last_before_restart - 11, last_before_restart + 1))
     second_run = list(range(1, 16))
     lost = {(first_run[3], 1, 0, 2), (second_run[0], 3, 1, 0), (second_run[5], 2, 1, 3)}
@@ -130,8 +131,8 @@ def test_two_interface_modules_with_real_ids_and_a_restart(detingestd, tmp_path,
     # A packet of another module and one naming another half arrive on the first port.
     det.tx.sendto(packet(20, 0, 999, 0, 0), ("127.0.0.1", det.ports[(0, 0)]))
     det.tx.sendto(packet(20, 0, MOD_IDS[0][0], 1, 0), ("127.0.0.1", det.ports[(0, 0)]))
-    s = stop_daemon(daemon, log, summary)
-    text = log.read_text()
+    s = stop_run(daemon, tmp_path / "summary.json")
+    text = daemon.log_text()
 
     frames = first_run + second_run
     for src in s["sources"]:
@@ -164,7 +165,7 @@ def test_two_interface_modules_with_real_ids_and_a_restart(detingestd, tmp_path,
             assert (data[i] == det.image(f, lost)).all(), f"index {i + 1}, frame {f}"
 
 
-def test_partial_readout_frames_are_complete_with_the_rows_read(detingestd, tmp_path):
+def test_partial_readout_frames_are_complete_with_the_rows_read(daemons, tmp_path):
     """`readnrows` of half the rows: the detector sends packets 1-2 of 0-3 (their usual
     numbers); the frames are complete, the rows not read hold the fill value."""
     port = free_port(udp=True)
@@ -174,7 +175,7 @@ def test_partial_readout_frames_are_complete_with_the_rows_read(detingestd, tmp_
         f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmod_id = 1234\n'
         f"packets_per_frame = {PPF}\nreadout_packets = [1, 3]\npayload_bytes = {PAYLOAD}\n"
         f'shape = [{HALF[0]}, {HALF[1]}]\npixel = "u16"\nfill = {FILL}\nrcvbuf_bytes = 4194304\n')
-    daemon, log, summary = start(detingestd, tmp_path, config, 1)
+    daemon = start(daemons, tmp_path, config)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     frames = range(700, 720)
     for f in frames:
@@ -182,7 +183,7 @@ def test_partial_readout_frames_are_complete_with_the_rows_read(detingestd, tmp_
             if (f, k) != (710, 2):
                 tx.sendto(packet(f, k, 1234, 0, 0), ("127.0.0.1", port))
         time.sleep(0.002)
-    s = stop_daemon(daemon, log, summary)
+    s = stop_run(daemon, tmp_path / "summary.json")
     c = s["sources"][0]["packets"]
     assert (c["frames_complete"], c["frames_incomplete"], c["packets_lost"]) == (19, 1, 1)
     rows = PAYLOAD // 2 // HALF[1]
@@ -199,7 +200,7 @@ def test_partial_readout_frames_are_complete_with_the_rows_read(detingestd, tmp_
                     assert (part == FILL).all(), (f, k)
 
 
-def test_a_run_that_receives_nothing_says_so(detingestd, tmp_path):
+def test_a_run_that_receives_nothing_says_so(daemons, tmp_path):
     port = free_port(udp=True)
     config = (
         '[[source]]\nname = "m1234"\npolicy = "block"\n'
@@ -207,10 +208,10 @@ def test_a_run_that_receives_nothing_says_so(detingestd, tmp_path):
         f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmod_id = 1234\n'
         f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\n"
         f'shape = [{HALF[0]}, {HALF[1]}]\npixel = "u16"\nrcvbuf_bytes = 4194304\n')
-    daemon, log, summary = start(detingestd, tmp_path, config, 1)
-    s = stop_daemon(daemon, log, summary)
+    daemon = start(daemons, tmp_path, config)
+    s = stop_run(daemon, tmp_path / "summary.json")
     assert s["streams"][0]["written"] is False and s["streams"][0]["file"] is None
-    assert "nothing received, no file written" in log.read_text()
+    assert "nothing received, no file written" in daemon.log_text()
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*.h5"))
 
 
@@ -230,11 +231,11 @@ def two_interface_ports(readnrows=None):
     return ports, text
 
 
-def test_readnrows_with_two_interfaces_gives_each_port_its_packets(detingestd, tmp_path):
+def test_readnrows_with_two_interfaces_gives_each_port_its_packets(daemons, tmp_path):
     """A module of 16 rows (two halves of 8, 2 rows per packet) read out with `readnrows 8`:
     rows 4-11 are read, so interface 0 sends its packets 2-3 and interface 1 its 0-1."""
     ports, config = two_interface_ports(readnrows=8)
-    daemon, log, summary = start(detingestd, tmp_path, config, 2)
+    daemon = start(daemons, tmp_path, config)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sent = {0: (2, 3), 1: (0, 1)}
     frames = range(40, 60)
@@ -243,7 +244,7 @@ def test_readnrows_with_two_interfaces_gives_each_port_its_packets(detingestd, t
             for k in sent[i]:
                 tx.sendto(packet(f, k, 1234, i, 0), ("127.0.0.1", port))
         time.sleep(0.002)
-    s = stop_daemon(daemon, log, summary)
+    s = stop_run(daemon, tmp_path / "summary.json")
     for src in s["sources"]:
         c = src["packets"]
         assert (c["frames_complete"], c["frames_incomplete"], c["out_of_range"]) == (20, 0, 0), c
@@ -260,32 +261,32 @@ def test_readnrows_with_two_interfaces_gives_each_port_its_packets(detingestd, t
                     assert (part == want).all(), (f, i, k)
 
 
-def test_swapped_interface_cables_are_refused_and_named(detingestd, tmp_path):
+def test_swapped_interface_cables_are_refused_and_named(daemons, tmp_path):
     """Each port gets the other interface's packets (their headers say row 1 on the port
     placed at row 0): nothing is placed wrongly; the warning names what the packets said."""
     ports, config = two_interface_ports()
-    daemon, log, summary = start(detingestd, tmp_path, config, 2)
+    daemon = start(daemons, tmp_path, config)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for f in range(1, 6):
         for i, port in enumerate(ports):
             for k in range(PPF):
                 tx.sendto(packet(f, k, 1234, 1 - i, 0), ("127.0.0.1", port))
-    s = stop_daemon(daemon, log, summary)
-    text = log.read_text()
+    s = stop_run(daemon, tmp_path / "summary.json")
+    text = daemon.log_text()
     for src in s["sources"]:
         assert (src["packets"]["wrong_place"], src["packets"]["accepted"]) == (5 * PPF, 0)
     assert "row_column_seen=[1, 0]" in text and "place=[0, 0]" in text, text
     assert "all 40 packets received were refused" in text
 
 
-def test_packets_of_another_module_name_the_id_seen(detingestd, tmp_path):
+def test_packets_of_another_module_name_the_id_seen(daemons, tmp_path):
     ports, config = two_interface_ports()
-    daemon, log, summary = start(detingestd, tmp_path, config, 2)
+    daemon = start(daemons, tmp_path, config)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for k in range(PPF):
         tx.sendto(packet(1, k, 1301, 0, 0), ("127.0.0.1", ports[0]))
-    s = stop_daemon(daemon, log, summary)
-    text = log.read_text()
+    s = stop_run(daemon, tmp_path / "summary.json")
+    text = daemon.log_text()
     assert s["sources"][0]["packets"]["wrong_module"] == PPF
     assert "mod_id=1234" in text and "mod_id_seen=1301" in text, text
     assert "all 4 packets received were refused" in text

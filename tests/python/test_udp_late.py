@@ -17,7 +17,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from conftest import free_port, start_daemon, stop_daemon
+from conftest import free_port, stop_run
 from test_udp_detector import FILL, HALF, PAYLOAD, PPF, packet, payload
 
 MODS = [1234, 1301]          # module ids, columns 0 and 1 of the grid
@@ -70,13 +70,13 @@ class TwoModules:
                                for k in range(PPF)])
 
 
-def run(detingestd, tmp_path, det, frames, period, late_by, run_table=""):
-    cfg = tmp_path / "late.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + det.config(run_table))
-    daemon, log, summary = start_daemon(detingestd, cfg, tmp_path, 4)
+def run(daemons, tmp_path, det, frames, period, late_by, run_table=""):
+    config = f'data_dir = "{tmp_path / "data"}"\n' + det.config(run_table)
+    summary = tmp_path / "summary.json"
+    daemon = daemons("late", config=config, command="run", args=["--summary-json", summary])
     det.send(frames, period, late_by)
-    s = stop_daemon(daemon, log, summary, settle=1.5)
-    return s, log.read_text()
+    s = stop_run(daemon, summary, settle=1.5)
+    return s, daemon.log_text()
 
 
 def tiles_in_file(s, det, frames):
@@ -102,9 +102,9 @@ def tiles_in_file(s, det, frames):
     return present, rec
 
 
-def test_a_module_started_late_is_waited_for_and_every_frame_is_written(detingestd, tmp_path):
+def test_a_module_started_late_is_waited_for_and_every_frame_is_written(daemons, tmp_path):
     det, frames = TwoModules(), list(range(1, 101))
-    s, log = run(detingestd, tmp_path, det, frames, period=0.010, late_by=0.3)
+    s, log = run(daemons, tmp_path, det, frames, period=0.010, late_by=0.3)
     present, rec = tiles_in_file(s, det, frames)
     assert len(present) == 4 * len(frames), "every module frame sent is in the file"
     assert not rec["late_mask"].any() and not rec["frame_lost"].any()
@@ -114,10 +114,10 @@ def test_a_module_started_late_is_waited_for_and_every_frame_is_written(detinges
     assert "arrived after its dataset closed" not in log
 
 
-def test_late_frames_beyond_the_wait_are_recorded_late_and_warned(detingestd, tmp_path):
+def test_late_frames_beyond_the_wait_are_recorded_late_and_warned(daemons, tmp_path):
     """A 100 ms wait against a module 0.3 s behind: its every frame is late."""
     det, frames = TwoModules(), list(range(1, 61))
-    s, log = run(detingestd, tmp_path, det, frames, period=0.010, late_by=0.3,
+    s, log = run(daemons, tmp_path, det, frames, period=0.010, late_by=0.3,
                  run_table="[run]\ndataset_timeout_ms = 100\n")
     present, rec = tiles_in_file(s, det, frames)
     late_bits = sum(bin(int(m)).count("1") for m in rec["late_mask"])
@@ -134,13 +134,13 @@ def test_late_frames_beyond_the_wait_are_recorded_late_and_warned(detingestd, tm
 
 
 @pytest.mark.parametrize("attempt", [1])
-def test_under_cpu_load_nothing_is_discarded_silently(detingestd, tmp_path, attempt):
+def test_under_cpu_load_nothing_is_discarded_silently(daemons, tmp_path, attempt):
     """Two busy loops beside the daemon, a 5 ms period: whatever does not reach the file is
     accounted for (late in late_mask, or packets counted lost), never silent."""
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         det, frames = TwoModules(), list(range(1, 401))
-        s, log = run(detingestd, tmp_path, det, frames, period=0.005, late_by=0.3)
+        s, log = run(daemons, tmp_path, det, frames, period=0.005, late_by=0.3)
     finally:
         for h in hogs:
             h.kill()

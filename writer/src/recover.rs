@@ -167,25 +167,11 @@ pub fn holders(paths: &[PathBuf]) -> Vec<(u32, PathBuf)> {
 /// ..."). Refuses a finished run and a run whose files a process of this host holds.
 pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, WriteError> {
     let bad = |what: String| WriteError::Metadata(format!("{}: {what}", master.display()));
-    let dir = master.parent().unwrap_or(Path::new("."));
-    let stream = stream_of_master(master)
-        .ok_or_else(|| bad("not a run's master (<stream>_master.h5)".into()))?
-        .to_owned();
-    if is_finished(master).unwrap_or(false) {
-        return Err(bad("the run has finished already".into()));
-    }
-    if let Some((pid, path)) = run_holder(master) {
-        return Err(bad(format!(
-            "process {pid} holds {} open: its writer may be alive; nothing was changed",
-            path.display()
-        )));
-    }
+    let (dir, stream) = unfinished_run(master)?;
     let files = data_files(dir, &stream);
     // The space the run held for its end is the end's now.
     let _ = std::fs::remove_file(crate::run_files::reserve_path(dir, &stream));
     let copy = dir.join(format!(".{stream}_master.h5.finishing"));
-    let _ = std::fs::remove_file(&copy); // a finishing that was itself killed
-    std::fs::copy(master, &copy).map_err(|e| bad(format!("cannot copy it: {e}")))?;
     // A writer killed before its first flush left marks no reader passes; one killed while
     // it made the master left it incomplete. Cleared, the copy tells.
     let unusable = |e: WriteError| {
@@ -196,6 +182,8 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
             e
         }
     };
+    let _ = std::fs::remove_file(&copy); // a finishing that was itself killed
+    std::fs::copy(master, &copy).map_err(|e| bad(format!("cannot copy it: {e}")))?;
     match clear_write_marks(&copy).and_then(|()| is_finished(&copy)) {
         Ok(false) => {}
         Ok(true) => {
@@ -209,32 +197,9 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         .and_then(|s| MasterFile::open(&copy, s.0 as usize).map(|m| (s, m)))
         .map_err(unusable)?;
     let frames = m.flushed() as u64;
-    // Each data file's marks cleared; one its writer died while making (at a rollover) holds
-    // nothing the records cover, and is set aside.
-    let (mut usable, mut image) = (Vec::new(), None);
-    for (n, f) in files.iter().enumerate() {
-        let checked = clear_write_marks(f).and_then(|()| image_of(f));
-        match (checked, planned_k) {
-            (Ok(geometry), _) => {
-                image.get_or_insert(geometry);
-                usable.push(f.clone());
-            }
-            (Err(e), Some(k)) if n as u64 * k >= frames => {
-                let aside = f.with_extension("h5.unreadable");
-                std::fs::rename(f, &aside).map_err(|r| {
-                    bad(format!(
-                        "{} is unreadable ({e}) and cannot be set aside: {r}",
-                        f.display()
-                    ))
-                })?;
-            }
-            (Err(e), _) => {
-                let _ = std::fs::remove_file(&copy);
-                return Err(e);
-            }
-        }
-    }
-    let files = usable;
+    let (files, image) = usable_data_files(&files, planned_k, frames).inspect_err(|_| {
+        let _ = std::fs::remove_file(&copy);
+    })?;
     let (image, codec) = match image {
         Some((shape, pixel, codec)) => (Some((shape, pixel)), codec),
         None => (None, Codec::None),
@@ -247,33 +212,13 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
     let lost = m.cut_to_flushed()?;
     let ended = m.last_timestamp();
     let end = m.into_end(false)?;
-    if let (true, Some((shape, pixel))) = (master_data.vds(), image) {
-        let layout = RunLayout {
-            pixel,
-            module_shape: shape,
-            grid: [1, 1],
-            chunking: Chunking::Frame,
-            codec: Codec::None,
-        };
-        let replace = end.data_group.dataset("data").is_ok();
-        end.write_vds(&layout, &vds_files(&stream, k, frames), frames, replace)?;
-    }
-    if master_data.links() {
-        for n in 1..=files.len() as u64 {
-            if end.data_group.link_exists(&format!("data_{n:06}")) {
-                continue;
-            }
-            end.link_data_file(n, &data_file_name(&stream, n))?;
-        }
-    }
-    for (n, f) in files.iter().enumerate() {
-        let first = n as u64 * k + 1;
-        let high = (first + k - 1).min(frames.max(first - 1));
-        File::open_rw(f)?
-            .dataset(DATA_PATH)?
-            .attr("image_nr_high")?
-            .write_scalar(&(high as i64))?;
-    }
+    let view = DataView {
+        stream: &stream,
+        frames,
+        frames_per_file: k,
+        files: &files,
+    };
+    view.write(&end, master_data, image)?;
     end.finish(
         frames,
         &RunEnd {
@@ -306,6 +251,109 @@ pub fn finish_unfinished(master: &Path, reason: &str) -> Result<Recovered, Write
         image,
         codec,
     })
+}
+
+/// The directory and stream of `master`, a run's master that has not finished and that no
+/// process of this host holds open.
+fn unfinished_run(master: &Path) -> Result<(&Path, String), WriteError> {
+    let bad = |what: String| WriteError::Metadata(format!("{}: {what}", master.display()));
+    let dir = master.parent().unwrap_or(Path::new("."));
+    let stream = stream_of_master(master)
+        .ok_or_else(|| bad("not a run's master (<stream>_master.h5)".into()))?
+        .to_owned();
+    if is_finished(master).unwrap_or(false) {
+        return Err(bad("the run has finished already".into()));
+    }
+    if let Some((pid, path)) = run_holder(master) {
+        return Err(bad(format!(
+            "process {pid} holds {} open: its writer may be alive; nothing was changed",
+            path.display()
+        )));
+    }
+    Ok((dir, stream))
+}
+
+/// The geometry of a data file: its image shape, pixel type and codec.
+type Geometry = ([u32; 2], detingest_shm::PixelType, Codec);
+
+/// The data files whose marks could be cleared, and the image they hold. One its writer
+/// died while making (at a rollover: it holds nothing the `frames` records cover, with
+/// `planned_k` indices per file) is set aside as `.h5.unreadable`.
+fn usable_data_files(
+    files: &[PathBuf],
+    planned_k: Option<u64>,
+    frames: u64,
+) -> Result<(Vec<PathBuf>, Option<Geometry>), WriteError> {
+    let (mut usable, mut image) = (Vec::new(), None);
+    for (n, f) in files.iter().enumerate() {
+        let checked = clear_write_marks(f).and_then(|()| image_of(f));
+        match (checked, planned_k) {
+            (Ok(geometry), _) => {
+                image.get_or_insert(geometry);
+                usable.push(f.clone());
+            }
+            (Err(e), Some(k)) if n as u64 * k >= frames => {
+                let aside = f.with_extension("h5.unreadable");
+                std::fs::rename(f, &aside).map_err(|r| {
+                    WriteError::Metadata(format!(
+                        "{} is unreadable ({e}) and cannot be set aside: {r}",
+                        f.display()
+                    ))
+                })?;
+            }
+            (Err(e), _) => return Err(e),
+        }
+    }
+    Ok((usable, image))
+}
+
+/// What the finished master's `/entry/data` shows of the data files.
+struct DataView<'a> {
+    stream: &'a str,
+    frames: u64,
+    frames_per_file: u64,
+    files: &'a [PathBuf],
+}
+
+impl DataView<'_> {
+    /// The VDS over every data file and the `data_NNNNNN` links (as the run's master data
+    /// asks), and each data file's `image_nr_high`.
+    fn write(
+        &self,
+        end: &crate::master_end::MasterEnd,
+        master_data: MasterData,
+        image: Option<([u32; 2], detingest_shm::PixelType)>,
+    ) -> Result<(), WriteError> {
+        let (k, frames) = (self.frames_per_file, self.frames);
+        if let (true, Some((shape, pixel))) = (master_data.vds(), image) {
+            let layout = RunLayout {
+                pixel,
+                module_shape: shape,
+                grid: [1, 1],
+                chunking: Chunking::Frame,
+                codec: Codec::None,
+            };
+            let replace = end.data_group.dataset("data").is_ok();
+            end.write_vds(&layout, &vds_files(self.stream, k, frames), frames, replace)?;
+        }
+        if master_data.links() {
+            for n in 1..=self.files.len() as u64 {
+                if end.data_group.link_exists(&format!("data_{n:06}")) {
+                    continue;
+                }
+                end.link_data_file(n, &data_file_name(self.stream, n))?;
+            }
+        }
+        for (n, f) in self.files.iter().enumerate() {
+            let first = n as u64 * k + 1;
+            let high = (first + k - 1).min(frames.max(first - 1));
+            File::open_rw(f)?
+                .dataset(DATA_PATH)?
+                .attr("image_nr_high")?
+                .write_scalar(&(high as i64))?;
+        }
+        Ok(())
+    }
 }
 
 /// Sets aside a master its writer died while making (no data file: nothing was recorded)

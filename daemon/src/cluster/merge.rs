@@ -10,21 +10,19 @@
 //! are cleared so every reader opens them. One still unreachable when every other part has
 //! ended (and `dead_after_ms` more) is unknown, its files left alone.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use detingest_writer::{
-    clear_write_marks, master_path, read_part, DetectorInfo, DetectorMaster, FileOptions, Part,
-    PartEnd, RunEnd, RunLayout,
+    master_path, DetectorInfo, DetectorMaster, FileOptions, Part, PartEnd, RunEnd, RunLayout,
 };
 
-use super::liveness::Liveness;
+use super::follow::{follow, Follow};
 use super::merge_records::{self, Feed, Merged, Progress};
 use super::peers::Peer;
-use crate::contract::RunState;
 use crate::sink::NotifyQueue;
 use crate::sink::{
     FrameNotice, Notification, NotificationSink, ReadableNotice, StreamEndNotice, StreamStartNotice,
@@ -204,170 +202,202 @@ impl Merger {
     }
 }
 
-/// One part as the merger follows it.
-struct Follow {
-    peer: Option<Peer>,
-    master: PathBuf,
-    /// When its API last answered (peers).
-    heard: Instant,
-    /// Its run was seen ended (or, for this daemon, the supervisor said so).
-    ended: bool,
-    /// When the status was asked last.
-    asked: Instant,
-    /// When its run was first seen ended without its master finished.
-    ended_at: Option<Instant>,
-    /// Indices the whole master had when it fell silent (for the log when it comes back).
-    silent_at: u64,
-}
-
 fn run(
     plan: MergePlan,
     queue: &NotifyQueue,
     (local_done, stopping): (&AtomicBool, &AtomicBool),
     (count, states): (&AtomicU64, &PartStates),
 ) -> MergeReport {
-    let parts: Vec<Part> = plan.parts.iter().map(|(p, _)| p.clone()).collect();
-    let key = plan.stream.id.stream.as_str().to_owned();
-    let mut master = match DetectorMaster::create(
-        &plan.dir,
-        &key,
-        plan.layout,
-        &plan.detector,
-        &plan.user_json,
-        plan.files,
-        parts.clone(),
-    ) {
+    let mut m = match Merging::open(plan, queue) {
         Ok(m) => m,
-        Err(e) => {
+        Err(report) => return report,
+    };
+    loop {
+        std::thread::sleep(m.plan.interval);
+        let t0 = Instant::now();
+        m.polls += 1;
+        m.follow_parts(local_done);
+        states.set(&m.feeds);
+        let ready = m.merge(stopping.load(Ordering::Acquire));
+        count.store(m.master.frames(), Ordering::Relaxed);
+        m.busy += t0.elapsed();
+        if merge_records::all_ended(&m.feeds) && m.master.frames() >= ready {
+            return m.finish();
+        }
+    }
+}
+
+/// A merge under way: the whole master, every part as it is followed, what was merged.
+struct Merging<'q> {
+    plan: MergePlan,
+    queue: &'q NotifyQueue,
+    master: DetectorMaster,
+    follows: Vec<Follow>,
+    feeds: Vec<Feed>,
+    merged: Merged,
+    records: Vec<FrameRecord>,
+    /// Indices no daemon wrote.
+    lost: u64,
+    error: Option<String>,
+    /// Time spent reading and merging (the HDF5 library's lock is shared with this daemon's
+    /// writer), and rounds: in the end line of the log.
+    busy: Duration,
+    polls: u64,
+    /// Since when only unreachable parts keep the whole detector from ending.
+    only_silent: Option<Instant>,
+}
+
+impl<'q> Merging<'q> {
+    /// Creates the whole master and announces its stream; the report of a master that
+    /// could not be made.
+    fn open(mut plan: MergePlan, queue: &'q NotifyQueue) -> Result<Self, MergeReport> {
+        let parts: Vec<Part> = plan.parts.iter().map(|(p, _)| p.clone()).collect();
+        let key = plan.stream.id.stream.as_str().to_owned();
+        let master = DetectorMaster::create(
+            &plan.dir,
+            &key,
+            plan.layout,
+            &plan.detector,
+            &plan.user_json,
+            plan.files,
+            parts.clone(),
+        )
+        .map_err(|e| {
             tracing::error!(error = %e, stream = %plan.stream.key, "cannot create the detector's master");
-            return MergeReport {
+            MergeReport {
                 error: Some(e.to_string()),
                 ..MergeReport::default()
-            };
-        }
-    };
-    queue.push(Notification::StreamStart(StreamStartNotice {
-        stream: Arc::clone(&plan.stream),
-        started_ns: now_ns(),
-        detector: std::sync::Arc::new(plan.detector.clone()),
-        user_json: plan.user_json.clone(),
-        files: plan.files,
-    }));
-    let now = Instant::now();
-    let mut follows: Vec<Follow> = (plan.parts.into_iter())
-        .map(|(p, peer)| Follow {
-            master: master_path(&plan.dir, &p.stream),
-            peer,
-            heard: now,
-            ended: false,
-            asked: now,
-            ended_at: None,
-            silent_at: 0,
+            }
+        })?;
+        queue.push(Notification::StreamStart(StreamStartNotice {
+            stream: Arc::clone(&plan.stream),
+            started_ns: now_ns(),
+            detector: Arc::new(plan.detector.clone()),
+            user_json: plan.user_json.clone(),
+            files: plan.files,
+        }));
+        let now = Instant::now();
+        let follows = (std::mem::take(&mut plan.parts).into_iter())
+            .map(|(p, peer)| Follow {
+                master: master_path(&plan.dir, &p.stream),
+                peer,
+                heard: now,
+                ended: false,
+                asked: now,
+                ended_at: None,
+                silent_at: 0,
+            })
+            .collect();
+        Ok(Self {
+            plan,
+            queue,
+            master,
+            follows,
+            feeds: parts.into_iter().map(Feed::new).collect(),
+            merged: Merged::default(),
+            records: Vec::new(),
+            lost: 0,
+            error: None,
+            busy: Duration::ZERO,
+            polls: 0,
+            only_silent: None,
         })
-        .collect();
-    let mut feeds: Vec<Feed> = parts.into_iter().map(Feed::new).collect();
-    let width = plan.layout.modules() as usize;
-    let mut merged = Merged::default();
-    let mut lost = 0;
-    let mut error = None;
-    let mut records: Vec<FrameRecord> = Vec::new();
-    let module_bytes = plan.layout.module_bytes() as u64;
-    // Time spent reading and merging (the HDF5 library's lock is shared with this daemon's
-    // writer): in the end line of the log.
-    let (mut busy, mut polls) = (Duration::ZERO, 0u64);
-    // Since when only unreachable parts keep the whole detector from ending.
-    let mut only_silent: Option<Instant> = None;
-    loop {
-        std::thread::sleep(plan.interval);
-        let t0 = Instant::now();
-        polls += 1;
-        for (f, feed) in follows.iter_mut().zip(feeds.iter_mut()) {
+    }
+
+    /// Reads what is new of every part still going; parts unreachable for `dead_after` once
+    /// every other part has ended become unknown.
+    fn follow_parts(&mut self, local_done: &AtomicBool) {
+        let (dir, frames) = (&self.plan.dir, self.master.frames());
+        for (f, feed) in self.follows.iter_mut().zip(self.feeds.iter_mut()) {
             if matches!(feed.progress, Progress::Running | Progress::Unreachable) {
-                follow(
-                    f,
-                    feed,
-                    (&plan.dir, master.frames()),
-                    local_done,
-                    plan.dead_after,
-                );
+                follow(f, feed, (dir, frames), local_done, self.plan.dead_after);
             }
         }
-        let running = feeds.iter().any(|f| f.progress == Progress::Running);
-        let silent = (feeds.iter()).any(|f| f.progress == Progress::Unreachable);
+        let running = self.feeds.iter().any(|f| f.progress == Progress::Running);
+        let silent = (self.feeds.iter()).any(|f| f.progress == Progress::Unreachable);
         if running || !silent {
-            only_silent = None;
-        } else if only_silent.get_or_insert_with(Instant::now).elapsed() >= plan.dead_after {
-            for f in feeds
-                .iter_mut()
-                .filter(|f| f.progress == Progress::Unreachable)
-            {
-                tracing::error!(daemon = %f.part.daemon, recorded = f.recorded, "daemon still unreachable as the run ends and not proven gone: its part is unknown in the whole master from its last record on, and its files are left alone (finish them with `detingestd finish` once it is gone)");
-                f.progress = Progress::Unknown;
-            }
+            self.only_silent = None;
+            return;
         }
-        states.set(&feeds);
-        let stop = stopping.load(Ordering::Acquire);
-        let ready = merge_records::ready(&feeds, stop);
-        lost += merge_ready(
-            &mut feeds,
-            &mut master,
-            (width, module_bytes, stop),
-            &mut merged,
-            &mut records,
+        let since = self.only_silent.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.plan.dead_after {
+            return;
+        }
+        let unreachable = self.feeds.iter_mut();
+        for f in unreachable.filter(|f| f.progress == Progress::Unreachable) {
+            tracing::error!(daemon = %f.part.daemon, recorded = f.recorded, "daemon still unreachable as the run ends and not proven gone: its part is unknown in the whole master from its last record on, and its files are left alone (finish them with `detingestd finish` once it is gone)");
+            f.progress = Progress::Unknown;
+        }
+    }
+
+    /// Merges what every part is ready for (`stopping`: the run is being stopped), flushes
+    /// the master and announces the new indices; the readable watermark.
+    fn merge(&mut self, stopping: bool) -> u64 {
+        let ready = merge_records::ready(&self.feeds, stopping);
+        let width = self.plan.layout.modules() as usize;
+        let module_bytes = self.plan.layout.module_bytes() as u64;
+        self.lost += merge_ready(
+            &mut self.feeds,
+            &mut self.master,
+            (width, module_bytes, stopping),
+            &mut self.merged,
+            &mut self.records,
         );
-        if !records.is_empty() {
-            count.store(master.frames(), Ordering::Relaxed);
-            if let Err(e) = master.flush() {
-                tracing::error!(error = %e, "cannot flush the detector's master");
-                error.get_or_insert(e.to_string());
-            }
-            for r in &records {
-                queue.push(Notification::Frame(FrameNotice {
-                    stream: Arc::clone(&plan.stream),
-                    record: FrameRecord {
-                        readable_up_to: ready,
-                        written_ns: now_ns(),
-                        ..*r
-                    },
-                    preview: None,
-                }));
-            }
+        if self.records.is_empty() {
+            return ready;
         }
-        busy += t0.elapsed();
-        if merge_records::all_ended(&feeds) && master.frames() >= ready {
-            break;
+        if let Err(e) = self.master.flush() {
+            tracing::error!(error = %e, "cannot flush the detector's master");
+            self.error.get_or_insert(e.to_string());
         }
+        for r in &self.records {
+            self.queue.push(Notification::Frame(FrameNotice {
+                stream: Arc::clone(&self.plan.stream),
+                record: FrameRecord {
+                    readable_up_to: ready,
+                    written_ns: now_ns(),
+                    ..*r
+                },
+                preview: None,
+            }));
+        }
+        ready
     }
-    let ends = merge_records::ends(&feeds);
-    let frames = master.frames();
-    let end = RunEnd {
-        next_stream: None,
-        error: error.clone(),
-        ended: None,
-    };
-    if let Err(e) = master.finish(&ends, &end) {
-        tracing::error!(error = %e, "cannot finish the detector's master");
-        error.get_or_insert(e.to_string());
+
+    /// Finishes the whole master with how every part ended, and announces its end.
+    fn finish(mut self) -> MergeReport {
+        let ends = merge_records::ends(&self.feeds);
+        let frames = self.master.frames();
+        let end = RunEnd {
+            next_stream: None,
+            error: self.error.clone(),
+            ended: None,
+        };
+        if let Err(e) = self.master.finish(&ends, &end) {
+            tracing::error!(error = %e, "cannot finish the detector's master");
+            self.error.get_or_insert(e.to_string());
+        }
+        let stream = &self.plan.stream;
+        self.queue.push(Notification::Readable(ReadableNotice {
+            stream: Arc::clone(stream),
+            up_to: frames,
+        }));
+        self.queue.push(Notification::StreamEnd(StreamEndNotice {
+            stream: Arc::clone(stream),
+            frames,
+            lost: self.lost,
+            late: 0,
+            ended_ns: now_ns(),
+            error: self.error.clone(),
+        }));
+        let per_poll_us = self.busy.as_micros() as u64 / self.polls.max(1);
+        let parts: Vec<String> = (self.feeds.iter().zip(&ends))
+            .map(|(f, e)| format!("{} {}", f.part.daemon, e.outcome.name()))
+            .collect();
+        let (parts, lost, polls) = (parts.join(", "), self.lost, self.polls);
+        tracing::info!(stream = %stream.key, frames, lost, polls, per_poll_us, parts = %parts, "detector master complete");
+        MergeReport::new(&self.feeds, ends, (frames, lost), self.error)
     }
-    queue.push(Notification::Readable(ReadableNotice {
-        stream: Arc::clone(&plan.stream),
-        up_to: frames,
-    }));
-    queue.push(Notification::StreamEnd(StreamEndNotice {
-        stream: Arc::clone(&plan.stream),
-        frames,
-        lost,
-        late: 0,
-        ended_ns: now_ns(),
-        error: error.clone(),
-    }));
-    let per_poll_us = busy.as_micros() as u64 / polls.max(1);
-    let parts: Vec<String> = (feeds.iter().zip(&ends))
-        .map(|(f, e)| format!("{} {}", f.part.daemon, e.outcome.name()))
-        .collect();
-    let parts = parts.join(", ");
-    tracing::info!(stream = %plan.stream.key, frames, lost, polls, per_poll_us, %parts, "detector master complete");
-    MergeReport::new(&feeds, ends, (frames, lost), error)
 }
 
 /// Merges every index `feeds` are ready for (see [`merge_records::ready`], `stopping`) into
@@ -438,114 +468,5 @@ fn frame_record(index: u64, m: &Merged, module_bytes: u64) -> FrameRecord {
         packets_lost,
         missing,
         stats: None,
-    }
-}
-
-/// Reads what is new in `f`'s master and learns whether its run goes on; a peer silent for
-/// `dead_after` is dead if proven gone, else unreachable (`merged`: indices in the whole
-/// master, for the log).
-fn follow(
-    f: &mut Follow,
-    feed: &mut Feed,
-    (dir, merged): (&Path, u64),
-    local_done: &AtomicBool,
-    dead_after: Duration,
-) {
-    // An SWMR read: safe whatever the part's writer does (frozen, writing, gone).
-    let from = feed.buf.from + feed.buf.len();
-    let finished = match read_part(&f.master, from) {
-        Ok(state) => {
-            feed.append(state.records);
-            feed.recorded = feed.recorded.max(state.recorded as u64);
-            state.finished
-        }
-        Err(_) => false, // not there yet, or being closed: next time
-    };
-    if finished {
-        feed.progress = Progress::Finished;
-        return;
-    }
-    match &f.peer {
-        None => f.ended = local_done.load(Ordering::Acquire),
-        Some(peer) if f.asked.elapsed() >= dead_after / 6 => {
-            f.asked = Instant::now();
-            // Within a third of `dead_after`: a silent peer is noticed in about `dead_after`.
-            match peer.status((dead_after / 3).max(Duration::from_millis(100))) {
-                Ok(v) => {
-                    f.heard = Instant::now();
-                    let stream = v.stream.as_deref().unwrap_or("");
-                    let running = v.state == RunState::Running;
-                    let ours = stream.ends_with(&format!("/{}", feed.part.stream));
-                    f.ended = !(running && ours);
-                    if feed.progress == Progress::Unreachable {
-                        tracing::warn!(daemon = %feed.part.daemon, silent_from = f.silent_at + 1, recorded = feed.recorded, "daemon answers again: its records are merged on");
-                        feed.progress = Progress::Running;
-                    }
-                }
-                Err(e) if f.heard.elapsed() >= dead_after => {
-                    silent(
-                        f,
-                        feed,
-                        peer.process().map(|p| p.liveness()),
-                        merged,
-                        &e.message,
-                    );
-                    if feed.progress == Progress::Died {
-                        clear_marks(dir, &feed.part.stream);
-                    }
-                    return;
-                }
-                Err(_) => {}
-            }
-        }
-        Some(_) => {}
-    }
-    if f.ended && !f.master.exists() {
-        feed.progress = Progress::Finished;
-    } else if f.ended && f.ended_at.get_or_insert_with(Instant::now).elapsed() >= dead_after {
-        // Its run ended (its daemon says so), but its master was never finished (its writer
-        // failed): what it flushed is all, and nothing writes its files any more.
-        tracing::warn!(daemon = %feed.part.daemon, recorded = feed.recorded, "daemon's run ended without finishing its master");
-        feed.progress = Progress::Died;
-        clear_marks(dir, &feed.part.stream);
-    }
-}
-
-/// A peer silent for `dead_after`: dead when its process is proven gone (and nothing of this
-/// host holds its files), else unreachable (logged once).
-fn silent(f: &mut Follow, feed: &mut Feed, liveness: Option<Liveness>, merged: u64, e: &str) {
-    let held = detingest_writer::run_holder(&f.master);
-    let (daemon, recorded) = (&feed.part.daemon, feed.recorded);
-    match (liveness, held) {
-        (Some(Liveness::Gone), None) => {
-            tracing::warn!(%daemon, error = %e, recorded, "daemon's process has ended: its modules are missing from here on, its files' write marks are cleared");
-            feed.progress = Progress::Died;
-        }
-        _ if feed.progress == Progress::Unreachable => {}
-        (l, held) => {
-            let why = match (l, held) {
-                (Some(Liveness::Alive), _) => "its process lives (stopped or hung?)".to_owned(),
-                (_, Some((pid, _))) => format!("process {pid} of this host still holds its files"),
-                _ => "it runs on another host: it cannot be proven gone from here".to_owned(),
-            };
-            tracing::error!(%daemon, error = %e, recorded, reason = %why, "daemon unreachable: the whole detector goes on without its modules, it is merged on if it answers again; its files are left alone");
-            f.silent_at = merged;
-            feed.progress = Progress::Unreachable;
-        }
-    }
-}
-
-/// Clears the write marks a dead daemon left in its master and data files.
-pub(super) fn clear_marks(dir: &Path, stream: &str) {
-    let master = master_path(dir, stream);
-    let files = master
-        .exists()
-        .then_some(master)
-        .into_iter()
-        .chain(detingest_writer::data_files(dir, stream));
-    for path in files {
-        if let Err(e) = clear_write_marks(&path) {
-            tracing::warn!(file = %path.display(), error = %e, "cannot clear a dead daemon's write marks");
-        }
     }
 }

@@ -5,6 +5,7 @@
 //! silent daemon's files are touched only once it is proven gone (`liveness.rs`).
 
 mod config;
+mod follow;
 mod liveness;
 pub mod merge;
 mod merge_records;

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use detingest_writer::{master_path, read_part, DetectorMaster, RunEnd, WriteError};
 
-use super::merge::{clear_marks, merge_ready, MergeReport};
+use super::follow::clear_marks;
+use super::merge::{merge_ready, MergeReport};
 use super::merge_records::{self, Feed, Merged, Progress};
 
 /// Merges what the parts of `stream` in `dir` recorded beyond what its master has, and

@@ -65,13 +65,22 @@ struct Api {
     events: Arc<Events>,
 }
 
+/// The API's thread, and the address it listens on (the port the kernel gave, for
+/// `listen = "127.0.0.1:0"`).
+pub struct Serving {
+    /// The `control` thread: it never ends by itself.
+    pub thread: std::thread::JoinHandle<()>,
+    /// The address bound.
+    pub addr: std::net::SocketAddr,
+}
+
 /// Starts the API on its thread (`control`); it ends when `shutdown` is set. Errors name the
 /// key.
 pub fn spawn(
     config: &ControlConfig,
     daemon: Arc<dyn Daemon>,
     shutdown: Arc<AtomicBool>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+) -> anyhow::Result<Serving> {
     config.validate()?;
     let token = config.token()?;
     let addr = config.listen;
@@ -83,6 +92,7 @@ pub fn spawn(
         .build()?;
     let listener = listen(addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the control API: {e}"))?;
+    let addr = listener.local_addr()?;
     let limits = server::Limits {
         connections: server::limit(config.max_connections),
         header_timeout: Duration::from_millis(config.header_timeout_ms),
@@ -109,7 +119,7 @@ pub fn spawn(
             // A stop still waiting for its files is not waited for: the daemon is ending.
             runtime.shutdown_timeout(Duration::from_millis(500));
         })?;
-    Ok(vec![thread])
+    Ok(Serving { thread, addr })
 }
 
 type Answer = Result<(u16, Value), ApiError>;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use detingest_shm::BufferPool;
-use detingest_writer::{Chunking, FileOptions, DATA_PATH};
+use detingest_writer::{Chunking, FileOptions, RunLayout, DATA_PATH};
 
 use super::{compress, indexer, writer::StreamSetup, StartError, DROP_LOG};
 use super::{dataset_window, detector_of, existing_file, run_layout, stream_file_path};
@@ -61,75 +61,30 @@ impl Plan {
         src: &SourceConfig,
         slot: usize,
     ) -> Result<(), StartError> {
-        let (run, p) = (&config.run, &config.pipeline);
-        let file = stream_file_path(config, src);
         if let Some(existing) = existing_file(config, src) {
             return Err(StartError::Exists(existing));
         }
+        let run = &config.run;
         let layout = run_layout(config, src);
-        // A daemon that takes part of a detector expects only its sources' modules.
-        let expected = if config.cluster.member() {
-            (config.sources.iter())
-                .filter(|s| s.stream == src.stream)
-                .fold(0, |mask, s| mask | s.module_mask())
-        } else {
-            layout.all_modules()
-        };
-        let info = Arc::new(StreamInfo {
-            slot: slot as StreamSlot,
-            id: src.stream.clone(),
-            key: src.stream.to_string(),
-            file,
-            dataset: DATA_PATH,
-            codec: layout.codec,
-            pixel: layout.pixel,
-            shape: layout.image_shape(),
-            modules: layout.modules(),
-            expected,
-            parts: Vec::new(),
-            frames_per_file: run.frames_per_file,
-            kind: crate::stream::StreamKind::Frames,
-        });
+        let info = Arc::new(stream_info(config, src, slot, &layout));
         let chunk_bytes = layout.chunk_bytes();
-        self.max_chunk = self.max_chunk.max(
-            layout
-                .codec
-                .max_compressed_len(chunk_bytes, layout.pixel.size()),
-        );
+        let encoded = (layout.codec).max_compressed_len(chunk_bytes, layout.pixel.size());
         let assemble = layout.effective_chunking() == Chunking::Frame;
+        // A preview holds every chunk of one index: one image, or one tile per module.
         let chunks_per_index = if assemble {
             1
         } else {
             layout.modules() as usize
         };
-        let preview_bytes = chunks_per_index
-            * layout
-                .codec
-                .max_compressed_len(chunk_bytes, layout.pixel.size());
-        self.max_preview = self.max_preview.max(preview_bytes);
+        self.max_chunk = self.max_chunk.max(encoded);
+        self.max_preview = self.max_preview.max(chunks_per_index * encoded);
         let ahead = dataset_window(run.dataset_ahead, assemble.then_some(chunk_bytes));
         self.widest = self.widest.max(ahead);
         if assemble {
             self.assembled = self.assembled.max(layout.modules() as usize);
         }
-        self.plans.push(indexer::StreamPlan {
-            drops: Arc::new(DropLog::new(DROP_LOG)),
-            layout,
-            expected,
-            ahead,
-            timeout: Duration::from_millis(run.dataset_timeout_ms),
-            limit: run.frames,
-            first_frame_number: run.first_frame_number,
-            sources: 1,
-            // Open datasets, plus images queued for and held by the workers.
-            // Lazy: pages are touched only as far as the window is used.
-            images: assemble.then(|| {
-                BufferPool::lazy(
-                    ahead as usize + 2 + p.queue_depth + p.compress_workers,
-                    chunk_bytes,
-                )
-            }),
-        });
+        self.plans
+            .push(indexer_plan(config, &layout, info.expected, ahead));
         self.streams.push(Arc::clone(&info));
         let detector = detector_of(config, src, &src.stream);
         let q = &config.sink.quality;
@@ -140,20 +95,76 @@ impl Plan {
             codec: layout.codec,
             statistics,
         });
-        self.setups.push((
-            info,
-            StreamSetup {
-                layout,
-                files: FileOptions {
-                    statistics,
-                    ..run.file_options(config.writer.swmr)
-                },
-                detector,
-                user_json: run.user.to_string(),
-                next_stream: run.next_stream.clone(),
-                open_datasets: ahead as usize,
-            },
-        ));
+        let files = FileOptions {
+            statistics,
+            ..run.file_options(config.writer.swmr)
+        };
+        let setup = StreamSetup {
+            layout,
+            files,
+            detector,
+            user_json: run.user.to_string(),
+            next_stream: run.next_stream.clone(),
+            open_datasets: ahead as usize,
+        };
+        self.setups.push((info, setup));
         Ok(())
+    }
+}
+
+/// The description of the stream `src` feeds, in `slot`, laid out as `layout`.
+fn stream_info(config: &Config, src: &SourceConfig, slot: usize, layout: &RunLayout) -> StreamInfo {
+    // A daemon that takes part of a detector expects only its sources' modules.
+    let expected = if config.cluster.member() {
+        (config.sources.iter())
+            .filter(|s| s.stream == src.stream)
+            .fold(0, |mask, s| mask | s.module_mask())
+    } else {
+        layout.all_modules()
+    };
+    StreamInfo {
+        slot: slot as StreamSlot,
+        id: src.stream.clone(),
+        key: src.stream.to_string(),
+        file: stream_file_path(config, src),
+        dataset: DATA_PATH,
+        codec: layout.codec,
+        pixel: layout.pixel,
+        shape: layout.image_shape(),
+        modules: layout.modules(),
+        expected,
+        parts: Vec::new(),
+        frames_per_file: config.run.frames_per_file,
+        kind: crate::stream::StreamKind::Frames,
+    }
+}
+
+/// The indexer's plan of a stream laid out as `layout`, expecting the modules `expected`,
+/// with a dataset window of `ahead`.
+fn indexer_plan(
+    config: &Config,
+    layout: &RunLayout,
+    expected: u64,
+    ahead: u64,
+) -> indexer::StreamPlan {
+    let (run, p) = (&config.run, &config.pipeline);
+    let assemble = layout.effective_chunking() == Chunking::Frame;
+    indexer::StreamPlan {
+        drops: Arc::new(DropLog::new(DROP_LOG)),
+        layout: *layout,
+        expected,
+        ahead,
+        timeout: Duration::from_millis(run.dataset_timeout_ms),
+        limit: run.frames,
+        first_frame_number: run.first_frame_number,
+        sources: 1,
+        // Open datasets, plus images queued for and held by the workers.
+        // Lazy: pages are touched only as far as the window is used.
+        images: assemble.then(|| {
+            BufferPool::lazy(
+                ahead as usize + 2 + p.queue_depth + p.compress_workers,
+                layout.chunk_bytes(),
+            )
+        }),
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use detingest_writer::{EventFile, FileOptions};
+use detingest_writer::{EventFile, EventFileSpec, FileOptions};
 
 use self::write::{EventWriter, Route};
 use super::{PipelineStats, Running, StartError};
@@ -50,17 +50,8 @@ pub fn start(
             error: error.into(),
         },
     };
-    // From the job's start time (a pl72's, in the run's user metadata), else now.
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let start_ms = (config.run.user.pointer("/kafka/start_time"))
-        .and_then(serde_json::Value::as_i64)
-        .filter(|&t| t > 0)
-        .unwrap_or(now_ms);
     let report = Arc::new(ConsumerReport::default());
-    // Not below 0: Kafka reads -1 and -2 as "latest" and "earliest".
-    let from_ms = start_ms.saturating_sub(cfg.lookback_ms as i64).max(0);
+    let from_ms = read_from_ms(config, &cfg);
     let consumer = consume::assigned(&cfg, from_ms, &report)
         .map_err(|e| resource(format!("read the topics {:?}", cfg.topics), e))?;
 
@@ -75,19 +66,7 @@ pub fn start(
     let file = EventFile::create(&path, &spec, codec, config.writer.swmr, SystemTime::now())
         .map_err(|e| resource(format!("create {}", path.display()), e.to_string()))?;
 
-    let mut routes = HashMap::new();
-    for (k, s) in spec.sources.iter().enumerate() {
-        routes.insert(s.source_name.clone(), Route::Bank(k));
-    }
-    for (k, l) in spec.logs.iter().enumerate() {
-        routes.insert(l.source_name.clone(), Route::Log(k));
-    }
-    let index_route = if cfg.pulse_source.is_empty() {
-        Route::Bank(0)
-    } else {
-        routes.insert(cfg.pulse_source.clone(), Route::Pulses);
-        Route::Pulses
-    };
+    let (routes, index_route) = routes(&spec, &cfg);
     let info = Arc::new(StreamInfo::events(src.stream.clone(), path, codec));
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
@@ -145,4 +124,37 @@ pub fn start(
         spawned,
         writer,
     ))
+}
+
+/// Where the run starts reading: the job's start time (a pl72's, in the run's user
+/// metadata), else now, less the lookback; not below 0 (Kafka reads -1 and -2 as "latest"
+/// and "earliest").
+fn read_from_ms(config: &Config, cfg: &KafkaEventsConfig) -> i64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let start_ms = (config.run.user.pointer("/kafka/start_time"))
+        .and_then(serde_json::Value::as_i64)
+        .filter(|&t| t > 0)
+        .unwrap_or(now_ms);
+    start_ms.saturating_sub(cfg.lookback_ms as i64).max(0)
+}
+
+/// Where each configured `source_name` goes (a bank, a log, the pulse log), and which
+/// numbers the run's indices (the pulse source, else the first bank).
+fn routes(spec: &EventFileSpec, cfg: &KafkaEventsConfig) -> (HashMap<String, Route>, Route) {
+    let mut routes = HashMap::new();
+    for (k, s) in spec.sources.iter().enumerate() {
+        routes.insert(s.source_name.clone(), Route::Bank(k));
+    }
+    for (k, l) in spec.logs.iter().enumerate() {
+        routes.insert(l.source_name.clone(), Route::Log(k));
+    }
+    let index_route = if cfg.pulse_source.is_empty() {
+        Route::Bank(0)
+    } else {
+        routes.insert(cfg.pulse_source.clone(), Route::Pulses);
+        Route::Pulses
+    };
+    (routes, index_route)
 }

@@ -55,6 +55,23 @@ pub struct Stream2Stats {
     pub ends: AtomicU64,
     /// Start or end messages given up (no client within the wait at shutdown).
     pub control_dropped: AtomicU64,
+    /// Clients connected now.
+    pub clients: AtomicU64,
+}
+
+/// A socket that receives `socket`'s connection events (clients accepted, disconnected), on
+/// an in-process address of `context` only this sink knows.
+fn watch_clients(context: &zmq::Context, socket: &zmq::Socket) -> Result<zmq::Socket, zmq::Error> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let address = format!(
+        "inproc://stream2-clients-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let events = zmq::SocketEvent::ACCEPTED.to_raw() | zmq::SocketEvent::DISCONNECTED.to_raw();
+    socket.monitor(&address, i32::from(events))?;
+    let watch = context.socket(zmq::PAIR)?;
+    watch.connect(&address)?;
+    Ok(watch)
 }
 
 enum Msg {
@@ -89,9 +106,8 @@ impl Stream2Sink {
             Mode::Pub => zmq::PUB,
         };
         let before = threads::thread_ids();
-        let socket = zmq::Context::new()
-            .socket(kind)
-            .map_err(|e| refuse(e.to_string()))?;
+        let context = zmq::Context::new();
+        let socket = context.socket(kind).map_err(|e| refuse(e.to_string()))?;
         socket
             .set_sndhwm(cfg.high_water_mark)
             .and_then(|()| socket.set_linger(0))
@@ -104,11 +120,13 @@ impl Stream2Sink {
             .unwrap_or_else(|| cfg.endpoint.clone());
         threads::adopt_started_since(&before, "stream2-zmq", cores.notify);
         tracing::info!(endpoint = %bound, mode = ?cfg.mode, "Stream V2 output bound");
+        let clients = watch_clients(&context, &socket).map_err(|e| refuse(e.to_string()))?;
         let (tx, rx) = crossbeam::channel::bounded(cfg.buffers + 8);
         let stats = Arc::new(Stream2Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut out = Output {
             socket,
+            clients,
             channel: Arc::from(cfg.channel.as_str()),
             stats: Arc::clone(&stats),
             buf: Vec::new(),
@@ -164,6 +182,7 @@ impl Sink for Stream2Sink {
             )
             .total("lost", "Lost indices (no image)", n(&s.lost))
             .total("ends", "End messages sent", n(&s.ends))
+            .level("clients", "Clients connected now", n(&s.clients))
             .total(
                 "control_dropped",
                 "Start or end messages given up at shutdown",
@@ -245,6 +264,8 @@ impl NotificationSink for Feed {
 /// The output thread: encodes and sends.
 struct Output {
     socket: zmq::Socket,
+    /// The output socket's connection events (clients arriving and leaving).
+    clients: zmq::Socket,
     channel: Arc<str>,
     stats: Arc<Stream2Stats>,
     buf: Vec<u8>,
@@ -262,6 +283,7 @@ const CONTROL_WAIT: Duration = Duration::from_secs(5);
 impl Output {
     fn run(&mut self, rx: &Receiver<Msg>, stop: &AtomicBool) {
         loop {
+            self.count_clients();
             self.flush_waiting();
             match rx.recv_timeout(Duration::from_millis(20)) {
                 Ok(m) => self.take(m),
@@ -279,6 +301,32 @@ impl Output {
         self.stats
             .control_dropped
             .fetch_add(given_up, Ordering::Relaxed);
+    }
+
+    /// Counts the clients that connected or left since last time (`clients` in the counters).
+    fn count_clients(&mut self) {
+        while let Ok(event) = self.clients.recv_multipart(zmq::DONTWAIT) {
+            let id = (event.first())
+                .and_then(|f| f.get(..2))
+                .map(|b| u16::from_le_bytes([b[0], b[1]]));
+            let change = match id.map(zmq::SocketEvent::from_raw) {
+                Some(zmq::SocketEvent::ACCEPTED) => 1,
+                Some(zmq::SocketEvent::DISCONNECTED) => -1,
+                _ => 0,
+            };
+            let clients = &self.stats.clients;
+            match change {
+                1 => {
+                    clients.fetch_add(1, Ordering::Relaxed);
+                }
+                -1 => {
+                    let _ = clients.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Sends the waiting starts and ends a client takes now.
