@@ -53,6 +53,7 @@ fn costs(c: &mut Criterion) {
             torn: 0,
             malformed: 0,
             kind: Some(Arc::new(packets)),
+            bound: None,
         })
         .collect();
     totals.add(&counters, &sources);

@@ -112,7 +112,7 @@ pub fn run(args: &Args) -> Result<()> {
     let full = bisect(args, &cfg, Kind::Full, max_fps)?;
     let (fps08, lost08) = trial(args, &cfg, Kind::Full, 0.8 * drain)?;
     let pps = |fps: f64| fps * f64::from(port_ppf(args));
-    let path = udp::open(&cfg)?.name().to_string();
+    let path = udp::open(&cfg)?.0.name().to_string();
     // Capacity: best of 3 interleaved burst runs each.
     let (mut drain_burst, mut full_burst) = (0.0f64, 0.0f64);
     for _ in 0..3 {

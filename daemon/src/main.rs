@@ -361,7 +361,7 @@ fn ingest(config: &Config, summary_json: Option<&Path>, ready: Option<&Path>) ->
         _ => anyhow::anyhow!("the run did not start: {}", e.message),
     })?;
     if let Some(path) = ready {
-        ready::write(path, None, &manager.status().sinks)
+        ready::write(path, None, &manager.status())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let (asked, runs) = (Arc::new(AtomicBool::new(false)), Arc::clone(&manager));
@@ -415,7 +415,7 @@ fn serve(config: Config, first_run: Option<RunRequest>, ready: Option<&Path>) ->
     // systemd (Type=notify) hears that the API answers; elsewhere this does nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     if let Some(path) = ready {
-        ready::write(path, Some(api.addr), &manager.status().sinks)
+        ready::write(path, Some(api.addr), &manager.status())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let mut code = ExitCode::SUCCESS;

@@ -100,6 +100,12 @@ class Daemon:
     def port(self):
         return int(self.info["listen"].rsplit(":", 1)[1])
 
+    def ports(self):
+        """`{source name: port}` of the sources that bound one (`detingestd run`: a UDP
+        source's `port = 0` resolved)."""
+        return {s["name"]: int(s["bound"].rsplit(":", 1)[1])
+                for s in self.info["sources"] if "bound" in s}
+
     def endpoint(self, sink="zmq", key="publish_endpoint"):
         """An endpoint a sink bound (`zmq` publish/query, `stream2` endpoint)."""
         return self.info["sinks"][sink][key]

@@ -12,7 +12,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from conftest import free_port, stop_run
+from conftest import stop_run
 
 PPF, PAYLOAD, FRAMES, FILL = 8, 1024, 40, 0xABCD
 WITHHELD = {(1005, 0), (1005, 7), (1020, 3), (1039, 6)}
@@ -30,17 +30,17 @@ def packet(frame, k, module=2):
 
 @pytest.mark.parametrize("receive", ["io_uring", "recvmmsg"])
 def test_udp_frames_read_back_with_h5py(daemons, tmp_path, receive):
-    port = free_port(udp=True)
     summary = tmp_path / "summary.json"
     config = (
         f'data_dir = "{tmp_path / "data"}"\n'
         '[live]\npublish = ""\nquery = ""\n'
         '[[source]]\nname = "mod2"\npolicy = "block"\n'
         'stream = { beamtime = "bt", source = "det", stream = "s1" }\n'
-        f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmodule = 2\n'
+        '[source.udp]\nbind = "127.0.0.1"\nport = 0\nmodule = 2\n'
         f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\nshape = [8, 512]\n"
         f'pixel = "u16"\nfill = {FILL}\nreceive = "{receive}"\nrcvbuf_bytes = 4194304\n')
     daemon = daemons("udp", config=config, command="run", args=["--summary-json", summary])
+    port = daemon.ports()["mod2"]  # the port the kernel gave
     text = daemon.wait_for_log("port ready")
     assert f"path={receive}" in text.replace('"', "")
 

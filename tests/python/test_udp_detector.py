@@ -17,7 +17,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from conftest import free_port, stop_run
+from conftest import stop_run
 
 PAYLOAD = 1024             # bytes per packet
 PPF = 4                    # packets per half-module frame (per port)
@@ -59,12 +59,21 @@ class Detector:
 
     def __init__(self):
         self.halves = [(r, c) for r in range(4) for c in range(2)]
-        self.ports = {h: free_port(udp=True) for h in self.halves}
+        self.ports = {}  # each half's port, once the daemon bound them (`listen`)
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.withheld = set()    # (frame, row, column, k)
 
     def mod_id(self, row, column):
         return MOD_IDS[row // 2][column]
+
+    def name(self, row, column):
+        """The `[[source]]` receiving the half at (row, column)."""
+        return f"m{self.mod_id(row, column)}i{row % 2}"
+
+    def listen(self, daemon):
+        """Sends to the ports `daemon` bound for the halves."""
+        bound = daemon.ports()
+        self.ports = {h: bound[self.name(*h)] for h in self.halves}
 
     def send_frames(self, frames, withhold=()):
         for f in frames:
@@ -98,9 +107,9 @@ def sources(det, place_from_header):
     for (r, c) in det.halves:
         place = "" if place_from_header else f"place = [{r}, {c}]\n"
         text += (
-            f'[[source]]\nname = "m{det.mod_id(r, c)}i{r % 2}"\npolicy = "block"\ngrid = [4, 2]\n'
+            f'[[source]]\nname = "{det.name(r, c)}"\npolicy = "block"\ngrid = [4, 2]\n'
             'stream = { beamtime = "bt", source = "jf", stream = "s1" }\n'
-            f'[source.udp]\nbind = "127.0.0.1"\nport = {det.ports[(r, c)]}\n'
+            '[source.udp]\nbind = "127.0.0.1"\nport = 0\n'
             f"mod_id = {det.mod_id(r, c)}\n{place}"
             f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\nshape = [{HALF[0]}, {HALF[1]}]\n"
             f'pixel = "u16"\nfill = {FILL}\nrcvbuf_bytes = 4194304\n')
@@ -122,6 +131,7 @@ def test_two_interface_modules_with_real_ids_and_a_restart(daemons, tmp_path,
     restart is `last_before_restart` frames back (below, near and beyond restart_gap)."""
     det = Detector()
     daemon = start(daemons, tmp_path, sources(det, place_from_header=True))
+    det.listen(daemon)
     first_run = list(range(last_before_restart - 11, last_before_restart + 1))
     second_run = list(range(1, 16))
     lost = {(first_run[3], 1, 0, 2), (second_run[0], 3, 1, 0), (second_run[5], 2, 1, 3)}
@@ -168,14 +178,14 @@ def test_two_interface_modules_with_real_ids_and_a_restart(daemons, tmp_path,
 def test_partial_readout_frames_are_complete_with_the_rows_read(daemons, tmp_path):
     """`readnrows` of half the rows: the detector sends packets 1-2 of 0-3 (their usual
     numbers); the frames are complete, the rows not read hold the fill value."""
-    port = free_port(udp=True)
     config = (
         '[[source]]\nname = "m1234"\npolicy = "block"\n'
         'stream = { beamtime = "bt", source = "jf", stream = "s1" }\n'
-        f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmod_id = 1234\n'
+        '[source.udp]\nbind = "127.0.0.1"\nport = 0\nmod_id = 1234\n'
         f"packets_per_frame = {PPF}\nreadout_packets = [1, 3]\npayload_bytes = {PAYLOAD}\n"
         f'shape = [{HALF[0]}, {HALF[1]}]\npixel = "u16"\nfill = {FILL}\nrcvbuf_bytes = 4194304\n')
     daemon = start(daemons, tmp_path, config)
+    port = daemon.ports()["m1234"]
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     frames = range(700, 720)
     for f in frames:
@@ -201,11 +211,10 @@ def test_partial_readout_frames_are_complete_with_the_rows_read(daemons, tmp_pat
 
 
 def test_a_run_that_receives_nothing_says_so(daemons, tmp_path):
-    port = free_port(udp=True)
     config = (
         '[[source]]\nname = "m1234"\npolicy = "block"\n'
         'stream = { beamtime = "bt", source = "jf", stream = "s1" }\n'
-        f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmod_id = 1234\n'
+        '[source.udp]\nbind = "127.0.0.1"\nport = 0\nmod_id = 1234\n'
         f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\n"
         f'shape = [{HALF[0]}, {HALF[1]}]\npixel = "u16"\nrcvbuf_bytes = 4194304\n')
     daemon = start(daemons, tmp_path, config)
@@ -216,26 +225,27 @@ def test_a_run_that_receives_nothing_says_so(daemons, tmp_path):
 
 
 def two_interface_ports(readnrows=None):
-    """Module 1234 with two interfaces, each half module to its own port; `place` set."""
-    ports = [free_port(udp=True) for _ in range(2)]
+    """Module 1234 with two interfaces, each half module to its own port (`place` set): the
+    configuration, and what gives the ports the daemon bound, in interface order."""
     text = ""
-    for i, port in enumerate(ports):
+    for i in range(2):
         text += (
             f'[[source]]\nname = "m1234i{i}"\npolicy = "block"\ngrid = [2, 1]\n'
             'stream = { beamtime = "bt", source = "jf", stream = "s1" }\n'
-            f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmod_id = 1234\n'
+            '[source.udp]\nbind = "127.0.0.1"\nport = 0\nmod_id = 1234\n'
             f"place = [{i}, 0]\ninterfaces = 2\ninterface = {i}\n"
             + (f"readnrows = {readnrows}\n" if readnrows else "")
             + f"packets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\n"
             f'shape = [{HALF[0]}, {HALF[1]}]\npixel = "u16"\nfill = {FILL}\nrcvbuf_bytes = 4194304\n')
-    return ports, text
+    return (lambda daemon: [daemon.ports()[f"m1234i{i}"] for i in range(2)]), text
 
 
 def test_readnrows_with_two_interfaces_gives_each_port_its_packets(daemons, tmp_path):
     """A module of 16 rows (two halves of 8, 2 rows per packet) read out with `readnrows 8`:
     rows 4-11 are read, so interface 0 sends its packets 2-3 and interface 1 its 0-1."""
-    ports, config = two_interface_ports(readnrows=8)
+    bound, config = two_interface_ports(readnrows=8)
     daemon = start(daemons, tmp_path, config)
+    ports = bound(daemon)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sent = {0: (2, 3), 1: (0, 1)}
     frames = range(40, 60)
@@ -264,8 +274,9 @@ def test_readnrows_with_two_interfaces_gives_each_port_its_packets(daemons, tmp_
 def test_swapped_interface_cables_are_refused_and_named(daemons, tmp_path):
     """Each port gets the other interface's packets (their headers say row 1 on the port
     placed at row 0): nothing is placed wrongly; the warning names what the packets said."""
-    ports, config = two_interface_ports()
+    bound, config = two_interface_ports()
     daemon = start(daemons, tmp_path, config)
+    ports = bound(daemon)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for f in range(1, 6):
         for i, port in enumerate(ports):
@@ -280,8 +291,9 @@ def test_swapped_interface_cables_are_refused_and_named(daemons, tmp_path):
 
 
 def test_packets_of_another_module_name_the_id_seen(daemons, tmp_path):
-    ports, config = two_interface_ports()
+    bound, config = two_interface_ports()
     daemon = start(daemons, tmp_path, config)
+    ports = bound(daemon)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for k in range(PPF):
         tx.sendto(packet(1, k, 1301, 0, 0), ("127.0.0.1", ports[0]))

@@ -17,7 +17,7 @@ import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 
-from conftest import free_port, stop_run
+from conftest import stop_run
 from test_udp_detector import FILL, HALF, PAYLOAD, PPF, packet, payload
 
 MODS = [1234, 1301]          # module ids, columns 0 and 1 of the grid
@@ -27,15 +27,20 @@ SPECIFIC = "/entry/instrument/detector/detectorSpecific"
 
 class TwoModules:
     def __init__(self):
-        self.ports = {(r, c): free_port(udp=True) for r in range(2) for c in range(2)}
+        self.places = [(r, c) for r in range(2) for c in range(2)]
+        self.ports = {}  # each interface's port, once the daemon bound them (`listen`)
+
+    def listen(self, daemon):
+        bound = daemon.ports()
+        self.ports = {(r, c): bound[f"m{MODS[c]}i{r}"] for r, c in self.places}
 
     def config(self, run=""):
         text = ""
-        for (r, c), port in self.ports.items():
+        for r, c in self.places:
             text += (
                 f'[[source]]\nname = "m{MODS[c]}i{r}"\npolicy = "block"\ngrid = {GRID}\n'
                 'stream = { beamtime = "bt", source = "jf", stream = "late" }\n'
-                f'[source.udp]\nbind = "127.0.0.1"\nport = {port}\nmod_id = {MODS[c]}\n'
+                f'[source.udp]\nbind = "127.0.0.1"\nport = 0\nmod_id = {MODS[c]}\n'
                 f"place = [{r}, {c}]\npackets_per_frame = {PPF}\npayload_bytes = {PAYLOAD}\n"
                 f'shape = [{HALF[0]}, {HALF[1]}]\npixel = "u16"\nfill = {FILL}\n'
                 "rcvbuf_bytes = 8388608\n")
@@ -74,6 +79,7 @@ def run(daemons, tmp_path, det, frames, period, late_by, run_table=""):
     config = f'data_dir = "{tmp_path / "data"}"\n' + det.config(run_table)
     summary = tmp_path / "summary.json"
     daemon = daemons("late", config=config, command="run", args=["--summary-json", summary])
+    det.listen(daemon)
     det.send(frames, period, late_by)
     s = stop_run(daemon, summary, settle=1.5)
     return s, daemon.log_text()

@@ -228,6 +228,8 @@ pub struct SourceSummary {
     pub malformed: u64,
     /// Its kind's own counters, if the kind keeps any.
     pub kind: Option<Arc<dyn KindCounts>>,
+    /// The address it receives on, when it bound one (a UDP port).
+    pub bound: Option<String>,
 }
 
 impl SourceSummary {
@@ -276,6 +278,9 @@ impl Serialize for SourceSummary {
         map.serialize_entry("dropped", &self.dropped)?;
         map.serialize_entry("torn", &self.torn)?;
         map.serialize_entry("malformed", &self.malformed)?;
+        if let Some(bound) = &self.bound {
+            map.serialize_entry("bound", bound)?;
+        }
         if let Some(k) = &self.kind {
             map.serialize_entry(k.key(), &k.counters())?;
             if let Some((key, view)) = k.view() {

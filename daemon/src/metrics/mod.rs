@@ -411,6 +411,7 @@ mod tests {
             torn: 0,
             malformed: 0,
             kind: Some(std::sync::Arc::new(p)),
+            bound: None,
         };
         let sources = [
             source("m0", 3, Packets(5, 1)),

@@ -99,6 +99,7 @@ mod tests {
                 torn: 0,
                 malformed: 2,
                 kind: Some(Arc::new(Packets(n))),
+                bound: None,
             };
             (c, vec![s])
         };

@@ -329,7 +329,7 @@ impl Stages<'_> {
             pools: Vec::new(),
         };
         for ((src, &slot), prepared) in config.sources.iter().zip(slot_of).zip(prepared) {
-            let st = Arc::new(SourceStats::new(src.name.clone()));
+            let st = Arc::new(SourceStats::new(src.name.clone(), prepared.bound()));
             fed.stats.push(Arc::clone(&st));
             let (buffers, bytes) = prepared.buffers(config.pipeline.input_buffers);
             let pool = if prepared.prefault() {

@@ -343,6 +343,7 @@ impl RunManager {
             master: Some(pipeline::stream_file_path(config, src)),
             frames_expected: config.run.frames,
             detector: merger.as_ref().map(|(_, d)| d.clone()),
+            sources: running.sources().iter().map(|s| s.summary()).collect(),
             started_ns: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),

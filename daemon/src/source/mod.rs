@@ -59,6 +59,10 @@ pub trait PreparedSource: Send {
     fn prefault(&self) -> bool {
         true
     }
+    /// The address it receives on, when it bound one (a UDP port; `port = 0` resolved).
+    fn bound(&self) -> Option<String> {
+        None
+    }
     /// Runs the source on the current thread until its stream ends.
     fn run(self: Box<Self>, out: &mut SourceOutput);
 }
@@ -83,10 +87,12 @@ pub struct SourceStats {
     /// The kind's own counters (a UDP source's packets, a Stream V2 source's messages, an
     /// event source's events), refreshed by the source every 100 ms or so.
     pub kind: Mutex<Option<Arc<dyn KindCounts>>>,
+    /// The address it receives on, when it bound one.
+    pub bound: Option<String>,
 }
 
 impl SourceStats {
-    pub(crate) fn new(name: Name) -> Self {
+    pub(crate) fn new(name: Name, bound: Option<String>) -> Self {
         Self {
             name,
             sent: AtomicU64::new(0),
@@ -96,6 +102,7 @@ impl SourceStats {
             malformed: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             kind: Mutex::new(None),
+            bound,
         }
     }
 
@@ -121,6 +128,7 @@ impl SourceStats {
             torn: self.torn.load(Ordering::Relaxed),
             malformed: self.malformed.load(Ordering::Relaxed),
             kind: self.kind.lock().ok().and_then(|k| k.clone()),
+            bound: self.bound.clone(),
         }
     }
 }

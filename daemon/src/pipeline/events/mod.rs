@@ -70,7 +70,7 @@ pub fn start(
     let info = Arc::new(StreamInfo::events(src.stream.clone(), path, codec));
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PipelineStats::default());
-    let source = Arc::new(SourceStats::new(src.name.clone()));
+    let source = Arc::new(SourceStats::new(src.name.clone(), None));
     let notify = Arc::new(NotifyQueue::new(config.pipeline.notify_queue));
     notify.push(Notification::StreamStart(StreamStartNotice {
         stream: Arc::clone(&info),

@@ -57,15 +57,16 @@ impl SourceKind for UdpConfig {
         _i: usize,
         _modules: u32,
     ) -> Result<Box<dyn PreparedSource>, SourceError> {
-        let receiver = open(self).map_err(|error| SourceError::Resource {
+        let (receiver, bound) = open(self).map_err(|error| SourceError::Resource {
             what: format!("receive on {}", self.address()),
             error: Box::new(error),
         })?;
-        tracing::info!(source = %src.name, addr = %self.address(), path = receiver.name(), "port ready");
+        tracing::info!(source = %src.name, addr = %bound, path = receiver.name(), "port ready");
         Ok(Box::new(Prepared {
             cfg: self.clone(),
             grid: src.grid,
             receiver,
+            bound,
         }))
     }
 }
@@ -75,17 +76,23 @@ struct Prepared {
     cfg: UdpConfig,
     grid: [u32; 2],
     receiver: Receiver,
+    /// The address bound (`port = 0`: the port the kernel gave).
+    bound: std::net::SocketAddr,
 }
 
 impl PreparedSource for Prepared {
     fn buffers(&self, input_buffers: usize) -> (usize, usize) {
         (input_buffers, self.cfg.pixel.frame_bytes(self.cfg.shape))
     }
+    fn bound(&self) -> Option<String> {
+        Some(self.bound.to_string())
+    }
     fn run(self: Box<Self>, out: &mut SourceOutput) {
         let Prepared {
             cfg,
             grid,
             receiver,
+            ..
         } = *self;
         run(&assembler_config(&cfg, grid), receiver, out);
     }
@@ -223,8 +230,9 @@ fn publish(stats: &SourceStats, asm: &Assembler<Sls2>) {
     stats.set_kind(Arc::new(*asm.counts()));
 }
 
-/// Binds the port of `cfg` and picks its receive path.
-pub fn open(cfg: &UdpConfig) -> std::io::Result<Receiver> {
+/// Binds the port of `cfg` and picks its receive path; the address bound.
+pub fn open(cfg: &UdpConfig) -> std::io::Result<(Receiver, std::net::SocketAddr)> {
     let socket = socket::bind(cfg.address(), cfg.rcvbuf_bytes)?;
-    Receiver::new(socket, cfg)
+    let bound = socket.local_addr()?;
+    Ok((Receiver::new(socket, cfg)?, bound))
 }
