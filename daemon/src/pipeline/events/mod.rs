@@ -43,17 +43,15 @@ pub fn start(
     if cfg.brokers.is_empty() {
         cfg.brokers.clone_from(&config.sink.kafka.brokers);
     }
-    let resource = |what: String, error: String| StartError::Source {
-        name: src.name.clone(),
-        error: SourceError::Resource {
-            what,
-            error: error.into(),
-        },
-    };
+    let resource =
+        |what: String, error: Box<dyn std::error::Error + Send + Sync>| StartError::Source {
+            name: src.name.clone(),
+            error: SourceError::Resource { what, error },
+        };
     let report = Arc::new(ConsumerReport::default());
     let from_ms = read_from_ms(config, &cfg);
     let consumer = consume::assigned(&cfg, from_ms, &report)
-        .map_err(|e| resource(format!("read the topics {:?}", cfg.topics), e))?;
+        .map_err(|e| resource(format!("read the topics {:?}", cfg.topics), e.into()))?;
 
     let detector = super::detector_of(config, src, &src.stream);
     let mut spec = cfg.file_spec();
@@ -61,10 +59,10 @@ pub fn start(
     spec.experiment_identifier = detector.experiment_identifier.clone().unwrap_or_default();
     spec.instrument_name = detector.instrument_name.clone().unwrap_or_default();
     std::fs::create_dir_all(super::stream_dir(config, src))
-        .map_err(|e| resource(format!("create {}", path.display()), e.to_string()))?;
+        .map_err(|e| resource(format!("create {}", path.display()), e.into()))?;
     let codec = src.codec(config.writer.codec);
     let file = EventFile::create(&path, &spec, codec, config.writer.swmr, SystemTime::now())
-        .map_err(|e| resource(format!("create {}", path.display()), e.to_string()))?;
+        .map_err(|e| resource(format!("create {}", path.display()), e.into()))?;
 
     let (routes, index_route) = routes(&spec, &cfg);
     let info = Arc::new(StreamInfo::events(src.stream.clone(), path, codec));

@@ -87,6 +87,49 @@ pub type EventsConsumer = BaseConsumer<EventsContext>;
 /// Where the consumer is in each partition: `(topic, partition, next offset)`.
 pub type Positions = Vec<(String, i32, i64)>;
 
+/// Why the run's consumer could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The client could not be made (its settings).
+    #[error("cannot make a Kafka consumer for {brokers}: {error}")]
+    Client {
+        /// The brokers.
+        brokers: String,
+        /// Why.
+        error: KafkaError,
+    },
+    /// The brokers did not answer in time.
+    #[error("brokers {brokers} did not answer: {error}")]
+    Unanswered {
+        /// The brokers.
+        brokers: String,
+        /// Why.
+        error: KafkaError,
+    },
+    /// A topic of the run does not exist (yet).
+    #[error("topic {topic:?} does not exist on {brokers}")]
+    NoTopic {
+        /// The topic.
+        topic: String,
+        /// The brokers.
+        brokers: String,
+    },
+    /// The offsets of the run's start could not be found.
+    #[error("cannot find the offsets for the run's start: {0}")]
+    Offsets(KafkaError),
+    /// A partition's end could not be read.
+    #[error("cannot read the end of {topic}: {error}")]
+    End {
+        /// The partition's topic.
+        topic: String,
+        /// Why.
+        error: KafkaError,
+    },
+    /// The partitions could not be assigned.
+    #[error("cannot assign the partitions: {0}")]
+    Assign(KafkaError),
+}
+
 /// A consumer assigned to every partition of the run's topics at their offsets for
 /// `from_ms` (ms since the epoch), and those offsets. Refused naming the topic when one does
 /// not exist.
@@ -94,26 +137,32 @@ pub fn assigned(
     cfg: &KafkaEventsConfig,
     from_ms: i64,
     report: &std::sync::Arc<ConsumerReport>,
-) -> Result<(EventsConsumer, Positions), String> {
+) -> Result<(EventsConsumer, Positions), ConsumeError> {
     let consumer = client(cfg, report)?;
     let mut wanted = TopicPartitionList::new();
     for topic in cfg.topics.iter().chain(&cfg.log_topics) {
-        let meta = consumer
-            .fetch_metadata(Some(topic), START_TIMEOUT)
-            .map_err(|e| format!("brokers {} did not answer: {e}", cfg.brokers))?;
+        let meta = (consumer.fetch_metadata(Some(topic), START_TIMEOUT)).map_err(|error| {
+            ConsumeError::Unanswered {
+                brokers: cfg.brokers.clone(),
+                error,
+            }
+        })?;
         let t = meta.topics().first().filter(|t| t.error().is_none());
         let Some(t) = t.filter(|t| !t.partitions().is_empty()) else {
-            return Err(format!("topic {topic:?} does not exist on {}", cfg.brokers));
+            return Err(ConsumeError::NoTopic {
+                topic: topic.clone(),
+                brokers: cfg.brokers.clone(),
+            });
         };
         for p in t.partitions() {
             wanted
                 .add_partition_offset(topic, p.id(), Offset::Offset(from_ms))
-                .map_err(|e| e.to_string())?;
+                .map_err(ConsumeError::Offsets)?;
         }
     }
     let at = consumer
         .offsets_for_times(wanted, START_TIMEOUT)
-        .map_err(|e| format!("cannot find the offsets for the run's start: {e}"))?;
+        .map_err(ConsumeError::Offsets)?;
     let mut positions = Vec::new();
     for e in at.elements() {
         // A partition with nothing at or after the time gives no offset: read from its end.
@@ -122,7 +171,10 @@ pub fn assigned(
             _ => {
                 consumer
                     .fetch_watermarks(e.topic(), e.partition(), START_TIMEOUT)
-                    .map_err(|err| format!("cannot read the end of {}: {err}", e.topic()))?
+                    .map_err(|error| ConsumeError::End {
+                        topic: e.topic().to_owned(),
+                        error,
+                    })?
                     .1
             }
         };
@@ -137,7 +189,7 @@ pub fn assigned(
 fn client(
     cfg: &KafkaEventsConfig,
     report: &std::sync::Arc<ConsumerReport>,
-) -> Result<EventsConsumer, String> {
+) -> Result<EventsConsumer, ConsumeError> {
     ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
         .set("group.id", "detingest-events")
@@ -147,17 +199,20 @@ fn client(
         .set("fetch.message.max.bytes", cfg.max_message_bytes.to_string())
         .set("reconnect.backoff.max.ms", "2000")
         .create_with_context(EventsContext(std::sync::Arc::clone(report)))
-        .map_err(|e| format!("cannot make a Kafka consumer for {}: {e}", cfg.brokers))
+        .map_err(|error| ConsumeError::Client {
+            brokers: cfg.brokers.clone(),
+            error,
+        })
 }
 
 /// Assigns every partition of `positions` at its next offset.
-fn assign_at(consumer: &EventsConsumer, positions: &Positions) -> Result<(), String> {
+fn assign_at(consumer: &EventsConsumer, positions: &Positions) -> Result<(), ConsumeError> {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, next) in positions {
         tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-            .map_err(|e| e.to_string())?;
+            .map_err(ConsumeError::Assign)?;
     }
-    consumer.assign(&tpl).map_err(|e| e.to_string())
+    consumer.assign(&tpl).map_err(ConsumeError::Assign)
 }
 
 /// A consumer made again at `positions` once a broker answers (`None` while none does).
