@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -128,17 +127,6 @@ def data_file(master, n=1):
     """The path of data file `n` of the run whose master is `master`."""
     master = Path(master)
     return master.with_name(master.name.replace("_master.h5", f"_data_{n:06d}.h5"))
-
-
-def wait_for_log(proc, log_path, text, timeout=30):
-    """Waits until `text` appears in the log file of the running `proc`; fails with the
-    log if the process ends or the timeout passes first. Returns the log."""
-    deadline = time.time() + timeout
-    while text not in (log := Path(log_path).read_text()):
-        assert proc.poll() is None, log
-        assert time.time() < deadline, f"{text!r} never appeared in the log:\n{log}"
-        time.sleep(0.02)
-    return log
 
 
 class LocalServer:

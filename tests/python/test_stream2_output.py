@@ -70,7 +70,7 @@ def output(daemons):
 def wait_connected(d, clients=1, timeout=20):
     """Waits until `d`'s Stream V2 output has `clients` connected (its `clients` counter)."""
     deadline = time.time() + timeout
-    while (n := d.get("/run")["sinks"]["stream2"]["clients"]) < clients:
+    while (n := d.get("/run")["sinks"]["stream2"]["clients"]) != clients:
         assert time.time() < deadline, f"{n} clients connected"
         time.sleep(0.02)
 
@@ -166,6 +166,8 @@ def test_no_client_costs_nothing_on_disk_and_is_counted(output):
                                   "frames": 10})
     a.wait_run("bt/det/later")
     types = [dectris_decode(m)["type"] for m in receive(sock, until_end=False, timeout=3)]
+    wait_connected(a, 1)
     sock.close()
     ctx.term()
+    wait_connected(a, 0)  # a client that leaves is counted gone
     assert types == ["start", "end", "start"] + ["image"] * 10 + ["end"], types

@@ -427,3 +427,40 @@ impl RunStatus {
         Some(kind.counters())
     }
 }
+
+/// A source kind's counters for tests (UDP-like): bytes received (as the metric
+/// `received_bytes`), packets accepted, packets late.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::{Counters, KindCounts};
+
+    /// `bytes`, `accepted`, `late`.
+    #[derive(Debug)]
+    pub struct Packets(pub u64, pub u64, pub u64);
+
+    impl KindCounts for Packets {
+        fn key(&self) -> &'static str {
+            "packets"
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+
+        fn metric(&self) -> (&'static str, &'static str) {
+            ("detingest_udp_", "UDP source")
+        }
+
+        fn counters(&self) -> Counters {
+            Counters::new()
+                .total("bytes", "Bytes received", self.0)
+                .metric("received_bytes")
+                .total("accepted", "Packets taken", self.1)
+                .total("late", "Packets late", self.2)
+        }
+
+        fn summary_line(&self) -> String {
+            String::new()
+        }
+    }
+}

@@ -376,30 +376,7 @@ impl Reading {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug)]
-    struct Packets(u64, u64);
-
-    impl crate::contract::KindCounts for Packets {
-        fn key(&self) -> &'static str {
-            "packets"
-        }
-        fn as_any(&self) -> &dyn std::any::Any {
-            self
-        }
-        fn metric(&self) -> (&'static str, &'static str) {
-            ("detingest_udp_", "UDP source")
-        }
-        fn counters(&self) -> crate::contract::Counters {
-            crate::contract::Counters::new()
-                .total("bytes", "bytes received", self.0)
-                .metric("received_bytes")
-                .total("late", "late packets", self.1)
-        }
-        fn summary_line(&self) -> String {
-            String::new()
-        }
-    }
+    use crate::contract::status::fixture::Packets;
 
     #[test]
     fn udp_packet_counts_become_one_counter_per_kind_and_source() {
@@ -414,8 +391,8 @@ mod tests {
             bound: None,
         };
         let sources = [
-            source("m0", 3, Packets(5, 1)),
-            source("m1", 4, Packets(7, 0)),
+            source("m0", 3, Packets(5, 0, 1)),
+            source("m1", 4, Packets(7, 0, 0)),
         ];
         let stats = crate::contract::StatsSnapshot {
             recorded: 2,

@@ -62,27 +62,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-
-    #[derive(Debug)]
-    struct Packets(u64);
-
-    impl KindCounts for Packets {
-        fn key(&self) -> &'static str {
-            "packets"
-        }
-        fn as_any(&self) -> &dyn std::any::Any {
-            self
-        }
-        fn metric(&self) -> (&'static str, &'static str) {
-            ("detingest_udp_", "UDP source")
-        }
-        fn counters(&self) -> Counters {
-            Counters::new().total("accepted", "Packets taken", self.0)
-        }
-        fn summary_line(&self) -> String {
-            String::new()
-        }
-    }
+    use crate::contract::status::fixture::Packets;
 
     #[test]
     fn runs_add_up_per_counter_and_per_source() {
@@ -98,7 +78,7 @@ mod tests {
                 dropped: 0,
                 torn: 0,
                 malformed: 2,
-                kind: Some(Arc::new(Packets(n))),
+                kind: Some(Arc::new(Packets(0, n, 0))),
                 bound: None,
             };
             (c, vec![s])

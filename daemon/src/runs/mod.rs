@@ -30,7 +30,7 @@ use crate::check::{deserialize_keyed, key_in};
 use crate::cluster::merge::Merger;
 use crate::config::{Config, ConfigError, RunSettings};
 pub use crate::contract::ApiError;
-use crate::contract::{DetectorStatus, RunCheck, RunRequest, RunState};
+use crate::contract::{DetectorStatus, RunCheck, RunHeadline, RunRequest, RunState};
 use crate::control::Daemon;
 use crate::metrics::Reading;
 use crate::pipeline::{self, RunSummary, Running, StartError};
@@ -449,14 +449,15 @@ impl RunManager {
 
     /// The current run's status, or the last run's.
     pub fn status(&self) -> RunStatus {
-        let mut status = self.run_status();
+        let mut status = self.current_status();
         if let Some(Some(sinks)) = self.sinks.lock().ok().as_deref() {
             status.sinks = sinks.counters();
         }
         status
     }
 
-    fn run_status(&self) -> RunStatus {
+    /// The current or last run's status, without the sinks' counters.
+    fn current_status(&self) -> RunStatus {
         let current = self.current.lock().ok();
         if let Some(Some(c)) = current.as_deref() {
             if let Ok(s) = c.status.lock() {
@@ -541,6 +542,14 @@ impl RunControl for RunManager {
 
     fn run_status(&self) -> RunStatus {
         self.status()
+    }
+
+    fn run_headline(&self) -> RunHeadline {
+        let s = self.current_status();
+        RunHeadline {
+            state: s.state,
+            stream: s.stream,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use super::table::{SinkContext, SinkTable};
 use super::tables::SinkConfig;
 use super::{web, NotificationSink};
 use crate::check::ConfigError;
-use crate::contract::{ApiError, ByName, Counters, RunCheck, RunRequest, RunStatus};
+use crate::contract::{ApiError, ByName, Counters, RunCheck, RunHeadline, RunRequest, RunStatus};
 
 /// A configured sink: built once from its table (sockets bound, threads started), it gives
 /// each run its notification sink and reports its own counters.
@@ -44,6 +44,15 @@ pub trait RunControl: Send + Sync {
     fn stop_run(&self) -> Result<RunStatus, ApiError>;
     /// The status `GET /run` gives.
     fn run_status(&self) -> RunStatus;
+    /// Where the run is and which stream, without the counters (what a loop waiting for a
+    /// run's end asks).
+    fn run_headline(&self) -> RunHeadline {
+        let s = self.run_status();
+        RunHeadline {
+            state: s.state,
+            stream: s.stream,
+        }
+    }
 }
 
 /// Previews a sink wants: the encoded chunks of one written index in `every`, at most

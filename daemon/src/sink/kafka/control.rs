@@ -272,8 +272,8 @@ impl Control {
         let (Some(job), Some(runs)) = (&self.job, self.manager()) else {
             return false;
         };
-        let status = runs.run_status();
-        status.state == RunState::Running && status.stream.as_deref() == Some(job.stream.as_str())
+        let now = runs.run_headline();
+        now.state == RunState::Running && now.stream.as_deref() == Some(job.stream.as_str())
     }
 
     /// Stops the job's run once its stop time has come.

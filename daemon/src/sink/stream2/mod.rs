@@ -37,7 +37,7 @@ use crate::stream::StreamInfo;
 use crate::threads;
 
 /// Counters of the output.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default)]
 pub struct Stream2Stats {
     /// Series started (`start` sent).
     pub series: AtomicU64,

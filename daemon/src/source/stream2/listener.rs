@@ -175,7 +175,7 @@ impl Listening {
                 // The last series' run gives the socket back when its source ends, before its
                 // files are closed: a series that follows at once waits for that run's end.
                 let deadline = Instant::now() + PREVIOUS_RUN_WAIT;
-                while runs.run_status().state == RunState::Running && Instant::now() < deadline {
+                while runs.run_headline().state == RunState::Running && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 runs.start_run(&request)
