@@ -21,7 +21,7 @@ use detingest_writer::{Codec, StatsLimits};
 use super::job::{Item, Step};
 use super::stats::PipelineStats;
 use crate::metrics;
-use crate::quality::stats::frame_stats;
+use crate::quality::stats::StatsPass;
 use crate::rate_limit::RateLimit;
 
 /// What a worker does to each stream's frames: its codec, and the limits of its per-frame
@@ -80,12 +80,19 @@ pub(crate) fn run(
                 let coding = codings[usize::from(item.stream)];
                 let codec = coding.codec;
                 let started = Instant::now();
-                // The statistics first: the pass brings the frame into the cache the codec
-                // then reads it from.
-                let figures = (coding.statistics.as_ref())
-                    .map(|l| frame_stats(pixels.as_slice(), meta.pixel, l));
+                // The statistics take each block just before the codec reads it (from L1
+                // then): the frame is fetched from memory once.
+                let mut pass = (coding.statistics.as_ref()).map(|l| StatsPass::new(meta.pixel, l));
+                let mut see = |block: &[u8]| {
+                    if let Some(p) = pass.as_mut() {
+                        p.add(block);
+                    }
+                };
                 let es = meta.pixel.size();
-                match codec.compress_into(pixels.as_slice(), es, out.spare_mut()) {
+                let encoded =
+                    codec.compress_seeing(pixels.as_slice(), es, out.spare_mut(), &mut see);
+                let figures = pass.map(StatsPass::finish);
+                match encoded {
                     Ok(len) => {
                         metrics::COMPRESS_SECONDS.observe(started.elapsed());
                         drop(pixels); // the input buffer goes back to its source's pool now

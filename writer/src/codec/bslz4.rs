@@ -49,12 +49,13 @@ pub fn max_compressed_len(n: usize, es: usize) -> usize {
 }
 
 /// Encodes `input` (a whole number of `es`-byte elements) into `out`, with the given transpose
-/// kernel.
+/// kernel, handing each block to `see` just after the transpose read it (so from L1).
 pub fn compress_into(
     input: &[u8],
     es: usize,
     out: &mut [u8],
     kernel: Kernel,
+    see: &mut dyn FnMut(&[u8]),
 ) -> Result<usize, CodecError> {
     check_es(es)?;
     if input.len() % es != 0 {
@@ -82,6 +83,8 @@ pub fn compress_into(
         let src = &input[start * es..(start + len) * es];
         let shuffled = &mut scratch[..src.len()];
         kernel.transpose(src, shuffled, es);
+        // Just read by the transpose: in L1 for `see`.
+        see(src);
         let csize =
             lz4_flex::block::compress_into(shuffled, &mut out[pos + 4..]).map_err(|_| {
                 CodecError::OutputTooSmall {
@@ -94,6 +97,9 @@ pub fn compress_into(
         start += len;
     }
     let tail = &input[blocked * es..];
+    if !tail.is_empty() {
+        see(tail);
+    }
     out[pos..pos + tail.len()].copy_from_slice(tail);
     Ok(pos + tail.len())
 }
@@ -212,10 +218,10 @@ mod tests {
 
     fn round_trip(input: &[u8], es: usize) -> Vec<u8> {
         let mut enc = vec![0; max_compressed_len(input.len(), es)];
-        let len = compress_into(input, es, &mut enc, Kernel::detect()).unwrap();
+        let len = compress_into(input, es, &mut enc, Kernel::detect(), &mut |_| {}).unwrap();
         for k in Kernel::available() {
             let mut other = vec![0; enc.len()];
-            let l2 = compress_into(input, es, &mut other, k).unwrap();
+            let l2 = compress_into(input, es, &mut other, k, &mut |_| {}).unwrap();
             assert_eq!(&other[..l2], &enc[..len], "{k:?} encodes differently");
         }
         let mut dec = vec![0; decoded_len(&enc[..len]).unwrap()];
@@ -250,7 +256,7 @@ mod tests {
         // 20 u16 elements: no full block, one partial block of 16, a raw tail of 4 elements.
         let input: Vec<u8> = (0u16..20).flat_map(|v| v.to_le_bytes()).collect();
         let mut enc = vec![0; max_compressed_len(40, 2)];
-        let len = compress_into(&input, 2, &mut enc, Kernel::Scalar).unwrap();
+        let len = compress_into(&input, 2, &mut enc, Kernel::Scalar, &mut |_| {}).unwrap();
         assert_eq!(&enc[..8], &40u64.to_be_bytes());
         assert_eq!(&enc[8..12], &8192u32.to_be_bytes());
         let csize = u32::from_be_bytes(enc[12..16].try_into().unwrap()) as usize;
@@ -287,8 +293,8 @@ mod tests {
     #[test]
     fn wrong_element_sizes_and_ragged_input_are_refused() {
         let mut out = vec![0; 1024];
-        assert!(compress_into(&[0; 12], 3, &mut out, Kernel::Scalar).is_err());
-        assert!(compress_into(&[0; 13], 2, &mut out, Kernel::Scalar).is_err());
+        assert!(compress_into(&[0; 12], 3, &mut out, Kernel::Scalar, &mut |_| {}).is_err());
+        assert!(compress_into(&[0; 13], 2, &mut out, Kernel::Scalar, &mut |_| {}).is_err());
         assert!(decompress_into(&[0; 12], 16, &mut out).is_err());
     }
 
@@ -296,7 +302,7 @@ mod tests {
     fn truncated_chunks_are_errors() {
         let input = data(3 * 4096 * 2 + 10);
         let mut enc = vec![0; max_compressed_len(input.len(), 2)];
-        let len = compress_into(&input, 2, &mut enc, Kernel::detect()).unwrap();
+        let len = compress_into(&input, 2, &mut enc, Kernel::detect(), &mut |_| {}).unwrap();
         let mut out = vec![0; input.len()];
         for cut in (0..len).step_by(7).chain([len - 1]) {
             assert!(

@@ -81,10 +81,28 @@ impl Codec {
         es: usize,
         out: &mut [u8],
     ) -> Result<usize, CodecError> {
+        self.compress_seeing(input, es, out, &mut |_| {})
+    }
+
+    /// [`Codec::compress_into`], handing each piece of `input` to `see` as the codec reads it
+    /// (bitshuffle-LZ4: each 8 KiB block just after its transpose read it, then the raw
+    /// tail; LZ4: each block before it is encoded; none: the whole input), so a pass over
+    /// the pixels (the frame statistics) finds them in L1 and the frame is fetched from
+    /// memory once. The pieces are whole elements, in order, and cover `input` once.
+    pub fn compress_seeing(
+        self,
+        input: &[u8],
+        es: usize,
+        out: &mut [u8],
+        see: &mut dyn FnMut(&[u8]),
+    ) -> Result<usize, CodecError> {
         match self {
-            Self::None => copy(input, out),
-            Self::Lz4 => lz4::compress_into(input, out),
-            Self::BitshuffleLz4 => bslz4::compress_into(input, es, out, Kernel::detect()),
+            Self::None => {
+                see(input);
+                copy(input, out)
+            }
+            Self::Lz4 => lz4::compress_into(input, out, see),
+            Self::BitshuffleLz4 => bslz4::compress_into(input, es, out, Kernel::detect(), see),
         }
     }
 
@@ -147,7 +165,7 @@ pub fn bitshuffle_lz4_with(
     es: usize,
     out: &mut [u8],
 ) -> Result<usize, CodecError> {
-    bslz4::compress_into(input, es, out, kernel)
+    bslz4::compress_into(input, es, out, kernel, &mut |_| {})
 }
 
 /// The big-endian u64 both filters' chunks start with (the decoded size).
@@ -214,6 +232,34 @@ mod framing_tests {
                 codec.check_framing(&bad_len, 4).is_err(),
                 "{codec:?} length"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod seeing_tests {
+    use super::*;
+
+    #[test]
+    fn every_codec_shows_the_whole_input_once_in_whole_elements_and_encodes_the_same() {
+        for es in [1usize, 2, 4, 8] {
+            for n in [0usize, 7, 4096, 8192 / es + 5, 30_001] {
+                let input: Vec<u8> = (0..n * es).map(|i| (i % 7) as u8).collect();
+                for codec in Codec::ALL {
+                    let mut out = vec![0; codec.max_compressed_len(input.len(), es)];
+                    let mut plain = out.clone();
+                    let mut seen = Vec::new();
+                    let len = codec
+                        .compress_seeing(&input, es, &mut out, &mut |b| {
+                            assert_eq!(b.len() % es, 0, "{codec:?} es {es}");
+                            seen.extend_from_slice(b);
+                        })
+                        .unwrap();
+                    assert_eq!(seen, input, "{codec:?} es {es} n {n}");
+                    let plain_len = codec.compress_into(&input, es, &mut plain).unwrap();
+                    assert_eq!(out[..len], plain[..plain_len], "{codec:?} es {es} n {n}");
+                }
+            }
         }
     }
 }
