@@ -78,25 +78,35 @@ fn chunks_written_by_us_decode_with_the_c_library() {
         for n in [
             0usize, 7, 8, 9, 100, 1016, 1024, 2048, 4096, 8192, 8200, 30_001,
         ] {
-            let raw: Vec<u8> = (0..n * es)
-                .map(|i| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    if i % es == 0 {
-                        (x % 5) as u8
-                    } else {
-                        0
-                    }
-                })
-                .collect();
-            let codec = Codec::BitshuffleLz4;
-            let mut chunk = vec![0u8; codec.max_compressed_len(raw.len(), es)];
-            let len = codec.compress_into(&raw, es, &mut chunk).unwrap();
-            let name = format!("ours_es{es}_n{n}");
-            std::fs::write(dir.path().join(format!("{name}.chunk")), &chunk[..len]).unwrap();
-            std::fs::write(dir.path().join(format!("{name}.raw")), &raw).unwrap();
-            list.push(serde_json::json!({"name": name, "es": es}));
+            // Small counts, all zero, all at the type's largest, random bytes, and a
+            // real-looking frame (sparse counts, a few bright spots, scattered masked pixels).
+            for kind in ["small", "zero", "max", "random", "real"] {
+                let raw: Vec<u8> = (0..n * es)
+                    .map(|i| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let low = i % es == 0;
+                        match kind {
+                            "small" if low => (x % 5) as u8,
+                            "zero" | "small" => 0,
+                            "max" => 0xFF,
+                            "random" => x as u8,
+                            _ if x % 997 == 0 => 0xFF,
+                            _ if (i / es) % 1500 < 9 => (x >> 8) as u8,
+                            _ if low => (x % 3 == 0) as u8,
+                            _ => 0,
+                        }
+                    })
+                    .collect();
+                let codec = Codec::BitshuffleLz4;
+                let mut chunk = vec![0u8; codec.max_compressed_len(raw.len(), es)];
+                let len = codec.compress_into(&raw, es, &mut chunk).unwrap();
+                let name = format!("ours_{kind}_es{es}_n{n}");
+                std::fs::write(dir.path().join(format!("{name}.chunk")), &chunk[..len]).unwrap();
+                std::fs::write(dir.path().join(format!("{name}.raw")), &raw).unwrap();
+                list.push(serde_json::json!({"name": name, "es": es}));
+            }
         }
     }
     std::fs::write(
