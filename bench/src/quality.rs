@@ -145,7 +145,9 @@ fn kernel(args: &Args) -> Result<()> {
                 }
                 2 => {
                     let mut pass = StatsPass::new(PixelType::U16, &l);
-                    let r = codec.compress_seeing(frame, 2, &mut out, &mut |b| pass.add(b));
+                    let r = codec.compress_seeing(frame, 2, &mut out, &mut |b, noted| {
+                        pass.add_noted(b, noted)
+                    });
                     std::hint::black_box((r.ok(), pass.finish()));
                 }
                 _ => {

@@ -45,7 +45,7 @@ mod read_back;
 mod recover;
 mod run_files;
 
-pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel};
+pub use codec::{bitshuffle_lz4_with, Codec, CodecError, Kernel, LowBytes, See};
 pub use data_file::DATA_PATH;
 pub use detector_info::{
     Axis, AxisKind, DetectorInfo, Goniometer, Table, TableValues, HC_EV_ANGSTROM,

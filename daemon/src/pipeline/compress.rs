@@ -83,9 +83,9 @@ pub(crate) fn run(
                 // The statistics take each block just before the codec reads it (from L1
                 // then): the frame is fetched from memory once.
                 let mut pass = (coding.statistics.as_ref()).map(|l| StatsPass::new(meta.pixel, l));
-                let mut see = |block: &[u8]| {
+                let mut see = |block: &[u8], noted| {
                     if let Some(p) = pass.as_mut() {
-                        p.add(block);
+                        p.add_noted(block, noted);
                     }
                 };
                 let es = meta.pixel.size();

@@ -8,6 +8,7 @@ pub mod config;
 pub mod radial;
 pub mod spots;
 pub mod stats;
+mod stats16;
 
 pub use config::QualityConfig;
 

@@ -12,6 +12,7 @@
 //! transposed block and allocates nothing.
 
 use super::transpose::{scalar, Kernel};
+use super::See;
 use super::{leading_size, read_block, CodecError};
 
 /// HDF5 registered filter id of bitshuffle.
@@ -49,13 +50,14 @@ pub fn max_compressed_len(n: usize, es: usize) -> usize {
 }
 
 /// Encodes `input` (a whole number of `es`-byte elements) into `out`, with the given transpose
-/// kernel, handing each block to `see` just after the transpose read it (so from L1).
+/// kernel, handing each block (with what the transpose noted of it) to `see`, if any, just
+/// after the transpose read it (so from L1).
 pub fn compress_into(
     input: &[u8],
     es: usize,
     out: &mut [u8],
     kernel: Kernel,
-    see: &mut dyn FnMut(&[u8]),
+    mut see: Option<&mut See<'_>>,
 ) -> Result<usize, CodecError> {
     check_es(es)?;
     if input.len() % es != 0 {
@@ -82,9 +84,12 @@ pub fn compress_into(
         let len = block.min(blocked - start);
         let src = &input[start * es..(start + len) * es];
         let shuffled = &mut scratch[..src.len()];
-        kernel.transpose(src, shuffled, es);
-        // Just read by the transpose: in L1 for `see`.
-        see(src);
+        if let Some(see) = see.as_mut() {
+            let noted = kernel.transpose_noting(src, shuffled, es);
+            see(src, noted); // just read by the transpose: in L1
+        } else {
+            kernel.transpose(src, shuffled, es);
+        }
         let csize =
             lz4_flex::block::compress_into(shuffled, &mut out[pos + 4..]).map_err(|_| {
                 CodecError::OutputTooSmall {
@@ -97,8 +102,8 @@ pub fn compress_into(
         start += len;
     }
     let tail = &input[blocked * es..];
-    if !tail.is_empty() {
-        see(tail);
+    if let (Some(see), false) = (see, tail.is_empty()) {
+        see(tail, None);
     }
     out[pos..pos + tail.len()].copy_from_slice(tail);
     Ok(pos + tail.len())
@@ -218,10 +223,10 @@ mod tests {
 
     fn round_trip(input: &[u8], es: usize) -> Vec<u8> {
         let mut enc = vec![0; max_compressed_len(input.len(), es)];
-        let len = compress_into(input, es, &mut enc, Kernel::detect(), &mut |_| {}).unwrap();
+        let len = compress_into(input, es, &mut enc, Kernel::detect(), None).unwrap();
         for k in Kernel::available() {
             let mut other = vec![0; enc.len()];
-            let l2 = compress_into(input, es, &mut other, k, &mut |_| {}).unwrap();
+            let l2 = compress_into(input, es, &mut other, k, None).unwrap();
             assert_eq!(&other[..l2], &enc[..len], "{k:?} encodes differently");
         }
         let mut dec = vec![0; decoded_len(&enc[..len]).unwrap()];
@@ -256,7 +261,7 @@ mod tests {
         // 20 u16 elements: no full block, one partial block of 16, a raw tail of 4 elements.
         let input: Vec<u8> = (0u16..20).flat_map(|v| v.to_le_bytes()).collect();
         let mut enc = vec![0; max_compressed_len(40, 2)];
-        let len = compress_into(&input, 2, &mut enc, Kernel::Scalar, &mut |_| {}).unwrap();
+        let len = compress_into(&input, 2, &mut enc, Kernel::Scalar, None).unwrap();
         assert_eq!(&enc[..8], &40u64.to_be_bytes());
         assert_eq!(&enc[8..12], &8192u32.to_be_bytes());
         let csize = u32::from_be_bytes(enc[12..16].try_into().unwrap()) as usize;
@@ -293,8 +298,8 @@ mod tests {
     #[test]
     fn wrong_element_sizes_and_ragged_input_are_refused() {
         let mut out = vec![0; 1024];
-        assert!(compress_into(&[0; 12], 3, &mut out, Kernel::Scalar, &mut |_| {}).is_err());
-        assert!(compress_into(&[0; 13], 2, &mut out, Kernel::Scalar, &mut |_| {}).is_err());
+        assert!(compress_into(&[0; 12], 3, &mut out, Kernel::Scalar, None).is_err());
+        assert!(compress_into(&[0; 13], 2, &mut out, Kernel::Scalar, None).is_err());
         assert!(decompress_into(&[0; 12], 16, &mut out).is_err());
     }
 
@@ -302,7 +307,7 @@ mod tests {
     fn truncated_chunks_are_errors() {
         let input = data(3 * 4096 * 2 + 10);
         let mut enc = vec![0; max_compressed_len(input.len(), 2)];
-        let len = compress_into(&input, 2, &mut enc, Kernel::detect(), &mut |_| {}).unwrap();
+        let len = compress_into(&input, 2, &mut enc, Kernel::detect(), None).unwrap();
         let mut out = vec![0; input.len()];
         for cut in (0..len).step_by(7).chain([len - 1]) {
             assert!(

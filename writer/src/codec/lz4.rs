@@ -6,7 +6,7 @@
 //! A block whose LZ4 output would not be smaller than the block is stored raw, with csize equal
 //! to the block's length; readers tell the two apart by that equality alone.
 
-use super::{leading_size, read_block, CodecError};
+use super::{leading_size, read_block, CodecError, See};
 
 /// HDF5 registered filter id of LZ4.
 pub const FILTER_ID: u32 = 32004;
@@ -29,12 +29,12 @@ pub fn max_compressed_len(n: usize) -> usize {
 }
 
 /// Encodes `input` as a 32004 chunk into `out`.
-/// Each block goes to `see` just before it is encoded (a block is 1 GiB or the whole input, so
+/// Each block goes to `see` (if any) just before it is encoded (a block is 1 GiB or the whole input, so
 /// no element straddles two).
 pub fn compress_into(
     input: &[u8],
     out: &mut [u8],
-    see: &mut dyn FnMut(&[u8]),
+    mut see: Option<&mut See<'_>>,
 ) -> Result<usize, CodecError> {
     let n = input.len();
     if n > i32::MAX as usize {
@@ -53,7 +53,9 @@ pub fn compress_into(
     let mut pos = HEADER;
     for block in input.chunks(bs.max(1)) {
         let body = pos + 4;
-        see(block);
+        if let Some(see) = see.as_mut() {
+            see(block, None);
+        }
         let csize = match lz4_flex::block::compress_into(block, &mut out[body..]) {
             Ok(c) if c < block.len() => c,
             // Not smaller (or no room to try): store the block raw.
@@ -144,7 +146,7 @@ mod tests {
 
     fn round_trip(input: &[u8]) -> Vec<u8> {
         let mut enc = vec![0; max_compressed_len(input.len())];
-        let len = compress_into(input, &mut enc, &mut |_| {}).unwrap();
+        let len = compress_into(input, &mut enc, None).unwrap();
         let mut dec = vec![0; decoded_len(&enc[..len]).unwrap()];
         decompress_into(&enc[..len], &mut dec).unwrap();
         dec
@@ -154,7 +156,7 @@ mod tests {
     fn header_is_big_endian_size_and_one_block() {
         let input = vec![0u8; 1000];
         let mut enc = vec![0; max_compressed_len(1000)];
-        let len = compress_into(&input, &mut enc, &mut |_| {}).unwrap();
+        let len = compress_into(&input, &mut enc, None).unwrap();
         assert_eq!(&enc[..8], &1000i64.to_be_bytes());
         assert_eq!(&enc[8..12], &1000i32.to_be_bytes());
         let csize = u32::from_be_bytes(enc[12..16].try_into().unwrap()) as usize;
@@ -174,7 +176,7 @@ mod tests {
             })
             .collect();
         let mut enc = vec![0; max_compressed_len(input.len())];
-        let len = compress_into(&input, &mut enc, &mut |_| {}).unwrap();
+        let len = compress_into(&input, &mut enc, None).unwrap();
         assert_eq!(len, 16 + 4096);
         assert_eq!(&enc[16..len], &input[..]);
         assert_eq!(round_trip(&input), input);
@@ -189,7 +191,7 @@ mod tests {
     fn corrupt_input_is_an_error() {
         let input = vec![7u8; 5000];
         let mut enc = vec![0; max_compressed_len(input.len())];
-        let len = compress_into(&input, &mut enc, &mut |_| {}).unwrap();
+        let len = compress_into(&input, &mut enc, None).unwrap();
         let mut out = vec![0; 5000];
         for cut in 0..len {
             assert!(decompress_into(&enc[..cut], &mut out).is_err(), "cut {cut}");

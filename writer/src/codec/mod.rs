@@ -11,7 +11,10 @@ pub mod transpose;
 
 use serde::{Deserialize, Serialize};
 
-pub use transpose::Kernel;
+pub use transpose::{Kernel, LowBytes};
+
+/// What [`Codec::compress_seeing`] hands each piece of its input to.
+pub type See<'a> = dyn FnMut(&[u8], Option<LowBytes>) + 'a;
 
 /// Why a chunk could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,28 +84,36 @@ impl Codec {
         es: usize,
         out: &mut [u8],
     ) -> Result<usize, CodecError> {
-        self.compress_seeing(input, es, out, &mut |_| {})
+        match self {
+            Self::None => copy(input, out),
+            Self::Lz4 => lz4::compress_into(input, out, None),
+            Self::BitshuffleLz4 => bslz4::compress_into(input, es, out, Kernel::detect(), None),
+        }
     }
 
     /// [`Codec::compress_into`], handing each piece of `input` to `see` as the codec reads it
     /// (bitshuffle-LZ4: each 8 KiB block just after its transpose read it, then the raw
     /// tail; LZ4: each block before it is encoded; none: the whole input), so a pass over
     /// the pixels (the frame statistics) finds them in L1 and the frame is fetched from
-    /// memory once. The pieces are whole elements, in order, and cover `input` once.
+    /// memory once. The pieces are whole elements, in order, and cover `input` once. With
+    /// each piece comes what the AVX2 transpose noted of it ([`LowBytes`]: 16-bit elements
+    /// all below 256), or `None`.
     pub fn compress_seeing(
         self,
         input: &[u8],
         es: usize,
         out: &mut [u8],
-        see: &mut dyn FnMut(&[u8]),
+        see: &mut See<'_>,
     ) -> Result<usize, CodecError> {
         match self {
             Self::None => {
-                see(input);
+                see(input, None);
                 copy(input, out)
             }
-            Self::Lz4 => lz4::compress_into(input, out, see),
-            Self::BitshuffleLz4 => bslz4::compress_into(input, es, out, Kernel::detect(), see),
+            Self::Lz4 => lz4::compress_into(input, out, Some(see)),
+            Self::BitshuffleLz4 => {
+                bslz4::compress_into(input, es, out, Kernel::detect(), Some(see))
+            }
         }
     }
 
@@ -165,7 +176,7 @@ pub fn bitshuffle_lz4_with(
     es: usize,
     out: &mut [u8],
 ) -> Result<usize, CodecError> {
-    bslz4::compress_into(input, es, out, kernel, &mut |_| {})
+    bslz4::compress_into(input, es, out, kernel, None)
 }
 
 /// The big-endian u64 both filters' chunks start with (the decoded size).
@@ -250,7 +261,7 @@ mod seeing_tests {
                     let mut plain = out.clone();
                     let mut seen = Vec::new();
                     let len = codec
-                        .compress_seeing(&input, es, &mut out, &mut |b| {
+                        .compress_seeing(&input, es, &mut out, &mut |b, _| {
                             assert_eq!(b.len() % es, 0, "{codec:?} es {es}");
                             seen.extend_from_slice(b);
                         })

@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::scalar;
+use super::{scalar, LowBytes};
 
 /// SSE2 transpose; SSE2 is part of the x86-64 baseline, so it is always available.
 ///
@@ -38,12 +38,22 @@ pub unsafe fn transpose_avx2(input: &[u8], out: &mut [u8], es: usize) {
     // SAFETY: the caller guarantees AVX2 and the lengths.
     unsafe {
         match es {
-            1 => avx2::<1>(input, out),
-            2 => avx2::<2>(input, out),
-            4 => avx2::<4>(input, out),
-            _ => avx2::<8>(input, out),
-        }
+            1 => avx2::<1, false>(input, out),
+            2 => avx2::<2, false>(input, out),
+            4 => avx2::<4, false>(input, out),
+            _ => avx2::<8, false>(input, out),
+        };
     }
+}
+
+/// AVX2 transpose of 16-bit elements that also notes their low bytes when every high byte
+/// is zero (see [`LowBytes`]).
+///
+/// # Safety
+/// The CPU must support AVX2; both slices hold `2n` bytes with `n` a multiple of 8.
+pub unsafe fn transpose_avx2_u16_noting(input: &[u8], out: &mut [u8]) -> Option<LowBytes> {
+    // SAFETY: the caller guarantees AVX2 and the lengths.
+    unsafe { avx2::<2, true>(input, out) }
 }
 
 /// The SSE2 kernel for `ES`-byte elements.
@@ -99,12 +109,22 @@ unsafe fn sse2<const ES: usize>(input: &[u8], out: &mut [u8]) {
 /// # Safety
 /// The CPU supports AVX2; `input` and `out` hold the same `n * ES` bytes with `n` a
 /// multiple of 8.
+///
+/// With `NOTE` (16-bit elements only) the low-byte planes are also summed, maxed and their
+/// zeros counted while every high-byte plane seen is zero; the figures come back when that
+/// held for the whole input and it was whole 64-element pairs, else `None`.
 #[target_feature(enable = "avx2")]
-unsafe fn avx2<const ES: usize>(input: &[u8], out: &mut [u8]) {
+unsafe fn avx2<const ES: usize, const NOTE: bool>(
+    input: &[u8],
+    out: &mut [u8],
+) -> Option<LowBytes> {
     let n = input.len() / ES;
     let rows = n / 8;
     let src = input.as_ptr();
     let dst = out.as_mut_ptr();
+    let z = _mm256_setzero_si256();
+    let mut small = NOTE && ES == 2 && n % 64 == 0;
+    let (mut sums, mut top, mut zero_bytes, mut zeros) = (z, z, z, 0u64);
     // Two 32-element steps at a time, so each bit row gets one 8-byte store.
     let pairs = n / 64;
     for m in 0..pairs {
@@ -115,6 +135,21 @@ unsafe fn avx2<const ES: usize>(input: &[u8], out: &mut [u8]) {
                 planes_avx2::<ES>(src, 2 * m + 1),
             )
         };
+        if small {
+            let high = _mm256_or_si256(lo[ES - 1], hi[ES - 1]);
+            small = _mm256_testz_si256(high, high) == 1;
+            let (a, b) = (lo[0], hi[0]);
+            sums = _mm256_add_epi64(sums, _mm256_sad_epu8(a, z));
+            sums = _mm256_add_epi64(sums, _mm256_sad_epu8(b, z));
+            top = _mm256_max_epu8(top, _mm256_max_epu8(a, b));
+            zero_bytes = _mm256_sub_epi8(zero_bytes, _mm256_cmpeq_epi8(a, z));
+            zero_bytes = _mm256_sub_epi8(zero_bytes, _mm256_cmpeq_epi8(b, z));
+            if m % 64 == 63 {
+                // Each byte lane counts at most 2 a pair: widened before it reaches 256.
+                zeros += lanes_u64(_mm256_sad_epu8(zero_bytes, z));
+                zero_bytes = z;
+            }
+        }
         for b in 0..ES {
             let (mut x, mut y) = (lo[b], hi[b]);
             let row0 = dst.wrapping_add(b * 8 * rows + 8 * m);
@@ -165,6 +200,26 @@ unsafe fn avx2<const ES: usize>(input: &[u8], out: &mut [u8]) {
     }
     // Fewer than 32 elements remain: the scalar code does them group by group.
     scalar::transpose_groups(input, out, ES, done / 8, rows);
+    small.then(|| {
+        let mut bytes = [0u8; 32];
+        // SAFETY: `bytes` is 32 bytes, the 32 bytes written.
+        unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), top) };
+        LowBytes {
+            sum: lanes_u64(sums),
+            max: bytes.iter().copied().max().unwrap_or(0),
+            zeros: zeros + lanes_u64(_mm256_sad_epu8(zero_bytes, z)),
+        }
+    })
+}
+
+/// The sum of the four 64-bit lanes of `x`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lanes_u64(x: __m256i) -> u64 {
+    let mut lanes = [0u64; 4];
+    // SAFETY: `lanes` is 32 bytes, the 32 bytes written.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), x) };
+    lanes.iter().sum()
 }
 
 /// Byte planes of elements `32m .. 32m+32`: plane `b` holds byte `b` of each, in order.
