@@ -13,7 +13,9 @@
 //! With `--grid RxC` the detector has R x C modules of `--shape` each, written with module
 //! chunking, and a third run per repetition writes them with frame chunking (the images
 //! assembled by one copy in the indexer). Every figure is raw (uncompressed) bytes per second,
-//! so they compare directly; the codec baseline compresses as many module frames.
+//! so they compare directly; the codec baseline compresses as many module frames. Beside the
+//! copying run's ratio the report prints the bound a copy plus the codec allow on this
+//! machine's cores, computed from the memcpy and codec baselines of the same run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -85,6 +87,13 @@ struct Report {
     pipeline_copying_source_gbs: f64,
     pipeline_over_codec: f64,
     pipeline_copying_source_over_codec: f64,
+    /// The most a copying source allows on these cores: each byte copied once (at the
+    /// memcpy rate, one thread) and encoded (at the codec's rate on `workers` threads), all
+    /// on `cores` cores: `cores / (workers / codec + 1 / memcpy)` GB/s, as a share of the
+    /// codec alone; and the copying pipeline's share of that bound.
+    cores: usize,
+    copying_bound_over_codec: f64,
+    pipeline_copying_source_over_bound: f64,
     /// With several modules: the pipeline with frame chunking, zero-copy source.
     pipeline_frame_chunking_gbs: Option<f64>,
     pipeline_frame_chunking_over_codec: Option<f64>,
@@ -139,6 +148,9 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     let framed = (modules > 1).then_some(best[5]);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (codec_rate, copy_rate) = (gbs(best[1]), gbs(best[0]));
+    let bound = cores as f64 / (args.workers as f64 / codec_rate + 1.0 / copy_rate) / codec_rate;
     let report = Report {
         frames: args.frames,
         modules,
@@ -153,6 +165,9 @@ pub fn run(args: &Args) -> Result<()> {
         pipeline_copying_source_gbs: gbs(best[4]),
         pipeline_over_codec: best[1] / best[3],
         pipeline_copying_source_over_codec: best[1] / best[4],
+        cores,
+        copying_bound_over_codec: bound,
+        pipeline_copying_source_over_bound: best[1] / best[4] / bound,
         pipeline_frame_chunking_gbs: framed.map(gbs),
         pipeline_frame_chunking_over_codec: framed.map(|t| best[1] / t),
         lost_frames: lost,
@@ -228,6 +243,11 @@ fn print_table(r: &Report) {
     println!(
         "pipeline / codec alone = {:.3} (zero-copy source), {:.3} (copying source); lost {}",
         r.pipeline_over_codec, r.pipeline_copying_source_over_codec, r.lost_frames
+    );
+    println!(
+        "copying source: bound on {} cores (a copy plus the codec) = {:.3} of the codec alone; \
+         the pipeline reaches {:.3} of it",
+        r.cores, r.copying_bound_over_codec, r.pipeline_copying_source_over_bound
     );
 }
 
