@@ -1,5 +1,5 @@
-//! Per-frame statistics, taken by the compression worker on the pixels it is about to encode
-//! (they were just written by the source, so mostly in cache): the sum, the largest pixel,
+//! Per-frame statistics, taken by the compression worker on the pixels as it encodes them
+//! (each block just after the codec's transpose read it, so from L1): the sum, the largest pixel,
 //! and the pixels saturated, masked and above a threshold. Pixels at the masked value count
 //! only as masked. No allocation. A worker takes them block by block as the codec reads
 //! ([`StatsPass::add_noted`]): a block of 16-bit pixels all below 256 from what the AVX2
@@ -35,8 +35,8 @@ pub fn frame_stats(bytes: &[u8], pixel: PixelType, limits: &StatsLimits) -> Fram
 }
 
 /// The statistics of a frame taken piece by piece as the codec reads it
-/// (`Codec::compress_seeing`): [`StatsPass::add`] each piece (whole pixels, in any order),
-/// then [`StatsPass::finish`].
+/// (`Codec::compress_seeing`): [`StatsPass::add_noted`] (or [`StatsPass::add`]) each piece
+/// (whole pixels, in any order), then [`StatsPass::finish`].
 pub struct StatsPass {
     pixel: PixelType,
     limits: StatsLimits,
