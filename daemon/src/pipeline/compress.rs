@@ -80,18 +80,18 @@ pub(crate) fn run(
                 let coding = codings[usize::from(item.stream)];
                 let codec = coding.codec;
                 let started = Instant::now();
-                // The statistics take each block just before the codec reads it (from L1
-                // then): the frame is fetched from memory once.
-                let mut pass = (coding.statistics.as_ref()).map(|l| StatsPass::new(meta.pixel, l));
-                let mut see = |block: &[u8], noted| {
-                    if let Some(p) = pass.as_mut() {
-                        p.add_noted(block, noted);
+                // The statistics take each block as the codec reads it (from L1 then): the
+                // frame is fetched from memory once. Without them the codec notes nothing.
+                let (es, input) = (meta.pixel.size(), pixels.as_slice());
+                let (encoded, figures) = match coding.statistics.as_ref() {
+                    Some(l) => {
+                        let mut pass = StatsPass::new(meta.pixel, l);
+                        let mut see = |block: &[u8], noted| pass.add_noted(block, noted);
+                        let encoded = codec.compress_seeing(input, es, out.spare_mut(), &mut see);
+                        (encoded, Some(pass.finish()))
                     }
+                    None => (codec.compress_into(input, es, out.spare_mut()), None),
                 };
-                let es = meta.pixel.size();
-                let encoded =
-                    codec.compress_seeing(pixels.as_slice(), es, out.spare_mut(), &mut see);
-                let figures = pass.map(StatsPass::finish);
                 match encoded {
                     Ok(len) => {
                         metrics::COMPRESS_SECONDS.observe(started.elapsed());

@@ -42,6 +42,9 @@ pub struct StatsPass {
     limits: StatsLimits,
     /// The limits as 16-bit pixels meet them.
     limits16: U16Limits,
+    /// Whether what the transpose notes of a block of pixels below 256 is all the limits
+    /// need of it (no saturation value below 256, threshold 0, 1 or beyond 255).
+    notes_serve: bool,
     /// 16-bit pixels taken the fast way.
     u16: U16Part,
     u16_pixels: u64,
@@ -52,10 +55,14 @@ pub struct StatsPass {
 impl StatsPass {
     /// A pass over pixels of `pixel` against `limits`.
     pub fn new(pixel: PixelType, limits: &StatsLimits) -> Self {
+        let limits16 = U16Limits::of(limits);
         Self {
             pixel,
             limits: *limits,
-            limits16: U16Limits::of(limits),
+            limits16,
+            notes_serve: pixel == PixelType::U16
+                && limits16.saturation > 255
+                && matches!(limits16.threshold, 0 | 1 | 256..),
             u16: U16Part::default(),
             u16_pixels: 0,
             plain: FrameStats {
@@ -69,14 +76,12 @@ impl StatsPass {
     /// below 256: their sum, max and zeros), which spares a pass over the pixels when the
     /// limits leave nothing else to count in them.
     pub fn add_noted(&mut self, bytes: &[u8], noted: Option<LowBytes>) {
-        let l = self.limits16;
-        let low_limits = l.saturation > 255 && matches!(l.threshold, 0 | 1 | 256..);
         match noted {
-            Some(low) if self.pixel == PixelType::U16 && low_limits => {
+            Some(low) if self.notes_serve => {
                 let n = (bytes.len() / 2) as u64;
                 self.u16.sum += low.sum;
                 self.u16.max = self.u16.max.max(u32::from(low.max));
-                self.u16.above += match l.threshold {
+                self.u16.above += match self.limits16.threshold {
                     0 => n,
                     1 => n - low.zeros,
                     _ => 0,

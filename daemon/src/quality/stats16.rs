@@ -115,15 +115,27 @@ fn load16(c: &[u16]) -> std::arch::x86_64::__m256i {
     unsafe { std::arch::x86_64::_mm256_loadu_si256(c.as_ptr().cast()) }
 }
 
+/// The 32 bytes of `x`, in lane order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn lane_bytes(x: std::arch::x86_64::__m256i) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // SAFETY: `out` is 32 bytes, the 32 bytes written.
+    unsafe { std::arch::x86_64::_mm256_storeu_si256(out.as_mut_ptr().cast(), x) };
+    out
+}
+
 /// The sum of the eight 32-bit lanes of `x`, signed.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 fn lanes_total(x: std::arch::x86_64::__m256i) -> i64 {
-    let mut lanes = [0i32; 8];
-    // SAFETY: `lanes` is 32 bytes, the 32 bytes written.
-    unsafe { std::arch::x86_64::_mm256_storeu_si256(lanes.as_mut_ptr().cast(), x) };
-    lanes.iter().map(|&v| i64::from(v)).sum()
+    let bytes = lane_bytes(x);
+    let lanes = bytes.chunks_exact(4);
+    lanes
+        .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .sum()
 }
 
 /// The largest of the sixteen 16-bit lanes of `x`.
@@ -131,10 +143,11 @@ fn lanes_total(x: std::arch::x86_64::__m256i) -> i64 {
 #[target_feature(enable = "avx2")]
 #[inline]
 fn lanes_max(x: std::arch::x86_64::__m256i) -> u32 {
-    let mut top = [0u16; 16];
-    // SAFETY: `top` is 32 bytes, the 32 bytes written.
-    unsafe { std::arch::x86_64::_mm256_storeu_si256(top.as_mut_ptr().cast(), x) };
-    u32::from(top.iter().copied().max().unwrap_or(0))
+    let bytes = lane_bytes(x);
+    let lanes = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]));
+    u32::from(lanes.max().unwrap_or(0))
 }
 
 /// The sum of the sixteen 16-bit counts in `x` (each at most a piece's 256 vectors).
