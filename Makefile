@@ -15,7 +15,7 @@ PY_PACKAGES  := h5py hdf5plugin numpy pytest bitshuffle pyzmq event-model nexusf
                 prometheus-client==0.26.0 tickit-devices==0.4.1 cbor2==5.9.0 dectris-compression==0.4.0 \
                 lz4==4.4.5 nxmx==0.0.8 nxvalidate==0.3.5b3 scippnexus==26.1.1 pyFAI==2026.9.0
 
-.PHONY: deb demo test test-build test-run loom soak soak-short install install-lib install-daemon deps deps-demo apt venv venv-demo debian-plugins browser redis-stack bench fuzz clean
+.PHONY: deb demo test test-build test-run loom loom-deep soak soak-short install install-lib install-daemon deps deps-demo apt venv venv-demo debian-plugins browser redis-stack bench fuzz clean
 
 demo: deps-demo venv-demo
 	cargo build --release -p detingest-daemon
@@ -58,8 +58,11 @@ soak: deps venv
 	cargo run --release -p detingest-bench -- soak --frames 1000000 --prune --sample-ms 1000
 
 # Model-check the shared-memory ring's atomics (own target dir: --cfg loom rebuilds the crate).
+# make test bounds preemptions at 2 (seconds); loom-deep at 3 (minutes; shm/tests/loom.rs).
 loom:
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p detingest-shm --release --test loom
+loom-deep:
+	LOOM_MAX_PREEMPTIONS=3 $(MAKE) --no-print-directory loom
 
 # `make install`: libdetingest for C producers (`install-lib`: header, shared library with
 # soname links, static library, pkg-config file) and the daemon with its systemd unit
