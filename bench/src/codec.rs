@@ -18,6 +18,8 @@ use detingest_shm::PixelType;
 use detingest_writer::{bitshuffle_lz4_with, Codec, Kernel};
 use serde::Serialize;
 
+use crate::common;
+
 /// Options of `detingest-bench codec`.
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -122,7 +124,7 @@ pub fn run(args: &Args) -> Result<()> {
     // both alike; each keeps its fastest turn.
     let raw = (frame_bytes * args.frames) as f64;
     let c_python = match codec {
-        Codec::BitshuffleLz4 => reference_python(args),
+        Codec::BitshuffleLz4 => common::baseline_python(args.python.as_deref()),
         _ => None,
     };
     let dir = tempfile::tempdir()?;
@@ -269,18 +271,6 @@ fn time_codec(
             .fold((0.0f64, 0usize), |(s, b), (ws, wb)| (s.max(ws), b + wb))
     });
     (secs, bytes)
-}
-
-/// The Python to run the C reference with: `--python`, else `./.venv/bin/python` if present.
-fn reference_python(args: &Args) -> Option<String> {
-    match args.python.as_deref() {
-        Some("none") => None,
-        Some(p) => Some(p.to_owned()),
-        None if std::path::Path::new(".venv/bin/python").exists() => {
-            Some(".venv/bin/python".into())
-        }
-        None => None,
-    }
 }
 
 /// One turn of PyPI `bitshuffle.compress_lz4` on the same frames, one thread

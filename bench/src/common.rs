@@ -100,3 +100,16 @@ pub fn print_json(report: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(report)?);
     Ok(())
 }
+
+/// The Python that runs a baseline's library (PyPI bitshuffle, h5py): `--python` (`none`: no
+/// such baseline), else `./.venv/bin/python` if present.
+pub(crate) fn baseline_python(arg: Option<&str>) -> Option<String> {
+    match arg {
+        Some("none") => None,
+        Some(p) => Some(p.to_owned()),
+        None if std::path::Path::new(".venv/bin/python").exists() => {
+            Some(".venv/bin/python".into())
+        }
+        None => None,
+    }
+}

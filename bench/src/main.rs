@@ -5,6 +5,7 @@
 mod codec;
 mod common;
 mod events;
+mod h5py_write;
 mod kafka;
 mod live;
 mod pipeline;

@@ -6,7 +6,10 @@
 //! - `codec`: the codec alone on `--workers` threads, reading the frames in place as the
 //!   pipeline's workers do;
 //! - `write`: the compressed chunks written back to back into a plain file in the same
-//!   directory, one thread, no fsync (the pipeline's flushes don't fsync either).
+//!   directory, one thread, no fsync (the pipeline's flushes don't fsync either);
+//! - `h5py`: a Python program writing the same frames with h5py through HDF5's filter
+//!   (hdf5plugin's, matching the codec), one frame per chunk (`h5py_write.rs`; when the Python
+//!   has h5py and hdf5plugin).
 //!
 //! The pipeline runs twice per repetition: with the synthetic source handing frames down by
 //! reference (like a shared-memory slot) and copying each into a pool buffer (like a socket).
@@ -29,6 +32,8 @@ use detingest_daemon::sink::RunSinks;
 use detingest_daemon::source::synthetic::FrameBank;
 use detingest_writer::Codec;
 use serde::Serialize;
+
+use crate::h5py_write;
 
 /// Options of `detingest-bench pipeline`.
 #[derive(Parser, Debug)]
@@ -69,6 +74,10 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Python with h5py and hdf5plugin for the h5py baseline (default: ./.venv/bin/python if
+    /// present; `none`: no h5py baseline).
+    #[arg(long)]
+    pub(crate) python: Option<String>,
 }
 
 /// The figures of one run; all rates in GB/s of raw frame bytes.
@@ -97,6 +106,9 @@ struct Report {
     /// With several modules: the pipeline with frame chunking, zero-copy source.
     pipeline_frame_chunking_gbs: Option<f64>,
     pipeline_frame_chunking_over_codec: Option<f64>,
+    /// h5py + hdf5plugin writing the same module frames, one thread (when run).
+    h5py_gbs: Option<f64>,
+    pipeline_over_h5py: Option<f64>,
     lost_frames: u64,
 }
 
@@ -118,9 +130,25 @@ pub fn run(args: &Args) -> Result<()> {
     let total = module_bytes as f64 * items as f64;
     let gbs = |secs: f64| total / secs / 1e9;
 
+    let python = crate::common::baseline_python(args.python.as_deref());
+    let raw = dir.join(format!("bank_{}.raw", std::process::id()));
+    if python.is_some() {
+        let bytes: Vec<u8> = (0..bank.len() as u64)
+            .flat_map(|i| bank.frame(i).iter().copied())
+            .collect();
+        std::fs::write(&raw, bytes)?;
+    }
+    let [ny, nx] = syn.shape;
+    let h5py_frames = h5py_write::Frames {
+        raw: &raw,
+        distinct: bank.len(),
+        shape: [ny as usize, nx as usize],
+        count: items,
+    };
     // Best (shortest) seconds of: memcpy, codec, write, pipeline, copying pipeline, frame
-    // chunking.
-    let mut best = [f64::MAX; 6];
+    // chunking, h5py.
+    let mut best = [f64::MAX; 7];
+    let mut h5py_ran = false;
     let mut ratio = 0.0;
     let mut lost = 0;
     let runs: &[(usize, bool, &str)] = if modules > 1 {
@@ -146,7 +174,17 @@ pub fn run(args: &Args) -> Result<()> {
             best[slot] = best[slot].min(secs);
             lost += stats.lost;
         }
+        if let Some(python) = &python {
+            if let Some(secs) = h5py_write::time_h5py(python, &h5py_frames, codec, &dir)? {
+                best[6] = best[6].min(secs);
+                h5py_ran = true;
+            }
+        }
     }
+    if python.is_some() {
+        std::fs::remove_file(&raw)?;
+    }
+    let h5py = h5py_ran.then_some(best[6]);
     let framed = (modules > 1).then_some(best[5]);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let (codec_rate, copy_rate) = (gbs(best[1]), gbs(best[0]));
@@ -170,6 +208,8 @@ pub fn run(args: &Args) -> Result<()> {
         pipeline_copying_source_over_bound: best[1] / best[4] / bound,
         pipeline_frame_chunking_gbs: framed.map(gbs),
         pipeline_frame_chunking_over_codec: framed.map(|t| best[1] / t),
+        h5py_gbs: h5py.map(gbs),
+        pipeline_over_h5py: h5py.map(|t| t / best[3]),
         lost_frames: lost,
     };
     if args.json {
@@ -239,6 +279,10 @@ fn print_table(r: &Report) {
     ) {
         row("pipeline, frame chunking, zero-copy source", g);
         println!("frame chunking / codec alone = {x:.3}");
+    }
+    if let (Some(g), Some(x)) = (r.h5py_gbs, r.pipeline_over_h5py) {
+        row("h5py + hdf5plugin, same frames, 1 thread", g);
+        println!("pipeline (zero-copy source) / h5py = {x:.2}");
     }
     println!(
         "pipeline / codec alone = {:.3} (zero-copy source), {:.3} (copying source); lost {}",
