@@ -8,9 +8,11 @@
 //! (n mod 8) * es bytes copied raw
 //! ```
 //! B is the library's default, `max(floor(8192 / es / 8) * 8, 128)` elements. Blocks are always
-//! LZ4 output, even when larger than their input. Encoding uses an 8 KiB stack buffer for the
-//! transposed block and allocates nothing.
+//! LZ4 output, even when larger than their input; which parse each block gets (LZ4's search or
+//! runs alone) is `block_parse.rs`'s choice. Encoding uses stack buffers of 8 KiB for the
+//! transposed block and 9 KiB for the sampled parse, and allocates nothing.
 
+use super::block_parse::BlockParse;
 use super::transpose::{scalar, Kernel};
 use super::See;
 use super::{leading_size, read_block, CodecError};
@@ -78,6 +80,7 @@ pub fn compress_into(
     out[8..12].copy_from_slice(&((block * es) as u32).to_be_bytes());
     let mut pos = HEADER;
     let mut scratch = [0u8; MAX_BLOCK_BYTES];
+    let mut parse = BlockParse::new();
     let blocked = n - n % 8;
     let mut start = 0;
     while start < blocked {
@@ -90,13 +93,10 @@ pub fn compress_into(
         } else {
             kernel.transpose(src, shuffled, es);
         }
-        let csize =
-            lz4_flex::block::compress_into(shuffled, &mut out[pos + 4..]).map_err(|_| {
-                CodecError::OutputTooSmall {
-                    have: out.len(),
-                    need,
-                }
-            })?;
+        let have = out.len();
+        let csize = parse
+            .encode(shuffled, &mut out[pos + 4..])
+            .ok_or(CodecError::OutputTooSmall { have, need })?;
         out[pos..pos + 4].copy_from_slice(&(csize as u32).to_be_bytes());
         pos += 4 + csize;
         start += len;

@@ -5,8 +5,10 @@
 //! Codecs encode into a caller-provided buffer of at least [`Codec::max_compressed_len`] bytes
 //! and never allocate.
 
+pub(crate) mod block_parse;
 pub(crate) mod bslz4;
 pub(crate) mod lz4;
+pub(crate) mod runs;
 pub mod transpose;
 
 use serde::{Deserialize, Serialize};
