@@ -78,9 +78,10 @@ fn chunks_written_by_us_decode_with_the_c_library() {
         for n in [
             0usize, 7, 8, 9, 100, 1016, 1024, 2048, 4096, 8192, 8200, 30_001,
         ] {
-            // Small counts, all zero, all at the type's largest, random bytes, and a
-            // real-looking frame (sparse counts, a few bright spots, scattered masked pixels).
-            for kind in ["small", "zero", "max", "random", "real"] {
+            // Small counts, all zero, all at the type's largest, random bytes, a
+            // real-looking frame (sparse counts, a few bright spots, scattered masked pixels)
+            // and counts of a few per pixel (whose blocks are encoded by runs alone).
+            for kind in ["small", "zero", "max", "random", "real", "dense"] {
                 let raw: Vec<u8> = (0..n * es)
                     .map(|i| {
                         x ^= x << 13;
@@ -89,6 +90,8 @@ fn chunks_written_by_us_decode_with_the_c_library() {
                         let low = i % es == 0;
                         match kind {
                             "small" if low => (x % 5) as u8,
+                            "dense" if low => (x % 11) as u8,
+                            "dense" => 0,
                             "zero" | "small" => 0,
                             "max" => 0xFF,
                             "random" => x as u8,

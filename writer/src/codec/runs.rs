@@ -81,16 +81,24 @@ fn equal_to_next(src: &[u8], eq: &mut [u64; WORDS]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8};
+        // 16 bits: bytes `at..at + 16` each against the next.
+        let mask = |at: usize| {
+            // SAFETY: SSE2 is part of x86-64; callers keep `at + 17 <= n`, so both 16-byte
+            // loads lie inside `src`, and loadu needs no alignment.
+            unsafe {
+                let a = _mm_loadu_si128(src.as_ptr().add(at).cast());
+                let b = _mm_loadu_si128(src.as_ptr().add(at + 1).cast());
+                _mm_movemask_epi8(_mm_cmpeq_epi8(a, b)) as u16 as u64
+            }
+        };
+        // A whole word from registers: one store, no read-modify-write chain through memory.
+        while i + 65 <= n {
+            eq[i / 64] = mask(i) | mask(i + 16) << 16 | mask(i + 32) << 32 | mask(i + 48) << 48;
+            i += 64;
+        }
         while i + 17 <= n {
-            // SAFETY: SSE2 is part of x86-64; both 16-byte loads end at or before `i + 17 <=
-            // n`, inside `src`, and loadu needs no alignment.
-            let m = unsafe {
-                let a = _mm_loadu_si128(src.as_ptr().add(i).cast());
-                let b = _mm_loadu_si128(src.as_ptr().add(i + 1).cast());
-                _mm_movemask_epi8(_mm_cmpeq_epi8(a, b)) as u32 as u64
-            };
             // i is a multiple of 16, so the 16 bits sit inside one word.
-            eq[i / 64] |= m << (i % 64);
+            eq[i / 64] |= mask(i) << (i % 64);
             i += 16;
         }
     }
