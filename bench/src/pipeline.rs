@@ -17,8 +17,9 @@
 //! chunking, and a third run per repetition writes them with frame chunking (the images
 //! assembled by one copy in the indexer). Every figure is raw (uncompressed) bytes per second,
 //! so they compare directly; the codec baseline compresses as many module frames. Beside the
-//! copying run's ratio the report prints the bound a copy plus the codec allow on this
-//! machine's cores, computed from the memcpy and codec baselines of the same run.
+//! zero-copy run's ratio the report prints the bound the codec plus the plain write of its
+//! chunks allow on this machine's cores, and beside the copying run's the bound a copy plus
+//! the codec allow, computed from the same run's baselines.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -101,6 +102,11 @@ struct Report {
     /// on `cores` cores: `cores / (workers / codec + 1 / memcpy)` GB/s, as a share of the
     /// codec alone; and the copying pipeline's share of that bound.
     cores: usize,
+    /// The same for the zero-copy source with the chunks' plain write (at the write
+    /// baseline's rate, one thread) in place of the copy: `cores / (workers / codec + 1 /
+    /// write)`, as a share of the codec alone; and the zero-copy pipeline's share of it.
+    zero_copy_bound_over_codec: f64,
+    pipeline_over_zero_copy_bound: f64,
     copying_bound_over_codec: f64,
     pipeline_copying_source_over_bound: f64,
     /// With several modules: the pipeline with frame chunking, zero-copy source.
@@ -188,7 +194,12 @@ pub fn run(args: &Args) -> Result<()> {
     let framed = (modules > 1).then_some(best[5]);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let (codec_rate, copy_rate) = (gbs(best[1]), gbs(best[0]));
-    let bound = cores as f64 / (args.workers as f64 / codec_rate + 1.0 / copy_rate) / codec_rate;
+    // What `cores` cores allow when every byte is encoded (`workers` threads' worth of the
+    // codec's rate) and also goes through one more one-thread step of rate `other`.
+    let bound_with =
+        |other: f64| cores as f64 / (args.workers as f64 / codec_rate + 1.0 / other) / codec_rate;
+    let bound = bound_with(copy_rate);
+    let zero_copy_bound = bound_with(gbs(best[2]));
     let report = Report {
         frames: args.frames,
         modules,
@@ -204,6 +215,8 @@ pub fn run(args: &Args) -> Result<()> {
         pipeline_over_codec: best[1] / best[3],
         pipeline_copying_source_over_codec: best[1] / best[4],
         cores,
+        zero_copy_bound_over_codec: zero_copy_bound,
+        pipeline_over_zero_copy_bound: best[1] / best[3] / zero_copy_bound,
         copying_bound_over_codec: bound,
         pipeline_copying_source_over_bound: best[1] / best[4] / bound,
         pipeline_frame_chunking_gbs: framed.map(gbs),
@@ -287,6 +300,11 @@ fn print_table(r: &Report) {
     println!(
         "pipeline / codec alone = {:.3} (zero-copy source), {:.3} (copying source); lost {}",
         r.pipeline_over_codec, r.pipeline_copying_source_over_codec, r.lost_frames
+    );
+    println!(
+        "zero-copy source: bound on {} cores (the codec plus the chunks' write) = {:.3} of the \
+         codec alone; the pipeline reaches {:.3} of it",
+        r.cores, r.zero_copy_bound_over_codec, r.pipeline_over_zero_copy_bound
     );
     println!(
         "copying source: bound on {} cores (a copy plus the codec) = {:.3} of the codec alone; \
