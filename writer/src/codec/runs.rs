@@ -38,9 +38,9 @@ pub fn encode(src: &[u8], dst: &mut [u8]) -> Option<usize> {
     let mut eq = [0u64; WORDS];
     equal_to_next(src, &mut eq);
     let bits = Bits { eq: &eq, n: n - 1 };
-    let mut lit_start = 0; // first byte not yet emitted
-    let mut from = 0; // where to look for the next run
-                      // The longest stretch of zeros seen (any input range is a valid match source).
+    // The first byte not yet emitted, and where to look for the next run.
+    let (mut lit_start, mut from) = (0, 0);
+    // The longest stretch of zeros seen (any earlier range of the input is a match source).
     let (mut zero_at, mut zero_len) = (0, 0);
     let match_start_limit = n - MF_LIMIT;
     let match_end_limit = n - LAST_LITERALS;
@@ -80,31 +80,48 @@ fn equal_to_next(src: &[u8], eq: &mut [u64; WORDS]) {
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8};
-        // 16 bits: bytes `at..at + 16` each against the next.
-        let mask = |at: usize| {
-            // SAFETY: SSE2 is part of x86-64; callers keep `at + 17 <= n`, so both 16-byte
-            // loads lie inside `src`, and loadu needs no alignment.
-            unsafe {
-                let a = _mm_loadu_si128(src.as_ptr().add(at).cast());
-                let b = _mm_loadu_si128(src.as_ptr().add(at + 1).cast());
-                _mm_movemask_epi8(_mm_cmpeq_epi8(a, b)) as u16 as u64
-            }
-        };
         // A whole word from registers: one store, no read-modify-write chain through memory.
         while i + 65 <= n {
-            eq[i / 64] = mask(i) | mask(i + 16) << 16 | mask(i + 32) << 32 | mask(i + 48) << 48;
+            // SAFETY: `i + 48 + 17 <= n`: every call's bytes lie inside `src`.
+            eq[i / 64] = unsafe {
+                x86::equal_to_next_16(src, i)
+                    | x86::equal_to_next_16(src, i + 16) << 16
+                    | x86::equal_to_next_16(src, i + 32) << 32
+                    | x86::equal_to_next_16(src, i + 48) << 48
+            };
             i += 64;
         }
         while i + 17 <= n {
             // i is a multiple of 16, so the 16 bits sit inside one word.
-            eq[i / 64] |= mask(i) << (i % 64);
+            // SAFETY: `i + 17 <= n`.
+            eq[i / 64] |= unsafe { x86::equal_to_next_16(src, i) } << (i % 64);
             i += 16;
         }
     }
     while i + 1 < n {
         eq[i / 64] |= u64::from(src[i] == src[i + 1]) << (i % 64);
         i += 1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8};
+
+    /// 16 bits: bit `k` set when `src[at + k] == src[at + k + 1]`.
+    ///
+    /// # Safety
+    /// `at + 17 <= src.len()`.
+    #[inline(always)]
+    pub(super) unsafe fn equal_to_next_16(src: &[u8], at: usize) -> u64 {
+        debug_assert!(at + 17 <= src.len());
+        // SAFETY: SSE2 is part of x86-64; the caller keeps `at + 17 <= src.len()`, so both
+        // 16-byte loads lie inside `src`, and loadu needs no alignment.
+        unsafe {
+            let a = _mm_loadu_si128(src.as_ptr().add(at).cast());
+            let b = _mm_loadu_si128(src.as_ptr().add(at + 1).cast());
+            _mm_movemask_epi8(_mm_cmpeq_epi8(a, b)) as u16 as u64
+        }
     }
 }
 
