@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use super::sync::{AtomicU64, Bell, Ordering};
+use super::sync::{fence, AtomicU64, Bell, Ordering};
 
 /// The counters and bells both sides share, each on its own 128-byte line (two cache lines:
 /// adjacent-line prefetch pairs them on x86, see crossbeam's `CachePadded`).
@@ -154,8 +154,8 @@ impl ConsumerCursor {
 ///
 /// Each slot's mark holds `n + 1` once frame `n` in it was released, so marks never need
 /// resetting (the frame number tags the lap). Every releaser marks its frame, then
-/// advances the local tail over marked frames by compare-and-swap; the marks' store and
-/// the tail's load are SeqCst so that of two concurrent releasers at least one sees the
+/// advances the local tail over marked frames by compare-and-swap; a SeqCst fence between
+/// the mark's store and the loads makes of two concurrent releasers at least one see the
 /// other's mark (otherwise both could stop short and strand the tail). The shared tail is
 /// published with `fetch_max`, since two advancers may finish in either order.
 pub struct Releaser {
@@ -176,6 +176,10 @@ impl Releaser {
     pub fn release(&self, n: u64, c: &Counters) {
         let slots = self.marks.len() as u64;
         self.marks[(n % slots) as usize].store(n + 1, Ordering::SeqCst);
+        // The store above before the loads below, for every releaser (store-load order needs
+        // a full fence; with it loom checks the argument too, as it treats a SeqCst access
+        // alone like AcqRel).
+        fence(Ordering::SeqCst);
         let mut advanced = None;
         loop {
             let t = self.tail.load(Ordering::SeqCst);
