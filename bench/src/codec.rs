@@ -7,7 +7,6 @@
 //! default) or read from a raw file (`--input FILE --dtype u16 --shape 512x1024`).
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -301,22 +300,16 @@ print(json.dumps({"seconds": seconds, "bytes": total, "version": bitshuffle.__ve
                   "avx2": bool(bitshuffle.using_AVX2())}))
 "#;
     let dtype = PixelType::from_name(&args.dtype).map_or("<u2", PixelType::numpy_typestr);
-    let out = Command::new(python)
-        .env("OMP_NUM_THREADS", "1")
-        .args(["-c", script, &frames_file.display().to_string(), dtype])
-        .args([distinct, args.frames].map(|v| v.to_string()))
-        .output()
-        .with_context(|| format!("cannot run {python}"))?;
-    if !out.status.success() {
-        bail!(
-            "C reference failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    if v.is_null() {
+    let args = [
+        frames_file.display().to_string(),
+        dtype.to_owned(),
+        distinct.to_string(),
+        args.frames.to_string(),
+    ];
+    let env = [("OMP_NUM_THREADS", "1")];
+    let Some(v) = common::python_baseline(python, script, &args, &env, "C reference")? else {
         return Ok(None);
-    }
+    };
     let secs = v["seconds"].as_f64().context("seconds")?;
     let bytes = v["bytes"].as_f64().context("bytes")?;
     Ok(Some(Reference {

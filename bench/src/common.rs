@@ -113,3 +113,27 @@ pub(crate) fn baseline_python(arg: Option<&str>) -> Option<String> {
         None => None,
     }
 }
+
+/// Runs `script` with `python` and `args` (and `env`), for a baseline: the JSON it prints, or
+/// `None` when it printed `null` (its library is missing). A failing script is an error
+/// naming `what`.
+pub(crate) fn python_baseline(
+    python: &str,
+    script: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+    what: &str,
+) -> Result<Option<serde_json::Value>> {
+    use anyhow::Context;
+    let out = std::process::Command::new(python)
+        .envs(env.iter().copied())
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {python}"))?;
+    if !out.status.success() {
+        anyhow::bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok((!v.is_null()).then_some(v))
+}

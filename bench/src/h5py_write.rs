@@ -5,9 +5,8 @@
 //! thread, so that is what such a writer gets.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use detingest_writer::Codec;
 
 /// Frames as h5py receives them: `distinct` frames of `shape` little-endian u16 pixels back to
@@ -49,23 +48,18 @@ print(json.dumps({"seconds": seconds}))
 "#;
     let out_file = dir.join(format!("h5py_{}.h5", std::process::id()));
     let [ny, nx] = frames.shape;
-    let out = Command::new(python)
-        .args(["-c", script, &frames.raw.display().to_string()])
-        .args([frames.distinct, ny, nx].map(|v| v.to_string()))
-        .arg(frames.count.to_string())
-        .arg(codec.name())
-        .arg(&out_file)
-        .output()
-        .with_context(|| format!("cannot run {python}"))?;
-    if !out.status.success() {
-        bail!(
-            "the h5py baseline failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    if v.is_null() {
+    let args = [
+        frames.raw.display().to_string(),
+        frames.distinct.to_string(),
+        ny.to_string(),
+        nx.to_string(),
+        frames.count.to_string(),
+        codec.name().to_owned(),
+        out_file.display().to_string(),
+    ];
+    let Some(v) = crate::common::python_baseline(python, script, &args, &[], "the h5py baseline")?
+    else {
         return Ok(None);
-    }
+    };
     Ok(Some(v["seconds"].as_f64().context("seconds")?))
 }
