@@ -51,6 +51,19 @@ fn produce(ring: Arc<Ring>, frames: u64) -> thread::JoinHandle<()> {
     })
 }
 
+/// Waits for the next committed frame; its number in the ring.
+fn await_frame(ring: &Ring, cur: &mut ConsumerCursor) -> u64 {
+    while !cur.wait_available(&ring.counters, LONG) {}
+    cur.next()
+}
+
+/// The value in frame `n`'s slot.
+fn read(ring: &Ring, n: u64) -> u64 {
+    // SAFETY: loom checks this read against the producer's writes of the slot (a data race
+    // fails the model).
+    ring.slot(n).with(|p| unsafe { *p })
+}
+
 /// Every interleaving with at most `LOOM_MAX_PREEMPTIONS` preemptions, 2 unless set: bound 2
 /// takes 9 s here for the three tests, bound 3 (`make loom-deep`) took 159 s for the first
 /// two. Each mutation of `protocol.rs` tried fails at bound 2: a Relaxed head store or tail
@@ -69,11 +82,8 @@ fn frames_arrive_in_order_and_no_wakeup_is_lost() {
         let producer = produce(Arc::clone(&ring), 3);
         let mut cur = ConsumerCursor::new();
         for v in 1..=3 {
-            while !cur.wait_available(&ring.counters, LONG) {}
-            let n = cur.next();
-            // SAFETY: loom checks that the producer's write happened before this read.
-            let got = ring.slot(n).with(|p| unsafe { *p });
-            assert_eq!(got, v);
+            let n = await_frame(&ring, &mut cur);
+            assert_eq!(read(&ring, n), v);
             cur.advance();
             ring.releaser.release(n, &ring.counters);
         }
@@ -91,21 +101,16 @@ fn out_of_order_releases_never_free_a_slot_still_read() {
         // Frames 1 and 2 go to two workers that read and release them in either order;
         // the producer's frame 3 must wait for frame 1's release, not frame 2's.
         for v in 1..=2 {
-            while !cur.wait_available(&ring.counters, LONG) {}
-            let n = cur.next();
+            let n = await_frame(&ring, &mut cur);
             cur.advance();
             let ring = Arc::clone(&ring);
             readers.push(thread::spawn(move || {
-                // SAFETY: loom checks this read against the producer's next write.
-                let got = ring.slot(n).with(|p| unsafe { *p });
-                assert_eq!(got, v);
+                assert_eq!(read(&ring, n), v);
                 ring.releaser.release(n, &ring.counters);
             }));
         }
-        while !cur.wait_available(&ring.counters, LONG) {}
-        let n = cur.next();
-        // SAFETY: as above.
-        assert_eq!(ring.slot(n).with(|p| unsafe { *p }), 3);
+        let n = await_frame(&ring, &mut cur);
+        assert_eq!(read(&ring, n), 3);
         for r in readers {
             r.join().unwrap();
         }
@@ -135,10 +140,8 @@ fn a_release_that_finishes_last_never_moves_the_tail_back() {
             }));
         }
         for v in 3..=4 {
-            while !cur.wait_available(&ring.counters, LONG) {}
-            let n = cur.next();
-            // SAFETY: loom checks this read against the producer's write.
-            assert_eq!(ring.slot(n).with(|p| unsafe { *p }), v);
+            let n = await_frame(&ring, &mut cur);
+            assert_eq!(read(&ring, n), v);
             cur.advance();
         }
         for r in readers {
